@@ -1,0 +1,1 @@
+"""Network modules: the EGNN denoiser with property heads, and a periodic DimeNet++."""
