@@ -1,0 +1,80 @@
+"""Shared fixtures: reference data location, hand-built monolayers and bad structures, stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, graphene, mx2
+from pymatgen.core import Lattice, Structure
+
+from gen2d.structures import from_ase, orient_2d
+
+# Keep torch-based tests from fighting over the 2 cores of a CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from gen2d.data.readers import data_dir as _dd
+
+    d = _dd()
+    assert (d / "2dmatpedia_filtered.db").is_file(), f"reference data not found in {d} (set GEN2D_DATA)"
+    return d
+
+
+def make_mos2(vacuum: float = 20.0, a: float = 3.18) -> Structure:
+    """2H-MoS2 monolayer: a = 3.18 Å, S-S height 3.13 Å (bulk-derived; Wilson & Yoffe 1969)."""
+    atoms = mx2("MoS2", kind="2H", a=a, thickness=3.13, vacuum=vacuum / 2)
+    return orient_2d(from_ase(atoms), vacuum=vacuum)
+
+
+def make_graphene(vacuum: float = 20.0) -> Structure:
+    atoms = graphene("C2", a=2.46, vacuum=vacuum / 2)
+    return orient_2d(from_ase(atoms), vacuum=vacuum)
+
+
+@pytest.fixture
+def mos2() -> Structure:
+    return make_mos2()
+
+
+@pytest.fixture
+def graphene_layer() -> Structure:
+    return make_graphene()
+
+
+@pytest.fixture
+def bulk_si() -> Structure:
+    return from_ase(bulk("Si", "diamond", a=5.43))
+
+
+@pytest.fixture
+def mos2_bilayer() -> Structure:
+    """Two MoS2 layers 6.15 Å apart (bulk 2H stacking distance), with vacuum above and below."""
+    layer = make_mos2(vacuum=20.0)
+    z = layer.cart_coords[:, 2]
+    species = list(layer.species) * 2
+    shift = np.array([layer.lattice.matrix[0] / 3 + layer.lattice.matrix[1] * 2 / 3])
+    cart = np.vstack([layer.cart_coords, layer.cart_coords + shift + [0, 0, 6.15]])
+    lat = Lattice(np.vstack([layer.lattice.matrix[:2], [0, 0, np.ptp(z) + 6.15 + 20]]))
+    return Structure(lat, species, cart, coords_are_cartesian=True)
+
+
+@pytest.fixture
+def memory_store():
+    import uuid
+
+    from gen2d.store import open_store
+
+    cs = open_store(f"memory://t{uuid.uuid4().hex[:8]}")
+    yield cs
+    cs.close()
+
+
+def write_cif(structure: Structure, path: Path) -> Path:
+    structure.to(filename=str(path), fmt="cif")
+    return path
