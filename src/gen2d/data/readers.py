@@ -1,0 +1,270 @@
+"""Readers for 2D databases (ASE db in C2DB or 2DMatPedia layout, MC2D JSON) and folders of files.
+
+Every reader yields :class:`ReadOutcome` objects: a :class:`MonolayerRecord` or a named
+:class:`Rejection`, so one bad row or file never stops the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from pymatgen.core import Lattice, Structure
+
+from gen2d.structures import StructureError, from_ase, load_structure
+
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".mcif")
+STRUCTURE_NAMES = ("POSCAR", "CONTCAR")
+LABEL_COLUMNS = ("e_hull", "dg_h", "synth_label")
+#: named reasons from reading (validation reasons live in gen2d.structures.REASONS)
+READ_REASONS = {
+    "unreadable_file": "the file could not be parsed as a structure",
+    "unreadable_row": "a database row could not be turned into a structure",
+    "bad_labels_csv": "the labels CSV lacks a file/id column or any label column",
+    "unknown_element": "a species is not a chemical element",
+}
+
+
+def data_dir() -> Path:
+    """Reference data folder: ``$GEN2D_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get("GEN2D_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+@dataclass
+class MonolayerRecord:
+    """One monolayer from any source, with labels in gen2d's names and units.
+
+    ``labels``: ``e_hull`` (eV/atom, DFT energy above hull when the source has it), ``dg_h`` (eV),
+    ``synth_label`` (1 = made or exfoliated from a known bulk, 0 = known not made, None = unknown).
+    """
+
+    structure: Structure
+    source: str
+    source_id: str
+    labels: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rejection:
+    source: str
+    source_id: str
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "source_id": self.source_id, "reason": self.reason, "message": self.message}
+
+
+@dataclass
+class ReadOutcome:
+    record: MonolayerRecord | None = None
+    rejection: Rejection | None = None
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _label_block(e_hull: Any = None, dg_h: Any = None, synth: Any = None, reference: str = "") -> dict[str, Any]:
+    labels: dict[str, Any] = {"e_hull": _finite(e_hull), "dg_h": _finite(dg_h), "synth_label": None}
+    if synth is not None and str(synth).strip() not in ("", "nan", "None"):
+        try:
+            labels["synth_label"] = int(float(synth))
+        except ValueError:
+            labels["synth_label"] = None
+    labels["units"] = {"e_hull": "eV/atom", "dg_h": "eV"}
+    if reference:
+        labels["reference"] = reference
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------
+# ASE db: 2DMatPedia (row.data) and C2DB (key_value_pairs)
+
+
+def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOutcome]:
+    """Rows of an ASE database as records.
+
+    2DMatPedia layout (``row.data``: material_id, discovery_process, decomposition_energy, ...):
+    ``e_hull`` = decomposition_energy (energy above the Materials Project hull, PBE), and
+    ``synth_label`` = 1 for ``top-down`` (exfoliated from a known bulk), None for ``bottom-up``.
+    C2DB layout (key-value pairs ``uid``, ``ehull``, ``hform``): ``e_hull`` = ehull.
+    """
+    from ase.db import connect
+
+    path = Path(path)
+    source = source or path.stem
+    try:
+        db = connect(str(path), type="db")
+        rows = db.select()
+    except Exception as exc:
+        yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a corrupt page ends the iteration; say so and stop
+            yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_row", f"{type(exc).__name__}: {exc}"))
+            return
+        rid = f"row-{getattr(row, 'id', '?')}"
+        try:
+            atoms = row.toatoms()
+            data = dict(row.data) if getattr(row, "data", None) else {}
+            kvp = dict(row.key_value_pairs)
+            if "material_id" in data:  # 2DMatPedia
+                rid = str(data["material_id"])
+                dp = data.get("discovery_process")
+                labels = _label_block(data.get("decomposition_energy"), None,
+                                      1 if dp == "top-down" else None,
+                                      reference="2DMatPedia (PBE), energy above the Materials Project hull")
+                props = {k: data.get(k) for k in ("formula_pretty", "sg_number", "discovery_process", "bandgap",
+                                                  "energy_per_atom", "exfoliation_energy_per_atom", "source_id")
+                         if k in data}
+            else:  # C2DB or a user's db
+                rid = str(kvp.get("uid") or kvp.get("id") or rid)
+                labels = _label_block(kvp.get("ehull", kvp.get("e_hull")), kvp.get("dg_h", kvp.get("dgh")),
+                                      kvp.get("synth_label", kvp.get("experimental")),
+                                      reference="C2DB (PBE)" if "uid" in kvp else source)
+                props = {k: v for k, v in kvp.items() if isinstance(v, (int, float, str, bool))}
+            structure = from_ase(atoms)
+        except Exception as exc:
+            yield ReadOutcome(rejection=Rejection(source, rid, "unreadable_row", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        yield ReadOutcome(record=MonolayerRecord(structure, source, rid, labels, props))
+
+
+# ----------------------------------------------------------------------------------------------
+# MC2D JSON
+
+
+def mc2d_entry_to_structure(entry: dict[str, Any]) -> Structure:
+    """Structure from one MC2D entry: cell rows ``[label, x, y, z]`` and Cartesian positions."""
+    cell = np.array([[float(v) for v in row[-3:]] for row in entry["cell"]])
+    # magnetic runs label kinds "Co1", "Co2": the element is the leading symbol
+    symbols = [re.match(r"[A-Z][a-z]?", str(p[0])).group(0) for p in entry["atomic_positions"]]
+    positions = np.array([[float(v) for v in p[1:4]] for p in entry["atomic_positions"]])
+    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=(True, True, False))
+    atoms.wrap(pbc=(True, True, True))
+    return from_ase(atoms)
+
+
+def read_mc2d_json(path: str | Path, source: str | None = None) -> Iterator[ReadOutcome]:
+    """MC2D entries (exfoliable from experimentally known 3D parents): every one has ``synth_label`` 1."""
+    path = Path(path)
+    source = source or path.stem
+    try:
+        entries = json.loads(path.read_text())
+    except Exception as exc:
+        yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300]))
+        return
+    if isinstance(entries, dict):
+        entries = list(entries.values())
+    for k, entry in enumerate(entries):
+        rid = str(entry.get("structure_label") or entry.get("db_id") or f"entry-{k}") if isinstance(entry, dict) else f"entry-{k}"
+        try:
+            s = mc2d_entry_to_structure(entry)
+        except Exception as exc:
+            yield ReadOutcome(rejection=Rejection(source, rid, "unreadable_row", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        labels = _label_block(None, None, 1, reference="MC2D: exfoliable from an experimentally known 3D parent")
+        props = {k2: entry.get(k2) for k2 in ("formula", "spg", "prototype", "band_gap", "magnetic_state",
+                                              "source_db", "db_id", "be_df2", "be_rvv10") if k2 in entry}
+        yield ReadOutcome(record=MonolayerRecord(s, source, rid, labels, props))
+
+
+# ----------------------------------------------------------------------------------------------
+# folders of files
+
+
+def is_structure_file(p: Path) -> bool:
+    return p.is_file() and (p.suffix.lower() in STRUCTURE_SUFFIXES or p.name.upper().startswith(STRUCTURE_NAMES))
+
+
+def read_labels_csv(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Labels by file name (or stem) from a CSV with a ``file``/``filename``/``id`` column.
+
+    Raises
+    ------
+    ValueError
+        ``bad_labels_csv`` when the key column or every label column is missing.
+    """
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        key = next((c for c in ("file", "filename", "id", "name") if c in cols), None)
+        if key is None or not any(c in cols for c in LABEL_COLUMNS):
+            raise ValueError(f"bad_labels_csv: columns {cols}; need one of file/filename/id and one of {LABEL_COLUMNS}")
+        out = {}
+        for row in reader:
+            row = {k.strip(): v for k, v in row.items() if k}
+            out[str(row[key]).strip()] = _label_block(row.get("e_hull"), row.get("dg_h"), row.get("synth_label"),
+                                                      reference=f"labels CSV {Path(path).name}")
+        return out
+
+
+def read_folder(path: str | Path, labels_csv: str | Path | None = None, source: str | None = None) -> Iterator[ReadOutcome]:
+    """Structure files in a folder (CIF, POSCAR/CONTCAR, .vasp, extxyz/xyz, pymatgen JSON), sorted by name."""
+    path = Path(path)
+    source = source or path.name
+    labels: dict[str, dict[str, Any]] = {}
+    if labels_csv is None and (path / "labels.csv").is_file():
+        labels_csv = path / "labels.csv"
+    if labels_csv is not None:
+        try:
+            labels = read_labels_csv(labels_csv)
+        except Exception as exc:
+            yield ReadOutcome(rejection=Rejection(source, Path(labels_csv).name, "bad_labels_csv", str(exc)[:300]))
+    for p in sorted(path.iterdir()):
+        if not is_structure_file(p):
+            continue
+        yield read_file(p, source, labels.get(p.name) or labels.get(p.stem))
+
+
+def read_file(path: str | Path, source: str | None = None, labels: dict[str, Any] | None = None) -> ReadOutcome:
+    path = Path(path)
+    source = source or path.parent.name
+    try:
+        s = load_structure(path)
+    except StructureError as exc:
+        return ReadOutcome(rejection=Rejection(source, path.name, exc.reason, exc.message))
+    return ReadOutcome(record=MonolayerRecord(s, source, path.name, labels or _label_block(), {}))
+
+
+def read_any(path: str | Path, source: str | None = None, labels_csv: str | Path | None = None) -> Iterator[ReadOutcome]:
+    """Dispatch on what ``path`` is: a folder, an ASE db, an MC2D JSON list, or one structure file."""
+    path = Path(path)
+    if path.is_dir():
+        yield from read_folder(path, labels_csv, source)
+    elif path.suffix.lower() == ".db":
+        yield from read_ase_db(path, source)
+    elif path.suffix.lower() == ".json" and _looks_like_mc2d(path):
+        yield from read_mc2d_json(path, source)
+    elif path.exists():
+        yield read_file(path, source)
+    else:
+        yield ReadOutcome(rejection=Rejection(source or "", path.name, "unreadable_file", f"{path}: no such file or folder"))
+
+
+def _looks_like_mc2d(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(4096).decode("utf-8", "ignore")
+    return head.lstrip().startswith("[") and "atomic_positions" in head

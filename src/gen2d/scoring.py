@@ -1,0 +1,241 @@
+"""Scorer and Generator protocols, the plugin registry (entry points) and the result schema.
+
+The core never imports a plugin by name: everything is found through the entry-point groups
+``gen2d.scorers``, ``gen2d.generators`` and ``gen2d.calculators``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import logging
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+SCORER_GROUP = "gen2d.scorers"
+GENERATOR_GROUP = "gen2d.generators"
+CALCULATOR_GROUP = "gen2d.calculators"
+PLUGIN_GROUPS = {"scorer": SCORER_GROUP, "generator": GENERATOR_GROUP, "calculator": CALCULATOR_GROUP}
+
+
+class PluginUnavailable(RuntimeError):
+    """A plugin cannot run here (missing weights, extra or path); the message says what is missing."""
+
+
+class Provenance(BaseModel):
+    """Where a number came from: enough to reproduce it or to distrust it."""
+
+    plugin: str
+    version: str = ""
+    model: str = ""
+    checkpoint_sha256: str | None = None
+    reference_set: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class Failure(BaseModel):
+    """A named failure: ``reason`` is a stable snake_case token, ``message`` is for people."""
+
+    reason: str
+    message: str = ""
+
+
+class ScoreResult(BaseModel):
+    """One scorer's verdict on one structure.
+
+    ``value`` is None exactly when ``ok`` is False. ``extra`` holds small outputs (relaxed structure as
+    a dict, per-site data, decomposition products); large ones go to the job store's data store.
+    """
+
+    property: str
+    value: float | None = None
+    unit: str
+    uncertainty: float | None = None
+    ok: bool = True
+    failure: Failure | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    provenance: Provenance
+
+    @classmethod
+    def failed(cls, prop: str, unit: str, reason: str, message: str, provenance: Provenance,
+               **extra: Any) -> "ScoreResult":
+        return cls(property=prop, unit=unit, ok=False, value=None,
+                   failure=Failure(reason=reason, message=message), provenance=provenance, extra=extra)
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores a batch of structures; returns exactly one result per structure, in order.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``ehull.chgnet``.
+    property : str
+        ``e_hull``, ``dg_h`` or ``p_synth`` (or a new property a plugin defines).
+    unit : str
+        Unit of ``ScoreResult.value`` (``eV/atom``, ``eV``, ``probability``).
+    requires : tuple[str, ...]
+        Properties whose results this scorer reads from ``context`` (e.g. ``("e_hull",)`` for the
+        relaxed slab from a stability scorer).
+    """
+
+    name: str
+    property: str
+    unit: str
+    requires: tuple[str, ...]
+
+    def available(self) -> tuple[bool, str]:
+        """(True, "") when the scorer can run here, else (False, reason)."""
+        ...
+
+    def score(self, structures: Sequence[Structure],
+              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+        """Score a batch. A failure in one structure is a failed result, never an exception."""
+        ...
+
+
+class GeneratedStructure(BaseModel):
+    """A structure from a generator, with what made it."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    structure: Structure
+    source_id: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Yields candidate monolayers. ``cif-set`` and ``templates`` are the built-in ones."""
+
+    name: str
+
+    def available(self) -> tuple[bool, str]:
+        ...
+
+    def generate(self, n: int | None = None, seed: int = 0, **params: Any) -> Iterator[GeneratedStructure]:
+        ...
+
+
+@dataclass
+class PluginInfo:
+    """What the registry knows about one entry point, loaded or not."""
+
+    name: str
+    kind: str
+    target: str
+    distribution: str = ""
+    version: str = ""
+    available: bool = False
+    reason: str = ""
+    property: str | None = None
+    unit: str | None = None
+    obj: Any = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "obj"}
+
+
+def _entry_points(group: str) -> list[md.EntryPoint]:
+    return sorted(md.entry_points(group=group), key=lambda ep: ep.name)
+
+
+def discover(kind: str | None = None) -> list[PluginInfo]:
+    """Every registered plugin of ``kind`` (all kinds when None), each with its availability.
+
+    A plugin whose import or construction fails is listed with the reason; the others still load.
+    """
+    kinds = [kind] if kind else list(PLUGIN_GROUPS)
+    infos: list[PluginInfo] = []
+    for k in kinds:
+        for ep in _entry_points(PLUGIN_GROUPS[k]):
+            dist = ep.dist.name if ep.dist else ""
+            ver = ep.dist.version if ep.dist else ""
+            info = PluginInfo(name=ep.name, kind=k, target=ep.value, distribution=dist, version=ver)
+            try:
+                factory = ep.load()
+                info.obj = factory
+                probe = factory() if k != "calculator" else None
+                if probe is not None:
+                    ok, why = probe.available()
+                    info.available, info.reason = bool(ok), why
+                    info.property = getattr(probe, "property", None)
+                    info.unit = getattr(probe, "unit", None)
+                else:
+                    avail = getattr(factory, "available", None)
+                    ok, why = avail() if callable(avail) else (True, "")
+                    info.available, info.reason = bool(ok), why
+            except Exception as exc:  # a broken plugin must not take the registry down
+                info.available = False
+                info.reason = f"{type(exc).__name__}: {exc}"
+                log.debug("plugin %s failed to load:\n%s", ep.name, traceback.format_exc())
+            infos.append(info)
+    return infos
+
+
+def _load(kind: str, name: str, **options: Any) -> Any:
+    for ep in _entry_points(PLUGIN_GROUPS[kind]):
+        if ep.name == name:
+            factory = ep.load()
+            return factory(**options)
+    known = ", ".join(ep.name for ep in _entry_points(PLUGIN_GROUPS[kind])) or "none"
+    raise KeyError(f"no {kind} plugin named {name!r} (registered: {known})")
+
+
+def get_scorer(name: str, **options: Any) -> Scorer:
+    """Instantiate the scorer registered as ``name`` with ``options`` (its config)."""
+    return _load("scorer", name, **options)
+
+
+def get_generator(name: str, **options: Any) -> Generator:
+    """Instantiate the generator registered as ``name`` with ``options``."""
+    return _load("generator", name, **options)
+
+
+def get_calculator(name: str, **options: Any):
+    """An ASE calculator from the MLIP backend registered as ``name`` (chgnet, mattersim, ...)."""
+    for ep in _entry_points(CALCULATOR_GROUP):
+        if ep.name == name:
+            backend = ep.load()
+            return backend(**options)
+    known = ", ".join(ep.name for ep in _entry_points(CALCULATOR_GROUP)) or "none"
+    raise KeyError(f"no calculator plugin named {name!r} (registered: {known})")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a checkpoint file, for provenance."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def score_in_batches(scorer: Scorer, structures: Sequence[Structure], batch_size: int = 32,
+                     context: Sequence[dict[str, ScoreResult]] | None = None) -> Iterable[list[ScoreResult]]:
+    """Run ``scorer`` over ``structures`` in batches; a batch that raises becomes per-item failures."""
+    for start in range(0, len(structures), batch_size):
+        chunk = structures[start:start + batch_size]
+        ctx = context[start:start + batch_size] if context is not None else None
+        try:
+            results = scorer.score(chunk, ctx)
+            if len(results) != len(chunk):
+                raise RuntimeError(f"{scorer.name} returned {len(results)} results for {len(chunk)} inputs")
+        except Exception as exc:
+            prov = Provenance(plugin=scorer.name, notes=["batch raised; every item marked failed"])
+            results = [ScoreResult.failed(scorer.property, scorer.unit, "scorer_crashed",
+                                          f"{type(exc).__name__}: {exc}", prov) for _ in chunk]
+        yield results

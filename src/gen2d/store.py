@@ -1,0 +1,360 @@
+"""Candidate stores from a URI (monty, mongodb, memory), the candidate schema, and upserts by content hash.
+
+``open_store("monty:///abs/path")`` (embedded, file-backed; the default ``./gen2d-data``),
+``open_store("mongodb://user:pw@host/db")`` (maggma ``MongoStore``) and ``open_store("memory://")``
+(mongomock, tests). Every write is a field-level upsert keyed by ``candidate_id``, so a rerun never
+duplicates a document and never erases the scores already stored on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field
+from pymatgen.core import Structure
+
+from gen2d.scoring import ScoreResult
+from gen2d.structures import (
+    Validation,
+    canonicalize,
+    content_hash,
+    structure_summary,
+    validate_ingest,
+    validate_strict,
+)
+
+DEFAULT_STORE_URI = "monty://./gen2d-data"
+CANDIDATES = "candidates"
+#: short names accepted by ``top --sort/--where`` for the summary of each property
+FIELD_ALIASES = {
+    "e_hull": "summary.e_hull.value",
+    "dg_h": "summary.dg_h.value",
+    "abs_dg_h": "summary.dg_h.abs_value",
+    "p_synth": "summary.p_synth.value",
+    "rank_score": "rank.score",
+    "score": "rank.score",
+}
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be opened or reached; the message never contains credentials."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced by ``***`` (safe to print, log or store)."""
+    return re.sub(r"(?<=://)([^:/@]+):([^@/]*)@", r"\1:***@", uri)
+
+
+def resolve_store_uri(uri: str | None = None) -> str:
+    """``uri`` if given, else ``$GEN2D_STORE``, else the embedded default."""
+    return uri or os.environ.get("GEN2D_STORE") or DEFAULT_STORE_URI
+
+
+# ----------------------------------------------------------------------------------------------
+# schema
+
+
+class SourceInfo(BaseModel):
+    """Where a candidate came from: a dataset, a CIF set, the templates or a generator run."""
+
+    kind: str  # dataset | cif-set | templates | generator
+    set: str
+    source_id: str = ""
+    run_id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScoreDoc(BaseModel):
+    """A score as stored: the scorer's result with its name."""
+
+    scorer: str
+    property: str
+    value: float | None
+    unit: str
+    uncertainty: float | None = None
+    ok: bool
+    failure: dict[str, Any] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any]
+
+    @classmethod
+    def from_result(cls, scorer: str, result: ScoreResult) -> "ScoreDoc":
+        d = result.model_dump(mode="json")
+        return cls(scorer=scorer, **d)
+
+
+class Candidate(BaseModel):
+    """One material (one document), keyed by its content hash."""
+
+    candidate_id: str
+    formula: str
+    chemsys: str
+    elements: list[str]
+    nsites: int
+    structure: dict[str, Any]
+    cell: dict[str, Any] = Field(default_factory=dict)
+    sets: list[str] = Field(default_factory=list)
+    sources: list[SourceInfo] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)
+    validity: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(default_factory=dict)
+    rank: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def get_structure(self) -> Structure:
+        return Structure.from_dict(self.structure)
+
+
+def make_candidate(structure: Structure, source: SourceInfo, labels: dict[str, Any] | None = None,
+                   ingest: Validation | None = None) -> Candidate:
+    """Canonicalise a structure that passed ingest and record both validity verdicts.
+
+    The stored structure is the canonical form; the strict verdict is taken on it.
+    """
+    ingest = ingest or validate_ingest(structure)
+    if not ingest.ok:
+        raise ValueError(f"structure failed ingest: {ingest.reasons}")
+    can = canonicalize(structure)
+    strict = validate_strict(can)
+    summary = structure_summary(can)
+    return Candidate(
+        candidate_id=content_hash(can),
+        formula=summary["formula"],
+        chemsys=summary["chemsys"],
+        elements=sorted(el.symbol for el in can.composition.elements),
+        nsites=len(can),
+        structure=can.as_dict(),
+        cell={k: summary[k] for k in ("a", "b", "gamma", "area", "thickness")},
+        sets=[source.set],
+        sources=[source],
+        labels=labels or {},
+        validity={"ingest": ingest.as_dict(), "strict": strict.as_dict()},
+    )
+
+
+def _get_path(doc: dict[str, Any], path: str) -> Any:
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def get_score(doc: dict[str, Any], scorer: str) -> dict[str, Any] | None:
+    """The stored score of ``scorer`` (names like ``ehull.chgnet`` nest as scores.ehull.chgnet)."""
+    return _get_path(doc.get("scores", {}), scorer)
+
+
+# ----------------------------------------------------------------------------------------------
+# store
+
+
+class CandidateStore:
+    """Candidates in a maggma store. Use :func:`open_store` to get one."""
+
+    def __init__(self, store: Any, uri: str):
+        self.store = store
+        self.uri = redact_uri(uri)
+        self._lock = threading.Lock()
+
+    # connection -------------------------------------------------------------------------------
+    def connect(self) -> "CandidateStore":
+        try:
+            self.store.connect()
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot open store {self.uri}: {type(exc).__name__}: "
+                                   f"{redact_uri(str(exc))[:300]}") from None
+        return self
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "CandidateStore":
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def collection(self):
+        return self.store._collection
+
+    # writes -----------------------------------------------------------------------------------
+    def upsert_candidates(self, candidates: Sequence[Candidate]) -> dict[str, int]:
+        """Insert new candidates, merge sets/sources/labels into existing ones; never touch scores.
+
+        Returns counts of ``inserted`` and ``updated`` documents.
+        """
+        now = datetime.now(timezone.utc)
+        inserted = updated = 0
+        for cand in candidates:
+            d = cand.model_dump(mode="json", exclude={"scores", "summary", "rank", "created_at", "updated_at",
+                                                      "sets", "sources", "labels"})
+            update: dict[str, Any] = {
+                "$set": {**d, "updated_at": now},
+                "$setOnInsert": {"created_at": now, "scores": {}, "summary": {}, "rank": None},
+                "$addToSet": {"sets": {"$each": cand.sets},
+                              "sources": {"$each": [s.model_dump(mode="json") for s in cand.sources]}},
+            }
+            for k, v in cand.labels.items():
+                update["$set"][f"labels.{k}"] = v
+            res = self.collection.update_one({"candidate_id": cand.candidate_id}, update, upsert=True)
+            if getattr(res, "upserted_id", None) is not None:
+                inserted += 1
+            else:
+                updated += 1
+        return {"inserted": inserted, "updated": updated}
+
+    def set_score(self, candidate_id: str, scorer: str, result: ScoreResult | ScoreDoc) -> None:
+        """Store one score on an existing candidate (field-level, so concurrent scorers never clash)."""
+        doc = result if isinstance(result, ScoreDoc) else ScoreDoc.from_result(scorer, result)
+        body = doc.model_dump(mode="json")
+        now = datetime.now(timezone.utc)
+        sets: dict[str, Any] = {f"scores.{scorer}": body, "updated_at": now}
+        if doc.ok and doc.value is not None:
+            sets[f"summary.{doc.property}"] = {
+                "value": doc.value, "abs_value": abs(doc.value), "unit": doc.unit,
+                "uncertainty": doc.uncertainty, "scorer": scorer,
+            }
+        res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})
+        if res.matched_count == 0:
+            raise KeyError(f"no candidate {candidate_id} in {self.uri}")
+
+    def set_rank(self, candidate_id: str, rank: dict[str, Any]) -> None:
+        self.collection.update_one({"candidate_id": candidate_id},
+                                   {"$set": {"rank": rank, "updated_at": datetime.now(timezone.utc)}})
+
+    def set_fields(self, candidate_id: str, fields: dict[str, Any]) -> None:
+        self.collection.update_one({"candidate_id": candidate_id}, {"$set": fields})
+
+    # reads ------------------------------------------------------------------------------------
+    def count(self, criteria: dict[str, Any] | None = None) -> int:
+        return self.store.count(criteria or {})
+
+    def get(self, candidate_id: str) -> dict[str, Any] | None:
+        doc = self.collection.find_one({"candidate_id": candidate_id})
+        if doc is None:
+            # accept a unique prefix, as people type short ids
+            matches = list(self.collection.find({"candidate_id": {"$regex": f"^{re.escape(candidate_id)}"}}).limit(2))
+            doc = matches[0] if len(matches) == 1 else None
+        if doc is not None:
+            doc.pop("_id", None)
+        return doc
+
+    def query(self, criteria: dict[str, Any] | None = None, sort: Sequence[tuple[str, int]] | None = None,
+              limit: int = 0, properties: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Documents matching ``criteria``; ``sort`` is [(field, 1 | -1)], missing values last."""
+        criteria = dict(criteria or {})
+        if sort:
+            # missing or null sort keys go last, whatever the backend's ordering of None
+            for f, _ in sort:
+                criteria.setdefault(f, {})
+                if isinstance(criteria[f], dict):
+                    criteria[f] = {**criteria[f], "$ne": None}
+        projection = {p: 1 for p in properties} if properties else None
+        cursor = self.collection.find(criteria, projection)
+        if sort:
+            cursor = cursor.sort(list(sort))
+        if limit:
+            cursor = cursor.limit(limit)
+        for doc in cursor:
+            doc.pop("_id", None)
+            yield doc
+
+    def candidates_missing(self, scorer: str, criteria: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do."""
+        crit = dict(criteria or {})
+        crit[f"scores.{scorer}"] = {"$exists": False}
+        return list(self.query(crit))
+
+
+def _monty_path(uri: str) -> str:
+    rest = uri[len("monty://"):]
+    if not rest:
+        raise StoreUnavailable("monty:// needs a path, e.g. monty:///abs/path or monty://./gen2d-data")
+    return str(Path(rest).expanduser())
+
+
+def open_store(uri: str | None = None, collection: str = CANDIDATES, connect: bool = True,
+               timeout_ms: int = 3000) -> CandidateStore:
+    """A connected :class:`CandidateStore` for ``uri`` (``$GEN2D_STORE`` or ``./gen2d-data`` by default).
+
+    Parameters
+    ----------
+    uri
+        ``monty:///abs/path`` or ``monty://rel/path`` (embedded montydb, sqlite), ``mongodb://`` or
+        ``mongodb+srv://`` (maggma ``MongoStore.from_uri``; the database comes from the URI path, default
+        ``gen2d``), ``memory://[name]`` (mongomock, for tests).
+    """
+    from maggma.stores import MemoryStore, MongoStore, MontyStore
+
+    uri = resolve_store_uri(uri)
+    if uri.startswith("monty://"):
+        path = _monty_path(uri)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        store = MontyStore(collection, database_path=path, database_name="gen2d", key="candidate_id",
+                           storage="sqlite")
+    elif uri.startswith("memory://"):
+        name = uri[len("memory://"):] or collection
+        store = MemoryStore(collection_name=name, key="candidate_id")
+    elif uri.startswith(("mongodb://", "mongodb+srv://")):
+        parts = urlsplit(uri)
+        database = parts.path.lstrip("/") or "gen2d"
+        store = MongoStore.from_uri(uri, collection, database=database, key="candidate_id",
+                              mongoclient_kwargs={"serverSelectionTimeoutMS": timeout_ms})
+    else:
+        raise StoreUnavailable(f"unsupported store URI {redact_uri(uri)!r}: use monty://, mongodb:// or memory://")
+    cs = CandidateStore(store, uri)
+    if connect:
+        cs.connect()
+        if uri.startswith(("mongodb://", "mongodb+srv://")):
+            try:
+                cs.store._coll.database.client.admin.command("ping")  # fail now, not at first write
+            except Exception as exc:
+                raise StoreUnavailable(f"cannot reach MongoDB at {redact_uri(uri)}: {type(exc).__name__}") from None
+    return cs
+
+
+def parse_where(expressions: Iterable[str]) -> dict[str, Any]:
+    """Mongo criteria from ``FIELD<VALUE``-style filters (<, <=, >, >=, =, !=); aliases allowed.
+
+    >>> parse_where(["e_hull<=0.1", "formula=MoS2"])
+    {'summary.e_hull.value': {'$lte': 0.1}, 'formula': 'MoS2'}
+    """
+    ops = [("<=", "$lte"), (">=", "$gte"), ("!=", "$ne"), ("<", "$lt"), (">", "$gt"), ("=", "$eq")]
+    crit: dict[str, Any] = {}
+    for expr in expressions:
+        for sym, op in ops:
+            if sym in expr:
+                field, raw = (x.strip() for x in expr.split(sym, 1))
+                break
+        else:
+            raise ValueError(f"cannot parse filter {expr!r}; use FIELD<VALUE, FIELD>=VALUE, FIELD=VALUE ...")
+        if not field:
+            raise ValueError(f"filter {expr!r} has no field")
+        field = FIELD_ALIASES.get(field, field)
+        value: Any
+        try:
+            value = float(raw)
+        except ValueError:
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
+        if op == "$eq":
+            crit[field] = value
+        else:
+            crit.setdefault(field, {})
+            if isinstance(crit[field], dict):
+                crit[field][op] = value
+    return crit

@@ -1,0 +1,120 @@
+"""Stores: memory, embedded monty (persisting across processes), MongoDB URI handling; upserts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_graphene, make_mos2
+from gen2d.scoring import Provenance, ScoreResult
+from gen2d.store import (
+    SourceInfo,
+    StoreUnavailable,
+    get_score,
+    make_candidate,
+    open_store,
+    parse_where,
+    redact_uri,
+)
+
+
+def _cands(set_name="s1"):
+    return [make_candidate(make_mos2(), SourceInfo(kind="dataset", set=set_name, source_id="mos2")),
+            make_candidate(make_graphene(), SourceInfo(kind="dataset", set=set_name, source_id="gr"))]
+
+
+def _score(value, prop="e_hull", unit="eV/atom"):
+    return ScoreResult(property=prop, value=value, unit=unit,
+                       provenance=Provenance(plugin="test", model="hand", reference_set="none"))
+
+
+def test_candidate_document_fields():
+    c = _cands()[0]
+    assert c.candidate_id.startswith("g2d-") and c.formula == "MoS2" and c.chemsys == "Mo-S"
+    assert c.nsites == 3 and c.elements == ["Mo", "S"]
+    assert c.validity["ingest"]["ok"] and c.validity["strict"]["ok"]
+    assert c.cell["thickness"] == pytest.approx(3.13, abs=0.01)
+
+
+def test_upsert_is_idempotent_and_keeps_scores(memory_store):
+    cs = memory_store
+    assert cs.upsert_candidates(_cands()) == {"inserted": 2, "updated": 0}
+    cid = _cands()[0].candidate_id
+    cs.set_score(cid, "ehull.test", _score(0.012))
+    assert cs.upsert_candidates(_cands()) == {"inserted": 0, "updated": 2}
+    cs.upsert_candidates(_cands("s2"))
+    assert cs.count() == 2
+    doc = cs.get(cid)
+    assert doc["sets"] == ["s1", "s2"]
+    assert get_score(doc, "ehull.test")["value"] == pytest.approx(0.012)
+    assert doc["summary"]["e_hull"] == {"value": 0.012, "abs_value": 0.012, "unit": "eV/atom",
+                                        "uncertainty": None, "scorer": "ehull.test"}
+    assert cs.get(cid[:10])["candidate_id"] == cid  # unique prefix
+
+
+def test_failed_score_is_stored_but_not_summarised(memory_store):
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    cid = _cands()[1].candidate_id
+    bad = ScoreResult.failed("e_hull", "eV/atom", "not_converged", "500 steps", Provenance(plugin="t"))
+    cs.set_score(cid, "ehull.test", bad)
+    doc = cs.get(cid)
+    assert get_score(doc, "ehull.test")["failure"]["reason"] == "not_converged"
+    assert "e_hull" not in doc["summary"]
+    assert [d["candidate_id"] for d in cs.candidates_missing("ehull.test")] == [_cands()[0].candidate_id]
+    with pytest.raises(KeyError):
+        cs.set_score("g2d-doesnotexist00", "ehull.test", _score(0.1))
+
+
+def test_query_sort_and_where(memory_store):
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    ids = [c.candidate_id for c in _cands()]
+    cs.set_score(ids[0], "ehull.test", _score(0.30))
+    cs.set_score(ids[1], "ehull.test", _score(0.05))
+    rows = list(cs.query(parse_where(["e_hull<=0.1"])))
+    assert [r["formula"] for r in rows] == ["C"]
+    rows = list(cs.query({}, sort=[("summary.e_hull.value", 1)]))
+    assert [r["formula"] for r in rows] == ["C", "MoS2"]
+    assert parse_where(["e_hull<=0.1", "formula=MoS2", "nsites>2"]) == {
+        "summary.e_hull.value": {"$lte": 0.1}, "formula": "MoS2", "nsites": {"$gt": 2.0}}
+    with pytest.raises(ValueError):
+        parse_where(["nonsense"])
+
+
+def test_monty_store_persists_across_processes(tmp_path):
+    uri = f"monty://{tmp_path}/db"
+    with open_store(uri) as cs:
+        cs.upsert_candidates(_cands())
+    code = ("from gen2d.store import open_store; cs = open_store(%r); "
+            "print(cs.count(), sorted(d['formula'] for d in cs.query({})))" % uri)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "2 ['C', 'MoS2']"
+    with open_store(uri) as cs:  # and a rerun adds nothing
+        assert cs.upsert_candidates(_cands())["inserted"] == 0
+        assert cs.count() == 2
+
+
+def test_mongodb_uri_unreachable_is_clear_and_hides_password():
+    uri = "mongodb://gen2d:s3cr3tpass@127.0.0.1:9/gen2d"
+    with pytest.raises(StoreUnavailable) as e:
+        open_store(uri, timeout_ms=300)
+    assert "s3cr3tpass" not in str(e.value)
+    assert "gen2d:***@127.0.0.1:9" in str(e.value)
+
+
+def test_redact_and_bad_scheme():
+    assert redact_uri("mongodb+srv://u:p%40ss@cluster0.example/db") == "mongodb+srv://u:***@cluster0.example/db"
+    assert redact_uri("monty:///tmp/x") == "monty:///tmp/x"
+    with pytest.raises(StoreUnavailable):
+        open_store("redis://localhost")
+
+
+def test_store_from_environment(monkeypatch, tmp_path):
+    from gen2d.store import resolve_store_uri
+
+    monkeypatch.setenv("GEN2D_STORE", f"monty://{tmp_path}/envdb")
+    assert resolve_store_uri() == f"monty://{tmp_path}/envdb"
+    assert resolve_store_uri("memory://x") == "memory://x"
