@@ -283,6 +283,296 @@ def export(
         out.print(f"wrote {len(written)} {fmt} files to {out_dir}")
 
 
+# ----------------------------------------------------------------------------------------------
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as YAML) into a dict; dotted keys nest."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"option {pair!r} is not KEY=VALUE")
+        k, v = pair.split("=", 1)
+        cur = out
+        keys = k.strip().split(".")
+        for part in keys[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[keys[-1]] = yaml.safe_load(v)
+    return out
+
+
+OptionOpt = typer.Option([], "--option", "-o", help="plugin option KEY=VALUE (YAML value); repeatable")
+
+
+@app.command()
+def score(
+    scorer: str = typer.Option(..., "--scorer", help="registered scorer name, e.g. ehull.chgnet"),
+    set_name: Optional[str] = typer.Option(None, "--set"),
+    where: list[str] = typer.Option([], "--where"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    option: list[str] = OptionOpt,
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+):
+    """Score the stored candidates that lack this scorer's result; never redo finished work."""
+    from gen2d.jobs import score_candidates
+    from gen2d.scoring import get_scorer
+    from gen2d.store import parse_where
+
+    options = _parse_options(option)
+    try:
+        sc = get_scorer(scorer, **options)
+    except Exception as exc:
+        _fail(f"cannot load scorer {scorer}: {type(exc).__name__}: {exc}", as_json)
+    ok, why = sc.available()
+    if not ok:
+        _fail(f"scorer {scorer} is unavailable: {why}", as_json)
+    crit = parse_where(where)
+    if set_name:
+        crit["sets"] = set_name
+    cs = _open(store, as_json)
+    todo = [d["candidate_id"] for d in cs.candidates_missing(scorer, crit)]
+    total = {"scorer": scorer, "store": cs.uri, "to_score": len(todo), "n_scored": 0, "n_ok": 0, "n_failed": 0,
+             "failures": {}}
+    with _progress(not as_json and err.is_terminal) as prog:
+        task = prog.add_task(f"score {scorer}", total=len(todo))
+        for i in range(0, len(todo), batch_size):
+            res = score_candidates(scorer, options, todo[i:i + batch_size], store,
+                                   progress=lambda k: prog.advance(task, k))
+            for k in ("n_scored", "n_ok", "n_failed"):
+                total[k] += getattr(res, k)
+            for k, v in res.failures.items():
+                total["failures"][k] = total["failures"].get(k, 0) + v
+    if as_json:
+        _emit_json(total)
+    else:
+        out.print(f"{scorer}: scored {total['n_scored']} (ok {total['n_ok']}, failed {total['n_failed']}"
+                  f"{' ' + json.dumps(total['failures']) if total['failures'] else ''}) in {cs.uri}")
+
+
+@app.command()
+def explain(
+    path: Path = typer.Argument(..., help="a structure file"),
+    scorer: str = typer.Option(..., "--scorer"),
+    option: list[str] = OptionOpt,
+    as_json: bool = JsonOpt,
+):
+    """Show what a scorer would do with one structure, and its full result."""
+    from gen2d.scoring import get_scorer
+    from gen2d.structures import StructureError, load_structure
+
+    try:
+        s = load_structure(path)
+    except StructureError as exc:
+        _fail(str(exc), as_json)
+    try:
+        sc = get_scorer(scorer, **_parse_options(option))
+    except Exception as exc:
+        _fail(f"cannot load scorer {scorer}: {type(exc).__name__}: {exc}", as_json)
+    if hasattr(sc, "explain"):
+        doc = sc.explain(s)
+    else:
+        doc = {"scorer": scorer, "result": sc.score([s])[0].model_dump(mode="json")}
+    if as_json:
+        _emit_json(doc)
+    else:
+        if isinstance(doc, dict) and isinstance(doc.get("prompt"), str):
+            # the prompt byte for byte (no markup, no wrapping): it is what the model reads
+            sys.stdout.write(doc["prompt"] + "\n")
+            doc = {k: v for k, v in doc.items() if k != "prompt"}
+        out.print_json(json.dumps(doc, default=str))
+
+
+@app.command()
+def train(
+    generator: Optional[str] = typer.Option(None, "--generator", help="train a generator plugin"),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="train a scorer plugin (e.g. synth.pu)"),
+    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="label with the MLIP and train a surrogate "
+                                                                       "(e.g. dgh.dimenet)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options"),
+    option: list[str] = OptionOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a plugin: the generator, a scorer or a surrogate. Options come from --config and --option."""
+    import yaml
+
+    from gen2d.jobs import train_plugin
+
+    chosen = [(k, v) for k, v in (("generator", generator), ("scorer", scorer), ("scorer", surrogate)) if v]
+    if len(chosen) != 1:
+        _fail("give exactly one of --generator, --scorer, --surrogate", as_json)
+    kind, name = chosen[0]
+    options: dict[str, Any] = {}
+    if config:
+        options.update(yaml.safe_load(config.read_text()) or {})
+    options.update(_parse_options(option))
+    try:
+        result = train_plugin(kind, name, **options)
+    except (KeyError, TypeError) as exc:
+        _fail(str(exc.args[0]) if exc.args else str(exc), as_json)
+    doc = {"plugin": name, "kind": kind, **result}
+    if as_json:
+        _emit_json(doc)
+    else:
+        out.print_json(json.dumps(doc, default=str))
+
+
+@app.command()
+def generate(
+    n: int = typer.Option(..., "--n", help="how many structures"),
+    generator: str = typer.Option("egnn-diffusion", "--generator"),
+    guidance: list[str] = typer.Option([], "--guidance", help="guidance KEY=VALUE (e.g. cfg_weight=2 eta=0.08 "
+                                                              "dg_h_target=0); repeatable"),
+    seed: int = typer.Option(0, "--seed"),
+    set_name: str = typer.Option("generated", "--set"),
+    option: list[str] = OptionOpt,
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+):
+    """Generate candidates with a generator plugin, validate them and store them with their parameters."""
+    from gen2d.jobs import generate_candidates
+
+    params = {}
+    g = _parse_options(guidance)
+    if g:
+        params["guidance"] = g
+    _open(store, as_json)  # fail early and clearly on a bad store
+    with _progress(not as_json and err.is_terminal) as prog:
+        task = prog.add_task(f"generate ({generator})", total=n)
+        try:
+            res = generate_candidates(generator, _parse_options(option), n, seed, params, set_name, store,
+                                      progress=lambda k: prog.advance(task, k))
+        except RuntimeError as exc:
+            _fail(str(exc), as_json)
+    doc = res.model_dump()
+    if as_json:
+        _emit_json(doc)
+    else:
+        out.print(f"generated {res.n_generated}, stored {res.n_accepted} (strict 2D valid {res.n_strict}) in set "
+                  f"{set_name}; rejected {len(res.rejected)}")
+
+
+@app.command()
+def rank(
+    set_name: list[str] = typer.Option([], "--set", help="sets to rank (default: all)"),
+    option: list[str] = typer.Option([], "--threshold", help="e.g. dg_h_window=0.15 e_hull_max=0.05"),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+):
+    """Recompute hits, Pareto fronts and rank scores from the stored scores."""
+    from gen2d.jobs import rank_set
+    from gen2d.scoring import RankThresholds
+
+    cs = _open(store, as_json)
+    res = rank_set(cs, list(set_name) or None, RankThresholds(**_parse_options(option)))
+    if as_json:
+        _emit_json(res.model_dump())
+    else:
+        out.print(f"ranked {res.n_ranked} ({res.n_complete} with all three properties); hits {res.n_hits}")
+
+
+@app.command()
+def report(
+    out_dir: Path = typer.Option(Path("report"), "--out"),
+    set_name: list[str] = typer.Option([], "--set"),
+    top_k: int = typer.Option(10, "--k"),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+):
+    """Write the HTML report with its figures and tables."""
+    from gen2d.report import write_report
+
+    cs = _open(store, as_json)
+    files = write_report(cs, out_dir, sets=list(set_name) or None, top_k=top_k)
+    if as_json:
+        _emit_json({"out_dir": str(out_dir.resolve()), "files": [str(f) for f in files]})
+    else:
+        out.print(f"report: {(out_dir / 'index.html').resolve()}")
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="a flow spec (workflows/*.yaml)"),
+    override: list[str] = typer.Option([], "--set-option", "-s", help="spec override KEY=VALUE, e.g. generate.n=20"),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+):
+    """Run a flow locally (jobflow run_locally) on the embedded store or the given one."""
+    from jobflow import run_locally
+
+    from gen2d.config import load_spec
+    from gen2d.flows import build_flow, job_store
+    from gen2d.store import resolve_store_uri
+
+    fs = load_spec(spec, override)
+    if store:
+        fs.store = store
+    fs.store = resolve_store_uri(fs.store)
+    cs = _open(fs.store, as_json)
+    flow = build_flow(fs)
+    if not as_json:
+        err.print(f"running flow {fs.name} ({fs.flow}, {len(flow.jobs)} jobs) on {cs.uri}")
+    logging.getLogger("jobflow").setLevel(logging.WARNING if as_json else logging.INFO)
+    responses = run_locally(flow, store=job_store(fs.store), log=not as_json, ensure_success=False)
+    failed = [j.name for j in flow.jobs if j.uuid not in responses]
+    from gen2d.jobs import rank_set
+
+    ranked = rank_set(cs, [fs.set], fs.thresholds)
+    doc = {"flow": fs.flow, "name": fs.name, "store": cs.uri, "set": fs.set, "jobs": len(responses),
+           "failed_jobs": failed, "rank": ranked.model_dump(),
+           "report": str(Path(fs.report.out).absolute() / "index.html") if fs.report else None}
+    if as_json:
+        _emit_json(doc)
+    else:
+        out.print(f"flow finished: {len(responses)} jobs ran{', FAILED: ' + ', '.join(failed) if failed else ''}; "
+                  f"{ranked.n_complete} candidates fully scored, {ranked.n_hits} hits")
+        if doc["report"]:
+            out.print(f"report: {doc['report']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="a flow spec (workflows/*.yaml)"),
+    launchpad: Path = typer.Option(..., "--launchpad", help="your my_launchpad.yaml"),
+    override: list[str] = typer.Option([], "--set-option", "-s"),
+    store: Optional[str] = typer.Option(None, "--store", help="candidate store URI for the workers "
+                                                              "(default: each worker's $GEN2D_STORE)"),
+    as_json: bool = JsonOpt,
+):
+    """Convert a flow to a FireWorks workflow and add it to your LaunchPad (gpu/cpu worker categories)."""
+    from fireworks import LaunchPad
+    from jobflow.managers.fireworks import flow_to_workflow
+
+    from gen2d.config import load_spec
+    from gen2d.flows import build_flow
+    from gen2d.store import redact_uri
+
+    fs = load_spec(spec, override)
+    if store:
+        if redact_uri(store) != store:
+            _fail("a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
+                  "workers instead", as_json)
+        fs.store = store
+    try:
+        lp = LaunchPad.from_file(str(launchpad))
+    except Exception as exc:
+        _fail(f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}", as_json)
+    wf = flow_to_workflow(build_flow(fs))
+    try:
+        mapping = lp.add_wf(wf)
+    except Exception as exc:
+        _fail(f"cannot add the workflow: {type(exc).__name__}: {redact_uri(str(exc))[:200]}", as_json)
+    cats = sorted({fw.spec.get("_category", "") for fw in wf.fws})
+    doc = {"workflow": wf.name, "fireworks": len(wf.fws), "categories": cats, "fw_ids": list(mapping.values())}
+    if as_json:
+        _emit_json(doc)
+    else:
+        out.print(f"added workflow {wf.name!r}: {len(wf.fws)} fireworks, categories {cats}. On the cluster: "
+                  f"rlaunch -c <config dir> rapidfire (or qlaunch) with a FWorker of category gpu or cpu.")
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING)
     app()

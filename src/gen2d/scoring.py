@@ -239,3 +239,110 @@ def score_in_batches(scorer: Scorer, structures: Sequence[Structure], batch_size
             results = [ScoreResult.failed(scorer.property, scorer.unit, "scorer_crashed",
                                           f"{type(exc).__name__}: {exc}", prov) for _ in chunk]
         yield results
+
+
+# ----------------------------------------------------------------------------------------------
+# ranking
+
+
+class RankThresholds(BaseModel):
+    """What makes a hit (DESIGN "Execution"); every threshold is configurable."""
+
+    dg_h_window: float = Field(0.2, description="|ΔG_H| at most this, eV")
+    e_hull_max: float = Field(0.1, description="E_hull at most this, eV/atom (stable)")
+    p_synth_min: float = Field(0.5, description="P_synth at least this")
+    require_strict: bool = Field(True, description="only strictly valid monolayers can be hits")
+
+
+def desirability(dg_h: float, e_hull: float, p_synth: float, t: RankThresholds) -> float:
+    """Geometric mean of three desirabilities in [0, 1].
+
+    ΔG_H: a Gaussian centred on 0 that is 0.5 at the edge of the hit window (Sabatier optimum);
+    E_hull: a logistic that is 0.5 at the stability threshold and falls off over 0.03 eV/atom;
+    P_synth: the probability itself.
+    """
+    import math
+
+    sigma = t.dg_h_window / math.sqrt(2 * math.log(2))
+    d_g = math.exp(-0.5 * (dg_h / sigma) ** 2)
+    d_e = 1.0 / (1.0 + math.exp((e_hull - t.e_hull_max) / 0.03))
+    d_s = min(max(p_synth, 0.0), 1.0)
+    return (d_g * d_e * d_s) ** (1.0 / 3.0)
+
+
+def pareto_fronts(points: Sequence[Sequence[float]]) -> list[int]:
+    """Non-dominated sorting (all objectives minimised): front index per point, 0 is the best front."""
+    n = len(points)
+    front = [-1] * n
+    remaining = set(range(n))
+    level = 0
+    while remaining:
+        current = []
+        for i in remaining:
+            pi = points[i]
+            dominated = False
+            for j in remaining:
+                if i == j:
+                    continue
+                pj = points[j]
+                if all(a <= b for a, b in zip(pj, pi)) and any(a < b for a, b in zip(pj, pi)):
+                    dominated = True
+                    break
+            if not dominated:
+                current.append(i)
+        for i in current:
+            front[i] = level
+            remaining.discard(i)
+        level += 1
+    return front
+
+
+def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | None = None) -> dict[str, dict[str, Any]]:
+    """Rank candidate documents from their ``summary`` (one ok score per property).
+
+    Returns ``{candidate_id: rank}`` where rank holds ``hit`` (True/False; None while a property is
+    missing), ``score`` (desirability, None while incomplete), ``pareto_front`` (0 = best; None while
+    incomplete), ``position`` (1-based order by score, ties broken by the lower summed uncertainty),
+    ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit) and
+    the thresholds used.
+    """
+    t = thresholds or RankThresholds()
+    ranks: dict[str, dict[str, Any]] = {}
+    complete: list[tuple[str, float, float, float, float]] = []
+    for d in docs:
+        summ = d.get("summary") or {}
+        failed = sorted(_failed_properties(d.get("scores") or {}) - set(summ))
+        vals = {p: (summ.get(p) or {}).get("value") for p in ("dg_h", "e_hull", "p_synth")}
+        missing = sorted(p for p, v in vals.items() if v is None)
+        strict_ok = bool(((d.get("validity") or {}).get("strict") or {}).get("ok"))
+        r: dict[str, Any] = {"hit": None, "score": None, "pareto_front": None, "position": None,
+                             "missing": missing, "failed": failed, "strict_ok": strict_ok,
+                             "thresholds": t.model_dump()}
+        if failed or (t.require_strict and not strict_ok):
+            r["hit"] = False
+        if not missing:
+            g, e, s = vals["dg_h"], vals["e_hull"], vals["p_synth"]
+            r["score"] = round(desirability(g, e, s, t), 6)
+            is_hit = abs(g) <= t.dg_h_window and e <= t.e_hull_max and s >= t.p_synth_min
+            r["hit"] = bool(is_hit and not failed and (strict_ok or not t.require_strict))
+            unc = sum(float((summ.get(p) or {}).get("uncertainty") or 0.0) for p in ("dg_h", "e_hull", "p_synth"))
+            complete.append((d["candidate_id"], abs(g), e, -s, unc))
+        ranks[d["candidate_id"]] = r
+    fronts = pareto_fronts([c[1:4] for c in complete])
+    for (cid, *_), f in zip(complete, fronts):
+        ranks[cid]["pareto_front"] = f
+    order = sorted(complete, key=lambda c: (-ranks[c[0]]["score"], c[4]))
+    for pos, c in enumerate(order, start=1):
+        ranks[c[0]]["position"] = pos
+    return ranks
+
+
+def _failed_properties(scores: dict[str, Any]) -> set[str]:
+    out = set()
+    for v in scores.values():
+        if isinstance(v, dict) and "ok" in v and "property" in v:
+            if not v["ok"]:
+                out.add(v["property"])
+        elif isinstance(v, dict):
+            out |= _failed_properties(v)
+    return out

@@ -1,0 +1,88 @@
+"""Declarative flow specs (workflows/*.yaml) as pydantic models; every knob has a name and a default.
+
+``load_spec(path, overrides=["generate.n=20", "thresholds.dg_h_window=0.15"])`` reads YAML and applies
+dotted overrides from the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from gen2d.scoring import RankThresholds
+
+
+class TrainSpec(BaseModel):
+    """Train a plugin (the generator, or a surrogate scorer) before the rest of the flow."""
+
+    plugin: str
+    kind: Literal["generator", "scorer"] = "generator"
+    options: dict[str, Any] = Field(default_factory=dict)
+    category: str = Field("gpu", description="FireWorks worker category")
+
+
+class GenerateSpec(BaseModel):
+    generator: str = "templates"
+    options: dict[str, Any] = Field(default_factory=dict, description="generator constructor options")
+    n: int | None = Field(None, description="how many structures (None: all the generator has)")
+    seed: int = 0
+    params: dict[str, Any] = Field(default_factory=dict, description="generate() parameters, e.g. guidance")
+    category: str = "gpu"
+
+
+class ScorerSpec(BaseModel):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict, description="scorer constructor options")
+    batch_size: int = Field(32, description="candidates per scoring job")
+    top_k: int | None = Field(None, description="score only the current top-k by rank (e.g. MLIP ΔG_H on 5)")
+    category: str = "cpu"
+
+
+class ReportSpec(BaseModel):
+    out: str = "report"
+    top_k: int = 10
+
+
+class FlowSpec(BaseModel):
+    """One flow: ``discover`` (train? → generate → score → rank → report), ``rank-cifs`` (ingest →
+    score → rank → report) or ``pretrain-surrogate`` (train a scorer)."""
+
+    flow: Literal["discover", "rank-cifs", "pretrain-surrogate"]
+    name: str = "gen2d"
+    set: str = Field("generated", description="candidate set the flow writes and ranks")
+    store: str | None = Field(None, description="candidate store URI; None: $GEN2D_STORE on each worker")
+    input: str | None = Field(None, description="rank-cifs: folder, ASE db or MC2D JSON to ingest")
+    train: TrainSpec | None = None
+    generate: GenerateSpec | None = None
+    scorers: list[ScorerSpec] = Field(default_factory=list)
+    thresholds: RankThresholds = Field(default_factory=RankThresholds)
+    report: ReportSpec | None = Field(default_factory=ReportSpec)
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        if isinstance(cur, list):
+            cur = cur[int(k)]
+        else:
+            cur = cur.setdefault(k, {})
+    last = keys[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> FlowSpec:
+    """Read a YAML flow spec and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} is not KEY=VALUE")
+        k, v = ov.split("=", 1)
+        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    return FlowSpec.model_validate(raw)

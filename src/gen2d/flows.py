@@ -1,0 +1,106 @@
+"""Flows built from a :class:`gen2d.config.FlowSpec`: ``discover``, ``rank-cifs``, ``pretrain-surrogate``.
+
+Training and generation carry the ``gpu`` worker category, scoring ``cpu``. Scorers run in the order
+listed; a scorer with ``top_k`` runs after an intermediate ranking, and a final ranking and the
+report close the flow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobflow import Flow
+
+from gen2d.config import FlowSpec
+from gen2d.jobs import GenerateMaker, IngestMaker, RankMaker, ReportMaker, ScoreMaker, TrainMaker, set_category
+
+
+def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
+    store = spec.store
+    prev = first_output
+    thresholds = spec.thresholds.model_dump()
+    for sc in spec.scorers:
+        if sc.top_k:
+            rank = set_category(RankMaker(name="rank (interim)", sets=[spec.set], thresholds=thresholds)
+                                .make(store, after=prev), "cpu")
+            jobs.append(rank)
+            prev = rank.output
+        maker = ScoreMaker(name=f"score {sc.name}", scorer=sc.name, options=sc.options, batch_size=sc.batch_size,
+                           top_k=sc.top_k, set_name=spec.set, category=sc.category)
+        j = set_category(maker.make(store, after=prev), sc.category)
+        jobs.append(j)
+        prev = j.output
+    rank = set_category(RankMaker(sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu")
+    jobs.append(rank)
+    if spec.report is not None:
+        rep = ReportMaker(sets=[spec.set], out_dir=str(Path(spec.report.out).absolute()),
+                          top_k=spec.report.top_k).make(store, after=rank.output)
+        jobs.append(set_category(rep, "cpu"))
+    return Flow(jobs, output=rank.output, name=spec.name)
+
+
+def discover_flow(spec: FlowSpec) -> Flow:
+    """Optionally train, then generate, score with each configured scorer, rank and report."""
+    jobs = []
+    ckpt = None
+    if spec.train is not None:
+        t = set_category(TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind,
+                                    options=spec.train.options).make(spec.store), spec.train.category)
+        jobs.append(t)
+        ckpt = t.output
+    g = spec.generate
+    if g is None:
+        raise ValueError("a discover flow needs a `generate` section")
+    gen = set_category(GenerateMaker(generator=g.generator, options=g.options, n=g.n, seed=g.seed, params=g.params,
+                                     set_name=spec.set).make(spec.store, checkpoint=ckpt), g.category)
+    jobs.append(gen)
+    return _score_rank_report(spec, gen.output.candidate_ids, jobs)
+
+
+def rank_cifs_flow(spec: FlowSpec) -> Flow:
+    """Ingest a CIF set (folder, ASE db or MC2D JSON), score it the same way, rank it."""
+    if not spec.input:
+        raise ValueError("a rank-cifs flow needs `input`: a folder, ASE db or MC2D JSON")
+    ing = set_category(IngestMaker(path=spec.input, set_name=spec.set).make(spec.store), "cpu")
+    return _score_rank_report(spec, ing.output.candidate_ids, [ing])
+
+
+def pretrain_surrogate_flow(spec: FlowSpec) -> Flow:
+    if spec.train is None:
+        raise ValueError("a pretrain-surrogate flow needs a `train` section")
+    t = set_category(TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind, options=spec.train.options)
+                     .make(spec.store), spec.train.category)
+    return Flow([t], output=t.output, name=spec.name)
+
+
+def build_flow(spec: FlowSpec) -> Flow:
+    return {"discover": discover_flow, "rank-cifs": rank_cifs_flow,
+            "pretrain-surrogate": pretrain_surrogate_flow}[spec.flow](spec)
+
+
+def job_store(uri: str | None = None):
+    """The jobflow JobStore from the same settings as the candidate store (outputs + a data store).
+
+    Checkpoints and other blobs go to the ``data`` store (GridFS on MongoDB), never into documents.
+    """
+    from jobflow import JobStore
+    from maggma.stores import GridFSStore, MemoryStore, MongoStore, MontyStore
+
+    from gen2d.store import _monty_path, resolve_store_uri
+
+    uri = resolve_store_uri(uri)
+    if uri.startswith("monty://"):
+        path = _monty_path(uri)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        docs = MontyStore("outputs", database_path=path, database_name="gen2d", storage="sqlite")
+        data = MontyStore("outputs_data", database_path=path, database_name="gen2d", storage="sqlite")
+    elif uri.startswith("memory://"):
+        name = uri[len("memory://"):] or "gen2d"
+        docs, data = MemoryStore(f"{name}_outputs"), MemoryStore(f"{name}_outputs_data")
+    else:
+        from urllib.parse import urlsplit
+
+        database = urlsplit(uri).path.lstrip("/") or "gen2d"
+        docs = MongoStore.from_uri(uri, "outputs", database=database)
+        data = GridFSStore.from_uri(uri, "outputs_data", database=database)
+    return JobStore(docs, additional_stores={"data": data})

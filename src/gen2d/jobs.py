@@ -1,0 +1,401 @@
+"""jobflow Makers for every step (train, generate, ingest, score, rank, report), in atomate2's style.
+
+Each job opens the candidate store from a URI (``None``: ``$GEN2D_STORE`` on the worker, so no
+credentials travel inside a workflow document) and upserts as it goes: a job that dies keeps what it
+wrote, and its rerun skips finished work. Checkpoints travel as blobs in the JobStore's data store.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobflow import Flow, Maker, Response, job
+from pydantic import BaseModel, Field
+from pymatgen.core import Structure
+
+from gen2d.scoring import RankThresholds, ScoreResult, get_generator, get_scorer, rank_documents, score_in_batches
+from gen2d.store import CandidateStore, SourceInfo, get_score, make_candidate, open_store
+from gen2d.structures import validate_ingest
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def set_category(j, category: str | None):
+    """Route a job to a FireWorks worker category (``gpu`` for training/generation, ``cpu`` for scoring)."""
+    if category:
+        j.update_config({"manager_config": {"_category": category}})
+    return j
+
+
+# ----------------------------------------------------------------------------------------------
+# task documents
+
+
+class TrainOutput(BaseModel):
+    plugin: str
+    kind: str
+    checkpoint_name: str | None = None
+    checkpoint_sha256: str | None = None
+    checkpoint_b64: str | None = Field(None, description="checkpoint bytes (base64); lives in the data store")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    cpu_seconds: float = 0.0
+
+
+class GenerateOutput(BaseModel):
+    set: str
+    generator: str
+    run_id: str
+    n_generated: int = 0
+    n_accepted: int = 0
+    n_strict: int = 0
+    candidate_ids: list[str] = Field(default_factory=list)
+    rejected: list[dict[str, Any]] = Field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class ScoreOutput(BaseModel):
+    scorer: str
+    property: str = ""
+    n_scored: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+    n_skipped: int = Field(0, description="already scored before this job (a rerun redoes nothing)")
+    failures: dict[str, int] = Field(default_factory=dict)
+    candidate_ids: list[str] = Field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class RankOutput(BaseModel):
+    sets: list[str]
+    n_ranked: int = 0
+    n_complete: int = 0
+    n_hits: int = 0
+    top: list[dict[str, Any]] = Field(default_factory=list)
+    thresholds: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReportOutput(BaseModel):
+    out_dir: str
+    files: list[str] = Field(default_factory=list)
+
+
+def _store(uri: str | None) -> CandidateStore:
+    return open_store(uri)
+
+
+# ----------------------------------------------------------------------------------------------
+# generic steps
+
+
+def train_plugin(kind: str, name: str, **options: Any) -> dict[str, Any]:
+    """Train a generator or scorer plugin: its instance's ``train`` method, else the ``train`` function
+    of the module behind its entry point. Returns the plugin's dict (``checkpoint``/``model`` path,
+    ``metrics``, manifest fields)."""
+    import importlib
+    import importlib.metadata as md
+
+    from gen2d.scoring import PLUGIN_GROUPS
+
+    eps = {ep.name: ep for ep in md.entry_points(group=PLUGIN_GROUPS[kind])}
+    if name not in eps:
+        raise KeyError(f"no {kind} plugin named {name!r} (registered: {', '.join(sorted(eps)) or 'none'})")
+    factory = eps[name].load()
+    if hasattr(factory, "train"):
+        fn = (factory() if isinstance(factory, type) else factory).train
+    else:
+        fn = getattr(importlib.import_module(eps[name].module), "train", None)
+    if fn is None:
+        raise TypeError(f"{kind} plugin {name} has nothing to train")
+    return fn(**options) or {}
+
+
+@dataclass
+class TrainMaker(Maker):
+    """Train a plugin (``kind`` generator or scorer) through its ``train(**options)`` method.
+
+    The plugin's ``train`` returns a dict with ``checkpoint`` (a path) and ``metrics``; the checkpoint
+    bytes go to the data store so a job on another node can load them.
+    """
+
+    name: str = "train"
+    plugin: str = "egnn-diffusion"
+    kind: str = "generator"
+    options: dict = field(default_factory=dict)
+
+    @job(data="checkpoint_b64")
+    def make(self, store: str | None = None) -> TrainOutput:
+        from gen2d.scoring import file_sha256
+
+        t0 = _cpu_seconds()
+        result = train_plugin(self.kind, self.plugin, **self.options)
+        ckpt = result.get("checkpoint") or result.get("model")
+        out = TrainOutput(plugin=self.plugin, kind=self.kind, metrics=result.get("metrics", {}))
+        if ckpt and Path(ckpt).is_file():
+            out.checkpoint_name = Path(ckpt).name
+            out.checkpoint_sha256 = file_sha256(ckpt)
+            out.checkpoint_b64 = base64.b64encode(Path(ckpt).read_bytes()).decode()
+        out.cpu_seconds = _cpu_seconds() - t0
+        return out
+
+
+def materialise_checkpoint(train_output: dict | TrainOutput | None) -> str | None:
+    """Write a checkpoint blob from a TrainOutput to a local temp file; its path, or None."""
+    if train_output is None:
+        return None
+    d = train_output.model_dump() if isinstance(train_output, BaseModel) else dict(train_output)
+    if not d.get("checkpoint_b64"):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="gen2d-ckpt-"))
+    path = folder / (d.get("checkpoint_name") or "checkpoint.pt")
+    path.write_bytes(base64.b64decode(d["checkpoint_b64"]))
+    return str(path)
+
+
+@dataclass
+class GenerateMaker(Maker):
+    """Run a generator plugin and upsert what it yields as candidates of ``set_name``.
+
+    Every structure goes through ingest validation (failures are listed by reason in the output) and
+    records its strict verdict, its generator and its generation parameters.
+    """
+
+    name: str = "generate"
+    generator: str = "templates"
+    options: dict = field(default_factory=dict)
+    n: int | None = None
+    seed: int = 0
+    params: dict = field(default_factory=dict)
+    set_name: str = "generated"
+
+    @job
+    def make(self, store: str | None = None, checkpoint: Any = None) -> GenerateOutput:
+        options = dict(self.options)
+        ckpt_path = materialise_checkpoint(checkpoint)
+        if ckpt_path:
+            options["checkpoint"] = ckpt_path
+        return generate_candidates(self.generator, options, self.n, self.seed, self.params, self.set_name, store)
+
+
+def generate_candidates(generator: str, options: dict, n: int | None, seed: int, params: dict, set_name: str,
+                        store: str | None = None, progress=None) -> GenerateOutput:
+    """Run a generator and upsert its valid outputs as candidates (the body of GenerateMaker)."""
+    t0 = _cpu_seconds()
+    gen = get_generator(generator, **options)
+    ok, why = gen.available()
+    if not ok:
+        raise RuntimeError(f"generator {generator} unavailable: {why}")
+    run_id = uuid.uuid4().hex[:12]
+    out = GenerateOutput(set=set_name, generator=generator, run_id=run_id)
+    cs = _store(store)
+    batch = []
+    for g in gen.generate(n=n, seed=seed, **params):
+        out.n_generated += 1
+        if progress:
+            progress(1)
+        v = validate_ingest(g.structure)
+        if not v.ok:
+            out.rejected.append({"source_id": g.source_id, "reason": v.reasons[0], "message": v.messages[0]})
+            continue
+        src = SourceInfo(kind="templates" if generator == "templates" else "generator", set=set_name,
+                         source_id=g.source_id or f"{run_id}-{out.n_generated}", run_id=run_id,
+                         parameters={"generator": generator, "seed": seed, **params, **g.parameters})
+        cand = make_candidate(g.structure, src, labels={k: v2 for k, v2 in g.labels.items() if v2 is not None},
+                              ingest=v)
+        out.n_accepted += 1
+        out.n_strict += bool(cand.validity["strict"]["ok"])
+        out.candidate_ids.append(cand.candidate_id)
+        batch.append(cand)
+        if len(batch) >= 32:
+            cs.upsert_candidates(batch)
+            batch.clear()
+    cs.upsert_candidates(batch)
+    out.candidate_ids = list(dict.fromkeys(out.candidate_ids))
+    out.cpu_seconds = _cpu_seconds() - t0
+    return out
+
+
+@dataclass
+class IngestMaker(Maker):
+    """Ingest a folder, ASE db or MC2D JSON as candidate set ``set_name`` (the ``rank-cifs`` entry)."""
+
+    name: str = "ingest"
+    path: str = ""
+    set_name: str = "cifs"
+
+    @job
+    def make(self, store: str | None = None) -> GenerateOutput:
+        from gen2d.data.ingest import ingest_outcomes
+        from gen2d.data.readers import read_any
+
+        t0 = _cpu_seconds()
+        cs = _store(store)
+        report = ingest_outcomes(read_any(self.path), cs, self.set_name, kind="cif-set")
+        return GenerateOutput(set=self.set_name, generator="cif-set", run_id=uuid.uuid4().hex[:12],
+                              n_generated=report.read, n_accepted=report.accepted, n_strict=report.strict_ok,
+                              candidate_ids=list(dict.fromkeys(report.candidate_ids)), rejected=report.rejected,
+                              cpu_seconds=_cpu_seconds() - t0)
+
+
+def _context_for(doc: dict[str, Any], requires: tuple[str, ...]) -> dict[str, ScoreResult]:
+    """The ok results of the properties a scorer requires, rebuilt from the stored document."""
+    ctx: dict[str, ScoreResult] = {}
+    summ = doc.get("summary") or {}
+    for prop in requires:
+        name = (summ.get(prop) or {}).get("scorer")
+        sc = get_score(doc, name) if name else None
+        if sc:
+            ctx[prop] = ScoreResult.model_validate({k: v for k, v in sc.items() if k != "scorer"})
+    return ctx
+
+
+@job
+def score_batch(scorer: str, options: dict, candidate_ids: list[str], store: str | None = None) -> ScoreOutput:
+    """One scoring job: :func:`score_candidates` on a batch."""
+    return score_candidates(scorer, options, candidate_ids, store)
+
+
+def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store: str | None = None,
+                     progress=None) -> ScoreOutput:
+    """Score candidates and upsert each result as soon as its mini-batch returns.
+
+    Candidates that already hold a result from this scorer are skipped, so rerunning a batch after a
+    crash redoes nothing that was stored.
+    """
+    t0 = _cpu_seconds()
+    cs = _store(store)
+    sc = get_scorer(scorer, **options)
+    out = ScoreOutput(scorer=scorer, property=getattr(sc, "property", ""))
+    docs = []
+    for cid in candidate_ids:
+        d = cs.get(cid)
+        if d is None:
+            continue
+        if get_score(d, scorer) is not None:
+            out.n_skipped += 1
+            continue
+        docs.append(d)
+    requires = tuple(getattr(sc, "requires", ()) or ())
+    structures = [Structure.from_dict(d["structure"]) for d in docs]
+    context = [_context_for(d, requires) for d in docs] if requires else None
+    mini = max(1, int(getattr(sc, "batch_size", 0) or 8))
+    done = 0
+    t_prev = _cpu_seconds()
+    for results in score_in_batches(sc, structures, batch_size=mini, context=context):
+        t_now = _cpu_seconds()
+        per_item = (t_now - t_prev) / max(1, len(results))  # this process's CPU time, shared evenly
+        t_prev = t_now
+        for d, r in zip(docs[done:done + len(results)], results):
+            r.extra.setdefault("cpu_seconds", round(per_item, 4))
+            cs.set_score(d["candidate_id"], scorer, r)
+            out.n_scored += 1
+            if r.ok:
+                out.n_ok += 1
+            else:
+                key = r.failure.reason if r.failure else "unknown"
+                out.failures[key] = out.failures.get(key, 0) + 1
+                out.n_failed += 1
+            out.candidate_ids.append(d["candidate_id"])
+        done += len(results)
+        if progress:
+            progress(len(results))
+    out.cpu_seconds = _cpu_seconds() - t0
+    return out
+
+
+@dataclass
+class ScoreMaker(Maker):
+    """One job per batch of ``batch_size`` candidates for one scorer (replaced at run time).
+
+    With ``top_k``, only the current top-k by rank score are scored (e.g. the MLIP ΔG_H that confirms
+    the surrogate on the best candidates).
+    """
+
+    name: str = "score"
+    scorer: str = "ehull.chgnet"
+    options: dict = field(default_factory=dict)
+    batch_size: int = 32
+    top_k: int | None = None
+    set_name: str | None = None
+    category: str | None = "cpu"
+
+    @job
+    def make(self, store: str | None = None, candidate_ids: list[str] | None = None, after: Any = None) -> Response:
+        cs = _store(store)
+        crit: dict[str, Any] = {f"scores.{self.scorer}": {"$exists": False}}
+        if self.set_name:
+            crit["sets"] = self.set_name
+        if candidate_ids is not None:
+            crit["candidate_id"] = {"$in": list(candidate_ids)}
+        if self.top_k:
+            ranked = list(cs.query({**({"sets": self.set_name} if self.set_name else {}),
+                                    "rank.score": {"$ne": None}}, sort=[("rank.score", -1)], limit=self.top_k,
+                                   properties=["candidate_id"]))
+            crit["candidate_id"] = {"$in": [d["candidate_id"] for d in ranked]}
+        todo = [d["candidate_id"] for d in cs.query(crit, properties=["candidate_id"])]
+        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        jobs = []
+        for k, ids in enumerate(batches):
+            j = score_batch(self.scorer, self.options, ids, store)
+            j.name = f"{self.scorer} batch {k + 1}/{len(batches)}"
+            set_category(j, self.category)
+            jobs.append(j)
+        if not jobs:
+            return Response(output=[])
+        return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"score {self.scorer}"))
+
+
+def rank_set(cs: CandidateStore, sets: list[str] | None, thresholds: RankThresholds) -> RankOutput:
+    """Recompute ranks of the candidates in ``sets`` (all when None) from their stored summaries."""
+    crit = {"sets": {"$in": sets}} if sets else {}
+    docs = list(cs.query(crit, properties=["candidate_id", "formula", "summary", "scores", "validity"]))
+    ranks = rank_documents(docs, thresholds)
+    for cid, r in ranks.items():
+        cs.set_rank(cid, r)
+    complete = [(cid, r) for cid, r in ranks.items() if r["score"] is not None]
+    complete.sort(key=lambda x: x[1]["position"])
+    formula = {d["candidate_id"]: d["formula"] for d in docs}
+    return RankOutput(sets=sets or [], n_ranked=len(ranks), n_complete=len(complete),
+                      n_hits=sum(bool(r["hit"]) for r in ranks.values()),
+                      top=[{"candidate_id": cid, "formula": formula[cid], "score": r["score"], "hit": r["hit"],
+                            "pareto_front": r["pareto_front"]} for cid, r in complete[:20]],
+                      thresholds=thresholds.model_dump())
+
+
+@dataclass
+class RankMaker(Maker):
+    """Rank candidates (Pareto front + desirability; hits by thresholds). Rerun whenever scores arrive."""
+
+    name: str = "rank"
+    sets: list = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)
+
+    @job
+    def make(self, store: str | None = None, after: Any = None) -> RankOutput:
+        return rank_set(_store(store), self.sets or None, RankThresholds(**self.thresholds))
+
+
+@dataclass
+class ReportMaker(Maker):
+    """HTML report with PNG figures for the given sets."""
+
+    name: str = "report"
+    sets: list = field(default_factory=list)
+    out_dir: str = "report"
+    top_k: int = 10
+
+    @job
+    def make(self, store: str | None = None, after: Any = None) -> ReportOutput:
+        from gen2d.report import write_report
+
+        files = write_report(_store(store), self.out_dir, sets=self.sets or None, top_k=self.top_k)
+        return ReportOutput(out_dir=str(Path(self.out_dir).resolve()), files=[str(f) for f in files])

@@ -1,0 +1,215 @@
+"""The report: an HTML page with PNG figures and tables drawn from the stored candidates.
+
+Figures: the ΔG_H distribution with the hit window shaded, E_hull against P_synth coloured by ΔG_H,
+top and side views of the best candidates. Tables: the top-k, and a comparison across sources
+(generator, baseline CIF sets, templates) with validity, stability, hits and hits per CPU-hour.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gen2d.scoring import RankThresholds  # noqa: E402
+from gen2d.store import CandidateStore  # noqa: E402
+
+
+def _val(doc: dict[str, Any], prop: str) -> float | None:
+    return ((doc.get("summary") or {}).get(prop) or {}).get("value")
+
+
+def _scorer(doc: dict[str, Any], prop: str) -> str:
+    return ((doc.get("summary") or {}).get(prop) or {}).get("scorer", "")
+
+
+def _cpu_seconds(scores: dict[str, Any]) -> float:
+    total = 0.0
+    for v in scores.values():
+        if isinstance(v, dict) and "provenance" in v:
+            total += float((v.get("extra") or {}).get("cpu_seconds") or 0.0)
+        elif isinstance(v, dict):
+            total += _cpu_seconds(v)
+    return total
+
+
+def source_table(docs: list[dict[str, Any]], t: RankThresholds) -> list[dict[str, Any]]:
+    """Per source kind and set: count, strict validity, stability, hits, scoring CPU-hours, hits/CPU-hour."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for d in docs:
+        kinds = {(s.get("kind", ""), s.get("set", "")) for s in d.get("sources", [])} or {("", "")}
+        for k in kinds:
+            groups[k].append(d)
+    rows = []
+    for (kind, set_name), ds in sorted(groups.items()):
+        n = len(ds)
+        strict = sum(bool(((d.get("validity") or {}).get("strict") or {}).get("ok")) for d in ds)
+        eh = [_val(d, "e_hull") for d in ds]
+        n_e = sum(v is not None for v in eh)
+        stable = sum(v is not None and v <= t.e_hull_max for v in eh)
+        hits = sum(bool((d.get("rank") or {}).get("hit")) for d in ds)
+        cpu_h = sum(_cpu_seconds(d.get("scores") or {}) for d in ds) / 3600.0
+        rows.append({"source": kind, "set": set_name, "n": n, "strict_valid": strict,
+                     "strict_valid_fraction": round(strict / n, 4) if n else None,
+                     "with_e_hull": n_e, "stable": stable,
+                     "stable_fraction": round(stable / n_e, 4) if n_e else None,
+                     "hits": hits, "scoring_cpu_hours": round(cpu_h, 5),
+                     "hits_per_cpu_hour": round(hits / cpu_h, 3) if cpu_h > 0 else None})
+    return rows
+
+
+def _plot_dgh(docs, t: RankThresholds, path: Path) -> None:
+    vals = [v for v in (_val(d, "dg_h") for d in docs) if v is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.axvspan(-t.dg_h_window, t.dg_h_window, color="tab:green", alpha=0.2,
+               label=f"hit window |ΔG_H| ≤ {t.dg_h_window} eV")
+    if vals:
+        bins = np.linspace(min(vals + [-1.0]), max(vals + [1.0]), 40)
+        ax.hist(vals, bins=bins, color="tab:blue", edgecolor="white")
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("ΔG_H (eV)")
+    ax.set_ylabel("candidates")
+    ax.set_title(f"ΔG_H distribution (n = {len(vals)})")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_ehull_psynth(docs, t: RankThresholds, path: Path) -> None:
+    pts = [(_val(d, "e_hull"), _val(d, "p_synth"), _val(d, "dg_h")) for d in docs]
+    pts = [p for p in pts if p[0] is not None and p[1] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if pts:
+        e, s, g = (np.array([p[i] if p[i] is not None else np.nan for p in pts], dtype=float) for i in range(3))
+        sc = ax.scatter(e, s, c=np.where(np.isnan(g), 0.0, g), cmap="coolwarm", vmin=-1.0, vmax=1.0,
+                        edgecolors="k", linewidths=0.3)
+        fig.colorbar(sc, ax=ax, label="ΔG_H (eV)")
+    ax.axvline(t.e_hull_max, color="gray", ls="--", lw=0.8)
+    ax.axhline(t.p_synth_min, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("E_hull (eV/atom)")
+    ax.set_ylabel("P_synth")
+    ax.set_title("stability against synthesizability")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_structure(doc: dict[str, Any], path: Path) -> None:
+    from ase.visualize.plot import plot_atoms
+    from pymatgen.core import Structure
+
+    from gen2d.structures import to_ase
+
+    atoms = to_ase(Structure.from_dict(doc["structure"])).repeat((3, 3, 1))
+    z = atoms.positions[:, 2]
+    atoms.positions[:, 2] -= z.min()
+    atoms.cell[2, 2] = max(1.0, float(np.ptp(z)) + 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    plot_atoms(atoms, axes[0], rotation="0x,0y,0z", radii=0.5)
+    plot_atoms(atoms, axes[1], rotation="-90x,0y,0z", radii=0.5)
+    axes[0].set_title("top")
+    axes[1].set_title("side")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(f"{doc['formula']} ({doc['candidate_id']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{nd}f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None = None, top_k: int = 10,
+                 thresholds: RankThresholds | None = None) -> list[Path]:
+    """Write ``index.html``, ``report.json`` and PNGs into ``out_dir``; return the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    crit = {"sets": {"$in": sets}} if sets else {}
+    docs = list(cs.query(crit))
+    t = thresholds
+    if t is None:
+        ranked = [d for d in docs if (d.get("rank") or {}).get("thresholds")]
+        t = RankThresholds(**ranked[0]["rank"]["thresholds"]) if ranked else RankThresholds()
+    files: list[Path] = []
+    f1, f2 = out / "dg_h_distribution.png", out / "e_hull_vs_p_synth.png"
+    _plot_dgh(docs, t, f1)
+    _plot_ehull_psynth(docs, t, f2)
+    files += [f1, f2]
+    ranked_docs = sorted((d for d in docs if (d.get("rank") or {}).get("score") is not None),
+                         key=lambda d: d["rank"].get("position") or 10 ** 9)
+    top = ranked_docs[:top_k]
+    pics = []
+    for k, d in enumerate(top[: min(top_k, 6)]):
+        p = out / f"top{k + 1}_{d['candidate_id']}.png"
+        try:
+            _plot_structure(d, p)
+            pics.append(p)
+        except Exception as exc:  # a picture must never sink the report
+            (out / f"top{k + 1}_error.txt").write_text(str(exc))
+    files += pics
+    sources = source_table(docs, t)
+    top_rows = [{
+        "position": (d.get("rank") or {}).get("position"), "candidate_id": d["candidate_id"], "formula": d["formula"],
+        "sets": d.get("sets", []),
+        "dg_h_eV": _val(d, "dg_h"), "dg_h_scorer": _scorer(d, "dg_h"),
+        "e_hull_eV_per_atom": _val(d, "e_hull"), "e_hull_scorer": _scorer(d, "e_hull"),
+        "p_synth": _val(d, "p_synth"), "p_synth_scorer": _scorer(d, "p_synth"),
+        "hit": (d.get("rank") or {}).get("hit"), "score": (d.get("rank") or {}).get("score"),
+        "pareto_front": (d.get("rank") or {}).get("pareto_front"),
+    } for d in top]
+    summary = {"sets": sets, "store": cs.uri, "n_candidates": len(docs), "thresholds": t.model_dump(),
+               "top": top_rows, "sources": sources,
+               "descriptions": {
+                   "dg_h_eV": "hydrogen adsorption free energy of the best site, eV (ΔE_H + 0.27 eV unless stated)",
+                   "e_hull_eV_per_atom": "energy above the convex hull of the named reference set, eV/atom",
+                   "p_synth": "probability of synthesizability from the named scorer",
+                   "hits_per_cpu_hour": "hits divided by the scoring CPU time recorded on the candidates",
+               }}
+    fj = out / "report.json"
+    fj.write_text(json.dumps(summary, indent=2, default=str))
+    files.append(fj)
+    rows_html = "".join(
+        f"<tr><td>{r['position']}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
+        f"<td>{_fmt(r['dg_h_eV'])}</td><td>{_fmt(r['e_hull_eV_per_atom'])}</td><td>{_fmt(r['p_synth'], 2)}</td>"
+        f"<td>{'HIT' if r['hit'] else ''}</td><td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
+        for r in top_rows)
+    src_html = "".join(
+        f"<tr><td>{html.escape(r['source'])}</td><td>{html.escape(r['set'])}</td><td>{r['n']}</td>"
+        f"<td>{_fmt(r['strict_valid_fraction'], 3)}</td><td>{r['stable']}/{r['with_e_hull']}</td><td>{r['hits']}</td>"
+        f"<td>{_fmt(r['scoring_cpu_hours'], 4)}</td><td>{_fmt(r['hits_per_cpu_hour'])}</td></tr>" for r in sources)
+    pics_html = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in pics)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gen2d report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:48%}}</style></head><body>
+<h1>gen2d report</h1>
+<p>{len(docs)} candidates in {html.escape(', '.join(sets) if sets else 'all sets')} ({html.escape(cs.uri)}).
+Hit: |ΔG_H| ≤ {t.dg_h_window} eV, E_hull ≤ {t.e_hull_max} eV/atom, P_synth ≥ {t.p_synth_min}
+{'and strictly valid' if t.require_strict else ''}.
+MLIP and surrogate numbers are screening figures; the top candidates need DFT.</p>
+<h2>Top {len(top_rows)}</h2>
+<table><tr><th>#</th><th>id</th><th>formula</th><th>ΔG_H (eV)</th><th>E_hull (eV/atom)</th><th>P_synth</th>
+<th>hit</th><th>score</th><th>Pareto front</th></tr>{rows_html}</table>
+<h2>Sources</h2>
+<table><tr><th>source</th><th>set</th><th>n</th><th>strict valid</th><th>stable</th><th>hits</th>
+<th>scoring CPU-h</th><th>hits / CPU-h</th></tr>{src_html}</table>
+<h2>Figures</h2><img src="{f1.name}" alt="dG_H"><img src="{f2.name}" alt="E_hull vs P_synth">
+<h2>Best candidates</h2>{pics_html}
+</body></html>"""
+    fh = out / "index.html"
+    fh.write_text(page)
+    files.append(fh)
+    return files

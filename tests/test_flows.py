@@ -1,0 +1,120 @@
+"""Flows end to end: discover and rank-cifs with run_locally, the same flow through FireWorks on
+mongomock, reruns that add nothing, and a report whose tables hold the stored values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from jobflow import run_locally
+
+from conftest import make_graphene, make_mos2, write_cif
+from gen2d.config import FlowSpec, load_spec
+from gen2d.flows import build_flow, job_store
+from gen2d.store import get_score, open_store
+
+SCORERS = [{"name": "synth.pu", "batch_size": 2}]
+
+
+def tiny_discover(tmp_path, store_uri, n=3) -> FlowSpec:
+    return FlowSpec.model_validate({
+        "flow": "discover", "name": "tiny", "set": "tiny", "store": store_uri,
+        "generate": {"generator": "templates", "n": n},
+        "scorers": SCORERS, "report": {"out": str(tmp_path / "report"), "top_k": 3},
+    })
+
+
+def run(spec: FlowSpec):
+    return run_locally(build_flow(spec), store=job_store(spec.store), log=False, ensure_success=True)
+
+
+def snapshot(uri):
+    with open_store(uri) as cs:
+        return {d["candidate_id"]: (d["formula"], get_score(d, "synth.pu")["value"],
+                                    get_score(d, "synth.pu")["provenance"]["created_at"])
+                for d in cs.query({})}
+
+
+def test_discover_runs_locally_and_rerun_adds_and_redoes_nothing(tmp_path):
+    uri = f"monty://{tmp_path}/store"
+    spec = tiny_discover(tmp_path, uri)
+    responses = run(spec)
+    assert len(responses) >= 6  # generate, score (+2 batches, store_inputs), rank, report
+    first = snapshot(uri)
+    assert len(first) == 3 and all(v[1] is not None for v in first.values())
+    with open_store(uri) as cs:
+        doc = cs.get(next(iter(first)))
+        assert doc["sources"][0]["kind"] == "templates" and doc["rank"]["thresholds"]["dg_h_window"] == 0.2
+        assert get_score(doc, "synth.pu")["unit"] == "probability"
+    run(spec)
+    assert snapshot(uri) == first  # same ids, same values, same timestamps: nothing was redone
+
+
+def test_report_tables_hold_stored_values(tmp_path):
+    uri = f"monty://{tmp_path}/store"
+    spec = tiny_discover(tmp_path, uri)
+    run(spec)
+    out = tmp_path / "report"
+    for name in ("index.html", "report.json", "dg_h_distribution.png", "e_hull_vs_p_synth.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    rep = json.loads((out / "report.json").read_text())
+    stored = snapshot(uri)
+    assert rep["n_candidates"] == 3
+    src = {(r["source"], r["set"]): r for r in rep["sources"]}
+    assert src[("templates", "tiny")]["n"] == 3 and src[("templates", "tiny")]["strict_valid"] == 3
+    assert "0.2 eV" in (out / "index.html").read_text()
+
+
+def test_rank_cifs_on_mixed_folder(tmp_path, bulk_si):
+    d = tmp_path / "cifs"
+    d.mkdir()
+    write_cif(make_mos2(), d / "MoS2.cif")
+    write_cif(make_graphene(), d / "graphene.cif")
+    write_cif(bulk_si, d / "Si.cif")
+    (d / "corrupt.cif").write_text("data_x\nloop_\n_atom_site_label\nMo 0 0\n")
+    uri = f"monty://{tmp_path}/store"
+    spec = FlowSpec.model_validate({"flow": "rank-cifs", "set": "baseline", "store": uri, "input": str(d),
+                                    "scorers": SCORERS, "report": None})
+    responses = run(spec)
+    ingest_out = next(r[1].output for r in responses.values() if getattr(r[1].output, "generator", "") == "cif-set")
+    assert ingest_out.n_accepted == 2
+    assert {r["source_id"]: r["reason"] for r in ingest_out.rejected} == {"Si.cif": "bulk_crystal",
+                                                                         "corrupt.cif": "unreadable_file"}
+    assert {v[0] for v in snapshot(uri).values()} == {"MoS2", "C"}
+
+
+def test_same_flow_through_fireworks_on_mongomock_lands_the_same(tmp_path):
+    spec = tiny_discover(tmp_path, f"monty://{tmp_path}/local")
+    run(spec)
+    local = snapshot(spec.store)
+    fw_spec = tmp_path / "fw.yaml"
+    fw_spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    server = tmp_path / "mongomock.json"
+    server.write_text("{}")
+    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
+    fw_uri = f"monty://{tmp_path}/fw"
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    states = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(states["categories"]) == {"gpu", "cpu"}
+    assert set(states["states"].values()) == {"COMPLETED"}
+    remote = snapshot(fw_uri)
+    assert {k: v[:2] for k, v in remote.items()} == {k: v[:2] for k, v in local.items()}
+
+
+def test_workflow_specs_parse_and_build():
+    root = Path(__file__).resolve().parents[1] / "workflows"
+    for name in ("discover.yaml", "rank-cifs.yaml", "pretrain-surrogate.yaml"):
+        spec = load_spec(root / name, ["input=/tmp/somewhere"] if name == "rank-cifs.yaml" else None)
+        flow = build_flow(spec)
+        assert flow.jobs
+    spec = load_spec(root / "discover.yaml", ["generate.n=7", "thresholds.dg_h_window=0.15"])
+    assert spec.generate.n == 7 and spec.thresholds.dg_h_window == 0.15
+    cats = {j.config.manager_config.get("_category") for j in build_flow(spec).jobs}
+    assert cats == {"gpu", "cpu"}

@@ -1,0 +1,63 @@
+"""Ranking: hits by thresholds, Pareto fronts, desirability, ties by uncertainty, failures kept out."""
+
+from __future__ import annotations
+
+import pytest
+
+from gen2d.scoring import RankThresholds, desirability, pareto_fronts, rank_documents
+
+
+def doc(cid, dg_h=None, e_hull=None, p=None, unc=0.0, strict=True, failed=None):
+    summary = {}
+    if dg_h is not None:
+        summary["dg_h"] = {"value": dg_h, "uncertainty": unc}
+    if e_hull is not None:
+        summary["e_hull"] = {"value": e_hull}
+    if p is not None:
+        summary["p_synth"] = {"value": p}
+    scores = {}
+    if failed:
+        scores["x"] = {"y": {"property": failed, "ok": False, "provenance": {}}}
+    return {"candidate_id": cid, "summary": summary, "scores": scores, "validity": {"strict": {"ok": strict}}}
+
+
+def test_hit_needs_all_three_thresholds():
+    docs = [doc("a", 0.05, 0.02, 0.9), doc("b", 0.35, 0.02, 0.9), doc("c", 0.05, 0.25, 0.9),
+            doc("d", 0.05, 0.02, 0.3), doc("e", -0.19, 0.099, 0.51)]
+    r = rank_documents(docs)
+    assert [r[k]["hit"] for k in "abcde"] == [True, False, False, False, True]
+
+
+def test_missing_property_is_unknown_and_failed_is_never_a_hit():
+    r = rank_documents([doc("a", 0.05, 0.02), doc("b", 0.0, 0.0, 0.9, failed="e_hull"),
+                        doc("c", 0.0, 0.0, 0.9, strict=False)])
+    assert r["a"]["hit"] is None and r["a"]["missing"] == ["p_synth"] and r["a"]["score"] is None
+    # b has an ok e_hull from one scorer: its failed other e_hull scorer does not block it
+    assert r["b"]["hit"] is True
+    r2 = rank_documents([{**doc("f", 0.0, None, 0.9, failed="e_hull")}])
+    assert r2["f"]["hit"] is False and r2["f"]["failed"] == ["e_hull"]
+    assert r["c"]["hit"] is False  # not strictly 2D
+    assert rank_documents([doc("c", 0.0, 0.0, 0.9, strict=False)], RankThresholds(require_strict=False))["c"]["hit"]
+
+
+def test_desirability_orders_and_is_half_at_window_edges():
+    t = RankThresholds()
+    best = desirability(0.0, -0.05, 1.0, t)
+    assert best == pytest.approx(1.0, abs=0.05)
+    # ΔG_H term alone is 0.5 at the window edge, symmetric in sign (Sabatier)
+    assert desirability(0.2, -10, 1.0, t) ** 3 == pytest.approx(0.5, rel=1e-3)
+    assert desirability(-0.2, -10, 1.0, t) == pytest.approx(desirability(0.2, -10, 1.0, t))
+    assert desirability(0.0, 0.1, 1.0, t) ** 3 == pytest.approx(0.5, rel=1e-3)
+    assert desirability(0.1, 0.0, 0.9, t) > desirability(0.3, 0.0, 0.9, t) > desirability(0.6, 0.0, 0.9, t)
+
+
+def test_pareto_fronts():
+    pts = [(0.0, 0.0, -1.0), (0.1, 0.1, -0.9), (0.0, 0.2, -1.0), (0.5, 0.0, -0.5), (0.6, 0.3, -0.1)]
+    assert pareto_fronts(pts) == [0, 1, 1, 1, 2]
+
+
+def test_positions_and_tie_break_by_uncertainty():
+    r = rank_documents([doc("a", 0.1, 0.0, 0.8, unc=0.3), doc("b", 0.1, 0.0, 0.8, unc=0.05), doc("c", 0.0, 0.0, 0.95)])
+    assert r["c"]["position"] == 1
+    assert r["b"]["position"] == 2 and r["a"]["position"] == 3  # same score, lower uncertainty first
+    assert r["c"]["pareto_front"] == 0
