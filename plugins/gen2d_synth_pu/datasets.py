@@ -1,0 +1,132 @@
+"""Positive and unlabeled monolayers for PU training, read from 2DMatPedia (ASE db) and MC2D (JSON).
+
+Positives are exfoliated from experimentally known bulk (2DMatPedia ``top-down``, every MC2D entry);
+the unlabeled set is 2DMatPedia's hypothetical ``bottom-up`` layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+MATPEDIA_FILE = "2dmatpedia_filtered.db"
+MC2D_FILE = "mc2d_258_exfoliable.json"
+
+
+def data_dir() -> Path:
+    """``$GEN2D_DATA``, else ``<repo>/../shared/data``."""
+    env = os.environ.get("GEN2D_DATA")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    return repo.parent / "shared" / "data"
+
+
+@dataclass
+class LabelledLayer:
+    """One training monolayer: ``label`` 1 is positive, 0 unlabeled."""
+
+    structure: Structure
+    label: int
+    source: str  # "2dmatpedia:<material_id>" or "mc2d:<structure_label>"
+    meta: dict = field(default_factory=dict)
+
+
+def read_2dmatpedia(path: str | Path) -> list[LabelledLayer]:
+    """2DMatPedia rows: ``top-down`` → positive, ``bottom-up`` → unlabeled; other processes skipped.
+
+    The one ``from-literature`` row is left out: the issue defines the two classes by these two
+    discovery processes only.
+    """
+    from ase.db import connect
+
+    layers = []
+    with connect(str(path)) as db:
+        for row in db.select():
+            process = row.data.get("discovery_process")
+            if process not in ("top-down", "bottom-up"):
+                continue
+            atoms = row.toatoms()
+            atoms.pbc = (True, True, False)
+            structure = AseAtomsAdaptor.get_structure(atoms)
+            layers.append(LabelledLayer(structure, int(process == "top-down"),
+                                        f"2dmatpedia:{row.data.get('material_id', row.id)}",
+                                        {"discovery_process": process}))
+    return layers
+
+
+def mc2d_structure(entry: dict) -> Structure:
+    """One MC2D entry (cell rows ``[name, x, y, z]``; positions ``[kind, x, y, z, element]`` Cartesian).
+
+    The first field is the magnetic kind name (``Co1``, ``Co2`` for two spin sublattices), the last
+    the element; the element is what the structure needs.
+    """
+    cell = np.array([row[1:4] for row in entry["cell"]], dtype=float)
+    symbols = [p[4] for p in entry["atomic_positions"]]
+    positions = np.array([p[1:4] for p in entry["atomic_positions"]], dtype=float)
+    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=(True, True, False))
+    atoms.wrap(pbc=(True, True, True))  # MC2D centres the layer on z = 0; wrap into the cell
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def read_mc2d(path: str | Path) -> list[LabelledLayer]:
+    """Every MC2D entry is a positive (exfoliable from an ICSD/COD parent)."""
+    with open(path) as fh:
+        entries = json.load(fh)
+    return [LabelledLayer(mc2d_structure(e), 1, f"mc2d:{e.get('structure_label', i)}",
+                          {"spg": e.get("spg")}) for i, e in enumerate(entries)]
+
+
+def identity_key(structure: Structure) -> tuple[str, int]:
+    """(reduced formula, space group at symprec 0.1): one material across the two databases."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+            spg = SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number()
+    except Exception:
+        spg = 0
+    return structure.composition.reduced_formula, int(spg)
+
+
+def load_pu_dataset(data: str | Path | None = None, use_mc2d: bool = True) -> tuple[list[LabelledLayer], dict]:
+    """Positives and unlabeled layers, deduplicated, with counts for the manifest.
+
+    A material appearing twice (2DMatPedia and MC2D, or twice in one) is kept once; an unlabeled
+    layer matching a positive's key is dropped from the unlabeled set, since it is not unlabeled.
+    """
+    root = Path(data) if data else data_dir()
+    raw = read_2dmatpedia(root / MATPEDIA_FILE)
+    if use_mc2d:
+        raw += read_mc2d(root / MC2D_FILE)
+    positives: dict[tuple, LabelledLayer] = {}
+    unlabeled: dict[tuple, LabelledLayer] = {}
+    for layer in raw:
+        key = identity_key(layer.structure)
+        layer.meta["key"] = key
+        if layer.label == 1:
+            positives.setdefault(key, layer)
+        else:
+            unlabeled.setdefault(key, layer)
+    dropped = [k for k in unlabeled if k in positives]
+    for k in dropped:
+        del unlabeled[k]
+    layers = list(positives.values()) + list(unlabeled.values())
+    counts = {
+        "raw_rows": len(raw),
+        "positives": len(positives),
+        "positives_2dmatpedia": sum(1 for p in positives.values() if p.source.startswith("2dmatpedia")),
+        "positives_mc2d": sum(1 for p in positives.values() if p.source.startswith("mc2d")),
+        "unlabeled": len(unlabeled),
+        "unlabeled_dropped_as_known_positive": len(dropped),
+    }
+    return layers, counts
