@@ -109,3 +109,17 @@ def test_ingest_2dmatpedia_and_mc2d(data_dir):
     assert 0.5 < doc["strict_fraction"] < 0.95
     mc = run_json("ingest", str(data_dir / "mc2d_258_exfoliable.json"), "--set", "mc2d", "--store", uri)
     assert mc["read"] == 258 and mc["accepted"] == 258
+
+
+def test_top_show_failed_lists_reasons(store_uri):
+    from gen2d.scoring import Provenance, ScoreResult
+    from gen2d.store import open_store
+
+    run_json("ingest", "builtin:templates", "--set", "t", "--store", store_uri)
+    with open_store(store_uri) as cs:
+        cid = next(cs.query({"formula": "MoS2"}))["candidate_id"]
+        cs.set_score(cid, "ehull.test", ScoreResult.failed("e_hull", "eV/atom", "not_converged",
+                                                          "500 FIRE steps", Provenance(plugin="t")))
+    doc = run_json("top", "--show-failed", "--store", store_uri)
+    assert doc["failed"] == 1
+    assert doc["rows"][0]["candidate_id"] == cid and doc["rows"][0]["reasons"] == ["ehull.test:not_converged"]

@@ -161,10 +161,14 @@ def top(
                                                               "rank_score); prefix '-' for descending"),
     where: list[str] = typer.Option([], "--where", help="filter FIELD<VALUE (<, <=, >, >=, =, !=); repeatable"),
     set_name: Optional[str] = typer.Option(None, "--set", help="only this candidate set"),
+    show_failed: bool = typer.Option(False, "--show-failed", help="list candidates with failed scores or "
+                                                                 "failed strict validity, with reasons"),
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
 ):
     """The top candidates in the store, with all three properties and their units."""
+    if show_failed:
+        return _top_failed(k, set_name, store, as_json)
     from gen2d.store import FIELD_ALIASES, parse_where
 
     try:
@@ -197,6 +201,37 @@ def top(
         t.add_row(r["candidate_id"], r["formula"], str(r["nsites"]), ",".join(r["sets"]), r["source"],
                   "✓" if r["strict_ok"] else "✗", _fmt(r["e_hull"]), _fmt(r["dg_h"]), _fmt(r["p_synth"], 2),
                   {True: "HIT", False: "", None: ""}[r["hit"]], _fmt(r["rank_score"]))
+    out.print(t)
+
+
+def _failures_of(doc: dict[str, Any]) -> list[str]:
+    reasons = []
+    strict = (doc.get("validity") or {}).get("strict") or {}
+    if strict and not strict.get("ok"):
+        reasons += [f"strict:{r}" for r in strict.get("reasons", [])]
+    for name, sc in _flatten_scores(doc.get("scores") or {}):
+        if not sc.get("ok"):
+            reasons.append(f"{name}:{(sc.get('failure') or {}).get('reason', 'unknown')}")
+    return reasons
+
+
+def _top_failed(k: int, set_name: Optional[str], store: Optional[str], as_json: bool) -> None:
+    cs = _open(store, as_json)
+    crit: dict[str, Any] = {"sets": set_name} if set_name else {}
+    rows = []
+    for d in cs.query(crit, properties=["candidate_id", "formula", "sets", "validity", "scores"]):
+        reasons = _failures_of(d)
+        if reasons:
+            rows.append({"candidate_id": d["candidate_id"], "formula": d["formula"], "sets": d.get("sets", []),
+                         "reasons": reasons})
+    if as_json:
+        _emit_json({"store": cs.uri, "failed": len(rows), "rows": rows[:k] if k else rows})
+        return
+    t = Table(title=f"{len(rows)} candidates with failures ({cs.uri})")
+    for c in ("id", "formula", "set", "reasons"):
+        t.add_column(c, overflow="fold")
+    for r in rows[:k]:
+        t.add_row(r["candidate_id"], r["formula"], ",".join(r["sets"]), "; ".join(r["reasons"]))
     out.print(t)
 
 
