@@ -113,18 +113,18 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
     source = source or path.stem
     try:
         db = connect(str(path), type="db")
-        rows = db.select()
+        ids = _row_ids(path, db)
     except Exception as exc:
         yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"))
         return
-    while True:
+    for row_id in ids:
+        # one row at a time: a corrupt row is a named rejection and the rows after it still come
         try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except Exception as exc:  # a corrupt page ends the iteration; say so and stop
-            yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_row", f"{type(exc).__name__}: {exc}"))
-            return
+            row = db.get(id=row_id)
+        except Exception as exc:
+            yield ReadOutcome(rejection=Rejection(source, f"row-{row_id}", "unreadable_row",
+                                                  f"{type(exc).__name__}: {exc}"[:300]))
+            continue
         rid = f"row-{getattr(row, 'id', '?')}"
         try:
             atoms = row.toatoms()
@@ -150,6 +150,20 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
             yield ReadOutcome(rejection=Rejection(source, rid, "unreadable_row", f"{type(exc).__name__}: {exc}"[:300]))
             continue
         yield ReadOutcome(record=MonolayerRecord(structure, source, rid, labels, props))
+
+
+def _row_ids(path: Path, db) -> list[int]:
+    """Row ids without decoding rows (SQLite: straight from the table), so one bad row cannot hide the rest."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return [int(r[0]) for r in con.execute("SELECT id FROM systems ORDER BY id")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return [row.id for row in db.select(include_data=False)]
 
 
 # ----------------------------------------------------------------------------------------------
