@@ -118,3 +118,25 @@ def test_workflow_specs_parse_and_build():
     assert spec.generate.n == 7 and spec.thresholds.dg_h_window == 0.15
     cats = {j.config.manager_config.get("_category") for j in build_flow(spec).jobs}
     assert cats == {"gpu", "cpu"}
+
+
+def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
+    server = tmp_path / "mongomock.json"
+    server.write_text("{}")
+    lp = tmp_path / "my_launchpad.yaml"
+    lp.write_text("host: localhost\nname: fireworks\n")
+    spec = Path(__file__).resolve().parents[1] / "workflows" / "discover.yaml"
+    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server),
+           "GEN2D_STORE": "mongodb://gen2d:pa55word@db.example/gen2d"}
+    reset = ("from fireworks import LaunchPad; LaunchPad.from_file(%r).reset('', require_password=False)" % str(lp))
+    subprocess.run([sys.executable, "-c", reset], check=True, env=env, cwd=tmp_path, capture_output=True)  # lpad reset
+    res = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp), "--json"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert doc["categories"] == ["cpu", "gpu"] and doc["fireworks"] >= 6
+    assert "pa55word" not in server.read_text()  # the workers' GEN2D_STORE is never written into the workflow
+    bad = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp),
+                          "--store", "mongodb://u:pw@h/db", "--json"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "password" in json.loads(bad.stdout)["error"]

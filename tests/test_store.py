@@ -118,3 +118,19 @@ def test_store_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GEN2D_STORE", f"monty://{tmp_path}/envdb")
     assert resolve_store_uri() == f"monty://{tmp_path}/envdb"
     assert resolve_store_uri("memory://x") == "memory://x"
+
+
+def test_readable_secret_file_warns(tmp_path):
+    from gen2d.store import readable_secret_warning
+
+    lp = tmp_path / "my_launchpad.yaml"
+    lp.write_text("host: mongodb://u:topsecret@db.example/fw\nuri_mode: true\n")
+    lp.chmod(0o644)
+    w = readable_secret_warning(lp)
+    assert w and "chmod 600" in w and "topsecret" not in w
+    lp.chmod(0o600)
+    assert readable_secret_warning(lp) is None
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("host: localhost\n")
+    plain.chmod(0o644)
+    assert readable_secret_warning(plain) is None

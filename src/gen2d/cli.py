@@ -584,21 +584,35 @@ def submit(
     from gen2d.flows import build_flow
     from gen2d.store import redact_uri
 
+    from gen2d.store import readable_secret_warning
+
+    warning = readable_secret_warning(launchpad)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
     fs = load_spec(spec, override)
     if store:
         if redact_uri(store) != store:
             _fail("a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
                   "workers instead", as_json)
         fs.store = store
-    try:
-        lp = LaunchPad.from_file(str(launchpad))
-    except Exception as exc:
-        _fail(f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}", as_json)
-    wf = flow_to_workflow(build_flow(fs))
-    try:
-        mapping = lp.add_wf(wf)
-    except Exception as exc:
-        _fail(f"cannot add the workflow: {type(exc).__name__}: {redact_uri(str(exc))[:200]}", as_json)
+    import contextlib
+
+    # FireWorks logs to stdout; keep stdout for the one JSON document
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            lp = LaunchPad.from_file(str(launchpad))
+        except Exception as exc:
+            lp = None
+            problem = f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}"
+        if lp is not None:
+            wf = flow_to_workflow(build_flow(fs))
+            try:
+                mapping = lp.add_wf(wf)
+                problem = None
+            except Exception as exc:
+                problem = f"cannot add the workflow: {type(exc).__name__}: {redact_uri(str(exc))[:200]}"
+    if problem:
+        _fail(problem, as_json)
     cats = sorted({fw.spec.get("_category", "") for fw in wf.fws})
     doc = {"workflow": wf.name, "fireworks": len(wf.fws), "categories": cats, "fw_ids": list(mapping.values())}
     if as_json:

@@ -52,6 +52,24 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(?<=://)([^:/@]+):([^@/]*)@", r"\1:***@", uri)
 
 
+def readable_secret_warning(path: str | Path) -> str | None:
+    """A warning when a file that holds a password can be read by group or others (else None)."""
+    import stat
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(errors="ignore")
+    except OSError:
+        return None
+    has_secret = bool(re.search(r"(password|passwd|secret|api_key|token)\s*[:=]\s*\S+", text, re.I)
+                      or re.search(r"://[^:/@\s]+:[^@/\s]+@", text))
+    if has_secret and mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (f"{p} holds credentials and can be read by other users (mode {stat.filemode(mode)}); "
+                f"run: chmod 600 {p}")
+    return None
+
+
 def resolve_store_uri(uri: str | None = None) -> str:
     """``uri`` if given, else ``$GEN2D_STORE``, else the embedded default."""
     return uri or os.environ.get("GEN2D_STORE") or DEFAULT_STORE_URI
