@@ -134,3 +134,35 @@ def test_readable_secret_file_warns(tmp_path):
     plain.write_text("host: localhost\n")
     plain.chmod(0o644)
     assert readable_secret_warning(plain) is None
+
+
+WORKER = """
+import sys
+from gen2d.store import open_store
+from gen2d.scoring import ScoreResult, Provenance
+from gen2d.scoring import get_generator
+from gen2d.store import SourceInfo, make_candidate
+uri, w = sys.argv[1], int(sys.argv[2])
+cs = open_store(uri)
+cands = [make_candidate(g.structure, SourceInfo(kind="templates", set=f"w{w}", source_id=g.source_id))
+         for g in get_generator("templates").generate(n=12)]
+cs.upsert_candidates(cands)  # every worker upserts the same 12 materials
+for k, c in enumerate(cands):
+    cs.set_score(c.candidate_id, f"w.s{w}", ScoreResult(property=f"p{w}", value=float(k), unit="eV",
+                                                         provenance=Provenance(plugin="w")))
+"""
+
+
+def test_four_processes_upsert_and_score_one_monty_store(tmp_path):
+    uri = f"monty://{tmp_path}/db"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), uri, str(w)], stderr=subprocess.PIPE, text=True)
+             for w in range(4)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    with open_store(uri) as cs:
+        docs = list(cs.query({}))
+    assert len(docs) == 12  # no duplicates
+    assert sum(len(d["scores"]["w"]) for d in docs) == 48  # no lost updates: 4 scorers x 12
+    assert all(sorted(d["sets"]) == ["w0", "w1", "w2", "w3"] for d in docs)

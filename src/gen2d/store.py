@@ -178,17 +178,46 @@ def get_score(doc: dict[str, Any], scorer: str) -> dict[str, Any] | None:
 
 
 class CandidateStore:
-    """Candidates in a maggma store. Use :func:`open_store` to get one."""
+    """Candidates in a maggma store. Use :func:`open_store` to get one.
 
-    def __init__(self, store: Any, uri: str):
+    montydb (the embedded store) updates a document by reading and rewriting it, and several
+    processes opening one database race on its config file: measured here, four concurrent writers
+    lost 2 of 90 score updates and two of them failed to open. So for ``monty://`` every open and
+    every write holds an exclusive file lock (``<path>/.gen2d.lock``); MongoDB needs none.
+    """
+
+    def __init__(self, store: Any, uri: str, lock_path: str | Path | None = None):
         self.store = store
         self.uri = redact_uri(uri)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._lock_path = Path(lock_path) if lock_path else None
+
+    def _write_lock(self):
+        """Exclusive across threads and (for the embedded store) across processes."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            with self._lock:
+                if self._lock_path is None:
+                    yield
+                    return
+                import fcntl
+
+                with open(self._lock_path, "a+") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+
+        return held()
 
     # connection -------------------------------------------------------------------------------
     def connect(self) -> "CandidateStore":
         try:
-            self.store.connect()
+            with self._write_lock():
+                self.store.connect()
         except Exception as exc:
             raise StoreUnavailable(f"cannot open store {self.uri}: {type(exc).__name__}: "
                                    f"{redact_uri(str(exc))[:300]}") from None
@@ -229,7 +258,8 @@ class CandidateStore:
             }
             for k, v in cand.labels.items():
                 update["$set"][f"labels.{k}"] = v
-            res = self.collection.update_one({"candidate_id": cand.candidate_id}, update, upsert=True)
+            with self._write_lock():
+                res = self.collection.update_one({"candidate_id": cand.candidate_id}, update, upsert=True)
             if getattr(res, "upserted_id", None) is not None:
                 inserted += 1
             else:
@@ -247,16 +277,19 @@ class CandidateStore:
                 "value": doc.value, "abs_value": abs(doc.value), "unit": doc.unit,
                 "uncertainty": doc.uncertainty, "scorer": scorer,
             }
-        res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})
+        with self._write_lock():
+            res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})
         if res.matched_count == 0:
             raise KeyError(f"no candidate {candidate_id} in {self.uri}")
 
     def set_rank(self, candidate_id: str, rank: dict[str, Any]) -> None:
-        self.collection.update_one({"candidate_id": candidate_id},
-                                   {"$set": {"rank": rank, "updated_at": datetime.now(timezone.utc)}})
+        with self._write_lock():
+            self.collection.update_one({"candidate_id": candidate_id},
+                                       {"$set": {"rank": rank, "updated_at": datetime.now(timezone.utc)}})
 
     def set_fields(self, candidate_id: str, fields: dict[str, Any]) -> None:
-        self.collection.update_one({"candidate_id": candidate_id}, {"$set": fields})
+        with self._write_lock():
+            self.collection.update_one({"candidate_id": candidate_id}, {"$set": fields})
 
     # reads ------------------------------------------------------------------------------------
     def count(self, criteria: dict[str, Any] | None = None) -> int:
@@ -335,7 +368,8 @@ def open_store(uri: str | None = None, collection: str = CANDIDATES, connect: bo
                               mongoclient_kwargs={"serverSelectionTimeoutMS": timeout_ms})
     else:
         raise StoreUnavailable(f"unsupported store URI {redact_uri(uri)!r}: use monty://, mongodb:// or memory://")
-    cs = CandidateStore(store, uri)
+    lock = Path(_monty_path(uri)) / ".gen2d.lock" if uri.startswith("monty://") else None
+    cs = CandidateStore(store, uri, lock_path=lock)
     if connect:
         cs.connect()
         if uri.startswith(("mongodb://", "mongodb+srv://")):
