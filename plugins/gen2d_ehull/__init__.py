@@ -1,0 +1,329 @@
+"""Stability scorers ``ehull.<mlip>``: in-plane MLIP relaxation, MP2020 compatibility, E_hull via PhaseDiagram.
+
+One core scorer, :class:`EHullScorer`, parameterised by the calculator backend name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Element, Structure
+
+from gen2d.hull import (ENERGY_UNIT, HullError, ReferenceUnavailable, apply_mp2020, get_reference_provider,
+                        hull_analysis, mlip_entry)
+from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane
+from gen2d.scoring import CALCULATOR_GROUP, PluginUnavailable, Provenance, ScoreResult
+
+log = logging.getLogger(__name__)
+
+# MPtrj-trained models (CHGNet, MatterSim, SevenNet-0) embed elements up to Pu; beyond that the model
+# has never seen the element and MP2020 has no reference for it either.
+MAX_SUPPORTED_Z = 94
+
+
+def _gen2d_version() -> str:
+    try:
+        return md.version("gen2d")
+    except md.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _to_monolayer_atoms(structure: Structure):
+    """ASE atoms of a monolayer in gen2d's convention (vacuum along z, pbc (T, T, F))."""
+    from gen2d.structures import orient_2d, to_ase
+
+    return to_ase(orient_2d(structure))
+
+
+def _from_atoms(atoms) -> Structure:
+    from gen2d.structures import from_ase
+
+    return from_ase(atoms)
+
+
+def _backend_available(name: str, model: str | None) -> tuple[bool, str]:
+    for ep in md.entry_points(group=CALCULATOR_GROUP):
+        if ep.name == name:
+            try:
+                factory = ep.load()
+            except Exception as exc:
+                return False, f"calculator backend {name!r} failed to import: {type(exc).__name__}: {exc}"
+            avail = getattr(factory, "available", None)
+            if not callable(avail):
+                return True, ""
+            return avail(model) if model else avail()
+    return False, f"no calculator backend {name!r} is registered in {CALCULATOR_GROUP}"
+
+
+class EHullScorer:
+    """E_hull of a monolayer after in-plane relaxation with an MLIP.
+
+    Parameters
+    ----------
+    calculator : str
+        Calculator backend (entry point in ``gen2d.calculators``).
+    model : str, optional
+        Backend model name or checkpoint path (backend default when None).
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    provider : str
+        Reference set: ``mlip-prototypes`` (default, same MLIP, offline), ``entries-file`` or ``mp-api``.
+    provider_options : dict, optional
+        Passed to the provider (``path`` for entries-file; ``api_key`` for mp-api; ``cache_dir``,
+        ``binary_prototypes``, ``fmax``, ``steps`` for mlip-prototypes).
+    fmax, steps : float, int
+        Monolayer relaxation: convergence in eV/Å and the FIRE step limit.
+    store : maggma Store, optional
+        Connected store in which providers cache reference entries.
+    progress : bool
+        Show a progress bar over the batch.
+    stable_threshold : float
+        E_hull (eV/atom) at or below which ``extra["stable"]`` is True.
+
+    Examples
+    --------
+    >>> from gen2d.scoring import get_scorer
+    >>> [res] = get_scorer("ehull.chgnet").score([mos2])  # doctest: +SKIP
+    >>> res.value, res.unit, res.extra["decomposition"]  # doctest: +SKIP
+    """
+
+    property = "e_hull"
+    unit = ENERGY_UNIT
+    requires: tuple[str, ...] = ()
+    calculator_name = "chgnet"
+
+    def __init__(self, calculator: str | None = None, model: str | None = None, device: str = "auto",
+                 provider: str = "mlip-prototypes", provider_options: dict[str, Any] | None = None,
+                 fmax: float = 0.05, steps: int = 500, store: Any = None, progress: bool = True,
+                 stable_threshold: float = 0.1):
+        self.calculator_name = calculator or self.calculator_name
+        self.name = f"ehull.{self.calculator_name}"
+        self.model = model
+        self.device = device
+        self.provider_name = provider
+        self.provider_options = dict(provider_options or {})
+        self.fmax, self.steps = fmax, steps
+        self.store = store
+        self.progress = progress
+        self.stable_threshold = stable_threshold
+        self._provider = None
+
+    # plumbing --------------------------------------------------------------------------------------
+    def available(self) -> tuple[bool, str]:
+        return _backend_available(self.calculator_name, self.model)
+
+    def _calculator(self):
+        options: dict[str, Any] = {"device": self.device}
+        if self.model:
+            options["model"] = self.model
+        return cached_calculator(self.calculator_name, **options)
+
+    def _reference_provider(self, calculator):
+        if self._provider is None:
+            options = dict(self.provider_options)
+            if self.provider_name == "mlip-prototypes":
+                options.setdefault("calculator", calculator)
+                options.setdefault("store", self.store)
+                options.setdefault("progress", self.progress)
+            elif self.provider_name == "mp-api":
+                options.setdefault("store", self.store)
+            self._provider = get_reference_provider(self.provider_name, **options)
+        return self._provider
+
+    def settings(self) -> dict[str, Any]:
+        return {"calculator": self.calculator_name, "model": self.model, "device": self.device,
+                "relaxation": {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "cell_mask": [1, 1, 0, 0, 0, 1],
+                               "fmax": self.fmax, "fmax_unit": "eV/Å", "steps": self.steps},
+                "compatibility": "MaterialsProject2020Compatibility(check_potcar=False)",
+                "provider": self.provider_name, "stable_threshold": self.stable_threshold,
+                "stable_threshold_unit": ENERGY_UNIT}
+
+    def _provenance(self, calculator=None, provider=None) -> Provenance:
+        calc = calculator_provenance(calculator) if calculator is not None else {"model": "", "checkpoint_sha256": None}
+        notes: list[str] = []
+        reference_set = self.provider_name
+        settings = self.settings()
+        if provider is not None:
+            try:
+                desc = provider.describe()
+            except PluginUnavailable as exc:
+                desc = {"provider": self.provider_name, "error": str(exc)}
+            settings["reference_set"] = desc
+            reference_set = _reference_label(desc)
+            notes.extend(_consistency_notes(provider, calc))
+        return Provenance(plugin=self.name, version=_gen2d_version(), model=calc["model"],
+                          checkpoint_sha256=calc["checkpoint_sha256"], reference_set=reference_set,
+                          settings=settings, notes=notes)
+
+    def _fail(self, prov: Provenance, reason: str, message: str, **extra: Any) -> ScoreResult:
+        return ScoreResult.failed(self.property, self.unit, reason, message, prov, **extra)
+
+    # scoring ---------------------------------------------------------------------------------------
+    def score(self, structures: Sequence[Structure],
+              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+        """Relax each structure in-plane and score its E_hull (eV/atom); one result per input, in order."""
+        return [res for res, _ in self._score_batch(structures)]
+
+    def _score_batch(self, structures: Sequence[Structure]) -> list[tuple[ScoreResult, dict[str, Any]]]:
+        try:
+            calculator = self._calculator()
+        except Exception as exc:  # PluginUnavailable, or the backend failing to build its model
+            reason = "calculator_unavailable"
+            message = f"{self.name}: calculator {self.calculator_name!r} cannot run here: {exc}"
+            prov = self._provenance()
+            return [(self._fail(prov, reason, message), {}) for _ in structures]
+        try:
+            provider = self._reference_provider(calculator)
+        except Exception as exc:
+            prov = self._provenance(calculator)
+            return [(self._fail(prov, "reference_unavailable", f"{type(exc).__name__}: {exc}"), {}) for _ in structures]
+        prov = self._provenance(calculator, provider)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            def tqdm(x, **_):
+                return x
+        out = []
+        for structure in tqdm(structures, desc=self.name, disable=not self.progress or len(structures) < 2):
+            try:
+                out.append(self._score_one(structure, calculator, provider, prov))
+            except Exception as exc:  # last line of defence: a bug on one structure never loses the batch
+                log.exception("%s crashed on one structure", self.name)
+                out.append((self._fail(prov, "scorer_crashed", f"{type(exc).__name__}: {exc}"), {}))
+        return out
+
+    def _check_input(self, structure: Any) -> tuple[str, str] | None:
+        if not isinstance(structure, Structure):
+            return "invalid_input", f"expected a pymatgen Structure, got {type(structure).__name__}"
+        if len(structure) == 0:
+            return "invalid_input", "structure has no sites"
+        if not np.all(np.isfinite(structure.cart_coords)) or not np.all(np.isfinite(structure.lattice.matrix)):
+            return "non_finite_input", "coordinates or lattice contain NaN or inf"
+        if not structure.is_ordered:
+            return "invalid_input", "partial occupancies cannot be relaxed with an MLIP"
+        bad = sorted({el.symbol for el in structure.composition.elements
+                      if not isinstance(el, Element) or el.Z > MAX_SUPPORTED_Z})
+        if bad:
+            return "unsupported_element", (f"element(s) {', '.join(bad)} are outside the MLIP's training set "
+                                           f"(Z <= {MAX_SUPPORTED_Z}) and MP2020")
+        return None
+
+    def _score_one(self, structure: Any, calculator, provider, prov: Provenance) -> tuple[ScoreResult, dict[str, Any]]:
+        bad = self._check_input(structure)
+        if bad:
+            return self._fail(prov, *bad), {}
+        atoms = _to_monolayer_atoms(structure)
+        relaxed = relax_in_plane(atoms, calculator, fmax=self.fmax, steps=self.steps)
+        convergence = relaxed.summary()
+        details: dict[str, Any] = {"relax": convergence}
+        relaxed_structure = _from_atoms(relaxed.atoms) if np.all(np.isfinite(relaxed.atoms.positions)) else None
+        extra: dict[str, Any] = {"convergence": convergence, "provider": provider.name}
+        if relaxed_structure is not None:
+            extra["relaxed_structure"] = relaxed_structure.as_dict()
+            extra["relaxed_validation"] = _validation(relaxed_structure)
+        if relaxed.failure:
+            return self._fail(prov, relaxed.failure, relaxed.message, **extra), details
+        try:
+            elements = sorted({el.symbol for el in relaxed_structure.composition.elements})
+            references = provider.entries(elements)
+            entry = apply_mp2020(mlip_entry(relaxed_structure, relaxed.energy, model=prov.model,
+                                            checkpoint_sha256=prov.checkpoint_sha256))
+            hull = hull_analysis(entry, references, provider.name)
+        except (HullError, ReferenceUnavailable) as exc:
+            return self._fail(prov, exc.reason, str(exc), **extra), details
+        details["reference_phases"] = hull.reference_phases
+        extra.update({
+            "e_form": hull.e_form, "e_form_unit": ENERGY_UNIT,
+            "energy_per_atom": relaxed.energy_per_atom, "energy_per_atom_unit": ENERGY_UNIT,
+            "correction_per_atom": hull.correction_per_atom, "chemsys": hull.chemsys,
+            "n_phases": hull.n_phases, "decomposition": hull.decomposition,
+            "stable": bool(hull.e_hull <= self.stable_threshold),
+        })
+        return ScoreResult(property=self.property, value=hull.e_hull, unit=self.unit, extra=extra,
+                           provenance=prov), details
+
+    def explain(self, structure: Structure) -> dict[str, Any]:
+        """Everything this scorer does with one structure: settings, reference phases, relaxed cell, result."""
+        [(result, details)] = self._score_batch([structure])
+        convergence = result.extra.get("convergence", {})
+        return {
+            "scorer": self.name,
+            "property": self.property,
+            "unit": self.unit,
+            "settings": result.provenance.settings,
+            "model": result.provenance.model,
+            "checkpoint_sha256": result.provenance.checkpoint_sha256,
+            "reference_set": result.provenance.reference_set,
+            "notes": result.provenance.notes,
+            "reference_phases": details.get("reference_phases", []),
+            "initial_cell": convergence.get("initial_cell"),
+            "relaxed_cell": convergence.get("final_cell"),
+            "cell_unit": "Å",
+            "convergence": {k: convergence.get(k) for k in ("converged", "steps", "final_fmax", "final_fmax_unit",
+                                                             "energy", "energy_unit", "failure", "message")},
+            "result": result.model_dump(mode="json"),
+        }
+
+
+def _validation(structure: Structure) -> dict[str, Any]:
+    """Ingest validation of the relaxed layer (recorded, not enforced: curated layers may fail strict)."""
+    try:
+        from gen2d.structures import validate_ingest
+    except ImportError:
+        return {"ok": None, "reasons": ["validator_unavailable"]}
+    try:
+        v = validate_ingest(structure)
+        return {"ok": bool(v.ok), "reasons": list(v.reasons)}
+    except Exception as exc:
+        return {"ok": False, "reasons": ["validator_crashed"], "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _reference_label(desc: dict[str, Any]) -> str:
+    name = desc.get("provider", "?")
+    if name == "mlip-prototypes":
+        return f"mlip-prototypes v{desc.get('library_version')} ({desc.get('model')}; fmax {desc.get('fmax')} eV/Å)"
+    if name == "entries-file":
+        sha = (desc.get("sha256") or "")[:12]
+        return f"entries-file {desc.get('path')} (sha256 {sha}…, {desc.get('n_entries')} entries, {desc.get('energy_source')})"
+    return f"{name} ({desc.get('thermo_type', '')})".strip()
+
+
+def _consistency_notes(provider, calc: dict[str, Any]) -> list[str]:
+    """Say so when candidate (MLIP) and reference energies do not come from the same model."""
+    source = getattr(provider, "energy_source", "dft")
+    if provider.name == "entries-file" and source == "mlip":
+        models = provider.models()
+        if models == {calc["checkpoint_sha256"]}:
+            return []
+        source = "mlip (other model)"
+    if source == "mlip":
+        return []
+    return [f"mixed energy scales: the candidate energy is {calc['model']} (MP2020-corrected) while the "
+            f"reference energies are {source}; E_form and E_hull then carry the MLIP's absolute error against "
+            "DFT (tens of meV/atom) and are for screening only. Use provider mlip-prototypes for a "
+            "self-consistent hull."]
+
+
+class CHGNetEHullScorer(EHullScorer):
+    """``ehull.chgnet``: the offline default (CHGNet weights ship in its wheel)."""
+
+    calculator_name = "chgnet"
+
+
+class MatterSimEHullScorer(EHullScorer):
+    """``ehull.mattersim``: needs MatterSim weights on disk (named model in MatterSim's cache or a path)."""
+
+    calculator_name = "mattersim"
+
+
+class SevenNetEHullScorer(EHullScorer):
+    """``ehull.sevennet``: SevenNet-0 by default (weights ship in the sevenn wheel)."""
+
+    calculator_name = "sevennet"
+
+
+__all__ = ["EHullScorer", "CHGNetEHullScorer", "MatterSimEHullScorer", "SevenNetEHullScorer"]

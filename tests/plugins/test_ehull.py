@@ -1,0 +1,139 @@
+"""ehull.* scorers through the registry: physics with CHGNet, named failures, provenance, explain."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import graphene, mx2
+from pymatgen.core import Lattice, Structure
+
+from gen2d.scoring import ScoreResult, discover, get_scorer
+from gen2d.structures import from_ase
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ref_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("refs")
+
+
+def _mono(atoms: Atoms) -> Structure:
+    atoms.pbc = (True, True, False)
+    return from_ase(atoms)
+
+
+def _hbn(a: float = 2.50) -> Structure:
+    cell = [[a, 0, 0], [-a / 2, a * np.sqrt(3) / 2, 0], [0, 0, 20]]
+    atoms = Atoms("BN", cell=cell, scaled_positions=[[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5]])
+    return _mono(atoms)
+
+
+def test_registry_lists_ehull_scorers():
+    infos = {i.name: i for i in discover("scorer") if i.name.startswith("ehull.")}
+    assert {"ehull.chgnet", "ehull.mattersim", "ehull.sevennet"} <= set(infos)
+    assert infos["ehull.chgnet"].available and infos["ehull.chgnet"].unit == "eV/atom"
+    assert infos["ehull.chgnet"].property == "e_hull"
+
+
+def test_mos2_scored_with_chgnet(ref_cache):
+    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache,
+                                                           "binary_prototypes": ["mos2_2h", "cdi2"]})
+    [res] = scorer.score([_mono(mx2("MoS2", a=3.25, thickness=3.13, vacuum=10.0))])
+    assert isinstance(res, ScoreResult) and res.ok, res.failure
+    assert res.property == "e_hull" and res.unit == "eV/atom"
+    assert res.extra["e_form"] < 0 and res.extra["e_form_unit"] == "eV/atom"
+    assert -0.02 < res.value < 0.3
+    relaxed = Structure.from_dict(res.extra["relaxed_structure"])
+    assert relaxed.lattice.a == pytest.approx(3.18, abs=0.08)
+    assert relaxed.lattice.c == pytest.approx(Structure.from_dict(res.extra["relaxed_structure"]).lattice.c)
+    assert res.extra["convergence"]["converged"] is True
+    assert res.extra["provider"] == "mlip-prototypes" and res.extra["chemsys"] == "Mo-S"
+    assert res.extra["n_phases"] >= 2 + 3  # elemental polymorphs plus the layered bulk prototypes
+    assert res.extra["decomposition"] and res.extra["correction_per_atom"] < 0  # MP2020 sulfide correction
+    prov = res.provenance
+    assert prov.plugin == "ehull.chgnet" and prov.model.startswith("CHGNet 0.3.0")
+    assert len(prov.checkpoint_sha256) == 64
+    assert prov.reference_set.startswith("mlip-prototypes") and not prov.notes
+
+
+def test_hbn_ehull_against_bulk_hbn(ref_cache):
+    # The reference set holds bulk h-BN (graphite-like layered prototype): the monolayer's E_hull is
+    # the exfoliation cost, small and positive.
+    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"],
+                                                           "fmax": 0.02, "steps": 400})
+    [res] = scorer.score([_hbn()])
+    assert res.ok, res.failure
+    assert 0.0 <= res.value <= 0.15
+    assert [d["prototype"] for d in res.extra["decomposition"]] == ["hbn_layered"]
+    relaxed = Structure.from_dict(res.extra["relaxed_structure"])
+    assert relaxed.lattice.a == pytest.approx(2.51, abs=0.05)  # h-BN: 2.50-2.51 Å
+
+
+def test_bad_inputs_are_named_and_batch_survives(ref_cache):
+    good = _mono(graphene(a=2.4687, vacuum=10.0))
+    nan = _mono(graphene(a=2.4687, vacuum=10.0))
+    nan = Structure(nan.lattice, nan.species, [[0.1, 0.2, np.nan], [0.3, 0.4, 0.5]], coords_are_cartesian=False)
+    exotic = Structure(Lattice([[3, 0, 0], [0, 3, 0], [0, 0, 20]]), ["Cf", "S"], [[0, 0, 0.5], [0.5, 0.5, 0.55]])
+    stuck = _mono(mx2("MoS2", a=3.7, thickness=3.13, vacuum=10.0))
+    stuck.perturb(0.2, min_distance=0.05)
+    scorer = get_scorer("ehull.chgnet", steps=4, provider_options={"cache_dir": ref_cache,
+                                                                    "binary_prototypes": ["mos2_2h"]})
+    results = scorer.score([nan, exotic, stuck, good, "not a structure"])
+    assert len(results) == 5
+    reasons = [r.failure.reason if r.failure else None for r in results]
+    assert reasons == ["non_finite_input", "unsupported_element", "not_converged", None, "invalid_input"]
+    assert all(r.value is None and not r.ok for i, r in enumerate(results) if i != 3)
+    assert "Cf" in results[1].failure.message
+    assert results[2].extra["convergence"]["steps"] == 4  # the record of what happened stays
+    assert results[3].ok and results[3].value == pytest.approx(0.0, abs=0.03)  # graphene vs graphite
+
+
+def test_entries_file_provider_notes_mixed_energies():
+    scorer = get_scorer("ehull.chgnet", provider="entries-file",
+                        provider_options={"path": DATA / "mp_elemental_reference_entries.json.gz"})
+    [res] = scorer.score([_mono(mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0))])
+    assert res.ok
+    assert res.extra["provider"] == "entries-file" and res.extra["n_phases"] == 2
+    assert res.value == pytest.approx(res.extra["e_form"])  # elements only: hull = elemental line
+    assert any("mixed energy scales" in n for n in res.provenance.notes)
+    assert res.provenance.reference_set.startswith("entries-file")
+
+
+def test_explain_reports_everything(ref_cache):
+    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"],
+                                                           "fmax": 0.02, "steps": 400})
+    info = scorer.explain(_hbn(2.45))
+    assert info["scorer"] == "ehull.chgnet" and info["unit"] == "eV/atom"
+    assert info["settings"]["relaxation"]["fmax"] == 0.05
+    assert {p["formula"] for p in info["reference_phases"]} >= {"B", "N2", "BN"}
+    assert info["relaxed_cell"][0][0] != pytest.approx(info["initial_cell"][0][0])
+    assert info["relaxed_cell"][2] == pytest.approx(info["initial_cell"][2])
+    assert info["convergence"]["converged"] is True
+    assert info["result"]["ok"] and info["result"]["value"] is not None
+
+
+def test_mattersim_scorer_without_weights_fails_clearly(monkeypatch, tmp_path):
+    import gen2d_mattersim
+
+    monkeypatch.setattr(gen2d_mattersim, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.delenv("GEN2D_MATTERSIM_CHECKPOINT", raising=False)
+    scorer = get_scorer("ehull.mattersim")
+    ok, why = scorer.available()
+    assert not ok and "cannot be downloaded" in why
+    [res] = scorer.score([_hbn()])
+    assert res.failure.reason == "calculator_unavailable"
+    assert "mattersim" in res.failure.message.lower() and "cannot be downloaded" in res.failure.message

@@ -1,0 +1,216 @@
+"""MP2020 compatibility of MLIP energies, hull analysis and the reference-set providers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import mx2
+from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry
+
+from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvider, HullError, MLIPPrototypesProvider,
+                        MPAPIProvider, ReferenceUnavailable, apply_mp2020, binary_decorations, element_polymorphs,
+                        get_reference_provider, hull_analysis, mlip_entry, mp_hubbards)
+from gen2d.relax import cached_calculator, relax_in_plane
+from gen2d.structures import from_ase
+
+DATA = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+ELEMENTAL_FILE = DATA / "mp_elemental_reference_entries.json.gz"
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    import torch
+
+    torch.set_num_threads(1)
+    return cached_calculator("chgnet")
+
+
+def _rocksalt(a: str, b: str, lattice: float = 4.2) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(lattice), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+# --- MP2020 -------------------------------------------------------------------------------------
+
+def test_mp_hubbards_follow_mp_relax_set():
+    assert mp_hubbards(Composition("Fe2O3")) == {"Fe": 5.3}
+    assert mp_hubbards(Composition("MoO3")) == {"Mo": 4.38}
+    assert mp_hubbards(Composition("MoS2")) == {}  # U only for oxides and fluorides
+    assert mp_hubbards(Composition("Fe")) == {}
+
+
+def test_mp2020_sulfide_correction_on_mlip_entry():
+    s = _rocksalt("Mg", "S", 5.2)
+    entry = apply_mp2020(mlip_entry(s, -20.0, model="test"))
+    # MP2020 sulfide anion correction is -0.503 eV per S atom
+    assert entry.correction == pytest.approx(-0.503 * s.composition["S"], abs=1e-3)
+    assert entry.parameters["run_type"] == "GGA"
+    assert entry.data["energy_source"] == "mlip"
+
+
+def test_mp2020_oxide_with_u_is_accepted():
+    s = _rocksalt("Fe", "O", 4.3)
+    entry = apply_mp2020(mlip_entry(s, -15.0, model="test"))
+    assert entry.parameters["run_type"] == "GGA+U"
+    names = " ".join(a.name for a in entry.energy_adjustments)
+    assert "oxide" in names and "mixing" in names  # anion correction plus the GGA/GGA+U mixing term
+
+
+def test_mlip_entry_rejects_nan():
+    with pytest.raises(HullError) as err:
+        mlip_entry(_rocksalt("Na", "Cl"), float("nan"), model="test")
+    assert err.value.reason == "non_finite_energy"
+
+
+# --- hull analysis ------------------------------------------------------------------------------
+
+def test_hull_analysis_known_geometry():
+    refs = [ComputedEntry("Li", -2.0), ComputedEntry("Cl", -1.0),
+            ComputedEntry("LiCl", 2 * -2.5)]  # LiCl: -2.5 eV/atom, E_form = -1.0 eV/atom
+    candidate = ComputedEntry("Li2Cl", 3 * -2.0)
+    res = hull_analysis(candidate, refs, "toy")
+    # Li2Cl decomposes into LiCl + Li: hull energy (2*(-2.5) + (-2.0)) / 3 = -7/3
+    assert res.e_hull == pytest.approx(-2.0 + 7 / 3)
+    assert res.e_form == pytest.approx(-2.0 - (2 * -2.0 + -1.0) / 3)
+    assert {d["formula"] for d in res.decomposition} == {"LiCl", "Li"}
+    assert sum(d["fraction"] for d in res.decomposition) == pytest.approx(1.0)
+    assert res.n_phases == 3 and res.chemsys == "Cl-Li" and res.provider == "toy"
+
+
+def test_hull_analysis_allows_negative_and_names_missing_reference():
+    refs = [ComputedEntry("Li", -2.0), ComputedEntry("Cl", -1.0)]
+    below = hull_analysis(ComputedEntry("LiCl", -8.0), refs, "toy")
+    assert below.e_hull == pytest.approx(-2.5)
+    with pytest.raises(HullError) as err:
+        hull_analysis(ComputedEntry("LiCl", -8.0), refs[:1], "toy")
+    assert err.value.reason == "missing_elemental_reference"
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+def test_entries_file_provider_reads_mp_elemental_references():
+    prov = EntriesFileProvider(ELEMENTAL_FILE)
+    entries = prov.entries(["Mo", "S"])
+    assert sorted(e.composition.reduced_formula for e in entries) == ["Mo", "S"]
+    desc = prov.describe()
+    assert desc["n_entries"] == 89 and desc["energy_source"] == "dft" and len(desc["sha256"]) == 64
+    # MP's S ground state (alpha-S) is about -4.14 eV/atom in GGA
+    s_entry = [e for e in entries if e.composition.reduced_formula == "S"][0]
+    assert s_entry.energy_per_atom == pytest.approx(-4.136, abs=0.01)
+
+
+def test_entries_file_provider_list_of_structure_entries(tmp_path):
+    entry = apply_mp2020(mlip_entry(_rocksalt("Na", "Cl", 5.6), -13.0, model="m", checkpoint_sha256="abc"))
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps([entry.as_dict()]))
+    prov = EntriesFileProvider(path)
+    [back] = prov.entries(["Na", "Cl"])
+    assert back.structure.composition == entry.structure.composition
+    assert prov.energy_source == "mlip" and prov.models() == {"abc"}
+    assert prov.entries(["Na"]) == []
+
+
+def test_entries_file_provider_missing_file(tmp_path):
+    with pytest.raises(ReferenceUnavailable) as err:
+        EntriesFileProvider(tmp_path / "nope.json.gz").entries(["Mo"])
+    assert err.value.reason == "reference_file_missing"
+
+
+def test_mp_api_provider_without_key_says_so(monkeypatch):
+    from pymatgen.core import SETTINGS
+
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    monkeypatch.setitem(SETTINGS, "PMG_MAPI_KEY", None)
+    prov = get_reference_provider("mp-api")
+    with pytest.raises(ReferenceUnavailable) as err:
+        prov.entries(["Mo", "S"])
+    assert err.value.reason == "mp_api_key_missing"
+    assert "MP_API_KEY" in str(err.value)
+
+
+def test_mp_api_provider_with_key_but_no_client_or_network(monkeypatch):
+    prov = MPAPIProvider(api_key="x" * 32)
+    with pytest.raises(ReferenceUnavailable) as err:
+        prov.entries(["Mo", "S"])
+    # mp-api is not a core dependency; with it installed the query fails offline instead
+    assert err.value.reason in {"mp_api_not_installed", "mp_api_unreachable"}
+
+
+def test_mp_api_provider_reads_its_store_cache():
+    from maggma.stores import MemoryStore
+
+    store = MemoryStore()
+    store.connect()
+    cached = ComputedEntry("Mo", -10.8, entry_id="mp-129")
+    store.update([{"ref_key": "mp-api:GGA_GGA+U:Mo-S", "entries": [cached.as_dict()]}], key="ref_key")
+    prov = MPAPIProvider(api_key=None, store=store)
+    [entry] = prov.entries(["S", "Mo"])  # no key, no network: served from the store
+    assert entry.entry_id == "mp-129"
+
+
+def test_prototype_library_builds():
+    for name in ELEMENT_PROTOTYPES:
+        s = ELEMENT_PROTOTYPES[name].build("Si")
+        assert s.composition.reduced_formula == "Si" and s.volume > 0
+    stoich = {}
+    for name, a, b in binary_decorations("Mo", "S"):
+        s = BINARY_PROTOTYPES[name].build(a, b)
+        d = s.distance_matrix + np.eye(len(s)) * 10
+        assert d.min() > 1.5  # scaled to covalent bond lengths, no overlapping atoms
+        stoich[(name, a)] = s.composition.reduced_formula
+    assert stoich[("mos2_2h", "Mo")] == "MoS2" and stoich[("mos2_2h", "S")] == "Mo2S"
+    assert stoich[("corundum", "Mo")] == "Mo2S3"
+    assert element_polymorphs("N") == ["dimer_crystal"] and "graphite" in element_polymorphs("C")
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    diamond = ELEMENT_PROTOTYPES["diamond"].build("Si")
+    assert len(diamond) == 2 and SpacegroupAnalyzer(diamond).get_space_group_symbol() == "Fd-3m"
+    assert SpacegroupAnalyzer(BINARY_PROTOTYPES["pyrite"].build("Fe", "S")).get_space_group_symbol() == "Pa-3"
+
+
+@pytest.mark.slow
+def test_mlip_prototypes_elemental_ground_state_cached_in_store(chgnet):
+    from maggma.stores import MemoryStore
+
+    store = MemoryStore()
+    store.connect()
+    prov = MLIPPrototypesProvider(chgnet, cache_dir=False, store=store)
+    entries = prov.entries(["Si"])
+    best = min(entries, key=lambda e: e.energy_per_atom)
+    assert best.data["prototype"] == "diamond"  # Si is diamond-cubic
+    # MP GGA: -5.425 eV/atom; CHGNet 0.3.0 gives -5.31 (its error on Si, measured, not a bug here)
+    assert best.energy_per_atom == pytest.approx(-5.42, abs=0.15)
+    doc = store.query_one({"chemsys": "Si"})
+    assert doc["provider"] == "mlip-prototypes" and doc["checkpoint_sha256"] == chgnet.gen2d_checkpoint_sha256
+    fresh = MLIPPrototypesProvider(chgnet, cache_dir=False, store=store)
+    fresh._relax_phase = lambda *a, **k: pytest.fail("store cache missed")
+    assert [e.energy_per_atom for e in fresh.entries(["Si"])] == [e.energy_per_atom for e in entries]
+
+
+@pytest.mark.slow
+def test_mos2_formation_energy_negative_with_chgnet(chgnet, tmp_path):
+    prov = MLIPPrototypesProvider(chgnet, cache_dir=tmp_path, binary_prototypes=["mos2_2h"])
+    atoms = mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0)
+    atoms.pbc = (True, True, False)
+    relaxed = relax_in_plane(atoms, chgnet)
+    mono = from_ase(relaxed.atoms)
+    entry = apply_mp2020(mlip_entry(mono, relaxed.energy, model=chgnet.gen2d_model))
+    res = hull_analysis(entry, prov.entries(["Mo", "S"]), prov.name)
+    # Experiment: dHf(MoS2) ~ -0.9 eV/atom; any MP2020-corrected GGA-like model gives clearly < 0
+    assert res.e_form < -0.3
+    # The monolayer sits above (or on) its own bulk 2H parent: small positive E_hull
+    assert -0.02 < res.e_hull < 0.3
+    assert any(d["prototype"] == "mos2_2h" for d in res.decomposition)
+    # the elemental references are the expected ground states: bcc Mo, and a chain for S
+    refs = {e.entry_id: e.energy_per_atom for e in prov.entries(["Mo"])}
+    assert min(refs, key=refs.get).endswith(":bcc")
+
+    # A second provider on the same cache directory reads the disk, never relaxes again.
+    again = MLIPPrototypesProvider(chgnet, cache_dir=tmp_path, binary_prototypes=["mos2_2h"])
+    again._relax_phase = lambda *a, **k: pytest.fail("cache miss: reference relaxed twice")
+    assert len(again.entries(["Mo", "S"])) == len(prov.entries(["Mo", "S"]))
+    assert any(tmp_path.rglob("Mo-S.json.gz"))
