@@ -15,6 +15,11 @@ from gen2d.structures import from_ase, orient_2d
 
 # Keep torch-based tests from fighting over the 2 cores of a CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every run starts with an empty MLIP reference cache, as CI on a fresh machine does: a warm
+# ~/.cache/gen2d must never make a test pass or look fast.
+import tempfile  # noqa: E402
+
+os.environ["GEN2D_CACHE"] = tempfile.mkdtemp(prefix="gen2d-test-cache-")
 
 
 @pytest.fixture(scope="session")
