@@ -456,8 +456,8 @@ def train(
 def generate(
     n: int = typer.Option(..., "--n", help="how many structures"),
     generator: str = typer.Option("egnn-diffusion", "--generator"),
-    guidance: list[str] = typer.Option([], "--guidance", help="guidance KEY=VALUE (e.g. cfg_weight=2 eta=0.08 "
-                                                              "dg_h_target=0); repeatable"),
+    guidance: list[str] = typer.Option([], "--guidance", help="a preset (none, cfg, gradient, both) or KEY=VALUE "
+                                                              "(cfg_weight=2, eta=0.08, targets.dg_h=0); repeatable"),
     seed: int = typer.Option(0, "--seed"),
     set_name: str = typer.Option("generated", "--set"),
     option: list[str] = OptionOpt,
@@ -467,10 +467,14 @@ def generate(
     """Generate candidates with a generator plugin, validate them and store them with their parameters."""
     from gen2d.jobs import generate_candidates
 
-    params = {}
-    g = _parse_options(guidance)
-    if g:
-        params["guidance"] = g
+    params: dict[str, Any] = {}
+    presets = [g for g in guidance if "=" not in g]
+    if len(presets) > 1 or (presets and len(guidance) > 1):
+        _fail("give one guidance preset, or KEY=VALUE pairs, not both", as_json)
+    if presets:
+        params["guidance"] = presets[0]
+    elif guidance:
+        params["guidance"] = _parse_options(guidance)
     _open(store, as_json)  # fail early and clearly on a bad store
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"generate ({generator})", total=n)
