@@ -83,6 +83,10 @@ class EHullScorer:
         Show a progress bar over the batch.
     stable_threshold : float
         E_hull (eV/atom) at or below which ``extra["stable"]`` is True.
+    max_elements : int or None
+        Refuse (``too_many_elements``) candidates with more distinct elements. The offline reference
+        set holds no phase beyond binaries, so an E_hull for a 6-element layer would be a loose lower
+        bound bought with dozens of reference relaxations (one per element pair). None: no limit.
 
     Examples
     --------
@@ -99,7 +103,7 @@ class EHullScorer:
     def __init__(self, calculator: str | None = None, model: str | None = None, device: str = "auto",
                  provider: str = "mlip-prototypes", provider_options: dict[str, Any] | None = None,
                  fmax: float = 0.05, steps: int = 500, store: Any = None, progress: bool = True,
-                 stable_threshold: float = 0.1):
+                 stable_threshold: float = 0.1, max_elements: int | None = 4):
         self.calculator_name = calculator or self.calculator_name
         self.name = f"ehull.{self.calculator_name}"
         self.model = model
@@ -110,6 +114,7 @@ class EHullScorer:
         self.store = store
         self.progress = progress
         self.stable_threshold = stable_threshold
+        self.max_elements = max_elements
         self._provider = None
 
     # plumbing --------------------------------------------------------------------------------------
@@ -210,6 +215,10 @@ class EHullScorer:
         if bad:
             return "unsupported_element", (f"element(s) {', '.join(bad)} are outside the MLIP's training set "
                                            f"(Z <= {MAX_SUPPORTED_Z}) and MP2020")
+        n_el = len(structure.composition.elements)
+        if self.max_elements is not None and n_el > self.max_elements:
+            return "too_many_elements", (f"{n_el} elements > max_elements={self.max_elements}: the reference set "
+                                         f"has no phases beyond binaries, so this hull would be meaningless")
         return None
 
     def _score_one(self, structure: Any, calculator, provider, prov: Provenance) -> tuple[ScoreResult, dict[str, Any]]:

@@ -137,3 +137,15 @@ def test_mattersim_scorer_without_weights_fails_clearly(monkeypatch, tmp_path):
     [res] = scorer.score([_hbn()])
     assert res.failure.reason == "calculator_unavailable"
     assert "mattersim" in res.failure.message.lower() and "cannot be downloaded" in res.failure.message
+
+
+def test_too_many_elements_is_refused_by_name_without_any_relaxation():
+    from pymatgen.core import Lattice, Structure
+
+    from gen2d.scoring import get_scorer
+
+    s = Structure(Lattice.hexagonal(3.2, 20.0), ["Mo", "W", "S", "Se", "Te"],
+                  [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.57], [2 / 3, 1 / 3, 0.43], [0, 0, 0.6]])
+    [res] = get_scorer("ehull.chgnet").score([s])
+    assert not res.ok and res.failure.reason == "too_many_elements"
+    assert get_scorer("ehull.chgnet", max_elements=None).max_elements is None
