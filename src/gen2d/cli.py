@@ -460,6 +460,8 @@ def generate(
                                                               "(cfg_weight=2, eta=0.08, targets.dg_h=0); repeatable"),
     seed: int = typer.Option(0, "--seed"),
     set_name: str = typer.Option("generated", "--set"),
+    start: Optional[str] = typer.Option(None, "--start", help="egnn-diffusion: free or templates"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="egnn-diffusion: respace the schedule to K steps"),
     option: list[str] = OptionOpt,
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
@@ -475,6 +477,10 @@ def generate(
         params["guidance"] = presets[0]
     elif guidance:
         params["guidance"] = _parse_options(guidance)
+    if start:
+        params["start"] = start
+    if steps:
+        params["n_steps"] = steps
     _open(store, as_json)  # fail early and clearly on a bad store
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"generate ({generator})", total=n)

@@ -206,11 +206,14 @@ def generate_candidates(generator: str, options: dict, n: int | None, seed: int,
         if not v.ok:
             out.rejected.append({"source_id": g.source_id, "reason": v.reasons[0], "message": v.messages[0]})
             continue
+        # a generator's own predictions are not reference labels: they travel with the source
+        predicted = {k: v2 for k, v2 in g.labels.items() if k.startswith(("predicted_", "strict_"))}
+        labels = {k: v2 for k, v2 in g.labels.items() if v2 is not None and k not in predicted}
         src = SourceInfo(kind="templates" if generator == "templates" else "generator", set=set_name,
                          source_id=g.source_id or f"{run_id}-{out.n_generated}", run_id=run_id,
-                         parameters={"generator": generator, "seed": seed, **params, **g.parameters})
-        cand = make_candidate(g.structure, src, labels={k: v2 for k, v2 in g.labels.items() if v2 is not None},
-                              ingest=v)
+                         parameters={"generator": generator, "seed": seed, **params, **g.parameters,
+                                     **({"generator_predictions": predicted} if predicted else {})})
+        cand = make_candidate(g.structure, src, labels=labels, ingest=v)
         out.n_accepted += 1
         out.n_strict += bool(cand.validity["strict"]["ok"])
         out.candidate_ids.append(cand.candidate_id)

@@ -1,0 +1,311 @@
+"""Ancestral sampling of monolayers with classifier-free mixing and a property-gradient step.
+
+Each step is x_s = mu_theta(x_t) - eta * grad_x L_target(f_phi(x_t)) + sigma_t z, where mu_theta uses the
+classifier-free mix eps = (1 + w) eps(x_t | c) - w eps(x_t | none), and L_target combines |dg_h - target|,
+the e_hull excess over its threshold and -log P_synth from the property heads. The schedule is the
+one stored with the model; a different one is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from gen2d.diffusion.loss import centre_per_graph, centre_per_graph_2d, predict_noise
+from gen2d.diffusion.schedule import DiffusionSchedule
+from gen2d.diffusion.train import DiffusionBundle, monolayer_structure, resolve_device
+from gen2d.models.egnn import HEAD_NAMES
+
+
+class SamplingConfig(BaseModel):
+    """Knobs of one sampling run."""
+
+    n_steps: int | None = Field(None, description="None = all T training steps; fewer = respaced tables")
+    cfg_weight: float | None = Field(None, description="classifier-free weight w; None = unconditional")
+    eta: float = Field(0.0, description="gradient-guidance step; 0.05-0.10 when guiding")
+    targets: dict[str, float] = Field(default_factory=lambda: {"dg_h": 0.0, "e_hull": 0.0, "synth": 1.0})
+    target_weights: dict[str, float] = Field(default_factory=lambda: {"dg_h": 1.0, "e_hull": 1.0, "synth": 1.0})
+    e_hull_threshold: float = Field(0.1, description="eV/atom; only the excess above it is penalised")
+    grad_clip: float = Field(1.0, description="max RMS of the guidance gradient per structure and part")
+    max_atoms_per_batch: int = 1024
+    template_t_start: float = Field(0.6, description="template starts: fraction of T the template is noised to")
+    vacuum: float = Field(20.0, description="Å of vacuum in the output cells")
+    z_max: float = Field(4.0, description="Å; bound on |z| of the predicted clean layer (thickness <= 2 z_max)")
+    lattice_bound: float = Field(4.0, description="bound on the predicted clean lattice parameters, in training stds")
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_weight is not None or self.eta > 0
+
+
+@dataclass
+class SampledMonolayer:
+    """One sample in physical units, plus the heads' predictions on the final state."""
+
+    species: list[str]
+    lattice2d: np.ndarray  # (2, 2) Å
+    frac: np.ndarray  # (N, 2)
+    z: np.ndarray  # (N,) Å, centred
+    predicted: dict[str, float]
+    start: str = "free"
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_structure(self, vacuum: float = 20.0):
+        """A pymatgen ``Structure`` with a, b in the xy-plane and the layer centred in c."""
+        return monolayer_structure(self.species, self.lattice2d, self.frac, self.z, vacuum)
+
+
+def target_loss(heads: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Per-structure L_target from head outputs ``(B, 3)`` (dg_h eV, e_hull eV/atom, synth logit)."""
+    terms = []
+    w = config.target_weights
+    if "dg_h" in config.targets and w.get("dg_h", 0):
+        terms.append(w["dg_h"] * (heads[:, 0] - config.targets["dg_h"]).abs())
+    if "e_hull" in config.targets and w.get("e_hull", 0):
+        terms.append(w["e_hull"] * F.relu(heads[:, 1] - config.e_hull_threshold))
+    if "synth" in config.targets and w.get("synth", 0):
+        terms.append(w["synth"] * -F.logsigmoid(heads[:, 2]))
+    return torch.stack(terms, 0).sum(0) if terms else heads[:, 0] * 0.0
+
+
+def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The condition vector for classifier-free guidance: target values and presence flags."""
+    vals = [config.targets.get(k, 0.0) for k in HEAD_NAMES]
+    mask = [1.0 if k in config.targets else 0.0 for k in HEAD_NAMES]
+    return torch.tensor([vals + mask], dtype=dtype, device=device).expand(n, -1)
+
+
+def _clip_rms(g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: float) -> torch.Tensor:
+    """Scale each structure's gradient so its RMS is at most ``max_rms``: eta is then a step size."""
+    flat = g.reshape(g.shape[0], -1)
+    sq = flat.pow(2).mean(-1)
+    if index is None:
+        rms = sq.sqrt()
+    else:
+        from gen2d.models.egnn import scatter_mean
+
+        rms = scatter_mean(sq[:, None], index, n)[:, 0].sqrt()[index]
+    scale = (max_rms / (rms + 1e-12)).clamp(max=1.0)
+    return g * scale.reshape(-1, *([1] * (g.dim() - 1)))
+
+
+@dataclass
+class Start:
+    """What a batch starts from: atom counts (free) or a template state (lattice fixed)."""
+
+    n_atoms: list[int]
+    template_name: list[str] | None = None
+    frac0: torch.Tensor | None = None
+    z0: torch.Tensor | None = None
+    types0: torch.Tensor | None = None
+    lattice2d: torch.Tensor | None = None  # (B, 2, 2)
+
+
+def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, generator: torch.Generator,
+                 device: str = "auto", schedule: DiffusionSchedule | None = None) -> list[SampledMonolayer]:
+    """Run the reverse process for one batch.
+
+    Parameters
+    ----------
+    schedule : DiffusionSchedule, optional
+        Must be the bundle's schedule (same fingerprint); passing another one raises ``ValueError``.
+    """
+    sched = bundle.schedule
+    if schedule is not None and schedule.fingerprint != sched.fingerprint:
+        raise ValueError(f"sampling schedule {schedule.fingerprint} differs from the training schedule "
+                         f"{sched.fingerprint}")
+    dev = resolve_device(device)
+    model, rep = bundle.model, bundle.rep
+    B = len(start.n_atoms)
+    counts = torch.tensor(start.n_atoms)
+    batch = torch.repeat_interleave(torch.arange(B), counts).to(dev)
+    N = int(counts.sum())
+    K = rep.n_types
+    dtype = torch.float32
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(dev)
+
+    steps = sched.timesteps(config.n_steps)
+    lattice_fixed = None
+    if start.frac0 is None:
+        frac = torch.rand(N, 2, generator=generator, dtype=dtype).to(dev)  # torus prior: uniform
+        z = centre_per_graph(randn(N), batch, B)
+        h = randn(N, K)
+        lat = randn(B, 3)
+    else:
+        t0 = int(round(config.template_t_start * (sched.T - 1)))
+        steps = [s for s in steps if s <= t0]
+        t_b = torch.full((B,), t0, device=dev)
+        t_a = t_b[batch]
+        frac = sched.torus_noise(start.frac0.to(dev), t_a, centre_per_graph_2d(randn(N, 2), batch, B))
+        z = sched.vp_noise(start.z0.to(dev) / rep.z_scale, t_a, centre_per_graph(randn(N), batch, B))
+        h = sched.vp_noise(F.one_hot(start.types0, K).to(dtype).to(dev), t_a, randn(N, K))
+        lat0 = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
+        lat = sched.vp_noise(lat0, t_b, randn(B, 3))
+        lattice_fixed = torch.zeros(B, 3, 3, dtype=dtype, device=dev)
+        lattice_fixed[:, :2, :2] = start.lattice2d.to(dev).to(dtype)
+        lattice_fixed[:, 2, 2] = 20.0
+
+    cond = target_condition(B, config, dtype, dev) if config.cfg_weight is not None else None
+    cond_list = [cond, None] if cond is not None else [None]
+    heads = torch.zeros(B, 3, device=dev)
+    for i, t_int in enumerate(steps):
+        s_int = steps[i + 1] if i + 1 < len(steps) else -1
+        t = torch.full((B,), t_int, device=dev, dtype=torch.long)
+        s = torch.full((B,), s_int, device=dev, dtype=torch.long)
+        with torch.set_grad_enabled(config.eta > 0):
+            state = [frac, z, h, lat]
+            if config.eta > 0:
+                state = [v.detach().requires_grad_(True) for v in state]
+            pred = predict_noise(model, rep, *state, t, batch, sched, cond_list, lattice_override=lattice_fixed)
+            heads = pred["heads"].detach()
+            grads = [torch.zeros_like(v) for v in state]
+            if config.eta > 0:
+                l_target = target_loss(pred["heads"], config).sum()
+                grads = list(torch.autograd.grad(l_target, state, allow_unused=True))
+                grads = [torch.zeros_like(v) if g is None else torch.nan_to_num(g, 0.0, 0.0, 0.0)
+                         for g, v in zip(grads, state)]
+        def mix(key):
+            outs = [o.detach() for o in pred[key]]
+            if len(outs) == 1:
+                return outs[0]
+            w = config.cfg_weight
+            return (1 + w) * outs[0] - w * outs[1]
+
+        t_a, s_a = t[batch], s[batch]
+        mean_f, std_f = sched.torus_step(frac, mix("eps_frac"), t_a, s_a)
+        z_bound = config.z_max / rep.z_scale
+        mean_z, std_z = sched.vp_step(z, mix("eps_z"), t_a, s_a, (-z_bound, z_bound))
+        mean_h, std_h = sched.vp_step(h, mix("eps_types"), t_a, s_a, (0.0, 1.0))
+        mean_l, std_l = sched.vp_step(lat, mix("eps_lattice"), t, s, (-config.lattice_bound, config.lattice_bound))
+        if config.eta > 0:
+            g_f, g_z, g_h, g_l = grads
+            mean_f = mean_f - config.eta * _clip_rms(g_f, batch, B, config.grad_clip)
+            mean_z = mean_z - config.eta * _clip_rms(g_z[:, None], batch, B, config.grad_clip)[:, 0]
+            mean_h = mean_h - config.eta * _clip_rms(g_h, batch, B, config.grad_clip)
+            mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip)
+        frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
+        z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
+        h = (mean_h + std_h * randn(N, K)).detach()
+        if lattice_fixed is None:
+            lat = (mean_l + std_l * randn(B, 3)).detach()
+        else:
+            lat = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
+            if s_int >= 0:
+                lat = sched.vp_noise(lat, s, randn(B, 3))
+
+    # heads on the final, clean state
+    with torch.no_grad():
+        t0_b = torch.zeros(B, dtype=torch.long, device=dev)
+        pred = predict_noise(model, rep, frac, z, h, lat, t0_b, batch, sched, [None], lattice_override=lattice_fixed)
+        heads = pred["heads"]
+    lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
+    types = h.argmax(-1)
+    out = []
+    ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
+    params = config.model_dump(mode="json")
+    for g in range(B):
+        sl = slice(int(ptr[g]), int(ptr[g + 1]))
+        predicted = {"dg_h": float(heads[g, 0]), "e_hull": float(heads[g, 1]),
+                     "p_synth": float(torch.sigmoid(heads[g, 2]))}
+        name = start.template_name[g] if start.template_name else None
+        out.append(SampledMonolayer(
+            species=[rep.vocab[int(k)] for k in types[sl]], lattice2d=lattice[g, :2, :2].cpu().numpy().astype(float),
+            frac=frac[sl].cpu().numpy().astype(float), z=(z[sl] * rep.z_scale).cpu().numpy().astype(float),
+            predicted=predicted, start=f"template:{name}" if name else "free", parameters=params))
+    return out
+
+
+def draw_atom_counts(bundle: DiffusionBundle, n: int, generator: torch.Generator) -> list[int]:
+    """Atom counts drawn from the training set's histogram."""
+    sizes = sorted(bundle.n_atoms_counts)
+    weights = torch.tensor([bundle.n_atoms_counts[k] for k in sizes], dtype=torch.float64)
+    idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+    return [sizes[i] for i in idx.tolist()]
+
+
+def sample(bundle: DiffusionBundle, n: int, seed: int = 0, config: SamplingConfig | None = None,
+           device: str = "auto", n_atoms: list[int] | None = None, starts: list[Start] | None = None,
+           progress: bool = False) -> list[SampledMonolayer]:
+    """Draw ``n`` monolayers (free starts) in batches of at most ``max_atoms_per_batch`` atoms.
+
+    Parameters
+    ----------
+    n_atoms : list of int, optional
+        Atom count of every sample; default: drawn from the training histogram.
+    starts : list of Start, optional
+        Prepared batches (e.g. template starts); used instead of ``n``/``n_atoms`` when given.
+    """
+    config = config or SamplingConfig()
+    gen = torch.Generator().manual_seed(seed)
+    if starts is None:
+        counts = n_atoms if n_atoms is not None else draw_atom_counts(bundle, n, gen)
+        starts, cur = [], []
+        for c in counts:
+            if cur and sum(cur) + c > config.max_atoms_per_batch:
+                starts.append(Start(cur))
+                cur = []
+            cur.append(c)
+        if cur:
+            starts.append(Start(cur))
+    from tqdm.auto import tqdm
+
+    results: list[SampledMonolayer] = []
+    bar = tqdm(total=sum(len(s.n_atoms) for s in starts), disable=not progress, desc="generate")
+    for st in starts:
+        results.extend(sample_batch(bundle, st, config, gen, device))
+        bar.update(len(st.n_atoms))
+    bar.close()
+    return results
+
+
+def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
+                    max_atoms_per_batch: int = 1024) -> tuple[list[Start], dict[str, str]]:
+    """Starts from the built-in template library (``gen2d.data.templates``).
+
+    Returns the batches and, for templates that cannot be used, the reason (e.g. an element outside
+    the model's vocabulary).
+    """
+    from gen2d.data import templates
+    from gen2d.diffusion.train import arrays_from_cell
+
+    skipped: dict[str, str] = {}
+    items = []
+    vocab_index = {s: i for i, s in enumerate(bundle.rep.vocab)}
+    for name in names:
+        st = templates.build_template(name)
+        species = [sp.symbol for sp in st.species]
+        unknown = sorted(set(species) - set(vocab_index))
+        if unknown:
+            skipped[name] = f"elements_outside_vocabulary: {unknown}"
+            continue
+        arr = arrays_from_cell(st.lattice.matrix, st.cart_coords, species, "template", name, {})
+        items.extend([(name, arr)] * repeats)
+    starts, cur = [], []
+
+    def flush():
+        if cur:
+            starts.append(Start(
+                n_atoms=[len(a.species) for _, a in cur], template_name=[nm for nm, _ in cur],
+                frac0=torch.tensor(np.concatenate([a.frac for _, a in cur]), dtype=torch.float32),
+                z0=torch.tensor(np.concatenate([a.z for _, a in cur]), dtype=torch.float32),
+                types0=torch.tensor([vocab_index[s] for _, a in cur for s in a.species]),
+                lattice2d=torch.tensor(np.stack([a.lattice2d for _, a in cur]), dtype=torch.float32)))
+
+    for name, arr in items:
+        if cur and sum(len(a.species) for _, a in cur) + len(arr.species) > max_atoms_per_batch:
+            flush()
+            cur = []
+        cur.append((name, arr))
+    flush()
+    return starts, skipped
+
+
+__all__ = ["SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
+           "draw_atom_counts", "Start"]

@@ -1,0 +1,198 @@
+"""Metrics of a set of generated monolayers; each metric carries its own description and unit.
+
+Results are plain dicts (name, value, unit, description, n, details), so a number is never written
+without its meaning. Structure identity uses pymatgen's ``StructureMatcher(ltol=0.2, stol=0.3,
+angle_tol=5)``, as everywhere in gen2d.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from pymatgen.core import Structure
+
+MATCHER_SETTINGS = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5}
+
+
+def structure_matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(**MATCHER_SETTINGS)
+
+
+@dataclass
+class MetricResult:
+    name: str
+    value: float | None
+    unit: str
+    description: str
+    n: int
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Metric:
+    """Base: ``name``, ``unit`` and ``description`` travel with every value."""
+
+    name: str = ""
+    unit: str = "fraction"
+    description: str = ""
+
+    def result(self, value: float | None, n: int, **details: Any) -> MetricResult:
+        return MetricResult(self.name, value, self.unit, self.description, n, details)
+
+
+class StrictValidity(Metric):
+    name = "strict_2d_validity"
+    description = ("Fraction of samples that pass gen2d.structures.validate_strict: one bonded component "
+                   "(1.25 x covalent radii) periodic in both in-plane directions (Larsen dimensionality 2), "
+                   "no isolated atoms, no pair closer than 0.6 x the covalent sum, thickness <= 10 Å, "
+                   "vacuum >= 15 Å. details.reasons counts each failure reason.")
+
+    def __call__(self, structures: Sequence[Structure]) -> MetricResult:
+        from gen2d.structures import validate_strict
+
+        reasons: Counter = Counter()
+        ok = []
+        for s in structures:
+            try:
+                v = validate_strict(s)
+                ok.append(v.ok)
+                reasons.update(set(v.reasons))
+            except Exception as exc:  # a validator crash is a failed sample, not a failed run
+                ok.append(False)
+                reasons[f"validator_error:{type(exc).__name__}"] += 1
+        n = len(structures)
+        return self.result(float(np.mean(ok)) if n else None, n, reasons=dict(reasons.most_common()),
+                           per_sample=ok)
+
+
+class SMACTValidity(Metric):
+    name = "smact_validity"
+    description = ("Fraction of samples whose composition is charge-neutral with allowed oxidation states "
+                   "and passes the Pauling electronegativity test (smact.screening.smact_validity, "
+                   "defaults: alloys allowed); elemental layers count as valid. Compositions with more "
+                   "than max_elements distinct elements count as invalid without enumeration "
+                   "(details.too_many_elements).")
+
+    def __init__(self, max_elements: int = 6):
+        # smact enumerates every oxidation-state combination: 20 elements never finish
+        self.max_elements = max_elements
+
+    def __call__(self, structures: Sequence[Structure]) -> MetricResult:
+        from smact.screening import smact_validity
+
+        cache: dict[str, bool] = {}
+        ok = []
+        too_many = 0
+        for s in structures:
+            formula = s.composition.reduced_formula
+            if len(s.composition.elements) > self.max_elements:
+                too_many += 1
+                ok.append(False)
+                continue
+            if formula not in cache:
+                try:
+                    cache[formula] = bool(smact_validity(s.composition))
+                except Exception:
+                    cache[formula] = False
+            ok.append(cache[formula])
+        n = len(structures)
+        return self.result(float(np.mean(ok)) if n else None, n, per_sample=ok, too_many_elements=too_many,
+                           max_elements=self.max_elements)
+
+
+def _match_groups(structures: Sequence[Structure]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(structures):
+        groups[s.composition.reduced_formula].append(i)
+    return groups
+
+
+class Uniqueness(Metric):
+    name = "uniqueness"
+    description = ("Fraction of samples that match no earlier sample under StructureMatcher(ltol=0.2, "
+                   "stol=0.3, angle_tol=5); compared only within the same reduced formula.")
+
+    def __call__(self, structures: Sequence[Structure]) -> MetricResult:
+        matcher = structure_matcher()
+        unique = [True] * len(structures)
+        for idx in _match_groups(structures).values():
+            reps: list[int] = []
+            for i in idx:
+                if any(_safe_fit(matcher, structures[i], structures[j]) for j in reps):
+                    unique[i] = False
+                else:
+                    reps.append(i)
+        n = len(structures)
+        return self.result(float(np.mean(unique)) if n else None, n, n_unique=int(sum(unique)), per_sample=unique)
+
+
+class Novelty(Metric):
+    name = "novelty"
+    description = ("Fraction of samples that match no training structure under StructureMatcher(ltol=0.2, "
+                   "stol=0.3, angle_tol=5); compared only within the same reduced formula.")
+
+    def __init__(self, reference: Sequence[Structure], reference_name: str = "training set"):
+        self.reference = list(reference)
+        self.reference_name = reference_name
+        self._groups = _match_groups(self.reference)
+
+    def __call__(self, structures: Sequence[Structure]) -> MetricResult:
+        matcher = structure_matcher()
+        novel = []
+        for s in structures:
+            same = self._groups.get(s.composition.reduced_formula, [])
+            novel.append(not any(_safe_fit(matcher, s, self.reference[j]) for j in same))
+        n = len(structures)
+        return self.result(float(np.mean(novel)) if n else None, n, reference=self.reference_name,
+                           n_reference=len(self.reference), per_sample=novel)
+
+
+class PredictedPropertyDistribution(Metric):
+    """Summary of one head-predicted property over the samples (not a physics result)."""
+
+    def __init__(self, prop: str, unit: str, source: str):
+        self.name = f"predicted_{prop}"
+        self.prop = prop
+        self.unit = unit
+        self.description = (f"Distribution of {prop} predicted by {source} on the final sampled state: "
+                            "mean, std and 10/50/90 % quantiles. A model prediction, not a scored value.")
+
+    def __call__(self, values: Sequence[float]) -> MetricResult:
+        v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+        if not len(v):
+            return self.result(None, 0)
+        q = np.quantile(v, [0.1, 0.5, 0.9])
+        return self.result(float(v.mean()), len(v), std=float(v.std()), q10=float(q[0]), q50=float(q[1]),
+                           q90=float(q[2]))
+
+
+def _safe_fit(matcher, a: Structure, b: Structure) -> bool:
+    try:
+        return bool(matcher.fit(a, b))
+    except Exception:
+        return False
+
+
+def evaluate_samples(structures: Sequence[Structure], reference: Sequence[Structure] | None = None,
+                     predicted: Sequence[dict[str, float]] | None = None,
+                     predictor: str = "EGNN property heads") -> dict[str, dict[str, Any]]:
+    """All generator metrics as ``{name: result dict}`` (``per_sample`` lists dropped for brevity)."""
+    results = [StrictValidity()(structures), SMACTValidity()(structures), Uniqueness()(structures)]
+    if reference is not None:
+        results.append(Novelty(reference)(structures))
+    if predicted:
+        for prop, unit in (("dg_h", "eV"), ("e_hull", "eV/atom"), ("p_synth", "probability")):
+            results.append(PredictedPropertyDistribution(prop, unit, predictor)([p.get(prop) for p in predicted]))
+    out = {}
+    for r in results:
+        d = r.as_dict()
+        d["details"] = {k: v for k, v in d["details"].items() if k != "per_sample"}
+        out[r.name] = d
+    return out
