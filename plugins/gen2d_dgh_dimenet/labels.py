@@ -1,0 +1,120 @@
+"""ΔG_H pseudo-labels from ``dgh.mlip`` for surrogate training, cached so reruns and extensions are incremental."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+
+class LabelCache(Protocol):
+    """Where labels live between runs: the lead backs it with the store; tests use a dict or a file."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, label: dict[str, Any]) -> None: ...
+
+
+class DictLabelCache:
+    """In-memory label cache."""
+
+    def __init__(self):
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, label: dict[str, Any]) -> None:
+        self.data[key] = label
+
+
+class JsonlLabelCache:
+    """Append-only JSON-lines label cache: a crash loses at most the label being computed."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.data: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.data[row["key"]] = row["label"]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, label: dict[str, Any]) -> None:
+        self.data[key] = label
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "label": label}) + "\n")
+
+
+def label_key(structure: Structure, scorer) -> str:
+    """Cache key: the material's content hash and a hash of everything that changes the label."""
+    from gen2d.structures import content_hash
+
+    recipe = json.dumps({"calculator": scorer.calculator_name, "model": scorer.model,
+                         "relax_slab": scorer.relax_slab, "slab_fmax": scorer.slab_fmax,
+                         "slab_steps": scorer.slab_steps, **scorer.settings.as_dict()}, sort_keys=True)
+    return f"{content_hash(structure)}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def label_monolayers(structures: Sequence[Structure], scorer, label_cache: LabelCache,
+                     ids: Sequence[str] | None = None,
+                     progress: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
+    """ΔG_H labels from ``scorer`` (a ``dgh.mlip`` instance) for every structure, computed only once.
+
+    Returns
+    -------
+    list of dict
+        One per structure: ``id``, ``key``, ``ok``, ``dg_h_eV`` (None when failed), ``reason``,
+        ``cpu_seconds`` (process CPU time of this label), ``relaxed_slab`` (pymatgen dict, the
+        surrogate's input), ``model`` (MLIP name and version) and ``formula``.
+    """
+    ids = list(ids) if ids is not None else [str(k) for k in range(len(structures))]
+    labels: list[dict[str, Any]] = []
+    for n, (sid, structure) in enumerate(zip(ids, structures)):
+        key = label_key(structure, scorer)
+        cached = label_cache.get(key)
+        if cached is None:
+            t0 = time.process_time()
+            result = scorer.score([structure])[0]
+            cpu = time.process_time() - t0
+            slab = result.extra.get("relaxed_slab")
+            best = result.extra.get("best_site") or {}
+            cached = {"id": sid, "key": key, "formula": structure.composition.reduced_formula,
+                      "ok": result.ok, "dg_h_eV": result.value,
+                      "reason": None if result.ok else result.failure.reason,
+                      "message": None if result.ok else result.failure.message,
+                      "cpu_seconds": cpu, "n_sites": len(result.extra.get("sites", [])),
+                      "best_site": {k: best.get(k) for k in ("face", "kind", "nearest_atom", "coverage")},
+                      "model": result.provenance.model, "relaxed_slab": slab}
+            label_cache.put(key, cached)
+        labels.append(cached)
+        if progress is not None:
+            progress(n, len(structures), cached)
+    return labels
+
+
+def iter_2dmatpedia(path: str | Path, max_atoms: int | None = None) -> Iterable[tuple[str, Structure]]:
+    """(material_id, Structure) of the 2DMatPedia ASE database in ``GEN2D_DATA``."""
+    from ase.db import connect
+
+    from gen2d.structures import from_ase
+
+    with connect(str(path)) as db:
+        for row in db.select():
+            if max_atoms is not None and row.natoms > max_atoms:
+                continue
+            atoms = row.toatoms()
+            atoms.pbc = (True, True, False)
+            yield str(row.data.get("material_id", row.id)), from_ase(atoms)

@@ -1,0 +1,142 @@
+"""Periodic DimeNet++: triplets against brute force, symmetry invariances, checkpoints."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import mx2
+
+from gen2d.models.dimenet import (
+    DimeNetHParams,
+    PeriodicDimeNetPlusPlus,
+    checkpoint_dict,
+    load_checkpoint,
+    periodic_graph,
+    periodic_triplets,
+)
+
+SMALL = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4,
+                       out_emb_channels=16, cutoff=4.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> PeriodicDimeNetPlusPlus:
+    torch.manual_seed(0)
+    net = PeriodicDimeNetPlusPlus(SMALL).double()
+    # PyG zero-initialises the output layers; random weights make the invariance tests meaningful
+    for block in net.output_blocks:
+        torch.nn.init.normal_(block.lin.weight, std=0.3)
+    net.eval()
+    return net
+
+
+def _predict(net, atoms) -> float:
+    g = periodic_graph(atoms, cutoff=net.hparams.cutoff)
+    # float64 from the source so that invariances hold to 1e-8, not to float32 rounding
+    pos = torch.as_tensor(atoms.positions, dtype=torch.float64)
+    cell = torch.as_tensor(np.asarray(atoms.cell), dtype=torch.float64)
+    with torch.no_grad():
+        return float(net(g.z, pos, None, edge_index=g.edge_index, edge_image=g.edge_image, cell=cell)[0, 0])
+
+
+def _mos2() -> Atoms:
+    atoms = mx2("MoS2", kind="2H", a=3.18, thickness=3.19, vacuum=10.0)
+    atoms.pbc = (True, True, False)
+    return atoms
+
+
+def _brute_force_triplets(atoms: Atoms, cutoff: float) -> set:
+    """Every (i, j, image_j, k, image_k) with |r_ij|, |r_jk| < cutoff and k-image != i-home, by enumeration."""
+    pos, cell = atoms.positions, np.asarray(atoms.cell)
+    n_img = 3  # enough images for a 2.5 Å cell with a 4 Å cutoff
+    images = [np.array([a, b, 0]) for a, b in itertools.product(range(-n_img, n_img + 1), repeat=2)]
+    out = set()
+    for i in range(len(atoms)):
+        for j, sj in itertools.product(range(len(atoms)), images):
+            rj = pos[j] + sj @ cell
+            dij = np.linalg.norm(rj - pos[i])
+            if dij >= cutoff or dij < 1e-8:
+                continue
+            for k, sk in itertools.product(range(len(atoms)), images):
+                rk = pos[k] + sk @ cell  # absolute image of k, in i's frame
+                djk = np.linalg.norm(rk - rj)
+                if djk >= cutoff or djk < 1e-8:
+                    continue
+                if k == i and not sk.any():
+                    continue  # back to the very atom the message goes to
+                out.add((i, j, tuple(sj), k, tuple(sk)))
+    return out
+
+
+def test_triplets_match_brute_force_with_self_images():
+    # one-atom-wide cell: every neighbour is a periodic image, many of them of the atom itself
+    atoms = Atoms("CN", positions=[[0, 0, 10], [1.25, 0.72, 10.4]], cell=[[2.5, 0, 0], [-1.25, 2.165, 0], [0, 0, 20]],
+                  pbc=(True, True, False))
+    cutoff = 4.0
+    g = periodic_graph(atoms, cutoff)
+    assert (g.edge_index[0] == g.edge_index[1]).any(), "the cell must have self-image edges"
+    idx_kj, idx_ji = periodic_triplets(g.edge_index, g.edge_image, len(atoms))
+    src, dst = g.edge_index
+    got = set()
+    for kj, ji in zip(idx_kj.tolist(), idx_ji.tolist()):
+        assert int(dst[kj]) == int(src[ji])  # the two edges meet at j
+        sj = g.edge_image[ji]
+        sk = g.edge_image[kj] + sj
+        got.add((int(dst[ji]), int(src[ji]), tuple(sj.tolist()), int(src[kj]), tuple(sk.tolist())))
+    assert len(got) == len(idx_kj)  # no duplicates
+    expected = _brute_force_triplets(atoms, cutoff)
+    assert got == expected
+    # k == i through another image is kept: those are the triplets that naive masking loses
+    assert any(t[3] == t[0] and any(t[4]) for t in got)
+
+
+def test_rotation_about_z_translation_and_permutation(model):
+    atoms = _mos2()
+    ref = _predict(model, atoms)
+    assert abs(ref) > 1e-3  # a non-trivial output, else invariance is empty
+
+    rotated = atoms.copy()
+    rotated.rotate(37.0, "z", rotate_cell=True)
+    assert _predict(model, rotated) == pytest.approx(ref, abs=1e-8)
+
+    shifted = atoms.copy()
+    shifted.translate([0.7, -1.3, 0.4])
+    shifted.wrap()
+    assert _predict(model, shifted) == pytest.approx(ref, abs=1e-8)
+
+    permuted = atoms[[2, 0, 1]]
+    assert _predict(model, permuted) == pytest.approx(ref, abs=1e-8)
+
+
+def test_supercell_choice(model):
+    atoms = _mos2()
+    ref = _predict(model, atoms)
+    assert _predict(model, atoms.repeat((3, 2, 1))) == pytest.approx(ref, abs=1e-8)
+    # a non-diagonal supercell: a' = a + b, b' = b
+    from ase.build import make_supercell
+
+    sheared = make_supercell(atoms, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    sheared.pbc = (True, True, False)
+    assert _predict(model, sheared) == pytest.approx(ref, abs=1e-8)
+
+
+def test_output_changes_with_geometry(model):
+    atoms = _mos2()
+    strained = atoms.copy()
+    strained.set_cell(atoms.cell.array * [[1.05], [1.05], [1.0]], scale_atoms=True)
+    assert abs(_predict(model, strained) - _predict(model, atoms)) > 1e-6
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path, model):
+    path = tmp_path / "member_0.pt"
+    net = model.float()
+    torch.save(checkpoint_dict(net, {"label_source": "test", "heldout_mae_eV": 0.1}), path)
+    loaded, meta = load_checkpoint(path)
+    assert meta["label_source"] == "test"
+    g = periodic_graph(_mos2(), cutoff=SMALL.cutoff)
+    assert float(loaded.predict_graphs([g])[0, 0]) == pytest.approx(float(net.predict_graphs([g])[0, 0]), abs=1e-6)
+    model.double()

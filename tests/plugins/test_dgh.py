@@ -1,0 +1,191 @@
+"""dgh.mlip labels (cached, incremental) and the dgh.dimenet ensemble: training, checkpoints, scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import graphene, mx2
+from pymatgen.core import Lattice, Structure
+
+from gen2d.scoring import get_scorer
+from gen2d.structures import from_ase, orient_2d
+
+torch.set_num_threads(1)
+
+
+def _slab(atoms):
+    atoms.pbc = (True, True, False)
+    return orient_2d(from_ase(atoms))
+
+
+class CountingCache:
+    """A dict-backed label cache that counts writes (what the store-backed cache would receive)."""
+
+    def __init__(self):
+        self.data, self.puts = {}, 0
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, label):
+        self.puts += 1
+        self.data[key] = label
+
+
+def test_labels_are_cached_and_incremental():
+    from gen2d_dgh_dimenet import label_monolayers
+
+    scorer = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False,
+                        site_kinds=["ontop"], max_sites_per_face=1)
+    cache = CountingCache()
+    gra = _slab(graphene(a=2.46, vacuum=10.0))
+    first = label_monolayers([gra], scorer, cache, ids=["graphene"])
+    assert cache.puts == 1
+    assert first[0]["ok"] and first[0]["dg_h_eV"] > 0.3
+    assert first[0]["model"].startswith("CHGNet") and first[0]["relaxed_slab"]
+    hbn = _slab(graphene(formula="BN", a=2.50, vacuum=10.0))
+    again = label_monolayers([gra, hbn], scorer, cache, ids=["graphene", "hBN"])
+    assert cache.puts == 2  # only h-BN was computed
+    assert again[0] == first[0]
+    # a different recipe is a different label
+    other = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False,
+                       site_kinds=["ontop"], max_sites_per_face=1, dg_correction=0.24)
+    relabelled = label_monolayers([gra], other, cache)
+    assert cache.puts == 3
+    assert relabelled[0]["dg_h_eV"] == pytest.approx(first[0]["dg_h_eV"] - 0.03, abs=1e-6)
+
+
+def _toy_labels():
+    """Real monolayers with distinct targets, enough to train and hold one out."""
+    layers = [("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6), ("C-strained", _slab(graphene(a=2.56, vacuum=10.0)), 1.3),
+              ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2),
+              ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
+              ("MoS2-strained", _slab(mx2("MoS2", a=3.30, thickness=3.13, vacuum=10.0)), 0.8),
+              ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
+              ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9)]
+    return [{"id": name, "ok": True, "dg_h_eV": value, "relaxed_slab": s.as_dict(), "model": "test labels"}
+            for name, s, value in layers]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from gen2d.models.dimenet import DimeNetHParams
+    from gen2d_dgh_dimenet import train_surrogate
+
+    out = tmp_path_factory.mktemp("dgh_dimenet")
+    hp = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16)
+    manifest = train_surrogate(_toy_labels(), out, n_models=2, epochs=60, test_fraction=0.15, seed=1,
+                               hparams=hp, training_set="toy", command="pytest")
+    return out, manifest
+
+
+def test_training_writes_checkpoints_and_manifest(trained):
+    out, manifest = trained
+    files = sorted(p.name for p in out.glob("member_*.pt"))
+    assert files == ["member_0.pt", "member_1.pt"]
+    on_disk = json.loads((out / "MANIFEST.json").read_text())
+    assert on_disk["metrics"]["n_labels"] == 7 and on_disk["metrics"]["n_test"] == 1
+    assert on_disk["data"]["training_set"] == "toy" and on_disk["command"] == "pytest"
+    assert np.isfinite(on_disk["metrics"]["heldout_mae_eV"])
+    blob = torch.load(out / "member_0.pt", weights_only=True)
+    assert blob["metadata"]["label_source"].startswith("dgh.mlip")
+    assert blob["metadata"]["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])
+    assert sum(p.stat().st_size for p in out.glob("member_*.pt")) < 10e6
+
+
+def test_surrogate_learns_its_training_labels(trained):
+    out, manifest = trained
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
+    scorer = DimeNetDGHScorer(checkpoint_dir=out, device="cpu")
+    labels = _toy_labels()
+    held_out = set(manifest["metrics"]["heldout_ids"])
+    train = [lab for lab in labels if lab["id"] not in held_out]
+    results = scorer.score([Structure.from_dict(lab["relaxed_slab"]) for lab in train])
+    y = np.array([lab["dg_h_eV"] for lab in train])
+    pred = np.array([r.value for r in results])
+    assert np.abs(pred - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+
+def test_scorer_mean_std_provenance_and_bad_input(trained):
+    out, manifest = trained
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
+    scorer = DimeNetDGHScorer(checkpoint_dir=out, device="cpu")
+    assert scorer.available() == (True, "")
+    mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
+    bulk = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    results = scorer.score([mos2, bulk, mos2.copy().make_supercell([2, 3, 1])])
+    assert results[0].ok and results[0].unit == "eV" and results[0].property == "dg_h"
+    members = results[0].extra["members_eV"]
+    assert results[0].value == pytest.approx(np.mean(members), abs=1e-3)
+    assert results[0].uncertainty == pytest.approx(np.std(members, ddof=1), abs=1e-3)
+    assert not results[1].ok and results[1].failure.reason and results[1].value is None
+    assert results[2].value == pytest.approx(results[0].value, abs=1e-4)  # the supercell is the same material
+    prov = results[0].provenance
+    assert prov.plugin == "dgh.dimenet" and len(prov.checkpoint_sha256) == 64
+    assert prov.settings["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])
+    assert prov.settings["training_set"] == "toy"
+
+
+def test_missing_checkpoints_are_a_named_failure(tmp_path):
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
+    scorer = DimeNetDGHScorer(checkpoint_dir=tmp_path)
+    ok, why = scorer.available()
+    assert not ok and "member_" in why
+    (res,) = scorer.score([_slab(graphene(a=2.46, vacuum=10.0))])
+    assert not res.ok and res.failure.reason == "checkpoint_unavailable"
+
+
+def test_calibration_is_applied_and_recorded(tmp_path):
+    from gen2d_dgh_mlip import load_calibration
+
+    gra = _slab(graphene(a=2.46, vacuum=10.0))
+    options = dict(calculator="chgnet", device="cpu", relax_slab=False, site_kinds=["ontop"], max_sites_per_face=1)
+    raw = get_scorer("dgh.mlip", **options).score([gra])[0]
+    model = raw.provenance.model
+    table = {f"chgnet:{model}": {"slope": 1.5, "intercept": 0.2, "loo_mae_eV": 0.3, "n": 12,
+                                 "reference_set": "test"}}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(table))
+    assert load_calibration("chgnet", model, str(path))["slope"] == 1.5
+    cal = get_scorer("dgh.mlip", calibrate=True, calibration_file=str(path), **options).score([gra])[0]
+    de = raw.extra["best_site"]["delta_e_h"]
+    assert cal.value == pytest.approx(1.5 * de + 0.2 + 0.27, abs=1e-6)
+    assert cal.extra["dg_h_uncalibrated"] == pytest.approx(raw.value)
+    assert cal.provenance.settings["calibration"]["slope"] == 1.5
+    assert "calibration" not in raw.provenance.settings
+    # no calibration for this model: raw value, and the provenance says so
+    missing = get_scorer("dgh.mlip", calibrate=True, calibration_file=str(tmp_path / "none.json"), **options).score([gra])[0]
+    assert missing.value == pytest.approx(raw.value) and any("no calibration" in n for n in missing.provenance.notes)
+
+
+def test_default_mlip_is_the_most_faithful_one():
+    from gen2d_dgh_mlip import MLIPAdsorptionScorer
+
+    default = MLIPAdsorptionScorer()
+    assert (default.calculator_name, default.model) == ("sevennet", "7net-l3i5")
+    assert default.available() == (True, "")
+    assert MLIPAdsorptionScorer(calculator="chgnet").model is None
+    info = default.explain(_slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)))
+    assert info["supercell"] == [2, 2] and {s["face"] for s in info["sites"]} == {"top"}
+    assert all(s["coverage_H_per_surface_atom"] == pytest.approx(0.25) for s in info["sites"])
+
+
+def test_shipped_ensemble_loads_and_carries_its_manifest():
+    from gen2d_dgh_dimenet import DimeNetDGHScorer, default_checkpoint_dir
+
+    folder = default_checkpoint_dir()
+    members = sorted(folder.glob("member_*.pt"))
+    assert members and sum(p.stat().st_size for p in members) <= 10e6
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    assert {"data", "command", "date", "metrics"} <= set(manifest)
+    assert manifest["data"]["label_source"].startswith("dgh.mlip")
+    scorer = DimeNetDGHScorer(device="cpu")
+    (res,) = scorer.score([_slab(graphene(a=2.46, vacuum=10.0))])
+    assert res.ok and np.isfinite(res.value) and res.uncertainty >= 0
+    assert res.provenance.settings["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])

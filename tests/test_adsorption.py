@@ -1,0 +1,158 @@
+"""Explicit-H adsorption: sites on both faces, flags, and physics with the offline default MLIP (CHGNet)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import graphene, mx2
+
+from gen2d.adsorption import (
+    AdsorptionSettings,
+    _flag_site,
+    adsorb_h,
+    find_adsorption_sites,
+    h2_reference,
+    supercell_repeats,
+)
+from gen2d.structures import from_ase, orient_2d
+
+torch.set_num_threads(1)
+
+
+def _slab(atoms: Atoms):
+    atoms.pbc = (True, True, False)
+    return orient_2d(from_ase(atoms))
+
+
+def mos2():
+    return _slab(mx2("MoS2", kind="2H", a=3.18, thickness=3.13, vacuum=10.0))
+
+
+def janus_mosse():
+    atoms = mx2("MoS2", kind="2H", a=3.25, thickness=3.2, vacuum=10.0)
+    symbols = atoms.get_chemical_symbols()
+    top = int(np.argmax(atoms.positions[:, 2]))
+    symbols[top] = "Se"
+    atoms.set_chemical_symbols(symbols)
+    return _slab(atoms)
+
+
+def gra():
+    return _slab(graphene(a=2.46, vacuum=10.0))
+
+
+def hbn():
+    return _slab(graphene(formula="BN", a=2.50, vacuum=10.0))
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from gen2d.relax import cached_calculator
+
+    return cached_calculator("chgnet", device="cpu")
+
+
+# -- sites, no MLIP ----------------------------------------------------------------------------------
+
+def test_mirror_symmetric_layer_keeps_one_face():
+    sites = find_adsorption_sites(mos2())
+    assert {s.face for s in sites} == {"top"}  # σh maps the bottom S face onto the top one
+    assert {s.kind for s in sites} == {"ontop", "bridge", "hollow"}
+    ontop = [s for s in sites if s.kind == "ontop"]
+    assert len(ontop) == 1  # one S per face in the cell
+
+
+def test_janus_layer_keeps_both_faces():
+    slab = janus_mosse()
+    sites = find_adsorption_sites(slab)
+    faces = {s.face for s in sites}
+    assert faces == {"top", "bottom"}
+    z_mid = slab.cart_coords[:, 2].mean()
+    for s in sites:
+        assert (s.position[2] > z_mid) == (s.face == "top")
+
+
+def test_supercell_repeats_and_lengths():
+    assert supercell_repeats(mos2().lattice, 6.0) == (2, 2)
+    assert supercell_repeats(gra().lattice, 6.0) == (3, 3)
+    assert supercell_repeats(gra().lattice, 10.0) == (5, 5)
+
+
+def _h_on(slab_atoms: Atoms, position) -> Atoms:
+    atoms = slab_atoms.copy() + Atoms("H", positions=[position])
+    atoms.pbc = (True, True, False)
+    return atoms
+
+
+def test_flags_name_what_the_h_did():
+    from gen2d.structures import to_ase
+
+    base = to_ase(gra()).repeat((3, 3, 1))
+    settings = AdsorptionSettings()
+    top_c = base.positions[0] + [0, 0, 1.1]
+    start = _h_on(base, top_c)
+    h = len(start) - 1
+    n_comp = 1
+
+    stayed = start.copy()
+    assert _flag_site(start, stayed, h, n_comp, settings)[0] == []
+
+    desorbed = start.copy()
+    desorbed.positions[h, 2] += 4.0
+    assert "h_desorbed" in _flag_site(start, desorbed, h, n_comp, settings)[0]
+
+    moved = start.copy()
+    moved.positions[h, :2] += [1.23, 0.71]  # over the neighbouring C
+    assert _flag_site(start, moved, h, n_comp, settings)[0] == ["h_moved_site"]
+
+    broken = start.copy()
+    broken.positions[5, 2] += 3.0  # a C atom pulled out of the sheet
+    flags = _flag_site(start, broken, h, n_comp, settings)[0]
+    assert "layer_broke" in flags and "layer_reconstructed" in flags
+
+    with_h2 = _h_on(start, top_c + [0, 0, 0.74])
+    assert "h2_formed" in _flag_site(with_h2, with_h2, h, n_comp, settings)[0]
+
+
+# -- physics with CHGNet ----------------------------------------------------------------------------
+
+def test_h2_bond_length(chgnet):
+    energy, bond = h2_reference(chgnet)
+    assert bond == pytest.approx(0.74, abs=0.03)
+    assert np.isfinite(energy) and energy < 0
+
+
+def test_h_on_top_of_s_in_mos2(chgnet):
+    result = adsorb_h(mos2(), chgnet, AdsorptionSettings(site_kinds=("ontop",)))
+    assert result.supercell == (2, 2)
+    (site,) = result.sites
+    assert site.nearest_atom == "S"
+    assert site.nearest_distance == pytest.approx(1.36, abs=0.08)
+    assert site.coverage == pytest.approx(0.25)
+    assert site.valid and site.delta_g_h > 0.3
+    assert site.delta_g_h == pytest.approx(site.delta_e_h + 0.27)
+
+
+def test_inert_basal_planes_have_positive_dg_h_and_bad_input_fails_alone():
+    from pymatgen.core import Lattice, Structure
+
+    from gen2d.scoring import get_scorer
+
+    # H binds on top of an atom on these basal planes (the literature site); other sites only cost time
+    scorer = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", site_kinds=["ontop"])
+    bulk = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    results = scorer.score([gra(), bulk, hbn(), mos2()])
+    assert len(results) == 4
+    assert not results[1].ok and results[1].failure.reason and results[1].value is None
+    for name, res in zip(("graphene", "h-BN", "2H-MoS2"), (results[0], results[2], results[3])):
+        assert res.ok, (name, res.failure)
+        assert res.unit == "eV"
+        assert res.value > 0.3, (name, res.value)
+        assert res.provenance.model.startswith("CHGNet")
+        assert res.provenance.checkpoint_sha256
+        assert res.provenance.settings["dg_correction"] == 0.27
+        best = res.extra["best_site"]
+        assert best["valid"] and best["delta_g_h"] == pytest.approx(res.value)
+        assert all(abs(s["delta_g_h"]) >= abs(res.value) - 1e-9 for s in res.extra["sites"] if s["valid"])
