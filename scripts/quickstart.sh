@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install gen2d into .venv (idempotent) and run the main job on the embedded store (./gen2d-data).
-# Today the main job ingests the built-in template library and prints the candidate table; it grows
-# into the whole discover flow (generate -> score -> rank -> report) as those parts land.
+# Install gen2d into .venv (idempotent) and run the main job: the discover flow (workflows/quickstart.yaml)
+# on the embedded store ./gen2d-data, with the shipped models and the offline scorers. Prints the
+# top candidates and where the report is. A rerun reuses what is stored and redoes no finished score.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-GEN2D_EXTRAS=${GEN2D_EXTRAS:-test} ./scripts/_install.sh
+GEN2D_EXTRAS=${GEN2D_EXTRAS:-test,sevennet} ./scripts/_install.sh
 export GEN2D_STORE=${GEN2D_STORE:-monty://$root/gen2d-data}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/gen2d ingest builtin:templates --set templates
-.venv/bin/gen2d top --set templates --k 100
-echo "store: $GEN2D_STORE  (try: .venv/bin/gen2d show <id>, .venv/bin/gen2d plugins)"
+start=$(date +%s)
+.venv/bin/gen2d run workflows/quickstart.yaml
+.venv/bin/gen2d top --set quickstart --k 10
+echo "wall time: $(( $(date +%s) - start )) s; store: $GEN2D_STORE; report: $root/gen2d-report/index.html"

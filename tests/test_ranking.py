@@ -61,3 +61,9 @@ def test_positions_and_tie_break_by_uncertainty():
     assert r["c"]["position"] == 1
     assert r["b"]["position"] == 2 and r["a"]["position"] == 3  # same score, lower uncertainty first
     assert r["c"]["pareto_front"] == 0
+
+
+def test_screen_score_orders_incomplete_candidates_but_never_makes_hits():
+    r = rank_documents([doc("a", 0.02, None, 0.9), doc("b", 0.6, None, 0.9), doc("c", None, None, None)])
+    assert r["a"]["screen_score"] > r["b"]["screen_score"] and r["c"]["screen_score"] is None
+    assert r["a"]["n_properties"] == 2 and r["a"]["hit"] is None and r["a"]["score"] is None

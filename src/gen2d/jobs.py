@@ -340,8 +340,9 @@ class ScoreMaker(Maker):
         if candidate_ids is not None:
             crit["candidate_id"] = {"$in": list(candidate_ids)}
         if self.top_k:
-            ranked = list(cs.query({**({"sets": self.set_name} if self.set_name else {}),
-                                    "rank.score": {"$ne": None}}, sort=[("rank.score", -1)], limit=self.top_k,
+            # the best so far: most properties known first, then the screening desirability
+            ranked = list(cs.query({**({"sets": self.set_name} if self.set_name else {})},
+                                   sort=[("rank.n_properties", -1), ("rank.screen_score", -1)], limit=self.top_k,
                                    properties=["candidate_id"]))
             crit["candidate_id"] = {"$in": [d["candidate_id"] for d in ranked]}
         todo = [d["candidate_id"] for d in cs.query(crit, properties=["candidate_id"])]

@@ -270,6 +270,23 @@ def desirability(dg_h: float, e_hull: float, p_synth: float, t: RankThresholds) 
     return (d_g * d_e * d_s) ** (1.0 / 3.0)
 
 
+def screen_score(values: dict[str, float | None], t: RankThresholds) -> float | None:
+    """Geometric mean of the desirabilities of the properties present (None when none is)."""
+    import math
+
+    parts = []
+    if values.get("dg_h") is not None:
+        sigma = t.dg_h_window / math.sqrt(2 * math.log(2))
+        parts.append(math.exp(-0.5 * (values["dg_h"] / sigma) ** 2))
+    if values.get("e_hull") is not None:
+        parts.append(1.0 / (1.0 + math.exp(min(50.0, (values["e_hull"] - t.e_hull_max) / 0.03))))
+    if values.get("p_synth") is not None:
+        parts.append(min(max(values["p_synth"], 0.0), 1.0))
+    if not parts:
+        return None
+    return round(math.prod(parts) ** (1.0 / len(parts)), 6)
+
+
 def pareto_fronts(points: Sequence[Sequence[float]]) -> list[int]:
     """Non-dominated sorting (all objectives minimised): front index per point, 0 is the best front."""
     n = len(points)
@@ -304,7 +321,9 @@ def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | 
     missing), ``score`` (desirability, None while incomplete), ``pareto_front`` (0 = best; None while
     incomplete), ``position`` (1-based order by score, ties broken by the lower summed uncertainty),
     ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit) and
-    the thresholds used.
+    the thresholds used. ``screen_score`` (geometric mean of the desirabilities of the properties
+    known so far) with ``n_properties`` lets a screening funnel pick which candidates get the
+    expensive scorers next; it never makes a hit.
     """
     t = thresholds or RankThresholds()
     ranks: dict[str, dict[str, Any]] = {}
@@ -317,7 +336,8 @@ def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | 
         strict_ok = bool(((d.get("validity") or {}).get("strict") or {}).get("ok"))
         r: dict[str, Any] = {"hit": None, "score": None, "pareto_front": None, "position": None,
                              "missing": missing, "failed": failed, "strict_ok": strict_ok,
-                             "thresholds": t.model_dump()}
+                             "n_properties": 3 - len(missing),
+                             "screen_score": screen_score(vals, t), "thresholds": t.model_dump()}
         if failed or (t.require_strict and not strict_ok):
             r["hit"] = False
         if not missing:
