@@ -122,3 +122,15 @@ def test_relax_bulk_silicon(chgnet):
     assert res.ok
     a = res.atoms.cell.cellpar()[0] * np.sqrt(2)  # primitive fcc vector -> cubic a
     assert a == pytest.approx(5.47, abs=0.06)  # PBE 5.47 Å (experiment 5.43 Å)
+
+
+def test_exploding_forces_are_named_with_a_real_calculator():
+    # Lennard-Jones atoms squeezed to 0.6 sigma: forces of ~1e4 eV/Å on the first step
+    from ase import Atoms
+    from ase.calculators.lj import LennardJones
+
+    from gen2d.relax import relax_in_plane
+
+    atoms = Atoms("Ar2", positions=[[0, 0, 10], [1.5, 0, 10]], cell=[8, 8, 20], pbc=(True, True, False))
+    res = relax_in_plane(atoms, LennardJones(sigma=2.5, epsilon=1.0, rc=6.0), steps=20)
+    assert res.failure == "exploding_forces" and not res.converged
