@@ -140,3 +140,15 @@ def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
                           "--store", "mongodb://u:pw@h/db", "--json"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "password" in json.loads(bad.stdout)["error"]
+
+
+def test_scorer_where_filter_limits_what_is_scored(tmp_path):
+    uri = f"monty://{tmp_path}/store"
+    spec = FlowSpec.model_validate({
+        "flow": "discover", "set": "w", "store": uri, "generate": {"generator": "templates", "n": 4},
+        "scorers": [{"name": "synth.pu", "where": ["formula=MoS2", "nelements<=2"]}], "report": None})
+    run(spec)
+    with open_store(uri) as cs:
+        scored = {d["formula"] for d in cs.query({}) if get_score(d, "synth.pu")}
+        assert {d["nelements"] for d in cs.query({})} == {2}
+    assert scored == {"MoS2"}

@@ -38,6 +38,8 @@ class ScorerSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="scorer constructor options")
     batch_size: int = Field(32, description="candidates per scoring job")
     top_k: int | None = Field(None, description="score only the current top-k by rank (e.g. MLIP ΔG_H on 5)")
+    where: list[str] = Field(default_factory=list, description="only candidates matching these filters, "
+                                                               "e.g. ['validity.strict.ok=true', 'nelements<=3']")
     category: str = "cpu"
 
 

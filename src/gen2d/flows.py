@@ -26,7 +26,7 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
             jobs.append(rank)
             prev = rank.output
         maker = ScoreMaker(name=f"score {sc.name}", scorer=sc.name, options=sc.options, batch_size=sc.batch_size,
-                           top_k=sc.top_k, set_name=spec.set, category=sc.category)
+                           top_k=sc.top_k, where=sc.where, set_name=spec.set, category=sc.category)
         j = set_category(maker.make(store, after=prev), sc.category)
         jobs.append(j)
         prev = j.output

@@ -328,20 +328,24 @@ class ScoreMaker(Maker):
     options: dict = field(default_factory=dict)
     batch_size: int = 32
     top_k: int | None = None
+    where: list = field(default_factory=list)
     set_name: str | None = None
     category: str | None = "cpu"
 
     @job
     def make(self, store: str | None = None, candidate_ids: list[str] | None = None, after: Any = None) -> Response:
+        from gen2d.store import parse_where
+
         cs = _store(store)
-        crit: dict[str, Any] = {f"scores.{self.scorer}": {"$exists": False}}
+        base = parse_where(self.where)
         if self.set_name:
-            crit["sets"] = self.set_name
+            base["sets"] = self.set_name
+        crit: dict[str, Any] = {**base, f"scores.{self.scorer}": {"$exists": False}}
         if candidate_ids is not None:
             crit["candidate_id"] = {"$in": list(candidate_ids)}
         if self.top_k:
             # the best so far: most properties known first, then the screening desirability
-            ranked = list(cs.query({**({"sets": self.set_name} if self.set_name else {})},
+            ranked = list(cs.query(dict(base),
                                    sort=[("rank.n_properties", -1), ("rank.screen_score", -1)], limit=self.top_k,
                                    properties=["candidate_id"]))
             crit["candidate_id"] = {"$in": [d["candidate_id"] for d in ranked]}

@@ -115,6 +115,7 @@ class Candidate(BaseModel):
     formula: str
     chemsys: str
     elements: list[str]
+    nelements: int = 0
     nsites: int
     structure: dict[str, Any]
     cell: dict[str, Any] = Field(default_factory=dict)
@@ -149,6 +150,7 @@ def make_candidate(structure: Structure, source: SourceInfo, labels: dict[str, A
         formula=summary["formula"],
         chemsys=summary["chemsys"],
         elements=sorted(el.symbol for el in can.composition.elements),
+        nelements=len(can.composition.elements),
         nsites=len(can),
         structure=can.as_dict(),
         cell={k: summary[k] for k in ("a", "b", "gamma", "area", "thickness")},
