@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gen2d.scoring import iter_score_docs
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gen2d: guided generation, scoring and ranking of 2D monolayers for HER.")
 err = Console(stderr=True)
@@ -209,7 +211,7 @@ def _failures_of(doc: dict[str, Any]) -> list[str]:
     strict = (doc.get("validity") or {}).get("strict") or {}
     if strict and not strict.get("ok"):
         reasons += [f"strict:{r}" for r in strict.get("reasons", [])]
-    for name, sc in _flatten_scores(doc.get("scores") or {}):
+    for name, sc in iter_score_docs(doc.get("scores") or {}):
         if not sc.get("ok"):
             reasons.append(f"{name}:{(sc.get('failure') or {}).get('reason', 'unknown')}")
     return reasons
@@ -260,7 +262,7 @@ def show(
         v = doc["validity"].get(level, {})
         out.print(f"validity {level}: {'ok' if v.get('ok') else 'FAILED ' + ', '.join(v.get('reasons', []))}")
     out.print(f"labels: {json.dumps({k: v for k, v in doc.get('labels', {}).items() if k != 'source_properties'}, default=str)}")
-    for name, sc in _flatten_scores(doc.get("scores") or {}):
+    for name, sc in iter_score_docs(doc.get("scores") or {}):
         status = _fmt(sc.get("value")) + f" {sc.get('unit', '')}" if sc.get("ok") else \
             f"FAILED {((sc.get('failure') or {}).get('reason'))}"
         prov = sc.get("provenance") or {}
@@ -268,15 +270,6 @@ def show(
     if doc.get("rank"):
         out.print(f"rank: {json.dumps(doc['rank'], default=str)}")
     out.print(s)
-
-
-def _flatten_scores(scores: dict[str, Any], prefix: str = ""):
-    for k, v in scores.items():
-        name = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict) and "scorer" in v and "unit" in v:
-            yield name, v
-        elif isinstance(v, dict):
-            yield from _flatten_scores(v, name)
 
 
 @app.command()

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gen2d.scoring import RankThresholds  # noqa: E402
+from gen2d.scoring import RankThresholds, iter_score_docs  # noqa: E402
 from gen2d.store import CandidateStore  # noqa: E402
 
 
@@ -33,13 +33,7 @@ def _scorer(doc: dict[str, Any], prop: str) -> str:
 
 
 def _cpu_seconds(scores: dict[str, Any]) -> float:
-    total = 0.0
-    for v in scores.values():
-        if isinstance(v, dict) and "provenance" in v:
-            total += float((v.get("extra") or {}).get("cpu_seconds") or 0.0)
-        elif isinstance(v, dict):
-            total += _cpu_seconds(v)
-    return total
+    return sum(float((sc.get("extra") or {}).get("cpu_seconds") or 0.0) for _, sc in iter_score_docs(scores))
 
 
 def source_table(docs: list[dict[str, Any]], t: RankThresholds) -> list[dict[str, Any]]:

@@ -357,12 +357,21 @@ def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | 
     return ranks
 
 
+def iter_score_docs(scores: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(scorer name, stored score) for every score in a candidate's nested ``scores`` tree.
+
+    Scorer names with dots nest (``ehull.chgnet`` is ``scores["ehull"]["chgnet"]``); a stored score
+    is the dict that carries ``property`` and ``ok``.
+    """
+    for key, value in scores.items():
+        if not isinstance(value, dict):
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        if "property" in value and "ok" in value:
+            yield name, value
+        else:
+            yield from iter_score_docs(value, name)
+
+
 def _failed_properties(scores: dict[str, Any]) -> set[str]:
-    out = set()
-    for v in scores.values():
-        if isinstance(v, dict) and "ok" in v and "property" in v:
-            if not v["ok"]:
-                out.add(v["property"])
-        elif isinstance(v, dict):
-            out |= _failed_properties(v)
-    return out
+    return {sc["property"] for _, sc in iter_score_docs(scores) if not sc["ok"]}

@@ -8,6 +8,8 @@ duplicates a document and never erases the scores already stored on it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import threading
@@ -194,26 +196,19 @@ class CandidateStore:
         self._lock = threading.RLock()
         self._lock_path = Path(lock_path) if lock_path else None
 
+    @contextlib.contextmanager
     def _write_lock(self):
         """Exclusive across threads and (for the embedded store) across processes."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def held():
-            with self._lock:
-                if self._lock_path is None:
+        with self._lock:
+            if self._lock_path is None:
+                yield
+                return
+            with open(self._lock_path, "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
                     yield
-                    return
-                import fcntl
-
-                with open(self._lock_path, "a+") as fh:
-                    fcntl.flock(fh, fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(fh, fcntl.LOCK_UN)
-
-        return held()
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
 
     # connection -------------------------------------------------------------------------------
     def connect(self) -> "CandidateStore":
