@@ -111,6 +111,15 @@ print(json.dumps({"lost_fw_ids": lost[0], "lost_launch_ids": lost[1]}))
 """
 
 
+def _fw_running(server: Path) -> bool:
+    """A Firework whose current state in the persisted mock server is RUNNING."""
+    try:
+        docs = json.loads(server.read_text())["fireworks"]["fireworks"]["documents"]
+    except (ValueError, KeyError):
+        return False
+    return any(doc.get("state") == "RUNNING" for _, doc in docs)
+
+
 def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     server = tmp_path / "mongomock.json"
     server.write_text("{}")
@@ -131,6 +140,10 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
         if (tmp_path / "store").exists() and any(_state(uri).values()):
             time.sleep(random.uniform(0.0, 1.5))
             break
+    # the kill must land while the persisted launchpad shows a Firework RUNNING, not between two
+    # Fireworks or before the worker's RUNNING state reached the (mock) server
+    while time.time() < deadline and not _fw_running(server):
+        time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = _state(uri)
