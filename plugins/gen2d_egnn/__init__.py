@@ -148,11 +148,12 @@ class EGNNDiffusionGenerator:
                     labels["strict_valid"], labels["strict_reasons"] = v.ok, list(v.reasons)
                 except Exception as exc:
                     labels["strict_valid"], labels["strict_reasons"] = False, [f"validator_error:{type(exc).__name__}"]
+            flags = {"guidance_diverged": smp.diagnostics} if smp.diverged else {}
             yield GeneratedStructure(
-                structure=structure, source_id=f"{NAME}:seed{seed}:{i}",
+                structure=structure, source_id=f"{NAME}:seed{seed}:{i}", flags=flags,
                 parameters={"generator": NAME, "seed": seed, "index": i, "start": smp.start,
                             "guidance": guidance if isinstance(guidance, (str, type(None))) else "custom",
-                            "sampling": cfg.model_dump(mode="json"), **prov},
+                            "sampling": cfg.model_dump(mode="json"), "diagnostics": smp.diagnostics, **prov},
                 labels=labels)
 
 

@@ -211,6 +211,9 @@ def _failures_of(doc: dict[str, Any]) -> list[str]:
     strict = (doc.get("validity") or {}).get("strict") or {}
     if strict and not strict.get("ok"):
         reasons += [f"strict:{r}" for r in strict.get("reasons", [])]
+    for name, detail in sorted((doc.get("flags") or {}).items()):
+        why = ",".join(detail.get("diverged_reasons", [])) if isinstance(detail, dict) else ""
+        reasons.append(f"flag:{name}" + (f"({why})" if why else ""))
     for name, sc in iter_score_docs(doc.get("scores") or {}):
         if not sc.get("ok"):
             reasons.append(f"{name}:{(sc.get('failure') or {}).get('reason', 'unknown')}")
@@ -221,7 +224,7 @@ def _top_failed(k: int, set_name: Optional[str], store: Optional[str], as_json: 
     cs = _open(store, as_json)
     crit: dict[str, Any] = {"sets": set_name} if set_name else {}
     rows = []
-    for d in cs.query(crit, properties=["candidate_id", "formula", "sets", "validity", "scores"]):
+    for d in cs.query(crit, properties=["candidate_id", "formula", "sets", "validity", "scores", "flags"]):
         reasons = _failures_of(d)
         if reasons:
             rows.append({"candidate_id": d["candidate_id"], "formula": d["formula"], "sets": d.get("sets", []),
@@ -262,6 +265,8 @@ def show(
         v = doc["validity"].get(level, {})
         out.print(f"validity {level}: {'ok' if v.get('ok') else 'FAILED ' + ', '.join(v.get('reasons', []))}")
     out.print(f"labels: {json.dumps({k: v for k, v in doc.get('labels', {}).items() if k != 'source_properties'}, default=str)}")
+    for name, detail in sorted((doc.get("flags") or {}).items()):
+        out.print(f"[red]flag {name}[/red] (never a hit): {json.dumps(detail, default=str)}")
     for name, sc in iter_score_docs(doc.get("scores") or {}):
         status = _fmt(sc.get("value")) + f" {sc.get('unit', '')}" if sc.get("ok") else \
             f"FAILED {((sc.get('failure') or {}).get('reason'))}"
@@ -487,7 +492,9 @@ def generate(
         _emit_json(doc)
     else:
         out.print(f"generated {res.n_generated}, stored {res.n_accepted} (strict 2D valid {res.n_strict}) in set "
-                  f"{set_name}; rejected {len(res.rejected)}")
+                  f"{set_name}; rejected {len(res.rejected)}"
+                  + (f"; {res.n_flagged} flagged (diverged generation, see `gen2d top --show-failed`)"
+                     if res.n_flagged else ""))
 
 
 @app.command()

@@ -58,6 +58,7 @@ class GenerateOutput(BaseModel):
     n_generated: int = 0
     n_accepted: int = 0
     n_strict: int = 0
+    n_flagged: int = 0  # stored with a generation flag (e.g. guidance_diverged): never a hit
     candidate_ids: list[str] = Field(default_factory=list)
     rejected: list[dict[str, Any]] = Field(default_factory=list)
     cpu_seconds: float = 0.0
@@ -204,7 +205,8 @@ def generate_candidates(generator: str, options: dict, n: int | None, seed: int,
             progress(1)
         v = validate_ingest(g.structure)
         if not v.ok:
-            out.rejected.append({"source_id": g.source_id, "reason": v.reasons[0], "message": v.messages[0]})
+            out.rejected.append({"source_id": g.source_id, "reason": v.reasons[0], "message": v.messages[0],
+                                 **({"flags": sorted(g.flags)} if g.flags else {})})
             continue
         # a generator's own predictions are not reference labels: they travel with the source
         predicted = {k: v2 for k, v2 in g.labels.items() if k.startswith(("predicted_", "strict_"))}
@@ -214,6 +216,10 @@ def generate_candidates(generator: str, options: dict, n: int | None, seed: int,
                          parameters={"generator": generator, "seed": seed, **params, **g.parameters,
                                      **({"generator_predictions": predicted} if predicted else {})})
         cand = make_candidate(g.structure, src, labels=labels, ingest=v)
+        if g.flags:
+            cand.flags = {k: {**(val if isinstance(val, dict) else {"details": val}), "source_id": src.source_id,
+                              "run_id": run_id} for k, val in g.flags.items()}
+            out.n_flagged += 1
         out.n_accepted += 1
         out.n_strict += bool(cand.validity["strict"]["ok"])
         out.candidate_ids.append(cand.candidate_id)
@@ -365,7 +371,7 @@ class ScoreMaker(Maker):
 def rank_set(cs: CandidateStore, sets: list[str] | None, thresholds: RankThresholds) -> RankOutput:
     """Recompute ranks of the candidates in ``sets`` (all when None) from their stored summaries."""
     crit = {"sets": {"$in": sets}} if sets else {}
-    docs = list(cs.query(crit, properties=["candidate_id", "formula", "summary", "scores", "validity"]))
+    docs = list(cs.query(crit, properties=["candidate_id", "formula", "summary", "scores", "validity", "flags"]))
     ranks = rank_documents(docs, thresholds)
     for cid, r in ranks.items():
         cs.set_rank(cid, r)

@@ -115,6 +115,10 @@ class GeneratedStructure(BaseModel):
     source_id: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     labels: dict[str, Any] = Field(default_factory=dict)
+    flags: dict[str, Any] = Field(
+        default_factory=dict,
+        description="numerical faults of the generation (name -> details, e.g. guidance_diverged); a "
+                    "flagged candidate is stored, listed by `gen2d top --show-failed` and never a hit")
 
 
 @runtime_checkable
@@ -320,7 +324,8 @@ def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | 
     Returns ``{candidate_id: rank}`` where rank holds ``hit`` (True/False; None while a property is
     missing), ``score`` (desirability, None while incomplete), ``pareto_front`` (0 = best; None while
     incomplete), ``position`` (1-based order by score, ties broken by the lower summed uncertainty),
-    ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit) and
+    ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit),
+    ``flags`` (numerical faults of its generation, e.g. diverged guidance: never a hit either) and
     the thresholds used. ``screen_score`` (geometric mean of the desirabilities of the properties
     known so far) with ``n_properties`` lets a screening funnel pick which candidates get the
     expensive scorers next; it never makes a hit.
@@ -331,20 +336,21 @@ def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | 
     for d in docs:
         summ = d.get("summary") or {}
         failed = sorted(_failed_properties(d.get("scores") or {}) - set(summ))
+        flags = sorted(d.get("flags") or {})
         vals = {p: (summ.get(p) or {}).get("value") for p in ("dg_h", "e_hull", "p_synth")}
         missing = sorted(p for p, v in vals.items() if v is None)
         strict_ok = bool(((d.get("validity") or {}).get("strict") or {}).get("ok"))
         r: dict[str, Any] = {"hit": None, "score": None, "pareto_front": None, "position": None,
-                             "missing": missing, "failed": failed, "strict_ok": strict_ok,
+                             "missing": missing, "failed": failed, "flags": flags, "strict_ok": strict_ok,
                              "n_properties": 3 - len(missing),
                              "screen_score": screen_score(vals, t), "thresholds": t.model_dump()}
-        if failed or (t.require_strict and not strict_ok):
+        if failed or flags or (t.require_strict and not strict_ok):
             r["hit"] = False
         if not missing:
             g, e, s = vals["dg_h"], vals["e_hull"], vals["p_synth"]
             r["score"] = round(desirability(g, e, s, t), 6)
             is_hit = abs(g) <= t.dg_h_window and e <= t.e_hull_max and s >= t.p_synth_min
-            r["hit"] = bool(is_hit and not failed and (strict_ok or not t.require_strict))
+            r["hit"] = bool(is_hit and not failed and not flags and (strict_ok or not t.require_strict))
             unc = sum(float((summ.get(p) or {}).get("uncertainty") or 0.0) for p in ("dg_h", "e_hull", "p_synth"))
             complete.append((d["candidate_id"], abs(g), e, -s, unc))
         ranks[d["candidate_id"]] = r

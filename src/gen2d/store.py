@@ -124,6 +124,7 @@ class Candidate(BaseModel):
     sets: list[str] = Field(default_factory=list)
     sources: list[SourceInfo] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)
+    flags: dict[str, Any] = Field(default_factory=dict)  # numerical faults at generation: never a hit
     validity: dict[str, Any] = Field(default_factory=dict)
     scores: dict[str, Any] = Field(default_factory=dict)
     summary: dict[str, Any] = Field(default_factory=dict)
@@ -238,7 +239,7 @@ class CandidateStore:
 
     # writes -----------------------------------------------------------------------------------
     def upsert_candidates(self, candidates: Sequence[Candidate]) -> dict[str, int]:
-        """Insert new candidates, merge sets/sources/labels into existing ones; never touch scores.
+        """Insert new candidates, merge sets/sources/labels/flags into existing ones; never touch scores.
 
         Returns counts of ``inserted`` and ``updated`` documents.
         """
@@ -246,7 +247,7 @@ class CandidateStore:
         inserted = updated = 0
         for cand in candidates:
             d = cand.model_dump(mode="json", exclude={"scores", "summary", "rank", "created_at", "updated_at",
-                                                      "sets", "sources", "labels"})
+                                                      "sets", "sources", "labels", "flags"})
             update: dict[str, Any] = {
                 "$set": {**d, "updated_at": now},
                 "$setOnInsert": {"created_at": now, "scores": {}, "summary": {}, "rank": None},
@@ -255,6 +256,8 @@ class CandidateStore:
             }
             for k, v in cand.labels.items():
                 update["$set"][f"labels.{k}"] = v
+            for k, v in cand.flags.items():  # merged, never cleared by a later clean run of the same structure
+                update["$set"][f"flags.{k}"] = v
             with self._write_lock():
                 res = self.collection.update_one({"candidate_id": cand.candidate_id}, update, upsert=True)
             if getattr(res, "upserted_id", None) is not None:

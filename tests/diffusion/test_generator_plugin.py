@@ -59,3 +59,41 @@ def test_template_starts_keep_the_template_cell(tiny_checkpoint):
         assert abs(g.structure.lattice.a - ref.lattice.a) < 1e-4
         assert abs(g.structure.lattice.gamma - ref.lattice.gamma) < 1e-3 or \
             abs(g.structure.lattice.gamma - (180 - ref.lattice.gamma)) < 1e-3
+
+
+def test_diverged_guidance_is_stored_flagged_and_never_a_hit(tiny_checkpoint, tmp_path):
+    """Through the CLI: samples whose guidance diverged are stored with a flag, listed by
+    `top --show-failed` with the reason, and ranked as non-hits even with hit-like scores."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+    from gen2d.jobs import rank_set
+    from gen2d.scoring import Provenance, RankThresholds, ScoreResult
+    from gen2d.store import open_store
+
+    uri = f"monty://{tmp_path / 'store'}"
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", "--n", "3", "--seed", "1", "--steps", "5", "--set", "div",
+                              "--guidance", "eta=0.1", "--guidance", "divergence_grad_rms=1e-9",
+                              "--option", f"checkpoint={tiny_checkpoint}", "--option", "device=cpu",
+                              "--store", uri, "--json"])
+    assert res.exit_code == 0, res.output
+    gen_out = json.loads(res.stdout)
+    assert gen_out["n_flagged"] == gen_out["n_accepted"] >= 1
+    cs = open_store(uri)
+    docs = list(cs.query({"sets": "div"}))
+    assert docs and all(d["flags"]["guidance_diverged"]["diverged_reasons"] == ["exploding_guidance"] for d in docs)
+    prov = Provenance(plugin="test", model="hand-set")
+    for d in docs:  # scores that would make a hit
+        for prop, val, unit in (("dg_h", 0.0, "eV"), ("e_hull", 0.0, "eV/atom"), ("p_synth", 0.9, "probability")):
+            cs.set_score(d["candidate_id"], f"hand.{prop}", ScoreResult(property=prop, value=val, unit=unit,
+                                                                           ok=True, provenance=prov))
+    ranked = rank_set(cs, ["div"], RankThresholds(require_strict=False))
+    assert ranked.n_hits == 0 and ranked.n_complete == len(docs)
+    assert all(cs.get(d["candidate_id"])["rank"]["flags"] == ["guidance_diverged"] for d in docs)
+    res = runner.invoke(app, ["top", "--show-failed", "--set", "div", "--store", uri, "--json"])
+    listed = json.loads(res.stdout)
+    assert listed["failed"] == len(docs)
+    assert all("flag:guidance_diverged(exploding_guidance)" in r["reasons"] for r in listed["rows"])

@@ -37,6 +37,9 @@ class SamplingConfig(BaseModel):
     vacuum: float = Field(20.0, description="Å of vacuum in the output cells")
     z_max: float = Field(4.0, description="Å; bound on |z| of the predicted clean layer (thickness <= 2 z_max)")
     lattice_bound: float = Field(4.0, description="bound on the predicted clean lattice parameters, in training stds")
+    divergence_grad_rms: float = Field(
+        50.0, description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
+                          "diverged; the shipped model's largest over 32 guided samples x 100 steps is 0.33")
 
     @property
     def guided(self) -> bool:
@@ -54,6 +57,12 @@ class SampledMonolayer:
     predicted: dict[str, float]
     start: str = "free"
     parameters: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        """True when the reverse process of this sample went numerically wrong (see ``diagnostics``)."""
+        return bool(self.diagnostics.get("diverged_reasons"))
 
     def to_structure(self, vacuum: float = 20.0):
         """A pymatgen ``Structure`` with a, b in the xy-plane and the layer centred in c."""
@@ -92,6 +101,59 @@ def _clip_rms(g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: floa
         rms = scatter_mean(sq[:, None], index, n)[:, 0].sqrt()[index]
     scale = (max_rms / (rms + 1e-12)).clamp(max=1.0)
     return g * scale.reshape(-1, *([1] * (g.dim() - 1)))
+
+
+def _per_graph_any(bad: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(n,) bool: does any row of ``bad`` (node- or graph-level, any trailing shape) belong to graph g."""
+    flat = bad.reshape(bad.shape[0], -1).any(-1)
+    if index is None:
+        return flat
+    counts = torch.zeros(n, dtype=torch.long, device=bad.device)
+    return counts.index_add_(0, index, flat.long()) > 0
+
+
+def _raw_rms(g: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(n,) RMS of each structure's part of ``g`` (non-finite entries counted as 0)."""
+    flat = torch.nan_to_num(g, 0.0, 0.0, 0.0).reshape(g.shape[0], -1)
+    sq = flat.pow(2).mean(-1)
+    if index is None:
+        return sq.sqrt()
+    from gen2d.models.egnn import scatter_mean
+
+    return scatter_mean(sq[:, None], index, n)[:, 0].sqrt()
+
+
+class _Divergence:
+    """Per-structure bookkeeping of numerical faults along one reverse trajectory.
+
+    A structure is flagged when the denoiser's heads or the guidance gradient are non-finite at any
+    step (``nonfinite_guidance``), when its state becomes non-finite (``nonfinite_state``: the state
+    is reset to finite values so the rest of the batch goes on, and the sample is flagged), when the
+    raw guidance gradient exceeds ``divergence_grad_rms`` (``exploding_guidance``), or when the heads
+    are non-finite on the final state (``nonfinite_heads``).
+    """
+
+    def __init__(self, B: int, device):
+        self.max_rms = torch.zeros(B, device=device)
+        self.counts = {k: torch.zeros(B, dtype=torch.long, device=device)
+                       for k in ("nonfinite_guidance", "nonfinite_state", "exploding_guidance", "nonfinite_heads")}
+        self.first_step: dict[str, list[int | None]] = {k: [None] * B for k in self.counts}
+
+    def mark(self, key: str, flags: torch.Tensor, step: int) -> None:
+        if not bool(flags.any()):
+            return
+        self.counts[key] += flags.long()
+        for g in torch.nonzero(flags).flatten().tolist():
+            if self.first_step[key][g] is None:
+                self.first_step[key][g] = step
+
+    def report(self, g: int, limit: float, guided_steps: int) -> dict[str, Any]:
+        reasons = [k for k, c in self.counts.items() if int(c[g]) > 0]
+        return {"diverged_reasons": reasons,
+                "steps_flagged": {k: int(self.counts[k][g]) for k in reasons},
+                "first_flagged_step": {k: self.first_step[k][g] for k in reasons},
+                "max_guidance_grad_rms": round(float(self.max_rms[g]), 6),
+                "divergence_grad_rms": limit, "guided_steps": guided_steps}
 
 
 @dataclass
@@ -155,6 +217,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     cond = target_condition(B, config, dtype, dev) if config.cfg_weight is not None else None
     cond_list = [cond, None] if cond is not None else [None]
     heads = torch.zeros(B, 3, device=dev)
+    div = _Divergence(B, dev)
     for i, t_int in enumerate(steps):
         s_int = steps[i + 1] if i + 1 < len(steps) else -1
         t = torch.full((B,), t_int, device=dev, dtype=torch.long)
@@ -169,8 +232,18 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             if config.eta > 0:
                 l_target = target_loss(pred["heads"], config).sum()
                 grads = list(torch.autograd.grad(l_target, state, allow_unused=True))
-                grads = [torch.zeros_like(v) if g is None else torch.nan_to_num(g, 0.0, 0.0, 0.0)
-                         for g, v in zip(grads, state)]
+                grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, state)]
+                # a fault in one structure is recorded on it and zeroed, so the batch goes on
+                index_of = (batch, batch, batch, None)
+                bad = ~torch.isfinite(heads).all(-1)
+                rms = torch.zeros(B, device=dev)
+                for g_part, idx in zip(grads, index_of):
+                    bad = bad | _per_graph_any(~torch.isfinite(g_part), idx, B)
+                    rms = torch.maximum(rms, _raw_rms(g_part, idx, B))
+                div.mark("nonfinite_guidance", bad, i)
+                div.mark("exploding_guidance", rms > config.divergence_grad_rms, i)
+                div.max_rms = torch.maximum(div.max_rms, rms)
+                grads = [torch.nan_to_num(g, 0.0, 0.0, 0.0) for g in grads]
         def mix(key):
             outs = [o.detach() for o in pred[key]]
             if len(outs) == 1:
@@ -199,6 +272,11 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             lat = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
             if s_int >= 0:
                 lat = sched.vp_noise(lat, s, randn(B, 3))
+        bad_state = (_per_graph_any(~torch.isfinite(frac), batch, B) | _per_graph_any(~torch.isfinite(z), batch, B)
+                     | _per_graph_any(~torch.isfinite(h), batch, B) | _per_graph_any(~torch.isfinite(lat), None, B))
+        if bool(bad_state.any()):
+            div.mark("nonfinite_state", bad_state, i)
+            frac, z, h, lat = (torch.nan_to_num(v, 0.0, 0.0, 0.0) for v in (frac, z, h, lat))
 
     # heads on the final, clean state
     with torch.no_grad():
@@ -210,6 +288,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
+    guided_steps = len(steps) if config.eta > 0 else 0
+    div.mark("nonfinite_heads", ~torch.isfinite(heads).all(-1), len(steps))
     for g in range(B):
         sl = slice(int(ptr[g]), int(ptr[g + 1]))
         predicted = {"dg_h": float(heads[g, 0]), "e_hull": float(heads[g, 1]),
@@ -218,7 +298,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         out.append(SampledMonolayer(
             species=[rep.vocab[int(k)] for k in types[sl]], lattice2d=lattice[g, :2, :2].cpu().numpy().astype(float),
             frac=frac[sl].cpu().numpy().astype(float), z=(z[sl] * rep.z_scale).cpu().numpy().astype(float),
-            predicted=predicted, start=f"template:{name}" if name else "free", parameters=params))
+            predicted=predicted, start=f"template:{name}" if name else "free", parameters=params,
+            diagnostics=div.report(g, config.divergence_grad_rms, guided_steps)))
     return out
 
 
