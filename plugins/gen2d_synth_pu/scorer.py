@@ -70,7 +70,8 @@ class PUSynthScorer:
             version=gen2d.__version__,
             model=f"bagged PU decision trees ({meta.get('n_bags', '?')} bags, sklearn {meta.get('sklearn_version', '?')})",
             checkpoint_sha256=self._sha256,
-            reference_set="positives: 2DMatPedia top-down + MC2D-258; unlabeled: 2DMatPedia bottom-up",
+            reference_set="positives: 2DMatPedia top-down + MC2D-258 + bottom-up rows grown in the lab "
+                          "(experimental_monolayers.csv); unlabeled: the other 2DMatPedia bottom-up rows",
             settings={"threshold": self.threshold, "model_path": str(self.model_path),
                       **{k: meta[k] for k in ("n_bags", "unlabeled_per_bag", "seed") if k in meta}},
             notes=["PU-bagging score (mean over bags); ranks like a probability but is not calibrated",
