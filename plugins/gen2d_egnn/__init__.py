@@ -98,12 +98,14 @@ class EGNNDiffusionGenerator:
             Seeds the whole run: atom counts, prior draws and every step's noise.
         guidance : str or dict, optional
             ``none``, ``cfg``, ``gradient``, ``both`` or SamplingConfig fields (``cfg_weight``, ``eta``,
-            ``targets``...).
+            ``targets``...). Further SamplingConfig fields go in ``**sampling``, e.g. ``elements`` (a
+            chemical space: only these elements are sampled).
         start : str
             ``free`` (atom count from the training histogram, lattice diffused) or ``templates``
             (lattice and atom count of built-in templates, cycled).
         templates : list of str, optional
-            Template names for ``start="templates"`` (default: all).
+            Template names for ``start="templates"`` (default: all; with ``elements``, those inside the
+            chemical space).
         n_steps : int, optional
             Respace the training schedule to this many steps (default: all T).
         validate : bool
@@ -114,12 +116,23 @@ class EGNNDiffusionGenerator:
         n = 16 if n is None else int(n)
         cfg = sampling_config(guidance, n_steps=n_steps, **sampling)
         bundle = self.bundle
+        from gen2d.diffusion.sampler import ElementsOutsideVocabulary, blocked_types
+
+        try:
+            blocked_types(bundle.rep.vocab, cfg.elements)
+        except ElementsOutsideVocabulary as exc:
+            raise PluginUnavailable(str(exc)) from None
         if start == "free":
             samples = sample(bundle, n, seed, cfg, self.device, progress=progress)
         elif start == "templates":
             from gen2d.data import templates as tmpl
 
             names = templates or tmpl.list_templates()
+            if cfg.elements is not None:  # a chemical space keeps only the templates inside it
+                space = set(cfg.elements)
+                names = [nm for nm in names if {e.symbol for e in tmpl.build_template(nm).composition} <= space]
+                if not names:
+                    raise PluginUnavailable(f"no template lies inside the chemical space {sorted(space)}")
             picked = [names[i % len(names)] for i in range(n)]
             counts: dict[str, int] = {}
             for p in picked:

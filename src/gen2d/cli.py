@@ -460,6 +460,8 @@ def generate(
     set_name: str = typer.Option("generated", "--set"),
     start: Optional[str] = typer.Option(None, "--start", help="egnn-diffusion: free or templates"),
     steps: Optional[int] = typer.Option(None, "--steps", help="egnn-diffusion: respace the schedule to K steps"),
+    elements: Optional[str] = typer.Option(None, "--elements", help="egnn-diffusion: sample only these elements "
+                                                                   "(a chemical space), e.g. Mo,W,S,Se"),
     option: list[str] = OptionOpt,
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
@@ -479,6 +481,8 @@ def generate(
         params["start"] = start
     if steps:
         params["n_steps"] = steps
+    if elements:
+        params["elements"] = [e.strip() for e in elements.split(",") if e.strip()]
     _open(store, as_json)  # fail early and clearly on a bad store
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"generate ({generator})", total=n)

@@ -96,3 +96,24 @@ def test_nan_heads_flag_only_their_structure_and_the_batch_goes_on(tiny_bundle, 
     for a, b in zip(clean[1:], hurt[1:]):
         assert not b.diverged
         assert np.array_equal(a.frac, b.frac) and np.array_equal(a.z, b.z) and a.species == b.species
+
+
+def test_chemical_space_restricts_the_sampled_elements(tiny_bundle):
+    vocab = tiny_bundle.rep.vocab
+    space = vocab[:2]
+    free = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=15), device="cpu", n_atoms=[3] * 6)
+    assert {el for s in free for el in s.species} - set(space), "unrestricted run should use other elements"
+    out = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=15, elements=space, eta=0.05), device="cpu",
+                 n_atoms=[3] * 6)
+    assert all(set(s.species) <= set(space) for s in out)
+    assert all(not s.diverged for s in out)
+
+
+def test_elements_outside_the_vocabulary_are_refused_by_name(tiny_bundle):
+    import pytest
+
+    from gen2d.diffusion.sampler import ElementsOutsideVocabulary
+
+    bad = next(e for e in ("Og", "Ts", "Fr", "Ra") if e not in tiny_bundle.rep.vocab)
+    with pytest.raises(ElementsOutsideVocabulary, match=bad):
+        sample(tiny_bundle, 1, seed=0, config=SamplingConfig(n_steps=2, elements=[bad]), device="cpu", n_atoms=[2])

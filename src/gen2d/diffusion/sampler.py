@@ -37,6 +37,9 @@ class SamplingConfig(BaseModel):
     vacuum: float = Field(20.0, description="Å of vacuum in the output cells")
     z_max: float = Field(4.0, description="Å; bound on |z| of the predicted clean layer (thickness <= 2 z_max)")
     lattice_bound: float = Field(4.0, description="bound on the predicted clean lattice parameters, in training stds")
+    elements: list[str] | None = Field(
+        None, description="restrict atom types to these elements (a chemical space; replacement inpainting of "
+                          "the type channels); None = the model's whole vocabulary")
     divergence_grad_rms: float = Field(
         50.0, description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
                           "diverged; the shipped model's largest over 32 guided samples x 100 steps is 0.33")
@@ -156,6 +159,22 @@ class _Divergence:
                 "divergence_grad_rms": limit, "guided_steps": guided_steps}
 
 
+class ElementsOutsideVocabulary(ValueError):
+    """A requested chemical space names elements the model was not trained on."""
+
+
+def blocked_types(vocab: list[str], elements: list[str] | None, device="cpu") -> torch.Tensor | None:
+    """Bool mask over the type channels that ``elements`` excludes (None when unrestricted)."""
+    if elements is None:
+        return None
+    unknown = sorted(set(elements) - set(vocab))
+    if unknown or not elements:
+        raise ElementsOutsideVocabulary(
+            f"elements {unknown or '[]'} are not in the model's vocabulary of {len(vocab)} elements")
+    keep = set(elements)
+    return torch.tensor([v not in keep for v in vocab], dtype=torch.bool, device=device)
+
+
 @dataclass
 class Start:
     """What a batch starts from: atom counts (free) or a template state (lattice fixed)."""
@@ -192,6 +211,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=dtype).to(dev)
+
+    blocked = blocked_types(rep.vocab, config.elements, dev)
 
     steps = sched.timesteps(config.n_steps)
     lattice_fixed = None
@@ -266,6 +287,10 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
         z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
         h = (mean_h + std_h * randn(N, K)).detach()
+        if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
+            nb = int(blocked.sum())
+            h[:, blocked] = (sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), s_a.clamp(min=0),
+                                            randn(N, nb)) if s_int >= 0 else 0.0)
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
@@ -284,7 +309,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         pred = predict_noise(model, rep, frac, z, h, lat, t0_b, batch, sched, [None], lattice_override=lattice_fixed)
         heads = pred["heads"]
     lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
-    types = h.argmax(-1)
+    types = (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
@@ -388,5 +413,5 @@ def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
     return starts, skipped
 
 
-__all__ = ["SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
+__all__ = ["ElementsOutsideVocabulary", "blocked_types", "SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
            "draw_atom_counts", "Start"]
