@@ -97,3 +97,25 @@ def test_diverged_guidance_is_stored_flagged_and_never_a_hit(tiny_checkpoint, tm
     listed = json.loads(res.stdout)
     assert listed["failed"] == len(docs)
     assert all("flag:guidance_diverged(exploding_guidance)" in r["reasons"] for r in listed["rows"])
+
+
+def test_cli_elements_restricts_the_stored_candidates(tiny_checkpoint, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+    from gen2d.store import open_store
+
+    gen = get_generator("egnn-diffusion", checkpoint=tiny_checkpoint, device="cpu")
+    space = gen.bundle.rep.vocab[:3]
+    uri = f"monty://{tmp_path / 'store'}"
+    common = ["--option", f"checkpoint={tiny_checkpoint}", "--option", "device=cpu", "--store", uri, "--json"]
+    res = CliRunner().invoke(app, ["generate", "--n", "4", "--steps", "5", "--set", "space",
+                                   "--elements", ",".join(space), *common])
+    assert res.exit_code == 0, res.output
+    docs = list(open_store(uri).query({"sets": "space"}))
+    assert docs and all(set(d["elements"]) <= set(space) for d in docs)
+    bad = CliRunner().invoke(app, ["generate", "--n", "1", "--steps", "2", "--elements", "Og", *common])
+    assert bad.exit_code != 0
+    assert "Og" in json.loads(bad.stdout)["error"] and "vocabulary" in json.loads(bad.stdout)["error"]
