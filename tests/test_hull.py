@@ -187,7 +187,7 @@ def test_mlip_prototypes_elemental_ground_state_cached_in_store(chgnet):
     doc = store.query_one({"chemsys": "Si"})
     assert doc["provider"] == "mlip-prototypes" and doc["checkpoint_sha256"] == chgnet.gen2d_checkpoint_sha256
     fresh = MLIPPrototypesProvider(chgnet, cache_dir=False, store=store)
-    fresh._relax_phase = lambda *a, **k: pytest.fail("store cache missed")
+    fresh._relax_jobs = lambda *a, **k: pytest.fail("store cache missed")
     assert [e.energy_per_atom for e in fresh.entries(["Si"])] == [e.energy_per_atom for e in entries]
 
 
@@ -211,6 +211,6 @@ def test_mos2_formation_energy_negative_with_chgnet(chgnet, tmp_path):
 
     # A second provider on the same cache directory reads the disk, never relaxes again.
     again = MLIPPrototypesProvider(chgnet, cache_dir=tmp_path, binary_prototypes=["mos2_2h"])
-    again._relax_phase = lambda *a, **k: pytest.fail("cache miss: reference relaxed twice")
+    again._relax_jobs = lambda *a, **k: pytest.fail("cache miss: reference relaxed twice")
     assert len(again.entries(["Mo", "S"])) == len(prov.entries(["Mo", "S"]))
     assert any(tmp_path.rglob("Mo-S.json.gz"))

@@ -15,7 +15,7 @@ from pymatgen.core import Element, Structure
 
 from gen2d.hull import (ENERGY_UNIT, HullError, ReferenceUnavailable, apply_mp2020, get_reference_provider,
                         hull_analysis, mlip_entry)
-from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane
+from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane, relax_in_plane_batch
 from gen2d.scoring import CALCULATOR_GROUP, PluginUnavailable, Provenance, ScoreResult
 
 log = logging.getLogger(__name__)
@@ -192,14 +192,48 @@ class EHullScorer:
         except ImportError:  # pragma: no cover
             def tqdm(x, **_):
                 return x
+        relaxed = self._relax_valid(structures, calculator, provider)
         out = []
-        for structure in tqdm(structures, desc=self.name, disable=not self.progress or len(structures) < 2):
+        for i, structure in enumerate(tqdm(structures, desc=self.name,
+                                           disable=not self.progress or len(structures) < 2)):
             try:
-                out.append(self._score_one(structure, calculator, provider, prov))
+                out.append(self._score_one(structure, calculator, provider, prov, relaxed=relaxed.get(i)))
             except Exception as exc:  # last line of defence: a bug on one structure never loses the batch
                 log.exception("%s crashed on one structure", self.name)
                 out.append((self._fail(prov, "scorer_crashed", f"{type(exc).__name__}: {exc}"), {}))
         return out
+
+    def _relax_valid(self, structures: Sequence[Any], calculator, provider) -> dict[int, Any]:
+        """Relax every valid structure of the batch together (lockstep batched MLIP calls).
+
+        Then relaxes, in one go, the reference phases of the chemical systems of all structures that
+        relaxed cleanly, when the provider can (``prefetch``). Returns ``{index: RelaxResult}``;
+        structures left out (invalid input, a batch of one, or any problem here) are relaxed one by one
+        in :meth:`_score_one`, which names their failure.
+        """
+        valid: dict[int, Any] = {}
+        for i, structure in enumerate(structures):
+            try:
+                if self._check_input(structure) is None:
+                    valid[i] = _to_monolayer_atoms(structure)
+            except Exception:
+                continue
+        if len(valid) < 2:
+            return {}
+        try:
+            relaxed = dict(zip(valid, relax_in_plane_batch(list(valid.values()), calculator, fmax=self.fmax,
+                                                           steps=self.steps), strict=True))
+        except Exception:
+            log.exception("%s: batched relaxation crashed; relaxing one by one", self.name)
+            return {}
+        prefetch = getattr(provider, "prefetch", None)
+        if callable(prefetch):
+            try:
+                prefetch([[el.symbol for el in structures[i].composition.elements]
+                          for i, res in relaxed.items() if res.failure is None])
+            except Exception as exc:  # each structure then asks for its own references and names the failure
+                log.info("%s: reference prefetch failed (%s: %s)", self.name, type(exc).__name__, exc)
+        return relaxed
 
     def _check_input(self, structure: Any) -> tuple[str, str] | None:
         if not isinstance(structure, Structure):
@@ -221,12 +255,13 @@ class EHullScorer:
                                          f"has no phases beyond binaries, so this hull would be meaningless")
         return None
 
-    def _score_one(self, structure: Any, calculator, provider, prov: Provenance) -> tuple[ScoreResult, dict[str, Any]]:
+    def _score_one(self, structure: Any, calculator, provider, prov: Provenance,
+                   relaxed: Any = None) -> tuple[ScoreResult, dict[str, Any]]:
         bad = self._check_input(structure)
         if bad:
             return self._fail(prov, *bad), {}
-        atoms = _to_monolayer_atoms(structure)
-        relaxed = relax_in_plane(atoms, calculator, fmax=self.fmax, steps=self.steps)
+        if relaxed is None:  # not relaxed with its batch (alone, or the batch path was unavailable)
+            relaxed = relax_in_plane(_to_monolayer_atoms(structure), calculator, fmax=self.fmax, steps=self.steps)
         convergence = relaxed.summary()
         details: dict[str, Any] = {"relax": convergence}
         relaxed_structure = _from_atoms(relaxed.atoms) if np.all(np.isfinite(relaxed.atoms.positions)) else None

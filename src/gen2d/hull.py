@@ -348,6 +348,7 @@ class Prototype:
         species = [mapping[s] for s, _ in self.sites]
         coords = [c for _, c in self.sites]
         lat = Lattice.from_parameters(*self.lattice)
+        _keep_spacegroup(self.spacegroup)
         s = Structure.from_spacegroup(self.spacegroup, lat, species, coords, tol=1e-3)
         s = s.get_primitive_structure()
         # Scale so that no pair is shorter than its covalent bond length: FIRE then starts from a
@@ -356,6 +357,26 @@ class Prototype:
                     for site in s for nn in s.get_neighbors(site, 6.0))
         s.scale_lattice(s.volume * ratio ** 3)
         return s
+
+
+_SPACEGROUPS: dict[str, Any] = {}
+
+
+def _keep_spacegroup(sg: str | int) -> None:
+    """Hold a strong reference to pymatgen's SpaceGroup for ``sg``.
+
+    ``SpaceGroup`` is a monty ``cached_class`` with a *weak* cache, so without this every
+    ``Structure.from_spacegroup`` rebuilds the group's operations (~0.3 s; a third of the non-MLIP time
+    of a cold element pair). The instance is the one ``from_spacegroup`` would build: same result.
+    """
+    key = str(sg)
+    if key not in _SPACEGROUPS:
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        try:
+            _SPACEGROUPS[key] = SpaceGroup.from_int_number(int(sg)) if key.isdigit() else SpaceGroup(key)
+        except Exception:  # from_spacegroup will raise its own, clearer error
+            return
 
 
 def _radius(symbol: str) -> float:
@@ -457,6 +478,13 @@ class MLIPPrototypesProvider:
         Subset of :data:`BINARY_PROTOTYPES` names (default: all).
     progress : bool
         Show a progress bar while relaxing a new subsystem.
+    batched : bool
+        Relax all phases of the missing subsystems together, the MLIP evaluating every still-running
+        structure in one batched call per FIRE step (:func:`gen2d.relax.relax_bulk_batch`). Each phase
+        keeps its own optimiser, so energies equal the serial path's within float noise; backends
+        without a batched evaluator relax serially anyway. Not part of the cache key.
+    max_batch : int
+        Largest number of structures evaluated together.
     """
 
     name = "mlip-prototypes"
@@ -464,7 +492,7 @@ class MLIPPrototypesProvider:
 
     def __init__(self, calculator: Any, cache_dir: str | os.PathLike | bool | None = None, store: Any = None,
                  fmax: float = 0.1, steps: int = 200, binary_prototypes: Sequence[str] | None = None,
-                 progress: bool = False):
+                 progress: bool = False, batched: bool = True, max_batch: int = 32):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
         self.checkpoint_sha256 = getattr(calculator, "gen2d_checkpoint_sha256", None)
@@ -479,6 +507,8 @@ class MLIPPrototypesProvider:
         if unknown:
             raise ValueError(f"unknown binary prototypes {sorted(unknown)}; known: {sorted(BINARY_PROTOTYPES)}")
         self.progress = progress
+        self.batched = bool(batched)
+        self.max_batch = int(max_batch)
         self._memory: dict[str, list[ComputedEntry]] = {}
 
     # cache ---------------------------------------------------------------------------------------
@@ -529,12 +559,9 @@ class MLIPPrototypesProvider:
             self.store.update([doc], key="ref_key")
 
     # relaxation ----------------------------------------------------------------------------------
-    def _relax_phase(self, structure: Structure, prototype: str) -> ComputedStructureEntry | None:
+    def _entry_from_result(self, structure: Structure, prototype: str, res: Any) -> ComputedStructureEntry | None:
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        from gen2d.relax import relax_bulk
-
-        res = relax_bulk(AseAtomsAdaptor.get_atoms(structure), self.calculator, fmax=self.fmax, steps=self.steps)
         # An unconverged energy is an upper bound of the relaxed one, so keeping it can only raise the
         # hull (never invent stability); a numerical failure is dropped.
         if res.failure not in (None, "not_converged"):
@@ -554,53 +581,110 @@ class MLIPPrototypesProvider:
             log.info("reference %s dropped: %s", entry.entry_id, exc)
             return None
 
-    def _relax_all(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedEntry]:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover
-            def tqdm(x, **_):
-                return x
-        found = []
-        for proto, structure in tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False):
-            entry = self._relax_phase(structure, proto)
-            if entry is not None:
-                found.append(entry)
-        return found
+    def _relax_phase(self, structure: Structure, prototype: str) -> ComputedStructureEntry | None:
+        """Relax one reference phase serially (the entry, or None when it is dropped)."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from gen2d.relax import relax_bulk
+
+        res = relax_bulk(AseAtomsAdaptor.get_atoms(structure), self.calculator, fmax=self.fmax, steps=self.steps)
+        return self._entry_from_result(structure, prototype, res)
+
+    def _relax_jobs(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedStructureEntry | None]:
+        """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order."""
+        if not jobs:
+            return []
+        if not self.batched:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                def tqdm(x, **_):
+                    return x
+            return [self._relax_phase(structure, proto) for proto, structure in
+                    tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False)]
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from gen2d.relax import relax_bulk_batch
+
+        if self.progress:
+            log.info("relaxing %d reference phases (%s) in lockstep batches", len(jobs), label)
+        results = relax_bulk_batch([AseAtomsAdaptor.get_atoms(s) for _, s in jobs], self.calculator,
+                                   fmax=self.fmax, steps=self.steps, max_batch=self.max_batch)
+        return [self._entry_from_result(s, proto, res) for (proto, s), res in zip(jobs, results, strict=True)]
+
+    def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
+        if "-" in subsystem:
+            a, b = subsystem.split("-")
+            return [(name, BINARY_PROTOTYPES[name].build(x, y))
+                    for name, x, y in binary_decorations(a, b, self.binary_prototypes)]
+        return [(name, ELEMENT_PROTOTYPES[name].build(subsystem)) for name in element_polymorphs(subsystem)]
+
+    def _ensure(self, subsystems: Iterable[str]) -> dict[str, list[ComputedEntry]]:
+        """Entries of each subsystem (``"Mo"`` or ``"Mo-S"``), relaxing all missing ones together."""
+        out: dict[str, list[ComputedEntry]] = {}
+        missing: list[str] = []
+        for sub in dict.fromkeys(subsystems):
+            cached = self._read_cache(self._key(sub))
+            if cached is None:
+                missing.append(sub)
+            else:
+                out[sub] = cached
+        if missing:
+            jobs, owner = [], []
+            for sub in missing:
+                sub_jobs = self._subsystem_jobs(sub)
+                jobs.extend(sub_jobs)
+                owner.extend([sub] * len(sub_jobs))
+            entries = self._relax_jobs(jobs, ", ".join(missing))
+            for sub in missing:
+                found = [e for e, o in zip(entries, owner, strict=True) if o == sub and e is not None]
+                self._write_cache(self._key(sub), sub, found)
+                out[sub] = found
+        return out
+
+    @staticmethod
+    def _subsystems(elements: Iterable[str]) -> list[str]:
+        elements = sorted(set(elements))
+        return [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
 
     def element_entries(self, symbol: str) -> list[ComputedEntry]:
         """All relaxed polymorphs of ``symbol`` (cached)."""
-        key = self._key(symbol)
-        cached = self._read_cache(key)
-        if cached is not None:
-            return cached
-        jobs = [(name, ELEMENT_PROTOTYPES[name].build(symbol)) for name in element_polymorphs(symbol)]
-        found = self._relax_all(jobs, symbol)
-        self._write_cache(key, symbol, found)
-        return found
+        return self._ensure([symbol])[symbol]
 
     def binary_entries(self, a: str, b: str) -> list[ComputedEntry]:
         """All relaxed binary prototypes of the pair (cached)."""
         a, b = sorted((a, b))
-        key = self._key(f"{a}-{b}")
-        cached = self._read_cache(key)
-        if cached is not None:
-            return cached
-        jobs = [(name, BINARY_PROTOTYPES[name].build(x, y)) for name, x, y in binary_decorations(a, b, self.binary_prototypes)]
-        found = self._relax_all(jobs, f"{a}-{b}")
-        self._write_cache(key, f"{a}-{b}", found)
-        return found
+        return self._ensure([f"{a}-{b}"])[f"{a}-{b}"]
 
     def entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
         elements = sorted(set(elements))
         unknown = [el for el in elements if not Element.is_valid_symbol(el)]
         if unknown:
             raise ReferenceUnavailable("unsupported_element", f"unknown element symbols {unknown}")
+        subsystems = self._subsystems(elements)
+        found_by = self._ensure(subsystems)
         found: list[ComputedEntry] = []
-        for el in elements:
-            found.extend(self.element_entries(el))
-        for a, b in combinations(elements, 2):
-            found.extend(self.binary_entries(a, b))
+        for sub in subsystems:
+            found.extend(found_by[sub])
         return found
+
+    def prefetch(self, element_sets: Iterable[Iterable[str]]) -> int:
+        """Relax, in one lockstep run, every subsystem of ``element_sets`` not cached yet.
+
+        A scoring batch calls this with its candidates' elements so that all their missing reference
+        phases share batched MLIP calls. Returns the number of subsystems that were missing.
+        """
+        wanted: list[str] = []
+        for elements in element_sets:
+            elements = sorted(set(elements))
+            if any(not Element.is_valid_symbol(el) for el in elements):
+                continue
+            wanted.extend(self._subsystems(elements))
+        wanted = list(dict.fromkeys(wanted))
+        missing = [sub for sub in wanted if self._read_cache(self._key(sub)) is None]
+        if missing:
+            self._ensure(missing)
+        return len(missing)
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "energy_source": self.energy_source, "model": self.model,

@@ -149,3 +149,21 @@ def test_too_many_elements_is_refused_by_name_without_any_relaxation():
     [res] = get_scorer("ehull.chgnet").score([s])
     assert not res.ok and res.failure.reason == "too_many_elements"
     assert get_scorer("ehull.chgnet", max_elements=None).max_elements is None
+
+
+def test_batch_scoring_equals_one_by_one(ref_cache):
+    # A scoring batch relaxes its candidates together (one batched MLIP call per FIRE step) and their
+    # references in one go; the E_hull of each must be what scoring it alone gives.
+    from gen2d.relax import LOCKSTEP_STATS
+
+    options = {"cache_dir": ref_cache, "binary_prototypes": ["mos2_2h"]}
+    batch = [_mono(mx2("MoS2", a=3.25, thickness=3.13, vacuum=10.0)), _mono(graphene(a=2.44, vacuum=10.0))]
+    before = dict(LOCKSTEP_STATS)
+    together = get_scorer("ehull.chgnet", provider_options=options, progress=False).score(batch)
+    assert LOCKSTEP_STATS["batch_calls"] > before["batch_calls"]  # the batch path really ran
+    alone = [get_scorer("ehull.chgnet", provider_options=options, progress=False).score([s])[0] for s in batch]
+    for t, a in zip(together, alone):
+        assert t.ok and a.ok, (t.failure, a.failure)
+        assert t.value == pytest.approx(a.value, abs=2e-3)
+        assert t.extra["convergence"]["settings"] == a.extra["convergence"]["settings"]
+        assert t.extra["decomposition"][0]["prototype"] == a.extra["decomposition"][0]["prototype"]
