@@ -214,3 +214,58 @@ def test_mos2_formation_energy_negative_with_chgnet(chgnet, tmp_path):
     again._relax_jobs = lambda *a, **k: pytest.fail("cache miss: reference relaxed twice")
     assert len(again.entries(["Mo", "S"])) == len(prov.entries(["Mo", "S"]))
     assert any(tmp_path.rglob("Mo-S.json.gz"))
+
+
+class _KeyOnlyCalc:
+    """Carries the identity the cache key is made of; never asked for an energy here."""
+
+    gen2d_model = "CHGNet test"
+
+    def __init__(self, sha: str):
+        self.gen2d_checkpoint_sha256 = sha
+
+
+def _write_shipped(root: Path, provider: MLIPPrototypesProvider, subsystem: str, energy: float) -> None:
+    import gzip
+
+    key = provider._key(subsystem)
+    tag, sub = key.split(":", 1)[1].rsplit(":", 1)
+    entry = ComputedEntry(Composition(subsystem.replace("-", "")), energy, entry_id=f"gen2d-ref:{subsystem}:x")
+    (root / tag).mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / tag / f"{sub}.json.gz", "wt") as fh:
+        json.dump({"ref_key": key, "entries": [entry.as_dict()]}, fh)
+
+
+def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
+    shipped = tmp_path / "shipped"
+    maker = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=False)
+    _write_shipped(shipped, maker, "Mo", -10.8)
+    _write_shipped(shipped, maker, "Mo-S", -20.0)
+
+    same = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=tmp_path / "user", shipped=shipped)
+    same._relax_jobs = lambda *a, **k: pytest.fail("shipped cache missed")
+    assert [e.energy for e in same.element_entries("Mo")] == [-10.8]
+    assert [e.energy for e in same.binary_entries("S", "Mo")] == [-20.0]
+    assert same.shipped_hits == {"Mo", "Mo-S"}
+    assert not (tmp_path / "user").exists()  # read-only: nothing copied into the user's cache
+    assert same.describe()["shipped_cache"] == str(shipped)
+
+    # another MLIP checkpoint (or settings, or prototype list) never reads those energies
+    relaxed = []
+    other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=shipped)
+    other._relax_jobs = lambda jobs, label: relaxed.append(label) or [None] * len(jobs)
+    assert other.element_entries("Mo") == [] and relaxed and not other.shipped_hits
+    subset = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped,
+                                    binary_prototypes=["mos2_2h"])
+    subset._relax_jobs = lambda jobs, label: [None] * len(jobs)
+    assert subset.binary_entries("Mo", "S") == [] and "Mo-S" not in subset.shipped_hits
+    # a file whose recorded key disagrees with its path is ignored
+    _write_shipped(shipped, maker, "W", -12.0)
+    path = next(shipped.rglob("W.json.gz"))
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        json.dump({"ref_key": "tampered", "entries": []}, fh)
+    check = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped)
+    check._relax_jobs = lambda jobs, label: [None] * len(jobs)
+    assert check.element_entries("W") == [] and "W" not in check.shipped_hits

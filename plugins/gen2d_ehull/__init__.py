@@ -287,6 +287,10 @@ class EHullScorer:
             "n_phases": hull.n_phases, "decomposition": hull.decomposition,
             "stable": bool(hull.e_hull <= self.stable_threshold),
         })
+        shipped = getattr(provider, "shipped_hits", None)
+        if shipped is not None:  # which reference subsystems came from gen2d's shipped cache
+            subsystems = set(elements) | {f"{a}-{b}" for i, a in enumerate(elements) for b in elements[i + 1:]}
+            extra["references_from_shipped_cache"] = sorted(subsystems & shipped)
         return ScoreResult(property=self.property, value=hull.e_hull, unit=self.unit, extra=extra,
                            provenance=prov), details
 

@@ -485,6 +485,11 @@ class MLIPPrototypesProvider:
         without a batched evaluator relax serially anyway. Not part of the cache key.
     max_batch : int
         Largest number of structures evaluated together.
+    shipped : bool or path
+        Also read the read-only reference cache shipped with gen2d (``gen2d/assets/references``, built by
+        ``scripts/build_reference_cache.py`` for one chemical space; its MANIFEST says how), or the
+        given directory. It is keyed exactly like the run-time cache (MLIP checkpoint hash, library
+        version, fmax, steps, prototype list), so only an identical setup reads it. ``False``: never.
     """
 
     name = "mlip-prototypes"
@@ -492,7 +497,8 @@ class MLIPPrototypesProvider:
 
     def __init__(self, calculator: Any, cache_dir: str | os.PathLike | bool | None = None, store: Any = None,
                  fmax: float = 0.1, steps: int = 200, binary_prototypes: Sequence[str] | None = None,
-                 progress: bool = False, batched: bool = True, max_batch: int = 32):
+                 progress: bool = False, batched: bool = True, max_batch: int = 32,
+                 shipped: bool | str | os.PathLike = True):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
         self.checkpoint_sha256 = getattr(calculator, "gen2d_checkpoint_sha256", None)
@@ -510,6 +516,10 @@ class MLIPPrototypesProvider:
         self.batched = bool(batched)
         self.max_batch = int(max_batch)
         self._memory: dict[str, list[ComputedEntry]] = {}
+        if shipped is True:
+            shipped = Path(__file__).resolve().parent / "assets" / "references"
+        self.shipped_dir = Path(shipped) if shipped else None
+        self.shipped_hits: set[str] = set()  # subsystems read from the shipped cache (provenance)
 
     # cache ---------------------------------------------------------------------------------------
     def _settings_tag(self) -> str:
@@ -542,6 +552,17 @@ class MLIPPrototypesProvider:
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
                 return found
+        if self.shipped_dir is not None:
+            tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
+            path = self.shipped_dir / tag / f"{subsystem}.json.gz"
+            if path.is_file():
+                with gzip.open(path, "rt") as fh:
+                    doc = json.load(fh)
+                if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
+                    found = [_decode_entry(d) for d in doc["entries"]]
+                    self._memory[key] = found
+                    self.shipped_hits.add(subsystem)
+                    return found
         return None
 
     def _write_cache(self, key: str, subsystem: str, found: list[ComputedEntry]) -> None:
@@ -690,7 +711,8 @@ class MLIPPrototypesProvider:
         return {"provider": self.name, "energy_source": self.energy_source, "model": self.model,
                 "checkpoint_sha256": self.checkpoint_sha256, "library_version": PROTOTYPE_LIBRARY_VERSION,
                 "fmax": self.fmax, "steps": self.steps, "binary_prototypes": list(self.binary_prototypes),
-                "cache_dir": str(self.cache_dir) if self.cache_dir else None}
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None}
 
 
 def _collapsed(structure: Structure, factor: float = 0.6) -> bool:
