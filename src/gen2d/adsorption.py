@@ -366,7 +366,7 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
         Every site's ΔG_H (eV), flags and final H position; ``best`` is the valid site of minimum
         |ΔG_H|. Never raises on a failed relaxation: that site carries a flag.
     """
-    from gen2d.relax import relax_in_plane
+    from gen2d.relax import relax_in_plane_batch
 
     settings = settings or AdsorptionSettings()
     start = time.process_time()
@@ -386,15 +386,19 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
     e_h2, h2_bond = h2_reference(calculator)
     n_components = _bond_components(base, settings.layer_break_factor)
 
-    results: list[SiteResult] = []
+    starts = []
     for site in sites:
-        coverage = 1.0 / (site.n_surface_atoms * na * nb) if site.n_surface_atoms else float("nan")
         start_atoms = base.copy()
         start_atoms += Atoms("H", positions=[site.position])
         start_atoms.pbc = (True, True, False)
+        starts.append(start_atoms)
+    # every site relaxes with its own FIRE; the MLIP evaluates all of them in one batch per step
+    relaxed = relax_in_plane_batch([a.copy() for a in starts], calculator, fmax=settings.fmax,
+                                   steps=settings.steps, relax_cell=False)
+    results: list[SiteResult] = []
+    for site, start_atoms, relax in zip(sites, starts, relaxed, strict=True):
+        coverage = 1.0 / (site.n_surface_atoms * na * nb) if site.n_surface_atoms else float("nan")
         h_index = len(start_atoms) - 1
-        relax = relax_in_plane(start_atoms.copy(), calculator, fmax=settings.fmax, steps=settings.steps,
-                               relax_cell=False)
         final = relax.atoms
         flags, nearest, nearest_d, lateral = _flag_site(start_atoms, final, h_index, n_components, settings)
         energy = float(relax.energy) if relax.energy is not None and np.isfinite(relax.energy) else None
