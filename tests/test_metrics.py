@@ -87,3 +87,47 @@ def test_smact_validity_caps_many_element_compositions():
     s = Structure(Lattice.hexagonal(12.0, 25.0), els, [[i / 12, (i * 5 % 12) / 12, 0.5] for i in range(12)])
     res = SMACTValidity()([s, build_template("MoS2-2H")])
     assert res.details["per_sample"] == [False, True] and res.details["too_many_elements"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation-suite metrics: confidence intervals and rates over hand-made cases
+
+
+def test_mean_ci_on_a_known_sample():
+    from scipy import stats
+
+    from gen2d.metrics import mean_ci
+
+    ci = mean_ci([1, 2, 3])
+    assert ci["mean"] == 2.0 and ci["n"] == 3 and ci["std"] == 1.0
+    # t_{0.975, 2} = 4.3027; s = 1; half-width = 4.3027 / sqrt(3) = 2.4842
+    assert abs(ci["half_width"] - stats.t.ppf(0.975, 2) / np.sqrt(3)) < 1e-12
+    assert round(ci["half_width"], 3) == 2.484
+    assert abs(ci["low"] - (2 - 2.48414)) < 1e-4 and abs(ci["high"] - (2 + 2.48414)) < 1e-4
+    same = mean_ci([0.5, 0.5, 0.5, 0.5])
+    assert same["mean"] == 0.5 and same["half_width"] == 0.0
+    # missing runs are left out; one value has no interval; none has no mean
+    assert mean_ci([1.0, None, float("nan"), 3.0])["n"] == 2
+    assert mean_ci([4.0])["half_width"] is None and mean_ci([4.0])["mean"] == 4.0
+    assert mean_ci([])["mean"] is None
+
+
+def test_stable_sun_and_hit_rates_count_invalid_and_duplicates_correctly():
+    from gen2d.metrics import ConfirmationRate, HitRate, HitsPerCPUHour, StableRate, SUNRate
+    from gen2d.scoring import RankThresholds
+
+    # sample 2 was not scored (not strictly valid): it is not stable
+    stable = StableRate(0.1)([0.05, 0.1, None, 0.3])
+    assert stable.details["per_sample"] == [True, True, False, False] and stable.value == 0.5
+    assert "not strictly valid" in stable.description and stable.unit == "fraction"
+    # sample 1 duplicates sample 0: counted once; sample 3 is a training structure
+    sun = SUNRate()([True, True, True, True], unique=[True, False, True, True], novel=[True, True, True, False])
+    assert sun.details["per_sample"] == [True, False, True, False] and sun.value == 0.5
+    hit = HitRate(RankThresholds(dg_h_window=0.15))([True, None, False, True])
+    assert hit.value == 0.5 and "0.15 eV" in hit.description
+    conf = ConfirmationRate(0.2)([0.1, -0.3, None])
+    assert conf.details["per_sample"] == [True, False, False] and abs(conf.value - 1 / 3) < 1e-12
+    assert ConfirmationRate()([]).value is None
+    per_hour = HitsPerCPUHour()(0.25, n_produced=40, cpu_seconds=36.0)
+    assert abs(per_hour.value - 1000.0) < 1e-9 and per_hour.unit == "hits / CPU-hour"
+    assert HitsPerCPUHour()(None, 10, 5.0).value is None

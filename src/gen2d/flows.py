@@ -104,3 +104,18 @@ def job_store(uri: str | None = None):
         docs = MongoStore.from_uri(uri, "outputs", database=database)
         data = GridFSStore.from_uri(uri, "outputs_data", database=database)
     return JobStore(docs, additional_stores={"data": data})
+
+
+def evaluate_flow(spec) -> Flow:
+    """The evaluation suite (:mod:`gen2d.evaluate`) as a flow: one ``cpu`` job per arm and seed, then the
+    aggregation job that writes the JSON, table and plots.
+
+    ``spec`` is a :class:`gen2d.evaluate.EvaluateSpec` (``load_evaluate_spec("workflows/evaluate.yaml")``).
+    Arm jobs must run on one kind of node for their CPU budgets to be comparable.
+    """
+    from gen2d.evaluate import evaluate_jobs
+
+    jobs, aggregate = evaluate_jobs(spec)
+    for j in [*jobs, aggregate]:
+        set_category(j, "cpu")
+    return Flow([*jobs, aggregate], output=aggregate.output, name=spec.name)

@@ -196,3 +196,114 @@ def evaluate_samples(structures: Sequence[Structure], reference: Sequence[Struct
         d["details"] = {k: v for k, v in d["details"].items() if k != "per_sample"}
         out[r.name] = d
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# rates over a set of scored samples, and their spread over seeds (the evaluation suite)
+
+
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean with a two-sided Student-t confidence interval over independent runs (e.g. seeds).
+
+    ``None`` and non-finite values are left out (``n`` counts the ones used). The half-width is
+    ``t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation (ddof 1);
+    with one value there is no interval (half-width None).
+
+    Examples
+    --------
+    >>> round(mean_ci([1, 2, 3])["half_width"], 3)
+    2.484
+    """
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    out: dict[str, Any] = {"mean": None, "half_width": None, "low": None, "high": None, "std": None,
+                           "n": int(len(v)), "confidence": confidence, "method": "Student t over runs"}
+    if not len(v):
+        return out
+    mean = float(v.mean())
+    out["mean"] = mean
+    if len(v) > 1:
+        s = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * s / np.sqrt(len(v)))
+        out.update(std=s, half_width=half, low=mean - half, high=mean + half)
+    return out
+
+
+class StableRate(Metric):
+    name = "stable_rate"
+
+    def __init__(self, e_hull_max: float = 0.1):
+        self.e_hull_max = e_hull_max
+        self.description = (f"Fraction of all samples with a computed E_hull <= {e_hull_max} eV/atom. E_hull is "
+                            "computed for strictly valid samples only; a sample that is not strictly valid, or "
+                            "whose E_hull was not computed or failed (details.not_scored, details.failed), "
+                            "counts as not stable.")
+
+    def __call__(self, e_hull: Sequence[float | None], failed: int = 0, not_scored: int = 0) -> MetricResult:
+        stable = [v is not None and v <= self.e_hull_max for v in e_hull]
+        n = len(e_hull)
+        return self.result(float(np.mean(stable)) if n else None, n, per_sample=stable,
+                           n_stable=int(sum(stable)), e_hull_max=self.e_hull_max, failed=failed,
+                           not_scored=not_scored)
+
+
+class SUNRate(Metric):
+    name = "sun_rate"
+    description = ("S.U.N.: fraction of all samples that are stable (E_hull <= threshold, as stable_rate), "
+                   "unique (the first of their StructureMatcher class within the run) and novel (no "
+                   "training-set match).")
+
+    def __call__(self, stable: Sequence[bool], unique: Sequence[bool], novel: Sequence[bool]) -> MetricResult:
+        sun = [bool(s and u and v) for s, u, v in zip(stable, unique, novel, strict=True)]
+        n = len(sun)
+        return self.result(float(np.mean(sun)) if n else None, n, per_sample=sun, n_sun=int(sum(sun)))
+
+
+class HitRate(Metric):
+    name = "her_hit_rate"
+
+    def __init__(self, thresholds: Any = None):
+        from gen2d.scoring import RankThresholds
+
+        t = thresholds or RankThresholds()
+        self.thresholds = t
+        self.description = (f"Fraction of all samples that are gen2d HER hits (gen2d.scoring.rank_documents): "
+                            f"|ΔG_H| <= {t.dg_h_window} eV from the configured ΔG_H scorer, E_hull <= "
+                            f"{t.e_hull_max} eV/atom and P_synth >= {t.p_synth_min}"
+                            + (", strictly 2D-valid" if t.require_strict else "")
+                            + "; a sample with a missing or failed property is not a hit.")
+
+    def __call__(self, hits: Sequence[bool | None]) -> MetricResult:
+        flags = [bool(h) for h in hits]
+        n = len(flags)
+        return self.result(float(np.mean(flags)) if n else None, n, per_sample=flags, n_hits=int(sum(flags)),
+                           thresholds=self.thresholds.model_dump())
+
+
+class ConfirmationRate(Metric):
+    name = "mlip_confirmation_rate"
+
+    def __init__(self, dg_h_window: float = 0.2, confirmer: str = "dgh.mlip"):
+        self.dg_h_window = dg_h_window
+        self.description = (f"Fraction of HER hits whose ΔG_H from {confirmer} (explicit H, MLIP) is also within "
+                            f"±{dg_h_window} eV; a failed MLIP result does not confirm. None when there is no hit.")
+
+    def __call__(self, mlip_dg_h: Sequence[float | None]) -> MetricResult:
+        ok = [v is not None and abs(v) <= self.dg_h_window for v in mlip_dg_h]
+        n = len(ok)
+        return self.result(float(np.mean(ok)) if n else None, n, per_sample=ok, n_confirmed=int(sum(ok)))
+
+
+class HitsPerCPUHour(Metric):
+    name = "hits_per_cpu_hour"
+    unit = "hits / CPU-hour"
+    description = ("HER hits the arm produces per CPU-hour of generation: (hit rate of the evaluated samples) x "
+                   "(samples the arm produced within its budget) / (generation CPU-seconds / 3600). Generation "
+                   "CPU is time.process_time of the generating process, including any surrogate filter.")
+
+    def __call__(self, hit_rate: float | None, n_produced: int, cpu_seconds: float) -> MetricResult:
+        if hit_rate is None or cpu_seconds <= 0:
+            return self.result(None, n_produced, cpu_seconds=cpu_seconds)
+        return self.result(hit_rate * n_produced / (cpu_seconds / 3600.0), n_produced, cpu_seconds=cpu_seconds,
+                           expected_hits=hit_rate * n_produced)
