@@ -123,3 +123,33 @@ def test_top_show_failed_lists_reasons(store_uri):
     doc = run_json("top", "--show-failed", "--store", store_uri)
     assert doc["failed"] == 1
     assert doc["rows"][0]["candidate_id"] == cid and doc["rows"][0]["reasons"] == ["ehull.test:not_converged"]
+
+
+def test_train_config_reads_the_train_section(tmp_path, monkeypatch):
+    """configs/egnn.yaml keeps its training options under `train:`; those, not the section names,
+    must reach the plugin (they were silently dropped once, so training ran on defaults)."""
+    import json
+
+    import gen2d.jobs
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+
+    seen = {}
+
+    def fake_train(kind, name, **options):
+        seen.update(kind=kind, name=name, options=options)
+        return {"checkpoint": "x"}
+
+    monkeypatch.setattr(gen2d.jobs, "train_plugin", fake_train)
+    cfg = tmp_path / "egnn.yaml"
+    cfg.write_text("train:\n  max_steps: 123\n  lr: 0.0005\nsample:\n  cfg_weight: 2.0\n")
+    res = CliRunner().invoke(app, ["train", "--generator", "egnn-diffusion", "--config", str(cfg),
+                                   "-o", "lr=0.001", "--json"])
+    assert res.exit_code == 0, res.output
+    assert seen["options"] == {"max_steps": 123, "lr": 0.001}
+    flat = tmp_path / "pu.yaml"
+    flat.write_text("n_estimators: 10\n")
+    res = CliRunner().invoke(app, ["train", "--scorer", "synth.pu", "--config", str(flat), "--json"])
+    assert res.exit_code == 0 and seen["options"] == {"n_estimators": 10}
+    assert json.loads(res.stdout)["plugin"] == "synth.pu"

@@ -437,7 +437,12 @@ def train(
     kind, name = chosen[0]
     options: dict[str, Any] = {}
     if config:
-        options.update(yaml.safe_load(config.read_text()) or {})
+        raw = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(raw, dict):
+            _fail(f"{config}: expected a mapping of training options", as_json)
+        # a config with a `train:` section (configs/egnn.yaml) trains from that section, as the
+        # plugin's own train(config) does; the other sections (sampling, ...) are not training options
+        options.update(raw["train"] if isinstance(raw.get("train"), dict) else raw)
     options.update(_parse_options(option))
     try:
         result = train_plugin(kind, name, **options)
