@@ -133,13 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     o = den["overall"]
     _log(f"denoising loss on {len(val)} held-out monolayers (trivial = predict zero noise): "
          f"{o['denoise']:.3f} vs trivial {o['trivial_denoise']:.3f}; parts: "
-         + ", ".join(f"{k[4:]} {o[k]:.3f}" for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
+         + ", ".join(f"{k[4:]} {o[k]:.3f}" + (f" (trivial {o['trivial_' + k[4:]]:.3f})" if "trivial_" + k[4:] in o else "")
+                     for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
          + f" [{time.process_time() - t0:.0f} CPU-s]")
     for band, v in den["by_t"].items():
         _log(f"  {band:>12}: denoise {v['denoise']:.3f} (trivial {v['trivial_denoise']:.3f}); "
-             + ", ".join(f"{k[4:]} {v[k]:.3f}" for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")))
+             + ", ".join(f"{k[4:]} {v[k]:.3f}" + (f" ({v['trivial_' + k[4:]]:.3f})" if "trivial_" + k[4:] in v else "")
+                         for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")))
 
-    reference = [r.to_structure() for r in records]
+    # novelty is judged against every monolayer of the sources, also when training kept only the strictly
+    # valid ones (a stricter reference, and the same one as for a model trained on all of them)
+    ref_records = records
+    if getattr(train_cfg, "strict_valid_only", False):
+        ref_records, _ = load_training_set(train_cfg.model_copy(update={"strict_valid_only": False}))
+    reference = [r.to_structure() for r in ref_records]
+    report["novelty_reference_n"] = len(reference)
     if not args.skip_training_validity:
         from gen2d.metrics import SMACTValidity, StrictValidity
 
@@ -211,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark_command": "python " + " ".join([Path(__file__).name, *(argv or sys.argv[1:])]),
             "metrics": {
                 "denoising_validation": {k: o[k] for k in ("denoise", "trivial_denoise", "eps_frac", "eps_z",
-                                                           "eps_types", "eps_lattice")},
+                                                           "eps_types", "eps_lattice", "trivial_frac", "trivial_z",
+                                                           "trivial_types", "trivial_lattice") if k in o},
                 "free_start": {k: {"value": v["value"], "unit": v["unit"], "n": v["n"],
                                    "description": v["description"]}
                                for k, v in metrics.items()},

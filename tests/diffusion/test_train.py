@@ -79,3 +79,55 @@ def test_training_resumes_from_its_checkpoint(tmp_path, data_available):
     assert second["steps"] == 9
     steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert steps == [3, 6, 9]
+
+
+def _frac_only_overfit(frac_fourier: int, steps: int, t_range=(150, 450), seed: int = 0) -> tuple[float, float]:
+    """Train only the in-plane term on 8 monolayers (lattice, z and types noised as usual) at low-to-mid
+    noise; return its held-out-draw loss and the trivial (predict-zero) value on the same draws."""
+    from gen2d.diffusion.loss import diffusion_loss
+    from gen2d.diffusion.schedule import DiffusionSchedule
+    from gen2d.diffusion.train import collate, element_vocab, fit_representation
+    from gen2d.models.egnn import EGNNConfig, EGNNDenoiser
+
+    recs, _ = load_training_set(tiny_config("/tmp/unused", max_records=8, max_atoms=8))
+    vocab = element_vocab(recs)
+    rep = fit_representation(recs, vocab, 2.0)
+    data = collate(recs, {s: i for i, s in enumerate(vocab)})
+    sched = DiffusionSchedule()
+    torch.manual_seed(seed)
+    model = EGNNDenoiser(EGNNConfig(n_types=len(vocab), hidden=32, n_layers=2, frac_fourier=frac_fourier))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        t = torch.randint(*t_range, (data.n_graphs,), generator=gen)
+        out = diffusion_loss(model, rep, sched, data, generator=gen, t=t)
+        opt.zero_grad()
+        out["eps_frac"].backward()
+        opt.step()
+    gen = torch.Generator().manual_seed(123)
+    got = trivial = 0.0
+    with torch.no_grad():
+        for _ in range(16):
+            t = torch.randint(*t_range, (data.n_graphs,), generator=gen)
+            o = diffusion_loss(model, rep, sched, data, cond_dropout=1.0, rotate=False, generator=gen, t=t)
+            got += float(o["eps_frac"]) / 16
+            trivial += float(o["trivial_frac"]) / 16
+    return got, trivial
+
+
+def test_in_plane_term_falls_below_trivial_on_a_tiny_set(data_available):
+    """The in-plane positions are learnable: with fractional-difference edge features the frac term falls
+    clearly below predicting zero. With Cartesian-only edges (the original model) it stays within a few
+    per cent of trivial in the same budget, because the noisy lattice distorts every Cartesian distance
+    by several times the in-plane noise (at t = 300: ~14 % strain vs 0.1 Å displacements)."""
+    got, trivial = _frac_only_overfit(frac_fourier=3, steps=300)
+    assert got < 0.92 * trivial, (got, trivial)
+
+
+def test_strict_valid_only_keeps_strictly_valid_monolayers(data_available):
+    from gen2d.structures import validate_strict
+
+    recs, dropped = load_training_set(tiny_config("/tmp/unused", max_records=10, max_atoms=40, strict_valid_only=True))
+    assert len(recs) == 10
+    assert all(validate_strict(r.to_structure()).ok for r in recs)
+    assert set(dropped) <= {"too_many_atoms", "too_thick", "not_strict_valid"}

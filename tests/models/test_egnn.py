@@ -35,10 +35,12 @@ def _two_slabs(dtype=torch.float64):
     return pos, lat, types, lat_feat, t, batch, cond
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[0, 3], ids=["cartesian_edges", "frac_fourier_edges"])
+def model(request):
+    """The original edges, and edges with harmonics of the fractional difference (what trains now)."""
     torch.manual_seed(0)
-    m = EGNNDenoiser(EGNNConfig(n_types=6, hidden=32, n_layers=2, n_cond_layers=1, cutoff=5.0)).double()
+    m = EGNNDenoiser(EGNNConfig(n_types=6, hidden=32, n_layers=2, n_cond_layers=1, cutoff=5.0,
+                                frac_fourier=request.param)).double()
     # the final coordinate layers start near zero; scale them up so the test sees real vectors
     with torch.no_grad():
         for layer in list(m.trunk) + list(m.cond_layers):

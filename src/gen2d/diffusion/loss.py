@@ -188,7 +188,8 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
     -------
     dict
         ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>``,
-        the trivial (zero-prediction) value ``trivial_denoise`` and the head terms.
+        the trivial (zero-prediction) value ``trivial_denoise`` and per part ``trivial_<part>`` (on the
+        same noise draws), and the head terms.
     """
     device = data.frac.device
     B, batch = data.n_graphs, data.batch
@@ -224,9 +225,11 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
         "eps_types": ((pred["eps_types"][0] - eps_h) ** 2).mean(),
         "eps_lattice": ((pred["eps_lattice"][0] - eps_lat) ** 2).mean(),
     }
-    trivial = torch.stack([(eps_frac**2).mean(), (eps_z**2).mean(), (eps_h**2).mean(), (eps_lat**2).mean()]).mean()
+    trivial_parts = {"trivial_frac": (eps_frac**2).mean(), "trivial_z": (eps_z**2).mean(),
+                     "trivial_types": (eps_h**2).mean(), "trivial_lattice": (eps_lat**2).mean()}
+    trivial = torch.stack(list(trivial_parts.values())).mean()
     denoise = torch.stack(list(parts.values())).mean()
     heads = property_head_loss(pred["heads"], data.labels, data.label_mask, lambdas)
     loss = denoise + sum(heads.values())
-    return {"loss": loss, "denoise": denoise, "trivial_denoise": trivial, **parts,
+    return {"loss": loss, "denoise": denoise, "trivial_denoise": trivial, **parts, **trivial_parts,
             **{f"head_{k}": v for k, v in heads.items()}}

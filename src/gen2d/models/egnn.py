@@ -1,7 +1,8 @@
 """EGNN denoiser for periodic monolayers, with property heads for dg_h, e_hull and synthesizability.
 
 Message passing runs on a periodic in-plane radius graph (:mod:`gen2d.data.graphs`). Edge features
-are invariant under rotations about z (distance and the z-component of the edge), node coordinate
+are invariant under rotations about z (distance, the z-component of the edge and, when
+``frac_fourier > 0``, harmonics of the fractional in-plane edge difference), node coordinate
 updates are sums of edge vectors, so the predicted position noise rotates with the structure about
 z and ignores translations, permutations and lattice-vector shifts of atoms. The property heads read
 the trunk before the condition enters, so guidance by their gradient never sees the target it is
@@ -34,6 +35,10 @@ class EGNNConfig:
     n_rbf: int = 16
     time_dim: int = 32
     aggregation_norm: float = 16.0
+    frac_fourier: int = 0
+    """Harmonics of the in-plane fractional edge difference used as edge features (0 = none, the
+    original model). They do not change when the (noisy) lattice is distorted, so the in-plane
+    denoising signal is not buried under the lattice noise; see :meth:`EGNNDenoiser._edge_attr`."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +127,7 @@ class EGNNDenoiser(nn.Module):
         self.config = config
         H = config.hidden
         self.rbf = RadialBasis(config.cutoff, config.n_rbf)
-        n_edge = config.n_rbf + 2
+        n_edge = config.n_rbf + 2 + 4 * config.frac_fourier
         # node input: type vector, time, centred z, lattice parameters (3) and log atom count
         self.embed = nn.Sequential(nn.Linear(config.n_types + config.time_dim + 1 + 3 + 1, H), nn.SiLU(),
                                    nn.Linear(H, H))
@@ -136,11 +141,22 @@ class EGNNDenoiser(nn.Module):
         self.heads = nn.Sequential(nn.Linear(2 * H + 3, H), nn.SiLU(), nn.Linear(H, H), nn.SiLU(),
                                    nn.Linear(H, len(HEAD_NAMES)))
 
-    def _edge_attr(self, r: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edge_attr(self, r: torch.Tensor, d: torch.Tensor, inv_e: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         rbf, env = self.rbf(d)
         # r_z / d and |r_z| are invariant under rotation about z: the only symmetry a slab has
         rz = r[:, 2] / (d + 1e-3)
-        return torch.cat([rbf, rz[:, None] * env[:, None], rz[:, None].abs() * env[:, None]], -1), env
+        feats = [rbf, rz[:, None] * env[:, None], rz[:, None].abs() * env[:, None]]
+        if self.config.frac_fourier and inv_e is not None:
+            # The fractional edge difference r_xy L^-1 is invariant under rotations about z (the cell
+            # turns with the layer) and under translations; sin/cos of 2 pi k times it are invariant under
+            # lattice-vector shifts of atoms. Unlike Cartesian distances, it does not change when the
+            # noisy lattice is distorted, which at every t hides the in-plane noise several times over.
+            df = torch.einsum("ei,eij->ej", r[:, :2], inv_e)
+            k = torch.arange(1, self.config.frac_fourier + 1, dtype=r.dtype, device=r.device)
+            ang = 2 * math.pi * df[:, :, None] * k
+            feats += [torch.sin(ang).flatten(1) * env[:, None], torch.cos(ang).flatten(1) * env[:, None]]
+        return torch.cat(feats, -1), env
 
     def _pool(self, h: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
         return torch.cat([scatter_mean(h, batch, n_graphs), scatter_sum(h, batch, n_graphs) / 16.0], -1)
@@ -176,6 +192,12 @@ class EGNNDenoiser(nn.Module):
         if graph is None:
             graph = periodic_radius_graph(pos.detach(), lattice.detach(), batch, self.config.cutoff)
         shift = graph.shift_vectors(lattice, batch)
+        edge_attr = self._edge_attr
+        if self.config.frac_fourier:
+            inv_e = torch.linalg.inv(lattice[:, :2, :2])[batch[graph.edge_index[1]]]
+
+            def edge_attr(r, d):
+                return self._edge_attr(r, d, inv_e)
         counts = torch.bincount(batch, minlength=n_graphs).to(pos.dtype)
         z_centred = pos[:, 2] - scatter_mean(pos[:, 2:3], batch, n_graphs)[batch, 0]
         t_emb = sinusoidal_embedding(t_frac.to(pos.dtype), self.config.time_dim)
@@ -184,7 +206,7 @@ class EGNNDenoiser(nn.Module):
         h = self.embed(node_in)
         x = pos
         for layer in self.trunk:
-            h, x = layer(h, x, graph.edge_index, shift, self._edge_attr)
+            h, x = layer(h, x, graph.edge_index, shift, edge_attr)
         pooled = self._pool(h, batch, n_graphs)
         heads = self.heads(torch.cat([pooled, lattice_feat], -1))
 
@@ -196,7 +218,7 @@ class EGNNDenoiser(nn.Module):
             hc = h + self.cond_embed(c)[batch]
             xc = x
             for layer in self.cond_layers:
-                hc, xc = layer(hc, xc, graph.edge_index, shift, self._edge_attr)
+                hc, xc = layer(hc, xc, graph.edge_index, shift, edge_attr)
             eps_pos = xc - pos
             eps_pos = torch.cat([eps_pos[:, :2], eps_pos[:, 2:] + self.z_out(hc)], -1)
             pooled_c = self._pool(hc, batch, n_graphs)
