@@ -79,12 +79,18 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
         cur[last] = value
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> FlowSpec:
-    """Read a YAML flow spec and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+def read_spec_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML spec as a dict, with ``key.sub=value`` overrides applied (values parsed as YAML; list
+    items by index, e.g. ``arms.3.generator=...``)."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
     for ov in overrides or []:
         if "=" not in ov:
             raise ValueError(f"override {ov!r} is not KEY=VALUE")
         k, v = ov.split("=", 1)
         _set_dotted(raw, k.strip(), yaml.safe_load(v))
-    return FlowSpec.model_validate(raw)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> FlowSpec:
+    """Read a YAML flow spec and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    return FlowSpec.model_validate(read_spec_yaml(path, overrides))

@@ -160,17 +160,9 @@ def _arm_key(arm: ArmSpec) -> str:
 
 def load_evaluate_spec(path: str | Path, overrides: list[str] | None = None) -> EvaluateSpec:
     """Read an evaluation spec (YAML) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-    import yaml
+    from gen2d.config import read_spec_yaml
 
-    from gen2d.config import _set_dotted
-
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ValueError(f"override {ov!r} is not KEY=VALUE")
-        k, v = ov.split("=", 1)
-        _set_dotted(raw, k.strip(), yaml.safe_load(v))
-    return EvaluateSpec.model_validate(raw)
+    return EvaluateSpec.model_validate(read_spec_yaml(path, overrides))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,17 +397,13 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
     spec = res.spec
     t = spec.thresholds
     n = len(structures)
-    from gen2d.structures import validate_strict
+    from gen2d.structures import strict_verdict
 
     strict, strict_reasons = [], []
     for s in structures:  # the same verdict as StrictValidity, with its reasons kept per sample
-        try:
-            v = validate_strict(s)
-            strict.append(bool(v.ok))
-            strict_reasons.append(list(v.reasons))
-        except Exception as exc:
-            strict.append(False)
-            strict_reasons.append([f"validator_error:{type(exc).__name__}"])
+        ok, why = strict_verdict(s)
+        strict.append(ok)
+        strict_reasons.append(why)
     smact = SMACTValidity()(structures).details["per_sample"] if n else []
     unique = Uniqueness()(structures).details["per_sample"] if n else []
     novel = Novelty(res.novelty_reference())(structures).details["per_sample"] if n else []
