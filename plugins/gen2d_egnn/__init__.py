@@ -154,13 +154,9 @@ class EGNNDiffusionGenerator:
             labels["predicted_units"] = {"predicted_dg_h": "eV", "predicted_e_hull": "eV/atom",
                                          "predicted_p_synth": "probability"}
             if validate:
-                from gen2d.structures import validate_strict
+                from gen2d.structures import strict_verdict
 
-                try:
-                    v = validate_strict(structure)
-                    labels["strict_valid"], labels["strict_reasons"] = v.ok, list(v.reasons)
-                except Exception as exc:
-                    labels["strict_valid"], labels["strict_reasons"] = False, [f"validator_error:{type(exc).__name__}"]
+                labels["strict_valid"], labels["strict_reasons"] = strict_verdict(structure)
             flags = {"guidance_diverged": smp.diagnostics} if smp.diverged else {}
             yield GeneratedStructure(
                 structure=structure, source_id=f"{NAME}:seed{seed}:{i}", flags=flags,

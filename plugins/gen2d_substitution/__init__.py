@@ -233,13 +233,9 @@ class SubstitutionGenerator:
             structure = self.decorate(st, mapping)
             labels: dict[str, Any] = {}
             if validate:
-                from gen2d.structures import validate_strict
+                from gen2d.structures import strict_verdict
 
-                try:
-                    v = validate_strict(structure)
-                    labels["strict_valid"], labels["strict_reasons"] = v.ok, list(v.reasons)
-                except Exception as exc:
-                    labels["strict_valid"], labels["strict_reasons"] = False, [f"validator_error:{type(exc).__name__}"]
+                labels["strict_valid"], labels["strict_reasons"] = strict_verdict(structure)
             yield GeneratedStructure(
                 structure=structure, source_id=f"{NAME}:seed{seed}:{k}:{name}",
                 parameters={"generator": NAME, "version": __version__, "seed": seed, "index": k, "template": name,

@@ -395,6 +395,16 @@ def validate_ingest(structure: Structure, max_atoms: int = MAX_ATOMS_INGEST) -> 
     return v
 
 
+def strict_verdict(structure: Structure) -> tuple[bool, list[str]]:
+    """``validate_strict``'s (ok, reasons) that never raises: a crash of the validator is a failed
+    sample with the reason ``validator_error:<ExceptionType>``, never a failed batch."""
+    try:
+        v = validate_strict(structure)
+    except Exception as exc:
+        return False, [f"validator_error:{type(exc).__name__}"]
+    return bool(v.ok), list(v.reasons)
+
+
 def validate_strict(structure: Structure, bond_scale: float = STRICT_BOND_SCALE,
                     max_thickness: float = STRICT_MAX_THICKNESS, max_atoms: int = MAX_ATOMS_INGEST,
                     use_larsen: bool = True) -> Validation:
