@@ -92,16 +92,15 @@ def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device
     return torch.tensor([vals + mask], dtype=dtype, device=device).expand(n, -1)
 
 
-def _clip_rms(g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: float) -> torch.Tensor:
-    """Scale each structure's gradient so its RMS is at most ``max_rms``: eta is then a step size."""
-    flat = g.reshape(g.shape[0], -1)
-    sq = flat.pow(2).mean(-1)
-    if index is None:
-        rms = sq.sqrt()
-    else:
-        from gen2d.models.egnn import scatter_mean
+def _clip_rms(g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: float,
+              rms: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale each structure's gradient so its RMS is at most ``max_rms``: eta is then a step size.
 
-        rms = scatter_mean(sq[:, None], index, n)[:, 0].sqrt()[index]
+    ``rms`` is the per-structure RMS of ``g`` (:func:`_raw_rms`) when already known.
+    """
+    rms = _raw_rms(g, index, n) if rms is None else rms
+    if index is not None:
+        rms = rms[index]
     scale = (max_rms / (rms + 1e-12)).clamp(max=1.0)
     return g * scale.reshape(-1, *([1] * (g.dim() - 1)))
 
@@ -239,6 +238,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     cond_list = [cond, None] if cond is not None else [None]
     heads = torch.zeros(B, 3, device=dev)
     div = _Divergence(B, dev)
+    index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
     for i, t_int in enumerate(steps):
         s_int = steps[i + 1] if i + 1 < len(steps) else -1
         t = torch.full((B,), t_int, device=dev, dtype=torch.long)
@@ -255,16 +255,15 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
                 grads = list(torch.autograd.grad(l_target, state, allow_unused=True))
                 grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, state)]
                 # a fault in one structure is recorded on it and zeroed, so the batch goes on
-                index_of = (batch, batch, batch, None)
                 bad = ~torch.isfinite(heads).all(-1)
-                rms = torch.zeros(B, device=dev)
                 for g_part, idx in zip(grads, index_of):
                     bad = bad | _per_graph_any(~torch.isfinite(g_part), idx, B)
-                    rms = torch.maximum(rms, _raw_rms(g_part, idx, B))
+                grads = [torch.nan_to_num(g, 0.0, 0.0, 0.0) for g in grads]
+                part_rms = [_raw_rms(g_part, idx, B) for g_part, idx in zip(grads, index_of)]
+                rms = torch.stack(part_rms).amax(0)
                 div.mark("nonfinite_guidance", bad, i)
                 div.mark("exploding_guidance", rms > config.divergence_grad_rms, i)
                 div.max_rms = torch.maximum(div.max_rms, rms)
-                grads = [torch.nan_to_num(g, 0.0, 0.0, 0.0) for g in grads]
         def mix(key):
             outs = [o.detach() for o in pred[key]]
             if len(outs) == 1:
@@ -278,12 +277,13 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         mean_z, std_z = sched.vp_step(z, mix("eps_z"), t_a, s_a, (-z_bound, z_bound))
         mean_h, std_h = sched.vp_step(h, mix("eps_types"), t_a, s_a, (0.0, 1.0))
         mean_l, std_l = sched.vp_step(lat, mix("eps_lattice"), t, s, (-config.lattice_bound, config.lattice_bound))
-        if config.eta > 0:
+        if config.eta > 0:  # the RMS of each part was measured above, before the divergence check
             g_f, g_z, g_h, g_l = grads
-            mean_f = mean_f - config.eta * _clip_rms(g_f, batch, B, config.grad_clip)
-            mean_z = mean_z - config.eta * _clip_rms(g_z[:, None], batch, B, config.grad_clip)[:, 0]
-            mean_h = mean_h - config.eta * _clip_rms(g_h, batch, B, config.grad_clip)
-            mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip)
+            r_f, r_z, r_h, r_l = part_rms
+            mean_f = mean_f - config.eta * _clip_rms(g_f, batch, B, config.grad_clip, r_f)
+            mean_z = mean_z - config.eta * _clip_rms(g_z[:, None], batch, B, config.grad_clip, r_z)[:, 0]
+            mean_h = mean_h - config.eta * _clip_rms(g_h, batch, B, config.grad_clip, r_h)
+            mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip, r_l)
         frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
         z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
         h = (mean_h + std_h * randn(N, K)).detach()
