@@ -531,11 +531,16 @@ class MLIPPrototypesProvider:
             ",".join(self.binary_prototypes).encode()).hexdigest()[:8]
         return f"{self.name}:{self._settings_tag()}{protos}:{subsystem}"
 
-    def _cache_file(self, key: str) -> Path | None:
-        if self.cache_dir is None:
+    @staticmethod
+    def _cache_path(root: Path | None, key: str) -> Path | None:
+        """``root/<settings tag>/<subsystem>.json.gz``: the layout of the run-time and the shipped cache."""
+        if root is None:
             return None
         tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
-        return self.cache_dir / tag / f"{subsystem}.json.gz"
+        return root / tag / f"{subsystem}.json.gz"
+
+    def _cache_file(self, key: str) -> Path | None:
+        return self._cache_path(self.cache_dir, key)
 
     def _read_cache(self, key: str) -> list[ComputedEntry] | None:
         if key in self._memory:
@@ -552,17 +557,15 @@ class MLIPPrototypesProvider:
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
                 return found
-        if self.shipped_dir is not None:
-            tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
-            path = self.shipped_dir / tag / f"{subsystem}.json.gz"
-            if path.is_file():
-                with gzip.open(path, "rt") as fh:
-                    doc = json.load(fh)
-                if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
-                    found = [_decode_entry(d) for d in doc["entries"]]
-                    self._memory[key] = found
-                    self.shipped_hits.add(subsystem)
-                    return found
+        path = self._cache_path(self.shipped_dir, key)
+        if path is not None and path.is_file():
+            with gzip.open(path, "rt") as fh:
+                doc = json.load(fh)
+            if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
+                found = [_decode_entry(d) for d in doc["entries"]]
+                self._memory[key] = found
+                self.shipped_hits.add(key.rsplit(":", 1)[1])
+                return found
         return None
 
     def _write_cache(self, key: str, subsystem: str, found: list[ComputedEntry]) -> None:
