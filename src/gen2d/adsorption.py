@@ -285,8 +285,9 @@ def h2_reference(calculator, fmax: float = 0.01, box: float = 15.0) -> tuple[flo
 def _bond_components(atoms: Atoms, factor: float) -> int:
     """Number of connected components of the in-plane periodic bond graph."""
     from ase.data import covalent_radii
-    from ase.neighborlist import neighbor_list
     from scipy.sparse import coo_matrix
+
+    from gen2d.neighbors import neighbor_list
     from scipy.sparse.csgraph import connected_components
 
     if len(atoms) == 0:

@@ -129,7 +129,9 @@ def cached_calculator(name: str = "chgnet", **options: Any) -> Calculator:
 
 def _bond_components(atoms: Atoms, pbc: Sequence[bool]) -> int:
     """Number of bonded fragments under a loose covalent cutoff with the given periodicity."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from ase.neighborlist import natural_cutoffs
+
+    from gen2d.neighbors import neighbor_list
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

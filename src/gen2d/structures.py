@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
-from ase.neighborlist import neighbor_list
 from pymatgen.core import Element, Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from gen2d.neighbors import neighbor_list
 
 DEFAULT_VACUUM = 20.0  # Å, what orient_2d normalises to
 MIN_VACUUM = 15.0  # Å, DESIGN minimum for a stored monolayer

@@ -78,7 +78,7 @@ def periodic_graph(atoms, cutoff: float = 5.0) -> PeriodicGraph:
     cutoff : float
         Radius (Å).
     """
-    from ase.neighborlist import neighbor_list
+    from gen2d.neighbors import neighbor_list
 
     if not hasattr(atoms, "get_positions"):  # a pymatgen Structure
         from pymatgen.io.ase import AseAtomsAdaptor
