@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata as md
 import logging
@@ -28,6 +29,7 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+@functools.lru_cache(maxsize=1)
 def _version() -> str:
     try:
         return md.version("gen2d")
