@@ -78,3 +78,12 @@ def test_a_crashing_batch_becomes_named_failures_and_others_go_on(mos2):
     assert [len(b) for b in batches] == [3, 2]
     assert all(not r.ok and r.failure.reason == "scorer_crashed" for r in batches[0])
     assert all(r.ok and r.value == 0.1 for r in batches[1])
+
+
+def test_every_provenance_records_the_installed_gen2d_version():
+    import importlib.metadata as md
+
+    from gen2d.scoring import Provenance
+
+    assert Provenance(plugin="any").version == md.version("gen2d")
+    assert Provenance(plugin="any", version="9.9").version == "9.9"  # an explicit version is kept

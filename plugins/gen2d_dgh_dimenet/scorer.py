@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata as md
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -27,14 +25,6 @@ def default_checkpoint_dir() -> Path:
 
 def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-@functools.lru_cache(maxsize=1)
-def _version() -> str:
-    try:
-        return md.version("gen2d")
-    except md.PackageNotFoundError:
-        return "0"
 
 
 class DimeNetDGHScorer:
@@ -93,7 +83,7 @@ class DimeNetDGHScorer:
     def provenance(self, notes: Sequence[str] = ()) -> Provenance:
         meta = self._metadata
         return Provenance(
-            plugin=self.name, version=_version(),
+            plugin=self.name, 
             model=f"periodic DimeNet++ ensemble x{len(self._members or [])}",
             checkpoint_sha256=self._sha,
             reference_set=meta.get("label_source"),

@@ -27,13 +27,6 @@ DEFAULT_MODEL = "7net-l3i5"
 CALIBRATION_ASSET = "dgh_calibration.json"
 
 
-def _version() -> str:
-    try:
-        return md.version("gen2d")
-    except md.PackageNotFoundError:
-        return "0"
-
-
 def load_calibration(calculator: str, model: str | None = None, path: str | None = None) -> dict[str, Any] | None:
     """The linear ΔE_H calibration fitted by ``bench_her_fidelity.py --write-calibration`` for this MLIP.
 
@@ -150,7 +143,7 @@ class MLIPAdsorptionScorer:
                     "slab_steps": self.slab_steps, **self.settings.as_dict()}
         if calibration:
             settings["calibration"] = calibration
-        return Provenance(plugin=self.name, version=_version(), model=model, checkpoint_sha256=sha,
+        return Provenance(plugin=self.name, model=model, checkpoint_sha256=sha,
                           reference_set="H2 relaxed by the same MLIP", settings=settings, notes=list(notes))
 
     # -- scoring ---------------------------------------------------------------------------------

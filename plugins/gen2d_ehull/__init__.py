@@ -25,13 +25,6 @@ log = logging.getLogger(__name__)
 MAX_SUPPORTED_Z = 94
 
 
-def _gen2d_version() -> str:
-    try:
-        return md.version("gen2d")
-    except md.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
-
-
 def _to_monolayer_atoms(structure: Structure):
     """ASE atoms of a monolayer in gen2d's convention (vacuum along z, pbc (T, T, F))."""
     from gen2d.structures import orient_2d, to_ase
@@ -160,7 +153,7 @@ class EHullScorer:
             settings["reference_set"] = desc
             reference_set = _reference_label(desc)
             notes.extend(_consistency_notes(provider, calc))
-        return Provenance(plugin=self.name, version=_gen2d_version(), model=calc["model"],
+        return Provenance(plugin=self.name, model=calc["model"],
                           checkpoint_sha256=calc["checkpoint_sha256"], reference_set=reference_set,
                           settings=settings, notes=notes)
 
