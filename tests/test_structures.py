@@ -95,6 +95,16 @@ def test_isolated_fragment_rejected(mos2):
     assert reasons(v) == ["isolated_fragment"]
 
 
+def test_two_sheets_out_of_contact_are_named_as_such():
+    # a CHGNet-relaxed 2DMatPedia "N2" layer (2dm-5979): two zigzag N chains 3.3 Å apart in z, each
+    # periodic in-plane only through loose contacts; not a stack by the strict bonds, not one layer
+    lattice = Lattice([[2.181, 0, 0], [0, 3.91, 0], [0, 0, 22.872]])
+    cart = [[0.0, 3.289, 13.108], [0.0, 0.621, 9.765], [1.091, 1.334, 9.765], [1.091, 2.576, 13.108]]
+    v = validate_ingest(Structure(lattice, ["N"] * 4, cart, coords_are_cartesian=True))
+    assert reasons(v) == ["isolated_fragment"]
+    assert "2 periodic sheets" in v.messages[0] and "different heights" in v.messages[0]
+
+
 def test_layer_of_separate_molecules_not_periodic():
     # flat-lying N2 molecules 3.5 Å apart end to end and 4.6 Å side by side: no in-plane vacuum gap
     # (< 5 Å), but beyond the loose contact cutoff (1.42 + 2.0 Å), so nothing spans the cell

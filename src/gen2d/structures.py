@@ -392,7 +392,12 @@ def validate_ingest(structure: Structure, max_atoms: int = MAX_ATOMS_INGEST) -> 
     if max(ranks) < 2:
         return v.fail("not_periodic_in_plane", f"component periodicity ranks {sorted(ranks)}")
     if ncomp > 1:
-        return v.fail("isolated_fragment", f"{ncomp - sum(r == 2 for r in ranks)} fragment(s) apart from the layer")
+        n_frag = ncomp - sum(r == 2 for r in ranks)
+        if n_frag == 0:  # every piece is itself a periodic sheet (only through the loose contacts)
+            where = ("at different heights" if _z_groups(layer, labels, ncomp) >= 2
+                     else "at overlapping heights")
+            return v.fail("isolated_fragment", f"{ncomp} periodic sheets not in contact with each other, {where}")
+        return v.fail("isolated_fragment", f"{n_frag} fragment(s) apart from the layer")
     return v
 
 
