@@ -18,27 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 # the label recipe of the benchmark: cheaper than dgh.mlip's defaults (CPU is shared), recorded in every label
 LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
                 "slab_fmax": 0.1, "slab_steps": 150}
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+def selection(n: int, max_atoms: int, seed: int, sources=("2dmatpedia_filtered.db",)):
+    """The first ``n`` of a seeded shuffle of each source's monolayers (at most ``max_atoms`` atoms); the
+    sources are taken one after the other, so adding one keeps the earlier selection (and its labels)."""
+    from gen2d.data.readers import data_dir
+    from gen2d_dgh_dimenet.labels import iter_monolayers
 
-
-def selection(n: int, max_atoms: int, seed: int):
-    from gen2d_dgh_dimenet.labels import iter_2dmatpedia
-
-    items = list(iter_2dmatpedia(data_dir() / "2dmatpedia_filtered.db", max_atoms=max_atoms))
-    random.Random(seed).shuffle(items)
+    items = []
+    for source in sources:
+        part = list(iter_monolayers(data_dir() / source, max_atoms=max_atoms))
+        random.Random(seed).shuffle(part)
+        items.extend(part)
     return items[:n]
 
 
@@ -46,7 +46,7 @@ def cmd_label(args) -> None:
     from gen2d.scoring import get_scorer
     from gen2d_dgh_dimenet import JsonlLabelCache, label_monolayers
 
-    items = selection(args.n, args.max_atoms, args.seed)
+    items = selection(args.n, args.max_atoms, args.seed, args.sources)
     scorer = get_scorer("dgh.mlip", **LABEL_RECIPE)
     cache = JsonlLabelCache(args.cache)
 
@@ -163,6 +163,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True)
     lab = sub.add_parser("label")
     lab.add_argument("--n", type=int, default=220)
+    lab.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
+                     help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
     tr.add_argument("--models", type=int, default=4)

@@ -105,16 +105,21 @@ def label_monolayers(structures: Sequence[Structure], scorer, label_cache: Label
     return labels
 
 
-def iter_2dmatpedia(path: str | Path, max_atoms: int | None = None) -> Iterable[tuple[str, Structure]]:
-    """(material_id, Structure) of the 2DMatPedia ASE database in ``GEN2D_DATA``."""
-    from ase.db import connect
+def iter_monolayers(paths: str | Path | Sequence[str | Path], max_atoms: int | None = None
+                    ) -> Iterable[tuple[str, Structure]]:
+    """(source id, Structure) from every readable source in ``paths``: an ASE database (2DMatPedia, C2DB),
+    an MC2D JSON list, a folder of structure files or one file (:func:`gen2d.data.readers.read_any`).
 
-    from gen2d.structures import from_ase
+    Unreadable entries are logged and skipped, so one corrupt row never stops a training set.
+    """
+    from gen2d.data.readers import read_any
 
-    with connect(str(path)) as db:
-        for row in db.select():
-            if max_atoms is not None and row.natoms > max_atoms:
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        for outcome in read_any(path):
+            if outcome.record is None:
+                rej = outcome.rejection
+                log.warning("skipping %s/%s: %s %s", rej.source, rej.source_id, rej.reason, rej.message)
                 continue
-            atoms = row.toatoms()
-            atoms.pbc = (True, True, False)
-            yield str(row.data.get("material_id", row.id)), from_ase(atoms)
+            if max_atoms is not None and len(outcome.record.structure) > max_atoms:
+                continue
+            yield outcome.record.source_id, outcome.record.structure

@@ -178,9 +178,10 @@ class DimeNetDGHScorer:
 
         Parameters
         ----------
-        data : str, optional
-            An ASE database in 2DMatPedia's layout, or a folder of structure files; default
-            ``$GEN2D_DATA/2dmatpedia_filtered.db``.
+        data : str or list of str, optional
+            Where the monolayers come from: ASE databases (2DMatPedia, C2DB), MC2D JSON lists, folders of
+            structure files, or several of them (a list, or one string with commas); names that do not
+            exist as given are looked up in ``$GEN2D_DATA``. Default ``2dmatpedia_filtered.db``.
         n, max_atoms, seed
             Label ``n`` monolayers (at most ``max_atoms`` atoms) drawn in a fixed shuffle of ``seed``.
         out : str, optional
@@ -197,39 +198,27 @@ class DimeNetDGHScorer:
         dict
             ``checkpoint_dir``, ``checkpoint`` (first member), ``metrics`` and the manifest.
         """
-        import os
         import random
 
-        from gen2d_dgh_dimenet.labels import JsonlLabelCache, iter_2dmatpedia
+        from gen2d.data.readers import data_dir
+        from gen2d_dgh_dimenet.labels import JsonlLabelCache, iter_monolayers
         from gen2d_dgh_dimenet.train import label_and_train
 
         out_dir = Path(out or "dgh_dimenet")
         if label_cache is None or isinstance(label_cache, (str, Path)):
             label_cache = JsonlLabelCache(label_cache or out_dir / "labels.jsonl")
-        if data is None:
-            root = os.environ.get("GEN2D_DATA", str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-            data = str(Path(root) / "2dmatpedia_filtered.db")
-        source = Path(data)
-        if source.is_dir():
-            from gen2d.structures import load_structure
-
-            items = []
-            for path in sorted(source.iterdir()):
-                try:
-                    items.append((path.stem, load_structure(path)))
-                except Exception as exc:  # one bad file must not stop the training set
-                    log.warning("skipping %s: %s", path.name, exc)
-            if max_atoms is not None:
-                items = [(i, s) for i, s in items if len(s) <= max_atoms]
-        else:
-            items = list(iter_2dmatpedia(source, max_atoms=max_atoms))
+        root = data_dir()
+        names = data.split(",") if isinstance(data, str) else list(data or ["2dmatpedia_filtered.db"])
+        paths = [Path(p) if Path(p).exists() else root / p for p in (str(x).strip() for x in names)]
+        data = ",".join(str(p) for p in paths)
+        items = list(iter_monolayers(paths, max_atoms=max_atoms))
         random.Random(seed).shuffle(items)
         items = items[:n]
         command = (f"gen2d train --surrogate dgh.dimenet -o data={data} -o n={n} -o max_atoms={max_atoms} "
                    f"-o seed={seed} -o out={out_dir}")
         manifest = label_and_train([s for _, s in items], label_cache, out_dir, ids=[i for i, _ in items],
                                    mlip_options=mlip, n_models=n_models, epochs=epochs, seed=seed,
-                                   device=device, training_set=f"{source.name}: {len(items)} monolayers "
+                                   device=device, training_set=f"{'+'.join(p.name for p in paths)}: {len(items)} monolayers "
                                    f"(seed {seed}, max_atoms {max_atoms})", command=command)
         return {"checkpoint_dir": str(out_dir), "checkpoint": str(out_dir / "member_0.pt"),
                 "metrics": manifest["metrics"], "manifest": manifest}

@@ -58,6 +58,25 @@ def test_labels_are_cached_and_incremental():
     assert relabelled[0]["dg_h_eV"] == pytest.approx(first[0]["dg_h_eV"] - 0.03, abs=1e-6)
 
 
+def test_training_monolayers_come_from_any_source(data_dir, tmp_path):
+    from gen2d_dgh_dimenet.labels import iter_monolayers
+
+    items = list(iter_monolayers([data_dir / "mc2d_258_exfoliable.json", data_dir / "2dmatpedia_filtered.db"],
+                                 max_atoms=3))
+    ids = [i for i, _ in items]
+    assert all(len(s) <= 3 for _, s in items)
+    assert any(i.startswith("2dm-") for i in ids)
+    mc2d = [s for i, s in items if not i.startswith("2dm-")]
+    assert len(mc2d) == 83  # MC2D: 6 two-atom + 77 three-atom layers
+    assert any({"Mo", "S"} == {el.symbol for el in s.composition.elements} for s in mc2d)  # the TMDs are there
+    # a corrupt file is skipped with a warning, the good one still comes
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    _slab(graphene(a=2.46, vacuum=10.0)).to(filename=str(folder / "graphene.cif"))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\nloop_\n_atom_site_label\nC 0 0\n")
+    assert [i for i, _ in iter_monolayers(str(folder))] == ["graphene.cif"]
+
+
 def _toy_labels():
     """Real monolayers with distinct targets, enough to train and hold one out."""
     layers = [("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6), ("C-strained", _slab(graphene(a=2.56, vacuum=10.0)), 1.3),
