@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-batch", type=int, default=8)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-training-validity", action="store_true")
+    p.add_argument("--no-geometry-prior", action="store_true",
+                   help="the bare model: switch off the sampler's overlap / lone-atom projection")
     p.add_argument("--out", default="bench_generator.json")
     p.add_argument("--ship", default=None, help="copy checkpoint + MANIFEST.json to this folder")
     p.add_argument("--train-command", default="", help="the command that trained the checkpoint (for the manifest)")
@@ -159,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
              f"(n={len(reference)}) [{time.process_time() - t0:.0f} CPU-s]")
 
     cfg = sampling_config(args.guidance, n_steps=n_steps)
+    if args.no_geometry_prior:
+        cfg = cfg.model_copy(update={"overlap_scale": 0.0, "lone_atom_scale": 0.0})
+    report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "lone_atom_scale", "projection_from",
+                                                             "projection_iterations")}
+    _log(f"geometry prior: {report['geometry_prior']}")
     t0, c0 = time.perf_counter(), time.process_time()
     samples = sample(bundle, args.n_samples, args.seed, cfg, "cpu")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
