@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = sampling_config(args.guidance, n_steps=n_steps)
     if args.no_geometry_prior:
-        cfg = cfg.model_copy(update={"overlap_scale": 0.0, "lone_atom_scale": 0.0})
-    report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "lone_atom_scale", "projection_from",
+        cfg = cfg.model_copy(update={"overlap_scale": 0.0, "fragment_scale": 0.0})
+    report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "fragment_scale", "projection_from",
                                                              "projection_iterations")}
     _log(f"geometry prior: {report['geometry_prior']}")
     t0, c0 = time.perf_counter(), time.process_time()

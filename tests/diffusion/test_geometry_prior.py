@@ -59,6 +59,20 @@ def test_lone_atom_is_brought_to_bonding_distance_and_a_bonded_pair_is_left_alon
     assert not moved.any() and torch.equal(same_f, bonded)
 
 
+def test_a_detached_dimer_moves_rigidly_to_bonding_distance():
+    lattice = _lattice(12.0, 12.0)
+    # two C2 dimers (1.3 Å bonds) 3.5 Å apart end to end: two pieces, each moves as a whole
+    x = [1.0, 2.3, 5.8, 7.1]
+    frac = torch.tensor([[v / 12.0, 0.5] for v in x], dtype=torch.float64)
+    z = torch.zeros(4, dtype=torch.float64)
+    radius = torch.full((4,), R_C, dtype=torch.float64)
+    out_f, out_z, moved = _project(frac, z, radius, lattice, overlap=0.0)
+    assert moved.all()
+    xs = (out_f[:, 0] * 12.0).tolist()
+    assert math.isclose(xs[1] - xs[0], 1.3, abs_tol=1e-9) and math.isclose(xs[3] - xs[2], 1.3, abs_tol=1e-9)
+    assert math.isclose(xs[2] - xs[1], 1.1 * 2 * R_C, abs_tol=1e-6)
+
+
 def test_a_real_layer_is_not_touched():
     from gen2d.data.templates import build_template
 
@@ -110,7 +124,7 @@ def test_a_non_finite_structure_is_left_as_it_is_and_the_batch_goes_on():
 
 def test_sampler_applies_the_prior_and_records_it(tiny_bundle):
     on = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=[4, 5, 6, 6, 8, 8])
-    off = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20, overlap_scale=0.0, lone_atom_scale=0.0),
+    off = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20, overlap_scale=0.0, fragment_scale=0.0),
                  device="cpu", n_atoms=[4, 5, 6, 6, 8, 8])
     assert all(s.diagnostics["projection_moves"] == 0 for s in off)
     assert any(s.diagnostics["projection_moves"] > 0 for s in on)

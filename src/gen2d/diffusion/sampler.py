@@ -45,10 +45,10 @@ class SamplingConfig(BaseModel):
         0.85, description="geometry prior (gen2d.diffusion.sampler.project_geometry): push apart every pair closer "
                          "than this fraction of its covalent-radius sum; 0 = off (the bare model). 0.85 leaves a "
                          "margin over the strict check's 0.6")
-    lone_atom_scale: float = Field(
-        1.1, description="geometry prior: move an atom whose nearest neighbour is farther than this multiple of "
-                         "their covalent-radius sum to that distance; 0 = off. 1.1 sits inside the strict bond "
-                         "cutoff of 1.25")
+    fragment_scale: float = Field(
+        1.1, description="geometry prior: atoms closer than this multiple of their covalent-radius sum are "
+                         "bonded; a piece not bonded to the rest (a lone atom too) is moved rigidly towards its "
+                         "nearest outside neighbour. 0 = off. 1.1 sits inside the strict bond cutoff of 1.25")
     projection_from: float = Field(0.3, description="fraction of T below which the geometry prior runs")
     projection_iterations: int = Field(8, description="projection sweeps per reverse step")
     divergence_grad_rms: float = Field(
@@ -169,16 +169,50 @@ class _Divergence:
                 "divergence_grad_rms": limit, "guided_steps": guided_steps}
 
 
+def _components(bonded: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) label of each atom's bonded component: the smallest atom index in it (label propagation)."""
+    labels = torch.arange(n, device=src.device)
+    s, d = src[bonded], dst[bonded]
+    for _ in range(n):
+        new = labels.scatter_reduce(0, d, labels[s], reduce="amin", include_self=True)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _fragment_moves(d, unit, pair, src, dst, n: int, scale: float) -> torch.Tensor:
+    """(n, 3) rigid moves: every bonded piece not bonded to the rest closes half the gap to its nearest
+    outside neighbour (two pieces that are each other's nearest meet at ``scale`` x the covalent sum)."""
+    bonded = d < scale * pair
+    comp = _components(bonded, src, dst, n)
+    external = ~bonded & (comp[src] != comp[dst])
+    if not bool(external.any()):
+        return torch.zeros(n, 3, dtype=d.dtype, device=d.device)
+    gap = torch.where(external, d - scale * pair, torch.full_like(d, float("inf")))
+    best = torch.full((n,), float("inf"), dtype=d.dtype, device=d.device).scatter_reduce(
+        0, comp[dst], gap, reduce="amin")
+    chosen = external & (gap <= best[comp[dst]])
+    e = torch.arange(d.numel(), device=d.device)
+    pick = torch.full((n,), d.numel(), dtype=torch.long, device=d.device).scatter_reduce(
+        0, comp[dst][chosen], e[chosen], reduce="amin")  # one edge per piece; ties go to the lowest index
+    has = pick < d.numel()
+    piece_move = torch.zeros(n, 3, dtype=d.dtype, device=d.device)
+    piece_move[has] = -0.5 * gap[pick[has]][:, None] * unit[pick[has]]  # towards the neighbour
+    return piece_move[comp]
+
+
 def project_geometry(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, lattice: torch.Tensor,
-                     batch: torch.Tensor, overlap_scale: float, lone_atom_scale: float, iterations: int,
+                     batch: torch.Tensor, overlap_scale: float, fragment_scale: float, iterations: int,
                      z_scale: float, search: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A physical prior on a sample: no pair overlaps, no atom is left without a neighbour.
 
     Each sweep (at most ``iterations``, periodic images included):
     - every pair closer than ``overlap_scale`` x its covalent-radius sum is pushed apart, each atom by half
       the overlap, along the pair's separation (0 = off);
-    - every atom whose nearest neighbour (within ``search`` Å) is farther than ``lone_atom_scale`` x their
-      covalent-radius sum is moved towards it by half the gap (0 = off).
+    - a monolayer is one bonded piece: every piece (atoms closer than ``fragment_scale`` x their covalent-
+      radius sum, a lone atom included) that is not bonded to the rest is moved rigidly towards its nearest
+      outside neighbour (within ``search`` Å) by half the gap (0 = off).
     Only distances and pair vectors enter, so the projection keeps every symmetry of the sampler (rotation
     about z, translation, permutation, lattice shifts).
 
@@ -212,7 +246,7 @@ def project_geometry(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, 
     lat2 = lattice[:, :2, :2]
     pos = torch.cat([torch.einsum("ni,nij->nj", frac, lat2[batch]), (z * z_scale)[:, None]], -1)
     moved = torch.zeros(N, dtype=torch.bool, device=pos.device)
-    cutoff = max(float(2 * overlap_scale * radius.max()) if N else 0.0, search if lone_atom_scale > 0 else 0.0)
+    cutoff = max(float(2 * overlap_scale * radius.max()) if N else 0.0, search if fragment_scale > 0 else 0.0)
     for _ in range(iterations if N and cutoff > 0 else 0):
         graph = periodic_radius_graph(pos, lattice, batch, cutoff)
         src, dst = graph.edge_index
@@ -223,23 +257,17 @@ def project_geometry(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, 
         fallback[:, 0] = torch.where(dst > src, 1.0, -1.0)
         unit = torch.where((d > 1e-6)[:, None], r / d.clamp(min=1e-6)[:, None], fallback)
         pair = radius[src] + radius[dst]
-        step = torch.zeros_like(d)  # signed move of dst along unit (+ = away from src)
+        move = torch.zeros_like(pos)
         if overlap_scale > 0:
-            step = step + 0.5 * (overlap_scale * pair - d).clamp(min=0.0)
-        if lone_atom_scale > 0 and d.numel():
-            nearest = torch.full((N,), float("inf"), dtype=d.dtype, device=d.device).scatter_reduce(
-                0, dst, d, reduce="amin")
-            is_nearest = d <= nearest[dst]
-            first = torch.zeros(N, dtype=torch.long, device=d.device).index_add_(0, dst, is_nearest.long())
-            lone = is_nearest & (d > lone_atom_scale * pair) & (first[dst] == 1)  # one unique nearest neighbour
-            # half the gap: two atoms that are each other's lone neighbour meet exactly; a lone atom next
-            # to a bonded one closes the gap geometrically over the sweeps
-            step = step - torch.where(lone, 0.5 * (d - lone_atom_scale * pair), torch.zeros_like(d))
-        hit = step.abs() > 1e-4
+            step = 0.5 * (overlap_scale * pair - d).clamp(min=0.0)  # along unit, away from the neighbour
+            move = move + scatter_sum(step[:, None] * unit, dst, N)
+        if fragment_scale > 0 and d.numel():
+            move = move + _fragment_moves(d, unit, pair, src, dst, N, fragment_scale)
+        hit = move.norm(dim=-1) > 1e-4
         if not bool(hit.any()):
             break
-        pos = pos + scatter_sum((step * hit)[:, None] * unit, dst, N)
-        moved |= scatter_sum(hit.to(pos.dtype), dst, N) > 0
+        pos = pos + move * hit[:, None]
+        moved |= hit
     frac = torch.remainder(torch.einsum("ni,nij->nj", pos[:, :2], torch.linalg.inv(lat2)[batch]), 1.0)
     z = centre_per_graph(pos[:, 2] / z_scale, batch, B)
     return (torch.where(bad[:, None], frac_in, frac), torch.where(bad, z_in, z), moved & ~bad)
@@ -322,7 +350,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         lattice_fixed[:, 2, 2] = 20.0
 
     projection_moves = torch.zeros(B, dtype=torch.long, device=dev)
-    projecting = config.overlap_scale > 0 or config.lone_atom_scale > 0
+    projecting = config.overlap_scale > 0 or config.fragment_scale > 0
     if projecting:
         from ase.data import covalent_radii
 
@@ -395,7 +423,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             lattice_now = lattice_fixed if lattice_fixed is not None else rep.decode_lattice(lat)
             types_now = (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
             frac, z, moved = project_geometry(frac, z, radius_of_type[types_now], lattice_now, batch,
-                                              config.overlap_scale, config.lone_atom_scale,
+                                              config.overlap_scale, config.fragment_scale,
                                               config.projection_iterations, rep.z_scale)
             projection_moves.index_add_(0, batch, moved.long())
         bad_state = (_per_graph_any(~torch.isfinite(frac), batch, B) | _per_graph_any(~torch.isfinite(z), batch, B)
