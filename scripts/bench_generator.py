@@ -53,13 +53,15 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
     return {"overall": overall, "by_t": bands}
 
 
-def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None, seed: int = 0) -> dict:
-    """Structures per second of a full reverse process at each atom count (one batch of n_structures)."""
+def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None, seed: int = 0,
+               base=None) -> dict:
+    """Structures per second of a full reverse process at each atom count (one batch of n_structures),
+    with the sampling settings of ``base`` (default: the sampler's defaults, geometry prior on)."""
     from gen2d.diffusion.sampler import SamplingConfig, sample
 
     out = {}
     for n_atoms in sizes:
-        cfg = SamplingConfig(n_steps=n_steps, max_atoms_per_batch=10**9)
+        cfg = (base or SamplingConfig()).model_copy(update={"n_steps": n_steps, "max_atoms_per_batch": 10**9})
         t0, c0 = time.perf_counter(), time.process_time()
         sample(bundle, n_structures, seed, cfg, "cpu", n_atoms=[n_atoms] * n_structures)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -166,22 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "fragment_scale", "projection_from",
                                                              "projection_iterations")}
     _log(f"geometry prior: {report['geometry_prior']}")
-    t0, c0 = time.perf_counter(), time.process_time()
-    samples = sample(bundle, args.n_samples, args.seed, cfg, "cpu")
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    _log(f"sampled {len(samples)} free-start monolayers ({len(bundle.schedule.timesteps(n_steps))} steps, "
-         f"guidance {args.guidance}) in {cpu:.0f} CPU-s / {wall:.0f} wall-s")
-    structures = [s.to_structure() for s in samples]
-    t0 = time.process_time()
-    metrics = evaluate_samples(structures, reference, [s.predicted for s in samples])
-    report["free_start"] = {"n": len(samples), "n_steps": len(bundle.schedule.timesteps(n_steps)),
-                            "guidance": args.guidance, "sampling_cpu_s": cpu, "sampling_wall_s": wall,
-                            "metrics": metrics}
-    for name, m in metrics.items():
-        val_s = "n/a" if m["value"] is None else f"{m['value']:.3f}"
-        _log(f"  {name}: {val_s} {m['unit']} (n={m['n']})")
-    _log(f"  strict failure reasons: {metrics['strict_2d_validity']['details']['reasons']}")
-    _log(f"  [metrics {time.process_time() - t0:.0f} CPU-s]")
+    if args.n_samples > 0:  # 0: only templates and/or throughput
+        t0, c0 = time.perf_counter(), time.process_time()
+        samples = sample(bundle, args.n_samples, args.seed, cfg, "cpu")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        _log(f"sampled {len(samples)} free-start monolayers ({len(bundle.schedule.timesteps(n_steps))} steps, "
+             f"guidance {args.guidance}) in {cpu:.0f} CPU-s / {wall:.0f} wall-s")
+        structures = [s.to_structure() for s in samples]
+        t0 = time.process_time()
+        metrics = evaluate_samples(structures, reference, [s.predicted for s in samples])
+        report["free_start"] = {"n": len(samples), "n_steps": len(bundle.schedule.timesteps(n_steps)),
+                                "guidance": args.guidance, "sampling_cpu_s": cpu, "sampling_wall_s": wall,
+                                "metrics": metrics}
+        for name, m in metrics.items():
+            val_s = "n/a" if m["value"] is None else f"{m['value']:.3f}"
+            _log(f"  {name}: {val_s} {m['unit']} (n={m['n']})")
+        _log(f"  strict failure reasons: {metrics['strict_2d_validity']['details']['reasons']}")
+        _log(f"  [metrics {time.process_time() - t0:.0f} CPU-s]")
 
     if args.n_template:
         from gen2d.data import templates as tmpl
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_throughput:
         sizes = [int(x) for x in args.throughput_sizes.split(",")]
-        report["throughput"] = throughput(bundle, sizes, args.throughput_batch, n_steps)
+        report["throughput"] = throughput(bundle, sizes, args.throughput_batch, n_steps, base=cfg)
 
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     _log(f"wrote {args.out}")
