@@ -131,3 +131,29 @@ def test_strict_valid_only_keeps_strictly_valid_monolayers(data_available):
     assert len(recs) == 10
     assert all(validate_strict(r.to_structure()).ok for r in recs)
     assert set(dropped) <= {"too_many_atoms", "too_thick", "not_strict_valid"}
+
+
+def test_finetuning_the_heads_teaches_dg_h_and_leaves_the_denoiser_alone(tiny_bundle, tmp_path, data_available):
+    from gen2d.diffusion.loss import predict_noise
+    from gen2d.diffusion.train import collate, finetune_heads, load_checkpoint
+
+    run = Path(tiny_bundle.meta["log_path_for_tests"]).parent
+    recs, _ = load_training_set(tiny_config("/tmp/unused"))
+    # labels the head has never seen (it was trained on 0.5 x thickness)
+    (tmp_path / "new.json").write_text(json.dumps({r.source_id: 1.0 - 0.2 * len(r.species) for r in recs}))
+    cfg = tiny_config(tmp_path, dg_h_labels=str(tmp_path / "new.json"))
+    summary = finetune_heads(run / "checkpoint.pt", tmp_path / "heads.pt", cfg, steps=150, lr=3e-3)
+    assert summary["n_dg_h_labels"] == 12
+    assert summary["train_head_loss_after"]["dg_h"] < 0.7 * summary["train_head_loss_before"]["dg_h"]
+    tuned, _ = load_checkpoint(tmp_path / "heads.pt", "cpu")
+    assert tuned.meta["heads_finetuned"]["steps"] == 150
+    data = collate(recs, {s: i for i, s in enumerate(tiny_bundle.rep.vocab)})
+    t = torch.full((data.n_graphs,), 300)
+    lat = tiny_bundle.rep.encode_lattice(data.lattice2d)
+    h = torch.nn.functional.one_hot(data.types, tiny_bundle.rep.n_types).float()
+    args = (data.frac, data.z / tiny_bundle.rep.z_scale, h, lat, t, data.batch, tiny_bundle.schedule, [None])
+    with torch.no_grad():
+        a, b = predict_noise(tiny_bundle.model, tiny_bundle.rep, *args), predict_noise(tuned.model, tuned.rep, *args)
+    for key in ("eps_frac", "eps_z", "eps_types", "eps_lattice"):
+        assert torch.equal(a[key][0], b[key][0]), key
+    assert not torch.allclose(a["heads"], b["heads"])
