@@ -75,7 +75,7 @@ def cmd_train(args) -> None:
     hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2)
     command = "scripts/bench_her.py train " + " ".join(sys.argv[2:])
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
-                               hparams=hp, training_set=f"2DMatPedia subset (<= {args.max_atoms} atoms, seed {args.seed}), "
+                               hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
                                                        f"{len(ok)} dgh.mlip labels", command=command)
     m = manifest["metrics"]
     print(f"held-out MAE vs dgh.mlip labels: {m['heldout_mae_eV']:.3f} eV (n_test={m['n_test']}; "
@@ -92,12 +92,21 @@ def cmd_train(args) -> None:
     mlip = statistics.mean(lab["cpu_seconds"] for lab in ok)
     print(f"surrogate CPU per monolayer: {per * 1e3:.2f} ms (ensemble of {args.models}, batch 64) -> "
           f"speed-up over dgh.mlip {mlip / per:.0f}x")
+    by_id = {lab["id"]: (lab, r) for lab, r in zip(ok, results)}
+    by_source: dict[str, list[float]] = {}
+    for hid in m.get("heldout_ids", []):
+        lab, r = by_id.get(hid, (None, None))
+        if lab is not None and r.ok:
+            by_source.setdefault("2DMatPedia" if hid.startswith("2dm-") else "MC2D", []).append(abs(r.value - lab["dg_h_eV"]))
+    for source, errs in sorted(by_source.items()):
+        print(f"held-out MAE, {source} layers: {statistics.mean(errs):.3f} eV (n={len(errs)})")
     lab_hits = sum(1 for lab in ok if abs(lab["dg_h_eV"]) <= 0.2)
     pred_hits = sum(1 for r in results if r.ok and abs(r.value) <= 0.2)
     print(f"|ΔG_H| <= 0.2 eV: {lab_hits} of {len(ok)} by dgh.mlip labels; {pred_hits} of {len(ok)} by the surrogate")
     summary = {"n_labels": len(labels), "n_ok": len(ok), "mlip_cpu_s_per_material": mlip,
                "surrogate_cpu_s_per_material": per, "speedup": mlip / per,
-               "hits_labels": lab_hits, "hits_surrogate": pred_hits, **{k: v for k, v in m.items() if k != "heldout_ids"}}
+               "hits_labels": lab_hits, "hits_surrogate": pred_hits,
+               "heldout_mae_by_source_eV": {k: statistics.mean(v) for k, v in by_source.items()}, **{k: v for k, v in m.items() if k != "heldout_ids"}}
     print(json.dumps(summary, indent=1))
 
 
@@ -163,8 +172,6 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True)
     lab = sub.add_parser("label")
     lab.add_argument("--n", type=int, default=220)
-    lab.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
-                     help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
     tr.add_argument("--models", type=int, default=4)
@@ -176,6 +183,8 @@ def main(argv=None) -> int:
     sp.add_argument("--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default"])
     sp.add_argument("--checkpoint-dir", default=None, help="surrogate ensemble; default: the shipped one")
     for p in (lab, tr, sp):
+        p.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
+                       help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")
         p.add_argument("--cache", required=True)
         p.add_argument("--max-atoms", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
