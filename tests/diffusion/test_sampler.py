@@ -117,3 +117,23 @@ def test_elements_outside_the_vocabulary_are_refused_by_name(tiny_bundle):
     bad = next(e for e in ("Og", "Ts", "Fr", "Ra") if e not in tiny_bundle.rep.vocab)
     with pytest.raises(ElementsOutsideVocabulary, match=bad):
         sample(tiny_bundle, 1, seed=0, config=SamplingConfig(n_steps=2, elements=[bad]), device="cpu", n_atoms=[2])
+
+
+def test_cfg_leaves_out_targets_the_denoiser_never_saw(tiny_bundle):
+    import copy
+
+    from gen2d.diffusion.sampler import conditioned_properties, target_condition
+
+    assert conditioned_properties(tiny_bundle) == {"dg_h", "e_hull", "synth"}  # trained with dg_h labels
+    cfg = SamplingConfig(n_steps=10, cfg_weight=2.0)
+    cond = target_condition(2, cfg, allowed={"e_hull", "synth"})
+    assert cond[0].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0, 1.0]  # dg_h value and flag stay 0, as in training
+    unlabelled = copy.copy(tiny_bundle)
+    unlabelled.meta = {**tiny_bundle.meta, "condition_labels": {"dg_h": 0, "e_hull": 12, "synth": 12}}
+    out = sample(unlabelled, 2, seed=0, config=cfg, device="cpu", n_atoms=[3, 3])
+    assert out[0].parameters["cfg_ignored_targets"] == ["dg_h"]
+    assert "cfg_ignored_targets" not in sample(tiny_bundle, 1, seed=0, config=cfg, device="cpu")[0].parameters
+    # a checkpoint from before the record: read from its training config
+    old = copy.copy(tiny_bundle)
+    old.meta = {"config": {"dg_h_labels": None}}
+    assert conditioned_properties(old) == {"e_hull", "synth"}

@@ -96,10 +96,29 @@ def target_loss(heads: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     return torch.stack(terms, 0).sum(0) if terms else heads[:, 0] * 0.0
 
 
-def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """The condition vector for classifier-free guidance: target values and presence flags."""
-    vals = [config.targets.get(k, 0.0) for k in HEAD_NAMES]
-    mask = [1.0 if k in config.targets else 0.0 for k in HEAD_NAMES]
+def conditioned_properties(bundle: DiffusionBundle) -> set[str]:
+    """The properties the conditional denoiser saw labels for in training.
+
+    Checkpoints record it (``meta["condition_labels"]``, counts per property); older ones are read from
+    their training config: E_hull and synth come with the data, ΔG_H only from ``dg_h_labels``.
+    """
+    counts = bundle.meta.get("condition_labels")
+    if counts is not None:
+        return {k for k, n in counts.items() if n}
+    cfg = bundle.meta.get("config") or {}
+    return {"e_hull", "synth"} | ({"dg_h"} if cfg.get("dg_h_labels") else set())
+
+
+def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device="cpu",
+                     allowed: set[str] | None = None) -> torch.Tensor:
+    """The condition vector for classifier-free guidance: target values and presence flags.
+
+    A target outside ``allowed`` (a property the denoiser never saw a label for) is left out: its flag was
+    always 0 in training, so setting it would feed the network an input it has never met.
+    """
+    keep = [k for k in HEAD_NAMES if k in config.targets and (allowed is None or k in allowed)]
+    vals = [config.targets.get(k, 0.0) if k in keep else 0.0 for k in HEAD_NAMES]
+    mask = [1.0 if k in keep else 0.0 for k in HEAD_NAMES]
     return torch.tensor([vals + mask], dtype=dtype, device=device).expand(n, -1)
 
 
@@ -356,7 +375,9 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
 
         radius_of_type = torch.tensor([covalent_radii[Element(el).Z] for el in rep.vocab], dtype=dtype, device=dev)
 
-    cond = target_condition(B, config, dtype, dev) if config.cfg_weight is not None else None
+    conditioned = conditioned_properties(bundle)
+    cond = target_condition(B, config, dtype, dev, conditioned) if config.cfg_weight is not None else None
+    cfg_ignored = sorted(set(config.targets) - conditioned) if config.cfg_weight is not None else []
     cond_list = [cond, None] if cond is not None else [None]
     heads = torch.zeros(B, 3, device=dev)
     div = _Divergence(B, dev)
@@ -442,6 +463,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
+    if cfg_ignored:  # recorded with every sample: these targets steered only through the gradient step
+        params["cfg_ignored_targets"] = cfg_ignored
     guided_steps = len(steps) if config.eta > 0 else 0
     div.mark("nonfinite_heads", ~torch.isfinite(heads).all(-1), len(steps))
     for g in range(B):

@@ -410,6 +410,7 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed + step)
     meta = {"created": datetime.now(timezone.utc).isoformat(), "config": cfg.model_dump(mode="json"),
             "n_train": len(train_set), "n_val": len(val), "dropped": dropped,
+            "condition_labels": {k: sum(1 for r in train_set if r.labels.get(k) is not None) for k in HEAD_NAMES},
             "sources": cfg.sources, "vocab_size": len(rep.vocab)}
     bundle = DiffusionBundle(model, rep, schedule, dict(counts), meta)
     log_path = out_dir / "train_log.jsonl"
