@@ -87,6 +87,15 @@ def persist():
             fh.write(text)
         os.replace(path + ".tmp", path)
 threading.Thread(target=persist, daemon=True).start()
+if os.environ.get("SLOW_SCORING"):
+    # test harness only: a scoring batch here takes a few ms, shorter than the 0.2 s persistence tick,
+    # so the kill could never be timed inside a RUNNING Firework; hold each batch open for a while
+    from gen2d_synth_pu.scorer import PUSynthScorer
+    fast = PUSynthScorer.score
+    def slow(self, *args, **kwargs):
+        time.sleep(float(os.environ["SLOW_SCORING"]))
+        return fast(self, *args, **kwargs)
+    PUSynthScorer.score = slow
 for cat in ("gpu", "cpu", "gpu", "cpu", "cpu"):
     rapidfire(lp, FWorker(name=cat, category=cat), strm_lvl="ERROR")
 """
@@ -132,8 +141,8 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     subprocess.run([sys.executable, "add.py", str(spec_path), uri], env=env, cwd=tmp_path, check=True,
                    capture_output=True)
     # kill the worker once it is inside the scoring batches (a Firework is RUNNING then)
-    p = subprocess.Popen([sys.executable, "run.py"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen([sys.executable, "run.py"], env={**env, "SLOW_SCORING": "1.0"}, cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
@@ -144,6 +153,7 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     # Fireworks or before the worker's RUNNING state reached the (mock) server
     while time.time() < deadline and not _fw_running(server):
         time.sleep(0.05)
+    assert p.poll() is None, "the worker finished before a Firework was seen RUNNING: nothing to kill"
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = _state(uri)
