@@ -20,6 +20,8 @@ from pymatgen.analysis.adsorption import AdsorbateSiteFinder
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from gen2d.relax import bond_components
+
 log = logging.getLogger(__name__)
 
 #: Zero-point energy and entropy correction of Nørskov et al. (J. Electrochem. Soc. 152, J23 (2005)).
@@ -282,22 +284,6 @@ def h2_reference(calculator, fmax: float = 0.01, box: float = 15.0) -> tuple[flo
 # Flags
 # ----------------------------------------------------------------------------------------------------
 
-def _bond_components(atoms: Atoms, factor: float) -> int:
-    """Number of connected components of the in-plane periodic bond graph."""
-    from ase.data import covalent_radii
-    from scipy.sparse import coo_matrix
-
-    from gen2d.neighbors import neighbor_list
-    from scipy.sparse.csgraph import connected_components
-
-    if len(atoms) == 0:
-        return 0
-    cutoffs = [factor * covalent_radii[z] for z in atoms.numbers]
-    i, j = neighbor_list("ij", atoms, cutoffs)
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(atoms), len(atoms)))
-    return int(connected_components(graph, directed=False)[0])
-
-
 def _min_image_vector(atoms: Atoms, vector: np.ndarray) -> np.ndarray:
     """Shortest in-plane periodic image of a displacement."""
     from ase.geometry import find_mic
@@ -324,7 +310,7 @@ def _flag_site(initial: Atoms, final: Atoms, h_index: int, n_components: int,
         flags.append("h_moved_site")
     slab_idx_list = [k for k in range(len(final)) if k != h_index]
     slab_final = final[slab_idx_list]
-    if _bond_components(slab_final, settings.layer_break_factor) > n_components:
+    if bond_components(slab_final, settings.layer_break_factor) > n_components:
         flags.append("layer_broke")
     from ase.geometry import find_mic
 
@@ -385,7 +371,7 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
         probe.calc = calculator
         e_slab = float(probe.get_potential_energy())
     e_h2, h2_bond = h2_reference(calculator)
-    n_components = _bond_components(base, settings.layer_break_factor)
+    n_components = bond_components(base, settings.layer_break_factor)
 
     starts = []
     for site in sites:

@@ -127,18 +127,21 @@ def cached_calculator(name: str = "chgnet", **options: Any) -> Calculator:
     return _CALCULATORS[key]
 
 
-def _bond_components(atoms: Atoms, pbc: Sequence[bool]) -> int:
-    """Number of bonded fragments under a loose covalent cutoff with the given periodicity."""
-    from ase.neighborlist import natural_cutoffs
-
-    from gen2d.neighbors import neighbor_list
+def bond_components(atoms: Atoms, factor: float = BOND_FACTOR, pbc: Sequence[bool] | None = None) -> int:
+    """Number of bonded fragments: atoms closer than ``factor`` x the sum of their covalent radii are
+    bonded, periodic images included (``pbc``, default the atoms' own)."""
+    from ase.data import covalent_radii
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    from gen2d.neighbors import neighbor_list
+
+    if len(atoms) == 0:
+        return 0
     probe = atoms.copy()
-    probe.pbc = pbc
-    cutoffs = natural_cutoffs(probe, mult=BOND_FACTOR)
-    i, j = neighbor_list("ij", probe, cutoffs)
+    if pbc is not None:
+        probe.pbc = pbc
+    i, j = neighbor_list("ij", probe, (factor * covalent_radii[probe.numbers]).tolist())
     n = len(probe)
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return int(connected_components(graph, directed=False)[0])
@@ -411,10 +414,10 @@ def _in_plane_result(fire: tuple, pbc, initial_cell: np.ndarray, components_befo
         # Geometry checks outrank "not converged": a broken layer is the more useful diagnosis.
         if _vacuum_gap(work) < MIN_VACUUM:
             failure, message = "vacuum_closed", f"vacuum gap {_vacuum_gap(work):.2f} Å < {MIN_VACUUM} Å after relaxation"
-        elif _bond_components(work, (True, True, False)) > components_before:
+        elif (components := bond_components(work, pbc=(True, True, False))) > components_before:
             failure, message = "layer_broke", (
-                f"bonded fragments went from {components_before} to "
-                f"{_bond_components(work, (True, True, False))} (cutoff {BOND_FACTOR} x covalent radii)")
+                f"bonded fragments went from {components_before} to {components} "
+                f"(cutoff {BOND_FACTOR} x covalent radii)")
     work.calc = None
     work.pbc = pbc
     return RelaxResult(atoms=work, energy=energy, converged=converged, steps=nsteps, final_fmax=final_fmax,
@@ -476,7 +479,7 @@ def relax_in_plane(atoms: Atoms, calculator: Calculator, fmax: float = 0.05, ste
     if fixed_atoms:
         work.set_constraint(FixAtoms(indices=list(fixed_atoms)))
     initial_cell = work.cell.array.copy()
-    components_before = _bond_components(work, (True, True, False))
+    components_before = bond_components(work, pbc=(True, True, False))
     fire = _run_fire(work, calculator, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell,
                      trajectory=trajectory)
     return _in_plane_result(fire, pbc, initial_cell, components_before, settings)
@@ -550,7 +553,7 @@ def relax_in_plane_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fm
         if fixed_atoms:
             work.set_constraint(FixAtoms(indices=list(fixed_atoms)))
         prepared.append({"index": i, "work": work, "pbc": pbc, "initial_cell": work.cell.array.copy(),
-                         "components": _bond_components(work, (True, True, False)), "trajectory": traj})
+                         "components": bond_components(work, pbc=(True, True, False)), "trajectory": traj})
     fires = _lockstep(prepared, evaluate, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell,
                       max_batch=max_batch)
     for item, fire in zip(prepared, fires, strict=True):
