@@ -211,13 +211,9 @@ def load_training_set(config: TrainConfig) -> tuple[list[MonolayerArrays], dict[
                 dropped["too_thick"] += 1
                 continue
             if config.strict_valid_only:
-                from gen2d.structures import validate_strict
+                from gen2d.structures import strict_verdict
 
-                try:
-                    ok = validate_strict(rec.to_structure()).ok
-                except Exception:  # a validator crash is not a valid structure
-                    ok = False
-                if not ok:
+                if not strict_verdict(rec.to_structure())[0]:  # a validator crash is not a valid structure
                     dropped["not_strict_valid"] += 1
                     continue
             if rec.labels.get("synth") is None and config.synth_unlabeled_as_negative:
@@ -333,8 +329,10 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[DiffusionBu
 
 @torch.no_grad()
 def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], batch_size: int = 64,
-                       seed: int = 1234, repeats: int = 1, device: str = "auto") -> dict[str, float]:
-    """Mean denoising loss of each part on ``records`` at uniformly drawn t, with the trivial value.
+                       seed: int = 1234, repeats: int = 1, device: str = "auto",
+                       lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5)) -> dict[str, float]:
+    """Mean denoising loss of each part (and of each property head, weighted by ``lambdas``) on
+    ``records`` at uniformly drawn t, with the trivial value.
 
     The trivial value is the loss of predicting zero noise (1.0 in expectation), computed on the same
     noise draws.
@@ -345,15 +343,24 @@ def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], 
     sums: Counter = Counter()
     n = 0
     bundle.model.eval()
-    for _ in range(repeats):
-        for start in range(0, len(records), batch_size):
-            data = collate(records[start:start + batch_size], vocab_index).to(dev)
-            out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, cond_dropout=1.0, rotate=False,
-                                 generator=gen)
-            for k, v in out.items():
-                sums[k] += float(v) * data.n_graphs
-            n += data.n_graphs
+    with torch.no_grad():  # an evaluation: no autograd graph
+        for _ in range(repeats):
+            for start in range(0, len(records), batch_size):
+                data = collate(records[start:start + batch_size], vocab_index).to(dev)
+                out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, lambdas, cond_dropout=1.0,
+                                     rotate=False, generator=gen)
+                for k, v in out.items():
+                    sums[k] += float(v) * data.n_graphs
+                n += data.n_graphs
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _vocab_index(records: list[MonolayerArrays], vocab: list[str]) -> dict[str, int]:
+    """Element -> type channel; every element of ``records`` must be in the checkpoint's ``vocab``."""
+    missing = sorted({s for r in records for s in r.species} - set(vocab))
+    if missing:
+        raise ValueError(f"elements {missing} are not in the checkpoint's vocabulary")
+    return {s: i for i, s in enumerate(vocab)}
 
 
 def train(config: TrainConfig | dict) -> dict[str, Any]:
@@ -393,10 +400,7 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
         model = EGNNDenoiser(EGNNConfig(n_types=len(vocab), hidden=cfg.hidden, n_layers=cfg.n_layers,
                                         n_cond_layers=cfg.n_cond_layers, cutoff=cfg.cutoff,
                                         frac_fourier=cfg.frac_fourier)).to(dev)
-    missing = sorted({s for r in records for s in r.species} - set(rep.vocab))
-    if missing:
-        raise ValueError(f"elements {missing} are not in the checkpoint's vocabulary")
-    vocab_index = {s: i for i, s in enumerate(rep.vocab)}
+    vocab_index = _vocab_index(records, rep.vocab)
     counts = Counter(len(r.species) for r in train_set)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
@@ -493,10 +497,7 @@ def finetune_heads(checkpoint: str | Path, out_path: str | Path, config: TrainCo
     bundle, payload = load_checkpoint(checkpoint, "cpu")
     records, dropped = load_training_set(cfg)
     train_set, val = split_records(records, cfg.seed, cfg.val_fraction)
-    vocab_index = {s: i for i, s in enumerate(bundle.rep.vocab)}
-    unknown = sorted({s for r in records for s in r.species} - set(vocab_index))
-    if unknown:
-        raise ValueError(f"elements {unknown} are not in the checkpoint's vocabulary")
+    vocab_index = _vocab_index(records, bundle.rep.vocab)
     model = bundle.model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -506,15 +507,8 @@ def finetune_heads(checkpoint: str | Path, out_path: str | Path, config: TrainCo
     lambdas = tuple(cfg.lambdas)
 
     def head_losses(recs, draw_seed: int) -> dict[str, float]:
-        gen = torch.Generator().manual_seed(draw_seed)
-        sums: Counter = Counter()
-        with torch.no_grad():
-            for start in range(0, len(recs), 64):
-                data = collate(recs[start:start + 64], vocab_index)
-                out = diffusion_loss(model, bundle.rep, bundle.schedule, data, lambdas, 1.0, False, gen)
-                for k in HEAD_NAMES:
-                    sums[k] += float(out[f"head_{k}"]) * data.n_graphs
-        return {k: sums[k] / max(len(recs), 1) for k in HEAD_NAMES}
+        out = evaluate_denoising(bundle, recs, seed=draw_seed, device="cpu", lambdas=lambdas)
+        return {k: out[f"head_{k}"] for k in HEAD_NAMES}
 
     before = head_losses(val, seed + 1) if val else {}
     train_before = head_losses(train_set, seed + 2)
