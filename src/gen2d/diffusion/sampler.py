@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from pymatgen.core import Element
 
 from gen2d.diffusion.loss import centre_per_graph, centre_per_graph_2d, predict_noise
 from gen2d.diffusion.schedule import DiffusionSchedule
@@ -308,6 +307,11 @@ def blocked_types(vocab: list[str], elements: list[str] | None, device="cpu") ->
     return torch.tensor([v not in keep for v in vocab], dtype=torch.bool, device=device)
 
 
+def _types(h: torch.Tensor, blocked: torch.Tensor | None) -> torch.Tensor:
+    """The element index of every atom: the largest type channel outside the excluded ones."""
+    return (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
+
+
 @dataclass
 class Start:
     """What a batch starts from: atom counts (free) or a template state (lattice fixed)."""
@@ -371,9 +375,10 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     projection_moves = torch.zeros(B, dtype=torch.long, device=dev)
     projecting = config.overlap_scale > 0 or config.fragment_scale > 0
     if projecting:
-        from ase.data import covalent_radii
+        from ase.data import atomic_numbers, covalent_radii
 
-        radius_of_type = torch.tensor([covalent_radii[Element(el).Z] for el in rep.vocab], dtype=dtype, device=dev)
+        radius_of_type = torch.tensor([covalent_radii[atomic_numbers[el]] for el in rep.vocab], dtype=dtype,
+                                      device=dev)
 
     conditioned = conditioned_properties(bundle)
     cond = target_condition(B, config, dtype, dev, conditioned) if config.cfg_weight is not None else None
@@ -442,8 +447,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
                 lat = sched.vp_noise(lat, s, randn(B, 3))
         if projecting and t_int <= config.projection_from * sched.T:
             lattice_now = lattice_fixed if lattice_fixed is not None else rep.decode_lattice(lat)
-            types_now = (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
-            frac, z, moved = project_geometry(frac, z, radius_of_type[types_now], lattice_now, batch,
+            frac, z, moved = project_geometry(frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch,
                                               config.overlap_scale, config.fragment_scale,
                                               config.projection_iterations, rep.z_scale)
             projection_moves.index_add_(0, batch, moved.long())
@@ -459,7 +463,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         pred = predict_noise(model, rep, frac, z, h, lat, t0_b, batch, sched, [None], lattice_override=lattice_fixed)
         heads = pred["heads"]
     lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
-    types = (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
+    types = _types(h, blocked)
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
