@@ -115,9 +115,8 @@ def cmd_speed(args) -> None:
 
     from gen2d.adsorption import calculator_key
     from gen2d.scoring import get_scorer
-    from gen2d_dgh_dimenet import DimeNetDGHScorer, JsonlLabelCache
-
     from gen2d.structures import validate_ingest
+    from gen2d_dgh_dimenet import DimeNetDGHScorer, JsonlLabelCache
 
     ok = [lab for lab in JsonlLabelCache(args.cache).data.values() if lab["ok"]]
     random.Random(args.seed).shuffle(ok)

@@ -83,7 +83,7 @@ class DimeNetDGHScorer:
     def provenance(self, notes: Sequence[str] = ()) -> Provenance:
         meta = self._metadata
         return Provenance(
-            plugin=self.name, 
+            plugin=self.name,
             model=f"periodic DimeNet++ ensemble x{len(self._members or [])}",
             checkpoint_sha256=self._sha,
             reference_set=meta.get("label_source"),
