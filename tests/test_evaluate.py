@@ -223,6 +223,12 @@ def test_gen2d_evaluate_tiny_spec_end_to_end(tmp_path, monkeypatch, data_dir, su
                 assert s["e_hull"] is None and not s["stable"] and not s["hit"]
             if s["hit"]:
                 assert s["mlip_dg_h"] is not None or s["mlip_failure"]
+            # a new confirmed hit is a confirmed hit that is novel and unique, and nothing else
+            assert s["new_confirmed"] == (s["confirmed"] and s["novel"] and s["unique"])
+    for name, arm in doc["arms"].items():
+        runs = [r for r in doc["runs"] if r["arm"] == name]
+        assert arm["new_confirmed_total"] == sum(s["new_confirmed"] for r in runs for s in r["samples"])
+        assert arm["new_confirmed_total"] <= arm["confirmed_total"] <= arm["hits_total"]
     # the filter arm keeps only strictly valid samples; the substitution arm never proposes the parent
     assert all(s["strict_ok"] for r in doc["runs"] if r["arm"] == "filter" for s in r["samples"])
     assert all(s["substitutions"] for r in doc["runs"] if r["arm"] == "substitution" for s in r["samples"])

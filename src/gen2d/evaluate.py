@@ -465,6 +465,8 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
             "hit": hits[i], "mlip_dg_h": m, "mlip_failure": why(mlip[i]),
             "confirmed": bool(hits[i] and m is not None and abs(m) <= t.dg_h_window),
         })
+        # what a discovery campaign is after: a confirmed hit that is neither a training layer nor a repeat
+        records[-1]["new_confirmed"] = bool(records[-1]["confirmed"] and novel[i] and unique[i])
     return records, provenance
 
 
@@ -496,6 +498,7 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         "samples_per_cpu_s": run_summary["n_generated"] / cpu if cpu > 0 else None,
         "scoring_cpu_s": run_summary.get("scoring_cpu_s"),
         "n_hits": hit.details["n_hits"], "n_confirmed": conf.details["n_confirmed"],
+        "n_new_confirmed": sum(1 for r in records if r.get("new_confirmed")),
     }
 
 
@@ -549,6 +552,7 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
                              **defs[name]}
         hits = sum(r["metrics"]["n_hits"] for r in rs)
         conf = sum(r["metrics"]["n_confirmed"] for r in rs)
+        new = sum(r["metrics"].get("n_new_confirmed", 0) for r in rs)
         metrics["mlip_confirmation_rate"]["pooled"] = conf / hits if hits else None
         metrics["mlip_confirmation_rate"]["pooled_hits"] = hits
         out_arms[arm.name] = {
@@ -556,6 +560,7 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
             "description": arm.description, "seeds": [r["seed"] for r in rs],
             "n_evaluated_total": sum(r["metrics"]["n_evaluated"] for r in rs),
             "n_generated_total": sum(r["n_generated"] for r in rs), "hits_total": hits, "confirmed_total": conf,
+            "new_confirmed_total": new,
             "budget": [{"seed": r["seed"], "budget_cpu_s": r["budget_cpu_s"], "generation_cpu_s": r["generation_cpu_s"],
                         "n_chunks": r["n_chunks"], "stopped_by": r["stopped_by"]} for r in rs],
             "metrics": metrics,
@@ -680,7 +685,7 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
         return s + (" %" if pct else "")
 
     head = ["arm", "seeds", "n evaluated (per seed)", "n generated (mean per seed)", "generation CPU-s (mean)",
-            "hits / MLIP-confirmed (all seeds)"] + metrics
+            "hits / MLIP-confirmed / of those novel and unique (all seeds)"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in doc["arms"].items():
         m = a["metrics"]
@@ -688,7 +693,7 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
                ",".join(str(v) for v in m["n_evaluated"]["per_seed"]),
                f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–",
                f"{m['generation_cpu_s']['mean']:.1f}" if m["generation_cpu_s"]["mean"] is not None else "–",
-               f"{a['hits_total']} / {a['confirmed_total']}"]
+               f"{a['hits_total']} / {a['confirmed_total']} / {a.get('new_confirmed_total', 0)}"]
         row += [fmt(m[k]) for k in metrics]
         lines.append("| " + " | ".join(row) + " |")
     units = "; ".join(f"{k}: {doc['metric_definitions'][k]['unit']}" for k in metrics)
