@@ -137,3 +137,29 @@ def test_cfg_leaves_out_targets_the_denoiser_never_saw(tiny_bundle):
     old = copy.copy(tiny_bundle)
     old.meta = {"config": {"dg_h_labels": None}}
     assert conditioned_properties(old) == {"e_hull", "synth"}
+
+
+def test_a_lead_clock_model_trains_samples_and_keeps_template_types(tmp_path, data_available):
+    """lead_power travels with the checkpoint. On the leading clock a template's types are noised to
+    an earlier step than its positions, so with no denoising left to do they are still the template's."""
+    from gen2d.diffusion.sampler import template_starts
+    from gen2d.diffusion.train import load_checkpoint, train
+
+    from .conftest import tiny_config
+
+    summary = train(tiny_config(tmp_path, lead_power=2.0, max_steps=30))
+    bundle, _ = load_checkpoint(summary["checkpoint"], "cpu")
+    assert bundle.schedule.spec.lead_power == 2.0
+    out = sample(bundle, 3, seed=0, config=SamplingConfig(n_steps=10), device="cpu", n_atoms=[2, 3, 4])
+    assert all(np.isfinite(s.frac).all() and np.isfinite(s.z).all() for s in out)
+    from gen2d.data.templates import TEMPLATES, build_template
+
+    usable = [n for n in TEMPLATES if {e.symbol for e in build_template(n).composition} <= set(bundle.rep.vocab)]
+    assert usable, "no template inside the tiny model's vocabulary"
+    starts, skipped = template_starts(bundle, usable[:3], repeats=4)
+    assert not skipped
+    # a template start at 0.3 T: positions at step 300, types at step (300/999)^2 x 999 = 90 (abar 0.98)
+    kept = sample(bundle, 0, seed=0, config=SamplingConfig(n_steps=2, template_t_start=0.3, overlap_scale=0,
+                                                           fragment_scale=0), device="cpu", starts=starts)
+    for smp, st in zip(kept, [s for st in starts for s in st.template_name]):
+        assert sorted(smp.species) == sorted(sp.symbol for sp in build_template(st).species), st

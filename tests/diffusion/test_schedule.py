@@ -75,3 +75,42 @@ def test_training_and_sampling_share_one_schedule(tiny_bundle, tmp_path):
     assert len(out) == 1
     with pytest.raises(ValueError, match="differs from the training schedule"):
         sample_batch(tiny_bundle, Start([3]), cfg, gen, "cpu", schedule=DiffusionSchedule(ScheduleSpec(T=500)))
+
+
+def test_lead_clock_keeps_both_ends_and_runs_ahead():
+    """Types and lattice on a leading clock: pure noise at the start, clean at the end, ahead between."""
+    s = DiffusionSchedule(ScheduleSpec(lead_power=2.0))
+    t = torch.arange(s.T)
+    lead = s.lead(t)
+    assert int(lead[-1]) == s.T - 1 and int(lead[0]) == 0
+    assert torch.all(lead <= t) and torch.all(lead[1:] >= lead[:-1])
+    assert int(s.lead(torch.tensor([500]))) < 300  # half-way in position noise, types are much cleaner
+    assert int(s.lead(torch.tensor([-1]))) == -1  # "the clean end" stays the clean end
+    torch.testing.assert_close(DiffusionSchedule().lead(t), t)  # power 1: one clock
+
+
+def test_a_lead_schedule_is_its_own_schedule_and_older_fingerprints_still_hold():
+    plain, lead = DiffusionSchedule(), DiffusionSchedule(ScheduleSpec(lead_power=2.0))
+    assert lead.fingerprint != plain.fingerprint
+    assert DiffusionSchedule.from_dict(lead.to_dict()).spec.lead_power == 2.0
+    # a schedule written before lead_power existed verifies against its stored fingerprint
+    old = {k: v for k, v in plain.to_dict().items() if k != "lead_power"}
+    assert DiffusionSchedule.from_dict(old).fingerprint == old["fingerprint"]
+
+
+def test_reverse_steps_on_the_lead_clock_recover_clean_data():
+    """The sampler's VP steps for types and lattice use the leading clock at t and at the next step."""
+    s = DiffusionSchedule(ScheduleSpec(lead_power=2.0))
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([3, 100, 500, 800, 999])
+    tl = s.lead(t)
+    mean, std = s.vp_step(s.vp_noise(x0, tl, eps), eps, tl, s.lead(torch.full((5,), -1)))
+    torch.testing.assert_close(mean, x0, atol=1e-7, rtol=1e-7)
+    # respaced steps that land on the same lead step leave the state alone, without noise
+    same = torch.tensor([0, 0])
+    x = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    m2, s2 = s.vp_step(x, torch.randn(2, 3, generator=gen, dtype=torch.float64), same, same)
+    torch.testing.assert_close(m2, x)
+    assert torch.all(s2 == 0)

@@ -94,6 +94,23 @@ class Representation:
         return dict(self.__dict__)
 
 
+def vp_eps(x_t: torch.Tensor, out: torch.Tensor, abar: torch.Tensor, mean: torch.Tensor | float = 0.0,
+           var: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Noise prediction of a VP part: the Wiener filter for clean data of ``mean`` and ``var`` (per
+    dimension) plus ``out`` times the RMS error that filter leaves, sqrt(abar var / (abar var + 1 - abar)).
+
+    With mean 0 and var 1 this is the v-parameterisation the network uses, eps = sqrt(1 - abar) x_t +
+    sqrt(abar) out. With ``out = 0`` and the data's statistics it is the shrinkage reference of
+    :func:`diffusion_loss`. (Giving the network the data's statistics, Karras et al. 2022's
+    preconditioning, brought its type loss down to that reference in 12 CPU-minutes, but free-start
+    strict validity fell from 16.5 % to 8 %, so the network keeps mean 0, var 1.)
+    """
+    mean = torch.as_tensor(mean, dtype=x_t.dtype, device=x_t.device)
+    var = torch.as_tensor(var, dtype=x_t.dtype, device=x_t.device)
+    denom = abar * var + 1 - abar
+    return (1 - abar).sqrt() * (x_t - abar.sqrt() * mean) / denom + (abar * var / denom).sqrt() * out
+
+
 def centre_per_graph(v: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
     """Remove each structure's mean: z lives in the zero-centre-of-mass subspace."""
     return v - scatter_mean(v[:, None], batch, n_graphs)[batch, 0]
@@ -142,18 +159,16 @@ def predict_noise(model: EGNNDenoiser, rep: Representation, frac_t: torch.Tensor
     # VP parts use the v-parameterisation: eps = sqrt(1 - abar) x_t + sqrt(abar) v_net, which is exact at
     # both ends (eps -> x_t at high noise) and keeps the network output of unit scale at every t.
     ab = schedule.alpha_bar.to(pos.device).to(pos.dtype)
-    ab_g, ab_a = ab[t][:, None], ab[t[batch]][:, None]
-
-    def from_v(x_t, v, abar):
-        return (1 - abar).sqrt() * x_t + abar.sqrt() * v
+    t_lead = schedule.lead(t)  # types and lattice may run ahead of the positions (ScheduleSpec.lead_power)
+    ab_g, ab_a, ab_h = ab[t_lead][:, None], ab[t[batch]][:, None], ab[t_lead[batch]][:, None]
 
     res = {"eps_frac": [], "eps_z": [], "heads": out["heads"],
-           "eps_types": [from_v(h_t, v, ab_a) for v in out["eps_types"]],
-           "eps_lattice": [from_v(lat_t, v, ab_g) for v in out["eps_lattice"]]}
+           "eps_types": [vp_eps(h_t, v, ab_h) for v in out["eps_types"]],
+           "eps_lattice": [vp_eps(lat_t, v, ab_g) for v in out["eps_lattice"]]}
     for eps_pos in out["eps_pos"]:
         eps_f = -torch.einsum("ni,nij->nj", eps_pos[:, :2], inv) / sigma
         res["eps_frac"].append(centre_per_graph_2d(eps_f, batch, n_graphs))
-        eps_z = from_v(z_t[:, None], eps_pos[:, 2:3], ab_a)[:, 0]
+        eps_z = vp_eps(z_t[:, None], eps_pos[:, 2:3], ab_a)[:, 0]
         res["eps_z"].append(centre_per_graph(eps_z, batch, n_graphs))
     return res
 
@@ -178,18 +193,43 @@ def property_head_loss(heads: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     return out
 
 
+def shrinkage_stats(data: MonolayerBatch, rep: Representation) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-dimension mean and variance of the clean z, types and lattice variables of ``data``: all that
+    :func:`diffusion_loss`'s shrinkage baseline knows."""
+    z = data.z / rep.z_scale
+    h0 = F.one_hot(data.types, rep.n_types).to(data.frac.dtype)
+    lat0 = rep.encode_lattice(data.lattice2d)
+    return {k: (v.mean(0), v.var(0, unbiased=False)) for k, v in (("z", z), ("types", h0), ("lattice", lat0))}
+
+
+def _shrinkage_eps(x_t: torch.Tensor, abar: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """E[eps | x_t] when x0 is Gaussian with ``mean`` and ``var`` (the Wiener filter): no network at all."""
+    return vp_eps(x_t, torch.zeros_like(x_t), abar.reshape(-1, *([1] * (x_t.dim() - 1))), mean, var)
+
+
 def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: DiffusionSchedule, data: MonolayerBatch,
                    lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5), cond_dropout: float = 0.15,
                    rotate: bool = True, generator: torch.Generator | None = None,
-                   t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   t: torch.Tensor | None = None,
+                   shrinkage: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """One evaluation of the joint loss on a batch.
+
+    Parameters
+    ----------
+    shrinkage : dict, optional
+        :func:`shrinkage_stats` of the population; when given, the loss of the best network-free denoiser
+        that knows only those means and variances is returned too, on the same noise draws.
 
     Returns
     -------
     dict
         ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>``,
         the trivial (zero-prediction) value ``trivial_denoise`` and per part ``trivial_<part>`` (on the
-        same noise draws), and the head terms.
+        same noise draws), and the head terms. With ``shrinkage``: ``shrinkage_denoise`` and per part
+        ``shrinkage_<part>``. At high noise a VP part's noise is mostly its own noisy value, so predicting
+        zero is a weak reference there; the shrinkage one is what a network must beat to have learned
+        anything about the layers. In-plane, its value is the trivial one (a uniform torus prior says
+        nothing about the noise).
     """
     device = data.frac.device
     B, batch = data.n_graphs, data.batch
@@ -211,8 +251,9 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
 
     frac_t = schedule.torus_noise(data.frac, t_atom, eps_frac)
     z_t = schedule.vp_noise(data.z / rep.z_scale, t_atom, eps_z)
-    h_t = schedule.vp_noise(h0, t_atom, eps_h)
-    lat_t = schedule.vp_noise(lat0, t, eps_lat)
+    t_lead = schedule.lead(t)
+    h_t = schedule.vp_noise(h0, t_lead[batch], eps_h)
+    lat_t = schedule.vp_noise(lat0, t_lead, eps_lat)
 
     cond = make_condition(data.labels, data.label_mask)
     drop = (torch.rand(B, generator=generator) < cond_dropout).to(device)
@@ -229,6 +270,18 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
                      "trivial_types": (eps_h**2).mean(), "trivial_lattice": (eps_lat**2).mean()}
     trivial = torch.stack(list(trivial_parts.values())).mean()
     denoise = torch.stack(list(parts.values())).mean()
+    if shrinkage is not None:
+        ab = schedule.alpha_bar.to(device).to(data.frac.dtype)
+        shrink = {"shrinkage_frac": trivial_parts["trivial_frac"]}
+        for key, x_t, eps, abar in (("z", z_t, eps_z, ab[t_atom]), ("types", h_t, eps_h, ab[t_lead[batch]]),
+                                    ("lattice", lat_t, eps_lat, ab[t_lead])):
+            mean, var = (v.to(device) for v in shrinkage[key])
+            pred_s = _shrinkage_eps(x_t, abar, mean, var)
+            if key == "z":
+                pred_s = centre_per_graph(pred_s, batch, B)
+            shrink[f"shrinkage_{key}"] = ((pred_s - eps) ** 2).mean()
+        trivial_parts.update(shrink)
+        trivial_parts["shrinkage_denoise"] = torch.stack(list(shrink.values())).mean()
     heads = property_head_loss(pred["heads"], data.labels, data.label_mask, lambdas)
     loss = denoise + sum(heads.values())
     return {"loss": loss, "denoise": denoise, "trivial_denoise": trivial, **parts, **trivial_parts,

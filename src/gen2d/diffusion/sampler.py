@@ -365,9 +365,9 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         t_a = t_b[batch]
         frac = sched.torus_noise(start.frac0.to(dev), t_a, centre_per_graph_2d(randn(N, 2), batch, B))
         z = sched.vp_noise(start.z0.to(dev) / rep.z_scale, t_a, centre_per_graph(randn(N), batch, B))
-        h = sched.vp_noise(F.one_hot(start.types0, K).to(dtype).to(dev), t_a, randn(N, K))
+        h = sched.vp_noise(F.one_hot(start.types0, K).to(dtype).to(dev), sched.lead(t_a), randn(N, K))
         lat0 = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
-        lat = sched.vp_noise(lat0, t_b, randn(B, 3))
+        lat = sched.vp_noise(lat0, sched.lead(t_b), randn(B, 3))
         lattice_fixed = torch.zeros(B, 3, 3, dtype=dtype, device=dev)
         lattice_fixed[:, :2, :2] = start.lattice2d.to(dev).to(dtype)
         lattice_fixed[:, 2, 2] = 20.0
@@ -423,8 +423,9 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         mean_f, std_f = sched.torus_step(frac, mix("eps_frac"), t_a, s_a)
         z_bound = config.z_max / rep.z_scale
         mean_z, std_z = sched.vp_step(z, mix("eps_z"), t_a, s_a, (-z_bound, z_bound))
-        mean_h, std_h = sched.vp_step(h, mix("eps_types"), t_a, s_a, (0.0, 1.0))
-        mean_l, std_l = sched.vp_step(lat, mix("eps_lattice"), t, s, (-config.lattice_bound, config.lattice_bound))
+        tl, sl_ = sched.lead(t), sched.lead(s)  # types and lattice run on their own (leading) clock
+        mean_h, std_h = sched.vp_step(h, mix("eps_types"), tl[batch], sl_[batch], (0.0, 1.0))
+        mean_l, std_l = sched.vp_step(lat, mix("eps_lattice"), tl, sl_, (-config.lattice_bound, config.lattice_bound))
         if config.eta > 0:  # the RMS of each part was measured above, before the divergence check
             g_f, g_z, g_h, g_l = grads
             r_f, r_z, r_h, r_l = part_rms
@@ -437,14 +438,14 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         h = (mean_h + std_h * randn(N, K)).detach()
         if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
             nb = int(blocked.sum())
-            h[:, blocked] = (sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), s_a.clamp(min=0),
+            h[:, blocked] = (sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0),
                                             randn(N, nb)) if s_int >= 0 else 0.0)
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
             lat = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
             if s_int >= 0:
-                lat = sched.vp_noise(lat, s, randn(B, 3))
+                lat = sched.vp_noise(lat, sl_.clamp(min=0), randn(B, 3))
         if projecting and t_int <= config.projection_from * sched.T:
             lattice_now = lattice_fixed if lattice_fixed is not None else rep.decode_lattice(lat)
             frac, z, moved = project_geometry(frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch,

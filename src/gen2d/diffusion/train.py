@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from gen2d.data.augment import random_strain
 from gen2d.data.graphs import gauss_reduce_2d
-from gen2d.diffusion.loss import MonolayerBatch, Representation, diffusion_loss
+from gen2d.diffusion.loss import MonolayerBatch, Representation, diffusion_loss, shrinkage_stats
 from gen2d.diffusion.schedule import DiffusionSchedule, ScheduleSpec
 from gen2d.models.egnn import HEAD_NAMES, EGNNConfig, EGNNDenoiser
 
@@ -74,6 +74,8 @@ class TrainConfig(BaseModel):
     T: int = 1000
     sigma_min: float = 0.005
     sigma_max: float = 0.5
+    lead_power: float = Field(1.0, description="types and lattice are noised to step (T-1)(t/(T-1))^p when the "
+                                                "positions are at t (ScheduleSpec.lead_power); 1 = one clock")
     z_scale: float = 2.0
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -332,10 +334,11 @@ def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], 
                        seed: int = 1234, repeats: int = 1, device: str = "auto",
                        lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5)) -> dict[str, float]:
     """Mean denoising loss of each part (and of each property head, weighted by ``lambdas``) on
-    ``records`` at uniformly drawn t, with the trivial value.
+    ``records`` at uniformly drawn t, with two references on the same noise draws.
 
-    The trivial value is the loss of predicting zero noise (1.0 in expectation), computed on the same
-    noise draws.
+    ``trivial_*``: predicting zero noise (1.0 in expectation). ``shrinkage_*``: the best denoiser that
+    knows only the mean and variance of each clean variable over ``records`` (no network; see
+    :func:`gen2d.diffusion.loss.diffusion_loss`). Only the gap below the shrinkage value is learned.
     """
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -343,12 +346,13 @@ def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], 
     sums: Counter = Counter()
     n = 0
     bundle.model.eval()
+    stats = shrinkage_stats(collate(records, vocab_index), bundle.rep) if records else None
     with torch.no_grad():  # an evaluation: no autograd graph
         for _ in range(repeats):
             for start in range(0, len(records), batch_size):
                 data = collate(records[start:start + batch_size], vocab_index).to(dev)
                 out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, lambdas, cond_dropout=1.0,
-                                     rotate=False, generator=gen)
+                                     rotate=False, generator=gen, shrinkage=stats)
                 for k, v in out.items():
                     sums[k] += float(v) * data.n_graphs
                 n += data.n_graphs
@@ -396,7 +400,8 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
     else:
         vocab = element_vocab(records)
         rep = fit_representation(train_set, vocab, cfg.z_scale)
-        schedule = DiffusionSchedule(ScheduleSpec(T=cfg.T, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max))
+        schedule = DiffusionSchedule(ScheduleSpec(T=cfg.T, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                                                   lead_power=cfg.lead_power))
         model = EGNNDenoiser(EGNNConfig(n_types=len(vocab), hidden=cfg.hidden, n_layers=cfg.n_layers,
                                         n_cond_layers=cfg.n_cond_layers, cutoff=cfg.cutoff,
                                         frac_fourier=cfg.frac_fourier)).to(dev)
