@@ -28,8 +28,9 @@ def _log(msg: str) -> None:
 
 
 def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
-    """Validation denoising loss, overall and in three bands of t, against the trivial value."""
-    from gen2d.diffusion.loss import diffusion_loss
+    """Validation denoising loss, overall and in three bands of t, against the trivial value (predict zero
+    noise) and the shrinkage one (the Wiener filter with each variable's mean and variance, no network)."""
+    from gen2d.diffusion.loss import diffusion_loss, shrinkage_stats
     from gen2d.diffusion.train import collate, evaluate_denoising
 
     overall = evaluate_denoising(bundle, records, repeats=4, seed=seed, device="cpu")
@@ -37,6 +38,7 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
     T = bundle.schedule.T
     bands = {}
     gen = torch.Generator().manual_seed(seed)
+    stats = shrinkage_stats(collate(records, vocab_index), bundle.rep)
     for name, lo, hi in (("t<T/3", 0, T // 3), ("T/3<=t<2T/3", T // 3, 2 * T // 3), ("t>=2T/3", 2 * T // 3, T)):
         sums: dict[str, float] = {}
         n = 0
@@ -45,11 +47,11 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
                 data = collate(records[start:start + 64], vocab_index)
                 t = torch.randint(lo, hi, (data.n_graphs,), generator=gen)
                 out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, cond_dropout=1.0,
-                                     rotate=False, generator=gen, t=t)
+                                     rotate=False, generator=gen, t=t, shrinkage=stats)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * data.n_graphs
                 n += data.n_graphs
-        bands[name] = {k: v / n for k, v in sums.items() if k.startswith(("eps_", "denoise", "trivial"))}
+        bands[name] = {k: v / n for k, v in sums.items() if k.startswith(("eps_", "denoise", "trivial", "shrinkage"))}
     return {"overall": overall, "by_t": bands}
 
 
@@ -135,15 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     den = denoising_by_noise_level(bundle, val)
     report["denoising_validation"] = den
     o = den["overall"]
-    _log(f"denoising loss on {len(val)} held-out monolayers (trivial = predict zero noise): "
-         f"{o['denoise']:.3f} vs trivial {o['trivial_denoise']:.3f}; parts: "
-         + ", ".join(f"{k[4:]} {o[k]:.3f}" + (f" (trivial {o['trivial_' + k[4:]]:.3f})" if "trivial_" + k[4:] in o else "")
-                     for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
+    def refs(v: dict, part: str) -> str:
+        return f" (trivial {v['trivial_' + part]:.3f}, shrinkage {v['shrinkage_' + part]:.3f})"
+
+    _log(f"denoising loss on {len(val)} held-out monolayers (trivial = predict zero noise; shrinkage = the "
+         f"Wiener filter with each variable's mean and variance, no network): {o['denoise']:.3f}"
+         + refs(o, "denoise") + "; parts: "
+         + ", ".join(f"{k[4:]} {o[k]:.3f}" + refs(o, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
          + f" [{time.process_time() - t0:.0f} CPU-s]")
     for band, v in den["by_t"].items():
-        _log(f"  {band:>12}: denoise {v['denoise']:.3f} (trivial {v['trivial_denoise']:.3f}); "
-             + ", ".join(f"{k[4:]} {v[k]:.3f}" + (f" ({v['trivial_' + k[4:]]:.3f})" if "trivial_" + k[4:] in v else "")
-                         for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")))
+        _log(f"  {band:>12}: denoise {v['denoise']:.3f}" + refs(v, "denoise") + "; "
+             + ", ".join(f"{k[4:]} {v[k]:.3f}" + refs(v, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")))
 
     # novelty is judged against every monolayer of the sources, also when training kept only the strictly
     # valid ones (a stricter reference, and the same one as for a model trained on all of them)
@@ -230,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             "metrics": {
                 "denoising_validation": {k: o[k] for k in ("denoise", "trivial_denoise", "eps_frac", "eps_z",
                                                            "eps_types", "eps_lattice", "trivial_frac", "trivial_z",
-                                                           "trivial_types", "trivial_lattice") if k in o},
+                                                           "trivial_types", "trivial_lattice", "shrinkage_denoise",
+                                                           "shrinkage_frac", "shrinkage_z", "shrinkage_types",
+                                                           "shrinkage_lattice") if k in o},
                 "free_start": {k: {"value": v["value"], "unit": v["unit"], "n": v["n"],
                                    "description": v["description"]}
                                for k, v in metrics.items()},
