@@ -47,6 +47,14 @@ def build(builder: str):
         atoms = mx2(formula, kind=kind, a=a, thickness=3.13, vacuum=10.0)
     elif builder.startswith("graphene("):
         atoms = graphene(a=a, vacuum=10.0)
+    elif builder.startswith("buckled("):
+        # a buckled honeycomb (silicene, blue phosphorene): two atoms, dz apart along z
+        element = re.match(r"buckled\((\w+),", builder).group(1)
+        dz = float(re.search(r"dz=([\d.]+)", builder).group(1))
+        cell = [[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, 25.0]]
+        cart = [np.array([f0, f1, 0]) @ np.array(cell) + [0, 0, 12.5 + z]
+                for f0, f1, z in ((0, 0, 0), (1 / 3, 2 / 3, dz))]
+        atoms = Atoms(element * 2, positions=cart, cell=cell)
     elif builder.startswith("mxene(Ti2CO2"):
         # M2XO2: C in the middle, Ti above and below in the two hollow registries, O over the far Ti
         cell = [[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, 25.0]]
