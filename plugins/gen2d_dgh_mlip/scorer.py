@@ -19,9 +19,10 @@ from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult
 
 log = logging.getLogger(__name__)
 
-#: The most faithful offline MLIP in scripts/bench_her_fidelity.py against dgh_reference.csv (MAE 0.43 eV
-#: for SevenNet-l3i5 vs 0.66 CHGNet 0.3.0, 0.67 SevenNet-0; a 3-entry table, see README). CHGNet stays the
-#: offline default of the rest of gen2d; pass calculator="chgnet" for the cheaper, less faithful labels.
+#: The most faithful offline MLIP in scripts/bench_her_fidelity.py against dgh_reference.csv with 9 Å
+#: supercells (MAE 0.71 eV for SevenNet-l3i5 vs 0.86 CHGNet 0.3.0, 0.95 SevenNet-0; 5 entries). With 12 Å
+#: supercells CHGNet leads, through one metastable row (1T-MoS2); see README. CHGNet stays the offline
+#: default of the rest of gen2d; pass calculator="chgnet" for the cheaper labels.
 DEFAULT_CALCULATOR = "sevennet"
 DEFAULT_MODEL = "7net-l3i5"
 CALIBRATION_ASSET = "dgh_calibration.json"
