@@ -263,3 +263,19 @@ def test_gen2d_evaluate_names_a_bad_spec_in_json(tmp_path):
     bad.write_text(yaml.safe_dump({"arms": [{"name": "x", "kind": "lottery"}]}))
     res = CliRunner().invoke(app, ["evaluate", str(bad), "--json"])
     assert res.exit_code == 2 and "invalid spec" in json.loads(res.stdout)["error"]
+
+
+def test_a_stored_result_is_reused_only_for_the_same_model():
+    """A retrained checkpoint at the same path must not inherit the old checkpoint's stored results."""
+    from gen2d.evaluate import Resources, _model_identity, _run_key
+
+    spec = EvaluateSpec(**{**TINY, "out": "unused"})
+    arms, _ = spec.all_arms()
+    unguided = next(a for a in arms if a.name == "unguided")
+    a, b = _run_key(spec, unguided, 0, "sha-a"), _run_key(spec, unguided, 0, "sha-b")
+    assert a != b and a == _run_key(spec, unguided, 0, "sha-a")
+    # the shipped EGNN gives its checkpoint's sha256, so its key changes with the file's content
+    from gen2d_egnn import shipped_checkpoint
+    from gen2d.scoring import file_sha256
+
+    assert _model_identity(Resources(spec), unguided) == file_sha256(shipped_checkpoint())

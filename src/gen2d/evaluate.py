@@ -700,12 +700,24 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
     return "\n".join(lines) + f"\n\nUnits: {units}. Mean ± 95 % t-interval half-width over seeds."
 
 
-def _run_key(spec: EvaluateSpec, arm: ArmSpec, seed: int) -> str:
-    """What makes an arm-seed result reusable: everything in the spec that can change it, and the seed."""
+def _run_key(spec: EvaluateSpec, arm: ArmSpec, seed: int, model: str | None = None) -> str:
+    """What makes an arm-seed result reusable: everything in the spec that can change it, the seed, and
+    the identity of the generator's model (``model``: its checkpoint sha256), so a retrained checkpoint
+    at the same path is never mistaken for the one that made a stored result."""
     d = spec.model_dump(mode="json")
     for k in ("name", "seeds", "arms", "sweeps", "out"):
         d.pop(k, None)
-    return hashlib.sha256(json.dumps([d, _arm_key(arm), arm.n_eval, seed], sort_keys=True).encode()).hexdigest()[:16]
+    parts = [d, _arm_key(arm), arm.n_eval, seed] + ([model] if model else [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_identity(res: "Resources", arm: ArmSpec) -> str | None:
+    """The checkpoint sha256 of an arm's generator, when its provenance gives one (None otherwise)."""
+    try:
+        prov = res.generator(arm).provenance()
+    except Exception:  # a generator without provenance, or one that cannot load: the run itself will say why
+        return None
+    return prov.get("checkpoint_sha256") if isinstance(prov, dict) else None
 
 
 def run_evaluation(spec: EvaluateSpec, progress: Callable[[str], None] | None = None,
@@ -737,7 +749,7 @@ def run_evaluation(spec: EvaluateSpec, progress: Callable[[str], None] | None = 
     results = []
     for seed in spec.seeds:
         for arm in arms:
-            key = _run_key(spec, arm, seed)
+            key = _run_key(spec, arm, seed, _model_identity(res, arm))
             if key in done:
                 r = dict(done[key], arm=arm.name)
                 say(f"{arm.name} seed {seed}: reused from {journal}")
