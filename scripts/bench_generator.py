@@ -241,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                                    "description": v["description"]}
                                for k, v in metrics.items()},
                 "free_start_n_steps": len(bundle.schedule.timesteps(n_steps)),
+                "free_start_strict_reasons": metrics["strict_2d_validity"]["details"]["reasons"],
+                "free_start_sampling_cpu_s": report["free_start"]["sampling_cpu_s"],
+                "geometry_prior": report["geometry_prior"],
+                **({"template_start": {"t_start": args.template_t_start,
+                                       **{k: {"value": v["value"], "unit": v["unit"], "n": v["n"]}
+                                          for k, v in report["template_start"]["metrics"].items()}}}
+                   if "template_start" in report else {}),
+                **({"throughput": report["throughput"]} if "throughput" in report else {}),
             },
         }
         (ship / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, default=str))
