@@ -454,6 +454,7 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
             return r.failure.reason if r is not None and not r.ok and r.failure else None
 
         m = val(mlip[i])
+        confirmed = bool(hits[i] and m is not None and abs(m) <= t.dg_h_window)
         records.append({
             "formula": s.composition.reduced_formula, "nsites": len(s), "nelements": len(s.composition.elements),
             "strict_ok": bool(strict[i]), "strict_reasons": strict_reasons[i], "smact_ok": bool(smact[i]),
@@ -463,10 +464,10 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
             "dg_h": val(dg_h[i]), "dg_h_uncertainty": dg_h[i].uncertainty if dg_h[i].ok else None,
             "dg_h_failure": why(dg_h[i]), "p_synth": val(p_synth[i]), "p_synth_failure": why(p_synth[i]),
             "hit": hits[i], "mlip_dg_h": m, "mlip_failure": why(mlip[i]),
-            "confirmed": bool(hits[i] and m is not None and abs(m) <= t.dg_h_window),
+            "confirmed": confirmed,
+            # what a discovery campaign is after: a confirmed hit that is neither a training layer nor a repeat
+            "new_confirmed": bool(confirmed and novel[i] and unique[i]),
         })
-        # what a discovery campaign is after: a confirmed hit that is neither a training layer nor a repeat
-        records[-1]["new_confirmed"] = bool(records[-1]["confirmed"] and novel[i] and unique[i])
     return records, provenance
 
 

@@ -1,4 +1,5 @@
-"""The shrinkage reference of the denoising loss, and the data-aware preconditioning of the VP parts.
+"""The shrinkage reference of the denoising loss, and vp_eps, the formula it shares with the network's
+v-parameterisation.
 
 Predicting zero noise is a weak reference for a VP part: at high noise its noise is mostly its own noisy
 value. The Wiener filter (the best denoiser that knows only the mean and variance of the clean data) is
