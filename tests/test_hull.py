@@ -13,8 +13,9 @@ from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvider, HullError, MLIPPrototypesProvider,
-                        MPAPIProvider, ReferenceUnavailable, apply_mp2020, binary_decorations, element_polymorphs,
-                        get_reference_provider, hull_analysis, mlip_entry, mp_hubbards)
+                        MPAPIProvider, ReferenceUnavailable, anion_correction_scale, apply_mp2020, binary_decorations,
+                        element_polymorphs, get_reference_provider, hull_analysis, limit_anion_corrections, mlip_entry,
+                        mp_hubbards)
 from gen2d.relax import cached_calculator, relax_in_plane
 from gen2d.structures import from_ase
 
@@ -60,6 +61,72 @@ def test_mp2020_oxide_with_u_is_accepted():
     assert "oxide" in names and "mixing" in names  # anion correction plus the GGA/GGA+U mixing term
 
 
+def _gga(formula: str, energy_per_atom: float) -> ComputedEntry:
+    """An MP2020-corrected GGA entry without a structure (MP2020 then takes S as a sulfide)."""
+    comp = Composition(formula)
+    params = {"run_type": "GGA", "hubbards": {}, "is_hubbard": False, "software": "mlip", "potcar_spec": []}
+    return apply_mp2020(ComputedEntry(comp, energy_per_atom * comp.num_atoms, parameters=params))
+
+
+def _anion_correction(entry: ComputedEntry) -> float:
+    return sum(a.value for a in entry.energy_adjustments if a.name.startswith("MP2020 anion correction"))
+
+
+def test_anion_correction_only_where_metal_cations_balance_the_anion():
+    # MP2020 itself gives S-bonded-to-Se the full sulfide correction, -0.503 eV per S
+    ses2 = _gga("SeS2", -4.0)
+    assert ses2.data["oxidation_states"] == {"Se": 4.0, "S": -2.0}
+    assert _anion_correction(ses2) == pytest.approx(-1.006, abs=1e-3)
+    # metal chalcogenides: the scheme is MP2020 itself, the very same entry comes back
+    for formula in ("MoS2", "NbSe2", "SnS2", "MoSSe"):
+        entry = _gga(formula, -6.0)
+        assert anion_correction_scale(entry) == 1.0
+        assert limit_anion_corrections(entry) is entry
+    # chalcogen-chalcogen compounds: no metal gives the anion its electrons, no correction
+    for formula in ("SeS2", "SeS", "TeS2", "TeSe2", "SeS5"):
+        entry = _gga(formula, -4.0)
+        limited = limit_anion_corrections(entry)
+        assert anion_correction_scale(entry) == 0.0 and limited.correction == pytest.approx(0.0)
+        assert limited.uncorrected_energy == entry.uncorrected_energy
+        assert limited.data["anion_correction_dropped"] == pytest.approx(_anion_correction(entry))
+        assert entry.correction < 0  # the original is not touched
+    # V+4 balances two of the four S in VSeS4 (Se+4): half the correction
+    vses4 = _gga("VSeS4", -5.0)
+    assert anion_correction_scale(vses4) == pytest.approx(0.5)
+    assert limit_anion_corrections(vses4).correction == pytest.approx(0.5 * _anion_correction(vses4))
+
+
+def test_anion_limit_keeps_the_gga_u_mixing_term():
+    # FeSeO3 (Fe+2, Se+4, O-2): Fe balances a third of the O; the Fe-O GGA+U mixing term is untouched
+    comp = Composition("FeSeO3")
+    params = {"run_type": "GGA+U", "hubbards": mp_hubbards(comp), "is_hubbard": True, "software": "mlip",
+              "potcar_spec": []}
+    entry = apply_mp2020(ComputedEntry(comp, -5.0 * comp.num_atoms, parameters=params))
+    mixing = [a.value for a in entry.energy_adjustments if "anion" not in a.name]
+    assert mixing and all(v != 0 for v in mixing)
+    limited = limit_anion_corrections(entry)
+    assert anion_correction_scale(entry) == pytest.approx(1 / 3)
+    assert limited.correction == pytest.approx(sum(mixing) + _anion_correction(entry) / 3)
+
+
+def test_hull_limits_candidate_and_references_alike():
+    s_ref, se_ref = ComputedEntry("S", -4.0), ComputedEntry("Se", -3.5)
+    line = (-3.5 + 2 * -4.0) / 3  # the elemental line at SeS2
+    # a SeS2 layer 0.05 eV/atom above the elements (raw energy) and a SeS reference 0.02 above them
+    candidate = _gga("SeS2", line + 0.05)
+    ses = _gga("SeS", -3.75 + 0.02)
+    res = hull_analysis(candidate, [s_ref, se_ref, ses], "toy")
+    assert res.e_hull == pytest.approx(0.05)  # raw energies on both sides: the SeS reference is above too
+    assert {d["formula"] for d in res.decomposition} == {"S", "Se"}
+    assert res.anion_correction_scale == 0.0 and res.correction_per_atom == pytest.approx(0.0)
+    assert res.flags == ["anion_correction_limited"]
+    # against the elements alone, plain MP2020 puts the layer 1.006/3 eV/atom lower: kept for the record
+    alone = hull_analysis(candidate, [s_ref, se_ref], "toy")
+    assert alone.e_hull == pytest.approx(0.05)
+    assert alone.e_hull_mp2020 == pytest.approx(0.05 - 1.006 / 3, abs=1e-3)
+    assert alone.as_dict()["e_hull_mp2020"] == alone.e_hull_mp2020
+
+
 def test_mlip_entry_rejects_nan():
     with pytest.raises(HullError) as err:
         mlip_entry(_rocksalt("Na", "Cl"), float("nan"), model="test")
@@ -85,6 +152,8 @@ def test_hull_analysis_allows_negative_and_names_missing_reference():
     refs = [ComputedEntry("Li", -2.0), ComputedEntry("Cl", -1.0)]
     below = hull_analysis(ComputedEntry("LiCl", -8.0), refs, "toy")
     assert below.e_hull == pytest.approx(-2.5)
+    assert below.flags == ["below_reference_hull"] and below.e_hull_mp2020 is None  # no correction to limit
+    assert hull_analysis(ComputedEntry("LiCl", 2 * -1.5 + 0.04), refs, "toy").flags == []  # -0.02: within noise
     with pytest.raises(HullError) as err:
         hull_analysis(ComputedEntry("LiCl", -8.0), refs[:1], "toy")
     assert err.value.reason == "missing_elemental_reference"

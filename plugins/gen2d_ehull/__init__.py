@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element, Structure
 
-from gen2d.hull import (ENERGY_UNIT, HullError, ReferenceUnavailable, apply_mp2020, get_reference_provider,
+from gen2d.hull import (CORRECTION_SCHEME, ENERGY_UNIT, HullError, ReferenceUnavailable, apply_mp2020, get_reference_provider,
                         hull_analysis, mlip_entry)
 from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane, relax_in_plane_batch
 from gen2d.scoring import CALCULATOR_GROUP, PluginUnavailable, Provenance, ScoreResult
@@ -137,6 +137,7 @@ class EHullScorer:
                 "relaxation": {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "cell_mask": [1, 1, 0, 0, 0, 1],
                                "fmax": self.fmax, "fmax_unit": "eV/Å", "steps": self.steps},
                 "compatibility": "MaterialsProject2020Compatibility(check_potcar=False)",
+                "correction_scheme": CORRECTION_SCHEME,
                 "provider": self.provider_name, "stable_threshold": self.stable_threshold,
                 "stable_threshold_unit": ENERGY_UNIT}
 
@@ -279,6 +280,8 @@ class EHullScorer:
             "correction_per_atom": hull.correction_per_atom, "chemsys": hull.chemsys,
             "n_phases": hull.n_phases, "decomposition": hull.decomposition,
             "stable": bool(hull.e_hull <= self.stable_threshold),
+            "correction_scheme": hull.correction_scheme, "anion_correction_scale": hull.anion_correction_scale,
+            "e_hull_mp2020": hull.e_hull_mp2020, "flags": hull.flags,
         })
         shipped = getattr(provider, "shipped_hits", None)
         if shipped is not None:  # which reference subsystems came from gen2d's shipped cache

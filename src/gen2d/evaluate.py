@@ -704,11 +704,14 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
 def _run_key(spec: EvaluateSpec, arm: ArmSpec, seed: int, model: str | None = None) -> str:
     """What makes an arm-seed result reusable: everything in the spec that can change it, the seed, and
     the identity of the generator's model (``model``: its checkpoint sha256), so a retrained checkpoint
-    at the same path is never mistaken for the one that made a stored result."""
+    at the same path is never mistaken for the one that made a stored result, and the E_hull correction
+    scheme."""
     d = spec.model_dump(mode="json")
     for k in ("name", "seeds", "arms", "sweeps", "out"):
         d.pop(k, None)
-    parts = [d, _arm_key(arm), arm.n_eval, seed] + ([model] if model else [])
+    from gen2d.hull import CORRECTION_SCHEME  # E_hull numbers change with it, so stored results must too
+
+    parts = [d, _arm_key(arm), arm.n_eval, seed, CORRECTION_SCHEME] + ([model] if model else [])
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

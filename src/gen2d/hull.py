@@ -115,6 +115,79 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
     return processed
 
 
+# Elements whose MP2020 anion correction was fitted on compounds with electropositive cations. When one of
+# them is itself the cation (Se in SeS2, Te in TeS2, S in SeS), the bond is a covalent chalcogen-chalcogen
+# or halogen bond, outside the fit: MP2020 still corrects S and O whatever their oxidation state, and a
+# sulfur-rich "SeS2" layer gains 0.34 eV/atom that no metal sulfide bond earned.
+NONMETAL_ANION_FORMERS = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
+ANION_CORRECTION_NAME = "MP2020 anion correction"
+# A layer more than this below a hull of bulk reference phases says more about the references than the layer.
+BELOW_REFERENCE_HULL = -0.05  # eV/atom
+CORRECTION_SCHEME = "MP2020, anion corrections limited to the charge of metal cations (gen2d)"
+
+
+def _oxidation_states(entry: ComputedEntry) -> dict[str, float]:
+    ox = entry.data.get("oxidation_states")
+    if ox is None:
+        try:
+            guesses = entry.composition.oxi_state_guesses(max_sites=-20)
+        except ValueError:
+            guesses = []
+        ox = guesses[0] if guesses else {}
+    return {str(k): float(v) for k, v in ox.items()}
+
+
+def anion_correction_scale(entry: ComputedEntry) -> float:
+    """Fraction of ``entry``'s MP2020 anion corrections that its cations can account for.
+
+    MP2020 fitted one correction per anion atom on compounds where the anion takes electrons from a
+    metal (or metalloid). Here only the positive charge of cations outside :data:`NONMETAL_ANION_FORMERS`
+    counts: scale = min(1, Q_cation / Q_anion) from the oxidation states MP2020 used (its first guess).
+
+    - MoS2 (Mo+4, S-2) or NbSe2: 1, MP2020 unchanged;
+    - SeS2 (Se+4), TeS2, SeS, TeSe2: 0, no metal gives the chalcogen its electrons;
+    - VSeS4 (V+4, Se+4, S-2): 0.5, V balances two of the four S.
+
+    Without an oxidation-state guess it is 0 when every element is a non-metal anion former, else 1.
+    """
+    comp = entry.composition
+    elements = [el.symbol for el in comp.elements if comp[el] > 0]
+    ox = _oxidation_states(entry)
+    if not ox:
+        return 0.0 if set(elements) <= NONMETAL_ANION_FORMERS else 1.0
+    cation = sum(comp[el] * ox.get(el, 0.0) for el in elements
+                 if el not in NONMETAL_ANION_FORMERS and ox.get(el, 0.0) > 0)
+    anion = -sum(comp[el] * ox.get(el, 0.0) for el in elements if ox.get(el, 0.0) < 0)
+    if anion <= 0:
+        return 0.0 if cation <= 0 else 1.0
+    return float(min(1.0, cation / anion))
+
+
+def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
+    """``entry`` with its MP2020 anion corrections scaled by :func:`anion_correction_scale`.
+
+    The same entry is returned when nothing changes; otherwise a copy, whose ``data`` records
+    ``anion_correction_scale`` and the dropped eV. Other adjustments (GGA/GGA+U mixing) are kept.
+    """
+    from pymatgen.entries.computed_entries import ConstantEnergyAdjustment
+
+    anion = [a for a in entry.energy_adjustments if a.name.startswith(ANION_CORRECTION_NAME)]
+    if not anion:
+        return entry
+    scale = anion_correction_scale(entry)
+    if scale >= 1.0:
+        return entry
+    kept = [a for a in entry.energy_adjustments if not a.name.startswith(ANION_CORRECTION_NAME)]
+    scaled = [ConstantEnergyAdjustment(a.value * scale, name=f"{a.name} x {scale:.3g} (metal-cation limit)",
+                                       description="gen2d: share of the MP2020 anion correction that metal "
+                                                   "cations balance") for a in anion if scale > 0]
+    out = entry.copy()
+    out.energy_adjustments = kept + scaled
+    out.data = {**entry.data, "anion_correction_scale": scale,
+                "anion_correction_dropped": float(sum(a.value for a in anion) * (1 - scale))}
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Hull analysis
 # --------------------------------------------------------------------------------------------------
@@ -132,12 +205,18 @@ class HullResult:
     energy_per_atom: float
     correction_per_atom: float
     reference_phases: list[dict[str, Any]] = field(default_factory=list)
+    correction_scheme: str = CORRECTION_SCHEME
+    anion_correction_scale: float = 1.0
+    e_hull_mp2020: float | None = None  # plain MP2020 (no metal-cation limit), when that differs
+    flags: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"e_hull": self.e_hull, "e_form": self.e_form, "unit": ENERGY_UNIT, "chemsys": self.chemsys,
                 "n_phases": self.n_phases, "provider": self.provider, "decomposition": self.decomposition,
                 "corrected_energy_per_atom": self.energy_per_atom,
-                "correction_per_atom": self.correction_per_atom}
+                "correction_per_atom": self.correction_per_atom, "correction_scheme": self.correction_scheme,
+                "anion_correction_scale": self.anion_correction_scale, "e_hull_mp2020": self.e_hull_mp2020,
+                "flags": list(self.flags)}
 
 
 def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
@@ -148,6 +227,12 @@ def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
 
 def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], provider: str) -> HullResult:
     """E_form against the elemental references and E_hull against all ``references``.
+
+    The candidate and the references pass through :func:`limit_anion_corrections` first (MP2020's anion
+    correction only where metal cations balance the anion); the plain-MP2020 E_hull is kept as
+    ``e_hull_mp2020`` when the limit changed anything. Flags: ``anion_correction_limited`` (the
+    candidate's correction was cut) and ``below_reference_hull`` (E_hull < :data:`BELOW_REFERENCE_HULL`:
+    a layer below its bulk references points to a missing reference phase before a discovery).
 
     Parameters
     ----------
@@ -171,15 +256,29 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
     if missing:
         raise HullError("missing_elemental_reference",
                         f"reference set {provider!r} has no elemental phase for {', '.join(missing)}")
-    pd = PhaseDiagram(refs)
-    decomp, e_hull = pd.get_decomp_and_e_above_hull(entry, allow_negative=True)
-    e_form = pd.get_form_energy_per_atom(entry)
+    # the candidate and every reference under the same scheme, so the hull stays self-consistent
+    limited_entry = limit_anion_corrections(entry)
+    limited_refs = [limit_anion_corrections(r) for r in refs]
+    changed = limited_entry is not entry or any(a is not b for a, b in zip(limited_refs, refs))
+    pd = PhaseDiagram(limited_refs)
+    decomp, e_hull = pd.get_decomp_and_e_above_hull(limited_entry, allow_negative=True)
+    e_form = pd.get_form_energy_per_atom(limited_entry)
+    e_hull_mp2020 = None
+    if changed:
+        e_hull_mp2020 = float(PhaseDiagram(refs).get_decomp_and_e_above_hull(entry, allow_negative=True)[1])
+    flags = []
+    if limited_entry is not entry:
+        flags.append("anion_correction_limited")
+    if e_hull < BELOW_REFERENCE_HULL:
+        flags.append("below_reference_hull")
     products = [{**_phase_record(e), "fraction": float(frac)} for e, frac in
                 sorted(decomp.items(), key=lambda kv: -kv[1])]
     return HullResult(e_hull=float(e_hull), e_form=float(e_form), chemsys="-".join(elements), n_phases=len(refs),
-                      provider=provider, decomposition=products, energy_per_atom=float(entry.energy_per_atom),
-                      correction_per_atom=float(entry.correction_per_atom),
-                      reference_phases=[_phase_record(r) for r in refs])
+                      provider=provider, decomposition=products, energy_per_atom=float(limited_entry.energy_per_atom),
+                      correction_per_atom=float(limited_entry.correction_per_atom),
+                      reference_phases=[_phase_record(r) for r in limited_refs],
+                      anion_correction_scale=float(limited_entry.data.get("anion_correction_scale", 1.0)),
+                      e_hull_mp2020=e_hull_mp2020, flags=flags)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -64,10 +64,28 @@ def test_mos2_scored_with_chgnet(ref_cache):
     assert res.extra["provider"] == "mlip-prototypes" and res.extra["chemsys"] == "Mo-S"
     assert res.extra["n_phases"] >= 2 + 3  # elemental polymorphs plus the layered bulk prototypes
     assert res.extra["decomposition"] and res.extra["correction_per_atom"] < 0  # MP2020 sulfide correction
+    # Mo balances every S: the metal-cation limit leaves MP2020 as it is
+    assert res.extra["anion_correction_scale"] == 1.0 and res.extra["e_hull_mp2020"] is None
+    assert res.extra["flags"] == [] and res.extra["correction_scheme"].startswith("MP2020")
     prov = res.provenance
     assert prov.plugin == "ehull.chgnet" and prov.model.startswith("CHGNet 0.3.0")
     assert len(prov.checkpoint_sha256) == 64
     assert prov.reference_set.startswith("mlip-prototypes") and not prov.notes
+
+
+def test_chalcogen_chalcogen_layer_gets_no_sulfide_correction(ref_cache):
+    # S and Se have nearly equal electronegativities (2.58, 2.55): by Pauling a Se-S bond gains ~nothing
+    # over S-S and Se-Se bonds, and the two form mixed ring-molecule crystals, not bound compounds. A 1T-SeS2
+    # layer (six-fold Se) must not form from the elements. Plain MP2020 hands its two S atoms the
+    # metal-sulfide correction (-0.503 eV each, -0.335 eV/atom) and would make it form.
+    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["cdi2"]})
+    [res] = scorer.score([_mono(mx2("SeS2", kind="1T", a=3.4, thickness=3.0, vacuum=10.0))])
+    assert res.ok, res.failure
+    assert res.extra["anion_correction_scale"] == 0.0 and res.extra["correction_per_atom"] == pytest.approx(0.0)
+    assert res.extra["e_form"] > 0.05
+    assert res.extra["e_form"] - 1.006 / 3 < 0  # what plain MP2020 would have said
+    assert res.value > 0 and "anion_correction_limited" in res.extra["flags"]
+    assert res.extra["e_hull_mp2020"] < res.value
 
 
 def test_hbn_ehull_against_bulk_hbn(ref_cache):
