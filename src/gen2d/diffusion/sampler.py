@@ -48,6 +48,20 @@ class SamplingConfig(BaseModel):
         1.1, description="geometry prior: atoms closer than this multiple of their covalent-radius sum are "
                          "bonded; a piece not bonded to the rest (a lone atom too) is moved rigidly towards its "
                          "nearest outside neighbour. 0 = off. 1.1 sits inside the strict bond cutoff of 1.25")
+    periodic_scale: float = Field(
+        0.7, description="geometry prior, free starts only (a template's lattice stays fixed): a layer that is one "
+                         "bonded piece (fragment_scale) but does not reach its periodic images in both in-plane "
+                         "directions (a 0D island or 1D chain: rank < 2 of its bonds' image-cycle lattice) has "
+                         "its lattice shrunk, the piece kept rigid, isotropically (island) or across the chain "
+                         "only, until its nearest unconnected image pair bonds at fragment_scale x the covalent "
+                         "sum (gen2d.diffusion.sampler.percolate_lattice); a shrink needing a factor below this "
+                         "one is not made. 0 = off; runs only with fragment_scale > 0")
+    periodic_from: float = Field(
+        0.1, description="fraction of T below which the periodic_scale step runs (it runs only where the geometry "
+                         "prior does, below projection_from). Started earlier it also shrinks noisy cells that would "
+                         "have percolated on their own: on 200 free samples (seed 0) 0.3 and 0.1 both gave 199 "
+                         "strictly valid, with a median area per atom of 3.10 and 3.21 Å² (training set 3.24). "
+                         "On 1,000 (seed 0) the step took strict validity from 0.894 to 0.984")
     projection_from: float = Field(0.3, description="fraction of T below which the geometry prior runs")
     projection_iterations: int = Field(8, description="projection sweeps per reverse step")
     divergence_grad_rms: float = Field(
@@ -291,6 +305,180 @@ def project_geometry(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, 
     return (torch.where(bad[:, None], frac_in, frac), torch.where(bad, z_in, z), moved & ~bad)
 
 
+def _bond_offsets(n: int, src: np.ndarray, dst: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
+    """(n, 2) integer image offset of every atom in an unwrapped copy of its bonded network (a spanning
+    tree grown from atom 0); None when the bonds do not join all ``n`` atoms into one piece.
+
+    An edge puts ``src`` in image ``shift`` next to ``dst``, so walking it from ``dst`` gives ``src`` the offset
+    ``offset[dst] + shift``.
+    """
+    adj: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for e, (a, b) in enumerate(zip(src.tolist(), dst.tolist())):
+        adj[b].append((a, e))
+        adj[a].append((b, -e - 1))  # the same bond walked the other way
+    offset = np.zeros((n, 2), dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    seen[0] = True
+    stack = [0]
+    while stack:
+        u = stack.pop()
+        for v, e in adj[u]:
+            if not seen[v]:
+                seen[v] = True
+                offset[v] = offset[u] + (shift[e] if e >= 0 else -shift[-e - 1])
+                stack.append(v)
+    return offset if seen.all() else None
+
+
+def _periodic_rank(cycles: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """Rank (0-2) of the lattice spanned by the integer in-plane cycle translations ``(M, 2)``, and one
+    non-zero cycle (None at rank 0)."""
+    nonzero = cycles[(cycles != 0).any(-1)]
+    if not len(nonzero):
+        return 0, None
+    c = nonzero[0]
+    det = c[0] * nonzero[:, 1] - c[1] * nonzero[:, 0]
+    return (2 if (det != 0).any() else 1), c
+
+
+def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, lattice: torch.Tensor,
+                      batch: torch.Tensor, bond_scale: float, z_scale: float, min_scale: float = 0.7,
+                      min_length: float = 0.0, max_abs_cos: float = 1.0, rounds: int = 2, search: float = 5.0,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A monolayer's bonded network must reach its own periodic images along both in-plane directions.
+
+    A structure whose atoms form one bonded piece (atoms closer than ``bond_scale`` x their covalent-radius
+    sum, periodic images included) is a 0D island when its bonds close no cycle through the periodic
+    images, a 1D chain when all such cycles run along one translation t (the rank of the image-shift
+    lattice of the quotient graph's cycles is 0 or 1). Its cell is then too large for its atoms in the
+    deficient direction(s), and the lattice is shrunk, keeping the piece rigid (its bonds do not change; only
+    its periodic images come closer):
+    - rank 0: isotropically, lattice -> f lattice;
+    - rank 1: along the in-plane normal n of the chain only, lattice rows a -> a (1 - (1 - f) n n^T),
+      so the chain's own translation t and its bonds are kept;
+    with the largest f < 1 at which a non-bonded pair between the piece and an image it is not yet
+    connected to comes to ``bond_scale`` x its covalent sum. At most ``rounds`` such shrinks per call (an
+    island first becomes a chain, then a layer). The piece keeps its centroid's fractional coordinates.
+
+    Nothing is done (the structure is returned as it is) when the structure is 2D-periodic already, is
+    more than one bonded piece (the fragment step of :func:`project_geometry` joins those first), needs f
+    below ``min_scale``, would get a lattice vector shorter than ``min_length`` Å or |cos gamma| above
+    ``max_abs_cos``, or is not finite. Only distances, the rank and a scaling of the lattice along
+    directions made from the structure's own translations enter, so the step keeps rotation about z,
+    permutation and (fractional) translation equivariance.
+
+    Parameters
+    ----------
+    frac, z : torch.Tensor
+        ``(N, 2)`` in-plane fractional and ``(N,)`` normalised out-of-plane (Å / ``z_scale``) coordinates.
+    radius : torch.Tensor
+        ``(N,)`` covalent radius (Å) of each atom's current type.
+    lattice : torch.Tensor
+        ``(B, 3, 3)`` lattice rows (Å); a and b in the xy-plane.
+
+    Returns
+    -------
+    frac, lattice, changed
+        The new fractional coordinates, the new ``(B, 3, 3)`` lattice (the c row unchanged) and a ``(B,)``
+        mask of the structures whose lattice was shrunk.
+    """
+    from gen2d.data.graphs import periodic_radius_graph
+
+    B, N = lattice.shape[0], frac.shape[0]
+    changed = torch.zeros(B, dtype=torch.bool, device=lattice.device)
+    if not N or bond_scale <= 0 or not 0 < min_scale < 1:
+        return frac, lattice, changed
+    finite = torch.isfinite(lattice).flatten(1).all(-1) & ~_per_graph_any(
+        ~(torch.isfinite(frac).all(-1) & torch.isfinite(z)), batch, B)
+    lat_np = lattice.detach().cpu().double().numpy().copy()
+    frac_np = frac.detach().cpu().double().numpy().copy()
+    zc = (z.detach().cpu().double() * z_scale).numpy()
+    rad = radius.detach().cpu().double().numpy()
+    b_np = batch.cpu().numpy()
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(b_np, minlength=B))])
+    cutoff = max(search, 2.0 * bond_scale * float(rad.max()) / min_scale)
+    todo = finite.cpu().numpy().copy()
+    for _ in range(rounds):
+        if not todo.any():
+            break
+        graphs = np.flatnonzero(todo)
+        counts = np.diff(ptr)[graphs]
+        sub_ptr = np.concatenate([[0], np.cumsum(counts)])  # the todo structures as a smaller batch
+        idx = np.concatenate([np.arange(ptr[g], ptr[g + 1]) for g in graphs])
+        sub_batch = torch.as_tensor(np.repeat(np.arange(len(graphs)), counts))
+        lat_sub = torch.as_tensor(lat_np[todo])
+        pos = torch.as_tensor(np.concatenate([np.einsum("ni,nij->nj", frac_np[idx], lat_np[b_np[idx], :2, :2]),
+                                              zc[idx, None]], -1))
+        graph = periodic_radius_graph(pos, lat_sub, sub_batch, cutoff)
+        src_all, dst_all = (x.numpy() for x in graph.edge_index)
+        shift_all = graph.cell_shift.numpy()
+        r_all = (pos[graph.edge_index[1]] - pos[graph.edge_index[0]]
+                 - graph.shift_vectors(lat_sub, sub_batch)).numpy()
+        g_of_edge = sub_batch.numpy()[dst_all]
+        todo[:] = False
+        for k, g in enumerate(graphs):
+            e = np.flatnonzero(g_of_edge == k)
+            lo, n, base = int(ptr[g]), int(counts[k]), int(sub_ptr[k])  # g's atoms: lo.. in full, base.. in sub
+            src, dst, shift, r = src_all[e] - base, dst_all[e] - base, shift_all[e], r_all[e]
+            d = np.linalg.norm(r, axis=-1)
+            thr = bond_scale * (rad[lo + src] + rad[lo + dst])
+            bonded = d < thr
+            offset = _bond_offsets(n, src[bonded], dst[bonded], shift[bonded])
+            if offset is None:
+                continue
+            cycles = offset[dst] + shift - offset[src]  # zero on the spanning tree; image cycles otherwise
+            rank, c = _periodic_rank(cycles[bonded])
+            if rank == 2:
+                continue
+            L2 = lat_np[g, :2, :2]
+            w = cycles @ L2  # (E, 2): the image translation each edge adds
+            if rank == 0:
+                cand = ~bonded & (cycles != 0).any(-1)
+                u = w
+            else:
+                t = c @ L2
+                nrm = np.array([-t[1], t[0]]) / np.linalg.norm(t)
+                cand = ~bonded & ((c[0] * cycles[:, 1] - c[1] * cycles[:, 0]) != 0)
+                u = (w @ nrm)[:, None] * nrm[None, :]
+            if not cand.any():
+                continue
+            # r(f) = r + (1 - f) u in-plane (z unchanged): |r(f)| = thr at the larger root of a quadratic in f;
+            # aimed a hair inside thr, so the new bond is one for a float32 state and the next check as well
+            p = r[cand].copy()
+            p[:, :2] += u[cand]
+            q = np.zeros_like(p)
+            q[:, :2] = -u[cand]
+            qq, pq, pp = (q * q).sum(-1), (p * q).sum(-1), (p * p).sum(-1)
+            disc = pq ** 2 - qq * (pp - (thr[cand] * (1.0 - 1e-3)) ** 2)
+            ok = (disc >= 0) & (qq > 1e-12)
+            if not ok.any():
+                continue
+            f_e = (-pq[ok] + np.sqrt(disc[ok])) / qq[ok]
+            f_e = f_e[(f_e < 1.0) & (f_e >= min_scale)]
+            if not len(f_e):
+                continue
+            f = float(f_e.max())
+            M = f * np.eye(2) if rank == 0 else np.eye(2) - (1.0 - f) * np.outer(nrm, nrm)
+            L_new = L2 @ M
+            la, lb = np.linalg.norm(L_new, axis=-1)
+            if min(la, lb) < min_length or abs(L_new[0] @ L_new[1]) / (la * lb) > max_abs_cos:
+                continue
+            X = (frac_np[lo:lo + n] + offset) @ L2
+            centre = X.mean(0)
+            X_new = X - centre + centre @ M
+            frac_np[lo:lo + n] = np.remainder(X_new @ np.linalg.inv(L_new), 1.0)
+            lat_np[g, :2, :2] = L_new
+            changed[g] = True
+            todo[g] = True  # check again: an island that became a chain is shrunk once more
+    if not bool(changed.any()):
+        return frac, lattice, changed
+    atom_changed = changed[batch]
+    new_frac = torch.as_tensor(frac_np, dtype=frac.dtype, device=frac.device)
+    new_lat = torch.as_tensor(lat_np, dtype=lattice.dtype, device=lattice.device)
+    return (torch.where(atom_changed[:, None], new_frac, frac),
+            torch.where(changed[:, None, None], new_lat, lattice), changed)
+
+
 class ElementsOutsideVocabulary(ValueError):
     """A requested chemical space names elements the model was not trained on."""
 
@@ -373,6 +561,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         lattice_fixed[:, 2, 2] = 20.0
 
     projection_moves = torch.zeros(B, dtype=torch.long, device=dev)
+    lattice_shrinks = torch.zeros(B, dtype=torch.long, device=dev)
     projecting = config.overlap_scale > 0 or config.fragment_scale > 0
     if projecting:
         from ase.data import atomic_numbers, covalent_radii
@@ -448,6 +637,15 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
                 lat = sched.vp_noise(lat, sl_.clamp(min=0), randn(B, 3))
         if projecting and t_int <= config.projection_from * sched.T:
             lattice_now = lattice_fixed if lattice_fixed is not None else rep.decode_lattice(lat)
+            if (lattice_fixed is None and config.periodic_scale > 0 and config.fragment_scale > 0
+                    and t_int <= config.periodic_from * sched.T):
+                frac, shrunk_lattice, shrunk = percolate_lattice(
+                    frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch, config.fragment_scale,
+                    rep.z_scale, config.periodic_scale, rep.min_length, rep.max_abs_cos)
+                if bool(shrunk.any()):
+                    lat = torch.where(shrunk[:, None], rep.encode_lattice(shrunk_lattice[:, :2, :2]), lat)
+                    lattice_now = rep.decode_lattice(lat)  # the same cell, turned so that a lies along x
+                    lattice_shrinks += shrunk.long()
             frac, z, moved = project_geometry(frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch,
                                               config.overlap_scale, config.fragment_scale,
                                               config.projection_iterations, rep.z_scale)
@@ -482,7 +680,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             frac=frac[sl].cpu().numpy().astype(float), z=(z[sl] * rep.z_scale).cpu().numpy().astype(float),
             predicted=predicted, start=f"template:{name}" if name else "free", parameters=params,
             diagnostics={**div.report(g, config.divergence_grad_rms, guided_steps),
-                         "projection_moves": int(projection_moves[g])}))
+                         "projection_moves": int(projection_moves[g]),
+                         "lattice_shrinks": int(lattice_shrinks[g])}))
     return out
 
 
@@ -571,5 +770,5 @@ def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
     return starts, skipped
 
 
-__all__ = ["project_geometry", "ElementsOutsideVocabulary", "blocked_types", "SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
+__all__ = ["project_geometry", "percolate_lattice", "ElementsOutsideVocabulary", "blocked_types", "SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
            "draw_atom_counts", "Start"]
