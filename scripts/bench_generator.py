@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-training-validity", action="store_true")
     p.add_argument("--no-geometry-prior", action="store_true",
-                   help="the bare model: switch off the sampler's overlap / lone-atom projection")
+                   help="the bare model: switch off the sampler's overlap / lone-atom projection (and so the "
+                        "periodic shrink, which needs it)")
+    p.add_argument("--no-composition-prior", action="store_true",
+                   help="switch off charge-balanced type decoding (the per-atom argmax of the model)")
     p.add_argument("--out", default="bench_generator.json")
     p.add_argument("--ship", default=None, help="copy checkpoint + MANIFEST.json to this folder")
     p.add_argument("--train-command", default="", help="the command that trained the checkpoint (for the manifest)")
@@ -170,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_geometry_prior:
         cfg = cfg.model_copy(update={"overlap_scale": 0.0, "fragment_scale": 0.0})
     report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "fragment_scale", "projection_from",
-                                                             "projection_iterations")}
+                                                             "projection_iterations", "periodic_scale",
+                                                             "periodic_from")}
     _log(f"geometry prior: {report['geometry_prior']}")
+    if args.no_composition_prior:
+        cfg = cfg.model_copy(update={"charge_balance": False})
+    report["composition_prior"] = {k: getattr(cfg, k) for k in ("charge_balance", "composition_from")}
+    _log(f"composition prior: {report['composition_prior']}")
     if args.n_samples > 0:  # 0: only templates and/or throughput
         t0, c0 = time.perf_counter(), time.process_time()
         samples = sample(bundle, args.n_samples, args.seed, cfg, "cpu")
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 "free_start_strict_reasons": metrics["strict_2d_validity"]["details"]["reasons"],
                 "free_start_sampling_cpu_s": report["free_start"]["sampling_cpu_s"],
                 "geometry_prior": report["geometry_prior"],
+                "composition_prior": report["composition_prior"],
                 **({"template_start": {"t_start": args.template_t_start,
                                        **{k: {"value": v["value"], "unit": v["unit"], "n": v["n"]}
                                           for k, v in report["template_start"]["metrics"].items()}}}

@@ -163,3 +163,29 @@ def test_a_lead_clock_model_trains_samples_and_keeps_template_types(tmp_path, da
                                                            fragment_scale=0), device="cpu", starts=starts)
     for smp, st in zip(kept, [s for st in starts for s in st.template_name]):
         assert sorted(smp.species) == sorted(sp.symbol for sp in build_template(st).species), st
+
+
+def test_charge_balanced_types_are_fixed_and_reported(tiny_bundle):
+    from gen2d.diffusion.composition import composition_is_valid
+
+    n_atoms = [3, 4, 5, 6] * 2
+    off = sample(tiny_bundle, 8, seed=2, config=SamplingConfig(n_steps=20, charge_balance=False), device="cpu",
+                 n_atoms=n_atoms)
+    on = sample(tiny_bundle, 8, seed=2, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=n_atoms)
+    assert all("charge_balanced" not in s.diagnostics for s in off)  # the bare argmax, nothing to report
+    for smp in on:
+        formula = smp.to_structure().composition.reduced_formula
+        d = smp.diagnostics
+        assert d["charge_balanced"] == composition_is_valid(formula), formula
+        assert 0 <= d["types_changed"] <= len(smp.species)
+        assert smp.parameters["charge_balance"] is True and smp.parameters["composition_from"] == 0.5
+    assert sum(s.diagnostics["charge_balanced"] for s in on) >= sum(
+        composition_is_valid(s.to_structure().composition.reduced_formula) for s in off)
+
+
+def test_charge_balance_keeps_a_restricted_chemical_space(tiny_bundle):
+    space = tiny_bundle.rep.vocab[:3]
+    out = sample(tiny_bundle, 6, seed=4, config=SamplingConfig(n_steps=15, elements=space), device="cpu",
+                 n_atoms=[4] * 6)
+    assert all(set(s.species) <= set(space) for s in out)
+    assert all("charge_balanced" in s.diagnostics for s in out)

@@ -63,6 +63,17 @@ class SamplingConfig(BaseModel):
                          "strictly valid, with a median area per atom of 3.10 and 3.21 Å² (training set 3.24). "
                          "On 1,000 (seed 0) the step took strict validity from 0.894 to 0.984")
     projection_from: float = Field(0.3, description="fraction of T below which the geometry prior runs")
+    charge_balance: bool = Field(
+        True, description="composition prior (gen2d.diffusion.composition): once, at composition_from, the "
+                          "types are set to the nearest one-hot assignment of the model's clean type estimate "
+                          "whose composition SMACT accepts (the per-atom argmax when it already does), and are "
+                          "kept for the remaining steps, so positions and lattice finish around them. "
+                          "False = the per-atom argmax of the bare model")
+    composition_from: float = Field(
+        0.5, description="fraction of T at which the composition prior fixes the types; with the shipped leading "
+                         "clock (p = 2) the types are then at 0.25 T of their own clock. On 200 free samples of "
+                         "the shipped model, 0.3/0.5/0.7 gave strict validity 0.990/1.000/0.995 and SMACT "
+                         "1.000/0.995/0.995 (off: 0.995 and 0.540)")
     projection_iterations: int = Field(8, description="projection sweeps per reverse step")
     divergence_grad_rms: float = Field(
         50.0, description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
@@ -574,6 +585,8 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     cfg_ignored = sorted(set(config.targets) - conditioned) if config.cfg_weight is not None else []
     cond_list = [cond, None] if cond is not None else [None]
     heads = torch.zeros(B, 3, device=dev)
+    fixed_types: torch.Tensor | None = None
+    balance: list[dict[str, Any]] = [{} for _ in range(B)]
     div = _Divergence(B, dev)
     index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
     for i, t_int in enumerate(steps):
@@ -624,7 +637,14 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip, r_l)
         frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
         z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
+        if fixed_types is None and config.charge_balance and t_int <= config.composition_from * sched.T:
+            ab = sched.alpha_bar.to(h)[tl[batch]][:, None]
+            x0_h = (h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()  # the model's clean type estimate
+            fixed_types, balance = _balanced_types(x0_h, batch, B, rep.vocab, blocked)
         h = (mean_h + std_h * randn(N, K)).detach()
+        if fixed_types is not None:  # replacement inpainting of the chosen types, as for a template
+            onehot = F.one_hot(fixed_types, K).to(dtype)
+            h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
         if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
             nb = int(blocked.sum())
             h[:, blocked] = (sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0),
@@ -662,7 +682,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         pred = predict_noise(model, rep, frac, z, h, lat, t0_b, batch, sched, [None], lattice_override=lattice_fixed)
         heads = pred["heads"]
     lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
-    types = _types(h, blocked)
+    types = _types(h, blocked) if fixed_types is None else fixed_types
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
@@ -681,8 +701,24 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             predicted=predicted, start=f"template:{name}" if name else "free", parameters=params,
             diagnostics={**div.report(g, config.divergence_grad_rms, guided_steps),
                          "projection_moves": int(projection_moves[g]),
-                         "lattice_shrinks": int(lattice_shrinks[g])}))
+                         "lattice_shrinks": int(lattice_shrinks[g]), **balance[g]}))
     return out
+
+
+def _balanced_types(x0_h: torch.Tensor, batch: torch.Tensor, B: int, vocab: list[str],
+                    blocked: torch.Tensor | None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Charge-balanced types of every structure of a batch and, per structure, what the search did."""
+    from gen2d.diffusion.composition import charge_balanced_types
+
+    types = _types(x0_h, blocked).clone()
+    report = []
+    b = batch.cpu().numpy()
+    for g in range(B):
+        idx = np.flatnonzero(b == g)
+        res = charge_balanced_types(x0_h[idx], vocab, blocked)
+        types[torch.as_tensor(idx, device=types.device)] = torch.as_tensor(res.types, device=types.device)
+        report.append({"charge_balanced": res.valid, "types_changed": res.changed})
+    return types, report
 
 
 def draw_atom_counts(bundle: DiffusionBundle, n: int, generator: torch.Generator) -> list[int]:

@@ -1,0 +1,171 @@
+"""Charge-balanced type decoding: the nearest one-hot assignment whose composition SMACT accepts.
+
+The denoiser chooses each atom's element on its own channel, so nothing ties a layer's composition
+to oxidation states: about half of the free samples of the shipped model are not charge-balanced. This
+module is the composition counterpart of the geometry prior (:func:`gen2d.diffusion.sampler.project_geometry`):
+it changes as few, and as weakly held, atom types as it can until the composition passes
+``smact.screening.smact_validity`` (alloys allowed, as in :class:`gen2d.metrics.SMACTValidity`).
+
+With ``h`` the continuous type state ``(n, K)`` (one-hot when clean), the cost of an assignment ``e`` is
+``sum_i max_k h_ik - h_i,e_i``; minimising it is the L2 projection of ``h`` onto one-hot assignments, and
+the per-atom argmax costs zero. The search (:func:`charge_balanced_types`) is a branch and bound over sets
+of at most ``max_elements`` candidate elements, each searched by uniform cost over single-atom changes. It
+is exact in the bound but greedy inside a set, so it is not a global optimum over all count vectors; when
+nothing valid is found within ``max_expansions`` the argmax is kept and the caller is told.
+
+Much of what it fixes is not charge but breadth: on 200 free samples of the shipped model, 59 % carry
+more than four elements (median five, a few over twenty; the SMACT metric counts more than six as invalid).
+The returned composition has at most ``max_elements`` (4).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+
+MAX_SMACT_ELEMENTS = 6  # as gen2d.metrics.SMACTValidity
+
+
+@lru_cache(maxsize=65536)
+def composition_is_valid(reduced_formula: str) -> bool:
+    """SMACT validity of a reduced formula (elemental layers are valid), as the SMACT metric counts it."""
+    from pymatgen.core import Composition
+    from smact.screening import smact_validity
+
+    comp = Composition(reduced_formula)
+    if len(comp.elements) <= 1:
+        return True
+    if len(comp.elements) > MAX_SMACT_ELEMENTS:  # SMACT's enumeration never ends; the metric says invalid
+        return False
+    try:
+        return bool(smact_validity(comp))
+    except Exception:  # an element SMACT has no data for: not valid, as in the metric
+        return False
+
+
+def _formula(counts: dict[str, int]) -> str:
+    from pymatgen.core import Composition
+
+    return Composition({el: c for el, c in counts.items() if c > 0}).reduced_formula
+
+
+@dataclass
+class BalancedTypes:
+    """Result of :func:`charge_balanced_types` for one structure."""
+
+    types: np.ndarray  # (n,) element indices into the vocabulary
+    valid: bool  # the returned composition passes SMACT
+    changed: int  # atoms whose type differs from the argmax
+    cost: float  # sum over changed atoms of (own top score - score of the new type)
+    expansions: int
+
+
+def _search_within(sub: np.ndarray, elements: list[int], vocab: list[str], max_expansions: int,
+                   bound: float) -> tuple[np.ndarray | None, float, int]:
+    """Uniform-cost search over single-atom changes within ``elements`` (columns of ``sub``, the regret).
+
+    Starts from each atom's cheapest element of the set; returns (assignment as column indices, cost,
+    expansions), the assignment None when nothing valid costs less than ``bound`` within the budget.
+    """
+    n, m = sub.shape
+    assign = sub.argmin(-1)
+    cost0 = float(sub[np.arange(n), assign].sum())
+    tie = itertools.count()
+    heap = [(cost0, next(tie), tuple(np.bincount(assign, minlength=m).tolist()), assign)]
+    seen: set[tuple[int, ...]] = set()
+    expansions = 0
+    while heap and expansions < max_expansions:
+        cost, _, counts, assign = heapq.heappop(heap)
+        if cost >= bound:
+            break
+        if counts in seen:
+            continue
+        seen.add(counts)
+        expansions += 1
+        if composition_is_valid(_formula({vocab[elements[j]]: c for j, c in enumerate(counts)})):
+            return assign, cost, expansions
+        cur = sub[np.arange(n), assign]
+        for b in range(m):
+            delta = sub[:, b] - cur  # cost of moving each atom to b
+            for a in {int(x) for x in assign} - {b}:
+                nxt_counts = list(counts)
+                nxt_counts[a] -= 1
+                nxt_counts[b] += 1
+                nxt_counts = tuple(nxt_counts)
+                if nxt_counts in seen:
+                    continue
+                d = np.where(assign == a, delta, np.inf)  # the atom of a that holds a most weakly
+                i = int(d.argmin())
+                if not np.isfinite(d[i]):
+                    continue
+                nxt = assign.copy()
+                nxt[i] = b
+                heapq.heappush(heap, (cost + float(d[i]), next(tie), nxt_counts, nxt))
+    return None, float("inf"), expansions
+
+
+def charge_balanced_types(h: torch.Tensor | np.ndarray, vocab: list[str], blocked: torch.Tensor | None = None,
+                          max_candidates: int = 8, max_elements: int = 4,
+                          max_expansions: int = 400) -> BalancedTypes:
+    """The cheapest change of an atom-type state ``h`` ``(n, K)`` into a SMACT-valid composition.
+
+    Branch and bound over element sets: every set of at most ``max_elements`` of the candidate elements
+    has a lower bound, the cost of giving each atom its cheapest element of the set. Sets are searched in
+    the order of that bound (a uniform-cost search over single-atom changes within the set, from that
+    assignment), and the search stops when the cheapest valid assignment found costs no more than the
+    next set's bound.
+
+    Parameters
+    ----------
+    h : tensor or array
+        Type scores of one structure; larger is more likely (the sampler's clean type state).
+    vocab : list of str
+        Element symbol of each of the ``K`` channels.
+    blocked : bool tensor, optional
+        ``(K,)`` channels that may not be chosen (a restricted chemical space).
+    max_candidates : int
+        Elements the sets are drawn from: the largest "support" sum_i max(0, 1 - regret_ik), so an element
+        an atom holds as one-hot counts 1 for it (the argmax's elements first when they are few enough).
+    max_elements : int
+        Largest number of distinct elements of a returned composition.
+    max_expansions : int
+        Compositions examined in all (the argmax is returned with ``valid=False`` when none is valid).
+    """
+    scores = h.detach().cpu().double().numpy() if isinstance(h, torch.Tensor) else np.asarray(h, dtype=float)
+    if blocked is not None:
+        scores = np.where(blocked.cpu().numpy()[None, :], -np.inf, scores)
+    n = scores.shape[0]
+    top = scores.argmax(-1)
+    if n == 0:
+        return BalancedTypes(top, True, 0, 0.0, 0)
+    best = scores[np.arange(n), top]
+    regret = best[:, None] - scores  # (n, K) >= 0: cost of giving atom i type k; 0 for the argmax
+    present = list(dict.fromkeys(top.tolist()))
+    counts = {vocab[k]: int(c) for k, c in enumerate(np.bincount(top, minlength=len(vocab))) if c}
+    if len(counts) <= max_elements and composition_is_valid(_formula(counts)):
+        return BalancedTypes(top, True, 0, 0.0, 1)
+    support = np.clip(1.0 - regret, 0.0, None).sum(0)
+    order = [int(k) for k in np.argsort(-support, kind="stable") if np.isfinite(regret[:, k]).any()]
+    cand = (present if len(present) <= max_elements else []) + order
+    cand = list(dict.fromkeys(cand))[:max(max_candidates, max_elements)]
+    sets = [list(c) for r in range(1, max_elements + 1) for c in itertools.combinations(cand, r)]
+    bounds = np.array([regret[:, c].min(-1).sum() for c in sets])
+    found, found_cost, expansions = None, float("inf"), 1
+    for j in np.argsort(bounds, kind="stable"):
+        if bounds[j] >= found_cost or expansions >= max_expansions:
+            break
+        elements = sets[j]
+        assign, cost, used = _search_within(regret[:, elements], elements, vocab,
+                                            max_expansions - expansions, found_cost)
+        expansions += used
+        if assign is not None and cost < found_cost:
+            found, found_cost = np.array([elements[a] for a in assign]), cost
+    if found is None:
+        return BalancedTypes(top, False, 0, 0.0, expansions)
+    return BalancedTypes(found, True, int((found != top).sum()), float(found_cost), expansions)

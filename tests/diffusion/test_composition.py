@@ -1,0 +1,80 @@
+"""Charge-balanced type decoding (gen2d.diffusion.composition)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gen2d.diffusion.composition import charge_balanced_types, composition_is_valid
+
+VOCAB = ["W", "S", "Se", "Nb", "Mo"]
+
+
+def _h(rows: list[dict[str, float]]) -> np.ndarray:
+    h = np.zeros((len(rows), len(VOCAB)))
+    for i, row in enumerate(rows):
+        for el, v in row.items():
+            h[i, VOCAB.index(el)] = v
+    return h
+
+
+def test_smact_facts_the_search_relies_on():
+    assert composition_is_valid("WS2") and composition_is_valid("NbSe2") and composition_is_valid("MoS2")
+    assert not composition_is_valid("W2S")  # no W+1 in SMACT's oxidation states
+    assert composition_is_valid("S") and composition_is_valid("W")  # elemental layers count as valid
+
+
+def test_valid_argmax_is_kept_at_zero_cost():
+    h = _h([{"Mo": 1.0}, {"S": 0.9, "Mo": 0.1}, {"S": 0.7, "Se": 0.3}])
+    r = charge_balanced_types(h, VOCAB)
+    assert [VOCAB[k] for k in r.types] == ["Mo", "S", "S"]
+    assert r.valid and r.changed == 0 and r.cost == 0.0
+
+
+def test_invalid_composition_changes_the_most_weakly_held_atom():
+    # argmax W2S is not charge-balanced; atom 1 prefers W over S by 0.1 only, atom 0 by 1.0
+    h = _h([{"W": 1.0}, {"W": 0.55, "S": 0.45}, {"S": 1.0}])
+    r = charge_balanced_types(h, VOCAB)
+    assert [VOCAB[k] for k in r.types] == ["W", "S", "S"]  # WS2
+    assert r.valid and r.changed == 1 and r.cost == pytest.approx(0.1)
+
+
+def test_permuting_atoms_permutes_the_result():
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(9, len(VOCAB)))
+    perm = rng.permutation(9)
+    a = charge_balanced_types(h, VOCAB)
+    b = charge_balanced_types(h[perm], VOCAB)
+    assert a.valid and b.valid
+    assert np.array_equal(a.types[perm], b.types) and a.cost == pytest.approx(b.cost)
+
+
+def test_blocked_channels_and_element_limit_are_respected():
+    rng = np.random.default_rng(5)
+    h = torch.tensor(rng.normal(size=(12, len(VOCAB))))
+    blocked = torch.tensor([v in ("Se", "Nb") for v in VOCAB])
+    r = charge_balanced_types(h, VOCAB, blocked=blocked, max_elements=2)
+    names = {VOCAB[k] for k in r.types}
+    assert r.valid and not names & {"Se", "Nb"} and len(names) <= 2
+    counts = {el: int(sum(VOCAB[k] == el for k in r.types)) for el in names}
+    from pymatgen.core import Composition
+
+    assert composition_is_valid(Composition(counts).reduced_formula)
+
+
+def test_giving_up_returns_the_argmax_and_says_so():
+    h = _h([{"W": 1.0}, {"W": 0.55, "S": 0.45}, {"S": 1.0}])
+    r = charge_balanced_types(h, VOCAB, max_expansions=1)  # only the argmax itself is examined
+    assert [VOCAB[k] for k in r.types] == ["W", "W", "S"]
+    assert not r.valid and r.changed == 0 and r.expansions == 1
+
+
+def test_a_many_element_argmax_is_reduced_not_enumerated():
+    # SMACT's oxidation-state enumeration does not end for many elements: the search must never ask it
+    # about the 8-element argmax, and must come down to at most max_elements
+    vocab = ["Mo", "W", "Nb", "Ta", "V", "Ti", "S", "Se"]
+    h = np.eye(8) + 0.01 * np.random.default_rng(0).random((8, 8))
+    r = charge_balanced_types(h, vocab, max_elements=3)
+    assert r.valid and len({vocab[k] for k in r.types}) <= 3 and r.changed >= 5
+    assert not charge_balanced_types(h, vocab, max_expansions=1).valid  # gives up without enumerating
