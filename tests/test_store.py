@@ -166,3 +166,42 @@ def test_four_processes_upsert_and_score_one_monty_store(tmp_path):
     assert len(docs) == 12  # no duplicates
     assert sum(len(d["scores"]["w"]) for d in docs) == 48  # no lost updates: 4 scorers x 12
     assert all(sorted(d["sets"]) == ["w0", "w1", "w2", "w3"] for d in docs)
+
+
+def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_store, monkeypatch):
+    from gen2d import jobs
+
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    ids = [c.candidate_id for c in _cands()]
+    old = ScoreResult(property="e_hull", value=-0.27, unit="eV/atom",
+                      provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v0"}))
+    cs.set_score(ids[0], "ehull.test", old)
+    current = {"provenance.settings.correction_scheme": "v1"}
+    assert [d["candidate_id"] for d in cs.candidates_missing("ehull.test")] == [ids[1]]
+    assert {d["candidate_id"] for d in cs.candidates_missing("ehull.test", current=current)} == set(ids)
+
+    class Rescorer:  # the scorer protocol, as a plugin would implement it
+        name, property, unit = "ehull.test", "e_hull", "eV/atom"
+
+        def __init__(self):
+            self.current = current
+            self.seen = 0
+
+        def score(self, structures, context=None):
+            self.seen += len(structures)
+            return [ScoreResult(property="e_hull", value=0.004, unit="eV/atom",
+                                provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v1"}))
+                    for _ in structures]
+
+    sc = Rescorer()
+    monkeypatch.setattr(jobs, "get_scorer", lambda name, **kw: sc)
+    monkeypatch.setattr(jobs, "_store", lambda uri: cs)
+    out = jobs.score_candidates("ehull.test", {}, ids, None)
+    assert out.n_scored == 2 and out.n_skipped == 0 and sc.seen == 2
+    redone = get_score(cs.get(ids[0]), "ehull.test")
+    assert redone["value"] == 0.004 and redone["extra"]["superseded"]["value"] == -0.27
+    assert redone["extra"]["superseded"]["provenance_settings"] == {"correction_scheme": "v0"}
+    again = jobs.score_candidates("ehull.test", {}, ids, None)  # now current: nothing is redone
+    assert again.n_skipped == 2 and sc.seen == 2
+    assert cs.candidates_missing("ehull.test", current=current) == []

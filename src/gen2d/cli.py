@@ -364,7 +364,7 @@ def score(
     if set_name:
         crit["sets"] = set_name
     cs = _open(store, as_json)
-    todo = [d["candidate_id"] for d in cs.candidates_missing(scorer, crit)]
+    todo = [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, getattr(sc, "current", None))]
     total = {"scorer": scorer, "store": cs.uri, "to_score": len(todo), "n_scored": 0, "n_ok": 0, "n_failed": 0,
              "failures": {}}
     with _progress(not as_json and err.is_terminal) as prog:

@@ -115,76 +115,56 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
     return processed
 
 
-# Elements whose MP2020 anion correction was fitted on compounds with electropositive cations. When one of
-# them is itself the cation (Se in SeS2, Te in TeS2, S in SeS), the bond is a covalent chalcogen-chalcogen
-# or halogen bond, outside the fit: MP2020 still corrects S and O whatever their oxidation state, and a
-# sulfur-rich "SeS2" layer gains 0.34 eV/atom that no metal sulfide bond earned.
-NONMETAL_ANION_FORMERS = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
+# MP2020 fitted its S, Se and Te corrections on metal chalcogenides (polychalcogenides such as FeS2 or TiS3
+# included: it corrects them as sulfides on purpose). A compound made only of chalcogens and halogens
+# (SeS2, TeS2, SeS5, TeSe2, SCl2) has no metal to give the chalcogen its electrons: its Se-S or Te-S bond is
+# covalent and outside the fit, yet MP2020 still corrects it (S whenever the structure is not a sulfate,
+# Se and Te whenever the first oxidation-state guess makes them negative), and a sulfur-rich "SeS2" layer
+# gains 0.34 eV/atom that no metal-sulfide bond earned. O and halogen corrections are never touched: most of
+# them corrects the error of the O2 or X2 reference itself, whatever the cation.
+CHALCOGEN_CORRECTIONS = ("S", "Se", "Te")
+CHALCOGEN_HALOGEN = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
 ANION_CORRECTION_NAME = "MP2020 anion correction"
+_LIMITED_TAG = "(no metal partner)"
 # A layer more than this below a hull of bulk reference phases says more about the references than the layer.
 BELOW_REFERENCE_HULL = -0.05  # eV/atom
-CORRECTION_SCHEME = "MP2020, anion corrections limited to the charge of metal cations (gen2d)"
-
-
-def _oxidation_states(entry: ComputedEntry) -> dict[str, float]:
-    ox = entry.data.get("oxidation_states")
-    if ox is None:
-        try:
-            guesses = entry.composition.oxi_state_guesses(max_sites=-20)
-        except ValueError:
-            guesses = []
-        ox = guesses[0] if guesses else {}
-    return {str(k): float(v) for k, v in ox.items()}
+# Part of every stored E_hull's provenance and of evaluation run keys: bump the version when the rule changes.
+CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v1"
+CORRECTION_SCHEME_DESCRIPTION = ("MaterialsProject2020Compatibility, except that the S, Se and Te anion corrections "
+                                 "are dropped from compounds made only of O, S, Se, Te, F, Cl, Br and I")
 
 
 def anion_correction_scale(entry: ComputedEntry) -> float:
-    """Fraction of ``entry``'s MP2020 anion corrections that its cations can account for.
+    """1 when MP2020's S/Se/Te corrections apply to ``entry``, 0 when it has no partner for them.
 
-    MP2020 fitted one correction per anion atom on compounds where the anion takes electrons from a
-    metal (or metalloid). Here only the positive charge of cations outside :data:`NONMETAL_ANION_FORMERS`
-    counts: scale = min(1, Q_cation / Q_anion) from the oxidation states MP2020 used (its first guess).
-
-    - MoS2 (Mo+4, S-2) or NbSe2: 1, MP2020 unchanged;
-    - SeS2 (Se+4), TeS2, SeS, TeSe2: 0, no metal gives the chalcogen its electrons;
-    - VSeS4 (V+4, Se+4, S-2): 0.5, V balances two of the four S.
-
-    Without an oxidation-state guess it is 0 when every element is a non-metal anion former, else 1.
+    0 exactly for a compound of two or more elements that are all chalcogens or halogens
+    (:data:`CHALCOGEN_HALOGEN`): SeS2, TeS2, SeS, TeSe2. Metal chalcogenides keep MP2020 as it is, however
+    chalcogen-rich (MoS2, NbSe2, FeS2, VSeS4), and so do compounds of chalcogens with B, C, N, P, Si, As
+    (CS2, P4S3, As2S3), which MP2020's fit may have covered. Composition only, so no oxidation-state guess
+    enters and neighbouring compositions cannot jump between two treatments.
     """
-    comp = entry.composition
-    elements = [el.symbol for el in comp.elements if comp[el] > 0]
-    ox = _oxidation_states(entry)
-    if not ox:
-        return 0.0 if set(elements) <= NONMETAL_ANION_FORMERS else 1.0
-    cation = sum(comp[el] * ox.get(el, 0.0) for el in elements
-                 if el not in NONMETAL_ANION_FORMERS and ox.get(el, 0.0) > 0)
-    anion = -sum(comp[el] * ox.get(el, 0.0) for el in elements if ox.get(el, 0.0) < 0)
-    if anion <= 0:
-        return 0.0 if cation <= 0 else 1.0
-    return float(min(1.0, cation / anion))
+    elements = {el.symbol for el in entry.composition.elements if entry.composition[el] > 0}
+    return 0.0 if len(elements) > 1 and elements <= CHALCOGEN_HALOGEN else 1.0
 
 
 def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
-    """``entry`` with its MP2020 anion corrections scaled by :func:`anion_correction_scale`.
+    """``entry`` without MP2020's S, Se and Te corrections when :func:`anion_correction_scale` is 0.
 
-    The same entry is returned when nothing changes; otherwise a copy, whose ``data`` records
-    ``anion_correction_scale`` and the dropped eV. Other adjustments (GGA/GGA+U mixing) are kept.
+    The same entry is returned when nothing changes (a metal compound, no such correction, or an entry
+    limited already); otherwise a copy whose ``data`` records ``anion_correction_scale`` and the dropped
+    eV. All other adjustments (O and halogen corrections, GGA/GGA+U mixing) are kept.
     """
-    from pymatgen.entries.computed_entries import ConstantEnergyAdjustment
-
-    anion = [a for a in entry.energy_adjustments if a.name.startswith(ANION_CORRECTION_NAME)]
-    if not anion:
+    if "anion_correction_scale" in entry.data:  # limited already: never twice
         return entry
-    scale = anion_correction_scale(entry)
-    if scale >= 1.0:
+    names = {f"{ANION_CORRECTION_NAME} ({el})" for el in CHALCOGEN_CORRECTIONS}
+    dropped = [a for a in entry.energy_adjustments if a.name in names]
+    if not dropped or anion_correction_scale(entry) >= 1.0:
         return entry
-    kept = [a for a in entry.energy_adjustments if not a.name.startswith(ANION_CORRECTION_NAME)]
-    scaled = [ConstantEnergyAdjustment(a.value * scale, name=f"{a.name} x {scale:.3g} (metal-cation limit)",
-                                       description="gen2d: share of the MP2020 anion correction that metal "
-                                                   "cations balance") for a in anion if scale > 0]
     out = entry.copy()
-    out.energy_adjustments = kept + scaled
-    out.data = {**entry.data, "anion_correction_scale": scale,
-                "anion_correction_dropped": float(sum(a.value for a in anion) * (1 - scale))}
+    out.energy_adjustments = [a for a in entry.energy_adjustments if a.name not in names]
+    out.data = {**entry.data, "anion_correction_scale": 0.0,
+                "anion_correction_dropped": float(sum(a.value for a in dropped)),
+                "anion_correction_dropped_names": sorted(a.name for a in dropped)}
     return out
 
 
@@ -207,7 +187,7 @@ class HullResult:
     reference_phases: list[dict[str, Any]] = field(default_factory=list)
     correction_scheme: str = CORRECTION_SCHEME
     anion_correction_scale: float = 1.0
-    e_hull_mp2020: float | None = None  # plain MP2020 (no metal-cation limit), when that differs
+    e_hull_mp2020: float | None = None  # plain MP2020 (no chalcogen limit), when that differs
     flags: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -228,8 +208,8 @@ def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
 def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], provider: str) -> HullResult:
     """E_form against the elemental references and E_hull against all ``references``.
 
-    The candidate and the references pass through :func:`limit_anion_corrections` first (MP2020's anion
-    correction only where metal cations balance the anion); the plain-MP2020 E_hull is kept as
+    The candidate and the references pass through :func:`limit_anion_corrections` first (no S/Se/Te
+    correction for chalcogen-halogen-only compounds); the plain-MP2020 E_hull is kept as
     ``e_hull_mp2020`` when the limit changed anything. Flags: ``anion_correction_limited`` (the
     candidate's correction was cut) and ``below_reference_hull`` (E_hull < :data:`BELOW_REFERENCE_HULL`:
     a layer below its bulk references points to a missing reference phase before a discovery).

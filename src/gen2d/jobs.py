@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
 from gen2d.scoring import RankThresholds, ScoreResult, get_generator, get_scorer, rank_documents, score_in_batches
-from gen2d.store import CandidateStore, SourceInfo, get_score, make_candidate, open_store
+from gen2d.store import CandidateStore, SourceInfo, get_score, make_candidate, open_store, score_is_current
 from gen2d.structures import validate_ingest
 
 
@@ -278,20 +278,27 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
     """Score candidates and upsert each result as soon as its mini-batch returns.
 
     Candidates that already hold a result from this scorer are skipped, so rerunning a batch after a
-    crash redoes nothing that was stored.
+    crash redoes nothing that was stored. A result that lacks the scorer's ``current`` values (made by
+    an older version of it) is redone, and the old value is kept in the new result's ``extra.superseded``.
     """
     t0 = _cpu_seconds()
     cs = _store(store)
     sc = get_scorer(scorer, **options)
     out = ScoreOutput(scorer=scorer, property=getattr(sc, "property", ""))
     docs = []
+    current = getattr(sc, "current", None)  # a stored result without these values is redone
+    superseded: dict[str, dict] = {}
     for cid in candidate_ids:
         d = cs.get(cid)
         if d is None:
             continue
-        if get_score(d, scorer) is not None:
+        old = get_score(d, scorer)
+        if score_is_current(old, current):
             out.n_skipped += 1
             continue
+        if old is not None:  # made by an older version of the scorer: kept in the new result's extra
+            superseded[cid] = {k: old.get(k) for k in ("value", "unit", "ok")} | {
+                "provenance_settings": (old.get("provenance") or {}).get("settings")}
         docs.append(d)
     requires = tuple(getattr(sc, "requires", ()) or ())
     structures = [Structure.from_dict(d["structure"]) for d in docs]
@@ -305,6 +312,8 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
         t_prev = t_now
         for d, r in zip(docs[done:done + len(results)], results):
             r.extra.setdefault("cpu_seconds", round(per_item, 4))
+            if d["candidate_id"] in superseded:
+                r.extra["superseded"] = superseded[d["candidate_id"]]
             cs.set_score(d["candidate_id"], scorer, r)
             out.n_scored += 1
             if r.ok:

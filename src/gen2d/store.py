@@ -178,6 +178,13 @@ def get_score(doc: dict[str, Any], scorer: str) -> dict[str, Any] | None:
     return _get_path(doc.get("scores", {}), scorer)
 
 
+def score_is_current(score: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """A stored score exists and holds every ``current`` value (dotted paths inside the score)."""
+    if score is None:
+        return False
+    return all(_get_path(score, path) == value for path, value in (current or {}).items())
+
+
 # ----------------------------------------------------------------------------------------------
 # store
 
@@ -325,11 +332,19 @@ class CandidateStore:
             doc.pop("_id", None)
             yield doc
 
-    def candidates_missing(self, scorer: str, criteria: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do."""
+    def candidates_missing(self, scorer: str, criteria: dict[str, Any] | None = None,
+                           current: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do.
+
+        ``current`` (a scorer's ``current`` attribute: dotted paths inside a stored result and the value a
+        result made by today's scorer holds there) also counts a stored result that differs as missing,
+        e.g. an E_hull made under an older correction scheme.
+        """
         crit = dict(criteria or {})
-        crit[f"scores.{scorer}"] = {"$exists": False}
-        return list(self.query(crit))
+        if not current:  # the database does the whole selection
+            crit[f"scores.{scorer}"] = {"$exists": False}
+            return list(self.query(crit))
+        return [d for d in self.query(crit) if not score_is_current(get_score(d, scorer), current)]
 
 
 def _monty_path(uri: str) -> str:
