@@ -189,3 +189,17 @@ def test_charge_balance_keeps_a_restricted_chemical_space(tiny_bundle):
                  n_atoms=[4] * 6)
     assert all(set(s.species) <= set(space) for s in out)
     assert all("charge_balanced" in s.diagnostics for s in out)
+
+
+def test_template_starts_are_left_to_their_template_by_the_charge_prior(tiny_bundle):
+    from gen2d.data.templates import TEMPLATES, build_template
+    from gen2d.diffusion.sampler import template_starts
+
+    vocab = set(tiny_bundle.rep.vocab)
+    usable = [n for n in TEMPLATES if {e.symbol for e in build_template(n).composition} <= vocab]
+    starts, _ = template_starts(tiny_bundle, usable[:2], repeats=2)
+    out = sample(tiny_bundle, 0, seed=0, config=SamplingConfig(n_steps=5, template_t_start=0.6), device="cpu",
+                 starts=starts)
+    assert out and all("charge_balanced" not in s.diagnostics for s in out)  # the prior never ran
+    free = sample(tiny_bundle, 2, seed=0, config=SamplingConfig(n_steps=5), device="cpu", n_atoms=[3, 4])
+    assert all("charge_balanced" in s.diagnostics for s in free)

@@ -64,10 +64,12 @@ class SamplingConfig(BaseModel):
                          "On 1,000 (seed 0) the step took strict validity from 0.894 to 0.984")
     projection_from: float = Field(0.3, description="fraction of T below which the geometry prior runs")
     charge_balance: bool = Field(
-        True, description="composition prior (gen2d.diffusion.composition): once, at composition_from, the "
-                          "types are set to the nearest one-hot assignment of the model's clean type estimate "
-                          "whose composition SMACT accepts (the per-atom argmax when it already does), and are "
-                          "kept for the remaining steps, so positions and lattice finish around them. "
+        True, description="composition prior (gen2d.diffusion.composition), free starts only: once, at "
+                          "composition_from, the types are set to the nearest one-hot assignment of the model's "
+                          "clean type estimate whose composition is charge-neutral in SMACT's oxidation states "
+                          "(no Pauling test, which would forbid MoTe2) with at most 4 elements (the per-atom "
+                          "argmax when it already is), and are kept for the remaining steps, so positions and "
+                          "lattice finish around them. Template starts keep their template's composition. "
                           "False = the per-atom argmax of the bare model")
     composition_from: float = Field(
         0.5, description="fraction of T at which the composition prior fixes the types; with the shipped leading "
@@ -355,7 +357,7 @@ def _periodic_rank(cycles: np.ndarray) -> tuple[int, np.ndarray | None]:
 def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, lattice: torch.Tensor,
                       batch: torch.Tensor, bond_scale: float, z_scale: float, min_scale: float = 0.7,
                       min_length: float = 0.0, max_abs_cos: float = 1.0, rounds: int = 2, search: float = 5.0,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      max_cutoff: float = 12.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A monolayer's bonded network must reach its own periodic images along both in-plane directions.
 
     A structure whose atoms form one bonded piece (atoms closer than ``bond_scale`` x their covalent-radius
@@ -407,8 +409,11 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
     rad = radius.detach().cpu().double().numpy()
     b_np = batch.cpu().numpy()
     ptr = np.concatenate([[0], np.cumsum(np.bincount(b_np, minlength=B))])
-    cutoff = max(search, 2.0 * bond_scale * float(rad.max()) / min_scale)
-    todo = finite.cpu().numpy().copy()
+    # a pair that bonds at a factor f >= min_scale is now at most thr + (1 - min_scale)(|a| + |b|) apart
+    span = np.linalg.norm(lat_np[:, :2, :2], axis=-1).sum(-1)
+    span = float(span[np.isfinite(span)].max()) if np.isfinite(span).any() else 0.0
+    cutoff = min(max(search, 2.0 * bond_scale * float(rad.max()) + (1 - min_scale) * span), max_cutoff)
+    todo = finite.cpu().numpy().copy() & (np.diff(ptr) > 0)  # an empty structure has nothing to join
     for _ in range(rounds):
         if not todo.any():
             break
@@ -587,6 +592,11 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     heads = torch.zeros(B, 3, device=dev)
     fixed_types: torch.Tensor | None = None
     balance: list[dict[str, Any]] = [{} for _ in range(B)]
+    # the composition prior fixes the types of free starts only: a template keeps its own composition
+    balancing = config.charge_balance and start.frac0 is None
+
+    def types_now() -> torch.Tensor:
+        return _types(h, blocked) if fixed_types is None else fixed_types
     div = _Divergence(B, dev)
     index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
     for i, t_int in enumerate(steps):
@@ -637,9 +647,10 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip, r_l)
         frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
         z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
-        if fixed_types is None and config.charge_balance and t_int <= config.composition_from * sched.T:
+        if fixed_types is None and balancing and t_int <= config.composition_from * sched.T:
             ab = sched.alpha_bar.to(h)[tl[batch]][:, None]
-            x0_h = (h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()  # the model's clean type estimate
+            # the model's clean type estimate, clipped like vp_step's x0_hat
+            x0_h = ((h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()).clamp(0.0, 1.0)
             fixed_types, balance = _balanced_types(x0_h, batch, B, rep.vocab, blocked)
         h = (mean_h + std_h * randn(N, K)).detach()
         if fixed_types is not None:  # replacement inpainting of the chosen types, as for a template
@@ -660,13 +671,13 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             if (lattice_fixed is None and config.periodic_scale > 0 and config.fragment_scale > 0
                     and t_int <= config.periodic_from * sched.T):
                 frac, shrunk_lattice, shrunk = percolate_lattice(
-                    frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch, config.fragment_scale,
+                    frac, z, radius_of_type[types_now()], lattice_now, batch, config.fragment_scale,
                     rep.z_scale, config.periodic_scale, rep.min_length, rep.max_abs_cos)
                 if bool(shrunk.any()):
                     lat = torch.where(shrunk[:, None], rep.encode_lattice(shrunk_lattice[:, :2, :2]), lat)
                     lattice_now = rep.decode_lattice(lat)  # the same cell, turned so that a lies along x
                     lattice_shrinks += shrunk.long()
-            frac, z, moved = project_geometry(frac, z, radius_of_type[_types(h, blocked)], lattice_now, batch,
+            frac, z, moved = project_geometry(frac, z, radius_of_type[types_now()], lattice_now, batch,
                                               config.overlap_scale, config.fragment_scale,
                                               config.projection_iterations, rep.z_scale)
             projection_moves.index_add_(0, batch, moved.long())
