@@ -14,6 +14,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 
 from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvider, HullError, MLIPPrototypesProvider,
                         MPAPIProvider, ReferenceUnavailable, anion_correction_scale, apply_mp2020, binary_decorations,
+                        chalcogen_partner_shares,
                         element_polymorphs, get_reference_provider, hull_analysis, limit_anion_corrections, mlip_entry,
                         mp_hubbards)
 from gen2d.relax import cached_calculator, relax_in_plane
@@ -91,6 +92,35 @@ def test_chalcogen_corrections_dropped_only_without_a_metal_partner():
         assert limited.data["anion_correction_dropped"] == pytest.approx(_anion_correction(entry))
         assert entry.correction < 0  # the original is not touched
         assert limit_anion_corrections(limited) is limited  # never limited twice
+
+
+def _layer_entry(atoms, energy_per_atom=-5.0):
+    atoms.pbc = (True, True, False)
+    s = from_ase(atoms)
+    return apply_mp2020(mlip_entry(s, energy_per_atom * len(s), model="test"))
+
+
+def test_with_a_structure_only_chalcogen_sites_without_a_metal_neighbour_lose_the_correction():
+    mos2 = _layer_entry(mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0))
+    ses2 = _layer_entry(mx2("SeS2", kind="1T", a=3.4, thickness=3.0, vacuum=10.0))
+    assert chalcogen_partner_shares(mos2) == {"S": 1.0} and limit_anion_corrections(mos2) is mos2
+    assert chalcogen_partner_shares(ses2) == {"S": 0.0, "Se": 0.0}
+    assert limit_anion_corrections(ses2).correction == pytest.approx(0.0)
+    # pyrite: every S has three Fe neighbours besides its S2 partner - MP2020's polysulfide case, kept
+    pyrite = Structure.from_spacegroup("Pa-3", Lattice.cubic(5.42), ["Fe", "S"], [[0, 0, 0], [0.385, 0.385, 0.385]])
+    fes2 = apply_mp2020(mlip_entry(pyrite, -5.0 * len(pyrite), model="test"))
+    assert chalcogen_partner_shares(fes2) == {"S": 1.0}
+    # a VS2 layer and an SeS2 layer in one cell: half the S atoms have V as a neighbour
+    both = mx2("VS2", kind="1T", a=3.3, thickness=2.9, vacuum=10.0)
+    top = mx2("SeS2", kind="1T", a=3.3, thickness=3.0, vacuum=10.0)
+    top.positions[:, 2] += 9.0  # 9 A above, in the same cell: no S-V contact for its S
+    both.extend(top)
+    both.cell[2, 2] += 9.0
+    mixed = _layer_entry(both)
+    assert chalcogen_partner_shares(mixed) == {"S": pytest.approx(0.5), "Se": 0.0}
+    limited = limit_anion_corrections(mixed)
+    assert limited.correction == pytest.approx(0.5 * _anion_correction(mixed))
+    assert anion_correction_scale(mixed) == pytest.approx(0.5)
 
 
 def test_oxide_and_halogen_corrections_are_never_dropped():

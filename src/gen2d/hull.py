@@ -115,56 +115,99 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
     return processed
 
 
-# MP2020 fitted its S, Se and Te corrections on metal chalcogenides (polychalcogenides such as FeS2 or TiS3
-# included: it corrects them as sulfides on purpose). A compound made only of chalcogens and halogens
-# (SeS2, TeS2, SeS5, TeSe2, SCl2) has no metal to give the chalcogen its electrons: its Se-S or Te-S bond is
-# covalent and outside the fit, yet MP2020 still corrects it (S whenever the structure is not a sulfate,
-# Se and Te whenever the first oxidation-state guess makes them negative), and a sulfur-rich "SeS2" layer
-# gains 0.34 eV/atom that no metal-sulfide bond earned. O and halogen corrections are never touched: most of
-# them corrects the error of the O2 or X2 reference itself, whatever the cation.
+# MP2020 fitted its S, Se and Te corrections on metal chalcogenides, polychalcogenides such as FeS2 or TiS3
+# included (it corrects them as sulfides on purpose: there every S atom still has metal neighbours). A
+# chalcogen atom bonded only to chalcogens and halogens (every S of SeS2 or TeS2, the S-Se network of a
+# VSeS4 layer) has no metal to give it electrons: its bond is covalent and outside the fit, yet MP2020 still
+# corrects it (S whenever the structure is not a sulfate, Se and Te whenever the first oxidation-state
+# guess makes them negative). So each S/Se/Te correction is scaled by the share of that element's sites
+# with at least one neighbour outside CHALCOGEN_HALOGEN. O and halogen corrections are never touched: most
+# of them corrects the error of the O2 or X2 reference itself, whatever the cation.
 CHALCOGEN_CORRECTIONS = ("S", "Se", "Te")
 CHALCOGEN_HALOGEN = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
+PARTNER_BOND_SCALE = 1.25  # x the covalent-radius sum, as the strict 2D check bonds atoms
 ANION_CORRECTION_NAME = "MP2020 anion correction"
-_LIMITED_TAG = "(no metal partner)"
 # A layer more than this below a hull of bulk reference phases says more about the references than the layer.
 BELOW_REFERENCE_HULL = -0.05  # eV/atom
 # Part of every stored E_hull's provenance and of evaluation run keys: bump the version when the rule changes.
-CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v1"
-CORRECTION_SCHEME_DESCRIPTION = ("MaterialsProject2020Compatibility, except that the S, Se and Te anion corrections "
-                                 "are dropped from compounds made only of O, S, Se, Te, F, Cl, Br and I")
+CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v2"
+CORRECTION_SCHEME_DESCRIPTION = ("MaterialsProject2020Compatibility, except that each S, Se and Te anion correction "
+                                 "is scaled by the share of that element's sites bonded (1.25 x covalent radii) "
+                                 "to at least one element other than O, S, Se, Te, F, Cl, Br, I; without a "
+                                 "structure, dropped for compounds made only of those elements")
+
+
+def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
+    """For each of S, Se, Te in ``entry``: the share of its sites with a metal (non-chalcogen/halogen) partner.
+
+    With a structure, a partner is a neighbour within :data:`PARTNER_BOND_SCALE` x the covalent-radius sum,
+    periodic images included: 1 for every S of MoS2 or pyrite FeS2, 0 for SeS2, 1/2 for the S of a cell
+    holding a VS2 and an SeS2 layer. Without one, the composition decides: 0 for a compound made only of
+    :data:`CHALCOGEN_HALOGEN` elements (SeS2, TeS2), 1 otherwise.
+    """
+    comp = entry.composition
+    present = [el for el in CHALCOGEN_CORRECTIONS if comp[el] > 0]
+    if not present:
+        return {}
+    elements = {el.symbol for el in comp.elements if comp[el] > 0}
+    structure = getattr(entry, "structure", None)
+    if structure is None:
+        share = 0.0 if len(elements) > 1 and elements <= CHALCOGEN_HALOGEN else 1.0
+        return {el: share for el in present}
+    if elements <= CHALCOGEN_HALOGEN:
+        return {el: 0.0 for el in present}
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.pbc = True  # a monolayer's vacuum (>= 15 A) keeps its images apart
+    symbols = np.array(atoms.get_chemical_symbols())
+    i, j = neighbor_list("ij", atoms, (covalent_radii[atoms.numbers] * PARTNER_BOND_SCALE).tolist(),
+                         self_interaction=False)
+    partnered = np.zeros(len(atoms), dtype=bool)
+    partnered[i[~np.isin(symbols[j], sorted(CHALCOGEN_HALOGEN))]] = True
+    return {el: float(partnered[symbols == el].mean()) for el in present}
 
 
 def anion_correction_scale(entry: ComputedEntry) -> float:
-    """1 when MP2020's S/Se/Te corrections apply to ``entry``, 0 when it has no partner for them.
-
-    0 exactly for a compound of two or more elements that are all chalcogens or halogens
-    (:data:`CHALCOGEN_HALOGEN`): SeS2, TeS2, SeS, TeSe2. Metal chalcogenides keep MP2020 as it is, however
-    chalcogen-rich (MoS2, NbSe2, FeS2, VSeS4), and so do compounds of chalcogens with B, C, N, P, Si, As
-    (CS2, P4S3, As2S3), which MP2020's fit may have covered. Composition only, so no oxidation-state guess
-    enters and neighbouring compositions cannot jump between two treatments.
-    """
-    elements = {el.symbol for el in entry.composition.elements if entry.composition[el] > 0}
-    return 0.0 if len(elements) > 1 and elements <= CHALCOGEN_HALOGEN else 1.0
+    """Share of ``entry``'s MP2020 S/Se/Te corrections that :func:`limit_anion_corrections` keeps (1 if none)."""
+    shares = chalcogen_partner_shares(entry)
+    adj = {a.name: a.value for a in entry.energy_adjustments}
+    total = sum(adj.get(f"{ANION_CORRECTION_NAME} ({el})", 0.0) for el in shares)
+    if total == 0:
+        return 1.0
+    return float(sum(adj.get(f"{ANION_CORRECTION_NAME} ({el})", 0.0) * f for el, f in shares.items()) / total)
 
 
 def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
-    """``entry`` without MP2020's S, Se and Te corrections when :func:`anion_correction_scale` is 0.
+    """``entry`` with each MP2020 S/Se/Te correction scaled by :func:`chalcogen_partner_shares`.
 
-    The same entry is returned when nothing changes (a metal compound, no such correction, or an entry
-    limited already); otherwise a copy whose ``data`` records ``anion_correction_scale`` and the dropped
-    eV. All other adjustments (O and halogen corrections, GGA/GGA+U mixing) are kept.
+    The same entry is returned when nothing changes (every chalcogen site has a metal partner, no such
+    correction, or an entry limited already); otherwise a copy whose ``data`` records
+    ``anion_correction_scale``, the shares and the dropped eV. All other adjustments (O and halogen
+    corrections, GGA/GGA+U mixing) are kept.
     """
+    from pymatgen.entries.computed_entries import ConstantEnergyAdjustment
+
     if "anion_correction_scale" in entry.data:  # limited already: never twice
         return entry
-    names = {f"{ANION_CORRECTION_NAME} ({el})" for el in CHALCOGEN_CORRECTIONS}
-    dropped = [a for a in entry.energy_adjustments if a.name in names]
-    if not dropped or anion_correction_scale(entry) >= 1.0:
+    shares = chalcogen_partner_shares(entry)
+    names = {f"{ANION_CORRECTION_NAME} ({el})": el for el in shares}
+    limited = [a for a in entry.energy_adjustments if a.name in names and shares[names[a.name]] < 1.0]
+    if not limited:
         return entry
+    scale = anion_correction_scale(entry)
+    kept = [a for a in entry.energy_adjustments if all(a is not b for b in limited)]
+    scaled = [ConstantEnergyAdjustment(a.value * shares[names[a.name]],
+                                       name=f"{a.name} x {shares[names[a.name]]:.3g} (metal-partner share)",
+                                       description="gen2d: MP2020 chalcogen correction for the sites with a "
+                                                   "metal neighbour only")
+              for a in limited if shares[names[a.name]] > 0]
     out = entry.copy()
-    out.energy_adjustments = [a for a in entry.energy_adjustments if a.name not in names]
-    out.data = {**entry.data, "anion_correction_scale": 0.0,
-                "anion_correction_dropped": float(sum(a.value for a in dropped)),
-                "anion_correction_dropped_names": sorted(a.name for a in dropped)}
+    out.energy_adjustments = kept + scaled
+    out.data = {**entry.data, "anion_correction_scale": scale, "chalcogen_partner_shares": shares,
+                "anion_correction_dropped": float(sum(a.value * (1 - shares[names[a.name]]) for a in limited))}
     return out
 
 
@@ -208,8 +251,8 @@ def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
 def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], provider: str) -> HullResult:
     """E_form against the elemental references and E_hull against all ``references``.
 
-    The candidate and the references pass through :func:`limit_anion_corrections` first (no S/Se/Te
-    correction for chalcogen-halogen-only compounds); the plain-MP2020 E_hull is kept as
+    The candidate and the references pass through :func:`limit_anion_corrections` first (S/Se/Te
+    corrections only for sites with a metal partner); the plain-MP2020 E_hull is kept as
     ``e_hull_mp2020`` when the limit changed anything. Flags: ``anion_correction_limited`` (the
     candidate's correction was cut) and ``below_reference_hull`` (E_hull < :data:`BELOW_REFERENCE_HULL`:
     a layer below its bulk references points to a missing reference phase before a discovery).

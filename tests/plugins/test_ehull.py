@@ -66,7 +66,7 @@ def test_mos2_scored_with_chgnet(ref_cache):
     assert res.extra["decomposition"] and res.extra["correction_per_atom"] < 0  # MP2020 sulfide correction
     # Mo balances every S: the metal-cation limit leaves MP2020 as it is
     assert res.extra["anion_correction_scale"] == 1.0 and res.extra["e_hull_mp2020"] is None
-    assert res.extra["flags"] == [] and res.extra["correction_scheme"].startswith("MP2020")
+    assert res.extra["flags"] == [] and res.extra["correction_scheme"].startswith("mp2020+gen2d")
     prov = res.provenance
     assert prov.plugin == "ehull.chgnet" and prov.model.startswith("CHGNet 0.3.0")
     assert len(prov.checkpoint_sha256) == 64
