@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -68,6 +69,19 @@ class StrictValidity(Metric):
                            per_sample=ok)
 
 
+@lru_cache(maxsize=65536)
+def smact_formula_valid(reduced_formula: str, use_pauling_test: bool = True) -> bool:
+    """``smact.screening.smact_validity`` of a reduced formula (alloys allowed), cached; an element SMACT
+    has no data for makes it invalid. The caller bounds the number of elements: SMACT enumerates every
+    oxidation-state combination."""
+    from smact.screening import smact_validity
+
+    try:
+        return bool(smact_validity(reduced_formula, use_pauling_test=use_pauling_test))
+    except Exception:
+        return False
+
+
 class SMACTValidity(Metric):
     name = "smact_validity"
     description = ("Fraction of samples whose composition is charge-neutral with allowed oxidation states "
@@ -81,23 +95,14 @@ class SMACTValidity(Metric):
         self.max_elements = max_elements
 
     def __call__(self, structures: Sequence[Structure]) -> MetricResult:
-        from smact.screening import smact_validity
-
-        cache: dict[str, bool] = {}
         ok = []
         too_many = 0
         for s in structures:
-            formula = s.composition.reduced_formula
             if len(s.composition.elements) > self.max_elements:
                 too_many += 1
                 ok.append(False)
                 continue
-            if formula not in cache:
-                try:
-                    cache[formula] = bool(smact_validity(s.composition))
-                except Exception:
-                    cache[formula] = False
-            ok.append(cache[formula])
+            ok.append(smact_formula_valid(s.composition.reduced_formula))
         n = len(structures)
         return self.result(float(np.mean(ok)) if n else None, n, per_sample=ok, too_many_elements=too_many,
                            max_elements=self.max_elements)

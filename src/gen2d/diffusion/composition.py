@@ -44,17 +44,15 @@ def composition_is_valid(reduced_formula: str, use_pauling_test: bool = False) -
     other well-known tellurides; a prior that forbade them would push samples away from real layers.
     """
     from pymatgen.core import Composition
-    from smact.screening import smact_validity
+
+    from gen2d.metrics import smact_formula_valid
 
     comp = Composition(reduced_formula)
     if len(comp.elements) <= 1:
         return True
     if len(comp.elements) > MAX_SMACT_ELEMENTS:  # SMACT's enumeration never ends; the metric says invalid
         return False
-    try:
-        return bool(smact_validity(comp, use_pauling_test=use_pauling_test))
-    except Exception:  # an element SMACT has no data for: not valid, as in the metric
-        return False
+    return smact_formula_valid(reduced_formula, use_pauling_test)
 
 
 def _formula(counts: dict[str, int]) -> str:
@@ -138,12 +136,13 @@ def charge_balanced_types(h: torch.Tensor | np.ndarray, vocab: list[str], blocke
     blocked : bool tensor, optional
         ``(K,)`` channels that may not be chosen (a restricted chemical space).
     max_candidates : int
-        Elements the sets are drawn from: the largest "support" sum_i max(0, 1 - regret_ik), so an element
-        an atom holds as one-hot counts 1 for it (the argmax's elements first when they are few enough).
+        Elements the sets are drawn from: the argmax's elements first (most atoms first), then the largest
+        "support" sum_i max(0, 1 - regret_ik), so an element an atom holds as one-hot counts 1 for it.
     max_elements : int
         Largest number of distinct elements of a returned composition.
     max_expansions : int
-        Compositions examined in all (the argmax is returned with ``valid=False`` when none is valid).
+        Compositions examined in all. The search starts from the cheapest elemental layer, which is always
+        valid, so ``valid=False`` (with the argmax) comes back only when every element is blocked.
     """
     scores = h.detach().cpu().double().numpy() if isinstance(h, torch.Tensor) else np.asarray(h, dtype=float)
     if blocked is not None:
