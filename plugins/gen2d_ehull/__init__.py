@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element, Structure
 
-from gen2d.hull import (CORRECTION_SCHEME, CORRECTION_SCHEME_DESCRIPTION, ENERGY_UNIT, HullError, ReferenceUnavailable, apply_mp2020, get_reference_provider,
-                        hull_analysis, mlip_entry)
+from gen2d.hull import (CORRECTION_SCHEME, CORRECTION_SCHEME_DESCRIPTION, ENERGY_UNIT, HullError,
+                        ReferenceUnavailable, apply_mp2020, get_reference_provider, hull_analysis, mlip_entry)
 from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane, relax_in_plane_batch
 from gen2d.scoring import CALCULATOR_GROUP, PluginUnavailable, Provenance, ScoreResult
 
@@ -139,7 +139,8 @@ class EHullScorer:
                 "relaxation": {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "cell_mask": [1, 1, 0, 0, 0, 1],
                                "fmax": self.fmax, "fmax_unit": "eV/Å", "steps": self.steps},
                 "compatibility": "MaterialsProject2020Compatibility(check_potcar=False)",
-                "correction_scheme": CORRECTION_SCHEME, "correction_scheme_description": CORRECTION_SCHEME_DESCRIPTION,
+                "correction_scheme": CORRECTION_SCHEME,
+                "correction_scheme_description": CORRECTION_SCHEME_DESCRIPTION,
                 "provider": self.provider_name, "stable_threshold": self.stable_threshold,
                 "stable_threshold_unit": ENERGY_UNIT}
 

@@ -170,9 +170,12 @@ def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
     return {el: float(partnered[symbols == el].mean()) for el in present}
 
 
-def anion_correction_scale(entry: ComputedEntry) -> float:
-    """Share of ``entry``'s MP2020 S/Se/Te corrections that :func:`limit_anion_corrections` keeps (1 if none)."""
-    shares = chalcogen_partner_shares(entry)
+def anion_correction_scale(entry: ComputedEntry, shares: dict[str, float] | None = None) -> float:
+    """Share of ``entry``'s MP2020 S/Se/Te corrections that :func:`limit_anion_corrections` keeps (1 if none).
+
+    ``shares`` are :func:`chalcogen_partner_shares` of ``entry`` when the caller has them already.
+    """
+    shares = chalcogen_partner_shares(entry) if shares is None else shares
     adj = {a.name: a.value for a in entry.energy_adjustments}
     total = sum(adj.get(f"{ANION_CORRECTION_NAME} ({el})", 0.0) for el in shares)
     if total == 0:
@@ -197,7 +200,7 @@ def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
     limited = [a for a in entry.energy_adjustments if a.name in names and shares[names[a.name]] < 1.0]
     if not limited:
         return entry
-    scale = anion_correction_scale(entry)
+    scale = anion_correction_scale(entry, shares)
     kept = [a for a in entry.energy_adjustments if all(a is not b for b in limited)]
     scaled = [ConstantEnergyAdjustment(a.value * shares[names[a.name]],
                                        name=f"{a.name} x {shares[names[a.name]]:.3g} (metal-partner share)",

@@ -693,7 +693,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
         pred = predict_noise(model, rep, frac, z, h, lat, t0_b, batch, sched, [None], lattice_override=lattice_fixed)
         heads = pred["heads"]
     lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
-    types = _types(h, blocked) if fixed_types is None else fixed_types
+    types = types_now()
     out = []
     ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
     params = config.model_dump(mode="json")
@@ -721,7 +721,7 @@ def _balanced_types(x0_h: torch.Tensor, batch: torch.Tensor, B: int, vocab: list
     """Charge-balanced types of every structure of a batch and, per structure, what the search did."""
     from gen2d.diffusion.composition import charge_balanced_types
 
-    types = _types(x0_h, blocked).clone()
+    types = torch.empty(x0_h.shape[0], dtype=torch.long, device=x0_h.device)  # every structure fills its atoms
     report = []
     b = batch.cpu().numpy()
     for g in range(B):
