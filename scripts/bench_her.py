@@ -72,7 +72,8 @@ def cmd_train(args) -> None:
           f"{dict(sorted({r: sum(1 for l in labels if l['reason'] == r) for r in {l['reason'] for l in labels if not l['ok']}}.items()))})")
     print(f"dgh.mlip CPU per monolayer: mean {statistics.mean(cpu):.1f} s, median {statistics.median(cpu):.1f} s "
           f"(1 thread; recipe {LABEL_RECIPE})")
-    hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2)
+    hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2,
+                        readout=args.readout)
     command = "scripts/bench_her.py train " + " ".join(sys.argv[2:])
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
@@ -176,6 +177,8 @@ def main(argv=None) -> int:
     tr.add_argument("--models", type=int, default=4)
     tr.add_argument("--epochs", type=int, default=150)
     tr.add_argument("--hidden", type=int, default=64)
+    tr.add_argument("--readout", choices=["site", "mean"], default="mean",
+                    help="site: per-site ΔG_H on the nearest atom, soft minimum of |ΔG_H| over exposed atoms")
     sp = sub.add_parser("speed")
     sp.add_argument("--n", type=int, default=30)
     sp.add_argument("--n-default", type=int, default=10, help="layers timed with the (slow) default recipe")

@@ -68,6 +68,23 @@ def label_key(structure: Structure, scorer) -> str:
     return f"{content_hash(structure)}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
+def site_labels(sites: Sequence[dict[str, Any]], slab: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every site's ΔG_H, tied to the atom of the relaxed unit-cell slab nearest to the relaxed H.
+
+    ``dgh.mlip`` relaxes H on an ASE ``repeat`` of the unit cell, which tiles the whole cell, so the
+    supercell atom ``k`` is the unit-cell atom ``k % n``. These per-site labels let the surrogate learn
+    ΔG_H as a property of a site rather than of a whole material.
+    """
+    n = len(slab["sites"]) if slab else 0
+    out = []
+    for s in sites:
+        index = s.get("nearest_atom_index")
+        out.append({"face": s.get("face"), "kind": s.get("kind"), "nearest_atom": s.get("nearest_atom"),
+                    "atom_index": None if index is None or not n else int(index) % n,
+                    "dg_h_eV": s.get("delta_g_h"), "valid": bool(s.get("valid")), "flags": list(s.get("flags", []))})
+    return out
+
+
 def label_monolayers(structures: Sequence[Structure], scorer, label_cache: LabelCache,
                      ids: Sequence[str] | None = None,
                      progress: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
@@ -97,7 +114,8 @@ def label_monolayers(structures: Sequence[Structure], scorer, label_cache: Label
                       "message": None if result.ok else result.failure.message,
                       "cpu_seconds": cpu, "n_sites": len(result.extra.get("sites", [])),
                       "best_site": {k: best.get(k) for k in ("face", "kind", "nearest_atom", "coverage")},
-                      "model": result.provenance.model, "relaxed_slab": slab}
+                      "model": result.provenance.model, "relaxed_slab": slab,
+                      "sites": site_labels(result.extra.get("sites", []), slab)}
             label_cache.put(key, cached)
         labels.append(cached)
         if progress is not None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pymatgen.core import Structure
 
 from gen2d.scoring import Provenance, ScoreResult, file_sha256
@@ -146,7 +145,10 @@ class DimeNetDGHScorer:
             notes_of[n] = notes
         for start in range(0, len(graphs), self.batch_size):
             chunk = graphs[start:start + self.batch_size]
-            preds = np.stack([m.predict_graphs(chunk).cpu().numpy()[:, 0] for m in members])  # (M, B)
+            site_resolved = members[0].hparams.readout == "site"
+            outs = [m.predict_graphs(chunk, atoms=site_resolved) for m in members]
+            preds = np.stack([(o[0] if site_resolved else o).cpu().numpy()[:, 0] for o in outs])  # (M, B)
+            sites = self._best_atoms(chunk, outs) if site_resolved else {}
             for b, n in enumerate(where[start:start + self.batch_size]):
                 mean, std = float(preds[:, b].mean()), float(preds[:, b].std(ddof=1) if len(members) > 1 else 0.0)
                 if not np.isfinite(mean):
@@ -154,10 +156,35 @@ class DimeNetDGHScorer:
                                                     "the surrogate returned a non-finite value",
                                                     self.provenance(notes_of[n]))
                     continue
+                extra: dict[str, Any] = {"members_eV": preds[:, b].round(4).tolist()}
+                if b in sites:
+                    extra["best_site_atom"] = sites[b]
                 results[n] = ScoreResult(property=self.property, value=mean, unit=self.unit, uncertainty=std,
-                                         extra={"members_eV": preds[:, b].round(4).tolist()},
+                                         extra=extra,
                                          provenance=self.provenance(notes_of[n]))
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _best_atoms(chunk, outs) -> dict[int, dict[str, Any]]:
+        """For a site-resolved ensemble: per graph, the exposed atom whose ensemble-mean ΔG_H is nearest 0
+        (index in the input slab, element, that value in eV): where the surrogate expects H to bind best."""
+        import torch
+        from pymatgen.core.periodic_table import Element
+
+        per_atom = torch.stack([o[1][:, 0] for o in outs]).mean(0)
+        index, exposed = outs[0][2], outs[0][3]
+        z = torch.cat([g.z for g in chunk])
+        best: dict[int, dict[str, Any]] = {}
+        offset = 0
+        for b, graph in enumerate(chunk):
+            n = graph.z.numel()
+            values, mask = per_atom[offset:offset + n], exposed[offset:offset + n]
+            if bool(mask.any()) and bool((index[offset:offset + n] == b).all()):
+                k = int(torch.where(mask, values.abs(), torch.full_like(values, float("inf"))).argmin())
+                best[b] = {"atom_index": k, "element": Element.from_Z(int(z[offset + k])).symbol,
+                           "dg_h_eV": round(float(values[k]), 4)}
+            offset += n
+        return best
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """Checkpoints, their metadata and the graph the surrogate would see."""
@@ -173,7 +200,8 @@ class DimeNetDGHScorer:
 
     def train(self, data: str | None = None, n: int = 200, max_atoms: int | None = None, seed: int = 0,
               out: str | None = None, label_cache: Any = None, mlip: dict[str, Any] | None = None,
-              n_models: int = 4, epochs: int = 150, device: str = "cpu", **_: Any) -> dict[str, Any]:
+              n_models: int = 4, epochs: int = 150, device: str = "cpu", readout: str = "mean",
+              **_: Any) -> dict[str, Any]:
         """``gen2d train --surrogate dgh.dimenet``: label monolayers with ``dgh.mlip`` and train the ensemble.
 
         Parameters
@@ -192,6 +220,9 @@ class DimeNetDGHScorer:
             Default: ``<out>/labels.jsonl``. Reruns and larger ``n`` only label what is missing.
         mlip : dict, optional
             Options of the ``dgh.mlip`` scorer that makes the labels (calculator, model, settings).
+        readout : {"site", "mean"}
+            "site": learn every site's ΔG_H on the atom next to it and read out the soft minimum of |ΔG_H|
+            over exposed atoms; "mean": one material value from the mean of per-atom outputs.
 
         Returns
         -------
@@ -201,6 +232,7 @@ class DimeNetDGHScorer:
         import random
 
         from gen2d.data.readers import data_dir
+        from gen2d.models.dimenet import DimeNetHParams
         from gen2d_dgh_dimenet.labels import JsonlLabelCache, iter_monolayers
         from gen2d_dgh_dimenet.train import label_and_train
 
@@ -215,10 +247,10 @@ class DimeNetDGHScorer:
         random.Random(seed).shuffle(items)
         items = items[:n]
         command = (f"gen2d train --surrogate dgh.dimenet -o data={data} -o n={n} -o max_atoms={max_atoms} "
-                   f"-o seed={seed} -o out={out_dir}")
+                   f"-o seed={seed} -o out={out_dir} -o readout={readout}")
         manifest = label_and_train([s for _, s in items], label_cache, out_dir, ids=[i for i, _ in items],
                                    mlip_options=mlip, n_models=n_models, epochs=epochs, seed=seed,
-                                   device=device, training_set=f"{'+'.join(p.name for p in paths)}: {len(items)} monolayers "
+                                   device=device, hparams=DimeNetHParams(readout=readout), training_set=f"{'+'.join(p.name for p in paths)}: {len(items)} monolayers "
                                    f"(seed {seed}, max_atoms {max_atoms})", command=command)
         return {"checkpoint_dir": str(out_dir), "checkpoint": str(out_dir / "member_0.pt"),
                 "metrics": manifest["metrics"], "manifest": manifest}

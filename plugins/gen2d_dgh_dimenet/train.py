@@ -19,6 +19,30 @@ from gen2d.scoring import file_sha256
 log = logging.getLogger(__name__)
 
 
+def site_targets(label: dict[str, Any], n_atoms: int, structure: Structure | None = None) -> torch.Tensor:
+    """Per-atom ΔG_H targets (eV; NaN where no site was tied to the atom): the valid site of minimum |ΔG_H|
+    among those whose relaxed H ended nearest that atom or a symmetry-equivalent one (``structure`` given),
+    so equivalent atoms, which the invariant network cannot tell apart, never get conflicting targets.
+    Labels made before sites were recorded give all NaN."""
+    classes = list(range(n_atoms))
+    if structure is not None and len(structure) == n_atoms:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        try:
+            classes = [int(c) for c in SpacegroupAnalyzer(structure, symprec=0.1).get_symmetry_dataset().equivalent_atoms]
+        except Exception:  # spglib can fail on distorted cells; per-atom targets are then still right
+            log.debug("no symmetry classes for %s", label.get("id"), exc_info=True)
+    best: dict[int, float] = {}
+    for site in label.get("sites") or []:
+        k, value = site.get("atom_index"), site.get("dg_h_eV")
+        if not site.get("valid") or k is None or value is None or not 0 <= k < n_atoms:
+            continue
+        c = classes[k]
+        if c not in best or abs(value) < abs(best[c]):
+            best[c] = float(value)
+    return torch.tensor([best.get(c, float("nan")) for c in classes], dtype=torch.get_default_dtype())
+
+
 def _graphs_and_targets(labels: Sequence[dict[str, Any]], cutoff: float):
     from gen2d.models.dimenet import periodic_graph
 
@@ -26,9 +50,11 @@ def _graphs_and_targets(labels: Sequence[dict[str, Any]], cutoff: float):
     for lab in labels:
         if not lab.get("ok") or lab.get("dg_h_eV") is None or not lab.get("relaxed_slab"):
             continue
-        graph = periodic_graph(Structure.from_dict(lab["relaxed_slab"]), cutoff=cutoff)
+        structure = Structure.from_dict(lab["relaxed_slab"])
+        graph = periodic_graph(structure, cutoff=cutoff)
         if graph.edge_index.shape[1] == 0:
             continue
+        graph.site_y = site_targets(lab, graph.z.numel(), structure)
         graphs.append(graph)
         targets.append(float(lab["dg_h_eV"]))
         kept.append(lab)
@@ -39,13 +65,16 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], l
     """(train, held-out test) indices, a fixed shuffle of ``seed``."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_test = max(1, int(round(test_fraction * n))) if n > 4 else 0
+    n_test = max(1, int(round(test_fraction * n))) if n > 4 and test_fraction > 0 else 0
     return order[n_test:], order[:n_test]
 
 
 def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams, seed: int, epochs: int,
                batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4, device: str = "cpu"):
-    """One ensemble member trained with L1 loss (AdamW, cosine schedule) on ``train_idx``."""
+    """One ensemble member trained with L1 loss (AdamW, cosine schedule) on ``train_idx``.
+
+    With ``hparams.readout == "site"`` the loss adds, to the material's best-site error, the error of every
+    atom that carries a per-site label (``graph.site_y``), so the network learns ΔG_H site by site."""
     from gen2d.models.dimenet import PeriodicDimeNetPlusPlus, collate
 
     torch.manual_seed(seed)
@@ -65,11 +94,20 @@ def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams,
             pick = order[start:start + batch_size]
             b = collate([batches[k] for k in pick])
             y = y_train[pick].to(device)
-            pred = model(b["z"].to(device), b["pos"].to(device), b["batch"].to(device),
-                         edge_index=b["edge_index"].to(device), edge_image=b["edge_image"].to(device),
-                         cell=b["cell"].to(device))[:, 0]
+            pos = b["pos"].to(device)
+            per_atom, batch = model.atom_outputs(b["z"].to(device), pos, b["batch"].to(device),
+                                                 edge_index=b["edge_index"].to(device),
+                                                 edge_image=b["edge_image"].to(device), cell=b["cell"].to(device))
+            pred = model.readout(per_atom, pos, batch)[:, 0]
             # loss in normalised units so the learning rate does not depend on the label scale
             loss = torch.nn.functional.l1_loss(pred / model.target_std, y / model.target_std)
+            if model.hparams.readout == "site":
+                site_y = torch.cat([getattr(batches[k], "site_y", torch.full((batches[k].z.numel(),), float("nan")))
+                                    for k in pick]).to(device)
+                have = ~torch.isnan(site_y)
+                if have.any():
+                    loss = loss + torch.nn.functional.l1_loss(per_atom[have, 0] / model.target_std,
+                                                              site_y[have] / model.target_std)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -150,7 +188,7 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
 def label_and_train(structures: Sequence[Structure], label_cache, out_dir: str | Path,
                     ids: Sequence[str] | None = None, mlip_options: dict[str, Any] | None = None,
                     n_models: int = 4, epochs: int = 150, test_fraction: float = 0.2, seed: int = 0,
-                    device: str = "cpu", training_set: str = "", command: str = "") -> dict[str, Any]:
+                    device: str = "cpu", training_set: str = "", command: str = "", hparams=None) -> dict[str, Any]:
     """``gen2d train --surrogate dgh.dimenet``: label ``structures`` with ``dgh.mlip`` (only what
     ``label_cache`` lacks), then train and write the ensemble to ``out_dir``."""
     from gen2d.scoring import get_scorer
@@ -160,4 +198,4 @@ def label_and_train(structures: Sequence[Structure], label_cache, out_dir: str |
     mlip = get_scorer("dgh.mlip", **(mlip_options or {}))
     labels = label_monolayers(structures, mlip, label_cache, ids=ids)
     return train_surrogate(labels, out_dir, n_models=n_models, epochs=epochs, test_fraction=test_fraction,
-                           seed=seed, device=device, training_set=training_set, command=command)
+                           seed=seed, device=device, training_set=training_set, command=command, hparams=hparams)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,10 +24,11 @@ SMALL = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_e
                        out_emb_channels=16, cutoff=4.0)
 
 
-@pytest.fixture(scope="module")
-def model() -> PeriodicDimeNetPlusPlus:
+@pytest.fixture(scope="module", params=["mean", "site"])
+def model(request) -> PeriodicDimeNetPlusPlus:
+    """Both readouts: the per-atom mean and the site-resolved soft minimum over exposed atoms."""
     torch.manual_seed(0)
-    net = PeriodicDimeNetPlusPlus(SMALL).double()
+    net = PeriodicDimeNetPlusPlus(replace(SMALL, readout=request.param)).double()
     # PyG zero-initialises the output layers; random weights make the invariance tests meaningful
     for block in net.output_blocks:
         torch.nn.init.normal_(block.lin.weight, std=0.3)
@@ -122,6 +124,26 @@ def test_supercell_choice(model):
     sheared = make_supercell(atoms, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
     sheared.pbc = (True, True, False)
     assert _predict(model, sheared) == pytest.approx(ref, abs=1e-8)
+
+
+def test_site_readout_is_the_exposed_atom_nearest_zero():
+    """The "site" readout is a soft minimum of |ΔG_H| over atoms within exposed_depth of a face: a buried
+    atom (Mo in MoS2) never wins, and at a small temperature the winner is the exposed value nearest 0."""
+    net = PeriodicDimeNetPlusPlus(replace(SMALL, readout="site", exposed_depth=1.0, softmin_temperature=0.01)).double()
+    atoms = _mos2()  # Mo, S, S; Mo 1.6 Å below either S
+    pos = torch.as_tensor(atoms.positions, dtype=torch.float64)
+    batch = torch.zeros(3, dtype=torch.long)
+    per_atom = torch.tensor([[0.0], [0.9], [-0.4]], dtype=torch.float64)  # Mo would be ideal, but it is buried
+    assert float(net.readout(per_atom, pos, batch)[0, 0]) == pytest.approx(-0.4, abs=1e-6)
+    # two graphs in one batch stay independent
+    pos2 = torch.cat([pos, pos])
+    batch2 = torch.tensor([0, 0, 0, 1, 1, 1])
+    per2 = torch.cat([per_atom, torch.tensor([[5.0], [1.5], [2.5]], dtype=torch.float64)])
+    out = net.readout(per2, pos2, batch2)[:, 0]
+    assert out.tolist() == pytest.approx([-0.4, 1.5], abs=1e-6)
+    # the plain readout is the mean of all atoms
+    mean = PeriodicDimeNetPlusPlus(SMALL).double()
+    assert float(mean.readout(per_atom, pos, batch)[0, 0]) == pytest.approx(0.5 / 3)
 
 
 def test_output_changes_with_geometry(model):

@@ -49,6 +49,12 @@ def test_labels_are_cached_and_incremental():
     hbn = _slab(graphene(formula="BN", a=2.50, vacuum=10.0))
     again = label_monolayers([gra, hbn], scorer, cache, ids=["graphene", "hBN"])
     assert cache.puts == 2  # only h-BN was computed
+    # every site's ΔG_H is kept, tied to the unit-cell atom nearest the relaxed H (B and N tell a wrong map)
+    sites = again[1]["sites"]
+    species = [site["species"][0]["element"] for site in again[1]["relaxed_slab"]["sites"]]
+    assert len(sites) == again[1]["n_sites"] >= 2
+    assert all(species[s["atom_index"]] == s["nearest_atom"] for s in sites)
+    assert min((s["dg_h_eV"] for s in sites if s["valid"]), key=abs) == pytest.approx(again[1]["dg_h_eV"])
     assert again[0] == first[0]
     # a different recipe is a different label
     other = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False,
@@ -75,6 +81,55 @@ def test_training_monolayers_come_from_any_source(data_dir, tmp_path):
     _slab(graphene(a=2.46, vacuum=10.0)).to(filename=str(folder / "graphene.cif"))
     (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\nloop_\n_atom_site_label\nC 0 0\n")
     assert [i for i, _ in iter_monolayers(str(folder))] == ["graphene.cif"]
+
+
+def test_site_targets_take_each_atoms_best_valid_site():
+    from gen2d_dgh_dimenet.train import site_targets
+
+    label = {"sites": [{"atom_index": 1, "dg_h_eV": 0.9, "valid": True},
+                       {"atom_index": 1, "dg_h_eV": -0.3, "valid": True},   # nearer 0: this one counts
+                       {"atom_index": 2, "dg_h_eV": 0.05, "valid": False},  # flagged: ignored
+                       {"atom_index": 7, "dg_h_eV": 0.1, "valid": True},    # outside the cell: ignored
+                       {"atom_index": None, "dg_h_eV": 0.2, "valid": True}]}
+    y = site_targets(label, 3)
+    assert torch.isnan(y[0]) and torch.isnan(y[2]) and float(y[1]) == pytest.approx(-0.3)
+    assert torch.isnan(site_targets({}, 2)).all()  # labels made before sites were recorded
+    # symmetry-equivalent atoms share the best value: both S of MoS2 get the top-face S site's -0.2
+    mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
+    s_atoms = [k for k, site in enumerate(mos2) if site.specie.symbol == "S"]
+    y = site_targets({"sites": [{"atom_index": s_atoms[0], "dg_h_eV": -0.2, "valid": True},
+                                {"atom_index": s_atoms[1], "dg_h_eV": 1.4, "valid": True}]}, len(mos2), mos2)
+    assert [float(y[k]) for k in s_atoms] == pytest.approx([-0.2, -0.2]) and torch.isnan(y[[k for k in range(3) if k not in s_atoms]]).all()
+
+
+def test_site_readout_learns_per_site_labels(tmp_path):
+    """A site-resolved surrogate fits different ΔG_H on the two faces' atoms and reads out the one nearest 0."""
+    from gen2d.models.dimenet import DimeNetHParams
+    from gen2d_dgh_dimenet import DimeNetDGHScorer, train_surrogate
+
+    labels = []
+    for name, s, value in [("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6),
+                           ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
+                           ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
+                           ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9),
+                           ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2)]:
+        # the chalcogen (or C) carries the material's value, a hollow site over the metal a weaker one
+        sites = [{"atom_index": k, "dg_h_eV": value + (0.8 if site.specie.is_metal else 0.0), "valid": True}
+                 for k, site in enumerate(s)]
+        labels.append({"id": name, "ok": True, "dg_h_eV": value, "relaxed_slab": s.as_dict(), "model": "test labels",
+                       "sites": sites})
+    hp = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
+                        readout="site")
+    manifest = train_surrogate(labels, tmp_path, n_models=1, epochs=150, test_fraction=0.0, seed=0, hparams=hp,
+                               training_set="toy sites", command="pytest")
+    assert manifest["hparams"]["readout"] == "site"
+    results = DimeNetDGHScorer(checkpoint_dir=str(tmp_path), device="cpu").score(
+        [structure for structure in (Structure.from_dict(lab["relaxed_slab"]) for lab in labels)])
+    for lab, r in zip(labels, results):
+        assert r.ok and r.value == pytest.approx(lab["dg_h_eV"], abs=0.25), lab["id"]
+        # the atom it expects H to bind to: the chalcogen (or B/N/C), never the metal of the hollow site
+        best = r.extra["best_site_atom"]
+        assert best["element"] in {"S", "Se", "C", "B", "N"} and best["dg_h_eV"] == pytest.approx(r.value, abs=0.25)
 
 
 def _toy_labels():

@@ -47,6 +47,12 @@ class DimeNetHParams:
     num_radial: int = 6
     cutoff: float = 5.0
     envelope_exponent: int = 5
+    # "mean": one value per material from the mean of per-atom outputs. "site": each atom's output is the
+    # ΔG_H of an H bound next to it, and the material's value is a soft minimum of |ΔG_H| over the atoms
+    # within ``exposed_depth`` (Å) of either face, as dgh.mlip's best site is the minimum |ΔG_H| over sites.
+    readout: str = "mean"
+    exposed_depth: float = 1.7
+    softmin_temperature: float = 0.05  # eV
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +72,7 @@ class PeriodicGraph:
     cell: Tensor  # (3, 3) Å, rows are lattice vectors
     edge_index: Tensor  # (2, E) long: [src j, dst i]
     edge_image: Tensor  # (E, 3) long
+    site_y: Tensor | None = None  # (N,) per-atom ΔG_H training targets (eV, NaN where none); training only
 
 
 def periodic_graph(atoms, cutoff: float = 5.0) -> PeriodicGraph:
@@ -174,7 +181,28 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, *, edge_index: Tensor,
                 edge_image: Tensor, cell: Tensor) -> Tensor:  # type: ignore[override]
-        """Predict one value per graph (in label units).
+        """Predict one value per graph (in label units)."""
+        per_atom, batch = self.atom_outputs(z, pos, batch, edge_index=edge_index, edge_image=edge_image, cell=cell)
+        return self.readout(per_atom, pos, batch)
+
+    def readout(self, per_atom: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
+        """Per-atom outputs (label units) → one value per graph: their mean, or for ``readout="site"`` the
+        soft minimum of |value| over the exposed atoms. Both are unchanged by repeating the cell."""
+        if self.hparams.readout == "mean":
+            return scatter(per_atom, batch, dim=0, reduce="mean")
+        if self.hparams.readout != "site":
+            raise ValueError(f"unknown readout {self.hparams.readout!r}")
+        from torch_geometric.utils import softmax
+
+        mask = exposed_atoms(pos, batch, self.hparams.exposed_depth)
+        logits = -per_atom.abs() / self.hparams.softmin_temperature
+        logits = torch.where(mask[:, None], logits, torch.full_like(logits, -1e9))
+        weights = softmax(logits, batch, dim=0)
+        return scatter(weights * per_atom, batch, dim=0, reduce="sum")
+
+    def atom_outputs(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, *, edge_index: Tensor,
+                     edge_image: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-atom outputs (N, out_channels) in label units, and the batch vector.
 
         Parameters
         ----------
@@ -211,15 +239,30 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
         for interaction_block, output_block in zip(self.interaction_blocks, self.output_blocks[1:]):
             x = interaction_block(x, rbf, sbf, idx_kj, idx_ji)
             per_atom = per_atom + output_block(x, rbf, i, num_nodes=pos.size(0))
-        out = scatter(per_atom, batch, dim=0, reduce="mean")
-        return out * self.target_std + self.target_mean
+        return per_atom * self.target_std + self.target_mean, batch
 
-    def predict_graphs(self, graphs: Sequence[PeriodicGraph]) -> Tensor:
-        """One prediction per graph (no gradients)."""
+    def predict_graphs(self, graphs: Sequence[PeriodicGraph], atoms: bool = False):
+        """One prediction per graph (no gradients); with ``atoms`` also the per-atom outputs (N, C),
+        the batch vector and the mask of exposed atoms (all True for the mean readout)."""
         batch = collate(graphs)
         with torch.no_grad():
-            return self(batch["z"], batch["pos"], batch["batch"], edge_index=batch["edge_index"],
-                        edge_image=batch["edge_image"], cell=batch["cell"])
+            per_atom, index = self.atom_outputs(batch["z"], batch["pos"], batch["batch"],
+                                                edge_index=batch["edge_index"], edge_image=batch["edge_image"],
+                                                cell=batch["cell"])
+            out = self.readout(per_atom, batch["pos"], index)
+        if not atoms:
+            return out
+        exposed = (exposed_atoms(batch["pos"], index, self.hparams.exposed_depth) if self.hparams.readout == "site"
+                   else torch.ones_like(index, dtype=torch.bool))
+        return out, per_atom, index, exposed
+
+
+def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:
+    """Atoms within ``depth`` (Å) of the top or bottom face of their layer (c along z)."""
+    z = pos[:, 2]
+    top = scatter(z, batch, dim=0, reduce="max")[batch]
+    bottom = scatter(z, batch, dim=0, reduce="min")[batch]
+    return (top - z <= depth) | (z - bottom <= depth)
 
 
 def checkpoint_dict(model: PeriodicDimeNetPlusPlus, metadata: dict[str, Any]) -> dict[str, Any]:
