@@ -242,7 +242,7 @@ def test_default_mlip_is_the_most_faithful_one():
     from gen2d_dgh_mlip import MLIPAdsorptionScorer
 
     default = MLIPAdsorptionScorer()
-    assert (default.calculator_name, default.model) == ("sevennet", "7net-l3i5")
+    assert (default.calculator_name, default.model) == ("sevennet", "7net-0")
     assert default.available() == (True, "")
     assert MLIPAdsorptionScorer(calculator="chgnet").model is None
     info = default.explain(_slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)))
