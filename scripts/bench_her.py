@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     tr.add_argument("--models", type=int, default=4)
     tr.add_argument("--epochs", type=int, default=150)
     tr.add_argument("--hidden", type=int, default=64)
-    tr.add_argument("--readout", choices=["site", "mean"], default="mean",
+    tr.add_argument("--readout", choices=["site", "mean"], default="site",
                     help="site: per-site ΔG_H on the nearest atom, soft minimum of |ΔG_H| over exposed atoms")
     sp = sub.add_parser("speed")
     sp.add_argument("--n", type=int, default=30)

@@ -200,7 +200,7 @@ class DimeNetDGHScorer:
 
     def train(self, data: str | None = None, n: int = 200, max_atoms: int | None = None, seed: int = 0,
               out: str | None = None, label_cache: Any = None, mlip: dict[str, Any] | None = None,
-              n_models: int = 4, epochs: int = 150, device: str = "cpu", readout: str = "mean",
+              n_models: int = 4, epochs: int = 150, device: str = "cpu", readout: str = "site",
               **_: Any) -> dict[str, Any]:
         """``gen2d train --surrogate dgh.dimenet``: label monolayers with ``dgh.mlip`` and train the ensemble.
 
