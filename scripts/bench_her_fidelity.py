@@ -77,6 +77,7 @@ COMPARABLE_FLAGS = {"not_converged", "h_moved_site", "h_desorbed"}
 def _sites_above(result, slab, element: str, tolerance: float = 0.5) -> list:
     """Hollow/bridge sites whose starting H sits (laterally) over an atom of ``element``: e.g. the MXene "site 1",
     H over the outer metal, in a hollow of the termination layer."""
+    from gen2d.adsorption import _min_image_vector
     from gen2d.structures import to_ase
 
     atoms = to_ase(slab)
@@ -85,16 +86,10 @@ def _sites_above(result, slab, element: str, tolerance: float = 0.5) -> list:
     for site in result.sites:
         if site.kind == "ontop":
             continue
-        d = [np.linalg.norm(_lateral_mic(atoms, np.array(site.initial_position) - p)) for p in targets]
+        d = [np.linalg.norm(_min_image_vector(atoms, np.array(site.initial_position) - p)[:2]) for p in targets]
         if d and min(d) < tolerance:
             out.append(site)
     return out
-
-
-def _lateral_mic(atoms, vector: np.ndarray) -> np.ndarray:
-    from ase.geometry import find_mic
-
-    return find_mic(np.atleast_2d(vector), atoms.cell, pbc=(True, True, False))[0][0][:2]
 
 
 def dg_h_on_reference(row: dict, calc, min_length: float, fmax: float) -> dict:

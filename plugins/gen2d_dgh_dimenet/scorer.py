@@ -172,14 +172,14 @@ class DimeNetDGHScorer:
         from pymatgen.core.periodic_table import Element
 
         per_atom = torch.stack([o[1][:, 0] for o in outs]).mean(0)
-        index, exposed = outs[0][2], outs[0][3]
+        exposed = outs[0][3]
         z = torch.cat([g.z for g in chunk])
         best: dict[int, dict[str, Any]] = {}
         offset = 0
         for b, graph in enumerate(chunk):
             n = graph.z.numel()
             values, mask = per_atom[offset:offset + n], exposed[offset:offset + n]
-            if bool(mask.any()) and bool((index[offset:offset + n] == b).all()):
+            if bool(mask.any()):
                 k = int(torch.where(mask, values.abs(), torch.full_like(values, float("inf"))).argmin())
                 best[b] = {"atom_index": k, "element": Element.from_Z(int(z[offset + k])).symbol,
                            "dg_h_eV": round(float(values[k]), 4)}

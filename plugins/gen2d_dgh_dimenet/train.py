@@ -102,8 +102,8 @@ def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams,
             # loss in normalised units so the learning rate does not depend on the label scale
             loss = torch.nn.functional.l1_loss(pred / model.target_std, y / model.target_std)
             if model.hparams.readout == "site":
-                site_y = torch.cat([getattr(batches[k], "site_y", torch.full((batches[k].z.numel(),), float("nan")))
-                                    for k in pick]).to(device)
+                site_y = torch.cat([g.site_y if g.site_y is not None else torch.full((g.z.numel(),), float("nan"))
+                                    for g in (batches[k] for k in pick)]).to(device)
                 have = ~torch.isnan(site_y)
                 if have.any():
                     loss = loss + torch.nn.functional.l1_loss(per_atom[have, 0] / model.target_std,

@@ -185,16 +185,17 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
         per_atom, batch = self.atom_outputs(z, pos, batch, edge_index=edge_index, edge_image=edge_image, cell=cell)
         return self.readout(per_atom, pos, batch)
 
-    def readout(self, per_atom: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
+    def readout(self, per_atom: Tensor, pos: Tensor, batch: Tensor, exposed: Tensor | None = None) -> Tensor:
         """Per-atom outputs (label units) → one value per graph: their mean, or for ``readout="site"`` the
-        soft minimum of |value| over the exposed atoms. Both are unchanged by repeating the cell."""
+        soft minimum of |value| over the exposed atoms (``exposed``, computed when not given). Both are
+        unchanged by repeating the cell."""
         if self.hparams.readout == "mean":
             return scatter(per_atom, batch, dim=0, reduce="mean")
         if self.hparams.readout != "site":
             raise ValueError(f"unknown readout {self.hparams.readout!r}")
         from torch_geometric.utils import softmax
 
-        mask = exposed_atoms(pos, batch, self.hparams.exposed_depth)
+        mask = exposed if exposed is not None else exposed_atoms(pos, batch, self.hparams.exposed_depth)
         logits = -per_atom.abs() / self.hparams.softmin_temperature
         logits = torch.where(mask[:, None], logits, torch.full_like(logits, -1e9))
         weights = softmax(logits, batch, dim=0)
@@ -249,12 +250,10 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
             per_atom, index = self.atom_outputs(batch["z"], batch["pos"], batch["batch"],
                                                 edge_index=batch["edge_index"], edge_image=batch["edge_image"],
                                                 cell=batch["cell"])
-            out = self.readout(per_atom, batch["pos"], index)
-        if not atoms:
-            return out
-        exposed = (exposed_atoms(batch["pos"], index, self.hparams.exposed_depth) if self.hparams.readout == "site"
-                   else torch.ones_like(index, dtype=torch.bool))
-        return out, per_atom, index, exposed
+            exposed = (exposed_atoms(batch["pos"], index, self.hparams.exposed_depth) if self.hparams.readout == "site"
+                       else torch.ones_like(index, dtype=torch.bool))
+            out = self.readout(per_atom, batch["pos"], index, exposed)
+        return (out, per_atom, index, exposed) if atoms else out
 
 
 def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:
