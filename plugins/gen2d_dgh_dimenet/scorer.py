@@ -104,7 +104,7 @@ class DimeNetDGHScorer:
 
     def score(self, structures: Sequence[Structure],
               context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
-        from gen2d.models.dimenet import periodic_graph
+        from gen2d.models.dimenet import periodic_graph, predict_ensemble
         from gen2d.structures import validate_ingest
 
         try:
@@ -146,7 +146,7 @@ class DimeNetDGHScorer:
         for start in range(0, len(graphs), self.batch_size):
             chunk = graphs[start:start + self.batch_size]
             site_resolved = members[0].hparams.readout == "site"
-            outs = [m.predict_graphs(chunk, atoms=site_resolved) for m in members]
+            outs = predict_ensemble(members, chunk, atoms=site_resolved)
             preds = np.stack([(o[0] if site_resolved else o).cpu().numpy()[:, 0] for o in outs])  # (M, B)
             sites = self._best_atoms(chunk, outs) if site_resolved else {}
             for b, n in enumerate(where[start:start + self.batch_size]):

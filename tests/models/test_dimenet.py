@@ -18,6 +18,7 @@ from gen2d.models.dimenet import (
     load_checkpoint,
     periodic_graph,
     periodic_triplets,
+    predict_ensemble,
 )
 
 SMALL = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4,
@@ -151,6 +152,33 @@ def test_output_changes_with_geometry(model):
     strained = atoms.copy()
     strained.set_cell(atoms.cell.array * [[1.05], [1.05], [1.0]], scale_atoms=True)
     assert abs(_predict(model, strained) - _predict(model, atoms)) > 1e-6
+
+
+def test_ensemble_shares_geometry_without_changing_predictions():
+    """predict_ensemble computes triplets, angles and the spherical basis once per batch for every member;
+    each member's output must equal its own full forward pass, on a batch of two different layers."""
+    members = []
+    for seed, readout in [(1, "site"), (2, "site"), (3, "mean")]:
+        torch.manual_seed(seed)
+        net = PeriodicDimeNetPlusPlus(replace(SMALL, readout=readout)).double()
+        for block in net.output_blocks:
+            torch.nn.init.normal_(block.lin.weight, std=0.3)
+        members.append(net.eval())
+    assert members[0].sbf is members[1].sbf  # the parameter-free basis is one shared layer
+    layers = [_mos2(), _mos2().repeat((2, 1, 1))]
+    layers[1].positions[0] += [0.1, -0.05, 0.02]  # a different geometry in the same batch
+    graphs = []
+    for atoms in layers:
+        g = periodic_graph(atoms, cutoff=SMALL.cutoff)
+        g.pos = torch.as_tensor(atoms.positions, dtype=torch.float64)  # float64 from the source, as _predict
+        g.cell = torch.as_tensor(np.asarray(atoms.cell), dtype=torch.float64)
+        graphs.append(g)
+    shared = predict_ensemble(members, graphs, atoms=True)
+    for net, (out, per_atom, index, exposed) in zip(members, shared):
+        alone = [_predict(net, atoms) for atoms in layers]
+        assert out[:, 0].tolist() == pytest.approx(alone, abs=1e-10)
+        assert per_atom.shape == (3 + 6, 1) and index.tolist() == [0] * 3 + [1] * 6
+    assert abs(float(shared[0][0][0, 0]) - float(shared[1][0][0, 0])) > 1e-6  # members really differ
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path, model):

@@ -202,7 +202,8 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
         return scatter(weights * per_atom, batch, dim=0, reduce="sum")
 
     def atom_outputs(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, *, edge_index: Tensor,
-                     edge_image: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+                     edge_image: Tensor, cell: Tensor, geometry: dict[str, Any] | None = None
+                     ) -> tuple[Tensor, Tensor]:
         """Per-atom outputs (N, out_channels) in label units, and the batch vector.
 
         Parameters
@@ -213,28 +214,19 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
             Edges src → dst (2, E) and the source's integer lattice shift (E, 3).
         cell
             Lattice (B, 3, 3) or (3, 3) Å.
+        geometry
+            The parameter-free part of the forward pass (distances, triplets, angles and the spherical
+            basis) from :func:`edge_geometry` for these inputs, shared by ensemble members; computed here
+            when None.
         """
         if batch is None:
             batch = torch.zeros_like(z)
-        if cell.dim() == 2:
-            cell = cell.unsqueeze(0)
-        src, dst = edge_index
-        shift = torch.einsum("ek,ekl->el", edge_image.to(pos.dtype), cell[batch[dst]])
-        # vector from target atom i to the (shifted) source atom j
-        vec_ij = pos[src] + shift - pos[dst]
-        dist = vec_ij.norm(dim=-1)
-
-        idx_kj, idx_ji = periodic_triplets(edge_index, edge_image, z.size(0))
-        # DimeNet++ angle at j between j→i and j→k, the same convention as PyG's
-        pos_ij = -vec_ij[idx_ji]
-        pos_jk = -vec_ij[idx_kj]
-        a = (pos_ij * pos_jk).sum(dim=-1)
-        b = torch.cross(pos_ij, pos_jk, dim=1).norm(dim=-1)
-        angle = torch.atan2(b, a)
-
-        rbf = self.rbf(dist)
-        sbf = self.sbf(dist, angle, idx_kj)
-        i, j = dst, src
+        if geometry is None:
+            geometry = edge_geometry(pos, batch, edge_index, edge_image, cell)
+        dist, idx_kj, idx_ji = geometry["dist"], geometry["idx_kj"], geometry["idx_ji"]
+        rbf = self.rbf(dist)  # learnable frequencies: per member
+        sbf = _shared_sbf(self.sbf, geometry)
+        i, j = edge_index[1], edge_index[0]
         x = self.emb(z, rbf, i, j)
         per_atom = self.output_blocks[0](x, rbf, i, num_nodes=pos.size(0))
         for interaction_block, output_block in zip(self.interaction_blocks, self.output_blocks[1:]):
@@ -245,15 +237,67 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
     def predict_graphs(self, graphs: Sequence[PeriodicGraph], atoms: bool = False):
         """One prediction per graph (no gradients); with ``atoms`` also the per-atom outputs (N, C),
         the batch vector and the mask of exposed atoms (all True for the mean readout)."""
-        batch = collate(graphs)
-        with torch.no_grad():
-            per_atom, index = self.atom_outputs(batch["z"], batch["pos"], batch["batch"],
-                                                edge_index=batch["edge_index"], edge_image=batch["edge_image"],
-                                                cell=batch["cell"])
-            exposed = (exposed_atoms(batch["pos"], index, self.hparams.exposed_depth) if self.hparams.readout == "site"
-                       else torch.ones_like(index, dtype=torch.bool))
-            out = self.readout(per_atom, batch["pos"], index, exposed)
-        return (out, per_atom, index, exposed) if atoms else out
+        return predict_ensemble([self], graphs, atoms=atoms)[0]
+
+
+def edge_geometry(pos: Tensor, batch: Tensor, edge_index: Tensor, edge_image: Tensor, cell: Tensor) -> dict[str, Any]:
+    """What the forward pass computes from positions alone: edge lengths, triplets and their angles.
+
+    It holds no parameters, so an ensemble computes it once per batch (:func:`predict_ensemble`); the
+    spherical basis evaluated on it is added under ``"sbf"`` by the first member that needs it.
+    """
+    if cell.dim() == 2:
+        cell = cell.unsqueeze(0)
+    src, dst = edge_index
+    shift = torch.einsum("ek,ekl->el", edge_image.to(pos.dtype), cell[batch[dst]])
+    # vector from target atom i to the (shifted) source atom j
+    vec_ij = pos[src] + shift - pos[dst]
+    dist = vec_ij.norm(dim=-1)
+    idx_kj, idx_ji = periodic_triplets(edge_index, edge_image, pos.size(0))
+    # DimeNet++ angle at j between j→i and j→k, the same convention as PyG's
+    pos_ij = -vec_ij[idx_ji]
+    pos_jk = -vec_ij[idx_kj]
+    a = (pos_ij * pos_jk).sum(dim=-1)
+    b = torch.cross(pos_ij, pos_jk, dim=1).norm(dim=-1)
+    return {"dist": dist, "idx_kj": idx_kj, "idx_ji": idx_ji, "angle": torch.atan2(b, a)}
+
+
+def _shared_sbf(sbf_layer: torch.nn.Module, geometry: dict[str, Any]) -> Tensor:
+    """The spherical basis of ``geometry`` from this (parameter-free, process-shared) layer, evaluated
+    once per geometry however many members share the layer. Positions that carry gradients (forces)
+    are never cached."""
+    cached = geometry.get("sbf")
+    if cached is not None and cached[0] is sbf_layer:
+        return cached[1]
+    value = sbf_layer(geometry["dist"], geometry["angle"], geometry["idx_kj"])
+    if not geometry["dist"].requires_grad:
+        geometry["sbf"] = (sbf_layer, value)
+    return value
+
+
+def predict_ensemble(models: Sequence[PeriodicDimeNetPlusPlus], graphs: Sequence[PeriodicGraph],
+                     atoms: bool = False) -> list:
+    """Each model's :meth:`PeriodicDimeNetPlusPlus.predict_graphs` output on ``graphs``, with the batch
+    collated and its geometry (triplets, angles, spherical basis) computed once for all of them."""
+    batch = collate(graphs)
+    outs = []
+    with torch.no_grad():
+        geometry = edge_geometry(batch["pos"], batch["batch"], batch["edge_index"], batch["edge_image"], batch["cell"])
+        exposed_by_depth: dict[float, Tensor] = {}
+        for model in models:
+            per_atom, index = model.atom_outputs(batch["z"], batch["pos"], batch["batch"],
+                                                 edge_index=batch["edge_index"], edge_image=batch["edge_image"],
+                                                 cell=batch["cell"], geometry=geometry)
+            hp = model.hparams
+            if hp.readout == "site":
+                if hp.exposed_depth not in exposed_by_depth:
+                    exposed_by_depth[hp.exposed_depth] = exposed_atoms(batch["pos"], index, hp.exposed_depth)
+                exposed = exposed_by_depth[hp.exposed_depth]
+            else:
+                exposed = torch.ones_like(index, dtype=torch.bool)
+            out = model.readout(per_atom, batch["pos"], index, exposed)
+            outs.append((out, per_atom, index, exposed) if atoms else out)
+    return outs
 
 
 def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:
