@@ -9,6 +9,13 @@ long as CPU allows and be resumed; the training stage uses every label in the ca
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_her.py train --cache labels.jsonl --out ckpt/
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_her.py speed --cache labels.jsonl --n 30
 
+``agreement`` compares two label caches of the same monolayers (``label --recipe full --ids-from`` makes the
+second: dgh.mlip's default settings with the label model) and ``cv`` runs a k-fold, optionally paired, CV:
+
+    .venv/bin/python scripts/bench_her.py label --recipe full --ids-from labels.jsonl --n 300 --cache full.jsonl
+    .venv/bin/python scripts/bench_her.py agreement --cache labels.jsonl --other full.jsonl
+    .venv/bin/python scripts/bench_her.py cv --cache labels.jsonl --other full.jsonl
+
 ``speed`` re-times ``dgh.mlip`` with today's code on a seeded subset of the labelled monolayers and times the
 surrogate on the same slabs. Both get the slab already relaxed, as in the ranking flow, where ``e_hull`` has
 relaxed it: the MLIP time is then the H-site relaxations only, the conservative ratio.
@@ -26,6 +33,10 @@ import time
 # the label recipe of the benchmark: cheaper than dgh.mlip's defaults (CPU is shared), recorded in every label
 LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
                 "slab_fmax": 0.1, "slab_steps": 150}
+# dgh.mlip's default settings (every symmetry-distinct site, FIRE to 0.05 eV/Å) with the same model as the
+# benchmark labels: what the cheap recipe approximates, so the difference between the two is label noise
+FULL_RECIPE = {"calculator": "chgnet", "device": "cpu"}
+RECIPES = {"benchmark": LABEL_RECIPE, "full": FULL_RECIPE}
 
 
 def selection(n: int, max_atoms: int, seed: int, sources=("2dmatpedia_filtered.db",)):
@@ -46,8 +57,15 @@ def cmd_label(args) -> None:
     from gen2d.scoring import get_scorer
     from gen2d_dgh_dimenet import JsonlLabelCache, label_monolayers
 
-    items = selection(args.n, args.max_atoms, args.seed, args.sources)
-    scorer = get_scorer("dgh.mlip", **LABEL_RECIPE)
+    if args.ids_from:
+        # relabel monolayers another cache labelled successfully: a seeded random subset of them
+        done = sorted({lab["id"] for lab in JsonlLabelCache(args.ids_from).data.values() if lab["ok"]})
+        structures = dict(selection(10 ** 6, args.max_atoms, args.seed, args.sources))
+        done = [i for i in done if i in structures]
+        items = [(i, structures[i]) for i in random.Random(args.seed + 1).sample(done, min(args.n, len(done)))]
+    else:
+        items = selection(args.n, args.max_atoms, args.seed, args.sources)
+    scorer = get_scorer("dgh.mlip", **RECIPES[args.recipe])
     cache = JsonlLabelCache(args.cache)
 
     def progress(i, total, lab):
@@ -156,6 +174,81 @@ def cmd_speed(args) -> None:
     print(json.dumps(figures, indent=1))
 
 
+def _ok_by_id(path) -> dict:
+    from gen2d_dgh_dimenet import JsonlLabelCache
+
+    return {lab["id"]: lab for lab in JsonlLabelCache(path).data.values() if lab["ok"]}
+
+
+def cmd_agreement(args) -> None:
+    """How far the benchmark labels are from dgh.mlip's full recipe on the same monolayers (same model):
+    the noise a surrogate trained and tested on the cheap labels cannot learn away."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from gen2d_dgh_dimenet import JsonlLabelCache
+
+    cheap, full = _ok_by_id(args.cache), _ok_by_id(args.other)
+    ids = sorted(set(cheap) & set(full))
+    refused = sorted(lab["id"] for lab in JsonlLabelCache(args.other).data.values()
+                     if not lab["ok"] and lab["id"] in cheap)
+    a = np.array([cheap[i]["dg_h_eV"] for i in ids])
+    b = np.array([full[i]["dg_h_eV"] for i in ids])
+    d = b - a
+    same_site = sum(cheap[i]["best_site"] == full[i]["best_site"] for i in ids)
+    figures = {"n": len(ids), "mae_eV": float(np.abs(d).mean()), "median_abs_eV": float(np.median(np.abs(d))),
+               "rmse_eV": float(np.sqrt((d ** 2).mean())), "bias_eV": float(d.mean()),
+               "spearman": float(spearmanr(a, b)[0]), "within_0.1eV": float((np.abs(d) <= 0.1).mean()),
+               "within_0.2eV": float((np.abs(d) <= 0.2).mean()), "beyond_0.5eV": float((np.abs(d) > 0.5).mean()),
+               "same_best_site": same_site, "valid_only_under_cache_recipe": refused,
+               "hits_0.2eV": {"cheap": int((np.abs(a) <= 0.2).sum()), "full": int((np.abs(b) <= 0.2).sum()),
+                              "both": int(((np.abs(a) <= 0.2) & (np.abs(b) <= 0.2)).sum())},
+               "cpu_s_mean": {"cheap": statistics.mean(cheap[i]["cpu_seconds"] for i in ids),
+                              "full": statistics.mean(full[i]["cpu_seconds"] for i in ids)}}
+    print(f"{len(ids)} monolayers labelled by both recipes ({args.cache} vs {args.other}): "
+          f"MAE {figures['mae_eV']:.3f} eV, median |Δ| {figures['median_abs_eV']:.3f}, RMSE {figures['rmse_eV']:.3f}, "
+          f"bias {figures['bias_eV']:+.3f}, Spearman {figures['spearman']:.2f}; same best site {same_site}/{len(ids)}")
+    print(json.dumps(figures, indent=1))
+
+
+def cmd_cv(args) -> None:
+    """K-fold CV of one surrogate member per fold. With ``--other``, a paired comparison: the same
+    monolayers, the same folds and seeds, trained and tested on each cache's labels in turn."""
+    import numpy as np
+
+    from gen2d.models.dimenet import DimeNetHParams
+    from gen2d_dgh_dimenet.train import _graphs_and_targets, fit_member
+
+    caches = [args.cache] + ([args.other] if args.other else [])
+    by_cache = [_ok_by_id(c) for c in caches]
+    ids = sorted(set.intersection(*(set(b) for b in by_cache)))
+    if args.limit:
+        ids = ids[:args.limit]
+    hp = DimeNetHParams(readout=args.readout)
+    errors = {}
+    for cache, labels in zip(caches, by_cache):
+        graphs, y, kept = _graphs_and_targets([labels[i] for i in ids], hp.cutoff)
+        if len(kept) != len(ids):
+            raise SystemExit(f"{cache}: {len(ids) - len(kept)} labels have no usable graph; compare on the rest")
+        order = list(range(len(ids)))
+        random.Random(args.seed).shuffle(order)
+        folds = [order[k::args.folds] for k in range(args.folds)]
+        err = np.empty(len(ids))
+        t0 = time.process_time()
+        for k, test in enumerate(folds):
+            held = set(test)
+            member = fit_member(graphs, y, [i for i in order if i not in held], hp, seed=k, epochs=args.epochs)
+            err[test] = (member.predict_graphs([graphs[i] for i in test])[:, 0] - y[test]).abs().numpy()
+        errors[cache] = err
+        baseline = float((y - y.mean()).abs().mean())
+        print(f"{cache}: {args.folds}-fold CV MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
+              f"{len(ids)} monolayers (predicting the mean: {baseline:.3f}; {time.process_time() - t0:.0f} CPU s)",
+              flush=True)
+    if args.other:
+        d = errors[args.other] - errors[args.cache]
+        print(f"paired difference ({args.other} − {args.cache}): {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} eV")
+
+
 def _relaxed_context(slab, model: str):
     """An ``e_hull`` result carrying the relaxed slab, as the ranking flow hands it to ``dgh.mlip``."""
     from gen2d.scoring import Provenance, ScoreResult
@@ -172,6 +265,18 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True)
     lab = sub.add_parser("label")
     lab.add_argument("--n", type=int, default=220)
+    lab.add_argument("--recipe", choices=sorted(RECIPES), default="benchmark",
+                     help="benchmark: the cheap recipe of the training labels; full: dgh.mlip's defaults, same model")
+    lab.add_argument("--ids-from", default=None,
+                     help="label a seeded random subset of the monolayers this cache labelled successfully")
+    ag = sub.add_parser("agreement")
+    ag.add_argument("--other", required=True, help="cache of the same monolayers under another recipe")
+    cv = sub.add_parser("cv")
+    cv.add_argument("--other", default=None, help="a second cache: paired CV on the monolayers both labelled")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--epochs", type=int, default=80)
+    cv.add_argument("--limit", type=int, default=0, help="use only the first N common monolayers (by id)")
+    cv.add_argument("--readout", choices=["site", "mean"], default="site")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
     tr.add_argument("--models", type=int, default=4)
@@ -184,14 +289,15 @@ def main(argv=None) -> int:
     sp.add_argument("--n-default", type=int, default=10, help="layers timed with the (slow) default recipe")
     sp.add_argument("--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default"])
     sp.add_argument("--checkpoint-dir", default=None, help="surrogate ensemble; default: the shipped one")
-    for p in (lab, tr, sp):
+    for p in (lab, tr, sp, ag, cv):
         p.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
                        help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")
         p.add_argument("--cache", required=True)
         p.add_argument("--max-atoms", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    {"label": cmd_label, "train": cmd_train, "speed": cmd_speed}[args.stage](args)
+    {"label": cmd_label, "train": cmd_train, "speed": cmd_speed, "agreement": cmd_agreement,
+     "cv": cmd_cv}[args.stage](args)
     return 0
 
 
