@@ -79,7 +79,9 @@ def cmd_train(args) -> None:
     import torch
 
     from gen2d.models.dimenet import DimeNetHParams
+    from gen2d.scoring import get_scorer
     from gen2d_dgh_dimenet import DimeNetDGHScorer, JsonlLabelCache, train_surrogate
+    from gen2d_dgh_dimenet.train import label_recipe
     from pymatgen.core import Structure
 
     labels = list(JsonlLabelCache(args.cache).data.values())
@@ -89,13 +91,14 @@ def cmd_train(args) -> None:
           f"({len(labels) - len(ok)} failed: "
           f"{dict(sorted({r: sum(1 for l in labels if l['reason'] == r) for r in {l['reason'] for l in labels if not l['ok']}}.items()))})")
     print(f"dgh.mlip CPU per monolayer: mean {statistics.mean(cpu):.1f} s, median {statistics.median(cpu):.1f} s "
-          f"(1 thread; recipe {LABEL_RECIPE})")
+          f"(1 thread; recipe {RECIPES[args.recipe]})")
     hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2,
                         readout=args.readout)
     command = "scripts/bench_her.py train " + " ".join(sys.argv[2:])
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
-                                                       f"{len(ok)} dgh.mlip labels", command=command)
+                                                       f"{len(ok)} dgh.mlip labels", command=command,
+                               label_recipe=label_recipe(get_scorer("dgh.mlip", **RECIPES[args.recipe])))
     m = manifest["metrics"]
     print(f"held-out MAE vs dgh.mlip labels: {m['heldout_mae_eV']:.3f} eV (n_test={m['n_test']}; "
           f"predicting the training mean gives {m['heldout_baseline_mae_eV']:.3f} eV); RMSE {m['heldout_rmse_eV']:.3f} eV; "
@@ -289,6 +292,8 @@ def main(argv=None) -> int:
     tr.add_argument("--models", type=int, default=4)
     tr.add_argument("--epochs", type=int, default=150)
     tr.add_argument("--hidden", type=int, default=64)
+    tr.add_argument("--recipe", choices=sorted(RECIPES), default="benchmark",
+                    help="the recipe that made the cache's labels, recorded in the manifest and checkpoints")
     tr.add_argument("--readout", choices=["site", "mean"], default="site",
                     help="site: per-site ΔG_H on the nearest atom, soft minimum of |ΔG_H| over exposed atoms")
     sp = sub.add_parser("speed")

@@ -116,13 +116,23 @@ def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams,
     return model
 
 
+def label_recipe(mlip) -> dict[str, Any]:
+    """The settings of a ``dgh.mlip`` scorer that make its labels what they are (model, slab relaxation and
+    every adsorption knob), for the provenance of a surrogate trained on them."""
+    return {"calculator": mlip.calculator_name, "model": mlip.model, "relax_slab": mlip.relax_slab,
+            "slab_fmax": mlip.slab_fmax, "slab_steps": mlip.slab_steps, **mlip.settings.as_dict()}
+
+
 def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_models: int = 4, epochs: int = 150,
                     test_fraction: float = 0.2, seed: int = 0, hparams=None, device: str = "cpu",
-                    training_set: str = "", command: str = "") -> dict[str, Any]:
+                    training_set: str = "", command: str = "",
+                    label_recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train an ensemble on ``labels`` (from :func:`label_monolayers`), write ``member_*.pt`` and MANIFEST.json.
 
     Each member sees the same training split with its own seed (initialisation and batch order);
     the held-out split is never trained on and gives the reported MAE (eV) of the ensemble mean.
+    ``label_recipe`` (the labelling ``dgh.mlip`` settings, see :func:`label_recipe`) is stored in the
+    checkpoints and the manifest when given.
 
     Returns
     -------
@@ -170,6 +180,8 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
                 "training_set": training_set, "n_train": len(train_idx),
                 "heldout_mae_eV": metrics.get("heldout_mae_eV"), "hparams": hparams.as_dict(),
                 "elements": elements, "seed": seed, "epochs": epochs, "unit": "eV"}
+    if label_recipe is not None:
+        metadata["label_recipe"] = dict(label_recipe)
     shas = []
     for m, model in enumerate(members):
         path = out / f"member_{m}.pt"
@@ -177,7 +189,8 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
         shas.append({"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size})
     manifest = {"what": "periodic DimeNet++ ensemble predicting best-site ΔG_H (eV) of a monolayer",
                 "data": {"training_set": training_set, "label_source": metadata["label_source"],
-                         "n_labels": len(kept), "elements": elements},
+                         "n_labels": len(kept), "elements": elements,
+                         **({"label_recipe": metadata["label_recipe"]} if label_recipe is not None else {})},
                 "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "metrics": metrics, "hparams": hparams.as_dict(), "epochs": epochs, "seed": seed,
                 "checkpoints": shas}
@@ -198,4 +211,5 @@ def label_and_train(structures: Sequence[Structure], label_cache, out_dir: str |
     mlip = get_scorer("dgh.mlip", **(mlip_options or {}))
     labels = label_monolayers(structures, mlip, label_cache, ids=ids)
     return train_surrogate(labels, out_dir, n_models=n_models, epochs=epochs, test_fraction=test_fraction,
-                           seed=seed, device=device, training_set=training_set, command=command, hparams=hparams)
+                           seed=seed, device=device, training_set=training_set, command=command, hparams=hparams,
+                           label_recipe=label_recipe(mlip))

@@ -147,12 +147,15 @@ def _toy_labels():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from gen2d.models.dimenet import DimeNetHParams
+    from gen2d.scoring import get_scorer
     from gen2d_dgh_dimenet import train_surrogate
+    from gen2d_dgh_dimenet.train import label_recipe
 
     out = tmp_path_factory.mktemp("dgh_dimenet")
     hp = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16)
+    recipe = label_recipe(get_scorer("dgh.mlip", calculator="chgnet", max_sites_per_face=2, fmax=0.1))
     manifest = train_surrogate(_toy_labels(), out, n_models=2, epochs=60, test_fraction=0.15, seed=1,
-                               hparams=hp, training_set="toy", command="pytest")
+                               hparams=hp, training_set="toy", command="pytest", label_recipe=recipe)
     return out, manifest
 
 
@@ -167,6 +170,10 @@ def test_training_writes_checkpoints_and_manifest(trained):
     blob = torch.load(out / "member_0.pt", weights_only=True)
     assert blob["metadata"]["label_source"].startswith("dgh.mlip")
     assert blob["metadata"]["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])
+    # the labelling recipe travels with the weights: model, site budget and convergence
+    for recipe in (blob["metadata"]["label_recipe"], on_disk["data"]["label_recipe"]):
+        assert recipe["calculator"] == "chgnet" and recipe["max_sites_per_face"] == 2
+        assert recipe["fmax"] == 0.1 and recipe["min_inplane_length"] == 6.0
     assert sum(p.stat().st_size for p in out.glob("member_*.pt")) < 10e6
 
 
