@@ -98,7 +98,9 @@ def cmd_train(args) -> None:
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
                                                        f"{len(ok)} dgh.mlip labels", command=command,
-                               label_recipe=label_recipe(get_scorer("dgh.mlip", **RECIPES[args.recipe])))
+                               label_recipe=label_recipe(get_scorer("dgh.mlip", **RECIPES[args.recipe])),
+                               heldout_ids=(json.loads(open(args.heldout_from).read())["metrics"]["heldout_ids"]
+                                            if args.heldout_from else None))
     m = manifest["metrics"]
     print(f"held-out MAE vs dgh.mlip labels: {m['heldout_mae_eV']:.3f} eV (n_test={m['n_test']}; "
           f"predicting the training mean gives {m['heldout_baseline_mae_eV']:.3f} eV); RMSE {m['heldout_rmse_eV']:.3f} eV; "
@@ -297,6 +299,8 @@ def main(argv=None) -> int:
     tr.add_argument("--hidden", type=int, default=64)
     tr.add_argument("--recipe", choices=sorted(RECIPES), default="benchmark",
                     help="the recipe that made the cache's labels, recorded in the manifest and checkpoints")
+    tr.add_argument("--heldout-from", default=None,
+                    help="a MANIFEST.json: hold out its held-out monolayers (compare two ensembles on the same ones)")
     tr.add_argument("--readout", choices=["site", "mean"], default="site",
                     help="site: per-site ΔG_H on the nearest atom, soft minimum of |ΔG_H| over exposed atoms")
     sp = sub.add_parser("speed")

@@ -126,13 +126,16 @@ def label_recipe(mlip) -> dict[str, Any]:
 def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_models: int = 4, epochs: int = 150,
                     test_fraction: float = 0.2, seed: int = 0, hparams=None, device: str = "cpu",
                     training_set: str = "", command: str = "",
-                    label_recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+                    label_recipe: dict[str, Any] | None = None,
+                    heldout_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Train an ensemble on ``labels`` (from :func:`label_monolayers`), write ``member_*.pt`` and MANIFEST.json.
 
     Each member sees the same training split with its own seed (initialisation and batch order);
     the held-out split is never trained on and gives the reported MAE (eV) of the ensemble mean.
     ``label_recipe`` (the labelling ``dgh.mlip`` settings, see :func:`label_recipe`) is stored in the
-    checkpoints and the manifest when given.
+    checkpoints and the manifest when given. ``heldout_ids`` fixes the held-out split instead of
+    ``test_fraction``: the labels with these ids (e.g. another ensemble's held-out set, so that two
+    ensembles are compared on the same monolayers, neither having trained on them).
 
     Returns
     -------
@@ -146,7 +149,12 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
     graphs, targets, kept = _graphs_and_targets(labels, hparams.cutoff)
     if len(graphs) < 5:
         raise ValueError(f"only {len(graphs)} usable labels; the surrogate needs at least 5")
-    train_idx, test_idx = split_indices(len(graphs), test_fraction, seed)
+    if heldout_ids is not None:
+        wanted = set(heldout_ids)
+        test_idx = [k for k, lab in enumerate(kept) if lab.get("id") in wanted]
+        train_idx = [k for k, lab in enumerate(kept) if lab.get("id") not in wanted]
+    else:
+        train_idx, test_idx = split_indices(len(graphs), test_fraction, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("member_*.pt"):

@@ -177,6 +177,19 @@ def test_training_writes_checkpoints_and_manifest(trained):
     assert sum(p.stat().st_size for p in out.glob("member_*.pt")) < 10e6
 
 
+def test_fixed_heldout_ids_are_never_trained_on(tmp_path):
+    """--heldout-from: two ensembles compared on the same monolayers; those are the held-out split, the
+    rest is trained on, and an id absent from the labels is simply not there to hold out."""
+    from gen2d.models.dimenet import DimeNetHParams
+    from gen2d_dgh_dimenet import train_surrogate
+
+    hp = DimeNetHParams(hidden_channels=8, num_blocks=1, int_emb_size=8, basis_emb_size=4, out_emb_channels=8)
+    manifest = train_surrogate(_toy_labels(), tmp_path, n_models=1, epochs=2, seed=0, hparams=hp,
+                               heldout_ids=["WS2", "BN", "not-labelled"])
+    assert sorted(manifest["metrics"]["heldout_ids"]) == ["BN", "WS2"]
+    assert manifest["metrics"]["n_test"] == 2 and manifest["metrics"]["n_train"] == 5
+
+
 def test_surrogate_learns_its_training_labels(trained):
     out, manifest = trained
     from gen2d_dgh_dimenet import DimeNetDGHScorer
