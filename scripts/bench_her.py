@@ -93,7 +93,7 @@ def cmd_train(args) -> None:
     print(f"dgh.mlip CPU per monolayer: mean {statistics.mean(cpu):.1f} s, median {statistics.median(cpu):.1f} s "
           f"(1 thread; recipe {RECIPES[args.recipe]})")
     hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2,
-                        readout=args.readout)
+                        readout=args.readout, cutoff=args.cutoff)
     command = "scripts/bench_her.py train " + " ".join(sys.argv[2:])
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
@@ -232,7 +232,7 @@ def cmd_cv(args) -> None:
     ids = sorted(set.intersection(*(set(b) for b in by_cache)))
     if args.limit:
         ids = ids[:args.limit]
-    hp = DimeNetHParams(readout=args.readout)
+    hp = DimeNetHParams(readout=args.readout, cutoff=args.cutoff)
     preds, truth = {}, {}
     for cache, labels in zip(caches, by_cache):
         graphs, y, kept = _graphs_and_targets([labels[i] for i in ids], hp.cutoff)
@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     cv.add_argument("--epochs", type=int, default=80)
     cv.add_argument("--limit", type=int, default=0, help="use only the first N common monolayers (by id)")
     cv.add_argument("--readout", choices=["site", "mean"], default="site")
+    cv.add_argument("--cutoff", type=float, default=5.0, help="radius graph cutoff (Å); triplets grow as its 6th power")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
     tr.add_argument("--models", type=int, default=4)
@@ -299,6 +300,7 @@ def main(argv=None) -> int:
     tr.add_argument("--hidden", type=int, default=64)
     tr.add_argument("--recipe", choices=sorted(RECIPES), default="benchmark",
                     help="the recipe that made the cache's labels, recorded in the manifest and checkpoints")
+    tr.add_argument("--cutoff", type=float, default=5.0, help="radius graph cutoff (Å)")
     tr.add_argument("--heldout-from", default=None,
                     help="a MANIFEST.json: hold out its held-out monolayers (compare two ensembles on the same ones)")
     tr.add_argument("--readout", choices=["site", "mean"], default="site",
