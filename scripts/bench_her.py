@@ -29,6 +29,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 # the label recipe of the benchmark: cheaper than dgh.mlip's defaults (CPU is shared), recorded in every label
 LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
@@ -99,7 +100,7 @@ def cmd_train(args) -> None:
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
                                                        f"{len(ok)} dgh.mlip labels", command=command,
                                label_recipe=label_recipe(get_scorer("dgh.mlip", **RECIPES[args.recipe])),
-                               heldout_ids=(json.loads(open(args.heldout_from).read())["metrics"]["heldout_ids"]
+                               heldout_ids=(json.loads(Path(args.heldout_from).read_text())["metrics"]["heldout_ids"]
                                             if args.heldout_from else None))
     m = manifest["metrics"]
     print(f"held-out MAE vs dgh.mlip labels: {m['heldout_mae_eV']:.3f} eV (n_test={m['n_test']}; "
@@ -193,10 +194,11 @@ def cmd_agreement(args) -> None:
 
     from gen2d_dgh_dimenet import JsonlLabelCache
 
-    cheap, full = _ok_by_id(args.cache), _ok_by_id(args.other)
+    cheap = _ok_by_id(args.cache)
+    other = list(JsonlLabelCache(args.other).data.values())
+    full = {lab["id"]: lab for lab in other if lab["ok"]}
     ids = sorted(set(cheap) & set(full))
-    refused = sorted(lab["id"] for lab in JsonlLabelCache(args.other).data.values()
-                     if not lab["ok"] and lab["id"] in cheap)
+    refused = sorted(lab["id"] for lab in other if not lab["ok"] and lab["id"] in cheap)
     a = np.array([cheap[i]["dg_h_eV"] for i in ids])
     b = np.array([full[i]["dg_h_eV"] for i in ids])
     d = b - a

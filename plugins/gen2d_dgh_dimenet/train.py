@@ -143,7 +143,7 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
         The manifest: data, command, date, metrics (held-out MAE, RMSE, within-0.2 eV counts) and
         checkpoint hashes.
     """
-    from gen2d.models.dimenet import DimeNetHParams, checkpoint_dict
+    from gen2d.models.dimenet import DimeNetHParams, checkpoint_dict, predict_ensemble
 
     hparams = hparams or DimeNetHParams()
     graphs, targets, kept = _graphs_and_targets(labels, hparams.cutoff)
@@ -172,7 +172,7 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
                                "train_cpu_seconds": train_cpu}
     if test_idx:
         test_graphs = [graphs[i] for i in test_idx]
-        preds = torch.stack([mdl.predict_graphs(test_graphs)[:, 0].cpu() for mdl in members])
+        preds = torch.stack([out[:, 0].cpu() for out in predict_ensemble(members, test_graphs)])
         mean = preds.mean(0)
         y = targets[test_idx]
         err = (mean - y).abs()
