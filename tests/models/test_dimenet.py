@@ -14,7 +14,9 @@ from ase.build import mx2
 from gen2d.models.dimenet import (
     DimeNetHParams,
     PeriodicDimeNetPlusPlus,
+    ELEMENT_PROPERTIES,
     checkpoint_dict,
+    element_property_table,
     load_checkpoint,
     periodic_graph,
     periodic_triplets,
@@ -25,11 +27,13 @@ SMALL = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_e
                        out_emb_channels=16, cutoff=4.0)
 
 
-@pytest.fixture(scope="module", params=["mean", "site"])
+@pytest.fixture(scope="module", params=["mean", "site", "site+elements"])
 def model(request) -> PeriodicDimeNetPlusPlus:
-    """Both readouts: the per-atom mean and the site-resolved soft minimum over exposed atoms."""
+    """Both readouts (the per-atom mean and the site-resolved soft minimum over exposed atoms), and the
+    element-property embedding."""
     torch.manual_seed(0)
-    net = PeriodicDimeNetPlusPlus(replace(SMALL, readout=request.param)).double()
+    readout, _, elements = request.param.partition("+")
+    net = PeriodicDimeNetPlusPlus(replace(SMALL, readout=readout, element_features=bool(elements))).double()
     # PyG zero-initialises the output layers; random weights make the invariance tests meaningful
     for block in net.output_blocks:
         torch.nn.init.normal_(block.lin.weight, std=0.3)
@@ -190,3 +194,33 @@ def test_checkpoint_round_trip_weights_only(tmp_path, model):
     g = periodic_graph(_mos2(), cutoff=SMALL.cutoff)
     assert float(loaded.predict_graphs([g])[0, 0]) == pytest.approx(float(net.predict_graphs([g])[0, 0]), abs=1e-6)
     model.double()
+
+
+def test_element_property_table_orders_known_chemistry():
+    """Standardised pymatgen properties: Pauling electronegativity F > O > S > H > Mo > Na, S and Se share a
+    group one row apart, blocks are one-hot, and a missing value (He has no Pauling X) is the mean, 0."""
+    table = element_property_table()
+    col = {name: i for i, name in enumerate(ELEMENT_PROPERTIES)}
+    x = table[:, col["pauling_electronegativity"]]
+    assert x[9] > x[8] > x[16] > x[1] > x[42] > x[11]
+    assert table[16, col["group"]] == table[34, col["group"]] and table[34, col["row"]] > table[16, col["row"]]
+    blocks = table[1:95, [col[f"block_{b}"] for b in "spdf"]]
+    assert ((blocks > 0).sum(dim=1) == 1).all()  # each element is in exactly one block
+    assert x[2] == 0.0 and (table[0] == 0).all()
+    assert abs(float(table[1:95, col["row"]].mean())) < 1e-6  # standardised
+
+
+def test_element_features_share_strength_between_elements():
+    """With equal learned vectors, two elements still embed differently through their properties, and the
+    property table travels in the checkpoint (state_dict), not in pymatgen's data at load time."""
+    net = PeriodicDimeNetPlusPlus(replace(SMALL, element_features=True))
+    emb = net.emb.emb
+    with torch.no_grad():
+        emb.learned.weight[16] = emb.learned.weight[34]
+        torch.nn.init.normal_(emb.lin.weight)
+    z = torch.tensor([16, 34])
+    out = emb(z)
+    assert not torch.allclose(out[0], out[1])
+    assert "emb.emb.table" in net.state_dict()
+    plain = PeriodicDimeNetPlusPlus(SMALL)
+    assert "emb.emb.table" not in plain.state_dict()  # old checkpoints keep loading unchanged

@@ -53,9 +53,63 @@ class DimeNetHParams:
     readout: str = "mean"
     exposed_depth: float = 1.7
     softmin_temperature: float = 0.2  # eV; 0.2 fitted better than 0.05 in a first comparison (README)
+    # add to each element's learned embedding a linear map of its tabulated properties
+    # (:data:`ELEMENT_PROPERTIES`), so an element seen in few training layers borrows from similar ones
+    element_features: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Element properties
+# ----------------------------------------------------------------------------------------------------
+
+ELEMENT_PROPERTIES = ("pauling_electronegativity", "group", "row", "atomic_radius_A", "first_ionization_eV",
+                      "electron_affinity_eV", "block_s", "block_p", "block_d", "block_f")
+
+
+def element_property_table(max_z: int = 94) -> Tensor:
+    """(95, len(ELEMENT_PROPERTIES)) properties from pymatgen's element data, each column standardised over
+    Z = 1..``max_z``; row 0 (no element) and rows past ``max_z`` are zero. A missing value (the
+    electronegativity of He, Ne, Ar; an unknown affinity) is the column mean, i.e. 0 after standardising.
+    The table is stored in the model's state, so a checkpoint does not depend on pymatgen's data version."""
+    import warnings
+
+    from pymatgen.core.periodic_table import Element
+
+    rows = np.full((95, len(ELEMENT_PROPERTIES)), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns for each missing property
+        for z in range(1, max_z + 1):
+            el = Element.from_Z(z)
+            ies = el.ionization_energies
+            values = [el.X, el.group, el.row, el.atomic_radius, ies[0] if ies else None,
+                      el.electron_affinity, *(float(el.block == b) for b in "spdf")]
+            rows[z] = [np.nan if v is None else float(v) for v in values]
+    body = rows[1:max_z + 1]
+    mean, std = np.nanmean(body, axis=0), np.nanstd(body, axis=0)
+    table = np.zeros_like(rows)
+    table[1:max_z + 1] = np.nan_to_num((body - mean) / np.where(std > 0, std, 1.0), nan=0.0)
+    return torch.as_tensor(table, dtype=torch.get_default_dtype())
+
+
+class ElementEmbedding(torch.nn.Module):
+    """A learned vector per element plus a linear map of the element's standardised properties. Drop-in
+    for the ``Embedding(95, hidden)`` inside PyG's ``EmbeddingBlock`` (it keeps ``weight``)."""
+
+    def __init__(self, hidden_channels: int):
+        super().__init__()
+        self.learned = torch.nn.Embedding(95, hidden_channels)
+        self.register_buffer("table", element_property_table())
+        self.lin = torch.nn.Linear(self.table.shape[1], hidden_channels, bias=False)
+
+    @property
+    def weight(self) -> Tensor:  # PyG's EmbeddingBlock.reset_parameters re-draws it in place
+        return self.learned.weight
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.learned(z) + self.lin(self.table[z])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,6 +230,10 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
                     envelope_exponent=hp.envelope_exponent)
             finally:
                 _pyg_dimenet.SphericalBasisLayer = _PygSphericalBasisLayer
+        if hp.element_features:
+            learned = self.emb.emb
+            self.emb.emb = ElementEmbedding(hp.hidden_channels)
+            self.emb.emb.learned.weight.data.copy_(learned.weight.data)
         self.register_buffer("target_mean", torch.zeros(hp.out_channels))
         self.register_buffer("target_std", torch.ones(hp.out_channels))
 
