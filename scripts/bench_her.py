@@ -94,7 +94,7 @@ def cmd_train(args) -> None:
     print(f"dgh.mlip CPU per monolayer: mean {statistics.mean(cpu):.1f} s, median {statistics.median(cpu):.1f} s "
           f"(1 thread; recipe {RECIPES[args.recipe]})")
     hp = DimeNetHParams(hidden_channels=args.hidden, out_emb_channels=args.hidden + args.hidden // 2,
-                        readout=args.readout, cutoff=args.cutoff)
+                        readout=args.readout, cutoff=args.cutoff, element_features=args.element_features)
     command = "scripts/bench_her.py train " + " ".join(sys.argv[2:])
     manifest = train_surrogate(labels, args.out, n_models=args.models, epochs=args.epochs, seed=args.seed,
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
@@ -234,7 +234,7 @@ def cmd_cv(args) -> None:
     ids = sorted(set.intersection(*(set(b) for b in by_cache)))
     if args.limit:
         ids = ids[:args.limit]
-    hp = DimeNetHParams(readout=args.readout, cutoff=args.cutoff)
+    hp = DimeNetHParams(readout=args.readout, cutoff=args.cutoff, element_features=args.element_features)
     preds, truth = {}, {}
     for cache, labels in zip(caches, by_cache):
         graphs, y, kept = _graphs_and_targets([labels[i] for i in ids], hp.cutoff)
@@ -245,16 +245,25 @@ def cmd_cv(args) -> None:
         folds = [order[k::args.folds] for k in range(args.folds)]
         pred = np.empty(len(ids))
         t0 = time.process_time()
-        for k, test in enumerate(folds):
-            held = set(test)
-            member = fit_member(graphs, y, [i for i in order if i not in held], hp, seed=k, epochs=args.epochs)
-            pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()
+        if args.learner == "trees":
+            from gen2d_dgh_dimenet.baseline import cv_site_trees
+
+            pred = cv_site_trees(kept, folds, seed=args.seed)
+        else:
+            for k, test in enumerate(folds):
+                held = set(test)
+                member = fit_member(graphs, y, [i for i in order if i not in held], hp, seed=k, epochs=args.epochs)
+                pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()
         preds[cache], truth[cache] = pred, y.numpy()
         err = np.abs(pred - truth[cache])
         baseline = float(np.abs(truth[cache] - truth[cache].mean()).mean())
-        print(f"{cache}: {args.folds}-fold CV MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
+        print(f"{cache} ({args.learner}): {args.folds}-fold CV MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
               f"{len(ids)} monolayers (predicting the mean: {baseline:.3f}; {time.process_time() - t0:.0f} CPU s)",
               flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"learner": args.learner, "hparams": hp.as_dict(), "folds": args.folds, "seed": args.seed,
+                                               "ids": ids, "pred_eV": {c: p.tolist() for c, p in preds.items()},
+                                               "label_eV": {c: t.tolist() for c, t in truth.items()}}))
     if args.other:
         a, b = args.cache, args.other
         err_a, err_b = np.abs(preds[a] - truth[a]), np.abs(preds[b] - truth[b])
@@ -295,6 +304,9 @@ def main(argv=None) -> int:
     cv.add_argument("--limit", type=int, default=0, help="use only the first N common monolayers (by id)")
     cv.add_argument("--readout", choices=["site", "mean"], default="site")
     cv.add_argument("--cutoff", type=float, default=5.0, help="radius graph cutoff (Å); triplets grow as its 6th power")
+    cv.add_argument("--learner", choices=["dimenet", "trees"], default="dimenet",
+                    help="trees: the descriptor baseline (per-site extremely randomised trees, gen2d_dgh_dimenet.baseline)")
+    cv.add_argument("--save", default=None, help="write each monolayer's CV prediction and label here (JSON)")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
     tr.add_argument("--models", type=int, default=4)
@@ -312,6 +324,9 @@ def main(argv=None) -> int:
     sp.add_argument("--n-default", type=int, default=10, help="layers timed with the (slow) default recipe")
     sp.add_argument("--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default"])
     sp.add_argument("--checkpoint-dir", default=None, help="surrogate ensemble; default: the shipped one")
+    for p in (cv, tr):
+        p.add_argument("--element-features", action="store_true",
+                       help="add a linear map of tabulated element properties to the learned element embedding")
     for p in (lab, tr, sp, ag, cv):
         p.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
                        help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")

@@ -283,3 +283,52 @@ def test_shipped_ensemble_loads_and_carries_its_manifest():
     (res,) = scorer.score([_slab(graphene(a=2.46, vacuum=10.0))])
     assert res.ok and np.isfinite(res.value) and res.uncertainty >= 0
     assert res.provenance.settings["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])
+
+
+def test_descriptor_baseline_rows_describe_the_site():
+    """One row per tried site: the material's synth.pu features, then the site atom's element properties
+    and first shell (S in 2H-MoS2: 3 Mo at 2.41 Å), then the site kind; flagged sites are kept but not valid."""
+    from gen2d_dgh_dimenet.baseline import LOCAL_FEATURES, SITE_KINDS, best_site_value, site_rows
+    from gen2d_synth_pu.features import ELEMENT_PROPERTIES, FEATURE_NAMES, element_properties
+
+    mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
+    s_atom = next(k for k, site in enumerate(mos2) if site.specie.symbol == "S")
+    mo_atom = next(k for k, site in enumerate(mos2) if site.specie.symbol == "Mo")
+    label = {"relaxed_slab": mos2.as_dict(),
+             "sites": [{"atom_index": s_atom, "kind": "ontop", "dg_h_eV": 1.2, "valid": True},
+                       {"atom_index": mo_atom, "kind": "hollow", "dg_h_eV": 0.4, "valid": False}]}
+    rows, targets, valid = site_rows(label)
+    n_mat, n_el = len(FEATURE_NAMES), len(ELEMENT_PROPERTIES)
+    assert rows.shape == (2, n_mat + n_el + len(LOCAL_FEATURES) + len(SITE_KINDS))
+    assert rows[0, :n_mat].tolist() == rows[1, :n_mat].tolist()  # one material
+    np.testing.assert_allclose(rows[0, n_mat:n_mat + n_el], element_properties("S"))
+    nn, cn, shell_x, dx = rows[0, n_mat + n_el:n_mat + n_el + 4]
+    assert nn == pytest.approx(np.hypot(3.18 / np.sqrt(3), 3.13 / 2), abs=0.01) and cn == 3
+    assert shell_x == pytest.approx(2.16) and dx == pytest.approx(2.58 - 2.16)  # Pauling X of Mo and S
+    assert rows[0, -3:].tolist() == [1, 0, 0] and rows[1, -3:].tolist() == [0, 0, 1]
+    assert targets.tolist() == [1.2, 0.4] and valid.tolist() == [True, False]
+    assert best_site_value(np.array([0.9, -0.3, 0.5])) == -0.3  # nearest zero, sign kept
+
+
+def test_descriptor_baseline_cv_learns_site_chemistry_and_needs_sites():
+    """Per-site ΔG_H set by the site atom's element is learned across materials and folds, and a material's
+    value is its predicted site nearest zero; labels without per-site results are refused by name."""
+    from gen2d_dgh_dimenet.baseline import cv_site_trees
+
+    per_element = {"S": 0.9, "Se": 0.5, "Te": 0.2, "Mo": -0.6, "W": -0.8}
+    labels = []
+    for metal in ("Mo", "W"):
+        for chalcogen, a, t in (("S", 3.18, 3.13), ("Se", 3.32, 3.34), ("Te", 3.55, 3.60)):
+            for strain in (0.98, 1.0, 1.02):
+                s = _slab(mx2(f"{metal}{chalcogen}2", a=a * strain, thickness=t, vacuum=10.0))
+                sites = [{"atom_index": k, "kind": "ontop" if site.specie.symbol == chalcogen else "hollow",
+                          "dg_h_eV": per_element[site.specie.symbol], "valid": True} for k, site in enumerate(s)]
+                best = min((x["dg_h_eV"] for x in sites), key=abs)
+                labels.append({"id": f"{metal}{chalcogen}2-{strain}", "relaxed_slab": s.as_dict(), "sites": sites,
+                               "dg_h_eV": best})
+    folds = [list(range(k, len(labels), 3)) for k in range(3)]  # every material sees its strained twins
+    pred = cv_site_trees(labels, folds, n_estimators=50)
+    truth = np.array([lab["dg_h_eV"] for lab in labels])
+    assert np.abs(pred - truth).max() < 0.15
+    with pytest.raises(ValueError, match="per-site"):
+        cv_site_trees([{**labels[0], "sites": []}] + labels[1:], folds, n_estimators=5)
