@@ -100,8 +100,7 @@ def cmd_train(args) -> None:
                                hparams=hp, training_set=f"{' + '.join(args.sources)} (<= {args.max_atoms} atoms, seed {args.seed}), "
                                                        f"{len(ok)} dgh.mlip labels", command=command,
                                label_recipe=label_recipe(get_scorer("dgh.mlip", **RECIPES[args.recipe])),
-                               heldout_ids=(json.loads(Path(args.heldout_from).read_text())["metrics"]["heldout_ids"]
-                                            if args.heldout_from else None))
+                               heldout_ids=_heldout_ids(args.heldout_from) if args.heldout_from else None)
     m = manifest["metrics"]
     print(f"held-out MAE vs dgh.mlip labels: {m['heldout_mae_eV']:.3f} eV (n_test={m['n_test']}; "
           f"predicting the training mean gives {m['heldout_baseline_mae_eV']:.3f} eV); RMSE {m['heldout_rmse_eV']:.3f} eV; "
@@ -180,6 +179,11 @@ def cmd_speed(args) -> None:
     print(json.dumps(figures, indent=1))
 
 
+def _heldout_ids(manifest: str) -> list[str]:
+    """The held-out monolayers of a trained ensemble, from its MANIFEST.json."""
+    return json.loads(Path(manifest).read_text())["metrics"]["heldout_ids"]
+
+
 def _ok_by_id(path) -> dict:
     from gen2d_dgh_dimenet import JsonlLabelCache
 
@@ -243,7 +247,10 @@ def cmd_cv(args) -> None:
         order = list(range(len(ids)))
         random.Random(args.seed).shuffle(order)
         folds = [order[k::args.folds] for k in range(args.folds)]
-        pred = np.empty(len(ids))
+        if args.heldout_from:  # one split: an ensemble's held-out monolayers, to compare with it
+            heldout = set(_heldout_ids(args.heldout_from))
+            folds = [[i for i in order if ids[i] in heldout]]
+        pred = np.full(len(ids), np.nan)
         t0 = time.process_time()
         if args.learner == "trees":
             from gen2d_dgh_dimenet.baseline import cv_site_trees
@@ -255,24 +262,28 @@ def cmd_cv(args) -> None:
                 member = fit_member(graphs, y, [i for i in order if i not in held], hp, seed=k, epochs=args.epochs)
                 pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()
         preds[cache], truth[cache] = pred, y.numpy()
-        err = np.abs(pred - truth[cache])
-        baseline = float(np.abs(truth[cache] - truth[cache].mean()).mean())
-        print(f"{cache} ({args.learner}): {args.folds}-fold CV MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
-              f"{len(ids)} monolayers (predicting the mean: {baseline:.3f}; {time.process_time() - t0:.0f} CPU s)",
+        tested = ~np.isnan(pred)
+        err = np.abs(pred - truth[cache])[tested]
+        baseline = float(np.abs(truth[cache][tested] - truth[cache][tested].mean()).mean())
+        split = f"held-out ({int(tested.sum())} of {args.heldout_from})" if args.heldout_from else f"{args.folds}-fold CV"
+        print(f"{cache} ({args.learner}): {split} MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
+              f"{len(err)} monolayers (predicting the mean: {baseline:.3f}; {time.process_time() - t0:.0f} CPU s)",
               flush=True)
     if args.save:
         Path(args.save).write_text(json.dumps({"learner": args.learner, "hparams": hp.as_dict(), "folds": args.folds, "seed": args.seed,
-                                               "ids": ids, "pred_eV": {c: p.tolist() for c, p in preds.items()},
+                                               "ids": ids, "pred_eV": {c: [None if np.isnan(v) else v for v in p.tolist()]
+                                                                   for c, p in preds.items()},
                                                "label_eV": {c: t.tolist() for c, t in truth.items()}}))
     if args.other:
         a, b = args.cache, args.other
-        err_a, err_b = np.abs(preds[a] - truth[a]), np.abs(preds[b] - truth[b])
+        tested = ~np.isnan(preds[a])
+        err_a, err_b = np.abs(preds[a] - truth[a])[tested], np.abs(preds[b] - truth[b])[tested]
         d = err_b - err_a
         print(f"paired difference of CV errors ({b} − {a}): {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} eV")
         # does a surrogate trained on one recipe's labels predict the other recipe's values?
         for train_on, test_on in ((a, b), (b, a)):
             print(f"trained on {train_on}, tested against {test_on}'s labels: MAE "
-                  f"{np.abs(preds[train_on] - truth[test_on]).mean():.3f} eV")
+                  f"{np.abs(preds[train_on] - truth[test_on])[tested].mean():.3f} eV")
 
 
 def _relaxed_context(slab, model: str):
@@ -306,6 +317,8 @@ def main(argv=None) -> int:
     cv.add_argument("--cutoff", type=float, default=5.0, help="radius graph cutoff (Å); triplets grow as its 6th power")
     cv.add_argument("--learner", choices=["dimenet", "trees"], default="dimenet",
                     help="trees: the descriptor baseline (per-site extremely randomised trees, gen2d_dgh_dimenet.baseline)")
+    cv.add_argument("--heldout-from", default=None,
+                    help="a MANIFEST.json: instead of k folds, train on the rest and test on its held-out monolayers")
     cv.add_argument("--save", default=None, help="write each monolayer's CV prediction and label here (JSON)")
     tr = sub.add_parser("train")
     tr.add_argument("--out", required=True)
