@@ -250,22 +250,41 @@ def cmd_cv(args) -> None:
         if args.heldout_from:  # one split: an ensemble's held-out monolayers, to compare with it
             heldout = set(_heldout_ids(args.heldout_from))
             folds = [[i for i in order if ids[i] in heldout]]
-        pred = np.full(len(ids), np.nan)
         t0 = time.process_time()
-        if args.learner == "trees":
-            from gen2d_dgh_dimenet.baseline import cv_site_trees
-
-            pred = cv_site_trees(kept, folds, seed=args.seed)
-        else:
-            for k, test in enumerate(folds):
+        draws = []
+        for draw in range(args.draws if args.train_fraction < 1 else 1):
+            # each fold trains on the rest, or on a seeded random fraction of it (a learning curve)
+            trains = []
+            for test in folds:
                 held = set(test)
-                member = fit_member(graphs, y, [i for i in order if i not in held], hp, seed=k, epochs=args.epochs)
-                pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()
+                rest = [i for i in order if i not in held]
+                if args.train_fraction < 1:
+                    random.Random(draw).shuffle(rest)
+                    rest = rest[:max(1, int(round(args.train_fraction * len(rest))))]
+                trains.append(rest)
+            pred = np.full(len(ids), np.nan)
+            if args.learner == "trees":
+                from gen2d_dgh_dimenet.baseline import cv_site_trees
+
+                pred = cv_site_trees(kept, folds, seed=args.seed + draw, train_sets=trains)
+            else:
+                for k, (test, train) in enumerate(zip(folds, trains)):
+                    member = fit_member(graphs, y, train, hp, seed=k + 100 * draw, epochs=args.epochs)
+                    pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()
+            draws.append(pred)
+        pred = draws[0]  # the summary and --other pair the first draw
+        if len(draws) > 1:
+            per_draw = [float(np.nanmean(np.abs(d - y.numpy()))) for d in draws]
+            print(f"{cache}: training on {args.train_fraction:.0%} of each fold's rest (about {len(trains[0])} "
+                  f"monolayers), {len(draws)} draws: MAE {statistics.mean(per_draw):.3f} "
+                  f"(draws {', '.join(f'{v:.3f}' for v in per_draw)})", flush=True)
         preds[cache], truth[cache] = pred, y.numpy()
         tested = ~np.isnan(pred)
         err = np.abs(pred - truth[cache])[tested]
         baseline = float(np.abs(truth[cache][tested] - truth[cache][tested].mean()).mean())
         split = f"held-out ({int(tested.sum())} of {args.heldout_from})" if args.heldout_from else f"{args.folds}-fold CV"
+        if len(draws) > 1:
+            split += ", first draw"
         print(f"{cache} ({args.learner}): {split} MAE {err.mean():.3f} ± {err.std() / np.sqrt(len(err)):.3f} eV on "
               f"{len(err)} monolayers (predicting the mean: {baseline:.3f}; {time.process_time() - t0:.0f} CPU s)",
               flush=True)
@@ -317,6 +336,9 @@ def main(argv=None) -> int:
     cv.add_argument("--cutoff", type=float, default=5.0, help="radius graph cutoff (Å); triplets grow as its 6th power")
     cv.add_argument("--learner", choices=["dimenet", "trees"], default="dimenet",
                     help="trees: the descriptor baseline (per-site extremely randomised trees, gen2d_dgh_dimenet.baseline)")
+    cv.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train each fold on this seeded fraction of the rest (a learning curve)")
+    cv.add_argument("--draws", type=int, default=3, help="random training subsets per fold when --train-fraction < 1")
     cv.add_argument("--heldout-from", default=None,
                     help="a MANIFEST.json: instead of k folds, train on the rest and test on its held-out monolayers")
     cv.add_argument("--save", default=None, help="write each monolayer's CV prediction and label here (JSON)")

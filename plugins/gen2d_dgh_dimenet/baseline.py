@@ -62,11 +62,12 @@ def best_site_value(site_predictions: np.ndarray) -> float:
 
 
 def cv_site_trees(labels: Sequence[dict[str, Any]], folds: Sequence[Sequence[int]], n_estimators: int = 300,
-                  seed: int = 0) -> np.ndarray:
-    """Cross-validated best-site predictions (eV), one per label, on the given folds of label indices.
+                  seed: int = 0, train_sets: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Cross-validated best-site predictions (eV), one per label (NaN outside every fold), on the given
+    folds of label indices.
 
-    Trees are fitted on the valid sites of the other folds' materials only, so no site of a test
-    material is ever seen in training.
+    Trees are fitted on the valid sites of the other folds' materials only (or of ``train_sets[k]`` for
+    fold k, for a learning curve), so no site of a test material is ever seen in training.
     """
     from sklearn.ensemble import ExtraTreesRegressor
 
@@ -74,9 +75,9 @@ def cv_site_trees(labels: Sequence[dict[str, Any]], folds: Sequence[Sequence[int
     if any(len(rows) == 0 for rows, _, _ in per_label):
         raise ValueError("every label needs its per-site results ('sites') to train a per-site baseline")
     pred = np.full(len(labels), np.nan)
-    for test in folds:
+    for k, test in enumerate(folds):
         held = set(test)
-        train = [i for i in range(len(labels)) if i not in held]
+        train = [i for i in (train_sets[k] if train_sets is not None else range(len(labels))) if i not in held]
         x = np.concatenate([per_label[i][0][per_label[i][2]] for i in train])
         y = np.concatenate([per_label[i][1][per_label[i][2]] for i in train])
         x = np.nan_to_num(x, nan=-1.0)  # a few NaN features (spglib failures); trees split them off

@@ -330,5 +330,9 @@ def test_descriptor_baseline_cv_learns_site_chemistry_and_needs_sites():
     pred = cv_site_trees(labels, folds, n_estimators=50)
     truth = np.array([lab["dg_h_eV"] for lab in labels])
     assert np.abs(pred - truth).max() < 0.15
+    # a learning-curve subset that names test materials still never trains on them
+    subsets = [[i for i in range(len(labels)) if i % 2 == 0] for _ in folds]
+    leaky = cv_site_trees(labels, folds, n_estimators=50, train_sets=[sub + list(test) for sub, test in zip(subsets, folds)])
+    np.testing.assert_allclose(leaky, cv_site_trees(labels, folds, n_estimators=50, train_sets=subsets))
     with pytest.raises(ValueError, match="per-site"):
         cv_site_trees([{**labels[0], "sites": []}] + labels[1:], folds, n_estimators=5)
