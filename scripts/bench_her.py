@@ -251,6 +251,10 @@ def cmd_cv(args) -> None:
             heldout = set(_heldout_ids(args.heldout_from))
             folds = [[i for i in order if ids[i] in heldout]]
         t0 = time.process_time()
+        if args.learner == "trees":
+            from gen2d_dgh_dimenet.baseline import cv_site_trees, site_rows
+
+            tables = [site_rows(lab) for lab in kept]  # featurised once for every draw
         draws = []
         for draw in range(args.draws if args.train_fraction < 1 else 1):
             # each fold trains on the rest, or on a seeded random fraction of it (a learning curve)
@@ -264,9 +268,7 @@ def cmd_cv(args) -> None:
                 trains.append(rest)
             pred = np.full(len(ids), np.nan)
             if args.learner == "trees":
-                from gen2d_dgh_dimenet.baseline import cv_site_trees
-
-                pred = cv_site_trees(kept, folds, seed=args.seed + draw, train_sets=trains)
+                pred = cv_site_trees(kept, folds, seed=args.seed + draw, train_sets=trains, tables=tables)
             else:
                 for k, (test, train) in enumerate(zip(folds, trains)):
                     member = fit_member(graphs, y, train, hp, seed=k + 100 * draw, epochs=args.epochs)

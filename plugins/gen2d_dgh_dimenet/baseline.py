@@ -5,7 +5,7 @@ or of the labels? Each labelled adsorption site becomes one row:
 
 - the material: the synth.pu feature vector of the relaxed slab (composition statistics of element
   properties, thickness, areal density, coordination, symmetry, SMACT screens);
-- the atom the site sits on or next to (``nearest_atom`` in the label): its element properties, its
+- the atom the site sits on or next to (the site's ``atom_index`` in the label): its element properties, its
   nearest-neighbour distance, first-shell coordination and the electronegativity of that shell;
 - the kind of site (top, bridge, hollow).
 
@@ -62,16 +62,18 @@ def best_site_value(site_predictions: np.ndarray) -> float:
 
 
 def cv_site_trees(labels: Sequence[dict[str, Any]], folds: Sequence[Sequence[int]], n_estimators: int = 300,
-                  seed: int = 0, train_sets: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+                  seed: int = 0, train_sets: Sequence[Sequence[int]] | None = None,
+                  tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Cross-validated best-site predictions (eV), one per label (NaN outside every fold), on the given
     folds of label indices.
 
     Trees are fitted on the valid sites of the other folds' materials only (or of ``train_sets[k]`` for
-    fold k, for a learning curve), so no site of a test material is ever seen in training.
+    fold k, for a learning curve), so no site of a test material is ever seen in training. ``tables``
+    are the labels' :func:`site_rows`, when already computed (repeated draws of a learning curve).
     """
     from sklearn.ensemble import ExtraTreesRegressor
 
-    per_label = [site_rows(lab) for lab in labels]
+    per_label = list(tables) if tables is not None else [site_rows(lab) for lab in labels]
     if any(len(rows) == 0 for rows, _, _ in per_label):
         raise ValueError("every label needs its per-site results ('sites') to train a per-site baseline")
     pred = np.full(len(labels), np.nan)
