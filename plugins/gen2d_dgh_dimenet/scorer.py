@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -50,6 +51,7 @@ class DimeNetDGHScorer:
         self.batch_size = batch_size
         self._members: list | None = None
         self._metadata: dict[str, Any] = {}
+        self._calibration: dict[str, Any] | None = None
         self._sha = None
 
     def checkpoints(self) -> list[Path]:
@@ -77,7 +79,30 @@ class DimeNetDGHScorer:
             self._members = members
             # one hash for the ensemble: the member hashes in file order
             self._sha = hashlib.sha256("".join(shas).encode()).hexdigest()
+            self._calibration = self._read_calibration()
         return self._members
+
+    def _read_calibration(self) -> dict[str, Any] | None:
+        """The ensemble's held-out calibration of its spread (MANIFEST.json ``metrics``), if it has one."""
+        manifest = self.checkpoint_dir / "MANIFEST.json"
+        if not manifest.is_file():
+            return None
+        try:
+            cal = json.loads(manifest.read_text()).get("metrics", {}).get("uncertainty_calibration")
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the uncertainty calibration in %s: %s", manifest, exc)
+            return None
+        if not cal or not np.isfinite(cal.get("scale", np.nan)) or cal["scale"] <= 0:
+            return None
+        return cal
+
+    def _uncertainty_settings(self) -> dict[str, Any]:
+        cal = self._calibration
+        if cal is None:
+            return {"uncertainty": "ensemble standard deviation, uncalibrated (no held-out calibration found)"}
+        return {"uncertainty": "ensemble standard deviation x held-out calibration scale",
+                "uncertainty_scale": cal["scale"], "uncertainty_calibration_n": cal.get("n"),
+                "uncertainty_within_1sigma_split_half": cal.get("split_half_within_1sigma")}
 
     def provenance(self, notes: Sequence[str] = ()) -> Provenance:
         meta = self._metadata
@@ -88,7 +113,8 @@ class DimeNetDGHScorer:
             reference_set=meta.get("label_source"),
             settings={"checkpoint_dir": str(self.checkpoint_dir), "label_source": meta.get("label_source"),
                       "training_set": meta.get("training_set"), "heldout_mae_eV": meta.get("heldout_mae_eV"),
-                      "n_train": meta.get("n_train"), "hparams": meta.get("hparams")},
+                      "n_train": meta.get("n_train"), "hparams": meta.get("hparams"),
+                      **self._uncertainty_settings()},
             notes=list(notes))
 
     def _input_slab(self, structure: Structure, ctx: dict | None, notes: list[str]) -> Structure:
@@ -156,10 +182,11 @@ class DimeNetDGHScorer:
                                                     "the surrogate returned a non-finite value",
                                                     self.provenance(notes_of[n]))
                     continue
-                extra: dict[str, Any] = {"members_eV": preds[:, b].round(4).tolist()}
+                extra: dict[str, Any] = {"members_eV": preds[:, b].round(4).tolist(), "ensemble_std_eV": std}
                 if b in sites:
                     extra["best_site_atom"] = sites[b]
-                results[n] = ScoreResult(property=self.property, value=mean, unit=self.unit, uncertainty=std,
+                scale = self._calibration["scale"] if self._calibration else 1.0
+                results[n] = ScoreResult(property=self.property, value=mean, unit=self.unit, uncertainty=std * scale,
                                          extra=extra,
                                          provenance=self.provenance(notes_of[n]))
         return results  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pymatgen.core import Structure
 
@@ -123,6 +124,40 @@ def label_recipe(mlip) -> dict[str, Any]:
             "slab_fmax": mlip.slab_fmax, "slab_steps": mlip.slab_steps, **mlip.settings.as_dict()}
 
 
+# below this many held-out layers the calibration of the spread is not estimated (the scorer then reports
+# the raw ensemble spread and says so)
+MIN_CALIBRATION_LAYERS = 10
+_ONE_SIGMA = 0.6827  # fraction of a normal distribution within ±1 σ
+
+
+def uncertainty_calibration(mean, std, labels, seed: int = 0) -> dict[str, Any] | None:
+    """How far the ensemble spread is from the error, and the factor that fixes its 1σ coverage.
+
+    ``scale`` is the 68.3 % quantile of |mean − label| / std over held-out layers, so that ``scale × std``
+    covers 68.3 % of them, as a normal 1σ interval does. Coverage at 1σ and 2σ is given raw and scaled;
+    the scaled figures are in-sample, so ``split_half_within_1sigma`` fits the scale on one random half
+    and counts on the other (mean of both ways). ``spearman_abs_error_vs_std`` says whether the spread
+    ranks the errors at all. None with fewer than :data:`MIN_CALIBRATION_LAYERS` layers or no spread.
+    """
+    from scipy.stats import spearmanr
+
+    mean, std, labels = (np.asarray(a, dtype=float) for a in (mean, std, labels))
+    err = np.abs(mean - labels)
+    ok = np.isfinite(err) & np.isfinite(std) & (std > 0)
+    if ok.sum() < MIN_CALIBRATION_LAYERS:
+        return None
+    z = err[ok] / std[ok]
+    scale = float(np.quantile(z, _ONE_SIGMA))
+    order = np.random.default_rng(seed).permutation(len(z))
+    halves = order[:len(z) // 2], order[len(z) // 2:]
+    split = [float(np.mean(z[b] <= np.quantile(z[a], _ONE_SIGMA))) for a, b in (halves, halves[::-1])]
+    return {"method": "ensemble std x the 68.3 % quantile of held-out |error|/std", "n": int(ok.sum()),
+            "scale": scale, "within_1sigma_raw": float(np.mean(z <= 1)), "within_2sigma_raw": float(np.mean(z <= 2)),
+            "within_1sigma_scaled": float(np.mean(z <= scale)), "within_2sigma_scaled": float(np.mean(z <= 2 * scale)),
+            "split_half_within_1sigma": float(np.mean(split)),
+            "spearman_abs_error_vs_std": float(spearmanr(err[ok], std[ok])[0])}
+
+
 def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_models: int = 4, epochs: int = 150,
                     test_fraction: float = 0.2, seed: int = 0, hparams=None, device: str = "cpu",
                     training_set: str = "", command: str = "",
@@ -183,6 +218,10 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
             "heldout_within_0.2eV_of_label": int((err <= 0.2).sum()),
             "heldout_ids": [kept[i].get("id") for i in test_idx],
         })
+        if n_models > 1:
+            calibration = uncertainty_calibration(mean.numpy(), preds.std(0).numpy(), y.numpy(), seed=seed)
+            if calibration is not None:
+                metrics["uncertainty_calibration"] = calibration
     metrics["labels_with_abs_dgh_le_0.2"] = int((targets.abs() <= 0.2).sum())
     metadata = {"label_source": f"dgh.mlip ({', '.join(models_label)}), best-site ΔG_H in eV",
                 "training_set": training_set, "n_train": len(train_idx),

@@ -217,6 +217,10 @@ def test_scorer_mean_std_provenance_and_bad_input(trained):
     members = results[0].extra["members_eV"]
     assert results[0].value == pytest.approx(np.mean(members), abs=1e-3)
     assert results[0].uncertainty == pytest.approx(np.std(members, ddof=1), abs=1e-3)
+    # one held-out layer cannot calibrate the spread: the raw spread is reported, and said to be raw
+    assert "uncertainty_calibration" not in manifest["metrics"]
+    assert results[0].extra["ensemble_std_eV"] == pytest.approx(results[0].uncertainty)
+    assert "uncalibrated" in results[0].provenance.settings["uncertainty"]
     assert not results[1].ok and results[1].failure.reason and results[1].value is None
     assert results[2].value == pytest.approx(results[0].value, abs=1e-4)  # the supercell is the same material
     prov = results[0].provenance
@@ -283,6 +287,11 @@ def test_shipped_ensemble_loads_and_carries_its_manifest():
     (res,) = scorer.score([_slab(graphene(a=2.46, vacuum=10.0))])
     assert res.ok and np.isfinite(res.value) and res.uncertainty >= 0
     assert res.provenance.settings["heldout_mae_eV"] == pytest.approx(manifest["metrics"]["heldout_mae_eV"])
+    # the raw ensemble spread is overconfident on held-out layers; the shipped calibration widens it
+    cal = manifest["metrics"]["uncertainty_calibration"]
+    assert cal["within_1sigma_raw"] < 0.683 and cal["scale"] > 1
+    assert res.uncertainty == pytest.approx(cal["scale"] * res.extra["ensemble_std_eV"])
+    assert res.provenance.settings["uncertainty_scale"] == pytest.approx(cal["scale"])
 
 
 def test_descriptor_baseline_rows_describe_the_site():
@@ -336,3 +345,48 @@ def test_descriptor_baseline_cv_learns_site_chemistry_and_needs_sites():
     np.testing.assert_allclose(leaky, cv_site_trees(labels, folds, n_estimators=50, train_sets=subsets))
     with pytest.raises(ValueError, match="per-site"):
         cv_site_trees([{**labels[0], "sites": []}] + labels[1:], folds, n_estimators=5)
+
+
+def test_uncertainty_calibration_restores_one_sigma_coverage():
+    """Errors drawn three times wider than the ensemble spread: the raw spread covers about 26 % at 1σ,
+    the fitted scale is about 3 and restores 68 %, also on the half it was not fitted on."""
+    from gen2d_dgh_dimenet.train import uncertainty_calibration
+
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.05, 0.3, 4000)
+    labels = rng.normal(0.0, 1.0, 4000)
+    mean = labels + rng.normal(0.0, 3.0 * std)
+    cal = uncertainty_calibration(mean, std, labels)
+    assert cal["scale"] == pytest.approx(3.0, rel=0.06)
+    assert cal["within_1sigma_raw"] == pytest.approx(0.26, abs=0.03)
+    assert cal["within_1sigma_scaled"] == pytest.approx(0.683, abs=0.01)
+    assert cal["within_2sigma_scaled"] == pytest.approx(0.954, abs=0.02)
+    assert cal["split_half_within_1sigma"] == pytest.approx(0.683, abs=0.03)
+    assert cal["spearman_abs_error_vs_std"] > 0.2  # wider spread, larger errors
+    assert uncertainty_calibration(mean[:9], std[:9], labels[:9]) is None  # too few layers
+    assert uncertainty_calibration(mean[:50], np.zeros(50), labels[:50]) is None  # no spread to scale
+
+
+def test_scorer_applies_the_manifest_calibration(trained, tmp_path):
+    """dgh.dimenet reports scale x ensemble std when its MANIFEST carries a calibration, records the scale in
+    provenance, and falls back to the raw spread (said so) when the manifest is unreadable."""
+    import shutil
+
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
+    out, manifest = trained
+    ens = tmp_path / "ens"
+    shutil.copytree(out, ens)
+    calibrated = json.loads(json.dumps(manifest))
+    calibrated["metrics"]["uncertainty_calibration"] = {"scale": 2.5, "n": 40, "split_half_within_1sigma": 0.66}
+    (ens / "MANIFEST.json").write_text(json.dumps(calibrated))
+    mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
+    r = DimeNetDGHScorer(checkpoint_dir=ens, device="cpu").score([mos2])[0]
+    raw = r.extra["ensemble_std_eV"]
+    assert raw == pytest.approx(np.std(r.extra["members_eV"], ddof=1), abs=1e-3) and raw > 0
+    assert r.uncertainty == pytest.approx(2.5 * raw)
+    assert r.provenance.settings["uncertainty_scale"] == 2.5
+    (ens / "MANIFEST.json").write_text("{not json")
+    r = DimeNetDGHScorer(checkpoint_dir=ens, device="cpu").score([mos2])[0]
+    assert r.ok and r.uncertainty == pytest.approx(r.extra["ensemble_std_eV"])
+    assert "uncalibrated" in r.provenance.settings["uncertainty"]
