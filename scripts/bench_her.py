@@ -179,6 +179,38 @@ def cmd_speed(args) -> None:
     print(json.dumps(figures, indent=1))
 
 
+def cmd_calibrate(args) -> None:
+    """Calibrate an ensemble's spread on its own held-out monolayers, through the scorer (the production path),
+    and with ``--write`` store it in the ensemble's MANIFEST.json, where ``dgh.dimenet`` reads it."""
+    from pymatgen.core import Structure
+
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+    from gen2d_dgh_dimenet.train import uncertainty_calibration
+
+    scorer = DimeNetDGHScorer(checkpoint_dir=args.checkpoint_dir, device="cpu")
+    manifest_path = scorer.checkpoint_dir / "MANIFEST.json"
+    labels = _ok_by_id(args.cache)
+    held = [labels[i] for i in _heldout_ids(manifest_path) if i in labels]
+    if not held:
+        raise SystemExit(f"{args.cache} has none of the ensemble's held-out monolayers labelled")
+    results = scorer.score([Structure.from_dict(lab["relaxed_slab"]) for lab in held])
+    scored = [(lab, r) for lab, r in zip(held, results) if r.ok]
+    cal = uncertainty_calibration([r.value for _, r in scored], [r.extra["ensemble_std_eV"] for _, r in scored],
+                                  [lab["dg_h_eV"] for lab, _ in scored], seed=args.seed)
+    if cal is None:
+        raise SystemExit(f"only {len(scored)} scoreable held-out monolayers with a spread: too few to calibrate")
+    print(f"{len(scored)} of {len(held)} held-out monolayers scored: the raw spread covers {cal['within_1sigma_raw']:.0%} "
+          f"within 1σ and {cal['within_2sigma_raw']:.0%} within 2σ; scale {cal['scale']:.2f} -> "
+          f"{cal['within_1sigma_scaled']:.0%} and {cal['within_2sigma_scaled']:.0%} (split-half 1σ "
+          f"{cal['split_half_within_1sigma']:.0%}); Spearman(|error|, std) {cal['spearman_abs_error_vs_std']:.2f}")
+    if args.write:
+        manifest = json.loads(manifest_path.read_text())
+        cal["command"] = "scripts/bench_her.py calibrate " + " ".join(sys.argv[2:])
+        manifest["metrics"]["uncertainty_calibration"] = cal
+        manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        print(f"written to {manifest_path}")
+
+
 def _heldout_ids(manifest: str) -> list[str]:
     """The held-out monolayers of a trained ensemble, from its MANIFEST.json."""
     return json.loads(Path(manifest).read_text())["metrics"]["heldout_ids"]
@@ -361,10 +393,13 @@ def main(argv=None) -> int:
     sp.add_argument("--n-default", type=int, default=10, help="layers timed with the (slow) default recipe")
     sp.add_argument("--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default"])
     sp.add_argument("--checkpoint-dir", default=None, help="surrogate ensemble; default: the shipped one")
+    cal = sub.add_parser("calibrate")
+    cal.add_argument("--checkpoint-dir", default=None, help="ensemble with a MANIFEST.json; default: the shipped one")
+    cal.add_argument("--write", action="store_true", help="store the calibration in the ensemble's MANIFEST.json")
     for p in (cv, tr):
         p.add_argument("--element-features", action="store_true",
                        help="add a linear map of tabulated element properties to the learned element embedding")
-    for p in (lab, tr, sp, ag, cv):
+    for p in (lab, tr, sp, ag, cv, cal):
         p.add_argument("--sources", nargs="+", default=["2dmatpedia_filtered.db"],
                        help="files in GEN2D_DATA, labelled in this order (e.g. add mc2d_258_exfoliable.json)")
         p.add_argument("--cache", required=True)
@@ -372,7 +407,7 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     {"label": cmd_label, "train": cmd_train, "speed": cmd_speed, "agreement": cmd_agreement,
-     "cv": cmd_cv}[args.stage](args)
+     "cv": cmd_cv, "calibrate": cmd_calibrate}[args.stage](args)
     return 0
 
 
