@@ -205,3 +205,48 @@ def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_stor
     again = jobs.score_candidates("ehull.test", {}, ids, None)  # now current: nothing is redone
     assert again.n_skipped == 2 and sc.seen == 2
     assert cs.candidates_missing("ehull.test", current=current) == []
+
+
+@pytest.mark.parametrize("backend", ["memory", "monty"])
+def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypatch):
+    """candidates_missing(current=...) finds absent, older and path-less results on both backends, and
+    the database never hands over an up-to-date candidate (the store is not read in full)."""
+    import uuid
+
+    from gen2d.store import CandidateStore
+
+    uri = f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
+    with open_store(uri) as cs:
+        made = [make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
+                for k in range(5)]
+        cs.upsert_candidates(made)
+        ids = [c.candidate_id for c in made]
+
+        def result(settings):
+            return ScoreResult(property="e_hull", value=0.01, unit="eV/atom",
+                               provenance=Provenance(plugin="ehull.test", settings=settings))
+
+        cs.set_score(ids[0], "ehull.test", result({"correction_scheme": "v1"}))  # current
+        cs.set_score(ids[1], "ehull.test", result({"correction_scheme": "v0"}))  # older scheme
+        cs.set_score(ids[2], "ehull.test", result({}))  # made before the scheme was recorded
+        cs.set_score(ids[3], "ehull.test", result({"correction_scheme": "v1"}))  # current
+        # ids[4]: never scored
+        fetched = []
+        real_query = CandidateStore.query
+
+        def counting_query(self, criteria=None, **kw):
+            for doc in real_query(self, criteria, **kw):
+                fetched.append(doc["candidate_id"])
+                yield doc
+
+        monkeypatch.setattr(CandidateStore, "query", counting_query)
+        current = {"provenance.settings.correction_scheme": "v1"}
+        missing = {d["candidate_id"] for d in cs.candidates_missing("ehull.test", current=current)}
+        assert missing == {ids[1], ids[2], ids[4]}
+        assert set(fetched) == missing  # the two current ones stayed in the database
+        # with other criteria as well, and with a value the database cannot compare (a dict): same answer
+        assert {d["candidate_id"] for d in cs.candidates_missing("ehull.test", {"formula": "MoS2"}, current)} == missing
+        fetched.clear()
+        as_dict = {"provenance.settings": {"correction_scheme": "v1"}}
+        assert {d["candidate_id"] for d in cs.candidates_missing("ehull.test", current=as_dict)} == missing
+        assert len(fetched) == 5  # read in full, confirmed in Python

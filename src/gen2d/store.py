@@ -341,9 +341,17 @@ class CandidateStore:
         e.g. an E_hull made under an older correction scheme.
         """
         crit = dict(criteria or {})
+        field = f"scores.{scorer}"
         if not current:  # the database does the whole selection
-            crit[f"scores.{scorer}"] = {"$exists": False}
+            crit[field] = {"$exists": False}
             return list(self.query(crit))
+        if all(v is None or isinstance(v, (str, int, float, bool)) for v in current.values()):
+            # the database narrows to results that are absent or differ at a current path (a missing path
+            # differs too), so a store of up-to-date candidates is not read in full; Python then confirms
+            # with exactly the rule the scoring job uses. Dict or list values are not compared by the
+            # database (its embedded-document equality depends on key order).
+            stale = [{field: {"$exists": False}}] + [{f"{field}.{p}": {"$ne": v}} for p, v in current.items()]
+            crit = {"$and": [crit, {"$or": stale}]} if crit else {"$or": stale}
         return [d for d in self.query(crit) if not score_is_current(get_score(d, scorer), current)]
 
 
