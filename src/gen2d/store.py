@@ -201,6 +201,9 @@ class CandidateStore:
     def __init__(self, store: Any, uri: str, lock_path: str | Path | None = None):
         self.store = store
         self.uri = redact_uri(uri)
+        # montydb evaluates every query in Python over every document: letting it select stale results
+        # measured slower than reading them all (scripts/bench_store.py), so only servers select them
+        self.selects_stale = not uri.startswith("monty://")
         self._lock = threading.RLock()
         self._lock_path = Path(lock_path) if lock_path else None
 
@@ -345,7 +348,7 @@ class CandidateStore:
         if not current:  # the database does the whole selection
             crit[field] = {"$exists": False}
             return list(self.query(crit))
-        if all(v is None or isinstance(v, (str, int, float, bool)) for v in current.values()):
+        if self.selects_stale and all(v is None or isinstance(v, (str, int, float, bool)) for v in current.values()):
             # the database narrows to results that are absent or differ at a current path (a missing path
             # differs too), so a store of up-to-date candidates is not read in full; Python then confirms
             # with exactly the rule the scoring job uses. Dict or list values are not compared by the
