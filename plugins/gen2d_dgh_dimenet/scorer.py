@@ -89,12 +89,15 @@ class DimeNetDGHScorer:
             return None
         try:
             cal = json.loads(manifest.read_text()).get("metrics", {}).get("uncertainty_calibration")
-        except (OSError, ValueError) as exc:
+            if not cal:
+                return None
+            scale = float(cal["scale"])
+            if not np.isfinite(scale) or scale <= 0:
+                raise ValueError(f"scale {scale} is not a positive number")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("ignoring the uncertainty calibration in %s: %s", manifest, exc)
             return None
-        if not cal or not np.isfinite(cal.get("scale", np.nan)) or cal["scale"] <= 0:
-            return None
-        return cal
+        return {**cal, "scale": scale}
 
     def _uncertainty_settings(self) -> dict[str, Any]:
         cal = self._calibration

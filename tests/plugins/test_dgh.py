@@ -386,7 +386,10 @@ def test_scorer_applies_the_manifest_calibration(trained, tmp_path):
     assert raw == pytest.approx(np.std(r.extra["members_eV"], ddof=1), abs=1e-3) and raw > 0
     assert r.uncertainty == pytest.approx(2.5 * raw)
     assert r.provenance.settings["uncertainty_scale"] == 2.5
-    (ens / "MANIFEST.json").write_text("{not json")
-    r = DimeNetDGHScorer(checkpoint_dir=ens, device="cpu").score([mos2])[0]
-    assert r.ok and r.uncertainty == pytest.approx(r.extra["ensemble_std_eV"])
-    assert "uncalibrated" in r.provenance.settings["uncertainty"]
+    bad_scale = json.loads(json.dumps(calibrated))
+    bad_scale["metrics"]["uncertainty_calibration"]["scale"] = "wide"
+    for text in ("{not json", json.dumps(bad_scale)):
+        (ens / "MANIFEST.json").write_text(text)
+        r = DimeNetDGHScorer(checkpoint_dir=ens, device="cpu").score([mos2])[0]
+        assert r.ok and r.uncertainty == pytest.approx(r.extra["ensemble_std_eV"])
+        assert "uncalibrated" in r.provenance.settings["uncertainty"]
