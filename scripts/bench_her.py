@@ -298,10 +298,10 @@ def cmd_cv(args) -> None:
                     random.Random(draw).shuffle(rest)
                     rest = rest[:max(1, int(round(args.train_fraction * len(rest))))]
                 trains.append(rest)
-            pred = np.full(len(ids), np.nan)
             if args.learner == "trees":
                 pred = cv_site_trees(kept, folds, seed=args.seed + draw, train_sets=trains, tables=tables)
             else:
+                pred = np.full(len(ids), np.nan)
                 for k, (test, train) in enumerate(zip(folds, trains)):
                     member = fit_member(graphs, y, train, hp, seed=k + 100 * draw, epochs=args.epochs)
                     pred[test] = member.predict_graphs([graphs[i] for i in test])[:, 0].numpy()

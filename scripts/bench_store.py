@@ -2,9 +2,9 @@
 """How long the store takes to find the candidates whose result from a scorer is missing or stale.
 
 ``CandidateStore.candidates_missing(current=...)`` lets a database server select them (montydb, which
-measured slower at it, is read in full); the old way read every candidate and checked it in Python. Both are timed on a fresh store of ``--n`` copies of one MoS2
-candidate (distinct ids), every ``--stale-every``-th one left unscored, the rest scored under the
-current scheme.
+measured slower at it, is read in full); the old way read every candidate and checked it in Python.
+Both are timed on a fresh store of ``--n`` copies of one MoS2 candidate (distinct ids), every
+``--stale-every``-th one left unscored, the rest scored under the current scheme.
 
     .venv/bin/python scripts/bench_store.py --uri memory://bench --n 2000
     .venv/bin/python scripts/bench_store.py --uri monty:///tmp/bench-store --n 2000

@@ -24,14 +24,13 @@ from pymatgen.core import Structure
 
 SITE_KINDS = ("ontop", "bridge", "hollow")
 LOCAL_FEATURES = ("nn_distance", "first_shell_cn", "shell_X_mean", "shell_X_max_diff")
-# first-shell neighbours: no farther than this multiple of the nearest one (as synth.pu's coordination)
-FIRST_SHELL = 1.2
 NEIGHBOUR_RADIUS = 3.5  # Å; wide enough for the first shell of every element in the labels
 
 
 def site_rows(label: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, per-site ΔG_H in eV (NaN where none), valid mask) for every site of one ``dgh.mlip`` label."""
-    from gen2d_synth_pu.features import ELEMENT_PROPERTIES, element_properties, featurize
+    # first-shell neighbours: no farther than FIRST_SHELL x the nearest one, as synth.pu's coordination
+    from gen2d_synth_pu.features import ELEMENT_PROPERTIES, FIRST_SHELL, element_properties, featurize
 
     ix = ELEMENT_PROPERTIES.index("X")
 

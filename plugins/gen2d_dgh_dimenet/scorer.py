@@ -172,6 +172,7 @@ class DimeNetDGHScorer:
             graphs.append(graph)
             where.append(n)
             notes_of[n] = notes
+        scale = self._calibration["scale"] if self._calibration else 1.0  # of the spread
         for start in range(0, len(graphs), self.batch_size):
             chunk = graphs[start:start + self.batch_size]
             site_resolved = members[0].hparams.readout == "site"
@@ -188,7 +189,6 @@ class DimeNetDGHScorer:
                 extra: dict[str, Any] = {"members_eV": preds[:, b].round(4).tolist(), "ensemble_std_eV": std}
                 if b in sites:
                     extra["best_site_atom"] = sites[b]
-                scale = self._calibration["scale"] if self._calibration else 1.0
                 results[n] = ScoreResult(property=self.property, value=mean, unit=self.unit, uncertainty=std * scale,
                                          extra=extra,
                                          provenance=self.provenance(notes_of[n]))

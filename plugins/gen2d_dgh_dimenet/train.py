@@ -208,18 +208,18 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
     if test_idx:
         test_graphs = [graphs[i] for i in test_idx]
         preds = torch.stack([out[:, 0].cpu() for out in predict_ensemble(members, test_graphs)])
-        mean = preds.mean(0)
+        mean, spread = preds.mean(0), preds.std(0)
         y = targets[test_idx]
         err = (mean - y).abs()
         metrics.update({
             "heldout_mae_eV": float(err.mean()), "heldout_rmse_eV": float(((mean - y) ** 2).mean().sqrt()),
             "heldout_baseline_mae_eV": float((y - targets[train_idx].mean()).abs().mean()),
-            "heldout_mean_std_eV": float(preds.std(0).mean()) if n_models > 1 else 0.0,
+            "heldout_mean_std_eV": float(spread.mean()) if n_models > 1 else 0.0,
             "heldout_within_0.2eV_of_label": int((err <= 0.2).sum()),
             "heldout_ids": [kept[i].get("id") for i in test_idx],
         })
         if n_models > 1:
-            calibration = uncertainty_calibration(mean.numpy(), preds.std(0).numpy(), y.numpy(), seed=seed)
+            calibration = uncertainty_calibration(mean.numpy(), spread.numpy(), y.numpy(), seed=seed)
             if calibration is not None:
                 metrics["uncertainty_calibration"] = calibration
     metrics["labels_with_abs_dgh_le_0.2"] = int((targets.abs() <= 0.2).sum())
