@@ -409,3 +409,342 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
     return AdsorptionResult(sites=results, supercell=(na, nb), n_slab_atoms=n_slab, e_slab=e_slab,
                             e_h2=e_h2, h2_bond_length=h2_bond, settings=settings.as_dict(),
                             cpu_seconds=time.process_time() - start)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Refinement: a costlier calculator (DFT) on the best sites a cheaper one (an MLIP) found
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class RefineSettings:
+    """How :func:`refine_adsorption` bounds the cost of an expensive calculator.
+
+    Parameters
+    ----------
+    n_sites : int
+        Refine this many of the cheap recipe's valid sites: those of smallest |ΔG_H|, and always the
+        most stable one (lowest ΔG_H), which H occupies first at low coverage.
+    free_radius : float
+        Slab atoms within this distance (Å) of the H's start relax with it; the rest of the slab stays
+        at the cheap recipe's relaxed geometry, as does the cell.
+    fmax, steps : float, int
+        BFGS convergence of the constrained relaxation (eV/Å, steps). Not converging is a named
+        failure of the site (``geometry_not_converged``), never a ranked value.
+    min_inplane_length : float
+        Supercell of the refinement: both in-plane vectors at least this long (Å). DFT at the Γ point
+        needs ~9 Å; the coverage changes with it and is recorded.
+    vacuum : float or None
+        Vacuum (Å) of the refinement cell along z, the slab re-centred in it; None keeps the cheap
+        recipe's cell. A plane-wave grid costs in proportion to c, and the dipole correction removes
+        the field across the vacuum, so 15 Å is enough for H adsorption energies.
+    relax_slab_reference : bool
+        Also relax the same free atoms of the bare slab, so that E(slab) and E(slab+H) are both
+        relaxed by the same calculator around the site (otherwise E(slab) is a single point at the
+        cheap geometry, which lets the calculator's own relaxation of the neighbours count as binding).
+    """
+
+    n_sites: int = 2
+    free_radius: float = 3.0
+    fmax: float = 0.05
+    steps: int = 60
+    min_inplane_length: float = 9.0
+    relax_slab_reference: bool = True
+    vacuum: float | None = 15.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pick_sites_to_refine(sites: Sequence[dict[str, Any]], n_sites: int) -> list[dict[str, Any]]:
+    """The cheap recipe's valid sites worth refining: the most stable one, then smallest |ΔG_H| first."""
+    valid = [s for s in sites if s.get("valid", True) and s.get("delta_g_h") is not None]
+    if not valid or n_sites <= 0:
+        return []
+    chosen = [min(valid, key=lambda s: s["delta_g_h"])]
+    for s in sorted(valid, key=lambda s: abs(s["delta_g_h"])):
+        if len(chosen) >= n_sites:
+            break
+        if s is not chosen[0]:
+            chosen.append(s)
+    return chosen
+
+
+def _wrap_into_cell(position: np.ndarray, lattice: Lattice) -> np.ndarray:
+    """A Cartesian position moved into the unit cell in-plane (z kept)."""
+    frac = lattice.get_fractional_coords(position)
+    frac[:2] -= np.floor(frac[:2])
+    return lattice.get_cartesian_coords(frac)
+
+
+def _free_indices(atoms: Atoms, centre: np.ndarray, radius: float, n_slab: int) -> list[int]:
+    from ase.geometry import find_mic
+
+    d = find_mic(atoms.positions[:n_slab] - centre, atoms.cell, pbc=(True, True, False))[1]
+    return [int(i) for i in np.nonzero(d < radius)[0]]
+
+
+def _constrained_bfgs(atoms: Atoms, calculator, free: Sequence[int], fmax: float, steps: int,
+                      trajectory: str | None) -> tuple[Atoms, float, bool, int]:
+    """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
+
+    Every evaluated frame (positions, energy, forces) is appended to ``trajectory``: the frames are
+    training data, and the last one is where a killed run starts again.
+    """
+    import os
+
+    from ase.constraints import FixAtoms
+    from ase.io import Trajectory, read
+
+    work = atoms.copy()
+    done_steps = 0
+    if trajectory and os.path.isfile(trajectory) and os.path.getsize(trajectory) > 0:
+        try:
+            frames = read(trajectory, index=":")
+        except Exception:  # a frame cut by the kill: keep what reads
+            frames = []
+        if frames and len(frames[-1]) == len(work):
+            work.positions = frames[-1].positions
+            done_steps = len(frames)
+    fixed = [i for i in range(len(work)) if i not in set(free)]
+    work.set_constraint(FixAtoms(indices=fixed))
+    work.calc = calculator
+    opt = BFGS(work, logfile=None, maxstep=0.15)
+    if trajectory:
+        traj = Trajectory(trajectory, "a", work)
+        opt.attach(traj.write, interval=1)
+    try:
+        converged = bool(opt.run(fmax=fmax, steps=max(0, steps - done_steps)))
+        energy = float(work.get_potential_energy())
+    finally:
+        if trajectory:
+            traj.close()
+    final = work.copy()
+    final.calc = None
+    final.set_constraint()
+    return final, energy, converged, done_steps + int(opt.nsteps)
+
+
+def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_calculator, workdir: str,
+                      settings: AdsorptionSettings | None = None, refine: RefineSettings | None = None,
+                      h2: tuple[float, float] | None = None) -> AdsorptionResult:
+    """ΔG_H on a few sites with an expensive calculator, started from a cheaper recipe's relaxed H.
+
+    Parameters
+    ----------
+    slab : Structure
+        The relaxed, oriented monolayer the cheap recipe used (its cell is kept).
+    sites : sequence of dict
+        The cheap recipe's site records (``SiteResult.as_dict()``: ``face``, ``kind``,
+        ``final_position``, ``delta_g_h``, ``valid``); :func:`pick_sites_to_refine` chooses among them.
+    make_calculator : callable
+        ``make_calculator(directory) -> Calculator``: one calculator (one CP2K process, one working
+        directory) per system, so that each keeps its own wavefunction for restarts.
+    workdir : str
+        Cache and restart directory: ``slab/``, ``site_<k>/`` each hold the calculator's files, a
+        ``relax.traj`` of every evaluated frame and, when done, ``result.json``. A rerun reuses every
+        finished part and resumes an unfinished relaxation from its last frame.
+    settings : AdsorptionSettings
+        Flags and ``dg_correction``, as for :func:`adsorb_h`.
+    refine : RefineSettings
+        Number of sites, free radius, convergence, supercell.
+    h2 : (float, float), optional
+        (E(H₂) in eV, bond in Å) by the same calculator and settings; computed (and cached in
+        ``workdir/h2``) when None.
+
+    Returns
+    -------
+    AdsorptionResult
+        Sites with flags (``geometry_not_converged``, ``scf_not_converged`` and the flags of
+        :func:`adsorb_h`); ``settings`` holds both the adsorption and refinement settings.
+    """
+    import json
+    import os
+
+    settings = settings or AdsorptionSettings()
+    refine = refine or RefineSettings()
+    start_cpu, start_wall = time.process_time(), time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    chosen = pick_sites_to_refine(sites, refine.n_sites)
+    na, nb = supercell_repeats(slab.lattice, refine.min_inplane_length)
+    base = _structure_to_atoms(slab).repeat((na, nb, 1))
+    base.pbc = (True, True, False)
+    z_shift = 0.0
+    if refine.vacuum is not None:
+        z = base.positions[:, 2]
+        c = float(z.max() - z.min()) + refine.vacuum
+        cell = base.cell.array.copy()
+        cell[2] = [0.0, 0.0, c]
+        z_shift = c / 2 - (z.max() + z.min()) / 2
+        base.set_cell(cell, scale_atoms=False)
+        base.positions += [0.0, 0.0, z_shift]
+    n_slab = len(base)
+    n_components = bond_components(base, settings.layer_break_factor)
+    surface_counts = {face: n for face, n in _surface_atom_counts(slab, settings).items()}
+
+    def cached(name: str, compute):
+        path = os.path.join(workdir, name, "result.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                return json.load(fh)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        out = compute(os.path.dirname(path))
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(out, fh)
+        os.replace(tmp, path)
+        return out
+
+    def _close(calc) -> None:
+        close = getattr(calc, "close", None)
+        if callable(close):
+            close()
+
+    if h2 is None:
+        h2 = h2_reference_dft(os.path.join(workdir, "h2"), make_calculator)
+    e_h2, h2_bond = h2
+
+    def _slab_single(d):
+        calc = make_calculator(d)
+        try:
+            probe = base.copy()
+            probe.calc = calc
+            return {"energy": float(probe.get_potential_energy()), "cost": _cost(calc)}
+        finally:
+            _close(calc)
+
+    slab_doc = cached("slab", _slab_single)
+    results: list[SiteResult] = []
+    for k, site in enumerate(chosen):
+        h_pos = _wrap_into_cell(np.asarray(site["final_position"], float), slab.lattice) + [0.0, 0.0, z_shift]
+        start_atoms = base.copy()
+        start_atoms += Atoms("H", positions=[h_pos])
+        start_atoms.pbc = (True, True, False)
+        h_index = len(start_atoms) - 1
+        free = _free_indices(start_atoms, h_pos, refine.free_radius, n_slab) + [h_index]
+        e_slab = float(slab_doc["energy"])
+        flags: list[str] = []
+        if refine.relax_slab_reference:
+            slab_free = [i for i in free if i != h_index]
+
+            def _slab_relaxed(d, slab_free=slab_free):
+                calc = make_calculator(d)
+                try:
+                    _, e, conv, n = _constrained_bfgs(base, calc, slab_free, refine.fmax, refine.steps,
+                                                      os.path.join(d, "relax.traj"))
+                    return {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
+                except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
+                    return {"energy": None, "failure": _failure_name(exc), "message": str(exc)}
+                finally:
+                    _close(calc)
+
+            ref = cached(f"slab_site_{k}", _slab_relaxed)
+            if ref.get("energy") is None:
+                flags.append(ref.get("failure", "calculator_error"))
+            else:
+                e_slab = float(ref["energy"])
+                if not ref.get("converged", True):
+                    flags.append("geometry_not_converged")
+
+        def _site(d, start_atoms=start_atoms, free=free):
+            calc = make_calculator(d)
+            try:
+                final, e, conv, n = _constrained_bfgs(start_atoms, calc, free, refine.fmax, refine.steps,
+                                                      os.path.join(d, "relax.traj"))
+                return {"energy": e, "converged": conv, "steps": n, "positions": final.positions.tolist(),
+                        "cost": _cost(calc)}
+            except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
+                return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "steps": 0}
+            finally:
+                _close(calc)
+
+        doc = cached(f"site_{k}", _site)
+        energy = doc.get("energy")
+        final = start_atoms.copy()
+        if doc.get("positions"):
+            final.positions = np.asarray(doc["positions"])
+        if energy is None:
+            flags.append(doc.get("failure", "calculator_error"))
+            site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
+        else:
+            site_flags, nearest, nearest_d, lateral = _flag_site(start_atoms, final, h_index, n_components, settings)
+            if not doc.get("converged", False):
+                flags.append("geometry_not_converged")
+        flags += [f for f in site_flags if f not in flags]
+        de = None if energy is None or e_slab is None else float(energy) - e_slab - 0.5 * e_h2
+        if de is not None and not (settings.dg_h_window[0] <= de + settings.dg_correction <= settings.dg_h_window[1]):
+            flags.append("implausible_energy")
+        n_surface = surface_counts.get(site.get("face", "top"), 0)
+        coverage = 1.0 / (n_surface * na * nb) if n_surface else float("nan")
+        results.append(SiteResult(
+            face=site.get("face", "top"), kind=site.get("kind", "?"), initial_position=[float(x) for x in h_pos],
+            final_position=[float(x) for x in final.positions[h_index]],
+            nearest_atom=final.get_chemical_symbols()[nearest], nearest_atom_index=int(nearest),
+            nearest_distance=float(nearest_d), lateral_displacement=float(lateral), coverage=coverage,
+            energy=None if energy is None else float(energy), delta_e_h=de,
+            delta_g_h=None if de is None else de + settings.dg_correction,
+            converged=bool(doc.get("converged", False)), steps=int(doc.get("steps", 0)), flags=flags))
+    all_settings = settings.as_dict() | {"refine": refine.as_dict()}
+    result = AdsorptionResult(sites=results, supercell=(na, nb), n_slab_atoms=n_slab, e_slab=float(slab_doc["energy"]),
+                              e_h2=float(e_h2), h2_bond_length=float(h2_bond), settings=all_settings,
+                              cpu_seconds=time.process_time() - start_cpu)
+    result.wall_seconds = time.perf_counter() - start_wall  # type: ignore[attr-defined]
+    return result
+
+
+def h2_reference_dft(directory: str, make_calculator) -> tuple[float, float]:
+    """E(H₂) (eV) and bond (Å) relaxed by ``make_calculator(directory)``, cached in ``directory/result.json``.
+
+    Unlike :func:`h2_reference` (one in-memory value per MLIP), this is for calculators whose settings
+    live in the directory name: a DFT H₂ costs minutes and is shared by every run with those settings.
+    """
+    import json
+    import os
+
+    path = os.path.join(directory, "result.json")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            doc = json.load(fh)
+        return float(doc["energy"]), float(doc["bond"])
+    os.makedirs(directory, exist_ok=True)
+    calc = make_calculator(directory)
+    try:
+        mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[12.0, 12.0, 12.0], pbc=True)
+        mol.center()
+        final, energy, converged, steps = _constrained_bfgs(mol, calc, [0, 1], 0.01, 50,
+                                                            os.path.join(directory, "relax.traj"))
+    finally:
+        close = getattr(calc, "close", None)
+        if callable(close):
+            close()
+    bond = float(np.linalg.norm(final.positions[1] - final.positions[0]))
+    doc = {"energy": energy, "bond": bond, "converged": converged, "steps": steps,
+           "energy_unit": "eV", "bond_unit": "Å"}
+    with open(path + ".tmp", "w") as fh:
+        json.dump(doc, fh)
+    os.replace(path + ".tmp", path)
+    return energy, bond
+
+
+def _surface_atom_counts(slab: Structure, settings: AdsorptionSettings) -> dict[str, int]:
+    """Surface atoms of each face of the unit cell, as ``AdsorbateSiteFinder`` counts them."""
+    _, n_top = _face_sites(slab, settings)
+    _, n_bottom = _face_sites(_mirror_z(slab), settings)
+    return {"top": n_top, "bottom": n_bottom}
+
+
+def _failure_name(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "ScfNotConverged":
+        return "scf_not_converged"
+    return "calculator_error"
+
+
+def _cost(calc) -> dict[str, Any]:
+    """What a calculator reports about its own cost (CP2K: evaluations, SCF steps, wall time)."""
+    out: dict[str, Any] = {}
+    for attr in ("n_evaluations", "wall_seconds"):
+        if hasattr(calc, attr):
+            out[attr] = getattr(calc, attr)
+    if hasattr(calc, "scf_steps"):
+        out["scf_steps_total"] = int(sum(calc.scf_steps))
+    return out

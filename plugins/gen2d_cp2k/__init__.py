@@ -1,0 +1,222 @@
+"""CP2K calculator backend (entry point ``gen2d.calculators: cp2k``): DFT through the same core code as an MLIP.
+
+ASE's ``CP2K`` calculator drives ``cp2k_shell``: one CP2K process per calculator keeps the wavefunction
+between the steps of a relaxation. gen2d adds what high-throughput DFT needs on top: the input is
+built from :class:`~gen2d_cp2k.settings.Cp2kSettings` for each system (kinds, spin, multiplicity),
+slabs get a dipole correction, an unconverged SCF raises :class:`ScfNotConverged` instead of returning
+a number, every evaluation is timed and counted, and the wavefunction file is kept so that a killed
+job restarts from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import all_changes
+from ase.calculators.cp2k import CP2K
+
+from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
+from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
+
+__all__ = ["Cp2kCalculator", "Cp2kSettings", "Cp2kUnavailable", "ScfNotConverged", "available",
+           "make_calculator"]
+
+
+class ScfNotConverged(RuntimeError):
+    """CP2K's SCF did not reach ``eps_scf`` within ``max_scf`` steps: the energy is not a result."""
+
+
+_SCF_STEPS = re.compile(r"\*\*\* SCF run converged in\s+(\d+) steps")
+_NOT_CONVERGED = ("SCF run NOT converged", "SCF run not converged")
+
+
+class Cp2kCalculator(CP2K):
+    """ASE's CP2K calculator with gen2d's settings, slab handling, convergence checks and accounting.
+
+    Parameters
+    ----------
+    settings : Cp2kSettings
+        The DFT settings; their hash goes into provenance.
+    directory : str
+        Working directory of the CP2K process (input, output, wavefunction files).
+    command : str, optional
+        ``cp2k_shell`` command; default from ``GEN2D_CP2K_COMMAND`` or PATH.
+    threads : int
+        OpenMP threads of the CP2K process.
+    label : str
+        CP2K project name (file prefix) inside ``directory``.
+    restart_wfn : bool
+        Start the first SCF from ``<label>-RESTART.wfn`` in ``directory`` when it exists.
+
+    Attributes
+    ----------
+    n_evaluations, scf_steps, wall_seconds : int, list of int, float
+        Energy/force evaluations made, SCF steps of each, and wall time spent in CP2K.
+    """
+
+    def __init__(self, settings: Cp2kSettings | None = None, directory: str = ".", command: str | None = None,
+                 threads: int = 1, label: str = "gen2d", restart_wfn: bool = True, **kwargs: Any):
+        self.gen2d_settings = settings or Cp2kSettings()
+        command = find_shell_command(command)
+        # Threads are fixed by the environment of the child process.
+        env_prefix = f"env OMP_NUM_THREADS={int(threads)} OPENBLAS_NUM_THREADS=1 "
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._workdir = Path(directory).absolute()
+        self._restart_wfn = restart_wfn
+        self._data_dir = str(data_dir())
+        self.n_evaluations = 0
+        self.scf_steps: list[int] = []
+        self.wall_seconds = 0.0
+        self._out_offset = 0
+        # cp2k_shell reads and writes files relative to its own working directory: start it there.
+        cwd = os.getcwd()
+        os.chdir(self._workdir)
+        try:
+            super().__init__(command=env_prefix + command, label=label, inp="", basis_set=None,
+                             basis_set_file=None, potential_file=None, pseudo_potential=None, xc=None,
+                             cutoff=None, max_scf=None, stress_tensor=False, poisson_solver=None,
+                             print_level="LOW", **kwargs)
+        finally:
+            os.chdir(cwd)
+        self.gen2d_model = f"CP2K ({self.gen2d_settings.xc}"\
+                           f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, " \
+                           f"{self.gen2d_settings.basis_set}, {self.gen2d_settings.cutoff_ry:g} Ry, " \
+                           f"settings {self.gen2d_settings.settings_hash()})"
+        self.gen2d_checkpoint_sha256 = None
+
+    # -- input --------------------------------------------------------------------------------------
+
+    @property
+    def wfn_file(self) -> Path:
+        return self._workdir / f"{self.label}-RESTART.wfn"
+
+    @property
+    def out_file(self) -> Path:
+        return self._workdir / f"{self.label}.out"
+
+    def _generate_input(self) -> str:
+        text = super()._generate_input()
+        # A slab is periodic in 3D for the plane-wave grid, with vacuum along z and the dipole correction
+        # (CP2K's SURFACE_DIPOLE_CORRECTION needs a fully periodic Poisson solver).
+        text = re.sub(r"PERIODIC\s+XY\b(?!Z)", "PERIODIC XYZ", text)
+        return text
+
+    def _prepare(self, atoms) -> None:
+        symbols = atoms.get_chemical_symbols()
+        slab = not bool(atoms.pbc[2])
+        restart = str(self.wfn_file.name) if self._restart_wfn and self.wfn_file.is_file() else None
+        inp = build_input(self.gen2d_settings, symbols, slab=slab, wfn_restart=restart)
+        inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
+        inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)
+        inp = inp.replace("PARAMETER_FILE_NAME dftd3.dat", f"PARAMETER_FILE_NAME {self._data_dir}/dftd3.dat")
+        self.parameters.inp = inp
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        if atoms is not None and ("numbers" in system_changes or self._force_env_id is None):
+            if self._force_env_id is not None:
+                self._release_force_env()
+            self._prepare(atoms)
+        start = time.perf_counter()
+        cwd = os.getcwd()
+        os.chdir(self._workdir)
+        try:
+            super().calculate(atoms, properties, system_changes)
+        finally:
+            os.chdir(cwd)
+            self.wall_seconds += time.perf_counter() - start
+        self.n_evaluations += 1
+        steps, converged = self._read_scf()
+        self.scf_steps.append(steps)
+        if not converged:
+            raise ScfNotConverged(f"CP2K SCF not converged in {self.gen2d_settings.max_scf} steps "
+                                  f"(eps_scf {self.gen2d_settings.eps_scf:g}); see {self.out_file}")
+        if not np.isfinite(self.results["energy"]):
+            raise ScfNotConverged("CP2K returned a non-finite energy")
+
+    def _read_scf(self) -> tuple[int, bool]:
+        """SCF steps and convergence of the evaluation just made, from the new part of the output file."""
+        try:
+            with open(self.out_file, errors="replace") as fh:
+                fh.seek(self._out_offset)
+                text = fh.read()
+                self._out_offset = fh.tell()
+        except FileNotFoundError:
+            return 0, True
+        if any(flag in text for flag in _NOT_CONVERGED):
+            return self.gen2d_settings.max_scf, False
+        found = _SCF_STEPS.findall(text)
+        return (sum(int(s) for s in found), True) if found else (0, True)
+
+    def spin_state(self, atoms) -> tuple[bool, int]:
+        """(unrestricted?, multiplicity) that the settings give these atoms."""
+        return wants_spin(atoms.get_chemical_symbols(), self.gen2d_settings)
+
+    def provenance(self) -> dict[str, Any]:
+        """Settings, their hash, the CP2K version and the cost so far, for a result's provenance."""
+        s = self.gen2d_settings
+        return {"code": cp2k_version_cached(), "settings": s.model_dump(mode="json"),
+                "settings_hash": s.settings_hash(), "basis_set_file": s.basis_set_file,
+                "potential_file": s.potential_file, "n_evaluations": self.n_evaluations,
+                "scf_steps_total": int(sum(self.scf_steps)), "wall_seconds": round(self.wall_seconds, 1)}
+
+
+_VERSION: dict[str, str] = {}
+
+
+def cp2k_version_cached() -> str:
+    """CP2K's version line, read once per process (a failure is not cached: the next call tries again)."""
+    if "v" not in _VERSION:
+        try:
+            _VERSION["v"] = cp2k_version()
+        except Cp2kUnavailable as exc:
+            return f"unknown ({exc})"
+    return _VERSION["v"]
+
+
+def available(model: str | None = None) -> tuple[bool, str]:
+    """(True, "") when a CP2K shell executable and its data files are found."""
+    try:
+        find_shell_command()
+        data_dir()
+    except Cp2kUnavailable as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def make_calculator(model: str | None = None, device: str = "auto", settings: Cp2kSettings | dict | None = None,
+                    directory: str | None = None, threads: int | None = None, **kw: Any) -> Cp2kCalculator:
+    """A CP2K calculator (``gen2d.calculators`` entry point).
+
+    Parameters
+    ----------
+    model : str, optional
+        Ignored (DFT has no checkpoint); accepted for the backend interface.
+    device : str
+        Ignored: CP2K runs on CPU cores.
+    settings : Cp2kSettings or dict, optional
+        DFT settings; default :class:`Cp2kSettings()`.
+    directory : str, optional
+        Working directory; default a fresh temporary directory.
+    threads : int, optional
+        OpenMP threads; default ``GEN2D_CP2K_THREADS`` or 1.
+    """
+    import tempfile
+
+    from gen2d.scoring import PluginUnavailable
+
+    ok, why = available()
+    if not ok:
+        raise PluginUnavailable(why)
+    if isinstance(settings, dict):
+        settings = Cp2kSettings(**settings)
+    directory = directory or tempfile.mkdtemp(prefix="gen2d-cp2k-")
+    threads = threads or int(os.environ.get("GEN2D_CP2K_THREADS", "1"))
+    return Cp2kCalculator(settings=settings, directory=directory, threads=threads, **kw)
+
+
+make_calculator.available = available

@@ -1,0 +1,225 @@
+"""``dgh.dft``: ΔG_H (eV) from CP2K DFT on the best sites an MLIP found: the last stage of the funnel.
+
+The recipe is ``dgh.mlip``'s (explicit H on both faces, the same site rules and failure names). The MLIP
+relaxes the slab and every site; DFT then relaxes H and the slab atoms around it, at fixed cell, on the
+few best sites (:class:`gen2d.adsorption.RefineSettings`), with E(H₂) by the same DFT settings.
+Every evaluated DFT frame is kept (``relax.traj`` in the work directory) for fine-tuning an MLIP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Structure
+
+from gen2d.adsorption import AdsorptionSettings, RefineSettings, h2_reference_dft, refine_adsorption
+from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DFTAdsorptionScorer", "default_workdir"]
+
+
+def default_workdir() -> Path:
+    """Where DFT runs keep their restart files and frames: ``$GEN2D_DFT_DIR`` or ``<cache>/dft``."""
+    explicit = os.environ.get("GEN2D_DFT_DIR")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("GEN2D_CACHE") or (Path.home() / ".cache" / "gen2d")
+    return Path(cache) / "dft"
+
+
+class DFTAdsorptionScorer:
+    """ΔG_H (eV) at the best DFT-refined site (minimum |ΔG_H| among unflagged sites).
+
+    Parameters
+    ----------
+    mlip : str
+        ``gen2d.calculators`` backend of the cheap stage that supplies the slab and the sites when no
+        ``dgh.mlip`` result is in the context (default chgnet).
+    mlip_model : str, optional
+        Model of that backend.
+    cp2k : dict
+        :class:`gen2d_cp2k.Cp2kSettings` fields (cutoff_ry, basis_set, scf, kpoints, ...).
+    threads : int
+        OpenMP threads of each CP2K process.
+    workdir : str, optional
+        Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
+        structure hash and settings hash, so a rerun resumes where a killed one stopped.
+    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum
+        :class:`gen2d.adsorption.RefineSettings`.
+    **settings
+        :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
+        (``dg_correction``, ``max_sites_per_face``, ...).
+    """
+
+    name = "dgh.dft"
+    property = "dg_h"
+    unit = "eV"
+    requires = ("e_hull", "dg_h")
+    batch_size = 1
+
+    def __init__(self, mlip: str = "chgnet", mlip_model: str | None = None, cp2k: dict | None = None,
+                 threads: int = 1, workdir: str | None = None, n_sites: int = 2, free_radius: float = 3.0,
+                 fmax: float = 0.05, steps: int = 60, min_inplane_length: float = 9.0,
+                 relax_slab_reference: bool = True, vacuum: float | None = 15.0, device: str = "auto", **settings: Any):
+        from gen2d_cp2k import Cp2kSettings
+
+        known = {f.name for f in fields(AdsorptionSettings)}
+        unknown = set(settings) - known
+        if unknown:
+            raise TypeError(f"unknown dgh.dft settings: {sorted(unknown)} (known: {sorted(known)})")
+        for key in ("site_kinds", "dg_h_window"):
+            if key in settings:
+                settings[key] = tuple(settings[key])
+        self.settings = AdsorptionSettings(**settings)
+        self.refine = RefineSettings(n_sites=n_sites, free_radius=free_radius, fmax=fmax, steps=steps,
+                                     min_inplane_length=min_inplane_length,
+                                     relax_slab_reference=relax_slab_reference, vacuum=vacuum)
+        self.cp2k = Cp2kSettings(**(cp2k or {}))
+        self.threads = threads
+        self.workdir = Path(workdir) if workdir else default_workdir()
+        self.mlip = mlip
+        self.mlip_model = mlip_model
+        self.device = device
+        # a stored result made with other DFT settings is redone
+        self.current = {"provenance.settings.cp2k_settings_hash": self.cp2k.settings_hash()}
+
+    def available(self) -> tuple[bool, str]:
+        from gen2d_cp2k import available
+
+        return available()
+
+    def _make_calculator(self, directory: str):
+        from gen2d_cp2k import make_calculator
+
+        return make_calculator(settings=self.cp2k, directory=directory, threads=self.threads)
+
+    def provenance(self, notes: Sequence[str] = (), cost: dict | None = None) -> Provenance:
+        from gen2d_cp2k import cp2k_version_cached
+
+        settings = {"mlip": self.mlip, "mlip_model": self.mlip_model, "cp2k": self.cp2k.model_dump(mode="json"),
+                    "cp2k_settings_hash": self.cp2k.settings_hash(), "cp2k_version": cp2k_version_cached(),
+                    "threads": self.threads, "refine": self.refine.as_dict(), **self.settings.as_dict()}
+        if cost:
+            settings["cost"] = cost
+        return Provenance(plugin=self.name, model=f"CP2K {self.cp2k.xc}"
+                          f"{'+' + self.cp2k.dispersion if self.cp2k.dispersion else ''}/{self.cp2k.basis_set}",
+                          checkpoint_sha256=None, reference_set="H2 relaxed by the same DFT settings",
+                          settings=settings, notes=list(notes))
+
+    def _mlip_stage(self, structure: Structure, ctx: dict | None) -> tuple[Structure, list[dict], list[str]]:
+        """(relaxed slab, MLIP site records, notes): from a dgh.mlip result in the context, else run it."""
+        notes: list[str] = []
+        upstream = (ctx or {}).get("dg_h")
+        if upstream is not None and upstream.ok and upstream.extra.get("sites") and upstream.extra.get("relaxed_slab"):
+            notes.append(f"sites and slab from {upstream.provenance.plugin} ({upstream.provenance.model})")
+            slab = upstream.extra["relaxed_slab"]
+            slab = slab if isinstance(slab, Structure) else Structure.from_dict(slab)
+            return slab, list(upstream.extra["sites"]), notes
+        from gen2d_dgh_mlip import MLIPAdsorptionScorer
+
+        mlip = MLIPAdsorptionScorer(calculator=self.mlip, model=self.mlip_model, device=self.device,
+                                    **{k: v for k, v in self.settings.as_dict().items()})
+        res = mlip.score_one(structure, ctx)
+        if not res.extra.get("sites"):
+            raise _StageFailure(res.failure.reason if res.failure else "no_valid_site",
+                                f"MLIP stage found no site: {res.failure.message if res.failure else ''}")
+        notes.append(f"sites and slab from dgh.mlip on {self.mlip} ({res.provenance.model})")
+        slab = Structure.from_dict(res.extra["relaxed_slab"])
+        return slab, list(res.extra["sites"]), notes
+
+    def run_dir(self, structure: Structure) -> Path:
+        """The work directory of one structure under these settings."""
+        from gen2d.structures import content_hash
+
+        key = hashlib.sha256(f"{content_hash(structure)}-{self.cp2k.settings_hash()}-"
+                             f"{sorted(self.refine.as_dict().items())}".encode()).hexdigest()[:16]
+        return self.workdir / key
+
+    def score_one(self, structure: Structure, ctx: dict | None = None) -> ScoreResult:
+        ok, why = self.available()
+        if not ok:
+            return ScoreResult.failed(self.property, self.unit, "calculator_unavailable", why, self.provenance())
+        notes: list[str] = []
+        try:
+            from gen2d.structures import validate_ingest
+
+            check = validate_ingest(structure)
+            if not check.ok:
+                return ScoreResult.failed(self.property, self.unit, check.reasons[0] if check.reasons else "invalid_structure",
+                                          "; ".join(check.messages) or "structure failed ingest validation",
+                                          self.provenance())
+            slab, sites, notes = self._mlip_stage(structure, ctx)
+            workdir = self.run_dir(structure)
+            # the H2 reference depends only on the DFT settings: one per settings hash, shared by all runs
+            h2 = h2_reference_dft(str(self.workdir / f"h2-{self.cp2k.settings_hash()}"), self._make_calculator)
+            result = refine_adsorption(slab, sites, self._make_calculator, str(workdir), self.settings,
+                                       self.refine, h2=h2)
+        except _StageFailure as exc:
+            return ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), self.provenance(notes))
+        except PluginUnavailable as exc:
+            return ScoreResult.failed(self.property, self.unit, "calculator_unavailable", str(exc), self.provenance(notes))
+        except Exception as exc:  # noqa: BLE001 - one structure never loses the batch
+            log.debug("dgh.dft failed", exc_info=True)
+            return ScoreResult.failed(self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}",
+                                      self.provenance(notes))
+        extra = result.as_dict()
+        extra["relaxed_slab"] = slab.as_dict()
+        extra["workdir"] = str(workdir)
+        extra["wall_seconds"] = round(getattr(result, "wall_seconds", 0.0), 1)
+        cost = _cost_of(workdir)
+        prov = self.provenance(notes, cost)
+        best = result.best
+        if best is None:
+            reasons = sorted({f for s in result.sites for f in s.flags}) or ["no_sites"]
+            reason = "scf_not_converged" if "scf_not_converged" in reasons else (
+                "geometry_not_converged" if "geometry_not_converged" in reasons else "no_valid_site")
+            return ScoreResult.failed(self.property, self.unit, reason,
+                                      f"no DFT site gave a valid ΔG_H (flags: {', '.join(reasons)})", prov, **extra)
+        return ScoreResult(property=self.property, value=float(best.delta_g_h), unit=self.unit, extra=extra,
+                           provenance=prov)
+
+    def score(self, structures: Sequence[Structure],
+              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+        ctx = list(context) if context is not None else [None] * len(structures)
+        return [self.score_one(s, c) for s, c in zip(structures, ctx)]
+
+    def explain(self, structure: Structure) -> dict[str, Any]:
+        from gen2d.adsorption import supercell_repeats
+        from gen2d.structures import orient_2d
+
+        slab = orient_2d(structure)
+        na, nb = supercell_repeats(slab.lattice, self.refine.min_inplane_length)
+        return {"scorer": self.name, "property": self.property, "unit": self.unit,
+                "recipe": "MLIP slab + sites -> CP2K relaxes H and neighbours at fixed cell on the best "
+                          f"{self.refine.n_sites} sites; ΔE_H = E(slab+H) − E(slab) − ½E(H2); ΔG_H = ΔE_H + "
+                          f"{self.settings.dg_correction}",
+                "dft_supercell": [na, nb], "n_atoms": len(slab) * na * nb + 1,
+                "cp2k": self.cp2k.model_dump(mode="json"), "cp2k_settings_hash": self.cp2k.settings_hash(),
+                "refine": self.refine.as_dict(), "workdir": str(self.run_dir(structure))}
+
+
+class _StageFailure(RuntimeError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _cost_of(workdir: Path) -> dict[str, Any]:
+    """Summed CP2K cost (evaluations, SCF steps, wall seconds) of every part of one run."""
+    import json
+
+    total = {"n_evaluations": 0, "scf_steps_total": 0, "wall_seconds": 0.0}
+    for path in workdir.glob("*/result.json"):
+        cost = json.loads(path.read_text()).get("cost") or {}
+        for key in total:
+            total[key] += cost.get(key, 0) or 0
+    total["wall_seconds"] = round(total["wall_seconds"], 1)
+    return total
