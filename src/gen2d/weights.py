@@ -390,6 +390,7 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, offline: Option
         tmp.unlink(missing_ok=True)
         why = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else \
             f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        why = why.replace(url, shown).replace(_request(url).full_url, shown)  # a URL in the error stays redacted
         raise WeightsUnavailable(
             f"cannot download {model.name} from {shown} ({why}); check the connection, set GEN2D_MODELS_BASE_URL "
             f"to a mirror, or copy the file to {final}") from None
@@ -449,5 +450,6 @@ def status(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, A
 
 
 __all__ = ["ChecksumMismatch", "CachedWeights", "MODELS", "ModelWeights", "OfflineError", "WeightsError",
-           "WeightsUnavailable", "cache_path", "default_cache_dir", "expected_sha256", "fetch", "get_model", "install_file", "is_offline",
-           "recorded_sha256", "redact_url", "register", "source_url", "status", "verify"]
+           "WeightsUnavailable", "cache_path", "default_cache_dir", "expected_sha256", "fetch", "get_model",
+           "install_file", "is_offline", "recorded_sha256", "redact_url", "register", "source_url", "status",
+           "verify"]
