@@ -183,6 +183,26 @@ def test_mattersim_file_in_mattersims_own_cache_is_adopted(mattersim_cache, monk
     assert (mattersim_cache / "mattersim-v1.0.0-5M.pth").read_bytes() == random_mattersim_checkpoint.read_bytes()
 
 
+def test_mattersim_weights_only_loader_matches_mattersims_own(random_mattersim_checkpoint, monkeypatch, tmp_path):
+    # gen2d reads the checkpoint itself (weights only) and must build the same model mattersim's
+    # Potential.from_checkpoint builds: same energy, forces and stress.
+    from mattersim.forcefield.potential import MatterSimCalculator, Potential
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # from_checkpoint creates ~/.local/mattersim/pretrained_models
+    ours = get_calculator("mattersim", model=str(random_mattersim_checkpoint), device="cpu")
+    theirs = MatterSimCalculator(potential=Potential.from_checkpoint(
+        load_path=str(random_mattersim_checkpoint), device="cpu", load_training_state=False), device="cpu")
+    results = []
+    for calc in (ours, theirs):
+        atoms = _graphene()
+        atoms.rattle(0.05, seed=1)
+        atoms.calc = calc
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert np.allclose(results[0][1], results[1][1], atol=1e-6)
+    assert np.allclose(results[0][2], results[1][2], atol=1e-6)
+
+
 class _NotWeights:
     """Any class outside torch's weights-only allow-list."""
 
