@@ -131,6 +131,45 @@ def load_potential(path: str | os.PathLike, device: str = "cpu"):
     return Potential(model, device=device, model_name="m3gnet")
 
 
+_CALCULATOR_CLASS = None
+
+
+def _calculator_class():
+    """``MatterSimCalculator`` whose unpickling rebuilds the model from the pickled weights.
+
+    mattersim's own ``__setstate__`` first loads (and if missing downloads, unverified) the 1M model
+    through ``Potential.from_checkpoint`` and then overwrites its weights; a copy of a 5M calculator
+    would even get the 1M architecture. This one needs neither the network nor another file. It is
+    built on first use, so importing this module does not import mattersim.
+    """
+    global _CALCULATOR_CLASS
+    if _CALCULATOR_CLASS is not None:
+        return _CALCULATOR_CLASS
+    from mattersim.forcefield.m3gnet.m3gnet import M3Gnet
+    from mattersim.forcefield.potential import MatterSimCalculator, Potential
+
+    class Gen2dMatterSimCalculator(MatterSimCalculator):
+        def __setstate__(self, state):
+            weights_, args, name = (state.pop(k) for k in ("_model_state_dict", "_model_args", "_model_name"))
+            self.__dict__.update(state)
+            model = M3Gnet(device=self.device, **{k: v for k, v in args.items() if k != "device"}).to(self.device)
+            model.load_state_dict(weights_)
+            model.eval()
+            self.potential = Potential(model, device=self.device, model_name=name)
+
+    # pickle finds the class as gen2d_mattersim.Gen2dMatterSimCalculator (module __getattr__ below)
+    Gen2dMatterSimCalculator.__module__ = __name__
+    Gen2dMatterSimCalculator.__qualname__ = "Gen2dMatterSimCalculator"
+    _CALCULATOR_CLASS = Gen2dMatterSimCalculator
+    return _CALCULATOR_CLASS
+
+
+def __getattr__(name: str):
+    if name == "Gen2dMatterSimCalculator":
+        return _calculator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     """An ASE calculator for MatterSim on a verified checkpoint.
 
@@ -150,13 +189,11 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
         raise PluginUnavailable(why)
     import mattersim
     import torch
-    from mattersim.forcefield.potential import MatterSimCalculator
-
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     path, sha256 = checkpoint(model)
     with contextlib.redirect_stdout(sys.stderr):  # stdout stays clean for `gen2d ... --json`
         potential = load_potential(path, dev)
-        calc = MatterSimCalculator(potential=potential, device=dev, **kw)
+        calc = _calculator_class()(potential=potential, device=dev, **kw)
     calc.gen2d_model = f"MatterSim {path.name} (mattersim {mattersim.__version__})"
     calc.gen2d_checkpoint_sha256 = sha256
     return calc

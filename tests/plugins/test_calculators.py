@@ -203,6 +203,30 @@ def test_mattersim_weights_only_loader_matches_mattersims_own(random_mattersim_c
     assert np.allclose(results[0][2], results[1][2], atol=1e-6)
 
 
+def test_mattersim_calculator_pickles_without_mattersims_download(random_mattersim_checkpoint, monkeypatch):
+    # mattersim's own unpickling reloads (downloading if missing) the 1M model; gen2d's copy rebuilds
+    # the model from the pickled weights and keeps its provenance.
+    import pickle
+
+    import mattersim.forcefield.potential as msp
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("mattersim tried to download a checkpoint")
+
+    monkeypatch.setattr(msp, "download_checkpoint", no_download)
+    monkeypatch.setattr(msp.Potential, "from_checkpoint", no_download)
+    calc = get_calculator("mattersim", model=str(random_mattersim_checkpoint), device="cpu")
+    copy = pickle.loads(pickle.dumps(calc))
+    assert copy.gen2d_checkpoint_sha256 == calc.gen2d_checkpoint_sha256 and copy.gen2d_model == calc.gen2d_model
+    energies = []
+    for c in (calc, copy):
+        atoms = _graphene()
+        atoms.rattle(0.05, seed=2)
+        atoms.calc = c
+        energies.append(atoms.get_potential_energy())
+    assert energies[1] == pytest.approx(energies[0], abs=1e-6)
+
+
 class _NotWeights:
     """Any class outside torch's weights-only allow-list."""
 
