@@ -692,6 +692,70 @@ def evaluate(
     out.print(f"JSON: {doc['files']['json']}; table: {doc['files']['table']}; plots: {', '.join(doc['plots'])}")
 
 
+# ----------------------------------------------------------------------------------------------
+# gen2d models: named MLIP weights (download into the cache, sha256 check)
+models_app = typer.Typer(no_args_is_help=True, help="Named model weights: list them, download and verify them.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = JsonOpt):
+    """Every named model: cached or not, its sha256 (pinned or recorded at first download), its URL."""
+    from gen2d import weights
+
+    try:
+        rows = [weights.status(m.name) for m in weights.MODELS.values()]
+    except weights.WeightsError as exc:
+        _fail(str(exc), as_json, code=1)
+    if as_json:
+        _emit_json({"cache": str(weights.default_cache_dir()), "offline": weights.is_offline(), "models": rows})
+        return
+    t = Table(title=f"gen2d models (cache {weights.default_cache_dir()})")
+    for c in ("name", "cached", "sha256", "url"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        sha = f"{r['sha256']} ({r['sha256_source']})" if r["sha256"] else "none yet (recorded at first download)"
+        t.add_row(r["name"], "yes" if r["cached"] else "no", sha, r["url"])
+    out.print(t)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument(..., help="a model name from `gen2d models list`"),
+    from_file: Optional[Path] = typer.Option(None, "--from", help="install this local copy instead of downloading "
+                                                                  "(checked like a download)"),
+    url: Optional[str] = typer.Option(None, "--url", help="download from this URL (a mirror) instead"),
+    as_json: bool = JsonOpt,
+):
+    """Download a named model into the cache (or check the cached copy), verifying its sha256."""
+    from gen2d import weights
+
+    try:
+        weights.get_model(name)
+    except weights.WeightsError as exc:
+        _fail(str(exc), as_json)
+    with _progress(not as_json and err.is_terminal) as prog:
+        task = prog.add_task(f"fetching {name}", total=None)
+        try:
+            if from_file is not None:
+                got = weights.install_file(name, from_file)
+            else:
+                got = weights.fetch(name, url_override=url,
+                                    progress=lambda done, total: prog.update(task, completed=done, total=total))
+        except weights.WeightsError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            problem = None
+    if problem:
+        _fail(problem, as_json, code=1)
+    doc = got.as_dict()
+    if as_json:
+        _emit_json(doc)
+    else:
+        how = "downloaded" if got.downloaded else "already cached" if from_file is None else "copied"
+        out.print(f"{got.name}: {how}, {got.path} ({got.size_bytes} bytes), sha256 {got.sha256} ({got.sha256_source})")
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING)
     app()
