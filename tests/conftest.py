@@ -20,6 +20,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import tempfile  # noqa: E402
 
 os.environ["GEN2D_CACHE"] = tempfile.mkdtemp(prefix="gen2d-test-cache-")
+# Tests never touch the network: a model that would download weights fails offline instead. The
+# download path itself is tested against a server on 127.0.0.1 (tests/test_weights.py).
+os.environ.setdefault("GEN2D_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -148,13 +148,15 @@ def test_mattersim_scorer_without_weights_fails_clearly(monkeypatch, tmp_path):
     import gen2d_mattersim
 
     monkeypatch.setattr(gen2d_mattersim, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setenv("GEN2D_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GEN2D_OFFLINE", "1")  # not cached and offline: unavailable, nothing downloaded
     monkeypatch.delenv("GEN2D_MATTERSIM_CHECKPOINT", raising=False)
     scorer = get_scorer("ehull.mattersim")
     ok, why = scorer.available()
-    assert not ok and "cannot be downloaded" in why
+    assert not ok and "gen2d models fetch mattersim-v1.0.0-1M" in why
     [res] = scorer.score([_hbn()])
     assert res.failure.reason == "calculator_unavailable"
-    assert "mattersim" in res.failure.message.lower() and "cannot be downloaded" in res.failure.message
+    assert "gen2d models fetch mattersim-v1.0.0-1M" in res.failure.message
 
 
 def test_too_many_elements_is_refused_by_name_without_any_relaxation():
