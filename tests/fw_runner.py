@@ -21,9 +21,9 @@ lp.reset("", require_password=False)
 wf = flow_to_workflow(build_flow(spec), store=job_store(spec.store))
 lp.add_wf(wf)
 categories = sorted({fw.spec.get("_category", "") for fw in wf.fws})
-# a GPU node and a CPU node, taking turns until nothing is left
+# a GPU node, a CPU node and a DFT node, taking turns until nothing is left
 for _ in range(10):
-    for cat in ("gpu", "cpu"):
+    for cat in ("gpu", "cpu", "dft"):
         rapidfire(lp, FWorker(name=f"{cat}-node", category=cat), strm_lvl="WARNING")
 states = {}
 for fw_id in lp.get_fw_ids():

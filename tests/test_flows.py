@@ -117,7 +117,10 @@ def test_workflow_specs_parse_and_build():
     spec = load_spec(root / "discover.yaml", ["generate.n=7", "thresholds.dg_h_window=0.15"])
     assert spec.generate.n == 7 and spec.thresholds.dg_h_window == 0.15
     cats = {j.config.manager_config.get("_category") for j in build_flow(spec).jobs}
-    assert cats == {"gpu", "cpu"}
+    assert cats == {"gpu", "cpu", "dft"}  # the confirm stage (DFT on the top 3) is its own category
+    off = load_spec(root / "discover.yaml", ["confirm.m=0"])
+    assert {j.config.manager_config.get("_category") for j in build_flow(off).jobs} == {"gpu", "cpu"}
+    assert load_spec(root / "quickstart.yaml").confirm.m == 0  # the quickstart never waits on DFT
 
 
 def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
@@ -134,7 +137,7 @@ def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)
-    assert doc["categories"] == ["cpu", "gpu"] and doc["fireworks"] >= 6
+    assert doc["categories"] == ["cpu", "dft", "gpu"] and doc["fireworks"] >= 6
     assert "pa55word" not in server.read_text()  # the workers' GEN2D_STORE is never written into the workflow
     bad = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp),
                           "--store", "mongodb://u:pw@h/db", "--json"], capture_output=True, text=True, env=env,

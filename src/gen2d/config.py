@@ -43,6 +43,21 @@ class ScorerSpec(BaseModel):
     category: str = "cpu"
 
 
+class ConfirmSpec(BaseModel):
+    """The last stage of the funnel: DFT ΔG_H (``dgh.dft``, CP2K) on the top ``m`` after the MLIP stage.
+
+    ``m = 0`` skips it. Where CP2K is missing, each candidate gets a ``calculator_unavailable`` result
+    and the flow goes on.
+    """
+
+    m: int = Field(3, ge=0, description="DFT on the top m candidates by rank (0: no DFT)")
+    scorer: str = Field("dgh.dft", description="the DFT scorer plugin")
+    options: dict[str, Any] = Field(default_factory=dict, description="scorer options, e.g. {threads: 2, cp2k: {cutoff_ry: 400}}")
+    where: list[str] = Field(default_factory=lambda: ["validity.strict.ok=true"],
+                             description="only candidates matching these filters")
+    category: str = Field("dft", description="FireWorks worker category of the DFT job")
+
+
 class ReportSpec(BaseModel):
     out: str = "report"
     top_k: int = 10
@@ -60,6 +75,8 @@ class FlowSpec(BaseModel):
     train: TrainSpec | None = None
     generate: GenerateSpec | None = None
     scorers: list[ScorerSpec] = Field(default_factory=list)
+    confirm: ConfirmSpec = Field(default_factory=lambda: ConfirmSpec(m=0),
+                                 description="DFT confirmation of the top m (default off: m = 0)")
     thresholds: RankThresholds = Field(default_factory=RankThresholds)
     report: ReportSpec | None = Field(default_factory=ReportSpec)
 

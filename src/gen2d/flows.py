@@ -1,8 +1,9 @@
 """Flows built from a :class:`gen2d.config.FlowSpec`: ``discover``, ``rank-cifs``, ``pretrain-surrogate``.
 
-Training and generation carry the ``gpu`` worker category, scoring ``cpu``. Scorers run in the order
-listed; a scorer with ``top_k`` runs after an intermediate ranking, and a final ranking and the
-report close the flow.
+Training and generation carry the ``gpu`` worker category, scoring ``cpu`` and the DFT confirmation
+``dft``. Scorers run in the order listed; a scorer with ``top_k`` runs after an intermediate ranking;
+the ``confirm`` stage (``dgh.dft`` on the top m) comes last, and a final ranking and the report close
+the flow.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
         maker = ScoreMaker(name=f"score {sc.name}", scorer=sc.name, options=sc.options, batch_size=sc.batch_size,
                            top_k=sc.top_k, where=sc.where, set_name=spec.set, category=sc.category)
         j = set_category(maker.make(store, after=prev), sc.category)
+        jobs.append(j)
+        prev = j.output
+    if spec.confirm.m > 0:
+        # DFT is the last and dearest stage: rank on everything the cheaper scorers said, then confirm the top m
+        c = spec.confirm
+        rank = set_category(RankMaker(name="rank (before DFT)", sets=[spec.set], thresholds=thresholds)
+                            .make(store, after=prev), "cpu")
+        jobs.append(rank)
+        maker = ScoreMaker(name=f"confirm {c.scorer}", scorer=c.scorer, options=c.options, batch_size=1,
+                           top_k=c.m, where=c.where, set_name=spec.set, category=c.category)
+        j = set_category(maker.make(store, after=rank.output), c.category)
         jobs.append(j)
         prev = j.output
     rank = set_category(RankMaker(sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu")

@@ -1,0 +1,83 @@
+"""The ``confirm`` stage: DFT ΔG_H (``dgh.dft``, CP2K) on the top m of a flow, under run_locally and FireWorks.
+
+The DFT settings are tiny (minimal basis, coarse grid, 2×2 cells) so that a real CP2K run fits in a
+test; the FireWorks run shares the local run's DFT work directory, so it reuses the finished DFT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from jobflow import run_locally
+
+from conftest import write_cif
+from gen2d.config import FlowSpec
+from gen2d.data.templates import build_template
+from gen2d.flows import build_flow, job_store
+from gen2d.store import get_score, open_store
+from gen2d_cp2k import available
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available()[0], reason="CP2K not installed")]
+
+TINY = {"cutoff_ry": 200.0, "rel_cutoff_ry": 30.0, "basis_set": "SZV-MOLOPT-SR-GTH", "dispersion": None,
+        "eps_scf": 1e-5, "added_mos": 8}
+
+
+def confirm_spec(tmp_path, store_uri: str) -> FlowSpec:
+    d = tmp_path / "cifs"
+    d.mkdir(exist_ok=True)
+    write_cif(build_template("graphene"), d / "graphene.cif")
+    write_cif(build_template("hBN"), d / "hBN.cif")
+    return FlowSpec.model_validate({
+        "flow": "rank-cifs", "name": "confirm", "set": "c", "store": store_uri, "input": str(d),
+        "scorers": [{"name": "synth.pu", "batch_size": 4}],
+        "confirm": {"m": 1, "where": [], "options": {
+            "cp2k": TINY, "workdir": str(tmp_path / "dft"), "n_sites": 1, "min_inplane_length": 4.9,
+            "steps": 12, "fmax": 0.1, "relax_slab_reference": False, "vacuum": 10.0, "max_sites_per_face": 1}},
+        "report": {"out": str(tmp_path / "report"), "top_k": 2},
+    })
+
+
+def dft_scores(uri: str) -> dict[str, dict]:
+    with open_store(uri) as cs:
+        return {d["formula"]: get_score(d, "dgh.dft") for d in cs.query({}) if get_score(d, "dgh.dft")}
+
+
+def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path):
+    uri = f"monty://{tmp_path}/local"
+    spec = confirm_spec(tmp_path, uri)
+    cats = {j.config.manager_config.get("_category") for j in build_flow(spec).jobs}
+    assert "dft" in cats
+    run_locally(build_flow(spec), store=job_store(uri), log=False, ensure_success=True)
+    local = dft_scores(uri)
+    assert len(local) == 1  # m = 1: only the top candidate goes to DFT
+    (formula, res), = local.items()
+    assert res["ok"], res
+    assert res["unit"] == "eV" and res["value"] > 0.3  # H binds weakly on both basal planes
+    assert res["provenance"]["settings"]["cp2k_settings_hash"]
+    with open_store(uri) as cs:
+        doc = next(cs.query({"formula": formula}))
+        assert doc["summary"]["dg_h"]["scorer"] == "dgh.dft"  # the funnel's last word is DFT's
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n_candidates"] == 2
+
+    fw_spec = tmp_path / "fw.yaml"
+    fw_spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    server = tmp_path / "mongomock.json"
+    server.write_text("{}")
+    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
+    fw_uri = f"monty://{tmp_path}/fw"
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    states = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "dft" in states["categories"] and set(states["states"].values()) == {"COMPLETED"}
+    remote = dft_scores(fw_uri)
+    assert remote.keys() == local.keys()
+    assert remote[formula]["value"] == pytest.approx(res["value"])  # same DFT, read from its work directory
