@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Install gen2d into .venv (idempotent) and run the test suite. Called by .ci/run.
+# Install gen2d into .venv (idempotent), build the docs strictly, and run the test suite. Called by .ci/run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-GEN2D_EXTRAS=${GEN2D_EXTRAS:-test,csllm,sevennet,mattersim} ./scripts/_install.sh
+export GEN2D_EXTRAS=${GEN2D_EXTRAS:-test,docs,csllm,sevennet,mattersim}
+./scripts/_install.sh
 export GEN2D_DATA=${GEN2D_DATA:-$(cd "$root/.." && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# a broken page, link or docstring reference fails the test command; the site goes to the ignored site/
+if [ -x .venv/bin/mkdocs ]; then
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q -d "$root/site"
+else
+  echo "test.sh: mkdocs is not installed (GEN2D_EXTRAS=$GEN2D_EXTRAS has no docs): docs build skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"
