@@ -149,8 +149,49 @@ def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
         "wall_seconds": dft.extra.get("wall_seconds"),
         "literature": literature_value(spec.get("literature")),
         "built_from": {k: v for k, v in spec.items() if k != "literature"},
+        "geometry": best_site_geometry(best),
     }
     return row
+
+
+def best_site_geometry(best: dict | None) -> dict | None:
+    """The DFT-relaxed slab+H of the best site and its slab reference (cell, numbers, positions in Å), so that
+    other calculators can be compared on exactly these geometries (scripts/bench_her_fidelity.py)."""
+    if not best or not best.get("run_dir"):
+        return None
+    site_dir = Path(best["run_dir"])
+    site = json.loads((site_dir / "result.json").read_text())
+    from ase.io import read
+
+    first = read(str(site_dir / "relax.traj"), index=0)
+    out = {"cell": first.cell.array.tolist(), "numbers": first.numbers.tolist(), "positions": site["positions"],
+           "h_index": len(first) - 1, "unit": "Å"}
+    ref_dir = site_dir.parent / site_dir.name.replace("site_", "slab_site_")
+    if (ref_dir / "result.json").is_file() and (ref_dir / "relax.traj").is_file():
+        out["slab_positions"] = read(str(ref_dir / "relax.traj"), index=-1).positions.tolist()
+    else:  # the single point at the MLIP geometry
+        out["slab_positions"] = first.positions[:-1].tolist()
+    return out
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    """The reference rows as the Markdown table of the docs (one line per material)."""
+    head = ("| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
+            "DFT cells | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name in sorted(rows):
+        r = rows[name]
+        best = r.get("best_site") or {}
+        lit = r.get("literature") or {}
+        fmt = lambda v, p="+.2f": "—" if v is None else format(v, p)  # noqa: E731
+        value = fmt(r.get("dg_h_eV")) if r.get("ok") else f"failed: {(r.get('failure') or {}).get('reason')}"
+        lines.append(
+            f"| {name} | {best.get('kind', '—')} ({best.get('nearest_atom', '—')}) | {fmt(best.get('coverage'), '.3f')} | "
+            f"{value} | {fmt((r.get('mlip') or {}).get('dg_h_same_site_eV'))} | "
+            f"{fmt(lit.get('dg_h_eV')) + ' ± ' + format(lit['precision_eV'], '.2f') if lit else '—'} | "
+            f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
+            f"{r['provenance']['settings']['cp2k_settings_hash']} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -161,13 +202,17 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "gen2d" / "dft-reference")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cp2k", type=json.loads, default={}, help='Cp2kSettings overrides as JSON, e.g. \'{"cutoff_ry": 500}\'')
-    parser.add_argument("--n-sites", type=int, default=2)
+    parser.add_argument("--n-sites", type=int, default=1, help="DFT sites per material (the MLIP's most stable first)")
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
+    parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
     if args.list:
         for name, spec in MATERIALS.items():
             print(name, json.dumps(spec))
+        return 0
+    if args.table:
+        print(markdown_table(read_rows(args.out)))
         return 0
     from gen2d.scoring import get_scorer
 

@@ -5,6 +5,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export GEN2D_EXTRAS=${GEN2D_EXTRAS:-test,docs,csllm,sevennet,mattersim}
 ./scripts/_install.sh
+./scripts/_system_packages.sh   # CP2K for the DFT tests (apt-get where missing and possible)
 export GEN2D_DATA=${GEN2D_DATA:-$(cd "$root/.." && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # a broken page, link or docstring reference fails the test command; the site goes to the ignored site/

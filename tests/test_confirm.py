@@ -16,7 +16,7 @@ import pytest
 import yaml
 from jobflow import run_locally
 
-from conftest import write_cif
+from conftest import DGH_DFT_TINY, make_mos2, write_cif
 from gen2d.config import FlowSpec
 from gen2d.data.templates import build_template
 from gen2d.flows import build_flow, job_store
@@ -25,21 +25,18 @@ from gen2d_cp2k import available
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available()[0], reason="CP2K not installed")]
 
-TINY = {"cutoff_ry": 200.0, "rel_cutoff_ry": 30.0, "basis_set": "SZV-MOLOPT-SR-GTH", "dispersion": None,
-        "eps_scf": 1e-5, "added_mos": 8}
 
 
-def confirm_spec(tmp_path, store_uri: str) -> FlowSpec:
+def confirm_spec(tmp_path, store_uri: str, dft_workdir: Path) -> FlowSpec:
     d = tmp_path / "cifs"
     d.mkdir(exist_ok=True)
     write_cif(build_template("graphene"), d / "graphene.cif")
-    write_cif(build_template("hBN"), d / "hBN.cif")
+    write_cif(make_mos2(), d / "MoS2.cif")
     return FlowSpec.model_validate({
         "flow": "rank-cifs", "name": "confirm", "set": "c", "store": store_uri, "input": str(d),
         "scorers": [{"name": "synth.pu", "batch_size": 4}],
-        "confirm": {"m": 1, "where": [], "options": {
-            "cp2k": TINY, "workdir": str(tmp_path / "dft"), "n_sites": 1, "min_inplane_length": 4.9,
-            "steps": 12, "fmax": 0.1, "relax_slab_reference": False, "vacuum": 10.0, "max_sites_per_face": 1}},
+        # m = 2 but only graphene passes `where`: the stage takes the top m of those that pass
+        "confirm": {"m": 2, "where": ["formula=C"], "options": DGH_DFT_TINY | {"workdir": str(dft_workdir)}},
         "report": {"out": str(tmp_path / "report"), "top_k": 2},
     })
 
@@ -49,14 +46,14 @@ def dft_scores(uri: str) -> dict[str, dict]:
         return {d["formula"]: get_score(d, "dgh.dft") for d in cs.query({}) if get_score(d, "dgh.dft")}
 
 
-def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path):
+def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, dft_workdir):
     uri = f"monty://{tmp_path}/local"
-    spec = confirm_spec(tmp_path, uri)
+    spec = confirm_spec(tmp_path, uri, dft_workdir)
     cats = {j.config.manager_config.get("_category") for j in build_flow(spec).jobs}
     assert "dft" in cats
     run_locally(build_flow(spec), store=job_store(uri), log=False, ensure_success=True)
     local = dft_scores(uri)
-    assert len(local) == 1  # m = 1: only the top candidate goes to DFT
+    assert list(local) == ["C"]  # MoS2 did not pass the stage's filter
     (formula, res), = local.items()
     assert res["ok"], res
     assert res["unit"] == "eV" and res["value"] > 0.3  # H binds weakly on both basal planes

@@ -23,12 +23,16 @@ from ase.calculators.cp2k import CP2K
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
 
-__all__ = ["Cp2kCalculator", "Cp2kSettings", "Cp2kUnavailable", "ScfNotConverged", "available",
+__all__ = ["Cp2kAborted", "Cp2kCalculator", "Cp2kSettings", "Cp2kUnavailable", "ScfNotConverged", "available",
            "make_calculator"]
 
 
 class ScfNotConverged(RuntimeError):
     """CP2K's SCF did not reach ``eps_scf`` within ``max_scf`` steps: the energy is not a result."""
+
+
+class Cp2kAborted(RuntimeError):
+    """CP2K stopped with an error (its ``[ABORT]`` message is in the exception text); the shell is gone."""
 
 
 _SCF_STEPS = re.compile(r"\*\*\* SCF run converged in\s+(\d+) steps")
@@ -126,6 +130,13 @@ class Cp2kCalculator(CP2K):
         os.chdir(self._workdir)
         try:
             super().calculate(atoms, properties, system_changes)
+        except Exception as exc:
+            reason = self._abort_message()
+            if reason is None:
+                raise
+            self._shell = None  # the process is dead: a later call starts a new one
+            self._force_env_id = None
+            raise Cp2kAborted(f"CP2K aborted: {reason} (see {self.out_file})") from exc
         finally:
             os.chdir(cwd)
             self.wall_seconds += time.perf_counter() - start
@@ -137,6 +148,19 @@ class Cp2kCalculator(CP2K):
                                   f"(eps_scf {self.gen2d_settings.eps_scf:g}); see {self.out_file}")
         if not np.isfinite(self.results["energy"]):
             raise ScfNotConverged("CP2K returned a non-finite energy")
+
+    def _abort_message(self) -> str | None:
+        """The text of CP2K's ``[ABORT]`` box in the output file, or None if it did not abort."""
+        try:
+            text = self.out_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        if "[ABORT]" not in text:
+            return None
+        # the box is ASCII art in the first 15 columns and the message to its right
+        box = text[text.rindex("[ABORT]"):].splitlines()[1:6]
+        words = [line[15:].strip(" *") for line in box if len(line) > 16]
+        return " ".join(w for w in words if w) or "unknown error"
 
     def _read_scf(self) -> tuple[int, bool]:
         """SCF steps and convergence of the evaluation just made, from the new part of the output file."""

@@ -52,7 +52,7 @@ class DFTAdsorptionScorer:
     workdir : str, optional
         Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
         structure hash and settings hash, so a rerun resumes where a killed one stopped.
-    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum
+    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box
         :class:`gen2d.adsorption.RefineSettings`.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
@@ -68,7 +68,7 @@ class DFTAdsorptionScorer:
     def __init__(self, mlip: str = "chgnet", mlip_model: str | None = None, cp2k: dict | None = None,
                  threads: int = 1, workdir: str | None = None, n_sites: int = 2, free_radius: float = 3.0,
                  fmax: float = 0.05, steps: int = 60, min_inplane_length: float = 9.0,
-                 relax_slab_reference: bool = True, vacuum: float | None = 15.0, device: str = "auto", **settings: Any):
+                 relax_slab_reference: bool = False, vacuum: float | None = 15.0, h2_box: float = 12.0, device: str = "auto", **settings: Any):
         from gen2d_cp2k import Cp2kSettings
 
         known = {f.name for f in fields(AdsorptionSettings)}
@@ -81,7 +81,8 @@ class DFTAdsorptionScorer:
         self.settings = AdsorptionSettings(**settings)
         self.refine = RefineSettings(n_sites=n_sites, free_radius=free_radius, fmax=fmax, steps=steps,
                                      min_inplane_length=min_inplane_length,
-                                     relax_slab_reference=relax_slab_reference, vacuum=vacuum)
+                                     relax_slab_reference=relax_slab_reference, vacuum=vacuum,
+                                     h2_box=h2_box)
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         self.threads = threads
         self.workdir = Path(workdir) if workdir else default_workdir()
@@ -139,8 +140,10 @@ class DFTAdsorptionScorer:
         """The work directory of one structure under these settings."""
         from gen2d.structures import content_hash
 
+        # what changes the slab and site energies; the H2 box has its own directory
+        refine = {k: v for k, v in self.refine.as_dict().items() if k != "h2_box"}
         key = hashlib.sha256(f"{content_hash(structure)}-{self.cp2k.settings_hash()}-"
-                             f"{sorted(self.refine.as_dict().items())}".encode()).hexdigest()[:16]
+                             f"{sorted(refine.items())}".encode()).hexdigest()[:16]
         return self.workdir / key
 
     def score_one(self, structure: Structure, ctx: dict | None = None) -> ScoreResult:
@@ -159,7 +162,8 @@ class DFTAdsorptionScorer:
             slab, sites, notes = self._mlip_stage(structure, ctx)
             workdir = self.run_dir(structure)
             # the H2 reference depends only on the DFT settings: one per settings hash, shared by all runs
-            h2 = h2_reference_dft(str(self.workdir / f"h2-{self.cp2k.settings_hash()}"), self._make_calculator)
+            h2 = h2_reference_dft(str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}"),
+                                  self._make_calculator, box=self.refine.h2_box)
             result = refine_adsorption(slab, sites, self._make_calculator, str(workdir), self.settings,
                                        self.refine, h2=h2)
         except _StageFailure as exc:

@@ -124,6 +124,7 @@ class SiteResult:
     converged: bool
     steps: int
     flags: list[str] = field(default_factory=list)
+    run_dir: str | None = None  # refinement only: where this site's frames and final geometry are kept
 
     @property
     def valid(self) -> bool:
@@ -132,6 +133,8 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if out["run_dir"] is None:
+            del out["run_dir"]
         out["valid"] = self.valid
         return out
 
@@ -433,6 +436,8 @@ class RefineSettings:
     min_inplane_length : float
         Supercell of the refinement: both in-plane vectors at least this long (Å). DFT at the Γ point
         needs ~9 Å; the coverage changes with it and is recorded.
+    h2_box : float
+        Edge (Å) of the cubic box of the H₂ reference.
     vacuum : float or None
         Vacuum (Å) of the refinement cell along z, the slab re-centred in it; None keeps the cheap
         recipe's cell. A plane-wave grid costs in proportion to c, and the dipole correction removes
@@ -448,8 +453,9 @@ class RefineSettings:
     fmax: float = 0.05
     steps: int = 60
     min_inplane_length: float = 9.0
-    relax_slab_reference: bool = True
+    relax_slab_reference: bool = False
     vacuum: float | None = 15.0
+    h2_box: float = 12.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -600,7 +606,7 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
             close()
 
     if h2 is None:
-        h2 = h2_reference_dft(os.path.join(workdir, "h2"), make_calculator)
+        h2 = h2_reference_dft(os.path.join(workdir, "h2"), make_calculator, box=refine.h2_box)
     e_h2, h2_bond = h2
 
     def _slab_single(d):
@@ -627,6 +633,7 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
             slab_free = [i for i in free if i != h_index]
 
             def _slab_relaxed(d, slab_free=slab_free):
+                _seed_restart(os.path.join(workdir, "slab"), d)  # same atoms, same start: 1-3 SCF steps, not 30
                 calc = make_calculator(d)
                 try:
                     _, e, conv, n = _constrained_bfgs(base, calc, slab_free, refine.fmax, refine.steps,
@@ -682,7 +689,8 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
             nearest_distance=float(nearest_d), lateral_displacement=float(lateral), coverage=coverage,
             energy=None if energy is None else float(energy), delta_e_h=de,
             delta_g_h=None if de is None else de + settings.dg_correction,
-            converged=bool(doc.get("converged", False)), steps=int(doc.get("steps", 0)), flags=flags))
+            converged=bool(doc.get("converged", False)), steps=int(doc.get("steps", 0)), flags=flags,
+            run_dir=os.path.join(workdir, f"site_{k}")))
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
     result = AdsorptionResult(sites=results, supercell=(na, nb), n_slab_atoms=n_slab, e_slab=float(slab_doc["energy"]),
                               e_h2=float(e_h2), h2_bond_length=float(h2_bond), settings=all_settings,
@@ -691,7 +699,7 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
     return result
 
 
-def h2_reference_dft(directory: str, make_calculator) -> tuple[float, float]:
+def h2_reference_dft(directory: str, make_calculator, box: float = 12.0) -> tuple[float, float]:
     """E(H₂) (eV) and bond (Å) relaxed by ``make_calculator(directory)``, cached in ``directory/result.json``.
 
     Unlike :func:`h2_reference` (one in-memory value per MLIP), this is for calculators whose settings
@@ -708,7 +716,7 @@ def h2_reference_dft(directory: str, make_calculator) -> tuple[float, float]:
     os.makedirs(directory, exist_ok=True)
     calc = make_calculator(directory)
     try:
-        mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[12.0, 12.0, 12.0], pbc=True)
+        mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[box, box, box], pbc=True)
         mol.center()
         final, energy, converged, steps = _constrained_bfgs(mol, calc, [0, 1], 0.01, 50,
                                                             os.path.join(directory, "relax.traj"))
@@ -732,10 +740,28 @@ def _surface_atom_counts(slab: Structure, settings: AdsorptionSettings) -> dict[
     return {"top": n_top, "bottom": n_bottom}
 
 
+def _seed_restart(src: str, dst: str) -> None:
+    """Copy a calculator's wavefunction restart file (``*-RESTART.wfn``) from ``src`` to ``dst`` if ``dst`` has none.
+
+    For a DFT run that starts at a geometry another run has converged; a no-op for calculators without one.
+    """
+    import glob
+    import os
+    import shutil
+
+    if glob.glob(os.path.join(dst, "*-RESTART.wfn")):
+        return
+    for path in glob.glob(os.path.join(src, "*-RESTART.wfn")):
+        os.makedirs(dst, exist_ok=True)
+        shutil.copy2(path, os.path.join(dst, os.path.basename(path)))
+
+
 def _failure_name(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "ScfNotConverged":
         return "scf_not_converged"
+    if name == "Cp2kAborted":
+        return "dft_aborted"
     return "calculator_error"
 
 

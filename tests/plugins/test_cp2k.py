@@ -26,9 +26,8 @@ from gen2d_cp2k.settings import build_input, wants_spin
 HAVE_CP2K = available()[0]
 needs_cp2k = pytest.mark.skipif(not HAVE_CP2K, reason=f"CP2K not installed: {available()[1]}")
 
-#: Small but physical: a minimal basis on heavy atoms, a double-zeta H, a coarse grid.
-TINY = dict(cutoff_ry=200.0, rel_cutoff_ry=30.0, basis_set="SZV-MOLOPT-SR-GTH", dispersion=None, eps_scf=1e-5,
-            added_mos=8)
+from conftest import CP2K_TINY as TINY
+from conftest import DGH_DFT_TINY
 
 
 def _h2(box: float = 7.0, d: float = 0.75) -> Atoms:
@@ -173,13 +172,12 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
 
 @needs_cp2k
 @pytest.mark.slow
-def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(tmp_path):
+def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     """H on graphene's basal plane: a C–H bond of ~1.1 Å and ΔG_H well above 0 (published PBE +1.4 to +1.8 eV)."""
     from gen2d.data.templates import build_template
     from gen2d.scoring import get_scorer
 
-    scorer = get_scorer("dgh.dft", cp2k=TINY, workdir=str(tmp_path), n_sites=1, min_inplane_length=4.9,
-                        steps=12, fmax=0.1, relax_slab_reference=False, vacuum=10.0, max_sites_per_face=1)
+    scorer = get_scorer("dgh.dft", workdir=str(dft_workdir), **DGH_DFT_TINY)
     graphene = build_template("graphene")
     res = scorer.score([graphene])[0]
     assert res.ok, res.failure
@@ -197,3 +195,25 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(tmp_path):
     scorer._make_calculator = lambda d: calls.append(d)  # noqa: E731 - would fail if called
     again = scorer.score([graphene])[0]
     assert calls == [] and again.value == pytest.approx(res.value)
+
+
+@needs_cp2k
+def test_cp2k_abort_is_a_named_error_and_the_next_call_starts_a_new_process(tmp_path):
+    """CP2K refuses a dipole correction without room in the vacuum: its own message, not a hang or an assert."""
+    from gen2d.data.templates import build_template
+    from gen2d.structures import to_ase
+
+    from gen2d_cp2k import Cp2kAborted
+
+    slab = to_ase(build_template("graphene")).repeat((2, 2, 1))
+    slab.cell[2, 2] = 6.0  # 6 Å of cell for a flat sheet: too little vacuum for the dipole layer
+    slab.positions[:, 2] = 3.0
+    slab.pbc = (True, True, False)
+    calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path))
+    slab.calc = calc
+    with pytest.raises(Cp2kAborted, match="vacuum"):
+        slab.get_potential_energy()
+    mol = _h2()
+    mol.calc = calc
+    assert np.isfinite(mol.get_potential_energy())  # the calculator recovered with a fresh CP2K
+    calc.close()
