@@ -121,6 +121,34 @@ def write_rows(path: Path, rows: dict[str, dict]) -> None:
     tmp.replace(path)
 
 
+def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
+    """MANIFEST.json beside the rows: what the set is, how it was made, and with which settings."""
+    import datetime
+    import hashlib
+
+    from gen2d_cp2k import cp2k_version_cached
+
+    hashes = sorted({r["provenance"]["settings"]["cp2k_settings_hash"] for r in rows.values()})
+    any_row = next(iter(rows.values()), None)
+    manifest = {
+        "name": "gen2d DFT ΔG_H reference set",
+        "what": "dgh.dft (CP2K) ΔG_H of H on the basal planes of well-studied monolayers, one consistent setting",
+        "rows_file": path.name, "rows_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "n_rows": len(rows), "n_ok": sum(1 for r in rows.values() if r.get("ok")),
+        "materials": sorted(rows),
+        "command": "scripts/build_dgh_dft_reference.py " + " ".join(argv),
+        "cp2k_version": cp2k_version_cached(), "cp2k_settings_hashes": hashes,
+        "cp2k_settings": any_row["provenance"]["settings"]["cp2k"] if any_row else None,
+        "refine": any_row["provenance"]["settings"]["refine"] if any_row else None,
+        "mlip_stage": "dgh.mlip with CHGNet 0.3.0 (slab relaxation and H sites)",
+        "structures": "gen2d.data.templates prototypes (and ASE builders for NbS2, 1T-MoS2, VS2, blue phosphorene, Mo2CO2)",
+        "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å",
+                  "wall_seconds": "s"},
+        "updated": datetime.date.today().isoformat(),
+    }
+    (path.parent / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
 def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
     """One reference row: MLIP stage, DFT refinement, energies, timing and provenance."""
     structure = build_structure(spec)
@@ -237,8 +265,11 @@ def main(argv=None) -> int:
             continue
         rows[name] = row
         write_rows(args.out, rows)
+        write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
         print(f"{name}: ok={row['ok']} dG_H={row['dg_h_eV']} eV "
               f"(MLIP {row['mlip']['dg_h_eV']}) wall {time.perf_counter() - t0:.0f} s", flush=True)
+    if rows and args.out.is_file():
+        write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
     return 0
 
 

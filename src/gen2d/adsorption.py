@@ -30,8 +30,9 @@ NORSKOV_DG_CORRECTION = 0.24
 DEFAULT_DG_CORRECTION = 0.27
 
 SITE_KINDS = ("ontop", "bridge", "hollow")
-#: Flags that are recorded but do not disqualify a site: the energy is still a usable upper bound.
-WARNING_FLAGS = frozenset({"not_converged"})
+#: Flags that are recorded but do not disqualify a site: the energy is still a usable upper bound, or (in a
+#: refinement) the expensive calculator found its own minimum near the cheap one's site.
+WARNING_FLAGS = frozenset({"not_converged", "h_moved_site_in_refinement"})
 
 
 @dataclass
@@ -674,6 +675,8 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
             site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
         else:
             site_flags, nearest, nearest_d, lateral = _flag_site(start_atoms, final, h_index, n_components, settings)
+            # the cheap recipe's minimum is only a start: where DFT takes the H is the answer, recorded
+            site_flags = ["h_moved_site_in_refinement" if f == "h_moved_site" else f for f in site_flags]
             if not doc.get("converged", False):
                 flags.append("geometry_not_converged")
         flags += [f for f in site_flags if f not in flags]

@@ -186,7 +186,7 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     assert 0.5 < res.value < 3.0
     assert res.extra["supercell"] == [2, 2] and res.extra["n_slab_atoms"] == 8
     settings = res.provenance.settings
-    assert settings["cp2k_settings_hash"] == Cp2kSettings(**TINY).settings_hash()
+    assert settings["cp2k_settings_hash"] == Cp2kSettings(**DGH_DFT_TINY["cp2k"]).settings_hash()
     assert settings["cp2k_version"].startswith("CP2K version") and settings["cost"]["n_evaluations"] > 1
     frames = list(Path(res.extra["workdir"]).glob("*/relax.traj"))
     assert frames, "every DFT relaxation keeps its frames"
