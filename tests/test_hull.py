@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,10 @@ from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvid
                         element_polymorphs, get_reference_provider, hull_analysis, limit_anion_corrections, mlip_entry,
                         mp_hubbards)
 from gen2d.relax import cached_calculator, relax_in_plane
+from gen2d.settings import get_settings
 from gen2d.structures import from_ase
 
-DATA = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = get_settings().data_dir
 ELEMENTAL_FILE = DATA / "mp_elemental_reference_entries.json.gz"
 
 

@@ -8,12 +8,12 @@ resolved to MatterSim's own cache folder, or a local checkpoint path is given (a
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.settings import get_settings
 
 DEFAULT_MODEL = "mattersim-v1.0.0-1M"
 # Where mattersim's Potential.from_checkpoint looks for (and would download) its named models.
@@ -29,7 +29,7 @@ def resolve_checkpoint(model: str | None = None) -> Path:
     PluginUnavailable
         When no file exists; the message names where it was looked for.
     """
-    model = model or os.environ.get("GEN2D_MATTERSIM_CHECKPOINT") or DEFAULT_MODEL
+    model = model or get_settings().mattersim_checkpoint or DEFAULT_MODEL
     key = model.lower().removesuffix(".pth")
     if key in _NAMED:
         path = PRETRAINED_DIR / _NAMED[key]

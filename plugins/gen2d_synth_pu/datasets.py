@@ -9,7 +9,6 @@ hypothetical ``bottom-up`` layers.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -20,17 +19,15 @@ from ase import Atoms
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from gen2d.settings import get_settings
+
 MATPEDIA_FILE = "2dmatpedia_filtered.db"
 MC2D_FILE = "mc2d_258_exfoliable.json"
 
 
 def data_dir() -> Path:
-    """``$GEN2D_DATA``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data"
+    """The settings' data folder (``GEN2D_DATA``); see :mod:`gen2d.settings`."""
+    return get_settings().data_dir
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
 from gen2d.scoring import PluginUnavailable
+from gen2d.settings import get_settings
 
 try:  # pymatgen moved the module; both paths exist across the versions gen2d supports
     from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2020Compatibility
@@ -350,8 +351,7 @@ class EntriesFileProvider:
 
     def __init__(self, path: str | os.PathLike | None = None):
         if path is None:
-            data_dir = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-            path = data_dir / "mp_elemental_reference_entries.json.gz"
+            path = get_settings().data_dir / "mp_elemental_reference_entries.json.gz"
         self.path = Path(path)
         self._entries: list[ComputedEntry] | None = None
         self._sha256: str | None = None
@@ -394,8 +394,9 @@ class EntriesFileProvider:
 def _mp_api_key(explicit: str | None) -> str | None:
     if explicit:
         return explicit
-    if os.environ.get("MP_API_KEY"):
-        return os.environ["MP_API_KEY"]
+    key = get_settings().mp_api_key
+    if key is not None:
+        return key.get_secret_value()
     try:
         from pymatgen.core import SETTINGS
 
@@ -430,6 +431,9 @@ class MPAPIProvider:
             doc = self.store.query_one({"ref_key": self._cache_key(chemsys)})
             if doc:
                 return [_decode_entry(d) for d in doc["entries"]]
+        if get_settings().offline:
+            raise ReferenceUnavailable("offline", f"GEN2D_OFFLINE is set and chemical system {chemsys} is not "
+                                                  "cached: provider mp-api would need the network")
         if not self.api_key:
             raise ReferenceUnavailable("mp_api_key_missing",
                                        "provider mp-api needs a Materials Project API key: set MP_API_KEY "
@@ -628,8 +632,7 @@ class MLIPPrototypesProvider:
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
         self.checkpoint_sha256 = getattr(calculator, "gen2d_checkpoint_sha256", None)
         if cache_dir is None:
-            root = os.environ.get("GEN2D_CACHE") or Path.home() / ".cache" / "gen2d"
-            cache_dir = Path(root) / "references"
+            cache_dir = get_settings().cache_dir / "references"
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.store = store
         self.fmax, self.steps = fmax, steps

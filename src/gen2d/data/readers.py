@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from ase import Atoms
 from pymatgen.core import Lattice, Structure
 
+from gen2d.settings import get_settings
 from gen2d.structures import StructureError, from_ase, load_structure
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".mcif")
@@ -35,11 +35,8 @@ READ_REASONS = {
 
 
 def data_dir() -> Path:
-    """Reference data folder: ``$GEN2D_DATA`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """Reference data folder: :attr:`gen2d.settings.Gen2dSettings.data_dir` (``GEN2D_DATA``)."""
+    return get_settings().data_dir
 
 
 @dataclass

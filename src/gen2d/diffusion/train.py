@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from gen2d.data.graphs import gauss_reduce_2d
 from gen2d.diffusion.loss import MonolayerBatch, Representation, diffusion_loss, shrinkage_stats
 from gen2d.diffusion.schedule import DiffusionSchedule, ScheduleSpec
 from gen2d.models.egnn import HEAD_NAMES, EGNNConfig, EGNNDenoiser
+from gen2d.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def default_data_dir() -> Path:
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """The settings' data folder (``GEN2D_DATA``); see :mod:`gen2d.settings`."""
+    return get_settings().data_dir
 
 
 class TrainConfig(BaseModel):
