@@ -102,7 +102,8 @@ def test_callers_read_the_settings(clean_env, tmp_path):
     # every place that used to read os.environ now follows the settings (here: the settings file)
     from gen2d.data.readers import data_dir
     from gen2d.diffusion.train import default_data_dir
-    from gen2d.hull import EntriesFileProvider, MLIPPrototypesProvider, _mp_api_key
+    from gen2d.hull import EntriesFileProvider, MLIPPrototypesProvider
+    from gen2d.hull.references import _mp_api_key
     from gen2d.store import resolve_store_uri
     from gen2d_synth_csllm.scorer import CSLLMSettings
     from gen2d_synth_pu.datasets import data_dir as pu_data_dir
