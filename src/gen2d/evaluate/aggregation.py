@@ -52,6 +52,13 @@ INFO_METRICS = ["e_hull_median", "e_hull_scored_fraction", "n_generated", "n_eva
                 "samples_per_cpu_s", "scoring_cpu_s"]
 
 
+def equal_budget_definition() -> str:
+    """The package docstring's "Equal budget, precisely" paragraph on one line: the JSON carries the same words."""
+    import gen2d.evaluate as package
+
+    return package.__doc__.split("Equal budget, precisely: ")[1].split("\n\n")[0].replace("\n", " ")
+
+
 def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: float = 0.95) -> dict[str, Any]:
     """The evaluation document: per arm, every metric with mean, CI, per-seed values, unit and description."""
     arms, alias = spec.all_arms()
@@ -102,7 +109,7 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": spec.threads},
         "budget": {"budget_cpu_s": spec.budget_cpu_s, "chunk": spec.chunk, "max_generated": spec.max_generated,
-                   "definition": __doc__.split("Equal budget, precisely: ")[1].split("\n\n")[0].replace("\n", " ")},
+                   "definition": equal_budget_definition()},
         "confidence": {"level": confidence, "method": "Student t over seeds: mean ± t_{0.975, n-1} s/sqrt(n)",
                        "seeds": spec.seeds},
         "thresholds": spec.thresholds.model_dump(),
