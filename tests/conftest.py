@@ -20,6 +20,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import tempfile  # noqa: E402
 
 os.environ["GEN2D_CACHE"] = tempfile.mkdtemp(prefix="gen2d-test-cache-")
+# Nor may a user's ~/.config/gen2d/settings.yaml (it could name a real store): an empty settings file
+# stands in unless GEN2D_CONFIG_FILE names one on purpose.
+if not os.environ.get("GEN2D_CONFIG_FILE"):
+    os.environ["GEN2D_CONFIG_FILE"] = os.path.join(tempfile.mkdtemp(prefix="gen2d-test-settings-"), "settings.yaml")
+    open(os.environ["GEN2D_CONFIG_FILE"], "w").close()
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ class CSLLMSettings(BaseModel):
 
     @classmethod
     def from_env_and(cls, **options: Any) -> "CSLLMSettings":
-        """Options win; the settings' csllm_* paths (GEN2D_CSLLM_BASE / _ADAPTER / _TOKENIZER) fill those left unset."""
+        """Options win; the settings' csllm_* paths (GEN2D_CSLLM_BASE, _ADAPTER, _TOKENIZER) fill the rest."""
         from gen2d.settings import get_settings
 
         settings = get_settings()

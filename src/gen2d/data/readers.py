@@ -217,9 +217,11 @@ def mc2d_element(position: list[Any]) -> str:
 
 
 def mc2d_atoms(entry: dict[str, Any]) -> Atoms:
-    """ASE ``Atoms`` of one MC2D entry as stored: cell rows ``[label, x, y, z]``, Cartesian positions (Å),
-    pbc (True, True, False). MC2D centres the layer on z = 0, so some atoms sit below the cell; they
-    are not wrapped here."""
+    """ASE ``Atoms`` of one MC2D entry as stored, pbc (True, True, False).
+
+    Cell rows are ``[label, x, y, z]`` and positions Cartesian (Å). MC2D centres the layer on z = 0, so
+    some atoms sit below the cell; they are not wrapped here (callers that need a cell-bound structure wrap).
+    """
     cell = np.array([[float(v) for v in row[-3:]] for row in entry["cell"]])
     symbols = [mc2d_element(p) for p in entry["atomic_positions"]]
     positions = np.array([[float(v) for v in p[1:4]] for p in entry["atomic_positions"]])

@@ -1,4 +1,5 @@
-"""Arm-seed results to the evaluation document: metric definitions, means with t-intervals, comparisons, plots, table."""
+"""Arm-seed results to the evaluation document: metric definitions, means with t-intervals, comparisons,
+plots and the results table."""
 
 from __future__ import annotations
 

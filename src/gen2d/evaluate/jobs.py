@@ -1,4 +1,6 @@
-"""The evaluation as jobflow jobs: one job per arm and seed, then one aggregation job (:func:`gen2d.flows.evaluate_flow`)."""
+"""The evaluation as jobflow jobs: one job per arm and seed, then one aggregation job.
+
+:func:`gen2d.flows.evaluate_flow` wraps them in a flow."""
 
 from __future__ import annotations
 
