@@ -111,6 +111,7 @@ def test_callers_read_the_settings(clean_env, tmp_path):
     cfg = tmp_path / "settings.yaml"
     cfg.write_text(f"data_dir: {tmp_path}/data\nstore: memory://fromfile\ncache_dir: {tmp_path}/cache\n"
                    f"mp_api_key: {SECRET}\ncsllm_base: {tmp_path}/base\nmattersim_checkpoint: {tmp_path}/m.pth\n")
+    cfg.chmod(0o600)  # a key in a file others can read draws a warning (tested below)
     clean_env.setenv("GEN2D_CONFIG_FILE", str(cfg))
     assert data_dir() == default_data_dir() == pu_data_dir() == tmp_path / "data"
     assert EntriesFileProvider().path == tmp_path / "data" / "mp_elemental_reference_entries.json.gz"
@@ -138,3 +139,28 @@ def _app():
     from gen2d.cli import app
 
     return app
+
+
+def test_example_settings_file_loads(clean_env):
+    example = Path(__file__).resolve().parents[1] / "configs" / "settings.example.yaml"
+    clean_env.setenv("GEN2D_CONFIG_FILE", str(example))
+    s = get_settings()
+    assert s.data_dir == Path.home() / "gen2d" / "shared" / "data"
+    assert s.store == DEFAULT_STORE_URI and s.offline is False and s.mp_api_key is None
+
+
+def test_a_key_in_a_readable_settings_file_is_warned_about(clean_env, tmp_path):
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text(f"mp_api_key: {SECRET}\n")
+    cfg.chmod(0o644)
+    clean_env.setenv("GEN2D_CONFIG_FILE", str(cfg))
+    with pytest.warns(UserWarning, match="chmod 600") as caught:
+        get_settings()
+    assert all(SECRET not in str(w.message) for w in caught)
+    cfg.chmod(0o600)
+    reset_settings()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert get_settings().mp_api_key.get_secret_value() == SECRET

@@ -6,7 +6,7 @@ comes from, highest first:
 1. the environment (``GEN2D_DATA``, ``GEN2D_STORE``, ... and ``MP_API_KEY``; an empty variable counts
    as unset);
 2. a YAML file: ``$GEN2D_CONFIG_FILE``, else ``~/.config/gen2d/settings.yaml`` when it exists, with the
-   field names as keys (``data_dir: /scratch/gen2d-data``);
+   field names as keys (``data_dir: /scratch/gen2d-data``; ``configs/settings.example.yaml`` shows them all);
 3. the defaults below.
 
 Code asks :func:`get_settings`; it is cached and re-read when one of those variables or the YAML file
@@ -22,6 +22,8 @@ Examples
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,9 @@ def _yaml_source(settings_cls: type[BaseSettings], path: Path | None) -> InitSet
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"gen2d settings file {path} must be a mapping of setting: value")
+        if data.get("mp_api_key") and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.warn(f"{path} holds mp_api_key and can be read by other users; run: chmod 600 {path}",
+                          stacklevel=2)
     return InitSettingsSource(settings_cls, _by_alias(data, str(path)))
 
 
