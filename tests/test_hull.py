@@ -363,3 +363,12 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     check = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped)
     check._relax_jobs = lambda jobs, label: [None] * len(jobs)
     assert check.element_entries("W") == [] and "W" not in check.shipped_hits
+
+
+def test_default_shipped_reference_cache_is_the_packaged_one():
+    # gen2d.hull became a package: the default still points at gen2d/assets/references, which exists
+    from importlib import resources
+
+    provider = MLIPPrototypesProvider(calculator=object(), cache_dir=False)
+    assert provider.shipped_dir == Path(str(resources.files("gen2d") / "assets" / "references"))
+    assert provider.shipped_dir.is_dir() and any(provider.shipped_dir.iterdir())
