@@ -31,12 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-# the label recipe of the benchmark: cheaper than dgh.mlip's defaults (CPU is shared), recorded in every label
-LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
-                "slab_fmax": 0.1, "slab_steps": 150}
-# dgh.mlip's default settings (every symmetry-distinct site, FIRE to 0.05 eV/Å) with the same model as the
-# benchmark labels: what the cheap recipe approximates, so the difference between the two is label noise
-FULL_RECIPE = {"calculator": "chgnet", "device": "cpu"}
+from gen2d_dgh_dimenet.labels import FULL_RECIPE, LABEL_RECIPE
+
+# the label recipes live with the plugin whose shipped ensemble they define (its MANIFEST cites them)
 RECIPES = {"benchmark": LABEL_RECIPE, "full": FULL_RECIPE}
 
 

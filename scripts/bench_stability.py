@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -26,7 +25,9 @@ import numpy as np
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    from gen2d.settings import get_settings
+
+    return get_settings().data_dir
 
 
 def select_rows(db_path: Path, n: int, max_atoms: int, max_elements: int) -> list:

@@ -23,6 +23,11 @@ os.environ["GEN2D_CACHE"] = tempfile.mkdtemp(prefix="gen2d-test-cache-")
 # Tests never touch the network: a model that would download weights fails offline instead. The
 # download path itself is tested against a server on 127.0.0.1 (tests/test_weights.py).
 os.environ.setdefault("GEN2D_OFFLINE", "1")
+# Nor may a user's ~/.config/gen2d/settings.yaml (it could name a real store): an empty settings file
+# stands in unless GEN2D_CONFIG_FILE names one on purpose.
+if not os.environ.get("GEN2D_CONFIG_FILE"):
+    os.environ["GEN2D_CONFIG_FILE"] = os.path.join(tempfile.mkdtemp(prefix="gen2d-test-settings-"), "settings.yaml")
+    open(os.environ["GEN2D_CONFIG_FILE"], "w").close()
 
 
 @pytest.fixture(scope="session")

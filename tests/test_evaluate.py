@@ -279,3 +279,15 @@ def test_a_stored_result_is_reused_only_for_the_same_model():
     from gen2d.scoring import file_sha256
 
     assert _model_identity(Resources(spec), unguided) == file_sha256(shipped_checkpoint())
+
+
+def test_budget_definition_is_the_package_docstring_paragraph():
+    # the evaluation JSON quotes how the budget is counted from gen2d.evaluate's docstring; after the
+    # module became a package, the paragraph must still be found there, whole
+    import gen2d.evaluate
+    from gen2d.evaluate.aggregation import equal_budget_definition
+
+    text = equal_budget_definition()
+    assert text.startswith("for every arm and seed, generation runs in chunks of ``chunk`` samples")
+    assert text.endswith("hits per CPU-hour extrapolate the hit rate to everything the arm produced within the budget.")
+    assert "\n" not in text and "Equal budget" in gen2d.evaluate.__doc__

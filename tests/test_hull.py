@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,10 @@ from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvid
                         element_polymorphs, get_reference_provider, hull_analysis, limit_anion_corrections, mlip_entry,
                         mp_hubbards)
 from gen2d.relax import cached_calculator, relax_in_plane
+from gen2d.settings import get_settings
 from gen2d.structures import from_ase
 
-DATA = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = get_settings().data_dir
 ELEMENTAL_FILE = DATA / "mp_elemental_reference_entries.json.gz"
 
 
@@ -363,3 +363,12 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     check = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped)
     check._relax_jobs = lambda jobs, label: [None] * len(jobs)
     assert check.element_entries("W") == [] and "W" not in check.shipped_hits
+
+
+def test_default_shipped_reference_cache_is_the_packaged_one():
+    # gen2d.hull became a package: the default still points at gen2d/assets/references, which exists
+    from importlib import resources
+
+    provider = MLIPPrototypesProvider(calculator=object(), cache_dir=False)
+    assert provider.shipped_dir == Path(str(resources.files("gen2d") / "assets" / "references"))
+    assert provider.shipped_dir.is_dir() and any(provider.shipped_dir.iterdir())

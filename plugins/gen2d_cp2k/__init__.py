@@ -239,7 +239,9 @@ def make_calculator(model: str | None = None, device: str = "auto", settings: Cp
     if isinstance(settings, dict):
         settings = Cp2kSettings(**settings)
     directory = directory or tempfile.mkdtemp(prefix="gen2d-cp2k-")
-    threads = threads or int(os.environ.get("GEN2D_CP2K_THREADS", "1"))
+    from gen2d.settings import get_settings
+
+    threads = threads or get_settings().cp2k_threads
     return Cp2kCalculator(settings=settings, directory=directory, threads=threads, **kw)
 
 

@@ -27,7 +27,9 @@ def find_shell_command(command: str | None = None) -> str:
     Order: the explicit ``command``; ``GEN2D_CP2K_COMMAND``; the first of :data:`SHELL_NAMES` on PATH.
     Raises :class:`Cp2kUnavailable` naming what was searched.
     """
-    explicit = command or os.environ.get("GEN2D_CP2K_COMMAND")
+    from gen2d.settings import get_settings
+
+    explicit = command or get_settings().cp2k_command
     if explicit:
         exe = explicit.split()[0]
         if shutil.which(exe) is None:
@@ -42,7 +44,10 @@ def find_shell_command(command: str | None = None) -> str:
 
 def data_dir(explicit: str | None = None) -> Path:
     """The CP2K data directory holding BASIS_MOLOPT, GTH_POTENTIALS and dftd3.dat."""
-    candidates = [explicit, os.environ.get("GEN2D_CP2K_DATA_DIR"), os.environ.get("CP2K_DATA_DIR")]
+    from gen2d.settings import get_settings
+
+    configured = get_settings().cp2k_data_dir
+    candidates = [explicit, str(configured) if configured else None, os.environ.get("CP2K_DATA_DIR")]
     prefix = os.environ.get("CONDA_PREFIX", "/usr")
     candidates += [d.format(prefix=prefix) for d in DATA_DIRS]
     for cand in candidates:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -28,11 +27,10 @@ __all__ = ["DFTAdsorptionScorer", "default_workdir"]
 
 def default_workdir() -> Path:
     """Where DFT runs keep their restart files and frames: ``$GEN2D_DFT_DIR`` or ``<cache>/dft``."""
-    explicit = os.environ.get("GEN2D_DFT_DIR")
-    if explicit:
-        return Path(explicit)
-    cache = os.environ.get("GEN2D_CACHE") or (Path.home() / ".cache" / "gen2d")
-    return Path(cache) / "dft"
+    from gen2d.settings import get_settings
+
+    settings = get_settings()
+    return Path(settings.dft_dir) if settings.dft_dir else Path(settings.cache_dir) / "dft"
 
 
 class DFTAdsorptionScorer:

@@ -14,6 +14,15 @@ from pymatgen.core import Structure
 
 log = logging.getLogger(__name__)
 
+#: The ``dgh.mlip`` settings that labelled the shipped DimeNet++ ensemble (``gen2d/assets/dgh_dimenet``, whose
+#: MANIFEST cites this name; ``scripts/bench_her.py label`` uses it): cheaper than dgh.mlip's defaults (two
+#: sites per face, looser relaxations) because CPU was shared. Every label records the settings it used.
+LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
+                "slab_fmax": 0.1, "slab_steps": 150}
+#: dgh.mlip's default settings (every symmetry-distinct site, FIRE to 0.05 eV/Å) with the same model as
+#: :data:`LABEL_RECIPE`: what the cheap recipe approximates, so the difference between the two is label noise.
+FULL_RECIPE = {"calculator": "chgnet", "device": "cpu"}
+
 
 class LabelCache(Protocol):
     """Where labels live between runs: the lead backs it with the store; tests use a dict or a file."""

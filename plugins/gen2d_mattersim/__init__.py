@@ -18,6 +18,7 @@ from typing import Any
 
 from gen2d import weights
 from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def _named(model: str) -> str | None:
 
 
 def _requested(model: str | None) -> str:
-    return model or os.environ.get("GEN2D_MATTERSIM_CHECKPOINT") or DEFAULT_MODEL
+    return model or get_settings().mattersim_checkpoint or DEFAULT_MODEL
 
 
 def checkpoint(model: str | None = None) -> tuple[Path, str]:

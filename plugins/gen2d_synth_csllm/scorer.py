@@ -55,14 +55,15 @@ class CSLLMSettings(BaseModel):
 
     @classmethod
     def from_env_and(cls, **options: Any) -> "CSLLMSettings":
-        """Options win; GEN2D_CSLLM_BASE / _ADAPTER / _TOKENIZER fill paths left unset."""
-        import os
+        """Options win; the settings' csllm_* paths (GEN2D_CSLLM_BASE, _ADAPTER, _TOKENIZER) fill the rest."""
+        from gen2d.settings import get_settings
 
-        env = {"base_model_path": "GEN2D_CSLLM_BASE", "adapter_path": "GEN2D_CSLLM_ADAPTER",
-               "tokenizer_path": "GEN2D_CSLLM_TOKENIZER"}
-        for key, var in env.items():
-            if options.get(key) is None and os.environ.get(var):
-                options[key] = os.environ[var]
+        settings = get_settings()
+        configured = {"base_model_path": settings.csllm_base, "adapter_path": settings.csllm_adapter,
+                      "tokenizer_path": settings.csllm_tokenizer}
+        for key, value in configured.items():
+            if options.get(key) is None and value is not None:
+                options[key] = value
         return cls(**options)
 
 

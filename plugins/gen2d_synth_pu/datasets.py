@@ -8,29 +8,24 @@ hypothetical ``bottom-up`` layers.
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from ase import Atoms
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from gen2d.data.readers import ase_db_rows, load_mc2d_entries, mc2d_atoms
+from gen2d.settings import get_settings
 
 MATPEDIA_FILE = "2dmatpedia_filtered.db"
 MC2D_FILE = "mc2d_258_exfoliable.json"
 
 
 def data_dir() -> Path:
-    """``$GEN2D_DATA``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data"
+    """The settings' data folder (``GEN2D_DATA``); see :mod:`gen2d.settings`."""
+    return get_settings().data_dir
 
 
 @dataclass
@@ -49,41 +44,32 @@ def read_2dmatpedia(path: str | Path) -> list[LabelledLayer]:
     The one ``from-literature`` row is left out: the issue defines the two classes by these two
     discovery processes only.
     """
-    from ase.db import connect
-
     layers = []
-    with connect(str(path)) as db:
-        for row in db.select():
-            process = row.data.get("discovery_process")
-            if process not in ("top-down", "bottom-up"):
-                continue
-            atoms = row.toatoms()
-            atoms.pbc = (True, True, False)
-            structure = AseAtomsAdaptor.get_structure(atoms)
-            material_id = row.data.get("material_id", row.id)
-            layers.append(LabelledLayer(structure, int(process == "top-down"), f"2dmatpedia:{material_id}",
-                                        {"discovery_process": process, "material_id": material_id}))
+    for _, row in ase_db_rows(path):
+        if isinstance(row, Exception):
+            raise row
+        process = row.data.get("discovery_process")
+        if process not in ("top-down", "bottom-up"):
+            continue
+        atoms = row.toatoms()
+        atoms.pbc = (True, True, False)
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        material_id = row.data.get("material_id", row.id)
+        layers.append(LabelledLayer(structure, int(process == "top-down"), f"2dmatpedia:{material_id}",
+                                    {"discovery_process": process, "material_id": material_id}))
     return layers
 
 
 def mc2d_structure(entry: dict) -> Structure:
-    """One MC2D entry (cell rows ``[name, x, y, z]``; positions ``[kind, x, y, z, element]`` Cartesian).
-
-    The first field is the magnetic kind name (``Co1``, ``Co2`` for two spin sublattices), the last
-    the element; the element is what the structure needs.
-    """
-    cell = np.array([row[1:4] for row in entry["cell"]], dtype=float)
-    symbols = [p[4] for p in entry["atomic_positions"]]
-    positions = np.array([p[1:4] for p in entry["atomic_positions"]], dtype=float)
-    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=(True, True, False))
+    """One MC2D entry as a structure periodic in-plane only (:func:`gen2d.data.readers.mc2d_atoms`, wrapped)."""
+    atoms = mc2d_atoms(entry)
     atoms.wrap(pbc=(True, True, True))  # MC2D centres the layer on z = 0; wrap into the cell
     return AseAtomsAdaptor.get_structure(atoms)
 
 
 def read_mc2d(path: str | Path) -> list[LabelledLayer]:
     """Every MC2D entry is a positive (exfoliable from an ICSD/COD parent)."""
-    with open(path) as fh:
-        entries = json.load(fh)
+    entries = load_mc2d_entries(path)
     return [LabelledLayer(mc2d_structure(e), 1, f"mc2d:{e.get('structure_label', i)}",
                           {"spg": e.get("spg")}) for i, e in enumerate(entries)]
 

@@ -196,7 +196,7 @@ def train(output_dir: str | Path | None = None, data: str | Path | None = None, 
         Where to write; default is the shipped model's directory (``gen2d/assets/synth_pu``).
     data
         Folder holding ``2dmatpedia_filtered.db`` and ``mc2d_258_exfoliable.json``; default
-        ``$GEN2D_DATA`` or ``<repo>/../shared/data``.
+        the settings' ``data_dir`` (``GEN2D_DATA``; :mod:`gen2d.settings`).
     n_bags, unlabeled_per_bag, seed
         PU-bagging settings (see :func:`gen2d_synth_pu.model.fit_bagged_pu`). ``unlabeled_per_bag``
         0.6 was chosen by 5-fold CV: it is the largest bootstrap that keeps recall on held-out

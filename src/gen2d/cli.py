@@ -124,6 +124,26 @@ def plugins(as_json: bool = JsonOpt):
     out.print(t)
 
 
+@app.command("settings")
+def settings_(as_json: bool = JsonOpt):
+    """Print the resolved settings (environment > settings file > defaults); secrets are masked."""
+    from gen2d.settings import Gen2dSettings, get_settings
+
+    try:
+        doc = get_settings().public_dict()
+    except (ValueError, OSError) as exc:
+        _fail(f"invalid gen2d settings: {exc}", as_json)
+    if as_json:
+        _emit_json(doc)
+        return
+    t = Table(title=f"gen2d settings (file: {doc.pop('config_file') or 'none'})")
+    for c in ("setting", "environment variable", "value"):
+        t.add_column(c, overflow="fold")
+    for name, info in Gen2dSettings.model_fields.items():
+        t.add_row(name, info.validation_alias, "" if doc[name] is None else str(doc[name]))
+    out.print(t)
+
+
 # ----------------------------------------------------------------------------------------------
 def _fmt(v: Any, nd: int = 3) -> str:
     if v is None:

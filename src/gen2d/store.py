@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +22,7 @@ from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
 from gen2d.scoring import ScoreResult
+from gen2d.settings import get_settings
 from gen2d.structures import (
     Validation,
     canonicalize,
@@ -74,7 +74,7 @@ def readable_secret_warning(path: str | Path) -> str | None:
 
 def resolve_store_uri(uri: str | None = None) -> str:
     """``uri`` if given, else ``$GEN2D_STORE``, else the embedded default."""
-    return uri or os.environ.get("GEN2D_STORE") or DEFAULT_STORE_URI
+    return uri or get_settings().store or DEFAULT_STORE_URI
 
 
 # ----------------------------------------------------------------------------------------------

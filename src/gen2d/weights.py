@@ -116,8 +116,10 @@ for _size in ("1M", "5M"):
 # ----------------------------------------------------------------------------------------------------
 
 def _offline() -> bool:
-    """True when ``GEN2D_OFFLINE`` is set to 1/true/yes/on: no downloads."""
-    return os.environ.get("GEN2D_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when ``GEN2D_OFFLINE`` (the ``offline`` setting) forbids downloads."""
+    from gen2d.settings import get_settings
+
+    return bool(get_settings().offline)
 
 
 def is_offline() -> bool:
@@ -127,8 +129,9 @@ def is_offline() -> bool:
 
 def _cache_dir() -> Path:
     """``$GEN2D_CACHE/models``, else ``~/.cache/gen2d/models``."""
-    root = os.environ.get("GEN2D_CACHE") or Path.home() / ".cache" / "gen2d"
-    return Path(root).expanduser() / "models"
+    from gen2d.settings import get_settings
+
+    return Path(get_settings().cache_dir).expanduser() / "models"
 
 
 def default_cache_dir() -> Path:
@@ -138,7 +141,9 @@ def default_cache_dir() -> Path:
 
 def _base_url_override() -> Optional[str]:
     """``GEN2D_MODELS_BASE_URL``: a mirror serving the same file names (None when unset)."""
-    return os.environ.get("GEN2D_MODELS_BASE_URL") or None
+    from gen2d.settings import get_settings
+
+    return get_settings().models_base_url or None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -77,3 +77,56 @@ def test_read_any_dispatch(tmp_path, data_dir):
     assert next(read_any(tmp_path / "missing.cif")).rejection.reason == "unreadable_file"
     first = next(read_any(data_dir / "mc2d_258_exfoliable.json"))
     assert first.record is not None and first.record.labels["synth_label"] == 1
+
+
+def test_mc2d_element_comes_from_the_element_field_then_the_kind():
+    from gen2d.data.readers import mc2d_element
+
+    assert mc2d_element(["Co1", 0.0, 0.0, 0.0, "Co"]) == "Co"
+    assert mc2d_element(["X2", 0.0, 0.0, 0.0, "Fe"]) == "Fe"  # a free kind name: the element field decides
+    assert mc2d_element(["Co2", 0.0, 0.0, 0.0]) == "Co"  # no element field: the kind's leading symbol
+    with pytest.raises(ValueError, match="unknown_element"):
+        mc2d_element(["12", 0.0, 0.0, 0.0])
+
+
+def test_one_mc2d_and_one_2dmatpedia_parser_serve_training_and_pu(data_dir):
+    # The EGNN loader and the PU datasets read through gen2d.data.readers: the same entries, in the
+    # same order, with the same elements as the records gen2d ingests.
+    from gen2d.diffusion.train import _read_2dmatpedia, _read_mc2d
+    from gen2d_synth_pu.datasets import read_2dmatpedia, read_mc2d
+
+    mc2d = data_dir / "mc2d_258_exfoliable.json"
+    ingest = [sorted(o.record.structure.species, key=str) for o in read_mc2d_json(mc2d)]
+    egnn = [sorted(r.species) for r in _read_mc2d(mc2d)]
+    pu = [sorted(layer.structure.species, key=str) for layer in read_mc2d(mc2d)]
+    assert len(ingest) == len(egnn) == len(pu) == 258
+    assert [[str(s) for s in x] for x in ingest] == egnn == [[str(s) for s in x] for x in pu]
+
+    db = data_dir / "2dmatpedia_filtered.db"
+    ingest = {o.record.source_id: o.record for o in read_ase_db(db)}
+    egnn = list(_read_2dmatpedia(db))
+    pu = read_2dmatpedia(db)
+    assert [r.source_id for r in egnn] == list(ingest)
+    assert all(sorted(r.species) == sorted(str(s) for s in ingest[r.source_id].structure.species) for r in egnn)
+    assert all(r.labels["e_hull"] == ingest[r.source_id].labels["e_hull"] for r in egnn)
+    assert len(pu) == 1223  # the one from-literature row is neither positive nor unlabeled
+    assert sum(layer.label for layer in pu) == 410 == sum(r.labels["synth"] == 1.0 for r in egnn)
+
+
+def test_ase_db_rows_name_a_corrupt_row_and_go_on(tmp_path):
+    from gen2d.data.readers import ase_db_rows
+
+    path = tmp_path / "three.db"
+    with connect(str(path)) as db:
+        for _ in range(3):
+            db.write(to_ase(make_mos2()))
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("UPDATE systems SET positions = x'00' WHERE id = 2")
+    con.commit()
+    con.close()
+    rows = list(ase_db_rows(path))
+    assert [i for i, _ in rows] == [1, 2, 3]
+    assert isinstance(rows[1][1], Exception) and not isinstance(rows[2][1], Exception)
+    assert [o.rejection.reason for o in read_ase_db(path) if o.rejection] == ["unreadable_row"]

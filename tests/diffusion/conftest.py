@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ def tiny_config(out_dir: Path, **over) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def data_available() -> None:
-    root = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    from gen2d.settings import get_settings
+
+    root = get_settings().data_dir
     assert (root / "2dmatpedia_filtered.db").exists(), f"reference data missing under {root}"
 
 

@@ -251,13 +251,11 @@ def test_mattersim_scorer_runs_on_random_checkpoint(random_mattersim_checkpoint)
     # The full ehull.mattersim path on the self-made checkpoint: relaxation and hull run, and the
     # provenance names the exact file. Random weights give meaningless energies, so only the
     # plumbing is asserted (a named failure is an acceptable outcome of a random model).
-    from pathlib import Path
-    import os
-
     from gen2d.scoring import get_scorer
+    from gen2d.settings import get_settings
     from gen2d.structures import from_ase
 
-    data = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    data = get_settings().data_dir
     scorer = get_scorer("ehull.mattersim", model=str(random_mattersim_checkpoint), device="cpu", steps=20,
                         provider="entries-file",
                         provider_options={"path": data / "mp_elemental_reference_entries.json.gz"})

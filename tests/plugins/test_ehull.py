@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase import Atoms
@@ -12,11 +9,12 @@ from ase.build import graphene, mx2
 from pymatgen.core import Lattice, Structure
 
 from gen2d.scoring import ScoreResult, discover, get_scorer
+from gen2d.settings import get_settings
 from gen2d.structures import from_ase
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = get_settings().data_dir
 
 
 @pytest.fixture(scope="module", autouse=True)

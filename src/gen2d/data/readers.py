@@ -1,7 +1,9 @@
 """Readers for 2D databases (ASE db in C2DB or 2DMatPedia layout, MC2D JSON) and folders of files.
 
 Every reader yields :class:`ReadOutcome` objects: a :class:`MonolayerRecord` or a named
-:class:`Rejection`, so one bad row or file never stops the rest.
+:class:`Rejection`, so one bad row or file never stops the rest. The format-level pieces
+(:func:`ase_db_rows`, :func:`matpedia_labels`, :func:`load_mc2d_entries`, :func:`mc2d_atoms`) are the
+only parsers of these formats in gen2d: the EGNN training loader and the PU datasets build on them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
+from gen2d.settings import get_settings
 from gen2d.structures import StructureError, from_ase, load_structure
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json", ".mcif")
@@ -35,11 +37,8 @@ READ_REASONS = {
 
 
 def data_dir() -> Path:
-    """Reference data folder: ``$GEN2D_DATA`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """Reference data folder: :attr:`gen2d.settings.Gen2dSettings.data_dir` (``GEN2D_DATA``)."""
+    return get_settings().data_dir
 
 
 @dataclass
@@ -99,6 +98,39 @@ def _label_block(e_hull: Any = None, dg_h: Any = None, synth: Any = None, refere
 # ASE db: 2DMatPedia (row.data) and C2DB (key_value_pairs)
 
 
+def ase_db_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(row id, row)`` for every row of an ASE database, in id order, each decoded on its own.
+
+    A row that cannot be decoded comes as ``(row id, exception)``, so the rows after it still come.
+    Opening the database happens here, before the first row: an unreadable file raises at once.
+    """
+    from ase.db import connect
+
+    path = Path(path)
+    db = connect(str(path), type="db")
+    ids = _row_ids(path, db)
+
+    def rows() -> Iterator[tuple[int, Any]]:
+        for row_id in ids:
+            try:
+                yield row_id, db.get(id=row_id)
+            except Exception as exc:
+                yield row_id, exc
+
+    return rows()
+
+
+def matpedia_labels(data: dict[str, Any]) -> dict[str, Any]:
+    """Labels of one 2DMatPedia row (its ``row.data``).
+
+    ``e_hull`` (eV/atom) = ``decomposition_energy``, the energy above the Materials Project hull (PBE);
+    None when missing or not finite. ``synth_label`` = 1 for ``top-down`` (exfoliated from a known
+    bulk), None otherwise (``bottom-up`` layers are hypothetical, not known to be unmade).
+    """
+    return {"e_hull": _finite(data.get("decomposition_energy")),
+            "synth_label": 1 if data.get("discovery_process") == "top-down" else None}
+
+
 def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOutcome]:
     """Rows of an ASE database as records.
 
@@ -107,23 +139,18 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
     ``synth_label`` = 1 for ``top-down`` (exfoliated from a known bulk), None for ``bottom-up``.
     C2DB layout (key-value pairs ``uid``, ``ehull``, ``hform``): ``e_hull`` = ehull.
     """
-    from ase.db import connect
-
     path = Path(path)
     source = source or path.stem
     try:
-        db = connect(str(path), type="db")
-        ids = _row_ids(path, db)
+        rows = ase_db_rows(path)
     except Exception as exc:
         yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"))
         return
-    for row_id in ids:
+    for row_id, row in rows:
         # one row at a time: a corrupt row is a named rejection and the rows after it still come
-        try:
-            row = db.get(id=row_id)
-        except Exception as exc:
+        if isinstance(row, Exception):
             yield ReadOutcome(rejection=Rejection(source, f"row-{row_id}", "unreadable_row",
-                                                  f"{type(exc).__name__}: {exc}"[:300]))
+                                                  f"{type(row).__name__}: {row}"[:300]))
             continue
         rid = f"row-{getattr(row, 'id', '?')}"
         try:
@@ -132,9 +159,8 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
             kvp = dict(row.key_value_pairs)
             if "material_id" in data:  # 2DMatPedia
                 rid = str(data["material_id"])
-                dp = data.get("discovery_process")
-                labels = _label_block(data.get("decomposition_energy"), None,
-                                      1 if dp == "top-down" else None,
+                mp_labels = matpedia_labels(data)
+                labels = _label_block(mp_labels["e_hull"], None, mp_labels["synth_label"],
                                       reference="2DMatPedia (PBE), energy above the Materials Project hull")
                 props = {k: data.get(k) for k in ("formula_pretty", "sg_number", "discovery_process", "bandgap",
                                                   "energy_per_atom", "exfoliation_energy_per_atom", "source_id")
@@ -170,13 +196,41 @@ def _row_ids(path: Path, db) -> list[int]:
 # MC2D JSON
 
 
-def mc2d_entry_to_structure(entry: dict[str, Any]) -> Structure:
-    """Structure from one MC2D entry: cell rows ``[label, x, y, z]`` and Cartesian positions."""
+def load_mc2d_entries(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of an MC2D JSON file (a list, or a mapping id -> entry)."""
+    entries = json.loads(Path(path).read_text())
+    return list(entries.values()) if isinstance(entries, dict) else entries
+
+
+def mc2d_element(position: list[Any]) -> str:
+    """The element of one MC2D ``atomic_positions`` row ``[kind, x, y, z, element]``.
+
+    The kind name is magnetic (``Co1``, ``Co2`` for two spin sublattices), so the element is the fifth
+    field; rows without it give the kind's leading element symbol.
+    """
+    if len(position) > 4 and isinstance(position[4], str) and position[4]:
+        return position[4]
+    match = re.match(r"[A-Z][a-z]?", str(position[0]))
+    if match is None:
+        raise ValueError(f"unknown_element: MC2D kind {position[0]!r} names no element")
+    return match.group(0)
+
+
+def mc2d_atoms(entry: dict[str, Any]) -> Atoms:
+    """ASE ``Atoms`` of one MC2D entry as stored, pbc (True, True, False).
+
+    Cell rows are ``[label, x, y, z]`` and positions Cartesian (Å). MC2D centres the layer on z = 0, so
+    some atoms sit below the cell; they are not wrapped here (callers that need a cell-bound structure wrap).
+    """
     cell = np.array([[float(v) for v in row[-3:]] for row in entry["cell"]])
-    # magnetic runs label kinds "Co1", "Co2": the element is the leading symbol
-    symbols = [re.match(r"[A-Z][a-z]?", str(p[0])).group(0) for p in entry["atomic_positions"]]
+    symbols = [mc2d_element(p) for p in entry["atomic_positions"]]
     positions = np.array([[float(v) for v in p[1:4]] for p in entry["atomic_positions"]])
-    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=(True, True, False))
+    return Atoms(symbols=symbols, positions=positions, cell=cell, pbc=(True, True, False))
+
+
+def mc2d_entry_to_structure(entry: dict[str, Any]) -> Structure:
+    """Structure from one MC2D entry, atoms wrapped into the cell."""
+    atoms = mc2d_atoms(entry)
     atoms.wrap(pbc=(True, True, True))
     return from_ase(atoms)
 
@@ -186,12 +240,10 @@ def read_mc2d_json(path: str | Path, source: str | None = None) -> Iterator[Read
     path = Path(path)
     source = source or path.stem
     try:
-        entries = json.loads(path.read_text())
+        entries = load_mc2d_entries(path)
     except Exception as exc:
         yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300]))
         return
-    if isinstance(entries, dict):
-        entries = list(entries.values())
     for k, entry in enumerate(entries):
         rid = str(entry.get("structure_label") or entry.get("db_id") or f"entry-{k}") if isinstance(entry, dict) else f"entry-{k}"
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -25,9 +24,11 @@ from pydantic import BaseModel, Field
 
 from gen2d.data.augment import random_strain
 from gen2d.data.graphs import gauss_reduce_2d
+from gen2d.data.readers import ase_db_rows, load_mc2d_entries, matpedia_labels, mc2d_atoms
 from gen2d.diffusion.loss import MonolayerBatch, Representation, diffusion_loss, shrinkage_stats
 from gen2d.diffusion.schedule import DiffusionSchedule, ScheduleSpec
 from gen2d.models.egnn import HEAD_NAMES, EGNNConfig, EGNNDenoiser
+from gen2d.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def default_data_dir() -> Path:
-    env = os.environ.get("GEN2D_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """The settings' data folder (``GEN2D_DATA``); see :mod:`gen2d.settings`."""
+    return get_settings().data_dir
 
 
 class TrainConfig(BaseModel):
@@ -167,34 +166,33 @@ def arrays_from_cell(cell: np.ndarray, positions: np.ndarray, species: list[str]
 
 
 def _read_2dmatpedia(path: Path) -> Iterator[MonolayerArrays]:
-    from ase.db import connect
-
-    for row in connect(str(path)).select():
+    """2DMatPedia rows through :func:`gen2d.data.readers.ase_db_rows`; an undecodable row stops training."""
+    for _, row in ase_db_rows(path):
+        if isinstance(row, Exception):
+            raise row
         atoms = row.toatoms()
         data = row.data or {}
-        e_hull = data.get("decomposition_energy")
-        synth = 1.0 if data.get("discovery_process") == "top-down" else None
+        labels = matpedia_labels(data)
         yield arrays_from_cell(atoms.cell.array, atoms.positions, atoms.get_chemical_symbols(), "2dmatpedia",
                                str(data.get("material_id", row.id)),
-                               {"dg_h": None, "e_hull": None if e_hull is None else float(e_hull), "synth": synth})
+                               {"dg_h": None, "e_hull": labels["e_hull"],
+                                "synth": None if labels["synth_label"] is None else float(labels["synth_label"])})
 
 
 def _read_mc2d(path: Path) -> Iterator[MonolayerArrays]:
-    import re
-
-    for entry in json.loads(path.read_text()):
-        cell = np.array([row[1:] for row in entry["cell"]], float)
-        species = [re.sub(r"\d+$", "", p[0]) for p in entry["atomic_positions"]]
-        pos = np.array([p[1:4] for p in entry["atomic_positions"]], float)
+    """MC2D entries through :func:`gen2d.data.readers.mc2d_atoms`, keyed by ``db_id`` (the dg_h labels' key)."""
+    for entry in load_mc2d_entries(path):
+        atoms = mc2d_atoms(entry)
         # MC2D layers come from known 3D parents: they count as synthesizable; no hull energy given
-        yield arrays_from_cell(cell, pos, species, "mc2d", str(entry.get("db_id", entry.get("formula"))),
+        yield arrays_from_cell(atoms.cell.array, atoms.positions, atoms.get_chemical_symbols(), "mc2d",
+                               str(entry.get("db_id", entry.get("formula"))),
                                {"dg_h": None, "e_hull": None, "synth": 1.0})
 
 
 def load_training_set(config: TrainConfig) -> tuple[list[MonolayerArrays], dict[str, int]]:
     """Read every configured source; returns the kept monolayers and counts of why others were dropped.
 
-    Uses :mod:`gen2d.data.readers` when it provides the source, otherwise reads ase-db / MC2D json.
+    A ``.db`` source is read as 2DMatPedia, anything else as MC2D JSON, both by :mod:`gen2d.data.readers`.
     """
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     dg_h = json.loads(Path(config.dg_h_labels).read_text()) if config.dg_h_labels else {}

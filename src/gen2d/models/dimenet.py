@@ -2,6 +2,8 @@
 
 pyg-lib and torch-sparse are not installable here, so the radius graph comes from an ASE neighbour list
 (pbc = True, True, False) and triplets are built with sorting and ``repeat_interleave``.
+
+Owned by the ``dgh.dimenet`` scorer plugin (``plugins/gen2d_dgh_dimenet``); see :mod:`gen2d.models`.
 """
 
 from __future__ import annotations

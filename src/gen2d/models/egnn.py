@@ -7,6 +7,8 @@ updates are sums of edge vectors, so the predicted position noise rotates with t
 z and ignores translations, permutations and lattice-vector shifts of atoms. The property heads read
 the trunk before the condition enters, so guidance by their gradient never sees the target it is
 steering towards.
+
+Owned by the ``egnn-diffusion`` generator plugin (``plugins/gen2d_egnn``); see :mod:`gen2d.models`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""Formation energy and E_hull of one entry against a reference set, through pymatgen's ``PhaseDiagram``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymatgen.analysis.phase_diagram import PhaseDiagram
+from pymatgen.entries.computed_entries import ComputedEntry
+
+from gen2d.hull.corrections import BELOW_REFERENCE_HULL, CORRECTION_SCHEME, limit_anion_corrections
+from gen2d.hull.errors import HullError
+
+ENERGY_UNIT = "eV/atom"
+
+
+@dataclass
+class HullResult:
+    """Formation energy and E_hull of one entry against one reference set (all energies eV/atom)."""
+
+    e_hull: float
+    e_form: float
+    chemsys: str
+    n_phases: int
+    provider: str
+    decomposition: list[dict[str, Any]]
+    energy_per_atom: float
+    correction_per_atom: float
+    reference_phases: list[dict[str, Any]] = field(default_factory=list)
+    correction_scheme: str = CORRECTION_SCHEME
+    anion_correction_scale: float = 1.0
+    e_hull_mp2020: float | None = None  # plain MP2020 (no chalcogen limit), when that differs
+    flags: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"e_hull": self.e_hull, "e_form": self.e_form, "unit": ENERGY_UNIT, "chemsys": self.chemsys,
+                "n_phases": self.n_phases, "provider": self.provider, "decomposition": self.decomposition,
+                "corrected_energy_per_atom": self.energy_per_atom,
+                "correction_per_atom": self.correction_per_atom, "correction_scheme": self.correction_scheme,
+                "anion_correction_scale": self.anion_correction_scale, "e_hull_mp2020": self.e_hull_mp2020,
+                "flags": list(self.flags)}
+
+
+def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
+    return {"formula": entry.composition.reduced_formula, "entry_id": entry.entry_id,
+            "prototype": entry.data.get("prototype"), "energy_per_atom": float(entry.energy_per_atom),
+            "unit": ENERGY_UNIT, "source": entry.data.get("energy_source", "dft")}
+
+
+def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], provider: str) -> HullResult:
+    """E_form against the elemental references and E_hull against all ``references``.
+
+    The candidate and the references pass through :func:`limit_anion_corrections` first (S/Se/Te
+    corrections only for sites with a metal partner); the plain-MP2020 E_hull is kept as
+    ``e_hull_mp2020`` when the limit changed anything. Flags: ``anion_correction_limited`` (the
+    candidate's correction was cut) and ``below_reference_hull`` (E_hull < :data:`BELOW_REFERENCE_HULL`:
+    a layer below its bulk references points to a missing reference phase before a discovery).
+
+    Parameters
+    ----------
+    entry : ComputedEntry
+        The candidate, already MP2020-corrected. It is not added to the hull, so E_hull may be
+        negative: the candidate lies below the reference hull.
+    references : sequence of ComputedEntry
+        Corrected reference entries; at least one per element of ``entry``.
+    provider : str
+        Name of the reference set, recorded in the result.
+
+    Raises
+    ------
+    HullError
+        ``missing_elemental_reference`` when an element of the candidate has no reference phase.
+    """
+    elements = sorted({el.symbol for el in entry.composition.elements})
+    refs = [r for r in references if {el.symbol for el in r.composition.elements} <= set(elements)]
+    have = {r.composition.elements[0].symbol for r in refs if len(r.composition.elements) == 1}
+    missing = sorted(set(elements) - have)
+    if missing:
+        raise HullError("missing_elemental_reference",
+                        f"reference set {provider!r} has no elemental phase for {', '.join(missing)}")
+    # the candidate and every reference under the same scheme, so the hull stays self-consistent
+    limited_entry = limit_anion_corrections(entry)
+    limited_refs = [limit_anion_corrections(r) for r in refs]
+    changed = limited_entry is not entry or any(a is not b for a, b in zip(limited_refs, refs))
+    pd = PhaseDiagram(limited_refs)
+    decomp, e_hull = pd.get_decomp_and_e_above_hull(limited_entry, allow_negative=True)
+    e_form = pd.get_form_energy_per_atom(limited_entry)
+    e_hull_mp2020 = None
+    if changed:
+        e_hull_mp2020 = float(PhaseDiagram(refs).get_decomp_and_e_above_hull(entry, allow_negative=True)[1])
+    flags = []
+    if limited_entry is not entry:
+        flags.append("anion_correction_limited")
+    if e_hull < BELOW_REFERENCE_HULL:
+        flags.append("below_reference_hull")
+    products = [{**_phase_record(e), "fraction": float(frac)} for e, frac in
+                sorted(decomp.items(), key=lambda kv: -kv[1])]
+    return HullResult(e_hull=float(e_hull), e_form=float(e_form), chemsys="-".join(elements), n_phases=len(refs),
+                      provider=provider, decomposition=products, energy_per_atom=float(limited_entry.energy_per_atom),
+                      correction_per_atom=float(limited_entry.correction_per_atom),
+                      reference_phases=[_phase_record(r) for r in limited_refs],
+                      anion_correction_scale=float(limited_entry.data.get("anion_correction_scale", 1.0)),
+                      e_hull_mp2020=e_hull_mp2020, flags=flags)

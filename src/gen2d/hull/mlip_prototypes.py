@@ -1,0 +1,426 @@
+"""The ``mlip-prototypes`` reference set: elemental and binary bulk prototypes relaxed with the candidate's MLIP.
+
+Offline and self-consistent (the same MLIP for candidates and references); results are cached per subsystem."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Element, Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
+from gen2d.hull.corrections import apply_mp2020, mlip_entry
+from gen2d.hull.errors import HullError, ReferenceUnavailable
+from gen2d.hull.references import _decode_entry
+from gen2d.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
+PROTOTYPE_LIBRARY_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """A bulk prototype: space group, lattice and Wyckoff sites of template species A (and B)."""
+
+    name: str
+    spacegroup: str | int
+    lattice: tuple[float, ...]  # a, b, c, alpha, beta, gamma (Å, degrees) of the template
+    sites: tuple[tuple[str, tuple[float, float, float]], ...]
+    symmetric: bool = False  # swapping A and B gives the same structure type
+
+    def build(self, a: str, b: str | None = None) -> Structure:
+        """The prototype decorated with elements ``a`` (and ``b``), scaled to covalent bond lengths."""
+        mapping = {"A": a, "B": b or a}
+        species = [mapping[s] for s, _ in self.sites]
+        coords = [c for _, c in self.sites]
+        lat = Lattice.from_parameters(*self.lattice)
+        _keep_spacegroup(self.spacegroup)
+        s = Structure.from_spacegroup(self.spacegroup, lat, species, coords, tol=1e-3)
+        s = s.get_primitive_structure()
+        # Scale so that no pair is shorter than its covalent bond length: FIRE then starts from a
+        # sensible volume, and a compressed start never lands in an MLIP's short-range artefacts.
+        ratio = max((_radius(site.specie.symbol) + _radius(nn.specie.symbol)) / nn.nn_distance
+                    for site in s for nn in s.get_neighbors(site, 6.0))
+        s.scale_lattice(s.volume * ratio ** 3)
+        return s
+
+
+_SPACEGROUPS: dict[str, Any] = {}
+
+
+def _keep_spacegroup(sg: str | int) -> None:
+    """Hold a strong reference to pymatgen's SpaceGroup for ``sg``.
+
+    ``SpaceGroup`` is a monty ``cached_class`` with a *weak* cache, so without this every
+    ``Structure.from_spacegroup`` rebuilds the group's operations (~0.3 s; a third of the non-MLIP time
+    of a cold element pair). The instance is the one ``from_spacegroup`` would build: same result.
+    """
+    key = str(sg)
+    if key not in _SPACEGROUPS:
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        try:
+            _SPACEGROUPS[key] = SpaceGroup.from_int_number(int(sg)) if key.isdigit() else SpaceGroup(key)
+        except Exception:  # from_spacegroup will raise its own, clearer error
+            return
+
+
+def _radius(symbol: str) -> float:
+    from ase.data import atomic_numbers, covalent_radii
+
+    # Metals bond at longer range than their covalent radius suggests; 15 % more starts closer to them.
+    r = float(covalent_radii[atomic_numbers[symbol]])
+    return r * 1.15 if Element(symbol).is_metal else r
+
+
+_H = (1 / 3, 2 / 3)
+ELEMENT_PROTOTYPES: dict[str, Prototype] = {p.name: p for p in [
+    Prototype("fcc", "Fm-3m", (4, 4, 4, 90, 90, 90), (("A", (0, 0, 0)),)),
+    Prototype("bcc", "Im-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
+    Prototype("hcp", "P6_3/mmc", (3, 3, 4.9, 90, 90, 120), (("A", (*_H, 0.25)),)),
+    Prototype("sc", "Pm-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
+    # F-43m with two sites: Fd-3m has two origin choices and would silently give another structure.
+    Prototype("diamond", "F-43m", (5.43, 5.43, 5.43, 90, 90, 90), (("A", (0, 0, 0)), ("A", (0.25, 0.25, 0.25)))),
+    Prototype("graphite", "P6_3/mmc", (2.46, 2.46, 6.7, 90, 90, 120), (("A", (0, 0, 0.25)), ("A", (*_H, 0.25)))),
+    # A7 (alpha-As, Sb, Bi), black phosphorus (A17), trigonal Se/Te helices, alpha-Ga, alpha-B12.
+    Prototype("a7", "R-3m", (3.76, 3.76, 10.55, 90, 90, 120), (("A", (0, 0, 0.2271)),)),
+    Prototype("black_p", "Cmce", (3.314, 10.48, 4.376, 90, 90, 90), (("A", (0, 0.1017, 0.0806)),)),
+    Prototype("helical_chain", "P3_121", (4.366, 4.366, 4.954, 90, 90, 120), (("A", (0.2254, 0, 1 / 3)),)),
+    Prototype("alpha_ga", "Cmce", (4.52, 7.66, 4.53, 90, 90, 90), (("A", (0, 0.1549, 0.081)),)),
+    Prototype("alpha_b12", "R-3m", (4.908, 4.908, 12.567, 90, 90, 120),
+              (("A", (0.1187, -0.1187, 0.8911)), ("A", (0.1967, -0.1967, 0.0243)))),
+    # alpha-N2 packing (Pa-3) for every diatomic element; cell relaxation adapts it.
+    Prototype("dimer_crystal", "Pa-3", (5.66, 5.66, 5.66, 90, 90, 90), (("A", (0.0528, 0.0528, 0.0528)),)),
+]}
+
+# Which elemental polymorphs are tried; the lowest MLIP energy per atom is the elemental reference.
+_DIATOMIC = {"H", "N", "O", "F", "Cl", "Br", "I"}
+_EXTRA_POLYMORPHS = {"C": ["graphite"], "P": ["black_p", "a7"], "As": ["a7", "black_p"], "Sb": ["a7"],
+                     "Bi": ["a7"], "S": ["helical_chain"], "Se": ["helical_chain"], "Te": ["helical_chain"],
+                     "Ga": ["alpha_ga"], "B": ["alpha_b12"]}
+
+
+def element_polymorphs(symbol: str) -> list[str]:
+    """Names of the elemental prototypes tried for ``symbol``."""
+    if symbol in _DIATOMIC:
+        return ["dimer_crystal"]
+    return ["fcc", "bcc", "hcp", "sc", "diamond", *_EXTRA_POLYMORPHS.get(symbol, [])]
+
+
+BINARY_PROTOTYPES: dict[str, Prototype] = {p.name: p for p in [
+    Prototype("rocksalt", "Fm-3m", (4.2, 4.2, 4.2, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
+    Prototype("zincblende", "F-43m", (5.4, 5.4, 5.4, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25))), True),
+    Prototype("wurtzite", "P6_3mc", (3.2, 3.2, 5.2, 90, 90, 120), (("A", (*_H, 0)), ("B", (*_H, 0.375))), True),
+    Prototype("cscl", "Pm-3m", (3.0, 3.0, 3.0, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
+    Prototype("nias", "P6_3/mmc", (3.6, 3.6, 5.0, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
+    # Layered AB (h-BN, AA' stacking): graphite-like bulk of a honeycomb monolayer.
+    Prototype("hbn_layered", "P6_3/mmc", (2.5, 2.5, 6.66, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.75))), True),
+    Prototype("fluorite", "Fm-3m", (5.46, 5.46, 5.46, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25)))),
+    Prototype("cdi2", "P-3m1", (4.0, 4.0, 6.8, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
+    Prototype("mos2_2h", "P6_3/mmc", (3.16, 3.16, 12.3, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.621)))),
+    Prototype("rutile", "P4_2/mnm", (4.6, 4.6, 2.96, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.305, 0.305, 0)))),
+    Prototype("pyrite", "Pa-3", (5.42, 5.42, 5.42, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.384, 0.384, 0.384)))),
+    Prototype("corundum", "R-3c", (4.76, 4.76, 13.0, 90, 90, 120), (("A", (0, 0, 0.352)), ("B", (0.306, 0, 0.25)))),
+    Prototype("l1_2", "Pm-3m", (3.8, 3.8, 3.8, 90, 90, 90), (("A", (0, 0.5, 0.5)), ("B", (0, 0, 0)))),
+]}
+
+
+def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """(prototype, A, B) for every prototype and both decorations of an asymmetric one."""
+    a, b = sorted((a, b))
+    out = []
+    for name in names or BINARY_PROTOTYPES:
+        proto = BINARY_PROTOTYPES[name]
+        out.append((name, a, b))
+        if not proto.symmetric:
+            out.append((name, b, a))
+    return out
+
+
+class MLIPPrototypesProvider:
+    """References relaxed with the candidate's own MLIP: the offline, self-consistent default.
+
+    For a chemical system it relaxes (full cell) every elemental polymorph of
+    :func:`element_polymorphs` and every binary prototype of :data:`BINARY_PROTOTYPES` decorated with
+    each pair of elements, turns the energies into MP2020-corrected entries and caches them per
+    subsystem (one element or one pair) on disk and/or in a store. Ternary and higher prototypes are
+    not built: for ternary candidates the hull is an upper bound and E_hull a lower bound.
+
+    Parameters
+    ----------
+    calculator : ase Calculator
+        The MLIP (same one as the candidates'); it must carry ``gen2d_model`` and
+        ``gen2d_checkpoint_sha256`` (the cache key).
+    cache_dir : path, optional
+        Directory for JSON caches; default ``$GEN2D_CACHE/references`` or ``~/.cache/gen2d/references``.
+        ``False`` disables the disk cache.
+    store : maggma Store, optional
+        A connected store to cache in as well (documents keyed by ``ref_key``).
+    fmax, steps : float, int
+        Full-cell relaxation settings for the reference phases (eV/Å, FIRE steps). Looser than for
+        candidates because only their energies enter the hull and a pair of elements needs ~20 of them;
+        an under-relaxed reference only raises the hull.
+    binary_prototypes : sequence of str, optional
+        Subset of :data:`BINARY_PROTOTYPES` names (default: all).
+    progress : bool
+        Show a progress bar while relaxing a new subsystem.
+    batched : bool
+        Relax all phases of the missing subsystems together, the MLIP evaluating every still-running
+        structure in one batched call per FIRE step (:func:`gen2d.relax.relax_bulk_batch`). Each phase
+        keeps its own optimiser, so energies equal the serial path's within float noise; backends
+        without a batched evaluator relax serially anyway. Not part of the cache key.
+    max_batch : int
+        Largest number of structures evaluated together.
+    shipped : bool or path
+        Also read the read-only reference cache shipped with gen2d (``gen2d/assets/references``, built by
+        ``scripts/build_reference_cache.py`` for one chemical space; its MANIFEST says how), or the
+        given directory. It is keyed exactly like the run-time cache (MLIP checkpoint hash, library
+        version, fmax, steps, prototype list), so only an identical setup reads it. ``False``: never.
+    """
+
+    name = "mlip-prototypes"
+    energy_source = "mlip"
+
+    def __init__(self, calculator: Any, cache_dir: str | os.PathLike | bool | None = None, store: Any = None,
+                 fmax: float = 0.1, steps: int = 200, binary_prototypes: Sequence[str] | None = None,
+                 progress: bool = False, batched: bool = True, max_batch: int = 32,
+                 shipped: bool | str | os.PathLike = True):
+        self.calculator = calculator
+        self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
+        self.checkpoint_sha256 = getattr(calculator, "gen2d_checkpoint_sha256", None)
+        if cache_dir is None:
+            cache_dir = get_settings().cache_dir / "references"
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.store = store
+        self.fmax, self.steps = fmax, steps
+        self.binary_prototypes = tuple(binary_prototypes or BINARY_PROTOTYPES)
+        unknown = set(self.binary_prototypes) - set(BINARY_PROTOTYPES)
+        if unknown:
+            raise ValueError(f"unknown binary prototypes {sorted(unknown)}; known: {sorted(BINARY_PROTOTYPES)}")
+        self.progress = progress
+        self.batched = bool(batched)
+        self.max_batch = int(max_batch)
+        self._memory: dict[str, list[ComputedEntry]] = {}
+        if shipped is True:
+            shipped = Path(__file__).resolve().parents[1] / "assets" / "references"  # gen2d/assets
+        self.shipped_dir = Path(shipped) if shipped else None
+        self.shipped_hits: set[str] = set()  # subsystems read from the shipped cache (provenance)
+
+    # cache ---------------------------------------------------------------------------------------
+    def _settings_tag(self) -> str:
+        model = (self.checkpoint_sha256 or self.model.replace(" ", "_"))[:16]
+        return f"{model}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
+
+    def _key(self, subsystem: str) -> str:
+        protos = "" if "-" not in subsystem else "-" + hashlib.sha1(
+            ",".join(self.binary_prototypes).encode()).hexdigest()[:8]
+        return f"{self.name}:{self._settings_tag()}{protos}:{subsystem}"
+
+    @staticmethod
+    def _cache_path(root: Path | None, key: str) -> Path | None:
+        """``root/<settings tag>/<subsystem>.json.gz``: the layout of the run-time and the shipped cache."""
+        if root is None:
+            return None
+        tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
+        return root / tag / f"{subsystem}.json.gz"
+
+    def _cache_file(self, key: str) -> Path | None:
+        return self._cache_path(self.cache_dir, key)
+
+    def _read_cache(self, key: str) -> list[ComputedEntry] | None:
+        if key in self._memory:
+            return self._memory[key]
+        path = self._cache_file(key)
+        if path is not None and path.is_file():
+            with gzip.open(path, "rt") as fh:
+                found = [_decode_entry(d) for d in json.load(fh)["entries"]]
+            self._memory[key] = found
+            return found
+        if self.store is not None:
+            doc = self.store.query_one({"ref_key": key})
+            if doc:
+                found = [_decode_entry(d) for d in doc["entries"]]
+                self._memory[key] = found
+                return found
+        path = self._cache_path(self.shipped_dir, key)
+        if path is not None and path.is_file():
+            with gzip.open(path, "rt") as fh:
+                doc = json.load(fh)
+            if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
+                found = [_decode_entry(d) for d in doc["entries"]]
+                self._memory[key] = found
+                self.shipped_hits.add(key.rsplit(":", 1)[1])
+                return found
+        return None
+
+    def _write_cache(self, key: str, subsystem: str, found: list[ComputedEntry]) -> None:
+        self._memory[key] = found
+        doc = {"ref_key": key, "provider": self.name, "chemsys": subsystem, "model": self.model,
+               "checkpoint_sha256": self.checkpoint_sha256, "entries": [e.as_dict() for e in found]}
+        path = self._cache_file(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with gzip.open(tmp, "wt") as fh:  # write then rename: a crash never leaves half a cache file
+                json.dump(doc, fh)
+            tmp.replace(path)
+        if self.store is not None:
+            self.store.update([doc], key="ref_key")
+
+    # relaxation ----------------------------------------------------------------------------------
+    def _entry_from_result(self, structure: Structure, prototype: str, res: Any) -> ComputedStructureEntry | None:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        # An unconverged energy is an upper bound of the relaxed one, so keeping it can only raise the
+        # hull (never invent stability); a numerical failure is dropped.
+        if res.failure not in (None, "not_converged"):
+            log.info("reference %s %s dropped: %s", structure.composition.reduced_formula, prototype, res.message)
+            return None
+        relaxed = AseAtomsAdaptor.get_structure(res.atoms)
+        if _collapsed(relaxed):
+            log.info("reference %s %s dropped: atoms collapsed", relaxed.composition.reduced_formula, prototype)
+            return None
+        entry = mlip_entry(relaxed, res.energy, model=self.model, checkpoint_sha256=self.checkpoint_sha256,
+                           entry_id=f"gen2d-ref:{relaxed.composition.reduced_formula}:{prototype}",
+                           data={"prototype": prototype, "converged": res.converged, "steps": res.steps,
+                                 "final_fmax": res.final_fmax})
+        try:
+            return apply_mp2020(entry)
+        except HullError as exc:
+            log.info("reference %s dropped: %s", entry.entry_id, exc)
+            return None
+
+    def _relax_phase(self, structure: Structure, prototype: str) -> ComputedStructureEntry | None:
+        """Relax one reference phase serially (the entry, or None when it is dropped)."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from gen2d.relax import relax_bulk
+
+        res = relax_bulk(AseAtomsAdaptor.get_atoms(structure), self.calculator, fmax=self.fmax, steps=self.steps)
+        return self._entry_from_result(structure, prototype, res)
+
+    def _relax_jobs(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedStructureEntry | None]:
+        """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order."""
+        if not jobs:
+            return []
+        if not self.batched:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                def tqdm(x, **_):
+                    return x
+            return [self._relax_phase(structure, proto) for proto, structure in
+                    tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False)]
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from gen2d.relax import relax_bulk_batch
+
+        if self.progress:
+            log.info("relaxing %d reference phases (%s) in lockstep batches", len(jobs), label)
+        results = relax_bulk_batch([AseAtomsAdaptor.get_atoms(s) for _, s in jobs], self.calculator,
+                                   fmax=self.fmax, steps=self.steps, max_batch=self.max_batch)
+        return [self._entry_from_result(s, proto, res) for (proto, s), res in zip(jobs, results, strict=True)]
+
+    def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
+        if "-" in subsystem:
+            a, b = subsystem.split("-")
+            return [(name, BINARY_PROTOTYPES[name].build(x, y))
+                    for name, x, y in binary_decorations(a, b, self.binary_prototypes)]
+        return [(name, ELEMENT_PROTOTYPES[name].build(subsystem)) for name in element_polymorphs(subsystem)]
+
+    def _ensure(self, subsystems: Iterable[str]) -> dict[str, list[ComputedEntry]]:
+        """Entries of each subsystem (``"Mo"`` or ``"Mo-S"``), relaxing all missing ones together."""
+        out: dict[str, list[ComputedEntry]] = {}
+        missing: list[str] = []
+        for sub in dict.fromkeys(subsystems):
+            cached = self._read_cache(self._key(sub))
+            if cached is None:
+                missing.append(sub)
+            else:
+                out[sub] = cached
+        if missing:
+            jobs, owner = [], []
+            for sub in missing:
+                sub_jobs = self._subsystem_jobs(sub)
+                jobs.extend(sub_jobs)
+                owner.extend([sub] * len(sub_jobs))
+            entries = self._relax_jobs(jobs, ", ".join(missing))
+            for sub in missing:
+                found = [e for e, o in zip(entries, owner, strict=True) if o == sub and e is not None]
+                self._write_cache(self._key(sub), sub, found)
+                out[sub] = found
+        return out
+
+    @staticmethod
+    def _subsystems(elements: Iterable[str]) -> list[str]:
+        elements = sorted(set(elements))
+        return [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
+
+    def element_entries(self, symbol: str) -> list[ComputedEntry]:
+        """All relaxed polymorphs of ``symbol`` (cached)."""
+        return self._ensure([symbol])[symbol]
+
+    def binary_entries(self, a: str, b: str) -> list[ComputedEntry]:
+        """All relaxed binary prototypes of the pair (cached)."""
+        a, b = sorted((a, b))
+        return self._ensure([f"{a}-{b}"])[f"{a}-{b}"]
+
+    def entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
+        elements = sorted(set(elements))
+        unknown = [el for el in elements if not Element.is_valid_symbol(el)]
+        if unknown:
+            raise ReferenceUnavailable("unsupported_element", f"unknown element symbols {unknown}")
+        subsystems = self._subsystems(elements)
+        found_by = self._ensure(subsystems)
+        found: list[ComputedEntry] = []
+        for sub in subsystems:
+            found.extend(found_by[sub])
+        return found
+
+    def prefetch(self, element_sets: Iterable[Iterable[str]]) -> int:
+        """Relax, in one lockstep run, every subsystem of ``element_sets`` not cached yet.
+
+        A scoring batch calls this with its candidates' elements so that all their missing reference
+        phases share batched MLIP calls. Returns the number of subsystems that were missing.
+        """
+        wanted: list[str] = []
+        for elements in element_sets:
+            elements = sorted(set(elements))
+            if any(not Element.is_valid_symbol(el) for el in elements):
+                continue
+            wanted.extend(self._subsystems(elements))
+        wanted = list(dict.fromkeys(wanted))
+        missing = [sub for sub in wanted if self._read_cache(self._key(sub)) is None]
+        if missing:
+            self._ensure(missing)
+        return len(missing)
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.name, "energy_source": self.energy_source, "model": self.model,
+                "checkpoint_sha256": self.checkpoint_sha256, "library_version": PROTOTYPE_LIBRARY_VERSION,
+                "fmax": self.fmax, "steps": self.steps, "binary_prototypes": list(self.binary_prototypes),
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None}
+
+
+def _collapsed(structure: Structure, factor: float = 0.6) -> bool:
+    """True when two atoms sit closer than ``factor`` x the sum of covalent radii (an MLIP artefact)."""
+    if len(structure) < 2:
+        return False
+    from ase.data import atomic_numbers, covalent_radii
+
+    radii = np.array([covalent_radii[atomic_numbers[s.specie.symbol]] for s in structure])
+    d = structure.distance_matrix + np.eye(len(structure)) * 1e6
+    return bool((d < factor * (radii[:, None] + radii[None, :])).any())
