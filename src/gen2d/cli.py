@@ -134,24 +134,27 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _row_view(doc: dict[str, Any]) -> dict[str, Any]:
-    summ = doc.get("summary") or {}
-    rank = doc.get("rank") or {}
+    from gen2d.schemas import PropertySummary, Rank, Validity, parse_summary
+
+    summ = parse_summary(doc.get("summary"))
+    rank = Rank.model_validate(doc.get("rank") or {})
+    validity = Validity.model_validate(doc.get("validity") or {})
 
     def val(p: str) -> Any:
-        return (summ.get(p) or {}).get("value")
+        return summ.get(p, PropertySummary()).value
 
     def unit(p: str) -> Any:
-        return (summ.get(p) or {}).get("unit")
+        return summ.get(p, PropertySummary()).unit
 
     return {
         "candidate_id": doc["candidate_id"], "formula": doc.get("formula"), "nsites": doc.get("nsites"),
         "sets": doc.get("sets", []),
         "source": ",".join(sorted({s.get("kind", "") for s in doc.get("sources", [])})),
-        "strict_ok": ((doc.get("validity") or {}).get("strict") or {}).get("ok"),
+        "strict_ok": validity.strict.ok if "strict" in (doc.get("validity") or {}) else None,
         "e_hull": val("e_hull"), "e_hull_unit": unit("e_hull") or "eV/atom",
         "dg_h": val("dg_h"), "dg_h_unit": unit("dg_h") or "eV",
         "p_synth": val("p_synth"), "p_synth_unit": unit("p_synth") or "probability",
-        "hit": rank.get("hit"), "rank_score": rank.get("score"), "pareto_front": rank.get("pareto_front"),
+        "hit": rank.hit, "rank_score": rank.score, "pareto_front": rank.pareto_front,
         "labels": {k: v for k, v in (doc.get("labels") or {}).items() if k in ("e_hull", "synth_label", "dg_h")},
     }
 
@@ -248,7 +251,7 @@ def show(
 ):
     """Everything stored about one candidate."""
     cs = _open(store, as_json)
-    doc = cs.get(candidate_id)
+    doc = cs.get_document(candidate_id)  # printed as stored
     if doc is None:
         _fail(f"no candidate {candidate_id!r} in {cs.uri}", as_json, code=1)
     if as_json:
@@ -348,7 +351,7 @@ def score(
     as_json: bool = JsonOpt,
 ):
     """Score the stored candidates that lack this scorer's result; never redo finished work."""
-    from gen2d.jobs import score_candidates
+    from gen2d.jobs import candidates_to_score, score_candidates
     from gen2d.scoring import get_scorer
     from gen2d.store import parse_where
 
@@ -364,7 +367,7 @@ def score(
     if set_name:
         crit["sets"] = set_name
     cs = _open(store, as_json)
-    todo = [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, getattr(sc, "current", None))]
+    todo = candidates_to_score(cs, scorer, sc, crit)  # the same selection as a flow's score jobs
     total = {"scorer": scorer, "store": cs.uri, "to_score": len(todo), "n_scored": 0, "n_ok": 0, "n_failed": 0,
              "failures": {}}
     with _progress(not as_json and err.is_terminal) as prog:
@@ -402,10 +405,7 @@ def explain(
         sc = get_scorer(scorer, **_parse_options(option))
     except Exception as exc:
         _fail(f"cannot load scorer {scorer}: {type(exc).__name__}: {exc}", as_json)
-    if hasattr(sc, "explain"):
-        doc = sc.explain(s)
-    else:
-        doc = {"scorer": scorer, "result": sc.score([s])[0].model_dump(mode="json")}
+    doc = sc.explain(s)  # BaseScorer's default: the full result
     if as_json:
         _emit_json(doc)
     else:
@@ -544,6 +544,34 @@ def report(
         out.print(f"report: {(out_dir / 'index.html').resolve()}")
 
 
+def _load_flow_spec(spec: Path, override: list[str], as_json: bool):
+    """The flow spec at ``spec`` with overrides, or a clear error (never a traceback)."""
+    from pydantic import ValidationError
+
+    from gen2d.config import load_spec
+
+    if not spec.is_file():
+        _fail(f"{spec}: no such spec", as_json)
+    try:
+        return load_spec(spec, override)
+    except (ValidationError, ValueError) as exc:
+        _fail(f"invalid spec {spec}: {exc}", as_json)
+
+
+def _build_flow(fs, spec: Path, as_json: bool):
+    """The jobflow Flow of ``fs``; an unknown scorer or a bad scorer option is a named error."""
+    from gen2d.flows import build_flow
+    from gen2d.scoring import ScorerOptionsError
+
+    import contextlib
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints on import keeps stdout clean
+            return build_flow(fs)
+    except ScorerOptionsError as exc:
+        _fail(f"invalid spec {spec}: {exc}", as_json)
+
+
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="a flow spec (workflows/*.yaml)"),
@@ -554,16 +582,15 @@ def run(
     """Run a flow locally (jobflow run_locally) on the embedded store or the given one."""
     from jobflow import run_locally
 
-    from gen2d.config import load_spec
-    from gen2d.flows import build_flow, job_store
+    from gen2d.flows import job_store
     from gen2d.store import resolve_store_uri
 
-    fs = load_spec(spec, override)
+    fs = _load_flow_spec(spec, override, as_json)
     if store:
         fs.store = store
     fs.store = resolve_store_uri(fs.store)
     cs = _open(fs.store, as_json)
-    flow = build_flow(fs)
+    flow = _build_flow(fs, spec, as_json)
     if not as_json:
         err.print(f"running flow {fs.name} ({fs.flow}, {len(flow.jobs)} jobs) on {cs.uri}")
     logging.getLogger("jobflow").setLevel(logging.WARNING if as_json else logging.INFO)
@@ -599,8 +626,6 @@ def submit(
     from fireworks import LaunchPad
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from gen2d.config import load_spec
-    from gen2d.flows import build_flow
     from gen2d.store import redact_uri
 
     from gen2d.store import readable_secret_warning
@@ -608,12 +633,13 @@ def submit(
     warning = readable_secret_warning(launchpad)
     if warning:
         err.print(f"[yellow]warning:[/yellow] {warning}")
-    fs = load_spec(spec, override)
+    fs = _load_flow_spec(spec, override, as_json)
     if store:
         if redact_uri(store) != store:
             _fail("a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
                   "workers instead", as_json)
         fs.store = store
+    flow = _build_flow(fs, spec, as_json)  # a bad scorer option is refused here, not on a worker
     import contextlib
 
     # FireWorks logs to stdout; keep stdout for the one JSON document
@@ -624,7 +650,7 @@ def submit(
             lp = None
             problem = f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}"
         if lp is not None:
-            wf = flow_to_workflow(build_flow(fs))
+            wf = flow_to_workflow(flow)
             try:
                 mapping = lp.add_wf(wf)
                 problem = None
