@@ -257,27 +257,25 @@ def show(
     if as_json:
         _emit_json(doc)
         return
-    from pymatgen.core import Structure
+    from gen2d.store import Candidate
 
-    s = Structure.from_dict(doc["structure"])
-    out.print(f"[bold]{doc['candidate_id']}[/bold]  {doc['formula']}  ({doc['nsites']} sites)  sets: "
-              f"{', '.join(doc.get('sets', []))}")
-    out.print(f"cell: a={doc['cell'].get('a')} Å, b={doc['cell'].get('b')} Å, γ={doc['cell'].get('gamma')}°, "
-              f"thickness={doc['cell'].get('thickness')} Å")
-    for level in ("ingest", "strict"):
-        v = doc["validity"].get(level, {})
-        out.print(f"validity {level}: {'ok' if v.get('ok') else 'FAILED ' + ', '.join(v.get('reasons', []))}")
-    out.print(f"labels: {json.dumps({k: v for k, v in doc.get('labels', {}).items() if k != 'source_properties'}, default=str)}")
-    for name, detail in sorted((doc.get("flags") or {}).items()):
+    cand = Candidate.model_validate(doc)
+    out.print(f"[bold]{cand.candidate_id}[/bold]  {cand.formula}  ({cand.nsites} sites)  sets: "
+              f"{', '.join(cand.sets)}")
+    out.print(f"cell: a={cand.cell.get('a')} Å, b={cand.cell.get('b')} Å, γ={cand.cell.get('gamma')}°, "
+              f"thickness={cand.cell.get('thickness')} Å")
+    for level, v in (("ingest", cand.validity.ingest), ("strict", cand.validity.strict)):
+        out.print(f"validity {level}: {'ok' if v.ok else 'FAILED ' + ', '.join(v.reasons)}")
+    out.print(f"labels: {json.dumps({k: v for k, v in cand.labels.items() if k != 'source_properties'}, default=str)}")
+    for name, detail in sorted(cand.flags.items()):
         out.print(f"[red]flag {name}[/red] (never a hit): {json.dumps(detail, default=str)}")
-    for name, sc in iter_score_docs(doc.get("scores") or {}):
-        status = _fmt(sc.get("value")) + f" {sc.get('unit', '')}" if sc.get("ok") else \
-            f"FAILED {((sc.get('failure') or {}).get('reason'))}"
-        prov = sc.get("provenance") or {}
-        out.print(f"score {name}: {status}  [model {prov.get('model', '')}; reference {prov.get('reference_set')}]")
-    if doc.get("rank"):
-        out.print(f"rank: {json.dumps(doc['rank'], default=str)}")
-    out.print(s)
+    for sc in cand.iter_scores():
+        status = _fmt(sc.value) + f" {sc.unit}" if sc.ok else f"FAILED {(sc.failure or {}).get('reason')}"
+        out.print(f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
+                  f"reference {sc.provenance.get('reference_set')}]")
+    if cand.rank is not None:
+        out.print(f"rank: {json.dumps(cand.rank.model_dump(mode='json'), default=str)}")
+    out.print(cand.get_structure())
 
 
 @app.command()
