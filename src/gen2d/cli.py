@@ -257,6 +257,8 @@ def show(
     if as_json:
         _emit_json(doc)
         return
+    from rich.markup import escape
+
     from gen2d.store import Candidate
 
     cand = Candidate.model_validate(doc)
@@ -271,8 +273,9 @@ def show(
         out.print(f"[red]flag {name}[/red] (never a hit): {json.dumps(detail, default=str)}")
     for sc in cand.iter_scores():
         status = _fmt(sc.value) + f" {sc.unit}" if sc.ok else f"FAILED {(sc.failure or {}).get('reason')}"
-        out.print(f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
-                  f"reference {sc.provenance.get('reference_set')}]")
+        # escaped: rich would read "[model ...]" as a markup tag and drop it
+        out.print(escape(f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
+                         f"reference {sc.provenance.get('reference_set')}]"))
     if cand.rank is not None:
         out.print(f"rank: {json.dumps(cand.rank.model_dump(mode='json'), default=str)}")
     out.print(cand.get_structure())
