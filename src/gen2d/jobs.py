@@ -18,7 +18,6 @@ from typing import Any
 
 from jobflow import Flow, Maker, Response, job
 from pydantic import BaseModel, Field
-from pymatgen.core import Structure
 
 from gen2d.ranking import RankThresholds, rank_candidates
 from gen2d.scoring import BaseScorer, ScoreResult, as_scorer, get_generator, get_scorer, score_in_batches, trains

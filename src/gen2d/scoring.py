@@ -150,6 +150,9 @@ def relaxed_from_context(context: Mapping[str, ScoreResult] | None,
 class Scorer(Protocol):
     """Scores a batch of structures; returns exactly one result per structure, in order.
 
+    This is the least a scorer plugin must provide; subclass :class:`BaseScorer` to get ``current``,
+    ``batch_size``, ``explain``, ``train`` and option checking as well.
+
     Attributes
     ----------
     name : str
@@ -513,7 +516,6 @@ from gen2d.ranking import (  # noqa: E402
     rank_documents,
     screen_score,
 )
-from gen2d.schemas import failed_properties as _failed_properties  # noqa: E402
 from gen2d.schemas import iter_score_docs  # noqa: E402
 
 __all__ = [
