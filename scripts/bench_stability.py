@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             if res.ok:
                 rec["e_hull"]["mlip-prototypes"] = res.value
                 rec["e_form"] = res.extra["e_form"]
-            if "relaxed_structure" in res.extra:
-                relaxed = Structure.from_dict(res.extra["relaxed_structure"])
+            relaxed = res.relaxed()
+            if relaxed is not None:
                 start = orient_2d(structure)
                 da = abs(relaxed.lattice.a - start.lattice.a) / start.lattice.a
                 db = abs(relaxed.lattice.b - start.lattice.b) / start.lattice.b

@@ -155,3 +155,112 @@ def test_scorer_where_filter_limits_what_is_scored(tmp_path):
         scored = {d["formula"] for d in cs.query({}) if get_score(d, "synth.pu")}
         assert {d["nelements"] for d in cs.query({})} == {2}
     assert scored == {"MoS2"}
+
+
+class _SchemeScorer:
+    """A scorer that only satisfies the protocol, whose results carry a correction scheme."""
+
+    name, property, unit, requires = "ehull.scheme", "e_hull", "eV/atom", ()
+    current = {"provenance.settings.correction_scheme": "v1"}
+
+    def __init__(self):
+        self.seen = []
+
+    def available(self):
+        return True, ""
+
+    def score(self, structures, context=None):
+        from gen2d.scoring import Provenance, ScoreResult
+
+        self.seen += [s.composition.reduced_formula for s in structures]
+        return [ScoreResult(property="e_hull", value=0.01, unit="eV/atom",
+                            provenance=Provenance(plugin=self.name, settings={"correction_scheme": "v1"}))
+                for _ in structures]
+
+
+def test_a_score_flow_redoes_results_made_under_an_older_scheme(tmp_path, monkeypatch):
+    """ScoreMaker finds its work as `gen2d score` does: absent results and results that are not current."""
+    from jobflow import Flow
+
+    from gen2d import jobs
+    from gen2d.scoring import Provenance, ScoreResult
+    from gen2d.store import SourceInfo, make_candidate
+
+    uri = f"monty://{tmp_path}/store"
+    cands = [make_candidate(make_mos2(), SourceInfo(kind="dataset", set="s", source_id="mos2")),
+             make_candidate(make_graphene(), SourceInfo(kind="dataset", set="s", source_id="gr"))]
+    old = ScoreResult(property="e_hull", value=-0.27, unit="eV/atom",
+                      provenance=Provenance(plugin="ehull.scheme", settings={"correction_scheme": "v0"}))
+    with open_store(uri) as cs:
+        cs.upsert_candidates(cands)
+        cs.set_score(cands[0].candidate_id, "ehull.scheme", old)  # made under the older scheme
+    sc = _SchemeScorer()
+    monkeypatch.setattr(jobs, "get_scorer", lambda name, **options: sc)
+    with open_store(uri) as cs:
+        cli_todo = jobs.candidates_to_score(cs, "ehull.scheme", None, {"sets": "s"})
+    flow = Flow([jobs.ScoreMaker(scorer="ehull.scheme", set_name="s").make(uri)])
+    run_locally(flow, store=job_store(uri), log=False, ensure_success=True)
+    assert sorted(sc.seen) == ["C", "MoS2"]  # the stale MoS2 result was redone, graphene scored
+    assert set(cli_todo) == {c.candidate_id for c in cands}
+    with open_store(uri) as cs:
+        redone = cs.get(cands[0].candidate_id).score("ehull.scheme")
+        assert redone.value == 0.01 and redone.extra["superseded"]["value"] == -0.27
+        assert jobs.candidates_to_score(cs, "ehull.scheme", None, {"sets": "s"}) == []
+    run_locally(Flow([jobs.ScoreMaker(scorer="ehull.scheme", set_name="s").make(uri)]), store=job_store(uri),
+                log=False, ensure_success=True)
+    assert len(sc.seen) == 2  # everything current: a rerun redoes nothing
+
+
+def _spec_with_bad_option(tmp_path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "flow": "discover", "name": "bad", "set": "bad", "generate": {"generator": "templates", "n": 1},
+        "scorers": [{"name": "synth.pu"}, {"name": "ehull.chgnet", "options": {"fmaxx": 0.1}}],
+        "report": None}))
+    return path
+
+
+def test_a_bad_scorer_option_is_refused_when_the_flow_is_built(tmp_path):
+    from gen2d.scoring import ScorerOptionsError
+
+    spec = load_spec(_spec_with_bad_option(tmp_path))
+    with pytest.raises(ScorerOptionsError, match=r"scorers\[1\]: scorer ehull.chgnet: unknown option 'fmaxx' "
+                                                 r"\(did you mean 'fmax'\?\)"):
+        build_flow(spec)
+    spec.scorers[1].options = {"fmax": "fast"}
+    with pytest.raises(ScorerOptionsError, match="option 'fmax'"):
+        build_flow(spec)
+    spec.scorers[1].name = "ehull.chgnett"
+    with pytest.raises(ScorerOptionsError, match="no scorer plugin named 'ehull.chgnett'"):
+        build_flow(spec)
+    spec.scorers[1] = spec.scorers[1].model_copy(update={"name": "ehull.chgnet", "options": {"fmax": 0.1}})
+    assert build_flow(spec).jobs  # a good option passes
+
+
+def test_gen2d_run_refuses_a_bad_scorer_option_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+
+    uri = f"monty://{tmp_path}/store"
+    res = CliRunner().invoke(app, ["run", str(_spec_with_bad_option(tmp_path)), "--store", uri, "--json"])
+    assert res.exit_code == 2, res.output
+    error = json.loads(res.stdout)["error"]
+    assert "unknown option 'fmaxx'" in error and "ehull.chgnet" in error
+    with open_store(uri) as cs:
+        assert cs.count() == 0  # refused before any job ran
+
+
+def test_gen2d_submit_refuses_a_bad_scorer_option_by_name(tmp_path):
+    server = tmp_path / "mongomock.json"
+    server.write_text("{}")
+    lp = tmp_path / "my_launchpad.yaml"
+    lp.write_text("host: localhost\nname: fireworks\n")
+    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
+    res = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(_spec_with_bad_option(tmp_path)),
+                          "--launchpad", str(lp), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    error = json.loads(res.stdout)["error"]
+    assert "unknown option 'fmaxx'" in error and "scorers[1]" in error
+    assert "fireworks" not in server.read_text()  # nothing reached the LaunchPad

@@ -67,3 +67,27 @@ def test_screen_score_orders_incomplete_candidates_but_never_makes_hits():
     r = rank_documents([doc("a", 0.02, None, 0.9), doc("b", 0.6, None, 0.9), doc("c", None, None, None)])
     assert r["a"]["screen_score"] > r["b"]["screen_score"] and r["c"]["screen_score"] is None
     assert r["a"]["n_properties"] == 2 and r["a"]["hit"] is None and r["a"]["score"] is None
+
+
+def test_desirability_far_above_the_hull_is_zero_not_an_overflow():
+    # exp((25 - 0.1) / 0.03) overflows a float: the logistic must be written so that it cannot
+    assert desirability(0, 25.0, 0.9) == 0.0
+    assert desirability(0.0, 25.0, 0.9, RankThresholds()) == 0.0
+    assert desirability(0.0, -25.0, 1.0) == pytest.approx(1.0)  # far below: 1, no overflow either
+    assert 0.0 < desirability(0.0, 0.5, 0.9) < desirability(0.0, 0.2, 0.9)
+
+
+def test_rank_documents_with_a_huge_e_hull_ranks_it_last():
+    r = rank_documents([doc("a", 0.0, 25.0, 0.9), doc("b", 0.1, 0.05, 0.8)])
+    assert r["a"]["score"] == 0.0 and r["a"]["hit"] is False and r["a"]["position"] == 2
+    assert r["b"]["hit"] is True and r["b"]["position"] == 1
+
+
+def test_ranking_lives_in_gen2d_ranking_and_old_imports_still_work():
+    import gen2d.ranking as ranking
+    import gen2d.scoring as scoring
+
+    for name in ("RankThresholds", "desirability", "pareto_fronts", "rank_documents", "screen_score"):
+        assert getattr(scoring, name) is getattr(ranking, name)
+    typed = ranking.rank_candidates([doc("a", 0.05, 0.02, 0.9)])
+    assert typed["a"].hit is True and typed["a"].model_dump() == rank_documents([doc("a", 0.05, 0.02, 0.9)])["a"]

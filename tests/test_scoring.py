@@ -87,3 +87,81 @@ def test_every_provenance_records_the_installed_gen2d_version():
 
     assert Provenance(plugin="any").version == md.version("gen2d")
     assert Provenance(plugin="any", version="9.9").version == "9.9"  # an explicit version is kept
+
+
+BUILTIN_SCORERS = ["ehull.chgnet", "ehull.mattersim", "ehull.sevennet", "dgh.mlip", "dgh.dimenet", "synth.pu",
+                   "synth.csllm"]
+
+
+@pytest.mark.parametrize("name", BUILTIN_SCORERS)
+def test_builtin_scorers_inherit_the_base_class_and_declare_their_options(name):
+    """Each Options model names exactly the scorer's constructor parameters, so neither can drift."""
+    import inspect
+    from dataclasses import fields
+
+    from gen2d.scoring import BaseScorer, ScorerOptionsError, _factory
+
+    cls = _factory("scorer", name)
+    assert issubclass(cls, BaseScorer) and cls.Options is not BaseScorer.Options
+    params = {p.name for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    declared = set(cls.Options.model_fields)
+    if name == "dgh.mlip":  # **settings are the fields of AdsorptionSettings
+        from gen2d.adsorption import AdsorptionSettings
+
+        params |= {f.name for f in fields(AdsorptionSettings)}
+    if name == "synth.csllm":  # **options are CSLLMSettings, which is its Options model
+        assert var_kw
+    else:
+        assert declared == params
+    with pytest.raises(ScorerOptionsError, match=rf"scorer {name}: unknown option 'no_such_option'"):
+        get_scorer(name, no_such_option=1)
+    sc = get_scorer(name)
+    assert isinstance(sc, BaseScorer) and sc.batch_size >= 1 and sc.name == name
+
+
+def test_get_scorer_coerces_options_to_their_declared_types():
+    from gen2d.scoring import ScorerOptionsError
+
+    sc = get_scorer("ehull.chgnet", fmax="0.02", steps="40")
+    assert sc.fmax == 0.02 and sc.steps == 40
+    with pytest.raises(ScorerOptionsError, match="option 'fmax'"):
+        get_scorer("ehull.chgnet", fmax=-1.0)  # a relaxation cannot converge below zero force
+
+
+class _ProtocolOnly:
+    """A third-party scorer written against the protocol only: no base class, no current, no explain."""
+
+    name, property, unit = "third.party", "p_synth", "probability"
+
+    def score(self, structures, context=None):
+        return [ScoreResult(property="p_synth", value=0.5, unit="probability",
+                            provenance=Provenance(plugin=self.name)) for _ in structures]
+
+
+def test_a_protocol_only_scorer_gets_the_base_class_defaults(mos2):
+    from gen2d.scoring import BaseScorer, as_scorer, trains
+
+    sc = as_scorer(_ProtocolOnly())
+    assert isinstance(sc, BaseScorer) and sc.name == "third.party" and sc.requires == ()
+    assert sc.current is None and sc.batch_size == BaseScorer.batch_size and sc.available() == (True, "")
+    doc = sc.explain(mos2)
+    assert doc["scorer"] == "third.party" and doc["result"]["value"] == 0.5
+    assert not trains(sc) and not trains(_ProtocolOnly)
+    with pytest.raises(NotImplementedError, match="third.party has nothing to train"):
+        sc.train()
+    assert as_scorer(sc) is sc
+
+
+def test_plugins_with_their_own_train_are_found_and_the_others_say_so():
+    import importlib.metadata as md
+
+    from gen2d.jobs import train_plugin
+    from gen2d.scoring import _factory, trains
+
+    assert trains(_factory("scorer", "synth.pu")) and trains(_factory("scorer", "dgh.dimenet"))
+    assert not trains(_factory("scorer", "ehull.chgnet"))
+    assert any(ep.name == "ehull.chgnet" for ep in md.entry_points(group="gen2d.scorers"))
+    with pytest.raises(TypeError, match="has nothing to train"):
+        train_plugin("scorer", "ehull.chgnet")

@@ -34,7 +34,7 @@ def test_candidate_document_fields():
     c = _cands()[0]
     assert c.candidate_id.startswith("g2d-") and c.formula == "MoS2" and c.chemsys == "Mo-S"
     assert c.nsites == 3 and c.elements == ["Mo", "S"]
-    assert c.validity["ingest"]["ok"] and c.validity["strict"]["ok"]
+    assert c.validity.ingest.ok and c.validity.strict.ok and c.validity.strict_ok
     assert c.cell["thickness"] == pytest.approx(3.13, abs=0.01)
 
 
@@ -47,11 +47,14 @@ def test_upsert_is_idempotent_and_keeps_scores(memory_store):
     cs.upsert_candidates(_cands("s2"))
     assert cs.count() == 2
     doc = cs.get(cid)
-    assert doc["sets"] == ["s1", "s2"]
+    assert doc.sets == ["s1", "s2"]
     assert get_score(doc, "ehull.test")["value"] == pytest.approx(0.012)
-    assert doc["summary"]["e_hull"] == {"value": 0.012, "abs_value": 0.012, "unit": "eV/atom",
-                                        "uncertainty": None, "scorer": "ehull.test"}
-    assert cs.get(cid[:10])["candidate_id"] == cid  # unique prefix
+    assert doc.score("ehull.test").value == pytest.approx(0.012)
+    assert doc.summary["e_hull"].value == 0.012 and doc.summary["e_hull"].scorer == "ehull.test"
+    # stored exactly as before the documents were typed
+    assert cs.get_document(cid)["summary"]["e_hull"] == {"value": 0.012, "abs_value": 0.012, "unit": "eV/atom",
+                                                         "uncertainty": None, "scorer": "ehull.test"}
+    assert cs.get(cid[:10]).candidate_id == cid  # unique prefix
 
 
 def test_failed_score_is_stored_but_not_summarised(memory_store):
@@ -252,3 +255,65 @@ def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypat
         as_dict = {"provenance.settings": {"correction_scheme": "v1"}}
         assert {d["candidate_id"] for d in cs.candidates_missing("ehull.test", current=as_dict)} == missing
         assert len(fetched) == 5  # read in full, confirmed in Python
+
+
+def test_get_returns_a_typed_candidate_that_reads_like_the_stored_document(memory_store):
+    from gen2d.ranking import rank_candidates
+    from gen2d.schemas import PropertySummary, Rank, Validity
+    from gen2d.store import Candidate
+
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    cid = _cands()[0].candidate_id
+    cs.set_score(cid, "ehull.test", _score(0.02))
+    cs.set_rank(cid, rank_candidates([cs.get_document(cid)])[cid])
+    cand = cs.get(cid)
+    assert isinstance(cand, Candidate) and isinstance(cand.validity, Validity) and isinstance(cand.rank, Rank)
+    assert isinstance(cand.summary["e_hull"], PropertySummary) and cand.value("e_hull") == 0.02
+    assert cand.value("dg_h") is None and cand.rank.missing == ["dg_h", "p_synth"] and cand.rank.hit is None
+    assert cand.sources[0].kind == "dataset" and cand.get_structure().composition.reduced_formula == "MoS2"
+    # dict-style reads keep working for code written against the plain documents
+    assert cand["rank"]["missing"] == cand.rank.missing and cand["validity"]["strict"]["ok"] is True
+    assert cand.get("no_such_key", "x") == "x"
+    # the typed candidate dumps to the stored shape
+    raw = cs.get_document(cid)
+    dumped = cand.model_dump(mode="json")
+    for key in ("validity", "summary", "rank", "scores", "cell", "structure", "sources"):
+        assert dumped[key] == raw[key], key
+    assert cs.get("no-such-id") is None and cs.get_document("no-such-id") is None
+
+
+def test_relaxed_structure_is_a_declared_field_and_old_layouts_still_read(memory_store):
+    from gen2d.scoring import relaxed_from_context, relaxed_structure_of
+
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    cid = _cands()[0].candidate_id
+    slab = make_mos2(a=3.2)
+    new = ScoreResult(property="e_hull", value=0.01, unit="eV/atom", relaxed_structure=slab,
+                      provenance=Provenance(plugin="ehull.test"))
+    assert new.relaxed() == slab and new.relaxed_structure == slab.as_dict()
+    cs.set_score(cid, "ehull.new", new)
+    cs.set_score(cid, "synth.none", _score(0.7, "p_synth", "probability"))
+    raw = cs.get_document(cid)
+    from pymatgen.core import Structure
+
+    assert Structure.from_dict(raw["scores"]["ehull"]["new"]["relaxed_structure"]) == slab
+    assert "relaxed_structure" not in raw["scores"]["synth"]["none"]  # stored shape unchanged without one
+    # results stored before the field existed: ehull.* kept it in extra.relaxed_structure, dgh.mlip in
+    # extra.relaxed_slab
+    old_ehull = {**raw["scores"]["ehull"]["new"], "extra": {"relaxed_structure": slab.as_dict(), "stable": True}}
+    old_ehull.pop("relaxed_structure")
+    old_dgh = {**old_ehull, "property": "dg_h", "unit": "eV", "extra": {"relaxed_slab": slab.as_dict()}}
+    cs.set_fields(cid, {"scores.ehull.old": old_ehull, "scores.dgh.old": old_dgh})
+    cand = cs.get(cid)
+    for name in ("ehull.new", "ehull.old", "dgh.old"):
+        assert cand.score(name).to_result().relaxed() == slab, name
+        assert relaxed_structure_of(get_score(cand, name)) == slab, name
+    lifted = cand.score("ehull.old").to_result()
+    assert lifted.extra == {"stable": True}  # moved to the field, not duplicated
+    assert relaxed_from_context({"e_hull": lifted})[0] == slab
+    assert relaxed_from_context({"e_hull": lifted}, "dg_h") is None
+    failed = ScoreResult.failed("e_hull", "eV/atom", "not_converged", "", Provenance(plugin="t"),
+                                relaxed_structure=slab.as_dict())
+    assert relaxed_from_context({"e_hull": failed}) is None  # only an ok result hands its structure on

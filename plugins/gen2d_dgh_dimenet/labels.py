@@ -115,7 +115,7 @@ def label_monolayers(structures: Sequence[Structure], scorer, label_cache: Label
             t0 = time.process_time()
             result = scorer.score([structure])[0]
             cpu = time.process_time() - t0
-            slab = result.extra.get("relaxed_slab")
+            slab = result.relaxed_structure  # the slab the MLIP put H on
             best = result.extra.get("best_site") or {}
             cached = {"id": sid, "key": key, "formula": structure.composition.reduced_formula,
                       "ok": result.ok, "dg_h_eV": result.value,

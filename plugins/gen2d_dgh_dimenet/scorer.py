@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from pymatgen.core import Structure
 
-from gen2d.scoring import Provenance, ScoreResult, file_sha256
+from gen2d.scoring import BaseScorer, Provenance, ScoreResult, ScorerOptions, file_sha256, relaxed_from_context
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,15 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-class DimeNetDGHScorer:
+class DimeNetOptions(ScorerOptions):
+    """Options of ``dgh.dimenet`` (the parameters of :class:`DimeNetDGHScorer`)."""
+
+    checkpoint_dir: str | Path | None = Field(None, description="folder of member_*.pt; default: the shipped ensemble")
+    device: str = "auto"
+    batch_size: int = Field(64, ge=1, description="graphs per forward pass")
+
+
+class DimeNetDGHScorer(BaseScorer):
     """ΔG_H (eV) of the best H site, predicted from the relaxed slab by a DimeNet++ ensemble.
 
     Parameters
@@ -40,6 +49,7 @@ class DimeNetDGHScorer:
         Graphs per forward pass.
     """
 
+    Options = DimeNetOptions
     name = "dgh.dimenet"
     property = "dg_h"
     unit = "eV"
@@ -123,11 +133,10 @@ class DimeNetDGHScorer:
     def _input_slab(self, structure: Structure, ctx: dict | None, notes: list[str]) -> Structure:
         from gen2d.structures import orient_2d
 
-        upstream = (ctx or {}).get("e_hull")
-        if upstream is not None and upstream.ok and upstream.extra.get("relaxed_structure"):
-            relaxed = upstream.extra["relaxed_structure"]
+        upstream = relaxed_from_context(ctx, "e_hull")
+        if upstream is not None:
             notes.append("input: slab relaxed by e_hull")
-            return orient_2d(relaxed if isinstance(relaxed, Structure) else Structure.from_dict(relaxed))
+            return orient_2d(upstream[0])
         notes.append("input: structure as given (the surrogate was trained on MLIP-relaxed slabs)")
         return orient_2d(structure)
 

@@ -6,16 +6,18 @@ import importlib.metadata as md
 import json
 import logging
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import fields
 from importlib import resources
 from typing import Any
 
 import numpy as np
+from pydantic import create_model
 from pymatgen.core import Structure
 
 from gen2d.adsorption import AdsorptionSettings, adsorb_h, calculator_key
-from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult
+from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions, relaxed_from_context
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,22 @@ def load_calibration(calculator: str, model: str | None = None, path: str | None
     return table.get(key) or table.get(calculator)
 
 
-class MLIPAdsorptionScorer:
+def _options_model() -> type[ScorerOptions]:
+    """The scorer's own options plus every field of :class:`AdsorptionSettings` (one source for the recipe)."""
+    hints = typing.get_type_hints(AdsorptionSettings)
+    recipe = {f.name: (hints[f.name], f.default) for f in fields(AdsorptionSettings)}
+    return create_model(
+        "MLIPAdsorptionOptions", __base__=ScorerOptions, __module__=__name__,
+        calculator=(str, DEFAULT_CALCULATOR), model=(str | None, None), device=(str, "auto"),
+        calibrate=(bool, False), calibration_file=(str | None, None), relax_slab=(bool, True),
+        slab_fmax=(float, 0.05), slab_steps=(int, 500), **recipe)
+
+
+#: options of ``dgh.mlip``: the parameters of :class:`MLIPAdsorptionScorer` and of ``AdsorptionSettings``
+MLIPAdsorptionOptions = _options_model()
+
+
+class MLIPAdsorptionScorer(BaseScorer):
     """ΔG_H (eV) at the best site (minimum |ΔG_H| among unflagged sites) with an explicit H.
 
     Parameters
@@ -79,6 +96,7 @@ class MLIPAdsorptionScorer:
         ``dg_correction``, ``fmax``, ``steps``, ``max_sites_per_face``, ...).
     """
 
+    Options = MLIPAdsorptionOptions
     name = "dgh.mlip"
     property = "dg_h"
     unit = "eV"
@@ -156,15 +174,14 @@ class MLIPAdsorptionScorer:
         from gen2d.structures import from_ase, orient_2d, to_ase
 
         calc = self.calculator()
-        upstream = (ctx or {}).get("e_hull")
-        if upstream is not None and upstream.ok and upstream.extra.get("relaxed_structure"):
-            up_model = upstream.provenance.model
+        upstream = relaxed_from_context(ctx, "e_hull")
+        if upstream is not None:
+            slab, result = upstream
+            up_model = result.provenance.model
             my_model = calculator_key(calc)[0]
             if up_model and up_model != my_model:
                 notes.append(f"e_hull relaxed with {up_model}, not {my_model}: slab relaxed again")
             else:
-                relaxed = upstream.extra["relaxed_structure"]
-                slab = relaxed if isinstance(relaxed, Structure) else Structure.from_dict(relaxed)
                 notes.append("slab relaxed by e_hull")
                 return orient_2d(slab), None
         slab = orient_2d(structure)
@@ -202,13 +219,13 @@ class MLIPAdsorptionScorer:
             return ScoreResult.failed(self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}",
                                       self.provenance(notes))
         extra = result.as_dict()
-        extra["relaxed_slab"] = slab.as_dict()
+        relaxed_slab = slab.as_dict()  # the slab H was put on: ScoreResult.relaxed_structure
         best = result.best
         if best is None:
             reasons = sorted({f for s in result.sites for f in s.flags}) or ["no_sites"]
             return ScoreResult.failed(self.property, self.unit, "no_valid_site",
                                       f"no site kept its H on the intact layer (flags: {', '.join(reasons)})",
-                                      self.provenance(notes), **extra)
+                                      self.provenance(notes), relaxed_structure=relaxed_slab, **extra)
         value = float(best.delta_g_h)
         calibration = None
         if self.calibrate:
@@ -222,9 +239,9 @@ class MLIPAdsorptionScorer:
                 value = de_cal + self.settings.dg_correction
         if not math.isfinite(value):
             return ScoreResult.failed(self.property, self.unit, "non_finite_energy", "ΔG_H is not finite",
-                                      self.provenance(notes), **extra)
+                                      self.provenance(notes), relaxed_structure=relaxed_slab, **extra)
         return ScoreResult(property=self.property, value=value, unit=self.unit, extra=extra,
-                           provenance=self.provenance(notes, calibration))
+                           relaxed_structure=relaxed_slab, provenance=self.provenance(notes, calibration))
 
     def score(self, structures: Sequence[Structure],
               context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:

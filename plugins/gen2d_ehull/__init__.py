@@ -16,7 +16,9 @@ from pymatgen.core import Element, Structure
 from gen2d.hull import (CORRECTION_SCHEME, CORRECTION_SCHEME_DESCRIPTION, ENERGY_UNIT, HullError,
                         ReferenceUnavailable, apply_mp2020, get_reference_provider, hull_analysis, mlip_entry)
 from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane, relax_in_plane_batch
-from gen2d.scoring import CALCULATOR_GROUP, PluginUnavailable, Provenance, ScoreResult
+from pydantic import Field
+
+from gen2d.scoring import CALCULATOR_GROUP, BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,23 @@ def _backend_available(name: str, model: str | None) -> tuple[bool, str]:
     return False, f"no calculator backend {name!r} is registered in {CALCULATOR_GROUP}"
 
 
-class EHullScorer:
+class EHullOptions(ScorerOptions):
+    """Options of the ``ehull.*`` scorers (the parameters of :class:`EHullScorer`)."""
+
+    calculator: str | None = Field(None, description="calculator backend; default: the scorer's own")
+    model: str | None = Field(None, description="backend model name or checkpoint path")
+    device: str = "auto"
+    provider: str = Field("mlip-prototypes", description="reference set: mlip-prototypes, entries-file, mp-api")
+    provider_options: dict[str, Any] | None = None
+    fmax: float = Field(0.05, gt=0, description="relaxation convergence, eV/Å")
+    steps: int = Field(500, ge=0, description="FIRE step limit")
+    store: Any = None
+    progress: bool = True
+    stable_threshold: float = Field(0.1, description="E_hull (eV/atom) at or below which extra.stable is True")
+    max_elements: int | None = Field(4, ge=1)
+
+
+class EHullScorer(BaseScorer):
     """E_hull of a monolayer after in-plane relaxation with an MLIP.
 
     Parameters
@@ -86,8 +104,10 @@ class EHullScorer:
     >>> from gen2d.scoring import get_scorer
     >>> [res] = get_scorer("ehull.chgnet").score([mos2])  # doctest: +SKIP
     >>> res.value, res.unit, res.extra["decomposition"]  # doctest: +SKIP
+    >>> res.relaxed()  # the relaxed layer, read by the HER scorers  # doctest: +SKIP
     """
 
+    Options = EHullOptions
     property = "e_hull"
     unit = ENERGY_UNIT
     requires: tuple[str, ...] = ()
@@ -263,11 +283,12 @@ class EHullScorer:
         details: dict[str, Any] = {"relax": convergence}
         relaxed_structure = _from_atoms(relaxed.atoms) if np.all(np.isfinite(relaxed.atoms.positions)) else None
         extra: dict[str, Any] = {"convergence": convergence, "provider": provider.name}
+        relaxed_dict = None
         if relaxed_structure is not None:
-            extra["relaxed_structure"] = relaxed_structure.as_dict()
+            relaxed_dict = relaxed_structure.as_dict()  # the declared hand-off to the HER scorers
             extra["relaxed_validation"] = _validation(relaxed_structure)
         if relaxed.failure:
-            return self._fail(prov, relaxed.failure, relaxed.message, **extra), details
+            return self._fail(prov, relaxed.failure, relaxed.message, relaxed_structure=relaxed_dict, **extra), details
         try:
             elements = sorted({el.symbol for el in relaxed_structure.composition.elements})
             references = provider.entries(elements)
@@ -275,7 +296,7 @@ class EHullScorer:
                                             checkpoint_sha256=prov.checkpoint_sha256))
             hull = hull_analysis(entry, references, provider.name)
         except (HullError, ReferenceUnavailable) as exc:
-            return self._fail(prov, exc.reason, str(exc), **extra), details
+            return self._fail(prov, exc.reason, str(exc), relaxed_structure=relaxed_dict, **extra), details
         details["reference_phases"] = hull.reference_phases
         extra.update({
             "e_form": hull.e_form, "e_form_unit": ENERGY_UNIT,
@@ -291,7 +312,7 @@ class EHullScorer:
             subsystems = set(elements) | {f"{a}-{b}" for i, a in enumerate(elements) for b in elements[i + 1:]}
             extra["references_from_shipped_cache"] = sorted(subsystems & shipped)
         return ScoreResult(property=self.property, value=hull.e_hull, unit=self.unit, extra=extra,
-                           provenance=prov), details
+                           relaxed_structure=relaxed_dict, provenance=prov), details
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """Everything this scorer does with one structure: settings, reference phases, relaxed cell, result."""

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult, file_sha256
+from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, file_sha256
 from gen2d_synth_csllm.material import (
     CHAT_TEMPLATE, DEFAULT_ANGLE_TOL, DEFAULT_SYMPREC, QUESTION_TEMPLATE, MaterialStringError, build_prompt,
     material_string,
@@ -38,7 +38,12 @@ class CheckpointNotFound(PluginUnavailable):
 
 
 class CSLLMSettings(BaseModel):
-    """Where CSLLM lives and how to ask it. Paths are local folders; nothing is fetched from a hub."""
+    """Where CSLLM lives and how to ask it. Paths are local folders; nothing is fetched from a hub.
+
+    These are the options of ``synth.csllm``; an unknown key is refused by name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     base_model_path: Path | None = Field(None, description="folder of the base causal LM (config + weights)")
     adapter_path: Path | None = Field(None, description="folder of CSLLM's synthesizability LoRA adapter")
@@ -146,7 +151,7 @@ def answer_token_ids(tokenizer, prompt: str, settings: CSLLMSettings) -> tuple[i
     return ids[0], ids[1]
 
 
-class CSLLMScorer:
+class CSLLMScorer(BaseScorer):
     """Synthesizability from CSLLM (Song et al., Nat. Commun. 2025) asked its own question.
 
     Parameters
@@ -155,6 +160,7 @@ class CSLLMScorer:
         Fields of :class:`CSLLMSettings` (``base_model_path``, ``adapter_path``, ``device``, ...).
     """
 
+    Options = CSLLMSettings
     name = NAME
     property = "p_synth"
     unit = "probability"

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from pymatgen.core import Structure
 
-from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult, file_sha256
+from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions, file_sha256
 from gen2d_synth_pu.features import FEATURE_NAMES, FeatureError, featurize
 from gen2d_synth_pu.model import BaggedPUModel
 from gen2d_synth_pu.training import MANIFEST_FILE, MODEL_FILE, default_model_dir
@@ -20,7 +21,14 @@ _NEUTRAL = FEATURE_NAMES.index("smact_charge_neutral")
 _EN_OK = FEATURE_NAMES.index("smact_electronegativity_ok")
 
 
-class PUSynthScorer:
+class PUSynthOptions(ScorerOptions):
+    """Options of ``synth.pu`` (the parameters of :class:`PUSynthScorer`)."""
+
+    model_dir: str | Path | None = Field(None, description="folder with model.json; default: the shipped model")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="score at which extra.synthesizable is True")
+
+
+class PUSynthScorer(BaseScorer):
     """Synthesizability from a bagged positive-unlabeled classifier.
 
     Parameters
@@ -32,6 +40,7 @@ class PUSynthScorer:
         Score at which a layer counts as synthesizable (for ``extra["synthesizable"]``).
     """
 
+    Options = PUSynthOptions
     name = NAME
     property = "p_synth"
     unit = "probability"
@@ -139,6 +148,12 @@ class PUSynthScorer:
                 results[i] = ScoreResult(property=self.property, value=float(p[k]), unit=self.unit,
                                          uncertainty=float(spread[k]), extra=extra, provenance=prov)
         return [r for r in results]  # type: ignore[misc]
+
+    def train(self, **options: Any) -> dict[str, Any]:
+        """``gen2d train --scorer synth.pu``: :func:`gen2d_synth_pu.training.train` (writes model.json, MANIFEST.json)."""
+        from gen2d_synth_pu.training import train
+
+        return train(**options)
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """Everything the scorer would do with one structure: features, model, manifest metrics."""

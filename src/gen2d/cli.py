@@ -154,24 +154,27 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _row_view(doc: dict[str, Any]) -> dict[str, Any]:
-    summ = doc.get("summary") or {}
-    rank = doc.get("rank") or {}
+    from gen2d.schemas import PropertySummary, Rank, Validity, parse_summary
+
+    summ = parse_summary(doc.get("summary"))
+    rank = Rank.model_validate(doc.get("rank") or {})
+    validity = Validity.model_validate(doc.get("validity") or {})
 
     def val(p: str) -> Any:
-        return (summ.get(p) or {}).get("value")
+        return summ.get(p, PropertySummary()).value
 
     def unit(p: str) -> Any:
-        return (summ.get(p) or {}).get("unit")
+        return summ.get(p, PropertySummary()).unit
 
     return {
         "candidate_id": doc["candidate_id"], "formula": doc.get("formula"), "nsites": doc.get("nsites"),
         "sets": doc.get("sets", []),
         "source": ",".join(sorted({s.get("kind", "") for s in doc.get("sources", [])})),
-        "strict_ok": ((doc.get("validity") or {}).get("strict") or {}).get("ok"),
+        "strict_ok": validity.strict.ok if "strict" in (doc.get("validity") or {}) else None,
         "e_hull": val("e_hull"), "e_hull_unit": unit("e_hull") or "eV/atom",
         "dg_h": val("dg_h"), "dg_h_unit": unit("dg_h") or "eV",
         "p_synth": val("p_synth"), "p_synth_unit": unit("p_synth") or "probability",
-        "hit": rank.get("hit"), "rank_score": rank.get("score"), "pareto_front": rank.get("pareto_front"),
+        "hit": rank.hit, "rank_score": rank.score, "pareto_front": rank.pareto_front,
         "labels": {k: v for k, v in (doc.get("labels") or {}).items() if k in ("e_hull", "synth_label", "dg_h")},
     }
 
@@ -268,33 +271,34 @@ def show(
 ):
     """Everything stored about one candidate."""
     cs = _open(store, as_json)
-    doc = cs.get(candidate_id)
+    doc = cs.get_document(candidate_id)  # printed as stored
     if doc is None:
         _fail(f"no candidate {candidate_id!r} in {cs.uri}", as_json, code=1)
     if as_json:
         _emit_json(doc)
         return
-    from pymatgen.core import Structure
+    from rich.markup import escape
 
-    s = Structure.from_dict(doc["structure"])
-    out.print(f"[bold]{doc['candidate_id']}[/bold]  {doc['formula']}  ({doc['nsites']} sites)  sets: "
-              f"{', '.join(doc.get('sets', []))}")
-    out.print(f"cell: a={doc['cell'].get('a')} Å, b={doc['cell'].get('b')} Å, γ={doc['cell'].get('gamma')}°, "
-              f"thickness={doc['cell'].get('thickness')} Å")
-    for level in ("ingest", "strict"):
-        v = doc["validity"].get(level, {})
-        out.print(f"validity {level}: {'ok' if v.get('ok') else 'FAILED ' + ', '.join(v.get('reasons', []))}")
-    out.print(f"labels: {json.dumps({k: v for k, v in doc.get('labels', {}).items() if k != 'source_properties'}, default=str)}")
-    for name, detail in sorted((doc.get("flags") or {}).items()):
+    from gen2d.store import Candidate
+
+    cand = Candidate.model_validate(doc)
+    out.print(f"[bold]{cand.candidate_id}[/bold]  {cand.formula}  ({cand.nsites} sites)  sets: "
+              f"{', '.join(cand.sets)}")
+    out.print(f"cell: a={cand.cell.get('a')} Å, b={cand.cell.get('b')} Å, γ={cand.cell.get('gamma')}°, "
+              f"thickness={cand.cell.get('thickness')} Å")
+    for level, v in (("ingest", cand.validity.ingest), ("strict", cand.validity.strict)):
+        out.print(f"validity {level}: {'ok' if v.ok else 'FAILED ' + ', '.join(v.reasons)}")
+    out.print(f"labels: {json.dumps({k: v for k, v in cand.labels.items() if k != 'source_properties'}, default=str)}")
+    for name, detail in sorted(cand.flags.items()):
         out.print(f"[red]flag {name}[/red] (never a hit): {json.dumps(detail, default=str)}")
-    for name, sc in iter_score_docs(doc.get("scores") or {}):
-        status = _fmt(sc.get("value")) + f" {sc.get('unit', '')}" if sc.get("ok") else \
-            f"FAILED {((sc.get('failure') or {}).get('reason'))}"
-        prov = sc.get("provenance") or {}
-        out.print(f"score {name}: {status}  [model {prov.get('model', '')}; reference {prov.get('reference_set')}]")
-    if doc.get("rank"):
-        out.print(f"rank: {json.dumps(doc['rank'], default=str)}")
-    out.print(s)
+    for sc in cand.iter_scores():
+        status = _fmt(sc.value) + f" {sc.unit}" if sc.ok else f"FAILED {(sc.failure or {}).get('reason')}"
+        # escaped: rich would read "[model ...]" as a markup tag and drop it
+        out.print(escape(f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
+                         f"reference {sc.provenance.get('reference_set')}]"))
+    if cand.rank is not None:
+        out.print(f"rank: {json.dumps(cand.rank.model_dump(mode='json'), default=str)}")
+    out.print(cand.get_structure())
 
 
 @app.command()
@@ -368,7 +372,7 @@ def score(
     as_json: bool = JsonOpt,
 ):
     """Score the stored candidates that lack this scorer's result; never redo finished work."""
-    from gen2d.jobs import score_candidates
+    from gen2d.jobs import candidates_to_score, score_candidates
     from gen2d.scoring import get_scorer
     from gen2d.store import parse_where
 
@@ -384,7 +388,7 @@ def score(
     if set_name:
         crit["sets"] = set_name
     cs = _open(store, as_json)
-    todo = [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, getattr(sc, "current", None))]
+    todo = candidates_to_score(cs, scorer, sc, crit)  # the same selection as a flow's score jobs
     total = {"scorer": scorer, "store": cs.uri, "to_score": len(todo), "n_scored": 0, "n_ok": 0, "n_failed": 0,
              "failures": {}}
     with _progress(not as_json and err.is_terminal) as prog:
@@ -422,10 +426,7 @@ def explain(
         sc = get_scorer(scorer, **_parse_options(option))
     except Exception as exc:
         _fail(f"cannot load scorer {scorer}: {type(exc).__name__}: {exc}", as_json)
-    if hasattr(sc, "explain"):
-        doc = sc.explain(s)
-    else:
-        doc = {"scorer": scorer, "result": sc.score([s])[0].model_dump(mode="json")}
+    doc = sc.explain(s)  # BaseScorer's default: the full result
     if as_json:
         _emit_json(doc)
     else:
@@ -564,6 +565,34 @@ def report(
         out.print(f"report: {(out_dir / 'index.html').resolve()}")
 
 
+def _load_flow_spec(spec: Path, override: list[str], as_json: bool):
+    """The flow spec at ``spec`` with overrides, or a clear error (never a traceback)."""
+    from pydantic import ValidationError
+
+    from gen2d.config import load_spec
+
+    if not spec.is_file():
+        _fail(f"{spec}: no such spec", as_json)
+    try:
+        return load_spec(spec, override)
+    except (ValidationError, ValueError) as exc:
+        _fail(f"invalid spec {spec}: {exc}", as_json)
+
+
+def _build_flow(fs, spec: Path, as_json: bool):
+    """The jobflow Flow of ``fs``; an unknown scorer or a bad scorer option is a named error."""
+    from gen2d.flows import build_flow
+    from gen2d.scoring import ScorerOptionsError
+
+    import contextlib
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints on import keeps stdout clean
+            return build_flow(fs)
+    except ScorerOptionsError as exc:
+        _fail(f"invalid spec {spec}: {exc}", as_json)
+
+
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="a flow spec (workflows/*.yaml)"),
@@ -574,16 +603,15 @@ def run(
     """Run a flow locally (jobflow run_locally) on the embedded store or the given one."""
     from jobflow import run_locally
 
-    from gen2d.config import load_spec
-    from gen2d.flows import build_flow, job_store
+    from gen2d.flows import job_store
     from gen2d.store import resolve_store_uri
 
-    fs = load_spec(spec, override)
+    fs = _load_flow_spec(spec, override, as_json)
     if store:
         fs.store = store
     fs.store = resolve_store_uri(fs.store)
     cs = _open(fs.store, as_json)
-    flow = build_flow(fs)
+    flow = _build_flow(fs, spec, as_json)
     if not as_json:
         err.print(f"running flow {fs.name} ({fs.flow}, {len(flow.jobs)} jobs) on {cs.uri}")
     logging.getLogger("jobflow").setLevel(logging.WARNING if as_json else logging.INFO)
@@ -619,8 +647,6 @@ def submit(
     from fireworks import LaunchPad
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from gen2d.config import load_spec
-    from gen2d.flows import build_flow
     from gen2d.store import redact_uri
 
     from gen2d.store import readable_secret_warning
@@ -628,12 +654,13 @@ def submit(
     warning = readable_secret_warning(launchpad)
     if warning:
         err.print(f"[yellow]warning:[/yellow] {warning}")
-    fs = load_spec(spec, override)
+    fs = _load_flow_spec(spec, override, as_json)
     if store:
         if redact_uri(store) != store:
             _fail("a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
                   "workers instead", as_json)
         fs.store = store
+    flow = _build_flow(fs, spec, as_json)  # a bad scorer option is refused here, not on a worker
     import contextlib
 
     # FireWorks logs to stdout; keep stdout for the one JSON document
@@ -644,7 +671,7 @@ def submit(
             lp = None
             problem = f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}"
         if lp is not None:
-            wf = flow_to_workflow(build_flow(fs))
+            wf = flow_to_workflow(flow)
             try:
                 mapping = lp.add_wf(wf)
                 problem = None

@@ -80,6 +80,25 @@ class FlowSpec(BaseModel):
     thresholds: RankThresholds = Field(default_factory=RankThresholds)
     report: ReportSpec | None = Field(default_factory=ReportSpec)
 
+    def check_scorer_options(self) -> None:
+        """Check each scorer's name and options against its plugin's ``Options`` model.
+
+        Raises
+        ------
+        gen2d.scoring.ScorerOptionsError
+            Naming the scorer entry and the bad option (an unknown scorer name too), so a typo fails
+            when the flow is built, before any job runs.
+        """
+        from gen2d.scoring import ScorerOptionsError, validate_scorer_options
+
+        for k, sc in enumerate(self.scorers):
+            try:
+                validate_scorer_options(sc.name, sc.options)
+            except KeyError as exc:
+                raise ScorerOptionsError(f"scorers[{k}]: {exc.args[0]}") from None
+            except ScorerOptionsError as exc:
+                raise ScorerOptionsError(f"scorers[{k}]: {exc}") from None
+
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")

@@ -86,6 +86,8 @@ def pretrain_surrogate_flow(spec: FlowSpec) -> Flow:
 
 
 def build_flow(spec: FlowSpec) -> Flow:
+    """The flow of ``spec``; scorer options are checked first (:meth:`FlowSpec.check_scorer_options`)."""
+    spec.check_scorer_options()
     return {"discover": discover_flow, "rank-cifs": rank_cifs_flow,
             "pretrain-surrogate": pretrain_surrogate_flow}[spec.flow](spec)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from jobflow import Flow, Maker, Response, job
 from pydantic import BaseModel, Field
-from pymatgen.core import Structure
 
-from gen2d.scoring import RankThresholds, ScoreResult, get_generator, get_scorer, rank_documents, score_in_batches
-from gen2d.store import CandidateStore, SourceInfo, get_score, make_candidate, open_store, score_is_current
+from gen2d.ranking import RankThresholds, rank_candidates
+from gen2d.scoring import BaseScorer, ScoreResult, as_scorer, get_generator, get_scorer, score_in_batches, trains
+from gen2d.store import Candidate, CandidateStore, SourceInfo, get_score, make_candidate, open_store, score_is_current
 from gen2d.structures import validate_ingest
 
 
@@ -111,7 +111,7 @@ def train_plugin(kind: str, name: str, **options: Any) -> dict[str, Any]:
     if name not in eps:
         raise KeyError(f"no {kind} plugin named {name!r} (registered: {', '.join(sorted(eps)) or 'none'})")
     factory = eps[name].load()
-    if hasattr(factory, "train"):
+    if trains(factory):  # its own train, not the base class's that raises
         fn = (factory() if isinstance(factory, type) else factory).train
     else:
         fn = getattr(importlib.import_module(eps[name].module), "train", None)
@@ -133,7 +133,7 @@ class TrainMaker(Maker):
     kind: str = "generator"
     options: dict = field(default_factory=dict)
 
-    @job(data="checkpoint_b64")
+    @job(data="checkpoint_b64", output_schema=TrainOutput)
     def make(self, store: str | None = None) -> TrainOutput:
         from gen2d.scoring import file_sha256
 
@@ -178,7 +178,7 @@ class GenerateMaker(Maker):
     params: dict = field(default_factory=dict)
     set_name: str = "generated"
 
-    @job
+    @job(output_schema=GenerateOutput)
     def make(self, store: str | None = None, checkpoint: Any = None) -> GenerateOutput:
         options = dict(self.options)
         ckpt_path = materialise_checkpoint(checkpoint)
@@ -221,7 +221,7 @@ def generate_candidates(generator: str, options: dict, n: int | None, seed: int,
                               "run_id": run_id} for k, val in g.flags.items()}
             out.n_flagged += 1
         out.n_accepted += 1
-        out.n_strict += bool(cand.validity["strict"]["ok"])
+        out.n_strict += cand.validity.strict_ok
         out.candidate_ids.append(cand.candidate_id)
         batch.append(cand)
         if len(batch) >= 32:
@@ -241,7 +241,7 @@ class IngestMaker(Maker):
     path: str = ""
     set_name: str = "cifs"
 
-    @job
+    @job(output_schema=GenerateOutput)
     def make(self, store: str | None = None) -> GenerateOutput:
         from gen2d.data.ingest import ingest_outcomes
         from gen2d.data.readers import read_any
@@ -255,22 +255,48 @@ class IngestMaker(Maker):
                               cpu_seconds=_cpu_seconds() - t0)
 
 
-def _context_for(doc: dict[str, Any], requires: tuple[str, ...]) -> dict[str, ScoreResult]:
-    """The ok results of the properties a scorer requires, rebuilt from the stored document."""
+def _context_for(cand: Candidate, requires: tuple[str, ...]) -> dict[str, ScoreResult]:
+    """The ok results of the properties a scorer requires, rebuilt from the stored candidate."""
     ctx: dict[str, ScoreResult] = {}
-    summ = doc.get("summary") or {}
     for prop in requires:
-        name = (summ.get(prop) or {}).get("scorer")
-        sc = get_score(doc, name) if name else None
-        if sc:
-            ctx[prop] = ScoreResult.model_validate({k: v for k, v in sc.items() if k != "scorer"})
+        entry = cand.summary.get(prop)
+        stored = cand.score(entry.scorer) if entry is not None and entry.scorer else None
+        if stored is not None:
+            ctx[prop] = stored.to_result()
     return ctx
 
 
-@job
+@job(output_schema=ScoreOutput)
 def score_batch(scorer: str, options: dict, candidate_ids: list[str], store: str | None = None) -> ScoreOutput:
     """One scoring job: :func:`score_candidates` on a batch."""
     return score_candidates(scorer, options, candidate_ids, store)
+
+
+def candidates_to_score(cs: CandidateStore, scorer: str, sc: BaseScorer | None = None,
+                        criteria: dict[str, Any] | None = None, candidate_ids: list[str] | None = None,
+                        top_k: int | None = None) -> list[str]:
+    """Ids of the candidates that still need ``scorer``: the work left to do, for flows and ``gen2d score``.
+
+    A candidate needs it when it holds no result from ``scorer`` or one that lacks the scorer's
+    ``current`` values (made by an older version of it, e.g. an E_hull under an older correction
+    scheme). ``criteria`` narrows the candidates (``--where``, the set); ``candidate_ids`` to those
+    ids; ``top_k`` to the best ``top_k`` so far (most properties known first, then the screening
+    desirability).
+    """
+    sc = sc if sc is not None else as_scorer(get_scorer(scorer))
+    base = dict(criteria or {})
+    crit = dict(base)
+    if candidate_ids is not None:
+        crit["candidate_id"] = {"$in": list(candidate_ids)}
+    if top_k:
+        ranked = list(cs.query(base, sort=[("rank.n_properties", -1), ("rank.screen_score", -1)], limit=top_k,
+                               properties=["candidate_id"]))
+        best = [d["candidate_id"] for d in ranked]
+        if candidate_ids is not None:
+            given = set(candidate_ids)
+            best = [cid for cid in best if cid in given]
+        crit["candidate_id"] = {"$in": best}
+    return [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, sc.current, properties=["candidate_id"])]
 
 
 def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store: str | None = None,
@@ -283,38 +309,37 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
     """
     t0 = _cpu_seconds()
     cs = _store(store)
-    sc = get_scorer(scorer, **options)
-    out = ScoreOutput(scorer=scorer, property=getattr(sc, "property", ""))
-    docs = []
-    current = getattr(sc, "current", None)  # a stored result without these values is redone
+    sc = as_scorer(get_scorer(scorer, **options))
+    out = ScoreOutput(scorer=scorer, property=sc.property)
+    cands: list[Candidate] = []
     superseded: dict[str, dict] = {}
     for cid in candidate_ids:
-        d = cs.get(cid)
-        if d is None:
+        cand = cs.get(cid)
+        if cand is None:
             continue
-        old = get_score(d, scorer)
-        if score_is_current(old, current):
+        old = get_score(cand, scorer)
+        if score_is_current(old, sc.current):  # a stored result without the current values is redone
             out.n_skipped += 1
             continue
         if old is not None:  # made by an older version of the scorer: kept in the new result's extra
             superseded[cid] = {k: old.get(k) for k in ("value", "unit", "ok")} | {
                 "provenance_settings": (old.get("provenance") or {}).get("settings")}
-        docs.append(d)
-    requires = tuple(getattr(sc, "requires", ()) or ())
-    structures = [Structure.from_dict(d["structure"]) for d in docs]
-    context = [_context_for(d, requires) for d in docs] if requires else None
-    mini = max(1, int(getattr(sc, "batch_size", 0) or 8))
+        cands.append(cand)
+    requires = tuple(sc.requires or ())
+    structures = [c.get_structure() for c in cands]
+    context = [_context_for(c, requires) for c in cands] if requires else None
+    mini = max(1, int(sc.batch_size or BaseScorer.batch_size))
     done = 0
     t_prev = _cpu_seconds()
     for results in score_in_batches(sc, structures, batch_size=mini, context=context):
         t_now = _cpu_seconds()
         per_item = (t_now - t_prev) / max(1, len(results))  # this process's CPU time, shared evenly
         t_prev = t_now
-        for d, r in zip(docs[done:done + len(results)], results):
+        for c, r in zip(cands[done:done + len(results)], results):
             r.extra.setdefault("cpu_seconds", round(per_item, 4))
-            if d["candidate_id"] in superseded:
-                r.extra["superseded"] = superseded[d["candidate_id"]]
-            cs.set_score(d["candidate_id"], scorer, r)
+            if c.candidate_id in superseded:
+                r.extra["superseded"] = superseded[c.candidate_id]
+            cs.set_score(c.candidate_id, scorer, r)
             out.n_scored += 1
             if r.ok:
                 out.n_ok += 1
@@ -322,7 +347,7 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
                 key = r.failure.reason if r.failure else "unknown"
                 out.failures[key] = out.failures.get(key, 0) + 1
                 out.n_failed += 1
-            out.candidate_ids.append(d["candidate_id"])
+            out.candidate_ids.append(c.candidate_id)
         done += len(results)
         if progress:
             progress(len(results))
@@ -355,16 +380,9 @@ class ScoreMaker(Maker):
         base = parse_where(self.where)
         if self.set_name:
             base["sets"] = self.set_name
-        crit: dict[str, Any] = {**base, f"scores.{self.scorer}": {"$exists": False}}
-        if candidate_ids is not None:
-            crit["candidate_id"] = {"$in": list(candidate_ids)}
-        if self.top_k:
-            # the best so far: most properties known first, then the screening desirability
-            ranked = list(cs.query(dict(base),
-                                   sort=[("rank.n_properties", -1), ("rank.screen_score", -1)], limit=self.top_k,
-                                   properties=["candidate_id"]))
-            crit["candidate_id"] = {"$in": [d["candidate_id"] for d in ranked]}
-        todo = [d["candidate_id"] for d in cs.query(crit, properties=["candidate_id"])]
+        # the scorer (not loaded models: constructors are cheap) says which stored results are current
+        sc = as_scorer(get_scorer(self.scorer, **self.options))
+        todo = candidates_to_score(cs, self.scorer, sc, base, candidate_ids, self.top_k)
         batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         jobs = []
         for k, ids in enumerate(batches):
@@ -381,16 +399,16 @@ def rank_set(cs: CandidateStore, sets: list[str] | None, thresholds: RankThresho
     """Recompute ranks of the candidates in ``sets`` (all when None) from their stored summaries."""
     crit = {"sets": {"$in": sets}} if sets else {}
     docs = list(cs.query(crit, properties=["candidate_id", "formula", "summary", "scores", "validity", "flags"]))
-    ranks = rank_documents(docs, thresholds)
+    ranks = rank_candidates(docs, thresholds)
     for cid, r in ranks.items():
         cs.set_rank(cid, r)
-    complete = [(cid, r) for cid, r in ranks.items() if r["score"] is not None]
-    complete.sort(key=lambda x: x[1]["position"])
+    complete = [(cid, r) for cid, r in ranks.items() if r.score is not None]
+    complete.sort(key=lambda x: x[1].position)
     formula = {d["candidate_id"]: d["formula"] for d in docs}
     return RankOutput(sets=sets or [], n_ranked=len(ranks), n_complete=len(complete),
-                      n_hits=sum(bool(r["hit"]) for r in ranks.values()),
-                      top=[{"candidate_id": cid, "formula": formula[cid], "score": r["score"], "hit": r["hit"],
-                            "pareto_front": r["pareto_front"]} for cid, r in complete[:20]],
+                      n_hits=sum(bool(r.hit) for r in ranks.values()),
+                      top=[{"candidate_id": cid, "formula": formula[cid], "score": r.score, "hit": r.hit,
+                            "pareto_front": r.pareto_front} for cid, r in complete[:20]],
                       thresholds=thresholds.model_dump())
 
 
@@ -402,7 +420,7 @@ class RankMaker(Maker):
     sets: list = field(default_factory=list)
     thresholds: dict = field(default_factory=dict)
 
-    @job
+    @job(output_schema=RankOutput)
     def make(self, store: str | None = None, after: Any = None) -> RankOutput:
         return rank_set(_store(store), self.sets or None, RankThresholds(**self.thresholds))
 
@@ -416,7 +434,7 @@ class ReportMaker(Maker):
     out_dir: str = "report"
     top_k: int = 10
 
-    @job
+    @job(output_schema=ReportOutput)
     def make(self, store: str | None = None, after: Any = None) -> ReportOutput:
         from gen2d.report import write_report
 

@@ -20,38 +20,43 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gen2d.scoring import RankThresholds, iter_score_docs  # noqa: E402
-from gen2d.store import CandidateStore  # noqa: E402
+from gen2d.ranking import RankThresholds  # noqa: E402
+from gen2d.store import Candidate, CandidateStore  # noqa: E402
 
 
-def _val(doc: dict[str, Any], prop: str) -> float | None:
-    return ((doc.get("summary") or {}).get(prop) or {}).get("value")
+def _val(doc: Candidate, prop: str) -> float | None:
+    return doc.value(prop)
 
 
-def _scorer(doc: dict[str, Any], prop: str) -> str:
-    return ((doc.get("summary") or {}).get(prop) or {}).get("scorer", "")
+def _scorer(doc: Candidate, prop: str) -> str:
+    entry = doc.summary.get(prop)
+    return (entry.scorer or "") if entry is not None else ""
 
 
-def _cpu_seconds(scores: dict[str, Any]) -> float:
-    return sum(float((sc.get("extra") or {}).get("cpu_seconds") or 0.0) for _, sc in iter_score_docs(scores))
+def _cpu_seconds(doc: Candidate) -> float:
+    return sum(float(sc.extra.get("cpu_seconds") or 0.0) for sc in doc.iter_scores())
 
 
-def source_table(docs: list[dict[str, Any]], t: RankThresholds) -> list[dict[str, Any]]:
+def _hit(doc: Candidate) -> bool:
+    return bool(doc.rank is not None and doc.rank.hit)
+
+
+def source_table(docs: list[Candidate], t: RankThresholds) -> list[dict[str, Any]]:
     """Per source kind and set: count, strict validity, stability, hits, scoring CPU-hours, hits/CPU-hour."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for d in docs:
-        kinds = {(s.get("kind", ""), s.get("set", "")) for s in d.get("sources", [])} or {("", "")}
+        kinds = {(s.kind, s.set) for s in d.sources} or {("", "")}
         for k in kinds:
             groups[k].append(d)
     rows = []
     for (kind, set_name), ds in sorted(groups.items()):
         n = len(ds)
-        strict = sum(bool(((d.get("validity") or {}).get("strict") or {}).get("ok")) for d in ds)
+        strict = sum(d.validity.strict_ok for d in ds)
         eh = [_val(d, "e_hull") for d in ds]
         n_e = sum(v is not None for v in eh)
         stable = sum(v is not None and v <= t.e_hull_max for v in eh)
-        hits = sum(bool((d.get("rank") or {}).get("hit")) for d in ds)
-        cpu_h = sum(_cpu_seconds(d.get("scores") or {}) for d in ds) / 3600.0
+        hits = sum(_hit(d) for d in ds)
+        cpu_h = sum(_cpu_seconds(d) for d in ds) / 3600.0
         rows.append({"source": kind, "set": set_name, "n": n, "strict_valid": strict,
                      "strict_valid_fraction": round(strict / n, 4) if n else None,
                      "with_e_hull": n_e, "stable": stable,
@@ -98,13 +103,12 @@ def _plot_ehull_psynth(docs, t: RankThresholds, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_structure(doc: dict[str, Any], path: Path) -> None:
+def _plot_structure(doc: Candidate, path: Path) -> None:
     from ase.visualize.plot import plot_atoms
-    from pymatgen.core import Structure
 
     from gen2d.structures import to_ase
 
-    atoms = to_ase(Structure.from_dict(doc["structure"])).repeat((3, 3, 1))
+    atoms = to_ase(doc.get_structure()).repeat((3, 3, 1))
     z = atoms.positions[:, 2]
     atoms.positions[:, 2] -= z.min()
     atoms.cell[2, 2] = max(1.0, float(np.ptp(z)) + 1.0)
@@ -115,7 +119,7 @@ def _plot_structure(doc: dict[str, Any], path: Path) -> None:
     axes[1].set_title("side")
     for ax in axes:
         ax.set_axis_off()
-    fig.suptitle(f"{doc['formula']} ({doc['candidate_id']})", fontsize=9)
+    fig.suptitle(f"{doc.formula} ({doc.candidate_id})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -133,22 +137,22 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     crit = {"sets": {"$in": sets}} if sets else {}
-    docs = list(cs.query(crit))
+    docs = [Candidate.model_validate(d) for d in cs.query(crit)]
     t = thresholds
     if t is None:
-        ranked = [d for d in docs if (d.get("rank") or {}).get("thresholds")]
-        t = RankThresholds(**ranked[0]["rank"]["thresholds"]) if ranked else RankThresholds()
+        ranked = [d for d in docs if d.rank is not None and d.rank.thresholds]
+        t = RankThresholds(**ranked[0].rank.thresholds) if ranked else RankThresholds()
     files: list[Path] = []
     f1, f2 = out / "dg_h_distribution.png", out / "e_hull_vs_p_synth.png"
     _plot_dgh(docs, t, f1)
     _plot_ehull_psynth(docs, t, f2)
     files += [f1, f2]
-    ranked_docs = sorted((d for d in docs if (d.get("rank") or {}).get("score") is not None),
-                         key=lambda d: d["rank"].get("position") or 10 ** 9)
+    ranked_docs = sorted((d for d in docs if d.rank is not None and d.rank.score is not None),
+                         key=lambda d: d.rank.position or 10 ** 9)
     top = ranked_docs[:top_k]
     pics = []
     for k, d in enumerate(top[: min(top_k, 6)]):
-        p = out / f"top{k + 1}_{d['candidate_id']}.png"
+        p = out / f"top{k + 1}_{d.candidate_id}.png"
         try:
             _plot_structure(d, p)
             pics.append(p)
@@ -157,13 +161,12 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
     files += pics
     sources = source_table(docs, t)
     top_rows = [{
-        "position": (d.get("rank") or {}).get("position"), "candidate_id": d["candidate_id"], "formula": d["formula"],
-        "sets": d.get("sets", []),
+        "position": d.rank.position, "candidate_id": d.candidate_id, "formula": d.formula,
+        "sets": d.sets,
         "dg_h_eV": _val(d, "dg_h"), "dg_h_scorer": _scorer(d, "dg_h"),
         "e_hull_eV_per_atom": _val(d, "e_hull"), "e_hull_scorer": _scorer(d, "e_hull"),
         "p_synth": _val(d, "p_synth"), "p_synth_scorer": _scorer(d, "p_synth"),
-        "hit": (d.get("rank") or {}).get("hit"), "score": (d.get("rank") or {}).get("score"),
-        "pareto_front": (d.get("rank") or {}).get("pareto_front"),
+        "hit": d.rank.hit, "score": d.rank.score, "pareto_front": d.rank.pareto_front,
     } for d in top]
     summary = {"sets": sets, "store": cs.uri, "n_candidates": len(docs), "thresholds": t.model_dump(),
                "top": top_rows, "sources": sources,

@@ -1,23 +1,26 @@
-"""Scorer and Generator protocols, the plugin registry (entry points) and the result schema.
+"""Scorer and Generator protocols, the scorer base class, the plugin registry (entry points) and the
+result schema.
 
 The core never imports a plugin by name: everything is found through the entry-point groups
-``gen2d.scorers``, ``gen2d.generators`` and ``gen2d.calculators``.
+``gen2d.scorers``, ``gen2d.generators`` and ``gen2d.calculators``. Ranking lives in
+:mod:`gen2d.ranking`; its names are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import importlib.metadata as md
 import logging
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pymatgen.core import Structure
 
 log = logging.getLogger(__name__)
@@ -61,11 +64,19 @@ class Failure(BaseModel):
     message: str = ""
 
 
+#: where a result made before ``ScoreResult.relaxed_structure`` was declared kept the relaxed structure
+#: (``ehull.*`` wrote ``extra.relaxed_structure``, ``dgh.mlip`` wrote ``extra.relaxed_slab``)
+LEGACY_RELAXED_KEYS = ("relaxed_structure", "relaxed_slab")
+
+
 class ScoreResult(BaseModel):
     """One scorer's verdict on one structure.
 
-    ``value`` is None exactly when ``ok`` is False. ``extra`` holds small outputs (relaxed structure as
-    a dict, per-site data, decomposition products); large ones go to the job store's data store.
+    ``value`` is None exactly when ``ok`` is False. ``relaxed_structure`` is the structure the scorer
+    relaxed (a pymatgen ``Structure.as_dict()``): every stability scorer writes it, and every HER scorer
+    reads it from the ``e_hull`` result in its context (:func:`relaxed_from_context`) and writes the
+    slab it put H on. ``extra`` holds other small outputs (per-site data, decomposition products);
+    large ones go to the job store's data store.
     """
 
     property: str
@@ -74,19 +85,73 @@ class ScoreResult(BaseModel):
     uncertainty: float | None = None
     ok: bool = True
     failure: Failure | None = None
+    relaxed_structure: dict[str, Any] | None = Field(
+        None, description="the relaxed structure (pymatgen Structure dict); read it with relaxed()")
     extra: dict[str, Any] = Field(default_factory=dict)
     provenance: Provenance
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_legacy_relaxed_structure(cls, data: Any) -> Any:
+        """Results stored before the field existed hold the structure in ``extra``: read it from there."""
+        if not isinstance(data, dict) or data.get("relaxed_structure") is not None:
+            return data
+        extra = data.get("extra")
+        if not isinstance(extra, dict) or not any(k in extra for k in LEGACY_RELAXED_KEYS):
+            return data
+        extra = dict(extra)
+        found = [extra.pop(k) for k in LEGACY_RELAXED_KEYS if k in extra]
+        return {**data, "extra": extra, "relaxed_structure": next((v for v in found if v is not None), None)}
+
+    @field_validator("relaxed_structure", mode="before")
+    @classmethod
+    def _structure_as_dict(cls, value: Any) -> Any:
+        return value.as_dict() if isinstance(value, Structure) else value
+
+    def relaxed(self) -> Structure | None:
+        """The relaxed structure as a pymatgen ``Structure`` (None when the result carries none)."""
+        return Structure.from_dict(self.relaxed_structure) if self.relaxed_structure else None
+
     @classmethod
     def failed(cls, prop: str, unit: str, reason: str, message: str, provenance: Provenance,
-               **extra: Any) -> "ScoreResult":
-        return cls(property=prop, unit=unit, ok=False, value=None,
+               relaxed_structure: dict[str, Any] | Structure | None = None, **extra: Any) -> "ScoreResult":
+        return cls(property=prop, unit=unit, ok=False, value=None, relaxed_structure=relaxed_structure,
                    failure=Failure(reason=reason, message=message), provenance=provenance, extra=extra)
+
+
+def relaxed_structure_of(result: ScoreResult | Mapping[str, Any] | None) -> Structure | None:
+    """The relaxed structure a result carries: a :class:`ScoreResult` or a stored score, either layout.
+
+    Stored scores made before the field was declared hold it in ``extra.relaxed_structure``
+    (``ehull.*``) or ``extra.relaxed_slab`` (``dgh.mlip``); both are read.
+    """
+    if result is None:
+        return None
+    if not isinstance(result, ScoreResult):
+        result = ScoreResult.model_validate({k: v for k, v in result.items() if k != "scorer"})
+    return result.relaxed()
+
+
+def relaxed_from_context(context: Mapping[str, ScoreResult] | None,
+                         prop: str = "e_hull") -> tuple[Structure, ScoreResult] | None:
+    """The relaxed structure of the ok ``prop`` result in a scorer's context, with that result.
+
+    This is how an HER scorer (``requires = ("e_hull",)``) takes the slab a stability scorer relaxed;
+    None when the context holds no ok result for ``prop`` or that result has no structure.
+    """
+    upstream = (context or {}).get(prop)
+    if upstream is None or not upstream.ok:
+        return None
+    structure = upstream.relaxed()
+    return (structure, upstream) if structure is not None else None
 
 
 @runtime_checkable
 class Scorer(Protocol):
     """Scores a batch of structures; returns exactly one result per structure, in order.
+
+    This is the least a scorer plugin must provide; subclass :class:`BaseScorer` to get ``current``,
+    ``batch_size``, ``explain``, ``train`` and option checking as well.
 
     Attributes
     ----------
@@ -114,6 +179,162 @@ class Scorer(Protocol):
               context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
         """Score a batch. A failure in one structure is a failed result, never an exception."""
         ...
+
+
+class ScorerOptions(BaseModel):
+    """A scorer's constructor options. A key that is not a field is refused by name, so a typo in a
+    workflow YAML fails when the flow is built, not on a worker."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class ScorerOptionsError(ValueError):
+    """Options a scorer does not accept; the message names the scorer and every bad option."""
+
+
+class BaseScorer:
+    """The scorer base class: what :class:`Scorer` requires, plus the optional parts with their defaults.
+
+    A plugin subclasses it, sets ``name``, ``property``, ``unit`` and ``requires``, declares its
+    constructor options as ``Options`` (a :class:`ScorerOptions` subclass, so unknown keys are refused)
+    and implements :meth:`score`. Plugins that only satisfy the :class:`Scorer` protocol keep working:
+    :func:`as_scorer` gives them these defaults.
+
+    Attributes
+    ----------
+    name, property, unit, requires
+        As in :class:`Scorer`.
+    Options : type[pydantic.BaseModel]
+        The constructor options, validated when a flow is built and by :func:`get_scorer`.
+    current : dict or None
+        Dotted paths inside a stored result and the value a result made by today's scorer holds there
+        (e.g. ``{"provenance.settings.correction_scheme": "mp2020-v2"}``); a stored result that differs
+        is work left to do (:meth:`gen2d.store.CandidateStore.candidates_missing`). None: any stored
+        result is current.
+    batch_size : int
+        Structures per call of :meth:`score` inside a scoring job (results are stored after each call).
+
+    Examples
+    --------
+    >>> class Area(BaseScorer):
+    ...     name, property, unit = "area.demo", "area", "Å^2"
+    ...     class Options(ScorerOptions):
+    ...         scale: float = 1.0
+    ...     def __init__(self, scale: float = 1.0):
+    ...         self.scale = scale
+    ...     def score(self, structures, context=None):
+    ...         return [ScoreResult(property="area", unit="Å^2", provenance=Provenance(plugin=self.name),
+    ...                             value=self.scale * s.lattice.volume / s.lattice.c) for s in structures]
+    >>> Area.check_options({"scale": "2"})
+    {'scale': 2.0}
+    """
+
+    name: str = ""
+    property: str = ""
+    unit: str = ""
+    requires: tuple[str, ...] = ()
+    Options: ClassVar[type[BaseModel]] = ScorerOptions
+    current: dict[str, Any] | None = None
+    batch_size: int = 8
+
+    def available(self) -> tuple[bool, str]:
+        """(True, "") when the scorer can run here, else (False, reason)."""
+        return True, ""
+
+    def score(self, structures: Sequence[Structure],
+              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+        """Score a batch; one result per structure, in order. A failure is a failed result, never an exception."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement score()")
+
+    def explain(self, structure: Structure) -> dict[str, Any]:
+        """What the scorer does with one structure; by default its full result."""
+        return {"scorer": self.name, "property": self.property, "unit": self.unit,
+                "result": self.score([structure])[0].model_dump(mode="json")}
+
+    def train(self, **options: Any) -> dict[str, Any]:
+        """Train the scorer's model; returns ``checkpoint``/``model`` (a path) and ``metrics``."""
+        raise NotImplementedError(f"scorer {self.name or type(self).__name__} has nothing to train")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any] | None, name: str | None = None) -> dict[str, Any]:
+        """``options`` validated by ``Options``: the given keys with their values coerced to the declared types.
+
+        Raises
+        ------
+        ScorerOptionsError
+            Naming the scorer and each unknown or invalid option (with the closest known name).
+        """
+        return check_options(cls.Options, options, name or cls.name or cls.__name__)
+
+
+def trains(scorer: Any) -> bool:
+    """Whether a scorer (class or instance) has its own ``train``, not only :meth:`BaseScorer.train`."""
+    fn = getattr(scorer, "train", None)
+    if fn is None:
+        return False
+    if isinstance(scorer, _ProtocolScorer):
+        return trains(scorer.wrapped)
+    return getattr(fn, "__func__", fn) is not BaseScorer.train
+
+
+def check_options(model: type[BaseModel], options: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    """Validate plugin ``options`` with the pydantic ``model``; the given keys, values coerced."""
+    options = dict(options or {})
+    try:
+        validated = model.model_validate(options)
+    except ValidationError as exc:
+        known = sorted(model.model_fields)
+        problems, unknown = [], False
+        for e in exc.errors():
+            key = ".".join(str(x) for x in e["loc"]) or "(options)"
+            if e["type"] == "extra_forbidden":
+                unknown = True
+                close = difflib.get_close_matches(str(e["loc"][0]), known, n=1)
+                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            else:
+                problems.append(f"option {key!r}: {e['msg']}")
+        listing = f" (known options: {', '.join(known)})" if unknown else ""
+        raise ScorerOptionsError(f"{owner}: " + "; ".join(problems) + listing) from None
+    return {k: getattr(validated, k) for k in options if k in model.model_fields} | \
+        {k: v for k, v in options.items() if k not in model.model_fields}
+
+
+class _ProtocolScorer(BaseScorer):
+    """A scorer that satisfies only the :class:`Scorer` protocol, with the base class's defaults."""
+
+    def __init__(self, scorer: Any):
+        self.wrapped = scorer
+        self.name = getattr(scorer, "name", "")
+        self.property = getattr(scorer, "property", "")
+        self.unit = getattr(scorer, "unit", "")
+        self.requires = tuple(getattr(scorer, "requires", ()) or ())
+        self.current = getattr(scorer, "current", None)
+        self.batch_size = int(getattr(scorer, "batch_size", 0) or BaseScorer.batch_size)
+
+    def available(self) -> tuple[bool, str]:
+        probe = getattr(self.wrapped, "available", None)
+        return probe() if callable(probe) else (True, "")
+
+    def score(self, structures, context=None):
+        return self.wrapped.score(structures, context)
+
+    def explain(self, structure):
+        own = getattr(self.wrapped, "explain", None)
+        return own(structure) if callable(own) else super().explain(structure)
+
+    def train(self, **options):
+        own = getattr(self.wrapped, "train", None)
+        return own(**options) if callable(own) else super().train(**options)
+
+    def __getattr__(self, attr: str) -> Any:  # anything else the plugin defines
+        if attr == "wrapped":
+            raise AttributeError(attr)
+        return getattr(self.wrapped, attr)
+
+
+def as_scorer(scorer: Any) -> BaseScorer:
+    """``scorer`` as a :class:`BaseScorer`: itself when it is one, else wrapped with the defaults."""
+    return scorer if isinstance(scorer, BaseScorer) else _ProtocolScorer(scorer)
 
 
 class GeneratedStructure(BaseModel):
@@ -201,17 +422,45 @@ def discover(kind: str | None = None) -> list[PluginInfo]:
 
 
 def _load(kind: str, name: str, **options: Any) -> Any:
+    return _factory(kind, name)(**options)
+
+
+def _factory(kind: str, name: str) -> Any:
     for ep in _entry_points(PLUGIN_GROUPS[kind]):
         if ep.name == name:
-            factory = ep.load()
-            return factory(**options)
+            return ep.load()
     known = ", ".join(ep.name for ep in _entry_points(PLUGIN_GROUPS[kind])) or "none"
     raise KeyError(f"no {kind} plugin named {name!r} (registered: {known})")
 
 
-def get_scorer(name: str, **options: Any) -> Scorer:
-    """Instantiate the scorer registered as ``name`` with ``options`` (its config)."""
-    return _load("scorer", name, **options)
+def validate_scorer_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of scorer ``name`` validated by its ``Options`` model (coerced to the declared types).
+
+    Raises ``KeyError`` for an unregistered scorer and :class:`ScorerOptionsError` naming each bad
+    option. A scorer that declares no ``Options`` (the bare protocol) gets its options unchecked, and
+    so does one whose module does not import here (it may on a worker with its extra installed).
+    """
+    try:
+        factory = _factory("scorer", name)
+    except KeyError:
+        raise
+    except Exception as exc:
+        log.warning("scorer %s does not import here (%s: %s); its options are not checked", name,
+                    type(exc).__name__, exc)
+        return dict(options or {})
+    model = getattr(factory, "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return check_options(model, options, f"scorer {name}")
+    return dict(options or {})
+
+
+def get_scorer(name: str, **options: Any) -> BaseScorer:
+    """Instantiate the scorer registered as ``name`` with ``options`` (its config, checked by its ``Options``)."""
+    factory = _factory("scorer", name)
+    model = getattr(factory, "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        options = check_options(model, options, f"scorer {name}")
+    return as_scorer(factory(**options))
 
 
 def get_generator(name: str, **options: Any) -> Generator:
@@ -255,139 +504,25 @@ def score_in_batches(scorer: Scorer, structures: Sequence[Structure], batch_size
         yield results
 
 
-# ----------------------------------------------------------------------------------------------
-# ranking
 
 
-class RankThresholds(BaseModel):
-    """What makes a hit (DESIGN "Execution"); every threshold is configurable."""
+# ranking moved to gen2d.ranking and the stored-document helpers to gen2d.schemas; these names stay
+# importable from here
+from gen2d.ranking import (  # noqa: E402
+    RankThresholds,
+    desirability,
+    pareto_fronts,
+    rank_candidates,
+    rank_documents,
+    screen_score,
+)
+from gen2d.schemas import iter_score_docs  # noqa: E402
 
-    dg_h_window: float = Field(0.2, description="|ΔG_H| at most this, eV")
-    e_hull_max: float = Field(0.1, description="E_hull at most this, eV/atom (stable)")
-    p_synth_min: float = Field(0.5, description="P_synth at least this")
-    require_strict: bool = Field(True, description="only strictly valid monolayers can be hits")
-
-
-def desirability(dg_h: float, e_hull: float, p_synth: float, t: RankThresholds) -> float:
-    """Geometric mean of three desirabilities in [0, 1].
-
-    ΔG_H: a Gaussian centred on 0 that is 0.5 at the edge of the hit window (Sabatier optimum);
-    E_hull: a logistic that is 0.5 at the stability threshold and falls off over 0.03 eV/atom;
-    P_synth: the probability itself.
-    """
-    import math
-
-    sigma = t.dg_h_window / math.sqrt(2 * math.log(2))
-    d_g = math.exp(-0.5 * (dg_h / sigma) ** 2)
-    d_e = 1.0 / (1.0 + math.exp((e_hull - t.e_hull_max) / 0.03))
-    d_s = min(max(p_synth, 0.0), 1.0)
-    return (d_g * d_e * d_s) ** (1.0 / 3.0)
-
-
-def screen_score(values: dict[str, float | None], t: RankThresholds) -> float | None:
-    """Geometric mean of the desirabilities of the properties present (None when none is)."""
-    import math
-
-    parts = []
-    if values.get("dg_h") is not None:
-        sigma = t.dg_h_window / math.sqrt(2 * math.log(2))
-        parts.append(math.exp(-0.5 * (values["dg_h"] / sigma) ** 2))
-    if values.get("e_hull") is not None:
-        parts.append(1.0 / (1.0 + math.exp(min(50.0, (values["e_hull"] - t.e_hull_max) / 0.03))))
-    if values.get("p_synth") is not None:
-        parts.append(min(max(values["p_synth"], 0.0), 1.0))
-    if not parts:
-        return None
-    return round(math.prod(parts) ** (1.0 / len(parts)), 6)
-
-
-def pareto_fronts(points: Sequence[Sequence[float]]) -> list[int]:
-    """Non-dominated sorting (all objectives minimised): front index per point, 0 is the best front."""
-    n = len(points)
-    front = [-1] * n
-    remaining = set(range(n))
-    level = 0
-    while remaining:
-        current = []
-        for i in remaining:
-            pi = points[i]
-            dominated = False
-            for j in remaining:
-                if i == j:
-                    continue
-                pj = points[j]
-                if all(a <= b for a, b in zip(pj, pi)) and any(a < b for a, b in zip(pj, pi)):
-                    dominated = True
-                    break
-            if not dominated:
-                current.append(i)
-        for i in current:
-            front[i] = level
-            remaining.discard(i)
-        level += 1
-    return front
-
-
-def rank_documents(docs: Sequence[dict[str, Any]], thresholds: RankThresholds | None = None) -> dict[str, dict[str, Any]]:
-    """Rank candidate documents from their ``summary`` (one ok score per property).
-
-    Returns ``{candidate_id: rank}`` where rank holds ``hit`` (True/False; None while a property is
-    missing), ``score`` (desirability, None while incomplete), ``pareto_front`` (0 = best; None while
-    incomplete), ``position`` (1-based order by score, ties broken by the lower summed uncertainty),
-    ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit),
-    ``flags`` (numerical faults of its generation, e.g. diverged guidance: never a hit either) and
-    the thresholds used. ``screen_score`` (geometric mean of the desirabilities of the properties
-    known so far) with ``n_properties`` lets a screening funnel pick which candidates get the
-    expensive scorers next; it never makes a hit.
-    """
-    t = thresholds or RankThresholds()
-    ranks: dict[str, dict[str, Any]] = {}
-    complete: list[tuple[str, float, float, float, float]] = []
-    for d in docs:
-        summ = d.get("summary") or {}
-        failed = sorted(_failed_properties(d.get("scores") or {}) - set(summ))
-        flags = sorted(d.get("flags") or {})
-        vals = {p: (summ.get(p) or {}).get("value") for p in ("dg_h", "e_hull", "p_synth")}
-        missing = sorted(p for p, v in vals.items() if v is None)
-        strict_ok = bool(((d.get("validity") or {}).get("strict") or {}).get("ok"))
-        r: dict[str, Any] = {"hit": None, "score": None, "pareto_front": None, "position": None,
-                             "missing": missing, "failed": failed, "flags": flags, "strict_ok": strict_ok,
-                             "n_properties": 3 - len(missing),
-                             "screen_score": screen_score(vals, t), "thresholds": t.model_dump()}
-        if failed or flags or (t.require_strict and not strict_ok):
-            r["hit"] = False
-        if not missing:
-            g, e, s = vals["dg_h"], vals["e_hull"], vals["p_synth"]
-            r["score"] = round(desirability(g, e, s, t), 6)
-            is_hit = abs(g) <= t.dg_h_window and e <= t.e_hull_max and s >= t.p_synth_min
-            r["hit"] = bool(is_hit and not failed and not flags and (strict_ok or not t.require_strict))
-            unc = sum(float((summ.get(p) or {}).get("uncertainty") or 0.0) for p in ("dg_h", "e_hull", "p_synth"))
-            complete.append((d["candidate_id"], abs(g), e, -s, unc))
-        ranks[d["candidate_id"]] = r
-    fronts = pareto_fronts([c[1:4] for c in complete])
-    for (cid, *_), f in zip(complete, fronts):
-        ranks[cid]["pareto_front"] = f
-    order = sorted(complete, key=lambda c: (-ranks[c[0]]["score"], c[4]))
-    for pos, c in enumerate(order, start=1):
-        ranks[c[0]]["position"] = pos
-    return ranks
-
-
-def iter_score_docs(scores: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(scorer name, stored score) for every score in a candidate's nested ``scores`` tree.
-
-    Scorer names with dots nest (``ehull.chgnet`` is ``scores["ehull"]["chgnet"]``); a stored score
-    is the dict that carries ``property`` and ``ok``.
-    """
-    for key, value in scores.items():
-        if not isinstance(value, dict):
-            continue
-        name = f"{prefix}.{key}" if prefix else key
-        if "property" in value and "ok" in value:
-            yield name, value
-        else:
-            yield from iter_score_docs(value, name)
-
-
-def _failed_properties(scores: dict[str, Any]) -> set[str]:
-    return {sc["property"] for _, sc in iter_score_docs(scores) if not sc["ok"]}
+__all__ = [
+    "BaseScorer", "CALCULATOR_GROUP", "Failure", "GENERATOR_GROUP", "GeneratedStructure", "Generator",
+    "LEGACY_RELAXED_KEYS", "PLUGIN_GROUPS", "PluginInfo", "PluginUnavailable", "Provenance", "RankThresholds",
+    "SCORER_GROUP", "ScoreResult", "Scorer", "ScorerOptions", "ScorerOptionsError", "as_scorer", "check_options",
+    "desirability", "discover", "file_sha256", "get_calculator", "get_generator", "get_scorer", "iter_score_docs",
+    "package_version", "pareto_fronts", "rank_candidates", "rank_documents", "relaxed_from_context",
+    "relaxed_structure_of", "score_in_batches", "screen_score", "trains", "validate_scorer_options",
+]

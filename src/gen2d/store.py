@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pymatgen.core import Structure
 
+from gen2d.schemas import DocumentModel, PropertySummary, Rank, Validity, iter_score_docs
 from gen2d.scoring import ScoreResult
 from gen2d.settings import get_settings
 from gen2d.structures import (
@@ -81,7 +82,7 @@ def resolve_store_uri(uri: str | None = None) -> str:
 # schema
 
 
-class SourceInfo(BaseModel):
+class SourceInfo(DocumentModel):
     """Where a candidate came from: a dataset, a CIF set, the templates or a generator run."""
 
     kind: str  # dataset | cif-set | templates | generator
@@ -91,8 +92,12 @@ class SourceInfo(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class ScoreDoc(BaseModel):
-    """A score as stored: the scorer's result with its name."""
+class ScoreDoc(DocumentModel):
+    """A score as stored (``scores.<scorer>``): the scorer's result with its name.
+
+    ``relaxed_structure`` is stored only when the result has one; scores stored before it was declared
+    hold it in ``extra`` and are read the same (:meth:`to_result`).
+    """
 
     scorer: str
     property: str
@@ -101,6 +106,7 @@ class ScoreDoc(BaseModel):
     uncertainty: float | None = None
     ok: bool
     failure: dict[str, Any] | None = None
+    relaxed_structure: dict[str, Any] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any]
 
@@ -109,9 +115,24 @@ class ScoreDoc(BaseModel):
         d = result.model_dump(mode="json")
         return cls(scorer=scorer, **d)
 
+    def to_result(self) -> ScoreResult:
+        """The stored score as a :class:`ScoreResult` (old layouts of the relaxed structure included)."""
+        return ScoreResult.model_validate(self.model_dump(exclude={"scorer"}))
 
-class Candidate(BaseModel):
-    """One material (one document), keyed by its content hash."""
+    def stored(self) -> dict[str, Any]:
+        """The BSON body: as before ``relaxed_structure`` was declared, plus that key when it is set."""
+        body = self.model_dump(mode="json")
+        if body.get("relaxed_structure") is None:
+            body.pop("relaxed_structure", None)
+        return body
+
+
+class Candidate(DocumentModel):
+    """One material (one document), keyed by its content hash.
+
+    ``validity``, ``summary`` and ``rank`` are typed; ``scores`` is the tree of stored scores (scorer
+    names with dots nest), read one with :meth:`score` or all with :meth:`iter_scores`.
+    """
 
     candidate_id: str
     formula: str
@@ -125,15 +146,29 @@ class Candidate(BaseModel):
     sources: list[SourceInfo] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)
     flags: dict[str, Any] = Field(default_factory=dict)  # numerical faults at generation: never a hit
-    validity: dict[str, Any] = Field(default_factory=dict)
+    validity: Validity = Field(default_factory=Validity)
     scores: dict[str, Any] = Field(default_factory=dict)
-    summary: dict[str, Any] = Field(default_factory=dict)
-    rank: dict[str, Any] | None = None
+    summary: dict[str, PropertySummary] = Field(default_factory=dict)
+    rank: Rank | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
     def get_structure(self) -> Structure:
         return Structure.from_dict(self.structure)
+
+    def score(self, scorer: str) -> ScoreDoc | None:
+        """The stored score of ``scorer`` (``ehull.chgnet`` is ``scores.ehull.chgnet``), or None."""
+        raw = _get_path(self.scores, scorer)
+        return ScoreDoc.model_validate({"scorer": scorer, **raw}) if isinstance(raw, dict) and "ok" in raw else None
+
+    def iter_scores(self) -> list[ScoreDoc]:
+        """Every stored score, typed, in the order of the tree."""
+        return [ScoreDoc.model_validate({"scorer": name, **sc}) for name, sc in iter_score_docs(self.scores)]
+
+    def value(self, prop: str) -> float | None:
+        """The summarised value of ``prop`` (``e_hull``, ``dg_h``, ``p_synth``), None when unknown."""
+        entry = self.summary.get(prop)
+        return entry.value if entry is not None else None
 
 
 def make_candidate(structure: Structure, source: SourceInfo, labels: dict[str, Any] | None = None,
@@ -173,9 +208,10 @@ def _get_path(doc: dict[str, Any], path: str) -> Any:
     return cur
 
 
-def get_score(doc: dict[str, Any], scorer: str) -> dict[str, Any] | None:
-    """The stored score of ``scorer`` (names like ``ehull.chgnet`` nest as scores.ehull.chgnet)."""
-    return _get_path(doc.get("scores", {}), scorer)
+def get_score(doc: dict[str, Any] | Candidate, scorer: str) -> dict[str, Any] | None:
+    """The stored score of ``scorer`` as a dict (names like ``ehull.chgnet`` nest as scores.ehull.chgnet)."""
+    scores = doc.scores if isinstance(doc, Candidate) else doc.get("scores", {})
+    return _get_path(scores or {}, scorer)
 
 
 def score_is_current(score: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
@@ -279,23 +315,23 @@ class CandidateStore:
     def set_score(self, candidate_id: str, scorer: str, result: ScoreResult | ScoreDoc) -> None:
         """Store one score on an existing candidate (field-level, so concurrent scorers never clash)."""
         doc = result if isinstance(result, ScoreDoc) else ScoreDoc.from_result(scorer, result)
-        body = doc.model_dump(mode="json")
+        body = doc.stored()
         now = datetime.now(timezone.utc)
         sets: dict[str, Any] = {f"scores.{scorer}": body, "updated_at": now}
         if doc.ok and doc.value is not None:
-            sets[f"summary.{doc.property}"] = {
-                "value": doc.value, "abs_value": abs(doc.value), "unit": doc.unit,
-                "uncertainty": doc.uncertainty, "scorer": scorer,
-            }
+            sets[f"summary.{doc.property}"] = PropertySummary(
+                value=doc.value, abs_value=abs(doc.value), unit=doc.unit, uncertainty=doc.uncertainty,
+                scorer=scorer).model_dump(mode="json")
         with self._write_lock():
             res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})
         if res.matched_count == 0:
             raise KeyError(f"no candidate {candidate_id} in {self.uri}")
 
-    def set_rank(self, candidate_id: str, rank: dict[str, Any]) -> None:
+    def set_rank(self, candidate_id: str, rank: Rank | dict[str, Any]) -> None:
+        body = rank.model_dump(mode="json") if isinstance(rank, Rank) else rank
         with self._write_lock():
             self.collection.update_one({"candidate_id": candidate_id},
-                                       {"$set": {"rank": rank, "updated_at": datetime.now(timezone.utc)}})
+                                       {"$set": {"rank": body, "updated_at": datetime.now(timezone.utc)}})
 
     def set_fields(self, candidate_id: str, fields: dict[str, Any]) -> None:
         with self._write_lock():
@@ -305,7 +341,13 @@ class CandidateStore:
     def count(self, criteria: dict[str, Any] | None = None) -> int:
         return self.store.count(criteria or {})
 
-    def get(self, candidate_id: str) -> dict[str, Any] | None:
+    def get(self, candidate_id: str) -> Candidate | None:
+        """The candidate ``candidate_id`` (a unique prefix is enough), typed; None when there is none."""
+        doc = self.get_document(candidate_id)
+        return Candidate.model_validate(doc) if doc is not None else None
+
+    def get_document(self, candidate_id: str) -> dict[str, Any] | None:
+        """The stored document of ``candidate_id`` (a unique prefix is enough) as it is in the database."""
         doc = self.collection.find_one({"candidate_id": candidate_id})
         if doc is None:
             # accept a unique prefix, as people type short ids
@@ -336,18 +378,22 @@ class CandidateStore:
             yield doc
 
     def candidates_missing(self, scorer: str, criteria: dict[str, Any] | None = None,
-                           current: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                           current: dict[str, Any] | None = None,
+                           properties: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do.
 
         ``current`` (a scorer's ``current`` attribute: dotted paths inside a stored result and the value a
         result made by today's scorer holds there) also counts a stored result that differs as missing,
-        e.g. an E_hull made under an older correction scheme.
+        e.g. an E_hull made under an older correction scheme. ``properties`` limits the fields read
+        (``candidate_id`` and the scorer's result are always read).
         """
         crit = dict(criteria or {})
         field = f"scores.{scorer}"
+        if properties is not None:
+            properties = list(dict.fromkeys(["candidate_id", field, *properties]))
         if not current:  # the database does the whole selection
             crit[field] = {"$exists": False}
-            return list(self.query(crit))
+            return list(self.query(crit, properties=properties))
         if self.selects_stale and all(v is None or isinstance(v, (str, int, float, bool)) for v in current.values()):
             # the database narrows to results that are absent or differ at a current path (a missing path
             # differs too), so a store of up-to-date candidates is not read in full; Python then confirms
@@ -355,7 +401,8 @@ class CandidateStore:
             # database (its embedded-document equality depends on key order).
             stale = [{field: {"$exists": False}}] + [{f"{field}.{p}": {"$ne": v}} for p, v in current.items()]
             crit = {"$and": [crit, {"$or": stale}]} if crit else {"$or": stale}
-        return [d for d in self.query(crit) if not score_is_current(get_score(d, scorer), current)]
+        return [d for d in self.query(crit, properties=properties)
+                if not score_is_current(get_score(d, scorer), current)]
 
 
 def _monty_path(uri: str) -> str:

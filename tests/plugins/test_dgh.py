@@ -393,3 +393,40 @@ def test_scorer_applies_the_manifest_calibration(trained, tmp_path):
         r = DimeNetDGHScorer(checkpoint_dir=ens, device="cpu").score([mos2])[0]
         assert r.ok and r.uncertainty == pytest.approx(r.extra["ensemble_std_eV"])
         assert "uncalibrated" in r.provenance.settings["uncertainty"]
+
+
+def _e_hull_result(relaxed: Structure, layout: str):
+    """An ok e_hull result carrying ``relaxed``: the declared field, or extra as stored before it existed."""
+    from gen2d.scoring import Provenance, ScoreResult
+
+    if layout == "field":
+        return ScoreResult(property="e_hull", value=0.0, unit="eV/atom", relaxed_structure=relaxed,
+                           provenance=Provenance(plugin="ehull.test"))
+    return ScoreResult.model_validate({"property": "e_hull", "value": 0.0, "unit": "eV/atom", "ok": True,
+                                       "extra": {"relaxed_structure": relaxed.as_dict()},
+                                       "provenance": {"plugin": "ehull.test"}})
+
+
+@pytest.mark.parametrize("layout", ["field", "legacy extra"])
+def test_dimenet_reads_the_relaxed_structure_of_the_e_hull_result(layout):
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
+    given = _slab(mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0))
+    relaxed = _slab(mx2("MoS2", a=3.40, thickness=3.00, vacuum=10.0))
+    scorer = DimeNetDGHScorer(device="cpu")
+    as_given, direct = scorer.score([given, relaxed])
+    via_ctx, no_ctx = scorer.score([given, given], [{"e_hull": _e_hull_result(relaxed, layout)}, {}])
+    assert via_ctx.value == pytest.approx(direct.value, abs=1e-5) and "input: slab relaxed by e_hull" in \
+        via_ctx.provenance.notes
+    assert no_ctx.value == pytest.approx(as_given.value, abs=1e-5) and via_ctx.value != pytest.approx(no_ctx.value)
+
+
+@pytest.mark.parametrize("layout", ["field", "legacy extra"])
+def test_dgh_mlip_takes_the_slab_relaxed_by_e_hull(layout):
+    scorer = get_scorer("dgh.mlip", calculator="chgnet")
+    relaxed = _slab(mx2("MoS2", a=3.40, thickness=3.00, vacuum=10.0))
+    notes: list[str] = []
+    slab, energy = scorer._slab(_slab(mx2("MoS2", a=3.19, vacuum=10.0)), {"e_hull": _e_hull_result(relaxed, layout)},
+                                notes)
+    assert energy is None and notes == ["slab relaxed by e_hull"]
+    assert slab.lattice.a == pytest.approx(3.40, abs=1e-6)
