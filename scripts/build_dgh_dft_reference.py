@@ -161,7 +161,7 @@ def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
     mlip_sites = {(s["face"], s["kind"], s["nearest_atom"]): s for s in mlip.extra.get("sites", [])}
     row = {
         "material": name, "formula": structure.composition.reduced_formula,
-        "structure": structure.as_dict() if not mlip.extra.get("relaxed_slab") else mlip.extra["relaxed_slab"],
+        "structure": (mlip.relaxed() or structure).as_dict(),
         "ok": dft.ok, "failure": None if dft.ok else dft.failure.model_dump(),
         "dg_h_eV": dft.value, "unit": "eV",
         "best_site": best,

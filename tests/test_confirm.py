@@ -63,6 +63,10 @@ def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, d
         assert doc["summary"]["dg_h"]["scorer"] == "dgh.dft"  # the funnel's last word is DFT's
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["n_candidates"] == 2
+    (stage,) = report["dg_h_by_stage"]  # the report sets DFT beside the cheaper stages
+    assert stage["formula"] == "C" and stage["dg_h_dft_eV"] == pytest.approx(res["value"])
+    assert stage["dg_h_mlip_eV"] is None  # this flow ran no dgh.mlip stage
+    assert "ΔG_H by stage" in (tmp_path / "report" / "index.html").read_text()
 
     fw_spec = tmp_path / "fw.yaml"
     fw_spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))

@@ -17,8 +17,12 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+import typing
+
+from pydantic import create_model
+
 from gen2d.adsorption import AdsorptionSettings, RefineSettings, h2_reference_dft, refine_adsorption
-from gen2d.scoring import PluginUnavailable, Provenance, ScoreResult
+from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,24 @@ def default_workdir() -> Path:
     return Path(settings.dft_dir) if settings.dft_dir else Path(settings.cache_dir) / "dft"
 
 
-class DFTAdsorptionScorer:
+def _options_model() -> type[ScorerOptions]:
+    """The scorer's own options, the refinement's and every field of :class:`AdsorptionSettings`."""
+    hints = typing.get_type_hints(AdsorptionSettings)
+    refine_hints = typing.get_type_hints(RefineSettings)
+    refine = {f.name: (refine_hints[f.name], f.default) for f in fields(RefineSettings)}
+    # fmax, steps and min_inplane_length name the DFT refinement; the MLIP stage keeps its defaults for them
+    recipe = {f.name: (hints[f.name], f.default) for f in fields(AdsorptionSettings) if f.name not in refine}
+    return create_model(
+        "DFTAdsorptionOptions", __base__=ScorerOptions, __module__=__name__,
+        mlip=(str, "chgnet"), mlip_model=(str | None, None), cp2k=(dict | None, None), threads=(int, 1),
+        workdir=(str | None, None), device=(str, "auto"), **refine, **recipe)
+
+
+#: options of ``dgh.dft``: its own, :class:`RefineSettings` and :class:`AdsorptionSettings`
+DFTAdsorptionOptions = _options_model()
+
+
+class DFTAdsorptionScorer(BaseScorer):
     """ΔG_H (eV) at the best DFT-refined site (minimum |ΔG_H| among unflagged sites).
 
     Parameters
@@ -62,6 +83,7 @@ class DFTAdsorptionScorer:
     unit = "eV"
     requires = ("e_hull", "dg_h")
     batch_size = 1
+    Options = DFTAdsorptionOptions
 
     def __init__(self, mlip: str = "chgnet", mlip_model: str | None = None, cp2k: dict | None = None,
                  threads: int = 1, workdir: str | None = None, n_sites: int = 2, free_radius: float = 3.0,
@@ -117,11 +139,9 @@ class DFTAdsorptionScorer:
         """(relaxed slab, MLIP site records, notes): from a dgh.mlip result in the context, else run it."""
         notes: list[str] = []
         upstream = (ctx or {}).get("dg_h")
-        if upstream is not None and upstream.ok and upstream.extra.get("sites") and upstream.extra.get("relaxed_slab"):
+        if upstream is not None and upstream.ok and upstream.extra.get("sites") and upstream.relaxed() is not None:
             notes.append(f"sites and slab from {upstream.provenance.plugin} ({upstream.provenance.model})")
-            slab = upstream.extra["relaxed_slab"]
-            slab = slab if isinstance(slab, Structure) else Structure.from_dict(slab)
-            return slab, list(upstream.extra["sites"]), notes
+            return upstream.relaxed(), list(upstream.extra["sites"]), notes
         from gen2d_dgh_mlip import MLIPAdsorptionScorer
 
         mlip = MLIPAdsorptionScorer(calculator=self.mlip, model=self.mlip_model, device=self.device,
@@ -131,8 +151,7 @@ class DFTAdsorptionScorer:
             raise _StageFailure(res.failure.reason if res.failure else "no_valid_site",
                                 f"MLIP stage found no site: {res.failure.message if res.failure else ''}")
         notes.append(f"sites and slab from dgh.mlip on {self.mlip} ({res.provenance.model})")
-        slab = Structure.from_dict(res.extra["relaxed_slab"])
-        return slab, list(res.extra["sites"]), notes
+        return res.relaxed(), list(res.extra["sites"]), notes
 
     def run_dir(self, structure: Structure) -> Path:
         """The work directory of one structure under these settings."""
@@ -173,7 +192,6 @@ class DFTAdsorptionScorer:
             return ScoreResult.failed(self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}",
                                       self.provenance(notes))
         extra = result.as_dict()
-        extra["relaxed_slab"] = slab.as_dict()
         extra["workdir"] = str(workdir)
         extra["wall_seconds"] = round(getattr(result, "wall_seconds", 0.0), 1)
         cost = _cost_of(workdir)
@@ -184,9 +202,10 @@ class DFTAdsorptionScorer:
             reason = "scf_not_converged" if "scf_not_converged" in reasons else (
                 "geometry_not_converged" if "geometry_not_converged" in reasons else "no_valid_site")
             return ScoreResult.failed(self.property, self.unit, reason,
-                                      f"no DFT site gave a valid ΔG_H (flags: {', '.join(reasons)})", prov, **extra)
+                                      f"no DFT site gave a valid ΔG_H (flags: {', '.join(reasons)})", prov,
+                                      relaxed_structure=slab, **extra)
         return ScoreResult(property=self.property, value=float(best.delta_g_h), unit=self.unit, extra=extra,
-                           provenance=prov)
+                           relaxed_structure=slab, provenance=prov)
 
     def score(self, structures: Sequence[Structure],
               context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:

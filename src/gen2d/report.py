@@ -33,6 +33,21 @@ def _scorer(doc: Candidate, prop: str) -> str:
     return (entry.scorer or "") if entry is not None else ""
 
 
+#: the ΔG_H funnel, cheapest first: the surrogate on everything, the explicit-H MLIP on the best, DFT on the very best
+DG_H_STAGES = (("surrogate", "dgh.dimenet"), ("MLIP", "dgh.mlip"), ("DFT", "dgh.dft"))
+
+
+def dg_h_stages(doc: Candidate) -> dict[str, Any]:
+    """ΔG_H (eV) of each funnel stage that scored ``doc`` (None where it did not or failed), with DFT's failure."""
+    out: dict[str, Any] = {}
+    for label, scorer in DG_H_STAGES:
+        sc = doc.score(scorer)
+        out[f"dg_h_{label.lower()}_eV"] = sc.value if sc is not None and sc.ok else None
+        if scorer == "dgh.dft" and sc is not None and not sc.ok:
+            out["dft_failure"] = sc.failure.reason if sc.failure else "failed"
+    return out
+
+
 def _cpu_seconds(doc: Candidate) -> float:
     return sum(float(sc.extra.get("cpu_seconds") or 0.0) for sc in doc.iter_scores())
 
@@ -168,13 +183,18 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
         "p_synth": _val(d, "p_synth"), "p_synth_scorer": _scorer(d, "p_synth"),
         "hit": d.rank.hit, "score": d.rank.score, "pareto_front": d.rank.pareto_front,
     } for d in top]
+    funnel = [{"position": d.rank.position if d.rank else None, "candidate_id": d.candidate_id,
+               "formula": d.formula, **dg_h_stages(d)} for d in docs if d.score("dgh.dft") is not None]
+    funnel.sort(key=lambda r: r["position"] if r["position"] is not None else 10 ** 9)
     summary = {"sets": sets, "store": cs.uri, "n_candidates": len(docs), "thresholds": t.model_dump(),
-               "top": top_rows, "sources": sources,
+               "top": top_rows, "sources": sources, "dg_h_by_stage": funnel,
                "descriptions": {
                    "dg_h_eV": "hydrogen adsorption free energy of the best site, eV (ΔE_H + 0.27 eV unless stated)",
                    "e_hull_eV_per_atom": "energy above the convex hull of the named reference set, eV/atom",
                    "p_synth": "probability of synthesizability from the named scorer",
                    "hits_per_cpu_hour": "hits divided by the scoring CPU time recorded on the candidates",
+                   "dg_h_by_stage": "ΔG_H (eV) of the candidates DFT scored, by funnel stage: surrogate "
+                                    "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K)",
                }}
     fj = out / "report.json"
     fj.write_text(json.dumps(summary, indent=2, default=str))
@@ -189,6 +209,14 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
         f"<td>{_fmt(r['strict_valid_fraction'], 3)}</td><td>{r['stable']}/{r['with_e_hull']}</td><td>{r['hits']}</td>"
         f"<td>{_fmt(r['scoring_cpu_hours'], 4)}</td><td>{_fmt(r['hits_per_cpu_hour'])}</td></tr>" for r in sources)
     pics_html = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in pics)
+    funnel_html = "".join(
+        f"<tr><td>{_fmt(r['position'])}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
+        f"<td>{_fmt(r['dg_h_surrogate_eV'])}</td><td>{_fmt(r['dg_h_mlip_eV'])}</td>"
+        f"<td>{_fmt(r['dg_h_dft_eV']) if r['dg_h_dft_eV'] is not None else html.escape(r.get('dft_failure', ''))}</td></tr>"
+        for r in funnel)
+    funnel_section = ("<h2>ΔG_H by stage (DFT-confirmed candidates)</h2><table><tr><th>#</th><th>id</th><th>formula</th>"
+                      "<th>surrogate (eV)</th><th>MLIP (eV)</th><th>DFT (eV)</th></tr>"
+                      f"{funnel_html}</table>") if funnel else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gen2d report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:48%}}</style></head><body>
@@ -200,6 +228,7 @@ MLIP and surrogate numbers are screening figures; the top candidates need DFT.</
 <h2>Top {len(top_rows)}</h2>
 <table><tr><th>#</th><th>id</th><th>formula</th><th>ΔG_H (eV)</th><th>E_hull (eV/atom)</th><th>P_synth</th>
 <th>hit</th><th>score</th><th>Pareto front</th></tr>{rows_html}</table>
+{funnel_section}
 <h2>Sources</h2>
 <table><tr><th>source</th><th>set</th><th>n</th><th>strict valid</th><th>stable</th><th>hits</th>
 <th>scoring CPU-h</th><th>hits / CPU-h</th></tr>{src_html}</table>
