@@ -218,6 +218,7 @@ def test_mp_api_provider_without_key_says_so(monkeypatch):
     from pymatgen.core import SETTINGS
 
     monkeypatch.delenv("MP_API_KEY", raising=False)
+    monkeypatch.delenv("GEN2D_OFFLINE", raising=False)  # the key is checked before any network
     monkeypatch.setitem(SETTINGS, "PMG_MAPI_KEY", None)
     prov = get_reference_provider("mp-api")
     with pytest.raises(ReferenceUnavailable) as err:
@@ -227,11 +228,18 @@ def test_mp_api_provider_without_key_says_so(monkeypatch):
 
 
 def test_mp_api_provider_with_key_but_no_client_or_network(monkeypatch):
+    import sys
+
     prov = MPAPIProvider(api_key="x" * 32)
+    with pytest.raises(ReferenceUnavailable) as err:  # the test suite runs with GEN2D_OFFLINE=1
+        prov.entries(["Mo", "S"])
+    assert err.value.reason == "offline"
+    monkeypatch.delenv("GEN2D_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "mp_api", None)  # not installed: refused before any network
+    monkeypatch.setitem(sys.modules, "mp_api.client", None)
     with pytest.raises(ReferenceUnavailable) as err:
         prov.entries(["Mo", "S"])
-    # mp-api is not a core dependency; with it installed the query fails offline instead
-    assert err.value.reason in {"mp_api_not_installed", "mp_api_unreachable"}
+    assert err.value.reason == "mp_api_not_installed"
 
 
 def test_mp_api_provider_reads_its_store_cache():
