@@ -23,7 +23,7 @@ from gen2d.flows import build_flow, job_store
 from gen2d.store import get_score, open_store
 from gen2d_cp2k import available
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available()[0], reason="CP2K not installed")]
+needs_cp2k = pytest.mark.skipif(not available()[0], reason="CP2K not installed")
 
 
 
@@ -46,6 +46,8 @@ def dft_scores(uri: str) -> dict[str, dict]:
         return {d["formula"]: get_score(d, "dgh.dft") for d in cs.query({}) if get_score(d, "dgh.dft")}
 
 
+@pytest.mark.slow
+@needs_cp2k
 def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, dft_workdir):
     uri = f"monty://{tmp_path}/local"
     spec = confirm_spec(tmp_path, uri, dft_workdir)
@@ -82,3 +84,15 @@ def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, d
     remote = dft_scores(fw_uri)
     assert remote.keys() == local.keys()
     assert remote[formula]["value"] == pytest.approx(res["value"])  # same DFT, read from its work directory
+
+
+def test_a_bad_confirm_option_is_refused_when_the_flow_is_built(tmp_path):
+    """A typo in the DFT stage fails on the submitting machine, not hours later on a DFT node."""
+    from gen2d.scoring import ScorerOptionsError
+
+    base = {"flow": "rank-cifs", "set": "c", "input": str(tmp_path), "scorers": []}
+    with pytest.raises(ScorerOptionsError, match="confirm: .*n_site.*did you mean 'n_sites'"):
+        build_flow(FlowSpec.model_validate(base | {"confirm": {"m": 1, "options": {"n_site": 2}}}))
+    with pytest.raises(ScorerOptionsError, match="cutoff_ryy"):
+        build_flow(FlowSpec.model_validate(base | {"confirm": {"m": 1, "options": {"cp2k": {"cutoff_ryy": 400}}}}))
+    assert build_flow(FlowSpec.model_validate(base | {"confirm": {"m": 0, "options": {"n_site": 2}}})).jobs

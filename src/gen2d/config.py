@@ -98,6 +98,32 @@ class FlowSpec(BaseModel):
                 raise ScorerOptionsError(f"scorers[{k}]: {exc.args[0]}") from None
             except ScorerOptionsError as exc:
                 raise ScorerOptionsError(f"scorers[{k}]: {exc}") from None
+        if self.confirm.m > 0:
+            try:
+                validate_scorer_options(self.confirm.scorer, self.confirm.options)
+                if self.confirm.scorer == "dgh.dft" and self.confirm.options.get("cp2k"):
+                    _check_cp2k_settings(self.confirm.options["cp2k"])
+            except KeyError as exc:
+                raise ScorerOptionsError(f"confirm: {exc.args[0]}") from None
+            except ScorerOptionsError as exc:
+                raise ScorerOptionsError(f"confirm: {exc}") from None
+
+
+def _check_cp2k_settings(options: dict[str, Any]) -> None:
+    """The ``cp2k`` options of ``dgh.dft`` checked against ``Cp2kSettings`` (skipped where the plugin is absent)."""
+    from pydantic import ValidationError
+
+    from gen2d.scoring import ScorerOptionsError
+
+    try:
+        from gen2d_cp2k.settings import Cp2kSettings
+    except ImportError:
+        return
+    try:
+        Cp2kSettings(**options)
+    except ValidationError as exc:
+        bad = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ScorerOptionsError(f"scorer dgh.dft: bad cp2k settings ({bad})") from None
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
