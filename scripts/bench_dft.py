@@ -47,9 +47,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 def h2_binding(settings) -> dict:
     """H₂ relaxed in a 12 Å box, and the H atom (a doublet) in the same box."""
     from ase import Atoms
+    from gen2d_cp2k import make_calculator
 
     from gen2d.adsorption import h2_reference_dft
-    from gen2d_cp2k import make_calculator
 
     work = Path(tempfile.mkdtemp(prefix="gen2d-bench-h2-"))
     t0 = time.perf_counter()
@@ -59,9 +59,14 @@ def h2_binding(settings) -> dict:
     h.calc = calc
     e_h = float(h.get_potential_energy())
     calc.close()
-    return {"bond_A": round(bond, 4), "binding_energy_eV": round(2 * e_h - e_h2, 4), "e_h2_eV": e_h2,
-            "settings_hash": settings.settings_hash(), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "pbe_reference": {"bond_A": 0.750, "binding_energy_eV": 4.54}}
+    return {
+        "bond_A": round(bond, 4),
+        "binding_energy_eV": round(2 * e_h - e_h2, 4),
+        "e_h2_eV": e_h2,
+        "settings_hash": settings.settings_hash(),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "pbe_reference": {"bond_A": 0.750, "binding_energy_eV": 4.54},
+    }
 
 
 def _row_geometry(row: dict):
@@ -113,8 +118,9 @@ def _embed(row: dict, slab_small, withh_small, repeat: int, radius: float = 4.5)
 
 
 def delta_e(row: dict, name: str, workdir: Path, threads: int) -> dict:
-    from gen2d.adsorption import h2_reference_dft
     from gen2d_cp2k import Cp2kSettings, make_calculator
+
+    from gen2d.adsorption import h2_reference_dft
 
     base = Cp2kSettings(**row["provenance"]["settings"]["cp2k"])
     overrides, geometry = VARIANTS[name]
@@ -127,18 +133,28 @@ def delta_e(row: dict, name: str, workdir: Path, threads: int) -> dict:
     t0 = time.perf_counter()
     energies = {}
     for label, atoms in (("slab", slab), ("slab+H", withh)):
-        calc = make_calculator(settings=settings, directory=str(workdir / name / label.replace("+", "_")),
-                               threads=threads)
+        calc = make_calculator(
+            settings=settings, directory=str(workdir / name / label.replace("+", "_")), threads=threads
+        )
         atoms = atoms.copy()
         atoms.calc = calc
         energies[label] = float(atoms.get_potential_energy())
         calc.close()
-    e_h2, bond = h2_reference_dft(str(workdir / f"h2-{settings.settings_hash()}"),
-                                  lambda d: make_calculator(settings=settings, directory=d, threads=threads))
+    e_h2, bond = h2_reference_dft(
+        str(workdir / f"h2-{settings.settings_hash()}"),
+        lambda d: make_calculator(settings=settings, directory=d, threads=threads),
+    )
     de = energies["slab+H"] - energies["slab"] - 0.5 * e_h2
-    return {"variant": name, "delta_e_h_eV": round(de, 4), "n_atoms": len(withh),
-            "settings_hash": settings.settings_hash(), "overrides": overrides, "geometry": geometry,
-            "wall_seconds": round(time.perf_counter() - t0, 1), "h2_bond_A": round(bond, 4)}
+    return {
+        "variant": name,
+        "delta_e_h_eV": round(de, 4),
+        "n_atoms": len(withh),
+        "settings_hash": settings.settings_hash(),
+        "overrides": overrides,
+        "geometry": geometry,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "h2_bond_A": round(bond, 4),
+    }
 
 
 def main(argv=None) -> int:
@@ -175,8 +191,10 @@ def main(argv=None) -> int:
     if base is not None:
         print(f"\n{'variant':16s} {'ΔE_H (eV)':>10s} {'vs base':>8s} {'atoms':>6s} {'wall s':>7s}")
         for name, r in done.items():
-            print(f"{name:16s} {r['delta_e_h_eV']:10.3f} {r['delta_e_h_eV'] - base:+8.3f} {r['n_atoms']:6d} "
-                  f"{r['wall_seconds']:7.0f}")
+            print(
+                f"{name:16s} {r['delta_e_h_eV']:10.3f} {r['delta_e_h_eV'] - base:+8.3f} {r['n_atoms']:6d} "
+                f"{r['wall_seconds']:7.0f}"
+            )
     return 0
 
 

@@ -17,7 +17,7 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -44,10 +44,19 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
         n = 0
         with torch.no_grad():
             for start in range(0, len(records), 64):
-                data = collate(records[start:start + 64], vocab_index)
+                data = collate(records[start : start + 64], vocab_index)
                 t = torch.randint(lo, hi, (data.n_graphs,), generator=gen)
-                out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, cond_dropout=1.0,
-                                     rotate=False, generator=gen, t=t, shrinkage=stats)
+                out = diffusion_loss(
+                    bundle.model,
+                    bundle.rep,
+                    bundle.schedule,
+                    data,
+                    cond_dropout=1.0,
+                    rotate=False,
+                    generator=gen,
+                    t=t,
+                    shrinkage=stats,
+                )
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * data.n_graphs
                 n += data.n_graphs
@@ -55,8 +64,7 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
     return {"overall": overall, "by_t": bands}
 
 
-def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None, seed: int = 0,
-               base=None) -> dict:
+def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None, seed: int = 0, base=None) -> dict:
     """Structures per second of a full reverse process at each atom count (one batch of n_structures),
     with the sampling settings of ``base`` (default: the sampler's defaults, geometry prior on)."""
     from gen2d.diffusion.sampler import SamplingConfig, sample
@@ -67,11 +75,18 @@ def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None,
         t0, c0 = time.perf_counter(), time.process_time()
         sample(bundle, n_structures, seed, cfg, "cpu", n_atoms=[n_atoms] * n_structures)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        out[str(n_atoms)] = {"structures_per_s_wall": n_structures / wall, "structures_per_s_cpu": n_structures / cpu,
-                             "wall_s": wall, "cpu_s": cpu, "batch": n_structures,
-                             "steps": len(bundle.schedule.timesteps(n_steps))}
-        _log(f"  throughput {n_atoms:3d} atoms: {n_structures / cpu:.3f} structures/CPU-s "
-             f"({n_structures / wall:.3f}/wall-s), {cpu:.1f} CPU-s for {n_structures} structures")
+        out[str(n_atoms)] = {
+            "structures_per_s_wall": n_structures / wall,
+            "structures_per_s_cpu": n_structures / cpu,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "batch": n_structures,
+            "steps": len(bundle.schedule.timesteps(n_steps)),
+        }
+        _log(
+            f"  throughput {n_atoms:3d} atoms: {n_structures / cpu:.3f} structures/CPU-s "
+            f"({n_structures / wall:.3f}/wall-s), {cpu:.1f} CPU-s for {n_structures} structures"
+        )
     return out
 
 
@@ -99,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-batch", type=int, default=8)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-training-validity", action="store_true")
-    p.add_argument("--no-geometry-prior", action="store_true",
-                   help="the bare model: switch off the sampler's overlap / lone-atom projection (and so the "
-                        "periodic shrink, which needs it)")
-    p.add_argument("--no-composition-prior", action="store_true",
-                   help="switch off charge-balanced type decoding (the per-atom argmax of the model)")
+    p.add_argument(
+        "--no-geometry-prior",
+        action="store_true",
+        help="the bare model: switch off the sampler's overlap / lone-atom projection (and so the "
+        "periodic shrink, which needs it)",
+    )
+    p.add_argument(
+        "--no-composition-prior",
+        action="store_true",
+        help="switch off charge-balanced type decoding (the per-atom argmax of the model)",
+    )
     p.add_argument("--out", default="bench_generator.json")
     p.add_argument("--ship", default=None, help="copy checkpoint + MANIFEST.json to this folder")
     p.add_argument("--train-command", default="", help="the command that trained the checkpoint (for the manifest)")
@@ -113,44 +134,72 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-    from gen2d.diffusion.sampler import sample, template_starts
-    from gen2d.diffusion.train import (TrainConfig, export_for_sampling, load_checkpoint, load_training_set,
-                                       split_records)
-    from gen2d.metrics import evaluate_samples
     from gen2d_egnn import sampling_config
+
+    from gen2d.diffusion.sampler import sample, template_starts
+    from gen2d.diffusion.train import (
+        TrainConfig,
+        export_for_sampling,
+        load_checkpoint,
+        load_training_set,
+        split_records,
+    )
+    from gen2d.metrics import evaluate_samples
 
     n_steps = args.n_steps or None
     bundle, payload = load_checkpoint(args.checkpoint, "cpu")
     raw = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    train_cfg = TrainConfig(**{**payload["meta"].get("config", {}), **{"progress": False}}) \
-        if payload["meta"].get("config") else TrainConfig(**raw.get("train", {}))
+    train_cfg = (
+        TrainConfig(**{**payload["meta"].get("config", {}), **{"progress": False}})
+        if payload["meta"].get("config")
+        else TrainConfig(**raw.get("train", {}))
+    )
     records, dropped = load_training_set(train_cfg)
     train_set, val = split_records(records, train_cfg.seed, train_cfg.val_fraction)
-    report: dict = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": bundle.sha256,
-                    "train_steps": payload.get("step"), "train_meta": {k: payload["meta"].get(k) for k in
-                                                                      ("n_train", "n_val", "dropped", "sources",
-                                                                       "train_seconds", "train_cpu_seconds")},
-                    "schedule": bundle.schedule.to_dict(), "machine": platform.platform(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "date": datetime.now(timezone.utc).isoformat()}
-    _log(f"checkpoint {args.checkpoint} sha256 {bundle.sha256[:12]}, step {payload.get('step')}, "
-         f"train {len(train_set)} / val {len(val)} monolayers")
+    report: dict = {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": bundle.sha256,
+        "train_steps": payload.get("step"),
+        "train_meta": {
+            k: payload["meta"].get(k)
+            for k in ("n_train", "n_val", "dropped", "sources", "train_seconds", "train_cpu_seconds")
+        },
+        "schedule": bundle.schedule.to_dict(),
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.now(UTC).isoformat(),
+    }
+    _log(
+        f"checkpoint {args.checkpoint} sha256 {bundle.sha256[:12]}, step {payload.get('step')}, "
+        f"train {len(train_set)} / val {len(val)} monolayers"
+    )
 
     t0 = time.process_time()
     den = denoising_by_noise_level(bundle, val)
     report["denoising_validation"] = den
     o = den["overall"]
+
     def refs(v: dict, part: str) -> str:
         return f" (trivial {v['trivial_' + part]:.3f}, shrinkage {v['shrinkage_' + part]:.3f})"
 
-    _log(f"denoising loss on {len(val)} held-out monolayers (trivial = predict zero noise; shrinkage = the "
-         f"Wiener filter with each variable's mean and variance, no network): {o['denoise']:.3f}"
-         + refs(o, "denoise") + "; parts: "
-         + ", ".join(f"{k[4:]} {o[k]:.3f}" + refs(o, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
-         + f" [{time.process_time() - t0:.0f} CPU-s]")
+    _log(
+        f"denoising loss on {len(val)} held-out monolayers (trivial = predict zero noise; shrinkage = the "
+        f"Wiener filter with each variable's mean and variance, no network): {o['denoise']:.3f}"
+        + refs(o, "denoise")
+        + "; parts: "
+        + ", ".join(f"{k[4:]} {o[k]:.3f}" + refs(o, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
+        + f" [{time.process_time() - t0:.0f} CPU-s]"
+    )
     for band, v in den["by_t"].items():
-        _log(f"  {band:>12}: denoise {v['denoise']:.3f}" + refs(v, "denoise") + "; "
-             + ", ".join(f"{k[4:]} {v[k]:.3f}" + refs(v, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")))
+        _log(
+            f"  {band:>12}: denoise {v['denoise']:.3f}"
+            + refs(v, "denoise")
+            + "; "
+            + ", ".join(
+                f"{k[4:]} {v[k]:.3f}" + refs(v, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")
+            )
+        )
 
     # novelty is judged against every monolayer of the sources, also when training kept only the strictly
     # valid ones (a stricter reference, and the same one as for a model trained on all of them)
@@ -164,17 +213,31 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.process_time()
         sv, sm = StrictValidity()(reference), SMACTValidity()(reference)
-        report["training_set_reference"] = {"strict_2d_validity": sv.value, "smact_validity": sm.value,
-                                            "n": len(reference), "strict_reasons": sv.details["reasons"]}
-        _log(f"training set itself: strict 2D validity {sv.value:.3f}, SMACT validity {sm.value:.3f} "
-             f"(n={len(reference)}) [{time.process_time() - t0:.0f} CPU-s]")
+        report["training_set_reference"] = {
+            "strict_2d_validity": sv.value,
+            "smact_validity": sm.value,
+            "n": len(reference),
+            "strict_reasons": sv.details["reasons"],
+        }
+        _log(
+            f"training set itself: strict 2D validity {sv.value:.3f}, SMACT validity {sm.value:.3f} "
+            f"(n={len(reference)}) [{time.process_time() - t0:.0f} CPU-s]"
+        )
 
     cfg = sampling_config(args.guidance, n_steps=n_steps)
     if args.no_geometry_prior:
         cfg = cfg.model_copy(update={"overlap_scale": 0.0, "fragment_scale": 0.0})
-    report["geometry_prior"] = {k: getattr(cfg, k) for k in ("overlap_scale", "fragment_scale", "projection_from",
-                                                             "projection_iterations", "periodic_scale",
-                                                             "periodic_from")}
+    report["geometry_prior"] = {
+        k: getattr(cfg, k)
+        for k in (
+            "overlap_scale",
+            "fragment_scale",
+            "projection_from",
+            "projection_iterations",
+            "periodic_scale",
+            "periodic_from",
+        )
+    }
     _log(f"geometry prior: {report['geometry_prior']}")
     if args.no_composition_prior:
         cfg = cfg.model_copy(update={"charge_balance": False})
@@ -184,14 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         samples = sample(bundle, args.n_samples, args.seed, cfg, "cpu")
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        _log(f"sampled {len(samples)} free-start monolayers ({len(bundle.schedule.timesteps(n_steps))} steps, "
-             f"guidance {args.guidance}) in {cpu:.0f} CPU-s / {wall:.0f} wall-s")
+        _log(
+            f"sampled {len(samples)} free-start monolayers ({len(bundle.schedule.timesteps(n_steps))} steps, "
+            f"guidance {args.guidance}) in {cpu:.0f} CPU-s / {wall:.0f} wall-s"
+        )
         structures = [s.to_structure() for s in samples]
         t0 = time.process_time()
         metrics = evaluate_samples(structures, reference, [s.predicted for s in samples])
-        report["free_start"] = {"n": len(samples), "n_steps": len(bundle.schedule.timesteps(n_steps)),
-                                "guidance": args.guidance, "sampling_cpu_s": cpu, "sampling_wall_s": wall,
-                                "metrics": metrics}
+        report["free_start"] = {
+            "n": len(samples),
+            "n_steps": len(bundle.schedule.timesteps(n_steps)),
+            "guidance": args.guidance,
+            "sampling_cpu_s": cpu,
+            "sampling_wall_s": wall,
+            "metrics": metrics,
+        }
         for name, m in metrics.items():
             val_s = "n/a" if m["value"] is None else f"{m['value']:.3f}"
             _log(f"  {name}: {val_s} {m['unit']} (n={m['n']})")
@@ -208,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         ts = sample(bundle, 0, args.seed, tcfg, "cpu", starts=starts)
         tstruct = [s.to_structure() for s in ts]
         tm = evaluate_samples(tstruct, reference, [s.predicted for s in ts])
-        report["template_start"] = {"n": len(ts), "skipped": skipped, "t_start": args.template_t_start,
-                                    "metrics": tm}
+        report["template_start"] = {"n": len(ts), "skipped": skipped, "t_start": args.template_t_start, "metrics": tm}
         _log(f"template starts ({len(ts)} samples, {len(skipped)} templates skipped: {sorted(skipped)}):")
         for name, m in tm.items():
             val_s = "n/a" if m["value"] is None else f"{m['value']:.3f}"
@@ -228,11 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         from gen2d.scoring import file_sha256
 
         manifest = {
-            "model": "gen2d EGNN diffusion generator", "file": dst.name, "sha256": file_sha256(dst),
-            "size_bytes": dst.stat().st_size, "date": datetime.now(timezone.utc).isoformat(),
-            "data": {"sources": train_cfg.sources, "n_train": len(train_set), "n_val": len(val),
-                     "dropped": dropped, "licenses": "2DMatPedia CC BY 4.0 (Zhou et al. 2019); MC2D CC BY 4.0 "
-                                                     "(Mounet et al. 2018)"},
+            "model": "gen2d EGNN diffusion generator",
+            "file": dst.name,
+            "sha256": file_sha256(dst),
+            "size_bytes": dst.stat().st_size,
+            "date": datetime.now(UTC).isoformat(),
+            "data": {
+                "sources": train_cfg.sources,
+                "n_train": len(train_set),
+                "n_val": len(val),
+                "dropped": dropped,
+                "licenses": "2DMatPedia CC BY 4.0 (Zhou et al. 2019); MC2D CC BY 4.0 (Mounet et al. 2018)",
+            },
             "command": args.train_command,
             "train_steps": payload.get("step"),
             "train_seconds": payload["meta"].get("train_seconds"),
@@ -240,23 +316,49 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": bundle.schedule.to_dict(),
             "benchmark_command": "python " + " ".join([Path(__file__).name, *(argv or sys.argv[1:])]),
             "metrics": {
-                "denoising_validation": {k: o[k] for k in ("denoise", "trivial_denoise", "eps_frac", "eps_z",
-                                                           "eps_types", "eps_lattice", "trivial_frac", "trivial_z",
-                                                           "trivial_types", "trivial_lattice", "shrinkage_denoise",
-                                                           "shrinkage_frac", "shrinkage_z", "shrinkage_types",
-                                                           "shrinkage_lattice") if k in o},
-                "free_start": {k: {"value": v["value"], "unit": v["unit"], "n": v["n"],
-                                   "description": v["description"]}
-                               for k, v in metrics.items()},
+                "denoising_validation": {
+                    k: o[k]
+                    for k in (
+                        "denoise",
+                        "trivial_denoise",
+                        "eps_frac",
+                        "eps_z",
+                        "eps_types",
+                        "eps_lattice",
+                        "trivial_frac",
+                        "trivial_z",
+                        "trivial_types",
+                        "trivial_lattice",
+                        "shrinkage_denoise",
+                        "shrinkage_frac",
+                        "shrinkage_z",
+                        "shrinkage_types",
+                        "shrinkage_lattice",
+                    )
+                    if k in o
+                },
+                "free_start": {
+                    k: {"value": v["value"], "unit": v["unit"], "n": v["n"], "description": v["description"]}
+                    for k, v in metrics.items()
+                },
                 "free_start_n_steps": len(bundle.schedule.timesteps(n_steps)),
                 "free_start_strict_reasons": metrics["strict_2d_validity"]["details"]["reasons"],
                 "free_start_sampling_cpu_s": report["free_start"]["sampling_cpu_s"],
                 "geometry_prior": report["geometry_prior"],
                 "composition_prior": report["composition_prior"],
-                **({"template_start": {"t_start": args.template_t_start,
-                                       **{k: {"value": v["value"], "unit": v["unit"], "n": v["n"]}
-                                          for k, v in report["template_start"]["metrics"].items()}}}
-                   if "template_start" in report else {}),
+                **(
+                    {
+                        "template_start": {
+                            "t_start": args.template_t_start,
+                            **{
+                                k: {"value": v["value"], "unit": v["unit"], "n": v["n"]}
+                                for k, v in report["template_start"]["metrics"].items()
+                            },
+                        }
+                    }
+                    if "template_start" in report
+                    else {}
+                ),
                 **({"throughput": report["throughput"]} if "throughput" in report else {}),
             },
         }

@@ -58,8 +58,9 @@ def build(builder: str):
         element = re.match(r"buckled\((\w+),", builder).group(1)
         dz = float(re.search(r"dz=([\d.]+)", builder).group(1))
         cell = [[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, 25.0]]
-        cart = [np.array([f0, f1, 0]) @ np.array(cell) + [0, 0, 12.5 + z]
-                for f0, f1, z in ((0, 0, 0), (1 / 3, 2 / 3, dz))]
+        cart = [
+            np.array([f0, f1, 0]) @ np.array(cell) + [0, 0, 12.5 + z] for f0, f1, z in ((0, 0, 0), (1 / 3, 2 / 3, dz))
+        ]
         atoms = Atoms(element * 2, positions=cart, cell=cell)
     elif builder.startswith("mxene("):
         # M2XT2: X in the middle, M above and below in the two hollow registries, each termination T over the
@@ -116,21 +117,29 @@ def dg_h_on_reference(row: dict, calc, min_length: float, fmax: float) -> dict:
     if h_start == "ontop":
         on_atom = [s for s in result.sites if s.valid and s.nearest_atom == row["site_atom"]]
     elif h_start == "above":
-        on_atom = [s for s in _sites_above(result, slab, row["site_atom"])
-                   if s.delta_g_h is not None and set(s.flags) <= COMPARABLE_FLAGS]
+        on_atom = [
+            s
+            for s in _sites_above(result, slab, row["site_atom"])
+            if s.delta_g_h is not None and set(s.flags) <= COMPARABLE_FLAGS
+        ]
     else:
         raise ValueError(f"unknown h_start {h_start!r}")
     best = min(on_atom, key=lambda s: s.delta_g_h) if on_atom else None
-    return {"material": row["material"], "dft_eV": float(row["dg_h_eV"]),
-            "mlip_dg_h_eV": None if best is None else best.delta_g_h,
-            "mlip_de_h_eV": None if best is None else best.delta_e_h,
-            "h_distance_A": None if best is None else best.nearest_distance,
-            "h_nearest_atom": None if best is None else best.nearest_atom,
-            "site_flags": None if best is None else list(best.flags),
-            "supercell": list(result.supercell), "coverage": None if best is None else best.coverage,
-            "flags": sorted({f for s in result.sites for f in s.flags}),
-            "slab_relax_failure": relaxed.failure, "cpu_seconds": time.process_time() - t0,
-            "h2_bond_A": result.h2_bond_length}
+    return {
+        "material": row["material"],
+        "dft_eV": float(row["dg_h_eV"]),
+        "mlip_dg_h_eV": None if best is None else best.delta_g_h,
+        "mlip_de_h_eV": None if best is None else best.delta_e_h,
+        "h_distance_A": None if best is None else best.nearest_distance,
+        "h_nearest_atom": None if best is None else best.nearest_atom,
+        "site_flags": None if best is None else list(best.flags),
+        "supercell": list(result.supercell),
+        "coverage": None if best is None else best.coverage,
+        "flags": sorted({f for s in result.sites for f in s.flags}),
+        "slab_relax_failure": relaxed.failure,
+        "cpu_seconds": time.process_time() - t0,
+        "h2_bond_A": result.h2_bond_length,
+    }
 
 
 def statistics(pred: np.ndarray, ref: np.ndarray) -> dict:
@@ -138,8 +147,7 @@ def statistics(pred: np.ndarray, ref: np.ndarray) -> dict:
 
     err = pred - ref
     rho = float(spearmanr(pred, ref).statistic) if len(pred) > 2 else float("nan")
-    return {"n": int(len(pred)), "mae_eV": float(np.abs(err).mean()), "bias_eV": float(err.mean()),
-            "spearman_rho": rho}
+    return {"n": int(len(pred)), "mae_eV": float(np.abs(err).mean()), "bias_eV": float(err.mean()), "spearman_rho": rho}
 
 
 def linear_calibration(de_mlip: np.ndarray, dg_dft: np.ndarray, dg_correction: float) -> dict:
@@ -153,8 +161,13 @@ def linear_calibration(de_mlip: np.ndarray, dg_dft: np.ndarray, dg_correction: f
             continue
         s, b = np.polyfit(de_mlip[keep], de_dft[keep], 1)
         loo.append(abs(s * de_mlip[k] + b - de_dft[k]))
-    return {"slope": float(slope), "intercept": float(intercept), "n": int(len(de_mlip)),
-            "loo_mae_eV": float(np.mean(loo)) if loo else float("nan"), "dg_correction": dg_correction}
+    return {
+        "slope": float(slope),
+        "intercept": float(intercept),
+        "n": int(len(de_mlip)),
+        "loo_mae_eV": float(np.mean(loo)) if loo else float("nan"),
+        "dg_correction": dg_correction,
+    }
 
 
 HIT_WINDOW = 0.2  # eV: a hit has |ΔG_H| at most this
@@ -177,9 +190,14 @@ def dg_h_on_dft_geometry(row: dict, calc) -> dict:
     e_h2, _ = h2_reference(calc)
     de = e[1] - e[0] - 0.5 * e_h2
     correction = row["provenance"]["settings"].get("dg_correction", DEFAULT_DG_CORRECTION)
-    return {"material": row["material"], "dft_eV": row["dg_h_eV"], "mlip_de_h_eV": de,
-            "mlip_dg_h_eV": de + correction, "site": (row.get("best_site") or {}).get("kind"),
-            "h_on": (row.get("best_site") or {}).get("nearest_atom")}
+    return {
+        "material": row["material"],
+        "dft_eV": row["dg_h_eV"],
+        "mlip_de_h_eV": de,
+        "mlip_dg_h_eV": de + correction,
+        "site": (row.get("best_site") or {}).get("kind"),
+        "h_on": (row.get("best_site") or {}).get("nearest_atom"),
+    }
 
 
 def main_dft(args) -> int:
@@ -202,20 +220,30 @@ def main_dft(args) -> int:
             continue
         out = [dg_h_on_dft_geometry(r, calc) for r in rows]
         for r in out:
-            print(f"  {label:15s} {r['material']:18s} DFT {r['dft_eV']:+.2f}  MLIP {r['mlip_dg_h_eV']:+.2f}", flush=True)
+            print(
+                f"  {label:15s} {r['material']:18s} DFT {r['dft_eV']:+.2f}  MLIP {r['mlip_dg_h_eV']:+.2f}", flush=True
+            )
         pred = np.array([r["mlip_dg_h_eV"] for r in out])
         ref = np.array([r["dft_eV"] for r in out])
         entry = {"available": True, "model": calculator_key(calc)[0], "rows": out}
         if len(out):
             entry["stats"] = statistics(pred, ref)
             hit_p, hit_r = np.abs(pred) <= HIT_WINDOW, np.abs(ref) <= HIT_WINDOW
-            entry["stats"].update({"dft_hits": int(hit_r.sum()), "mlip_hits": int(hit_p.sum()),
-                                   "hits_agreeing": int((hit_p & hit_r).sum()),
-                                   "verdict_agreement": float((hit_p == hit_r).mean())})
+            entry["stats"].update(
+                {
+                    "dft_hits": int(hit_r.sum()),
+                    "mlip_hits": int(hit_p.sum()),
+                    "hits_agreeing": int((hit_p & hit_r).sum()),
+                    "verdict_agreement": float((hit_p == hit_r).mean()),
+                }
+            )
             s = entry["stats"]
-            print(f"{label:15s} n={s['n']}  MAE {s['mae_eV']:.2f} eV  bias {s['bias_eV']:+.2f} eV  "
-                  f"Spearman {s['spearman_rho']:.2f}  hits DFT {s['dft_hits']} MLIP {s['mlip_hits']} both "
-                  f"{s['hits_agreeing']}  verdicts agree {s['verdict_agreement']:.0%}", flush=True)
+            print(
+                f"{label:15s} n={s['n']}  MAE {s['mae_eV']:.2f} eV  bias {s['bias_eV']:+.2f} eV  "
+                f"Spearman {s['spearman_rho']:.2f}  hits DFT {s['dft_hits']} MLIP {s['mlip_hits']} both "
+                f"{s['hits_agreeing']}  verdicts agree {s['verdict_agreement']:.0%}",
+                flush=True,
+            )
         report["models"][label] = entry
     if args.out:
         with open(args.out, "w") as fh:
@@ -231,11 +259,18 @@ def main(argv=None) -> int:
     parser.add_argument("--min-length", type=float, default=12.0, help="in-plane supercell length, Å")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--out", default=None, help="write the full results as JSON here")
-    parser.add_argument("--write-calibration", default=None,
-                        help="write the calibration table (JSON) here; only models with >= --min-calibration points")
+    parser.add_argument(
+        "--write-calibration",
+        default=None,
+        help="write the calibration table (JSON) here; only models with >= --min-calibration points",
+    )
     parser.add_argument("--min-calibration", type=int, default=8)
-    parser.add_argument("--reference", choices=("literature", "dft"), default="literature",
-                        help="literature: dgh_reference.csv (MLIP relaxes every site); dft: gen2d's DFT set, same geometries")
+    parser.add_argument(
+        "--reference",
+        choices=("literature", "dft"),
+        default="literature",
+        help="literature: dgh_reference.csv (MLIP relaxes every site); dft: gen2d's DFT set, same geometries",
+    )
     parser.add_argument("--dft-rows", default=None, help="DFT reference rows (JSON lines); default: the shipped set")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -248,8 +283,12 @@ def main(argv=None) -> int:
 
     reference = read_reference()
     print(f"reference table: {len(reference)} entries (src/gen2d/assets/dgh_reference.csv)")
-    report: dict = {"reference_entries": len(reference), "min_inplane_length_A": args.min_length,
-                    "fmax_eV_per_A": args.fmax, "models": {}}
+    report: dict = {
+        "reference_entries": len(reference),
+        "min_inplane_length_A": args.min_length,
+        "fmax_eV_per_A": args.fmax,
+        "models": {},
+    }
     calibrations = {}
     for label in args.models:
         backend, options = MODELS[label]
@@ -266,34 +305,47 @@ def main(argv=None) -> int:
             except Exception as exc:
                 rows.append({"material": ref["material"], "error": f"{type(exc).__name__}: {exc}"})
             r = rows[-1]
-            print(f"  {label:15s} {r['material']:22s} DFT {float(ref['dg_h_eV']):+.2f}  MLIP "
-                  f"{r.get('mlip_dg_h_eV') if r.get('mlip_dg_h_eV') is None else format(r['mlip_dg_h_eV'], '+.2f')}"
-                  f"  d(H-X) {r.get('h_distance_A') or float('nan'):.3f} Å  supercell {r.get('supercell')}"
-                  f"  cpu {r.get('cpu_seconds', float('nan')):.0f} s  H on {r.get('h_nearest_atom')} {r.get('site_flags')}"
-                  f"  all flags {r.get('flags', r.get('error'))}", flush=True)
+            print(
+                f"  {label:15s} {r['material']:22s} DFT {float(ref['dg_h_eV']):+.2f}  MLIP "
+                f"{r.get('mlip_dg_h_eV') if r.get('mlip_dg_h_eV') is None else format(r['mlip_dg_h_eV'], '+.2f')}"
+                f"  d(H-X) {r.get('h_distance_A') or float('nan'):.3f} Å  supercell {r.get('supercell')}"
+                f"  cpu {r.get('cpu_seconds', float('nan')):.0f} s  H on {r.get('h_nearest_atom')} {r.get('site_flags')}"
+                f"  all flags {r.get('flags', r.get('error'))}",
+                flush=True,
+            )
         ok = [r for r in rows if r.get("mlip_dg_h_eV") is not None]
-        entry = {"available": True, "model": calculator_key(calc)[0], "checkpoint_sha256": calculator_key(calc)[1],
-                 "rows": rows}
+        entry = {
+            "available": True,
+            "model": calculator_key(calc)[0],
+            "checkpoint_sha256": calculator_key(calc)[1],
+            "rows": rows,
+        }
         if ok:
             pred = np.array([r["mlip_dg_h_eV"] for r in ok])
             dft = np.array([r["dft_eV"] for r in ok])
             entry["stats"] = statistics(pred, dft)
             if len(ok) >= 3:
-                entry["calibration"] = linear_calibration(np.array([r["mlip_de_h_eV"] for r in ok]), dft,
-                                                          DEFAULT_DG_CORRECTION)
+                entry["calibration"] = linear_calibration(
+                    np.array([r["mlip_de_h_eV"] for r in ok]), dft, DEFAULT_DG_CORRECTION
+                )
                 if entry["calibration"]["n"] >= args.min_calibration:
                     calibrations[backend if not options.get("model") else f"{backend}:{entry['model']}"] = {
-                        **entry["calibration"], "reference_set": "gen2d/assets/dgh_reference.csv",
-                        "model": entry["model"]}
+                        **entry["calibration"],
+                        "reference_set": "gen2d/assets/dgh_reference.csv",
+                        "model": entry["model"],
+                    }
             s = entry["stats"]
             cal = entry.get("calibration", {})
-            print(f"{label:15s} n={s['n']}  MAE {s['mae_eV']:.2f} eV  bias {s['bias_eV']:+.2f} eV  "
-                  f"Spearman {s['spearman_rho']:.2f}  calibration slope {cal.get('slope', float('nan')):.2f} "
-                  f"intercept {cal.get('intercept', float('nan')):+.2f}  LOO MAE {cal.get('loo_mae_eV', float('nan')):.2f} eV",
-                  flush=True)
+            print(
+                f"{label:15s} n={s['n']}  MAE {s['mae_eV']:.2f} eV  bias {s['bias_eV']:+.2f} eV  "
+                f"Spearman {s['spearman_rho']:.2f}  calibration slope {cal.get('slope', float('nan')):.2f} "
+                f"intercept {cal.get('intercept', float('nan')):+.2f}  LOO MAE {cal.get('loo_mae_eV', float('nan')):.2f} eV",
+                flush=True,
+            )
         report["models"][label] = entry
-    best = min((m for m in report["models"].values() if m.get("stats")), key=lambda m: m["stats"]["mae_eV"],
-               default=None)
+    best = min(
+        (m for m in report["models"].values() if m.get("stats")), key=lambda m: m["stats"]["mae_eV"], default=None
+    )
     if best:
         print(f"most faithful on this table: {best['model']} (MAE {best['stats']['mae_eV']:.2f} eV)")
     if args.out:

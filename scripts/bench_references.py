@@ -45,10 +45,15 @@ def _measure(label, fn, calc_counter):
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     lock = {k: LOCKSTEP_STATS[k] - before[k] for k in before}
     serial_calls = calc_counter["calls"] - serial_before
-    return {"label": label, "wall": wall, "cpu": cpu, "entries": entries,
-            "mlip_calls": serial_calls + lock["batch_calls"],
-            "evaluations": serial_calls + lock["structure_evaluations"],
-            "fallback": lock["fallback_evaluations"]}
+    return {
+        "label": label,
+        "wall": wall,
+        "cpu": cpu,
+        "entries": entries,
+        "mlip_calls": serial_calls + lock["batch_calls"],
+        "evaluations": serial_calls + lock["structure_evaluations"],
+        "fallback": lock["fallback_evaluations"],
+    }
 
 
 def main() -> None:
@@ -69,8 +74,10 @@ def main() -> None:
     calc = cached_calculator(args.model)
     has_batch = batch_evaluator(calc) is not None
     counter = _counting(calc)
-    print(f"model {getattr(calc, 'gen2d_model', args.model)}; batched evaluator: {has_batch}; "
-          f"torch threads {torch.get_num_threads()}; max_batch {args.max_batch}")
+    print(
+        f"model {getattr(calc, 'gen2d_model', args.model)}; batched evaluator: {has_batch}; "
+        f"torch threads {torch.get_num_threads()}; max_batch {args.max_batch}"
+    )
     modes = ["batched"] if args.skip_serial else ["serial", "batched"]
     header = f"{'what':22s} {'mode':8s} {'wall s':>8s} {'cpu s':>8s} {'MLIP calls':>10s} {'evals':>7s} {'phases':>6s}"
     rows, totals = [], {}
@@ -78,19 +85,27 @@ def main() -> None:
         a, b = sorted(pair.split("-"))
         energies = {}
         for mode in modes:
+
             def provider():
-                return MLIPPrototypesProvider(calc, cache_dir=False, batched=(mode == "batched"),
-                                              max_batch=args.max_batch)
-            for label, fn in ((f"element {a}", lambda: provider().element_entries(a)),
-                              (f"element {b}", lambda: provider().element_entries(b)),
-                              (f"pair {a}-{b}", lambda: provider().binary_entries(a, b)),
-                              (f"all of {a}-{b}", lambda: provider().entries([a, b]))):
+                return MLIPPrototypesProvider(
+                    calc, cache_dir=False, batched=(mode == "batched"), max_batch=args.max_batch
+                )
+
+            for label, fn in (
+                (f"element {a}", lambda: provider().element_entries(a)),
+                (f"element {b}", lambda: provider().element_entries(b)),
+                (f"pair {a}-{b}", lambda: provider().binary_entries(a, b)),
+                (f"all of {a}-{b}", lambda: provider().entries([a, b])),
+            ):
                 m = _measure(label, fn, counter)
                 m["mode"] = mode
                 rows.append(m)
-                print(f"{m['label']:22s} {mode:8s} {m['wall']:8.1f} {m['cpu']:8.1f} {m['mlip_calls']:10d} "
-                      f"{m['evaluations']:7d} {len(m['entries']):6d}" + (f"  fallback {m['fallback']}" if m["fallback"] else ""),
-                      flush=True)
+                print(
+                    f"{m['label']:22s} {mode:8s} {m['wall']:8.1f} {m['cpu']:8.1f} {m['mlip_calls']:10d} "
+                    f"{m['evaluations']:7d} {len(m['entries']):6d}"
+                    + (f"  fallback {m['fallback']}" if m["fallback"] else ""),
+                    flush=True,
+                )
                 totals.setdefault((label.split()[0], mode), []).append(m["wall"])
                 if label.startswith("all"):
                     # entry ids repeat (both decorations of a prototype can share a formula): keep order
@@ -101,13 +116,17 @@ def main() -> None:
                 print(f"  {a}-{b}: the two paths kept different phases: {len(ser)} serial, {len(bat)} batched")
             else:
                 diffs = sorted(((abs(x - y), k) for (k, x), (_, y) in zip(ser, bat)), reverse=True)
-                print(f"  {a}-{b}: {len(ser)} phases, max |dE| serial vs batched {1e3 * diffs[0][0]:.2f} meV/atom "
-                      f"({diffs[0][1]}); {sum(d > 1e-4 for d, _ in diffs)} phases differ by > 0.1 meV/atom")
+                print(
+                    f"  {a}-{b}: {len(ser)} phases, max |dE| serial vs batched {1e3 * diffs[0][0]:.2f} meV/atom "
+                    f"({diffs[0][1]}); {sum(d > 1e-4 for d, _ in diffs)} phases differ by > 0.1 meV/atom"
+                )
     print()
     print(header)
     for m in rows:
-        print(f"{m['label']:22s} {m['mode']:8s} {m['wall']:8.1f} {m['cpu']:8.1f} {m['mlip_calls']:10d} "
-              f"{m['evaluations']:7d} {len(m['entries']):6d}")
+        print(
+            f"{m['label']:22s} {m['mode']:8s} {m['wall']:8.1f} {m['cpu']:8.1f} {m['mlip_calls']:10d} "
+            f"{m['evaluations']:7d} {len(m['entries']):6d}"
+        )
     print()
     for (kind, mode), walls in sorted(totals.items()):
         print(f"mean cold wall per {kind:8s} {mode:8s}: {sum(walls) / len(walls):6.1f} s over {len(walls)}")

@@ -40,8 +40,7 @@ def select_rows(db_path: Path, n: int, max_atoms: int, max_elements: int) -> lis
     from ase.db import connect
 
     # 67 rows carry no decomposition_energy: nothing to compare against.
-    rows = [r for r in connect(str(db_path)).select()
-            if r.natoms <= max_atoms and "decomposition_energy" in r.data]
+    rows = [r for r in connect(str(db_path)).select() if r.natoms <= max_atoms and "decomposition_energy" in r.data]
     by_system: dict[tuple, list] = defaultdict(list)
     for r in rows:
         els = tuple(sorted(set(r.symbols)))
@@ -51,10 +50,12 @@ def select_rows(db_path: Path, n: int, max_atoms: int, max_elements: int) -> lis
     elements: set[str] = set()
     pairs: set[tuple] = set()
     while len(chosen) < n and by_system:
+
         def cost(els):
             new_el = len(set(els) - elements)
             new_pairs = len(set(combinations(els, 2)) - pairs)
             return len(by_system[els]) / (1 + 6 * new_el + 21 * new_pairs)
+
         best = max(sorted(by_system), key=cost)
         chosen.extend(sorted(by_system.pop(best), key=lambda r: r.id))
         elements |= set(best)
@@ -84,33 +85,42 @@ def _metrics(pts: list[tuple[float, float]]) -> str:
     ml, dft = np.array(pts).T
     rho = spearmanr(ml, dft).statistic
     agree = np.mean((dft <= 0.1) == (ml <= 0.1))
-    return (f"n={len(pts)} MAE={np.mean(np.abs(ml - dft)):.3f} eV/atom Spearman rho={rho:.3f} "
-            f"mean signed error {np.mean(ml - dft):+.3f} eV/atom; stable (<= 0.1 eV/atom) agreement {agree:.3f}")
+    return (
+        f"n={len(pts)} MAE={np.mean(np.abs(ml - dft)):.3f} eV/atom Spearman rho={rho:.3f} "
+        f"mean signed error {np.mean(ml - dft):+.3f} eV/atom; stable (<= 0.1 eV/atom) agreement {agree:.3f}"
+    )
 
 
 def summarize(records: list[dict], wall: float | None = None, scoring_time: float | None = None) -> str:
-    from scipy.stats import spearmanr
 
     lines = []
     n = len(records)
     lines.append(f"structures: {n}")
     if wall:
-        lines.append(f"throughput, cold reference cache (relax + references + hull): {60 * n / wall:.2f} structures/min "
-                     f"({wall:.0f} s wall)")
+        lines.append(
+            f"throughput, cold reference cache (relax + references + hull): {60 * n / wall:.2f} structures/min "
+            f"({wall:.0f} s wall)"
+        )
     if scoring_time:
         lines.append(f"throughput, monolayer relaxation + hull only: {60 * n / scoring_time:.2f} structures/min")
     per_struct = [r["seconds_relax"] for r in records if r.get("seconds_relax") is not None]
     if per_struct:
-        lines.append(f"monolayer relax time: median {np.median(per_struct):.2f} s, "
-                     f"{60 / np.median(per_struct):.1f} structures/min at the median")
+        lines.append(
+            f"monolayer relax time: median {np.median(per_struct):.2f} s, "
+            f"{60 / np.median(per_struct):.1f} structures/min at the median"
+        )
     fails = Counter(r["failure"] for r in records if r["failure"])
     lines.append(f"failed: {sum(fails.values())} {dict(fails)}")
     n_suspect = sum(1 for r in records if r.get("dft_label_suspect"))
     for provider in ("mlip-prototypes", "entries-file"):
-        pts = [(r["e_hull"][provider], r["dft_e_hull"]) for r in records
-               if r.get("e_hull", {}).get(provider) is not None]
-        clean = [(r["e_hull"][provider], r["dft_e_hull"]) for r in records
-                 if r.get("e_hull", {}).get(provider) is not None and not r.get("dft_label_suspect")]
+        pts = [
+            (r["e_hull"][provider], r["dft_e_hull"]) for r in records if r.get("e_hull", {}).get(provider) is not None
+        ]
+        clean = [
+            (r["e_hull"][provider], r["dft_e_hull"])
+            for r in records
+            if r.get("e_hull", {}).get(provider) is not None and not r.get("dft_label_suspect")
+        ]
         if len(pts) < 3:
             lines.append(f"E_hull[{provider}]: too few results ({len(pts)})")
             continue
@@ -120,8 +130,10 @@ def summarize(records: list[dict], wall: float | None = None, scoring_time: floa
     drift = [r["lattice_drift"] for r in records if r.get("lattice_drift") is not None]
     if drift:
         drift = np.array(drift)
-        lines.append(f"|Δa|/a > 5 % after relaxation: {np.mean(drift > 0.05):.3f} ({int(np.sum(drift > 0.05))}/{len(drift)}); "
-                     f"median |Δa|/a {np.median(drift):.4f}")
+        lines.append(
+            f"|Δa|/a > 5 % after relaxation: {np.mean(drift > 0.05):.3f} ({int(np.sum(drift > 0.05))}/{len(drift)}); "
+            f"median |Δa|/a {np.median(drift):.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -151,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from gen2d.hull import EntriesFileProvider, HullError, apply_mp2020, hull_analysis, mlip_entry
@@ -161,10 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     db_path = data_dir() / "2dmatpedia_filtered.db"
     rows = select_rows(db_path, args.n, args.max_atoms, args.max_elements)
     systems = Counter("-".join(sorted(set(r.symbols))) for r in rows)
-    print(f"selected {len(rows)} monolayers from {db_path} in {len(systems)} chemical systems: {dict(systems)}", flush=True)
+    print(
+        f"selected {len(rows)} monolayers from {db_path} in {len(systems)} chemical systems: {dict(systems)}",
+        flush=True,
+    )
     cache_dir = args.cache_dir or f"/tmp/gen2d_bench_refs_{int(time.time())}"
-    scorer = get_scorer(f"ehull.{args.calculator}", provider="mlip-prototypes",
-                        provider_options={"cache_dir": cache_dir}, progress=False)
+    scorer = get_scorer(
+        f"ehull.{args.calculator}",
+        provider="mlip-prototypes",
+        provider_options={"cache_dir": cache_dir},
+        progress=False,
+    )
     dft_refs = EntriesFileProvider(data_dir() / "mp_elemental_reference_entries.json.gz")
     elemental_dft = {e.composition.elements[0].symbol: e.energy_per_atom for e in dft_refs.entries(_all_symbols())}
     records = []
@@ -185,12 +203,20 @@ def main(argv: list[str] | None = None) -> int:
             [res] = scorer.score([structure])
             dt = time.perf_counter() - t0
             scoring_time += dt
-            rec = {"id": row.id, "material_id": row.data.get("material_id"), "formula": row.formula,
-                   "natoms": row.natoms, "dft_e_hull": float(row.data["decomposition_energy"]),
-                   "discovery_process": row.data.get("discovery_process"), "seconds_relax": dt,
-                   "dft_label_suspect": dft_label_suspect(row, elemental_dft),
-                   "seconds_references": t_ref, "failure": res.failure.reason if res.failure else None,
-                   "e_hull": {}, "steps": res.extra.get("convergence", {}).get("steps")}
+            rec = {
+                "id": row.id,
+                "material_id": row.data.get("material_id"),
+                "formula": row.formula,
+                "natoms": row.natoms,
+                "dft_e_hull": float(row.data["decomposition_energy"]),
+                "discovery_process": row.data.get("discovery_process"),
+                "seconds_relax": dt,
+                "dft_label_suspect": dft_label_suspect(row, elemental_dft),
+                "seconds_references": t_ref,
+                "failure": res.failure.reason if res.failure else None,
+                "e_hull": {},
+                "steps": res.extra.get("convergence", {}).get("steps"),
+            }
             if res.ok:
                 rec["e_hull"]["mlip-prototypes"] = res.value
                 rec["e_form"] = res.extra["e_form"]
@@ -204,16 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                 if res.ok and energy is not None:
                     try:
                         entry = apply_mp2020(mlip_entry(relaxed, energy, model=res.provenance.model))
-                        rec["e_hull"]["entries-file"] = hull_analysis(entry, dft_refs.entries(els), "entries-file").e_hull
+                        rec["e_hull"]["entries-file"] = hull_analysis(
+                            entry, dft_refs.entries(els), "entries-file"
+                        ).e_hull
                     except HullError as exc:
                         rec["entries_file_failure"] = exc.reason
             records.append(rec)
             out.write(json.dumps(rec) + "\n")
             out.flush()
-            print(f"[{i + 1}/{len(rows)}] {row.formula:>12s} dft {rec['dft_e_hull']:.3f} "
-                  f"mlip-prototypes {rec['e_hull'].get('mlip-prototypes', float('nan')):.3f} "
-                  f"entries-file {rec['e_hull'].get('entries-file', float('nan')):.3f} "
-                  f"({dt:.1f} s + refs {t_ref:.1f} s) {rec['failure'] or ''}", flush=True)
+            print(
+                f"[{i + 1}/{len(rows)}] {row.formula:>12s} dft {rec['dft_e_hull']:.3f} "
+                f"mlip-prototypes {rec['e_hull'].get('mlip-prototypes', float('nan')):.3f} "
+                f"entries-file {rec['e_hull'].get('entries-file', float('nan')):.3f} "
+                f"({dt:.1f} s + refs {t_ref:.1f} s) {rec['failure'] or ''}",
+                flush=True,
+            )
     wall = time.perf_counter() - t_start
     print("\n" + summarize(records, wall=wall, scoring_time=scoring_time), flush=True)
     print(f"model: {scorer._calculator().gen2d_model}; references cached in {cache_dir}; records in {args.out}")

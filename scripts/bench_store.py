@@ -42,12 +42,25 @@ def main(argv=None) -> int:
         cs.upsert_candidates(cands)
         for k, c in enumerate(cands):
             if k % args.stale_every:
-                cs.set_score(c.candidate_id, "ehull.bench", ScoreResult(
-                    property="e_hull", value=0.0, unit="eV/atom",
-                    provenance=Provenance(plugin="ehull.bench", settings={"correction_scheme": "v1"})))
-        ways = {"candidates_missing" + (" (the database selects)" if cs.selects_stale else " (reads every candidate on this backend)"): lambda: cs.candidates_missing("ehull.bench", current=current),
-                "reading every candidate, checking in Python": lambda: [d for d in cs.query({})
-                                                    if not score_is_current(get_score(d, "ehull.bench"), current)]}
+                cs.set_score(
+                    c.candidate_id,
+                    "ehull.bench",
+                    ScoreResult(
+                        property="e_hull",
+                        value=0.0,
+                        unit="eV/atom",
+                        provenance=Provenance(plugin="ehull.bench", settings={"correction_scheme": "v1"}),
+                    ),
+                )
+        ways = {
+            "candidates_missing"
+            + (" (the database selects)" if cs.selects_stale else " (reads every candidate on this backend)"): lambda: (
+                cs.candidates_missing("ehull.bench", current=current)
+            ),
+            "reading every candidate, checking in Python": lambda: [
+                d for d in cs.query({}) if not score_is_current(get_score(d, "ehull.bench"), current)
+            ],
+        }
         best = {name: float("inf") for name in ways}
         for _ in range(args.repeat):  # alternated, best of each: no warm-up advantage for either
             for name, find in ways.items():
@@ -56,8 +69,11 @@ def main(argv=None) -> int:
                 best[name] = min(best[name], time.perf_counter() - t0)
                 found = len(stale)
         for name, seconds in best.items():
-            print(f"{args.uri.split(':')[0]}, {args.n} candidates ({found} stale): {name}: "
-                  f"{seconds * 1e3:.0f} ms (best of {args.repeat})", flush=True)
+            print(
+                f"{args.uri.split(':')[0]}, {args.n} candidates ({found} stale): {name}: "
+                f"{seconds * 1e3:.0f} ms (best of {args.repeat})",
+                flush=True,
+            )
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -71,7 +70,9 @@ def build_structure(spec: dict):
     elif "buckled" in spec:
         element, a, dz = spec["buckled"]
         cell = [[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, 20.0]]
-        cart = [np.array([f0, f1, 0]) @ np.array(cell) + [0, 0, 10.0 + z] for f0, f1, z in ((0, 0, 0), (1 / 3, 2 / 3, dz))]
+        cart = [
+            np.array([f0, f1, 0]) @ np.array(cell) + [0, 0, 10.0 + z] for f0, f1, z in ((0, 0, 0), (1 / 3, 2 / 3, dz))
+        ]
         atoms = Atoms(element * 2, positions=cart, cell=cell)
     elif "mxene" in spec:
         m, x, t, a = spec["mxene"]
@@ -94,11 +95,17 @@ def literature_value(label: str | None) -> dict | None:
     from importlib import resources
 
     text = resources.files("gen2d.assets").joinpath("dgh_reference.csv").read_text()
-    rows = list(csv.DictReader(io.StringIO("\n".join(l for l in text.splitlines() if l.strip() and not l.startswith("#")))))
+    rows = list(
+        csv.DictReader(io.StringIO("\n".join(l for l in text.splitlines() if l.strip() and not l.startswith("#"))))
+    )
     for row in rows:
         if row["material"] == label:
-            return {"dg_h_eV": float(row["dg_h_eV"]), "precision_eV": float(row["dg_h_precision_eV"]),
-                    "site": row["site"], "doi": row["doi"]}
+            return {
+                "dg_h_eV": float(row["dg_h_eV"]),
+                "precision_eV": float(row["dg_h_precision_eV"]),
+                "site": row["site"],
+                "doi": row["doi"],
+            }
     return None
 
 
@@ -133,17 +140,19 @@ def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
     manifest = {
         "name": "gen2d DFT ΔG_H reference set",
         "what": "dgh.dft (CP2K) ΔG_H of H on the basal planes of well-studied monolayers, one consistent setting",
-        "rows_file": path.name, "rows_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "n_rows": len(rows), "n_ok": sum(1 for r in rows.values() if r.get("ok")),
+        "rows_file": path.name,
+        "rows_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "n_rows": len(rows),
+        "n_ok": sum(1 for r in rows.values() if r.get("ok")),
         "materials": sorted(rows),
         "command": "scripts/build_dgh_dft_reference.py " + " ".join(argv),
-        "cp2k_version": cp2k_version_cached(), "cp2k_settings_hashes": hashes,
+        "cp2k_version": cp2k_version_cached(),
+        "cp2k_settings_hashes": hashes,
         "cp2k_settings": any_row["provenance"]["settings"]["cp2k"] if any_row else None,
         "refine": any_row["provenance"]["settings"]["refine"] if any_row else None,
         "mlip_stage": "dgh.mlip with CHGNet 0.3.0 (slab relaxation and H sites)",
         "structures": "gen2d.data.templates prototypes (and ASE builders for NbS2, 1T-MoS2, VS2, blue phosphorene, Mo2CO2)",
-        "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å",
-                  "wall_seconds": "s"},
+        "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å", "wall_seconds": "s"},
         "updated": datetime.date.today().isoformat(),
     }
     (path.parent / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
@@ -160,19 +169,29 @@ def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
     best = dft.extra.get("best_site")
     mlip_sites = {(s["face"], s["kind"], s["nearest_atom"]): s for s in mlip.extra.get("sites", [])}
     row = {
-        "material": name, "formula": structure.composition.reduced_formula,
+        "material": name,
+        "formula": structure.composition.reduced_formula,
         "structure": (mlip.relaxed() or structure).as_dict(),
-        "ok": dft.ok, "failure": None if dft.ok else dft.failure.model_dump(),
-        "dg_h_eV": dft.value, "unit": "eV",
+        "ok": dft.ok,
+        "failure": None if dft.ok else dft.failure.model_dump(),
+        "dg_h_eV": dft.value,
+        "unit": "eV",
         "best_site": best,
         "sites": dft.extra.get("sites", []),
-        "supercell": dft.extra.get("supercell"), "n_slab_atoms": dft.extra.get("n_slab_atoms"),
-        "e_slab_eV": dft.extra.get("e_slab_eV"), "e_h2_eV": dft.extra.get("e_h2_eV"),
+        "supercell": dft.extra.get("supercell"),
+        "n_slab_atoms": dft.extra.get("n_slab_atoms"),
+        "e_slab_eV": dft.extra.get("e_slab_eV"),
+        "e_h2_eV": dft.extra.get("e_h2_eV"),
         "h2_bond_length_A": dft.extra.get("h2_bond_length_A"),
-        "mlip": {"model": mlip.provenance.model, "dg_h_eV": mlip.value, "ok": mlip.ok,
-                 "wall_seconds": round(t_mlip, 1),
-                 "dg_h_same_site_eV": None if not best else
-                 (mlip_sites.get((best["face"], best["kind"], best["nearest_atom"])) or {}).get("delta_g_h")},
+        "mlip": {
+            "model": mlip.provenance.model,
+            "dg_h_eV": mlip.value,
+            "ok": mlip.ok,
+            "wall_seconds": round(t_mlip, 1),
+            "dg_h_same_site_eV": None
+            if not best
+            else (mlip_sites.get((best["face"], best["kind"], best["nearest_atom"])) or {}).get("delta_g_h"),
+        },
         "provenance": dft.provenance.model_dump(mode="json"),
         "wall_seconds": dft.extra.get("wall_seconds"),
         "literature": literature_value(spec.get("literature")),
@@ -192,8 +211,13 @@ def best_site_geometry(best: dict | None) -> dict | None:
     from ase.io import read
 
     first = read(str(site_dir / "relax.traj"), index=0)
-    out = {"cell": first.cell.array.tolist(), "numbers": first.numbers.tolist(), "positions": site["positions"],
-           "h_index": len(first) - 1, "unit": "Å"}
+    out = {
+        "cell": first.cell.array.tolist(),
+        "numbers": first.numbers.tolist(),
+        "positions": site["positions"],
+        "h_index": len(first) - 1,
+        "unit": "Å",
+    }
     ref_dir = site_dir.parent / site_dir.name.replace("site_", "slab_site_")
     if (ref_dir / "result.json").is_file() and (ref_dir / "relax.traj").is_file():
         out["slab_positions"] = read(str(ref_dir / "relax.traj"), index=-1).positions.tolist()
@@ -204,8 +228,10 @@ def best_site_geometry(best: dict | None) -> dict | None:
 
 def markdown_table(rows: dict[str, dict]) -> str:
     """The reference rows as the Markdown table of the docs (one line per material)."""
-    head = ("| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
-            "DFT cells | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
+        "DFT cells | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for name in sorted(rows):
         r = rows[name]
@@ -218,7 +244,8 @@ def markdown_table(rows: dict[str, dict]) -> str:
             f"{value} | {fmt((r.get('mlip') or {}).get('dg_h_same_site_eV'))} | "
             f"{fmt(lit.get('dg_h_eV')) + ' ± ' + format(lit['precision_eV'], '.2f') if lit else '—'} | "
             f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
-            f"{r['provenance']['settings']['cp2k_settings_hash']} |")
+            f"{r['provenance']['settings']['cp2k_settings_hash']} |"
+        )
     return "\n".join(lines)
 
 
@@ -229,7 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "gen2d" / "dft-reference")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cp2k", type=json.loads, default={}, help='Cp2kSettings overrides as JSON, e.g. \'{"cutoff_ry": 500}\'')
+    parser.add_argument(
+        "--cp2k", type=json.loads, default={}, help="Cp2kSettings overrides as JSON, e.g. '{\"cutoff_ry\": 500}'"
+    )
     parser.add_argument("--n-sites", type=int, default=1, help="DFT sites per material (the MLIP's most stable first)")
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
@@ -248,13 +277,23 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MATERIALS]
     if unknown:
         parser.error(f"unknown materials {unknown}; see --list")
-    scorer = get_scorer("dgh.dft", cp2k=args.cp2k, threads=args.threads, workdir=str(args.workdir),
-                        n_sites=args.n_sites, min_inplane_length=args.min_length)
+    scorer = get_scorer(
+        "dgh.dft",
+        cp2k=args.cp2k,
+        threads=args.threads,
+        workdir=str(args.workdir),
+        n_sites=args.n_sites,
+        min_inplane_length=args.min_length,
+    )
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet")
     rows = read_rows(args.out)
     for name in names:
-        if name in rows and not args.redo and rows[name].get("provenance", {}).get("settings", {}).get(
-                "cp2k_settings_hash") == scorer.cp2k.settings_hash():
+        if (
+            name in rows
+            and not args.redo
+            and rows[name].get("provenance", {}).get("settings", {}).get("cp2k_settings_hash")
+            == scorer.cp2k.settings_hash()
+        ):
             print(f"{name}: stored", flush=True)
             continue
         t0 = time.perf_counter()
@@ -266,8 +305,11 @@ def main(argv=None) -> int:
         rows[name] = row
         write_rows(args.out, rows)
         write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
-        print(f"{name}: ok={row['ok']} dG_H={row['dg_h_eV']} eV "
-              f"(MLIP {row['mlip']['dg_h_eV']}) wall {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"{name}: ok={row['ok']} dG_H={row['dg_h_eV']} eV "
+            f"(MLIP {row['mlip']['dg_h_eV']}) wall {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     if rows and args.out.is_file():
         write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
     return 0

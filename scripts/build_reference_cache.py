@@ -65,21 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "what": "mlip-prototypes reference phases (MP2020-corrected ComputedEntries), read-only seed cache",
         "chemical_space": elements,
-        "n_elements": len(elements), "n_pairs": len(elements) * (len(elements) - 1) // 2,
+        "n_elements": len(elements),
+        "n_pairs": len(elements) * (len(elements) - 1) // 2,
         "provider": prov.describe(),
         "prototype_library_version": PROTOTYPE_LIBRARY_VERSION,
         "files": entries,
-        "wall_seconds": round(time.time() - t0, 1), "cpu_seconds": round(cpu_seconds() - c0, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(cpu_seconds() - c0, 1),
         "seconds_per_subsystem": timings,
         "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/build_reference_cache.py --elements "
-                   f"{','.join(elements)} --calculator {args.calculator} --out {args.out}",
-        "date": date.today().isoformat(), "python": platform.python_version(),
+        f"{','.join(elements)} --calculator {args.calculator} --out {args.out}",
+        "date": date.today().isoformat(),
+        "python": platform.python_version(),
         "note": "Energies are the MLIP's own; only a run with the same MLIP checkpoint and settings reads them.",
     }
     manifest["provider"]["cache_dir"] = "src/gen2d/assets/references"
     (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"{len(files)} files, {sum(entries.values())} phases; wall {manifest['wall_seconds']} s, "
-          f"CPU {manifest['cpu_seconds']} s")
+    print(
+        f"{len(files)} files, {sum(entries.values())} phases; wall {manifest['wall_seconds']} s, "
+        f"CPU {manifest['cpu_seconds']} s"
+    )
     return 0
 
 

@@ -31,9 +31,10 @@ def main(argv=None) -> int:
     p.add_argument("--ship", default=None)
     args = p.parse_args(argv)
 
+    from gen2d_dgh_dimenet import DimeNetDGHScorer
+
     from gen2d.diffusion.train import TrainConfig, finetune_heads, load_checkpoint, load_training_set
     from gen2d.scoring import file_sha256
-    from gen2d_dgh_dimenet import DimeNetDGHScorer
 
     bundle, payload = load_checkpoint(args.checkpoint, "cpu")
     cfg = TrainConfig(**{**payload["meta"]["config"], "progress": False, "dg_h_labels": None})
@@ -44,12 +45,18 @@ def main(argv=None) -> int:
     labels = {f"{r.source}:{r.source_id}": float(res.value) for r, res in zip(records, results) if res.ok}
     failed = sum(1 for res in results if not res.ok)
     Path(args.labels_out).write_text(json.dumps(labels, indent=0))
-    print(f"surrogate ΔG_H for {len(labels)} of {len(records)} training monolayers ({failed} refused) in "
-          f"{time.process_time() - t0:.0f} CPU-s; sha256 of the ensemble {surrogate.provenance().checkpoint_sha256}")
-    summary = finetune_heads(args.checkpoint, args.out, cfg.model_copy(update={"dg_h_labels": args.labels_out}),
-                             steps=args.steps, lr=args.lr)
-    summary["label_source"] = {"scorer": "dgh.dimenet", "checkpoint_sha256": surrogate.provenance().checkpoint_sha256,
-                               "n_labels": len(labels)}
+    print(
+        f"surrogate ΔG_H for {len(labels)} of {len(records)} training monolayers ({failed} refused) in "
+        f"{time.process_time() - t0:.0f} CPU-s; sha256 of the ensemble {surrogate.provenance().checkpoint_sha256}"
+    )
+    summary = finetune_heads(
+        args.checkpoint, args.out, cfg.model_copy(update={"dg_h_labels": args.labels_out}), steps=args.steps, lr=args.lr
+    )
+    summary["label_source"] = {
+        "scorer": "dgh.dimenet",
+        "checkpoint_sha256": surrogate.provenance().checkpoint_sha256,
+        "n_labels": len(labels),
+    }
     print(json.dumps(summary, indent=1))
     if args.ship:
         dst = Path(args.ship)

@@ -14,4 +14,7 @@ if [ -x .venv/bin/mkdocs ]; then
 else
   echo "test.sh: mkdocs is not installed (GEN2D_EXTRAS=$GEN2D_EXTRAS has no docs): docs build skipped" >&2
 fi
+# lint and format (ruff, configured in pyproject.toml)
+.venv/bin/ruff check --quiet src plugins scripts tests
+.venv/bin/ruff format --check --quiet src plugins scripts tests
 exec .venv/bin/python -m pytest "$@"

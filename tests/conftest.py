@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, graphene, mx2
 from pymatgen.core import Lattice, Structure
 
@@ -94,13 +93,30 @@ def write_cif(structure: Structure, path: Path) -> Path:
 
 
 #: Small but physical CP2K settings for tests: a minimal basis on heavy atoms, a double-zeta H, a coarse grid.
-CP2K_TINY = {"cutoff_ry": 200.0, "rel_cutoff_ry": 30.0, "basis_set": "SZV-MOLOPT-SR-GTH", "dispersion": None,
-             "eps_scf": 1e-4, "added_mos": 8, "electronic_temperature_k": 1000.0, "mixing_alpha": 0.4}
+CP2K_TINY = {
+    "cutoff_ry": 200.0,
+    "rel_cutoff_ry": 30.0,
+    "basis_set": "SZV-MOLOPT-SR-GTH",
+    "dispersion": None,
+    "eps_scf": 1e-4,
+    "added_mos": 8,
+    "electronic_temperature_k": 1000.0,
+    "mixing_alpha": 0.4,
+}
 #: ``dgh.dft`` options that keep a graphene run to a few minutes: one site, a 2×2 cell, only H and its C relax, a
 #: coarser grid and a thin vacuum without the dipole correction (a flat sheet with one H has a small dipole).
-DGH_DFT_TINY = {"cp2k": CP2K_TINY | {"cutoff_ry": 150.0, "rel_cutoff_ry": 25.0, "dipole_correction": False},
-                "n_sites": 1, "min_inplane_length": 4.9, "free_radius": 1.8, "steps": 12, "fmax": 0.3,
-                "relax_slab_reference": False, "vacuum": 8.0, "h2_box": 7.0, "max_sites_per_face": 1}
+DGH_DFT_TINY = {
+    "cp2k": CP2K_TINY | {"cutoff_ry": 150.0, "rel_cutoff_ry": 25.0, "dipole_correction": False},
+    "n_sites": 1,
+    "min_inplane_length": 4.9,
+    "free_radius": 1.8,
+    "steps": 12,
+    "fmax": 0.3,
+    "relax_slab_reference": False,
+    "vacuum": 8.0,
+    "h2_box": 7.0,
+    "max_sites_per_face": 1,
+}
 
 
 @pytest.fixture(scope="session")

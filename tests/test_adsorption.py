@@ -56,6 +56,7 @@ def chgnet():
 
 # -- sites, no MLIP ----------------------------------------------------------------------------------
 
+
 def test_mirror_symmetric_layer_keeps_one_face():
     sites = find_adsorption_sites(mos2())
     assert {s.face for s in sites} == {"top"}  # σh maps the bottom S face onto the top one
@@ -117,6 +118,7 @@ def test_flags_name_what_the_h_did():
 
 
 # -- physics with CHGNet ----------------------------------------------------------------------------
+
 
 def test_h2_bond_length(chgnet):
     energy, bond = h2_reference(chgnet)

@@ -6,11 +6,10 @@ import json
 import uuid
 
 import pytest
+from conftest import make_graphene, make_mos2, write_cif
 from typer.testing import CliRunner
 
-from conftest import make_graphene, make_mos2, write_cif
 from gen2d.cli import app
-from gen2d.structures import from_ase
 
 runner = CliRunner()
 
@@ -44,8 +43,11 @@ def test_ingest_folder_rejects_by_name_and_stores_the_valid(mixed_folder, store_
     assert doc["read"] == 6 and doc["accepted"] == 3
     assert doc["inserted"] == 2 and doc["updated"] == 1  # the renamed MoS2 copy is the same material
     reasons = {r["source_id"]: r["reason"] for r in doc["rejected"]}
-    assert reasons == {"Si_bulk.cif": "bulk_crystal", "MoS2_bilayer.cif": "stacked_layers",
-                       "corrupt.cif": "unreadable_file"}
+    assert reasons == {
+        "Si_bulk.cif": "bulk_crystal",
+        "MoS2_bilayer.cif": "stacked_layers",
+        "corrupt.cif": "unreadable_file",
+    }
     again = run_json("ingest", str(mixed_folder), "--set", "mixed", "--store", store_uri)
     assert again["inserted"] == 0
     top = run_json("top", "--store", store_uri)
@@ -118,8 +120,11 @@ def test_top_show_failed_lists_reasons(store_uri):
     run_json("ingest", "builtin:templates", "--set", "t", "--store", store_uri)
     with open_store(store_uri) as cs:
         cid = next(cs.query({"formula": "MoS2"}))["candidate_id"]
-        cs.set_score(cid, "ehull.test", ScoreResult.failed("e_hull", "eV/atom", "not_converged",
-                                                          "500 FIRE steps", Provenance(plugin="t")))
+        cs.set_score(
+            cid,
+            "ehull.test",
+            ScoreResult.failed("e_hull", "eV/atom", "not_converged", "500 FIRE steps", Provenance(plugin="t")),
+        )
     doc = run_json("top", "--show-failed", "--store", store_uri)
     assert doc["failed"] == 1
     assert doc["rows"][0]["candidate_id"] == cid and doc["rows"][0]["reasons"] == ["ehull.test:not_converged"]
@@ -130,9 +135,9 @@ def test_train_config_reads_the_train_section(tmp_path, monkeypatch):
     must reach the plugin (they were silently dropped once, so training ran on defaults)."""
     import json
 
-    import gen2d.jobs
     from typer.testing import CliRunner
 
+    import gen2d.jobs
     from gen2d.cli import app
 
     seen = {}
@@ -144,8 +149,9 @@ def test_train_config_reads_the_train_section(tmp_path, monkeypatch):
     monkeypatch.setattr(gen2d.jobs, "train_plugin", fake_train)
     cfg = tmp_path / "egnn.yaml"
     cfg.write_text("train:\n  max_steps: 123\n  lr: 0.0005\nsample:\n  cfg_weight: 2.0\n")
-    res = CliRunner().invoke(app, ["train", "--generator", "egnn-diffusion", "--config", str(cfg),
-                                   "-o", "lr=0.001", "--json"])
+    res = CliRunner().invoke(
+        app, ["train", "--generator", "egnn-diffusion", "--config", str(cfg), "-o", "lr=0.001", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert seen["options"] == {"max_steps": 123, "lr": 0.001}
     flat = tmp_path / "pu.yaml"

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DGH_DFT_TINY, make_mos2, write_cif
+from gen2d_cp2k import available
 from jobflow import run_locally
 
-from conftest import DGH_DFT_TINY, make_mos2, write_cif
 from gen2d.config import FlowSpec
 from gen2d.data.templates import build_template
 from gen2d.flows import build_flow, job_store
 from gen2d.store import get_score, open_store
-from gen2d_cp2k import available
 
 needs_cp2k = pytest.mark.skipif(not available()[0], reason="CP2K not installed")
-
 
 
 def confirm_spec(tmp_path, store_uri: str, dft_workdir: Path) -> FlowSpec:
@@ -32,13 +31,19 @@ def confirm_spec(tmp_path, store_uri: str, dft_workdir: Path) -> FlowSpec:
     d.mkdir(exist_ok=True)
     write_cif(build_template("graphene"), d / "graphene.cif")
     write_cif(make_mos2(), d / "MoS2.cif")
-    return FlowSpec.model_validate({
-        "flow": "rank-cifs", "name": "confirm", "set": "c", "store": store_uri, "input": str(d),
-        "scorers": [{"name": "synth.pu", "batch_size": 4}],
-        # m = 2 but only graphene passes `where`: the stage takes the top m of those that pass
-        "confirm": {"m": 2, "where": ["formula=C"], "options": DGH_DFT_TINY | {"workdir": str(dft_workdir)}},
-        "report": {"out": str(tmp_path / "report"), "top_k": 2},
-    })
+    return FlowSpec.model_validate(
+        {
+            "flow": "rank-cifs",
+            "name": "confirm",
+            "set": "c",
+            "store": store_uri,
+            "input": str(d),
+            "scorers": [{"name": "synth.pu", "batch_size": 4}],
+            # m = 2 but only graphene passes `where`: the stage takes the top m of those that pass
+            "confirm": {"m": 2, "where": ["formula=C"], "options": DGH_DFT_TINY | {"workdir": str(dft_workdir)}},
+            "report": {"out": str(tmp_path / "report"), "top_k": 2},
+        }
+    )
 
 
 def dft_scores(uri: str) -> dict[str, dict]:
@@ -56,7 +61,7 @@ def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, d
     run_locally(build_flow(spec), store=job_store(uri), log=False, ensure_success=True)
     local = dft_scores(uri)
     assert list(local) == ["C"]  # MoS2 did not pass the stage's filter
-    (formula, res), = local.items()
+    ((formula, res),) = local.items()
     assert res["ok"], res
     assert res["unit"] == "eV" and res["value"] > 0.3  # H binds weakly on both basal planes
     assert res["provenance"]["settings"]["cp2k_settings_hash"]
@@ -76,8 +81,14 @@ def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, d
     server.write_text("{}")
     env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
     fw_uri = f"monty://{tmp_path}/fw"
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     states = json.loads(out.stdout.strip().splitlines()[-1])
     assert "dft" in states["categories"] and set(states["states"].values()) == {"COMPLETED"}

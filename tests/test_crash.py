@@ -17,9 +17,14 @@ import yaml
 from gen2d.store import get_score, open_store
 
 HERE = Path(__file__).resolve().parent
-SPEC = {"flow": "discover", "name": "crash", "set": "crash",
-        "generate": {"generator": "templates", "n": 24},
-        "scorers": [{"name": "synth.pu", "batch_size": 3}], "report": None}
+SPEC = {
+    "flow": "discover",
+    "name": "crash",
+    "set": "crash",
+    "generate": {"generator": "templates", "n": 24},
+    "scorers": [{"name": "synth.pu", "batch_size": 3}],
+    "report": None,
+}
 
 
 def _state(uri):
@@ -32,8 +37,9 @@ def _state(uri):
 
 
 def _kill_at_random(cmd, env, cwd, seconds_max):
-    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     time.sleep(random.uniform(0.3, 1.0) * seconds_max)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
@@ -48,8 +54,13 @@ def test_local_flow_killed_and_rerun(tmp_path):
     cmd = [sys.executable, "-m", "gen2d.cli", "run", str(spec_path), "--store", uri, "--json"]
     # how long a whole run takes here, on a separate store
     t0 = time.time()
-    subprocess.run([*cmd[:-3], "--store", f"monty://{tmp_path}/timing", "--json"], env=env, cwd=tmp_path,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*cmd[:-3], "--store", f"monty://{tmp_path}/timing", "--json"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     full = time.time() - t0
     random.seed(int.from_bytes(os.urandom(4), "little"))
     rc = _kill_at_random(cmd, env, tmp_path, full)
@@ -61,8 +72,10 @@ def test_local_flow_killed_and_rerun(tmp_path):
     for cid, stamp in before.items():  # nothing written before the kill was lost or redone
         if stamp is not None:
             assert after[cid] == stamp
-    print(f"killed after a random fraction of {full:.1f} s (rc {rc}); {sum(v is not None for v in before.values())}"
-          f" scores had landed")
+    print(
+        f"killed after a random fraction of {full:.1f} s (rc {rc}); {sum(v is not None for v in before.values())}"
+        f" scores had landed"
+    )
 
 
 FW_RUN = """
@@ -138,11 +151,18 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     uri = f"monty://{tmp_path}/store"
     for name, text in (("add.py", FW_ADD), ("run.py", FW_RUN), ("recover.py", FW_RECOVER)):
         (tmp_path / name).write_text(text)
-    subprocess.run([sys.executable, "add.py", str(spec_path), uri], env=env, cwd=tmp_path, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "add.py", str(spec_path), uri], env=env, cwd=tmp_path, check=True, capture_output=True
+    )
     # kill the worker once it is inside the scoring batches (a Firework is RUNNING then)
-    p = subprocess.Popen([sys.executable, "run.py"], env={**env, "SLOW_SCORING": "1.0"}, cwd=tmp_path,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "run.py"],
+        env={**env, "SLOW_SCORING": "1.0"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
@@ -157,8 +177,9 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = _state(uri)
-    rec = subprocess.run([sys.executable, "recover.py"], env=env, cwd=tmp_path, check=True, capture_output=True,
-                         text=True)
+    rec = subprocess.run(
+        [sys.executable, "recover.py"], env=env, cwd=tmp_path, check=True, capture_output=True, text=True
+    )
     lost = json.loads(rec.stdout.strip().splitlines()[-1])
     subprocess.run([sys.executable, "run.py"], env=env, cwd=tmp_path, check=True, capture_output=True)
     after = _state(uri)

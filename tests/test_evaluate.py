@@ -11,8 +11,17 @@ import yaml
 from typer.testing import CliRunner
 
 from gen2d.data.templates import build_template
-from gen2d.evaluate import (ArmSpec, BudgetedRun, EvaluateSpec, RATE_METRICS, TrainingSetSpec,
-                            generate_within_budget, seed_metrics, select_for_evaluation, training_structures)
+from gen2d.evaluate import (
+    RATE_METRICS,
+    ArmSpec,
+    BudgetedRun,
+    EvaluateSpec,
+    TrainingSetSpec,
+    generate_within_budget,
+    seed_metrics,
+    select_for_evaluation,
+    training_structures,
+)
 from gen2d.metrics import Novelty, StrictValidity, Uniqueness
 from gen2d.scoring import GeneratedStructure, RankThresholds
 
@@ -29,8 +38,16 @@ def substitution(monkeypatch):
 
 
 def _record(**kw):
-    base = {"strict_ok": True, "smact_ok": True, "unique": True, "novel": True, "e_hull": 0.05, "hit": False,
-            "mlip_dg_h": None, "confirmed": False}
+    base = {
+        "strict_ok": True,
+        "smact_ok": True,
+        "unique": True,
+        "novel": True,
+        "e_hull": 0.05,
+        "hit": False,
+        "mlip_dg_h": None,
+        "confirmed": False,
+    }
     return {**base, **kw}
 
 
@@ -102,10 +119,16 @@ def test_generation_stops_at_the_budget_with_a_deterministic_clock():
 
 
 def test_filter_keeps_the_best_valid_samples_by_the_surrogates():
-    items = [GeneratedStructure(structure=build_template(n), labels={"strict_valid": ok})
-             for n, ok in (("graphene", True), ("hBN", False), ("MoS2-2H", True), ("Ti2CO2", True))]
-    vals = [{"dg_h": 1.0, "p_synth": 0.9}, {"dg_h": 0.0, "p_synth": 1.0}, {"dg_h": 0.05, "p_synth": 0.8},
-            {"dg_h": 0.0, "p_synth": 0.9}]
+    items = [
+        GeneratedStructure(structure=build_template(n), labels={"strict_valid": ok})
+        for n, ok in (("graphene", True), ("hBN", False), ("MoS2-2H", True), ("Ti2CO2", True))
+    ]
+    vals = [
+        {"dg_h": 1.0, "p_synth": 0.9},
+        {"dg_h": 0.0, "p_synth": 1.0},
+        {"dg_h": 0.05, "p_synth": 0.8},
+        {"dg_h": 0.0, "p_synth": 0.9},
+    ]
     run = BudgetedRun(items, 1.0, 1, [1.0], 1.0, "budget", vals)
     arm = ArmSpec(name="filter", kind="filter", keep=2, filter_max_elements=2)
     idx, scores = select_for_evaluation(run, arm, n_eval=2, seed=0, thresholds=RankThresholds())
@@ -132,8 +155,9 @@ def test_substitution_is_isovalent_and_rescaled(substitution):
         oxi = g.parameters["oxidation_states"]
         template = build_template(g.parameters["template"])
         assert len(g.structure) == len(template)
-        assert {el.symbol for el in g.structure.composition.elements} == \
-            {subs.get(el.symbol, el.symbol) for el in template.composition.elements}
+        assert {el.symbol for el in g.structure.composition.elements} == {
+            subs.get(el.symbol, el.symbol) for el in template.composition.elements
+        }
         # isovalent: the new element has a substitution-table entry at the old oxidation state, or the
         # same group when the layer is elemental
         for old, new in subs.items():
@@ -155,26 +179,42 @@ def test_substitution_is_isovalent_and_rescaled(substitution):
 
 
 TINY = {
-    "name": "tiny", "seeds": [0, 1], "budget_cpu_s": 0.5, "chunk": 2, "n_eval": 1,
+    "name": "tiny",
+    "seeds": [0, 1],
+    "budget_cpu_s": 0.5,
+    "chunk": 2,
+    "n_eval": 1,
     "templates": ["graphene", "hBN"],
     "arms": [
-        {"name": "unguided", "params": {"guidance": {"cfg_weight": None, "eta": 0.0}, "start": "templates",
-                                        "n_steps": 5}},
+        {
+            "name": "unguided",
+            "params": {"guidance": {"cfg_weight": None, "eta": 0.0}, "start": "templates", "n_steps": 5},
+        },
         {"name": "cfg", "params": {"guidance": {"cfg_weight": 2.0, "eta": 0.0}, "start": "templates", "n_steps": 5}},
-        {"name": "full", "params": {"guidance": {"cfg_weight": 2.0, "eta": 0.08}, "start": "templates",
-                                    "n_steps": 5}},
+        {"name": "full", "params": {"guidance": {"cfg_weight": 2.0, "eta": 0.08}, "start": "templates", "n_steps": 5}},
         {"name": "substitution", "generator": "substitution"},
-        {"name": "filter", "kind": "filter", "params": {"guidance": {"cfg_weight": None, "eta": 0.0},
-                                                        "start": "templates", "n_steps": 5}},
+        {
+            "name": "filter",
+            "kind": "filter",
+            "params": {"guidance": {"cfg_weight": None, "eta": 0.0}, "start": "templates", "n_steps": 5},
+        },
     ],
     "sweeps": [{"parameter": "eta", "values": [0.0, 0.1], "base": "full", "fixed": {"cfg_weight": 2.0}, "n_eval": 1}],
     # cheap scorers on the real code paths: CHGNet E_hull against the MP elemental entries (no reference
     # relaxations), a short explicit-H check
-    "scorers": {"e_hull": {"name": "ehull.chgnet", "options": {"progress": False, "provider": "entries-file",
-                                                               "steps": 20}},
-                "confirm": {"name": "dgh.mlip", "options": {"calculator": "chgnet", "max_sites_per_face": 1,
-                                                            "site_kinds": ["ontop"], "min_inplane_length": 4.0,
-                                                            "steps": 10}}},
+    "scorers": {
+        "e_hull": {"name": "ehull.chgnet", "options": {"progress": False, "provider": "entries-file", "steps": 20}},
+        "confirm": {
+            "name": "dgh.mlip",
+            "options": {
+                "calculator": "chgnet",
+                "max_sites_per_face": 1,
+                "site_kinds": ["ontop"],
+                "min_inplane_length": 4.0,
+                "steps": 10,
+            },
+        },
+    },
     "training_set": {"sources": ["mc2d_258_exfoliable.json"]},
 }
 
@@ -184,7 +224,8 @@ def test_gen2d_evaluate_tiny_spec_end_to_end(tmp_path, monkeypatch, data_dir, su
 
     spec = json.loads(json.dumps(TINY))
     spec["scorers"]["e_hull"]["options"]["provider_options"] = {
-        "path": str(data_dir / "mp_elemental_reference_entries.json.gz")}
+        "path": str(data_dir / "mp_elemental_reference_entries.json.gz")
+    }
     spec["out"] = str(tmp_path / "out")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -276,6 +317,7 @@ def test_a_stored_result_is_reused_only_for_the_same_model():
     assert a != b and a == _run_key(spec, unguided, 0, "sha-a")
     # the shipped EGNN gives its checkpoint's sha256, so its key changes with the file's content
     from gen2d_egnn import shipped_checkpoint
+
     from gen2d.scoring import file_sha256
 
     assert _model_identity(Resources(spec), unguided) == file_sha256(shipped_checkpoint())

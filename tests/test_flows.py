@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_graphene, make_mos2, write_cif
 from jobflow import run_locally
 
-from conftest import make_graphene, make_mos2, write_cif
 from gen2d.config import FlowSpec, load_spec
 from gen2d.flows import build_flow, job_store
 from gen2d.store import get_score, open_store
@@ -22,11 +22,17 @@ SCORERS = [{"name": "synth.pu", "batch_size": 2}]
 
 
 def tiny_discover(tmp_path, store_uri, n=3) -> FlowSpec:
-    return FlowSpec.model_validate({
-        "flow": "discover", "name": "tiny", "set": "tiny", "store": store_uri,
-        "generate": {"generator": "templates", "n": n},
-        "scorers": SCORERS, "report": {"out": str(tmp_path / "report"), "top_k": 3},
-    })
+    return FlowSpec.model_validate(
+        {
+            "flow": "discover",
+            "name": "tiny",
+            "set": "tiny",
+            "store": store_uri,
+            "generate": {"generator": "templates", "n": n},
+            "scorers": SCORERS,
+            "report": {"out": str(tmp_path / "report"), "top_k": 3},
+        }
+    )
 
 
 def run(spec: FlowSpec):
@@ -35,9 +41,14 @@ def run(spec: FlowSpec):
 
 def snapshot(uri):
     with open_store(uri) as cs:
-        return {d["candidate_id"]: (d["formula"], get_score(d, "synth.pu")["value"],
-                                    get_score(d, "synth.pu")["provenance"]["created_at"])
-                for d in cs.query({})}
+        return {
+            d["candidate_id"]: (
+                d["formula"],
+                get_score(d, "synth.pu")["value"],
+                get_score(d, "synth.pu")["provenance"]["created_at"],
+            )
+            for d in cs.query({})
+        }
 
 
 def test_discover_runs_locally_and_rerun_adds_and_redoes_nothing(tmp_path):
@@ -63,7 +74,6 @@ def test_report_tables_hold_stored_values(tmp_path):
     for name in ("index.html", "report.json", "dg_h_distribution.png", "e_hull_vs_p_synth.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     rep = json.loads((out / "report.json").read_text())
-    stored = snapshot(uri)
     assert rep["n_candidates"] == 3
     src = {(r["source"], r["set"]): r for r in rep["sources"]}
     assert src[("templates", "tiny")]["n"] == 3 and src[("templates", "tiny")]["strict_valid"] == 3
@@ -78,13 +88,16 @@ def test_rank_cifs_on_mixed_folder(tmp_path, bulk_si):
     write_cif(bulk_si, d / "Si.cif")
     (d / "corrupt.cif").write_text("data_x\nloop_\n_atom_site_label\nMo 0 0\n")
     uri = f"monty://{tmp_path}/store"
-    spec = FlowSpec.model_validate({"flow": "rank-cifs", "set": "baseline", "store": uri, "input": str(d),
-                                    "scorers": SCORERS, "report": None})
+    spec = FlowSpec.model_validate(
+        {"flow": "rank-cifs", "set": "baseline", "store": uri, "input": str(d), "scorers": SCORERS, "report": None}
+    )
     responses = run(spec)
     ingest_out = next(r[1].output for r in responses.values() if getattr(r[1].output, "generator", "") == "cif-set")
     assert ingest_out.n_accepted == 2
-    assert {r["source_id"]: r["reason"] for r in ingest_out.rejected} == {"Si.cif": "bulk_crystal",
-                                                                         "corrupt.cif": "unreadable_file"}
+    assert {r["source_id"]: r["reason"] for r in ingest_out.rejected} == {
+        "Si.cif": "bulk_crystal",
+        "corrupt.cif": "unreadable_file",
+    }
     assert {v[0] for v in snapshot(uri).values()} == {"MoS2", "C"}
 
 
@@ -98,8 +111,14 @@ def test_same_flow_through_fireworks_on_mongomock_lands_the_same(tmp_path):
     server.write_text("{}")
     env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
     fw_uri = f"monty://{tmp_path}/fw"
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fw_runner.py")), str(fw_spec), fw_uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     states = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(states["categories"]) == {"gpu", "cpu"}
@@ -129,27 +148,59 @@ def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
     lp = tmp_path / "my_launchpad.yaml"
     lp.write_text("host: localhost\nname: fireworks\n")
     spec = Path(__file__).resolve().parents[1] / "workflows" / "discover.yaml"
-    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server),
-           "GEN2D_STORE": "mongodb://gen2d:pa55word@db.example/gen2d"}
-    reset = ("from fireworks import LaunchPad; LaunchPad.from_file(%r).reset('', require_password=False)" % str(lp))
+    env = {
+        **os.environ,
+        "MONGOMOCK_SERVERSTORE_FILE": str(server),
+        "GEN2D_STORE": "mongodb://gen2d:pa55word@db.example/gen2d",
+    }
+    reset = f"from fireworks import LaunchPad; LaunchPad.from_file({str(lp)!r}).reset('', require_password=False)"
     subprocess.run([sys.executable, "-c", reset], check=True, env=env, cwd=tmp_path, capture_output=True)  # lpad reset
-    res = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp), "--json"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)
     assert doc["categories"] == ["cpu", "dft", "gpu"] and doc["fireworks"] >= 6
     assert "pa55word" not in server.read_text()  # the workers' GEN2D_STORE is never written into the workflow
-    bad = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp),
-                          "--store", "mongodb://u:pw@h/db", "--json"], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gen2d.cli",
+            "submit",
+            str(spec),
+            "--launchpad",
+            str(lp),
+            "--store",
+            "mongodb://u:pw@h/db",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "password" in json.loads(bad.stdout)["error"]
 
 
 def test_scorer_where_filter_limits_what_is_scored(tmp_path):
     uri = f"monty://{tmp_path}/store"
-    spec = FlowSpec.model_validate({
-        "flow": "discover", "set": "w", "store": uri, "generate": {"generator": "templates", "n": 4},
-        "scorers": [{"name": "synth.pu", "where": ["formula=MoS2", "nelements<=2"]}], "report": None})
+    spec = FlowSpec.model_validate(
+        {
+            "flow": "discover",
+            "set": "w",
+            "store": uri,
+            "generate": {"generator": "templates", "n": 4},
+            "scorers": [{"name": "synth.pu", "where": ["formula=MoS2", "nelements<=2"]}],
+            "report": None,
+        }
+    )
     run(spec)
     with open_store(uri) as cs:
         scored = {d["formula"] for d in cs.query({}) if get_score(d, "synth.pu")}
@@ -173,9 +224,15 @@ class _SchemeScorer:
         from gen2d.scoring import Provenance, ScoreResult
 
         self.seen += [s.composition.reduced_formula for s in structures]
-        return [ScoreResult(property="e_hull", value=0.01, unit="eV/atom",
-                            provenance=Provenance(plugin=self.name, settings={"correction_scheme": "v1"}))
-                for _ in structures]
+        return [
+            ScoreResult(
+                property="e_hull",
+                value=0.01,
+                unit="eV/atom",
+                provenance=Provenance(plugin=self.name, settings={"correction_scheme": "v1"}),
+            )
+            for _ in structures
+        ]
 
 
 def test_a_score_flow_redoes_results_made_under_an_older_scheme(tmp_path, monkeypatch):
@@ -187,10 +244,16 @@ def test_a_score_flow_redoes_results_made_under_an_older_scheme(tmp_path, monkey
     from gen2d.store import SourceInfo, make_candidate
 
     uri = f"monty://{tmp_path}/store"
-    cands = [make_candidate(make_mos2(), SourceInfo(kind="dataset", set="s", source_id="mos2")),
-             make_candidate(make_graphene(), SourceInfo(kind="dataset", set="s", source_id="gr"))]
-    old = ScoreResult(property="e_hull", value=-0.27, unit="eV/atom",
-                      provenance=Provenance(plugin="ehull.scheme", settings={"correction_scheme": "v0"}))
+    cands = [
+        make_candidate(make_mos2(), SourceInfo(kind="dataset", set="s", source_id="mos2")),
+        make_candidate(make_graphene(), SourceInfo(kind="dataset", set="s", source_id="gr")),
+    ]
+    old = ScoreResult(
+        property="e_hull",
+        value=-0.27,
+        unit="eV/atom",
+        provenance=Provenance(plugin="ehull.scheme", settings={"correction_scheme": "v0"}),
+    )
     with open_store(uri) as cs:
         cs.upsert_candidates(cands)
         cs.set_score(cands[0].candidate_id, "ehull.scheme", old)  # made under the older scheme
@@ -206,17 +269,29 @@ def test_a_score_flow_redoes_results_made_under_an_older_scheme(tmp_path, monkey
         redone = cs.get(cands[0].candidate_id).score("ehull.scheme")
         assert redone.value == 0.01 and redone.extra["superseded"]["value"] == -0.27
         assert jobs.candidates_to_score(cs, "ehull.scheme", None, {"sets": "s"}) == []
-    run_locally(Flow([jobs.ScoreMaker(scorer="ehull.scheme", set_name="s").make(uri)]), store=job_store(uri),
-                log=False, ensure_success=True)
+    run_locally(
+        Flow([jobs.ScoreMaker(scorer="ehull.scheme", set_name="s").make(uri)]),
+        store=job_store(uri),
+        log=False,
+        ensure_success=True,
+    )
     assert len(sc.seen) == 2  # everything current: a rerun redoes nothing
 
 
 def _spec_with_bad_option(tmp_path) -> Path:
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({
-        "flow": "discover", "name": "bad", "set": "bad", "generate": {"generator": "templates", "n": 1},
-        "scorers": [{"name": "synth.pu"}, {"name": "ehull.chgnet", "options": {"fmaxx": 0.1}}],
-        "report": None}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "flow": "discover",
+                "name": "bad",
+                "set": "bad",
+                "generate": {"generator": "templates", "n": 1},
+                "scorers": [{"name": "synth.pu"}, {"name": "ehull.chgnet", "options": {"fmaxx": 0.1}}],
+                "report": None,
+            }
+        )
+    )
     return path
 
 
@@ -224,8 +299,11 @@ def test_a_bad_scorer_option_is_refused_when_the_flow_is_built(tmp_path):
     from gen2d.scoring import ScorerOptionsError
 
     spec = load_spec(_spec_with_bad_option(tmp_path))
-    with pytest.raises(ScorerOptionsError, match=r"scorers\[1\]: scorer ehull.chgnet: unknown option 'fmaxx' "
-                                                 r"\(did you mean 'fmax'\?\)"):
+    with pytest.raises(
+        ScorerOptionsError,
+        match=r"scorers\[1\]: scorer ehull.chgnet: unknown option 'fmaxx' "
+        r"\(did you mean 'fmax'\?\)",
+    ):
         build_flow(spec)
     spec.scorers[1].options = {"fmax": "fast"}
     with pytest.raises(ScorerOptionsError, match="option 'fmax'"):
@@ -257,9 +335,23 @@ def test_gen2d_submit_refuses_a_bad_scorer_option_by_name(tmp_path):
     lp = tmp_path / "my_launchpad.yaml"
     lp.write_text("host: localhost\nname: fireworks\n")
     env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
-    res = subprocess.run([sys.executable, "-m", "gen2d.cli", "submit", str(_spec_with_bad_option(tmp_path)),
-                          "--launchpad", str(lp), "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gen2d.cli",
+            "submit",
+            str(_spec_with_bad_option(tmp_path)),
+            "--launchpad",
+            str(lp),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     error = json.loads(res.stdout)["error"]
     assert "unknown option 'fmaxx'" in error and "scorers[1]" in error

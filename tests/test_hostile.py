@@ -24,8 +24,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("hostile")
-    subprocess.run([sys.executable, str(HERE / "data" / "make_hostile.py"), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, str(HERE / "data" / "make_hostile.py"), str(out)], check=True, capture_output=True)
     expected = json.loads((out / "expected.json").read_text())
     assert len(expected) >= 40
     return out, expected
@@ -42,8 +41,12 @@ def _check(expected, rejected, stored_ids):
 def test_cli_ingest_names_every_hostile_input(corpus):
     out, expected = corpus
     uri = f"monty://{out}/cli-store"
-    res = subprocess.run([sys.executable, "-m", "gen2d.cli", "ingest", str(out / "files"), "--set", "hostile",
-                          "--store", uri, "--json"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "gen2d.cli", "ingest", str(out / "files"), "--set", "hostile", "--store", uri, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     doc = json.loads(res.stdout)
@@ -73,8 +76,16 @@ def test_broken_db_row_is_named_and_later_rows_still_read(corpus):
 def test_rank_cifs_flow_survives_the_corpus(corpus, tmp_path):
     out, expected = corpus
     uri = f"monty://{tmp_path}/store"
-    spec = FlowSpec.model_validate({"flow": "rank-cifs", "set": "hostile", "store": uri, "input": str(out / "files"),
-                                    "scorers": [{"name": "synth.pu", "batch_size": 8}], "report": None})
+    spec = FlowSpec.model_validate(
+        {
+            "flow": "rank-cifs",
+            "set": "hostile",
+            "store": uri,
+            "input": str(out / "files"),
+            "scorers": [{"name": "synth.pu", "batch_size": 8}],
+            "report": None,
+        }
+    )
     responses = run_locally(build_flow(spec), store=job_store(uri), log=False, ensure_success=True)
     ingest_out = next(r[1].output for r in responses.values() if getattr(r[1].output, "generator", "") == "cif-set")
     assert ingest_out.n_generated == len(expected)

@@ -11,11 +11,25 @@ from ase.build import mx2
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
-from gen2d.hull import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, EntriesFileProvider, HullError, MLIPPrototypesProvider,
-                        MPAPIProvider, ReferenceUnavailable, anion_correction_scale, apply_mp2020, binary_decorations,
-                        chalcogen_partner_shares,
-                        element_polymorphs, get_reference_provider, hull_analysis, limit_anion_corrections, mlip_entry,
-                        mp_hubbards)
+from gen2d.hull import (
+    BINARY_PROTOTYPES,
+    ELEMENT_PROTOTYPES,
+    EntriesFileProvider,
+    HullError,
+    MLIPPrototypesProvider,
+    MPAPIProvider,
+    ReferenceUnavailable,
+    anion_correction_scale,
+    apply_mp2020,
+    binary_decorations,
+    chalcogen_partner_shares,
+    element_polymorphs,
+    get_reference_provider,
+    hull_analysis,
+    limit_anion_corrections,
+    mlip_entry,
+    mp_hubbards,
+)
 from gen2d.relax import cached_calculator, relax_in_plane
 from gen2d.settings import get_settings
 from gen2d.structures import from_ase
@@ -37,6 +51,7 @@ def _rocksalt(a: str, b: str, lattice: float = 4.2) -> Structure:
 
 
 # --- MP2020 -------------------------------------------------------------------------------------
+
 
 def test_mp_hubbards_follow_mp_relax_set():
     assert mp_hubbards(Composition("Fe2O3")) == {"Fe": 5.3}
@@ -160,9 +175,13 @@ def test_mlip_entry_rejects_nan():
 
 # --- hull analysis ------------------------------------------------------------------------------
 
+
 def test_hull_analysis_known_geometry():
-    refs = [ComputedEntry("Li", -2.0), ComputedEntry("Cl", -1.0),
-            ComputedEntry("LiCl", 2 * -2.5)]  # LiCl: -2.5 eV/atom, E_form = -1.0 eV/atom
+    refs = [
+        ComputedEntry("Li", -2.0),
+        ComputedEntry("Cl", -1.0),
+        ComputedEntry("LiCl", 2 * -2.5),
+    ]  # LiCl: -2.5 eV/atom, E_form = -1.0 eV/atom
     candidate = ComputedEntry("Li2Cl", 3 * -2.0)
     res = hull_analysis(candidate, refs, "toy")
     # Li2Cl decomposes into LiCl + Li: hull energy (2*(-2.5) + (-2.0)) / 3 = -7/3
@@ -185,6 +204,7 @@ def test_hull_analysis_allows_negative_and_names_missing_reference():
 
 
 # --- providers ----------------------------------------------------------------------------------
+
 
 def test_entries_file_provider_reads_mp_elemental_references():
     prov = EntriesFileProvider(ELEMENTAL_FILE)
@@ -357,8 +377,9 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=shipped)
     other._relax_jobs = lambda jobs, label: relaxed.append(label) or [None] * len(jobs)
     assert other.element_entries("Mo") == [] and relaxed and not other.shipped_hits
-    subset = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped,
-                                    binary_prototypes=["mos2_2h"])
+    subset = MLIPPrototypesProvider(
+        _KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped, binary_prototypes=["mos2_2h"]
+    )
     subset._relax_jobs = lambda jobs, label: [None] * len(jobs)
     assert subset.binary_entries("Mo", "S") == [] and "Mo-S" not in subset.shipped_hits
     # a file whose recorded key disagrees with its path is ignored

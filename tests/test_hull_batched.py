@@ -8,8 +8,15 @@ from ase import Atom
 from ase.build import bulk, graphene, mx2
 
 from gen2d.hull import MLIPPrototypesProvider
-from gen2d.relax import (LOCKSTEP_STATS, batch_evaluator, cached_calculator, relax_bulk, relax_bulk_batch,
-                         relax_in_plane, relax_in_plane_batch)
+from gen2d.relax import (
+    LOCKSTEP_STATS,
+    batch_evaluator,
+    cached_calculator,
+    relax_bulk,
+    relax_bulk_batch,
+    relax_in_plane,
+    relax_in_plane_batch,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,28 @@ import os
 import subprocess
 import sys
 
-CORE = ["settings", "structures", "neighbors", "scoring", "store", "jobs", "flows", "hull", "adsorption", "relax",
-        "metrics", "data", "data.readers", "data.templates", "data.graphs", "data.ingest", "evaluate", "report",
-        "config", "cli"]
+CORE = [
+    "settings",
+    "structures",
+    "neighbors",
+    "scoring",
+    "store",
+    "jobs",
+    "flows",
+    "hull",
+    "adsorption",
+    "relax",
+    "metrics",
+    "data",
+    "data.readers",
+    "data.templates",
+    "data.graphs",
+    "data.ingest",
+    "evaluate",
+    "report",
+    "config",
+    "cli",
+]
 FORBIDDEN = ("gen2d.models", "gen2d.diffusion", "gen2d_")
 
 PROBE = """
@@ -35,14 +54,26 @@ def test_core_modules_do_not_import_plugin_owned_code():
     # one fresh interpreter, modules imported one after the other: whatever a module adds to sys.modules
     # is what importing it pulled in
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", PROBE, ",".join(CORE), *FORBIDDEN], capture_output=True,
-                         text=True, env=env, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(CORE), *FORBIDDEN],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
 
 
 def test_the_probe_sees_an_import_of_plugin_owned_code():
     # the same probe, pointed at the plugin-owned package itself, reports it (so an empty result means something)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", PROBE, "diffusion.schedule", *FORBIDDEN], capture_output=True,
-                         text=True, env=env, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "diffusion.schedule", *FORBIDDEN],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
     assert "gen2d.diffusion.schedule" in json.loads(out.stdout.strip().splitlines()[-1])["diffusion.schedule"]

@@ -8,8 +8,14 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from gen2d.data.templates import build_template
-from gen2d.metrics import (Novelty, PredictedPropertyDistribution, SMACTValidity, StrictValidity, Uniqueness,
-                           evaluate_samples)
+from gen2d.metrics import (
+    Novelty,
+    PredictedPropertyDistribution,
+    SMACTValidity,
+    StrictValidity,
+    Uniqueness,
+    evaluate_samples,
+)
 
 
 def _squashed_mos2() -> Structure:
@@ -43,9 +49,13 @@ def test_strict_validity_accepts_real_layers_and_names_failures():
 
 
 def test_smact_validity():
-    structures = [build_template("MoS2-2H"), build_template("graphene"),
-                  Structure(Lattice.hexagonal(4.0, 25.0), ["Na", "Na", "Cl"],
-                            [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.55]])]
+    structures = [
+        build_template("MoS2-2H"),
+        build_template("graphene"),
+        Structure(
+            Lattice.hexagonal(4.0, 25.0), ["Na", "Na", "Cl"], [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.55]]
+        ),
+    ]
     res = SMACTValidity()(structures)
     assert res.details["per_sample"] == [True, True, False]  # Na2Cl cannot be charge-neutral
     assert abs(res.value - 2 / 3) < 1e-9
@@ -70,13 +80,21 @@ def test_uniqueness_and_novelty_use_structure_matcher():
 def test_property_distribution_and_json_with_descriptions():
     res = PredictedPropertyDistribution("dg_h", "eV", "a test")([0.1, -0.2, 0.4, None, float("nan")])
     assert res.n == 3 and abs(res.value - 0.1) < 1e-12 and res.unit == "eV"
-    out = evaluate_samples([build_template("MoS2-2H"), build_template("graphene")],
-                           reference=[build_template("graphene")],
-                           predicted=[{"dg_h": 0.1, "e_hull": 0.0, "p_synth": 0.9},
-                                      {"dg_h": 0.5, "e_hull": 0.2, "p_synth": 0.4}])
+    out = evaluate_samples(
+        [build_template("MoS2-2H"), build_template("graphene")],
+        reference=[build_template("graphene")],
+        predicted=[{"dg_h": 0.1, "e_hull": 0.0, "p_synth": 0.9}, {"dg_h": 0.5, "e_hull": 0.2, "p_synth": 0.4}],
+    )
     text = json.dumps(out)
-    for name in ("strict_2d_validity", "smact_validity", "uniqueness", "novelty", "predicted_dg_h",
-                 "predicted_e_hull", "predicted_p_synth"):
+    for name in (
+        "strict_2d_validity",
+        "smact_validity",
+        "uniqueness",
+        "novelty",
+        "predicted_dg_h",
+        "predicted_e_hull",
+        "predicted_p_synth",
+    ):
         assert out[name]["description"] and out[name]["unit"]
     assert out["novelty"]["value"] == 0.5 and "per_sample" not in text
 

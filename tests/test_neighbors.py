@@ -37,15 +37,23 @@ def _cases():
     gr = graphene(vacuum=10)
     gr.pbc = (True, True, False)
     tiny = Atoms("C", positions=[[0, 0, 5]], cell=[[1.5, 0, 0], [0.3, 1.4, 0], [0, 0, 20]], pbc=(True, True, False))
-    skewed = Atoms("C2", positions=[[0, 0, 5], [1, 0.2, 5.3]], cell=[[3, 0, 0], [2.9, 0.5, 0], [0, 0, 20]],
-                   pbc=(True, True, False))
-    rnd = Atoms("C8", positions=rng.uniform(0, 6, (8, 3)), cell=[[6, 0, 0], [-3, 5.2, 0], [0, 0, 18]],
-                pbc=(True, True, False))
+    skewed = Atoms(
+        "C2", positions=[[0, 0, 5], [1, 0.2, 5.3]], cell=[[3, 0, 0], [2.9, 0.5, 0], [0, 0, 20]], pbc=(True, True, False)
+    )
+    rnd = Atoms(
+        "C8", positions=rng.uniform(0, 6, (8, 3)), cell=[[6, 0, 0], [-3, 5.2, 0], [0, 0, 18]], pbc=(True, True, False)
+    )
     bulk = rnd.copy()
     bulk.pbc = True
-    return {"MoS2": (mos2, 5.0), "MoS2 shifted": (shifted, 5.0), "graphene 7.5 Å": (gr, 7.5),
-            "one atom, cell smaller than cutoff": (tiny, 7.5), "skewed cell": (skewed, 5.0),
-            "random, per-atom radii": (rnd, [0.9] * 8), "random, 3D periodic": (bulk, 3.0)}
+    return {
+        "MoS2": (mos2, 5.0),
+        "MoS2 shifted": (shifted, 5.0),
+        "graphene 7.5 Å": (gr, 7.5),
+        "one atom, cell smaller than cutoff": (tiny, 7.5),
+        "skewed cell": (skewed, 5.0),
+        "random, per-atom radii": (rnd, [0.9] * 8),
+        "random, 3D periodic": (bulk, 3.0),
+    }
 
 
 @pytest.mark.parametrize("name", list(_cases()))
@@ -63,8 +71,9 @@ def test_matches_ase_on_every_template_at_the_bond_cutoffs():
 
 
 def test_odd_input_goes_to_ase():
-    good = Atoms("C2", positions=[[0, 0, 5], [1, 0.2, 5.3]], cell=[[3, 0, 0], [0, 3, 0], [0, 0, 20]],
-                 pbc=(True, True, False))
+    good = Atoms(
+        "C2", positions=[[0, 0, 5], [1, 0.2, 5.3]], cell=[[3, 0, 0], [0, 3, 0], [0, 0, 20]], pbc=(True, True, False)
+    )
     nan = good.copy()
     nan.positions[0, 0] = np.nan  # matscipy would answer "no neighbours" without complaint
     flat = good.copy()

@@ -22,15 +22,21 @@ def doc(cid, dg_h=None, e_hull=None, p=None, unc=0.0, strict=True, failed=None):
 
 
 def test_hit_needs_all_three_thresholds():
-    docs = [doc("a", 0.05, 0.02, 0.9), doc("b", 0.35, 0.02, 0.9), doc("c", 0.05, 0.25, 0.9),
-            doc("d", 0.05, 0.02, 0.3), doc("e", -0.19, 0.099, 0.51)]
+    docs = [
+        doc("a", 0.05, 0.02, 0.9),
+        doc("b", 0.35, 0.02, 0.9),
+        doc("c", 0.05, 0.25, 0.9),
+        doc("d", 0.05, 0.02, 0.3),
+        doc("e", -0.19, 0.099, 0.51),
+    ]
     r = rank_documents(docs)
     assert [r[k]["hit"] for k in "abcde"] == [True, False, False, False, True]
 
 
 def test_missing_property_is_unknown_and_failed_is_never_a_hit():
-    r = rank_documents([doc("a", 0.05, 0.02), doc("b", 0.0, 0.0, 0.9, failed="e_hull"),
-                        doc("c", 0.0, 0.0, 0.9, strict=False)])
+    r = rank_documents(
+        [doc("a", 0.05, 0.02), doc("b", 0.0, 0.0, 0.9, failed="e_hull"), doc("c", 0.0, 0.0, 0.9, strict=False)]
+    )
     assert r["a"]["hit"] is None and r["a"]["missing"] == ["p_synth"] and r["a"]["score"] is None
     # b has an ok e_hull from one scorer: its failed other e_hull scorer does not block it
     assert r["b"]["hit"] is True

@@ -10,8 +10,8 @@ import pytest
 from gen2d.scoring import (
     Generator,
     Provenance,
-    ScoreResult,
     Scorer,
+    ScoreResult,
     discover,
     get_generator,
     get_scorer,
@@ -39,11 +39,14 @@ def _install_fake_dist(tmp_path, name, entry_points):
 
 
 def test_broken_plugin_is_listed_with_reason_and_others_load(tmp_path, monkeypatch):
-    _install_fake_dist(tmp_path, "brokenplugin",
-                       "[gen2d.scorers]\nbroken.missing = gen2d_does_not_exist:Nope\n"
-                       "broken.raises = fake_raising_plugin:Scorer\n")
+    _install_fake_dist(
+        tmp_path,
+        "brokenplugin",
+        "[gen2d.scorers]\nbroken.missing = gen2d_does_not_exist:Nope\nbroken.raises = fake_raising_plugin:Scorer\n",
+    )
     (tmp_path / "fake_raising_plugin.py").write_text(
-        "class Scorer:\n    def __init__(self):\n        raise RuntimeError('weights file /x/y.pt not found')\n")
+        "class Scorer:\n    def __init__(self):\n        raise RuntimeError('weights file /x/y.pt not found')\n"
+    )
     try:
         infos = {i.name: i for i in discover("scorer")}
         assert not infos["broken.missing"].available
@@ -67,8 +70,10 @@ class _FlakyScorer:
     def score(self, structures, context=None):
         if len(structures) == 3:
             raise RuntimeError("GPU fell over")
-        return [ScoreResult(property="e_hull", value=0.1, unit="eV/atom", provenance=Provenance(plugin="flaky"))
-                for _ in structures]
+        return [
+            ScoreResult(property="e_hull", value=0.1, unit="eV/atom", provenance=Provenance(plugin="flaky"))
+            for _ in structures
+        ]
 
 
 def test_a_crashing_batch_becomes_named_failures_and_others_go_on(mos2):
@@ -89,8 +94,15 @@ def test_every_provenance_records_the_installed_gen2d_version():
     assert Provenance(plugin="any", version="9.9").version == "9.9"  # an explicit version is kept
 
 
-BUILTIN_SCORERS = ["ehull.chgnet", "ehull.mattersim", "ehull.sevennet", "dgh.mlip", "dgh.dimenet", "synth.pu",
-                   "synth.csllm"]
+BUILTIN_SCORERS = [
+    "ehull.chgnet",
+    "ehull.mattersim",
+    "ehull.sevennet",
+    "dgh.mlip",
+    "dgh.dimenet",
+    "synth.pu",
+    "synth.csllm",
+]
 
 
 @pytest.mark.parametrize("name", BUILTIN_SCORERS)
@@ -103,8 +115,11 @@ def test_builtin_scorers_inherit_the_base_class_and_declare_their_options(name):
 
     cls = _factory("scorer", name)
     assert issubclass(cls, BaseScorer) and cls.Options is not BaseScorer.Options
-    params = {p.name for p in inspect.signature(cls.__init__).parameters.values()
-              if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    params = {
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind is not p.VAR_KEYWORD
+    }
     var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
     declared = set(cls.Options.model_fields)
     if name == "dgh.mlip":  # **settings are the fields of AdsorptionSettings
@@ -136,8 +151,10 @@ class _ProtocolOnly:
     name, property, unit = "third.party", "p_synth", "probability"
 
     def score(self, structures, context=None):
-        return [ScoreResult(property="p_synth", value=0.5, unit="probability",
-                            provenance=Provenance(plugin=self.name)) for _ in structures]
+        return [
+            ScoreResult(property="p_synth", value=0.5, unit="probability", provenance=Provenance(plugin=self.name))
+            for _ in structures
+        ]
 
 
 def test_a_protocol_only_scorer_gets_the_base_class_defaults(mos2):

@@ -3,7 +3,6 @@ store URI never reaches errors, logs or the report."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -100,17 +100,20 @@ def test_keyword_arguments_use_field_names(clean_env):
 
 def test_callers_read_the_settings(clean_env, tmp_path):
     # every place that used to read os.environ now follows the settings (here: the settings file)
+    from gen2d_synth_csllm.scorer import CSLLMSettings
+    from gen2d_synth_pu.datasets import data_dir as pu_data_dir
+
     from gen2d.data.readers import data_dir
     from gen2d.diffusion.train import default_data_dir
     from gen2d.hull import EntriesFileProvider, MLIPPrototypesProvider
     from gen2d.hull.references import _mp_api_key
     from gen2d.store import resolve_store_uri
-    from gen2d_synth_csllm.scorer import CSLLMSettings
-    from gen2d_synth_pu.datasets import data_dir as pu_data_dir
 
     cfg = tmp_path / "settings.yaml"
-    cfg.write_text(f"data_dir: {tmp_path}/data\nstore: memory://fromfile\ncache_dir: {tmp_path}/cache\n"
-                   f"mp_api_key: {SECRET}\ncsllm_base: {tmp_path}/base\nmattersim_checkpoint: {tmp_path}/m.pth\n")
+    cfg.write_text(
+        f"data_dir: {tmp_path}/data\nstore: memory://fromfile\ncache_dir: {tmp_path}/cache\n"
+        f"mp_api_key: {SECRET}\ncsllm_base: {tmp_path}/base\nmattersim_checkpoint: {tmp_path}/m.pth\n"
+    )
     cfg.chmod(0o600)  # a key in a file others can read draws a warning (tested below)
     clean_env.setenv("GEN2D_CONFIG_FILE", str(cfg))
     assert data_dir() == default_data_dir() == pu_data_dir() == tmp_path / "data"

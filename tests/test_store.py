@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_graphene, make_mos2
+
 from gen2d.scoring import Provenance, ScoreResult
 from gen2d.store import (
     SourceInfo,
@@ -21,13 +21,16 @@ from gen2d.store import (
 
 
 def _cands(set_name="s1"):
-    return [make_candidate(make_mos2(), SourceInfo(kind="dataset", set=set_name, source_id="mos2")),
-            make_candidate(make_graphene(), SourceInfo(kind="dataset", set=set_name, source_id="gr"))]
+    return [
+        make_candidate(make_mos2(), SourceInfo(kind="dataset", set=set_name, source_id="mos2")),
+        make_candidate(make_graphene(), SourceInfo(kind="dataset", set=set_name, source_id="gr")),
+    ]
 
 
 def _score(value, prop="e_hull", unit="eV/atom"):
-    return ScoreResult(property=prop, value=value, unit=unit,
-                       provenance=Provenance(plugin="test", model="hand", reference_set="none"))
+    return ScoreResult(
+        property=prop, value=value, unit=unit, provenance=Provenance(plugin="test", model="hand", reference_set="none")
+    )
 
 
 def test_candidate_document_fields():
@@ -52,8 +55,13 @@ def test_upsert_is_idempotent_and_keeps_scores(memory_store):
     assert doc.score("ehull.test").value == pytest.approx(0.012)
     assert doc.summary["e_hull"].value == 0.012 and doc.summary["e_hull"].scorer == "ehull.test"
     # stored exactly as before the documents were typed
-    assert cs.get_document(cid)["summary"]["e_hull"] == {"value": 0.012, "abs_value": 0.012, "unit": "eV/atom",
-                                                         "uncertainty": None, "scorer": "ehull.test"}
+    assert cs.get_document(cid)["summary"]["e_hull"] == {
+        "value": 0.012,
+        "abs_value": 0.012,
+        "unit": "eV/atom",
+        "uncertainty": None,
+        "scorer": "ehull.test",
+    }
     assert cs.get(cid[:10]).candidate_id == cid  # unique prefix
 
 
@@ -82,7 +90,10 @@ def test_query_sort_and_where(memory_store):
     rows = list(cs.query({}, sort=[("summary.e_hull.value", 1)]))
     assert [r["formula"] for r in rows] == ["C", "MoS2"]
     assert parse_where(["e_hull<=0.1", "formula=MoS2", "nsites>2"]) == {
-        "summary.e_hull.value": {"$lte": 0.1}, "formula": "MoS2", "nsites": {"$gt": 2.0}}
+        "summary.e_hull.value": {"$lte": 0.1},
+        "formula": "MoS2",
+        "nsites": {"$gt": 2.0},
+    }
     with pytest.raises(ValueError):
         parse_where(["nonsense"])
 
@@ -91,8 +102,10 @@ def test_monty_store_persists_across_processes(tmp_path):
     uri = f"monty://{tmp_path}/db"
     with open_store(uri) as cs:
         cs.upsert_candidates(_cands())
-    code = ("from gen2d.store import open_store; cs = open_store(%r); "
-            "print(cs.count(), sorted(d['formula'] for d in cs.query({})))" % uri)
+    code = (
+        f"from gen2d.store import open_store; cs = open_store({uri!r}); "
+        "print(cs.count(), sorted(d['formula'] for d in cs.query({})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "2 ['C', 'MoS2']"
     with open_store(uri) as cs:  # and a rerun adds nothing
@@ -160,8 +173,10 @@ def test_four_processes_upsert_and_score_one_monty_store(tmp_path):
     uri = f"monty://{tmp_path}/db"
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    procs = [subprocess.Popen([sys.executable, str(script), uri, str(w)], stderr=subprocess.PIPE, text=True)
-             for w in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), uri, str(w)], stderr=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     with open_store(uri) as cs:
@@ -177,8 +192,12 @@ def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_stor
     cs = memory_store
     cs.upsert_candidates(_cands())
     ids = [c.candidate_id for c in _cands()]
-    old = ScoreResult(property="e_hull", value=-0.27, unit="eV/atom",
-                      provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v0"}))
+    old = ScoreResult(
+        property="e_hull",
+        value=-0.27,
+        unit="eV/atom",
+        provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v0"}),
+    )
     cs.set_score(ids[0], "ehull.test", old)
     current = {"provenance.settings.correction_scheme": "v1"}
     assert [d["candidate_id"] for d in cs.candidates_missing("ehull.test")] == [ids[1]]
@@ -193,9 +212,15 @@ def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_stor
 
         def score(self, structures, context=None):
             self.seen += len(structures)
-            return [ScoreResult(property="e_hull", value=0.004, unit="eV/atom",
-                                provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v1"}))
-                    for _ in structures]
+            return [
+                ScoreResult(
+                    property="e_hull",
+                    value=0.004,
+                    unit="eV/atom",
+                    provenance=Provenance(plugin="ehull.test", settings={"correction_scheme": "v1"}),
+                )
+                for _ in structures
+            ]
 
     sc = Rescorer()
     monkeypatch.setattr(jobs, "get_scorer", lambda name, **kw: sc)
@@ -221,14 +246,20 @@ def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypat
 
     uri = f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
     with open_store(uri) as cs:
-        made = [make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
-                for k in range(5)]
+        made = [
+            make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
+            for k in range(5)
+        ]
         cs.upsert_candidates(made)
         ids = [c.candidate_id for c in made]
 
         def result(settings):
-            return ScoreResult(property="e_hull", value=0.01, unit="eV/atom",
-                               provenance=Provenance(plugin="ehull.test", settings=settings))
+            return ScoreResult(
+                property="e_hull",
+                value=0.01,
+                unit="eV/atom",
+                provenance=Provenance(plugin="ehull.test", settings=settings),
+            )
 
         cs.set_score(ids[0], "ehull.test", result({"correction_scheme": "v1"}))  # current
         cs.set_score(ids[1], "ehull.test", result({"correction_scheme": "v0"}))  # older scheme
@@ -290,8 +321,13 @@ def test_relaxed_structure_is_a_declared_field_and_old_layouts_still_read(memory
     cs.upsert_candidates(_cands())
     cid = _cands()[0].candidate_id
     slab = make_mos2(a=3.2)
-    new = ScoreResult(property="e_hull", value=0.01, unit="eV/atom", relaxed_structure=slab,
-                      provenance=Provenance(plugin="ehull.test"))
+    new = ScoreResult(
+        property="e_hull",
+        value=0.01,
+        unit="eV/atom",
+        relaxed_structure=slab,
+        provenance=Provenance(plugin="ehull.test"),
+    )
     assert new.relaxed() == slab and new.relaxed_structure == slab.as_dict()
     cs.set_score(cid, "ehull.new", new)
     cs.set_score(cid, "synth.none", _score(0.7, "p_synth", "probability"))
@@ -314,6 +350,7 @@ def test_relaxed_structure_is_a_declared_field_and_old_layouts_still_read(memory
     assert lifted.extra == {"stable": True}  # moved to the field, not duplicated
     assert relaxed_from_context({"e_hull": lifted})[0] == slab
     assert relaxed_from_context({"e_hull": lifted}, "dg_h") is None
-    failed = ScoreResult.failed("e_hull", "eV/atom", "not_converged", "", Provenance(plugin="t"),
-                                relaxed_structure=slab.as_dict())
+    failed = ScoreResult.failed(
+        "e_hull", "eV/atom", "not_converged", "", Provenance(plugin="t"), relaxed_structure=slab.as_dict()
+    )
     assert relaxed_from_context({"e_hull": failed}) is None  # only an ok result hands its structure on

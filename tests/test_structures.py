@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import molecule
+from conftest import make_mos2
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from conftest import make_graphene, make_mos2
 from gen2d.structures import (
     REASONS,
     StructureError,
@@ -45,8 +44,12 @@ def test_mos2_and_graphene_pass_both_levels(mos2, graphene_layer):
 
 def test_mos2_geometry_is_physical(mos2):
     # Mo-S bond 2.41 Å, S-S height 3.13 Å: the fixture is a real monolayer
-    d = min(mos2.get_distance(i, j) for i in range(len(mos2)) for j in range(len(mos2))
-            if mos2[i].specie.symbol == "Mo" and mos2[j].specie.symbol == "S")
+    d = min(
+        mos2.get_distance(i, j)
+        for i in range(len(mos2))
+        for j in range(len(mos2))
+        if mos2[i].specie.symbol == "Mo" and mos2[j].specie.symbol == "S"
+    )
     assert d == pytest.approx(2.41, abs=0.03)
     assert layer_thickness(mos2) == pytest.approx(3.13, abs=0.01)
     assert vacuum_thickness(mos2) == pytest.approx(20.0, abs=0.01)
@@ -169,8 +172,18 @@ def test_unknown_element_and_corrupt_files(tmp_path, mos2):
 
 
 def test_every_reason_is_documented():
-    for name in ("bulk_crystal", "stacked_layers", "molecule_in_box", "isolated_fragment", "overlapping_atoms",
-                 "not_2d_periodic", "too_thick", "isolated_atoms", "multiple_fragments", "atoms_too_close"):
+    for name in (
+        "bulk_crystal",
+        "stacked_layers",
+        "molecule_in_box",
+        "isolated_fragment",
+        "overlapping_atoms",
+        "not_2d_periodic",
+        "too_thick",
+        "isolated_atoms",
+        "multiple_fragments",
+        "atoms_too_close",
+    ):
         assert name in REASONS
 
 
@@ -192,9 +205,10 @@ def test_isolated_atom_and_too_thick_fail_strict(graphene_layer):
     v = validate_strict(s)
     assert validate_ingest(s).ok
     assert "isolated_atoms" in v.reasons and "multiple_fragments" in v.reasons
-    thick = orient_2d(s)  # H 2.9 Å above: still thin; now stretch a column of C to 11 Å
-    col = Structure(Lattice([[2.46, 0, 0], [-1.23, 2.13, 0], [0, 0, 40]]), ["C"] * 8,
-                    [[0, 0, 0.3 + k * 1.5 / 40] for k in range(8)])
+    # H 2.9 Å above: still thin; now stretch a column of C to 11 Å
+    col = Structure(
+        Lattice([[2.46, 0, 0], [-1.23, 2.13, 0], [0, 0, 40]]), ["C"] * 8, [[0, 0, 0.3 + k * 1.5 / 40] for k in range(8)]
+    )
     v2 = validate_strict(col)
     assert "too_thick" in v2.reasons
     assert v2.metrics["thickness"] == pytest.approx(10.5, abs=0.01)

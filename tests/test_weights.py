@@ -117,15 +117,21 @@ def test_fetch_downloads_once_records_sha_and_second_fetch_stays_local(env, payl
 
 def test_pinned_sha256_is_enforced_and_a_bad_download_leaves_nothing(env, payload, monkeypatch):
     good = hashlib.sha256(payload).hexdigest()
-    monkeypatch.setitem(weights.MODELS, "test-pinned", weights.ModelWeights(
-        "test-pinned", "pinned.bin", "http://127.0.0.1:9/pinned.bin", sha256="0" * 64))
+    monkeypatch.setitem(
+        weights.MODELS,
+        "test-pinned",
+        weights.ModelWeights("test-pinned", "pinned.bin", "http://127.0.0.1:9/pinned.bin", sha256="0" * 64),
+    )
     with serve_files({"pinned.bin": payload}) as (base, hits):
         with pytest.raises(weights.ChecksumMismatch, match="publisher's is 0000"):
             weights.fetch("test-pinned", url_override=f"{base}/pinned.bin")
         assert len(hits) == 1
         assert _leftovers(env) == []  # neither the file nor a record
-        monkeypatch.setitem(weights.MODELS, "test-pinned", weights.ModelWeights(
-            "test-pinned", "pinned.bin", f"{base}/pinned.bin", sha256=good.upper()))
+        monkeypatch.setitem(
+            weights.MODELS,
+            "test-pinned",
+            weights.ModelWeights("test-pinned", "pinned.bin", f"{base}/pinned.bin", sha256=good.upper()),
+        )
         got = weights.fetch("test-pinned")
         assert got.sha256 == good and got.sha256_source == "pinned" and got.downloaded
     (env / "pinned.bin").write_bytes(payload[:-1] + b"x")

@@ -121,8 +121,12 @@ class BatchEvaluator:
         device = next(model.parameters()).device
         graphs = [g.to(device) for g in graphs]
         comp_energy = 0 if model.composition_model is None else model.composition_model(graphs)
-        batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
-                                           angle_basis_expansion=model.angle_basis_expansion, compute_stress=True)
+        batched = BatchedGraph.from_graphs(
+            graphs,
+            bond_basis_expansion=model.bond_basis_expansion,
+            angle_basis_expansion=model.angle_basis_expansion,
+            compute_stress=True,
+        )
         prediction = model._compute(batched)  # energy only; per atom if the model is intensive
         energy = prediction["e"]
         n_atoms = prediction["atoms_per_graph"]
@@ -145,8 +149,11 @@ class BatchEvaluator:
     def _finite(result: dict[str, Any]) -> bool:
         import numpy as np
 
-        return bool(np.isfinite(result["energy"]) and np.all(np.isfinite(result["forces"]))
-                    and np.all(np.isfinite(result["stress"])))
+        return bool(
+            np.isfinite(result["energy"])
+            and np.all(np.isfinite(result["forces"]))
+            and np.all(np.isfinite(result["stress"]))
+        )
 
     def _evaluate_graphs(self, graphs: list) -> list:
         try:
@@ -192,9 +199,15 @@ class BatchEvaluator:
         from ase import Atoms
 
         log = logging.getLogger(__name__)
-        probes = [Atoms("NaCl", cell=[[0, 2.9, 2.9], [2.9, 0, 2.9], [2.9, 2.9, 0]],
-                        scaled_positions=[[0, 0, 0], [0.47, 0.5, 0.53]], pbc=True),
-                  Atoms("Mo", cell=[[-1.55, 1.6, 1.6], [1.6, -1.6, 1.6], [1.6, 1.6, -1.58]], pbc=True)]
+        probes = [
+            Atoms(
+                "NaCl",
+                cell=[[0, 2.9, 2.9], [2.9, 0, 2.9], [2.9, 2.9, 0]],
+                scaled_positions=[[0, 0, 0], [0.47, 0.5, 0.53]],
+                pbc=True,
+            ),
+            Atoms("Mo", cell=[[-1.55, 1.6, 1.6], [1.6, -1.6, 1.6], [1.6, 1.6, -1.58]], pbc=True),
+        ]
         try:
             batched = self(probes)
             for probe, got in zip(probes, batched, strict=True):
@@ -205,14 +218,22 @@ class BatchEvaluator:
                 want = dict(self.calc.results)
                 self.calc.reset()
                 n = len(probe)
-                if not (abs(float(got["energy"]) - float(want["energy"])) / n < 1e-4
-                        and np.abs(got["forces"] - want["forces"]).max() < 1e-3
-                        and np.abs(np.asarray(got["stress"]) - np.asarray(want["stress"])).max() < 1e-4):
-                    log.warning("CHGNet batched evaluator disagrees with CHGNetCalculator on %s; "
-                                "relaxations fall back to the serial path", probe.get_chemical_formula())
+                if not (
+                    abs(float(got["energy"]) - float(want["energy"])) / n < 1e-4
+                    and np.abs(got["forces"] - want["forces"]).max() < 1e-3
+                    and np.abs(np.asarray(got["stress"]) - np.asarray(want["stress"])).max() < 1e-4
+                ):
+                    log.warning(
+                        "CHGNet batched evaluator disagrees with CHGNetCalculator on %s; "
+                        "relaxations fall back to the serial path",
+                        probe.get_chemical_formula(),
+                    )
                     return False
         except Exception as exc:
-            log.warning("CHGNet batched evaluator unusable here (%s: %s); relaxations fall back to the "
-                        "serial path", type(exc).__name__, exc)
+            log.warning(
+                "CHGNet batched evaluator unusable here (%s: %s); relaxations fall back to the serial path",
+                type(exc).__name__,
+                exc,
+            )
             return False
         return True

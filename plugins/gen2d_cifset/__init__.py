@@ -41,8 +41,9 @@ class CifSetGenerator:
             if outcome.record is None:
                 continue
             rec = outcome.record
-            yield GeneratedStructure(structure=rec.structure, source_id=rec.source_id,
-                                     parameters={"path": str(self.path)}, labels=rec.labels)
+            yield GeneratedStructure(
+                structure=rec.structure, source_id=rec.source_id, parameters={"path": str(self.path)}, labels=rec.labels
+            )
             count += 1
             if n and count >= n:
                 return

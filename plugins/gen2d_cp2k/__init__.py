@@ -23,8 +23,15 @@ from ase.calculators.cp2k import CP2K
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
 
-__all__ = ["Cp2kAborted", "Cp2kCalculator", "Cp2kSettings", "Cp2kUnavailable", "ScfNotConverged", "available",
-           "make_calculator"]
+__all__ = [
+    "Cp2kAborted",
+    "Cp2kCalculator",
+    "Cp2kSettings",
+    "Cp2kUnavailable",
+    "ScfNotConverged",
+    "available",
+    "make_calculator",
+]
 
 
 class ScfNotConverged(RuntimeError):
@@ -63,8 +70,16 @@ class Cp2kCalculator(CP2K):
         Energy/force evaluations made, SCF steps of each, and wall time spent in CP2K.
     """
 
-    def __init__(self, settings: Cp2kSettings | None = None, directory: str = ".", command: str | None = None,
-                 threads: int = 1, label: str = "gen2d", restart_wfn: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        settings: Cp2kSettings | None = None,
+        directory: str = ".",
+        command: str | None = None,
+        threads: int = 1,
+        label: str = "gen2d",
+        restart_wfn: bool = True,
+        **kwargs: Any,
+    ):
         self.gen2d_settings = settings or Cp2kSettings()
         command = find_shell_command(command)
         # Threads are fixed by the environment of the child process.
@@ -81,16 +96,30 @@ class Cp2kCalculator(CP2K):
         cwd = os.getcwd()
         os.chdir(self._workdir)
         try:
-            super().__init__(command=env_prefix + command, label=label, inp="", basis_set=None,
-                             basis_set_file=None, potential_file=None, pseudo_potential=None, xc=None,
-                             cutoff=None, max_scf=None, stress_tensor=False, poisson_solver=None,
-                             print_level="LOW", **kwargs)
+            super().__init__(
+                command=env_prefix + command,
+                label=label,
+                inp="",
+                basis_set=None,
+                basis_set_file=None,
+                potential_file=None,
+                pseudo_potential=None,
+                xc=None,
+                cutoff=None,
+                max_scf=None,
+                stress_tensor=False,
+                poisson_solver=None,
+                print_level="LOW",
+                **kwargs,
+            )
         finally:
             os.chdir(cwd)
-        self.gen2d_model = f"CP2K ({self.gen2d_settings.xc}"\
-                           f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, " \
-                           f"{self.gen2d_settings.basis_set}, {self.gen2d_settings.cutoff_ry:g} Ry, " \
-                           f"settings {self.gen2d_settings.settings_hash()})"
+        self.gen2d_model = (
+            f"CP2K ({self.gen2d_settings.xc}"
+            f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, "
+            f"{self.gen2d_settings.basis_set}, {self.gen2d_settings.cutoff_ry:g} Ry, "
+            f"settings {self.gen2d_settings.settings_hash()})"
+        )
         self.gen2d_checkpoint_sha256 = None
 
     # -- input --------------------------------------------------------------------------------------
@@ -144,8 +173,10 @@ class Cp2kCalculator(CP2K):
         steps, converged = self._read_scf()
         self.scf_steps.append(steps)
         if not converged:
-            raise ScfNotConverged(f"CP2K SCF not converged in {self.gen2d_settings.max_scf} steps "
-                                  f"(eps_scf {self.gen2d_settings.eps_scf:g}); see {self.out_file}")
+            raise ScfNotConverged(
+                f"CP2K SCF not converged in {self.gen2d_settings.max_scf} steps "
+                f"(eps_scf {self.gen2d_settings.eps_scf:g}); see {self.out_file}"
+            )
         if not np.isfinite(self.results["energy"]):
             raise ScfNotConverged("CP2K returned a non-finite energy")
 
@@ -158,7 +189,7 @@ class Cp2kCalculator(CP2K):
         if "[ABORT]" not in text:
             return None
         # the box is ASCII art in the first 15 columns and the message to its right
-        box = text[text.rindex("[ABORT]"):].splitlines()[1:6]
+        box = text[text.rindex("[ABORT]") :].splitlines()[1:6]
         words = [line[15:].strip(" *") for line in box if len(line) > 16]
         return " ".join(w for w in words if w) or "unknown error"
 
@@ -183,10 +214,16 @@ class Cp2kCalculator(CP2K):
     def provenance(self) -> dict[str, Any]:
         """Settings, their hash, the CP2K version and the cost so far, for a result's provenance."""
         s = self.gen2d_settings
-        return {"code": cp2k_version_cached(), "settings": s.model_dump(mode="json"),
-                "settings_hash": s.settings_hash(), "basis_set_file": s.basis_set_file,
-                "potential_file": s.potential_file, "n_evaluations": self.n_evaluations,
-                "scf_steps_total": int(sum(self.scf_steps)), "wall_seconds": round(self.wall_seconds, 1)}
+        return {
+            "code": cp2k_version_cached(),
+            "settings": s.model_dump(mode="json"),
+            "settings_hash": s.settings_hash(),
+            "basis_set_file": s.basis_set_file,
+            "potential_file": s.potential_file,
+            "n_evaluations": self.n_evaluations,
+            "scf_steps_total": int(sum(self.scf_steps)),
+            "wall_seconds": round(self.wall_seconds, 1),
+        }
 
 
 _VERSION: dict[str, str] = {}
@@ -212,8 +249,14 @@ def available(model: str | None = None) -> tuple[bool, str]:
     return True, ""
 
 
-def make_calculator(model: str | None = None, device: str = "auto", settings: Cp2kSettings | dict | None = None,
-                    directory: str | None = None, threads: int | None = None, **kw: Any) -> Cp2kCalculator:
+def make_calculator(
+    model: str | None = None,
+    device: str = "auto",
+    settings: Cp2kSettings | dict | None = None,
+    directory: str | None = None,
+    threads: int | None = None,
+    **kw: Any,
+) -> Cp2kCalculator:
     """A CP2K calculator (``gen2d.calculators`` entry point).
 
     Parameters

@@ -16,9 +16,11 @@ class Cp2kUnavailable(RuntimeError):
     """CP2K cannot run here; the message says what is missing and how to install it."""
 
 
-INSTALL_HINT = ("install CP2K: `apt-get install cp2k cp2k-data` (Debian/Ubuntu), "
-                "`conda install -c conda-forge cp2k`, or `module load cp2k` on a cluster; "
-                "or set GEN2D_CP2K_COMMAND to the full `cp2k_shell` command")
+INSTALL_HINT = (
+    "install CP2K: `apt-get install cp2k cp2k-data` (Debian/Ubuntu), "
+    "`conda install -c conda-forge cp2k`, or `module load cp2k` on a cluster; "
+    "or set GEN2D_CP2K_COMMAND to the full `cp2k_shell` command"
+)
 
 
 def find_shell_command(command: str | None = None) -> str:
@@ -53,7 +55,9 @@ def data_dir(explicit: str | None = None) -> Path:
     for cand in candidates:
         if cand and (Path(cand) / "GTH_POTENTIALS").is_file():
             return Path(cand)
-    raise Cp2kUnavailable(f"CP2K data files (GTH_POTENTIALS, BASIS_MOLOPT) not found; set CP2K_DATA_DIR or {INSTALL_HINT}")
+    raise Cp2kUnavailable(
+        f"CP2K data files (GTH_POTENTIALS, BASIS_MOLOPT) not found; set CP2K_DATA_DIR or {INSTALL_HINT}"
+    )
 
 
 def data_file(name: str, explicit_dir: str | None = None) -> Path:

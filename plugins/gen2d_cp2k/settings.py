@@ -16,8 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 #: Elements that get an initial magnetic moment (μB) when spin polarisation is on: the 3d metals and
 #: the few 4d/5d ones whose monolayers are known to order magnetically.
 MAGNETIC_MOMENTS: dict[str, float] = {
-    "V": 3.0, "Cr": 4.0, "Mn": 5.0, "Fe": 4.0, "Co": 3.0, "Ni": 2.0, "Cu": 1.0,
-    "Ru": 2.0, "Rh": 1.0, "Os": 2.0, "Gd": 7.0, "Eu": 7.0,
+    "V": 3.0,
+    "Cr": 4.0,
+    "Mn": 5.0,
+    "Fe": 4.0,
+    "Co": 3.0,
+    "Ni": 2.0,
+    "Cu": 1.0,
+    "Ru": 2.0,
+    "Rh": 1.0,
+    "Os": 2.0,
+    "Gd": 7.0,
+    "Eu": 7.0,
 }
 
 
@@ -128,8 +138,9 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
     return False, 1
 
 
-def build_input(settings: Cp2kSettings, symbols: list[str], slab: bool, charge: int = 0,
-                wfn_restart: str | None = None) -> str:
+def build_input(
+    settings: Cp2kSettings, symbols: list[str], slab: bool, charge: int = 0, wfn_restart: str | None = None
+) -> str:
     """The CP2K input (without coordinates and cell, which ASE's calculator writes) for these atoms.
 
     Parameters
@@ -146,9 +157,12 @@ def build_input(settings: Cp2kSettings, symbols: list[str], slab: bool, charge: 
         it does not exist), so a killed job resumes its last SCF.
     """
     uks, multiplicity = wants_spin(symbols, settings, charge)
-    lines = ["&FORCE_EVAL", "  &DFT",
-             f"    BASIS_SET_FILE_NAME {settings.basis_set_file}",
-             f"    POTENTIAL_FILE_NAME {settings.potential_file}"]
+    lines = [
+        "&FORCE_EVAL",
+        "  &DFT",
+        f"    BASIS_SET_FILE_NAME {settings.basis_set_file}",
+        f"    POTENTIAL_FILE_NAME {settings.potential_file}",
+    ]
     if charge:
         lines.append(f"    CHARGE {charge}")
     if uks:
@@ -157,43 +171,92 @@ def build_input(settings: Cp2kSettings, symbols: list[str], slab: bool, charge: 
         lines += ["    SURFACE_DIPOLE_CORRECTION T", "    SURF_DIP_DIR Z"]
     if wfn_restart:
         lines.append(f"    WFN_RESTART_FILE_NAME {wfn_restart}")
-    lines += ["    &MGRID", f"      CUTOFF {settings.cutoff_ry}", f"      REL_CUTOFF {settings.rel_cutoff_ry}",
-              "      NGRIDS 4", "    &END MGRID",
-              "    &QS", f"      EPS_DEFAULT {settings.eps_default:.1e}", "      EXTRAPOLATION ASPC",
-              "    &END QS"]
+    lines += [
+        "    &MGRID",
+        f"      CUTOFF {settings.cutoff_ry}",
+        f"      REL_CUTOFF {settings.rel_cutoff_ry}",
+        "      NGRIDS 4",
+        "    &END MGRID",
+        "    &QS",
+        f"      EPS_DEFAULT {settings.eps_default:.1e}",
+        "      EXTRAPOLATION ASPC",
+        "    &END QS",
+    ]
     if settings.kpoints is not None:
         k = settings.kpoints
-        lines += ["    &KPOINTS", f"      SCHEME MONKHORST-PACK {k[0]} {k[1]} {k[2]}", "      SYMMETRY F",
-                  "      FULL_GRID F", "    &END KPOINTS"]
-    lines += ["    &SCF", f"      EPS_SCF {settings.eps_scf:.1e}", f"      MAX_SCF {settings.max_scf}",
-              f"      SCF_GUESS {'RESTART' if wfn_restart else 'ATOMIC'}"]
+        lines += [
+            "    &KPOINTS",
+            f"      SCHEME MONKHORST-PACK {k[0]} {k[1]} {k[2]}",
+            "      SYMMETRY F",
+            "      FULL_GRID F",
+            "    &END KPOINTS",
+        ]
+    lines += [
+        "    &SCF",
+        f"      EPS_SCF {settings.eps_scf:.1e}",
+        f"      MAX_SCF {settings.max_scf}",
+        f"      SCF_GUESS {'RESTART' if wfn_restart else 'ATOMIC'}",
+    ]
     if settings.scf == "diag":
-        lines += [f"      ADDED_MOS {settings.added_mos}",
-                  "      &DIAGONALIZATION", "        ALGORITHM STANDARD", "      &END DIAGONALIZATION",
-                  "      &MIXING", "        METHOD BROYDEN_MIXING", f"        ALPHA {settings.mixing_alpha}",
-                  f"        NBROYDEN {settings.nbroyden}", "      &END MIXING",
-                  "      &SMEAR ON", "        METHOD FERMI_DIRAC",
-                  f"        ELECTRONIC_TEMPERATURE [K] {settings.electronic_temperature_k}",
-                  "      &END SMEAR"]
+        lines += [
+            f"      ADDED_MOS {settings.added_mos}",
+            "      &DIAGONALIZATION",
+            "        ALGORITHM STANDARD",
+            "      &END DIAGONALIZATION",
+            "      &MIXING",
+            "        METHOD BROYDEN_MIXING",
+            f"        ALPHA {settings.mixing_alpha}",
+            f"        NBROYDEN {settings.nbroyden}",
+            "      &END MIXING",
+            "      &SMEAR ON",
+            "        METHOD FERMI_DIRAC",
+            f"        ELECTRONIC_TEMPERATURE [K] {settings.electronic_temperature_k}",
+            "      &END SMEAR",
+        ]
     else:
         if settings.kpoints is not None:
             raise ValueError("OT does not run with k-points: use scf='diag'")
-        lines += ["      &OT", "        MINIMIZER DIIS", "        PRECONDITIONER FULL_ALL", "      &END OT",
-                  "      &OUTER_SCF", f"        EPS_SCF {settings.eps_scf:.1e}", "        MAX_SCF 10",
-                  "      &END OUTER_SCF"]
-    lines += ["      &PRINT", "        &RESTART", "          BACKUP_COPIES 0", "        &END RESTART",
-              "      &END PRINT", "    &END SCF",
-              "    &XC", f"      &XC_FUNCTIONAL {settings.xc}", "      &END XC_FUNCTIONAL"]
+        lines += [
+            "      &OT",
+            "        MINIMIZER DIIS",
+            "        PRECONDITIONER FULL_ALL",
+            "      &END OT",
+            "      &OUTER_SCF",
+            f"        EPS_SCF {settings.eps_scf:.1e}",
+            "        MAX_SCF 10",
+            "      &END OUTER_SCF",
+        ]
+    lines += [
+        "      &PRINT",
+        "        &RESTART",
+        "          BACKUP_COPIES 0",
+        "        &END RESTART",
+        "      &END PRINT",
+        "    &END SCF",
+        "    &XC",
+        f"      &XC_FUNCTIONAL {settings.xc}",
+        "      &END XC_FUNCTIONAL",
+    ]
     if settings.dispersion:
         kind = "DFTD3(BJ)" if settings.dispersion == "D3(BJ)" else "DFTD3"
-        lines += ["      &VDW_POTENTIAL", "        POTENTIAL_TYPE PAIR_POTENTIAL", "        &PAIR_POTENTIAL",
-                  f"          TYPE {kind}", f"          REFERENCE_FUNCTIONAL {settings.xc}",
-                  "          PARAMETER_FILE_NAME dftd3.dat", "          R_CUTOFF 15.0",
-                  "        &END PAIR_POTENTIAL", "      &END VDW_POTENTIAL"]
+        lines += [
+            "      &VDW_POTENTIAL",
+            "        POTENTIAL_TYPE PAIR_POTENTIAL",
+            "        &PAIR_POTENTIAL",
+            f"          TYPE {kind}",
+            f"          REFERENCE_FUNCTIONAL {settings.xc}",
+            "          PARAMETER_FILE_NAME dftd3.dat",
+            "          R_CUTOFF 15.0",
+            "        &END PAIR_POTENTIAL",
+            "      &END VDW_POTENTIAL",
+        ]
     lines += ["    &END XC", "  &END DFT", "  &SUBSYS"]
     for element in sorted(set(symbols)):
-        lines += [f"    &KIND {element}", f"      BASIS_SET {settings.basis_for(element)}",
-                  f"      POTENTIAL {settings.potential}"]
+        lines += [
+            f"    &KIND {element}",
+            f"      BASIS_SET {settings.basis_for(element)}",
+            f"      POTENTIAL {settings.potential}",
+        ]
         if uks and element in MAGNETIC_MOMENTS:
             lines.append(f"      MAGNETIZATION {MAGNETIC_MOMENTS[element]}")
         lines.append("    &END KIND")

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import typing
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pymatgen.core import Structure
-
-import typing
-
 from pydantic import create_model
+from pymatgen.core import Structure
 
 from gen2d.adsorption import AdsorptionSettings, RefineSettings, h2_reference_dft, refine_adsorption
 from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions
@@ -45,9 +43,18 @@ def _options_model() -> type[ScorerOptions]:
     # fmax, steps and min_inplane_length name the DFT refinement; the MLIP stage keeps its defaults for them
     recipe = {f.name: (hints[f.name], f.default) for f in fields(AdsorptionSettings) if f.name not in refine}
     return create_model(
-        "DFTAdsorptionOptions", __base__=ScorerOptions, __module__=__name__,
-        mlip=(str, "chgnet"), mlip_model=(str | None, None), cp2k=(dict | None, None), threads=(int, 1),
-        workdir=(str | None, None), device=(str, "auto"), **refine, **recipe)
+        "DFTAdsorptionOptions",
+        __base__=ScorerOptions,
+        __module__=__name__,
+        mlip=(str, "chgnet"),
+        mlip_model=(str | None, None),
+        cp2k=(dict | None, None),
+        threads=(int, 1),
+        workdir=(str | None, None),
+        device=(str, "auto"),
+        **refine,
+        **recipe,
+    )
 
 
 #: options of ``dgh.dft``: its own, :class:`RefineSettings` and :class:`AdsorptionSettings`
@@ -85,10 +92,24 @@ class DFTAdsorptionScorer(BaseScorer):
     batch_size = 1
     Options = DFTAdsorptionOptions
 
-    def __init__(self, mlip: str = "chgnet", mlip_model: str | None = None, cp2k: dict | None = None,
-                 threads: int = 1, workdir: str | None = None, n_sites: int = 2, free_radius: float = 3.0,
-                 fmax: float = 0.05, steps: int = 60, min_inplane_length: float = 9.0,
-                 relax_slab_reference: bool = False, vacuum: float | None = 15.0, h2_box: float = 12.0, device: str = "auto", **settings: Any):
+    def __init__(
+        self,
+        mlip: str = "chgnet",
+        mlip_model: str | None = None,
+        cp2k: dict | None = None,
+        threads: int = 1,
+        workdir: str | None = None,
+        n_sites: int = 2,
+        free_radius: float = 3.0,
+        fmax: float = 0.05,
+        steps: int = 60,
+        min_inplane_length: float = 9.0,
+        relax_slab_reference: bool = False,
+        vacuum: float | None = 15.0,
+        h2_box: float = 12.0,
+        device: str = "auto",
+        **settings: Any,
+    ):
         from gen2d_cp2k import Cp2kSettings
 
         known = {f.name for f in fields(AdsorptionSettings)}
@@ -99,10 +120,16 @@ class DFTAdsorptionScorer(BaseScorer):
             if key in settings:
                 settings[key] = tuple(settings[key])
         self.settings = AdsorptionSettings(**settings)
-        self.refine = RefineSettings(n_sites=n_sites, free_radius=free_radius, fmax=fmax, steps=steps,
-                                     min_inplane_length=min_inplane_length,
-                                     relax_slab_reference=relax_slab_reference, vacuum=vacuum,
-                                     h2_box=h2_box)
+        self.refine = RefineSettings(
+            n_sites=n_sites,
+            free_radius=free_radius,
+            fmax=fmax,
+            steps=steps,
+            min_inplane_length=min_inplane_length,
+            relax_slab_reference=relax_slab_reference,
+            vacuum=vacuum,
+            h2_box=h2_box,
+        )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         self.threads = threads
         self.workdir = Path(workdir) if workdir else default_workdir()
@@ -125,15 +152,27 @@ class DFTAdsorptionScorer(BaseScorer):
     def provenance(self, notes: Sequence[str] = (), cost: dict | None = None) -> Provenance:
         from gen2d_cp2k import cp2k_version_cached
 
-        settings = {"mlip": self.mlip, "mlip_model": self.mlip_model, "cp2k": self.cp2k.model_dump(mode="json"),
-                    "cp2k_settings_hash": self.cp2k.settings_hash(), "cp2k_version": cp2k_version_cached(),
-                    "threads": self.threads, "refine": self.refine.as_dict(), **self.settings.as_dict()}
+        settings = {
+            "mlip": self.mlip,
+            "mlip_model": self.mlip_model,
+            "cp2k": self.cp2k.model_dump(mode="json"),
+            "cp2k_settings_hash": self.cp2k.settings_hash(),
+            "cp2k_version": cp2k_version_cached(),
+            "threads": self.threads,
+            "refine": self.refine.as_dict(),
+            **self.settings.as_dict(),
+        }
         if cost:
             settings["cost"] = cost
-        return Provenance(plugin=self.name, model=f"CP2K {self.cp2k.xc}"
-                          f"{'+' + self.cp2k.dispersion if self.cp2k.dispersion else ''}/{self.cp2k.basis_set}",
-                          checkpoint_sha256=None, reference_set="H2 relaxed by the same DFT settings",
-                          settings=settings, notes=list(notes))
+        return Provenance(
+            plugin=self.name,
+            model=f"CP2K {self.cp2k.xc}"
+            f"{'+' + self.cp2k.dispersion if self.cp2k.dispersion else ''}/{self.cp2k.basis_set}",
+            checkpoint_sha256=None,
+            reference_set="H2 relaxed by the same DFT settings",
+            settings=settings,
+            notes=list(notes),
+        )
 
     def _mlip_stage(self, structure: Structure, ctx: dict | None) -> tuple[Structure, list[dict], list[str]]:
         """(relaxed slab, MLIP site records, notes): from a dgh.mlip result in the context, else run it."""
@@ -144,12 +183,18 @@ class DFTAdsorptionScorer(BaseScorer):
             return upstream.relaxed(), list(upstream.extra["sites"]), notes
         from gen2d_dgh_mlip import MLIPAdsorptionScorer
 
-        mlip = MLIPAdsorptionScorer(calculator=self.mlip, model=self.mlip_model, device=self.device,
-                                    **{k: v for k, v in self.settings.as_dict().items()})
+        mlip = MLIPAdsorptionScorer(
+            calculator=self.mlip,
+            model=self.mlip_model,
+            device=self.device,
+            **{k: v for k, v in self.settings.as_dict().items()},
+        )
         res = mlip.score_one(structure, ctx)
         if not res.extra.get("sites"):
-            raise _StageFailure(res.failure.reason if res.failure else "no_valid_site",
-                                f"MLIP stage found no site: {res.failure.message if res.failure else ''}")
+            raise _StageFailure(
+                res.failure.reason if res.failure else "no_valid_site",
+                f"MLIP stage found no site: {res.failure.message if res.failure else ''}",
+            )
         notes.append(f"sites and slab from dgh.mlip on {self.mlip} ({res.provenance.model})")
         return res.relaxed(), list(res.extra["sites"]), notes
 
@@ -159,8 +204,9 @@ class DFTAdsorptionScorer(BaseScorer):
 
         # what changes the slab and site energies; the H2 box has its own directory
         refine = {k: v for k, v in self.refine.as_dict().items() if k != "h2_box"}
-        key = hashlib.sha256(f"{content_hash(structure)}-{self.cp2k.settings_hash()}-"
-                             f"{sorted(refine.items())}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
+        ).hexdigest()[:16]
         return self.workdir / key
 
     def score_one(self, structure: Structure, ctx: dict | None = None) -> ScoreResult:
@@ -173,24 +219,35 @@ class DFTAdsorptionScorer(BaseScorer):
 
             check = validate_ingest(structure)
             if not check.ok:
-                return ScoreResult.failed(self.property, self.unit, check.reasons[0] if check.reasons else "invalid_structure",
-                                          "; ".join(check.messages) or "structure failed ingest validation",
-                                          self.provenance())
+                return ScoreResult.failed(
+                    self.property,
+                    self.unit,
+                    check.reasons[0] if check.reasons else "invalid_structure",
+                    "; ".join(check.messages) or "structure failed ingest validation",
+                    self.provenance(),
+                )
             slab, sites, notes = self._mlip_stage(structure, ctx)
             workdir = self.run_dir(structure)
             # the H2 reference depends only on the DFT settings: one per settings hash, shared by all runs
-            h2 = h2_reference_dft(str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}"),
-                                  self._make_calculator, box=self.refine.h2_box)
-            result = refine_adsorption(slab, sites, self._make_calculator, str(workdir), self.settings,
-                                       self.refine, h2=h2)
+            h2 = h2_reference_dft(
+                str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}"),
+                self._make_calculator,
+                box=self.refine.h2_box,
+            )
+            result = refine_adsorption(
+                slab, sites, self._make_calculator, str(workdir), self.settings, self.refine, h2=h2
+            )
         except _StageFailure as exc:
             return ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), self.provenance(notes))
         except PluginUnavailable as exc:
-            return ScoreResult.failed(self.property, self.unit, "calculator_unavailable", str(exc), self.provenance(notes))
+            return ScoreResult.failed(
+                self.property, self.unit, "calculator_unavailable", str(exc), self.provenance(notes)
+            )
         except Exception as exc:  # noqa: BLE001 - one structure never loses the batch
             log.debug("dgh.dft failed", exc_info=True)
-            return ScoreResult.failed(self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}",
-                                      self.provenance(notes))
+            return ScoreResult.failed(
+                self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}", self.provenance(notes)
+            )
         extra = result.as_dict()
         extra["workdir"] = str(workdir)
         extra["wall_seconds"] = round(getattr(result, "wall_seconds", 0.0), 1)
@@ -199,16 +256,32 @@ class DFTAdsorptionScorer(BaseScorer):
         best = result.best
         if best is None:
             reasons = sorted({f for s in result.sites for f in s.flags}) or ["no_sites"]
-            reason = "scf_not_converged" if "scf_not_converged" in reasons else (
-                "geometry_not_converged" if "geometry_not_converged" in reasons else "no_valid_site")
-            return ScoreResult.failed(self.property, self.unit, reason,
-                                      f"no DFT site gave a valid ΔG_H (flags: {', '.join(reasons)})", prov,
-                                      relaxed_structure=slab, **extra)
-        return ScoreResult(property=self.property, value=float(best.delta_g_h), unit=self.unit, extra=extra,
-                           relaxed_structure=slab, provenance=prov)
+            reason = (
+                "scf_not_converged"
+                if "scf_not_converged" in reasons
+                else ("geometry_not_converged" if "geometry_not_converged" in reasons else "no_valid_site")
+            )
+            return ScoreResult.failed(
+                self.property,
+                self.unit,
+                reason,
+                f"no DFT site gave a valid ΔG_H (flags: {', '.join(reasons)})",
+                prov,
+                relaxed_structure=slab,
+                **extra,
+            )
+        return ScoreResult(
+            property=self.property,
+            value=float(best.delta_g_h),
+            unit=self.unit,
+            extra=extra,
+            relaxed_structure=slab,
+            provenance=prov,
+        )
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         ctx = list(context) if context is not None else [None] * len(structures)
         return [self.score_one(s, c) for s, c in zip(structures, ctx)]
 
@@ -218,13 +291,20 @@ class DFTAdsorptionScorer(BaseScorer):
 
         slab = orient_2d(structure)
         na, nb = supercell_repeats(slab.lattice, self.refine.min_inplane_length)
-        return {"scorer": self.name, "property": self.property, "unit": self.unit,
-                "recipe": "MLIP slab + sites -> CP2K relaxes H and neighbours at fixed cell on the best "
-                          f"{self.refine.n_sites} sites; ΔE_H = E(slab+H) − E(slab) − ½E(H2); ΔG_H = ΔE_H + "
-                          f"{self.settings.dg_correction}",
-                "dft_supercell": [na, nb], "n_atoms": len(slab) * na * nb + 1,
-                "cp2k": self.cp2k.model_dump(mode="json"), "cp2k_settings_hash": self.cp2k.settings_hash(),
-                "refine": self.refine.as_dict(), "workdir": str(self.run_dir(structure))}
+        return {
+            "scorer": self.name,
+            "property": self.property,
+            "unit": self.unit,
+            "recipe": "MLIP slab + sites -> CP2K relaxes H and neighbours at fixed cell on the best "
+            f"{self.refine.n_sites} sites; ΔE_H = E(slab+H) − E(slab) − ½E(H2); ΔG_H = ΔE_H + "
+            f"{self.settings.dg_correction}",
+            "dft_supercell": [na, nb],
+            "n_atoms": len(slab) * na * nb + 1,
+            "cp2k": self.cp2k.model_dump(mode="json"),
+            "cp2k_settings_hash": self.cp2k.settings_hash(),
+            "refine": self.refine.as_dict(),
+            "workdir": str(self.run_dir(structure)),
+        }
 
 
 class _StageFailure(RuntimeError):

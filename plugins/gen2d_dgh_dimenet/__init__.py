@@ -4,5 +4,12 @@ from gen2d_dgh_dimenet.labels import DictLabelCache, JsonlLabelCache, label_mono
 from gen2d_dgh_dimenet.scorer import DimeNetDGHScorer, default_checkpoint_dir
 from gen2d_dgh_dimenet.train import label_and_train, train_surrogate
 
-__all__ = ["DictLabelCache", "DimeNetDGHScorer", "JsonlLabelCache", "default_checkpoint_dir",
-           "label_and_train", "label_monolayers", "train_surrogate"]
+__all__ = [
+    "DictLabelCache",
+    "DimeNetDGHScorer",
+    "JsonlLabelCache",
+    "default_checkpoint_dir",
+    "label_and_train",
+    "label_monolayers",
+    "train_surrogate",
+]

@@ -60,9 +60,14 @@ def best_site_value(site_predictions: np.ndarray) -> float:
     return float(site_predictions[np.argmin(np.abs(site_predictions))])
 
 
-def cv_site_trees(labels: Sequence[dict[str, Any]], folds: Sequence[Sequence[int]], n_estimators: int = 300,
-                  seed: int = 0, train_sets: Sequence[Sequence[int]] | None = None,
-                  tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+def cv_site_trees(
+    labels: Sequence[dict[str, Any]],
+    folds: Sequence[Sequence[int]],
+    n_estimators: int = 300,
+    seed: int = 0,
+    train_sets: Sequence[Sequence[int]] | None = None,
+    tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Cross-validated best-site predictions (eV), one per label (NaN outside every fold), on the given
     folds of label indices.
 

@@ -17,8 +17,15 @@ log = logging.getLogger(__name__)
 #: The ``dgh.mlip`` settings that labelled the shipped DimeNet++ ensemble (``gen2d/assets/dgh_dimenet``, whose
 #: MANIFEST cites this name; ``scripts/bench_her.py label`` uses it): cheaper than dgh.mlip's defaults (two
 #: sites per face, looser relaxations) because CPU was shared. Every label records the settings it used.
-LABEL_RECIPE = {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100, "fmax": 0.1,
-                "slab_fmax": 0.1, "slab_steps": 150}
+LABEL_RECIPE = {
+    "calculator": "chgnet",
+    "device": "cpu",
+    "max_sites_per_face": 2,
+    "steps": 100,
+    "fmax": 0.1,
+    "slab_fmax": 0.1,
+    "slab_steps": 150,
+}
 #: dgh.mlip's default settings (every symmetry-distinct site, FIRE to 0.05 eV/Å) with the same model as
 #: :data:`LABEL_RECIPE`: what the cheap recipe approximates, so the difference between the two is label noise.
 FULL_RECIPE = {"calculator": "chgnet", "device": "cpu"}
@@ -71,9 +78,17 @@ def label_key(structure: Structure, scorer) -> str:
     """Cache key: the material's content hash and a hash of everything that changes the label."""
     from gen2d.structures import content_hash
 
-    recipe = json.dumps({"calculator": scorer.calculator_name, "model": scorer.model,
-                         "relax_slab": scorer.relax_slab, "slab_fmax": scorer.slab_fmax,
-                         "slab_steps": scorer.slab_steps, **scorer.settings.as_dict()}, sort_keys=True)
+    recipe = json.dumps(
+        {
+            "calculator": scorer.calculator_name,
+            "model": scorer.model,
+            "relax_slab": scorer.relax_slab,
+            "slab_fmax": scorer.slab_fmax,
+            "slab_steps": scorer.slab_steps,
+            **scorer.settings.as_dict(),
+        },
+        sort_keys=True,
+    )
     return f"{content_hash(structure)}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
@@ -88,15 +103,27 @@ def site_labels(sites: Sequence[dict[str, Any]], slab: dict[str, Any] | None) ->
     out = []
     for s in sites:
         index = s.get("nearest_atom_index")
-        out.append({"face": s.get("face"), "kind": s.get("kind"), "nearest_atom": s.get("nearest_atom"),
-                    "atom_index": None if index is None or not n else int(index) % n,
-                    "dg_h_eV": s.get("delta_g_h"), "valid": bool(s.get("valid")), "flags": list(s.get("flags", []))})
+        out.append(
+            {
+                "face": s.get("face"),
+                "kind": s.get("kind"),
+                "nearest_atom": s.get("nearest_atom"),
+                "atom_index": None if index is None or not n else int(index) % n,
+                "dg_h_eV": s.get("delta_g_h"),
+                "valid": bool(s.get("valid")),
+                "flags": list(s.get("flags", [])),
+            }
+        )
     return out
 
 
-def label_monolayers(structures: Sequence[Structure], scorer, label_cache: LabelCache,
-                     ids: Sequence[str] | None = None,
-                     progress: Callable[[int, int, dict], None] | None = None) -> list[dict[str, Any]]:
+def label_monolayers(
+    structures: Sequence[Structure],
+    scorer,
+    label_cache: LabelCache,
+    ids: Sequence[str] | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> list[dict[str, Any]]:
     """ΔG_H labels from ``scorer`` (a ``dgh.mlip`` instance) for every structure, computed only once.
 
     Returns
@@ -117,14 +144,21 @@ def label_monolayers(structures: Sequence[Structure], scorer, label_cache: Label
             cpu = time.process_time() - t0
             slab = result.relaxed_structure  # the slab the MLIP put H on
             best = result.extra.get("best_site") or {}
-            cached = {"id": sid, "key": key, "formula": structure.composition.reduced_formula,
-                      "ok": result.ok, "dg_h_eV": result.value,
-                      "reason": None if result.ok else result.failure.reason,
-                      "message": None if result.ok else result.failure.message,
-                      "cpu_seconds": cpu, "n_sites": len(result.extra.get("sites", [])),
-                      "best_site": {k: best.get(k) for k in ("face", "kind", "nearest_atom", "coverage")},
-                      "model": result.provenance.model, "relaxed_slab": slab,
-                      "sites": site_labels(result.extra.get("sites", []), slab)}
+            cached = {
+                "id": sid,
+                "key": key,
+                "formula": structure.composition.reduced_formula,
+                "ok": result.ok,
+                "dg_h_eV": result.value,
+                "reason": None if result.ok else result.failure.reason,
+                "message": None if result.ok else result.failure.message,
+                "cpu_seconds": cpu,
+                "n_sites": len(result.extra.get("sites", [])),
+                "best_site": {k: best.get(k) for k in ("face", "kind", "nearest_atom", "coverage")},
+                "model": result.provenance.model,
+                "relaxed_slab": slab,
+                "sites": site_labels(result.extra.get("sites", []), slab),
+            }
             label_cache.put(key, cached)
         labels.append(cached)
         if progress is not None:
@@ -132,8 +166,9 @@ def label_monolayers(structures: Sequence[Structure], scorer, label_cache: Label
     return labels
 
 
-def iter_monolayers(paths: str | Path | Sequence[str | Path], max_atoms: int | None = None
-                    ) -> Iterable[tuple[str, Structure]]:
+def iter_monolayers(
+    paths: str | Path | Sequence[str | Path], max_atoms: int | None = None
+) -> Iterable[tuple[str, Structure]]:
     """(source id, Structure) from every readable source in ``paths``: an ASE database (2DMatPedia, C2DB),
     an MC2D JSON list, a folder of structure files or one file (:func:`gen2d.data.readers.read_any`).
 

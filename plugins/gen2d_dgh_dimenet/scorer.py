@@ -25,6 +25,8 @@ def default_checkpoint_dir() -> Path:
 
 
 def _device(device: str) -> str:
+    import torch
+
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
@@ -69,8 +71,10 @@ class DimeNetDGHScorer(BaseScorer):
 
     def available(self) -> tuple[bool, str]:
         if not self.checkpoints():
-            return False, (f"no DimeNet++ checkpoints (member_*.pt) in {self.checkpoint_dir}; "
-                           "train them with `gen2d train --surrogate dgh.dimenet`")
+            return False, (
+                f"no DimeNet++ checkpoints (member_*.pt) in {self.checkpoint_dir}; "
+                "train them with `gen2d train --surrogate dgh.dimenet`"
+            )
         return True, ""
 
     def _load(self) -> list:
@@ -113,9 +117,12 @@ class DimeNetDGHScorer(BaseScorer):
         cal = self._calibration
         if cal is None:
             return {"uncertainty": "ensemble standard deviation, uncalibrated (no held-out calibration found)"}
-        return {"uncertainty": "ensemble standard deviation x held-out calibration scale",
-                "uncertainty_scale": cal["scale"], "uncertainty_calibration_n": cal.get("n"),
-                "uncertainty_within_1sigma_split_half": cal.get("split_half_within_1sigma")}
+        return {
+            "uncertainty": "ensemble standard deviation x held-out calibration scale",
+            "uncertainty_scale": cal["scale"],
+            "uncertainty_calibration_n": cal.get("n"),
+            "uncertainty_within_1sigma_split_half": cal.get("split_half_within_1sigma"),
+        }
 
     def provenance(self, notes: Sequence[str] = ()) -> Provenance:
         meta = self._metadata
@@ -124,11 +131,17 @@ class DimeNetDGHScorer(BaseScorer):
             model=f"periodic DimeNet++ ensemble x{len(self._members or [])}",
             checkpoint_sha256=self._sha,
             reference_set=meta.get("label_source"),
-            settings={"checkpoint_dir": str(self.checkpoint_dir), "label_source": meta.get("label_source"),
-                      "training_set": meta.get("training_set"), "heldout_mae_eV": meta.get("heldout_mae_eV"),
-                      "n_train": meta.get("n_train"), "hparams": meta.get("hparams"),
-                      **self._uncertainty_settings()},
-            notes=list(notes))
+            settings={
+                "checkpoint_dir": str(self.checkpoint_dir),
+                "label_source": meta.get("label_source"),
+                "training_set": meta.get("training_set"),
+                "heldout_mae_eV": meta.get("heldout_mae_eV"),
+                "n_train": meta.get("n_train"),
+                "hparams": meta.get("hparams"),
+                **self._uncertainty_settings(),
+            },
+            notes=list(notes),
+        )
 
     def _input_slab(self, structure: Structure, ctx: dict | None, notes: list[str]) -> Structure:
         from gen2d.structures import orient_2d
@@ -140,16 +153,25 @@ class DimeNetDGHScorer(BaseScorer):
         notes.append("input: structure as given (the surrogate was trained on MLIP-relaxed slabs)")
         return orient_2d(structure)
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         from gen2d.models.dimenet import periodic_graph, predict_ensemble
         from gen2d.structures import validate_ingest
 
         try:
             members = self._load()
         except Exception as exc:
-            return [ScoreResult.failed(self.property, self.unit, "checkpoint_unavailable",
-                                       f"{type(exc).__name__}: {exc}", self.provenance()) for _ in structures]
+            return [
+                ScoreResult.failed(
+                    self.property,
+                    self.unit,
+                    "checkpoint_unavailable",
+                    f"{type(exc).__name__}: {exc}",
+                    self.provenance(),
+                )
+                for _ in structures
+            ]
         cutoff = members[0].hparams.cutoff
         trained_elements = set(self._metadata.get("elements", []))
         ctx = list(context) if context is not None else [None] * len(structures)
@@ -160,10 +182,13 @@ class DimeNetDGHScorer(BaseScorer):
             try:
                 check = validate_ingest(structure)
                 if not check.ok:
-                    results[n] = ScoreResult.failed(self.property, self.unit,
-                                                    check.reasons[0] if check.reasons else "invalid_structure",
-                                                    "; ".join(check.messages) or "failed ingest validation",
-                                                    self.provenance())
+                    results[n] = ScoreResult.failed(
+                        self.property,
+                        self.unit,
+                        check.reasons[0] if check.reasons else "invalid_structure",
+                        "; ".join(check.messages) or "failed ingest validation",
+                        self.provenance(),
+                    )
                     continue
                 slab = self._input_slab(structure, c, notes)
                 unseen = sorted({el.symbol for el in slab.composition.elements} - trained_elements)
@@ -171,36 +196,55 @@ class DimeNetDGHScorer(BaseScorer):
                     notes.append(f"elements absent from the training labels: {', '.join(unseen)}")
                 graph = periodic_graph(slab, cutoff=cutoff)
                 if graph.edge_index.shape[1] == 0:
-                    results[n] = ScoreResult.failed(self.property, self.unit, "no_neighbours",
-                                                    f"no atom pairs within {cutoff} Å", self.provenance(notes))
+                    results[n] = ScoreResult.failed(
+                        self.property,
+                        self.unit,
+                        "no_neighbours",
+                        f"no atom pairs within {cutoff} Å",
+                        self.provenance(notes),
+                    )
                     continue
             except Exception as exc:  # bad input never escapes score()
-                results[n] = ScoreResult.failed(self.property, self.unit, "invalid_structure",
-                                                f"{type(exc).__name__}: {exc}", self.provenance(notes))
+                results[n] = ScoreResult.failed(
+                    self.property,
+                    self.unit,
+                    "invalid_structure",
+                    f"{type(exc).__name__}: {exc}",
+                    self.provenance(notes),
+                )
                 continue
             graphs.append(graph)
             where.append(n)
             notes_of[n] = notes
         scale = self._calibration["scale"] if self._calibration else 1.0  # of the spread
         for start in range(0, len(graphs), self.batch_size):
-            chunk = graphs[start:start + self.batch_size]
+            chunk = graphs[start : start + self.batch_size]
             site_resolved = members[0].hparams.readout == "site"
             outs = predict_ensemble(members, chunk, atoms=site_resolved)
             preds = np.stack([(o[0] if site_resolved else o).cpu().numpy()[:, 0] for o in outs])  # (M, B)
             sites = self._best_atoms(chunk, outs) if site_resolved else {}
-            for b, n in enumerate(where[start:start + self.batch_size]):
+            for b, n in enumerate(where[start : start + self.batch_size]):
                 mean, std = float(preds[:, b].mean()), float(preds[:, b].std(ddof=1) if len(members) > 1 else 0.0)
                 if not np.isfinite(mean):
-                    results[n] = ScoreResult.failed(self.property, self.unit, "non_finite_prediction",
-                                                    "the surrogate returned a non-finite value",
-                                                    self.provenance(notes_of[n]))
+                    results[n] = ScoreResult.failed(
+                        self.property,
+                        self.unit,
+                        "non_finite_prediction",
+                        "the surrogate returned a non-finite value",
+                        self.provenance(notes_of[n]),
+                    )
                     continue
                 extra: dict[str, Any] = {"members_eV": preds[:, b].round(4).tolist(), "ensemble_std_eV": std}
                 if b in sites:
                     extra["best_site_atom"] = sites[b]
-                results[n] = ScoreResult(property=self.property, value=mean, unit=self.unit, uncertainty=std * scale,
-                                         extra=extra,
-                                         provenance=self.provenance(notes_of[n]))
+                results[n] = ScoreResult(
+                    property=self.property,
+                    value=mean,
+                    unit=self.unit,
+                    uncertainty=std * scale,
+                    extra=extra,
+                    provenance=self.provenance(notes_of[n]),
+                )
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -217,11 +261,14 @@ class DimeNetDGHScorer(BaseScorer):
         offset = 0
         for b, graph in enumerate(chunk):
             n = graph.z.numel()
-            values, mask = per_atom[offset:offset + n], exposed[offset:offset + n]
+            values, mask = per_atom[offset : offset + n], exposed[offset : offset + n]
             if bool(mask.any()):
                 k = int(torch.where(mask, values.abs(), torch.full_like(values, float("inf"))).argmin())
-                best[b] = {"atom_index": k, "element": Element.from_Z(int(z[offset + k])).symbol,
-                           "dg_h_eV": round(float(values[k]), 4)}
+                best[b] = {
+                    "atom_index": k,
+                    "element": Element.from_Z(int(z[offset + k])).symbol,
+                    "dg_h_eV": round(float(values[k]), 4),
+                }
             offset += n
         return best
 
@@ -232,15 +279,32 @@ class DimeNetDGHScorer(BaseScorer):
 
         members = self._load()
         graph = periodic_graph(orient_2d(structure), cutoff=members[0].hparams.cutoff)
-        return {"scorer": self.name, "property": self.property, "unit": self.unit,
-                "checkpoints": [str(p) for p in self.checkpoints()], "ensemble_sha256": self._sha,
-                "metadata": self._metadata, "n_edges": int(graph.edge_index.shape[1]),
-                "n_atoms": int(graph.z.numel())}
+        return {
+            "scorer": self.name,
+            "property": self.property,
+            "unit": self.unit,
+            "checkpoints": [str(p) for p in self.checkpoints()],
+            "ensemble_sha256": self._sha,
+            "metadata": self._metadata,
+            "n_edges": int(graph.edge_index.shape[1]),
+            "n_atoms": int(graph.z.numel()),
+        }
 
-    def train(self, data: str | None = None, n: int = 200, max_atoms: int | None = None, seed: int = 0,
-              out: str | None = None, label_cache: Any = None, mlip: dict[str, Any] | None = None,
-              n_models: int = 4, epochs: int = 150, device: str = "cpu", readout: str = "site",
-              **_: Any) -> dict[str, Any]:
+    def train(
+        self,
+        data: str | None = None,
+        n: int = 200,
+        max_atoms: int | None = None,
+        seed: int = 0,
+        out: str | None = None,
+        label_cache: Any = None,
+        mlip: dict[str, Any] | None = None,
+        n_models: int = 4,
+        epochs: int = 150,
+        device: str = "cpu",
+        readout: str = "site",
+        **_: Any,
+    ) -> dict[str, Any]:
         """``gen2d train --surrogate dgh.dimenet``: label monolayers with ``dgh.mlip`` and train the ensemble.
 
         Parameters
@@ -285,11 +349,28 @@ class DimeNetDGHScorer(BaseScorer):
         items = list(iter_monolayers(paths, max_atoms=max_atoms))
         random.Random(seed).shuffle(items)
         items = items[:n]
-        command = (f"gen2d train --surrogate dgh.dimenet -o data={data} -o n={n} -o max_atoms={max_atoms} "
-                   f"-o seed={seed} -o out={out_dir} -o readout={readout}")
-        manifest = label_and_train([s for _, s in items], label_cache, out_dir, ids=[i for i, _ in items],
-                                   mlip_options=mlip, n_models=n_models, epochs=epochs, seed=seed,
-                                   device=device, hparams=DimeNetHParams(readout=readout), training_set=f"{'+'.join(p.name for p in paths)}: {len(items)} monolayers "
-                                   f"(seed {seed}, max_atoms {max_atoms})", command=command)
-        return {"checkpoint_dir": str(out_dir), "checkpoint": str(out_dir / "member_0.pt"),
-                "metrics": manifest["metrics"], "manifest": manifest}
+        command = (
+            f"gen2d train --surrogate dgh.dimenet -o data={data} -o n={n} -o max_atoms={max_atoms} "
+            f"-o seed={seed} -o out={out_dir} -o readout={readout}"
+        )
+        manifest = label_and_train(
+            [s for _, s in items],
+            label_cache,
+            out_dir,
+            ids=[i for i, _ in items],
+            mlip_options=mlip,
+            n_models=n_models,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            hparams=DimeNetHParams(readout=readout),
+            training_set=f"{'+'.join(p.name for p in paths)}: {len(items)} monolayers "
+            f"(seed {seed}, max_atoms {max_atoms})",
+            command=command,
+        )
+        return {
+            "checkpoint_dir": str(out_dir),
+            "checkpoint": str(out_dir / "member_0.pt"),
+            "metrics": manifest["metrics"],
+            "manifest": manifest,
+        }

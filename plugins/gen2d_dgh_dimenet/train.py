@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ def site_targets(label: dict[str, Any], n_atoms: int, structure: Structure | Non
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
         try:
-            classes = [int(c) for c in SpacegroupAnalyzer(structure, symprec=0.1).get_symmetry_dataset().equivalent_atoms]
+            classes = [
+                int(c) for c in SpacegroupAnalyzer(structure, symprec=0.1).get_symmetry_dataset().equivalent_atoms
+            ]
         except Exception:  # spglib can fail on distorted cells; per-atom targets are then still right
             log.debug("no symmetry classes for %s", label.get("id"), exc_info=True)
     best: dict[int, float] = {}
@@ -70,8 +72,18 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], l
     return order[n_test:], order[:n_test]
 
 
-def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams, seed: int, epochs: int,
-               batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4, device: str = "cpu"):
+def fit_member(
+    graphs,
+    targets: torch.Tensor,
+    train_idx: Sequence[int],
+    hparams,
+    seed: int,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    device: str = "cpu",
+):
     """One ensemble member trained with L1 loss (AdamW, cosine schedule) on ``train_idx``.
 
     With ``hparams.readout == "site"`` the loss adds, to the material's best-site error, the error of every
@@ -92,23 +104,33 @@ def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams,
         order = list(range(len(train_idx)))
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            pick = order[start:start + batch_size]
+            pick = order[start : start + batch_size]
             b = collate([batches[k] for k in pick])
             y = y_train[pick].to(device)
             pos = b["pos"].to(device)
-            per_atom, batch = model.atom_outputs(b["z"].to(device), pos, b["batch"].to(device),
-                                                 edge_index=b["edge_index"].to(device),
-                                                 edge_image=b["edge_image"].to(device), cell=b["cell"].to(device))
+            per_atom, batch = model.atom_outputs(
+                b["z"].to(device),
+                pos,
+                b["batch"].to(device),
+                edge_index=b["edge_index"].to(device),
+                edge_image=b["edge_image"].to(device),
+                cell=b["cell"].to(device),
+            )
             pred = model.readout(per_atom, pos, batch)[:, 0]
             # loss in normalised units so the learning rate does not depend on the label scale
             loss = torch.nn.functional.l1_loss(pred / model.target_std, y / model.target_std)
             if model.hparams.readout == "site":
-                site_y = torch.cat([g.site_y if g.site_y is not None else torch.full((g.z.numel(),), float("nan"))
-                                    for g in (batches[k] for k in pick)]).to(device)
+                site_y = torch.cat(
+                    [
+                        g.site_y if g.site_y is not None else torch.full((g.z.numel(),), float("nan"))
+                        for g in (batches[k] for k in pick)
+                    ]
+                ).to(device)
                 have = ~torch.isnan(site_y)
                 if have.any():
-                    loss = loss + torch.nn.functional.l1_loss(per_atom[have, 0] / model.target_std,
-                                                              site_y[have] / model.target_std)
+                    loss = loss + torch.nn.functional.l1_loss(
+                        per_atom[have, 0] / model.target_std, site_y[have] / model.target_std
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -120,8 +142,14 @@ def fit_member(graphs, targets: torch.Tensor, train_idx: Sequence[int], hparams,
 def label_recipe(mlip) -> dict[str, Any]:
     """The settings of a ``dgh.mlip`` scorer that make its labels what they are (model, slab relaxation and
     every adsorption knob), for the provenance of a surrogate trained on them."""
-    return {"calculator": mlip.calculator_name, "model": mlip.model, "relax_slab": mlip.relax_slab,
-            "slab_fmax": mlip.slab_fmax, "slab_steps": mlip.slab_steps, **mlip.settings.as_dict()}
+    return {
+        "calculator": mlip.calculator_name,
+        "model": mlip.model,
+        "relax_slab": mlip.relax_slab,
+        "slab_fmax": mlip.slab_fmax,
+        "slab_steps": mlip.slab_steps,
+        **mlip.settings.as_dict(),
+    }
 
 
 # below this many held-out layers the calibration of the spread is not estimated (the scorer then reports
@@ -149,20 +177,35 @@ def uncertainty_calibration(mean, std, labels, seed: int = 0) -> dict[str, Any] 
     z = err[ok] / std[ok]
     scale = float(np.quantile(z, _ONE_SIGMA))
     order = np.random.default_rng(seed).permutation(len(z))
-    halves = order[:len(z) // 2], order[len(z) // 2:]
+    halves = order[: len(z) // 2], order[len(z) // 2 :]
     split = [float(np.mean(z[b] <= np.quantile(z[a], _ONE_SIGMA))) for a, b in (halves, halves[::-1])]
-    return {"method": "ensemble std x the 68.3 % quantile of held-out |error|/std", "n": int(ok.sum()),
-            "scale": scale, "within_1sigma_raw": float(np.mean(z <= 1)), "within_2sigma_raw": float(np.mean(z <= 2)),
-            "within_1sigma_scaled": float(np.mean(z <= scale)), "within_2sigma_scaled": float(np.mean(z <= 2 * scale)),
-            "split_half_within_1sigma": float(np.mean(split)),
-            "spearman_abs_error_vs_std": float(spearmanr(err[ok], std[ok])[0])}
+    return {
+        "method": "ensemble std x the 68.3 % quantile of held-out |error|/std",
+        "n": int(ok.sum()),
+        "scale": scale,
+        "within_1sigma_raw": float(np.mean(z <= 1)),
+        "within_2sigma_raw": float(np.mean(z <= 2)),
+        "within_1sigma_scaled": float(np.mean(z <= scale)),
+        "within_2sigma_scaled": float(np.mean(z <= 2 * scale)),
+        "split_half_within_1sigma": float(np.mean(split)),
+        "spearman_abs_error_vs_std": float(spearmanr(err[ok], std[ok])[0]),
+    }
 
 
-def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_models: int = 4, epochs: int = 150,
-                    test_fraction: float = 0.2, seed: int = 0, hparams=None, device: str = "cpu",
-                    training_set: str = "", command: str = "",
-                    label_recipe: dict[str, Any] | None = None,
-                    heldout_ids: Sequence[str] | None = None) -> dict[str, Any]:
+def train_surrogate(
+    labels: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    n_models: int = 4,
+    epochs: int = 150,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    hparams=None,
+    device: str = "cpu",
+    training_set: str = "",
+    command: str = "",
+    label_recipe: dict[str, Any] | None = None,
+    heldout_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Train an ensemble on ``labels`` (from :func:`label_monolayers`), write ``member_*.pt`` and MANIFEST.json.
 
     Each member sees the same training split with its own seed (initialisation and batch order);
@@ -195,38 +238,55 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
     for old in out.glob("member_*.pt"):
         old.unlink()
     models_label = sorted({lab.get("model", "") for lab in kept})
-    elements = sorted({el.symbol for lab in kept for el in Structure.from_dict(lab["relaxed_slab"]).composition.elements})
+    elements = sorted(
+        {el.symbol for lab in kept for el in Structure.from_dict(lab["relaxed_slab"]).composition.elements}
+    )
     t0 = time.process_time()
     members = []
     for m in range(n_models):
-        members.append(fit_member(graphs, targets, train_idx, hparams, seed=seed * 100 + m, epochs=epochs,
-                                  device=device))
+        members.append(
+            fit_member(graphs, targets, train_idx, hparams, seed=seed * 100 + m, epochs=epochs, device=device)
+        )
     train_cpu = time.process_time() - t0
 
-    metrics: dict[str, Any] = {"n_labels": len(kept), "n_train": len(train_idx), "n_test": len(test_idx),
-                               "train_cpu_seconds": train_cpu}
+    metrics: dict[str, Any] = {
+        "n_labels": len(kept),
+        "n_train": len(train_idx),
+        "n_test": len(test_idx),
+        "train_cpu_seconds": train_cpu,
+    }
     if test_idx:
         test_graphs = [graphs[i] for i in test_idx]
         preds = torch.stack([out[:, 0].cpu() for out in predict_ensemble(members, test_graphs)])
         mean, spread = preds.mean(0), preds.std(0)
         y = targets[test_idx]
         err = (mean - y).abs()
-        metrics.update({
-            "heldout_mae_eV": float(err.mean()), "heldout_rmse_eV": float(((mean - y) ** 2).mean().sqrt()),
-            "heldout_baseline_mae_eV": float((y - targets[train_idx].mean()).abs().mean()),
-            "heldout_mean_std_eV": float(spread.mean()) if n_models > 1 else 0.0,
-            "heldout_within_0.2eV_of_label": int((err <= 0.2).sum()),
-            "heldout_ids": [kept[i].get("id") for i in test_idx],
-        })
+        metrics.update(
+            {
+                "heldout_mae_eV": float(err.mean()),
+                "heldout_rmse_eV": float(((mean - y) ** 2).mean().sqrt()),
+                "heldout_baseline_mae_eV": float((y - targets[train_idx].mean()).abs().mean()),
+                "heldout_mean_std_eV": float(spread.mean()) if n_models > 1 else 0.0,
+                "heldout_within_0.2eV_of_label": int((err <= 0.2).sum()),
+                "heldout_ids": [kept[i].get("id") for i in test_idx],
+            }
+        )
         if n_models > 1:
             calibration = uncertainty_calibration(mean.numpy(), spread.numpy(), y.numpy(), seed=seed)
             if calibration is not None:
                 metrics["uncertainty_calibration"] = calibration
     metrics["labels_with_abs_dgh_le_0.2"] = int((targets.abs() <= 0.2).sum())
-    metadata = {"label_source": f"dgh.mlip ({', '.join(models_label)}), best-site ΔG_H in eV",
-                "training_set": training_set, "n_train": len(train_idx),
-                "heldout_mae_eV": metrics.get("heldout_mae_eV"), "hparams": hparams.as_dict(),
-                "elements": elements, "seed": seed, "epochs": epochs, "unit": "eV"}
+    metadata = {
+        "label_source": f"dgh.mlip ({', '.join(models_label)}), best-site ΔG_H in eV",
+        "training_set": training_set,
+        "n_train": len(train_idx),
+        "heldout_mae_eV": metrics.get("heldout_mae_eV"),
+        "hparams": hparams.as_dict(),
+        "elements": elements,
+        "seed": seed,
+        "epochs": epochs,
+        "unit": "eV",
+    }
     if label_recipe is not None:
         metadata["label_recipe"] = dict(label_recipe)
     shas = []
@@ -234,29 +294,59 @@ def train_surrogate(labels: Sequence[dict[str, Any]], out_dir: str | Path, n_mod
         path = out / f"member_{m}.pt"
         torch.save(checkpoint_dict(model, metadata), path)
         shas.append({"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size})
-    manifest = {"what": "periodic DimeNet++ ensemble predicting best-site ΔG_H (eV) of a monolayer",
-                "data": {"training_set": training_set, "label_source": metadata["label_source"],
-                         "n_labels": len(kept), "elements": elements,
-                         **({"label_recipe": metadata["label_recipe"]} if label_recipe is not None else {})},
-                "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "metrics": metrics, "hparams": hparams.as_dict(), "epochs": epochs, "seed": seed,
-                "checkpoints": shas}
+    manifest = {
+        "what": "periodic DimeNet++ ensemble predicting best-site ΔG_H (eV) of a monolayer",
+        "data": {
+            "training_set": training_set,
+            "label_source": metadata["label_source"],
+            "n_labels": len(kept),
+            "elements": elements,
+            **({"label_recipe": metadata["label_recipe"]} if label_recipe is not None else {}),
+        },
+        "command": command,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": metrics,
+        "hparams": hparams.as_dict(),
+        "epochs": epochs,
+        "seed": seed,
+        "checkpoints": shas,
+    }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 
-def label_and_train(structures: Sequence[Structure], label_cache, out_dir: str | Path,
-                    ids: Sequence[str] | None = None, mlip_options: dict[str, Any] | None = None,
-                    n_models: int = 4, epochs: int = 150, test_fraction: float = 0.2, seed: int = 0,
-                    device: str = "cpu", training_set: str = "", command: str = "", hparams=None) -> dict[str, Any]:
+def label_and_train(
+    structures: Sequence[Structure],
+    label_cache,
+    out_dir: str | Path,
+    ids: Sequence[str] | None = None,
+    mlip_options: dict[str, Any] | None = None,
+    n_models: int = 4,
+    epochs: int = 150,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "cpu",
+    training_set: str = "",
+    command: str = "",
+    hparams=None,
+) -> dict[str, Any]:
     """``gen2d train --surrogate dgh.dimenet``: label ``structures`` with ``dgh.mlip`` (only what
     ``label_cache`` lacks), then train and write the ensemble to ``out_dir``."""
     from gen2d.scoring import get_scorer
-
     from gen2d_dgh_dimenet.labels import label_monolayers
 
     mlip = get_scorer("dgh.mlip", **(mlip_options or {}))
     labels = label_monolayers(structures, mlip, label_cache, ids=ids)
-    return train_surrogate(labels, out_dir, n_models=n_models, epochs=epochs, test_fraction=test_fraction,
-                           seed=seed, device=device, training_set=training_set, command=command, hparams=hparams,
-                           label_recipe=label_recipe(mlip))
+    return train_surrogate(
+        labels,
+        out_dir,
+        n_models=n_models,
+        epochs=epochs,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
+        training_set=training_set,
+        command=command,
+        hparams=hparams,
+        label_recipe=label_recipe(mlip),
+    )

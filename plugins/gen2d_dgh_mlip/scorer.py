@@ -62,10 +62,19 @@ def _options_model() -> type[ScorerOptions]:
     hints = typing.get_type_hints(AdsorptionSettings)
     recipe = {f.name: (hints[f.name], f.default) for f in fields(AdsorptionSettings)}
     return create_model(
-        "MLIPAdsorptionOptions", __base__=ScorerOptions, __module__=__name__,
-        calculator=(str, DEFAULT_CALCULATOR), model=(str | None, None), device=(str, "auto"),
-        calibrate=(bool, False), calibration_file=(str | None, None), relax_slab=(bool, True),
-        slab_fmax=(float, 0.05), slab_steps=(int, 500), **recipe)
+        "MLIPAdsorptionOptions",
+        __base__=ScorerOptions,
+        __module__=__name__,
+        calculator=(str, DEFAULT_CALCULATOR),
+        model=(str | None, None),
+        device=(str, "auto"),
+        calibrate=(bool, False),
+        calibration_file=(str | None, None),
+        relax_slab=(bool, True),
+        slab_fmax=(float, 0.05),
+        slab_steps=(int, 500),
+        **recipe,
+    )
 
 
 #: options of ``dgh.mlip``: the parameters of :class:`MLIPAdsorptionScorer` and of ``AdsorptionSettings``
@@ -102,9 +111,18 @@ class MLIPAdsorptionScorer(BaseScorer):
     unit = "eV"
     requires = ("e_hull",)
 
-    def __init__(self, calculator: str = DEFAULT_CALCULATOR, model: str | None = None, device: str = "auto",
-                 calibrate: bool = False, calibration_file: str | None = None, relax_slab: bool = True, slab_fmax: float = 0.05,
-                 slab_steps: int = 500, **settings: Any):
+    def __init__(
+        self,
+        calculator: str = DEFAULT_CALCULATOR,
+        model: str | None = None,
+        device: str = "auto",
+        calibrate: bool = False,
+        calibration_file: str | None = None,
+        relax_slab: bool = True,
+        slab_fmax: float = 0.05,
+        slab_steps: int = 500,
+        **settings: Any,
+    ):
         known = {f.name for f in fields(AdsorptionSettings)}
         unknown = set(settings) - known
         if unknown:
@@ -158,13 +176,24 @@ class MLIPAdsorptionScorer(BaseScorer):
         model, sha = ("", None)
         if self._calc is not None:
             model, sha = calculator_key(self._calc)
-        settings = {"calculator": self.calculator_name, "model_option": self.model,
-                    "relax_slab": self.relax_slab, "slab_fmax": self.slab_fmax,
-                    "slab_steps": self.slab_steps, **self.settings.as_dict()}
+        settings = {
+            "calculator": self.calculator_name,
+            "model_option": self.model,
+            "relax_slab": self.relax_slab,
+            "slab_fmax": self.slab_fmax,
+            "slab_steps": self.slab_steps,
+            **self.settings.as_dict(),
+        }
         if calibration:
             settings["calibration"] = calibration
-        return Provenance(plugin=self.name, model=model, checkpoint_sha256=sha,
-                          reference_set="H2 relaxed by the same MLIP", settings=settings, notes=list(notes))
+        return Provenance(
+            plugin=self.name,
+            model=model,
+            checkpoint_sha256=sha,
+            reference_set="H2 relaxed by the same MLIP",
+            settings=settings,
+            notes=list(notes),
+        )
 
     # -- scoring ---------------------------------------------------------------------------------
 
@@ -207,25 +236,36 @@ class MLIPAdsorptionScorer(BaseScorer):
         try:
             check = validate_ingest(structure)
             if not check.ok:
-                return ScoreResult.failed(self.property, self.unit, check.reasons[0] if check.reasons else "invalid_structure",
-                                          "; ".join(check.messages) or "structure failed ingest validation",
-                                          self.provenance())
+                return ScoreResult.failed(
+                    self.property,
+                    self.unit,
+                    check.reasons[0] if check.reasons else "invalid_structure",
+                    "; ".join(check.messages) or "structure failed ingest validation",
+                    self.provenance(),
+                )
             slab, e_slab = self._slab(structure, ctx, notes)
             result = adsorb_h(slab, calc, self.settings, slab_energy_per_cell=e_slab)
         except _SlabFailure as exc:
             return ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), self.provenance(notes))
         except Exception as exc:  # a numerical fault in one structure must not lose the batch
             log.debug("dgh.mlip failed", exc_info=True)
-            return ScoreResult.failed(self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}",
-                                      self.provenance(notes))
+            return ScoreResult.failed(
+                self.property, self.unit, "adsorption_failed", f"{type(exc).__name__}: {exc}", self.provenance(notes)
+            )
         extra = result.as_dict()
         relaxed_slab = slab.as_dict()  # the slab H was put on: ScoreResult.relaxed_structure
         best = result.best
         if best is None:
             reasons = sorted({f for s in result.sites for f in s.flags}) or ["no_sites"]
-            return ScoreResult.failed(self.property, self.unit, "no_valid_site",
-                                      f"no site kept its H on the intact layer (flags: {', '.join(reasons)})",
-                                      self.provenance(notes), relaxed_structure=relaxed_slab, **extra)
+            return ScoreResult.failed(
+                self.property,
+                self.unit,
+                "no_valid_site",
+                f"no site kept its H on the intact layer (flags: {', '.join(reasons)})",
+                self.provenance(notes),
+                relaxed_structure=relaxed_slab,
+                **extra,
+            )
         value = float(best.delta_g_h)
         calibration = None
         if self.calibrate:
@@ -238,13 +278,27 @@ class MLIPAdsorptionScorer(BaseScorer):
                 extra["dg_h_uncalibrated"] = value
                 value = de_cal + self.settings.dg_correction
         if not math.isfinite(value):
-            return ScoreResult.failed(self.property, self.unit, "non_finite_energy", "ΔG_H is not finite",
-                                      self.provenance(notes), relaxed_structure=relaxed_slab, **extra)
-        return ScoreResult(property=self.property, value=value, unit=self.unit, extra=extra,
-                           relaxed_structure=relaxed_slab, provenance=self.provenance(notes, calibration))
+            return ScoreResult.failed(
+                self.property,
+                self.unit,
+                "non_finite_energy",
+                "ΔG_H is not finite",
+                self.provenance(notes),
+                relaxed_structure=relaxed_slab,
+                **extra,
+            )
+        return ScoreResult(
+            property=self.property,
+            value=value,
+            unit=self.unit,
+            extra=extra,
+            relaxed_structure=relaxed_slab,
+            provenance=self.provenance(notes, calibration),
+        )
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         ctx = list(context) if context is not None else [None] * len(structures)
         return [self.score_one(s, c) for s, c in zip(structures, ctx)]
 
@@ -257,12 +311,23 @@ class MLIPAdsorptionScorer(BaseScorer):
         sites = find_adsorption_sites(slab, self.settings)
         na, nb = supercell_repeats(slab.lattice, self.settings.min_inplane_length)
         return {
-            "scorer": self.name, "property": self.property, "unit": self.unit,
-            "calculator": self.calculator_name, "model": self.model,
+            "scorer": self.name,
+            "property": self.property,
+            "unit": self.unit,
+            "calculator": self.calculator_name,
+            "model": self.model,
             "recipe": "ΔE_H = E(slab+H) − E(slab) − ½E(H2); ΔG_H = ΔE_H + dg_correction",
-            "settings": self.settings.as_dict(), "supercell": [na, nb],
-            "sites": [{"face": s.face, "kind": s.kind, "position_A": np.round(s.position, 3).tolist(),
-                       "coverage_H_per_surface_atom": 1.0 / (s.n_surface_atoms * na * nb)} for s in sites],
+            "settings": self.settings.as_dict(),
+            "supercell": [na, nb],
+            "sites": [
+                {
+                    "face": s.face,
+                    "kind": s.kind,
+                    "position_A": np.round(s.position, 3).tolist(),
+                    "coverage_H_per_surface_atom": 1.0 / (s.n_surface_atoms * na * nb),
+                }
+                for s in sites
+            ],
             "calibrate": self.calibrate,
         }
 

@@ -7,8 +7,9 @@ call; :class:`EGNNDiffusionGenerator` is the registry entry (``gen2d.generators:
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gen2d.scoring import GeneratedStructure, PluginUnavailable
 
@@ -81,13 +82,28 @@ class EGNNDiffusionGenerator:
 
     def provenance(self) -> dict[str, Any]:
         b = self.bundle
-        return {"plugin": NAME, "version": __version__, "checkpoint": str(self.checkpoint),
-                "checkpoint_sha256": b.sha256, "schedule": b.schedule.to_dict(),
-                "train_steps": b.meta.get("steps"), "train_sources": b.meta.get("sources")}
+        return {
+            "plugin": NAME,
+            "version": __version__,
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": b.sha256,
+            "schedule": b.schedule.to_dict(),
+            "train_steps": b.meta.get("steps"),
+            "train_sources": b.meta.get("sources"),
+        }
 
-    def generate(self, n: int | None = None, seed: int = 0, guidance: str | dict[str, Any] | None = None,
-                 start: str = "free", templates: list[str] | None = None, n_steps: int | None = None,
-                 validate: bool = True, progress: bool = False, **sampling: Any) -> Iterator[GeneratedStructure]:
+    def generate(
+        self,
+        n: int | None = None,
+        seed: int = 0,
+        guidance: str | dict[str, Any] | None = None,
+        start: str = "free",
+        templates: list[str] | None = None,
+        n_steps: int | None = None,
+        validate: bool = True,
+        progress: bool = False,
+        **sampling: Any,
+    ) -> Iterator[GeneratedStructure]:
         """Sample ``n`` monolayers.
 
         Parameters
@@ -151,19 +167,32 @@ class EGNNDiffusionGenerator:
         for i, smp in enumerate(samples):
             structure = smp.to_structure(cfg.vacuum)
             labels: dict[str, Any] = {f"predicted_{k}": v for k, v in smp.predicted.items()}
-            labels["predicted_units"] = {"predicted_dg_h": "eV", "predicted_e_hull": "eV/atom",
-                                         "predicted_p_synth": "probability"}
+            labels["predicted_units"] = {
+                "predicted_dg_h": "eV",
+                "predicted_e_hull": "eV/atom",
+                "predicted_p_synth": "probability",
+            }
             if validate:
                 from gen2d.structures import strict_verdict
 
                 labels["strict_valid"], labels["strict_reasons"] = strict_verdict(structure)
             flags = {"guidance_diverged": smp.diagnostics} if smp.diverged else {}
             yield GeneratedStructure(
-                structure=structure, source_id=f"{NAME}:seed{seed}:{i}", flags=flags,
-                parameters={"generator": NAME, "seed": seed, "index": i, "start": smp.start,
-                            "guidance": guidance if isinstance(guidance, (str, type(None))) else "custom",
-                            "sampling": cfg.model_dump(mode="json"), "diagnostics": smp.diagnostics, **prov},
-                labels=labels)
+                structure=structure,
+                source_id=f"{NAME}:seed{seed}:{i}",
+                flags=flags,
+                parameters={
+                    "generator": NAME,
+                    "seed": seed,
+                    "index": i,
+                    "start": smp.start,
+                    "guidance": guidance if isinstance(guidance, (str, type(None))) else "custom",
+                    "sampling": cfg.model_dump(mode="json"),
+                    "diagnostics": smp.diagnostics,
+                    **prov,
+                },
+                labels=labels,
+            )
 
 
 def train(config: str | Path | dict | None = None, **overrides: Any) -> dict[str, Any]:
@@ -183,8 +212,14 @@ def train(config: str | Path | dict | None = None, **overrides: Any) -> dict[str
     return run_training(fields)
 
 
-def generate(n: int = 16, seed: int = 0, guidance: str | dict[str, Any] | None = None,
-             checkpoint: str | Path | None = None, device: str = "auto", **params: Any) -> list[GeneratedStructure]:
+def generate(
+    n: int = 16,
+    seed: int = 0,
+    guidance: str | dict[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    **params: Any,
+) -> list[GeneratedStructure]:
     """Sample ``n`` structures; see :meth:`EGNNDiffusionGenerator.generate`."""
     gen = EGNNDiffusionGenerator(checkpoint=checkpoint, device=device)
     return list(gen.generate(n=n, seed=seed, guidance=guidance, **params))

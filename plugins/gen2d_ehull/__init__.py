@@ -11,13 +11,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from pymatgen.core import Element, Structure
 
-from gen2d.hull import (CORRECTION_SCHEME, CORRECTION_SCHEME_DESCRIPTION, ENERGY_UNIT, HullError,
-                        ReferenceUnavailable, apply_mp2020, get_reference_provider, hull_analysis, mlip_entry)
+from gen2d.hull import (
+    CORRECTION_SCHEME,
+    CORRECTION_SCHEME_DESCRIPTION,
+    ENERGY_UNIT,
+    HullError,
+    ReferenceUnavailable,
+    apply_mp2020,
+    get_reference_provider,
+    hull_analysis,
+    mlip_entry,
+)
 from gen2d.relax import cached_calculator, calculator_provenance, relax_in_plane, relax_in_plane_batch
-from pydantic import Field
-
 from gen2d.scoring import CALCULATOR_GROUP, BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions
 
 log = logging.getLogger(__name__)
@@ -115,10 +123,20 @@ class EHullScorer(BaseScorer):
     # a stored E_hull made under another correction scheme is redone (gen2d score, score jobs)
     current = {"provenance.settings.correction_scheme": CORRECTION_SCHEME}
 
-    def __init__(self, calculator: str | None = None, model: str | None = None, device: str = "auto",
-                 provider: str = "mlip-prototypes", provider_options: dict[str, Any] | None = None,
-                 fmax: float = 0.05, steps: int = 500, store: Any = None, progress: bool = True,
-                 stable_threshold: float = 0.1, max_elements: int | None = 4):
+    def __init__(
+        self,
+        calculator: str | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        provider: str = "mlip-prototypes",
+        provider_options: dict[str, Any] | None = None,
+        fmax: float = 0.05,
+        steps: int = 500,
+        store: Any = None,
+        progress: bool = True,
+        stable_threshold: float = 0.1,
+        max_elements: int | None = 4,
+    ):
         self.calculator_name = calculator or self.calculator_name
         self.name = f"ehull.{self.calculator_name}"
         self.model = model
@@ -155,14 +173,25 @@ class EHullScorer(BaseScorer):
         return self._provider
 
     def settings(self) -> dict[str, Any]:
-        return {"calculator": self.calculator_name, "model": self.model, "device": self.device,
-                "relaxation": {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter", "cell_mask": [1, 1, 0, 0, 0, 1],
-                               "fmax": self.fmax, "fmax_unit": "eV/Å", "steps": self.steps},
-                "compatibility": "MaterialsProject2020Compatibility(check_potcar=False)",
-                "correction_scheme": CORRECTION_SCHEME,
-                "correction_scheme_description": CORRECTION_SCHEME_DESCRIPTION,
-                "provider": self.provider_name, "stable_threshold": self.stable_threshold,
-                "stable_threshold_unit": ENERGY_UNIT}
+        return {
+            "calculator": self.calculator_name,
+            "model": self.model,
+            "device": self.device,
+            "relaxation": {
+                "optimizer": "FIRE",
+                "cell_filter": "FrechetCellFilter",
+                "cell_mask": [1, 1, 0, 0, 0, 1],
+                "fmax": self.fmax,
+                "fmax_unit": "eV/Å",
+                "steps": self.steps,
+            },
+            "compatibility": "MaterialsProject2020Compatibility(check_potcar=False)",
+            "correction_scheme": CORRECTION_SCHEME,
+            "correction_scheme_description": CORRECTION_SCHEME_DESCRIPTION,
+            "provider": self.provider_name,
+            "stable_threshold": self.stable_threshold,
+            "stable_threshold_unit": ENERGY_UNIT,
+        }
 
     def _provenance(self, calculator=None, provider=None) -> Provenance:
         calc = calculator_provenance(calculator) if calculator is not None else {"model": "", "checkpoint_sha256": None}
@@ -177,16 +206,22 @@ class EHullScorer(BaseScorer):
             settings["reference_set"] = desc
             reference_set = _reference_label(desc)
             notes.extend(_consistency_notes(provider, calc))
-        return Provenance(plugin=self.name, model=calc["model"],
-                          checkpoint_sha256=calc["checkpoint_sha256"], reference_set=reference_set,
-                          settings=settings, notes=notes)
+        return Provenance(
+            plugin=self.name,
+            model=calc["model"],
+            checkpoint_sha256=calc["checkpoint_sha256"],
+            reference_set=reference_set,
+            settings=settings,
+            notes=notes,
+        )
 
     def _fail(self, prov: Provenance, reason: str, message: str, **extra: Any) -> ScoreResult:
         return ScoreResult.failed(self.property, self.unit, reason, message, prov, **extra)
 
     # scoring ---------------------------------------------------------------------------------------
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         """Relax each structure in-plane and score its E_hull (eV/atom); one result per input, in order."""
         return [res for res, _ in self._score_batch(structures)]
 
@@ -207,12 +242,15 @@ class EHullScorer(BaseScorer):
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
+
             def tqdm(x, **_):
                 return x
+
         relaxed = self._relax_valid(structures, calculator, provider)
         out = []
-        for i, structure in enumerate(tqdm(structures, desc=self.name,
-                                           disable=not self.progress or len(structures) < 2)):
+        for i, structure in enumerate(
+            tqdm(structures, desc=self.name, disable=not self.progress or len(structures) < 2)
+        ):
             try:
                 out.append(self._score_one(structure, calculator, provider, prov, relaxed=relaxed.get(i)))
             except Exception as exc:  # last line of defence: a bug on one structure never loses the batch
@@ -238,16 +276,26 @@ class EHullScorer(BaseScorer):
         if len(valid) < 2:
             return {}
         try:
-            relaxed = dict(zip(valid, relax_in_plane_batch(list(valid.values()), calculator, fmax=self.fmax,
-                                                           steps=self.steps), strict=True))
+            relaxed = dict(
+                zip(
+                    valid,
+                    relax_in_plane_batch(list(valid.values()), calculator, fmax=self.fmax, steps=self.steps),
+                    strict=True,
+                )
+            )
         except Exception:
             log.exception("%s: batched relaxation crashed; relaxing one by one", self.name)
             return {}
         prefetch = getattr(provider, "prefetch", None)
         if callable(prefetch):
             try:
-                prefetch([[el.symbol for el in structures[i].composition.elements]
-                          for i, res in relaxed.items() if res.failure is None])
+                prefetch(
+                    [
+                        [el.symbol for el in structures[i].composition.elements]
+                        for i, res in relaxed.items()
+                        if res.failure is None
+                    ]
+                )
             except Exception as exc:  # each structure then asks for its own references and names the failure
                 log.info("%s: reference prefetch failed (%s: %s)", self.name, type(exc).__name__, exc)
         return relaxed
@@ -261,19 +309,28 @@ class EHullScorer(BaseScorer):
             return "non_finite_input", "coordinates or lattice contain NaN or inf"
         if not structure.is_ordered:
             return "invalid_input", "partial occupancies cannot be relaxed with an MLIP"
-        bad = sorted({el.symbol for el in structure.composition.elements
-                      if not isinstance(el, Element) or el.Z > MAX_SUPPORTED_Z})
+        bad = sorted(
+            {
+                el.symbol
+                for el in structure.composition.elements
+                if not isinstance(el, Element) or el.Z > MAX_SUPPORTED_Z
+            }
+        )
         if bad:
-            return "unsupported_element", (f"element(s) {', '.join(bad)} are outside the MLIP's training set "
-                                           f"(Z <= {MAX_SUPPORTED_Z}) and MP2020")
+            return "unsupported_element", (
+                f"element(s) {', '.join(bad)} are outside the MLIP's training set (Z <= {MAX_SUPPORTED_Z}) and MP2020"
+            )
         n_el = len(structure.composition.elements)
         if self.max_elements is not None and n_el > self.max_elements:
-            return "too_many_elements", (f"{n_el} elements > max_elements={self.max_elements}: the reference set "
-                                         f"has no phases beyond binaries, so this hull would be meaningless")
+            return "too_many_elements", (
+                f"{n_el} elements > max_elements={self.max_elements}: the reference set "
+                f"has no phases beyond binaries, so this hull would be meaningless"
+            )
         return None
 
-    def _score_one(self, structure: Any, calculator, provider, prov: Provenance,
-                   relaxed: Any = None) -> tuple[ScoreResult, dict[str, Any]]:
+    def _score_one(
+        self, structure: Any, calculator, provider, prov: Provenance, relaxed: Any = None
+    ) -> tuple[ScoreResult, dict[str, Any]]:
         bad = self._check_input(structure)
         if bad:
             return self._fail(prov, *bad), {}
@@ -292,27 +349,44 @@ class EHullScorer(BaseScorer):
         try:
             elements = sorted({el.symbol for el in relaxed_structure.composition.elements})
             references = provider.entries(elements)
-            entry = apply_mp2020(mlip_entry(relaxed_structure, relaxed.energy, model=prov.model,
-                                            checkpoint_sha256=prov.checkpoint_sha256))
+            entry = apply_mp2020(
+                mlip_entry(
+                    relaxed_structure, relaxed.energy, model=prov.model, checkpoint_sha256=prov.checkpoint_sha256
+                )
+            )
             hull = hull_analysis(entry, references, provider.name)
         except (HullError, ReferenceUnavailable) as exc:
             return self._fail(prov, exc.reason, str(exc), relaxed_structure=relaxed_dict, **extra), details
         details["reference_phases"] = hull.reference_phases
-        extra.update({
-            "e_form": hull.e_form, "e_form_unit": ENERGY_UNIT,
-            "energy_per_atom": relaxed.energy_per_atom, "energy_per_atom_unit": ENERGY_UNIT,
-            "correction_per_atom": hull.correction_per_atom, "chemsys": hull.chemsys,
-            "n_phases": hull.n_phases, "decomposition": hull.decomposition,
-            "stable": bool(hull.e_hull <= self.stable_threshold),
-            "correction_scheme": hull.correction_scheme, "anion_correction_scale": hull.anion_correction_scale,
-            "e_hull_mp2020": hull.e_hull_mp2020, "flags": hull.flags,
-        })
+        extra.update(
+            {
+                "e_form": hull.e_form,
+                "e_form_unit": ENERGY_UNIT,
+                "energy_per_atom": relaxed.energy_per_atom,
+                "energy_per_atom_unit": ENERGY_UNIT,
+                "correction_per_atom": hull.correction_per_atom,
+                "chemsys": hull.chemsys,
+                "n_phases": hull.n_phases,
+                "decomposition": hull.decomposition,
+                "stable": bool(hull.e_hull <= self.stable_threshold),
+                "correction_scheme": hull.correction_scheme,
+                "anion_correction_scale": hull.anion_correction_scale,
+                "e_hull_mp2020": hull.e_hull_mp2020,
+                "flags": hull.flags,
+            }
+        )
         shipped = getattr(provider, "shipped_hits", None)
         if shipped is not None:  # which reference subsystems came from gen2d's shipped cache
-            subsystems = set(elements) | {f"{a}-{b}" for i, a in enumerate(elements) for b in elements[i + 1:]}
+            subsystems = set(elements) | {f"{a}-{b}" for i, a in enumerate(elements) for b in elements[i + 1 :]}
             extra["references_from_shipped_cache"] = sorted(subsystems & shipped)
-        return ScoreResult(property=self.property, value=hull.e_hull, unit=self.unit, extra=extra,
-                           relaxed_structure=relaxed_dict, provenance=prov), details
+        return ScoreResult(
+            property=self.property,
+            value=hull.e_hull,
+            unit=self.unit,
+            extra=extra,
+            relaxed_structure=relaxed_dict,
+            provenance=prov,
+        ), details
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """Everything this scorer does with one structure: settings, reference phases, relaxed cell, result."""
@@ -331,8 +405,19 @@ class EHullScorer(BaseScorer):
             "initial_cell": convergence.get("initial_cell"),
             "relaxed_cell": convergence.get("final_cell"),
             "cell_unit": "Å",
-            "convergence": {k: convergence.get(k) for k in ("converged", "steps", "final_fmax", "final_fmax_unit",
-                                                             "energy", "energy_unit", "failure", "message")},
+            "convergence": {
+                k: convergence.get(k)
+                for k in (
+                    "converged",
+                    "steps",
+                    "final_fmax",
+                    "final_fmax_unit",
+                    "energy",
+                    "energy_unit",
+                    "failure",
+                    "message",
+                )
+            },
             "result": result.model_dump(mode="json"),
         }
 
@@ -370,10 +455,12 @@ def _consistency_notes(provider, calc: dict[str, Any]) -> list[str]:
         source = "mlip (other model)"
     if source == "mlip":
         return []
-    return [f"mixed energy scales: the candidate energy is {calc['model']} (MP2020-corrected) while the "
-            f"reference energies are {source}; E_form and E_hull then carry the MLIP's absolute error against "
-            "DFT (tens of meV/atom) and are for screening only. Use provider mlip-prototypes for a "
-            "self-consistent hull."]
+    return [
+        f"mixed energy scales: the candidate energy is {calc['model']} (MP2020-corrected) while the "
+        f"reference energies are {source}; E_form and E_hull then carry the MLIP's absolute error against "
+        "DFT (tens of meV/atom) and are for screening only. Use provider mlip-prototypes for a "
+        "self-consistent hull."
+    ]
 
 
 class CHGNetEHullScorer(EHullScorer):

@@ -90,9 +90,11 @@ def available(model: str | None = None) -> tuple[bool, str]:
     if weights.cache_path(name).is_file() or (PRETRAINED_DIR / filename).is_file():
         return True, ""
     if weights.is_offline():
-        return False, (f"MatterSim weights {filename} are not cached and GEN2D_OFFLINE=1 forbids the download: "
-                       f"run `gen2d models fetch {name}` where there is internet, or copy the file to "
-                       f"{weights.cache_path(name)} (`gen2d models fetch {name} --from FILE` checks and copies it)")
+        return False, (
+            f"MatterSim weights {filename} are not cached and GEN2D_OFFLINE=1 forbids the download: "
+            f"run `gen2d models fetch {name}` where there is internet, or copy the file to "
+            f"{weights.cache_path(name)} (`gen2d models fetch {name} --from FILE` checks and copies it)"
+        )
     return True, ""  # downloaded, and its sha256 recorded, at first use
 
 
@@ -116,18 +118,29 @@ def load_potential(path: str | os.PathLike, device: str = "cpu"):
     try:
         ckpt = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:
-        raise PluginUnavailable(f"MatterSim checkpoint {path} cannot be read as weights only "
-                                f"({type(exc).__name__}: {str(exc)[:300]})") from None
-    if not (isinstance(ckpt, dict) and ckpt.get("model_name") == "m3gnet" and isinstance(ckpt.get("model"), dict)
-            and isinstance(ckpt.get("model_args"), dict)):
-        raise PluginUnavailable(f"{path} is not a MatterSim M3GNet checkpoint (expected model_name 'm3gnet', "
-                                "model and model_args)")
+        raise PluginUnavailable(
+            f"MatterSim checkpoint {path} cannot be read as weights only ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from None
+    if not (
+        isinstance(ckpt, dict)
+        and ckpt.get("model_name") == "m3gnet"
+        and isinstance(ckpt.get("model"), dict)
+        and isinstance(ckpt.get("model_args"), dict)
+    ):
+        raise PluginUnavailable(
+            f"{path} is not a MatterSim M3GNet checkpoint (expected model_name 'm3gnet', model and model_args)"
+        )
     args = {k: v for k, v in ckpt["model_args"].items() if k != "device"}
     model = M3Gnet(device=device, **args).to(device)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:  # mattersim loads with strict=False too; say what did not match
-        log.warning("MatterSim checkpoint %s: %d parameters missing, %d unexpected (%s)", path, len(missing),
-                    len(unexpected), ", ".join(list(missing)[:3] + list(unexpected)[:3]))
+        log.warning(
+            "MatterSim checkpoint %s: %d parameters missing, %d unexpected (%s)",
+            path,
+            len(missing),
+            len(unexpected),
+            ", ".join(list(missing)[:3] + list(unexpected)[:3]),
+        )
     model.eval()
     return Potential(model, device=device, model_name="m3gnet")
 
@@ -190,6 +203,7 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
         raise PluginUnavailable(why)
     import mattersim
     import torch
+
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     path, sha256 = checkpoint(model)
     with contextlib.redirect_stdout(sys.stderr):  # stdout stays clean for `gen2d ... --json`

@@ -69,9 +69,15 @@ class SubstitutionGenerator:
 
     name = NAME
 
-    def __init__(self, method: str = "probability", isovalent: bool = True, min_probability: float = 1e-3,
-                 max_row_shift: int = 2, allowed_elements: Sequence[str] | None = None,
-                 templates: Sequence[str] | None = None):
+    def __init__(
+        self,
+        method: str = "probability",
+        isovalent: bool = True,
+        min_probability: float = 1e-3,
+        max_row_shift: int = 2,
+        allowed_elements: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ):
         if method not in ("probability", "group"):
             raise ValueError(f"method must be 'probability' or 'group', not {method!r}")
         self.method = method
@@ -109,8 +115,12 @@ class SubstitutionGenerator:
         for other in Element:
             if other.symbol == symbol or other.symbol not in self.allowed:
                 continue
-            if other.group == el.group and abs(other.row - el.row) <= self.max_row_shift \
-                    and other.is_lanthanoid == el.is_lanthanoid and other.is_actinoid == el.is_actinoid:
+            if (
+                other.group == el.group
+                and abs(other.row - el.row) <= self.max_row_shift
+                and other.is_lanthanoid == el.is_lanthanoid
+                and other.is_actinoid == el.is_actinoid
+            ):
                 out.append(other.symbol)
         return out, np.full(len(out), 1.0 / len(out)) if out else np.zeros(0)
 
@@ -179,8 +189,13 @@ class SubstitutionGenerator:
         old = [site.specie.symbol for site in s]
         new = [mapping.get(x, x) for x in old]
         if len(i):
-            ratio = np.array([(_covalent_radius(new[a]) + _covalent_radius(new[b]))
-                              / (_covalent_radius(old[a]) + _covalent_radius(old[b])) for a, b in zip(i, j)])
+            ratio = np.array(
+                [
+                    (_covalent_radius(new[a]) + _covalent_radius(new[b]))
+                    / (_covalent_radius(old[a]) + _covalent_radius(old[b]))
+                    for a, b in zip(i, j)
+                ]
+            )
             scale = float(ratio.mean())
         else:
             scale = float(np.mean([_covalent_radius(n) / _covalent_radius(o) for n, o in zip(new, old)]))
@@ -194,8 +209,14 @@ class SubstitutionGenerator:
         out = Structure(m, new, cart_new, coords_are_cartesian=True)
         return orient_2d(out)
 
-    def generate(self, n: int | None = None, seed: int = 0, templates: list[str] | None = None,
-                 validate: bool = True, **params: Any) -> Iterator[GeneratedStructure]:
+    def generate(
+        self,
+        n: int | None = None,
+        seed: int = 0,
+        templates: list[str] | None = None,
+        validate: bool = True,
+        **params: Any,
+    ) -> Iterator[GeneratedStructure]:
         """Yield ``n`` decorated templates (default: one per template).
 
         Each sample picks a template (cycling through a seeded shuffle of ``templates``) and replaces
@@ -237,12 +258,23 @@ class SubstitutionGenerator:
 
                 labels["strict_valid"], labels["strict_reasons"] = strict_verdict(structure)
             yield GeneratedStructure(
-                structure=structure, source_id=f"{NAME}:seed{seed}:{k}:{name}",
-                parameters={"generator": NAME, "version": __version__, "seed": seed, "index": k, "template": name,
-                            "family": TEMPLATES[name].family, "substitutions": mapping,
-                            "oxidation_states": {el: oxi[el] for el in elements}, "method": self.method,
-                            "isovalent": self.isovalent, "substitution_probability": prob},
-                labels=labels)
+                structure=structure,
+                source_id=f"{NAME}:seed{seed}:{k}:{name}",
+                parameters={
+                    "generator": NAME,
+                    "version": __version__,
+                    "seed": seed,
+                    "index": k,
+                    "template": name,
+                    "family": TEMPLATES[name].family,
+                    "substitutions": mapping,
+                    "oxidation_states": {el: oxi[el] for el in elements},
+                    "method": self.method,
+                    "isovalent": self.isovalent,
+                    "substitution_probability": prob,
+                },
+                labels=labels,
+            )
 
 
 __all__ = ["SubstitutionGenerator", "default_allowed_elements"]

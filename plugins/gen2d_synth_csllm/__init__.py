@@ -7,5 +7,12 @@
 from gen2d_synth_csllm.material import build_prompt, build_question, material_string
 from gen2d_synth_csllm.scorer import CheckpointNotFound, CSLLMScorer, CSLLMSettings, load_csllm
 
-__all__ = ["CSLLMScorer", "CSLLMSettings", "CheckpointNotFound", "build_prompt", "build_question",
-           "load_csllm", "material_string"]
+__all__ = [
+    "CSLLMScorer",
+    "CSLLMSettings",
+    "CheckpointNotFound",
+    "build_prompt",
+    "build_question",
+    "load_csllm",
+    "material_string",
+]

@@ -31,13 +31,15 @@ class MaterialStringError(ValueError):
 def _position_text(position: np.ndarray) -> str:
     # CSLLM formatted ``site.position`` with ``str()``: NumPy's default array printing. Pin the
     # defaults so that a caller's np.set_printoptions cannot change the prompt.
-    with np.printoptions(precision=8, suppress=False, floatmode="maxprec", linewidth=75, sign="-",
-                         legacy=False, threshold=1000):
+    with np.printoptions(
+        precision=8, suppress=False, floatmode="maxprec", linewidth=75, sign="-", legacy=False, threshold=1000
+    ):
         return str(np.asarray(position, dtype=float))
 
 
-def material_string(structure: Structure, symprec: float = DEFAULT_SYMPREC,
-                    angle_tol: float = DEFAULT_ANGLE_TOL) -> str:
+def material_string(
+    structure: Structure, symprec: float = DEFAULT_SYMPREC, angle_tol: float = DEFAULT_ANGLE_TOL
+) -> str:
     """CSLLM's text form of a crystal, one ``(El-{mult}{letter}{xyz})`` group per Wyckoff site.
 
     Parameters
@@ -74,16 +76,19 @@ def material_string(structure: Structure, symprec: float = DEFAULT_SYMPREC,
             warnings.simplefilter("ignore")
             crystal._from_pymatgen(structure, tol=symprec, a_tol=angle_tol)
     except Exception as exc:
-        raise MaterialStringError("symmetry_analysis_failed", f"pyxtal could not read the structure: "
-                                                              f"{type(exc).__name__}: {exc}") from None
+        raise MaterialStringError(
+            "symmetry_analysis_failed", f"pyxtal could not read the structure: {type(exc).__name__}: {exc}"
+        ) from None
     if not getattr(crystal, "valid", False) or not crystal.atom_sites:
         raise MaterialStringError("symmetry_analysis_failed", "pyxtal found no Wyckoff sites")
     # CSLLM took the cell from pyxtal's Lattice string (4 decimals) and reformatted it; going through
     # the same string keeps every rounding identical to its training data.
     a, b, c, alpha, beta, gamma = (float(v) for v in str(crystal.lattice).split(",")[:6])
     lattice_text = f"|{a:.3f},{b:.3f},{c:.3f},{alpha:.2f},{beta:.2f},{gamma:.2f}|"
-    sites = [f"({site.specie}-{site.wp.multiplicity}{site.wp.letter}{_position_text(site.position)})"
-             for site in crystal.atom_sites]
+    sites = [
+        f"({site.specie}-{site.wp.multiplicity}{site.wp.letter}{_position_text(site.position)})"
+        for site in crystal.atom_sites
+    ]
     return f"{crystal.group.number} {lattice_text} {'->'.join(sites)}"
 
 
@@ -92,8 +97,9 @@ def build_question(material: str) -> str:
     return QUESTION_TEMPLATE.format(material=material)
 
 
-def build_prompt(structure: Structure | str, symprec: float = DEFAULT_SYMPREC,
-                 angle_tol: float = DEFAULT_ANGLE_TOL) -> str:
+def build_prompt(
+    structure: Structure | str, symprec: float = DEFAULT_SYMPREC, angle_tol: float = DEFAULT_ANGLE_TOL
+) -> str:
     """The exact text CSLLM receives: the question in its ``###Human: …###Assistant:`` chat frame.
 
     ``structure`` may also be a material string already built.

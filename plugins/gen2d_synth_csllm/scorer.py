@@ -15,13 +15,20 @@ from pymatgen.core import Structure
 
 from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, file_sha256
 from gen2d_synth_csllm.material import (
-    CHAT_TEMPLATE, DEFAULT_ANGLE_TOL, DEFAULT_SYMPREC, QUESTION_TEMPLATE, MaterialStringError, build_prompt,
+    CHAT_TEMPLATE,
+    DEFAULT_ANGLE_TOL,
+    DEFAULT_SYMPREC,
+    QUESTION_TEMPLATE,
+    MaterialStringError,
+    build_prompt,
     material_string,
 )
 
 NAME = "synth.csllm"
-MONOLAYER_NOTE = ("CSLLM was fine-tuned on 3D bulk crystals (ICSD positives, PU-screened hypothetical negatives); "
-                  "monolayers are outside its training data and reach it as a 3D cell padded with vacuum.")
+MONOLAYER_NOTE = (
+    "CSLLM was fine-tuned on 3D bulk crystals (ICSD positives, PU-screened hypothetical negatives); "
+    "monolayers are outside its training data and reach it as a 3D cell padded with vacuum."
+)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -59,13 +66,16 @@ class CSLLMSettings(BaseModel):
     add_bos: bool = Field(True, description="start each prompt with the BOS token, as Llama tokenizers do")
 
     @classmethod
-    def from_env_and(cls, **options: Any) -> "CSLLMSettings":
+    def from_env_and(cls, **options: Any) -> CSLLMSettings:
         """Options win; the settings' csllm_* paths (GEN2D_CSLLM_BASE, _ADAPTER, _TOKENIZER) fill the rest."""
         from gen2d.settings import get_settings
 
         settings = get_settings()
-        configured = {"base_model_path": settings.csllm_base, "adapter_path": settings.csllm_adapter,
-                      "tokenizer_path": settings.csllm_tokenizer}
+        configured = {
+            "base_model_path": settings.csllm_base,
+            "adapter_path": settings.csllm_adapter,
+            "tokenizer_path": settings.csllm_tokenizer,
+        }
         for key, value in configured.items():
             if options.get(key) is None and value is not None:
                 options[key] = value
@@ -111,8 +121,7 @@ def load_csllm(settings: CSLLMSettings):
     # Half precision only where it is fast and supported; CPU matmuls in fp16 are slow or missing.
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, trust_remote_code=False,
-                                                 dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, trust_remote_code=False, dtype=dtype)
     model = PeftModel.from_pretrained(model, str(adapter), local_files_only=True, is_trainable=False)
     model.to(device)
     model.eval()
@@ -141,7 +150,7 @@ def answer_token_ids(tokenizer, prompt: str, settings: CSLLMSettings) -> tuple[i
     ids = []
     for word in (settings.true_token, settings.false_token):
         full = tokenizer(prompt + settings.answer_prefix + word, add_special_tokens=False)["input_ids"]
-        if full[:len(prompt_ids)] != prompt_ids or len(full) <= len(prompt_ids):
+        if full[: len(prompt_ids)] != prompt_ids or len(full) <= len(prompt_ids):
             raise ValueError(f"the tokenizer does not extend the prompt cleanly with {word!r}")
         ids.append(full[len(prompt_ids)])
     if ids[0] == ids[1]:
@@ -214,12 +223,19 @@ class CSLLMScorer(BaseScorer):
             version=gen2d.__version__,
             model=f"{base_name} + LoRA {adapter_name}",
             checkpoint_sha256=self._adapter_sha256,
-            settings={"base_model_path": str(s.base_model_path), "adapter_path": str(s.adapter_path),
-                      "base_config_sha256": config_sha, "device": self._device or s.device,
-                      "dtype": "float16" if (self._device or "").startswith("cuda") else "float32",
-                      "symprec": s.symprec, "angle_tol": s.angle_tol, "question": QUESTION_TEMPLATE,
-                      "chat": CHAT_TEMPLATE, "answers": [s.true_token, s.false_token],
-                      "answer_prefix": s.answer_prefix},
+            settings={
+                "base_model_path": str(s.base_model_path),
+                "adapter_path": str(s.adapter_path),
+                "base_config_sha256": config_sha,
+                "device": self._device or s.device,
+                "dtype": "float16" if (self._device or "").startswith("cuda") else "float32",
+                "symprec": s.symprec,
+                "angle_tol": s.angle_tol,
+                "question": QUESTION_TEMPLATE,
+                "chat": CHAT_TEMPLATE,
+                "answers": [s.true_token, s.false_token],
+                "answer_prefix": s.answer_prefix,
+            },
             notes=[MONOLAYER_NOTE, "P_synth = softmax of the next-token logits of True vs False"],
         )
 
@@ -250,27 +266,37 @@ class CSLLMScorer(BaseScorer):
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         out: list[tuple[float, float]] = []
         for start in range(0, len(prompts), self.settings.batch_size):
-            seqs = [encode_prompt(tok, p, self.settings.add_bos) for p in prompts[start:start + self.settings.batch_size]]
+            seqs = [
+                encode_prompt(tok, p, self.settings.add_bos) for p in prompts[start : start + self.settings.batch_size]
+            ]
             width = max(len(q) for q in seqs)
             # Left padding puts every prompt's last token in the final column, where the answer's
             # logits are read; padded positions are masked out of attention.
             input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for row, q in enumerate(seqs):
-                input_ids[row, width - len(q):] = torch.tensor(q, dtype=torch.long)
-                attention_mask[row, width - len(q):] = 1
+                input_ids[row, width - len(q) :] = torch.tensor(q, dtype=torch.long)
+                attention_mask[row, width - len(q) :] = 1
             # Positions count real tokens only, so a padded prompt sees the positions it has alone
             # (Llama's rotary embedding is shift-invariant anyway; absolute-position models are not).
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device),
-                               position_ids=position_ids.to(self._device)).logits[:, -1, :].float()
+                logits = (
+                    model(
+                        input_ids=input_ids.to(self._device),
+                        attention_mask=attention_mask.to(self._device),
+                        position_ids=position_ids.to(self._device),
+                    )
+                    .logits[:, -1, :]
+                    .float()
+                )
             for row in logits:
                 out.append((float(row[true_id]), float(row[false_id])))
         return out
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         """P_synth of each structure; unreadable structures and missing checkpoints become named failures."""
         import math
 
@@ -289,16 +315,19 @@ class CSLLMScorer(BaseScorer):
                 results[i] = ScoreResult.failed(self.property, self.unit, err.reason, str(err), prov)
                 continue
             if load_error is not None:
-                results[i] = ScoreResult.failed(self.property, self.unit, *load_error, prov,
-                                                material_string=material)
+                results[i] = ScoreResult.failed(self.property, self.unit, *load_error, prov, material_string=material)
                 continue
             prompt = build_prompt(material)
             n_tokens = len(encode_prompt(self._tokenizer, prompt, self.settings.add_bos))
             if n_tokens > self.settings.max_length:
                 results[i] = ScoreResult.failed(
-                    self.property, self.unit, "prompt_too_long",
+                    self.property,
+                    self.unit,
+                    "prompt_too_long",
                     f"{n_tokens} tokens > max_length {self.settings.max_length}; truncating would cut the question",
-                    prov, material_string=material)
+                    prov,
+                    material_string=material,
+                )
                 continue
             todo.append(i)
             prompts.append(prompt)
@@ -307,23 +336,40 @@ class CSLLMScorer(BaseScorer):
                 logits = self.true_false_logits(prompts)
             except Exception as exc:  # a tokenizer without True/False, CUDA OOM, ...
                 for i in todo:
-                    results[i] = ScoreResult.failed(self.property, self.unit, "inference_failed",
-                                                    f"{type(exc).__name__}: {exc}", prov,
-                                                    material_string=materials[i])
+                    results[i] = ScoreResult.failed(
+                        self.property,
+                        self.unit,
+                        "inference_failed",
+                        f"{type(exc).__name__}: {exc}",
+                        prov,
+                        material_string=materials[i],
+                    )
                 logits = []
             for i, (l_true, l_false) in zip(todo, logits):
                 # Two-way softmax, written as a logistic of the logit difference.
                 diff = l_true - l_false
                 p_true = 1.0 / (1.0 + math.exp(-diff)) if diff > -700 else 0.0
-                results[i] = ScoreResult(property=self.property, value=p_true, unit=self.unit, provenance=prov,
-                                         extra={"material_string": materials[i], "logit_true": l_true,
-                                                "logit_false": l_false, "synthesizable": p_true >= 0.5})
+                results[i] = ScoreResult(
+                    property=self.property,
+                    value=p_true,
+                    unit=self.unit,
+                    provenance=prov,
+                    extra={
+                        "material_string": materials[i],
+                        "logit_true": l_true,
+                        "logit_false": l_false,
+                        "synthesizable": p_true >= 0.5,
+                    },
+                )
         return results  # type: ignore[return-value]
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """The exact prompt and settings for one structure (no model needed)."""
-        out: dict[str, Any] = {"scorer": NAME, "settings": self.settings.model_dump(mode="json"),
-                               "note": MONOLAYER_NOTE}
+        out: dict[str, Any] = {
+            "scorer": NAME,
+            "settings": self.settings.model_dump(mode="json"),
+            "note": MONOLAYER_NOTE,
+        }
         try:
             material = material_string(structure, self.settings.symprec, self.settings.angle_tol)
         except MaterialStringError as exc:

@@ -55,8 +55,14 @@ def read_2dmatpedia(path: str | Path) -> list[LabelledLayer]:
         atoms.pbc = (True, True, False)
         structure = AseAtomsAdaptor.get_structure(atoms)
         material_id = row.data.get("material_id", row.id)
-        layers.append(LabelledLayer(structure, int(process == "top-down"), f"2dmatpedia:{material_id}",
-                                    {"discovery_process": process, "material_id": material_id}))
+        layers.append(
+            LabelledLayer(
+                structure,
+                int(process == "top-down"),
+                f"2dmatpedia:{material_id}",
+                {"discovery_process": process, "material_id": material_id},
+            )
+        )
     return layers
 
 
@@ -70,8 +76,10 @@ def mc2d_structure(entry: dict) -> Structure:
 def read_mc2d(path: str | Path) -> list[LabelledLayer]:
     """Every MC2D entry is a positive (exfoliable from an ICSD/COD parent)."""
     entries = load_mc2d_entries(path)
-    return [LabelledLayer(mc2d_structure(e), 1, f"mc2d:{e.get('structure_label', i)}",
-                          {"spg": e.get("spg")}) for i, e in enumerate(entries)]
+    return [
+        LabelledLayer(mc2d_structure(e), 1, f"mc2d:{e.get('structure_label', i)}", {"spg": e.get("spg")})
+        for i, e in enumerate(entries)
+    ]
 
 
 def identity_key(structure: Structure) -> tuple[str, int]:
@@ -105,9 +113,14 @@ def relabel_experimental(layers: list[LabelledLayer], exclude: Collection[str] =
         entry = match_experimental(layer.structure, entries)
         if entry is None:
             continue
-        record = {"source": layer.source, "material_id": layer.meta.get("material_id"),
-                  "formula": layer.structure.composition.reduced_formula, "matched": entry.name,
-                  "family": entry.family, "reference": entry.citation()}
+        record = {
+            "source": layer.source,
+            "material_id": layer.meta.get("material_id"),
+            "formula": layer.structure.composition.reduced_formula,
+            "matched": entry.name,
+            "family": entry.family,
+            "reference": entry.citation(),
+        }
         if layer.label == 1:
             already.append({**record, "discovery_process": layer.meta.get("discovery_process", "mc2d")})
         elif layer.meta.get("discovery_process") == "bottom-up":
@@ -117,8 +130,9 @@ def relabel_experimental(layers: list[LabelledLayer], exclude: Collection[str] =
     return relabeled, already
 
 
-def load_pu_dataset(data: str | Path | None = None, use_mc2d: bool = True, relabel: bool = True,
-                    exclude_relabel: Collection[str] = ()) -> tuple[list[LabelledLayer], dict]:
+def load_pu_dataset(
+    data: str | Path | None = None, use_mc2d: bool = True, relabel: bool = True, exclude_relabel: Collection[str] = ()
+) -> tuple[list[LabelledLayer], dict]:
     """Positives and unlabeled layers, deduplicated, with counts for the manifest.
 
     With ``relabel`` the bottom-up rows matching ``experimental_monolayers.csv`` become positives

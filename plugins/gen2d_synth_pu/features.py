@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from pymatgen.core import Element, Structure
@@ -17,21 +17,33 @@ from pymatgen.symmetry.groups import PointGroup
 
 #: Element properties averaged over the composition (pymatgen ``Element`` attributes, or derived).
 ELEMENT_PROPERTIES: tuple[str, ...] = (
-    "Z", "row", "group", "X", "atomic_radius", "mendeleev_no", "n_valence", "block",
+    "Z",
+    "row",
+    "group",
+    "X",
+    "atomic_radius",
+    "mendeleev_no",
+    "n_valence",
+    "block",
 )
 #: Statistics of each property over the atoms of the formula (atomic-fraction weighted).
 STATISTICS: tuple[str, ...] = ("mean", "std", "min", "max")
 #: Layer descriptors; none of them reads the vacuum size, which says more about the database than
 #: about the material.
 STRUCTURE_FEATURES: tuple[str, ...] = (
-    "n_elements", "n_sites_primitive", "atoms_per_area", "thickness", "min_bond_ratio",
-    "mean_coordination", "spacegroup_number", "n_point_ops",
+    "n_elements",
+    "n_sites_primitive",
+    "atoms_per_area",
+    "thickness",
+    "min_bond_ratio",
+    "mean_coordination",
+    "spacegroup_number",
+    "n_point_ops",
 )
 SMACT_FEATURES: tuple[str, ...] = ("smact_charge_neutral", "smact_electronegativity_ok", "smact_all_metal")
 
 FEATURE_NAMES: tuple[str, ...] = tuple(
-    [f"{p}_{s}" for p in ELEMENT_PROPERTIES for s in STATISTICS]
-    + list(STRUCTURE_FEATURES) + list(SMACT_FEATURES)
+    [f"{p}_{s}" for p in ELEMENT_PROPERTIES for s in STATISTICS] + list(STRUCTURE_FEATURES) + list(SMACT_FEATURES)
 )
 
 _BLOCK_INDEX = {"s": 0.0, "p": 1.0, "d": 2.0, "f": 3.0}
@@ -49,7 +61,7 @@ class FeatureError(ValueError):
         self.reason = reason
 
 
-@lru_cache(maxsize=None)
+@cache
 def element_properties(symbol: str) -> tuple[float, ...]:
     """The ``ELEMENT_PROPERTIES`` of one element, as floats (NaN where pymatgen has no value)."""
     el = Element(symbol)
@@ -120,8 +132,9 @@ def structure_features(structure: Structure) -> dict[str, float]:
     # for the few heavy elements it lacks.
     from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
 
-    cov = np.array([CovalentRadius.radius.get(site.specie.symbol) or float(site.specie.atomic_radius or 1.5)
-                    for site in structure])
+    cov = np.array(
+        [CovalentRadius.radius.get(site.specie.symbol) or float(site.specie.atomic_radius or 1.5) for site in structure]
+    )
     dists = structure.distance_matrix if n > 1 else np.zeros((1, 1))
     bond_sum = cov[:, None] + cov[None, :]
     if n > 1:
@@ -136,8 +149,7 @@ def structure_features(structure: Structure) -> dict[str, float]:
     cutoff = float(BOND_TOLERANCE * 2 * cov.max())
     coordination = []
     for i, neighbours in enumerate(structure.get_all_neighbors(cutoff)):
-        bonded = [nb.nn_distance for nb in neighbours
-                  if nb.nn_distance <= BOND_TOLERANCE * (cov[i] + cov[nb.index])]
+        bonded = [nb.nn_distance for nb in neighbours if nb.nn_distance <= BOND_TOLERANCE * (cov[i] + cov[nb.index])]
         coordination.append(sum(1 for d in bonded if d <= FIRST_SHELL * min(bonded)) if bonded else 0)
     # Counts per primitive cell, so a supercell of a layer gets the same features (and score) as
     # the layer itself: spglib's pure translations give the supercell multiple.
@@ -212,6 +224,5 @@ def featurize(structure: Structure) -> np.ndarray:
     values = composition_features(structure)
     values.update(structure_features(structure))
     neutral, en_ok, all_metal = smact_screens(structure.composition.reduced_formula)
-    values.update({"smact_charge_neutral": neutral, "smact_electronegativity_ok": en_ok,
-                   "smact_all_metal": all_metal})
+    values.update({"smact_charge_neutral": neutral, "smact_electronegativity_ok": en_ok, "smact_all_metal": all_metal})
     return np.array([values[name] for name in FEATURE_NAMES], dtype=float)

@@ -37,24 +37,38 @@ class TreeArrays:
     p_positive: np.ndarray  # fraction of (weighted) positives in each node
 
     @classmethod
-    def from_sklearn(cls, tree) -> "TreeArrays":
+    def from_sklearn(cls, tree) -> TreeArrays:
         t = tree.tree_
         value = t.value[:, 0, :]
         classes = list(tree.classes_)
         pos_col = classes.index(1)
         p = value[:, pos_col] / np.clip(value.sum(axis=1), 1e-300, None)
-        return cls(t.children_left.astype(np.int64), t.children_right.astype(np.int64),
-                   t.feature.astype(np.int64), t.threshold.astype(np.float64), p.astype(np.float64))
+        return cls(
+            t.children_left.astype(np.int64),
+            t.children_right.astype(np.int64),
+            t.feature.astype(np.int64),
+            t.threshold.astype(np.float64),
+            p.astype(np.float64),
+        )
 
     def to_dict(self) -> dict[str, list]:
-        return {"left": self.left.tolist(), "right": self.right.tolist(), "feature": self.feature.tolist(),
-                "threshold": self.threshold.tolist(), "p_positive": self.p_positive.tolist()}
+        return {
+            "left": self.left.tolist(),
+            "right": self.right.tolist(),
+            "feature": self.feature.tolist(),
+            "threshold": self.threshold.tolist(),
+            "p_positive": self.p_positive.tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, list]) -> "TreeArrays":
-        return cls(np.asarray(d["left"], dtype=np.int64), np.asarray(d["right"], dtype=np.int64),
-                   np.asarray(d["feature"], dtype=np.int64), np.asarray(d["threshold"], dtype=np.float64),
-                   np.asarray(d["p_positive"], dtype=np.float64))
+    def from_dict(cls, d: dict[str, list]) -> TreeArrays:
+        return cls(
+            np.asarray(d["left"], dtype=np.int64),
+            np.asarray(d["right"], dtype=np.int64),
+            np.asarray(d["feature"], dtype=np.int64),
+            np.asarray(d["threshold"], dtype=np.float64),
+            np.asarray(d["p_positive"], dtype=np.float64),
+        )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """P(positive) of each row of ``x`` (already passed through ``prepare_features``)."""
@@ -92,11 +106,15 @@ class BaggedPUModel:
         return np.std([t.predict(x) for t in self.trees], axis=0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "feature_names": list(self.feature_names), "metadata": self.metadata,
-                "trees": [t.to_dict() for t in self.trees]}
+        return {
+            "format": FORMAT,
+            "feature_names": list(self.feature_names),
+            "metadata": self.metadata,
+            "trees": [t.to_dict() for t in self.trees],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BaggedPUModel":
+    def from_dict(cls, d: dict[str, Any]) -> BaggedPUModel:
         if d.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} model (format={d.get('format')!r})")
         return cls(list(d["feature_names"]), [TreeArrays.from_dict(t) for t in d["trees"]], d.get("metadata", {}))
@@ -105,13 +123,20 @@ class BaggedPUModel:
         Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
-    def load(cls, path: str | Path) -> "BaggedPUModel":
+    def load(cls, path: str | Path) -> BaggedPUModel:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def fit_bagged_pu(x_pos: np.ndarray, x_unl: np.ndarray, feature_names: list[str], n_bags: int = 100,
-                  unlabeled_per_bag: float = 1.0, min_samples_leaf: int = 1, max_features: str | float = "sqrt",
-                  seed: int = 0) -> tuple[BaggedPUModel, list]:
+def fit_bagged_pu(
+    x_pos: np.ndarray,
+    x_unl: np.ndarray,
+    feature_names: list[str],
+    n_bags: int = 100,
+    unlabeled_per_bag: float = 1.0,
+    min_samples_leaf: int = 1,
+    max_features: str | float = "sqrt",
+    seed: int = 0,
+) -> tuple[BaggedPUModel, list]:
     """Fit ``n_bags`` trees, each on every positive against a bootstrap sample of the unlabeled set.
 
     Parameters
@@ -137,11 +162,18 @@ def fit_bagged_pu(x_pos: np.ndarray, x_unl: np.ndarray, feature_names: list[str]
         pick = rng.integers(0, len(xu), size=n_unl)
         x = np.vstack([xp, xu[pick]])
         y = np.concatenate([np.ones(len(xp), dtype=int), np.zeros(n_unl, dtype=int)])
-        est = DecisionTreeClassifier(min_samples_leaf=min_samples_leaf, max_features=max_features,
-                                     random_state=int(rng.integers(0, 2**31 - 1)))
+        est = DecisionTreeClassifier(
+            min_samples_leaf=min_samples_leaf, max_features=max_features, random_state=int(rng.integers(0, 2**31 - 1))
+        )
         est.fit(x, y)
         estimators.append(est)
         trees.append(TreeArrays.from_sklearn(est))
-    meta = {"n_bags": n_bags, "unlabeled_per_bag": unlabeled_per_bag, "min_samples_leaf": min_samples_leaf,
-            "max_features": max_features, "seed": seed, "estimator": "sklearn.tree.DecisionTreeClassifier"}
+    meta = {
+        "n_bags": n_bags,
+        "unlabeled_per_bag": unlabeled_per_bag,
+        "min_samples_leaf": min_samples_leaf,
+        "max_features": max_features,
+        "seed": seed,
+        "estimator": "sklearn.tree.DecisionTreeClassifier",
+    }
     return BaggedPUModel(list(feature_names), trees, meta), estimators

@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +83,23 @@ def load_experimental_monolayers(path: str | Path | None = None) -> list[Experim
         rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
     out = []
     for r in rows:
-        out.append(ExperimentalMonolayer(
-            name=r["name"], family=r["family"], formula=r["formula"], prototype_kind=r["prototype"],
-            a=float(r["a"]), b=float(r["b"]) if r["b"] else None, thickness=float(r["thickness"]),
-            thickness_tol=float(r["thickness_tol"]), prototype_source=r["prototype_source"], route=r["route"],
-            substrate=r["substrate"], reference=r["reference"], doi=r["doi"].strip()))
+        out.append(
+            ExperimentalMonolayer(
+                name=r["name"],
+                family=r["family"],
+                formula=r["formula"],
+                prototype_kind=r["prototype"],
+                a=float(r["a"]),
+                b=float(r["b"]) if r["b"] else None,
+                thickness=float(r["thickness"]),
+                thickness_tol=float(r["thickness_tol"]),
+                prototype_source=r["prototype_source"],
+                route=r["route"],
+                substrate=r["substrate"],
+                reference=r["reference"],
+                doi=r["doi"].strip(),
+            )
+        )
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate names in {path}")
@@ -110,11 +122,10 @@ def with_vacuum(structure: Structure, vacuum: float = MATCH_VACUUM) -> Structure
     thickness = float(heights.max() - heights.min())
     new_heights = heights - heights.min() + vacuum / 2
     lattice = Lattice([m[0], m[1], (thickness + vacuum) * normal])
-    return Structure(lattice, structure.species, in_plane + np.outer(new_heights, normal),
-                     coords_are_cartesian=True)
+    return Structure(lattice, structure.species, in_plane + np.outer(new_heights, normal), coords_are_cartesian=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _symmetry(structure_json: str) -> tuple[int, int]:
     """(space group, atoms in the primitive cell) at ``SYMPREC``; (0, n) when spglib gives up."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -132,12 +143,17 @@ def _symmetry(structure_json: str) -> tuple[int, int]:
 def layer_signature(structure: Structure) -> dict:
     """What the match compares before the StructureMatcher fit."""
     spg, n_prim = _symmetry(structure.to(fmt="json"))
-    return {"formula": structure.composition.reduced_formula, "spacegroup": spg, "n_primitive": n_prim,
-            "thickness": layer_thickness_along_normal(structure)}
+    return {
+        "formula": structure.composition.reduced_formula,
+        "spacegroup": spg,
+        "n_primitive": n_prim,
+        "thickness": layer_thickness_along_normal(structure),
+    }
 
 
-def same_layer(first: Structure, second: Structure, thickness_tol: float = 0.3,
-               thickness_ref: float | None = None) -> bool:
+def same_layer(
+    first: Structure, second: Structure, thickness_tol: float = 0.3, thickness_ref: float | None = None
+) -> bool:
     """True when two monolayers are the same layer structure (lattice constants may differ by a few %).
 
     Requires the same reduced formula, primitive-cell size and space group, thicknesses within
@@ -154,22 +170,23 @@ def same_layer(first: Structure, second: Structure, thickness_tol: float = 0.3,
     ref = s1["thickness"] if thickness_ref is None else thickness_ref
     if not math.isfinite(s2["thickness"]) or abs(s2["thickness"] - ref) > thickness_tol:
         return False
-    matcher = StructureMatcher(ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL, primitive_cell=True, scale=True,
-                               attempt_supercell=True)
+    matcher = StructureMatcher(
+        ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL, primitive_cell=True, scale=True, attempt_supercell=True
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bool(matcher.fit(with_vacuum(first), with_vacuum(second)))
 
 
-def match_experimental(structure: Structure,
-                       entries: Iterable[ExperimentalMonolayer] | None = None) -> ExperimentalMonolayer | None:
+def match_experimental(
+    structure: Structure, entries: Iterable[ExperimentalMonolayer] | None = None
+) -> ExperimentalMonolayer | None:
     """The curated experimental monolayer this layer is, or None (formula alone never matches)."""
     entries = load_experimental_monolayers() if entries is None else entries
     formula = structure.composition.reduced_formula
     for entry in entries:
         if entry.formula != formula:
             continue
-        if same_layer(entry.prototype(), structure, thickness_tol=entry.thickness_tol,
-                      thickness_ref=entry.thickness):
+        if same_layer(entry.prototype(), structure, thickness_tol=entry.thickness_tol, thickness_ref=entry.thickness):
             return entry
     return None

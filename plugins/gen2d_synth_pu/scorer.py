@@ -80,11 +80,16 @@ class PUSynthScorer(BaseScorer):
             model=f"bagged PU decision trees ({meta.get('n_bags', '?')} bags, sklearn {meta.get('sklearn_version', '?')})",
             checkpoint_sha256=self._sha256,
             reference_set="positives: 2DMatPedia top-down + MC2D-258 + bottom-up rows grown in the lab "
-                          "(experimental_monolayers.csv); unlabeled: the other 2DMatPedia bottom-up rows",
-            settings={"threshold": self.threshold, "model_path": str(self.model_path),
-                      **{k: meta[k] for k in ("n_bags", "unlabeled_per_bag", "seed") if k in meta}},
-            notes=["PU-bagging score (mean over bags); ranks like a probability but is not calibrated",
-                   "the CV figures in MANIFEST.json use the threshold 0.5"],
+            "(experimental_monolayers.csv); unlabeled: the other 2DMatPedia bottom-up rows",
+            settings={
+                "threshold": self.threshold,
+                "model_path": str(self.model_path),
+                **{k: meta[k] for k in ("n_bags", "unlabeled_per_bag", "seed") if k in meta},
+            },
+            notes=[
+                "PU-bagging score (mean over bags); ranks like a probability but is not calibrated",
+                "the CV figures in MANIFEST.json use the threshold 0.5",
+            ],
         )
 
     @staticmethod
@@ -104,15 +109,17 @@ class PUSynthScorer(BaseScorer):
             raise FeatureError(verdict.reasons[0], "; ".join(verdict.messages) or verdict.reasons[0])
         return orient_2d(structure)
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         """P_synth of each structure; a structure that cannot be featurized gets a named failure."""
         try:
             model = self._load()
         except Exception as exc:  # no model → every item fails with the reason, none raises
             prov = Provenance(plugin=NAME, settings={"model_path": str(self.model_path)})
-            return [ScoreResult.failed(self.property, self.unit, "model_unavailable", str(exc), prov)
-                    for _ in structures]
+            return [
+                ScoreResult.failed(self.property, self.unit, "model_unavailable", str(exc), prov) for _ in structures
+            ]
         prov = self.provenance()
         results: list[ScoreResult | None] = [None] * len(structures)
         rows, where = [], []
@@ -123,8 +130,9 @@ class PUSynthScorer(BaseScorer):
             except FeatureError as exc:
                 results[i] = ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), prov)
             except Exception as exc:  # anything pymatgen/spglib/SMACT throws on odd input
-                results[i] = ScoreResult.failed(self.property, self.unit, "featurization_failed",
-                                                f"{type(exc).__name__}: {exc}", prov)
+                results[i] = ScoreResult.failed(
+                    self.property, self.unit, "featurization_failed", f"{type(exc).__name__}: {exc}", prov
+                )
         if rows:
             x = np.array(rows)
             p = model.predict_proba(x)
@@ -145,8 +153,14 @@ class PUSynthScorer(BaseScorer):
                     # These elements never appeared among the unlabeled layers: the model has only
                     # seen them as positives, so its score there is an extrapolation that leans high.
                     extra["elements_outside_unlabeled_set"] = unseen
-                results[i] = ScoreResult(property=self.property, value=float(p[k]), unit=self.unit,
-                                         uncertainty=float(spread[k]), extra=extra, provenance=prov)
+                results[i] = ScoreResult(
+                    property=self.property,
+                    value=float(p[k]),
+                    unit=self.unit,
+                    uncertainty=float(spread[k]),
+                    extra=extra,
+                    provenance=prov,
+                )
         return [r for r in results]  # type: ignore[misc]
 
     def train(self, **options: Any) -> dict[str, Any]:
@@ -159,7 +173,7 @@ class PUSynthScorer(BaseScorer):
         """Everything the scorer would do with one structure: features, model, manifest metrics."""
         out: dict[str, Any] = {"scorer": NAME, "model_path": str(self.model_path)}
         try:
-            model = self._load()
+            self._load()
         except Exception as exc:
             out["error"] = str(exc)
             return out

@@ -10,8 +10,8 @@ import json
 import logging
 import platform
 import sys
-from datetime import datetime, timezone
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,36 @@ MODEL_FILE = "model.json"
 MANIFEST_FILE = "MANIFEST.json"
 THRESHOLD = 0.5
 #: Monolayers made in the lab (exfoliated or grown); their out-of-fold scores go in the manifest.
-KNOWN_EXPERIMENTAL_FORMULAS = ("MoS2", "MoSe2", "WS2", "WSe2", "MoTe2", "BN", "C", "P", "InSe", "GaS", "GaSe",
-                               "SnS2", "SnSe2", "HfS2", "ZrS2", "PtSe2", "ReS2", "TiS2", "CrI3", "Bi2Se3",
-                               "Bi2Te3", "PbI2", "MoO3", "FeSe", "NbSe2", "TaS2", "Sb", "As")
+KNOWN_EXPERIMENTAL_FORMULAS = (
+    "MoS2",
+    "MoSe2",
+    "WS2",
+    "WSe2",
+    "MoTe2",
+    "BN",
+    "C",
+    "P",
+    "InSe",
+    "GaS",
+    "GaSe",
+    "SnS2",
+    "SnSe2",
+    "HfS2",
+    "ZrS2",
+    "PtSe2",
+    "ReS2",
+    "TiS2",
+    "CrI3",
+    "Bi2Se3",
+    "Bi2Te3",
+    "PbI2",
+    "MoO3",
+    "FeSe",
+    "NbSe2",
+    "TaS2",
+    "Sb",
+    "As",
+)
 
 
 def default_model_dir() -> Path:
@@ -55,8 +82,13 @@ def _invocation() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
 
-def featurize_dataset(data: str | Path | None = None, use_mc2d: bool = True, relabel: bool = True,
-                      exclude_relabel: Collection[str] = (), return_layers: bool = False):
+def featurize_dataset(
+    data: str | Path | None = None,
+    use_mc2d: bool = True,
+    relabel: bool = True,
+    exclude_relabel: Collection[str] = (),
+    return_layers: bool = False,
+):
     """Feature matrix, labels, sources, formulas and dataset counts of the PU training set.
 
     With ``return_layers`` the featurized :class:`~gen2d_synth_pu.datasets.LabelledLayer` list (row
@@ -107,22 +139,33 @@ def template_check(model, layers: list, y: np.ndarray, oof: np.ndarray) -> list[
         rows = []
         for i in by_formula.get(structure.composition.reduced_formula, []):
             if same_layer(structure, layers[i].structure):
-                rows.append({"source": layers[i].source, "label": int(y[i]),
-                             "relabeled_as": layers[i].meta.get("relabeled_as"),
-                             "out_of_fold_score": round(float(oof[i]), 4)})
+                rows.append(
+                    {
+                        "source": layers[i].source,
+                        "label": int(y[i]),
+                        "relabeled_as": layers[i].meta.get("relabeled_as"),
+                        "out_of_fold_score": round(float(oof[i]), 4),
+                    }
+                )
         same_formula = [int(y[i]) for i in by_formula.get(structure.composition.reduced_formula, [])]
-        table.append({"template": name, "formula": spec.formula, "p_synth": round(p, 4),
-                      "passes": p >= THRESHOLD,
-                      "same_formula_training_rows": {"positive": same_formula.count(1),
-                                                     "unlabeled": same_formula.count(0)},
-                      "in_sample": any(r["label"] == 1 for r in rows),
-                      "via_relabel": any(r["relabeled_as"] for r in rows),
-                      "training_rows": rows})
+        table.append(
+            {
+                "template": name,
+                "formula": spec.formula,
+                "p_synth": round(p, 4),
+                "passes": p >= THRESHOLD,
+                "same_formula_training_rows": {"positive": same_formula.count(1), "unlabeled": same_formula.count(0)},
+                "in_sample": any(r["label"] == 1 for r in rows),
+                "via_relabel": any(r["relabeled_as"] for r in rows),
+                "training_rows": rows,
+            }
+        )
     return table
 
 
-def leave_family_out(x: np.ndarray, y: np.ndarray, layers: list, relabeled: list[dict], seed: int = 0,
-                     **fit_options: Any) -> dict[str, Any]:
+def leave_family_out(
+    x: np.ndarray, y: np.ndarray, layers: list, relabeled: list[dict], seed: int = 0, **fit_options: Any
+) -> dict[str, Any]:
     """For each relabeled family: refit without that relabel and score the family's templates.
 
     Only the labels change (the relabeled rows go back to unlabeled); features, settings and seed are
@@ -150,8 +193,9 @@ def leave_family_out(x: np.ndarray, y: np.ndarray, layers: list, relabeled: list
     return out
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, sources: np.ndarray, n_folds: int = 5, seed: int = 0,
-                   **fit_options: Any) -> tuple[dict[str, Any], np.ndarray]:
+def cross_validate(
+    x: np.ndarray, y: np.ndarray, sources: np.ndarray, n_folds: int = 5, seed: int = 0, **fit_options: Any
+) -> tuple[dict[str, Any], np.ndarray]:
     """Stratified k-fold: every layer is scored by a model that never saw it.
 
     Returns the metrics (recall on held-out positives, overall and per database; fraction of held-out
@@ -163,8 +207,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, sources: np.ndarray, n_folds: i
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (train_idx, test_idx) in enumerate(folds.split(x, y)):
         ytr = y[train_idx]
-        model, _ = fit_bagged_pu(x[train_idx][ytr == 1], x[train_idx][ytr == 0], list(FEATURE_NAMES),
-                                 seed=seed + k, **fit_options)
+        model, _ = fit_bagged_pu(
+            x[train_idx][ytr == 1], x[train_idx][ytr == 0], list(FEATURE_NAMES), seed=seed + k, **fit_options
+        )
         oof[test_idx] = model.predict_proba(x[test_idx])
     pos, unl = y == 1, y == 0
     from_matpedia = np.char.startswith(sources.astype(str), "2dmatpedia")
@@ -174,7 +219,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, sources: np.ndarray, n_folds: i
         "threshold": THRESHOLD,
         "recall_heldout_positives": float(called[pos].mean()),
         "recall_heldout_positives_2dmatpedia_topdown": float(called[pos & from_matpedia].mean()),
-        "recall_heldout_positives_mc2d": float(called[pos & ~from_matpedia].mean()) if (pos & ~from_matpedia).any() else None,
+        "recall_heldout_positives_mc2d": float(called[pos & ~from_matpedia].mean())
+        if (pos & ~from_matpedia).any()
+        else None,
         "fraction_unlabeled_predicted_positive": float(called[unl].mean()),
         "mean_score_positives": float(oof[pos].mean()),
         "mean_score_unlabeled": float(oof[unl].mean()),
@@ -184,10 +231,19 @@ def cross_validate(x: np.ndarray, y: np.ndarray, sources: np.ndarray, n_folds: i
     return metrics, oof
 
 
-def train(output_dir: str | Path | None = None, data: str | Path | None = None, n_bags: int = 100,
-          n_folds: int = 5, seed: int = 0, unlabeled_per_bag: float = 0.6, use_mc2d: bool = True,
-          relabel: bool = True, exclude_relabel: Collection[str] = (), command: str | None = None,
-          date: str | None = None) -> dict[str, Any]:
+def train(
+    output_dir: str | Path | None = None,
+    data: str | Path | None = None,
+    n_bags: int = 100,
+    n_folds: int = 5,
+    seed: int = 0,
+    unlabeled_per_bag: float = 0.6,
+    use_mc2d: bool = True,
+    relabel: bool = True,
+    exclude_relabel: Collection[str] = (),
+    command: str | None = None,
+    date: str | None = None,
+) -> dict[str, Any]:
     """Cross-validate, then fit the PU model on all data and write ``model.json`` + ``MANIFEST.json``.
 
     Parameters
@@ -232,7 +288,8 @@ def train(output_dir: str | Path | None = None, data: str | Path | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     root = Path(data) if data else data_dir()
     x, y, sources, formulas, elements, counts, layers = featurize_dataset(
-        root, use_mc2d=use_mc2d, relabel=relabel, exclude_relabel=exclude_relabel, return_layers=True)
+        root, use_mc2d=use_mc2d, relabel=relabel, exclude_relabel=exclude_relabel, return_layers=True
+    )
     fit_options = {"n_bags": n_bags, "unlabeled_per_bag": unlabeled_per_bag}
     cv_metrics, oof = cross_validate(x, y, sources, n_folds=n_folds, seed=seed, **fit_options)
 
@@ -248,18 +305,22 @@ def train(output_dir: str | Path | None = None, data: str | Path | None = None, 
     lfo = leave_family_out(x, y, layers, counts["relabeled_experimental"], seed=seed, **fit_options)
     unlabeled_elements = sorted({e for i, els in enumerate(elements) if y[i] == 0 for e in els})
     positive_elements = sorted({e for i, els in enumerate(elements) if y[i] == 1 for e in els})
-    model.metadata.update({
-        "threshold": THRESHOLD,
-        "unlabeled_elements": unlabeled_elements,
-        "positive_elements": positive_elements,
-        "gen2d_version": gen2d.__version__,
-        "sklearn_version": sklearn.__version__,
-    })
+    model.metadata.update(
+        {
+            "threshold": THRESHOLD,
+            "unlabeled_elements": unlabeled_elements,
+            "positive_elements": positive_elements,
+            "gen2d_version": gen2d.__version__,
+            "sklearn_version": sklearn.__version__,
+        }
+    )
     model_path = out / MODEL_FILE
     model.save(model_path)
 
-    data_files = {name: {"path": str(root / name), "sha256": _sha256(root / name)}
-                  for name in ([MATPEDIA_FILE, MC2D_FILE] if use_mc2d else [MATPEDIA_FILE])}
+    data_files = {
+        name: {"path": str(root / name), "sha256": _sha256(root / name)}
+        for name in ([MATPEDIA_FILE, MC2D_FILE] if use_mc2d else [MATPEDIA_FILE])
+    }
     manifest = {
         "model": MODEL_FILE,
         "model_sha256": _sha256(model_path),
@@ -267,28 +328,34 @@ def train(output_dir: str | Path | None = None, data: str | Path | None = None, 
         "format": model.to_dict()["format"],
         "property": "p_synth",
         "unit": "probability",
-        "description": ("PU-bagging score (Mordelet & Vert 2014) of decision trees: positives are monolayers "
-                        "exfoliated from experimentally known bulk plus the few database layers grown bottom-up "
-                        "in the lab (curated, cited list), the unlabeled set hypothetical ones. "
-                        "Thresholded at 0.5; not a calibrated probability."),
+        "description": (
+            "PU-bagging score (Mordelet & Vert 2014) of decision trees: positives are monolayers "
+            "exfoliated from experimentally known bulk plus the few database layers grown bottom-up "
+            "in the lab (curated, cited list), the unlabeled set hypothetical ones. "
+            "Thresholded at 0.5; not a calibrated probability."
+        ),
         "data": {
             "files": data_files,
-            "positives": "2DMatPedia discovery_process=top-down" + (" + all of MC2D-258 exfoliable" if use_mc2d else "")
-                         + (" + 2DMatPedia bottom-up rows relabeled as experimental (relabeled_ids)" if relabel else ""),
+            "positives": "2DMatPedia discovery_process=top-down"
+            + (" + all of MC2D-258 exfoliable" if use_mc2d else "")
+            + (" + 2DMatPedia bottom-up rows relabeled as experimental (relabeled_ids)" if relabel else ""),
             "unlabeled": "2DMatPedia discovery_process=bottom-up, minus the relabeled rows",
-            "relabel": ("2DMatPedia bottom-up rows that are monolayers grown bottom-up in the lab (curated list "
-                        "gen2d_synth_pu/experimental_monolayers.csv, with references) are positives; matched by "
-                        "reduced formula AND structure (primitive-cell size, space group at symprec 0.1, "
-                        "thickness within the listed tolerance of the prototype, pymatgen StructureMatcher)"
-                        if relabel else "off"),
+            "relabel": (
+                "2DMatPedia bottom-up rows that are monolayers grown bottom-up in the lab (curated list "
+                "gen2d_synth_pu/experimental_monolayers.csv, with references) are positives; matched by "
+                "reduced formula AND structure (primitive-cell size, space group at symprec 0.1, "
+                "thickness within the listed tolerance of the prototype, pymatgen StructureMatcher)"
+                if relabel
+                else "off"
+            ),
             "relabeled_ids": [r["material_id"] for r in counts["relabeled_experimental"]],
             "experimental_list_sha256": _sha256(EXPERIMENTAL_MONOLAYERS_FILE),
             "deduplication": "one layer per (reduced formula, space group at symprec 0.1); an unlabeled layer "
-                             "with a positive's key is removed only if it is also the same layer structure "
-                             "(gen2d_synth_pu.relabel.same_layer)",
+            "with a positive's key is removed only if it is also the same layer structure "
+            "(gen2d_synth_pu.relabel.same_layer)",
             "counts": counts,
             "licenses": "2DMatPedia CC BY 4.0 (Zhou et al., Sci. Data 6, 86 (2019)); MC2D CC BY 4.0 "
-                        "(Mounet et al., Nat. Nanotechnol. 13, 246 (2018))",
+            "(Mounet et al., Nat. Nanotechnol. 13, 246 (2018))",
         },
         "features": list(FEATURE_NAMES),
         "settings": {**model.metadata},
@@ -316,7 +383,7 @@ def train(output_dir: str | Path | None = None, data: str | Path | None = None, 
             "gives its score without the relabel.",
         ],
         "command": command or _invocation(),
-        "date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": date or datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

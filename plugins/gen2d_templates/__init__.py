@@ -32,7 +32,8 @@ class TemplateGenerator:
         for name in names[: n if n else None]:
             spec = TEMPLATES[name]
             yield GeneratedStructure(
-                structure=build_template(name), source_id=name,
+                structure=build_template(name),
+                source_id=name,
                 parameters={"family": spec.family, "citation": spec.citation},
                 labels={"synth_label": 1 if spec.experimental else None},
             )

@@ -183,6 +183,7 @@ class AdsorptionResult:
 # Sites
 # ----------------------------------------------------------------------------------------------------
 
+
 def _mirror_z(structure: Structure) -> Structure:
     """The slab reflected through its mid-plane; c must lie along z (``orient_2d``)."""
     frac = structure.frac_coords.copy()
@@ -193,8 +194,9 @@ def _mirror_z(structure: Structure) -> Structure:
 def _face_sites(structure: Structure, settings: AdsorptionSettings) -> tuple[list[tuple[str, np.ndarray]], int]:
     """(kind, Cartesian position) of the symmetry-distinct sites on the +z face, and its surface atoms."""
     finder = AdsorbateSiteFinder(structure, height=0.9, mi_vec=[0.0, 0.0, 1.0])
-    found = finder.find_adsorption_sites(distance=settings.initial_height, positions=settings.site_kinds,
-                                         symm_reduce=1e-2, near_reduce=1e-2)
+    found = finder.find_adsorption_sites(
+        distance=settings.initial_height, positions=settings.site_kinds, symm_reduce=1e-2, near_reduce=1e-2
+    )
     sites = [(kind, np.asarray(pos, dtype=float)) for kind in settings.site_kinds for pos in found.get(kind, [])]
     return sites, len(finder.surface_sites)
 
@@ -207,8 +209,9 @@ def _symmetry_operations(structure: Structure, symprec: float) -> list:
         return []
 
 
-def _equivalent_to_any(lattice: Lattice, ops: Sequence, position: np.ndarray, kept: Sequence[np.ndarray],
-                       tol: float = 0.15) -> bool:
+def _equivalent_to_any(
+    lattice: Lattice, ops: Sequence, position: np.ndarray, kept: Sequence[np.ndarray], tol: float = 0.15
+) -> bool:
     """True when a symmetry operation maps ``position`` (Cartesian) within ``tol`` Å of a kept site."""
     if not kept:
         return False
@@ -251,8 +254,10 @@ def find_adsorption_sites(structure: Structure, settings: AdsorptionSettings | N
 
 def supercell_repeats(lattice: Lattice, min_inplane_length: float) -> tuple[int, int]:
     """Repeats (n_a, n_b) that make both in-plane vectors at least ``min_inplane_length`` Å long."""
-    return (max(1, math.ceil(min_inplane_length / lattice.a - 1e-9)),
-            max(1, math.ceil(min_inplane_length / lattice.b - 1e-9)))
+    return (
+        max(1, math.ceil(min_inplane_length / lattice.a - 1e-9)),
+        max(1, math.ceil(min_inplane_length / lattice.b - 1e-9)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,6 +293,7 @@ def h2_reference(calculator, fmax: float = 0.01, box: float = 15.0) -> tuple[flo
 # Flags
 # ----------------------------------------------------------------------------------------------------
 
+
 def _min_image_vector(atoms: Atoms, vector: np.ndarray) -> np.ndarray:
     """Shortest in-plane periodic image of a displacement."""
     from ase.geometry import find_mic
@@ -295,8 +301,9 @@ def _min_image_vector(atoms: Atoms, vector: np.ndarray) -> np.ndarray:
     return find_mic(np.atleast_2d(vector), atoms.cell, pbc=(True, True, False))[0][0]
 
 
-def _flag_site(initial: Atoms, final: Atoms, h_index: int, n_components: int,
-               settings: AdsorptionSettings) -> tuple[list[str], int, float, float]:
+def _flag_site(
+    initial: Atoms, final: Atoms, h_index: int, n_components: int, settings: AdsorptionSettings
+) -> tuple[list[str], int, float, float]:
     """Named flags for one relaxed H, and its nearest slab atom (index, distance) and lateral move."""
     flags: list[str] = []
     slab_idx = np.array([k for k in range(len(final)) if k != h_index])
@@ -318,8 +325,9 @@ def _flag_site(initial: Atoms, final: Atoms, h_index: int, n_components: int,
         flags.append("layer_broke")
     from ase.geometry import find_mic
 
-    moves = find_mic(final.positions[slab_idx_list] - initial.positions[slab_idx_list], final.cell,
-                     pbc=(True, True, False))[1]
+    moves = find_mic(
+        final.positions[slab_idx_list] - initial.positions[slab_idx_list], final.cell, pbc=(True, True, False)
+    )[1]
     if len(moves) and float(np.max(moves)) > settings.layer_distortion_distance:
         flags.append("layer_reconstructed")
     return flags, nearest, nearest_distance, lateral
@@ -329,14 +337,16 @@ def _flag_site(initial: Atoms, final: Atoms, h_index: int, n_components: int,
 # The recipe
 # ----------------------------------------------------------------------------------------------------
 
+
 def _structure_to_atoms(structure: Structure) -> Atoms:
     from gen2d.structures import to_ase
 
     return to_ase(structure)
 
 
-def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = None,
-             slab_energy_per_cell: float | None = None) -> AdsorptionResult:
+def adsorb_h(
+    slab: Structure, calculator, settings: AdsorptionSettings | None = None, slab_energy_per_cell: float | None = None
+) -> AdsorptionResult:
     """ΔG_H on every distinct site of a relaxed, oriented monolayer.
 
     Parameters
@@ -384,8 +394,9 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
         start_atoms.pbc = (True, True, False)
         starts.append(start_atoms)
     # every site relaxes with its own FIRE; the MLIP evaluates all of them in one batch per step
-    relaxed = relax_in_plane_batch([a.copy() for a in starts], calculator, fmax=settings.fmax,
-                                   steps=settings.steps, relax_cell=False)
+    relaxed = relax_in_plane_batch(
+        [a.copy() for a in starts], calculator, fmax=settings.fmax, steps=settings.steps, relax_cell=False
+    )
     results: list[SiteResult] = []
     for site, start_atoms, relax in zip(sites, starts, relaxed, strict=True):
         coverage = 1.0 / (site.n_surface_atoms * na * nb) if site.n_surface_atoms else float("nan")
@@ -401,23 +412,41 @@ def adsorb_h(slab: Structure, calculator, settings: AdsorptionSettings | None = 
         de = None if energy is None else energy - e_slab - 0.5 * e_h2
         if de is not None and not (settings.dg_h_window[0] <= de + settings.dg_correction <= settings.dg_h_window[1]):
             flags.append("implausible_energy")
-        results.append(SiteResult(
-            face=site.face, kind=site.kind,
-            initial_position=[float(x) for x in site.position],
-            final_position=[float(x) for x in final.positions[h_index]],
-            nearest_atom=final.get_chemical_symbols()[nearest], nearest_atom_index=nearest,
-            nearest_distance=nearest_d, lateral_displacement=lateral, coverage=coverage,
-            energy=energy, delta_e_h=de, delta_g_h=None if de is None else de + settings.dg_correction,
-            converged=bool(relax.converged), steps=int(relax.steps), flags=flags,
-        ))
-    return AdsorptionResult(sites=results, supercell=(na, nb), n_slab_atoms=n_slab, e_slab=e_slab,
-                            e_h2=e_h2, h2_bond_length=h2_bond, settings=settings.as_dict(),
-                            cpu_seconds=time.process_time() - start)
+        results.append(
+            SiteResult(
+                face=site.face,
+                kind=site.kind,
+                initial_position=[float(x) for x in site.position],
+                final_position=[float(x) for x in final.positions[h_index]],
+                nearest_atom=final.get_chemical_symbols()[nearest],
+                nearest_atom_index=nearest,
+                nearest_distance=nearest_d,
+                lateral_displacement=lateral,
+                coverage=coverage,
+                energy=energy,
+                delta_e_h=de,
+                delta_g_h=None if de is None else de + settings.dg_correction,
+                converged=bool(relax.converged),
+                steps=int(relax.steps),
+                flags=flags,
+            )
+        )
+    return AdsorptionResult(
+        sites=results,
+        supercell=(na, nb),
+        n_slab_atoms=n_slab,
+        e_slab=e_slab,
+        e_h2=e_h2,
+        h2_bond_length=h2_bond,
+        settings=settings.as_dict(),
+        cpu_seconds=time.process_time() - start,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Refinement: a costlier calculator (DFT) on the best sites a cheaper one (an MLIP) found
 # ----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RefineSettings:
@@ -490,8 +519,9 @@ def _free_indices(atoms: Atoms, centre: np.ndarray, radius: float, n_slab: int) 
     return [int(i) for i in np.nonzero(d < radius)[0]]
 
 
-def _constrained_bfgs(atoms: Atoms, calculator, free: Sequence[int], fmax: float, steps: int,
-                      trajectory: str | None) -> tuple[Atoms, float, bool, int]:
+def _constrained_bfgs(
+    atoms: Atoms, calculator, free: Sequence[int], fmax: float, steps: int, trajectory: str | None
+) -> tuple[Atoms, float, bool, int]:
     """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
 
     Every evaluated frame (positions, energy, forces) is appended to ``trajectory``: the frames are
@@ -531,9 +561,15 @@ def _constrained_bfgs(atoms: Atoms, calculator, free: Sequence[int], fmax: float
     return final, energy, converged, done_steps + int(opt.nsteps)
 
 
-def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_calculator, workdir: str,
-                      settings: AdsorptionSettings | None = None, refine: RefineSettings | None = None,
-                      h2: tuple[float, float] | None = None) -> AdsorptionResult:
+def refine_adsorption(
+    slab: Structure,
+    sites: Sequence[dict[str, Any]],
+    make_calculator,
+    workdir: str,
+    settings: AdsorptionSettings | None = None,
+    refine: RefineSettings | None = None,
+    h2: tuple[float, float] | None = None,
+) -> AdsorptionResult:
     """ΔG_H on a few sites with an expensive calculator, started from a cheaper recipe's relaxed H.
 
     Parameters
@@ -637,8 +673,9 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
                 _seed_restart(os.path.join(workdir, "slab"), d)  # same atoms, same start: 1-3 SCF steps, not 30
                 calc = make_calculator(d)
                 try:
-                    _, e, conv, n = _constrained_bfgs(base, calc, slab_free, refine.fmax, refine.steps,
-                                                      os.path.join(d, "relax.traj"))
+                    _, e, conv, n = _constrained_bfgs(
+                        base, calc, slab_free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
+                    )
                     return {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
                     return {"energy": None, "failure": _failure_name(exc), "message": str(exc)}
@@ -656,10 +693,16 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
         def _site(d, start_atoms=start_atoms, free=free):
             calc = make_calculator(d)
             try:
-                final, e, conv, n = _constrained_bfgs(start_atoms, calc, free, refine.fmax, refine.steps,
-                                                      os.path.join(d, "relax.traj"))
-                return {"energy": e, "converged": conv, "steps": n, "positions": final.positions.tolist(),
-                        "cost": _cost(calc)}
+                final, e, conv, n = _constrained_bfgs(
+                    start_atoms, calc, free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
+                )
+                return {
+                    "energy": e,
+                    "converged": conv,
+                    "steps": n,
+                    "positions": final.positions.tolist(),
+                    "cost": _cost(calc),
+                }
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
                 return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "steps": 0}
             finally:
@@ -685,19 +728,37 @@ def refine_adsorption(slab: Structure, sites: Sequence[dict[str, Any]], make_cal
             flags.append("implausible_energy")
         n_surface = surface_counts.get(site.get("face", "top"), 0)
         coverage = 1.0 / (n_surface * na * nb) if n_surface else float("nan")
-        results.append(SiteResult(
-            face=site.get("face", "top"), kind=site.get("kind", "?"), initial_position=[float(x) for x in h_pos],
-            final_position=[float(x) for x in final.positions[h_index]],
-            nearest_atom=final.get_chemical_symbols()[nearest], nearest_atom_index=int(nearest),
-            nearest_distance=float(nearest_d), lateral_displacement=float(lateral), coverage=coverage,
-            energy=None if energy is None else float(energy), delta_e_h=de,
-            delta_g_h=None if de is None else de + settings.dg_correction,
-            converged=bool(doc.get("converged", False)), steps=int(doc.get("steps", 0)), flags=flags,
-            run_dir=os.path.join(workdir, f"site_{k}")))
+        results.append(
+            SiteResult(
+                face=site.get("face", "top"),
+                kind=site.get("kind", "?"),
+                initial_position=[float(x) for x in h_pos],
+                final_position=[float(x) for x in final.positions[h_index]],
+                nearest_atom=final.get_chemical_symbols()[nearest],
+                nearest_atom_index=int(nearest),
+                nearest_distance=float(nearest_d),
+                lateral_displacement=float(lateral),
+                coverage=coverage,
+                energy=None if energy is None else float(energy),
+                delta_e_h=de,
+                delta_g_h=None if de is None else de + settings.dg_correction,
+                converged=bool(doc.get("converged", False)),
+                steps=int(doc.get("steps", 0)),
+                flags=flags,
+                run_dir=os.path.join(workdir, f"site_{k}"),
+            )
+        )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
-    result = AdsorptionResult(sites=results, supercell=(na, nb), n_slab_atoms=n_slab, e_slab=float(slab_doc["energy"]),
-                              e_h2=float(e_h2), h2_bond_length=float(h2_bond), settings=all_settings,
-                              cpu_seconds=time.process_time() - start_cpu)
+    result = AdsorptionResult(
+        sites=results,
+        supercell=(na, nb),
+        n_slab_atoms=n_slab,
+        e_slab=float(slab_doc["energy"]),
+        e_h2=float(e_h2),
+        h2_bond_length=float(h2_bond),
+        settings=all_settings,
+        cpu_seconds=time.process_time() - start_cpu,
+    )
     result.wall_seconds = time.perf_counter() - start_wall  # type: ignore[attr-defined]
     return result
 
@@ -721,15 +782,22 @@ def h2_reference_dft(directory: str, make_calculator, box: float = 12.0) -> tupl
     try:
         mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[box, box, box], pbc=True)
         mol.center()
-        final, energy, converged, steps = _constrained_bfgs(mol, calc, [0, 1], 0.01, 50,
-                                                            os.path.join(directory, "relax.traj"))
+        final, energy, converged, steps = _constrained_bfgs(
+            mol, calc, [0, 1], 0.01, 50, os.path.join(directory, "relax.traj")
+        )
     finally:
         close = getattr(calc, "close", None)
         if callable(close):
             close()
     bond = float(np.linalg.norm(final.positions[1] - final.positions[0]))
-    doc = {"energy": energy, "bond": bond, "converged": converged, "steps": steps,
-           "energy_unit": "eV", "bond_unit": "Å"}
+    doc = {
+        "energy": energy,
+        "bond": bond,
+        "converged": converged,
+        "steps": steps,
+        "energy_unit": "eV",
+        "bond_unit": "Å",
+    }
     with open(path + ".tmp", "w") as fh:
         json.dump(doc, fh)
     os.replace(path + ".tmp", path)

@@ -14,14 +14,20 @@ from rich.table import Table
 
 from gen2d.scoring import iter_score_docs
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="gen2d: guided generation, scoring and ranking of 2D monolayers for HER.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="gen2d: guided generation, scoring and ranking of 2D monolayers for HER.",
+)
 err = Console(stderr=True)
 # tables keep their rows on one line when piped into a file or a pager
 out = Console() if sys.stdout.isatty() else Console(width=220)
 
-StoreOpt = typer.Option(None, "--store", help="store URI (monty:///path, mongodb://..., memory://); "
-                                             "default $GEN2D_STORE or monty://./gen2d-data")
+StoreOpt = typer.Option(
+    None,
+    "--store",
+    help="store URI (monty:///path, mongodb://..., memory://); default $GEN2D_STORE or monty://./gen2d-data",
+)
 JsonOpt = typer.Option(False, "--json", help="print one JSON document to stdout and nothing else")
 
 
@@ -49,8 +55,15 @@ def _open(store: Optional[str], as_json: bool):
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,17 +78,25 @@ def ingest(
 ):
     """Validate and upsert structures as candidates; list every rejected input with its reason."""
     from gen2d.data.ingest import ingest_outcomes
-    from gen2d.data.readers import MonolayerRecord, ReadOutcome, Rejection, read_any
+    from gen2d.data.readers import MonolayerRecord, ReadOutcome, read_any
 
     kind = "dataset"
     if path == "builtin:templates":
         from gen2d.scoring import get_generator
 
         gen = get_generator("templates")
-        outcomes = (ReadOutcome(record=MonolayerRecord(g.structure, "templates", g.source_id,
-                                                       {k: v for k, v in g.labels.items() if v is not None},
-                                                       g.parameters))
-                    for g in gen.generate())
+        outcomes = (
+            ReadOutcome(
+                record=MonolayerRecord(
+                    g.structure,
+                    "templates",
+                    g.source_id,
+                    {k: v for k, v in g.labels.items() if v is not None},
+                    g.parameters,
+                )
+            )
+            for g in gen.generate()
+        )
         kind = "templates"
     else:
         p = Path(path)
@@ -86,15 +107,18 @@ def ingest(
     cs = _open(store, as_json)
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"ingest {Path(path).name}", total=None)
-        report = ingest_outcomes(outcomes, cs, set_name, kind=kind, max_atoms=max_atoms,
-                                 progress=lambda k: prog.advance(task, k))
+        report = ingest_outcomes(
+            outcomes, cs, set_name, kind=kind, max_atoms=max_atoms, progress=lambda k: prog.advance(task, k)
+        )
     doc = report.as_dict()
     if as_json:
         _emit_json(doc)
         return
-    out.print(f"read {doc['read']}, accepted {doc['accepted']} ({100 * doc['accepted_fraction']:.1f} %), "
-              f"new {doc['inserted']}, already stored {doc['updated']}; strict 2D valid "
-              f"{doc['strict_ok']} of accepted ({100 * doc['strict_fraction']:.1f} %) → {cs.uri}")
+    out.print(
+        f"read {doc['read']}, accepted {doc['accepted']} ({100 * doc['accepted_fraction']:.1f} %), "
+        f"new {doc['inserted']}, already stored {doc['updated']}; strict 2D valid "
+        f"{doc['strict_ok']} of accepted ({100 * doc['strict_fraction']:.1f} %) → {cs.uri}"
+    )
     if report.rejected:
         t = Table(title=f"rejected inputs ({len(report.rejected)})")
         for c in ("source_id", "reason", "message"):
@@ -119,8 +143,9 @@ def plugins(as_json: bool = JsonOpt):
     for c in ("kind", "name", "available", "property", "unit", "reason"):
         t.add_column(c, overflow="fold")
     for i in infos:
-        t.add_row(i.kind, i.name, "yes" if i.available else "[red]no[/red]", i.property or "", i.unit or "",
-                  i.reason[:160])
+        t.add_row(
+            i.kind, i.name, "yes" if i.available else "[red]no[/red]", i.property or "", i.unit or "", i.reason[:160]
+        )
     out.print(t)
 
 
@@ -167,14 +192,21 @@ def _row_view(doc: dict[str, Any]) -> dict[str, Any]:
         return summ.get(p, PropertySummary()).unit
 
     return {
-        "candidate_id": doc["candidate_id"], "formula": doc.get("formula"), "nsites": doc.get("nsites"),
+        "candidate_id": doc["candidate_id"],
+        "formula": doc.get("formula"),
+        "nsites": doc.get("nsites"),
         "sets": doc.get("sets", []),
         "source": ",".join(sorted({s.get("kind", "") for s in doc.get("sources", [])})),
         "strict_ok": validity.strict.ok if "strict" in (doc.get("validity") or {}) else None,
-        "e_hull": val("e_hull"), "e_hull_unit": unit("e_hull") or "eV/atom",
-        "dg_h": val("dg_h"), "dg_h_unit": unit("dg_h") or "eV",
-        "p_synth": val("p_synth"), "p_synth_unit": unit("p_synth") or "probability",
-        "hit": rank.hit, "rank_score": rank.score, "pareto_front": rank.pareto_front,
+        "e_hull": val("e_hull"),
+        "e_hull_unit": unit("e_hull") or "eV/atom",
+        "dg_h": val("dg_h"),
+        "dg_h_unit": unit("dg_h") or "eV",
+        "p_synth": val("p_synth"),
+        "p_synth_unit": unit("p_synth") or "probability",
+        "hit": rank.hit,
+        "rank_score": rank.score,
+        "pareto_front": rank.pareto_front,
         "labels": {k: v for k, v in (doc.get("labels") or {}).items() if k in ("e_hull", "synth_label", "dg_h")},
     }
 
@@ -182,12 +214,14 @@ def _row_view(doc: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 def top(
     k: int = typer.Option(20, "--k", help="how many rows"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="field or alias (e_hull, dg_h, abs_dg_h, p_synth, "
-                                                              "rank_score); prefix '-' for descending"),
+    sort: Optional[str] = typer.Option(
+        None, "--sort", help="field or alias (e_hull, dg_h, abs_dg_h, p_synth, rank_score); prefix '-' for descending"
+    ),
     where: list[str] = typer.Option([], "--where", help="filter FIELD<VALUE (<, <=, >, >=, =, !=); repeatable"),
     set_name: Optional[str] = typer.Option(None, "--set", help="only this candidate set"),
-    show_failed: bool = typer.Option(False, "--show-failed", help="list candidates with failed scores or "
-                                                                 "failed strict validity, with reasons"),
+    show_failed: bool = typer.Option(
+        False, "--show-failed", help="list candidates with failed scores or failed strict validity, with reasons"
+    ),
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
 ):
@@ -211,21 +245,46 @@ def top(
         order = [("rank.score", -1)]
     else:
         order = [("formula", 1)]
-    rows = [_row_view(d) for d in cs.query(crit, sort=order, limit=k,
-                                           properties=["candidate_id", "formula", "nsites", "sets", "sources",
-                                                       "validity", "summary", "rank", "labels"])]
+    rows = [
+        _row_view(d)
+        for d in cs.query(
+            crit,
+            sort=order,
+            limit=k,
+            properties=[
+                "candidate_id",
+                "formula",
+                "nsites",
+                "sets",
+                "sources",
+                "validity",
+                "summary",
+                "rank",
+                "labels",
+            ],
+        )
+    ]
     total = cs.count(crit)
     if as_json:
         _emit_json({"store": cs.uri, "total": total, "sort": order, "rows": rows})
         return
     t = Table(title=f"top {len(rows)} of {total} candidates ({cs.uri})")
-    for c in ("id", "formula", "n", "set", "source", "2D", "E_hull (eV/atom)", "ΔG_H (eV)", "P_synth", "hit",
-              "score"):
+    for c in ("id", "formula", "n", "set", "source", "2D", "E_hull (eV/atom)", "ΔG_H (eV)", "P_synth", "hit", "score"):
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(r["candidate_id"], r["formula"], str(r["nsites"]), ",".join(r["sets"]), r["source"],
-                  "✓" if r["strict_ok"] else "✗", _fmt(r["e_hull"]), _fmt(r["dg_h"]), _fmt(r["p_synth"], 2),
-                  {True: "HIT", False: "", None: ""}[r["hit"]], _fmt(r["rank_score"]))
+        t.add_row(
+            r["candidate_id"],
+            r["formula"],
+            str(r["nsites"]),
+            ",".join(r["sets"]),
+            r["source"],
+            "✓" if r["strict_ok"] else "✗",
+            _fmt(r["e_hull"]),
+            _fmt(r["dg_h"]),
+            _fmt(r["p_synth"], 2),
+            {True: "HIT", False: "", None: ""}[r["hit"]],
+            _fmt(r["rank_score"]),
+        )
     out.print(t)
 
 
@@ -250,8 +309,14 @@ def _top_failed(k: int, set_name: Optional[str], store: Optional[str], as_json: 
     for d in cs.query(crit, properties=["candidate_id", "formula", "sets", "validity", "scores", "flags"]):
         reasons = _failures_of(d)
         if reasons:
-            rows.append({"candidate_id": d["candidate_id"], "formula": d["formula"], "sets": d.get("sets", []),
-                         "reasons": reasons})
+            rows.append(
+                {
+                    "candidate_id": d["candidate_id"],
+                    "formula": d["formula"],
+                    "sets": d.get("sets", []),
+                    "reasons": reasons,
+                }
+            )
     if as_json:
         _emit_json({"store": cs.uri, "failed": len(rows), "rows": rows[:k] if k else rows})
         return
@@ -282,10 +347,11 @@ def show(
     from gen2d.store import Candidate
 
     cand = Candidate.model_validate(doc)
-    out.print(f"[bold]{cand.candidate_id}[/bold]  {cand.formula}  ({cand.nsites} sites)  sets: "
-              f"{', '.join(cand.sets)}")
-    out.print(f"cell: a={cand.cell.get('a')} Å, b={cand.cell.get('b')} Å, γ={cand.cell.get('gamma')}°, "
-              f"thickness={cand.cell.get('thickness')} Å")
+    out.print(f"[bold]{cand.candidate_id}[/bold]  {cand.formula}  ({cand.nsites} sites)  sets: {', '.join(cand.sets)}")
+    out.print(
+        f"cell: a={cand.cell.get('a')} Å, b={cand.cell.get('b')} Å, γ={cand.cell.get('gamma')}°, "
+        f"thickness={cand.cell.get('thickness')} Å"
+    )
     for level, v in (("ingest", cand.validity.ingest), ("strict", cand.validity.strict)):
         out.print(f"validity {level}: {'ok' if v.ok else 'FAILED ' + ', '.join(v.reasons)}")
     out.print(f"labels: {json.dumps({k: v for k, v in cand.labels.items() if k != 'source_properties'}, default=str)}")
@@ -294,8 +360,12 @@ def show(
     for sc in cand.iter_scores():
         status = _fmt(sc.value) + f" {sc.unit}" if sc.ok else f"FAILED {(sc.failure or {}).get('reason')}"
         # escaped: rich would read "[model ...]" as a markup tag and drop it
-        out.print(escape(f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
-                         f"reference {sc.provenance.get('reference_set')}]"))
+        out.print(
+            escape(
+                f"score {sc.scorer}: {status}  [model {sc.provenance.get('model', '')}; "
+                f"reference {sc.provenance.get('reference_set')}]"
+            )
+        )
     if cand.rank is not None:
         out.print(f"rank: {json.dumps(cand.rank.model_dump(mode='json'), default=str)}")
     out.print(cand.get_structure())
@@ -389,13 +459,21 @@ def score(
         crit["sets"] = set_name
     cs = _open(store, as_json)
     todo = candidates_to_score(cs, scorer, sc, crit)  # the same selection as a flow's score jobs
-    total = {"scorer": scorer, "store": cs.uri, "to_score": len(todo), "n_scored": 0, "n_ok": 0, "n_failed": 0,
-             "failures": {}}
+    total = {
+        "scorer": scorer,
+        "store": cs.uri,
+        "to_score": len(todo),
+        "n_scored": 0,
+        "n_ok": 0,
+        "n_failed": 0,
+        "failures": {},
+    }
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"score {scorer}", total=len(todo))
         for i in range(0, len(todo), batch_size):
-            res = score_candidates(scorer, options, todo[i:i + batch_size], store,
-                                   progress=lambda k: prog.advance(task, k))
+            res = score_candidates(
+                scorer, options, todo[i : i + batch_size], store, progress=lambda k: prog.advance(task, k)
+            )
             for k in ("n_scored", "n_ok", "n_failed"):
                 total[k] += getattr(res, k)
             for k, v in res.failures.items():
@@ -403,8 +481,10 @@ def score(
     if as_json:
         _emit_json(total)
     else:
-        out.print(f"{scorer}: scored {total['n_scored']} (ok {total['n_ok']}, failed {total['n_failed']}"
-                  f"{' ' + json.dumps(total['failures']) if total['failures'] else ''}) in {cs.uri}")
+        out.print(
+            f"{scorer}: scored {total['n_scored']} (ok {total['n_ok']}, failed {total['n_failed']}"
+            f"{' ' + json.dumps(total['failures']) if total['failures'] else ''}) in {cs.uri}"
+        )
 
 
 @app.command()
@@ -441,8 +521,9 @@ def explain(
 def train(
     generator: Optional[str] = typer.Option(None, "--generator", help="train a generator plugin"),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="train a scorer plugin (e.g. synth.pu)"),
-    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="label with the MLIP and train a surrogate "
-                                                                       "(e.g. dgh.dimenet)"),
+    surrogate: Optional[str] = typer.Option(
+        None, "--surrogate", help="label with the MLIP and train a surrogate (e.g. dgh.dimenet)"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options"),
     option: list[str] = OptionOpt,
     as_json: bool = JsonOpt,
@@ -480,14 +561,18 @@ def train(
 def generate(
     n: int = typer.Option(..., "--n", help="how many structures"),
     generator: str = typer.Option("egnn-diffusion", "--generator"),
-    guidance: list[str] = typer.Option([], "--guidance", help="a preset (none, cfg, gradient, both) or KEY=VALUE "
-                                                              "(cfg_weight=2, eta=0.08, targets.dg_h=0); repeatable"),
+    guidance: list[str] = typer.Option(
+        [],
+        "--guidance",
+        help="a preset (none, cfg, gradient, both) or KEY=VALUE (cfg_weight=2, eta=0.08, targets.dg_h=0); repeatable",
+    ),
     seed: int = typer.Option(0, "--seed"),
     set_name: str = typer.Option("generated", "--set"),
     start: Optional[str] = typer.Option(None, "--start", help="egnn-diffusion: free or templates"),
     steps: Optional[int] = typer.Option(None, "--steps", help="egnn-diffusion: respace the schedule to K steps"),
-    elements: Optional[str] = typer.Option(None, "--elements", help="egnn-diffusion: sample only these elements "
-                                                                   "(a chemical space), e.g. Mo,W,S,Se"),
+    elements: Optional[str] = typer.Option(
+        None, "--elements", help="egnn-diffusion: sample only these elements (a chemical space), e.g. Mo,W,S,Se"
+    ),
     option: list[str] = OptionOpt,
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
@@ -513,18 +598,31 @@ def generate(
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"generate ({generator})", total=n)
         try:
-            res = generate_candidates(generator, _parse_options(option), n, seed, params, set_name, store,
-                                      progress=lambda k: prog.advance(task, k))
+            res = generate_candidates(
+                generator,
+                _parse_options(option),
+                n,
+                seed,
+                params,
+                set_name,
+                store,
+                progress=lambda k: prog.advance(task, k),
+            )
         except RuntimeError as exc:
             _fail(str(exc), as_json)
     doc = res.model_dump()
     if as_json:
         _emit_json(doc)
     else:
-        out.print(f"generated {res.n_generated}, stored {res.n_accepted} (strict 2D valid {res.n_strict}) in set "
-                  f"{set_name}; rejected {len(res.rejected)}"
-                  + (f"; {res.n_flagged} flagged (diverged generation, see `gen2d top --show-failed`)"
-                     if res.n_flagged else ""))
+        out.print(
+            f"generated {res.n_generated}, stored {res.n_accepted} (strict 2D valid {res.n_strict}) in set "
+            f"{set_name}; rejected {len(res.rejected)}"
+            + (
+                f"; {res.n_flagged} flagged (diverged generation, see `gen2d top --show-failed`)"
+                if res.n_flagged
+                else ""
+            )
+        )
 
 
 @app.command()
@@ -581,10 +679,10 @@ def _load_flow_spec(spec: Path, override: list[str], as_json: bool):
 
 def _build_flow(fs, spec: Path, as_json: bool):
     """The jobflow Flow of ``fs``; an unknown scorer or a bad scorer option is a named error."""
+    import contextlib
+
     from gen2d.flows import build_flow
     from gen2d.scoring import ScorerOptionsError
-
-    import contextlib
 
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a plugin that prints on import keeps stdout clean
@@ -620,14 +718,23 @@ def run(
     from gen2d.jobs import rank_set
 
     ranked = rank_set(cs, [fs.set], fs.thresholds)
-    doc = {"flow": fs.flow, "name": fs.name, "store": cs.uri, "set": fs.set, "jobs": len(responses),
-           "failed_jobs": failed, "rank": ranked.model_dump(),
-           "report": str(Path(fs.report.out).absolute() / "index.html") if fs.report else None}
+    doc = {
+        "flow": fs.flow,
+        "name": fs.name,
+        "store": cs.uri,
+        "set": fs.set,
+        "jobs": len(responses),
+        "failed_jobs": failed,
+        "rank": ranked.model_dump(),
+        "report": str(Path(fs.report.out).absolute() / "index.html") if fs.report else None,
+    }
     if as_json:
         _emit_json(doc)
     else:
-        out.print(f"flow finished: {len(responses)} jobs ran{', FAILED: ' + ', '.join(failed) if failed else ''}; "
-                  f"{ranked.n_complete} candidates fully scored, {ranked.n_hits} hits")
+        out.print(
+            f"flow finished: {len(responses)} jobs ran{', FAILED: ' + ', '.join(failed) if failed else ''}; "
+            f"{ranked.n_complete} candidates fully scored, {ranked.n_hits} hits"
+        )
         if doc["report"]:
             out.print(f"report: {doc['report']}")
     if failed:
@@ -639,17 +746,16 @@ def submit(
     spec: Path = typer.Argument(..., help="a flow spec (workflows/*.yaml)"),
     launchpad: Path = typer.Option(..., "--launchpad", help="your my_launchpad.yaml"),
     override: list[str] = typer.Option([], "--set-option", "-s"),
-    store: Optional[str] = typer.Option(None, "--store", help="candidate store URI for the workers "
-                                                              "(default: each worker's $GEN2D_STORE)"),
+    store: Optional[str] = typer.Option(
+        None, "--store", help="candidate store URI for the workers (default: each worker's $GEN2D_STORE)"
+    ),
     as_json: bool = JsonOpt,
 ):
     """Convert a flow to a FireWorks workflow and add it to your LaunchPad (gpu/cpu worker categories)."""
     from fireworks import LaunchPad
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from gen2d.store import redact_uri
-
-    from gen2d.store import readable_secret_warning
+    from gen2d.store import readable_secret_warning, redact_uri
 
     warning = readable_secret_warning(launchpad)
     if warning:
@@ -657,8 +763,11 @@ def submit(
     fs = _load_flow_spec(spec, override, as_json)
     if store:
         if redact_uri(store) != store:
-            _fail("a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
-                  "workers instead", as_json)
+            _fail(
+                "a store URI with a password would be written into the workflow; set GEN2D_STORE on the "
+                "workers instead",
+                as_json,
+            )
         fs.store = store
     flow = _build_flow(fs, spec, as_json)  # a bad scorer option is refused here, not on a worker
     import contextlib
@@ -684,17 +793,21 @@ def submit(
     if as_json:
         _emit_json(doc)
     else:
-        out.print(f"added workflow {wf.name!r}: {len(wf.fws)} fireworks, categories {cats}. On the cluster: "
-                  f"rlaunch -c <config dir> rapidfire (or qlaunch) with a FWorker of category gpu or cpu.")
+        out.print(
+            f"added workflow {wf.name!r}: {len(wf.fws)} fireworks, categories {cats}. On the cluster: "
+            f"rlaunch -c <config dir> rapidfire (or qlaunch) with a FWorker of category gpu or cpu."
+        )
 
 
 @app.command()
 def evaluate(
     spec: Path = typer.Argument(..., help="an evaluation spec (workflows/evaluate.yaml)"),
-    override: list[str] = typer.Option([], "--set-option", "-s", help="spec override KEY=VALUE, e.g. seeds=[0,1,2] "
-                                                                      "or arms.3.generator=substitution"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for evaluate.json, results.md and the "
-                                                               "plots (default: the spec's `out`)"),
+    override: list[str] = typer.Option(
+        [], "--set-option", "-s", help="spec override KEY=VALUE, e.g. seeds=[0,1,2] or arms.3.generator=substitution"
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="folder for evaluate.json, results.md and the plots (default: the spec's `out`)"
+    ),
     as_json: bool = JsonOpt,
 ):
     """Run the evaluation suite: every arm at an equal generation CPU budget, scored the same way, 95 % CIs."""
@@ -715,8 +828,10 @@ def evaluate(
     def progress(msg: str) -> None:  # stderr: stdout stays for the one JSON document
         err.print(msg)
 
-    err.print(f"evaluating {len(es.arms)} arms + {sum(len(s.values) for s in es.sweeps) - len(alias)} sweep "
-              f"points x {len(es.seeds)} seeds, {es.budget_cpu_s:g} CPU-s of generation each")
+    err.print(
+        f"evaluating {len(es.arms)} arms + {sum(len(s.values) for s in es.sweeps) - len(alias)} sweep "
+        f"points x {len(es.seeds)} seeds, {es.budget_cpu_s:g} CPU-s of generation each"
+    )
     # some backends print to stdout when they load; stdout keeps the one JSON document
     problem = None
     with contextlib.redirect_stdout(sys.stderr):
@@ -728,9 +843,16 @@ def evaluate(
         _fail(problem, as_json)
     import shlex
 
-    doc["command"] = shlex.join(["gen2d", "evaluate", str(spec), *[a for o in override for a in ("-s", o)],
-                                 *(["--out", str(out_dir)] if out_dir is not None else []),
-                                 *(["--json"] if as_json else [])])
+    doc["command"] = shlex.join(
+        [
+            "gen2d",
+            "evaluate",
+            str(spec),
+            *[a for o in override for a in ("-s", o)],
+            *(["--out", str(out_dir)] if out_dir is not None else []),
+            *(["--json"] if as_json else []),
+        ]
+    )
     Path(doc["files"]["json"]).write_text(json.dumps(doc, indent=2, default=str))
     if as_json:
         _emit_json(doc)
@@ -769,8 +891,9 @@ def models_list(as_json: bool = JsonOpt):
 @models_app.command("fetch")
 def models_fetch(
     name: str = typer.Argument(..., help="a model name from `gen2d models list`"),
-    from_file: Optional[Path] = typer.Option(None, "--from", help="install this local copy instead of downloading "
-                                                                  "(checked like a download)"),
+    from_file: Optional[Path] = typer.Option(
+        None, "--from", help="install this local copy instead of downloading (checked like a download)"
+    ),
     url: Optional[str] = typer.Option(None, "--url", help="download from this URL (a mirror) instead"),
     as_json: bool = JsonOpt,
 ):
@@ -787,8 +910,9 @@ def models_fetch(
             if from_file is not None:
                 got = weights.install_file(name, from_file)
             else:
-                got = weights.fetch(name, url_override=url,
-                                    progress=lambda done, total: prog.update(task, completed=done, total=total))
+                got = weights.fetch(
+                    name, url_override=url, progress=lambda done, total: prog.update(task, completed=done, total=total)
+                )
         except weights.WeightsError as exc:
             problem = f"{type(exc).__name__}: {exc}"
         else:

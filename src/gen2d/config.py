@@ -38,8 +38,10 @@ class ScorerSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="scorer constructor options")
     batch_size: int = Field(32, description="candidates per scoring job")
     top_k: int | None = Field(None, description="score only the current top-k by rank (e.g. MLIP ΔG_H on 5)")
-    where: list[str] = Field(default_factory=list, description="only candidates matching these filters, "
-                                                               "e.g. ['validity.strict.ok=true', 'nelements<=3']")
+    where: list[str] = Field(
+        default_factory=list,
+        description="only candidates matching these filters, e.g. ['validity.strict.ok=true', 'nelements<=3']",
+    )
     category: str = "cpu"
 
 
@@ -52,9 +54,12 @@ class ConfirmSpec(BaseModel):
 
     m: int = Field(3, ge=0, description="DFT on the top m candidates by rank (0: no DFT)")
     scorer: str = Field("dgh.dft", description="the DFT scorer plugin")
-    options: dict[str, Any] = Field(default_factory=dict, description="scorer options, e.g. {threads: 2, cp2k: {cutoff_ry: 400}}")
-    where: list[str] = Field(default_factory=lambda: ["validity.strict.ok=true"],
-                             description="only candidates matching these filters")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="scorer options, e.g. {threads: 2, cp2k: {cutoff_ry: 400}}"
+    )
+    where: list[str] = Field(
+        default_factory=lambda: ["validity.strict.ok=true"], description="only candidates matching these filters"
+    )
     category: str = Field("dft", description="FireWorks worker category of the DFT job")
 
 
@@ -75,8 +80,9 @@ class FlowSpec(BaseModel):
     train: TrainSpec | None = None
     generate: GenerateSpec | None = None
     scorers: list[ScorerSpec] = Field(default_factory=list)
-    confirm: ConfirmSpec = Field(default_factory=lambda: ConfirmSpec(m=0),
-                                 description="DFT confirmation of the top m (default off: m = 0)")
+    confirm: ConfirmSpec = Field(
+        default_factory=lambda: ConfirmSpec(m=0), description="DFT confirmation of the top m (default off: m = 0)"
+    )
     thresholds: RankThresholds = Field(default_factory=RankThresholds)
     report: ReportSpec | None = Field(default_factory=ReportSpec)
 

@@ -22,31 +22,50 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
     thresholds = spec.thresholds.model_dump()
     for sc in spec.scorers:
         if sc.top_k:
-            rank = set_category(RankMaker(name="rank (interim)", sets=[spec.set], thresholds=thresholds)
-                                .make(store, after=prev), "cpu")
+            rank = set_category(
+                RankMaker(name="rank (interim)", sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu"
+            )
             jobs.append(rank)
             prev = rank.output
-        maker = ScoreMaker(name=f"score {sc.name}", scorer=sc.name, options=sc.options, batch_size=sc.batch_size,
-                           top_k=sc.top_k, where=sc.where, set_name=spec.set, category=sc.category)
+        maker = ScoreMaker(
+            name=f"score {sc.name}",
+            scorer=sc.name,
+            options=sc.options,
+            batch_size=sc.batch_size,
+            top_k=sc.top_k,
+            where=sc.where,
+            set_name=spec.set,
+            category=sc.category,
+        )
         j = set_category(maker.make(store, after=prev), sc.category)
         jobs.append(j)
         prev = j.output
     if spec.confirm.m > 0:
         # DFT is the last and dearest stage: rank on everything the cheaper scorers said, then confirm the top m
         c = spec.confirm
-        rank = set_category(RankMaker(name="rank (before DFT)", sets=[spec.set], thresholds=thresholds)
-                            .make(store, after=prev), "cpu")
+        rank = set_category(
+            RankMaker(name="rank (before DFT)", sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu"
+        )
         jobs.append(rank)
-        maker = ScoreMaker(name=f"confirm {c.scorer}", scorer=c.scorer, options=c.options, batch_size=1,
-                           top_k=c.m, where=c.where, set_name=spec.set, category=c.category)
+        maker = ScoreMaker(
+            name=f"confirm {c.scorer}",
+            scorer=c.scorer,
+            options=c.options,
+            batch_size=1,
+            top_k=c.m,
+            where=c.where,
+            set_name=spec.set,
+            category=c.category,
+        )
         j = set_category(maker.make(store, after=rank.output), c.category)
         jobs.append(j)
         prev = j.output
     rank = set_category(RankMaker(sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu")
     jobs.append(rank)
     if spec.report is not None:
-        rep = ReportMaker(sets=[spec.set], out_dir=str(Path(spec.report.out).absolute()),
-                          top_k=spec.report.top_k).make(store, after=rank.output)
+        rep = ReportMaker(sets=[spec.set], out_dir=str(Path(spec.report.out).absolute()), top_k=spec.report.top_k).make(
+            store, after=rank.output
+        )
         jobs.append(set_category(rep, "cpu"))
     return Flow(jobs, output=rank.output, name=spec.name)
 
@@ -56,15 +75,21 @@ def discover_flow(spec: FlowSpec) -> Flow:
     jobs = []
     ckpt = None
     if spec.train is not None:
-        t = set_category(TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind,
-                                    options=spec.train.options).make(spec.store), spec.train.category)
+        t = set_category(
+            TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind, options=spec.train.options).make(spec.store),
+            spec.train.category,
+        )
         jobs.append(t)
         ckpt = t.output
     g = spec.generate
     if g is None:
         raise ValueError("a discover flow needs a `generate` section")
-    gen = set_category(GenerateMaker(generator=g.generator, options=g.options, n=g.n, seed=g.seed, params=g.params,
-                                     set_name=spec.set).make(spec.store, checkpoint=ckpt), g.category)
+    gen = set_category(
+        GenerateMaker(
+            generator=g.generator, options=g.options, n=g.n, seed=g.seed, params=g.params, set_name=spec.set
+        ).make(spec.store, checkpoint=ckpt),
+        g.category,
+    )
     jobs.append(gen)
     return _score_rank_report(spec, gen.output.candidate_ids, jobs)
 
@@ -80,16 +105,19 @@ def rank_cifs_flow(spec: FlowSpec) -> Flow:
 def pretrain_surrogate_flow(spec: FlowSpec) -> Flow:
     if spec.train is None:
         raise ValueError("a pretrain-surrogate flow needs a `train` section")
-    t = set_category(TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind, options=spec.train.options)
-                     .make(spec.store), spec.train.category)
+    t = set_category(
+        TrainMaker(plugin=spec.train.plugin, kind=spec.train.kind, options=spec.train.options).make(spec.store),
+        spec.train.category,
+    )
     return Flow([t], output=t.output, name=spec.name)
 
 
 def build_flow(spec: FlowSpec) -> Flow:
     """The flow of ``spec``; scorer options are checked first (:meth:`FlowSpec.check_scorer_options`)."""
     spec.check_scorer_options()
-    return {"discover": discover_flow, "rank-cifs": rank_cifs_flow,
-            "pretrain-surrogate": pretrain_surrogate_flow}[spec.flow](spec)
+    return {"discover": discover_flow, "rank-cifs": rank_cifs_flow, "pretrain-surrogate": pretrain_surrogate_flow}[
+        spec.flow
+    ](spec)
 
 
 def job_store(uri: str | None = None):
@@ -109,7 +137,7 @@ def job_store(uri: str | None = None):
         docs = MontyStore("outputs", database_path=path, database_name="gen2d", storage="sqlite")
         data = MontyStore("outputs_data", database_path=path, database_name="gen2d", storage="sqlite")
     elif uri.startswith("memory://"):
-        name = uri[len("memory://"):] or "gen2d"
+        name = uri[len("memory://") :] or "gen2d"
         docs, data = MemoryStore(f"{name}_outputs"), MemoryStore(f"{name}_outputs_data")
     else:
         from urllib.parse import urlsplit

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +186,16 @@ class GenerateMaker(Maker):
         return generate_candidates(self.generator, options, self.n, self.seed, self.params, self.set_name, store)
 
 
-def generate_candidates(generator: str, options: dict, n: int | None, seed: int, params: dict, set_name: str,
-                        store: str | None = None, progress=None) -> GenerateOutput:
+def generate_candidates(
+    generator: str,
+    options: dict,
+    n: int | None,
+    seed: int,
+    params: dict,
+    set_name: str,
+    store: str | None = None,
+    progress=None,
+) -> GenerateOutput:
     """Run a generator and upsert its valid outputs as candidates (the body of GenerateMaker)."""
     t0 = _cpu_seconds()
     gen = get_generator(generator, **options)
@@ -205,20 +212,41 @@ def generate_candidates(generator: str, options: dict, n: int | None, seed: int,
             progress(1)
         v = validate_ingest(g.structure)
         if not v.ok:
-            out.rejected.append({"source_id": g.source_id, "reason": v.reasons[0], "message": v.messages[0],
-                                 **({"flags": sorted(g.flags)} if g.flags else {})})
+            out.rejected.append(
+                {
+                    "source_id": g.source_id,
+                    "reason": v.reasons[0],
+                    "message": v.messages[0],
+                    **({"flags": sorted(g.flags)} if g.flags else {}),
+                }
+            )
             continue
         # a generator's own predictions are not reference labels: they travel with the source
         predicted = {k: v2 for k, v2 in g.labels.items() if k.startswith(("predicted_", "strict_"))}
         labels = {k: v2 for k, v2 in g.labels.items() if v2 is not None and k not in predicted}
-        src = SourceInfo(kind="templates" if generator == "templates" else "generator", set=set_name,
-                         source_id=g.source_id or f"{run_id}-{out.n_generated}", run_id=run_id,
-                         parameters={"generator": generator, "seed": seed, **params, **g.parameters,
-                                     **({"generator_predictions": predicted} if predicted else {})})
+        src = SourceInfo(
+            kind="templates" if generator == "templates" else "generator",
+            set=set_name,
+            source_id=g.source_id or f"{run_id}-{out.n_generated}",
+            run_id=run_id,
+            parameters={
+                "generator": generator,
+                "seed": seed,
+                **params,
+                **g.parameters,
+                **({"generator_predictions": predicted} if predicted else {}),
+            },
+        )
         cand = make_candidate(g.structure, src, labels=labels, ingest=v)
         if g.flags:
-            cand.flags = {k: {**(val if isinstance(val, dict) else {"details": val}), "source_id": src.source_id,
-                              "run_id": run_id} for k, val in g.flags.items()}
+            cand.flags = {
+                k: {
+                    **(val if isinstance(val, dict) else {"details": val}),
+                    "source_id": src.source_id,
+                    "run_id": run_id,
+                }
+                for k, val in g.flags.items()
+            }
             out.n_flagged += 1
         out.n_accepted += 1
         out.n_strict += cand.validity.strict_ok
@@ -249,10 +277,17 @@ class IngestMaker(Maker):
         t0 = _cpu_seconds()
         cs = _store(store)
         report = ingest_outcomes(read_any(self.path), cs, self.set_name, kind="cif-set")
-        return GenerateOutput(set=self.set_name, generator="cif-set", run_id=uuid.uuid4().hex[:12],
-                              n_generated=report.read, n_accepted=report.accepted, n_strict=report.strict_ok,
-                              candidate_ids=list(dict.fromkeys(report.candidate_ids)), rejected=report.rejected,
-                              cpu_seconds=_cpu_seconds() - t0)
+        return GenerateOutput(
+            set=self.set_name,
+            generator="cif-set",
+            run_id=uuid.uuid4().hex[:12],
+            n_generated=report.read,
+            n_accepted=report.accepted,
+            n_strict=report.strict_ok,
+            candidate_ids=list(dict.fromkeys(report.candidate_ids)),
+            rejected=report.rejected,
+            cpu_seconds=_cpu_seconds() - t0,
+        )
 
 
 def _context_for(cand: Candidate, requires: tuple[str, ...]) -> dict[str, ScoreResult]:
@@ -272,9 +307,14 @@ def score_batch(scorer: str, options: dict, candidate_ids: list[str], store: str
     return score_candidates(scorer, options, candidate_ids, store)
 
 
-def candidates_to_score(cs: CandidateStore, scorer: str, sc: BaseScorer | None = None,
-                        criteria: dict[str, Any] | None = None, candidate_ids: list[str] | None = None,
-                        top_k: int | None = None) -> list[str]:
+def candidates_to_score(
+    cs: CandidateStore,
+    scorer: str,
+    sc: BaseScorer | None = None,
+    criteria: dict[str, Any] | None = None,
+    candidate_ids: list[str] | None = None,
+    top_k: int | None = None,
+) -> list[str]:
     """Ids of the candidates that still need ``scorer``: the work left to do, for flows and ``gen2d score``.
 
     A candidate needs it when it holds no result from ``scorer`` or one that lacks the scorer's
@@ -289,8 +329,14 @@ def candidates_to_score(cs: CandidateStore, scorer: str, sc: BaseScorer | None =
     if candidate_ids is not None:
         crit["candidate_id"] = {"$in": list(candidate_ids)}
     if top_k:
-        ranked = list(cs.query(base, sort=[("rank.n_properties", -1), ("rank.screen_score", -1)], limit=top_k,
-                               properties=["candidate_id"]))
+        ranked = list(
+            cs.query(
+                base,
+                sort=[("rank.n_properties", -1), ("rank.screen_score", -1)],
+                limit=top_k,
+                properties=["candidate_id"],
+            )
+        )
         best = [d["candidate_id"] for d in ranked]
         if candidate_ids is not None:
             given = set(candidate_ids)
@@ -299,8 +345,9 @@ def candidates_to_score(cs: CandidateStore, scorer: str, sc: BaseScorer | None =
     return [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, sc.current, properties=["candidate_id"])]
 
 
-def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store: str | None = None,
-                     progress=None) -> ScoreOutput:
+def score_candidates(
+    scorer: str, options: dict, candidate_ids: list[str], store: str | None = None, progress=None
+) -> ScoreOutput:
     """Score candidates and upsert each result as soon as its mini-batch returns.
 
     Candidates that already hold a result from this scorer are skipped, so rerunning a batch after a
@@ -323,7 +370,8 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
             continue
         if old is not None:  # made by an older version of the scorer: kept in the new result's extra
             superseded[cid] = {k: old.get(k) for k in ("value", "unit", "ok")} | {
-                "provenance_settings": (old.get("provenance") or {}).get("settings")}
+                "provenance_settings": (old.get("provenance") or {}).get("settings")
+            }
         cands.append(cand)
     requires = tuple(sc.requires or ())
     structures = [c.get_structure() for c in cands]
@@ -335,7 +383,7 @@ def score_candidates(scorer: str, options: dict, candidate_ids: list[str], store
         t_now = _cpu_seconds()
         per_item = (t_now - t_prev) / max(1, len(results))  # this process's CPU time, shared evenly
         t_prev = t_now
-        for c, r in zip(cands[done:done + len(results)], results):
+        for c, r in zip(cands[done : done + len(results)], results):
             r.extra.setdefault("cpu_seconds", round(per_item, 4))
             if c.candidate_id in superseded:
                 r.extra["superseded"] = superseded[c.candidate_id]
@@ -383,7 +431,7 @@ class ScoreMaker(Maker):
         # the scorer (not loaded models: constructors are cheap) says which stored results are current
         sc = as_scorer(get_scorer(self.scorer, **self.options))
         todo = candidates_to_score(cs, self.scorer, sc, base, candidate_ids, self.top_k)
-        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         jobs = []
         for k, ids in enumerate(batches):
             j = score_batch(self.scorer, self.options, ids, store)
@@ -405,11 +453,23 @@ def rank_set(cs: CandidateStore, sets: list[str] | None, thresholds: RankThresho
     complete = [(cid, r) for cid, r in ranks.items() if r.score is not None]
     complete.sort(key=lambda x: x[1].position)
     formula = {d["candidate_id"]: d["formula"] for d in docs}
-    return RankOutput(sets=sets or [], n_ranked=len(ranks), n_complete=len(complete),
-                      n_hits=sum(bool(r.hit) for r in ranks.values()),
-                      top=[{"candidate_id": cid, "formula": formula[cid], "score": r.score, "hit": r.hit,
-                            "pareto_front": r.pareto_front} for cid, r in complete[:20]],
-                      thresholds=thresholds.model_dump())
+    return RankOutput(
+        sets=sets or [],
+        n_ranked=len(ranks),
+        n_complete=len(complete),
+        n_hits=sum(bool(r.hit) for r in ranks.values()),
+        top=[
+            {
+                "candidate_id": cid,
+                "formula": formula[cid],
+                "score": r.score,
+                "hit": r.hit,
+                "pareto_front": r.pareto_front,
+            }
+            for cid, r in complete[:20]
+        ],
+        thresholds=thresholds.model_dump(),
+    )
 
 
 @dataclass

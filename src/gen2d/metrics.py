@@ -8,9 +8,10 @@ angle_tol=5)``, as everywhere in gen2d.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Structure
@@ -50,10 +51,12 @@ class Metric:
 
 class StrictValidity(Metric):
     name = "strict_2d_validity"
-    description = ("Fraction of samples that pass gen2d.structures.validate_strict: one bonded component "
-                   "(1.25 x covalent radii) periodic in both in-plane directions (Larsen dimensionality 2), "
-                   "no isolated atoms, no pair closer than 0.6 x the covalent sum, thickness <= 10 Å, "
-                   "vacuum >= 15 Å. details.reasons counts each failure reason.")
+    description = (
+        "Fraction of samples that pass gen2d.structures.validate_strict: one bonded component "
+        "(1.25 x covalent radii) periodic in both in-plane directions (Larsen dimensionality 2), "
+        "no isolated atoms, no pair closer than 0.6 x the covalent sum, thickness <= 10 Å, "
+        "vacuum >= 15 Å. details.reasons counts each failure reason."
+    )
 
     def __call__(self, structures: Sequence[Structure]) -> MetricResult:
         from gen2d.structures import strict_verdict
@@ -65,8 +68,7 @@ class StrictValidity(Metric):
             ok.append(good)
             reasons.update(set(why))
         n = len(structures)
-        return self.result(float(np.mean(ok)) if n else None, n, reasons=dict(reasons.most_common()),
-                           per_sample=ok)
+        return self.result(float(np.mean(ok)) if n else None, n, reasons=dict(reasons.most_common()), per_sample=ok)
 
 
 @lru_cache(maxsize=65536)
@@ -84,11 +86,13 @@ def smact_formula_valid(reduced_formula: str, use_pauling_test: bool = True) -> 
 
 class SMACTValidity(Metric):
     name = "smact_validity"
-    description = ("Fraction of samples whose composition is charge-neutral with allowed oxidation states "
-                   "and passes the Pauling electronegativity test (smact.screening.smact_validity, "
-                   "defaults: alloys allowed); elemental layers count as valid. Compositions with more "
-                   "than max_elements distinct elements count as invalid without enumeration "
-                   "(details.too_many_elements).")
+    description = (
+        "Fraction of samples whose composition is charge-neutral with allowed oxidation states "
+        "and passes the Pauling electronegativity test (smact.screening.smact_validity, "
+        "defaults: alloys allowed); elemental layers count as valid. Compositions with more "
+        "than max_elements distinct elements count as invalid without enumeration "
+        "(details.too_many_elements)."
+    )
 
     def __init__(self, max_elements: int = 6):
         # smact enumerates every oxidation-state combination: 20 elements never finish
@@ -104,8 +108,13 @@ class SMACTValidity(Metric):
                 continue
             ok.append(smact_formula_valid(s.composition.reduced_formula))
         n = len(structures)
-        return self.result(float(np.mean(ok)) if n else None, n, per_sample=ok, too_many_elements=too_many,
-                           max_elements=self.max_elements)
+        return self.result(
+            float(np.mean(ok)) if n else None,
+            n,
+            per_sample=ok,
+            too_many_elements=too_many,
+            max_elements=self.max_elements,
+        )
 
 
 def _match_groups(structures: Sequence[Structure]) -> dict[str, list[int]]:
@@ -117,8 +126,10 @@ def _match_groups(structures: Sequence[Structure]) -> dict[str, list[int]]:
 
 class Uniqueness(Metric):
     name = "uniqueness"
-    description = ("Fraction of samples that match no earlier sample under StructureMatcher(ltol=0.2, "
-                   "stol=0.3, angle_tol=5); compared only within the same reduced formula.")
+    description = (
+        "Fraction of samples that match no earlier sample under StructureMatcher(ltol=0.2, "
+        "stol=0.3, angle_tol=5); compared only within the same reduced formula."
+    )
 
     def __call__(self, structures: Sequence[Structure]) -> MetricResult:
         matcher = structure_matcher()
@@ -136,8 +147,10 @@ class Uniqueness(Metric):
 
 class Novelty(Metric):
     name = "novelty"
-    description = ("Fraction of samples that match no training structure under StructureMatcher(ltol=0.2, "
-                   "stol=0.3, angle_tol=5); compared only within the same reduced formula.")
+    description = (
+        "Fraction of samples that match no training structure under StructureMatcher(ltol=0.2, "
+        "stol=0.3, angle_tol=5); compared only within the same reduced formula."
+    )
 
     def __init__(self, reference: Sequence[Structure], reference_name: str = "training set"):
         self.reference = list(reference)
@@ -151,8 +164,13 @@ class Novelty(Metric):
             same = self._groups.get(s.composition.reduced_formula, [])
             novel.append(not any(_safe_fit(matcher, s, self.reference[j]) for j in same))
         n = len(structures)
-        return self.result(float(np.mean(novel)) if n else None, n, reference=self.reference_name,
-                           n_reference=len(self.reference), per_sample=novel)
+        return self.result(
+            float(np.mean(novel)) if n else None,
+            n,
+            reference=self.reference_name,
+            n_reference=len(self.reference),
+            per_sample=novel,
+        )
 
 
 class PredictedPropertyDistribution(Metric):
@@ -162,16 +180,19 @@ class PredictedPropertyDistribution(Metric):
         self.name = f"predicted_{prop}"
         self.prop = prop
         self.unit = unit
-        self.description = (f"Distribution of {prop} predicted by {source} on the final sampled state: "
-                            "mean, std and 10/50/90 % quantiles. A model prediction, not a scored value.")
+        self.description = (
+            f"Distribution of {prop} predicted by {source} on the final sampled state: "
+            "mean, std and 10/50/90 % quantiles. A model prediction, not a scored value."
+        )
 
     def __call__(self, values: Sequence[float]) -> MetricResult:
         v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
         if not len(v):
             return self.result(None, 0)
         q = np.quantile(v, [0.1, 0.5, 0.9])
-        return self.result(float(v.mean()), len(v), std=float(v.std()), q10=float(q[0]), q50=float(q[1]),
-                           q90=float(q[2]))
+        return self.result(
+            float(v.mean()), len(v), std=float(v.std()), q10=float(q[0]), q50=float(q[1]), q90=float(q[2])
+        )
 
 
 def _safe_fit(matcher, a: Structure, b: Structure) -> bool:
@@ -181,9 +202,12 @@ def _safe_fit(matcher, a: Structure, b: Structure) -> bool:
         return False
 
 
-def evaluate_samples(structures: Sequence[Structure], reference: Sequence[Structure] | None = None,
-                     predicted: Sequence[dict[str, float]] | None = None,
-                     predictor: str = "EGNN property heads") -> dict[str, dict[str, Any]]:
+def evaluate_samples(
+    structures: Sequence[Structure],
+    reference: Sequence[Structure] | None = None,
+    predicted: Sequence[dict[str, float]] | None = None,
+    predictor: str = "EGNN property heads",
+) -> dict[str, dict[str, Any]]:
     """All generator metrics as ``{name: result dict}`` (``per_sample`` lists dropped for brevity)."""
     results = [StrictValidity()(structures), SMACTValidity()(structures), Uniqueness()(structures)]
     if reference is not None:
@@ -218,8 +242,16 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> dict[st
     from scipy import stats
 
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
-    out: dict[str, Any] = {"mean": None, "half_width": None, "low": None, "high": None, "std": None,
-                           "n": int(len(v)), "confidence": confidence, "method": "Student t over runs"}
+    out: dict[str, Any] = {
+        "mean": None,
+        "half_width": None,
+        "low": None,
+        "high": None,
+        "std": None,
+        "n": int(len(v)),
+        "confidence": confidence,
+        "method": "Student t over runs",
+    }
     if not len(v):
         return out
     mean = float(v.mean())
@@ -236,24 +268,34 @@ class StableRate(Metric):
 
     def __init__(self, e_hull_max: float = 0.1):
         self.e_hull_max = e_hull_max
-        self.description = (f"Fraction of all samples with a computed E_hull <= {e_hull_max} eV/atom. E_hull is "
-                            "computed for strictly valid samples only; a sample that is not strictly valid, or "
-                            "whose E_hull was not computed or failed (details.not_scored, details.failed), "
-                            "counts as not stable.")
+        self.description = (
+            f"Fraction of all samples with a computed E_hull <= {e_hull_max} eV/atom. E_hull is "
+            "computed for strictly valid samples only; a sample that is not strictly valid, or "
+            "whose E_hull was not computed or failed (details.not_scored, details.failed), "
+            "counts as not stable."
+        )
 
     def __call__(self, e_hull: Sequence[float | None], failed: int = 0, not_scored: int = 0) -> MetricResult:
         stable = [v is not None and v <= self.e_hull_max for v in e_hull]
         n = len(e_hull)
-        return self.result(float(np.mean(stable)) if n else None, n, per_sample=stable,
-                           n_stable=int(sum(stable)), e_hull_max=self.e_hull_max, failed=failed,
-                           not_scored=not_scored)
+        return self.result(
+            float(np.mean(stable)) if n else None,
+            n,
+            per_sample=stable,
+            n_stable=int(sum(stable)),
+            e_hull_max=self.e_hull_max,
+            failed=failed,
+            not_scored=not_scored,
+        )
 
 
 class SUNRate(Metric):
     name = "sun_rate"
-    description = ("S.U.N.: fraction of all samples that are stable (E_hull <= threshold, as stable_rate), "
-                   "unique (the first of their StructureMatcher class within the run) and novel (no "
-                   "training-set match).")
+    description = (
+        "S.U.N.: fraction of all samples that are stable (E_hull <= threshold, as stable_rate), "
+        "unique (the first of their StructureMatcher class within the run) and novel (no "
+        "training-set match)."
+    )
 
     def __call__(self, stable: Sequence[bool], unique: Sequence[bool], novel: Sequence[bool]) -> MetricResult:
         sun = [bool(s and u and v) for s, u, v in zip(stable, unique, novel, strict=True)]
@@ -269,17 +311,24 @@ class HitRate(Metric):
 
         t = thresholds or RankThresholds()
         self.thresholds = t
-        self.description = (f"Fraction of all samples that are gen2d HER hits (gen2d.scoring.rank_documents): "
-                            f"|ΔG_H| <= {t.dg_h_window} eV from the configured ΔG_H scorer, E_hull <= "
-                            f"{t.e_hull_max} eV/atom and P_synth >= {t.p_synth_min}"
-                            + (", strictly 2D-valid" if t.require_strict else "")
-                            + "; a sample with a missing or failed property is not a hit.")
+        self.description = (
+            f"Fraction of all samples that are gen2d HER hits (gen2d.scoring.rank_documents): "
+            f"|ΔG_H| <= {t.dg_h_window} eV from the configured ΔG_H scorer, E_hull <= "
+            f"{t.e_hull_max} eV/atom and P_synth >= {t.p_synth_min}"
+            + (", strictly 2D-valid" if t.require_strict else "")
+            + "; a sample with a missing or failed property is not a hit."
+        )
 
     def __call__(self, hits: Sequence[bool | None]) -> MetricResult:
         flags = [bool(h) for h in hits]
         n = len(flags)
-        return self.result(float(np.mean(flags)) if n else None, n, per_sample=flags, n_hits=int(sum(flags)),
-                           thresholds=self.thresholds.model_dump())
+        return self.result(
+            float(np.mean(flags)) if n else None,
+            n,
+            per_sample=flags,
+            n_hits=int(sum(flags)),
+            thresholds=self.thresholds.model_dump(),
+        )
 
 
 class ConfirmationRate(Metric):
@@ -287,8 +336,10 @@ class ConfirmationRate(Metric):
 
     def __init__(self, dg_h_window: float = 0.2, confirmer: str = "dgh.mlip"):
         self.dg_h_window = dg_h_window
-        self.description = (f"Fraction of HER hits whose ΔG_H from {confirmer} (explicit H, MLIP) is also within "
-                            f"±{dg_h_window} eV; a failed MLIP result does not confirm. None when there is no hit.")
+        self.description = (
+            f"Fraction of HER hits whose ΔG_H from {confirmer} (explicit H, MLIP) is also within "
+            f"±{dg_h_window} eV; a failed MLIP result does not confirm. None when there is no hit."
+        )
 
     def __call__(self, mlip_dg_h: Sequence[float | None]) -> MetricResult:
         ok = [v is not None and abs(v) <= self.dg_h_window for v in mlip_dg_h]
@@ -299,12 +350,18 @@ class ConfirmationRate(Metric):
 class HitsPerCPUHour(Metric):
     name = "hits_per_cpu_hour"
     unit = "hits / CPU-hour"
-    description = ("HER hits the arm produces per CPU-hour of generation: (hit rate of the evaluated samples) x "
-                   "(samples the arm produced within its budget) / (generation CPU-seconds / 3600). Generation "
-                   "CPU is time.process_time of the generating process, including any surrogate filter.")
+    description = (
+        "HER hits the arm produces per CPU-hour of generation: (hit rate of the evaluated samples) x "
+        "(samples the arm produced within its budget) / (generation CPU-seconds / 3600). Generation "
+        "CPU is time.process_time of the generating process, including any surrogate filter."
+    )
 
     def __call__(self, hit_rate: float | None, n_produced: int, cpu_seconds: float) -> MetricResult:
         if hit_rate is None or cpu_seconds <= 0:
             return self.result(None, n_produced, cpu_seconds=cpu_seconds)
-        return self.result(hit_rate * n_produced / (cpu_seconds / 3600.0), n_produced, cpu_seconds=cpu_seconds,
-                           expected_hits=hit_rate * n_produced)
+        return self.result(
+            hit_rate * n_produced / (cpu_seconds / 3600.0),
+            n_produced,
+            cpu_seconds=cpu_seconds,
+            expected_hits=hit_rate * n_produced,
+        )

@@ -108,8 +108,13 @@ def _rank_inputs(d: Any) -> tuple[str, dict[str, PropertySummary], Mapping[str, 
     """(candidate_id, summary, scores, flags, strict ok) of a Candidate or a stored (partial) document."""
     if isinstance(d, Mapping):
         validity = Validity.model_validate(d.get("validity") or {})
-        return (d["candidate_id"], parse_summary(d.get("summary")), d.get("scores") or {},
-                sorted(d.get("flags") or {}), validity.strict_ok)
+        return (
+            d["candidate_id"],
+            parse_summary(d.get("summary")),
+            d.get("scores") or {},
+            sorted(d.get("flags") or {}),
+            validity.strict_ok,
+        )
     return d.candidate_id, parse_summary(d.summary), d.scores or {}, sorted(d.flags or {}), d.validity.strict_ok
 
 
@@ -134,9 +139,15 @@ def rank_candidates(docs: Sequence[Any], thresholds: RankThresholds | None = Non
         failed = sorted(failed_properties(scores) - set(summ))
         vals = {p: summ[p].value if p in summ else None for p in RANKED_PROPERTIES}
         missing = sorted(p for p, v in vals.items() if v is None)
-        r = Rank(missing=missing, failed=failed, flags=flags, strict_ok=strict_ok,
-                 n_properties=len(RANKED_PROPERTIES) - len(missing), screen_score=screen_score(vals, t),
-                 thresholds=t.model_dump())
+        r = Rank(
+            missing=missing,
+            failed=failed,
+            flags=flags,
+            strict_ok=strict_ok,
+            n_properties=len(RANKED_PROPERTIES) - len(missing),
+            screen_score=screen_score(vals, t),
+            thresholds=t.model_dump(),
+        )
         if failed or flags or (t.require_strict and not strict_ok):
             r.hit = False
         if not missing:
@@ -161,5 +172,12 @@ def rank_documents(docs: Sequence[Any], thresholds: RankThresholds | None = None
     return {cid: r.model_dump() for cid, r in rank_candidates(docs, thresholds).items()}
 
 
-__all__ = ["E_HULL_SOFTNESS", "RankThresholds", "desirability", "pareto_fronts", "rank_candidates",
-           "rank_documents", "screen_score"]
+__all__ = [
+    "E_HULL_SOFTNESS",
+    "RankThresholds",
+    "desirability",
+    "pareto_fronts",
+    "rank_candidates",
+    "rank_documents",
+    "screen_score",
+]

@@ -154,7 +154,7 @@ def _vacuum_gap(atoms: Atoms) -> float:
 
 def _max_generalised_force(target: Any) -> float:
     forces = target.get_forces()
-    return float(np.sqrt((forces ** 2).sum(axis=1).max())) if len(forces) else 0.0
+    return float(np.sqrt((forces**2).sum(axis=1).max())) if len(forces) else 0.0
 
 
 class _FireRun:
@@ -182,8 +182,16 @@ class _FireRun:
             self.failure, self.message = "calculator_error", f"{type(exc).__name__}: {exc}"
 
 
-def _start_fire(atoms: Atoms, calculator: Calculator, *, fmax: float, steps: int, mask: Sequence[bool] | None,
-                relax_cell: bool, trajectory: list | None) -> _FireRun:
+def _start_fire(
+    atoms: Atoms,
+    calculator: Calculator,
+    *,
+    fmax: float,
+    steps: int,
+    mask: Sequence[bool] | None,
+    relax_cell: bool,
+    trajectory: list | None,
+) -> _FireRun:
     """Attach ``calculator`` to ``atoms`` (a working copy) and set up FIRE, its filter and its watchdog."""
     atoms.calc = calculator
     target = FrechetCellFilter(atoms, mask=list(mask) if mask is not None else None) if relax_cell else atoms
@@ -195,10 +203,11 @@ def _start_fire(atoms: Atoms, calculator: Calculator, *, fmax: float, steps: int
         forces = atoms.get_forces()
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise _RelaxAbort("non_finite_energy", f"energy or forces became non-finite at step {opt.nsteps}")
-        fmax_atoms = float(np.sqrt((forces ** 2).sum(axis=1).max())) if len(forces) else 0.0
+        fmax_atoms = float(np.sqrt((forces**2).sum(axis=1).max())) if len(forces) else 0.0
         if fmax_atoms > EXPLODING_FORCE:
-            raise _RelaxAbort("exploding_forces",
-                              f"max force {fmax_atoms:.3g} eV/Å > {EXPLODING_FORCE:g} at step {opt.nsteps}")
+            raise _RelaxAbort(
+                "exploding_forces", f"max force {fmax_atoms:.3g} eV/Å > {EXPLODING_FORCE:g} at step {opt.nsteps}"
+            )
         if trajectory is not None:
             frame = atoms.copy()
             frame.calc = None
@@ -224,11 +233,20 @@ def _finish_fire(run: _FireRun) -> tuple[Atoms, float, bool, int, float, str | N
     return atoms, energy, converged, int(opt.nsteps), final_fmax, failure, message
 
 
-def _run_fire(atoms: Atoms, calculator: Calculator, *, fmax: float, steps: int, mask: Sequence[bool] | None,
-              relax_cell: bool, trajectory: list | None) -> tuple[Atoms, float, bool, int, float, str | None, str]:
+def _run_fire(
+    atoms: Atoms,
+    calculator: Calculator,
+    *,
+    fmax: float,
+    steps: int,
+    mask: Sequence[bool] | None,
+    relax_cell: bool,
+    trajectory: list | None,
+) -> tuple[Atoms, float, bool, int, float, str | None, str]:
     """FIRE on ``atoms`` (a working copy); returns (atoms, energy, converged, steps, fmax, failure, msg)."""
-    run = _start_fire(atoms, calculator, fmax=fmax, steps=steps, mask=mask, relax_cell=relax_cell,
-                      trajectory=trajectory)
+    run = _start_fire(
+        atoms, calculator, fmax=fmax, steps=steps, mask=mask, relax_cell=relax_cell, trajectory=trajectory
+    )
     try:
         run.converged = bool(run.opt.run(fmax=fmax, steps=steps))
     except Exception as exc:
@@ -392,51 +410,103 @@ def _prepare(atoms: Atoms) -> tuple[Atoms, tuple[bool, bool, bool], str | None, 
 def _failed(work: Atoms, pbc, reason: str, message: str, settings: dict) -> RelaxResult:
     work.pbc = pbc
     cell = work.cell.array.copy()
-    return RelaxResult(atoms=work, energy=float("nan"), converged=False, steps=0, final_fmax=float("nan"),
-                       initial_cell=cell, final_cell=cell, failure=reason, message=message, settings=settings)
+    return RelaxResult(
+        atoms=work,
+        energy=float("nan"),
+        converged=False,
+        steps=0,
+        final_fmax=float("nan"),
+        initial_cell=cell,
+        final_cell=cell,
+        failure=reason,
+        message=message,
+        settings=settings,
+    )
 
 
 def _in_plane_settings(fmax: float, steps: int, relax_cell: bool, fixed_atoms: Sequence[int]) -> dict[str, Any]:
-    return {"optimizer": "FIRE", "fmax": fmax, "steps": steps, "relax_cell": relax_cell,
-            "cell_filter": "FrechetCellFilter" if relax_cell else None,
-            "cell_mask": list(IN_PLANE_MASK) if relax_cell else None, "fixed_atoms": list(fixed_atoms)}
+    return {
+        "optimizer": "FIRE",
+        "fmax": fmax,
+        "steps": steps,
+        "relax_cell": relax_cell,
+        "cell_filter": "FrechetCellFilter" if relax_cell else None,
+        "cell_mask": list(IN_PLANE_MASK) if relax_cell else None,
+        "fixed_atoms": list(fixed_atoms),
+    }
 
 
 def _bulk_settings(fmax: float, steps: int) -> dict[str, Any]:
-    return {"optimizer": "FIRE", "fmax": fmax, "steps": steps, "relax_cell": True,
-            "cell_filter": "FrechetCellFilter", "cell_mask": None}
+    return {
+        "optimizer": "FIRE",
+        "fmax": fmax,
+        "steps": steps,
+        "relax_cell": True,
+        "cell_filter": "FrechetCellFilter",
+        "cell_mask": None,
+    }
 
 
-def _in_plane_result(fire: tuple, pbc, initial_cell: np.ndarray, components_before: int,
-                     settings: dict) -> RelaxResult:
+def _in_plane_result(fire: tuple, pbc, initial_cell: np.ndarray, components_before: int, settings: dict) -> RelaxResult:
     work, energy, converged, nsteps, final_fmax, failure, message = fire
     if failure in (None, "not_converged") and np.all(np.isfinite(work.positions)):
         # Geometry checks outrank "not converged": a broken layer is the more useful diagnosis.
         if _vacuum_gap(work) < MIN_VACUUM:
-            failure, message = "vacuum_closed", f"vacuum gap {_vacuum_gap(work):.2f} Å < {MIN_VACUUM} Å after relaxation"
+            failure, message = (
+                "vacuum_closed",
+                f"vacuum gap {_vacuum_gap(work):.2f} Å < {MIN_VACUUM} Å after relaxation",
+            )
         elif (components := bond_components(work, pbc=(True, True, False))) > components_before:
-            failure, message = "layer_broke", (
-                f"bonded fragments went from {components_before} to {components} "
-                f"(cutoff {BOND_FACTOR} x covalent radii)")
+            failure, message = (
+                "layer_broke",
+                (
+                    f"bonded fragments went from {components_before} to {components} "
+                    f"(cutoff {BOND_FACTOR} x covalent radii)"
+                ),
+            )
     work.calc = None
     work.pbc = pbc
-    return RelaxResult(atoms=work, energy=energy, converged=converged, steps=nsteps, final_fmax=final_fmax,
-                       initial_cell=initial_cell, final_cell=work.cell.array.copy(), failure=failure,
-                       message=message, settings=settings)
+    return RelaxResult(
+        atoms=work,
+        energy=energy,
+        converged=converged,
+        steps=nsteps,
+        final_fmax=final_fmax,
+        initial_cell=initial_cell,
+        final_cell=work.cell.array.copy(),
+        failure=failure,
+        message=message,
+        settings=settings,
+    )
 
 
 def _bulk_result(fire: tuple, initial_cell: np.ndarray, settings: dict) -> RelaxResult:
     work, energy, converged, nsteps, final_fmax, failure, message = fire
     work.calc = None
     work.pbc = True
-    return RelaxResult(atoms=work, energy=energy, converged=converged, steps=nsteps, final_fmax=final_fmax,
-                       initial_cell=initial_cell, final_cell=work.cell.array.copy(), failure=failure,
-                       message=message, settings=settings)
+    return RelaxResult(
+        atoms=work,
+        energy=energy,
+        converged=converged,
+        steps=nsteps,
+        final_fmax=final_fmax,
+        initial_cell=initial_cell,
+        final_cell=work.cell.array.copy(),
+        failure=failure,
+        message=message,
+        settings=settings,
+    )
 
 
-def relax_in_plane(atoms: Atoms, calculator: Calculator, fmax: float = 0.05, steps: int = 500,
-                   relax_cell: bool = True, fixed_atoms: Sequence[int] = (),
-                   trajectory: list | None = None) -> RelaxResult:
+def relax_in_plane(
+    atoms: Atoms,
+    calculator: Calculator,
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = True,
+    fixed_atoms: Sequence[int] = (),
+    trajectory: list | None = None,
+) -> RelaxResult:
     """Relax a monolayer with FIRE, moving the in-plane cell (xx, yy, xy) and positions only.
 
     Parameters
@@ -480,8 +550,9 @@ def relax_in_plane(atoms: Atoms, calculator: Calculator, fmax: float = 0.05, ste
         work.set_constraint(FixAtoms(indices=list(fixed_atoms)))
     initial_cell = work.cell.array.copy()
     components_before = bond_components(work, pbc=(True, True, False))
-    fire = _run_fire(work, calculator, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell,
-                     trajectory=trajectory)
+    fire = _run_fire(
+        work, calculator, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell, trajectory=trajectory
+    )
     return _in_plane_result(fire, pbc, initial_cell, components_before, settings)
 
 
@@ -504,27 +575,49 @@ def relax_bulk(atoms: Atoms, calculator: Calculator, fmax: float = 0.05, steps: 
 DEFAULT_MAX_BATCH = 32
 
 
-def _lockstep(prepared: list[dict[str, Any]], evaluate: Any, *, fmax: float, steps: int,
-              mask: Sequence[bool] | None, relax_cell: bool, max_batch: int) -> list[tuple]:
+def _lockstep(
+    prepared: list[dict[str, Any]],
+    evaluate: Any,
+    *,
+    fmax: float,
+    steps: int,
+    mask: Sequence[bool] | None,
+    relax_cell: bool,
+    max_batch: int,
+) -> list[tuple]:
     """Run :func:`_run_fire`'s optimisation for each prepared working copy in lockstep."""
 
     def starter(item: dict[str, Any]):
         def start() -> _FireRun:
             slot = _BatchSlot(evaluate)
-            run = _start_fire(item["work"], slot, fmax=fmax, steps=steps, mask=mask, relax_cell=relax_cell,
-                              trajectory=item.get("trajectory"))
+            run = _start_fire(
+                item["work"],
+                slot,
+                fmax=fmax,
+                steps=steps,
+                mask=mask,
+                relax_cell=relax_cell,
+                trajectory=item.get("trajectory"),
+            )
             _memoise_gradient(run, slot)
             return run
+
         return start
 
     runs = _run_fire_lockstep([starter(item) for item in prepared], evaluate, max(1, int(max_batch)))
     return [_finish_fire(run) for run in runs]
 
 
-def relax_in_plane_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fmax: float = 0.05,
-                         steps: int = 500, relax_cell: bool = True, fixed_atoms: Sequence[int] = (),
-                         trajectories: Sequence[list] | None = None,
-                         max_batch: int = DEFAULT_MAX_BATCH) -> list[RelaxResult]:
+def relax_in_plane_batch(
+    atoms_list: Sequence[Atoms],
+    calculator: Calculator,
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = True,
+    fixed_atoms: Sequence[int] = (),
+    trajectories: Sequence[list] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> list[RelaxResult]:
     """:func:`relax_in_plane` for many monolayers, their MLIP calls batched in lockstep.
 
     Each structure keeps its own FIRE optimiser and cell filter with the serial settings; every step
@@ -540,8 +633,12 @@ def relax_in_plane_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fm
     trajectories = list(trajectories) if trajectories is not None else [None] * len(atoms_list)
     evaluate = batch_evaluator(calculator)
     if evaluate is None:
-        return [relax_in_plane(a, calculator, fmax=fmax, steps=steps, relax_cell=relax_cell,
-                               fixed_atoms=fixed_atoms, trajectory=t) for a, t in zip(atoms_list, trajectories)]
+        return [
+            relax_in_plane(
+                a, calculator, fmax=fmax, steps=steps, relax_cell=relax_cell, fixed_atoms=fixed_atoms, trajectory=t
+            )
+            for a, t in zip(atoms_list, trajectories)
+        ]
     settings = _in_plane_settings(fmax, steps, relax_cell, fixed_atoms)
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     prepared = []
@@ -552,18 +649,33 @@ def relax_in_plane_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fm
             continue
         if fixed_atoms:
             work.set_constraint(FixAtoms(indices=list(fixed_atoms)))
-        prepared.append({"index": i, "work": work, "pbc": pbc, "initial_cell": work.cell.array.copy(),
-                         "components": bond_components(work, pbc=(True, True, False)), "trajectory": traj})
-    fires = _lockstep(prepared, evaluate, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell,
-                      max_batch=max_batch)
+        prepared.append(
+            {
+                "index": i,
+                "work": work,
+                "pbc": pbc,
+                "initial_cell": work.cell.array.copy(),
+                "components": bond_components(work, pbc=(True, True, False)),
+                "trajectory": traj,
+            }
+        )
+    fires = _lockstep(
+        prepared, evaluate, fmax=fmax, steps=steps, mask=IN_PLANE_MASK, relax_cell=relax_cell, max_batch=max_batch
+    )
     for item, fire in zip(prepared, fires, strict=True):
-        results[item["index"]] = _in_plane_result(fire, item["pbc"], item["initial_cell"], item["components"],
-                                                  dict(settings))
+        results[item["index"]] = _in_plane_result(
+            fire, item["pbc"], item["initial_cell"], item["components"], dict(settings)
+        )
     return results
 
 
-def relax_bulk_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fmax: float = 0.05, steps: int = 500,
-                     max_batch: int = DEFAULT_MAX_BATCH) -> list[RelaxResult]:
+def relax_bulk_batch(
+    atoms_list: Sequence[Atoms],
+    calculator: Calculator,
+    fmax: float = 0.05,
+    steps: int = 500,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> list[RelaxResult]:
     """:func:`relax_bulk` for many crystals, their MLIP calls batched in lockstep.
 
     Same semantics as :func:`relax_in_plane_batch`; falls back to serial :func:`relax_bulk` for
@@ -589,5 +701,7 @@ def relax_bulk_batch(atoms_list: Sequence[Atoms], calculator: Calculator, fmax: 
 
 def calculator_provenance(calculator: Calculator) -> dict[str, Any]:
     """Model name and checkpoint hash a gen2d calculator backend attached to its calculator."""
-    return {"model": getattr(calculator, "gen2d_model", type(calculator).__name__),
-            "checkpoint_sha256": getattr(calculator, "gen2d_checkpoint_sha256", None)}
+    return {
+        "model": getattr(calculator, "gen2d_model", type(calculator).__name__),
+        "checkpoint_sha256": getattr(calculator, "gen2d_checkpoint_sha256", None),
+    }

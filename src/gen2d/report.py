@@ -72,20 +72,30 @@ def source_table(docs: list[Candidate], t: RankThresholds) -> list[dict[str, Any
         stable = sum(v is not None and v <= t.e_hull_max for v in eh)
         hits = sum(_hit(d) for d in ds)
         cpu_h = sum(_cpu_seconds(d) for d in ds) / 3600.0
-        rows.append({"source": kind, "set": set_name, "n": n, "strict_valid": strict,
-                     "strict_valid_fraction": round(strict / n, 4) if n else None,
-                     "with_e_hull": n_e, "stable": stable,
-                     "stable_fraction": round(stable / n_e, 4) if n_e else None,
-                     "hits": hits, "scoring_cpu_hours": round(cpu_h, 5),
-                     "hits_per_cpu_hour": round(hits / cpu_h, 3) if cpu_h > 0 else None})
+        rows.append(
+            {
+                "source": kind,
+                "set": set_name,
+                "n": n,
+                "strict_valid": strict,
+                "strict_valid_fraction": round(strict / n, 4) if n else None,
+                "with_e_hull": n_e,
+                "stable": stable,
+                "stable_fraction": round(stable / n_e, 4) if n_e else None,
+                "hits": hits,
+                "scoring_cpu_hours": round(cpu_h, 5),
+                "hits_per_cpu_hour": round(hits / cpu_h, 3) if cpu_h > 0 else None,
+            }
+        )
     return rows
 
 
 def _plot_dgh(docs, t: RankThresholds, path: Path) -> None:
     vals = [v for v in (_val(d, "dg_h") for d in docs) if v is not None]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.axvspan(-t.dg_h_window, t.dg_h_window, color="tab:green", alpha=0.2,
-               label=f"hit window |ΔG_H| ≤ {t.dg_h_window} eV")
+    ax.axvspan(
+        -t.dg_h_window, t.dg_h_window, color="tab:green", alpha=0.2, label=f"hit window |ΔG_H| ≤ {t.dg_h_window} eV"
+    )
     if vals:
         bins = np.linspace(min(vals + [-1.0]), max(vals + [1.0]), 40)
         ax.hist(vals, bins=bins, color="tab:blue", edgecolor="white")
@@ -105,8 +115,9 @@ def _plot_ehull_psynth(docs, t: RankThresholds, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     if pts:
         e, s, g = (np.array([p[i] if p[i] is not None else np.nan for p in pts], dtype=float) for i in range(3))
-        sc = ax.scatter(e, s, c=np.where(np.isnan(g), 0.0, g), cmap="coolwarm", vmin=-1.0, vmax=1.0,
-                        edgecolors="k", linewidths=0.3)
+        sc = ax.scatter(
+            e, s, c=np.where(np.isnan(g), 0.0, g), cmap="coolwarm", vmin=-1.0, vmax=1.0, edgecolors="k", linewidths=0.3
+        )
         fig.colorbar(sc, ax=ax, label="ΔG_H (eV)")
     ax.axvline(t.e_hull_max, color="gray", ls="--", lw=0.8)
     ax.axhline(t.p_synth_min, color="gray", ls="--", lw=0.8)
@@ -146,8 +157,13 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None = None, top_k: int = 10,
-                 thresholds: RankThresholds | None = None) -> list[Path]:
+def write_report(
+    cs: CandidateStore,
+    out_dir: str | Path,
+    sets: list[str] | None = None,
+    top_k: int = 10,
+    thresholds: RankThresholds | None = None,
+) -> list[Path]:
     """Write ``index.html``, ``report.json`` and PNGs into ``out_dir``; return the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,8 +178,9 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
     _plot_dgh(docs, t, f1)
     _plot_ehull_psynth(docs, t, f2)
     files += [f1, f2]
-    ranked_docs = sorted((d for d in docs if d.rank is not None and d.rank.score is not None),
-                         key=lambda d: d.rank.position or 10 ** 9)
+    ranked_docs = sorted(
+        (d for d in docs if d.rank is not None and d.rank.score is not None), key=lambda d: d.rank.position or 10**9
+    )
     top = ranked_docs[:top_k]
     pics = []
     for k, d in enumerate(top[: min(top_k, 6)]):
@@ -175,27 +192,52 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
             (out / f"top{k + 1}_error.txt").write_text(str(exc))
     files += pics
     sources = source_table(docs, t)
-    top_rows = [{
-        "position": d.rank.position, "candidate_id": d.candidate_id, "formula": d.formula,
-        "sets": d.sets,
-        "dg_h_eV": _val(d, "dg_h"), "dg_h_scorer": _scorer(d, "dg_h"),
-        "e_hull_eV_per_atom": _val(d, "e_hull"), "e_hull_scorer": _scorer(d, "e_hull"),
-        "p_synth": _val(d, "p_synth"), "p_synth_scorer": _scorer(d, "p_synth"),
-        "hit": d.rank.hit, "score": d.rank.score, "pareto_front": d.rank.pareto_front,
-    } for d in top]
-    funnel = [{"position": d.rank.position if d.rank else None, "candidate_id": d.candidate_id,
-               "formula": d.formula, **dg_h_stages(d)} for d in docs if d.score("dgh.dft") is not None]
-    funnel.sort(key=lambda r: r["position"] if r["position"] is not None else 10 ** 9)
-    summary = {"sets": sets, "store": cs.uri, "n_candidates": len(docs), "thresholds": t.model_dump(),
-               "top": top_rows, "sources": sources, "dg_h_by_stage": funnel,
-               "descriptions": {
-                   "dg_h_eV": "hydrogen adsorption free energy of the best site, eV (ΔE_H + 0.27 eV unless stated)",
-                   "e_hull_eV_per_atom": "energy above the convex hull of the named reference set, eV/atom",
-                   "p_synth": "probability of synthesizability from the named scorer",
-                   "hits_per_cpu_hour": "hits divided by the scoring CPU time recorded on the candidates",
-                   "dg_h_by_stage": "ΔG_H (eV) of the candidates DFT scored, by funnel stage: surrogate "
-                                    "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K)",
-               }}
+    top_rows = [
+        {
+            "position": d.rank.position,
+            "candidate_id": d.candidate_id,
+            "formula": d.formula,
+            "sets": d.sets,
+            "dg_h_eV": _val(d, "dg_h"),
+            "dg_h_scorer": _scorer(d, "dg_h"),
+            "e_hull_eV_per_atom": _val(d, "e_hull"),
+            "e_hull_scorer": _scorer(d, "e_hull"),
+            "p_synth": _val(d, "p_synth"),
+            "p_synth_scorer": _scorer(d, "p_synth"),
+            "hit": d.rank.hit,
+            "score": d.rank.score,
+            "pareto_front": d.rank.pareto_front,
+        }
+        for d in top
+    ]
+    funnel = [
+        {
+            "position": d.rank.position if d.rank else None,
+            "candidate_id": d.candidate_id,
+            "formula": d.formula,
+            **dg_h_stages(d),
+        }
+        for d in docs
+        if d.score("dgh.dft") is not None
+    ]
+    funnel.sort(key=lambda r: r["position"] if r["position"] is not None else 10**9)
+    summary = {
+        "sets": sets,
+        "store": cs.uri,
+        "n_candidates": len(docs),
+        "thresholds": t.model_dump(),
+        "top": top_rows,
+        "sources": sources,
+        "dg_h_by_stage": funnel,
+        "descriptions": {
+            "dg_h_eV": "hydrogen adsorption free energy of the best site, eV (ΔE_H + 0.27 eV unless stated)",
+            "e_hull_eV_per_atom": "energy above the convex hull of the named reference set, eV/atom",
+            "p_synth": "probability of synthesizability from the named scorer",
+            "hits_per_cpu_hour": "hits divided by the scoring CPU time recorded on the candidates",
+            "dg_h_by_stage": "ΔG_H (eV) of the candidates DFT scored, by funnel stage: surrogate "
+            "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K)",
+        },
+    }
     fj = out / "report.json"
     fj.write_text(json.dumps(summary, indent=2, default=str))
     files.append(fj)
@@ -203,27 +245,37 @@ def write_report(cs: CandidateStore, out_dir: str | Path, sets: list[str] | None
         f"<tr><td>{r['position']}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
         f"<td>{_fmt(r['dg_h_eV'])}</td><td>{_fmt(r['e_hull_eV_per_atom'])}</td><td>{_fmt(r['p_synth'], 2)}</td>"
         f"<td>{'HIT' if r['hit'] else ''}</td><td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
-        for r in top_rows)
+        for r in top_rows
+    )
     src_html = "".join(
         f"<tr><td>{html.escape(r['source'])}</td><td>{html.escape(r['set'])}</td><td>{r['n']}</td>"
         f"<td>{_fmt(r['strict_valid_fraction'], 3)}</td><td>{r['stable']}/{r['with_e_hull']}</td><td>{r['hits']}</td>"
-        f"<td>{_fmt(r['scoring_cpu_hours'], 4)}</td><td>{_fmt(r['hits_per_cpu_hour'])}</td></tr>" for r in sources)
+        f"<td>{_fmt(r['scoring_cpu_hours'], 4)}</td><td>{_fmt(r['hits_per_cpu_hour'])}</td></tr>"
+        for r in sources
+    )
     pics_html = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in pics)
     funnel_html = "".join(
         f"<tr><td>{_fmt(r['position'])}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
         f"<td>{_fmt(r['dg_h_surrogate_eV'])}</td><td>{_fmt(r['dg_h_mlip_eV'])}</td>"
         f"<td>{_fmt(r['dg_h_dft_eV']) if r['dg_h_dft_eV'] is not None else html.escape(r.get('dft_failure', ''))}</td></tr>"
-        for r in funnel)
-    funnel_section = ("<h2>ΔG_H by stage (DFT-confirmed candidates)</h2><table><tr><th>#</th><th>id</th><th>formula</th>"
-                      "<th>surrogate (eV)</th><th>MLIP (eV)</th><th>DFT (eV)</th></tr>"
-                      f"{funnel_html}</table>") if funnel else ""
+        for r in funnel
+    )
+    funnel_section = (
+        (
+            "<h2>ΔG_H by stage (DFT-confirmed candidates)</h2><table><tr><th>#</th><th>id</th><th>formula</th>"
+            "<th>surrogate (eV)</th><th>MLIP (eV)</th><th>DFT (eV)</th></tr>"
+            f"{funnel_html}</table>"
+        )
+        if funnel
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gen2d report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:48%}}</style></head><body>
 <h1>gen2d report</h1>
-<p>{len(docs)} candidates in {html.escape(', '.join(sets) if sets else 'all sets')} ({html.escape(cs.uri)}).
+<p>{len(docs)} candidates in {html.escape(", ".join(sets) if sets else "all sets")} ({html.escape(cs.uri)}).
 Hit: |ΔG_H| ≤ {t.dg_h_window} eV, E_hull ≤ {t.e_hull_max} eV/atom, P_synth ≥ {t.p_synth_min}
-{'and strictly valid' if t.require_strict else ''}.
+{"and strictly valid" if t.require_strict else ""}.
 MLIP and surrogate numbers are screening figures; the top candidates need DFT.</p>
 <h2>Top {len(top_rows)}</h2>
 <table><tr><th>#</th><th>id</th><th>formula</th><th>ΔG_H (eV)</th><th>E_hull (eV/atom)</th><th>P_synth</th>

@@ -90,8 +90,10 @@ class Rank(DocumentModel):
 
 def parse_summary(summary: Mapping[str, Any] | None) -> dict[str, PropertySummary]:
     """``summary`` of a stored document as typed entries (already typed entries pass through)."""
-    return {prop: s if isinstance(s, PropertySummary) else PropertySummary.model_validate(s or {})
-            for prop, s in (summary or {}).items()}
+    return {
+        prop: s if isinstance(s, PropertySummary) else PropertySummary.model_validate(s or {})
+        for prop, s in (summary or {}).items()
+    }
 
 
 def iter_score_docs(scores: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -16,7 +16,7 @@ import logging
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -54,7 +54,7 @@ class Provenance(BaseModel):
     reference_set: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class Failure(BaseModel):
@@ -86,7 +86,8 @@ class ScoreResult(BaseModel):
     ok: bool = True
     failure: Failure | None = None
     relaxed_structure: dict[str, Any] | None = Field(
-        None, description="the relaxed structure (pymatgen Structure dict); read it with relaxed()")
+        None, description="the relaxed structure (pymatgen Structure dict); read it with relaxed()"
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
     provenance: Provenance
 
@@ -113,10 +114,26 @@ class ScoreResult(BaseModel):
         return Structure.from_dict(self.relaxed_structure) if self.relaxed_structure else None
 
     @classmethod
-    def failed(cls, prop: str, unit: str, reason: str, message: str, provenance: Provenance,
-               relaxed_structure: dict[str, Any] | Structure | None = None, **extra: Any) -> "ScoreResult":
-        return cls(property=prop, unit=unit, ok=False, value=None, relaxed_structure=relaxed_structure,
-                   failure=Failure(reason=reason, message=message), provenance=provenance, extra=extra)
+    def failed(
+        cls,
+        prop: str,
+        unit: str,
+        reason: str,
+        message: str,
+        provenance: Provenance,
+        relaxed_structure: dict[str, Any] | Structure | None = None,
+        **extra: Any,
+    ) -> ScoreResult:
+        return cls(
+            property=prop,
+            unit=unit,
+            ok=False,
+            value=None,
+            relaxed_structure=relaxed_structure,
+            failure=Failure(reason=reason, message=message),
+            provenance=provenance,
+            extra=extra,
+        )
 
 
 def relaxed_structure_of(result: ScoreResult | Mapping[str, Any] | None) -> Structure | None:
@@ -132,8 +149,9 @@ def relaxed_structure_of(result: ScoreResult | Mapping[str, Any] | None) -> Stru
     return result.relaxed()
 
 
-def relaxed_from_context(context: Mapping[str, ScoreResult] | None,
-                         prop: str = "e_hull") -> tuple[Structure, ScoreResult] | None:
+def relaxed_from_context(
+    context: Mapping[str, ScoreResult] | None, prop: str = "e_hull"
+) -> tuple[Structure, ScoreResult] | None:
     """The relaxed structure of the ok ``prop`` result in a scorer's context, with that result.
 
     This is how an HER scorer (``requires = ("e_hull",)``) takes the slab a stability scorer relaxed;
@@ -175,8 +193,9 @@ class Scorer(Protocol):
         """(True, "") when the scorer can run here, else (False, reason)."""
         ...
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         """Score a batch. A failure in one structure is a failed result, never an exception."""
         ...
 
@@ -241,15 +260,20 @@ class BaseScorer:
         """(True, "") when the scorer can run here, else (False, reason)."""
         return True, ""
 
-    def score(self, structures: Sequence[Structure],
-              context: Sequence[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+    def score(
+        self, structures: Sequence[Structure], context: Sequence[dict[str, ScoreResult]] | None = None
+    ) -> list[ScoreResult]:
         """Score a batch; one result per structure, in order. A failure is a failed result, never an exception."""
         raise NotImplementedError(f"{type(self).__name__} does not implement score()")
 
     def explain(self, structure: Structure) -> dict[str, Any]:
         """What the scorer does with one structure; by default its full result."""
-        return {"scorer": self.name, "property": self.property, "unit": self.unit,
-                "result": self.score([structure])[0].model_dump(mode="json")}
+        return {
+            "scorer": self.name,
+            "property": self.property,
+            "unit": self.unit,
+            "result": self.score([structure])[0].model_dump(mode="json"),
+        }
 
     def train(self, **options: Any) -> dict[str, Any]:
         """Train the scorer's model; returns ``checkpoint``/``model`` (a path) and ``metrics``."""
@@ -295,8 +319,9 @@ def check_options(model: type[BaseModel], options: Mapping[str, Any] | None, own
                 problems.append(f"option {key!r}: {e['msg']}")
         listing = f" (known options: {', '.join(known)})" if unknown else ""
         raise ScorerOptionsError(f"{owner}: " + "; ".join(problems) + listing) from None
-    return {k: getattr(validated, k) for k in options if k in model.model_fields} | \
-        {k: v for k, v in options.items() if k not in model.model_fields}
+    return {k: getattr(validated, k) for k in options if k in model.model_fields} | {
+        k: v for k, v in options.items() if k not in model.model_fields
+    }
 
 
 class _ProtocolScorer(BaseScorer):
@@ -349,7 +374,8 @@ class GeneratedStructure(BaseModel):
     flags: dict[str, Any] = Field(
         default_factory=dict,
         description="numerical faults of the generation (name -> details, e.g. guidance_diverged); a "
-                    "flagged candidate is stored, listed by `gen2d top --show-failed` and never a hit")
+        "flagged candidate is stored, listed by `gen2d top --show-failed` and never a hit",
+    )
 
 
 @runtime_checkable
@@ -358,11 +384,9 @@ class Generator(Protocol):
 
     name: str
 
-    def available(self) -> tuple[bool, str]:
-        ...
+    def available(self) -> tuple[bool, str]: ...
 
-    def generate(self, n: int | None = None, seed: int = 0, **params: Any) -> Iterator[GeneratedStructure]:
-        ...
+    def generate(self, n: int | None = None, seed: int = 0, **params: Any) -> Iterator[GeneratedStructure]: ...
 
 
 @dataclass
@@ -445,8 +469,9 @@ def validate_scorer_options(name: str, options: Mapping[str, Any] | None = None)
     except KeyError:
         raise
     except Exception as exc:
-        log.warning("scorer %s does not import here (%s: %s); its options are not checked", name,
-                    type(exc).__name__, exc)
+        log.warning(
+            "scorer %s does not import here (%s: %s); its options are not checked", name, type(exc).__name__, exc
+        )
         return dict(options or {})
     model = getattr(factory, "Options", None)
     if isinstance(model, type) and issubclass(model, BaseModel):
@@ -487,23 +512,27 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def score_in_batches(scorer: Scorer, structures: Sequence[Structure], batch_size: int = 32,
-                     context: Sequence[dict[str, ScoreResult]] | None = None) -> Iterable[list[ScoreResult]]:
+def score_in_batches(
+    scorer: Scorer,
+    structures: Sequence[Structure],
+    batch_size: int = 32,
+    context: Sequence[dict[str, ScoreResult]] | None = None,
+) -> Iterable[list[ScoreResult]]:
     """Run ``scorer`` over ``structures`` in batches; a batch that raises becomes per-item failures."""
     for start in range(0, len(structures), batch_size):
-        chunk = structures[start:start + batch_size]
-        ctx = context[start:start + batch_size] if context is not None else None
+        chunk = structures[start : start + batch_size]
+        ctx = context[start : start + batch_size] if context is not None else None
         try:
             results = scorer.score(chunk, ctx)
             if len(results) != len(chunk):
                 raise RuntimeError(f"{scorer.name} returned {len(results)} results for {len(chunk)} inputs")
         except Exception as exc:
             prov = Provenance(plugin=scorer.name, notes=["batch raised; every item marked failed"])
-            results = [ScoreResult.failed(scorer.property, scorer.unit, "scorer_crashed",
-                                          f"{type(exc).__name__}: {exc}", prov) for _ in chunk]
+            results = [
+                ScoreResult.failed(scorer.property, scorer.unit, "scorer_crashed", f"{type(exc).__name__}: {exc}", prov)
+                for _ in chunk
+            ]
         yield results
-
-
 
 
 # ranking moved to gen2d.ranking and the stored-document helpers to gen2d.schemas; these names stay
@@ -519,10 +548,40 @@ from gen2d.ranking import (  # noqa: E402
 from gen2d.schemas import iter_score_docs  # noqa: E402
 
 __all__ = [
-    "BaseScorer", "CALCULATOR_GROUP", "Failure", "GENERATOR_GROUP", "GeneratedStructure", "Generator",
-    "LEGACY_RELAXED_KEYS", "PLUGIN_GROUPS", "PluginInfo", "PluginUnavailable", "Provenance", "RankThresholds",
-    "SCORER_GROUP", "ScoreResult", "Scorer", "ScorerOptions", "ScorerOptionsError", "as_scorer", "check_options",
-    "desirability", "discover", "file_sha256", "get_calculator", "get_generator", "get_scorer", "iter_score_docs",
-    "package_version", "pareto_fronts", "rank_candidates", "rank_documents", "relaxed_from_context",
-    "relaxed_structure_of", "score_in_batches", "screen_score", "trains", "validate_scorer_options",
+    "BaseScorer",
+    "CALCULATOR_GROUP",
+    "Failure",
+    "GENERATOR_GROUP",
+    "GeneratedStructure",
+    "Generator",
+    "LEGACY_RELAXED_KEYS",
+    "PLUGIN_GROUPS",
+    "PluginInfo",
+    "PluginUnavailable",
+    "Provenance",
+    "RankThresholds",
+    "SCORER_GROUP",
+    "ScoreResult",
+    "Scorer",
+    "ScorerOptions",
+    "ScorerOptionsError",
+    "as_scorer",
+    "check_options",
+    "desirability",
+    "discover",
+    "file_sha256",
+    "get_calculator",
+    "get_generator",
+    "get_scorer",
+    "iter_score_docs",
+    "package_version",
+    "pareto_fronts",
+    "rank_candidates",
+    "rank_documents",
+    "relaxed_from_context",
+    "relaxed_structure_of",
+    "score_in_batches",
+    "screen_score",
+    "trains",
+    "validate_scorer_options",
 ]

@@ -31,8 +31,15 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["CONFIG_FILE_ENV", "DEFAULT_CONFIG_FILE", "DEFAULT_STORE_URI", "CHECKOUT_DATA_DIR", "Gen2dSettings",
-           "get_settings", "reset_settings"]
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_STORE_URI",
+    "CHECKOUT_DATA_DIR",
+    "Gen2dSettings",
+    "get_settings",
+    "reset_settings",
+]
 
 #: environment variable naming the YAML settings file
 CONFIG_FILE_ENV = "GEN2D_CONFIG_FILE"
@@ -55,58 +62,94 @@ class Gen2dSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
 
-    data_dir: Path = Field(CHECKOUT_DATA_DIR, validation_alias="GEN2D_DATA",
-                           description="folder of the reference datasets (2dmatpedia_filtered.db, "
-                                       "mc2d_258_exfoliable.json, mp_elemental_reference_entries.json.gz, ...); "
-                                       "default: shared/data beside the repository checkout")
-    store: str = Field(DEFAULT_STORE_URI, validation_alias="GEN2D_STORE",
-                       description="candidate store URI (monty://, mongodb://, memory://)")
-    cache_dir: Path = Field(Path("~/.cache/gen2d"), validation_alias="GEN2D_CACHE",
-                            description="cache folder; MLIP reference phases go to <cache_dir>/references")
-    offline: bool = Field(False, validation_alias="GEN2D_OFFLINE",
-                          description="never reach the network (the mp-api reference set then refuses "
-                                      "chemical systems it has not cached)")
-    models_base_url: str | None = Field(None, validation_alias="GEN2D_MODELS_BASE_URL",
-                                        description="a mirror serving the model files of `gen2d models fetch` "
-                                                    "under their upstream names")
-    cp2k_command: str | None = Field(None, validation_alias="GEN2D_CP2K_COMMAND",
-                                     description="command that starts CP2K in shell mode, e.g. "
-                                                 "'mpirun -np 32 cp2k.psmp -s'; default: cp2k_shell on PATH")
-    cp2k_data_dir: Path | None = Field(None, validation_alias="GEN2D_CP2K_DATA_DIR",
-                                       description="folder of CP2K's BASIS_MOLOPT, GTH_POTENTIALS, dftd3.dat; "
-                                                   "default: CP2K_DATA_DIR, /usr/share/cp2k or the conda prefix")
-    cp2k_threads: int = Field(1, validation_alias="GEN2D_CP2K_THREADS",
-                              description="OpenMP threads of each CP2K process when a job does not say")
-    dft_dir: Path | None = Field(None, validation_alias="GEN2D_DFT_DIR",
-                                 description="DFT restart files and frames; default <cache_dir>/dft")
-    mattersim_checkpoint: str | None = Field(None, validation_alias="GEN2D_MATTERSIM_CHECKPOINT",
-                                             description="MatterSim model name or local .pth file; "
-                                                         "default: the plugin's 1M model")
-    csllm_base: Path | None = Field(None, validation_alias="GEN2D_CSLLM_BASE",
-                                    description="folder of CSLLM's base causal LM")
-    csllm_adapter: Path | None = Field(None, validation_alias="GEN2D_CSLLM_ADAPTER",
-                                       description="folder of CSLLM's synthesizability LoRA adapter")
-    csllm_tokenizer: Path | None = Field(None, validation_alias="GEN2D_CSLLM_TOKENIZER",
-                                         description="CSLLM tokenizer folder; default: the base model's")
-    mp_api_key: SecretStr | None = Field(None, validation_alias="MP_API_KEY",
-                                         description="Materials Project API key (mp-api reference set); "
-                                                     "falls back to pymatgen's PMG_MAPI_KEY")
+    data_dir: Path = Field(
+        CHECKOUT_DATA_DIR,
+        validation_alias="GEN2D_DATA",
+        description="folder of the reference datasets (2dmatpedia_filtered.db, "
+        "mc2d_258_exfoliable.json, mp_elemental_reference_entries.json.gz, ...); "
+        "default: shared/data beside the repository checkout",
+    )
+    store: str = Field(
+        DEFAULT_STORE_URI,
+        validation_alias="GEN2D_STORE",
+        description="candidate store URI (monty://, mongodb://, memory://)",
+    )
+    cache_dir: Path = Field(
+        Path("~/.cache/gen2d"),
+        validation_alias="GEN2D_CACHE",
+        description="cache folder; MLIP reference phases go to <cache_dir>/references",
+    )
+    offline: bool = Field(
+        False,
+        validation_alias="GEN2D_OFFLINE",
+        description="never reach the network (the mp-api reference set then refuses "
+        "chemical systems it has not cached)",
+    )
+    models_base_url: str | None = Field(
+        None,
+        validation_alias="GEN2D_MODELS_BASE_URL",
+        description="a mirror serving the model files of `gen2d models fetch` under their upstream names",
+    )
+    cp2k_command: str | None = Field(
+        None,
+        validation_alias="GEN2D_CP2K_COMMAND",
+        description="command that starts CP2K in shell mode, e.g. "
+        "'mpirun -np 32 cp2k.psmp -s'; default: cp2k_shell on PATH",
+    )
+    cp2k_data_dir: Path | None = Field(
+        None,
+        validation_alias="GEN2D_CP2K_DATA_DIR",
+        description="folder of CP2K's BASIS_MOLOPT, GTH_POTENTIALS, dftd3.dat; "
+        "default: CP2K_DATA_DIR, /usr/share/cp2k or the conda prefix",
+    )
+    cp2k_threads: int = Field(
+        1,
+        validation_alias="GEN2D_CP2K_THREADS",
+        description="OpenMP threads of each CP2K process when a job does not say",
+    )
+    dft_dir: Path | None = Field(
+        None, validation_alias="GEN2D_DFT_DIR", description="DFT restart files and frames; default <cache_dir>/dft"
+    )
+    mattersim_checkpoint: str | None = Field(
+        None,
+        validation_alias="GEN2D_MATTERSIM_CHECKPOINT",
+        description="MatterSim model name or local .pth file; default: the plugin's 1M model",
+    )
+    csllm_base: Path | None = Field(
+        None, validation_alias="GEN2D_CSLLM_BASE", description="folder of CSLLM's base causal LM"
+    )
+    csllm_adapter: Path | None = Field(
+        None, validation_alias="GEN2D_CSLLM_ADAPTER", description="folder of CSLLM's synthesizability LoRA adapter"
+    )
+    csllm_tokenizer: Path | None = Field(
+        None, validation_alias="GEN2D_CSLLM_TOKENIZER", description="CSLLM tokenizer folder; default: the base model's"
+    )
+    mp_api_key: SecretStr | None = Field(
+        None,
+        validation_alias="MP_API_KEY",
+        description="Materials Project API key (mp-api reference set); falls back to pymatgen's PMG_MAPI_KEY",
+    )
 
     def __init__(self, **values: Any):
         # keyword arguments use field names (data_dir=...), like the YAML file
         super().__init__(**_by_alias(values))
 
-    @field_validator("data_dir", "cache_dir", "csllm_base", "csllm_adapter", "csllm_tokenizer", "cp2k_data_dir",
-                     "dft_dir")
+    @field_validator(
+        "data_dir", "cache_dir", "csllm_base", "csllm_adapter", "csllm_tokenizer", "cp2k_data_dir", "dft_dir"
+    )
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource):
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
         return init_settings, env_settings, _yaml_source(settings_cls, config_file())
 
     def public_dict(self) -> dict[str, Any]:
@@ -133,8 +176,9 @@ def _yaml_source(settings_cls: type[BaseSettings], path: Path | None) -> InitSet
         if not isinstance(data, dict):
             raise ValueError(f"gen2d settings file {path} must be a mapping of setting: value")
         if data.get("mp_api_key") and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            warnings.warn(f"{path} holds mp_api_key and can be read by other users; run: chmod 600 {path}",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path} holds mp_api_key and can be read by other users; run: chmod 600 {path}", stacklevel=2
+            )
     return InitSettingsSource(settings_cls, _by_alias(data, str(path)))
 
 

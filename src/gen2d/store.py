@@ -13,7 +13,7 @@ import fcntl
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,11 +65,12 @@ def readable_secret_warning(path: str | Path) -> str | None:
         text = p.read_text(errors="ignore")
     except OSError:
         return None
-    has_secret = bool(re.search(r"(password|passwd|secret|api_key|token)\s*[:=]\s*\S+", text, re.I)
-                      or re.search(r"://[^:/@\s]+:[^@/\s]+@", text))
+    has_secret = bool(
+        re.search(r"(password|passwd|secret|api_key|token)\s*[:=]\s*\S+", text, re.I)
+        or re.search(r"://[^:/@\s]+:[^@/\s]+@", text)
+    )
     if has_secret and mode & (stat.S_IRGRP | stat.S_IROTH):
-        return (f"{p} holds credentials and can be read by other users (mode {stat.filemode(mode)}); "
-                f"run: chmod 600 {p}")
+        return f"{p} holds credentials and can be read by other users (mode {stat.filemode(mode)}); run: chmod 600 {p}"
     return None
 
 
@@ -111,7 +112,7 @@ class ScoreDoc(DocumentModel):
     provenance: dict[str, Any]
 
     @classmethod
-    def from_result(cls, scorer: str, result: ScoreResult) -> "ScoreDoc":
+    def from_result(cls, scorer: str, result: ScoreResult) -> ScoreDoc:
         d = result.model_dump(mode="json")
         return cls(scorer=scorer, **d)
 
@@ -171,8 +172,9 @@ class Candidate(DocumentModel):
         return entry.value if entry is not None else None
 
 
-def make_candidate(structure: Structure, source: SourceInfo, labels: dict[str, Any] | None = None,
-                   ingest: Validation | None = None) -> Candidate:
+def make_candidate(
+    structure: Structure, source: SourceInfo, labels: dict[str, Any] | None = None, ingest: Validation | None = None
+) -> Candidate:
     """Canonicalise a structure that passed ingest and record both validity verdicts.
 
     The stored structure is the canonical form; the strict verdict is taken on it.
@@ -258,13 +260,14 @@ class CandidateStore:
                     fcntl.flock(fh, fcntl.LOCK_UN)
 
     # connection -------------------------------------------------------------------------------
-    def connect(self) -> "CandidateStore":
+    def connect(self) -> CandidateStore:
         try:
             with self._write_lock():
                 self.store.connect()
         except Exception as exc:
-            raise StoreUnavailable(f"cannot open store {self.uri}: {type(exc).__name__}: "
-                                   f"{redact_uri(str(exc))[:300]}") from None
+            raise StoreUnavailable(
+                f"cannot open store {self.uri}: {type(exc).__name__}: {redact_uri(str(exc))[:300]}"
+            ) from None
         return self
 
     def close(self) -> None:
@@ -273,7 +276,7 @@ class CandidateStore:
         except Exception:
             pass
 
-    def __enter__(self) -> "CandidateStore":
+    def __enter__(self) -> CandidateStore:
         return self.connect()
 
     def __exit__(self, *exc: Any) -> None:
@@ -289,16 +292,20 @@ class CandidateStore:
 
         Returns counts of ``inserted`` and ``updated`` documents.
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         inserted = updated = 0
         for cand in candidates:
-            d = cand.model_dump(mode="json", exclude={"scores", "summary", "rank", "created_at", "updated_at",
-                                                      "sets", "sources", "labels", "flags"})
+            d = cand.model_dump(
+                mode="json",
+                exclude={"scores", "summary", "rank", "created_at", "updated_at", "sets", "sources", "labels", "flags"},
+            )
             update: dict[str, Any] = {
                 "$set": {**d, "updated_at": now},
                 "$setOnInsert": {"created_at": now, "scores": {}, "summary": {}, "rank": None},
-                "$addToSet": {"sets": {"$each": cand.sets},
-                              "sources": {"$each": [s.model_dump(mode="json") for s in cand.sources]}},
+                "$addToSet": {
+                    "sets": {"$each": cand.sets},
+                    "sources": {"$each": [s.model_dump(mode="json") for s in cand.sources]},
+                },
             }
             for k, v in cand.labels.items():
                 update["$set"][f"labels.{k}"] = v
@@ -316,12 +323,12 @@ class CandidateStore:
         """Store one score on an existing candidate (field-level, so concurrent scorers never clash)."""
         doc = result if isinstance(result, ScoreDoc) else ScoreDoc.from_result(scorer, result)
         body = doc.stored()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         sets: dict[str, Any] = {f"scores.{scorer}": body, "updated_at": now}
         if doc.ok and doc.value is not None:
             sets[f"summary.{doc.property}"] = PropertySummary(
-                value=doc.value, abs_value=abs(doc.value), unit=doc.unit, uncertainty=doc.uncertainty,
-                scorer=scorer).model_dump(mode="json")
+                value=doc.value, abs_value=abs(doc.value), unit=doc.unit, uncertainty=doc.uncertainty, scorer=scorer
+            ).model_dump(mode="json")
         with self._write_lock():
             res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})
         if res.matched_count == 0:
@@ -330,8 +337,9 @@ class CandidateStore:
     def set_rank(self, candidate_id: str, rank: Rank | dict[str, Any]) -> None:
         body = rank.model_dump(mode="json") if isinstance(rank, Rank) else rank
         with self._write_lock():
-            self.collection.update_one({"candidate_id": candidate_id},
-                                       {"$set": {"rank": body, "updated_at": datetime.now(timezone.utc)}})
+            self.collection.update_one(
+                {"candidate_id": candidate_id}, {"$set": {"rank": body, "updated_at": datetime.now(UTC)}}
+            )
 
     def set_fields(self, candidate_id: str, fields: dict[str, Any]) -> None:
         with self._write_lock():
@@ -357,8 +365,13 @@ class CandidateStore:
             doc.pop("_id", None)
         return doc
 
-    def query(self, criteria: dict[str, Any] | None = None, sort: Sequence[tuple[str, int]] | None = None,
-              limit: int = 0, properties: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self,
+        criteria: dict[str, Any] | None = None,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        properties: Sequence[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Documents matching ``criteria``; ``sort`` is [(field, 1 | -1)], missing values last."""
         criteria = dict(criteria or {})
         if sort:
@@ -377,9 +390,13 @@ class CandidateStore:
             doc.pop("_id", None)
             yield doc
 
-    def candidates_missing(self, scorer: str, criteria: dict[str, Any] | None = None,
-                           current: dict[str, Any] | None = None,
-                           properties: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def candidates_missing(
+        self,
+        scorer: str,
+        criteria: dict[str, Any] | None = None,
+        current: dict[str, Any] | None = None,
+        properties: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
         """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do.
 
         ``current`` (a scorer's ``current`` attribute: dotted paths inside a stored result and the value a
@@ -401,19 +418,21 @@ class CandidateStore:
             # database (its embedded-document equality depends on key order).
             stale = [{field: {"$exists": False}}] + [{f"{field}.{p}": {"$ne": v}} for p, v in current.items()]
             crit = {"$and": [crit, {"$or": stale}]} if crit else {"$or": stale}
-        return [d for d in self.query(crit, properties=properties)
-                if not score_is_current(get_score(d, scorer), current)]
+        return [
+            d for d in self.query(crit, properties=properties) if not score_is_current(get_score(d, scorer), current)
+        ]
 
 
 def _monty_path(uri: str) -> str:
-    rest = uri[len("monty://"):]
+    rest = uri[len("monty://") :]
     if not rest:
         raise StoreUnavailable("monty:// needs a path, e.g. monty:///abs/path or monty://./gen2d-data")
     return str(Path(rest).expanduser())
 
 
-def open_store(uri: str | None = None, collection: str = CANDIDATES, connect: bool = True,
-               timeout_ms: int = 3000) -> CandidateStore:
+def open_store(
+    uri: str | None = None, collection: str = CANDIDATES, connect: bool = True, timeout_ms: int = 3000
+) -> CandidateStore:
     """A connected :class:`CandidateStore` for ``uri`` (``$GEN2D_STORE`` or ``./gen2d-data`` by default).
 
     Parameters
@@ -429,16 +448,20 @@ def open_store(uri: str | None = None, collection: str = CANDIDATES, connect: bo
     if uri.startswith("monty://"):
         path = _monty_path(uri)
         Path(path).mkdir(parents=True, exist_ok=True)
-        store = MontyStore(collection, database_path=path, database_name="gen2d", key="candidate_id",
-                           storage="sqlite")
+        store = MontyStore(collection, database_path=path, database_name="gen2d", key="candidate_id", storage="sqlite")
     elif uri.startswith("memory://"):
-        name = uri[len("memory://"):] or collection
+        name = uri[len("memory://") :] or collection
         store = MemoryStore(collection_name=name, key="candidate_id")
     elif uri.startswith(("mongodb://", "mongodb+srv://")):
         parts = urlsplit(uri)
         database = parts.path.lstrip("/") or "gen2d"
-        store = MongoStore.from_uri(uri, collection, database=database, key="candidate_id",
-                              mongoclient_kwargs={"serverSelectionTimeoutMS": timeout_ms})
+        store = MongoStore.from_uri(
+            uri,
+            collection,
+            database=database,
+            key="candidate_id",
+            mongoclient_kwargs={"serverSelectionTimeoutMS": timeout_ms},
+        )
     else:
         raise StoreUnavailable(f"unsupported store URI {redact_uri(uri)!r}: use monty://, mongodb:// or memory://")
     lock = Path(_monty_path(uri)) / ".gen2d.lock" if uri.startswith("monty://") else None
@@ -462,7 +485,7 @@ def parse_where(expressions: Iterable[str]) -> dict[str, Any]:
     ops = [("<=", "$lte"), (">=", "$gte"), ("!=", "$ne"), ("<", "$lt"), (">", "$gt"), ("=", "$eq")]
     crit: dict[str, Any] = {}
     for expr in expressions:
-        for sym, op in ops:
+        for sym, op in ops:  # noqa: B007 - op is read after the loop breaks
             if sym in expr:
                 field, raw = (x.strip() for x in expr.split(sym, 1))
                 break

@@ -93,15 +93,20 @@ class Validation:
     messages: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    def fail(self, reason: str, message: str = "") -> "Validation":
+    def fail(self, reason: str, message: str = "") -> Validation:
         self.ok = False
         self.reasons.append(reason)
         self.messages.append(message or REASONS.get(reason, reason))
         return self
 
     def as_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "ok": self.ok, "reasons": list(self.reasons),
-                "messages": list(self.messages), "metrics": dict(self.metrics)}
+        return {
+            "level": self.level,
+            "ok": self.ok,
+            "reasons": list(self.reasons),
+            "messages": list(self.messages),
+            "metrics": dict(self.metrics),
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,8 +157,11 @@ def load_structure(path: str | Path) -> Structure:
     except Exception as exc:  # parsers raise anything from ValueError to IndexError on junk
         text = f"{type(exc).__name__}: {exc}"[:300]
         lowered = text.lower()
-        if ("element" in lowered or "species" in lowered or "symbol" in lowered) and "unknown" in lowered \
-                or "is not a valid element" in lowered:
+        if (
+            ("element" in lowered or "species" in lowered or "symbol" in lowered)
+            and "unknown" in lowered
+            or "is not a valid element" in lowered
+        ):
             raise StructureError("unknown_element", f"{path.name}: {text}") from None
         raise StructureError("unreadable_file", f"{path.name}: {text}") from None
 
@@ -194,8 +202,14 @@ def _cart_from_in_plane(a: np.ndarray, b: np.ndarray, cart: np.ndarray) -> tuple
     return frac_ab.T, height
 
 
-def _build_2d(a_vec: np.ndarray, b_vec: np.ndarray, species: Sequence, cart: np.ndarray,
-              vacuum: float, site_properties: dict | None = None) -> Structure:
+def _build_2d(
+    a_vec: np.ndarray,
+    b_vec: np.ndarray,
+    species: Sequence,
+    cart: np.ndarray,
+    vacuum: float,
+    site_properties: dict | None = None,
+) -> Structure:
     """A monolayer in the gen2d frame from in-plane vectors and unwrapped Cartesian positions."""
     la, lb = np.linalg.norm(a_vec), np.linalg.norm(b_vec)
     cos_g = float(np.clip(a_vec @ b_vec / (la * lb), -1.0, 1.0))
@@ -394,8 +408,7 @@ def validate_ingest(structure: Structure, max_atoms: int = MAX_ATOMS_INGEST) -> 
     if ncomp > 1:
         n_frag = ncomp - sum(r == 2 for r in ranks)
         if n_frag == 0:  # every piece is itself a periodic sheet (only through the loose contacts)
-            where = ("at different heights" if _z_groups(layer, labels, ncomp) >= 2
-                     else "at overlapping heights")
+            where = "at different heights" if _z_groups(layer, labels, ncomp) >= 2 else "at overlapping heights"
             return v.fail("isolated_fragment", f"{ncomp} periodic sheets not in contact with each other, {where}")
         return v.fail("isolated_fragment", f"{n_frag} fragment(s) apart from the layer")
     return v
@@ -411,9 +424,13 @@ def strict_verdict(structure: Structure) -> tuple[bool, list[str]]:
     return bool(v.ok), list(v.reasons)
 
 
-def validate_strict(structure: Structure, bond_scale: float = STRICT_BOND_SCALE,
-                    max_thickness: float = STRICT_MAX_THICKNESS, max_atoms: int = MAX_ATOMS_INGEST,
-                    use_larsen: bool = True) -> Validation:
+def validate_strict(
+    structure: Structure,
+    bond_scale: float = STRICT_BOND_SCALE,
+    max_thickness: float = STRICT_MAX_THICKNESS,
+    max_atoms: int = MAX_ATOMS_INGEST,
+    use_larsen: bool = True,
+) -> Validation:
     """Is this one clean monolayer? What a generated structure must pass (after ingest's checks).
 
     One component under the bonding cutoff, Larsen dimensionality 2 (pymatgen
@@ -422,10 +439,18 @@ def validate_strict(structure: Structure, bond_scale: float = STRICT_BOND_SCALE,
     """
     v = Validation("strict")
     ing = validate_ingest(structure, max_atoms=max_atoms)
-    if not ing.ok and ing.reasons[0] in {"empty_structure", "too_many_atoms", "non_finite_coordinates",
-                                         "degenerate_lattice", "partial_occupancy", "unknown_element",
-                                         "overlapping_atoms", "bulk_crystal", "molecule_in_box",
-                                         "vacuum_gap_in_plane"}:
+    if not ing.ok and ing.reasons[0] in {
+        "empty_structure",
+        "too_many_atoms",
+        "non_finite_coordinates",
+        "degenerate_lattice",
+        "partial_occupancy",
+        "unknown_element",
+        "overlapping_atoms",
+        "bulk_crystal",
+        "molecule_in_box",
+        "vacuum_gap_in_plane",
+    }:
         for r, m in zip(ing.reasons, ing.messages):
             v.fail(r, m)
         return v
@@ -509,8 +534,15 @@ def canonicalize(structure: Structure, vacuum: float = DEFAULT_VACUUM) -> Struct
     a, b = _gauss_reduce(m[0].copy(), m[1].copy())
     cart = layer.cart_coords
     out = _build_2d(a, b, layer.species, cart, vacuum)
-    order = sorted(range(len(out)), key=lambda k: (out[k].specie.Z, round(out.frac_coords[k, 2], 3),
-                                                    round(out.frac_coords[k, 0], 4), round(out.frac_coords[k, 1], 4)))
+    order = sorted(
+        range(len(out)),
+        key=lambda k: (
+            out[k].specie.Z,
+            round(out.frac_coords[k, 2], 3),
+            round(out.frac_coords[k, 0], 4),
+            round(out.frac_coords[k, 1], 4),
+        ),
+    )
     return Structure(out.lattice, [out.species[k] for k in order], out.frac_coords[order])
 
 
@@ -561,7 +593,9 @@ def structure_summary(structure: Structure) -> dict[str, Any]:
         "formula": structure.composition.reduced_formula,
         "chemsys": structure.composition.chemical_system,
         "nsites": len(structure),
-        "a": round(lat.a, 4), "b": round(lat.b, 4), "gamma": round(lat.gamma, 3),
+        "a": round(lat.a, 4),
+        "b": round(lat.b, 4),
+        "gamma": round(lat.gamma, 3),
         "area": round(float(np.linalg.norm(np.cross(lat.matrix[0], lat.matrix[1]))), 4),
         "thickness": round(layer_thickness(structure), 4),
     }

@@ -19,9 +19,10 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from gen2d import __version__
 
@@ -105,15 +106,21 @@ def register(model: ModelWeights) -> ModelWeights:
 
 
 for _size in ("1M", "5M"):
-    register(ModelWeights(
-        name=f"mattersim-v1.0.0-{_size}", filename=f"mattersim-v1.0.0-{_size}.pth",
-        url=MATTERSIM_CHECKPOINT_PREFIX + f"mattersim-v1.0.0-{_size}.pth", sha256=None,
-        source="Microsoft MatterSim (MIT); the URL mattersim 1.2.3 itself downloads from"))
+    register(
+        ModelWeights(
+            name=f"mattersim-v1.0.0-{_size}",
+            filename=f"mattersim-v1.0.0-{_size}.pth",
+            url=MATTERSIM_CHECKPOINT_PREFIX + f"mattersim-v1.0.0-{_size}.pth",
+            sha256=None,
+            source="Microsoft MatterSim (MIT); the URL mattersim 1.2.3 itself downloads from",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Settings: each read in one function
 # ----------------------------------------------------------------------------------------------------
+
 
 def _offline() -> bool:
     """True when ``GEN2D_OFFLINE`` (the ``offline`` setting) forbids downloads."""
@@ -147,6 +154,7 @@ def _base_url_override() -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
+
 
 def get_model(name: str) -> ModelWeights:
     """The registry entry for ``name`` (case-insensitive; a trailing ``.pth`` is accepted).
@@ -212,18 +220,26 @@ def _read_registry(cache_dir: Path) -> dict[str, dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"the hash record {path} cannot be read ({type(exc).__name__}: {exc}); repair it, "
-                           "or delete it and the files beside it to fetch them anew") from exc
+        raise WeightsError(
+            f"the hash record {path} cannot be read ({type(exc).__name__}: {exc}); repair it, "
+            "or delete it and the files beside it to fetch them anew"
+        ) from exc
     if not isinstance(doc, dict):
-        raise WeightsError(f"the hash record {path} is not a JSON object; repair it, or delete it and the "
-                           "files beside it to fetch them anew")
+        raise WeightsError(
+            f"the hash record {path} is not a JSON object; repair it, or delete it and the "
+            "files beside it to fetch them anew"
+        )
     return doc
 
 
 def _record(cache_dir: Path, model: ModelWeights, sha256: str, origin: str) -> None:
     doc = _read_registry(cache_dir)
-    doc[model.filename] = {"model": model.name, "sha256": sha256, "origin": origin,
-                           "recorded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    doc[model.filename] = {
+        "model": model.name,
+        "sha256": sha256,
+        "origin": origin,
+        "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
     fd, tmp = tempfile.mkstemp(prefix=".sha256-", suffix=".json", dir=cache_dir)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -251,11 +267,15 @@ def expected_sha256(name: str, cache_dir: str | os.PathLike | None = None) -> tu
 
 def _mismatch_message(model: ModelWeights, got: str, want: str, how: str, what: str, cache_dir: Path) -> str:
     if how == "pinned":
-        return (f"{what} of {model.name} has sha256 {got}, but its publisher's is {want}: the file is not the "
-                "published one (corrupted, truncated or replaced)")
-    return (f"{what} of {model.name} has sha256 {got}, but {want} was recorded at its first download "
-            f"(in {_registry_path(cache_dir)}): the file changed. If its publisher really replaced it, delete "
-            f"that entry and the cached file, then run `gen2d models fetch {model.name}`")
+        return (
+            f"{what} of {model.name} has sha256 {got}, but its publisher's is {want}: the file is not the "
+            "published one (corrupted, truncated or replaced)"
+        )
+    return (
+        f"{what} of {model.name} has sha256 {got}, but {want} was recorded at its first download "
+        f"(in {_registry_path(cache_dir)}): the file changed. If its publisher really replaced it, delete "
+        f"that entry and the cached file, then run `gen2d models fetch {model.name}`"
+    )
 
 
 def verify(name: str, cache_dir: str | os.PathLike | None = None) -> CachedWeights:
@@ -305,17 +325,23 @@ def _request(url: str) -> urllib.request.Request:
     netloc = parts.hostname or ""
     if parts.port:
         netloc += f":{parts.port}"
-    req = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)),
-                                 headers={"User-Agent": f"gen2d/{__version__}"})
+    req = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=netloc)), headers={"User-Agent": f"gen2d/{__version__}"}
+    )
     if parts.username is not None:
         token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
         req.add_unredirected_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
     return req
 
 
-def fetch(name: str, cache_dir: str | os.PathLike | None = None, offline: Optional[bool] = None,
-          url_override: Optional[str] = None, progress: Optional[Callable[[int, Optional[int]], None]] = None,
-          timeout: float = 60.0) -> CachedWeights:
+def fetch(
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    offline: Optional[bool] = None,
+    url_override: Optional[str] = None,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    timeout: float = 60.0,
+) -> CachedWeights:
     """The verified local file of ``name``, downloaded into the cache if it is not there yet.
 
     The download streams to a temporary file in the cache folder while hashing, is checked against
@@ -363,7 +389,8 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, offline: Option
         raise OfflineError(
             f"{model.filename} is not cached and GEN2D_OFFLINE=1 forbids downloading it: run "
             f"`gen2d models fetch {model.name}` where there is internet (it downloads {shown}), or copy the "
-            f"file to {final} (`gen2d models fetch {model.name} --from FILE` checks and copies it)")
+            f"file to {final} (`gen2d models fetch {model.name} --from FILE` checks and copies it)"
+        )
     if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
         raise WeightsUnavailable(f"cannot download {model.name} from {shown}: only http and https URLs are fetched")
     cdir.mkdir(parents=True, exist_ok=True)
@@ -393,12 +420,16 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, offline: Option
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
-        why = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else \
-            f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        why = (
+            f"HTTP {exc.code} {exc.reason}"
+            if isinstance(exc, urllib.error.HTTPError)
+            else f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        )
         why = why.replace(url, shown).replace(_request(url).full_url, shown)  # a URL in the error stays redacted
         raise WeightsUnavailable(
             f"cannot download {model.name} from {shown} ({why}); check the connection, set GEN2D_MODELS_BASE_URL "
-            f"to a mirror, or copy the file to {final}") from None
+            f"to a mirror, or copy the file to {final}"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -440,8 +471,15 @@ def install_file(name: str, source: str | os.PathLike, cache_dir: str | os.PathL
         tmp.unlink(missing_ok=True)
         raise
     path = _install(model, tmp, got, cdir, origin=f"copied from {src}", what=f"the file {src}")
-    return CachedWeights(model.name, path, got, "pinned" if model.sha256 else "recorded", redact_url(source_url(name)),
-                         False, path.stat().st_size)
+    return CachedWeights(
+        model.name,
+        path,
+        got,
+        "pinned" if model.sha256 else "recorded",
+        redact_url(source_url(name)),
+        False,
+        path.stat().st_size,
+    )
 
 
 def status(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -450,11 +488,37 @@ def status(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, A
     cdir = Path(cache_dir or _cache_dir())
     path = cdir / model.filename
     sha, how = expected_sha256(name, cdir)
-    return {"name": model.name, "filename": model.filename, "cached": path.is_file(), "path": str(path),
-            "sha256": sha, "sha256_source": how, "url": redact_url(source_url(name)), "source": model.source}
+    return {
+        "name": model.name,
+        "filename": model.filename,
+        "cached": path.is_file(),
+        "path": str(path),
+        "sha256": sha,
+        "sha256_source": how,
+        "url": redact_url(source_url(name)),
+        "source": model.source,
+    }
 
 
-__all__ = ["ChecksumMismatch", "CachedWeights", "MODELS", "ModelWeights", "OfflineError", "WeightsError",
-           "WeightsUnavailable", "cache_path", "default_cache_dir", "expected_sha256", "fetch", "get_model",
-           "install_file", "is_offline", "recorded_sha256", "redact_url", "register", "source_url", "status",
-           "verify"]
+__all__ = [
+    "ChecksumMismatch",
+    "CachedWeights",
+    "MODELS",
+    "ModelWeights",
+    "OfflineError",
+    "WeightsError",
+    "WeightsUnavailable",
+    "cache_path",
+    "default_cache_dir",
+    "expected_sha256",
+    "fetch",
+    "get_model",
+    "install_file",
+    "is_offline",
+    "recorded_sha256",
+    "redact_url",
+    "register",
+    "source_url",
+    "status",
+    "verify",
+]

@@ -52,8 +52,12 @@ def make_corpus(out: Path) -> dict[str, str]:
     put("ünïcödé_名前.cif", good, "ok")
     put(("x" * 200) + ".cif", good, "ok")
     put("MoS2_1000A_vacuum.cif", _cif_text(_mos2(vacuum=1000.0)), "ok")  # valid; vacuum is normalised
-    hbn = Atoms("BN", scaled_positions=[[0, 0, 0.5], [1 / 3, 2 / 3, 0.5]],
-                cell=[[2.504, 0, 0], [-1.252, 2.1686, 0], [0, 0, 20]], pbc=True)
+    hbn = Atoms(
+        "BN",
+        scaled_positions=[[0, 0, 0.5], [1 / 3, 2 / 3, 0.5]],
+        cell=[[2.504, 0, 0], [-1.252, 2.1686, 0], [0, 0, 20]],
+        pbc=True,
+    )
     put("hBN.vasp", "", "ok")
     ase_write(files / "hBN.vasp", hbn, format="vasp")
     put("MoS2.extxyz", "", "ok")
@@ -68,8 +72,8 @@ def make_corpus(out: Path) -> dict[str, str]:
     put("text_not_cif.cif", "Hello, this is a shopping list.\nmilk\neggs\n", "unreadable_file")
     put("bad_numbers.cif", good.replace("3.18000000", "three-point-one"), "unreadable_file")
     put("corrupt.vasp", "MoS2\n1.0\n3.18 0 0\nnot numbers here\n", "unreadable_file")
-    put("corrupt.extxyz", "3\nLattice=\"3 0 0 0 3 0 0 0 20\" Properties=species:S:1:pos:R:3\nMo 0 0\n", "unreadable_file")
-    put("corrupt.json", "{\"@module\": \"pymatgen.core.structure\", \"lattice\": ", "unreadable_file")
+    put("corrupt.extxyz", '3\nLattice="3 0 0 0 3 0 0 0 20" Properties=species:S:1:pos:R:3\nMo 0 0\n', "unreadable_file")
+    put("corrupt.json", '{"@module": "pymatgen.core.structure", "lattice": ', "unreadable_file")
     put("json_not_structure.json", json.dumps({"hello": [1, 2, 3]}), "unreadable_file")
 
     # numerical garbage
@@ -81,21 +85,29 @@ def make_corpus(out: Path) -> dict[str, str]:
     fc2 = s.frac_coords.copy()
     fc2[0, 0] = math.inf
     put("inf_coords.json", json.dumps(_structure_dict(s.lattice.matrix, s.species, fc2)), "non_finite_coordinates")
-    put("zero_volume.json", json.dumps(_structure_dict([[3, 0, 0], [6, 0, 0], [0, 0, 20]], ["C"], [[0, 0, 0.5]])),
-        "degenerate_lattice")
-    put("nan_lattice.json", json.dumps(_structure_dict([[3, 0, 0], [0, math.nan, 0], [0, 0, 20]], ["C"],
-                                                       [[0, 0, 0.5]])), "non_finite_coordinates")
+    put(
+        "zero_volume.json",
+        json.dumps(_structure_dict([[3, 0, 0], [6, 0, 0], [0, 0, 20]], ["C"], [[0, 0, 0.5]])),
+        "degenerate_lattice",
+    )
+    put(
+        "nan_lattice.json",
+        json.dumps(_structure_dict([[3, 0, 0], [0, math.nan, 0], [0, 0, 20]], ["C"], [[0, 0, 0.5]])),
+        "non_finite_coordinates",
+    )
     if nan:
         put("nan_in_cif.cif", nan, "unreadable_file")  # pymatgen's CIF parser refuses it outright
 
     # chemistry garbage
-    put("unknown_element_Qq.cif", good.replace("Mo ", "Qq ").replace("Mo0", "Qq0").replace("Mo1", "Qq1"),
-        "unknown_element")
+    put(
+        "unknown_element_Qq.cif",
+        good.replace("Mo ", "Qq ").replace("Mo0", "Qq0").replace("Mo1", "Qq1"),
+        "unknown_element",
+    )
     put("unknown_element_Xx.vasp", "", "unknown_element")
     (files / "unknown_element_Xx.vasp").write_text(
-        "Xx S\n1.0\n3.18 0 0\n-1.59 2.754 0\n0 0 20\nXx S\n1 2\nDirect\n0 0 0.5\n0.667 0.333 0.578\n0.667 0.333 0.422\n")
-    partial = good.replace("Mo0  1  0.00000000  0.00000000  0.50000000  1",
-                           "Mo0  1  0.00000000  0.00000000  0.50000000  0.5")
+        "Xx S\n1.0\n3.18 0 0\n-1.59 2.754 0\n0 0 20\nXx S\n1 2\nDirect\n0 0 0.5\n0.667 0.333 0.578\n0.667 0.333 0.422\n"
+    )
     put("partial_occupancy.cif", _partial_cif(), "partial_occupancy")
 
     # geometry garbage
@@ -124,7 +136,9 @@ def make_corpus(out: Path) -> dict[str, str]:
     chain = Atoms("C", positions=[[0, 6, 10]], cell=[1.3, 12, 20], pbc=True)
     put("carbon_chain.cif", _cif_text(chain), "vacuum_gap_in_plane")
     frag = _mos2()
-    frag += Atoms("H2", positions=[[0, 0, frag.positions[:, 2].max() + 4.2], [0.74, 0, frag.positions[:, 2].max() + 4.2]])
+    frag += Atoms(
+        "H2", positions=[[0, 0, frag.positions[:, 2].max() + 4.2], [0.74, 0, frag.positions[:, 2].max() + 4.2]]
+    )
     put("isolated_fragment.cif", _cif_text(frag), "isolated_fragment")
     single = Atoms("Au", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=True)
     put("single_atom_in_box.cif", _cif_text(single), "molecule_in_box")
@@ -141,15 +155,29 @@ def make_corpus(out: Path) -> dict[str, str]:
 
 
 def _structure_dict(matrix, species, frac) -> dict:
-    return {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,
-            "lattice": {"matrix": [[float(x) for x in row] for row in matrix]},
-            "sites": [{"species": [{"element": str(sp), "occu": 1}], "abc": [float(x) for x in f],
-                       "label": str(sp), "properties": {}} for sp, f in zip(species, frac)]}
+    return {
+        "@module": "pymatgen.core.structure",
+        "@class": "Structure",
+        "charge": 0,
+        "lattice": {"matrix": [[float(x) for x in row] for row in matrix]},
+        "sites": [
+            {
+                "species": [{"element": str(sp), "occu": 1}],
+                "abc": [float(x) for x in f],
+                "label": str(sp),
+                "properties": {},
+            }
+            for sp, f in zip(species, frac)
+        ],
+    }
 
 
 def _partial_cif() -> str:
-    s = Structure(Lattice.hexagonal(3.18, 23.13), [{"Mo": 0.5, "W": 0.5}, "S", "S"],
-                  [[0, 0, 0.5], [2 / 3, 1 / 3, 0.5677], [2 / 3, 1 / 3, 0.4323]])
+    s = Structure(
+        Lattice.hexagonal(3.18, 23.13),
+        [{"Mo": 0.5, "W": 0.5}, "S", "S"],
+        [[0, 0, 0.5], [2 / 3, 1 / 3, 0.5677], [2 / 3, 1 / 3, 0.4323]],
+    )
     return str(s.to(fmt="cif"))
 
 

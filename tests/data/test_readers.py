@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 from ase.db import connect
-
 from conftest import make_graphene, make_mos2, write_cif
+
 from gen2d.data.readers import read_any, read_ase_db, read_folder, read_mc2d_json
 from gen2d.structures import to_ase, validate_ingest
 
@@ -92,8 +89,9 @@ def test_mc2d_element_comes_from_the_element_field_then_the_kind():
 def test_one_mc2d_and_one_2dmatpedia_parser_serve_training_and_pu(data_dir):
     # The EGNN loader and the PU datasets read through gen2d.data.readers: the same entries, in the
     # same order, with the same elements as the records gen2d ingests.
-    from gen2d.diffusion.train import _read_2dmatpedia, _read_mc2d
     from gen2d_synth_pu.datasets import read_2dmatpedia, read_mc2d
+
+    from gen2d.diffusion.train import _read_2dmatpedia, _read_mc2d
 
     mc2d = data_dir / "mc2d_258_exfoliable.json"
     ingest = [sorted(o.record.structure.species, key=str) for o in read_mc2d_json(mc2d)]

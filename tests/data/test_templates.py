@@ -25,10 +25,22 @@ NAMES = list(TEMPLATES)
 # Known for the prototypes: 2H MX2, h-BN and GaS type P-6m2; 1T / CdI2 / buckled honeycomb / MXene /
 # quintuple layer P-3m1; 1T' P2_1/m; graphene P6/mmm; phosphorene Pmna; BiI3 type P-31m; FeSe P4/nmm.
 EXPECTED_SPACEGROUP = {
-    "MX2-2H": 187, "MX2-1T": 164, "MX2-1T'": 11, "graphene": 191, "hBN": 187,
-    "buckled-honeycomb": 164, "phosphorene": 53, "MXene-M2X": 164, "MXene-M3X2": 164,
-    "MXene-M2XO2": 164, "MXene-M3X2O2": 164, "MX-GaS": 187, "CdI2": 164, "BiI3": 162,
-    "FeSe": 129, "Bi2Te3-QL": 164,
+    "MX2-2H": 187,
+    "MX2-1T": 164,
+    "MX2-1T'": 11,
+    "graphene": 191,
+    "hBN": 187,
+    "buckled-honeycomb": 164,
+    "phosphorene": 53,
+    "MXene-M2X": 164,
+    "MXene-M3X2": 164,
+    "MXene-M2XO2": 164,
+    "MXene-M3X2O2": 164,
+    "MX-GaS": 187,
+    "CdI2": 164,
+    "BiI3": 162,
+    "FeSe": 129,
+    "Bi2Te3-QL": 164,
 }
 
 
@@ -39,8 +51,7 @@ def built() -> dict[str, Structure]:
 
 def _neighbour_distances(structure: Structure, i: int, j_species: str, r: float = 4.0) -> list[float]:
     """Distances (Å) from site i to sites of j_species within r, over in-plane periodic images."""
-    return sorted(nb.nn_distance for nb in structure.get_neighbors(structure[i], r)
-                  if nb.specie.symbol == j_species)
+    return sorted(nb.nn_distance for nb in structure.get_neighbors(structure[i], r) if nb.specie.symbol == j_species)
 
 
 def _index(structure: Structure, symbol: str) -> int:
@@ -166,9 +177,14 @@ def test_phosphorene_puckered_bonds(built):
 
 def test_transition_metal_coordination(built):
     """Octahedral and prismatic metals have six anion neighbours at one bond length."""
-    for name, metal, anion, bond in [("WS2-2H", "W", "S", 2.41), ("TiS2-1T", "Ti", "S", 2.43),
-                                     ("PtSe2-1T", "Pt", "Se", 2.53), ("CrI3", "Cr", "I", 2.73),
-                                     ("FeSe", "Fe", "Se", 2.39), ("Ti2C", "Ti", "C", 2.11)]:
+    for name, metal, anion, bond in [
+        ("WS2-2H", "W", "S", 2.41),
+        ("TiS2-1T", "Ti", "S", 2.43),
+        ("PtSe2-1T", "Pt", "Se", 2.53),
+        ("CrI3", "Cr", "I", 2.73),
+        ("FeSe", "Fe", "Se", 2.39),
+        ("Ti2C", "Ti", "C", 2.11),
+    ]:
         s = built[name]
         d = _neighbour_distances(s, _index(s, metal), anion, bond + 0.3)
         expected_count = 4 if name == "FeSe" else 3 if name == "Ti2C" else 6
@@ -186,8 +202,7 @@ def test_cri3_honeycomb(built):
 
 
 def test_buckling_of_xenes(built):
-    heights = {name: np.ptp(built[name].cart_coords[:, 2]) for name in ("graphene", "silicene",
-                                                                         "germanene", "stanene")}
+    heights = {name: np.ptp(built[name].cart_coords[:, 2]) for name in ("graphene", "silicene", "germanene", "stanene")}
     # buckling grows down group 14: planar C, then Si < Ge < Sn
     assert heights["graphene"] == pytest.approx(0.0, abs=1e-9)
     assert 0.0 < heights["silicene"] < heights["germanene"] < heights["stanene"] < 1.0

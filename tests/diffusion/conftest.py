@@ -11,10 +11,26 @@ from gen2d.diffusion.train import TrainConfig, load_checkpoint, train
 
 
 def tiny_config(out_dir: Path, **over) -> TrainConfig:
-    fields = dict(sources=["2dmatpedia_filtered.db"], max_records=12, max_atoms=6, val_fraction=0.0,
-                  hidden=32, n_layers=2, n_cond_layers=1, batch_size=12, lr=2e-3, max_steps=120,
-                  cond_dropout=0.15, checkpoint_every=1000, log_every=20, device="cpu", num_threads=1,
-                  out_dir=str(out_dir), progress=False, seed=0)
+    fields = dict(
+        sources=["2dmatpedia_filtered.db"],
+        max_records=12,
+        max_atoms=6,
+        val_fraction=0.0,
+        hidden=32,
+        n_layers=2,
+        n_cond_layers=1,
+        batch_size=12,
+        lr=2e-3,
+        max_steps=120,
+        cond_dropout=0.15,
+        checkpoint_every=1000,
+        log_every=20,
+        device="cpu",
+        num_threads=1,
+        out_dir=str(out_dir),
+        progress=False,
+        seed=0,
+    )
     fields.update(over)
     return TrainConfig(**fields)
 

@@ -48,8 +48,11 @@ def test_template_starts_keep_the_template_cell(tiny_checkpoint):
     from gen2d.data.templates import build_template
 
     gen = get_generator("egnn-diffusion", checkpoint=tiny_checkpoint, device="cpu")
-    usable = [n for n in ("silicene", "germanene", "phosphorene") if {e.symbol for e in build_template(n).composition}
-              <= set(gen.bundle.rep.vocab)]
+    usable = [
+        n
+        for n in ("silicene", "germanene", "phosphorene")
+        if {e.symbol for e in build_template(n).composition} <= set(gen.bundle.rep.vocab)
+    ]
     assert usable, "tiny model's vocabulary should cover Si, Ge or P"
     out = list(gen.generate(n=2, seed=0, start="templates", templates=usable, n_steps=5))
     for g in out:
@@ -57,8 +60,10 @@ def test_template_starts_keep_the_template_cell(tiny_checkpoint):
         ref = build_template(name)
         assert len(g.structure) == len(ref)
         assert abs(g.structure.lattice.a - ref.lattice.a) < 1e-4
-        assert abs(g.structure.lattice.gamma - ref.lattice.gamma) < 1e-3 or \
-            abs(g.structure.lattice.gamma - (180 - ref.lattice.gamma)) < 1e-3
+        assert (
+            abs(g.structure.lattice.gamma - ref.lattice.gamma) < 1e-3
+            or abs(g.structure.lattice.gamma - (180 - ref.lattice.gamma)) < 1e-3
+        )
 
 
 def test_diverged_guidance_is_stored_flagged_and_never_a_hit(tiny_checkpoint, tmp_path):
@@ -75,10 +80,31 @@ def test_diverged_guidance_is_stored_flagged_and_never_a_hit(tiny_checkpoint, tm
 
     uri = f"monty://{tmp_path / 'store'}"
     runner = CliRunner()
-    res = runner.invoke(app, ["generate", "--n", "3", "--seed", "1", "--steps", "5", "--set", "div",
-                              "--guidance", "eta=0.1", "--guidance", "divergence_grad_rms=1e-9",
-                              "--option", f"checkpoint={tiny_checkpoint}", "--option", "device=cpu",
-                              "--store", uri, "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--n",
+            "3",
+            "--seed",
+            "1",
+            "--steps",
+            "5",
+            "--set",
+            "div",
+            "--guidance",
+            "eta=0.1",
+            "--guidance",
+            "divergence_grad_rms=1e-9",
+            "--option",
+            f"checkpoint={tiny_checkpoint}",
+            "--option",
+            "device=cpu",
+            "--store",
+            uri,
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     gen_out = json.loads(res.stdout)
     assert gen_out["n_flagged"] == gen_out["n_accepted"] >= 1
@@ -88,8 +114,11 @@ def test_diverged_guidance_is_stored_flagged_and_never_a_hit(tiny_checkpoint, tm
     prov = Provenance(plugin="test", model="hand-set")
     for d in docs:  # scores that would make a hit
         for prop, val, unit in (("dg_h", 0.0, "eV"), ("e_hull", 0.0, "eV/atom"), ("p_synth", 0.9, "probability")):
-            cs.set_score(d["candidate_id"], f"hand.{prop}", ScoreResult(property=prop, value=val, unit=unit,
-                                                                           ok=True, provenance=prov))
+            cs.set_score(
+                d["candidate_id"],
+                f"hand.{prop}",
+                ScoreResult(property=prop, value=val, unit=unit, ok=True, provenance=prov),
+            )
     ranked = rank_set(cs, ["div"], RankThresholds(require_strict=False))
     assert ranked.n_hits == 0 and ranked.n_complete == len(docs)
     assert all(cs.get(d["candidate_id"])["rank"]["flags"] == ["guidance_diverged"] for d in docs)
@@ -111,8 +140,9 @@ def test_cli_elements_restricts_the_stored_candidates(tiny_checkpoint, tmp_path)
     space = gen.bundle.rep.vocab[:3]
     uri = f"monty://{tmp_path / 'store'}"
     common = ["--option", f"checkpoint={tiny_checkpoint}", "--option", "device=cpu", "--store", uri, "--json"]
-    res = CliRunner().invoke(app, ["generate", "--n", "4", "--steps", "5", "--set", "space",
-                                   "--elements", ",".join(space), *common])
+    res = CliRunner().invoke(
+        app, ["generate", "--n", "4", "--steps", "5", "--set", "space", "--elements", ",".join(space), *common]
+    )
     assert res.exit_code == 0, res.output
     docs = list(open_store(uri).query({"sets": "space"}))
     assert docs and all(set(d["elements"]) <= set(space) for d in docs)

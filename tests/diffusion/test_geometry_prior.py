@@ -17,8 +17,10 @@ R_C, R_MO, R_S = (float(covalent_radii[z]) for z in (6, 42, 16))
 def _lattice(a: float, b: float, gamma_deg: float = 90.0, angle: float = 0.0) -> torch.Tensor:
     g = math.radians(gamma_deg)
     lat = torch.tensor([[a, 0.0, 0.0], [b * math.cos(g), b * math.sin(g), 0.0], [0.0, 0.0, 20.0]], dtype=torch.float64)
-    rot = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0],
-                        [0.0, 0.0, 1.0]], dtype=torch.float64)
+    rot = torch.tensor(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
     return (lat @ rot.T)[None]
 
 
@@ -124,8 +126,14 @@ def test_a_non_finite_structure_is_left_as_it_is_and_the_batch_goes_on():
 
 def test_sampler_applies_the_prior_and_records_it(tiny_bundle):
     on = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=[4, 5, 6, 6, 8, 8])
-    off = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20, overlap_scale=0.0, fragment_scale=0.0),
-                 device="cpu", n_atoms=[4, 5, 6, 6, 8, 8])
+    off = sample(
+        tiny_bundle,
+        6,
+        seed=1,
+        config=SamplingConfig(n_steps=20, overlap_scale=0.0, fragment_scale=0.0),
+        device="cpu",
+        n_atoms=[4, 5, 6, 6, 8, 8],
+    )
     assert all(s.diagnostics["projection_moves"] == 0 for s in off)
     assert any(s.diagnostics["projection_moves"] > 0 for s in on)
     for smp in on:

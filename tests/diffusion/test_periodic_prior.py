@@ -24,8 +24,10 @@ def _lattice(a: float, b: float, gamma_deg: float = 90.0, angle: float = 0.0) ->
 
 
 def _rot(angle: float) -> torch.Tensor:
-    return torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0],
-                         [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.tensor(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
 
 
 def _radius(species: list[str]) -> torch.Tensor:
@@ -158,7 +160,7 @@ def test_a_2d_layer_is_left_unchanged_and_only_the_chain_of_a_batch_is_shrunk():
     out_f, out_lat, changed = _percolate(species_l + species_c, frac, z, lattice, batch=batch)
     assert changed.tolist() == [False, True]
     assert torch.equal(out_lat[0], lattice[0]) and torch.equal(out_f[: len(frac_l)], frac_l)
-    assert _strict(species_c, out_f[len(frac_l):], z_c, out_lat[1:]) == (2, [])
+    assert _strict(species_c, out_f[len(frac_l) :], z_c, out_lat[1:]) == (2, [])
 
 
 def test_a_shrink_below_the_limit_or_of_several_pieces_is_not_made():
@@ -204,8 +206,7 @@ def test_the_step_keeps_rotation_permutation_and_translation_symmetry():
     assert d.abs().max() < 1e-9
 
 
-def test_the_sampler_puts_the_shrunk_cell_into_its_state_and_never_touches_a_fixed_lattice(tiny_bundle,
-                                                                                          monkeypatch):
+def test_the_sampler_puts_the_shrunk_cell_into_its_state_and_never_touches_a_fixed_lattice(tiny_bundle, monkeypatch):
     """A spy in place of percolate_lattice shrinks every cell by 0.9 at every call: the free samples end with
     the last shrunk cell (through the encoded lattice), template starts never call it."""
     calls = []
@@ -229,28 +230,35 @@ def test_the_sampler_puts_the_shrunk_cell_into_its_state_and_never_touches_a_fix
     calls.clear()
     from gen2d.data.templates import TEMPLATES, build_template
 
-    usable = [n for n in TEMPLATES
-              if {e.symbol for e in build_template(n).composition} <= set(tiny_bundle.rep.vocab)][:2]
+    usable = [n for n in TEMPLATES if {e.symbol for e in build_template(n).composition} <= set(tiny_bundle.rep.vocab)][
+        :2
+    ]
     assert usable, "no template inside the tiny model's vocabulary"
     starts, _ = template_starts(tiny_bundle, usable, repeats=2)
-    fixed = sample(tiny_bundle, 0, seed=0, config=cfg.model_copy(update={"template_t_start": 0.3}), device="cpu",
-                   starts=starts)
+    fixed = sample(
+        tiny_bundle, 0, seed=0, config=cfg.model_copy(update={"template_t_start": 0.3}), device="cpu", starts=starts
+    )
     assert calls == []
     for smp, want in zip(fixed, torch.cat([s.lattice2d for s in starts])):
         assert np.array_equal(smp.lattice2d, want.numpy().astype(float))
         assert smp.diagnostics["lattice_shrinks"] == 0
 
     # switched off: never called
-    sample(tiny_bundle, 2, seed=4, config=SamplingConfig(n_steps=20, periodic_scale=0.0), device="cpu",
-           n_atoms=[3, 4])
+    sample(tiny_bundle, 2, seed=4, config=SamplingConfig(n_steps=20, periodic_scale=0.0), device="cpu", n_atoms=[3, 4])
     assert calls == []
 
 
 def test_the_real_step_runs_in_the_sampler(tiny_bundle):
     """With the real step: the lattice of every sample is finite, a shrink is counted, and off gives none."""
     on = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=[2, 3, 4, 4, 5, 6])
-    off = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=20, periodic_scale=0.0), device="cpu",
-                 n_atoms=[2, 3, 4, 4, 5, 6])
+    off = sample(
+        tiny_bundle,
+        6,
+        seed=1,
+        config=SamplingConfig(n_steps=20, periodic_scale=0.0),
+        device="cpu",
+        n_atoms=[2, 3, 4, 4, 5, 6],
+    )
     assert all(s.diagnostics["lattice_shrinks"] == 0 for s in off)
     assert sum(s.diagnostics["lattice_shrinks"] for s in on) > 0  # the tiny model's small cells do need it
     for a, b in zip(on, off):

@@ -34,8 +34,9 @@ def test_same_seed_same_samples(tiny_bundle):
 
 def test_classifier_free_mixing_changes_the_trajectory(tiny_bundle):
     base = sample(tiny_bundle, 3, seed=2, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=[3, 3, 3])
-    cfg = sample(tiny_bundle, 3, seed=2, config=SamplingConfig(n_steps=20, cfg_weight=3.0), device="cpu",
-                 n_atoms=[3, 3, 3])
+    cfg = sample(
+        tiny_bundle, 3, seed=2, config=SamplingConfig(n_steps=20, cfg_weight=3.0), device="cpu", n_atoms=[3, 3, 3]
+    )
     assert any(not np.allclose(x.frac, y.frac) for x, y in zip(base, cfg))
 
 
@@ -46,8 +47,14 @@ def test_gradient_guidance_moves_predicted_dg_h_towards_target(tiny_bundle):
     off = sample(tiny_bundle, 8, seed=11, config=SamplingConfig(n_steps=50), device="cpu", n_atoms=n_atoms)
     target = float(np.mean([s.predicted["dg_h"] for s in off])) + 1.0  # a target the unguided runs miss
     only_dgh = {"dg_h": 1.0, "e_hull": 0.0, "synth": 0.0}
-    on = sample(tiny_bundle, 8, seed=11, device="cpu", n_atoms=n_atoms,
-                config=SamplingConfig(n_steps=50, eta=0.1, targets={"dg_h": target}, target_weights=only_dgh))
+    on = sample(
+        tiny_bundle,
+        8,
+        seed=11,
+        device="cpu",
+        n_atoms=n_atoms,
+        config=SamplingConfig(n_steps=50, eta=0.1, targets={"dg_h": target}, target_weights=only_dgh),
+    )
     err_off = np.abs([s.predicted["dg_h"] - target for s in off])
     err_on = np.abs([s.predicted["dg_h"] - target for s in on])
     assert err_on.mean() < err_off.mean(), (err_on, err_off)
@@ -55,8 +62,14 @@ def test_gradient_guidance_moves_predicted_dg_h_towards_target(tiny_bundle):
 
 
 def test_clean_guided_run_flags_nothing(tiny_bundle):
-    out = sample(tiny_bundle, 4, seed=3, device="cpu", n_atoms=[3, 4, 3, 5],
-                 config=SamplingConfig(n_steps=20, cfg_weight=2.0, eta=0.1))
+    out = sample(
+        tiny_bundle,
+        4,
+        seed=3,
+        device="cpu",
+        n_atoms=[3, 4, 3, 5],
+        config=SamplingConfig(n_steps=20, cfg_weight=2.0, eta=0.1),
+    )
     for smp in out:
         assert not smp.diverged and smp.diagnostics["diverged_reasons"] == []
         assert 0.0 < smp.diagnostics["max_guidance_grad_rms"] < 50.0
@@ -65,8 +78,14 @@ def test_clean_guided_run_flags_nothing(tiny_bundle):
 
 def test_gradient_above_the_divergence_limit_is_flagged(tiny_bundle):
     """The raw gradient is compared with the limit before clipping: a tiny limit flags every sample."""
-    out = sample(tiny_bundle, 3, seed=3, device="cpu", n_atoms=[3, 3, 4],
-                 config=SamplingConfig(n_steps=10, eta=0.1, divergence_grad_rms=1e-9))
+    out = sample(
+        tiny_bundle,
+        3,
+        seed=3,
+        device="cpu",
+        n_atoms=[3, 3, 4],
+        config=SamplingConfig(n_steps=10, eta=0.1, divergence_grad_rms=1e-9),
+    )
     assert all(s.diagnostics["diverged_reasons"] == ["exploding_guidance"] for s in out)
     assert all(s.diagnostics["first_flagged_step"]["exploding_guidance"] == 0 for s in out)
 
@@ -103,8 +122,14 @@ def test_chemical_space_restricts_the_sampled_elements(tiny_bundle):
     space = vocab[:2]
     free = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=15), device="cpu", n_atoms=[3] * 6)
     assert {el for s in free for el in s.species} - set(space), "unrestricted run should use other elements"
-    out = sample(tiny_bundle, 6, seed=1, config=SamplingConfig(n_steps=15, elements=space, eta=0.05), device="cpu",
-                 n_atoms=[3] * 6)
+    out = sample(
+        tiny_bundle,
+        6,
+        seed=1,
+        config=SamplingConfig(n_steps=15, elements=space, eta=0.05),
+        device="cpu",
+        n_atoms=[3] * 6,
+    )
     assert all(set(s.species) <= set(space) for s in out)
     assert all(not s.diverged for s in out)
 
@@ -159,18 +184,25 @@ def test_a_lead_clock_model_trains_samples_and_keeps_template_types(tmp_path, da
     starts, skipped = template_starts(bundle, usable[:3], repeats=4)
     assert not skipped
     # a template start at 0.3 T: positions at step 300, types at step (300/999)^2 x 999 = 90 (abar 0.98)
-    kept = sample(bundle, 0, seed=0, config=SamplingConfig(n_steps=2, template_t_start=0.3, overlap_scale=0,
-                                                           fragment_scale=0), device="cpu", starts=starts)
-    for smp, st in zip(kept, [s for st in starts for s in st.template_name]):
-        assert sorted(smp.species) == sorted(sp.symbol for sp in build_template(st).species), st
+    kept = sample(
+        bundle,
+        0,
+        seed=0,
+        config=SamplingConfig(n_steps=2, template_t_start=0.3, overlap_scale=0, fragment_scale=0),
+        device="cpu",
+        starts=starts,
+    )
+    for smp, name in zip(kept, [s for st in starts for s in st.template_name]):
+        assert sorted(smp.species) == sorted(sp.symbol for sp in build_template(name).species), name
 
 
 def test_charge_balanced_types_are_fixed_and_reported(tiny_bundle):
     from gen2d.diffusion.composition import composition_is_valid
 
     n_atoms = [3, 4, 5, 6] * 2
-    off = sample(tiny_bundle, 8, seed=2, config=SamplingConfig(n_steps=20, charge_balance=False), device="cpu",
-                 n_atoms=n_atoms)
+    off = sample(
+        tiny_bundle, 8, seed=2, config=SamplingConfig(n_steps=20, charge_balance=False), device="cpu", n_atoms=n_atoms
+    )
     on = sample(tiny_bundle, 8, seed=2, config=SamplingConfig(n_steps=20), device="cpu", n_atoms=n_atoms)
     assert all("charge_balanced" not in s.diagnostics for s in off)  # the bare argmax, nothing to report
     for smp in on:
@@ -180,13 +212,15 @@ def test_charge_balanced_types_are_fixed_and_reported(tiny_bundle):
         assert 0 <= d["types_changed"] <= len(smp.species)
         assert smp.parameters["charge_balance"] is True and smp.parameters["composition_from"] == 0.5
     assert sum(s.diagnostics["charge_balanced"] for s in on) >= sum(
-        composition_is_valid(s.to_structure().composition.reduced_formula) for s in off)
+        composition_is_valid(s.to_structure().composition.reduced_formula) for s in off
+    )
 
 
 def test_charge_balance_keeps_a_restricted_chemical_space(tiny_bundle):
     space = tiny_bundle.rep.vocab[:3]
-    out = sample(tiny_bundle, 6, seed=4, config=SamplingConfig(n_steps=15, elements=space), device="cpu",
-                 n_atoms=[4] * 6)
+    out = sample(
+        tiny_bundle, 6, seed=4, config=SamplingConfig(n_steps=15, elements=space), device="cpu", n_atoms=[4] * 6
+    )
     assert all(set(s.species) <= set(space) for s in out)
     assert all("charge_balanced" in s.diagnostics for s in out)
 
@@ -198,8 +232,9 @@ def test_template_starts_are_left_to_their_template_by_the_charge_prior(tiny_bun
     vocab = set(tiny_bundle.rep.vocab)
     usable = [n for n in TEMPLATES if {e.symbol for e in build_template(n).composition} <= vocab]
     starts, _ = template_starts(tiny_bundle, usable[:2], repeats=2)
-    out = sample(tiny_bundle, 0, seed=0, config=SamplingConfig(n_steps=5, template_t_start=0.6), device="cpu",
-                 starts=starts)
+    out = sample(
+        tiny_bundle, 0, seed=0, config=SamplingConfig(n_steps=5, template_t_start=0.6), device="cpu", starts=starts
+    )
     assert out and all("charge_balanced" not in s.diagnostics for s in out)  # the prior never ran
     free = sample(tiny_bundle, 2, seed=0, config=SamplingConfig(n_steps=5), device="cpu", n_atoms=[3, 4])
     assert all("charge_balanced" in s.diagnostics for s in free)

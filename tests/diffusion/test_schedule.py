@@ -65,9 +65,13 @@ def test_training_and_sampling_share_one_schedule(tiny_bundle, tmp_path):
     """The checkpoint carries the training schedule; the sampler uses it and refuses another."""
     from gen2d.diffusion.sampler import SamplingConfig, Start, sample_batch
 
-    trained = DiffusionSchedule(ScheduleSpec(T=tiny_bundle.meta["config"]["T"],
-                                             sigma_min=tiny_bundle.meta["config"]["sigma_min"],
-                                             sigma_max=tiny_bundle.meta["config"]["sigma_max"]))
+    trained = DiffusionSchedule(
+        ScheduleSpec(
+            T=tiny_bundle.meta["config"]["T"],
+            sigma_min=tiny_bundle.meta["config"]["sigma_min"],
+            sigma_max=tiny_bundle.meta["config"]["sigma_max"],
+        )
+    )
     assert tiny_bundle.schedule.fingerprint == trained.fingerprint
     gen = torch.Generator().manual_seed(0)
     cfg = SamplingConfig(n_steps=5)

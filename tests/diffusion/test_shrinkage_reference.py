@@ -52,10 +52,11 @@ def test_the_network_output_scale_is_the_error_the_filter_leaves():
 
 
 def test_evaluation_reports_the_shrinkage_reference(tiny_bundle, data_available):
-    from gen2d.diffusion.train import evaluate_denoising, load_training_set, TrainConfig
+    from gen2d.diffusion.train import TrainConfig, evaluate_denoising, load_training_set
 
-    recs, _ = load_training_set(TrainConfig(**{k: v for k, v in tiny_bundle.meta["config"].items()
-                                                if k in TrainConfig.model_fields}))
+    recs, _ = load_training_set(
+        TrainConfig(**{k: v for k, v in tiny_bundle.meta["config"].items() if k in TrainConfig.model_fields})
+    )
     r = evaluate_denoising(tiny_bundle, recs, device="cpu", repeats=2)
     # in-plane, a uniform torus prior says nothing about the noise: the reference is zero prediction
     assert r["shrinkage_frac"] == r["trivial_frac"]

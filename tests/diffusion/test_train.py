@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gen2d.diffusion.loss import property_head_loss
-from gen2d.diffusion.train import (arrays_from_cell, evaluate_denoising, load_checkpoint, load_training_set, train)
+from gen2d.diffusion.train import arrays_from_cell, evaluate_denoising, load_checkpoint, load_training_set, train
 from tests.diffusion.conftest import tiny_config
 
 
@@ -56,8 +56,9 @@ def test_loss_falls_on_a_tiny_set(tiny_bundle, data_available):
     recs, _ = load_training_set(tiny_config("/tmp/unused"))
     trained = evaluate_denoising(tiny_bundle, recs, repeats=8, device="cpu")
     torch.manual_seed(0)
-    fresh = type(tiny_bundle)(EGNNDenoiser(tiny_bundle.model.config), tiny_bundle.rep, tiny_bundle.schedule,
-                              tiny_bundle.n_atoms_counts, {})
+    fresh = type(tiny_bundle)(
+        EGNNDenoiser(tiny_bundle.model.config), tiny_bundle.rep, tiny_bundle.schedule, tiny_bundle.n_atoms_counts, {}
+    )
     untrained = evaluate_denoising(fresh, recs, repeats=8, device="cpu")
     # positions and z are noised in the zero-mean subspace, so predicting zero scores (N-1)/N there
     assert 0.6 < trained["trivial_denoise"] < 1.1

@@ -12,9 +12,9 @@ from ase import Atoms
 from ase.build import mx2
 
 from gen2d.models.dimenet import (
+    ELEMENT_PROPERTIES,
     DimeNetHParams,
     PeriodicDimeNetPlusPlus,
-    ELEMENT_PROPERTIES,
     checkpoint_dict,
     element_property_table,
     load_checkpoint,
@@ -23,8 +23,9 @@ from gen2d.models.dimenet import (
     predict_ensemble,
 )
 
-SMALL = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4,
-                       out_emb_channels=16, cutoff=4.0)
+SMALL = DimeNetHParams(
+    hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16, cutoff=4.0
+)
 
 
 @pytest.fixture(scope="module", params=["mean", "site", "site+elements"])
@@ -81,8 +82,12 @@ def _brute_force_triplets(atoms: Atoms, cutoff: float) -> set:
 
 def test_triplets_match_brute_force_with_self_images():
     # one-atom-wide cell: every neighbour is a periodic image, many of them of the atom itself
-    atoms = Atoms("CN", positions=[[0, 0, 10], [1.25, 0.72, 10.4]], cell=[[2.5, 0, 0], [-1.25, 2.165, 0], [0, 0, 20]],
-                  pbc=(True, True, False))
+    atoms = Atoms(
+        "CN",
+        positions=[[0, 0, 10], [1.25, 0.72, 10.4]],
+        cell=[[2.5, 0, 0], [-1.25, 2.165, 0], [0, 0, 20]],
+        pbc=(True, True, False),
+    )
     cutoff = 4.0
     g = periodic_graph(atoms, cutoff)
     assert (g.edge_index[0] == g.edge_index[1]).any(), "the cell must have self-image edges"
@@ -178,7 +183,7 @@ def test_ensemble_shares_geometry_without_changing_predictions():
         g.cell = torch.as_tensor(np.asarray(atoms.cell), dtype=torch.float64)
         graphs.append(g)
     shared = predict_ensemble(members, graphs, atoms=True)
-    for net, (out, per_atom, index, exposed) in zip(members, shared):
+    for net, (out, per_atom, index, _exposed) in zip(members, shared):
         alone = [_predict(net, atoms) for atoms in layers]
         assert out[:, 0].tolist() == pytest.approx(alone, abs=1e-10)
         assert per_atom.shape == (3 + 6, 1) and index.tolist() == [0] * 3 + [1] * 6

@@ -17,8 +17,13 @@ torch.set_num_threads(1)
 
 def _two_slabs(dtype=torch.float64):
     """A 2H-MoS2-like cell (3 atoms) and an oblique 5-atom cell, as one batch."""
-    lat = torch.tensor([[[3.19, 0.0, 0.0], [-1.595, 2.7626, 0.0], [0.0, 0.0, 20.0]],
-                        [[4.1, 0.3, 0.0], [1.2, 5.3, 0.0], [0.0, 0.0, 20.0]]], dtype=dtype)
+    lat = torch.tensor(
+        [
+            [[3.19, 0.0, 0.0], [-1.595, 2.7626, 0.0], [0.0, 0.0, 20.0]],
+            [[4.1, 0.3, 0.0], [1.2, 5.3, 0.0], [0.0, 0.0, 20.0]],
+        ],
+        dtype=dtype,
+    )
     frac0 = torch.tensor([[0.0, 0.0], [1 / 3, 2 / 3], [1 / 3, 2 / 3]], dtype=dtype)
     z0 = torch.tensor([0.0, 1.56, -1.56], dtype=dtype)
     gen = torch.Generator().manual_seed(3)
@@ -39,8 +44,9 @@ def _two_slabs(dtype=torch.float64):
 def model(request):
     """The original edges, and edges with harmonics of the fractional difference (what trains now)."""
     torch.manual_seed(0)
-    m = EGNNDenoiser(EGNNConfig(n_types=6, hidden=32, n_layers=2, n_cond_layers=1, cutoff=5.0,
-                                frac_fourier=request.param)).double()
+    m = EGNNDenoiser(
+        EGNNConfig(n_types=6, hidden=32, n_layers=2, n_cond_layers=1, cutoff=5.0, frac_fourier=request.param)
+    ).double()
     # the final coordinate layers start near zero; scale them up so the test sees real vectors
     with torch.no_grad():
         for layer in list(m.trunk) + list(m.cond_layers):
@@ -63,8 +69,9 @@ def test_rotation_about_z(model):
     pos, lat, types, lat_feat, t, batch, cond = _two_slabs()
     ref = _run(model, pos, lat, types, lat_feat, t, batch, cond)
     th = 0.7361
-    rot = torch.tensor([[math.cos(th), math.sin(th), 0], [-math.sin(th), math.cos(th), 0], [0, 0, 1]],
-                       dtype=pos.dtype)  # row vectors: v' = v @ rot
+    rot = torch.tensor(
+        [[math.cos(th), math.sin(th), 0], [-math.sin(th), math.cos(th), 0], [0, 0, 1]], dtype=pos.dtype
+    )  # row vectors: v' = v @ rot
     out = _run(model, pos @ rot, lat @ rot, types, lat_feat, t, batch, cond)
     torch.testing.assert_close(out["eps_pos"], ref["eps_pos"] @ rot, atol=1e-9, rtol=1e-7)
     torch.testing.assert_close(out["eps_types"], ref["eps_types"], atol=1e-9, rtol=1e-7)
@@ -115,7 +122,7 @@ def test_not_periodic_along_z(model):
 
 @pytest.mark.parametrize("cutoff", [3.0, 5.0, 7.5])
 def test_graph_matches_ase_neighbour_list(cutoff):
-    pos, lat, *_ , batch, _ = _two_slabs()
+    pos, lat, *_, batch, _ = _two_slabs()
     graph = periodic_radius_graph(pos, lat, batch, cutoff)
     r = graph.edge_vectors(pos, lat, batch)
     for g in range(2):
@@ -124,7 +131,7 @@ def test_graph_matches_ase_neighbour_list(cutoff):
         sel = (batch == g).nonzero().flatten()
         atoms = Atoms("X" * len(sel), positions=pos[sel].numpy(), cell=lat[g].numpy(), pbc=(True, True, False))
         i, j, d = neighbor_list("ijd", atoms, cutoff)
-        mine = (batch[graph.edge_index[1]] == g)
+        mine = batch[graph.edge_index[1]] == g
         ours = np.sort(r[mine].norm(dim=-1).numpy())
         assert len(ours) == len(d)
         np.testing.assert_allclose(ours, np.sort(d), atol=1e-9)

@@ -127,17 +127,19 @@ def test_mattersim_named_model_offline_without_weights(mattersim_cache, monkeypa
     assert not ok and "does not exist" in why
 
 
-def test_mattersim_named_model_is_downloaded_verified_and_in_provenance(mattersim_cache, monkeypatch,
-                                                                       random_mattersim_checkpoint):
+def test_mattersim_named_model_is_downloaded_verified_and_in_provenance(
+    mattersim_cache, monkeypatch, random_mattersim_checkpoint
+):
     # The first use of the default model downloads it (here from a server on 127.0.0.1 standing in for
     # MatterSim's host), records its sha256, and the calculator and the E_hull result carry that hash.
     import hashlib
     import os
     from pathlib import Path
 
+    from test_weights import serve_files
+
     from gen2d.scoring import get_scorer
     from gen2d.structures import from_ase
-    from test_weights import serve_files
 
     blob = random_mattersim_checkpoint.read_bytes()
     sha = hashlib.sha256(blob).hexdigest()
@@ -150,8 +152,13 @@ def test_mattersim_named_model_is_downloaded_verified_and_in_provenance(mattersi
         atoms.calc = calc
         assert np.isfinite(atoms.get_potential_energy())
         data = Path(os.environ.get("GEN2D_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-        scorer = get_scorer("ehull.mattersim", device="cpu", steps=5, provider="entries-file",
-                            provider_options={"path": data / "mp_elemental_reference_entries.json.gz"})
+        scorer = get_scorer(
+            "ehull.mattersim",
+            device="cpu",
+            steps=5,
+            provider="entries-file",
+            provider_options={"path": data / "mp_elemental_reference_entries.json.gz"},
+        )
         assert scorer.available() == (True, "")
         layer = graphene(a=2.468, vacuum=10.0)
         layer.pbc = (True, True, False)
@@ -167,8 +174,7 @@ def test_mattersim_named_model_is_downloaded_verified_and_in_provenance(mattersi
         get_calculator("mattersim", device="cpu")
 
 
-def test_mattersim_file_in_mattersims_own_cache_is_adopted(mattersim_cache, monkeypatch,
-                                                           random_mattersim_checkpoint):
+def test_mattersim_file_in_mattersims_own_cache_is_adopted(mattersim_cache, monkeypatch, random_mattersim_checkpoint):
     # A user who already has MatterSim's file (in ~/.local/mattersim/pretrained_models) needs no download.
     import shutil
 
@@ -190,8 +196,12 @@ def test_mattersim_weights_only_loader_matches_mattersims_own(random_mattersim_c
 
     monkeypatch.setenv("HOME", str(tmp_path))  # from_checkpoint creates ~/.local/mattersim/pretrained_models
     ours = get_calculator("mattersim", model=str(random_mattersim_checkpoint), device="cpu")
-    theirs = MatterSimCalculator(potential=Potential.from_checkpoint(
-        load_path=str(random_mattersim_checkpoint), device="cpu", load_training_state=False), device="cpu")
+    theirs = MatterSimCalculator(
+        potential=Potential.from_checkpoint(
+            load_path=str(random_mattersim_checkpoint), device="cpu", load_training_state=False
+        ),
+        device="cpu",
+    )
     results = []
     for calc in (ours, theirs):
         atoms = _graphene()
@@ -233,9 +243,8 @@ class _NotWeights:
 
 def test_mattersim_checkpoint_is_read_weights_only(tmp_path):
     # A checkpoint holding a pickled object is refused (torch.load(weights_only=True)), not unpickled.
-    import torch
-
     import gen2d_mattersim
+    import torch
 
     bad = tmp_path / "pickled.pth"
     torch.save({"model_name": "m3gnet", "model": {}, "model_args": {}, "description": _NotWeights()}, bad)
@@ -256,9 +265,14 @@ def test_mattersim_scorer_runs_on_random_checkpoint(random_mattersim_checkpoint)
     from gen2d.structures import from_ase
 
     data = get_settings().data_dir
-    scorer = get_scorer("ehull.mattersim", model=str(random_mattersim_checkpoint), device="cpu", steps=20,
-                        provider="entries-file",
-                        provider_options={"path": data / "mp_elemental_reference_entries.json.gz"})
+    scorer = get_scorer(
+        "ehull.mattersim",
+        model=str(random_mattersim_checkpoint),
+        device="cpu",
+        steps=20,
+        provider="entries-file",
+        provider_options={"path": data / "mp_elemental_reference_entries.json.gz"},
+    )
     assert scorer.available() == (True, "")
     atoms = graphene(a=2.468, vacuum=10.0)
     atoms.pbc = (True, True, False)

@@ -6,7 +6,6 @@ H binding on graphene's basal plane weakly (ΔG_H well above 0, a C–H bond of 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.optimize import BFGS
-
 from gen2d_cp2k import Cp2kSettings, ScfNotConverged, available, make_calculator
 from gen2d_cp2k.settings import build_input, wants_spin
 
@@ -72,8 +70,8 @@ def test_input_has_dipole_correction_for_slabs_only_and_refuses_ot_with_kpoints(
 
 
 def test_missing_executable_is_a_named_unavailability(monkeypatch, tmp_path):
-    from gen2d.scoring import PluginUnavailable, get_calculator, get_scorer
     from gen2d.data.templates import build_template
+    from gen2d.scoring import PluginUnavailable, get_calculator, get_scorer
 
     monkeypatch.setenv("GEN2D_CP2K_COMMAND", "/nonexistent/cp2k_shell")
     ok, why = available()
@@ -109,8 +107,7 @@ def test_h2_bond_and_binding_energy(tmp_path):
 
 @needs_cp2k
 def test_unconverged_scf_raises_instead_of_returning_a_number(tmp_path):
-    calc = make_calculator(settings=Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9})),
-                           directory=str(tmp_path))
+    calc = make_calculator(settings=Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9})), directory=str(tmp_path))
     mol = _h2(d=0.9)
     mol.calc = calc
     with pytest.raises(ScfNotConverged, match="not converged"):
@@ -140,8 +137,9 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
     d = tmp_path / "run"
     traj = d / "relax.traj"
     code = _KILLABLE.format(paths=sys.path, tiny=TINY, d=str(d), traj=str(traj))
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     n_before = 0
     while time.time() < deadline and proc.poll() is None:
@@ -162,7 +160,7 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
     mol = _h2(d=1.05)
     final, energy, converged, steps = _constrained_bfgs(mol, calc, [0, 1], 0.005, 40, str(traj))
     calc.close()
-    new = read(str(traj), index=":")[len(old):]
+    new = read(str(traj), index=":")[len(old) :]
     assert converged and 0.72 < final.get_distance(0, 1) < 0.78
     # the first new evaluation is at the last saved geometry, not at the 1.05 Å start
     np.testing.assert_allclose(new[0].positions, old[-1].positions, atol=1e-8)
@@ -200,10 +198,10 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
 @needs_cp2k
 def test_cp2k_abort_is_a_named_error_and_the_next_call_starts_a_new_process(tmp_path):
     """CP2K refuses a dipole correction without room in the vacuum: its own message, not a hang or an assert."""
+    from gen2d_cp2k import Cp2kAborted
+
     from gen2d.data.templates import build_template
     from gen2d.structures import to_ase
-
-    from gen2d_cp2k import Cp2kAborted
 
     slab = to_ase(build_template("graphene")).repeat((2, 2, 1))
     slab.cell[2, 2] = 6.0  # 6 Å of cell for a flat sheet: too little vacuum for the dipole layer

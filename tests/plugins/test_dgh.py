@@ -38,8 +38,9 @@ class CountingCache:
 def test_labels_are_cached_and_incremental():
     from gen2d_dgh_dimenet import label_monolayers
 
-    scorer = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False,
-                        site_kinds=["ontop"], max_sites_per_face=1)
+    scorer = get_scorer(
+        "dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False, site_kinds=["ontop"], max_sites_per_face=1
+    )
     cache = CountingCache()
     gra = _slab(graphene(a=2.46, vacuum=10.0))
     first = label_monolayers([gra], scorer, cache, ids=["graphene"])
@@ -57,8 +58,15 @@ def test_labels_are_cached_and_incremental():
     assert min((s["dg_h_eV"] for s in sites if s["valid"]), key=abs) == pytest.approx(again[1]["dg_h_eV"])
     assert again[0] == first[0]
     # a different recipe is a different label
-    other = get_scorer("dgh.mlip", calculator="chgnet", device="cpu", relax_slab=False,
-                       site_kinds=["ontop"], max_sites_per_face=1, dg_correction=0.24)
+    other = get_scorer(
+        "dgh.mlip",
+        calculator="chgnet",
+        device="cpu",
+        relax_slab=False,
+        site_kinds=["ontop"],
+        max_sites_per_face=1,
+        dg_correction=0.24,
+    )
     relabelled = label_monolayers([gra], other, cache)
     assert cache.puts == 3
     assert relabelled[0]["dg_h_eV"] == pytest.approx(first[0]["dg_h_eV"] - 0.03, abs=1e-6)
@@ -67,8 +75,9 @@ def test_labels_are_cached_and_incremental():
 def test_training_monolayers_come_from_any_source(data_dir, tmp_path):
     from gen2d_dgh_dimenet.labels import iter_monolayers
 
-    items = list(iter_monolayers([data_dir / "mc2d_258_exfoliable.json", data_dir / "2dmatpedia_filtered.db"],
-                                 max_atoms=3))
+    items = list(
+        iter_monolayers([data_dir / "mc2d_258_exfoliable.json", data_dir / "2dmatpedia_filtered.db"], max_atoms=3)
+    )
     ids = [i for i, _ in items]
     assert all(len(s) <= 3 for _, s in items)
     assert any(i.startswith("2dm-") for i in ids)
@@ -86,45 +95,83 @@ def test_training_monolayers_come_from_any_source(data_dir, tmp_path):
 def test_site_targets_take_each_atoms_best_valid_site():
     from gen2d_dgh_dimenet.train import site_targets
 
-    label = {"sites": [{"atom_index": 1, "dg_h_eV": 0.9, "valid": True},
-                       {"atom_index": 1, "dg_h_eV": -0.3, "valid": True},   # nearer 0: this one counts
-                       {"atom_index": 2, "dg_h_eV": 0.05, "valid": False},  # flagged: ignored
-                       {"atom_index": 7, "dg_h_eV": 0.1, "valid": True},    # outside the cell: ignored
-                       {"atom_index": None, "dg_h_eV": 0.2, "valid": True}]}
+    label = {
+        "sites": [
+            {"atom_index": 1, "dg_h_eV": 0.9, "valid": True},
+            {"atom_index": 1, "dg_h_eV": -0.3, "valid": True},  # nearer 0: this one counts
+            {"atom_index": 2, "dg_h_eV": 0.05, "valid": False},  # flagged: ignored
+            {"atom_index": 7, "dg_h_eV": 0.1, "valid": True},  # outside the cell: ignored
+            {"atom_index": None, "dg_h_eV": 0.2, "valid": True},
+        ]
+    }
     y = site_targets(label, 3)
     assert torch.isnan(y[0]) and torch.isnan(y[2]) and float(y[1]) == pytest.approx(-0.3)
     assert torch.isnan(site_targets({}, 2)).all()  # labels made before sites were recorded
     # symmetry-equivalent atoms share the best value: both S of MoS2 get the top-face S site's -0.2
     mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
     s_atoms = [k for k, site in enumerate(mos2) if site.specie.symbol == "S"]
-    y = site_targets({"sites": [{"atom_index": s_atoms[0], "dg_h_eV": -0.2, "valid": True},
-                                {"atom_index": s_atoms[1], "dg_h_eV": 1.4, "valid": True}]}, len(mos2), mos2)
-    assert [float(y[k]) for k in s_atoms] == pytest.approx([-0.2, -0.2]) and torch.isnan(y[[k for k in range(3) if k not in s_atoms]]).all()
+    y = site_targets(
+        {
+            "sites": [
+                {"atom_index": s_atoms[0], "dg_h_eV": -0.2, "valid": True},
+                {"atom_index": s_atoms[1], "dg_h_eV": 1.4, "valid": True},
+            ]
+        },
+        len(mos2),
+        mos2,
+    )
+    assert [float(y[k]) for k in s_atoms] == pytest.approx([-0.2, -0.2]) and torch.isnan(
+        y[[k for k in range(3) if k not in s_atoms]]
+    ).all()
 
 
 def test_site_readout_learns_per_site_labels(tmp_path):
     """A site-resolved surrogate fits different ΔG_H on the two faces' atoms and reads out the one nearest 0."""
-    from gen2d.models.dimenet import DimeNetHParams
     from gen2d_dgh_dimenet import DimeNetDGHScorer, train_surrogate
 
+    from gen2d.models.dimenet import DimeNetHParams
+
     labels = []
-    for name, s, value in [("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6),
-                           ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
-                           ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
-                           ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9),
-                           ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2)]:
+    for name, s, value in [
+        ("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6),
+        ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
+        ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
+        ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9),
+        ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2),
+    ]:
         # the chalcogen (or C) carries the material's value, a hollow site over the metal a weaker one
-        sites = [{"atom_index": k, "dg_h_eV": value + (0.8 if site.specie.is_metal else 0.0), "valid": True}
-                 for k, site in enumerate(s)]
-        labels.append({"id": name, "ok": True, "dg_h_eV": value, "relaxed_slab": s.as_dict(), "model": "test labels",
-                       "sites": sites})
-    hp = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
-                        readout="site")
-    manifest = train_surrogate(labels, tmp_path, n_models=1, epochs=150, test_fraction=0.0, seed=0, hparams=hp,
-                               training_set="toy sites", command="pytest")
+        sites = [
+            {"atom_index": k, "dg_h_eV": value + (0.8 if site.specie.is_metal else 0.0), "valid": True}
+            for k, site in enumerate(s)
+        ]
+        labels.append(
+            {
+                "id": name,
+                "ok": True,
+                "dg_h_eV": value,
+                "relaxed_slab": s.as_dict(),
+                "model": "test labels",
+                "sites": sites,
+            }
+        )
+    hp = DimeNetHParams(
+        hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16, readout="site"
+    )
+    manifest = train_surrogate(
+        labels,
+        tmp_path,
+        n_models=1,
+        epochs=150,
+        test_fraction=0.0,
+        seed=0,
+        hparams=hp,
+        training_set="toy sites",
+        command="pytest",
+    )
     assert manifest["hparams"]["readout"] == "site"
     results = DimeNetDGHScorer(checkpoint_dir=str(tmp_path), device="cpu").score(
-        [structure for structure in (Structure.from_dict(lab["relaxed_slab"]) for lab in labels)])
+        [structure for structure in (Structure.from_dict(lab["relaxed_slab"]) for lab in labels)]
+    )
     for lab, r in zip(labels, results):
         assert r.ok and r.value == pytest.approx(lab["dg_h_eV"], abs=0.25), lab["id"]
         # the atom it expects H to bind to: the chalcogen (or B/N/C), never the metal of the hollow site
@@ -134,28 +181,44 @@ def test_site_readout_learns_per_site_labels(tmp_path):
 
 def _toy_labels():
     """Real monolayers with distinct targets, enough to train and hold one out."""
-    layers = [("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6), ("C-strained", _slab(graphene(a=2.56, vacuum=10.0)), 1.3),
-              ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2),
-              ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
-              ("MoS2-strained", _slab(mx2("MoS2", a=3.30, thickness=3.13, vacuum=10.0)), 0.8),
-              ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
-              ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9)]
-    return [{"id": name, "ok": True, "dg_h_eV": value, "relaxed_slab": s.as_dict(), "model": "test labels"}
-            for name, s, value in layers]
+    layers = [
+        ("C", _slab(graphene(a=2.46, vacuum=10.0)), 1.6),
+        ("C-strained", _slab(graphene(a=2.56, vacuum=10.0)), 1.3),
+        ("BN", _slab(graphene(formula="BN", a=2.50, vacuum=10.0)), 2.2),
+        ("MoS2", _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)), 1.1),
+        ("MoS2-strained", _slab(mx2("MoS2", a=3.30, thickness=3.13, vacuum=10.0)), 0.8),
+        ("WS2", _slab(mx2("WS2", a=3.18, thickness=3.14, vacuum=10.0)), 1.0),
+        ("MoSe2", _slab(mx2("MoSe2", a=3.32, thickness=3.34, vacuum=10.0)), 0.9),
+    ]
+    return [
+        {"id": name, "ok": True, "dg_h_eV": value, "relaxed_slab": s.as_dict(), "model": "test labels"}
+        for name, s, value in layers
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from gen2d.models.dimenet import DimeNetHParams
-    from gen2d.scoring import get_scorer
     from gen2d_dgh_dimenet import train_surrogate
     from gen2d_dgh_dimenet.train import label_recipe
+
+    from gen2d.models.dimenet import DimeNetHParams
+    from gen2d.scoring import get_scorer
 
     out = tmp_path_factory.mktemp("dgh_dimenet")
     hp = DimeNetHParams(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16)
     recipe = label_recipe(get_scorer("dgh.mlip", calculator="chgnet", max_sites_per_face=2, fmax=0.1))
-    manifest = train_surrogate(_toy_labels(), out, n_models=2, epochs=60, test_fraction=0.15, seed=1,
-                               hparams=hp, training_set="toy", command="pytest", label_recipe=recipe)
+    manifest = train_surrogate(
+        _toy_labels(),
+        out,
+        n_models=2,
+        epochs=60,
+        test_fraction=0.15,
+        seed=1,
+        hparams=hp,
+        training_set="toy",
+        command="pytest",
+        label_recipe=recipe,
+    )
     return out, manifest
 
 
@@ -180,12 +243,14 @@ def test_training_writes_checkpoints_and_manifest(trained):
 def test_fixed_heldout_ids_are_never_trained_on(tmp_path):
     """--heldout-from: two ensembles compared on the same monolayers; those are the held-out split, the
     rest is trained on, and an id absent from the labels is simply not there to hold out."""
-    from gen2d.models.dimenet import DimeNetHParams
     from gen2d_dgh_dimenet import train_surrogate
 
+    from gen2d.models.dimenet import DimeNetHParams
+
     hp = DimeNetHParams(hidden_channels=8, num_blocks=1, int_emb_size=8, basis_emb_size=4, out_emb_channels=8)
-    manifest = train_surrogate(_toy_labels(), tmp_path, n_models=1, epochs=2, seed=0, hparams=hp,
-                               heldout_ids=["WS2", "BN", "not-labelled"])
+    manifest = train_surrogate(
+        _toy_labels(), tmp_path, n_models=1, epochs=2, seed=0, hparams=hp, heldout_ids=["WS2", "BN", "not-labelled"]
+    )
     assert sorted(manifest["metrics"]["heldout_ids"]) == ["BN", "WS2"]
     assert manifest["metrics"]["n_test"] == 2 and manifest["metrics"]["n_train"] == 5
 
@@ -246,8 +311,7 @@ def test_calibration_is_applied_and_recorded(tmp_path):
     options = dict(calculator="chgnet", device="cpu", relax_slab=False, site_kinds=["ontop"], max_sites_per_face=1)
     raw = get_scorer("dgh.mlip", **options).score([gra])[0]
     model = raw.provenance.model
-    table = {f"chgnet:{model}": {"slope": 1.5, "intercept": 0.2, "loo_mae_eV": 0.3, "n": 12,
-                                 "reference_set": "test"}}
+    table = {f"chgnet:{model}": {"slope": 1.5, "intercept": 0.2, "loo_mae_eV": 0.3, "n": 12, "reference_set": "test"}}
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(table))
     assert load_calibration("chgnet", model, str(path))["slope"] == 1.5
@@ -258,7 +322,9 @@ def test_calibration_is_applied_and_recorded(tmp_path):
     assert cal.provenance.settings["calibration"]["slope"] == 1.5
     assert "calibration" not in raw.provenance.settings
     # no calibration for this model: raw value, and the provenance says so
-    missing = get_scorer("dgh.mlip", calibrate=True, calibration_file=str(tmp_path / "none.json"), **options).score([gra])[0]
+    missing = get_scorer("dgh.mlip", calibrate=True, calibration_file=str(tmp_path / "none.json"), **options).score(
+        [gra]
+    )[0]
     assert missing.value == pytest.approx(raw.value) and any("no calibration" in n for n in missing.provenance.notes)
 
 
@@ -303,15 +369,19 @@ def test_descriptor_baseline_rows_describe_the_site():
     mos2 = _slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0))
     s_atom = next(k for k, site in enumerate(mos2) if site.specie.symbol == "S")
     mo_atom = next(k for k, site in enumerate(mos2) if site.specie.symbol == "Mo")
-    label = {"relaxed_slab": mos2.as_dict(),
-             "sites": [{"atom_index": s_atom, "kind": "ontop", "dg_h_eV": 1.2, "valid": True},
-                       {"atom_index": mo_atom, "kind": "hollow", "dg_h_eV": 0.4, "valid": False}]}
+    label = {
+        "relaxed_slab": mos2.as_dict(),
+        "sites": [
+            {"atom_index": s_atom, "kind": "ontop", "dg_h_eV": 1.2, "valid": True},
+            {"atom_index": mo_atom, "kind": "hollow", "dg_h_eV": 0.4, "valid": False},
+        ],
+    }
     rows, targets, valid = site_rows(label)
     n_mat, n_el = len(FEATURE_NAMES), len(ELEMENT_PROPERTIES)
     assert rows.shape == (2, n_mat + n_el + len(LOCAL_FEATURES) + len(SITE_KINDS))
     assert rows[0, :n_mat].tolist() == rows[1, :n_mat].tolist()  # one material
-    np.testing.assert_allclose(rows[0, n_mat:n_mat + n_el], element_properties("S"))
-    nn, cn, shell_x, dx = rows[0, n_mat + n_el:n_mat + n_el + 4]
+    np.testing.assert_allclose(rows[0, n_mat : n_mat + n_el], element_properties("S"))
+    nn, cn, shell_x, dx = rows[0, n_mat + n_el : n_mat + n_el + 4]
     assert nn == pytest.approx(np.hypot(3.18 / np.sqrt(3), 3.13 / 2), abs=0.01) and cn == 3
     assert shell_x == pytest.approx(2.16) and dx == pytest.approx(2.58 - 2.16)  # Pauling X of Mo and S
     assert rows[0, -3:].tolist() == [1, 0, 0] and rows[1, -3:].tolist() == [0, 0, 1]
@@ -330,18 +400,33 @@ def test_descriptor_baseline_cv_learns_site_chemistry_and_needs_sites():
         for chalcogen, a, t in (("S", 3.18, 3.13), ("Se", 3.32, 3.34), ("Te", 3.55, 3.60)):
             for strain in (0.98, 1.0, 1.02):
                 s = _slab(mx2(f"{metal}{chalcogen}2", a=a * strain, thickness=t, vacuum=10.0))
-                sites = [{"atom_index": k, "kind": "ontop" if site.specie.symbol == chalcogen else "hollow",
-                          "dg_h_eV": per_element[site.specie.symbol], "valid": True} for k, site in enumerate(s)]
+                sites = [
+                    {
+                        "atom_index": k,
+                        "kind": "ontop" if site.specie.symbol == chalcogen else "hollow",
+                        "dg_h_eV": per_element[site.specie.symbol],
+                        "valid": True,
+                    }
+                    for k, site in enumerate(s)
+                ]
                 best = min((x["dg_h_eV"] for x in sites), key=abs)
-                labels.append({"id": f"{metal}{chalcogen}2-{strain}", "relaxed_slab": s.as_dict(), "sites": sites,
-                               "dg_h_eV": best})
+                labels.append(
+                    {
+                        "id": f"{metal}{chalcogen}2-{strain}",
+                        "relaxed_slab": s.as_dict(),
+                        "sites": sites,
+                        "dg_h_eV": best,
+                    }
+                )
     folds = [list(range(k, len(labels), 3)) for k in range(3)]  # every material sees its strained twins
     pred = cv_site_trees(labels, folds, n_estimators=50)
     truth = np.array([lab["dg_h_eV"] for lab in labels])
     assert np.abs(pred - truth).max() < 0.15
     # a learning-curve subset that names test materials still never trains on them
     subsets = [[i for i in range(len(labels)) if i % 2 == 0] for _ in folds]
-    leaky = cv_site_trees(labels, folds, n_estimators=50, train_sets=[sub + list(test) for sub, test in zip(subsets, folds)])
+    leaky = cv_site_trees(
+        labels, folds, n_estimators=50, train_sets=[sub + list(test) for sub, test in zip(subsets, folds)]
+    )
     np.testing.assert_allclose(leaky, cv_site_trees(labels, folds, n_estimators=50, train_sets=subsets))
     with pytest.raises(ValueError, match="per-site"):
         cv_site_trees([{**labels[0], "sites": []}] + labels[1:], folds, n_estimators=5)
@@ -400,11 +485,23 @@ def _e_hull_result(relaxed: Structure, layout: str):
     from gen2d.scoring import Provenance, ScoreResult
 
     if layout == "field":
-        return ScoreResult(property="e_hull", value=0.0, unit="eV/atom", relaxed_structure=relaxed,
-                           provenance=Provenance(plugin="ehull.test"))
-    return ScoreResult.model_validate({"property": "e_hull", "value": 0.0, "unit": "eV/atom", "ok": True,
-                                       "extra": {"relaxed_structure": relaxed.as_dict()},
-                                       "provenance": {"plugin": "ehull.test"}})
+        return ScoreResult(
+            property="e_hull",
+            value=0.0,
+            unit="eV/atom",
+            relaxed_structure=relaxed,
+            provenance=Provenance(plugin="ehull.test"),
+        )
+    return ScoreResult.model_validate(
+        {
+            "property": "e_hull",
+            "value": 0.0,
+            "unit": "eV/atom",
+            "ok": True,
+            "extra": {"relaxed_structure": relaxed.as_dict()},
+            "provenance": {"plugin": "ehull.test"},
+        }
+    )
 
 
 @pytest.mark.parametrize("layout", ["field", "legacy extra"])
@@ -416,8 +513,10 @@ def test_dimenet_reads_the_relaxed_structure_of_the_e_hull_result(layout):
     scorer = DimeNetDGHScorer(device="cpu")
     as_given, direct = scorer.score([given, relaxed])
     via_ctx, no_ctx = scorer.score([given, given], [{"e_hull": _e_hull_result(relaxed, layout)}, {}])
-    assert via_ctx.value == pytest.approx(direct.value, abs=1e-5) and "input: slab relaxed by e_hull" in \
-        via_ctx.provenance.notes
+    assert (
+        via_ctx.value == pytest.approx(direct.value, abs=1e-5)
+        and "input: slab relaxed by e_hull" in via_ctx.provenance.notes
+    )
     assert no_ctx.value == pytest.approx(as_given.value, abs=1e-5) and via_ctx.value != pytest.approx(no_ctx.value)
 
 
@@ -426,7 +525,8 @@ def test_dgh_mlip_takes_the_slab_relaxed_by_e_hull(layout):
     scorer = get_scorer("dgh.mlip", calculator="chgnet")
     relaxed = _slab(mx2("MoS2", a=3.40, thickness=3.00, vacuum=10.0))
     notes: list[str] = []
-    slab, energy = scorer._slab(_slab(mx2("MoS2", a=3.19, vacuum=10.0)), {"e_hull": _e_hull_result(relaxed, layout)},
-                                notes)
+    slab, energy = scorer._slab(
+        _slab(mx2("MoS2", a=3.19, vacuum=10.0)), {"e_hull": _e_hull_result(relaxed, layout)}, notes
+    )
     assert energy is None and notes == ["slab relaxed by e_hull"]
     assert slab.lattice.a == pytest.approx(3.40, abs=1e-6)

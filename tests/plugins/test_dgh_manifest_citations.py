@@ -22,6 +22,13 @@ def test_manifest_cites_the_label_recipe_in_package_code():
 
 def test_label_recipe_is_the_cheap_dgh_mlip_setting():
     # the recipe the shipped labels record: two sites per face, looser relaxations, CHGNet on the CPU
-    assert labels.LABEL_RECIPE == {"calculator": "chgnet", "device": "cpu", "max_sites_per_face": 2, "steps": 100,
-                                   "fmax": 0.1, "slab_fmax": 0.1, "slab_steps": 150}
+    assert labels.LABEL_RECIPE == {
+        "calculator": "chgnet",
+        "device": "cpu",
+        "max_sites_per_face": 2,
+        "steps": 100,
+        "fmax": 0.1,
+        "slab_fmax": 0.1,
+        "slab_steps": 150,
+    }
     assert labels.FULL_RECIPE == {"calculator": "chgnet", "device": "cpu"}

@@ -48,8 +48,9 @@ def test_registry_lists_ehull_scorers():
 
 
 def test_mos2_scored_with_chgnet(ref_cache):
-    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache,
-                                                           "binary_prototypes": ["mos2_2h", "cdi2"]})
+    scorer = get_scorer(
+        "ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["mos2_2h", "cdi2"]}
+    )
     [res] = scorer.score([_mono(mx2("MoS2", a=3.25, thickness=3.13, vacuum=10.0))])
     assert isinstance(res, ScoreResult) and res.ok, res.failure
     assert res.property == "e_hull" and res.unit == "eV/atom"
@@ -90,8 +91,10 @@ def test_chalcogen_chalcogen_layer_gets_no_sulfide_correction(ref_cache):
 def test_hbn_ehull_against_bulk_hbn(ref_cache):
     # The reference set holds bulk h-BN (graphite-like layered prototype): the monolayer's E_hull is
     # the exfoliation cost, small and positive.
-    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"],
-                                                           "fmax": 0.02, "steps": 400})
+    scorer = get_scorer(
+        "ehull.chgnet",
+        provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"], "fmax": 0.02, "steps": 400},
+    )
     [res] = scorer.score([_hbn()])
     assert res.ok, res.failure
     assert 0.0 <= res.value <= 0.15
@@ -107,8 +110,9 @@ def test_bad_inputs_are_named_and_batch_survives(ref_cache):
     exotic = Structure(Lattice([[3, 0, 0], [0, 3, 0], [0, 0, 20]]), ["Cf", "S"], [[0, 0, 0.5], [0.5, 0.5, 0.55]])
     stuck = _mono(mx2("MoS2", a=3.7, thickness=3.13, vacuum=10.0))
     stuck.perturb(0.2, min_distance=0.05)
-    scorer = get_scorer("ehull.chgnet", steps=4, provider_options={"cache_dir": ref_cache,
-                                                                    "binary_prototypes": ["mos2_2h"]})
+    scorer = get_scorer(
+        "ehull.chgnet", steps=4, provider_options={"cache_dir": ref_cache, "binary_prototypes": ["mos2_2h"]}
+    )
     results = scorer.score([nan, exotic, stuck, good, "not a structure"])
     assert len(results) == 5
     reasons = [r.failure.reason if r.failure else None for r in results]
@@ -120,8 +124,11 @@ def test_bad_inputs_are_named_and_batch_survives(ref_cache):
 
 
 def test_entries_file_provider_notes_mixed_energies():
-    scorer = get_scorer("ehull.chgnet", provider="entries-file",
-                        provider_options={"path": DATA / "mp_elemental_reference_entries.json.gz"})
+    scorer = get_scorer(
+        "ehull.chgnet",
+        provider="entries-file",
+        provider_options={"path": DATA / "mp_elemental_reference_entries.json.gz"},
+    )
     [res] = scorer.score([_mono(mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0))])
     assert res.ok
     assert res.extra["provider"] == "entries-file" and res.extra["n_phases"] == 2
@@ -131,8 +138,10 @@ def test_entries_file_provider_notes_mixed_energies():
 
 
 def test_explain_reports_everything(ref_cache):
-    scorer = get_scorer("ehull.chgnet", provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"],
-                                                           "fmax": 0.02, "steps": 400})
+    scorer = get_scorer(
+        "ehull.chgnet",
+        provider_options={"cache_dir": ref_cache, "binary_prototypes": ["hbn_layered"], "fmax": 0.02, "steps": 400},
+    )
     info = scorer.explain(_hbn(2.45))
     assert info["scorer"] == "ehull.chgnet" and info["unit"] == "eV/atom"
     assert info["settings"]["relaxation"]["fmax"] == 0.05
@@ -163,8 +172,11 @@ def test_too_many_elements_is_refused_by_name_without_any_relaxation():
 
     from gen2d.scoring import get_scorer
 
-    s = Structure(Lattice.hexagonal(3.2, 20.0), ["Mo", "W", "S", "Se", "Te"],
-                  [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.57], [2 / 3, 1 / 3, 0.43], [0, 0, 0.6]])
+    s = Structure(
+        Lattice.hexagonal(3.2, 20.0),
+        ["Mo", "W", "S", "Se", "Te"],
+        [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.57], [2 / 3, 1 / 3, 0.43], [0, 0, 0.6]],
+    )
     [res] = get_scorer("ehull.chgnet").score([s])
     assert not res.ok and res.failure.reason == "too_many_elements"
     assert get_scorer("ehull.chgnet", max_elements=None).max_elements is None

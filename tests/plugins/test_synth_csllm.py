@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from gen2d_synth_csllm import CheckpointNotFound, CSLLMScorer, build_prompt, material_string
 from pymatgen.core import Lattice, Structure
 
 from gen2d.scoring import PluginUnavailable, file_sha256, get_scorer
-from gen2d_synth_csllm import CheckpointNotFound, CSLLMScorer, build_prompt, material_string
 
 # ---------------------------------------------------------------------------------------------------
 # Structures and their material strings, derived by hand.
@@ -36,8 +36,11 @@ NACL_STRING = "225 |5.640,5.640,5.640,90.00,90.00,90.00| (Na-4a[0. 0. 0.])->(Cl-
 def mos2_2h() -> Structure:
     """2H-MoS2 monolayer: a = 3.16 Å, 20 Å cell, Mo at (1/3, 2/3, 1/2), S at (2/3, 1/3, 1/2 ± 1.57/20)."""
     c = 20.0
-    return Structure(Lattice.hexagonal(3.16, c), ["Mo", "S", "S"],
-                     [[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5 + 1.57 / c], [2 / 3, 1 / 3, 0.5 - 1.57 / c]])
+    return Structure(
+        Lattice.hexagonal(3.16, c),
+        ["Mo", "S", "S"],
+        [[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5 + 1.57 / c], [2 / 3, 1 / 3, 0.5 - 1.57 / c]],
+    )
 
 
 # The layer in its vacuum cell is the 3D group P-6m2, No. 187 (mirror in the Mo plane, no inversion).
@@ -45,8 +48,10 @@ def mos2_2h() -> Structure:
 # two S with z = 0.5 + 1.57/20 = 0.5785. Cell 3.160, 3.160, 20.000 and 90.00, 90.00, 120.00.
 # NumPy prints [1/3, 2/3, 0.5] as "[0.33333333 0.66666667 0.5       ]" (0.5 padded to 10 characters)
 # and [2/3, 1/3, 0.5785] as "[0.66666667 0.33333333 0.5785    ]".
-MOS2_STRING = ("187 |3.160,3.160,20.000,90.00,90.00,120.00| "
-               "(Mo-1d[0.33333333 0.66666667 0.5       ])->(S-2i[0.66666667 0.33333333 0.5785    ])")
+MOS2_STRING = (
+    "187 |3.160,3.160,20.000,90.00,90.00,120.00| "
+    "(Mo-1d[0.33333333 0.66666667 0.5       ])->(S-2i[0.66666667 0.33333333 0.5785    ])"
+)
 
 
 def test_material_string_rock_salt_nacl():
@@ -72,12 +77,14 @@ def test_primitive_cell_gives_the_same_crystal_description():
 
 def test_prompt_is_the_question_in_the_chat_frame():
     assert build_prompt(rock_salt_nacl()) == (
-        f'###Human: Can this material structure be synthesized "{NACL_STRING}"?###Assistant:')
+        f'###Human: Can this material structure be synthesized "{NACL_STRING}"?###Assistant:'
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # A tiny random Llama and LoRA adapter, saved to disk and loaded through the scorer's own code path.
 # ---------------------------------------------------------------------------------------------------
+
 
 def _build_tokenizer(corpus: list[str]):
     """Offline word-level tokenizer over the corpus, with "True"/"False" as answer words."""
@@ -90,8 +97,7 @@ def _build_tokenizer(corpus: list[str]):
     vocab = {tok: i for i, tok in enumerate(specials + words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +112,35 @@ def tiny_csllm(tmp_path_factory):
     tokenizer = _build_tokenizer(corpus)
     tokenizer.save_pretrained(base_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(base_dir)
     base = LlamaForCausalLM.from_pretrained(base_dir)
     # init_lora_weights=False gives non-zero B matrices, so the adapter really changes the logits.
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    lora = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
     lora.save_pretrained(adapter_dir)
     return base_dir, adapter_dir
 
 
 def test_tiny_llama_with_lora_scores_from_logits(tiny_csllm):
     base_dir, adapter_dir = tiny_csllm
-    scorer = get_scorer("synth.csllm", base_model_path=str(base_dir), adapter_path=str(adapter_dir),
-                        device="auto", batch_size=2)
+    scorer = get_scorer(
+        "synth.csllm", base_model_path=str(base_dir), adapter_path=str(adapter_dir), device="auto", batch_size=2
+    )
     assert scorer.available() == (True, "")
     nacl, mos2 = rock_salt_nacl(), mos2_2h()
     results = scorer.score([nacl, mos2, mos2])
@@ -170,13 +189,21 @@ def test_logits_match_a_direct_forward_pass_and_the_adapter_matters(tiny_csllm):
 def test_answer_token_is_found_in_context_for_a_sentencepiece_style_tokenizer():
     # Llama's SentencePiece tokenizer folds the space before a word into the token ("▁True"); the
     # answer id must be that token, found by tokenizing the answer after the prompt.
+    from gen2d_synth_csllm.scorer import CSLLMSettings, answer_token_ids, encode_prompt
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from gen2d_synth_csllm.scorer import CSLLMSettings, answer_token_ids, encode_prompt
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁###Human:": 3, "▁True": 4, "▁False": 5, "True": 6, "False": 7,
-             "###Assistant:": 8}
+    vocab = {
+        "<unk>": 0,
+        "<s>": 1,
+        "</s>": 2,
+        "▁###Human:": 3,
+        "▁True": 4,
+        "▁False": 5,
+        "True": 6,
+        "False": 7,
+        "###Assistant:": 8,
+    }
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
@@ -197,8 +224,7 @@ def test_bad_structures_fail_by_name_in_a_scored_batch(tiny_csllm):
     disordered = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
     results = scorer.score([empty, rock_salt_nacl(), disordered, None])
     assert [r.ok for r in results] == [False, True, False, False]
-    assert [results[i].failure.reason for i in (0, 2, 3)] == ["empty_structure", "partial_occupancy",
-                                                              "not_a_structure"]
+    assert [results[i].failure.reason for i in (0, 2, 3)] == ["empty_structure", "partial_occupancy", "not_a_structure"]
     short = CSLLMScorer(base_model_path=base_dir, adapter_path=adapter_dir, max_length=20)
     (too_long,) = short.score([mos2_2h()])
     assert not too_long.ok and too_long.failure.reason == "prompt_too_long"

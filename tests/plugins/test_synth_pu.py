@@ -6,34 +6,37 @@ import json
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
-
-from gen2d.scoring import ScoreResult, file_sha256, get_scorer
 from gen2d_synth_pu import PUSynthScorer, train
 from gen2d_synth_pu.datasets import data_dir
 from gen2d_synth_pu.features import FEATURE_NAMES, featurize, layer_thickness_along_normal
 from gen2d_synth_pu.model import BaggedPUModel, fit_bagged_pu
 from gen2d_synth_pu.training import default_model_dir
+from pymatgen.core import Lattice, Structure
+
+from gen2d.scoring import ScoreResult, file_sha256, get_scorer
 
 VACUUM_CELL = 20.0  # Å; c of every hand-built layer
 
 
 def hexagonal_layer(a: float, species: list[str], sites: list[tuple[float, float, float]]) -> Structure:
     """A layer in a hexagonal cell; sites are (frac a, frac b, height in Å from the mid-plane)."""
-    return Structure(Lattice.hexagonal(a, VACUUM_CELL), species,
-                     [[x, y, 0.5 + z / VACUUM_CELL] for x, y, z in sites])
+    return Structure(Lattice.hexagonal(a, VACUUM_CELL), species, [[x, y, 0.5 + z / VACUUM_CELL] for x, y, z in sites])
 
 
 def layer_2h(metal: str, chalcogen: str, a: float, half_height: float) -> Structure:
     """2H (trigonal prismatic) MX2: M at (1/3, 2/3), both X above each other at (2/3, 1/3)."""
-    return hexagonal_layer(a, [metal, chalcogen, chalcogen],
-                           [(1 / 3, 2 / 3, 0.0), (2 / 3, 1 / 3, half_height), (2 / 3, 1 / 3, -half_height)])
+    return hexagonal_layer(
+        a,
+        [metal, chalcogen, chalcogen],
+        [(1 / 3, 2 / 3, 0.0), (2 / 3, 1 / 3, half_height), (2 / 3, 1 / 3, -half_height)],
+    )
 
 
 def layer_1t(metal: str, chalcogen: str, a: float, half_height: float) -> Structure:
     """1T (octahedral) MX2: X above and below on the two different hollow sites."""
-    return hexagonal_layer(a, [metal, chalcogen, chalcogen],
-                           [(0.0, 0.0, 0.0), (1 / 3, 2 / 3, half_height), (2 / 3, 1 / 3, -half_height)])
+    return hexagonal_layer(
+        a, [metal, chalcogen, chalcogen], [(0.0, 0.0, 0.0), (1 / 3, 2 / 3, half_height), (2 / 3, 1 / 3, -half_height)]
+    )
 
 
 def phosphorene() -> Structure:
@@ -44,8 +47,11 @@ def phosphorene() -> Structure:
     """
     a, b, c = 3.3136, 10.478, 4.3763
     bulk = [(0.0, 0.1017, 0.0806), (0.0, -0.1017, -0.0806), (0.5, -0.1017, 0.5806), (0.5, 0.1017, 0.4194)]
-    return Structure(Lattice.orthorhombic(a, c, VACUUM_CELL), ["P"] * 4,
-                     [[x, z % 1.0, 0.5 + y * b / VACUUM_CELL] for x, y, z in bulk])
+    return Structure(
+        Lattice.orthorhombic(a, c, VACUUM_CELL),
+        ["P"] * 4,
+        [[x, z % 1.0, 0.5 + y * b / VACUUM_CELL] for x, y, z in bulk],
+    )
 
 
 # Experimental monolayers (exfoliated or grown), lattice constants and heights from the literature.
@@ -58,9 +64,11 @@ KNOWN_EXPERIMENTAL = {
     "h-BN": lambda: hexagonal_layer(2.504, ["B", "N"], [(1 / 3, 2 / 3, 0.0), (2 / 3, 1 / 3, 0.0)]),
     "graphene": lambda: hexagonal_layer(2.46, ["C", "C"], [(1 / 3, 2 / 3, 0.0), (2 / 3, 1 / 3, 0.0)]),
     "phosphorene": phosphorene,
-    "InSe": lambda: hexagonal_layer(4.05, ["In", "In", "Se", "Se"],
-                                    [(1 / 3, 2 / 3, 1.39), (1 / 3, 2 / 3, -1.39),
-                                     (2 / 3, 1 / 3, 2.67), (2 / 3, 1 / 3, -2.67)]),
+    "InSe": lambda: hexagonal_layer(
+        4.05,
+        ["In", "In", "Se", "Se"],
+        [(1 / 3, 2 / 3, 1.39), (1 / 3, 2 / 3, -1.39), (2 / 3, 1 / 3, 2.67), (2 / 3, 1 / 3, -2.67)],
+    ),
 }
 
 
@@ -91,8 +99,9 @@ def pu_dataset():
 
 
 def test_experimental_templates_of_the_library_score_synthesizable(shipped_scorer, pu_dataset):
-    from gen2d.data.templates import TEMPLATES, build_template
     from gen2d_synth_pu.relabel import same_layer
+
+    from gen2d.data.templates import TEMPLATES, build_template
 
     layers, _ = pu_dataset
     names = [name for name, spec in TEMPLATES.items() if spec.experimental]
@@ -105,12 +114,18 @@ def test_experimental_templates_of_the_library_score_synthesizable(shipped_score
         # PU learning cannot call positive a layer it was shown as unlabeled: no experimental
         # template may be the same layer as an unlabeled training row (silicene was, before the relabel).
         formula = structure.composition.reduced_formula
-        twins = [layer for layer in layers if layer.structure.composition.reduced_formula == formula
-                 and same_layer(structure, layer.structure)]
+        twins = [
+            layer
+            for layer in layers
+            if layer.structure.composition.reduced_formula == formula and same_layer(structure, layer.structure)
+        ]
         assert all(layer.label == 1 for layer in twins), (name, [t.source for t in twins if t.label == 0])
     silicene = build_template("silicene")
-    twins = [layer.source for layer in layers if layer.structure.composition.reduced_formula == "Si"
-             and same_layer(silicene, layer.structure)]
+    twins = [
+        layer.source
+        for layer in layers
+        if layer.structure.composition.reduced_formula == "Si" and same_layer(silicene, layer.structure)
+    ]
     assert twins == ["2dmatpedia:2dm-5934"]
 
 
@@ -128,7 +143,7 @@ def _matpedia_layer(material_id: str) -> Structure:
 
 
 def test_experimental_list_is_cited_and_builds_its_prototypes():
-    from gen2d_synth_pu.relabel import load_experimental_monolayers, layer_signature
+    from gen2d_synth_pu.relabel import layer_signature, load_experimental_monolayers
 
     entries = {e.name: e for e in load_experimental_monolayers()}
     assert {"silicene", "germanene", "stanene"} <= set(entries)
@@ -280,13 +295,19 @@ def test_features_know_simple_physics():
 
 def test_bad_inputs_fail_by_name_and_the_batch_survives(shipped_scorer):
     empty = Structure(Lattice.hexagonal(3.0, VACUUM_CELL), [], [])
-    disordered = Structure(Lattice.hexagonal(3.16, VACUUM_CELL), [{"Mo": 0.5, "W": 0.5}, "S", "S"],
-                           [[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.58], [2 / 3, 1 / 3, 0.42]])
+    disordered = Structure(
+        Lattice.hexagonal(3.16, VACUUM_CELL),
+        [{"Mo": 0.5, "W": 0.5}, "S", "S"],
+        [[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.58], [2 / 3, 1 / 3, 0.42]],
+    )
     batch = [KNOWN_EXPERIMENTAL["2H-MoS2"](), empty, "POSCAR", disordered, KNOWN_EXPERIMENTAL["h-BN"]()]
     results = shipped_scorer.score(batch)
     assert [r.ok for r in results] == [True, False, False, False, True]
-    assert [r.failure.reason for r in results if not r.ok] == ["empty_structure", "not_a_structure",
-                                                               "partial_occupancy"]
+    assert [r.failure.reason for r in results if not r.ok] == [
+        "empty_structure",
+        "not_a_structure",
+        "partial_occupancy",
+    ]
     assert all(r.value is None and r.failure.message for r in results if not r.ok)
     assert all(isinstance(r, ScoreResult) for r in results)
 

@@ -19,8 +19,9 @@ def random_rotation_z(lattice2d: torch.Tensor, generator: torch.Generator | None
     return lattice2d @ rot.to(lattice2d.device)
 
 
-def random_strain(lattice2d: torch.Tensor, max_strain: float = 0.02,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def random_strain(
+    lattice2d: torch.Tensor, max_strain: float = 0.02, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Apply a random symmetric in-plane strain with every component in ``[-max_strain, max_strain]``."""
     n = lattice2d.shape[0]
     e = (torch.rand(n, 3, generator=generator, dtype=lattice2d.dtype) * 2 - 1) * max_strain
@@ -29,8 +30,9 @@ def random_strain(lattice2d: torch.Tensor, max_strain: float = 0.02,
     return lattice2d @ (eye + eps).to(lattice2d.device)
 
 
-def augment_lattice(lattice2d: torch.Tensor, rotate: bool = True, max_strain: float = 0.02,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_lattice(
+    lattice2d: torch.Tensor, rotate: bool = True, max_strain: float = 0.02, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Rotation about z then strain; ``max_strain=0`` switches strain off."""
     out = lattice2d
     if max_strain > 0:

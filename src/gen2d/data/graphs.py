@@ -49,8 +49,9 @@ def _in_plane_heights(lattice: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def periodic_radius_graph(pos: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor, cutoff: float,
-                          max_images: int = 6) -> PeriodicGraph:
+def periodic_radius_graph(
+    pos: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor, cutoff: float, max_images: int = 6
+) -> PeriodicGraph:
     """All pairs closer than ``cutoff`` across in-plane periodic images.
 
     Parameters
@@ -121,8 +122,11 @@ def lattice_from_params(a: torch.Tensor, b: torch.Tensor, cos_gamma: torch.Tenso
     """``(B, 3, 3)`` lattice with a along x, b in the xy-plane, c along z."""
     sin_gamma = torch.sqrt((1 - cos_gamma**2).clamp_min(1e-6))
     zero = torch.zeros_like(a)
-    rows = [torch.stack([a, zero, zero], -1), torch.stack([b * cos_gamma, b * sin_gamma, zero], -1),
-            torch.stack([zero, zero, torch.full_like(a, c)], -1)]
+    rows = [
+        torch.stack([a, zero, zero], -1),
+        torch.stack([b * cos_gamma, b * sin_gamma, zero], -1),
+        torch.stack([zero, zero, torch.full_like(a, c)], -1),
+    ]
     return torch.stack(rows, 1)
 
 

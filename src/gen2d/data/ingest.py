@@ -35,26 +35,37 @@ class IngestReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "set": self.set, "store": self.store, "read": self.read, "accepted": self.accepted,
+            "set": self.set,
+            "store": self.store,
+            "read": self.read,
+            "accepted": self.accepted,
             "accepted_fraction": round(self.accepted / self.read, 4) if self.read else 0.0,
-            "inserted": self.inserted, "updated": self.updated,
+            "inserted": self.inserted,
+            "updated": self.updated,
             "strict_ok": self.strict_ok,
             "strict_fraction": round(self.strict_ok / self.accepted, 4) if self.accepted else 0.0,
-            "rejected_count": len(self.rejected), "rejection_reasons": self.reasons,
+            "rejected_count": len(self.rejected),
+            "rejection_reasons": self.reasons,
             "rejected": self.rejected,
         }
 
 
-def record_to_candidate(record: MonolayerRecord, set_name: str, kind: str = "dataset",
-                        max_atoms: int = MAX_ATOMS_INGEST, run_id: str | None = None,
-                        parameters: dict[str, Any] | None = None) -> Candidate | Rejection:
+def record_to_candidate(
+    record: MonolayerRecord,
+    set_name: str,
+    kind: str = "dataset",
+    max_atoms: int = MAX_ATOMS_INGEST,
+    run_id: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> Candidate | Rejection:
     """A candidate for a record that passes ingest, else a named rejection (never raises)."""
     try:
         v = validate_ingest(record.structure, max_atoms=max_atoms)
         if not v.ok:
             return Rejection(record.source, record.source_id, v.reasons[0], "; ".join(v.messages))
-        source = SourceInfo(kind=kind, set=set_name, source_id=record.source_id, run_id=run_id,
-                            parameters=parameters or {})
+        source = SourceInfo(
+            kind=kind, set=set_name, source_id=record.source_id, run_id=run_id, parameters=parameters or {}
+        )
         labels = {k: v2 for k, v2 in record.labels.items() if v2 is not None}
         if record.properties:
             labels["source_properties"] = record.properties
@@ -63,9 +74,16 @@ def record_to_candidate(record: MonolayerRecord, set_name: str, kind: str = "dat
         return Rejection(record.source, record.source_id, "invalid_structure", f"{type(exc).__name__}: {exc}"[:300])
 
 
-def ingest_outcomes(outcomes: Iterable[ReadOutcome], store: CandidateStore, set_name: str, kind: str = "dataset",
-                    max_atoms: int = MAX_ATOMS_INGEST, batch_size: int = 64,
-                    progress: Callable[[int], None] | None = None, run_id: str | None = None) -> IngestReport:
+def ingest_outcomes(
+    outcomes: Iterable[ReadOutcome],
+    store: CandidateStore,
+    set_name: str,
+    kind: str = "dataset",
+    max_atoms: int = MAX_ATOMS_INGEST,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+    run_id: str | None = None,
+) -> IngestReport:
     """Validate and upsert every record; batches are written as they fill, so a crash keeps what was done."""
     report = IngestReport(set=set_name, store=store.uri)
     batch: list[Candidate] = []

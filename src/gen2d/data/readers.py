@@ -127,8 +127,10 @@ def matpedia_labels(data: dict[str, Any]) -> dict[str, Any]:
     None when missing or not finite. ``synth_label`` = 1 for ``top-down`` (exfoliated from a known
     bulk), None otherwise (``bottom-up`` layers are hypothetical, not known to be unmade).
     """
-    return {"e_hull": _finite(data.get("decomposition_energy")),
-            "synth_label": 1 if data.get("discovery_process") == "top-down" else None}
+    return {
+        "e_hull": _finite(data.get("decomposition_energy")),
+        "synth_label": 1 if data.get("discovery_process") == "top-down" else None,
+    }
 
 
 def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOutcome]:
@@ -149,8 +151,9 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
     for row_id, row in rows:
         # one row at a time: a corrupt row is a named rejection and the rows after it still come
         if isinstance(row, Exception):
-            yield ReadOutcome(rejection=Rejection(source, f"row-{row_id}", "unreadable_row",
-                                                  f"{type(row).__name__}: {row}"[:300]))
+            yield ReadOutcome(
+                rejection=Rejection(source, f"row-{row_id}", "unreadable_row", f"{type(row).__name__}: {row}"[:300])
+            )
             continue
         rid = f"row-{getattr(row, 'id', '?')}"
         try:
@@ -160,16 +163,33 @@ def read_ase_db(path: str | Path, source: str | None = None) -> Iterator[ReadOut
             if "material_id" in data:  # 2DMatPedia
                 rid = str(data["material_id"])
                 mp_labels = matpedia_labels(data)
-                labels = _label_block(mp_labels["e_hull"], None, mp_labels["synth_label"],
-                                      reference="2DMatPedia (PBE), energy above the Materials Project hull")
-                props = {k: data.get(k) for k in ("formula_pretty", "sg_number", "discovery_process", "bandgap",
-                                                  "energy_per_atom", "exfoliation_energy_per_atom", "source_id")
-                         if k in data}
+                labels = _label_block(
+                    mp_labels["e_hull"],
+                    None,
+                    mp_labels["synth_label"],
+                    reference="2DMatPedia (PBE), energy above the Materials Project hull",
+                )
+                props = {
+                    k: data.get(k)
+                    for k in (
+                        "formula_pretty",
+                        "sg_number",
+                        "discovery_process",
+                        "bandgap",
+                        "energy_per_atom",
+                        "exfoliation_energy_per_atom",
+                        "source_id",
+                    )
+                    if k in data
+                }
             else:  # C2DB or a user's db
                 rid = str(kvp.get("uid") or kvp.get("id") or rid)
-                labels = _label_block(kvp.get("ehull", kvp.get("e_hull")), kvp.get("dg_h", kvp.get("dgh")),
-                                      kvp.get("synth_label", kvp.get("experimental")),
-                                      reference="C2DB (PBE)" if "uid" in kvp else source)
+                labels = _label_block(
+                    kvp.get("ehull", kvp.get("e_hull")),
+                    kvp.get("dg_h", kvp.get("dgh")),
+                    kvp.get("synth_label", kvp.get("experimental")),
+                    reference="C2DB (PBE)" if "uid" in kvp else source,
+                )
                 props = {k: v for k, v in kvp.items() if isinstance(v, (int, float, str, bool))}
             structure = from_ase(atoms)
         except Exception as exc:
@@ -242,18 +262,37 @@ def read_mc2d_json(path: str | Path, source: str | None = None) -> Iterator[Read
     try:
         entries = load_mc2d_entries(path)
     except Exception as exc:
-        yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300]))
+        yield ReadOutcome(
+            rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300])
+        )
         return
     for k, entry in enumerate(entries):
-        rid = str(entry.get("structure_label") or entry.get("db_id") or f"entry-{k}") if isinstance(entry, dict) else f"entry-{k}"
+        rid = (
+            str(entry.get("structure_label") or entry.get("db_id") or f"entry-{k}")
+            if isinstance(entry, dict)
+            else f"entry-{k}"
+        )
         try:
             s = mc2d_entry_to_structure(entry)
         except Exception as exc:
             yield ReadOutcome(rejection=Rejection(source, rid, "unreadable_row", f"{type(exc).__name__}: {exc}"[:300]))
             continue
         labels = _label_block(None, None, 1, reference="MC2D: exfoliable from an experimentally known 3D parent")
-        props = {k2: entry.get(k2) for k2 in ("formula", "spg", "prototype", "band_gap", "magnetic_state",
-                                              "source_db", "db_id", "be_df2", "be_rvv10") if k2 in entry}
+        props = {
+            k2: entry.get(k2)
+            for k2 in (
+                "formula",
+                "spg",
+                "prototype",
+                "band_gap",
+                "magnetic_state",
+                "source_db",
+                "db_id",
+                "be_df2",
+                "be_rvv10",
+            )
+            if k2 in entry
+        }
         yield ReadOutcome(record=MonolayerRecord(s, source, rid, labels, props))
 
 
@@ -282,12 +321,15 @@ def read_labels_csv(path: str | Path) -> dict[str, dict[str, Any]]:
         out = {}
         for row in reader:
             row = {k.strip(): v for k, v in row.items() if k}
-            out[str(row[key]).strip()] = _label_block(row.get("e_hull"), row.get("dg_h"), row.get("synth_label"),
-                                                      reference=f"labels CSV {Path(path).name}")
+            out[str(row[key]).strip()] = _label_block(
+                row.get("e_hull"), row.get("dg_h"), row.get("synth_label"), reference=f"labels CSV {Path(path).name}"
+            )
         return out
 
 
-def read_folder(path: str | Path, labels_csv: str | Path | None = None, source: str | None = None) -> Iterator[ReadOutcome]:
+def read_folder(
+    path: str | Path, labels_csv: str | Path | None = None, source: str | None = None
+) -> Iterator[ReadOutcome]:
     """Structure files in a folder (CIF, POSCAR/CONTCAR, .vasp, extxyz/xyz, pymatgen JSON), sorted by name."""
     path = Path(path)
     source = source or path.name
@@ -315,7 +357,9 @@ def read_file(path: str | Path, source: str | None = None, labels: dict[str, Any
     return ReadOutcome(record=MonolayerRecord(s, source, path.name, labels or _label_block(), {}))
 
 
-def read_any(path: str | Path, source: str | None = None, labels_csv: str | Path | None = None) -> Iterator[ReadOutcome]:
+def read_any(
+    path: str | Path, source: str | None = None, labels_csv: str | Path | None = None
+) -> Iterator[ReadOutcome]:
     """Dispatch on what ``path`` is: a folder, an ASE db, an MC2D JSON list, or one structure file."""
     path = Path(path)
     if path.is_dir():
@@ -327,7 +371,9 @@ def read_any(path: str | Path, source: str | None = None, labels_csv: str | Path
     elif path.exists():
         yield read_file(path, source)
     else:
-        yield ReadOutcome(rejection=Rejection(source or "", path.name, "unreadable_file", f"{path}: no such file or folder"))
+        yield ReadOutcome(
+            rejection=Rejection(source or "", path.name, "unreadable_file", f"{path}: no such file or folder")
+        )
 
 
 def _looks_like_mc2d(path: Path) -> bool:

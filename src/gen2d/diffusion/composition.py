@@ -31,7 +31,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-
 MAX_SMACT_ELEMENTS = 6  # as gen2d.metrics.SMACTValidity
 
 
@@ -72,8 +71,9 @@ class BalancedTypes:
     expansions: int
 
 
-def _search_within(sub: np.ndarray, elements: list[int], vocab: list[str], max_expansions: int,
-                   bound: float) -> tuple[np.ndarray | None, float, int]:
+def _search_within(
+    sub: np.ndarray, elements: list[int], vocab: list[str], max_expansions: int, bound: float
+) -> tuple[np.ndarray | None, float, int]:
     """Uniform-cost search over single-atom changes within ``elements`` (columns of ``sub``, the regret).
 
     Starts from each atom's cheapest element of the set; returns (assignment as column indices, cost,
@@ -116,9 +116,14 @@ def _search_within(sub: np.ndarray, elements: list[int], vocab: list[str], max_e
     return None, float("inf"), expansions
 
 
-def charge_balanced_types(h: torch.Tensor | np.ndarray, vocab: list[str], blocked: torch.Tensor | None = None,
-                          max_candidates: int = 8, max_elements: int = 4,
-                          max_expansions: int = 400) -> BalancedTypes:
+def charge_balanced_types(
+    h: torch.Tensor | np.ndarray,
+    vocab: list[str],
+    blocked: torch.Tensor | None = None,
+    max_candidates: int = 8,
+    max_elements: int = 4,
+    max_expansions: int = 400,
+) -> BalancedTypes:
     """The cheapest change of an atom-type state ``h`` ``(n, K)`` into a SMACT-valid composition.
 
     Branch and bound over element sets: every set of at most ``max_elements`` of the candidate elements
@@ -160,7 +165,7 @@ def charge_balanced_types(h: torch.Tensor | np.ndarray, vocab: list[str], blocke
     support = np.clip(1.0 - regret, 0.0, None).sum(0)
     order = [int(k) for k in np.argsort(-support, kind="stable") if np.isfinite(regret[:, k]).any()]
     by_count = sorted(present, key=lambda k: -int((top == k).sum()))  # the argmax's elements come first
-    cand = list(dict.fromkeys(by_count + order))[:max(max_candidates, max_elements)]
+    cand = list(dict.fromkeys(by_count + order))[: max(max_candidates, max_elements)]
     sets = [list(c) for r in range(1, max_elements + 1) for c in itertools.combinations(cand, r)]
     bounds = np.array([regret[:, c].min(-1).sum() for c in sets])
     # an elemental layer is always valid and costs exactly its bound: the search starts from the cheapest
@@ -173,8 +178,9 @@ def charge_balanced_types(h: torch.Tensor | np.ndarray, vocab: list[str], blocke
         if bounds[j] >= found_cost or expansions >= max_expansions:
             break
         elements = sets[j]
-        assign, cost, used = _search_within(regret[:, elements], elements, vocab,
-                                            max_expansions - expansions, found_cost)
+        assign, cost, used = _search_within(
+            regret[:, elements], elements, vocab, max_expansions - expansions, found_cost
+        )
         expansions += used
         if assign is not None and cost < found_cost:
             found, found_cost = np.array([elements[a] for a in assign]), cost

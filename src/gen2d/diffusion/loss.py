@@ -47,7 +47,7 @@ class MonolayerBatch:
     def n_graphs(self) -> int:
         return self.lattice2d.shape[0]
 
-    def to(self, device: torch.device | str) -> "MonolayerBatch":
+    def to(self, device: torch.device | str) -> MonolayerBatch:
         return MonolayerBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
@@ -94,8 +94,13 @@ class Representation:
         return dict(self.__dict__)
 
 
-def vp_eps(x_t: torch.Tensor, out: torch.Tensor, abar: torch.Tensor, mean: torch.Tensor | float = 0.0,
-           var: torch.Tensor | float = 1.0) -> torch.Tensor:
+def vp_eps(
+    x_t: torch.Tensor,
+    out: torch.Tensor,
+    abar: torch.Tensor,
+    mean: torch.Tensor | float = 0.0,
+    var: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
     """Noise prediction of a VP part: the Wiener filter for clean data of ``mean`` and ``var`` (per
     dimension) plus ``out`` times the RMS error that filter leaves, sqrt(abar var / (abar var + 1 - abar)).
 
@@ -121,10 +126,20 @@ def centre_per_graph_2d(v: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> 
     return v - scatter_mean(v, batch, n_graphs)[batch]
 
 
-def predict_noise(model: EGNNDenoiser, rep: Representation, frac_t: torch.Tensor, z_t: torch.Tensor,
-                  h_t: torch.Tensor, lat_t: torch.Tensor, t: torch.Tensor, batch: torch.Tensor,
-                  schedule: DiffusionSchedule, cond_list: list[torch.Tensor | None],
-                  lattice_override: torch.Tensor | None = None, rotate: bool = False) -> dict:
+def predict_noise(
+    model: EGNNDenoiser,
+    rep: Representation,
+    frac_t: torch.Tensor,
+    z_t: torch.Tensor,
+    h_t: torch.Tensor,
+    lat_t: torch.Tensor,
+    t: torch.Tensor,
+    batch: torch.Tensor,
+    schedule: DiffusionSchedule,
+    cond_list: list[torch.Tensor | None],
+    lattice_override: torch.Tensor | None = None,
+    rotate: bool = False,
+) -> dict:
     """Run the denoiser on a noisy state and return noise predictions in the diffused variables.
 
     In-plane, the EGNN's coordinate output is read as the displacement towards the clean layer, and
@@ -162,9 +177,13 @@ def predict_noise(model: EGNNDenoiser, rep: Representation, frac_t: torch.Tensor
     t_lead = schedule.lead(t)  # types and lattice may run ahead of the positions (ScheduleSpec.lead_power)
     ab_g, ab_a, ab_h = ab[t_lead][:, None], ab[t[batch]][:, None], ab[t_lead[batch]][:, None]
 
-    res = {"eps_frac": [], "eps_z": [], "heads": out["heads"],
-           "eps_types": [vp_eps(h_t, v, ab_h) for v in out["eps_types"]],
-           "eps_lattice": [vp_eps(lat_t, v, ab_g) for v in out["eps_lattice"]]}
+    res = {
+        "eps_frac": [],
+        "eps_z": [],
+        "heads": out["heads"],
+        "eps_types": [vp_eps(h_t, v, ab_h) for v in out["eps_types"]],
+        "eps_lattice": [vp_eps(lat_t, v, ab_g) for v in out["eps_lattice"]],
+    }
     for eps_pos in out["eps_pos"]:
         eps_f = -torch.einsum("ni,nij->nj", eps_pos[:, :2], inv) / sigma
         res["eps_frac"].append(centre_per_graph_2d(eps_f, batch, n_graphs))
@@ -178,12 +197,16 @@ def make_condition(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.where(mask, labels, torch.zeros_like(labels)), mask.to(labels.dtype)], -1)
 
 
-def property_head_loss(heads: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                       lambdas: tuple[float, float, float]) -> dict[str, torch.Tensor]:
+def property_head_loss(
+    heads: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, lambdas: tuple[float, float, float]
+) -> dict[str, torch.Tensor]:
     """Masked head losses: L1 on dg_h, squared error on e_hull, BCE on synth; 0 when no label."""
     out = {}
-    fns = {"dg_h": lambda p, y: (p - y).abs(), "e_hull": lambda p, y: (p - y) ** 2,
-           "synth": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none")}
+    fns = {
+        "dg_h": lambda p, y: (p - y).abs(),
+        "e_hull": lambda p, y: (p - y) ** 2,
+        "synth": lambda p, y: F.binary_cross_entropy_with_logits(p, y, reduction="none"),
+    }
     for k, name in enumerate(HEAD_NAMES):
         m = mask[:, k]
         if m.any():
@@ -207,11 +230,18 @@ def _shrinkage_eps(x_t: torch.Tensor, abar: torch.Tensor, mean: torch.Tensor, va
     return vp_eps(x_t, torch.zeros_like(x_t), abar.reshape(-1, *([1] * (x_t.dim() - 1))), mean, var)
 
 
-def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: DiffusionSchedule, data: MonolayerBatch,
-                   lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5), cond_dropout: float = 0.15,
-                   rotate: bool = True, generator: torch.Generator | None = None,
-                   t: torch.Tensor | None = None,
-                   shrinkage: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+def diffusion_loss(
+    model: EGNNDenoiser,
+    rep: Representation,
+    schedule: DiffusionSchedule,
+    data: MonolayerBatch,
+    lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5),
+    cond_dropout: float = 0.15,
+    rotate: bool = True,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    shrinkage: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> dict[str, torch.Tensor]:
     """One evaluation of the joint loss on a batch.
 
     Parameters
@@ -266,15 +296,22 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
         "eps_types": ((pred["eps_types"][0] - eps_h) ** 2).mean(),
         "eps_lattice": ((pred["eps_lattice"][0] - eps_lat) ** 2).mean(),
     }
-    trivial_parts = {"trivial_frac": (eps_frac**2).mean(), "trivial_z": (eps_z**2).mean(),
-                     "trivial_types": (eps_h**2).mean(), "trivial_lattice": (eps_lat**2).mean()}
+    trivial_parts = {
+        "trivial_frac": (eps_frac**2).mean(),
+        "trivial_z": (eps_z**2).mean(),
+        "trivial_types": (eps_h**2).mean(),
+        "trivial_lattice": (eps_lat**2).mean(),
+    }
     trivial = torch.stack(list(trivial_parts.values())).mean()
     denoise = torch.stack(list(parts.values())).mean()
     if shrinkage is not None:
         ab = schedule.alpha_bar.to(device).to(data.frac.dtype)
         shrink = {"shrinkage_frac": trivial_parts["trivial_frac"]}
-        for key, x_t, eps, abar in (("z", z_t, eps_z, ab[t_atom]), ("types", h_t, eps_h, ab[t_lead[batch]]),
-                                    ("lattice", lat_t, eps_lat, ab[t_lead])):
+        for key, x_t, eps, abar in (
+            ("z", z_t, eps_z, ab[t_atom]),
+            ("types", h_t, eps_h, ab[t_lead[batch]]),
+            ("lattice", lat_t, eps_lat, ab[t_lead]),
+        ):
             mean, var = (v.to(device) for v in shrinkage[key])
             pred_s = _shrinkage_eps(x_t, abar, mean, var)
             if key == "z":
@@ -284,5 +321,11 @@ def diffusion_loss(model: EGNNDenoiser, rep: Representation, schedule: Diffusion
         trivial_parts["shrinkage_denoise"] = torch.stack(list(shrink.values())).mean()
     heads = property_head_loss(pred["heads"], data.labels, data.label_mask, lambdas)
     loss = denoise + sum(heads.values())
-    return {"loss": loss, "denoise": denoise, "trivial_denoise": trivial, **parts, **trivial_parts,
-            **{f"head_{k}": v for k, v in heads.items()}}
+    return {
+        "loss": loss,
+        "denoise": denoise,
+        "trivial_denoise": trivial,
+        **parts,
+        **trivial_parts,
+        **{f"head_{k}": v for k, v in heads.items()},
+    }

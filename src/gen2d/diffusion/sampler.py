@@ -38,48 +38,64 @@ class SamplingConfig(BaseModel):
     z_max: float = Field(4.0, description="Å; bound on |z| of the predicted clean layer (thickness <= 2 z_max)")
     lattice_bound: float = Field(4.0, description="bound on the predicted clean lattice parameters, in training stds")
     elements: list[str] | None = Field(
-        None, description="restrict atom types to these elements (a chemical space; replacement inpainting of "
-                          "the type channels); None = the model's whole vocabulary")
+        None,
+        description="restrict atom types to these elements (a chemical space; replacement inpainting of "
+        "the type channels); None = the model's whole vocabulary",
+    )
     overlap_scale: float = Field(
-        0.85, description="geometry prior (gen2d.diffusion.sampler.project_geometry): push apart every pair closer "
-                         "than this fraction of its covalent-radius sum; 0 = off (the bare model). 0.85 leaves a "
-                         "margin over the strict check's 0.6")
+        0.85,
+        description="geometry prior (gen2d.diffusion.sampler.project_geometry): push apart every pair closer "
+        "than this fraction of its covalent-radius sum; 0 = off (the bare model). 0.85 leaves a "
+        "margin over the strict check's 0.6",
+    )
     fragment_scale: float = Field(
-        1.1, description="geometry prior: atoms closer than this multiple of their covalent-radius sum are "
-                         "bonded; a piece not bonded to the rest (a lone atom too) is moved rigidly towards its "
-                         "nearest outside neighbour. 0 = off. 1.1 sits inside the strict bond cutoff of 1.25")
+        1.1,
+        description="geometry prior: atoms closer than this multiple of their covalent-radius sum are "
+        "bonded; a piece not bonded to the rest (a lone atom too) is moved rigidly towards its "
+        "nearest outside neighbour. 0 = off. 1.1 sits inside the strict bond cutoff of 1.25",
+    )
     periodic_scale: float = Field(
-        0.7, description="geometry prior, free starts only (a template's lattice stays fixed): a layer that is one "
-                         "bonded piece (fragment_scale) but does not reach its periodic images in both in-plane "
-                         "directions (a 0D island or 1D chain: rank < 2 of its bonds' image-cycle lattice) has "
-                         "its lattice shrunk, the piece kept rigid, isotropically (island) or across the chain "
-                         "only, until its nearest unconnected image pair bonds at fragment_scale x the covalent "
-                         "sum (gen2d.diffusion.sampler.percolate_lattice); a shrink needing a factor below this "
-                         "one is not made. 0 = off; runs only with fragment_scale > 0")
+        0.7,
+        description="geometry prior, free starts only (a template's lattice stays fixed): a layer that is one "
+        "bonded piece (fragment_scale) but does not reach its periodic images in both in-plane "
+        "directions (a 0D island or 1D chain: rank < 2 of its bonds' image-cycle lattice) has "
+        "its lattice shrunk, the piece kept rigid, isotropically (island) or across the chain "
+        "only, until its nearest unconnected image pair bonds at fragment_scale x the covalent "
+        "sum (gen2d.diffusion.sampler.percolate_lattice); a shrink needing a factor below this "
+        "one is not made. 0 = off; runs only with fragment_scale > 0",
+    )
     periodic_from: float = Field(
-        0.1, description="fraction of T below which the periodic_scale step runs (it runs only where the geometry "
-                         "prior does, below projection_from). Started earlier it also shrinks noisy cells that would "
-                         "have percolated on their own: on 200 free samples (seed 0) 0.3 and 0.1 both gave 199 "
-                         "strictly valid, with a median area per atom of 3.10 and 3.21 Å² (training set 3.24). "
-                         "On 1,000 (seed 0) the step took strict validity from 0.894 to 0.984")
+        0.1,
+        description="fraction of T below which the periodic_scale step runs (it runs only where the geometry "
+        "prior does, below projection_from). Started earlier it also shrinks noisy cells that would "
+        "have percolated on their own: on 200 free samples (seed 0) 0.3 and 0.1 both gave 199 "
+        "strictly valid, with a median area per atom of 3.10 and 3.21 Å² (training set 3.24). "
+        "On 1,000 (seed 0) the step took strict validity from 0.894 to 0.984",
+    )
     projection_from: float = Field(0.3, description="fraction of T below which the geometry prior runs")
     charge_balance: bool = Field(
-        True, description="composition prior (gen2d.diffusion.composition), free starts only: once, at "
-                          "composition_from, the types are set to the nearest one-hot assignment of the model's "
-                          "clean type estimate whose composition is charge-neutral in SMACT's oxidation states "
-                          "(no Pauling test, which would forbid MoTe2) with at most 4 elements (the per-atom "
-                          "argmax when it already is), and are kept for the remaining steps, so positions and "
-                          "lattice finish around them. Template starts keep their template's composition. "
-                          "False = the per-atom argmax of the bare model")
+        True,
+        description="composition prior (gen2d.diffusion.composition), free starts only: once, at "
+        "composition_from, the types are set to the nearest one-hot assignment of the model's "
+        "clean type estimate whose composition is charge-neutral in SMACT's oxidation states "
+        "(no Pauling test, which would forbid MoTe2) with at most 4 elements (the per-atom "
+        "argmax when it already is), and are kept for the remaining steps, so positions and "
+        "lattice finish around them. Template starts keep their template's composition. "
+        "False = the per-atom argmax of the bare model",
+    )
     composition_from: float = Field(
-        0.5, description="fraction of T at which the composition prior fixes the types; with the shipped leading "
-                         "clock (p = 2) the types are then at 0.25 T of their own clock. On 200 free samples of "
-                         "the shipped model, 0.3/0.5/0.7 gave strict validity 0.990/1.000/0.995 and SMACT "
-                         "1.000/0.995/0.995 (off: 0.995 and 0.540)")
+        0.5,
+        description="fraction of T at which the composition prior fixes the types; with the shipped leading "
+        "clock (p = 2) the types are then at 0.25 T of their own clock. On 200 free samples of "
+        "the shipped model, 0.3/0.5/0.7 gave strict validity 0.990/1.000/0.995 and SMACT "
+        "1.000/0.995/0.995 (off: 0.995 and 0.540)",
+    )
     projection_iterations: int = Field(8, description="projection sweeps per reverse step")
     divergence_grad_rms: float = Field(
-        50.0, description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
-                          "diverged; the shipped model's largest over 32 guided samples x 100 steps is 0.33")
+        50.0,
+        description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
+        "diverged; the shipped model's largest over 32 guided samples x 100 steps is 0.33",
+    )
 
     @property
     def guided(self) -> bool:
@@ -135,8 +151,9 @@ def conditioned_properties(bundle: DiffusionBundle) -> set[str]:
     return {"e_hull", "synth"} | ({"dg_h"} if cfg.get("dg_h_labels") else set())
 
 
-def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device="cpu",
-                     allowed: set[str] | None = None) -> torch.Tensor:
+def target_condition(
+    n: int, config: SamplingConfig, dtype=torch.float32, device="cpu", allowed: set[str] | None = None
+) -> torch.Tensor:
     """The condition vector for classifier-free guidance: target values and presence flags.
 
     A target outside ``allowed`` (a property the denoiser never saw a label for) is left out: its flag was
@@ -148,8 +165,9 @@ def target_condition(n: int, config: SamplingConfig, dtype=torch.float32, device
     return torch.tensor([vals + mask], dtype=dtype, device=device).expand(n, -1)
 
 
-def _clip_rms(g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: float,
-              rms: torch.Tensor | None = None) -> torch.Tensor:
+def _clip_rms(
+    g: torch.Tensor, index: torch.Tensor | None, n: int, max_rms: float, rms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scale each structure's gradient so its RMS is at most ``max_rms``: eta is then a step size.
 
     ``rms`` is the per-structure RMS of ``g`` (:func:`_raw_rms`) when already known.
@@ -193,8 +211,10 @@ class _Divergence:
 
     def __init__(self, B: int, device):
         self.max_rms = torch.zeros(B, device=device)
-        self.counts = {k: torch.zeros(B, dtype=torch.long, device=device)
-                       for k in ("nonfinite_guidance", "nonfinite_state", "exploding_guidance", "nonfinite_heads")}
+        self.counts = {
+            k: torch.zeros(B, dtype=torch.long, device=device)
+            for k in ("nonfinite_guidance", "nonfinite_state", "exploding_guidance", "nonfinite_heads")
+        }
         self.first_step: dict[str, list[int | None]] = {k: [None] * B for k in self.counts}
 
     def mark(self, key: str, flags: torch.Tensor, step: int) -> None:
@@ -207,11 +227,14 @@ class _Divergence:
 
     def report(self, g: int, limit: float, guided_steps: int) -> dict[str, Any]:
         reasons = [k for k, c in self.counts.items() if int(c[g]) > 0]
-        return {"diverged_reasons": reasons,
-                "steps_flagged": {k: int(self.counts[k][g]) for k in reasons},
-                "first_flagged_step": {k: self.first_step[k][g] for k in reasons},
-                "max_guidance_grad_rms": round(float(self.max_rms[g]), 6),
-                "divergence_grad_rms": limit, "guided_steps": guided_steps}
+        return {
+            "diverged_reasons": reasons,
+            "steps_flagged": {k: int(self.counts[k][g]) for k in reasons},
+            "first_flagged_step": {k: self.first_step[k][g] for k in reasons},
+            "max_guidance_grad_rms": round(float(self.max_rms[g]), 6),
+            "divergence_grad_rms": limit,
+            "guided_steps": guided_steps,
+        }
 
 
 def _components(bonded: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int) -> torch.Tensor:
@@ -236,20 +259,31 @@ def _fragment_moves(d, unit, pair, src, dst, n: int, scale: float) -> torch.Tens
         return torch.zeros(n, 3, dtype=d.dtype, device=d.device)
     gap = torch.where(external, d - scale * pair, torch.full_like(d, float("inf")))
     best = torch.full((n,), float("inf"), dtype=d.dtype, device=d.device).scatter_reduce(
-        0, comp[dst], gap, reduce="amin")
+        0, comp[dst], gap, reduce="amin"
+    )
     chosen = external & (gap <= best[comp[dst]])
     e = torch.arange(d.numel(), device=d.device)
     pick = torch.full((n,), d.numel(), dtype=torch.long, device=d.device).scatter_reduce(
-        0, comp[dst][chosen], e[chosen], reduce="amin")  # one edge per piece; ties go to the lowest index
+        0, comp[dst][chosen], e[chosen], reduce="amin"
+    )  # one edge per piece; ties go to the lowest index
     has = pick < d.numel()
     piece_move = torch.zeros(n, 3, dtype=d.dtype, device=d.device)
     piece_move[has] = -0.5 * gap[pick[has]][:, None] * unit[pick[has]]  # towards the neighbour
     return piece_move[comp]
 
 
-def project_geometry(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, lattice: torch.Tensor,
-                     batch: torch.Tensor, overlap_scale: float, fragment_scale: float, iterations: int,
-                     z_scale: float, search: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def project_geometry(
+    frac: torch.Tensor,
+    z: torch.Tensor,
+    radius: torch.Tensor,
+    lattice: torch.Tensor,
+    batch: torch.Tensor,
+    overlap_scale: float,
+    fragment_scale: float,
+    iterations: int,
+    z_scale: float,
+    search: float = 5.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A physical prior on a sample: no pair overlaps, no atom is left without a neighbour.
 
     Each sweep (at most ``iterations``, periodic images included):
@@ -354,10 +388,21 @@ def _periodic_rank(cycles: np.ndarray) -> tuple[int, np.ndarray | None]:
     return (2 if (det != 0).any() else 1), c
 
 
-def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor, lattice: torch.Tensor,
-                      batch: torch.Tensor, bond_scale: float, z_scale: float, min_scale: float = 0.7,
-                      min_length: float = 0.0, max_abs_cos: float = 1.0, rounds: int = 2, search: float = 5.0,
-                      max_cutoff: float = 12.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def percolate_lattice(
+    frac: torch.Tensor,
+    z: torch.Tensor,
+    radius: torch.Tensor,
+    lattice: torch.Tensor,
+    batch: torch.Tensor,
+    bond_scale: float,
+    z_scale: float,
+    min_scale: float = 0.7,
+    min_length: float = 0.0,
+    max_abs_cos: float = 1.0,
+    rounds: int = 2,
+    search: float = 5.0,
+    max_cutoff: float = 12.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A monolayer's bonded network must reach its own periodic images along both in-plane directions.
 
     A structure whose atoms form one bonded piece (atoms closer than ``bond_scale`` x their covalent-radius
@@ -402,7 +447,8 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
     if not N or bond_scale <= 0 or not 0 < min_scale < 1:
         return frac, lattice, changed
     finite = torch.isfinite(lattice).flatten(1).all(-1) & ~_per_graph_any(
-        ~(torch.isfinite(frac).all(-1) & torch.isfinite(z)), batch, B)
+        ~(torch.isfinite(frac).all(-1) & torch.isfinite(z)), batch, B
+    )
     lat_np = lattice.detach().cpu().double().numpy().copy()
     frac_np = frac.detach().cpu().double().numpy().copy()
     zc = (z.detach().cpu().double() * z_scale).numpy()
@@ -423,13 +469,13 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
         idx = np.concatenate([np.arange(ptr[g], ptr[g + 1]) for g in graphs])
         sub_batch = torch.as_tensor(np.repeat(np.arange(len(graphs)), counts))
         lat_sub = torch.as_tensor(lat_np[todo])
-        pos = torch.as_tensor(np.concatenate([np.einsum("ni,nij->nj", frac_np[idx], lat_np[b_np[idx], :2, :2]),
-                                              zc[idx, None]], -1))
+        pos = torch.as_tensor(
+            np.concatenate([np.einsum("ni,nij->nj", frac_np[idx], lat_np[b_np[idx], :2, :2]), zc[idx, None]], -1)
+        )
         graph = periodic_radius_graph(pos, lat_sub, sub_batch, cutoff)
         src_all, dst_all = (x.numpy() for x in graph.edge_index)
         shift_all = graph.cell_shift.numpy()
-        r_all = (pos[graph.edge_index[1]] - pos[graph.edge_index[0]]
-                 - graph.shift_vectors(lat_sub, sub_batch)).numpy()
+        r_all = (pos[graph.edge_index[1]] - pos[graph.edge_index[0]] - graph.shift_vectors(lat_sub, sub_batch)).numpy()
         g_of_edge = sub_batch.numpy()[dst_all]
         todo[:] = False
         for k, g in enumerate(graphs):
@@ -465,7 +511,7 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
             q = np.zeros_like(p)
             q[:, :2] = -u[cand]
             qq, pq, pp = (q * q).sum(-1), (p * q).sum(-1), (p * p).sum(-1)
-            disc = pq ** 2 - qq * (pp - (thr[cand] * (1.0 - 1e-3)) ** 2)
+            disc = pq**2 - qq * (pp - (thr[cand] * (1.0 - 1e-3)) ** 2)
             ok = (disc >= 0) & (qq > 1e-12)
             if not ok.any():
                 continue
@@ -479,10 +525,10 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
             la, lb = np.linalg.norm(L_new, axis=-1)
             if min(la, lb) < min_length or abs(L_new[0] @ L_new[1]) / (la * lb) > max_abs_cos:
                 continue
-            X = (frac_np[lo:lo + n] + offset) @ L2
+            X = (frac_np[lo : lo + n] + offset) @ L2
             centre = X.mean(0)
             X_new = X - centre + centre @ M
-            frac_np[lo:lo + n] = np.remainder(X_new @ np.linalg.inv(L_new), 1.0)
+            frac_np[lo : lo + n] = np.remainder(X_new @ np.linalg.inv(L_new), 1.0)
             lat_np[g, :2, :2] = L_new
             changed[g] = True
             todo[g] = True  # check again: an island that became a chain is shrunk once more
@@ -491,8 +537,11 @@ def percolate_lattice(frac: torch.Tensor, z: torch.Tensor, radius: torch.Tensor,
     atom_changed = changed[batch]
     new_frac = torch.as_tensor(frac_np, dtype=frac.dtype, device=frac.device)
     new_lat = torch.as_tensor(lat_np, dtype=lattice.dtype, device=lattice.device)
-    return (torch.where(atom_changed[:, None], new_frac, frac),
-            torch.where(changed[:, None, None], new_lat, lattice), changed)
+    return (
+        torch.where(atom_changed[:, None], new_frac, frac),
+        torch.where(changed[:, None, None], new_lat, lattice),
+        changed,
+    )
 
 
 class ElementsOutsideVocabulary(ValueError):
@@ -506,7 +555,8 @@ def blocked_types(vocab: list[str], elements: list[str] | None, device="cpu") ->
     unknown = sorted(set(elements) - set(vocab))
     if unknown or not elements:
         raise ElementsOutsideVocabulary(
-            f"elements {unknown or '[]'} are not in the model's vocabulary of {len(vocab)} elements")
+            f"elements {unknown or '[]'} are not in the model's vocabulary of {len(vocab)} elements"
+        )
     keep = set(elements)
     return torch.tensor([v not in keep for v in vocab], dtype=torch.bool, device=device)
 
@@ -528,8 +578,14 @@ class Start:
     lattice2d: torch.Tensor | None = None  # (B, 2, 2)
 
 
-def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, generator: torch.Generator,
-                 device: str = "auto", schedule: DiffusionSchedule | None = None) -> list[SampledMonolayer]:
+def sample_batch(
+    bundle: DiffusionBundle,
+    start: Start,
+    config: SamplingConfig,
+    generator: torch.Generator,
+    device: str = "auto",
+    schedule: DiffusionSchedule | None = None,
+) -> list[SampledMonolayer]:
     """Run the reverse process for one batch.
 
     Parameters
@@ -539,8 +595,9 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     """
     sched = bundle.schedule
     if schedule is not None and schedule.fingerprint != sched.fingerprint:
-        raise ValueError(f"sampling schedule {schedule.fingerprint} differs from the training schedule "
-                         f"{sched.fingerprint}")
+        raise ValueError(
+            f"sampling schedule {schedule.fingerprint} differs from the training schedule {sched.fingerprint}"
+        )
     dev = resolve_device(device)
     model, rep = bundle.model, bundle.rep
     B = len(start.n_atoms)
@@ -582,8 +639,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     if projecting:
         from ase.data import atomic_numbers, covalent_radii
 
-        radius_of_type = torch.tensor([covalent_radii[atomic_numbers[el]] for el in rep.vocab], dtype=dtype,
-                                      device=dev)
+        radius_of_type = torch.tensor([covalent_radii[atomic_numbers[el]] for el in rep.vocab], dtype=dtype, device=dev)
 
     conditioned = conditioned_properties(bundle)
     cond = target_condition(B, config, dtype, dev, conditioned) if config.cfg_weight is not None else None
@@ -597,6 +653,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
 
     def types_now() -> torch.Tensor:
         return _types(h, blocked) if fixed_types is None else fixed_types
+
     div = _Divergence(B, dev)
     index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
     for i, t_int in enumerate(steps):
@@ -624,6 +681,7 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
                 div.mark("nonfinite_guidance", bad, i)
                 div.mark("exploding_guidance", rms > config.divergence_grad_rms, i)
                 div.max_rms = torch.maximum(div.max_rms, rms)
+
         def mix(key):
             outs = [o.detach() for o in pred[key]]
             if len(outs) == 1:
@@ -658,8 +716,11 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
             h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
         if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
             nb = int(blocked.sum())
-            h[:, blocked] = (sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0),
-                                            randn(N, nb)) if s_int >= 0 else 0.0)
+            h[:, blocked] = (
+                sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0), randn(N, nb))
+                if s_int >= 0
+                else 0.0
+            )
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
@@ -668,21 +729,46 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
                 lat = sched.vp_noise(lat, sl_.clamp(min=0), randn(B, 3))
         if projecting and t_int <= config.projection_from * sched.T:
             lattice_now = lattice_fixed if lattice_fixed is not None else rep.decode_lattice(lat)
-            if (lattice_fixed is None and config.periodic_scale > 0 and config.fragment_scale > 0
-                    and t_int <= config.periodic_from * sched.T):
+            if (
+                lattice_fixed is None
+                and config.periodic_scale > 0
+                and config.fragment_scale > 0
+                and t_int <= config.periodic_from * sched.T
+            ):
                 frac, shrunk_lattice, shrunk = percolate_lattice(
-                    frac, z, radius_of_type[types_now()], lattice_now, batch, config.fragment_scale,
-                    rep.z_scale, config.periodic_scale, rep.min_length, rep.max_abs_cos)
+                    frac,
+                    z,
+                    radius_of_type[types_now()],
+                    lattice_now,
+                    batch,
+                    config.fragment_scale,
+                    rep.z_scale,
+                    config.periodic_scale,
+                    rep.min_length,
+                    rep.max_abs_cos,
+                )
                 if bool(shrunk.any()):
                     lat = torch.where(shrunk[:, None], rep.encode_lattice(shrunk_lattice[:, :2, :2]), lat)
                     lattice_now = rep.decode_lattice(lat)  # the same cell, turned so that a lies along x
                     lattice_shrinks += shrunk.long()
-            frac, z, moved = project_geometry(frac, z, radius_of_type[types_now()], lattice_now, batch,
-                                              config.overlap_scale, config.fragment_scale,
-                                              config.projection_iterations, rep.z_scale)
+            frac, z, moved = project_geometry(
+                frac,
+                z,
+                radius_of_type[types_now()],
+                lattice_now,
+                batch,
+                config.overlap_scale,
+                config.fragment_scale,
+                config.projection_iterations,
+                rep.z_scale,
+            )
             projection_moves.index_add_(0, batch, moved.long())
-        bad_state = (_per_graph_any(~torch.isfinite(frac), batch, B) | _per_graph_any(~torch.isfinite(z), batch, B)
-                     | _per_graph_any(~torch.isfinite(h), batch, B) | _per_graph_any(~torch.isfinite(lat), None, B))
+        bad_state = (
+            _per_graph_any(~torch.isfinite(frac), batch, B)
+            | _per_graph_any(~torch.isfinite(z), batch, B)
+            | _per_graph_any(~torch.isfinite(h), batch, B)
+            | _per_graph_any(~torch.isfinite(lat), None, B)
+        )
         if bool(bad_state.any()):
             div.mark("nonfinite_state", bad_state, i)
             frac, z, h, lat = (torch.nan_to_num(v, 0.0, 0.0, 0.0) for v in (frac, z, h, lat))
@@ -703,21 +789,35 @@ def sample_batch(bundle: DiffusionBundle, start: Start, config: SamplingConfig, 
     div.mark("nonfinite_heads", ~torch.isfinite(heads).all(-1), len(steps))
     for g in range(B):
         sl = slice(int(ptr[g]), int(ptr[g + 1]))
-        predicted = {"dg_h": float(heads[g, 0]), "e_hull": float(heads[g, 1]),
-                     "p_synth": float(torch.sigmoid(heads[g, 2]))}
+        predicted = {
+            "dg_h": float(heads[g, 0]),
+            "e_hull": float(heads[g, 1]),
+            "p_synth": float(torch.sigmoid(heads[g, 2])),
+        }
         name = start.template_name[g] if start.template_name else None
-        out.append(SampledMonolayer(
-            species=[rep.vocab[int(k)] for k in types[sl]], lattice2d=lattice[g, :2, :2].cpu().numpy().astype(float),
-            frac=frac[sl].cpu().numpy().astype(float), z=(z[sl] * rep.z_scale).cpu().numpy().astype(float),
-            predicted=predicted, start=f"template:{name}" if name else "free", parameters=params,
-            diagnostics={**div.report(g, config.divergence_grad_rms, guided_steps),
-                         "projection_moves": int(projection_moves[g]),
-                         "lattice_shrinks": int(lattice_shrinks[g]), **balance[g]}))
+        out.append(
+            SampledMonolayer(
+                species=[rep.vocab[int(k)] for k in types[sl]],
+                lattice2d=lattice[g, :2, :2].cpu().numpy().astype(float),
+                frac=frac[sl].cpu().numpy().astype(float),
+                z=(z[sl] * rep.z_scale).cpu().numpy().astype(float),
+                predicted=predicted,
+                start=f"template:{name}" if name else "free",
+                parameters=params,
+                diagnostics={
+                    **div.report(g, config.divergence_grad_rms, guided_steps),
+                    "projection_moves": int(projection_moves[g]),
+                    "lattice_shrinks": int(lattice_shrinks[g]),
+                    **balance[g],
+                },
+            )
+        )
     return out
 
 
-def _balanced_types(x0_h: torch.Tensor, batch: torch.Tensor, B: int, vocab: list[str],
-                    blocked: torch.Tensor | None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def _balanced_types(
+    x0_h: torch.Tensor, batch: torch.Tensor, B: int, vocab: list[str], blocked: torch.Tensor | None
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Charge-balanced types of every structure of a batch and, per structure, what the search did."""
     from gen2d.diffusion.composition import charge_balanced_types
 
@@ -740,9 +840,16 @@ def draw_atom_counts(bundle: DiffusionBundle, n: int, generator: torch.Generator
     return [sizes[i] for i in idx.tolist()]
 
 
-def sample(bundle: DiffusionBundle, n: int, seed: int = 0, config: SamplingConfig | None = None,
-           device: str = "auto", n_atoms: list[int] | None = None, starts: list[Start] | None = None,
-           progress: bool = False) -> list[SampledMonolayer]:
+def sample(
+    bundle: DiffusionBundle,
+    n: int,
+    seed: int = 0,
+    config: SamplingConfig | None = None,
+    device: str = "auto",
+    n_atoms: list[int] | None = None,
+    starts: list[Start] | None = None,
+    progress: bool = False,
+) -> list[SampledMonolayer]:
     """Draw ``n`` monolayers (free starts) in batches of at most ``max_atoms_per_batch`` atoms.
 
     Parameters
@@ -775,8 +882,9 @@ def sample(bundle: DiffusionBundle, n: int, seed: int = 0, config: SamplingConfi
     return results
 
 
-def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
-                    max_atoms_per_batch: int = 1024) -> tuple[list[Start], dict[str, str]]:
+def template_starts(
+    bundle: DiffusionBundle, names: list[str], repeats: int = 1, max_atoms_per_batch: int = 1024
+) -> tuple[list[Start], dict[str, str]]:
     """Starts from the built-in template library (``gen2d.data.templates``).
 
     Returns the batches and, for templates that cannot be used, the reason (e.g. an element outside
@@ -801,12 +909,16 @@ def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
 
     def flush():
         if cur:
-            starts.append(Start(
-                n_atoms=[len(a.species) for _, a in cur], template_name=[nm for nm, _ in cur],
-                frac0=torch.tensor(np.concatenate([a.frac for _, a in cur]), dtype=torch.float32),
-                z0=torch.tensor(np.concatenate([a.z for _, a in cur]), dtype=torch.float32),
-                types0=torch.tensor([vocab_index[s] for _, a in cur for s in a.species]),
-                lattice2d=torch.tensor(np.stack([a.lattice2d for _, a in cur]), dtype=torch.float32)))
+            starts.append(
+                Start(
+                    n_atoms=[len(a.species) for _, a in cur],
+                    template_name=[nm for nm, _ in cur],
+                    frac0=torch.tensor(np.concatenate([a.frac for _, a in cur]), dtype=torch.float32),
+                    z0=torch.tensor(np.concatenate([a.z for _, a in cur]), dtype=torch.float32),
+                    types0=torch.tensor([vocab_index[s] for _, a in cur for s in a.species]),
+                    lattice2d=torch.tensor(np.stack([a.lattice2d for _, a in cur]), dtype=torch.float32),
+                )
+            )
 
     for name, arr in items:
         if cur and sum(len(a.species) for _, a in cur) + len(arr.species) > max_atoms_per_batch:
@@ -817,5 +929,17 @@ def template_starts(bundle: DiffusionBundle, names: list[str], repeats: int = 1,
     return starts, skipped
 
 
-__all__ = ["project_geometry", "percolate_lattice", "ElementsOutsideVocabulary", "blocked_types", "SamplingConfig", "SampledMonolayer", "sample", "sample_batch", "template_starts", "target_loss",
-           "draw_atom_counts", "Start"]
+__all__ = [
+    "project_geometry",
+    "percolate_lattice",
+    "ElementsOutsideVocabulary",
+    "blocked_types",
+    "SamplingConfig",
+    "SampledMonolayer",
+    "sample",
+    "sample_batch",
+    "template_starts",
+    "target_loss",
+    "draw_atom_counts",
+    "Start",
+]

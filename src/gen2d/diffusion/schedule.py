@@ -84,7 +84,7 @@ class DiffusionSchedule:
         return torch.where(t < 0, t, mapped)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionSchedule":
+    def from_dict(cls, d: dict) -> DiffusionSchedule:
         spec = ScheduleSpec(**{k: v for k, v in d.items() if k != "fingerprint"})
         sched = cls(spec)
         if "fingerprint" in d and d["fingerprint"] != sched.fingerprint:
@@ -106,8 +106,14 @@ class DiffusionSchedule:
         return torch.remainder(f0 + sig * eps, 1.0)
 
     # --- reverse (ancestral) steps, from t to an earlier s (s = t - 1 unless respaced) ---------------
-    def vp_step(self, x_t: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
-                x0_bounds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def vp_step(
+        self,
+        x_t: torch.Tensor,
+        eps_hat: torch.Tensor,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        x0_bounds: tuple[float, float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and std of x_s given x_t and predicted noise; ``s < 0`` means x_0 (std 0).
 
         The mean is written through the implied clean sample x0_hat, clipped to ``x0_bounds`` when
@@ -116,8 +122,9 @@ class DiffusionSchedule:
         """
         shape = (-1, *([1] * (x_t.dim() - 1)))
         ab_t = self._at(self.alpha_bar, t, x_t).reshape(shape)
-        ab_s = torch.where(s.reshape(shape) >= 0, self._at(self.alpha_bar, s.clamp_min(0), x_t).reshape(shape),
-                           torch.ones_like(ab_t))
+        ab_s = torch.where(
+            s.reshape(shape) >= 0, self._at(self.alpha_bar, s.clamp_min(0), x_t).reshape(shape), torch.ones_like(ab_t)
+        )
         alpha = ab_t / ab_s
         beta = 1 - alpha
         x0_hat = (x_t - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()
@@ -127,13 +134,15 @@ class DiffusionSchedule:
         var = beta * (1 - ab_s) / (1 - ab_t)
         return mean, var.clamp_min(0).sqrt()
 
-    def torus_step(self, f_t: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def torus_step(
+        self, f_t: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral variance-exploding step on the torus (mean not yet wrapped) and its std."""
         shape = (-1, *([1] * (f_t.dim() - 1)))
         sig_t = self._at(self.sigma, t, f_t).reshape(shape)
-        sig_s = torch.where(s.reshape(shape) >= 0, self._at(self.sigma, s.clamp_min(0), f_t).reshape(shape),
-                            torch.zeros_like(sig_t))
+        sig_s = torch.where(
+            s.reshape(shape) >= 0, self._at(self.sigma, s.clamp_min(0), f_t).reshape(shape), torch.zeros_like(sig_t)
+        )
         dvar = sig_t**2 - sig_s**2
         mean = f_t - dvar / sig_t * eps_hat
         std = (dvar * sig_s**2 / sig_t**2).clamp_min(0).sqrt()

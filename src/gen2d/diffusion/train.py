@@ -13,10 +13,11 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,27 +55,37 @@ class TrainConfig(BaseModel):
     sources: list[str] = Field(default_factory=lambda: ["2dmatpedia_filtered.db", "mc2d_258_exfoliable.json"])
     dg_h_labels: str | None = Field(None, description="JSON {source_id: dg_h in eV} from the HER surrogate")
     synth_unlabeled_as_negative: bool = Field(
-        True, description="treat hypothetical (bottom-up) entries as synth 0: the positive-vs-unlabeled "
-                          "classifier ranks like the true P(synth) (Elkan & Noto 2008); with only positives "
-                          "known, the head would learn the constant 1")
+        True,
+        description="treat hypothetical (bottom-up) entries as synth 0: the positive-vs-unlabeled "
+        "classifier ranks like the true P(synth) (Elkan & Noto 2008); with only positives "
+        "known, the head would learn the constant 1",
+    )
     max_atoms: int = 40
     max_thickness: float = Field(8.0, description="Å; thicker entries are not single layers to learn from")
     max_records: int | None = None
     strict_valid_only: bool = Field(
-        False, description="keep only monolayers that pass gen2d.structures.validate_strict (the data itself is "
-                           "78.6 % strict-valid; a generator trained on all of it learns the invalid 21 % too)")
+        False,
+        description="keep only monolayers that pass gen2d.structures.validate_strict (the data itself is "
+        "78.6 % strict-valid; a generator trained on all of it learns the invalid 21 % too)",
+    )
     val_fraction: float = 0.05
     hidden: int = 128
     n_layers: int = 4
     n_cond_layers: int = 1
     cutoff: float = 4.0
-    frac_fourier: int = Field(3, description="harmonics of the fractional edge difference as edge features "
-                                             "(0 = the original Cartesian-only edges)")
+    frac_fourier: int = Field(
+        3,
+        description="harmonics of the fractional edge difference as edge features "
+        "(0 = the original Cartesian-only edges)",
+    )
     T: int = 1000
     sigma_min: float = 0.005
     sigma_max: float = 0.5
-    lead_power: float = Field(1.0, description="types and lattice are noised to step (T-1)(t/(T-1))^p when the "
-                                                "positions are at t (ScheduleSpec.lead_power); 1 = one clock")
+    lead_power: float = Field(
+        1.0,
+        description="types and lattice are noised to step (T-1)(t/(T-1))^p when the "
+        "positions are at t (ScheduleSpec.lead_power); 1 = one clock",
+    )
     z_scale: float = 2.0
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -117,8 +128,9 @@ class MonolayerArrays:
         return monolayer_structure(self.species, self.lattice2d, self.frac, self.z, vacuum)
 
 
-def monolayer_structure(species: list[str], lattice2d: np.ndarray, frac: np.ndarray, z: np.ndarray,
-                        vacuum: float = 20.0):
+def monolayer_structure(
+    species: list[str], lattice2d: np.ndarray, frac: np.ndarray, z: np.ndarray, vacuum: float = 20.0
+):
     """A pymatgen ``Structure`` in the gen2d frame: a, b in the xy-plane, c along z, layer centred,
     ``vacuum`` Å between periodic images of the layer. Inverse of :func:`arrays_from_cell`."""
     from pymatgen.core import Lattice, Structure
@@ -132,8 +144,14 @@ def monolayer_structure(species: list[str], lattice2d: np.ndarray, frac: np.ndar
     return Structure(Lattice(lat), species, coords)
 
 
-def arrays_from_cell(cell: np.ndarray, positions: np.ndarray, species: list[str], source: str,
-                     source_id: str, labels: dict[str, float | None]) -> MonolayerArrays:
+def arrays_from_cell(
+    cell: np.ndarray,
+    positions: np.ndarray,
+    species: list[str],
+    source: str,
+    source_id: str,
+    labels: dict[str, float | None],
+) -> MonolayerArrays:
     """Bring a slab whose vacuum is along the third cell vector into the diffusion representation.
 
     The layer is unwrapped across the vacuum boundary (largest gap in the third fractional
@@ -173,10 +191,18 @@ def _read_2dmatpedia(path: Path) -> Iterator[MonolayerArrays]:
         atoms = row.toatoms()
         data = row.data or {}
         labels = matpedia_labels(data)
-        yield arrays_from_cell(atoms.cell.array, atoms.positions, atoms.get_chemical_symbols(), "2dmatpedia",
-                               str(data.get("material_id", row.id)),
-                               {"dg_h": None, "e_hull": labels["e_hull"],
-                                "synth": None if labels["synth_label"] is None else float(labels["synth_label"])})
+        yield arrays_from_cell(
+            atoms.cell.array,
+            atoms.positions,
+            atoms.get_chemical_symbols(),
+            "2dmatpedia",
+            str(data.get("material_id", row.id)),
+            {
+                "dg_h": None,
+                "e_hull": labels["e_hull"],
+                "synth": None if labels["synth_label"] is None else float(labels["synth_label"]),
+            },
+        )
 
 
 def _read_mc2d(path: Path) -> Iterator[MonolayerArrays]:
@@ -184,9 +210,14 @@ def _read_mc2d(path: Path) -> Iterator[MonolayerArrays]:
     for entry in load_mc2d_entries(path):
         atoms = mc2d_atoms(entry)
         # MC2D layers come from known 3D parents: they count as synthesizable; no hull energy given
-        yield arrays_from_cell(atoms.cell.array, atoms.positions, atoms.get_chemical_symbols(), "mc2d",
-                               str(entry.get("db_id", entry.get("formula"))),
-                               {"dg_h": None, "e_hull": None, "synth": 1.0})
+        yield arrays_from_cell(
+            atoms.cell.array,
+            atoms.positions,
+            atoms.get_chemical_symbols(),
+            "mc2d",
+            str(entry.get("db_id", entry.get("formula"))),
+            {"dg_h": None, "e_hull": None, "synth": 1.0},
+        )
 
 
 def load_training_set(config: TrainConfig) -> tuple[list[MonolayerArrays], dict[str, int]]:
@@ -227,14 +258,20 @@ def load_training_set(config: TrainConfig) -> tuple[list[MonolayerArrays], dict[
     return kept, dict(dropped)
 
 
-def collate(records: list[MonolayerArrays], vocab_index: dict[str, int], strain: float = 0.0,
-            generator: torch.Generator | None = None) -> MonolayerBatch:
+def collate(
+    records: list[MonolayerArrays],
+    vocab_index: dict[str, int],
+    strain: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> MonolayerBatch:
     """Stack monolayers into one :class:`MonolayerBatch`; optional random strain of the lattice."""
     lat = torch.tensor(np.stack([r.lattice2d for r in records]), dtype=torch.float32)
     if strain > 0:
         lat = random_strain(lat, strain, generator)
-    labels = torch.tensor([[r.labels.get(k) if r.labels.get(k) is not None else 0.0 for k in HEAD_NAMES]
-                           for r in records], dtype=torch.float32)
+    labels = torch.tensor(
+        [[r.labels.get(k) if r.labels.get(k) is not None else 0.0 for k in HEAD_NAMES] for r in records],
+        dtype=torch.float32,
+    )
     mask = torch.tensor([[r.labels.get(k) is not None for k in HEAD_NAMES] for r in records])
     return MonolayerBatch(
         frac=torch.tensor(np.concatenate([r.frac for r in records]), dtype=torch.float32),
@@ -242,15 +279,20 @@ def collate(records: list[MonolayerArrays], vocab_index: dict[str, int], strain:
         types=torch.tensor([vocab_index[s] for r in records for s in r.species]),
         lattice2d=lat,
         batch=torch.repeat_interleave(torch.arange(len(records)), torch.tensor([len(r.species) for r in records])),
-        labels=labels, label_mask=mask)
+        labels=labels,
+        label_mask=mask,
+    )
 
 
 def fit_representation(records: list[MonolayerArrays], vocab: list[str], z_scale: float) -> Representation:
     lat = torch.tensor(np.stack([r.lattice2d for r in records]), dtype=torch.float64)
     a, b = lat[:, 0], lat[:, 1]
-    raw = torch.stack([a.norm(dim=-1).log(), b.norm(dim=-1).log(), (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))], -1)
-    return Representation(vocab=vocab, lattice_mean=raw.mean(0).tolist(),
-                          lattice_std=raw.std(0).clamp_min(1e-3).tolist(), z_scale=z_scale)
+    raw = torch.stack(
+        [a.norm(dim=-1).log(), b.norm(dim=-1).log(), (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))], -1
+    )
+    return Representation(
+        vocab=vocab, lattice_mean=raw.mean(0).tolist(), lattice_std=raw.std(0).clamp_min(1e-3).tolist(), z_scale=z_scale
+    )
 
 
 def element_vocab(records: list[MonolayerArrays]) -> list[str]:
@@ -259,8 +301,9 @@ def element_vocab(records: list[MonolayerArrays]) -> list[str]:
     return sorted({s for r in records for s in r.species}, key=lambda s: Element(s).Z)
 
 
-def split_records(records: list[MonolayerArrays], seed: int, val_fraction: float
-                  ) -> tuple[list[MonolayerArrays], list[MonolayerArrays]]:
+def split_records(
+    records: list[MonolayerArrays], seed: int, val_fraction: float
+) -> tuple[list[MonolayerArrays], list[MonolayerArrays]]:
     """(train, validation): a seeded shuffle, the first ``val_fraction`` held out (none for <= 10 records)."""
     records = list(records)
     random.Random(seed).shuffle(records)
@@ -290,8 +333,9 @@ class DiffusionBundle:
     sha256: str | None = None
 
 
-def save_checkpoint(path: Path, bundle: DiffusionBundle, optimizer: torch.optim.Optimizer | None = None,
-                    step: int = 0) -> None:
+def save_checkpoint(
+    path: Path, bundle: DiffusionBundle, optimizer: torch.optim.Optimizer | None = None, step: int = 0
+) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": bundle.model.config.to_dict(),
@@ -328,9 +372,15 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> tuple[DiffusionBu
 
 
 @torch.no_grad()
-def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], batch_size: int = 64,
-                       seed: int = 1234, repeats: int = 1, device: str = "auto",
-                       lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5)) -> dict[str, float]:
+def evaluate_denoising(
+    bundle: DiffusionBundle,
+    records: list[MonolayerArrays],
+    batch_size: int = 64,
+    seed: int = 1234,
+    repeats: int = 1,
+    device: str = "auto",
+    lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5),
+) -> dict[str, float]:
     """Mean denoising loss of each part (and of each property head, weighted by ``lambdas``) on
     ``records`` at uniformly drawn t, with two references on the same noise draws.
 
@@ -348,9 +398,18 @@ def evaluate_denoising(bundle: DiffusionBundle, records: list[MonolayerArrays], 
     with torch.no_grad():  # an evaluation: no autograd graph
         for _ in range(repeats):
             for start in range(0, len(records), batch_size):
-                data = collate(records[start:start + batch_size], vocab_index).to(dev)
-                out = diffusion_loss(bundle.model, bundle.rep, bundle.schedule, data, lambdas, cond_dropout=1.0,
-                                     rotate=False, generator=gen, shrinkage=stats)
+                data = collate(records[start : start + batch_size], vocab_index).to(dev)
+                out = diffusion_loss(
+                    bundle.model,
+                    bundle.rep,
+                    bundle.schedule,
+                    data,
+                    lambdas,
+                    cond_dropout=1.0,
+                    rotate=False,
+                    generator=gen,
+                    shrinkage=stats,
+                )
                 for k, v in out.items():
                     sums[k] += float(v) * data.n_graphs
                 n += data.n_graphs
@@ -398,11 +457,19 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
     else:
         vocab = element_vocab(records)
         rep = fit_representation(train_set, vocab, cfg.z_scale)
-        schedule = DiffusionSchedule(ScheduleSpec(T=cfg.T, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
-                                                   lead_power=cfg.lead_power))
-        model = EGNNDenoiser(EGNNConfig(n_types=len(vocab), hidden=cfg.hidden, n_layers=cfg.n_layers,
-                                        n_cond_layers=cfg.n_cond_layers, cutoff=cfg.cutoff,
-                                        frac_fourier=cfg.frac_fourier)).to(dev)
+        schedule = DiffusionSchedule(
+            ScheduleSpec(T=cfg.T, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, lead_power=cfg.lead_power)
+        )
+        model = EGNNDenoiser(
+            EGNNConfig(
+                n_types=len(vocab),
+                hidden=cfg.hidden,
+                n_layers=cfg.n_layers,
+                n_cond_layers=cfg.n_cond_layers,
+                cutoff=cfg.cutoff,
+                frac_fourier=cfg.frac_fourier,
+            )
+        ).to(dev)
     vocab_index = _vocab_index(records, rep.vocab)
     counts = Counter(len(r.species) for r in train_set)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -415,10 +482,16 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
         elapsed_before = float(resume_payload["meta"].get("train_seconds", 0.0))
 
     gen = torch.Generator().manual_seed(cfg.seed + step)
-    meta = {"created": datetime.now(timezone.utc).isoformat(), "config": cfg.model_dump(mode="json"),
-            "n_train": len(train_set), "n_val": len(val), "dropped": dropped,
-            "condition_labels": {k: sum(1 for r in train_set if r.labels.get(k) is not None) for k in HEAD_NAMES},
-            "sources": cfg.sources, "vocab_size": len(rep.vocab)}
+    meta = {
+        "created": datetime.now(UTC).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "n_train": len(train_set),
+        "n_val": len(val),
+        "dropped": dropped,
+        "condition_labels": {k: sum(1 for r in train_set if r.labels.get(k) is not None) for k in HEAD_NAMES},
+        "sources": cfg.sources,
+        "vocab_size": len(rep.vocab),
+    }
     bundle = DiffusionBundle(model, rep, schedule, dict(counts), meta)
     log_path = out_dir / "train_log.jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -440,7 +513,7 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
         if len(order) < cfg.batch_size:
             perm = torch.randperm(len(train_set), generator=gen).tolist()
             order.extend(perm)
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         data = collate([train_set[i] for i in idx], vocab_index, cfg.max_strain, gen).to(dev)
         out = diffusion_loss(model, rep, schedule, data, tuple(cfg.lambdas), cfg.cond_dropout, cfg.rotate, gen)
         opt.zero_grad(set_to_none=True)
@@ -453,12 +526,25 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
         n_running += 1
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             avg = {k: v / n_running for k, v in running.items()}
-            bar.set_postfix({k.replace("eps_", ""): f"{v:.3f}" for k, v in avg.items()
-                             if k in ("denoise", "eps_frac", "eps_z", "eps_types", "eps_lattice",
-                                      "head_e_hull", "head_synth")})
+            bar.set_postfix(
+                {
+                    k.replace("eps_", ""): f"{v:.3f}"
+                    for k, v in avg.items()
+                    if k in ("denoise", "eps_frac", "eps_z", "eps_types", "eps_lattice", "head_e_hull", "head_synth")
+                }
+            )
             with log_path.open("a") as fh:
-                fh.write(json.dumps({"step": step, "seconds": elapsed_before + time.monotonic() - t0,
-                                     "cpu_seconds": time.process_time() - cpu0, **avg}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "seconds": elapsed_before + time.monotonic() - t0,
+                            "cpu_seconds": time.process_time() - cpu0,
+                            **avg,
+                        }
+                    )
+                    + "\n"
+                )
             running.clear()
             n_running = 0
         bar.update(1)
@@ -471,9 +557,14 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
     meta["train_cpu_seconds"] = time.process_time() - cpu0
     meta["steps"] = step
     model.eval()
-    summary: dict[str, Any] = {"steps": step, "train_seconds": meta["train_seconds"],
-                               "train_cpu_seconds_this_run": meta["train_cpu_seconds"], "n_train": len(train_set),
-                               "n_val": len(val), "dropped": dropped}
+    summary: dict[str, Any] = {
+        "steps": step,
+        "train_seconds": meta["train_seconds"],
+        "train_cpu_seconds_this_run": meta["train_cpu_seconds"],
+        "n_train": len(train_set),
+        "n_val": len(val),
+        "dropped": dropped,
+    }
     if val:
         summary["val"] = evaluate_denoising(bundle, val, device=cfg.device, repeats=4)
         meta["val_denoising"] = summary["val"]
@@ -483,8 +574,14 @@ def train(config: TrainConfig | dict) -> dict[str, Any]:
     return summary
 
 
-def finetune_heads(checkpoint: str | Path, out_path: str | Path, config: TrainConfig | dict, steps: int = 400,
-                   lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+def finetune_heads(
+    checkpoint: str | Path,
+    out_path: str | Path,
+    config: TrainConfig | dict,
+    steps: int = 400,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train only the property heads of a trained checkpoint, e.g. once ΔG_H labels come from the surrogate.
 
     The denoiser is frozen: every noise prediction, and so every unguided sample, is exactly what it was.
@@ -529,10 +626,20 @@ def finetune_heads(checkpoint: str | Path, out_path: str | Path, config: TrainCo
     after = head_losses(val, seed + 1) if val else {}
     train_after = head_losses(train_set, seed + 2)
     n_dg = sum(1 for r in records if r.labels.get("dg_h") is not None)
-    summary = {"steps": steps, "lr": lr, "cpu_seconds": cpu, "n_train": len(train_set), "n_val": len(val),
-               "n_dg_h_labels": n_dg, "dg_h_labels": cfg.dg_h_labels, "val_head_loss_before": before,
-               "val_head_loss_after": after, "train_head_loss_before": train_before,
-               "train_head_loss_after": train_after, "date": datetime.now(timezone.utc).isoformat()}
+    summary = {
+        "steps": steps,
+        "lr": lr,
+        "cpu_seconds": cpu,
+        "n_train": len(train_set),
+        "n_val": len(val),
+        "n_dg_h_labels": n_dg,
+        "dg_h_labels": cfg.dg_h_labels,
+        "val_head_loss_before": before,
+        "val_head_loss_after": after,
+        "train_head_loss_before": train_before,
+        "train_head_loss_after": train_after,
+        "date": datetime.now(UTC).isoformat(),
+    }
     bundle.meta = {**bundle.meta, "heads_finetuned": summary}
     for p in model.parameters():
         p.requires_grad_(True)

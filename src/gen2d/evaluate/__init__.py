@@ -27,15 +27,52 @@ Everything is importable from ``gen2d.evaluate`` itself, as before the split.
 
 from __future__ import annotations
 
-from gen2d.evaluate.aggregation import (INFO_METRICS, RATE_METRICS, aggregate, comparisons, metric_definitions,
-                                        results_table, write_plots)
-from gen2d.evaluate.arms import (BudgetedRun, Resources, _filter_values, _score_all, generate_within_budget,
-                                 load_generator, run_arm_generation, run_arm_seed, score_samples, seed_metrics,
-                                 select_for_evaluation, template_cycle, training_structures)
+from gen2d.evaluate.aggregation import (
+    INFO_METRICS,
+    RATE_METRICS,
+    aggregate,
+    comparisons,
+    metric_definitions,
+    results_table,
+    write_plots,
+)
+from gen2d.evaluate.arms import (
+    BudgetedRun,
+    Resources,
+    _filter_values,
+    _score_all,
+    generate_within_budget,
+    load_generator,
+    run_arm_generation,
+    run_arm_seed,
+    score_samples,
+    seed_metrics,
+    select_for_evaluation,
+    template_cycle,
+    training_structures,
+)
 from gen2d.evaluate.jobs import evaluate_aggregate, evaluate_arm, evaluate_jobs
 from gen2d.evaluate.runner import _model_identity, _run_key, run_evaluation
-from gen2d.evaluate.spec import (ArmSpec, EvaluateScorers, EvaluateSpec, ScorerRef, SweepSpec, TrainingSetSpec,
-                                 _arm_key, load_evaluate_spec)
+from gen2d.evaluate.spec import (
+    ArmSpec,
+    EvaluateScorers,
+    EvaluateSpec,
+    ScorerRef,
+    SweepSpec,
+    TrainingSetSpec,
+    _arm_key,
+    load_evaluate_spec,
+)
 
-__all__ = ["EvaluateSpec", "ArmSpec", "SweepSpec", "load_evaluate_spec", "run_evaluation", "aggregate",
-           "results_table", "write_plots", "generate_within_budget", "evaluate_jobs"]
+__all__ = [
+    "EvaluateSpec",
+    "ArmSpec",
+    "SweepSpec",
+    "load_evaluate_spec",
+    "run_evaluation",
+    "aggregate",
+    "results_table",
+    "write_plots",
+    "generate_within_budget",
+    "evaluate_jobs",
+]

@@ -6,51 +6,108 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gen2d.evaluate.spec import EvaluateSpec
-from gen2d.metrics import (ConfirmationRate, HitRate, HitsPerCPUHour, Novelty, SMACTValidity, StableRate,
-                           StrictValidity, SUNRate, Uniqueness, mean_ci)
+from gen2d.metrics import (
+    ConfirmationRate,
+    HitRate,
+    HitsPerCPUHour,
+    Novelty,
+    SMACTValidity,
+    StableRate,
+    StrictValidity,
+    SUNRate,
+    Uniqueness,
+    mean_ci,
+)
 from gen2d.scoring import RankThresholds
 
 
 def metric_definitions(t: RankThresholds, confirmer: str = "dgh.mlip") -> dict[str, dict[str, str]]:
     defs = {}
-    for m in (StrictValidity(), SMACTValidity(), StableRate(t.e_hull_max), SUNRate(), HitRate(t),
-              ConfirmationRate(t.dg_h_window, confirmer), HitsPerCPUHour()):
+    for m in (
+        StrictValidity(),
+        SMACTValidity(),
+        StableRate(t.e_hull_max),
+        SUNRate(),
+        HitRate(t),
+        ConfirmationRate(t.dg_h_window, confirmer),
+        HitsPerCPUHour(),
+    ):
         defs[m.name] = {"unit": m.unit, "description": m.description}
     defs["uniqueness"] = {"unit": "fraction", "description": Uniqueness.description + " Within one arm and seed."}
-    defs["novelty"] = {"unit": "fraction", "description": Novelty.description + " The training set is the "
-                       "generator's (spec training_set: sources and filters)."}
-    defs["confirmed_hit_rate"] = {"unit": "fraction", "description": "Fraction of all samples that are HER hits "
-                                  f"AND confirmed by {confirmer} (see mlip_confirmation_rate)."}
-    defs["e_hull_median"] = {"unit": "eV/atom", "description": "Median E_hull of the samples whose E_hull was "
-                             "computed (strictly valid, within the scorer's element limit); how far from stable "
-                             "the arm lands. None when none was computed."}
-    defs["e_hull_scored_fraction"] = {"unit": "fraction", "description": "Fraction of all samples with a computed "
-                                      "E_hull (the rest: not strictly valid, too many elements, or a failed score)."}
-    defs["n_generated"] = {"unit": "samples", "description": "Samples the arm produced within its generation "
-                           "budget (a filter arm: before filtering)."}
-    defs["n_evaluated"] = {"unit": "samples", "description": "Samples that got the full scoring (a uniform "
-                           "subsample of n_generated, or a filter arm's kept top)."}
-    defs["generation_cpu_s"] = {"unit": "CPU-s", "description": "CPU seconds spent generating (and, for a "
-                                "filter arm, ranking), time.process_time of the generating process; model "
-                                "loading and one warm-up call are excluded."}
+    defs["novelty"] = {
+        "unit": "fraction",
+        "description": Novelty.description + " The training set is the "
+        "generator's (spec training_set: sources and filters).",
+    }
+    defs["confirmed_hit_rate"] = {
+        "unit": "fraction",
+        "description": "Fraction of all samples that are HER hits "
+        f"AND confirmed by {confirmer} (see mlip_confirmation_rate).",
+    }
+    defs["e_hull_median"] = {
+        "unit": "eV/atom",
+        "description": "Median E_hull of the samples whose E_hull was "
+        "computed (strictly valid, within the scorer's element limit); how far from stable "
+        "the arm lands. None when none was computed.",
+    }
+    defs["e_hull_scored_fraction"] = {
+        "unit": "fraction",
+        "description": "Fraction of all samples with a computed "
+        "E_hull (the rest: not strictly valid, too many elements, or a failed score).",
+    }
+    defs["n_generated"] = {
+        "unit": "samples",
+        "description": "Samples the arm produced within its generation budget (a filter arm: before filtering).",
+    }
+    defs["n_evaluated"] = {
+        "unit": "samples",
+        "description": "Samples that got the full scoring (a uniform "
+        "subsample of n_generated, or a filter arm's kept top).",
+    }
+    defs["generation_cpu_s"] = {
+        "unit": "CPU-s",
+        "description": "CPU seconds spent generating (and, for a "
+        "filter arm, ranking), time.process_time of the generating process; model "
+        "loading and one warm-up call are excluded.",
+    }
     defs["samples_per_cpu_s"] = {"unit": "samples / CPU-s", "description": "n_generated / generation_cpu_s."}
-    defs["scoring_cpu_s"] = {"unit": "CPU-s", "description": "CPU seconds of the evaluation scorers on the "
-                             "evaluated samples; includes any cold MLIP reference relaxations, which are cached "
-                             "and therefore charged to whichever arm needed a chemical system first."}
+    defs["scoring_cpu_s"] = {
+        "unit": "CPU-s",
+        "description": "CPU seconds of the evaluation scorers on the "
+        "evaluated samples; includes any cold MLIP reference relaxations, which are cached "
+        "and therefore charged to whichever arm needed a chemical system first.",
+    }
     return defs
 
 
-RATE_METRICS = ["strict_2d_validity", "smact_validity", "uniqueness", "novelty", "stable_rate", "sun_rate",
-                "her_hit_rate", "confirmed_hit_rate", "mlip_confirmation_rate", "hits_per_cpu_hour"]
-INFO_METRICS = ["e_hull_median", "e_hull_scored_fraction", "n_generated", "n_evaluated", "generation_cpu_s",
-                "samples_per_cpu_s", "scoring_cpu_s"]
+RATE_METRICS = [
+    "strict_2d_validity",
+    "smact_validity",
+    "uniqueness",
+    "novelty",
+    "stable_rate",
+    "sun_rate",
+    "her_hit_rate",
+    "confirmed_hit_rate",
+    "mlip_confirmation_rate",
+    "hits_per_cpu_hour",
+]
+INFO_METRICS = [
+    "e_hull_median",
+    "e_hull_scored_fraction",
+    "n_generated",
+    "n_evaluated",
+    "generation_cpu_s",
+    "samples_per_cpu_s",
+    "scoring_cpu_s",
+]
 
 
 def equal_budget_definition() -> str:
@@ -75,22 +132,42 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
         for name in RATE_METRICS + INFO_METRICS:
             per_seed = [r["metrics"].get(name) for r in rs]
             ci = mean_ci(per_seed, confidence)
-            metrics[name] = {"mean": ci["mean"], "ci95_half_width": ci["half_width"], "ci95_low": ci["low"],
-                             "ci95_high": ci["high"], "n_seeds": ci["n"], "per_seed": per_seed,
-                             **defs[name]}
+            metrics[name] = {
+                "mean": ci["mean"],
+                "ci95_half_width": ci["half_width"],
+                "ci95_low": ci["low"],
+                "ci95_high": ci["high"],
+                "n_seeds": ci["n"],
+                "per_seed": per_seed,
+                **defs[name],
+            }
         hits = sum(r["metrics"]["n_hits"] for r in rs)
         conf = sum(r["metrics"]["n_confirmed"] for r in rs)
         new = sum(r["metrics"].get("n_new_confirmed", 0) for r in rs)
         metrics["mlip_confirmation_rate"]["pooled"] = conf / hits if hits else None
         metrics["mlip_confirmation_rate"]["pooled_hits"] = hits
         out_arms[arm.name] = {
-            "group": arm.group, "kind": arm.kind, "generator": arm.generator, "params": arm.params,
-            "description": arm.description, "seeds": [r["seed"] for r in rs],
+            "group": arm.group,
+            "kind": arm.kind,
+            "generator": arm.generator,
+            "params": arm.params,
+            "description": arm.description,
+            "seeds": [r["seed"] for r in rs],
             "n_evaluated_total": sum(r["metrics"]["n_evaluated"] for r in rs),
-            "n_generated_total": sum(r["n_generated"] for r in rs), "hits_total": hits, "confirmed_total": conf,
+            "n_generated_total": sum(r["n_generated"] for r in rs),
+            "hits_total": hits,
+            "confirmed_total": conf,
             "new_confirmed_total": new,
-            "budget": [{"seed": r["seed"], "budget_cpu_s": r["budget_cpu_s"], "generation_cpu_s": r["generation_cpu_s"],
-                        "n_chunks": r["n_chunks"], "stopped_by": r["stopped_by"]} for r in rs],
+            "budget": [
+                {
+                    "seed": r["seed"],
+                    "budget_cpu_s": r["budget_cpu_s"],
+                    "generation_cpu_s": r["generation_cpu_s"],
+                    "n_chunks": r["n_chunks"],
+                    "stopped_by": r["stopped_by"],
+                }
+                for r in rs
+            ],
             "metrics": metrics,
         }
         for r in rs:
@@ -106,13 +183,24 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
         sweeps.append({"parameter": sw.parameter, "base": base.name, "fixed": sw.fixed, "points": points})
     return {
         "name": spec.name,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": spec.threads},
-        "budget": {"budget_cpu_s": spec.budget_cpu_s, "chunk": spec.chunk, "max_generated": spec.max_generated,
-                   "definition": equal_budget_definition()},
-        "confidence": {"level": confidence, "method": "Student t over seeds: mean ± t_{0.975, n-1} s/sqrt(n)",
-                       "seeds": spec.seeds},
+        "created": datetime.now(UTC).isoformat(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": spec.threads,
+        },
+        "budget": {
+            "budget_cpu_s": spec.budget_cpu_s,
+            "chunk": spec.chunk,
+            "max_generated": spec.max_generated,
+            "definition": equal_budget_definition(),
+        },
+        "confidence": {
+            "level": confidence,
+            "method": "Student t over seeds: mean ± t_{0.975, n-1} s/sqrt(n)",
+            "seeds": spec.seeds,
+        },
         "thresholds": spec.thresholds.model_dump(),
         "metric_definitions": defs,
         "arms": out_arms,
@@ -137,9 +225,12 @@ def comparisons(arms: dict[str, Any]) -> dict[str, Any]:
             a = arms["full"]["metrics"][metric]["mean"]
             b = arms[other]["metrics"][metric]["mean"]
             out[f"full_over_{other}:{metric}"] = {
-                "full": a, other: b, "ratio": (a / b) if (a is not None and b) else None,
+                "full": a,
+                other: b,
+                "ratio": (a / b) if (a is not None and b) else None,
                 "description": f"mean {metric} of the full method divided by that of {other}; None when the "
-                               f"denominator is 0 or missing (no hit to compare with)"}
+                f"denominator is 0 or missing (no hit to compare with)",
+            }
     return out
 
 
@@ -154,8 +245,16 @@ def write_plots(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     main = [n for n, a in doc["arms"].items() if a["group"] == "main"]
-    shown = ["strict_2d_validity", "smact_validity", "uniqueness", "novelty", "stable_rate", "sun_rate",
-             "her_hit_rate", "hits_per_cpu_hour"]
+    shown = [
+        "strict_2d_validity",
+        "smact_validity",
+        "uniqueness",
+        "novelty",
+        "stable_rate",
+        "sun_rate",
+        "her_hit_rate",
+        "hits_per_cpu_hour",
+    ]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, metric in zip(axes.flat, shown):
         means, errs = [], []
@@ -170,8 +269,11 @@ def write_plots(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
         ax.set_xticklabels(main, rotation=30, ha="right", fontsize=8)
         unit = doc["metric_definitions"][metric]["unit"]
         ax.set_title(f"{metric} ({unit})", fontsize=9)
-    fig.suptitle(f"{doc['name']}: mean ± 95 % CI over seeds {doc['confidence']['seeds']} (dots: seeds); "
-                 f"budget {doc['budget']['budget_cpu_s']:g} CPU-s per arm and seed", fontsize=10)
+    fig.suptitle(
+        f"{doc['name']}: mean ± 95 % CI over seeds {doc['confidence']['seeds']} (dots: seeds); "
+        f"budget {doc['budget']['budget_cpu_s']:g} CPU-s per arm and seed",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = out_dir / "arms.png"
     fig.savefig(path, dpi=110)
@@ -182,8 +284,14 @@ def write_plots(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
         xs = [p["value"] for p in sw["points"]]
         for metric in ("strict_2d_validity", "smact_validity", "stable_rate", "sun_rate", "her_hit_rate"):
             ms = [doc["arms"][p["arm"]]["metrics"][metric] for p in sw["points"]]
-            ax.errorbar(xs, [m["mean"] if m["mean"] is not None else np.nan for m in ms],
-                        yerr=[m["ci95_half_width"] or 0.0 for m in ms], marker="o", capsize=3, label=metric)
+            ax.errorbar(
+                xs,
+                [m["mean"] if m["mean"] is not None else np.nan for m in ms],
+                yerr=[m["ci95_half_width"] or 0.0 for m in ms],
+                marker="o",
+                capsize=3,
+                label=metric,
+            )
         ax.set_xlabel(sw["parameter"] + (f" (fixed {sw['fixed']})" if sw["fixed"] else ""))
         ax.set_ylabel("fraction of samples")
         ax.set_title(f"sweep of {sw['parameter']} on {sw['base']} (mean ± 95 % CI)", fontsize=9)
@@ -198,9 +306,21 @@ def write_plots(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
 
 def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> str:
     """A markdown table: one row per arm, each metric as mean ± CI half-width."""
-    metrics = list(metrics or ["strict_2d_validity", "smact_validity", "uniqueness", "novelty", "stable_rate",
-                               "sun_rate", "her_hit_rate", "mlip_confirmation_rate", "hits_per_cpu_hour",
-                               "e_hull_median"])
+    metrics = list(
+        metrics
+        or [
+            "strict_2d_validity",
+            "smact_validity",
+            "uniqueness",
+            "novelty",
+            "stable_rate",
+            "sun_rate",
+            "her_hit_rate",
+            "mlip_confirmation_rate",
+            "hits_per_cpu_hour",
+            "e_hull_median",
+        ]
+    )
 
     def fmt(m: dict[str, Any]) -> str:
         if m["mean"] is None:
@@ -212,16 +332,25 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
             s += f" ± {m['ci95_half_width'] * scale:.{nd}f}"
         return s + (" %" if pct else "")
 
-    head = ["arm", "seeds", "n evaluated (per seed)", "n generated (mean per seed)", "generation CPU-s (mean)",
-            "hits / MLIP-confirmed / of those novel and unique (all seeds)"] + metrics
+    head = [
+        "arm",
+        "seeds",
+        "n evaluated (per seed)",
+        "n generated (mean per seed)",
+        "generation CPU-s (mean)",
+        "hits / MLIP-confirmed / of those novel and unique (all seeds)",
+    ] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in doc["arms"].items():
         m = a["metrics"]
-        row = [name + (" (sweep)" if a["group"] == "sweep" else ""), str(len(a["seeds"])),
-               ",".join(str(v) for v in m["n_evaluated"]["per_seed"]),
-               f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–",
-               f"{m['generation_cpu_s']['mean']:.1f}" if m["generation_cpu_s"]["mean"] is not None else "–",
-               f"{a['hits_total']} / {a['confirmed_total']} / {a.get('new_confirmed_total', 0)}"]
+        row = [
+            name + (" (sweep)" if a["group"] == "sweep" else ""),
+            str(len(a["seeds"])),
+            ",".join(str(v) for v in m["n_evaluated"]["per_seed"]),
+            f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–",
+            f"{m['generation_cpu_s']['mean']:.1f}" if m["generation_cpu_s"]["mean"] is not None else "–",
+            f"{a['hits_total']} / {a['confirmed_total']} / {a.get('new_confirmed_total', 0)}",
+        ]
         row += [fmt(m[k]) for k in metrics]
         lines.append("| " + " | ".join(row) + " |")
     units = "; ".join(f"{k}: {doc['metric_definitions'][k]['unit']}" for k in metrics)

@@ -15,10 +15,26 @@ import numpy as np
 from pymatgen.core import Structure
 
 from gen2d.evaluate.spec import ArmSpec, EvaluateSpec, ScorerRef, TrainingSetSpec, _arm_key
-from gen2d.metrics import (ConfirmationRate, HitRate, HitsPerCPUHour, Novelty, SMACTValidity, StableRate, SUNRate,
-                           Uniqueness)
-from gen2d.scoring import (GeneratedStructure, RankThresholds, ScoreResult, get_generator, get_scorer, rank_documents,
-                           score_in_batches, screen_score)
+from gen2d.metrics import (
+    ConfirmationRate,
+    HitRate,
+    HitsPerCPUHour,
+    Novelty,
+    SMACTValidity,
+    StableRate,
+    SUNRate,
+    Uniqueness,
+)
+from gen2d.scoring import (
+    GeneratedStructure,
+    RankThresholds,
+    ScoreResult,
+    get_generator,
+    get_scorer,
+    rank_documents,
+    score_in_batches,
+    screen_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +128,13 @@ def template_cycle(names: Sequence[str], seed: int):
             yield names[int(i)]
 
 
-def generate_within_budget(generate_chunk: Callable[[int, int], tuple[list[GeneratedStructure], list]],
-                           budget_cpu_s: float, chunk: int, max_generated: int,
-                           clock: Callable[[], float] = time.process_time) -> BudgetedRun:
+def generate_within_budget(
+    generate_chunk: Callable[[int, int], tuple[list[GeneratedStructure], list]],
+    budget_cpu_s: float,
+    chunk: int,
+    max_generated: int,
+    clock: Callable[[], float] = time.process_time,
+) -> BudgetedRun:
     """Call ``generate_chunk(chunk_index, size)`` until the budget would be exceeded.
 
     A chunk starts only while ``used + max(chunk costs so far) <= budget``; the first always runs. The
@@ -141,8 +161,15 @@ def generate_within_budget(generate_chunk: Callable[[int, int], tuple[list[Gener
         if not got:
             stopped = "generator_exhausted"
             break
-    return BudgetedRun(items=items, cpu_s=used, n_chunks=len(costs), chunk_cpu_s=costs, budget_cpu_s=budget_cpu_s,
-                       stopped_by=stopped, filter_values=extra)
+    return BudgetedRun(
+        items=items,
+        cpu_s=used,
+        n_chunks=len(costs),
+        chunk_cpu_s=costs,
+        budget_cpu_s=budget_cpu_s,
+        stopped_by=stopped,
+        filter_values=extra,
+    )
 
 
 def _filter_values(res: Resources, structures: list[Structure]) -> list[dict[str, float | None]]:
@@ -175,8 +202,9 @@ def run_arm_generation(res: Resources, arm: ArmSpec, seed: int) -> BudgetedRun:
     return generate_within_budget(chunk_fn, spec.budget_cpu_s, spec.chunk, spec.max_generated)
 
 
-def select_for_evaluation(run: BudgetedRun, arm: ArmSpec, n_eval: int, seed: int,
-                          thresholds: RankThresholds) -> tuple[list[int], list[float | None]]:
+def select_for_evaluation(
+    run: BudgetedRun, arm: ArmSpec, n_eval: int, seed: int, thresholds: RankThresholds
+) -> tuple[list[int], list[float | None]]:
     """Indices of the samples that get the full scoring, and (filter arms) their filter scores."""
     n = len(run.items)
     if arm.kind == "generator":
@@ -202,8 +230,9 @@ def select_for_evaluation(run: BudgetedRun, arm: ArmSpec, n_eval: int, seed: int
 # scoring and counting, the same for every arm
 
 
-def _score_all(res: Resources, ref: ScorerRef, structures: list[Structure],
-               context: list[dict[str, ScoreResult]] | None = None) -> list[ScoreResult]:
+def _score_all(
+    res: Resources, ref: ScorerRef, structures: list[Structure], context: list[dict[str, ScoreResult]] | None = None
+) -> list[ScoreResult]:
     sc = res.scorer(ref)
     out: list[ScoreResult] = []
     for batch in score_in_batches(sc, structures, ref.batch_size, context=context):
@@ -250,22 +279,30 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
             scores[prop] = {"property": prop, "ok": r.ok}
             if r.ok:
                 summary[prop] = {"value": r.value, "uncertainty": r.uncertainty}
-        docs.append({"candidate_id": str(i), "summary": summary, "scores": scores,
-                     "validity": {"strict": {"ok": bool(strict[i])}}})
+        docs.append(
+            {
+                "candidate_id": str(i),
+                "summary": summary,
+                "scores": scores,
+                "validity": {"strict": {"ok": bool(strict[i])}},
+            }
+        )
     ranks = rank_documents(docs, t)
     hits = [bool(ranks[str(i)]["hit"]) for i in range(n)]
 
     mlip: list[ScoreResult | None] = [None] * n
     hit_idx = [i for i in range(n) if hits[i]]
     if hit_idx and spec.scorers.confirm is not None:
-        confirmed = _score_all(res, spec.scorers.confirm, [structures[i] for i in hit_idx],
-                               [context[i] for i in hit_idx])
+        confirmed = _score_all(
+            res, spec.scorers.confirm, [structures[i] for i in hit_idx], [context[i] for i in hit_idx]
+        )
         for i, r in zip(hit_idx, confirmed):
             mlip[i] = r
             provenance.setdefault("confirm", r.provenance.model_dump(mode="json"))
 
     records = []
     for i, s in enumerate(structures):
+
         def val(r: ScoreResult | None) -> float | None:
             return r.value if r is not None and r.ok else None
 
@@ -274,19 +311,32 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
 
         m = val(mlip[i])
         confirmed = bool(hits[i] and m is not None and abs(m) <= t.dg_h_window)
-        records.append({
-            "formula": s.composition.reduced_formula, "nsites": len(s), "nelements": len(s.composition.elements),
-            "strict_ok": bool(strict[i]), "strict_reasons": strict_reasons[i], "smact_ok": bool(smact[i]),
-            "unique": bool(unique[i]), "novel": bool(novel[i]),
-            "e_hull": val(e_hull[i]), "e_hull_failure": why(e_hull[i]),
-            "stable": val(e_hull[i]) is not None and val(e_hull[i]) <= t.e_hull_max,
-            "dg_h": val(dg_h[i]), "dg_h_uncertainty": dg_h[i].uncertainty if dg_h[i].ok else None,
-            "dg_h_failure": why(dg_h[i]), "p_synth": val(p_synth[i]), "p_synth_failure": why(p_synth[i]),
-            "hit": hits[i], "mlip_dg_h": m, "mlip_failure": why(mlip[i]),
-            "confirmed": confirmed,
-            # what a discovery campaign is after: a confirmed hit that is neither a training layer nor a repeat
-            "new_confirmed": bool(confirmed and novel[i] and unique[i]),
-        })
+        records.append(
+            {
+                "formula": s.composition.reduced_formula,
+                "nsites": len(s),
+                "nelements": len(s.composition.elements),
+                "strict_ok": bool(strict[i]),
+                "strict_reasons": strict_reasons[i],
+                "smact_ok": bool(smact[i]),
+                "unique": bool(unique[i]),
+                "novel": bool(novel[i]),
+                "e_hull": val(e_hull[i]),
+                "e_hull_failure": why(e_hull[i]),
+                "stable": val(e_hull[i]) is not None and val(e_hull[i]) <= t.e_hull_max,
+                "dg_h": val(dg_h[i]),
+                "dg_h_uncertainty": dg_h[i].uncertainty if dg_h[i].ok else None,
+                "dg_h_failure": why(dg_h[i]),
+                "p_synth": val(p_synth[i]),
+                "p_synth_failure": why(p_synth[i]),
+                "hit": hits[i],
+                "mlip_dg_h": m,
+                "mlip_failure": why(mlip[i]),
+                "confirmed": confirmed,
+                # what a discovery campaign is after: a confirmed hit that is neither a training layer nor a repeat
+                "new_confirmed": bool(confirmed and novel[i] and unique[i]),
+            }
+        )
     return records, provenance
 
 
@@ -305,19 +355,27 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
     hit_mlip = [r["mlip_dg_h"] for r in records if r["hit"]]
     conf = ConfirmationRate(t.dg_h_window)(hit_mlip)
     cpu = run_summary["generation_cpu_s"]
-    per_hour = HitsPerCPUHour()(hit.value, run_summary["n_generated"] if run_summary["kind"] == "generator"
-                                else n, cpu)
+    per_hour = HitsPerCPUHour()(hit.value, run_summary["n_generated"] if run_summary["kind"] == "generator" else n, cpu)
     return {
-        "strict_2d_validity": frac("strict_ok"), "smact_validity": frac("smact_ok"), "uniqueness": frac("unique"),
-        "novelty": frac("novel"), "stable_rate": stable.value, "sun_rate": sun.value, "her_hit_rate": hit.value,
-        "confirmed_hit_rate": frac("confirmed"), "mlip_confirmation_rate": conf.value,
+        "strict_2d_validity": frac("strict_ok"),
+        "smact_validity": frac("smact_ok"),
+        "uniqueness": frac("unique"),
+        "novelty": frac("novel"),
+        "stable_rate": stable.value,
+        "sun_rate": sun.value,
+        "her_hit_rate": hit.value,
+        "confirmed_hit_rate": frac("confirmed"),
+        "mlip_confirmation_rate": conf.value,
         "hits_per_cpu_hour": per_hour.value,
         "e_hull_median": float(np.median(e_vals)) if e_vals else None,
         "e_hull_scored_fraction": len(e_vals) / n if n else None,
-        "n_generated": run_summary["n_generated"], "n_evaluated": n, "generation_cpu_s": cpu,
+        "n_generated": run_summary["n_generated"],
+        "n_evaluated": n,
+        "generation_cpu_s": cpu,
         "samples_per_cpu_s": run_summary["n_generated"] / cpu if cpu > 0 else None,
         "scoring_cpu_s": run_summary.get("scoring_cpu_s"),
-        "n_hits": hit.details["n_hits"], "n_confirmed": conf.details["n_confirmed"],
+        "n_hits": hit.details["n_hits"],
+        "n_confirmed": conf.details["n_confirmed"],
         "n_new_confirmed": sum(1 for r in records if r.get("new_confirmed")),
     }
 
@@ -334,14 +392,30 @@ def run_arm_seed(res: Resources, arm: ArmSpec, seed: int) -> dict[str, Any]:
     scoring_cpu = time.process_time() - c0
     for k, (i, rec) in enumerate(zip(idx, records)):
         g = run.items[i]
-        rec.update({"index": i, "source_id": g.source_id, "filter_score": filter_scores[k],
-                    "start": g.parameters.get("start") or g.parameters.get("template"),
-                    "substitutions": g.parameters.get("substitutions")})
-    summary = {"arm": arm.name, "seed": seed, "kind": arm.kind, "n_generated": len(run.items),
-               "generation_cpu_s": run.cpu_s, "budget_cpu_s": run.budget_cpu_s, "n_chunks": run.n_chunks,
-               "chunk_cpu_s": run.chunk_cpu_s, "stopped_by": run.stopped_by, "scoring_cpu_s": scoring_cpu,
-               "strict_fraction_generated": float(np.mean([bool(g.labels.get("strict_valid")) for g in run.items]))
-               if run.items and "strict_valid" in run.items[0].labels else None}
+        rec.update(
+            {
+                "index": i,
+                "source_id": g.source_id,
+                "filter_score": filter_scores[k],
+                "start": g.parameters.get("start") or g.parameters.get("template"),
+                "substitutions": g.parameters.get("substitutions"),
+            }
+        )
+    summary = {
+        "arm": arm.name,
+        "seed": seed,
+        "kind": arm.kind,
+        "n_generated": len(run.items),
+        "generation_cpu_s": run.cpu_s,
+        "budget_cpu_s": run.budget_cpu_s,
+        "n_chunks": run.n_chunks,
+        "chunk_cpu_s": run.chunk_cpu_s,
+        "stopped_by": run.stopped_by,
+        "scoring_cpu_s": scoring_cpu,
+        "strict_fraction_generated": float(np.mean([bool(g.labels.get("strict_valid")) for g in run.items]))
+        if run.items and "strict_valid" in run.items[0].labels
+        else None,
+    }
     summary["metrics"] = seed_metrics(records, summary, spec.thresholds)
     summary["samples"] = records
     summary["provenance"] = provenance

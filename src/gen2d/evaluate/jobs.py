@@ -36,8 +36,10 @@ def evaluate_aggregate(spec: dict, results: list[dict]) -> dict:
     doc["plots"] = write_plots(doc, out)
     (out / "evaluate.json").write_text(json.dumps(doc, indent=2, default=str))
     (out / "results.md").write_text(results_table(doc) + "\n")
-    return {"out": str(out.resolve()), "arms": {k: {m: v["metrics"][m]["mean"] for m in RATE_METRICS}
-                                                for k, v in doc["arms"].items()}}
+    return {
+        "out": str(out.resolve()),
+        "arms": {k: {m: v["metrics"][m]["mean"] for m in RATE_METRICS} for k, v in doc["arms"].items()},
+    }
 
 
 def evaluate_jobs(spec: EvaluateSpec):

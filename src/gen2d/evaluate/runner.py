@@ -31,7 +31,7 @@ def _run_key(spec: EvaluateSpec, arm: ArmSpec, seed: int, model: str | None = No
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _model_identity(res: "Resources", arm: ArmSpec) -> str | None:
+def _model_identity(res: Resources, arm: ArmSpec) -> str | None:
     """The checkpoint sha256 of an arm's generator, when its provenance gives one (None otherwise)."""
     try:
         prov = res.generator(arm).provenance()
@@ -40,8 +40,9 @@ def _model_identity(res: "Resources", arm: ArmSpec) -> str | None:
     return prov.get("checkpoint_sha256") if isinstance(prov, dict) else None
 
 
-def run_evaluation(spec: EvaluateSpec, progress: Callable[[str], None] | None = None,
-                   write: bool = True) -> dict[str, Any]:
+def run_evaluation(
+    spec: EvaluateSpec, progress: Callable[[str], None] | None = None, write: bool = True
+) -> dict[str, Any]:
     """Every arm (sweep points included) for every seed in this process, then the document and plots.
 
     Seeds run in the outer loop, so an interrupted run has whole seeds. With ``write``, each finished
@@ -80,9 +81,11 @@ def run_evaluation(spec: EvaluateSpec, progress: Callable[[str], None] | None = 
             r["run_key"] = key
             r["wall_s"] = time.perf_counter() - t0
             m = r["metrics"]
-            say(f"{arm.name} seed {seed}: generated {r['n_generated']} in {r['generation_cpu_s']:.1f} CPU-s, "
+            say(
+                f"{arm.name} seed {seed}: generated {r['n_generated']} in {r['generation_cpu_s']:.1f} CPU-s, "
                 f"evaluated {m['n_evaluated']}: strict {m['strict_2d_validity']}, stable {m['stable_rate']}, "
-                f"hits {m['n_hits']} ({r['wall_s']:.0f} s wall, scoring {r['scoring_cpu_s']:.0f} CPU-s)")
+                f"hits {m['n_hits']} ({r['wall_s']:.0f} s wall, scoring {r['scoring_cpu_s']:.0f} CPU-s)"
+            )
             if write:
                 with journal.open("a") as fh:
                     fh.write(json.dumps(r, default=str) + "\n")
@@ -94,6 +97,9 @@ def run_evaluation(spec: EvaluateSpec, progress: Callable[[str], None] | None = 
         doc["plots"] = write_plots(doc, out)
         (out / "evaluate.json").write_text(json.dumps(doc, indent=2, default=str))
         (out / "results.md").write_text(results_table(doc) + "\n")
-        doc["files"] = {"json": str((out / "evaluate.json").resolve()), "table": str((out / "results.md").resolve()),
-                        "journal": str(journal.resolve())}
+        doc["files"] = {
+            "json": str((out / "evaluate.json").resolve()),
+            "table": str((out / "results.md").resolve()),
+            "journal": str(journal.resolve()),
+        }
     return doc

@@ -22,15 +22,22 @@ class ArmSpec(BaseModel):
 
     name: str
     kind: Literal["generator", "filter"] = Field(
-        "generator", description="generator: its samples are the output; filter: its samples are ranked by "
-                                 "the filter scorers and the top `keep` are the output")
-    generator: str = Field("egnn-diffusion", description="registered generator name, or module:attr of an "
-                                                         "unregistered generator class")
+        "generator",
+        description="generator: its samples are the output; filter: its samples are ranked by "
+        "the filter scorers and the top `keep` are the output",
+    )
+    generator: str = Field(
+        "egnn-diffusion", description="registered generator name, or module:attr of an unregistered generator class"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="generator constructor options")
-    params: dict[str, Any] = Field(default_factory=dict, description="generate() parameters (guidance, start, "
-                                                                    "n_steps, ...)")
-    cycle_templates: bool = Field(True, description="pass each chunk the next templates of a seeded shuffle "
-                                                    "(template-start diffusion and substitution)")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="generate() parameters (guidance, start, n_steps, ...)"
+    )
+    cycle_templates: bool = Field(
+        True,
+        description="pass each chunk the next templates of a seeded shuffle "
+        "(template-start diffusion and substitution)",
+    )
     keep: int | None = Field(None, description="filter: how many of the best to keep (default n_eval)")
     filter_require_strict: bool = Field(True, description="filter: only strictly valid samples are kept")
     filter_max_elements: int | None = Field(3, description="filter: only samples of at most this many elements")
@@ -50,14 +57,22 @@ class SweepSpec(BaseModel):
 
 
 class EvaluateScorers(BaseModel):
-    e_hull: ScorerRef = Field(default_factory=lambda: ScorerRef(name="ehull.chgnet",
-                                                                options={"progress": False, "max_elements": 3}))
+    e_hull: ScorerRef = Field(
+        default_factory=lambda: ScorerRef(name="ehull.chgnet", options={"progress": False, "max_elements": 3})
+    )
     dg_h: ScorerRef = Field(default_factory=lambda: ScorerRef(name="dgh.dimenet", batch_size=64))
     p_synth: ScorerRef = Field(default_factory=lambda: ScorerRef(name="synth.pu", batch_size=256))
-    confirm: ScorerRef | None = Field(default_factory=lambda: ScorerRef(
-        name="dgh.mlip", options={"calculator": "chgnet", "max_sites_per_face": 2}, batch_size=1))
-    filter: list[ScorerRef] = Field(default_factory=lambda: [ScorerRef(name="dgh.dimenet", batch_size=64),
-                                                             ScorerRef(name="synth.pu", batch_size=256)])
+    confirm: ScorerRef | None = Field(
+        default_factory=lambda: ScorerRef(
+            name="dgh.mlip", options={"calculator": "chgnet", "max_sites_per_face": 2}, batch_size=1
+        )
+    )
+    filter: list[ScorerRef] = Field(
+        default_factory=lambda: [
+            ScorerRef(name="dgh.dimenet", batch_size=64),
+            ScorerRef(name="synth.pu", batch_size=256),
+        ]
+    )
 
 
 class TrainingSetSpec(BaseModel):
@@ -97,11 +112,16 @@ class EvaluateSpec(BaseModel):
                     raise ValueError(f"sweep base {sw.base} needs its guidance as a dict")
                 guidance.update(sw.fixed)
                 guidance[sw.parameter] = float(v)
-                arm = base.model_copy(deep=True, update={
-                    "name": f"{sw.parameter}={v:g}" + "".join(f",{k}={w}" for k, w in sorted(sw.fixed.items())),
-                    "params": {**base.params, "guidance": guidance}, "group": "sweep",
-                    "n_eval": sw.n_eval or base.n_eval,
-                    "description": f"sweep of {sw.parameter} on {sw.base}: {sw.parameter}={v:g}, fixed {sw.fixed}"})
+                arm = base.model_copy(
+                    deep=True,
+                    update={
+                        "name": f"{sw.parameter}={v:g}" + "".join(f",{k}={w}" for k, w in sorted(sw.fixed.items())),
+                        "params": {**base.params, "guidance": guidance},
+                        "group": "sweep",
+                        "n_eval": sw.n_eval or base.n_eval,
+                        "description": f"sweep of {sw.parameter} on {sw.base}: {sw.parameter}={v:g}, fixed {sw.fixed}",
+                    },
+                )
                 same = next((a.name for a in arms if _arm_key(a) == _arm_key(arm)), None)
                 if same is not None:
                     alias[arm.name] = same
@@ -118,8 +138,18 @@ def _arm_key(arm: ArmSpec) -> str:
             return float(g)
         return g
 
-    return json.dumps(norm({"kind": arm.kind, "generator": arm.generator, "options": arm.options,
-                            "params": arm.params, "keep": arm.keep}), sort_keys=True)
+    return json.dumps(
+        norm(
+            {
+                "kind": arm.kind,
+                "generator": arm.generator,
+                "options": arm.options,
+                "params": arm.params,
+                "keep": arm.keep,
+            }
+        ),
+        sort_keys=True,
+    )
 
 
 def load_evaluate_spec(path: str | Path, overrides: list[str] | None = None) -> EvaluateSpec:

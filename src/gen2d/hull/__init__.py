@@ -19,23 +19,65 @@ from collections.abc import Callable
 from typing import Any
 
 from gen2d.hull.analysis import ENERGY_UNIT, HullResult, hull_analysis
-from gen2d.hull.corrections import (ANION_CORRECTION_NAME, BELOW_REFERENCE_HULL, CHALCOGEN_CORRECTIONS,
-                                    CHALCOGEN_HALOGEN, CORRECTION_SCHEME, CORRECTION_SCHEME_DESCRIPTION,
-                                    PARTNER_BOND_SCALE, anion_correction_scale, apply_mp2020,
-                                    chalcogen_partner_shares, limit_anion_corrections, mlip_entry,
-                                    mp2020_compatibility, mp_hubbards)
+from gen2d.hull.corrections import (
+    ANION_CORRECTION_NAME,
+    BELOW_REFERENCE_HULL,
+    CHALCOGEN_CORRECTIONS,
+    CHALCOGEN_HALOGEN,
+    CORRECTION_SCHEME,
+    CORRECTION_SCHEME_DESCRIPTION,
+    PARTNER_BOND_SCALE,
+    anion_correction_scale,
+    apply_mp2020,
+    chalcogen_partner_shares,
+    limit_anion_corrections,
+    mlip_entry,
+    mp2020_compatibility,
+    mp_hubbards,
+)
 from gen2d.hull.errors import HullError, ReferenceUnavailable
-from gen2d.hull.mlip_prototypes import (BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION,
-                                        MLIPPrototypesProvider, Prototype, binary_decorations, element_polymorphs)
+from gen2d.hull.mlip_prototypes import (
+    BINARY_PROTOTYPES,
+    ELEMENT_PROTOTYPES,
+    PROTOTYPE_LIBRARY_VERSION,
+    MLIPPrototypesProvider,
+    Prototype,
+    binary_decorations,
+    element_polymorphs,
+)
 from gen2d.hull.references import EntriesFileProvider, MPAPIProvider, ReferenceProvider
 
 __all__ = [
-    "ANION_CORRECTION_NAME", "BELOW_REFERENCE_HULL", "BINARY_PROTOTYPES", "CHALCOGEN_CORRECTIONS", "CHALCOGEN_HALOGEN",
-    "CORRECTION_SCHEME", "CORRECTION_SCHEME_DESCRIPTION", "ELEMENT_PROTOTYPES", "ENERGY_UNIT", "EntriesFileProvider",
-    "HullError", "HullResult", "MLIPPrototypesProvider", "MPAPIProvider", "PARTNER_BOND_SCALE",
-    "PROTOTYPE_LIBRARY_VERSION", "PROVIDERS", "Prototype", "ReferenceProvider", "ReferenceUnavailable",
-    "anion_correction_scale", "apply_mp2020", "binary_decorations", "chalcogen_partner_shares", "element_polymorphs",
-    "get_reference_provider", "hull_analysis", "limit_anion_corrections", "mlip_entry", "mp2020_compatibility",
+    "ANION_CORRECTION_NAME",
+    "BELOW_REFERENCE_HULL",
+    "BINARY_PROTOTYPES",
+    "CHALCOGEN_CORRECTIONS",
+    "CHALCOGEN_HALOGEN",
+    "CORRECTION_SCHEME",
+    "CORRECTION_SCHEME_DESCRIPTION",
+    "ELEMENT_PROTOTYPES",
+    "ENERGY_UNIT",
+    "EntriesFileProvider",
+    "HullError",
+    "HullResult",
+    "MLIPPrototypesProvider",
+    "MPAPIProvider",
+    "PARTNER_BOND_SCALE",
+    "PROTOTYPE_LIBRARY_VERSION",
+    "PROVIDERS",
+    "Prototype",
+    "ReferenceProvider",
+    "ReferenceUnavailable",
+    "anion_correction_scale",
+    "apply_mp2020",
+    "binary_decorations",
+    "chalcogen_partner_shares",
+    "element_polymorphs",
+    "get_reference_provider",
+    "hull_analysis",
+    "limit_anion_corrections",
+    "mlip_entry",
+    "mp2020_compatibility",
     "mp_hubbards",
 ]
 

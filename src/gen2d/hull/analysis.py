@@ -34,18 +34,32 @@ class HullResult:
     flags: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"e_hull": self.e_hull, "e_form": self.e_form, "unit": ENERGY_UNIT, "chemsys": self.chemsys,
-                "n_phases": self.n_phases, "provider": self.provider, "decomposition": self.decomposition,
-                "corrected_energy_per_atom": self.energy_per_atom,
-                "correction_per_atom": self.correction_per_atom, "correction_scheme": self.correction_scheme,
-                "anion_correction_scale": self.anion_correction_scale, "e_hull_mp2020": self.e_hull_mp2020,
-                "flags": list(self.flags)}
+        return {
+            "e_hull": self.e_hull,
+            "e_form": self.e_form,
+            "unit": ENERGY_UNIT,
+            "chemsys": self.chemsys,
+            "n_phases": self.n_phases,
+            "provider": self.provider,
+            "decomposition": self.decomposition,
+            "corrected_energy_per_atom": self.energy_per_atom,
+            "correction_per_atom": self.correction_per_atom,
+            "correction_scheme": self.correction_scheme,
+            "anion_correction_scale": self.anion_correction_scale,
+            "e_hull_mp2020": self.e_hull_mp2020,
+            "flags": list(self.flags),
+        }
 
 
 def _phase_record(entry: ComputedEntry) -> dict[str, Any]:
-    return {"formula": entry.composition.reduced_formula, "entry_id": entry.entry_id,
-            "prototype": entry.data.get("prototype"), "energy_per_atom": float(entry.energy_per_atom),
-            "unit": ENERGY_UNIT, "source": entry.data.get("energy_source", "dft")}
+    return {
+        "formula": entry.composition.reduced_formula,
+        "entry_id": entry.entry_id,
+        "prototype": entry.data.get("prototype"),
+        "energy_per_atom": float(entry.energy_per_atom),
+        "unit": ENERGY_UNIT,
+        "source": entry.data.get("energy_source", "dft"),
+    }
 
 
 def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], provider: str) -> HullResult:
@@ -77,8 +91,9 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
     have = {r.composition.elements[0].symbol for r in refs if len(r.composition.elements) == 1}
     missing = sorted(set(elements) - have)
     if missing:
-        raise HullError("missing_elemental_reference",
-                        f"reference set {provider!r} has no elemental phase for {', '.join(missing)}")
+        raise HullError(
+            "missing_elemental_reference", f"reference set {provider!r} has no elemental phase for {', '.join(missing)}"
+        )
     # the candidate and every reference under the same scheme, so the hull stays self-consistent
     limited_entry = limit_anion_corrections(entry)
     limited_refs = [limit_anion_corrections(r) for r in refs]
@@ -94,11 +109,20 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
         flags.append("anion_correction_limited")
     if e_hull < BELOW_REFERENCE_HULL:
         flags.append("below_reference_hull")
-    products = [{**_phase_record(e), "fraction": float(frac)} for e, frac in
-                sorted(decomp.items(), key=lambda kv: -kv[1])]
-    return HullResult(e_hull=float(e_hull), e_form=float(e_form), chemsys="-".join(elements), n_phases=len(refs),
-                      provider=provider, decomposition=products, energy_per_atom=float(limited_entry.energy_per_atom),
-                      correction_per_atom=float(limited_entry.correction_per_atom),
-                      reference_phases=[_phase_record(r) for r in limited_refs],
-                      anion_correction_scale=float(limited_entry.data.get("anion_correction_scale", 1.0)),
-                      e_hull_mp2020=e_hull_mp2020, flags=flags)
+    products = [
+        {**_phase_record(e), "fraction": float(frac)} for e, frac in sorted(decomp.items(), key=lambda kv: -kv[1])
+    ]
+    return HullResult(
+        e_hull=float(e_hull),
+        e_form=float(e_form),
+        chemsys="-".join(elements),
+        n_phases=len(refs),
+        provider=provider,
+        decomposition=products,
+        energy_per_atom=float(limited_entry.energy_per_atom),
+        correction_per_atom=float(limited_entry.correction_per_atom),
+        reference_phases=[_phase_record(r) for r in limited_refs],
+        anion_correction_scale=float(limited_entry.data.get("anion_correction_scale", 1.0)),
+        e_hull_mp2020=e_hull_mp2020,
+        flags=flags,
+    )

@@ -37,8 +37,15 @@ def mp_hubbards(composition: Composition) -> dict[str, float]:
     return {el.symbol: float(u_table[el.symbol]) for el in elements if float(u_table.get(el.symbol, 0)) != 0}
 
 
-def mlip_entry(structure: Structure, energy: float, *, model: str, checkpoint_sha256: str | None = None,
-               entry_id: str | None = None, data: dict[str, Any] | None = None) -> ComputedStructureEntry:
+def mlip_entry(
+    structure: Structure,
+    energy: float,
+    *,
+    model: str,
+    checkpoint_sha256: str | None = None,
+    entry_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> ComputedStructureEntry:
     """A ``ComputedStructureEntry`` for an MLIP total energy (eV), with MP-style run parameters.
 
     The entry is uncorrected; pass it through :func:`apply_mp2020` before building a hull.
@@ -46,12 +53,22 @@ def mlip_entry(structure: Structure, energy: float, *, model: str, checkpoint_sh
     if not np.isfinite(energy):
         raise HullError("non_finite_energy", f"energy {energy} is not finite")
     hubbards = mp_hubbards(structure.composition)
-    parameters = {"run_type": "GGA+U" if hubbards else "GGA", "hubbards": hubbards,
-                  "is_hubbard": bool(hubbards), "software": "mlip", "potcar_spec": []}
+    parameters = {
+        "run_type": "GGA+U" if hubbards else "GGA",
+        "hubbards": hubbards,
+        "is_hubbard": bool(hubbards),
+        "software": "mlip",
+        "potcar_spec": [],
+    }
     meta = {"gen2d_model": model, "gen2d_checkpoint_sha256": checkpoint_sha256, "energy_source": "mlip"}
     meta.update(data or {})
-    return ComputedStructureEntry(structure, float(energy), parameters=parameters, data=meta,
-                                  entry_id=entry_id or f"gen2d-{structure.composition.reduced_formula}")
+    return ComputedStructureEntry(
+        structure,
+        float(energy),
+        parameters=parameters,
+        data=meta,
+        entry_id=entry_id or f"gen2d-{structure.composition.reduced_formula}",
+    )
 
 
 def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
@@ -70,7 +87,9 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
         try:
             processed = compat.process_entry(entry, clean=True)
         except CompatibilityError as exc:
-            raise HullError("compatibility_rejected", f"MP2020 rejected {entry.composition.reduced_formula}: {exc}") from exc
+            raise HullError(
+                "compatibility_rejected", f"MP2020 rejected {entry.composition.reduced_formula}: {exc}"
+            ) from exc
     if processed is None:
         raise HullError("compatibility_rejected", f"MP2020 rejected {entry.composition.reduced_formula}")
     return processed
@@ -92,10 +111,12 @@ ANION_CORRECTION_NAME = "MP2020 anion correction"
 BELOW_REFERENCE_HULL = -0.05  # eV/atom
 # Part of every stored E_hull's provenance and of evaluation run keys: bump the version when the rule changes.
 CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v2"
-CORRECTION_SCHEME_DESCRIPTION = ("MaterialsProject2020Compatibility, except that each S, Se and Te anion correction "
-                                 "is scaled by the share of that element's sites bonded (1.25 x covalent radii) "
-                                 "to at least one element other than O, S, Se, Te, F, Cl, Br, I; without a "
-                                 "structure, dropped for compounds made only of those elements")
+CORRECTION_SCHEME_DESCRIPTION = (
+    "MaterialsProject2020Compatibility, except that each S, Se and Te anion correction "
+    "is scaled by the share of that element's sites bonded (1.25 x covalent radii) "
+    "to at least one element other than O, S, Se, Te, F, Cl, Br, I; without a "
+    "structure, dropped for compounds made only of those elements"
+)
 
 
 def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
@@ -124,8 +145,9 @@ def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.pbc = True  # a monolayer's vacuum (>= 15 A) keeps its images apart
     symbols = np.array(atoms.get_chemical_symbols())
-    i, j = neighbor_list("ij", atoms, (covalent_radii[atoms.numbers] * PARTNER_BOND_SCALE).tolist(),
-                         self_interaction=False)
+    i, j = neighbor_list(
+        "ij", atoms, (covalent_radii[atoms.numbers] * PARTNER_BOND_SCALE).tolist(), self_interaction=False
+    )
     partnered = np.zeros(len(atoms), dtype=bool)
     partnered[i[~np.isin(symbols[j], sorted(CHALCOGEN_HALOGEN))]] = True
     return {el: float(partnered[symbols == el].mean()) for el in present}
@@ -163,13 +185,21 @@ def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
         return entry
     scale = anion_correction_scale(entry, shares)
     kept = [a for a in entry.energy_adjustments if all(a is not b for b in limited)]
-    scaled = [ConstantEnergyAdjustment(a.value * shares[names[a.name]],
-                                       name=f"{a.name} x {shares[names[a.name]]:.3g} (metal-partner share)",
-                                       description="gen2d: MP2020 chalcogen correction for the sites with a "
-                                                   "metal neighbour only")
-              for a in limited if shares[names[a.name]] > 0]
+    scaled = [
+        ConstantEnergyAdjustment(
+            a.value * shares[names[a.name]],
+            name=f"{a.name} x {shares[names[a.name]]:.3g} (metal-partner share)",
+            description="gen2d: MP2020 chalcogen correction for the sites with a metal neighbour only",
+        )
+        for a in limited
+        if shares[names[a.name]] > 0
+    ]
     out = entry.copy()
     out.energy_adjustments = kept + scaled
-    out.data = {**entry.data, "anion_correction_scale": scale, "chalcogen_partner_shares": shares,
-                "anion_correction_dropped": float(sum(a.value * (1 - shares[names[a.name]]) for a in limited))}
+    out.data = {
+        **entry.data,
+        "anion_correction_scale": scale,
+        "chalcogen_partner_shares": shares,
+        "anion_correction_dropped": float(sum(a.value * (1 - shares[names[a.name]]) for a in limited)),
+    }
     return out

@@ -51,9 +51,12 @@ class Prototype:
         s = s.get_primitive_structure()
         # Scale so that no pair is shorter than its covalent bond length: FIRE then starts from a
         # sensible volume, and a compressed start never lands in an MLIP's short-range artefacts.
-        ratio = max((_radius(site.specie.symbol) + _radius(nn.specie.symbol)) / nn.nn_distance
-                    for site in s for nn in s.get_neighbors(site, 6.0))
-        s.scale_lattice(s.volume * ratio ** 3)
+        ratio = max(
+            (_radius(site.specie.symbol) + _radius(nn.specie.symbol)) / nn.nn_distance
+            for site in s
+            for nn in s.get_neighbors(site, 6.0)
+        )
+        s.scale_lattice(s.volume * ratio**3)
         return s
 
 
@@ -86,30 +89,46 @@ def _radius(symbol: str) -> float:
 
 
 _H = (1 / 3, 2 / 3)
-ELEMENT_PROTOTYPES: dict[str, Prototype] = {p.name: p for p in [
-    Prototype("fcc", "Fm-3m", (4, 4, 4, 90, 90, 90), (("A", (0, 0, 0)),)),
-    Prototype("bcc", "Im-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
-    Prototype("hcp", "P6_3/mmc", (3, 3, 4.9, 90, 90, 120), (("A", (*_H, 0.25)),)),
-    Prototype("sc", "Pm-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
-    # F-43m with two sites: Fd-3m has two origin choices and would silently give another structure.
-    Prototype("diamond", "F-43m", (5.43, 5.43, 5.43, 90, 90, 90), (("A", (0, 0, 0)), ("A", (0.25, 0.25, 0.25)))),
-    Prototype("graphite", "P6_3/mmc", (2.46, 2.46, 6.7, 90, 90, 120), (("A", (0, 0, 0.25)), ("A", (*_H, 0.25)))),
-    # A7 (alpha-As, Sb, Bi), black phosphorus (A17), trigonal Se/Te helices, alpha-Ga, alpha-B12.
-    Prototype("a7", "R-3m", (3.76, 3.76, 10.55, 90, 90, 120), (("A", (0, 0, 0.2271)),)),
-    Prototype("black_p", "Cmce", (3.314, 10.48, 4.376, 90, 90, 90), (("A", (0, 0.1017, 0.0806)),)),
-    Prototype("helical_chain", "P3_121", (4.366, 4.366, 4.954, 90, 90, 120), (("A", (0.2254, 0, 1 / 3)),)),
-    Prototype("alpha_ga", "Cmce", (4.52, 7.66, 4.53, 90, 90, 90), (("A", (0, 0.1549, 0.081)),)),
-    Prototype("alpha_b12", "R-3m", (4.908, 4.908, 12.567, 90, 90, 120),
-              (("A", (0.1187, -0.1187, 0.8911)), ("A", (0.1967, -0.1967, 0.0243)))),
-    # alpha-N2 packing (Pa-3) for every diatomic element; cell relaxation adapts it.
-    Prototype("dimer_crystal", "Pa-3", (5.66, 5.66, 5.66, 90, 90, 90), (("A", (0.0528, 0.0528, 0.0528)),)),
-]}
+ELEMENT_PROTOTYPES: dict[str, Prototype] = {
+    p.name: p
+    for p in [
+        Prototype("fcc", "Fm-3m", (4, 4, 4, 90, 90, 90), (("A", (0, 0, 0)),)),
+        Prototype("bcc", "Im-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
+        Prototype("hcp", "P6_3/mmc", (3, 3, 4.9, 90, 90, 120), (("A", (*_H, 0.25)),)),
+        Prototype("sc", "Pm-3m", (3, 3, 3, 90, 90, 90), (("A", (0, 0, 0)),)),
+        # F-43m with two sites: Fd-3m has two origin choices and would silently give another structure.
+        Prototype("diamond", "F-43m", (5.43, 5.43, 5.43, 90, 90, 90), (("A", (0, 0, 0)), ("A", (0.25, 0.25, 0.25)))),
+        Prototype("graphite", "P6_3/mmc", (2.46, 2.46, 6.7, 90, 90, 120), (("A", (0, 0, 0.25)), ("A", (*_H, 0.25)))),
+        # A7 (alpha-As, Sb, Bi), black phosphorus (A17), trigonal Se/Te helices, alpha-Ga, alpha-B12.
+        Prototype("a7", "R-3m", (3.76, 3.76, 10.55, 90, 90, 120), (("A", (0, 0, 0.2271)),)),
+        Prototype("black_p", "Cmce", (3.314, 10.48, 4.376, 90, 90, 90), (("A", (0, 0.1017, 0.0806)),)),
+        Prototype("helical_chain", "P3_121", (4.366, 4.366, 4.954, 90, 90, 120), (("A", (0.2254, 0, 1 / 3)),)),
+        Prototype("alpha_ga", "Cmce", (4.52, 7.66, 4.53, 90, 90, 90), (("A", (0, 0.1549, 0.081)),)),
+        Prototype(
+            "alpha_b12",
+            "R-3m",
+            (4.908, 4.908, 12.567, 90, 90, 120),
+            (("A", (0.1187, -0.1187, 0.8911)), ("A", (0.1967, -0.1967, 0.0243))),
+        ),
+        # alpha-N2 packing (Pa-3) for every diatomic element; cell relaxation adapts it.
+        Prototype("dimer_crystal", "Pa-3", (5.66, 5.66, 5.66, 90, 90, 90), (("A", (0.0528, 0.0528, 0.0528)),)),
+    ]
+}
 
 # Which elemental polymorphs are tried; the lowest MLIP energy per atom is the elemental reference.
 _DIATOMIC = {"H", "N", "O", "F", "Cl", "Br", "I"}
-_EXTRA_POLYMORPHS = {"C": ["graphite"], "P": ["black_p", "a7"], "As": ["a7", "black_p"], "Sb": ["a7"],
-                     "Bi": ["a7"], "S": ["helical_chain"], "Se": ["helical_chain"], "Te": ["helical_chain"],
-                     "Ga": ["alpha_ga"], "B": ["alpha_b12"]}
+_EXTRA_POLYMORPHS = {
+    "C": ["graphite"],
+    "P": ["black_p", "a7"],
+    "As": ["a7", "black_p"],
+    "Sb": ["a7"],
+    "Bi": ["a7"],
+    "S": ["helical_chain"],
+    "Se": ["helical_chain"],
+    "Te": ["helical_chain"],
+    "Ga": ["alpha_ga"],
+    "B": ["alpha_b12"],
+}
 
 
 def element_polymorphs(symbol: str) -> list[str]:
@@ -119,22 +138,29 @@ def element_polymorphs(symbol: str) -> list[str]:
     return ["fcc", "bcc", "hcp", "sc", "diamond", *_EXTRA_POLYMORPHS.get(symbol, [])]
 
 
-BINARY_PROTOTYPES: dict[str, Prototype] = {p.name: p for p in [
-    Prototype("rocksalt", "Fm-3m", (4.2, 4.2, 4.2, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
-    Prototype("zincblende", "F-43m", (5.4, 5.4, 5.4, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25))), True),
-    Prototype("wurtzite", "P6_3mc", (3.2, 3.2, 5.2, 90, 90, 120), (("A", (*_H, 0)), ("B", (*_H, 0.375))), True),
-    Prototype("cscl", "Pm-3m", (3.0, 3.0, 3.0, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
-    Prototype("nias", "P6_3/mmc", (3.6, 3.6, 5.0, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
-    # Layered AB (h-BN, AA' stacking): graphite-like bulk of a honeycomb monolayer.
-    Prototype("hbn_layered", "P6_3/mmc", (2.5, 2.5, 6.66, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.75))), True),
-    Prototype("fluorite", "Fm-3m", (5.46, 5.46, 5.46, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25)))),
-    Prototype("cdi2", "P-3m1", (4.0, 4.0, 6.8, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
-    Prototype("mos2_2h", "P6_3/mmc", (3.16, 3.16, 12.3, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.621)))),
-    Prototype("rutile", "P4_2/mnm", (4.6, 4.6, 2.96, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.305, 0.305, 0)))),
-    Prototype("pyrite", "Pa-3", (5.42, 5.42, 5.42, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.384, 0.384, 0.384)))),
-    Prototype("corundum", "R-3c", (4.76, 4.76, 13.0, 90, 90, 120), (("A", (0, 0, 0.352)), ("B", (0.306, 0, 0.25)))),
-    Prototype("l1_2", "Pm-3m", (3.8, 3.8, 3.8, 90, 90, 90), (("A", (0, 0.5, 0.5)), ("B", (0, 0, 0)))),
-]}
+BINARY_PROTOTYPES: dict[str, Prototype] = {
+    p.name: p
+    for p in [
+        Prototype("rocksalt", "Fm-3m", (4.2, 4.2, 4.2, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
+        Prototype(
+            "zincblende", "F-43m", (5.4, 5.4, 5.4, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25))), True
+        ),
+        Prototype("wurtzite", "P6_3mc", (3.2, 3.2, 5.2, 90, 90, 120), (("A", (*_H, 0)), ("B", (*_H, 0.375))), True),
+        Prototype("cscl", "Pm-3m", (3.0, 3.0, 3.0, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.5, 0.5, 0.5))), True),
+        Prototype("nias", "P6_3/mmc", (3.6, 3.6, 5.0, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
+        # Layered AB (h-BN, AA' stacking): graphite-like bulk of a honeycomb monolayer.
+        Prototype(
+            "hbn_layered", "P6_3/mmc", (2.5, 2.5, 6.66, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.75))), True
+        ),
+        Prototype("fluorite", "Fm-3m", (5.46, 5.46, 5.46, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.25, 0.25, 0.25)))),
+        Prototype("cdi2", "P-3m1", (4.0, 4.0, 6.8, 90, 90, 120), (("A", (0, 0, 0)), ("B", (*_H, 0.25)))),
+        Prototype("mos2_2h", "P6_3/mmc", (3.16, 3.16, 12.3, 90, 90, 120), (("A", (*_H, 0.25)), ("B", (*_H, 0.621)))),
+        Prototype("rutile", "P4_2/mnm", (4.6, 4.6, 2.96, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.305, 0.305, 0)))),
+        Prototype("pyrite", "Pa-3", (5.42, 5.42, 5.42, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.384, 0.384, 0.384)))),
+        Prototype("corundum", "R-3c", (4.76, 4.76, 13.0, 90, 90, 120), (("A", (0, 0, 0.352)), ("B", (0.306, 0, 0.25)))),
+        Prototype("l1_2", "Pm-3m", (3.8, 3.8, 3.8, 90, 90, 90), (("A", (0, 0.5, 0.5)), ("B", (0, 0, 0)))),
+    ]
+}
 
 
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
@@ -193,10 +219,19 @@ class MLIPPrototypesProvider:
     name = "mlip-prototypes"
     energy_source = "mlip"
 
-    def __init__(self, calculator: Any, cache_dir: str | os.PathLike | bool | None = None, store: Any = None,
-                 fmax: float = 0.1, steps: int = 200, binary_prototypes: Sequence[str] | None = None,
-                 progress: bool = False, batched: bool = True, max_batch: int = 32,
-                 shipped: bool | str | os.PathLike = True):
+    def __init__(
+        self,
+        calculator: Any,
+        cache_dir: str | os.PathLike | bool | None = None,
+        store: Any = None,
+        fmax: float = 0.1,
+        steps: int = 200,
+        binary_prototypes: Sequence[str] | None = None,
+        progress: bool = False,
+        batched: bool = True,
+        max_batch: int = 32,
+        shipped: bool | str | os.PathLike = True,
+    ):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
         self.checkpoint_sha256 = getattr(calculator, "gen2d_checkpoint_sha256", None)
@@ -224,8 +259,11 @@ class MLIPPrototypesProvider:
         return f"{model}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
 
     def _key(self, subsystem: str) -> str:
-        protos = "" if "-" not in subsystem else "-" + hashlib.sha1(
-            ",".join(self.binary_prototypes).encode()).hexdigest()[:8]
+        protos = (
+            ""
+            if "-" not in subsystem
+            else "-" + hashlib.sha1(",".join(self.binary_prototypes).encode()).hexdigest()[:8]
+        )
         return f"{self.name}:{self._settings_tag()}{protos}:{subsystem}"
 
     @staticmethod
@@ -267,8 +305,14 @@ class MLIPPrototypesProvider:
 
     def _write_cache(self, key: str, subsystem: str, found: list[ComputedEntry]) -> None:
         self._memory[key] = found
-        doc = {"ref_key": key, "provider": self.name, "chemsys": subsystem, "model": self.model,
-               "checkpoint_sha256": self.checkpoint_sha256, "entries": [e.as_dict() for e in found]}
+        doc = {
+            "ref_key": key,
+            "provider": self.name,
+            "chemsys": subsystem,
+            "model": self.model,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "entries": [e.as_dict() for e in found],
+        }
         path = self._cache_file(key)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,10 +336,14 @@ class MLIPPrototypesProvider:
         if _collapsed(relaxed):
             log.info("reference %s %s dropped: atoms collapsed", relaxed.composition.reduced_formula, prototype)
             return None
-        entry = mlip_entry(relaxed, res.energy, model=self.model, checkpoint_sha256=self.checkpoint_sha256,
-                           entry_id=f"gen2d-ref:{relaxed.composition.reduced_formula}:{prototype}",
-                           data={"prototype": prototype, "converged": res.converged, "steps": res.steps,
-                                 "final_fmax": res.final_fmax})
+        entry = mlip_entry(
+            relaxed,
+            res.energy,
+            model=self.model,
+            checkpoint_sha256=self.checkpoint_sha256,
+            entry_id=f"gen2d-ref:{relaxed.composition.reduced_formula}:{prototype}",
+            data={"prototype": prototype, "converged": res.converged, "steps": res.steps, "final_fmax": res.final_fmax},
+        )
         try:
             return apply_mp2020(entry)
         except HullError as exc:
@@ -319,25 +367,36 @@ class MLIPPrototypesProvider:
             try:
                 from tqdm.auto import tqdm
             except ImportError:  # pragma: no cover
+
                 def tqdm(x, **_):
                     return x
-            return [self._relax_phase(structure, proto) for proto, structure in
-                    tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False)]
+
+            return [
+                self._relax_phase(structure, proto)
+                for proto, structure in tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False)
+            ]
         from pymatgen.io.ase import AseAtomsAdaptor
 
         from gen2d.relax import relax_bulk_batch
 
         if self.progress:
             log.info("relaxing %d reference phases (%s) in lockstep batches", len(jobs), label)
-        results = relax_bulk_batch([AseAtomsAdaptor.get_atoms(s) for _, s in jobs], self.calculator,
-                                   fmax=self.fmax, steps=self.steps, max_batch=self.max_batch)
+        results = relax_bulk_batch(
+            [AseAtomsAdaptor.get_atoms(s) for _, s in jobs],
+            self.calculator,
+            fmax=self.fmax,
+            steps=self.steps,
+            max_batch=self.max_batch,
+        )
         return [self._entry_from_result(s, proto, res) for (proto, s), res in zip(jobs, results, strict=True)]
 
     def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
         if "-" in subsystem:
             a, b = subsystem.split("-")
-            return [(name, BINARY_PROTOTYPES[name].build(x, y))
-                    for name, x, y in binary_decorations(a, b, self.binary_prototypes)]
+            return [
+                (name, BINARY_PROTOTYPES[name].build(x, y))
+                for name, x, y in binary_decorations(a, b, self.binary_prototypes)
+            ]
         return [(name, ELEMENT_PROTOTYPES[name].build(subsystem)) for name in element_polymorphs(subsystem)]
 
     def _ensure(self, subsystems: Iterable[str]) -> dict[str, list[ComputedEntry]]:
@@ -408,11 +467,18 @@ class MLIPPrototypesProvider:
         return len(missing)
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.name, "energy_source": self.energy_source, "model": self.model,
-                "checkpoint_sha256": self.checkpoint_sha256, "library_version": PROTOTYPE_LIBRARY_VERSION,
-                "fmax": self.fmax, "steps": self.steps, "binary_prototypes": list(self.binary_prototypes),
-                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None}
+        return {
+            "provider": self.name,
+            "energy_source": self.energy_source,
+            "model": self.model,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "library_version": PROTOTYPE_LIBRARY_VERSION,
+            "fmax": self.fmax,
+            "steps": self.steps,
+            "binary_prototypes": list(self.binary_prototypes),
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None,
+        }
 
 
 def _collapsed(structure: Structure, factor: float = 0.6) -> bool:

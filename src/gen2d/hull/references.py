@@ -28,11 +28,9 @@ class ReferenceProvider(Protocol):
     name: str
     energy_source: str
 
-    def entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
-        ...
+    def entries(self, elements: Iterable[str]) -> list[ComputedEntry]: ...
 
-    def describe(self) -> dict[str, Any]:
-        ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 def _decode_entry(d: dict[str, Any]) -> ComputedEntry:
@@ -74,7 +72,9 @@ class EntriesFileProvider:
                 items = raw.values() if isinstance(raw, dict) else raw
                 self._entries = [_decode_entry(d) for d in items]
             except Exception as exc:
-                raise ReferenceUnavailable("reference_file_invalid", f"cannot read entries from {self.path}: {exc}") from exc
+                raise ReferenceUnavailable(
+                    "reference_file_invalid", f"cannot read entries from {self.path}: {exc}"
+                ) from exc
         return self._entries
 
     @property
@@ -84,8 +84,9 @@ class EntriesFileProvider:
 
     def models(self) -> set[str]:
         """MLIP checkpoint hashes the file's entries were computed with (empty for DFT entries)."""
-        return {e.data.get("gen2d_checkpoint_sha256") for e in self._load()
-                if e.data.get("energy_source") == "mlip"} - {None}
+        return {
+            e.data.get("gen2d_checkpoint_sha256") for e in self._load() if e.data.get("energy_source") == "mlip"
+        } - {None}
 
     def entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
         wanted = set(elements)
@@ -93,8 +94,13 @@ class EntriesFileProvider:
 
     def describe(self) -> dict[str, Any]:
         self._load()
-        return {"provider": self.name, "path": str(self.path), "sha256": self._sha256,
-                "n_entries": len(self._entries or []), "energy_source": self.energy_source}
+        return {
+            "provider": self.name,
+            "path": str(self.path),
+            "sha256": self._sha256,
+            "n_entries": len(self._entries or []),
+            "energy_source": self.energy_source,
+        }
 
 
 def _mp_api_key(explicit: str | None) -> str | None:
@@ -138,28 +144,48 @@ class MPAPIProvider:
             if doc:
                 return [_decode_entry(d) for d in doc["entries"]]
         if get_settings().offline:
-            raise ReferenceUnavailable("offline", f"GEN2D_OFFLINE is set and chemical system {chemsys} is not "
-                                                  "cached: provider mp-api would need the network")
+            raise ReferenceUnavailable(
+                "offline",
+                f"GEN2D_OFFLINE is set and chemical system {chemsys} is not "
+                "cached: provider mp-api would need the network",
+            )
         if not self.api_key:
-            raise ReferenceUnavailable("mp_api_key_missing",
-                                       "provider mp-api needs a Materials Project API key: set MP_API_KEY "
-                                       "(or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml) and have internet access")
+            raise ReferenceUnavailable(
+                "mp_api_key_missing",
+                "provider mp-api needs a Materials Project API key: set MP_API_KEY "
+                "(or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml) and have internet access",
+            )
         try:
             from mp_api.client import MPRester
         except ImportError as exc:
-            raise ReferenceUnavailable("mp_api_not_installed",
-                                       f"provider mp-api needs the mp-api package ({exc}); pip install mp-api") from exc
+            raise ReferenceUnavailable(
+                "mp_api_not_installed", f"provider mp-api needs the mp-api package ({exc}); pip install mp-api"
+            ) from exc
         try:
             with MPRester(self.api_key) as mpr:
                 found = mpr.get_entries_in_chemsys(elements, additional_criteria={"thermo_types": [self.thermo_type]})
         except Exception as exc:
-            raise ReferenceUnavailable("mp_api_unreachable",
-                                       f"Materials Project query for {chemsys} failed: {type(exc).__name__}: {exc}") from exc
+            raise ReferenceUnavailable(
+                "mp_api_unreachable", f"Materials Project query for {chemsys} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if self.store is not None:
-            self.store.update([{"ref_key": self._cache_key(chemsys), "provider": self.name, "chemsys": chemsys,
-                                "entries": [e.as_dict() for e in found]}], key="ref_key")
+            self.store.update(
+                [
+                    {
+                        "ref_key": self._cache_key(chemsys),
+                        "provider": self.name,
+                        "chemsys": chemsys,
+                        "entries": [e.as_dict() for e in found],
+                    }
+                ],
+                key="ref_key",
+            )
         return list(found)
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.name, "thermo_type": self.thermo_type, "energy_source": self.energy_source,
-                "cached_in_store": self.store is not None}
+        return {
+            "provider": self.name,
+            "thermo_type": self.thermo_type,
+            "energy_source": self.energy_source,
+            "cached_in_store": self.store is not None,
+        }

@@ -27,8 +27,9 @@ _SBF_LOCK = threading.Lock()
 _PygSphericalBasisLayer = _pyg_dimenet.SphericalBasisLayer
 
 
-def _cached_spherical_basis(num_spherical: int, num_radial: int, cutoff: float = 5.0,
-                            envelope_exponent: int = 5) -> torch.nn.Module:
+def _cached_spherical_basis(
+    num_spherical: int, num_radial: int, cutoff: float = 5.0, envelope_exponent: int = 5
+) -> torch.nn.Module:
     key = (num_spherical, num_radial, float(cutoff), envelope_exponent)
     if key not in _SBF_CACHE:
         _SBF_CACHE[key] = _PygSphericalBasisLayer(num_spherical, num_radial, cutoff, envelope_exponent)
@@ -67,8 +68,18 @@ class DimeNetHParams:
 # Element properties
 # ----------------------------------------------------------------------------------------------------
 
-ELEMENT_PROPERTIES = ("pauling_electronegativity", "group", "row", "atomic_radius_A", "first_ionization_eV",
-                      "electron_affinity_eV", "block_s", "block_p", "block_d", "block_f")
+ELEMENT_PROPERTIES = (
+    "pauling_electronegativity",
+    "group",
+    "row",
+    "atomic_radius_A",
+    "first_ionization_eV",
+    "electron_affinity_eV",
+    "block_s",
+    "block_p",
+    "block_d",
+    "block_f",
+)
 
 
 def element_property_table(max_z: int = 94) -> Tensor:
@@ -86,13 +97,20 @@ def element_property_table(max_z: int = 94) -> Tensor:
         for z in range(1, max_z + 1):
             el = Element.from_Z(z)
             ies = el.ionization_energies
-            values = [el.X, el.group, el.row, el.atomic_radius, ies[0] if ies else None,
-                      el.electron_affinity, *(float(el.block == b) for b in "spdf")]
+            values = [
+                el.X,
+                el.group,
+                el.row,
+                el.atomic_radius,
+                ies[0] if ies else None,
+                el.electron_affinity,
+                *(float(el.block == b) for b in "spdf"),
+            ]
             rows[z] = [np.nan if v is None else float(v) for v in values]
-    body = rows[1:max_z + 1]
+    body = rows[1 : max_z + 1]
     mean, std = np.nanmean(body, axis=0), np.nanstd(body, axis=0)
     table = np.zeros_like(rows)
-    table[1:max_z + 1] = np.nan_to_num((body - mean) / np.where(std > 0, std, 1.0), nan=0.0)
+    table[1 : max_z + 1] = np.nan_to_num((body - mean) / np.where(std > 0, std, 1.0), nan=0.0)
     return torch.as_tensor(table, dtype=torch.get_default_dtype())
 
 
@@ -117,6 +135,7 @@ class ElementEmbedding(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Periodic graph and triplets
 # ----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PeriodicGraph:
@@ -199,14 +218,20 @@ def collate(graphs: Sequence[PeriodicGraph]) -> dict[str, Tensor]:
         images.append(g.edge_image)
         cells.append(g.cell)
         offset += n
-    return {"z": torch.cat(z), "pos": torch.cat(pos), "batch": torch.cat(batch),
-            "edge_index": torch.cat(edges, dim=1), "edge_image": torch.cat(images),
-            "cell": torch.stack(cells)}
+    return {
+        "z": torch.cat(z),
+        "pos": torch.cat(pos),
+        "batch": torch.cat(batch),
+        "edge_index": torch.cat(edges, dim=1),
+        "edge_image": torch.cat(images),
+        "cell": torch.stack(cells),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------
+
 
 class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
     """DimeNet++ on periodic edges, with a per-atom mean readout so the output is intensive
@@ -225,11 +250,17 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
             _pyg_dimenet.SphericalBasisLayer = _cached_spherical_basis
             try:
                 super().__init__(
-                    hidden_channels=hp.hidden_channels, out_channels=hp.out_channels,
-                    num_blocks=hp.num_blocks, int_emb_size=hp.int_emb_size,
-                    basis_emb_size=hp.basis_emb_size, out_emb_channels=hp.out_emb_channels,
-                    num_spherical=hp.num_spherical, num_radial=hp.num_radial, cutoff=hp.cutoff,
-                    envelope_exponent=hp.envelope_exponent)
+                    hidden_channels=hp.hidden_channels,
+                    out_channels=hp.out_channels,
+                    num_blocks=hp.num_blocks,
+                    int_emb_size=hp.int_emb_size,
+                    basis_emb_size=hp.basis_emb_size,
+                    out_emb_channels=hp.out_emb_channels,
+                    num_spherical=hp.num_spherical,
+                    num_radial=hp.num_radial,
+                    cutoff=hp.cutoff,
+                    envelope_exponent=hp.envelope_exponent,
+                )
             finally:
                 _pyg_dimenet.SphericalBasisLayer = _PygSphericalBasisLayer
         if hp.element_features:
@@ -239,8 +270,16 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
         self.register_buffer("target_mean", torch.zeros(hp.out_channels))
         self.register_buffer("target_std", torch.ones(hp.out_channels))
 
-    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, *, edge_index: Tensor,
-                edge_image: Tensor, cell: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        *,
+        edge_index: Tensor,
+        edge_image: Tensor,
+        cell: Tensor,
+    ) -> Tensor:  # type: ignore[override]
         """Predict one value per graph (in label units)."""
         per_atom, batch = self.atom_outputs(z, pos, batch, edge_index=edge_index, edge_image=edge_image, cell=cell)
         return self.readout(per_atom, pos, batch)
@@ -261,9 +300,17 @@ class PeriodicDimeNetPlusPlus(DimeNetPlusPlus):
         weights = softmax(logits, batch, dim=0)
         return scatter(weights * per_atom, batch, dim=0, reduce="sum")
 
-    def atom_outputs(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, *, edge_index: Tensor,
-                     edge_image: Tensor, cell: Tensor, geometry: dict[str, Any] | None = None
-                     ) -> tuple[Tensor, Tensor]:
+    def atom_outputs(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        *,
+        edge_index: Tensor,
+        edge_image: Tensor,
+        cell: Tensor,
+        geometry: dict[str, Any] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Per-atom outputs (N, out_channels) in label units, and the batch vector.
 
         Parameters
@@ -335,8 +382,9 @@ def _shared_sbf(sbf_layer: torch.nn.Module, geometry: dict[str, Any]) -> Tensor:
     return value
 
 
-def predict_ensemble(models: Sequence[PeriodicDimeNetPlusPlus], graphs: Sequence[PeriodicGraph],
-                     atoms: bool = False) -> list:
+def predict_ensemble(
+    models: Sequence[PeriodicDimeNetPlusPlus], graphs: Sequence[PeriodicGraph], atoms: bool = False
+) -> list:
     """Each model's :meth:`PeriodicDimeNetPlusPlus.predict_graphs` output on ``graphs``, with the batch
     collated and its geometry (triplets, angles, spherical basis) computed once for all of them."""
     batch = collate(graphs)
@@ -345,9 +393,15 @@ def predict_ensemble(models: Sequence[PeriodicDimeNetPlusPlus], graphs: Sequence
         geometry = edge_geometry(batch["pos"], batch["batch"], batch["edge_index"], batch["edge_image"], batch["cell"])
         exposed_by_depth: dict[float, Tensor] = {}
         for model in models:
-            per_atom, index = model.atom_outputs(batch["z"], batch["pos"], batch["batch"],
-                                                 edge_index=batch["edge_index"], edge_image=batch["edge_image"],
-                                                 cell=batch["cell"], geometry=geometry)
+            per_atom, index = model.atom_outputs(
+                batch["z"],
+                batch["pos"],
+                batch["batch"],
+                edge_index=batch["edge_index"],
+                edge_image=batch["edge_image"],
+                cell=batch["cell"],
+                geometry=geometry,
+            )
             hp = model.hparams
             if hp.readout == "site":
                 if hp.exposed_depth not in exposed_by_depth:
@@ -370,9 +424,12 @@ def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:
 
 def checkpoint_dict(model: PeriodicDimeNetPlusPlus, metadata: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint that loads with ``torch.load(weights_only=True)``: tensors, numbers and strings only."""
-    return {"format": "gen2d.dimenet/1", "hparams": model.hparams.as_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "metadata": metadata}
+    return {
+        "format": "gen2d.dimenet/1",
+        "hparams": model.hparams.as_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": metadata,
+    }
 
 
 def load_checkpoint(path, device: str = "cpu") -> tuple[PeriodicDimeNetPlusPlus, dict[str, Any]]:

@@ -86,8 +86,9 @@ class EGNNLayer(nn.Module):
     def __init__(self, hidden: int, n_edge: int, aggregation_norm: float):
         super().__init__()
         self.norm = aggregation_norm
-        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + n_edge, hidden), nn.SiLU(),
-                                      nn.Linear(hidden, hidden), nn.SiLU())
+        self.edge_mlp = nn.Sequential(
+            nn.Linear(2 * hidden + n_edge, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+        )
         self.gate = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         last = nn.Linear(hidden, 1, bias=False)
@@ -95,8 +96,9 @@ class EGNNLayer(nn.Module):
         self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), last)
         self.ln = nn.LayerNorm(hidden)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor, shift: torch.Tensor,
-                edge_attr_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor, shift: torch.Tensor, edge_attr_fn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         src, dst = edge_index
         r = x[dst] - x[src] - shift
         d = torch.sqrt((r**2).sum(-1) + 1e-8)
@@ -131,20 +133,24 @@ class EGNNDenoiser(nn.Module):
         self.rbf = RadialBasis(config.cutoff, config.n_rbf)
         n_edge = config.n_rbf + 2 + 4 * config.frac_fourier
         # node input: type vector, time, centred z, lattice parameters (3) and log atom count
-        self.embed = nn.Sequential(nn.Linear(config.n_types + config.time_dim + 1 + 3 + 1, H), nn.SiLU(),
-                                   nn.Linear(H, H))
+        self.embed = nn.Sequential(
+            nn.Linear(config.n_types + config.time_dim + 1 + 3 + 1, H), nn.SiLU(), nn.Linear(H, H)
+        )
         self.trunk = nn.ModuleList([EGNNLayer(H, n_edge, config.aggregation_norm) for _ in range(config.n_layers)])
         self.cond_embed = nn.Sequential(nn.Linear(2 * len(HEAD_NAMES), H), nn.SiLU(), nn.Linear(H, H))
-        self.cond_layers = nn.ModuleList([EGNNLayer(H, n_edge, config.aggregation_norm)
-                                          for _ in range(config.n_cond_layers)])
+        self.cond_layers = nn.ModuleList(
+            [EGNNLayer(H, n_edge, config.aggregation_norm) for _ in range(config.n_cond_layers)]
+        )
         self.type_out = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, config.n_types))
         self.z_out = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, 1))
         self.lattice_out = nn.Sequential(nn.Linear(2 * H + 3, H), nn.SiLU(), nn.Linear(H, 3))
-        self.heads = nn.Sequential(nn.Linear(2 * H + 3, H), nn.SiLU(), nn.Linear(H, H), nn.SiLU(),
-                                   nn.Linear(H, len(HEAD_NAMES)))
+        self.heads = nn.Sequential(
+            nn.Linear(2 * H + 3, H), nn.SiLU(), nn.Linear(H, H), nn.SiLU(), nn.Linear(H, len(HEAD_NAMES))
+        )
 
-    def _edge_attr(self, r: torch.Tensor, d: torch.Tensor, inv_e: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edge_attr(
+        self, r: torch.Tensor, d: torch.Tensor, inv_e: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rbf, env = self.rbf(d)
         # r_z / d and |r_z| are invariant under rotation about z: the only symmetry a slab has
         rz = r[:, 2] / (d + 1e-3)
@@ -163,9 +169,18 @@ class EGNNDenoiser(nn.Module):
     def _pool(self, h: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
         return torch.cat([scatter_mean(h, batch, n_graphs), scatter_sum(h, batch, n_graphs) / 16.0], -1)
 
-    def forward(self, pos: torch.Tensor, lattice: torch.Tensor, types: torch.Tensor, lattice_feat: torch.Tensor,
-                t_frac: torch.Tensor, batch: torch.Tensor, cond: torch.Tensor | None = None,
-                graph: PeriodicGraph | None = None, cond_list: list[torch.Tensor] | None = None) -> dict:
+    def forward(
+        self,
+        pos: torch.Tensor,
+        lattice: torch.Tensor,
+        types: torch.Tensor,
+        lattice_feat: torch.Tensor,
+        t_frac: torch.Tensor,
+        batch: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        graph: PeriodicGraph | None = None,
+        cond_list: list[torch.Tensor] | None = None,
+    ) -> dict:
         """Run the denoiser.
 
         Parameters
@@ -200,11 +215,13 @@ class EGNNDenoiser(nn.Module):
 
             def edge_attr(r, d):
                 return self._edge_attr(r, d, inv_e)
+
         counts = torch.bincount(batch, minlength=n_graphs).to(pos.dtype)
         z_centred = pos[:, 2] - scatter_mean(pos[:, 2:3], batch, n_graphs)[batch, 0]
         t_emb = sinusoidal_embedding(t_frac.to(pos.dtype), self.config.time_dim)
-        node_in = torch.cat([types, t_emb[batch], z_centred[:, None] / 2.0, lattice_feat[batch],
-                             torch.log(counts)[batch, None]], -1)
+        node_in = torch.cat(
+            [types, t_emb[batch], z_centred[:, None] / 2.0, lattice_feat[batch], torch.log(counts)[batch, None]], -1
+        )
         h = self.embed(node_in)
         x = pos
         for layer in self.trunk:
@@ -224,8 +241,13 @@ class EGNNDenoiser(nn.Module):
             eps_pos = xc - pos
             eps_pos = torch.cat([eps_pos[:, :2], eps_pos[:, 2:] + self.z_out(hc)], -1)
             pooled_c = self._pool(hc, batch, n_graphs)
-            outs.append({"eps_pos": eps_pos, "eps_types": self.type_out(hc),
-                         "eps_lattice": self.lattice_out(torch.cat([pooled_c, lattice_feat], -1))})
+            outs.append(
+                {
+                    "eps_pos": eps_pos,
+                    "eps_types": self.type_out(hc),
+                    "eps_lattice": self.lattice_out(torch.cat([pooled_c, lattice_feat], -1)),
+                }
+            )
         if cond_list is None:
             return {**outs[0], "heads": heads, "graph": graph}
         return {k: [o[k] for o in outs] for k in outs[0]} | {"heads": heads, "graph": graph}
