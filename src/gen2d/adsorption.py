@@ -537,8 +537,8 @@ def _constrained_bfgs(
     if trajectory and os.path.isfile(trajectory) and os.path.getsize(trajectory) > 0:
         try:
             frames = read(trajectory, index=":")
-        except Exception:  # a frame cut by the kill: keep what reads
-            frames = []
+        except Exception:  # a frame cut by the kill: keep the whole frames before it
+            frames = _whole_frames(trajectory)
         if frames and len(frames[-1]) == len(work):
             work.positions = frames[-1].positions
             done_steps = len(frames)
@@ -559,6 +559,20 @@ def _constrained_bfgs(
     final.calc = None
     final.set_constraint()
     return final, energy, converged, done_steps + int(opt.nsteps)
+
+
+def _whole_frames(trajectory: str) -> list[Atoms]:
+    """The frames of a trajectory that read whole, up to the first that does not (a write cut by a kill)."""
+    from ase.io import Trajectory
+
+    frames: list[Atoms] = []
+    try:
+        with Trajectory(trajectory) as traj:
+            for k in range(len(traj)):
+                frames.append(traj[k])
+    except Exception:  # noqa: BLE001 - the damaged tail
+        pass
+    return frames
 
 
 def refine_adsorption(

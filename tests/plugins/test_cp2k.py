@@ -215,3 +215,23 @@ def test_cp2k_abort_is_a_named_error_and_the_next_call_starts_a_new_process(tmp_
     mol.calc = calc
     assert np.isfinite(mol.get_potential_energy())  # the calculator recovered with a fresh CP2K
     calc.close()
+
+
+def test_a_trajectory_cut_mid_frame_resumes_from_its_last_whole_frame(tmp_path):
+    """A kill while a frame is written leaves a damaged tail: the whole frames before it still count."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import Trajectory
+
+    from gen2d.adsorption import _whole_frames
+
+    path = tmp_path / "relax.traj"
+    with Trajectory(str(path), "w") as traj:
+        for k in range(3):
+            mol = _h2(d=0.70 + 0.01 * k)
+            mol.calc = SinglePointCalculator(mol, energy=-float(k), forces=np.zeros((2, 3)))
+            traj.write(mol)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 40)
+    frames = _whole_frames(str(path))
+    assert len(frames) == 2
+    assert frames[-1].get_distance(0, 1) == pytest.approx(0.71)
