@@ -181,15 +181,13 @@ class DFTAdsorptionScorer(BaseScorer):
         if upstream is not None and upstream.ok and upstream.extra.get("sites") and upstream.relaxed() is not None:
             notes.append(f"sites and slab from {upstream.provenance.plugin} ({upstream.provenance.model})")
             return upstream.relaxed(), list(upstream.extra["sites"]), notes
-        from gen2d_dgh_mlip import MLIPAdsorptionScorer
+        from gen2d.scoring import get_scorer
 
-        mlip = MLIPAdsorptionScorer(
-            calculator=self.mlip,
-            model=self.mlip_model,
-            device=self.device,
-            **{k: v for k, v in self.settings.as_dict().items()},
+        # through the registry: plugins never import each other
+        mlip = get_scorer(
+            "dgh.mlip", calculator=self.mlip, model=self.mlip_model, device=self.device, **self.settings.as_dict()
         )
-        res = mlip.score_one(structure, ctx)
+        res = mlip.score([structure], [ctx] if ctx is not None else None)[0]
         if not res.extra.get("sites"):
             raise _StageFailure(
                 res.failure.reason if res.failure else "no_valid_site",

@@ -62,6 +62,12 @@ class ConfirmSpec(BaseModel):
     )
     category: str = Field("dft", description="FireWorks worker category of the DFT job")
 
+    def as_scorer_spec(self) -> ScorerSpec:
+        """The stage as one more scoring step: ``scorer`` on the top ``m``, one candidate per job."""
+        return ScorerSpec(
+            name=self.scorer, options=self.options, batch_size=1, top_k=self.m, where=self.where, category=self.category
+        )
+
 
 class ReportSpec(BaseModel):
     out: str = "report"

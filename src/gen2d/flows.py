@@ -20,7 +20,11 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
     store = spec.store
     prev = first_output
     thresholds = spec.thresholds.model_dump()
-    for sc in spec.scorers:
+    steps = [(sc, f"score {sc.name}") for sc in spec.scorers]
+    if spec.confirm.m > 0:
+        # DFT is the last and dearest stage: rank on everything the cheaper scorers said, then confirm the top m
+        steps.append((spec.confirm.as_scorer_spec(), f"confirm {spec.confirm.scorer}"))
+    for sc, job_name in steps:
         if sc.top_k:
             rank = set_category(
                 RankMaker(name="rank (interim)", sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu"
@@ -28,7 +32,7 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
             jobs.append(rank)
             prev = rank.output
         maker = ScoreMaker(
-            name=f"score {sc.name}",
+            name=job_name,
             scorer=sc.name,
             options=sc.options,
             batch_size=sc.batch_size,
@@ -38,26 +42,6 @@ def _score_rank_report(spec: FlowSpec, first_output, jobs: list) -> Flow:
             category=sc.category,
         )
         j = set_category(maker.make(store, after=prev), sc.category)
-        jobs.append(j)
-        prev = j.output
-    if spec.confirm.m > 0:
-        # DFT is the last and dearest stage: rank on everything the cheaper scorers said, then confirm the top m
-        c = spec.confirm
-        rank = set_category(
-            RankMaker(name="rank (before DFT)", sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu"
-        )
-        jobs.append(rank)
-        maker = ScoreMaker(
-            name=f"confirm {c.scorer}",
-            scorer=c.scorer,
-            options=c.options,
-            batch_size=1,
-            top_k=c.m,
-            where=c.where,
-            set_name=spec.set,
-            category=c.category,
-        )
-        j = set_category(maker.make(store, after=rank.output), c.category)
         jobs.append(j)
         prev = j.output
     rank = set_category(RankMaker(sets=[spec.set], thresholds=thresholds).make(store, after=prev), "cpu")
