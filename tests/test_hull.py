@@ -29,6 +29,7 @@ from gen2d.hull import (
     limit_anion_corrections,
     mlip_entry,
     mp_hubbards,
+    probable_missing_reference,
 )
 from gen2d.relax import cached_calculator, relax_in_plane
 from gen2d.settings import get_settings
@@ -197,10 +198,28 @@ def test_hull_analysis_allows_negative_and_names_missing_reference():
     below = hull_analysis(ComputedEntry("LiCl", -8.0), refs, "toy")
     assert below.e_hull == pytest.approx(-2.5)
     assert below.flags == ["below_reference_hull"] and below.e_hull_mp2020 is None  # no correction to limit
-    assert hull_analysis(ComputedEntry("LiCl", 2 * -1.5 + 0.04), refs, "toy").flags == []  # -0.02: within noise
+    assert "the set has none" in below.missing_reference and "binary" in below.missing_reference
+    assert below.as_dict()["missing_reference"] == below.missing_reference
+    within_noise = hull_analysis(ComputedEntry("LiCl", 2 * -1.5 + 0.04), refs, "toy")  # -0.02 eV/atom
+    assert within_noise.flags == [] and within_noise.missing_reference is None
     with pytest.raises(HullError) as err:
         hull_analysis(ComputedEntry("LiCl", -8.0), refs[:1], "toy")
     assert err.value.reason == "missing_elemental_reference"
+
+
+def test_missing_reference_names_the_nearest_phase_of_a_covered_system():
+    # V-S has VS2 but no S-richer phase: a VS4-like layer far below the hull points at a phase near VS4
+    refs = [
+        ComputedEntry("V", -9.0),
+        ComputedEntry("S", -4.0),
+        ComputedEntry("VS2", -21.0),
+        ComputedEntry("V3S", -30.0),
+    ]
+    res = hull_analysis(ComputedEntry("VS4", -30.0), refs, "toy")
+    assert res.e_hull < -0.05 and res.flags == ["below_reference_hull"]
+    assert "near VS4" in res.missing_reference and "nearest reference composition is VS2" in res.missing_reference
+    ternary = probable_missing_reference(ComputedEntry("VSeS4", -40.0), [*refs, ComputedEntry("Se", -3.5)])
+    assert ternary.startswith("no S-Se-V phase with all 3 elements") and "ternary" in ternary
 
 
 # --- providers ----------------------------------------------------------------------------------

@@ -138,6 +138,9 @@ def test_stable_sun_and_hit_rates_count_invalid_and_duplicates_correctly():
     stable = StableRate(0.1)([0.05, 0.1, None, 0.3])
     assert stable.details["per_sample"] == [True, True, False, False] and stable.value == 0.5
     assert "not strictly valid" in stable.description and stable.unit == "fraction"
+    # a layer far below its reference hull is not shown stable: a reference phase is missing
+    below = StableRate(0.1)([-0.33, 0.05], below_reference_hull=[True, False])
+    assert below.details["per_sample"] == [False, True] and below.details["below_reference_hull"] == 1
     # sample 1 duplicates sample 0: counted once; sample 3 is a training structure
     sun = SUNRate()([True, True, True, True], unique=[True, False, True, True], novel=[True, True, True, False])
     assert sun.details["per_sample"] == [True, False, True, False] and sun.value == 0.5

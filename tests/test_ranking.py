@@ -97,3 +97,21 @@ def test_ranking_lives_in_gen2d_ranking_and_old_imports_still_work():
         assert getattr(scoring, name) is getattr(ranking, name)
     typed = ranking.rank_candidates([doc("a", 0.05, 0.02, 0.9)])
     assert typed["a"].hit is True and typed["a"].model_dump() == rank_documents([doc("a", 0.05, 0.02, 0.9)])["a"]
+
+
+def test_a_layer_below_its_reference_hull_is_not_a_hit_and_says_why():
+    below = doc("v", 0.02, -0.33, 0.9)
+    below["summary"]["e_hull"]["flags"] = ["below_reference_hull"]
+    ordinary = doc("w", 0.02, 0.01, 0.9)
+    ordinary["summary"]["e_hull"]["flags"] = ["anion_correction_limited"]  # a note, not a reason to distrust
+    r = rank_documents([below, ordinary])
+    assert r["v"]["hit"] is False and r["v"]["cautions"] == ["below_reference_hull"]
+    assert r["w"]["hit"] is True and r["w"]["cautions"] == []
+
+    # a document stored before the summary carried flags: read from the named score's extra
+    legacy = doc("x", 0.02, -0.2, 0.9)
+    legacy["summary"]["e_hull"]["scorer"] = "ehull.chgnet"
+    legacy["scores"] = {
+        "ehull": {"chgnet": {"property": "e_hull", "ok": True, "extra": {"flags": ["below_reference_hull"]}}}
+    }
+    assert rank_documents([legacy])["x"]["hit"] is False

@@ -354,3 +354,54 @@ def test_relaxed_structure_is_a_declared_field_and_old_layouts_still_read(memory
         "e_hull", "eV/atom", "not_converged", "", Provenance(plugin="t"), relaxed_structure=slab.as_dict()
     )
     assert relaxed_from_context({"e_hull": failed}) is None  # only an ok result hands its structure on
+
+
+def test_score_flags_reach_the_summary_and_block_the_hit(memory_store):
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    cid = _cands()[0].candidate_id
+    flagged = _score(-0.3)
+    flagged.extra["flags"] = ["below_reference_hull"]
+    cs.set_score(cid, "ehull.test", flagged)
+    assert cs.get(cid).summary["e_hull"].flags == ["below_reference_hull"]
+    cs.set_score(cid, "dgh.test", _score(0.01, "dg_h", "eV"))
+    cs.set_score(cid, "synth.test", _score(0.9, "p_synth", "probability"))
+    from gen2d.ranking import rank_candidates
+
+    rank = rank_candidates([cs.get(cid)])[cid]
+    assert rank.hit is False and rank.cautions == ["below_reference_hull"]
+    assert "flags" not in cs.get_document(cid)["summary"]["dg_h"]  # unflagged: the stored shape is unchanged
+
+
+def test_report_lists_below_hull_layers_with_the_missing_reference(memory_store, tmp_path):
+    import json
+
+    from gen2d.ranking import rank_candidates
+    from gen2d.report import write_report
+
+    cs = memory_store
+    cs.upsert_candidates(_cands())
+    flagged_id, clean_id = (c.candidate_id for c in _cands())
+    flagged = _score(-0.3)
+    flagged.extra.update(
+        flags=["below_reference_hull"],
+        missing_reference="a Mo-S bulk phase near MoS2; the nearest reference composition is MoS2 (pyrite)",
+        decomposition=[{"formula": "MoS2"}],
+    )
+    cs.set_score(flagged_id, "ehull.test", flagged)
+    cs.set_score(clean_id, "ehull.test", _score(0.02))
+    for cid in (flagged_id, clean_id):
+        cs.set_score(cid, "dgh.test", _score(0.01, "dg_h", "eV"))
+        cs.set_score(cid, "synth.test", _score(0.9, "p_synth", "probability"))
+    for cid, rank in rank_candidates([cs.get(flagged_id), cs.get(clean_id)]).items():
+        cs.set_rank(cid, rank)
+    write_report(cs, tmp_path / "rep")
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    [row] = rep["below_reference_hull"]
+    assert row["candidate_id"] == flagged_id and row["e_hull_eV_per_atom"] == -0.3
+    assert "nearest reference composition is MoS2" in row["missing_reference"]
+    top = {r["candidate_id"]: r for r in rep["top"]}
+    assert top[flagged_id]["hit"] is False and top[flagged_id]["cautions"] == ["below_reference_hull"]
+    assert top[clean_id]["hit"] is True
+    assert rep["sources"][0]["stable"] == 1  # the below-hull layer is not counted stable
+    assert "Below the reference hull" in (tmp_path / "rep" / "index.html").read_text()

@@ -373,6 +373,7 @@ class EHullScorer(BaseScorer):
                 "anion_correction_scale": hull.anion_correction_scale,
                 "e_hull_mp2020": hull.e_hull_mp2020,
                 "flags": hull.flags,
+                "missing_reference": hull.missing_reference,
             }
         )
         shipped = getattr(provider, "shipped_hits", None)

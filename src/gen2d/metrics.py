@@ -272,17 +272,27 @@ class StableRate(Metric):
             f"Fraction of all samples with a computed E_hull <= {e_hull_max} eV/atom. E_hull is "
             "computed for strictly valid samples only; a sample that is not strictly valid, or "
             "whose E_hull was not computed or failed (details.not_scored, details.failed), "
-            "counts as not stable."
+            "counts as not stable, and so does a layer more than 0.05 eV/atom below its reference "
+            "hull (details.below_reference_hull: a reference phase is missing, the layer is not "
+            "shown stable)."
         )
 
-    def __call__(self, e_hull: Sequence[float | None], failed: int = 0, not_scored: int = 0) -> MetricResult:
-        stable = [v is not None and v <= self.e_hull_max for v in e_hull]
+    def __call__(
+        self,
+        e_hull: Sequence[float | None],
+        failed: int = 0,
+        not_scored: int = 0,
+        below_reference_hull: Sequence[bool] | None = None,
+    ) -> MetricResult:
+        below = list(below_reference_hull) if below_reference_hull is not None else [False] * len(e_hull)
+        stable = [v is not None and v <= self.e_hull_max and not b for v, b in zip(e_hull, below, strict=True)]
         n = len(e_hull)
         return self.result(
             float(np.mean(stable)) if n else None,
             n,
             per_sample=stable,
             n_stable=int(sum(stable)),
+            below_reference_hull=int(sum(below)),
             e_hull_max=self.e_hull_max,
             failed=failed,
             not_scored=not_scored,

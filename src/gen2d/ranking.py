@@ -1,7 +1,9 @@
 """Ranking: which candidates are hits, their desirability, Pareto fronts and order.
 
 A hit has |ΔG_H| ≤ 0.2 eV, E_hull ≤ 0.1 eV/atom and P_synth ≥ 0.5 (all configurable in
-:class:`RankThresholds`); the rank score is the geometric mean of three desirabilities.
+:class:`RankThresholds`), and no property the scorers flagged as untrustworthy (a layer more than
+0.05 eV/atom below its bulk references is not called stable); the rank score is the geometric mean of
+three desirabilities.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gen2d.schemas import RANKED_PROPERTIES, PropertySummary, Rank, Validity, failed_properties, parse_summary
+from gen2d.schemas import (
+    HIT_BLOCKING_FLAGS,
+    RANKED_PROPERTIES,
+    PropertySummary,
+    Rank,
+    Validity,
+    failed_properties,
+    iter_score_docs,
+    parse_summary,
+)
 
 #: E_hull desirability falls from 1 to 0 over this width (eV/atom) around the stability threshold
 E_HULL_SOFTNESS = 0.03
@@ -118,6 +129,24 @@ def _rank_inputs(d: Any) -> tuple[str, dict[str, PropertySummary], Mapping[str, 
     return d.candidate_id, parse_summary(d.summary), d.scores or {}, sorted(d.flags or {}), d.validity.strict_ok
 
 
+def summary_cautions(summary: Mapping[str, PropertySummary], scores: Mapping[str, Any]) -> list[str]:
+    """Hit-blocking flags (:data:`gen2d.schemas.HIT_BLOCKING_FLAGS`) of the results a summary holds.
+
+    Read from ``summary.<property>.flags``; for documents stored before the summary carried flags,
+    from the ``extra.flags`` of the score the summary names.
+    """
+    by_scorer = None
+    found: set[str] = set()
+    for s in summary.values():
+        flags = list(s.flags or [])
+        if not flags and s.scorer:
+            if by_scorer is None:
+                by_scorer = dict(iter_score_docs(scores))
+            flags = list(((by_scorer.get(s.scorer) or {}).get("extra") or {}).get("flags") or [])
+        found.update(f for f in flags if f in HIT_BLOCKING_FLAGS)
+    return sorted(found)
+
+
 def rank_candidates(docs: Sequence[Any], thresholds: RankThresholds | None = None) -> dict[str, Rank]:
     """Rank candidates (:class:`gen2d.store.Candidate` or stored documents, whole or projected to
     ``candidate_id``, ``summary``, ``scores``, ``validity`` and ``flags``) from their ``summary``.
@@ -126,8 +155,9 @@ def rank_candidates(docs: Sequence[Any], thresholds: RankThresholds | None = Non
     ``score`` (desirability, None while incomplete), ``pareto_front`` (0 = best; None while
     incomplete), ``position`` (1-based order by score, ties broken by the lower summed uncertainty),
     ``missing`` and ``failed`` (properties whose scorers failed: such a candidate is never a hit),
-    ``flags`` (numerical faults of its generation, e.g. diverged guidance: never a hit either) and
-    the thresholds used. ``screen_score`` (geometric mean of the desirabilities of the properties
+    ``flags`` (numerical faults of its generation, e.g. diverged guidance: never a hit either),
+    ``cautions`` (hit-blocking flags of its scores, e.g. ``below_reference_hull``: not a hit, since its
+    E_hull says more about a missing reference phase than about the layer) and the thresholds used. ``screen_score`` (geometric mean of the desirabilities of the properties
     known so far) with ``n_properties`` lets a screening funnel pick which candidates get the
     expensive scorers next; it never makes a hit.
     """
@@ -139,22 +169,25 @@ def rank_candidates(docs: Sequence[Any], thresholds: RankThresholds | None = Non
         failed = sorted(failed_properties(scores) - set(summ))
         vals = {p: summ[p].value if p in summ else None for p in RANKED_PROPERTIES}
         missing = sorted(p for p, v in vals.items() if v is None)
+        cautions = summary_cautions(summ, scores)
         r = Rank(
             missing=missing,
             failed=failed,
             flags=flags,
+            cautions=cautions,
             strict_ok=strict_ok,
             n_properties=len(RANKED_PROPERTIES) - len(missing),
             screen_score=screen_score(vals, t),
             thresholds=t.model_dump(),
         )
-        if failed or flags or (t.require_strict and not strict_ok):
+        blocked = bool(failed or flags or cautions or (t.require_strict and not strict_ok))
+        if blocked:
             r.hit = False
         if not missing:
             g, e, s = vals["dg_h"], vals["e_hull"], vals["p_synth"]
             r.score = round(desirability(g, e, s, t), 6)
             is_hit = abs(g) <= t.dg_h_window and e <= t.e_hull_max and s >= t.p_synth_min
-            r.hit = bool(is_hit and not failed and not flags and (strict_ok or not t.require_strict))
+            r.hit = bool(is_hit and not blocked)
             unc = sum(float(summ[p].uncertainty or 0.0) for p in RANKED_PROPERTIES)
             complete.append((cid, abs(g), e, -s, unc))
         ranks[cid] = r
@@ -180,4 +213,5 @@ __all__ = [
     "rank_candidates",
     "rank_documents",
     "screen_score",
+    "summary_cautions",
 ]

@@ -52,6 +52,39 @@ def _cpu_seconds(doc: Candidate) -> float:
     return sum(float(sc.extra.get("cpu_seconds") or 0.0) for sc in doc.iter_scores())
 
 
+def _below_hull(doc: Candidate) -> bool:
+    entry = doc.summary.get("e_hull")
+    if entry is not None and "below_reference_hull" in (entry.flags or []):
+        return True
+    return bool(doc.rank is not None and "below_reference_hull" in (doc.rank.cautions or []))
+
+
+def below_hull_rows(docs: list[Candidate]) -> list[dict[str, Any]]:
+    """Layers more than 0.05 eV/atom below their reference hull: not called stable, with the phase that is
+    probably missing from the reference set (from the E_hull scorer), lowest E_hull first."""
+    rows = []
+    for d in docs:
+        if not _below_hull(d):
+            continue
+        scorer = _scorer(d, "e_hull")
+        sc = d.score(scorer) if scorer else None
+        extra = sc.extra if sc is not None else {}
+        rows.append(
+            {
+                "candidate_id": d.candidate_id,
+                "formula": d.formula,
+                "e_hull_eV_per_atom": _val(d, "e_hull"),
+                "e_hull_scorer": scorer,
+                "reference_set": extra.get("provider"),
+                "decomposition": [p.get("formula") for p in extra.get("decomposition") or []],
+                "missing_reference": extra.get("missing_reference")
+                or f"a bulk phase of {d.chemsys} near {d.formula} (stored before gen2d named it)",
+            }
+        )
+    rows.sort(key=lambda r: r["e_hull_eV_per_atom"] if r["e_hull_eV_per_atom"] is not None else 0.0)
+    return rows
+
+
 def _hit(doc: Candidate) -> bool:
     return bool(doc.rank is not None and doc.rank.hit)
 
@@ -69,7 +102,7 @@ def source_table(docs: list[Candidate], t: RankThresholds) -> list[dict[str, Any
         strict = sum(d.validity.strict_ok for d in ds)
         eh = [_val(d, "e_hull") for d in ds]
         n_e = sum(v is not None for v in eh)
-        stable = sum(v is not None and v <= t.e_hull_max for v in eh)
+        stable = sum(v is not None and v <= t.e_hull_max and not _below_hull(d) for v, d in zip(eh, ds))
         hits = sum(_hit(d) for d in ds)
         cpu_h = sum(_cpu_seconds(d) for d in ds) / 3600.0
         rows.append(
@@ -205,6 +238,7 @@ def write_report(
             "p_synth": _val(d, "p_synth"),
             "p_synth_scorer": _scorer(d, "p_synth"),
             "hit": d.rank.hit,
+            "cautions": list(d.rank.cautions or []),
             "score": d.rank.score,
             "pareto_front": d.rank.pareto_front,
         }
@@ -221,6 +255,7 @@ def write_report(
         if d.score("dgh.dft") is not None
     ]
     funnel.sort(key=lambda r: r["position"] if r["position"] is not None else 10**9)
+    below = below_hull_rows(docs)
     summary = {
         "sets": sets,
         "store": cs.uri,
@@ -229,11 +264,16 @@ def write_report(
         "top": top_rows,
         "sources": sources,
         "dg_h_by_stage": funnel,
+        "below_reference_hull": below,
         "descriptions": {
             "dg_h_eV": "hydrogen adsorption free energy of the best site, eV (ΔE_H + 0.27 eV unless stated)",
             "e_hull_eV_per_atom": "energy above the convex hull of the named reference set, eV/atom",
             "p_synth": "probability of synthesizability from the named scorer",
             "hits_per_cpu_hour": "hits divided by the scoring CPU time recorded on the candidates",
+            "stable": "E_hull at most the threshold and not below_reference_hull",
+            "below_reference_hull": "layers more than 0.05 eV/atom below their reference hull: never called "
+            "stable or a hit, since a monolayer cannot lie below the bulk phases it competes with; "
+            "missing_reference names the bulk phase the reference set probably lacks",
             "dg_h_by_stage": "ΔG_H (eV) of the candidates DFT scored, by funnel stage: surrogate "
             "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K)",
         },
@@ -244,7 +284,7 @@ def write_report(
     rows_html = "".join(
         f"<tr><td>{r['position']}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
         f"<td>{_fmt(r['dg_h_eV'])}</td><td>{_fmt(r['e_hull_eV_per_atom'])}</td><td>{_fmt(r['p_synth'], 2)}</td>"
-        f"<td>{'HIT' if r['hit'] else ''}</td><td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
+        f"<td>{'HIT' if r['hit'] else html.escape(', '.join(r['cautions']))}</td><td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
         for r in top_rows
     )
     src_html = "".join(
@@ -269,6 +309,22 @@ def write_report(
         if funnel
         else ""
     )
+    below_html = "".join(
+        f"<tr><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
+        f"<td>{_fmt(r['e_hull_eV_per_atom'])}</td><td>{html.escape(', '.join(map(str, r['decomposition'])))}</td>"
+        f"<td style='text-align:left'>{html.escape(r['missing_reference'])}</td></tr>"
+        for r in below
+    )
+    below_section = (
+        (
+            "<h2>Below the reference hull (not called stable)</h2><p>A monolayer cannot lie below the bulk "
+            "phases it competes with: these E_hull values point to a reference phase the set lacks.</p>"
+            "<table><tr><th>id</th><th>formula</th><th>E_hull (eV/atom)</th><th>decomposes to</th>"
+            f"<th>probably missing</th></tr>{below_html}</table>"
+        )
+        if below
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gen2d report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:48%}}</style></head><body>
@@ -281,6 +337,7 @@ MLIP and surrogate numbers are screening figures; the top candidates need DFT.</
 <table><tr><th>#</th><th>id</th><th>formula</th><th>ΔG_H (eV)</th><th>E_hull (eV/atom)</th><th>P_synth</th>
 <th>hit</th><th>score</th><th>Pareto front</th></tr>{rows_html}</table>
 {funnel_section}
+{below_section}
 <h2>Sources</h2>
 <table><tr><th>source</th><th>set</th><th>n</th><th>strict valid</th><th>stable</th><th>hits</th>
 <th>scoring CPU-h</th><th>hits / CPU-h</th></tr>{src_html}</table>

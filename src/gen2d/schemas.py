@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 #: the properties a rank combines, in the order of the Pareto objectives
 RANKED_PROPERTIES = ("dg_h", "e_hull", "p_synth")
@@ -65,6 +65,17 @@ class PropertySummary(DocumentModel):
     unit: str | None = None
     uncertainty: float | None = None
     scorer: str | None = Field(None, description="registry name of the scorer whose result this is")
+    flags: list[str] = Field(
+        default_factory=list, description="named cautions the scorer raised, e.g. below_reference_hull"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_flags(self, handler: Any) -> dict[str, Any]:
+        """An unflagged summary dumps to the shape stored before summaries carried flags."""
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("flags"):
+            data.pop("flags", None)
+        return data
 
 
 class Rank(DocumentModel):
@@ -82,10 +93,19 @@ class Rank(DocumentModel):
     missing: list[str] = Field(default_factory=list)
     failed: list[str] = Field(default_factory=list, description="properties whose scorers failed")
     flags: list[str] = Field(default_factory=list, description="numerical faults of the generation")
+    cautions: list[str] = Field(
+        default_factory=list,
+        description="named cautions of the scored properties that keep a candidate from being a hit, "
+        "e.g. below_reference_hull (a layer below its bulk references: a reference is missing)",
+    )
     strict_ok: bool = False
     n_properties: int = 0
     screen_score: float | None = None
     thresholds: dict[str, Any] = Field(default_factory=dict)
+
+
+#: score flags that say a property's value cannot be trusted for a hit (see :func:`gen2d.ranking.rank_candidates`)
+HIT_BLOCKING_FLAGS = frozenset({"below_reference_hull"})
 
 
 def parse_summary(summary: Mapping[str, Any] | None) -> dict[str, PropertySummary]:

@@ -327,7 +327,12 @@ class CandidateStore:
         sets: dict[str, Any] = {f"scores.{scorer}": body, "updated_at": now}
         if doc.ok and doc.value is not None:
             sets[f"summary.{doc.property}"] = PropertySummary(
-                value=doc.value, abs_value=abs(doc.value), unit=doc.unit, uncertainty=doc.uncertainty, scorer=scorer
+                value=doc.value,
+                abs_value=abs(doc.value),
+                unit=doc.unit,
+                uncertainty=doc.uncertainty,
+                scorer=scorer,
+                flags=[str(f) for f in (doc.extra.get("flags") or [])],
             ).model_dump(mode="json")
         with self._write_lock():
             res = self.collection.update_one({"candidate_id": candidate_id}, {"$set": sets})

@@ -278,7 +278,7 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
                 continue
             scores[prop] = {"property": prop, "ok": r.ok}
             if r.ok:
-                summary[prop] = {"value": r.value, "uncertainty": r.uncertainty}
+                summary[prop] = {"value": r.value, "uncertainty": r.uncertainty, "flags": r.extra.get("flags", [])}
         docs.append(
             {
                 "candidate_id": str(i),
@@ -306,6 +306,9 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
         def val(r: ScoreResult | None) -> float | None:
             return r.value if r is not None and r.ok else None
 
+        def below_hull(r: ScoreResult | None) -> bool:
+            return bool(r is not None and r.ok and "below_reference_hull" in (r.extra.get("flags") or []))
+
         def why(r: ScoreResult | None) -> str | None:
             return r.failure.reason if r is not None and not r.ok and r.failure else None
 
@@ -323,7 +326,9 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
                 "novel": bool(novel[i]),
                 "e_hull": val(e_hull[i]),
                 "e_hull_failure": why(e_hull[i]),
-                "stable": val(e_hull[i]) is not None and val(e_hull[i]) <= t.e_hull_max,
+                "stable": val(e_hull[i]) is not None and val(e_hull[i]) <= t.e_hull_max and not below_hull(e_hull[i]),
+                "below_reference_hull": below_hull(e_hull[i]),
+                "missing_reference": e_hull[i].extra.get("missing_reference") if below_hull(e_hull[i]) else None,
                 "dg_h": val(dg_h[i]),
                 "dg_h_uncertainty": dg_h[i].uncertainty if dg_h[i].ok else None,
                 "dg_h_failure": why(dg_h[i]),
@@ -349,7 +354,7 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         return float(np.mean(col[key])) if n else None
 
     e_vals = [v for v in col.get("e_hull", []) if v is not None]
-    stable = StableRate(t.e_hull_max)(col.get("e_hull", []))
+    stable = StableRate(t.e_hull_max)(col.get("e_hull", []), below_reference_hull=col.get("below_reference_hull"))
     sun = SUNRate()(stable.details["per_sample"], col.get("unique", []), col.get("novel", []))
     hit = HitRate(t)(col.get("hit", []))
     hit_mlip = [r["mlip_dg_h"] for r in records if r["hit"]]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gen2d.hull.analysis import ENERGY_UNIT, HullResult, hull_analysis
+from gen2d.hull.analysis import ENERGY_UNIT, HullResult, hull_analysis, probable_missing_reference
 from gen2d.hull.corrections import (
     ANION_CORRECTION_NAME,
     BELOW_REFERENCE_HULL,
@@ -75,6 +75,7 @@ __all__ = [
     "element_polymorphs",
     "get_reference_provider",
     "hull_analysis",
+    "probable_missing_reference",
     "limit_anion_corrections",
     "mlip_entry",
     "mp2020_compatibility",

@@ -32,6 +32,8 @@ class HullResult:
     anion_correction_scale: float = 1.0
     e_hull_mp2020: float | None = None  # plain MP2020 (no chalcogen limit), when that differs
     flags: list[str] = field(default_factory=list)
+    #: with ``below_reference_hull``: which bulk phase the reference set probably lacks, in words
+    missing_reference: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class HullResult:
             "anion_correction_scale": self.anion_correction_scale,
             "e_hull_mp2020": self.e_hull_mp2020,
             "flags": list(self.flags),
+            "missing_reference": self.missing_reference,
         }
 
 
@@ -107,8 +110,10 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
     flags = []
     if limited_entry is not entry:
         flags.append("anion_correction_limited")
+    missing_reference = None
     if e_hull < BELOW_REFERENCE_HULL:
         flags.append("below_reference_hull")
+        missing_reference = probable_missing_reference(limited_entry, limited_refs)
     products = [
         {**_phase_record(e), "fraction": float(frac)} for e, frac in sorted(decomp.items(), key=lambda kv: -kv[1])
     ]
@@ -125,4 +130,44 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
         anion_correction_scale=float(limited_entry.data.get("anion_correction_scale", 1.0)),
         e_hull_mp2020=e_hull_mp2020,
         flags=flags,
+        missing_reference=missing_reference,
+    )
+
+
+def probable_missing_reference(entry: ComputedEntry, references: Sequence[ComputedEntry]) -> str:
+    """Which bulk phase a reference set probably lacks when ``entry`` lies below its hull, in words.
+
+    A monolayer sits above the bulk phases it competes with (at least by its exfoliation energy), so an
+    entry below the hull means the set has no phase near its composition. When no reference holds all
+    the entry's elements, that is the missing family (e.g. any ternary V-S-Se phase); otherwise it is a
+    phase near the entry's own composition, of which the nearest reference (by composition) is named.
+
+    >>> from pymatgen.entries.computed_entries import ComputedEntry as E
+    >>> probable_missing_reference(E("VSe2S2", -30.0), [E("V", -9.0), E("S", -4.0), E("Se", -3.5), E("VS2", -20.0)])
+    'no S-Se-V phase with all 3 elements (the set has none): a ternary bulk phase, e.g. the layered parent of V(SeS)2'
+    """
+    elements = {el.symbol for el in entry.composition.elements}
+    chemsys = "-".join(sorted(elements))
+    formula = entry.composition.reduced_formula
+    full = [r for r in references if {el.symbol for el in r.composition.elements} == elements]
+    if not full:
+        kind = {1: "elemental", 2: "binary", 3: "ternary", 4: "quaternary"}.get(
+            len(elements), f"{len(elements)}-element"
+        )
+        return (
+            f"no {chemsys} phase with all {len(elements)} elements (the set has none): "
+            f"a {kind} bulk phase, e.g. the layered parent of {formula}"
+        )
+    frac = entry.composition.fractional_composition
+
+    def distance(r: ComputedEntry) -> float:
+        other = r.composition.fractional_composition
+        return sum(abs(frac[el] - other[el]) for el in elements)
+
+    nearest = min(full, key=distance)
+    proto = nearest.data.get("prototype")
+    named = f"{nearest.composition.reduced_formula}" + (f" ({proto})" if proto else "")
+    return (
+        f"a {chemsys} bulk phase near {formula}, e.g. the layered parent of {formula}; "
+        f"the nearest reference composition is {named}"
     )
