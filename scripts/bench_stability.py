@@ -1,7 +1,8 @@
 """Benchmark the stability scorer on 2DMatPedia monolayers: throughput, E_hull vs DFT, lattice drift.
 
 Relaxes and scores monolayers from $GEN2D_DATA/2dmatpedia_filtered.db with ``ehull.<calculator>`` and
-the ``mlip-prototypes`` references, then re-uses each relaxed energy against the ``entries-file``
+the ``mlip-prototypes`` references (with the stacked database layers of :mod:`gen2d.hull.stacked`, and
+again without them: ``prototypes-only``), then re-uses each relaxed energy against the ``entries-file``
 references (DFT elemental phases). Prints structures per minute, MAE and Spearman rho of E_hull
 against the DFT ``decomposition_energy`` for each provider, and the fraction with |Δa|/a > 5 %.
 
@@ -112,7 +113,7 @@ def summarize(records: list[dict], wall: float | None = None, scoring_time: floa
     fails = Counter(r["failure"] for r in records if r["failure"])
     lines.append(f"failed: {sum(fails.values())} {dict(fails)}")
     n_suspect = sum(1 for r in records if r.get("dft_label_suspect"))
-    for provider in ("mlip-prototypes", "entries-file"):
+    for provider in ("mlip-prototypes", "prototypes-only", "entries-file"):
         pts = [
             (r["e_hull"][provider], r["dft_e_hull"]) for r in records if r.get("e_hull", {}).get(provider) is not None
         ]
@@ -127,6 +128,13 @@ def summarize(records: list[dict], wall: float | None = None, scoring_time: floa
         lines.append(f"E_hull[{provider}] vs DFT decomposition_energy, all: {_metrics(pts)}")
         if n_suspect and len(clean) >= 3:
             lines.append(f"E_hull[{provider}] vs DFT, without {n_suspect} wrong DFT labels: {_metrics(clean)}")
+    flagged = [r for r in records if r.get("below_reference_hull") is not None]
+    if flagged:
+        below = sum(r["below_reference_hull"] for r in flagged)
+        lines.append(
+            f"below_reference_hull (E_hull < -0.05 eV/atom, never called stable): {below}/{len(flagged)} "
+            f"({below / len(flagged):.3f})"
+        )
     drift = [r["lattice_drift"] for r in records if r.get("lattice_drift") is not None]
     if drift:
         drift = np.array(drift)
@@ -152,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None, help="reference cache (default: a new empty one, cold start)")
     ap.add_argument("--out", default="bench_stability.jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
+    ap.add_argument(
+        "--no-stacked",
+        action="store_true",
+        help="references from the prototype library only (no stacked database layers, gen2d.hull.stacked)",
+    )
     args = ap.parse_args(argv)
 
     if args.summarize:
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = get_scorer(
         f"ehull.{args.calculator}",
         provider="mlip-prototypes",
-        provider_options={"cache_dir": cache_dir},
+        provider_options={"cache_dir": cache_dir, "stacked_layers": not args.no_stacked},
         progress=False,
     )
     dft_refs = EntriesFileProvider(data_dir() / "mp_elemental_reference_entries.json.gz")
@@ -233,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                         rec["e_hull"]["entries-file"] = hull_analysis(
                             entry, dft_refs.entries(els), "entries-file"
                         ).e_hull
+                        if not args.no_stacked:  # the same layer against the prototype library alone
+                            refs = scorer._reference_provider(scorer._calculator()).entries(els)
+                            library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
+                            rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull
+                        if res.ok:
+                            rec["below_reference_hull"] = "below_reference_hull" in (res.extra.get("flags") or [])
                     except HullError as exc:
                         rec["entries_file_failure"] = exc.reason
             records.append(rec)

@@ -93,7 +93,7 @@ class EHullScorer(BaseScorer):
         Reference set: ``mlip-prototypes`` (default, same MLIP, offline), ``entries-file`` or ``mp-api``.
     provider_options : dict, optional
         Passed to the provider (``path`` for entries-file; ``api_key`` for mp-api; ``cache_dir``,
-        ``binary_prototypes``, ``fmax``, ``steps`` for mlip-prototypes).
+        ``binary_prototypes``, ``fmax``, ``steps``, ``stacked_layers`` for mlip-prototypes).
     fmax, steps : float, int
         Monolayer relaxation: convergence in eV/Å and the FIRE step limit.
     store : maggma Store, optional
@@ -149,6 +149,17 @@ class EHullScorer(BaseScorer):
         self.stable_threshold = stable_threshold
         self.max_elements = max_elements
         self._provider = None
+        if provider == "mlip-prototypes":
+            # an E_hull against an older prototype library or stacked-layer set is redone
+            from gen2d.hull.mlip_prototypes import PROTOTYPE_LIBRARY_VERSION
+            from gen2d.hull.stacked import STACKED_VERSION
+
+            stacked = self.provider_options.get("stacked_layers", True) is not False
+            self.current = {
+                **type(self).current,
+                "provenance.settings.reference_set.library_version": PROTOTYPE_LIBRARY_VERSION,
+                "provenance.settings.reference_set.stacked_layers.version": STACKED_VERSION if stacked else None,
+            }
 
     # plumbing --------------------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -439,7 +450,15 @@ def _validation(structure: Structure) -> dict[str, Any]:
 def _reference_label(desc: dict[str, Any]) -> str:
     name = desc.get("provider", "?")
     if name == "mlip-prototypes":
-        return f"mlip-prototypes v{desc.get('library_version')} ({desc.get('model')}; fmax {desc.get('fmax')} eV/Å)"
+        stacked = desc.get("stacked_layers") or {}
+        plus = (
+            f" + stacked layers v{stacked['version']} ({stacked['n_layers']}, {stacked['fingerprint']})"
+            if stacked.get("n_layers")
+            else ""
+        )
+        return (
+            f"mlip-prototypes v{desc.get('library_version')}{plus} ({desc.get('model')}; fmax {desc.get('fmax')} eV/Å)"
+        )
     if name == "entries-file":
         sha = (desc.get("sha256") or "")[:12]
         return f"entries-file {desc.get('path')} (sha256 {sha}…, {desc.get('n_entries')} entries, {desc.get('energy_source')})"

@@ -167,6 +167,10 @@ def probable_missing_reference(entry: ComputedEntry, references: Sequence[Comput
     nearest = min(full, key=distance)
     proto = nearest.data.get("prototype")
     named = f"{nearest.composition.reduced_formula}" + (f" ({proto})" if proto else "")
+    if distance(nearest) < 1e-9:
+        return (
+            f"a lower-energy {formula} polymorph, e.g. the layered parent of {formula}; the set's {formula} is {named}"
+        )
     return (
         f"a {chemsys} bulk phase near {formula}, e.g. the layered parent of {formula}; "
         f"the nearest reference composition is {named}"

@@ -60,6 +60,9 @@ class Prototype:
         return s
 
 
+#: subsystem names of stacked-layer references start with this (``stacked.Mo-S``)
+STACKED_PREFIX = "stacked."
+
 _SPACEGROUPS: dict[str, Any] = {}
 
 
@@ -214,6 +217,11 @@ class MLIPPrototypesProvider:
         ``scripts/build_reference_cache.py`` for one chemical space; its MANIFEST says how), or the
         given directory. It is keyed exactly like the run-time cache (MLIP checkpoint hash, library
         version, fmax, steps, prototype list), so only an identical setup reads it. ``False``: never.
+    stacked_layers : bool or StackedLayerLibrary
+        Also add the AA-stacked bulks of database monolayers exfoliated from known parents
+        (:mod:`gen2d.hull.stacked`) for every chemical system within the candidate's elements, relaxed
+        with the same MLIP and cached per chemical system under their own version and source
+        fingerprint. ``True`` (default) reads them from the reference data folder; ``False``: none.
     """
 
     name = "mlip-prototypes"
@@ -231,6 +239,7 @@ class MLIPPrototypesProvider:
         batched: bool = True,
         max_batch: int = 32,
         shipped: bool | str | os.PathLike = True,
+        stacked_layers: bool | Any = True,
     ):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
@@ -252,6 +261,11 @@ class MLIPPrototypesProvider:
             shipped = Path(__file__).resolve().parents[1] / "assets" / "references"  # gen2d/assets
         self.shipped_dir = Path(shipped) if shipped else None
         self.shipped_hits: set[str] = set()  # subsystems read from the shipped cache (provenance)
+        if stacked_layers is True:
+            from gen2d.hull.stacked import StackedLayerLibrary
+
+            stacked_layers = StackedLayerLibrary()
+        self.stacked = stacked_layers or None
 
     # cache ---------------------------------------------------------------------------------------
     def _settings_tag(self) -> str:
@@ -259,6 +273,12 @@ class MLIPPrototypesProvider:
         return f"{model}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
 
     def _key(self, subsystem: str) -> str:
+        if subsystem.startswith(STACKED_PREFIX):
+            from gen2d.hull.stacked import STACKED_VERSION
+
+            return (
+                f"{self.name}:{self._settings_tag()}-stacked{STACKED_VERSION}-{self.stacked.fingerprint()}:{subsystem}"
+            )
         protos = (
             ""
             if "-" not in subsystem
@@ -391,6 +411,14 @@ class MLIPPrototypesProvider:
         return [self._entry_from_result(s, proto, res) for (proto, s), res in zip(jobs, results, strict=True)]
 
     def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
+        if subsystem.startswith(STACKED_PREFIX):
+            from gen2d.hull.stacked import stack_layer
+
+            chemsys = subsystem[len(STACKED_PREFIX) :]
+            return [
+                (f"stacked:{layer.source_id}", stack_layer(layer.structure))
+                for layer in self.stacked.for_chemsys(chemsys)
+            ]
         if "-" in subsystem:
             a, b = subsystem.split("-")
             return [
@@ -422,10 +450,20 @@ class MLIPPrototypesProvider:
                 out[sub] = found
         return out
 
-    @staticmethod
-    def _subsystems(elements: Iterable[str]) -> list[str]:
+    def _subsystems(self, elements: Iterable[str]) -> list[str]:
         elements = sorted(set(elements))
-        return [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
+        out = [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
+        if self.stacked is not None:
+            out += [f"{STACKED_PREFIX}{cs}" for cs in self.stacked.chemical_systems(elements)]
+        return out
+
+    def stacked_entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
+        """The stacked-layer references within ``elements`` (cached; empty without a layer library)."""
+        if self.stacked is None:
+            return []
+        subs = [f"{STACKED_PREFIX}{cs}" for cs in self.stacked.chemical_systems(elements)]
+        found = self._ensure(subs)
+        return [e for sub in subs for e in found[sub]]
 
     def element_entries(self, symbol: str) -> list[ComputedEntry]:
         """All relaxed polymorphs of ``symbol`` (cached)."""
@@ -478,6 +516,7 @@ class MLIPPrototypesProvider:
             "binary_prototypes": list(self.binary_prototypes),
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None,
+            "stacked_layers": self.stacked.describe() if self.stacked is not None else None,
         }
 
 
