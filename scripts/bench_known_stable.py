@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""How often the offline hull calls known-stable monolayers stable, and how often it puts them below the hull.
+
+Scores layers that DFT or experiment says are (near-)stable with ``ehull.<calculator>`` and the
+``mlip-prototypes`` references, and reports, for three reference sets built from the same relaxed energies:
+
+- ``all``: the prototype library and the stacked database layers (gen2d's default);
+- ``self-out``: the same without the stacked bulk of the scored layer itself (a layer whose own parent
+  is not in the set, as for a generated candidate);
+- ``prototypes-only``: the prototype library alone.
+
+Sets: ``mc2d`` (easily exfoliable layers of ICSD/COD parents) and ``2dmatpedia`` (2DMatPedia layers with
+DFT E_hull ≤ 0.05 eV/atom). Goals of the hull: ≥ 90 % at E_hull ≤ 0.2 eV/atom, ≤ 5 % below −0.05.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_known_stable.py --set mc2d --n 60 \\
+        --cache-dir /tmp/gen2d_refs --out /tmp/known_stable_mc2d.jsonl
+    .venv/bin/python scripts/bench_known_stable.py --summarize /tmp/known_stable_mc2d.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections import Counter
+
+import numpy as np
+
+VARIANTS = ("all", "self-out", "prototypes-only")
+
+
+def candidates(which: str, n: int, max_atoms: int, max_elements: int, seed: int) -> list[tuple[str, object]]:
+    """(source id as the stacked library names it, oriented layer), a seeded sample of ``n``."""
+    from gen2d.hull.stacked import StackedLayerLibrary
+
+    lib = StackedLayerLibrary()
+    if which == "mc2d":
+        pool = [(x.source_id, x.structure) for x in lib.layers if x.source_id.startswith("mc2d:")]
+    else:
+        from ase.db import connect
+
+        from gen2d.settings import get_settings
+        from gen2d.structures import from_ase, orient_2d
+
+        pool = []
+        for row in connect(str(get_settings().data_dir / "2dmatpedia_filtered.db")).select():
+            e = row.data.get("decomposition_energy")
+            if e is None or not np.isfinite(e) or e > 0.05:
+                continue
+            pool.append((f"2dmatpedia:{row.data.get('material_id')}", orient_2d(from_ase(row.toatoms()))))
+    pool = [(i, s) for i, s in pool if len(s) <= max_atoms and len(s.composition.elements) <= max_elements]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))[:n]
+    return [pool[i] for i in sorted(order)]
+
+
+def summarize(records: list[dict]) -> str:
+    lines = [f"layers: {len(records)}"]
+    fails = Counter(r["failure"] for r in records if r.get("failure"))
+    lines.append(f"failed: {sum(fails.values())} {dict(fails)}")
+    for v in VARIANTS:
+        vals = np.array([r["e_hull"][v] for r in records if r.get("e_hull", {}).get(v) is not None])
+        if not len(vals):
+            continue
+        lines.append(
+            f"{v:>16s}: n={len(vals)} E_hull <= 0.2: {np.mean(vals <= 0.2):.3f}  below -0.05: {np.mean(vals < -0.05):.3f}"
+            f"  median {np.median(vals):+.3f} eV/atom"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=["mc2d", "2dmatpedia"], default="mc2d")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calculator", default="chgnet")
+    ap.add_argument("--max-atoms", type=int, default=12)
+    ap.add_argument("--max-elements", type=int, default=3)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default="known_stable.jsonl")
+    ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize([json.loads(line) for line in open(args.summarize)]))
+        return 0
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    from gen2d.hull import apply_mp2020, hull_analysis, mlip_entry
+    from gen2d.scoring import get_scorer
+
+    layers = candidates(args.set, args.n, args.max_atoms, args.max_elements, args.seed)
+    print(f"{len(layers)} layers from {args.set} (seed {args.seed})", flush=True)
+    scorer = get_scorer(
+        f"ehull.{args.calculator}",
+        provider_options={"cache_dir": args.cache_dir or f"/tmp/gen2d_known_stable_{int(time.time())}"},
+        progress=False,
+    )
+    provider = scorer._reference_provider(scorer._calculator())
+    records = []
+    t_start = time.perf_counter()
+    with open(args.out, "w") as out:
+        for k, (source_id, layer) in enumerate(layers):
+            t0 = time.perf_counter()
+            [res] = scorer.score([layer])
+            rec = {
+                "source_id": source_id,
+                "formula": layer.composition.reduced_formula,
+                "natoms": len(layer),
+                "failure": res.failure.reason if res.failure else None,
+                "e_hull": {},
+                "seconds": None,
+            }
+            if res.ok:
+                relaxed = res.relaxed()
+                energy = res.extra["convergence"]["energy"]
+                entry = apply_mp2020(mlip_entry(relaxed, energy, model=res.provenance.model))
+                refs = provider.entries(sorted({el.symbol for el in relaxed.composition.elements}))
+                rec["e_hull"]["all"] = res.value
+                self_out = [r for r in refs if r.data.get("prototype") != f"stacked:{source_id}"]
+                rec["e_hull"]["self-out"] = hull_analysis(entry, self_out, "self-out").e_hull
+                library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
+                rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull
+                rec["decomposition"] = [d["prototype"] for d in res.extra.get("decomposition", [])]
+            rec["seconds"] = round(time.perf_counter() - t0, 1)
+            records.append(rec)
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+            e = rec["e_hull"]
+            print(
+                f"[{k + 1}/{len(layers)}] {rec['formula']:>10s} "
+                + " ".join(f"{v} {e[v]:+.3f}" for v in VARIANTS if v in e)
+                + f" ({rec['seconds']} s) {rec['failure'] or ''}",
+                flush=True,
+            )
+    print(f"\n{summarize(records)}\nwall {time.perf_counter() - t_start:.0f} s; records in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
