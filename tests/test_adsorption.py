@@ -158,3 +158,29 @@ def test_inert_basal_planes_have_positive_dg_h_and_bad_input_fails_alone():
         best = res.extra["best_site"]
         assert best["valid"] and best["delta_g_h"] == pytest.approx(res.value)
         assert all(abs(s["delta_g_h"]) >= abs(res.value) - 1e-9 for s in res.extra["sites"] if s["valid"])
+
+
+def test_a_killed_constrained_relaxation_resumes_on_the_same_path(tmp_path):
+    """Stopped after 3 BFGS steps and resumed, the relaxation takes the steps an uninterrupted one takes:
+    the Hessian is kept beside the frames, not rebuilt from a unit matrix."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import _constrained_bfgs
+
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    slab.append("H")
+    slab.positions[-1] = slab.positions[4] + [0.6, 0.3, 1.2]  # off the site, to take several steps
+    free = [len(slab) - 1, 4]
+
+    straight, e_straight, conv_straight, n_straight = _constrained_bfgs(
+        slab.copy(), EMT(), free, 0.01, 100, str(tmp_path / "straight.traj")
+    )
+    traj = str(tmp_path / "killed.traj")
+    _, _, conv_first, n_first = _constrained_bfgs(slab.copy(), EMT(), free, 0.01, 3, traj)
+    assert not conv_first and n_first == 3
+    resumed, e_resumed, conv_resumed, n_resumed = _constrained_bfgs(slab.copy(), EMT(), free, 0.01, 100, traj)
+    assert conv_straight and conv_resumed and n_straight > 4
+    np.testing.assert_allclose(resumed.positions, straight.positions, atol=1e-6)
+    assert e_resumed == pytest.approx(e_straight, abs=1e-8)
+    assert n_resumed == n_straight + 1  # the one repeated evaluation is the resumed frame itself

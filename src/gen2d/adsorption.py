@@ -525,7 +525,9 @@ def _constrained_bfgs(
     """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
 
     Every evaluated frame (positions, energy, forces) is appended to ``trajectory``: the frames are
-    training data, and the last one is where a killed run starts again.
+    training data, and the last one is where a killed run starts again. The BFGS state (Hessian,
+    last step) is kept beside it (``<trajectory>.bfgs.json``), so a resumed run takes the step the
+    killed one would have taken instead of starting again from a unit Hessian.
     """
     import os
 
@@ -545,7 +547,10 @@ def _constrained_bfgs(
     fixed = [i for i in range(len(work)) if i not in set(free)]
     work.set_constraint(FixAtoms(indices=fixed))
     work.calc = calculator
-    opt = BFGS(work, logfile=None, maxstep=0.15)
+    restart = f"{trajectory}.bfgs.json" if trajectory else None
+    if restart and done_steps == 0 and os.path.isfile(restart):
+        os.remove(restart)  # a Hessian without the frames it was built on
+    opt = BFGS(work, logfile=None, maxstep=0.15, restart=restart)
     if trajectory:
         traj = Trajectory(trajectory, "a", work)
         opt.attach(traj.write, interval=1)
