@@ -24,7 +24,10 @@ S8_EXP = (10.4646, 12.8660, 24.4860)  # Fddd; Rettig and Trotter, Acta Cryst. C 
 def _bonds(s, a: str, b: str, cutoff: float) -> list[float]:
     """Sorted distances from every ``a`` site to ``b`` neighbours within ``cutoff`` (Å)."""
     return sorted(
-        round(nn.nn_distance, 3) for site in s if site.specie.symbol == a for nn in s.get_neighbors(site, cutoff)
+        round(nn.nn_distance, 3)
+        for site in s
+        if site.specie.symbol == a
+        for nn in s.get_neighbors(site, cutoff)
         if nn.specie.symbol == b
     )
 

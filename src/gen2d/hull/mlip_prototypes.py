@@ -35,12 +35,12 @@ class Prototype:
     """A bulk prototype: space group, lattice and Wyckoff sites of template species A (and B).
 
     ``template`` names the elements (A, or A and B) whose measured crystal ``lattice`` and ``sites`` are. Such a
-    prototype is built isotypically: its cell is scaled by the ratio of the covalent A-B distance of the new
-    elements to that of the template's, so the template compound itself is built exactly as measured. The
-    idealised prototypes (no template) are scaled until no pair is shorter than its covalent bond length
-    instead; that rule would stretch a measured structure with short bonds (an S-S dimer at 2.04 Å, a Mo=O
-    bond at 1.67 Å) by 3 to 45 %. Either way no pair starts closer than 0.65 x its covalent bond length (this
-    only acts on swapped decorations such as Ti on the S-S pair sites of TiS3).
+    prototype is built isotypically: its cell is scaled by the ratio of the covalent A-B (or A-A) bond length of
+    the new elements to the template's, so the template compound itself is built exactly as measured, and no
+    pair starts closer than 0.65 x its covalent bond length (this only acts on swapped decorations, such as Ti
+    on the S-S pair sites of TiS3). The idealised prototypes (no template) are scaled until no pair is shorter
+    than its covalent bond length; that rule would stretch a measured crystal with short bonds (an S-S dimer at
+    2.04 Å, a Mo=O bond at 1.67 Å) by 3 to 45 %.
     """
 
     name: str
