@@ -27,21 +27,31 @@ from gen2d.settings import get_settings
 log = logging.getLogger(__name__)
 
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
-PROTOTYPE_LIBRARY_VERSION = "2"
+PROTOTYPE_LIBRARY_VERSION = "3"
 
 
 @dataclass(frozen=True)
 class Prototype:
-    """A bulk prototype: space group, lattice and Wyckoff sites of template species A (and B)."""
+    """A bulk prototype: space group, lattice and Wyckoff sites of template species A (and B).
+
+    ``template`` names the elements (A, or A and B) whose measured crystal ``lattice`` and ``sites`` are. Such a
+    prototype is built isotypically: its cell is scaled by the ratio of the covalent A-B (or A-A) bond length of
+    the new elements to the template's, so the template compound itself is built exactly as measured, and no
+    pair starts closer than 0.65 x its covalent bond length (this only acts on swapped decorations, such as Ti
+    on the S-S pair sites of TiS3). The idealised prototypes (no template) are scaled until no pair is shorter
+    than its covalent bond length; that rule would stretch a measured crystal with short bonds (an S-S dimer at
+    2.04 Å, a Mo=O bond at 1.67 Å) by 3 to 45 %.
+    """
 
     name: str
     spacegroup: str | int
     lattice: tuple[float, ...]  # a, b, c, alpha, beta, gamma (Å, degrees) of the template
     sites: tuple[tuple[str, tuple[float, float, float]], ...]
     symmetric: bool = False  # swapping A and B gives the same structure type
+    template: tuple[str, ...] = ()  # elements of the measured structure, e.g. ("Mo", "O"); () = idealised
 
     def build(self, a: str, b: str | None = None) -> Structure:
-        """The prototype decorated with elements ``a`` (and ``b``), scaled to covalent bond lengths."""
+        """The prototype decorated with elements ``a`` (and ``b``), scaled to their bond lengths."""
         mapping = {"A": a, "B": b or a}
         species = [mapping[s] for s, _ in self.sites]
         coords = [c for _, c in self.sites]
@@ -49,19 +59,28 @@ class Prototype:
         _keep_spacegroup(self.spacegroup)
         s = Structure.from_spacegroup(self.spacegroup, lat, species, coords, tol=1e-3)
         s = s.get_primitive_structure()
-        # Scale so that no pair is shorter than its covalent bond length: FIRE then starts from a
-        # sensible volume, and a compressed start never lands in an MLIP's short-range artefacts.
-        ratio = max(
-            (_radius(site.specie.symbol) + _radius(nn.specie.symbol)) / nn.nn_distance
+        # Shortest contact relative to its covalent bond length. Scaling so that none is below 1 makes FIRE
+        # start from a sensible volume, and a compressed start never lands in an MLIP's short-range artefacts.
+        closest = min(
+            nn.nn_distance / (_radius(site.specie.symbol) + _radius(nn.specie.symbol))
             for site in s
             for nn in s.get_neighbors(site, 6.0)
         )
-        s.scale_lattice(s.volume * ratio**3)
+        if self.template:
+            new = [a, b or a][: len(self.template)]
+            ratio = sum(_radius(x) for x in new) / sum(_radius(x) for x in self.template)
+            ratio = max(ratio, _MIN_CONTACT / closest)
+        else:
+            ratio = 1.0 / closest
+        if ratio != 1.0:
+            s.scale_lattice(s.volume * ratio**3)
         return s
 
 
 #: subsystem names of stacked-layer references start with this (``stacked.Mo-S``)
 STACKED_PREFIX = "stacked."
+# No pair of an isotypically built prototype starts closer than this fraction of its covalent bond length.
+_MIN_CONTACT = 0.65
 
 _SPACEGROUPS: dict[str, Any] = {}
 
@@ -115,6 +134,22 @@ ELEMENT_PROTOTYPES: dict[str, Prototype] = {
         ),
         # alpha-N2 packing (Pa-3) for every diatomic element; cell relaxation adapts it.
         Prototype("dimer_crystal", "Pa-3", (5.66, 5.66, 5.66, 90, 90, 90), (("A", (0.0528, 0.0528, 0.0528)),)),
+        # Orthorhombic alpha-S8 (A16), crowns of S8 rings, the stable form of sulfur: S. J. Rettig and
+        # J. Trotter, Acta Cryst. C 43, 2260 (1987); parameters as in the AFLOW prototype library
+        # (A_oF128_70_4h, Mehl et al., Comput. Mater. Sci. 136, S1 (2017)), which uses ORIGIN CHOICE 2 of Fddd:
+        # origin choice 1 puts atoms 0.63 Å apart. S-S 2.039-2.058 Å in the rings.
+        Prototype(
+            "alpha_s8",
+            "Fddd:2",
+            (10.4646, 12.8660, 24.4860, 90, 90, 90),
+            (
+                ("A", (0.14415, 0.04732, 0.0486)),
+                ("A", (0.29277, 0.2269, 0.25406)),
+                ("A", (0.21598, 0.28022, 0.32618)),
+                ("A", (0.21405, 0.15761, 0.37947)),
+            ),
+            template=("S",),
+        ),
     ]
 }
 
@@ -126,7 +161,7 @@ _EXTRA_POLYMORPHS = {
     "As": ["a7", "black_p"],
     "Sb": ["a7"],
     "Bi": ["a7"],
-    "S": ["helical_chain"],
+    "S": ["helical_chain", "alpha_s8"],
     "Se": ["helical_chain"],
     "Te": ["helical_chain"],
     "Ga": ["alpha_ga"],
@@ -162,6 +197,40 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
         Prototype("pyrite", "Pa-3", (5.42, 5.42, 5.42, 90, 90, 90), (("A", (0, 0, 0)), ("B", (0.384, 0.384, 0.384)))),
         Prototype("corundum", "R-3c", (4.76, 4.76, 13.0, 90, 90, 120), (("A", (0, 0, 0.352)), ("B", (0.306, 0, 0.25)))),
         Prototype("l1_2", "Pm-3m", (3.8, 3.8, 3.8, 90, 90, 90), (("A", (0, 0.5, 0.5)), ("B", (0, 0, 0)))),
+        # Layered alpha-MoO3 (D0_8, molybdite): L. Kihlborg, Ark. Kemi 21, 357 (1963), here in the Pnma
+        # setting (a = 13.855 Å across the layers; Kihlborg's Pbnm has it as b). Coordinates of entry
+        # AB3_oP16_62_c_3c-004 of the AFLOW prototype library, which give Kihlborg's Mo-O distances 1.671,
+        # 1.733, 1.948 (x2), 2.252 and 2.332 Å (its entry -001 is an older, less accurate determination).
+        Prototype(
+            "moo3",
+            "Pnma",
+            (13.855, 3.6964, 3.9628, 90, 90, 90),
+            (
+                ("A", (0.89836, 0.25, 0.41301)),
+                ("B", (0.56487, 0.25, 0.0006)),
+                ("B", (0.91343, 0.25, 0.9788)),
+                ("B", (0.7786, 0.25, 0.4627)),
+            ),
+            template=("Mo", "O"),
+        ),
+        # ZrSe3-type MX3 (TiS3, ZrS3, ZrSe3, HfS3...): trigonal-prismatic chains along b with one X2 pair per
+        # metal, in layers stacked along c. Template ZrSe3 as given by the AFLOW prototype A3B_mP8_11_3e_e-001
+        # (Hicks et al., Comput. Mater. Sci. 199, 110450 (2021)), first solved by W. Kroenert and K. Plieth,
+        # Z. Anorg. Allg. Chem. 336, 207 (1965); Se-Se 2.344 Å, Zr-Se 2.72-2.87 Å. TiS3 (S. Furuseth et al.,
+        # Acta Chem. Scand. A 29, 623 (1975)) is the same type and is built from this template by isotypic
+        # scaling (its own atom coordinates differ: ZrSe3's put the S-S pair at 2.15 Å in TiS3's cell).
+        Prototype(
+            "tis3",
+            "P2_1/m",
+            (5.4109, 3.7488, 9.4440, 90, 97.48, 90),
+            (
+                ("A", (0.285, 0.25, 0.656)),
+                ("B", (0.762, 0.25, 0.554)),
+                ("B", (0.456, 0.25, 0.174)),
+                ("B", (0.888, 0.25, 0.169)),
+            ),
+            template=("Zr", "Se"),
+        ),
     ]
 }
 
