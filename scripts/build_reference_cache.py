@@ -2,7 +2,8 @@
 """Build the shipped MLIP reference cache for one chemical space (``src/gen2d/assets/references``).
 
 The ``mlip-prototypes`` convex hull relaxes every elemental polymorph and every binary prototype of
-each element pair with the candidate's own MLIP. Cold, that costs ~6 s per element and ~30 s per pair
+each element pair with the candidate's own MLIP, and stacks every database layer of the space
+(:mod:`gen2d.hull.stacked`). Cold, that costs ~6 s per element and ~30 s per pair
 on 2 cores, which dominates a first run. This script relaxes them once for a chemical space and writes
 the same gzip JSON files the provider caches at run time, plus a MANIFEST.json saying how they were
 made. The provider reads the shipped files read-only, under the same cache key (MLIP checkpoint hash,
@@ -44,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     elements = sorted({e.strip() for e in args.elements.split(",") if e.strip()})
     calc = cached_calculator(args.calculator)
-    prov = MLIPPrototypesProvider(calc, cache_dir=args.out)
+    if args.out.is_dir():  # files under another library version or model are never read again
+        for old in args.out.glob("*/*.json.gz"):
+            old.unlink()
+        for d in args.out.iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    prov = MLIPPrototypesProvider(calc, cache_dir=args.out, shipped=False)
     t0, c0 = time.time(), cpu_seconds()
     timings: dict[str, float] = {}
     for el in elements:
@@ -57,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         n = len(prov.binary_entries(a, b))
         timings[f"{a}-{b}"] = round(time.time() - t, 1)
         print(f"{a}-{b}: {n} phases, {timings[f'{a}-{b}']} s", flush=True)
+    if prov.stacked is not None:  # stacked database layers of every chemical system inside the space
+        t = time.time()
+        n = len(prov.stacked_entries(elements))
+        timings["stacked"] = round(time.time() - t, 1)
+        print(f"stacked layers: {n} phases, {timings['stacked']} s", flush=True)
     files = sorted(p.relative_to(args.out).as_posix() for p in args.out.rglob("*.json.gz"))
     entries = {}
     for rel in files:
