@@ -196,6 +196,18 @@ class DFTAdsorptionScorer(BaseScorer):
         notes.append(f"sites and slab from dgh.mlip on {self.mlip} ({res.provenance.model})")
         return res.relaxed(), list(res.extra["sites"]), notes
 
+    def _run_metadata(self) -> dict[str, Any]:
+        """What every DFT frame of this scorer carries: calculator, settings and their hash, CP2K version."""
+        from gen2d_cp2k import cp2k_version_cached
+
+        return {
+            "calculator": "cp2k",
+            "settings_hash": self.cp2k.settings_hash(),
+            "cp2k_settings": self.cp2k.model_dump(mode="json"),
+            "cp2k_version": cp2k_version_cached(),
+            "scorer": self.name,
+        }
+
     def run_dir(self, structure: Structure) -> Path:
         """The work directory of one structure under these settings."""
         from gen2d.structures import content_hash
@@ -227,13 +239,29 @@ class DFTAdsorptionScorer(BaseScorer):
             slab, sites, notes = self._mlip_stage(structure, ctx)
             workdir = self.run_dir(structure)
             # the H2 reference depends only on the DFT settings: one per settings hash, shared by all runs
+            from gen2d.structures import content_hash
+
+            meta = self._run_metadata()
             h2 = h2_reference_dft(
                 str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}"),
                 self._make_calculator,
                 box=self.refine.h2_box,
+                metadata=meta,
             )
             result = refine_adsorption(
-                slab, sites, self._make_calculator, str(workdir), self.settings, self.refine, h2=h2
+                slab,
+                sites,
+                self._make_calculator,
+                str(workdir),
+                self.settings,
+                self.refine,
+                h2=h2,
+                metadata={
+                    **meta,
+                    "formula": structure.composition.reduced_formula,
+                    "content_hash": content_hash(structure),
+                    "mlip": self.mlip,
+                },
             )
         except _StageFailure as exc:
             return ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), self.provenance(notes))

@@ -566,6 +566,17 @@ def _constrained_bfgs(
     return final, energy, converged, done_steps + int(opt.nsteps)
 
 
+def _keep_frame(atoms: Atoms, path: str) -> None:
+    """Store an evaluated single point (energy, and forces where the calculator has them) for training."""
+    from gen2d.frames import save_frame
+
+    try:
+        atoms.get_forces()  # CP2K evaluates energy and forces together: no extra cost
+    except Exception:  # noqa: BLE001 - an energy-only calculator still gives an energy frame
+        pass
+    save_frame(atoms, path)
+
+
 def _whole_frames(trajectory: str) -> list[Atoms]:
     """The frames of a trajectory that read whole, up to the first that does not (a write cut by a kill)."""
     from ase.io import Trajectory
@@ -588,6 +599,7 @@ def refine_adsorption(
     settings: AdsorptionSettings | None = None,
     refine: RefineSettings | None = None,
     h2: tuple[float, float] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> AdsorptionResult:
     """ΔG_H on a few sites with an expensive calculator, started from a cheaper recipe's relaxed H.
 
@@ -612,6 +624,10 @@ def refine_adsorption(
     h2 : (float, float), optional
         (E(H₂) in eV, bond in Å) by the same calculator and settings; computed (and cached in
         ``workdir/h2``) when None.
+    metadata : dict, optional
+        What is computed (formula, content hash, calculator settings and their hash): written with the
+        refinement settings to ``workdir/run.json``, which makes the frames a dataset
+        (:mod:`gen2d.frames`).
 
     Returns
     -------
@@ -626,6 +642,12 @@ def refine_adsorption(
     refine = refine or RefineSettings()
     start_cpu, start_wall = time.process_time(), time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
+    if metadata is not None:
+        from gen2d.frames import write_run_metadata
+
+        write_run_metadata(
+            workdir, {**metadata, "refine": refine.as_dict(), "adsorption": settings.as_dict(), "system_kind": None}
+        )
     chosen = pick_sites_to_refine(sites, refine.n_sites)
     na, nb = supercell_repeats(slab.lattice, refine.min_inplane_length)
     base = _structure_to_atoms(slab).repeat((na, nb, 1))
@@ -670,7 +692,9 @@ def refine_adsorption(
         try:
             probe = base.copy()
             probe.calc = calc
-            return {"energy": float(probe.get_potential_energy()), "cost": _cost(calc)}
+            energy = float(probe.get_potential_energy())
+            _keep_frame(probe, os.path.join(d, "frame.traj"))  # a single point is training data too
+            return {"energy": energy, "cost": _cost(calc)}
         finally:
             _close(calc)
 
@@ -782,16 +806,23 @@ def refine_adsorption(
     return result
 
 
-def h2_reference_dft(directory: str, make_calculator, box: float = 12.0) -> tuple[float, float]:
+def h2_reference_dft(
+    directory: str, make_calculator, box: float = 12.0, metadata: dict[str, Any] | None = None
+) -> tuple[float, float]:
     """E(H₂) (eV) and bond (Å) relaxed by ``make_calculator(directory)``, cached in ``directory/result.json``.
 
     Unlike :func:`h2_reference` (one in-memory value per MLIP), this is for calculators whose settings
     live in the directory name: a DFT H₂ costs minutes and is shared by every run with those settings.
+    ``metadata`` (calculator settings and their hash) goes to ``directory/run.json`` with the frames.
     """
     import json
     import os
 
     path = os.path.join(directory, "result.json")
+    if metadata is not None:
+        from gen2d.frames import write_run_metadata
+
+        write_run_metadata(directory, {**metadata, "formula": "H2", "system_kind": "molecule", "box": box})
     if os.path.isfile(path):
         with open(path) as fh:
             doc = json.load(fh)

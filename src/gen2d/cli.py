@@ -863,6 +863,42 @@ def evaluate(
 
 # ----------------------------------------------------------------------------------------------
 # gen2d models: named MLIP weights (download into the cache, sha256 check)
+frames_app = typer.Typer(no_args_is_help=True, help="DFT frames (energies, forces, provenance) as training data.")
+app.add_typer(frames_app, name="frames")
+
+
+@frames_app.command("export")
+def frames_export(
+    out_path: Path = typer.Option(..., "--out", help="extended-XYZ file to write"),
+    directory: list[Path] = typer.Option(
+        [], "--dir", help="DFT run folders to read (repeatable; default: the DFT folder of the settings)"
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Write every DFT frame (``dgh.dft`` runs, the H2 reference) as extended XYZ, with energy (eV),
+    forces (eV/Å), settings hash and source in each frame's info."""
+    from gen2d.frames import export_extxyz
+    from gen2d.settings import get_settings
+
+    settings = get_settings()
+    roots = list(directory) or [settings.dft_dir or settings.cache_dir / "dft"]  # where dgh.dft runs by default
+    missing = [str(r) for r in roots if not Path(r).is_dir()]
+    if missing:
+        _fail(f"no such DFT folder: {', '.join(missing)}", as_json)
+    summary = export_extxyz(roots, out_path)
+    if as_json:
+        _emit_json(summary)
+        return
+    out.print(
+        f"{summary['n_frames']} frames ({summary['n_with_forces']} with forces) from {summary['n_runs']} runs "
+        f"-> {summary['path']}"
+    )
+    for key, n in summary["by_settings_hash"].items():
+        out.print(f"  settings {key or '?'}: {n} frames")
+    for skip in summary["skipped"]:
+        out.print(f"  skipped {skip['path']}: {skip['reason']}")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Named model weights: list them, download and verify them.")
 app.add_typer(models_app, name="models")
 

@@ -188,6 +188,15 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     assert settings["cp2k_version"].startswith("CP2K version") and settings["cost"]["n_evaluations"] > 1
     frames = list(Path(res.extra["workdir"]).glob("*/relax.traj"))
     assert frames, "every DFT relaxation keeps its frames"
+    # the frames are a dataset: slab single point, the H relaxation and the H2 reference, with provenance
+    from gen2d.frames import collect_frames
+
+    data, summary = collect_frames([dft_workdir])
+    kinds = summary["by_config_type"]
+    assert kinds.get("slab", 0) >= 1 and kinds.get("slab+H", 0) >= 2 and kinds.get("molecule", 0) >= 2
+    assert set(summary["by_settings_hash"]) == {settings["cp2k_settings_hash"]}
+    site = next(f for f in data if f.info["config_type"] == "slab+H")
+    assert site.info["formula"] == "C" and site.arrays["forces"].shape == (len(site), 3)
     # a rerun reads every finished part from the cache: no CP2K process is started
     calls = []
     scorer._make_calculator = lambda d: calls.append(d)  # noqa: E731 - would fail if called

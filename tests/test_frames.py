@@ -1,0 +1,93 @@
+"""DFT frames as a dataset: collected with provenance, de-duplicated, exported as extended XYZ."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from ase import Atoms
+from ase.build import fcc111
+from ase.calculators.emt import EMT
+from ase.io import read
+
+from gen2d.frames import collect_frames, export_extxyz, save_frame, write_run_metadata
+
+
+def _evaluated(atoms: Atoms) -> Atoms:
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    atoms.get_forces()
+    return atoms
+
+
+def _run(root, name="abc123", with_meta=True):
+    """A run folder shaped like dgh.dft's: slab single point, a site relaxation that was resumed, H2."""
+    run = root / name
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    (run / "slab").mkdir(parents=True)
+    save_frame(_evaluated(slab), run / "slab" / "frame.traj")
+    site = slab.copy()
+    site.append("H")
+    site.positions[-1] = site.positions[4] + [0.0, 0.0, 1.5]
+    (run / "site_0").mkdir()
+    first = _evaluated(site)
+    save_frame(first, run / "site_0" / "relax.traj")
+    save_frame(first, run / "site_0" / "relax.traj")  # a resumed run evaluates its last frame again
+    moved = site.copy()
+    moved.positions[-1, 2] -= 0.1
+    save_frame(_evaluated(moved), run / "site_0" / "relax.traj")
+    if with_meta:
+        write_run_metadata(run, {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "emt"})
+    return run
+
+
+def test_frames_carry_energy_forces_and_provenance_and_a_resumed_frame_counts_once(tmp_path):
+    _run(tmp_path)
+    frames, summary = collect_frames([tmp_path])
+    assert summary["by_config_type"] == {"slab": 1, "slab+H": 2}
+    assert summary["n_frames"] == summary["n_with_forces"] == 3 and summary["by_settings_hash"] == {"s1": 3}
+    site = [f for f in frames if f.info["config_type"] == "slab+H"]
+    assert site[0].info["frame"] == 0 and site[1].info["frame"] == 2  # frame 1 repeated frame 0
+    ref = _evaluated(site[1])
+    assert site[1].info["energy"] == ref.get_potential_energy()
+    np.testing.assert_allclose(site[1].arrays["forces"], ref.get_forces(apply_constraint=False))
+    assert site[1].info["formula"] == "Cu" and site[1].info["content_hash"] == "c0ffee"
+
+
+def test_export_writes_extxyz_that_reads_back_and_names_folders_without_metadata(tmp_path):
+    _run(tmp_path / "dft")
+    _run(tmp_path / "dft", name="legacy", with_meta=False)
+    summary = export_extxyz([tmp_path / "dft"], tmp_path / "frames.extxyz")
+    assert summary["n_frames"] == 3 and summary["n_runs"] == 1
+    assert {s["reason"].split(":")[0] for s in summary["skipped"]} == {"no run.json"}
+    back = read(tmp_path / "frames.extxyz", index=":")
+    assert len(back) == 3
+    energies = sorted(a.get_potential_energy() for a in back)
+    assert np.all(np.isfinite(energies)) and back[0].get_forces().shape == (len(back[0]), 3)
+    assert {a.info["settings_hash"] for a in back} == {"s1"}
+
+
+def test_metadata_update_keeps_creation_time(tmp_path):
+    path = write_run_metadata(tmp_path, {"a": 1})
+    created = json.loads(path.read_text())["created"]
+    write_run_metadata(tmp_path, {"b": 2})
+    doc = json.loads(path.read_text())
+    assert doc["created"] == created and doc["a"] == 1 and doc["b"] == 2
+
+
+def test_cli_frames_export_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+
+    _run(tmp_path / "dft")
+    res = CliRunner().invoke(
+        app, ["frames", "export", "--dir", str(tmp_path / "dft"), "--out", str(tmp_path / "f.xyz"), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["n_frames"] == 3 and doc["path"].endswith("f.xyz")
+    bad = CliRunner().invoke(
+        app, ["frames", "export", "--dir", str(tmp_path / "nope"), "--out", str(tmp_path / "g.xyz"), "--json"]
+    )
+    assert bad.exit_code != 0 and "no such DFT folder" in bad.stdout
