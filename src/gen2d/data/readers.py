@@ -434,7 +434,9 @@ def read_poscar_tgz(
                     warnings.simplefilter("ignore")
                     cell = Poscar.from_str(text).structure
             except Exception as exc:
-                yield ReadOutcome(rejection=Rejection(source, rid, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300]))
+                yield ReadOutcome(
+                    rejection=Rejection(source, rid, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300])
+                )
                 continue
             try:
                 prim = cell.get_primitive_structure(tolerance=primitive_tolerance)
