@@ -122,3 +122,28 @@ def test_read_any_dispatches_the_new_formats(data_dir, tmp_path):
     assert first.record.source == "2dmatpedia_poscar"
     first = next(read_any(data_dir / "paddle2d"))
     assert first.record.source == "paddle2d" and first.record.labels["e_hull"] is not None
+
+
+def test_gen2d_ingest_reads_a_poscar_tarball_and_a_paddle2d_csv(data_dir, tmp_path):
+    """The ordinary ingest path takes both sets: validated, upserted, corrupt rows listed by reason."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+
+    path = tmp_path / "mini.tgz"
+    with tarfile.open(path, "w:gz") as tf:
+        _add_member(tf, "2D/POSCAR-Mo4S8", Poscar(make_mos2() * (2, 2, 1)).get_str())
+        _add_member(tf, "2D/POSCAR-broken", "junk\n")
+    store = f"monty://{tmp_path / 'store'}"
+    res = CliRunner().invoke(app, ["ingest", str(path), "--set", "poscars", "--store", store, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["accepted"] == 1 and doc["rejection_reasons"] == {"unreadable_file": 1}
+
+    _write_paddle_csv(tmp_path / "rows.csv", _paddle_rows(data_dir / "paddle2d" / "test.csv", 2, 1))
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "rows.csv"), "--set", "paddle", "--store", store, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["accepted"] == 2 and doc["rejection_reasons"] == {"impossible_e_hull": 1}

@@ -204,3 +204,26 @@ def test_auto_settings_train_on_cpu_and_are_recorded(tmp_path, data_available):
     }
     assert summary["n_val"] > 0 and summary["final_train"]["step"] == 2
     assert summary["sources"]["2dmatpedia_filtered.db"]["kept"] == 20
+
+
+def test_gen2d_train_device_option_reaches_the_plugin(monkeypatch):
+    from typer.testing import CliRunner
+
+    import gen2d.jobs
+    from gen2d.cli import app
+
+    seen = {}
+
+    def fake_train(kind, name, **options):
+        seen.update(options)
+        return {"checkpoint": "x"}
+
+    monkeypatch.setattr(gen2d.jobs, "train_plugin", fake_train)
+    res = CliRunner().invoke(
+        app, ["train", "--generator", "egnn-diffusion", "-o", "device=cpu", "--device", "cuda", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen == {"device": "cuda"}  # --device wins over -o device=...
+    seen.clear()
+    res = CliRunner().invoke(app, ["train", "--generator", "egnn-diffusion", "-o", "batch_size=auto", "--json"])
+    assert res.exit_code == 0 and seen == {"batch_size": "auto"}  # no --device: nothing added
