@@ -45,7 +45,8 @@ def test_budgeted_run_writes_a_manifest_and_resumes(tmp_path, data_available):
     assert "denoise" in manifest["final_train_losses"] and "denoise" in manifest["val_denoising"]
     assert manifest["wall_seconds"] > 0 and manifest["cpu_seconds"] > 0
     assert manifest["command"].startswith("scripts/train_generator.sh 0.3 ")
-    assert len(manifest["git_commit"] or "") == 40
+    if (ROOT / ".git").exists():
+        assert len(manifest["git_commit"] or "") == 40
     _, payload = load_checkpoint(out / "checkpoint.pt", "cpu")
     assert payload["step"] == manifest["steps"] and payload["meta"]["config"]["strict_valid_only"] is True
     assert manifest["checkpoint"]["sha256"] and payload["meta"]["config"]["max_cpu_minutes"] is None

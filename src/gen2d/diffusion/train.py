@@ -52,7 +52,8 @@ from gen2d.settings import get_settings
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "gen2d.egnn-diffusion/1"
-#: version of the per-source cache of read monolayers; bump when a reader or the representation changes
+#: version of the per-source cache of read monolayers; bump when a reader, the representation,
+#: ``content_hash`` or ``validate_strict`` changes (the cache holds their results)
 SOURCE_CACHE_FORMAT = "gen2d.training-source/1"
 #: sources whose missing synth label means "hypothetical" (2DMatPedia's bottom-up layers), so the PU
 #: rule may call it 0; elsewhere (the unlabelled POSCAR set, paddle2d) a missing label stays masked
@@ -169,7 +170,9 @@ class TrainConfig(BaseModel):
         "auto", description="DataLoader workers collating batches; auto = 0 on CPU, one per free core on CUDA"
     )
     max_steps: int = 10_000
-    max_minutes: float | None = Field(None, description="wall-clock budget of this run")
+    max_minutes: float | None = Field(
+        None, description="wall-clock budget of this run, counted from the start (data reading included)"
+    )
     max_cpu_minutes: float | None = Field(None, description="CPU-time budget of this run (fair on a shared machine)")
     cond_dropout: float = 0.15
     lambdas: tuple[float, float, float] = (1.0, 1.0, 0.5)
