@@ -526,9 +526,13 @@ def train(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options"),
     option: list[str] = OptionOpt,
+    device: Optional[str] = typer.Option(
+        None, "--device", help="auto, cpu or cuda[:N] (the option device=...); CUDA trains in mixed precision"
+    ),
     as_json: bool = JsonOpt,
 ):
-    """Train a plugin: the generator, a scorer or a surrogate. Options come from --config and --option."""
+    """Train a plugin: the generator, a scorer or a surrogate. Options come from --config, --option
+    and --device (which wins)."""
     import yaml
 
     from gen2d.jobs import train_plugin
@@ -546,6 +550,8 @@ def train(
         # plugin's own train(config) does; the other sections (sampling, ...) are not training options
         options.update(raw["train"] if isinstance(raw.get("train"), dict) else raw)
     options.update(_parse_options(option))
+    if device is not None:
+        options["device"] = device
     try:
         result = train_plugin(kind, name, **options)
     except (KeyError, TypeError) as exc:

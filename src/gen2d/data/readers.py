@@ -1,4 +1,5 @@
-"""Readers for 2D databases (ASE db in C2DB or 2DMatPedia layout, MC2D JSON) and folders of files.
+"""Readers for 2D databases (ASE db in C2DB or 2DMatPedia layout, MC2D JSON, the 2DMatPedia POSCAR
+tarball, PaddleMaterial's 2D CSVs) and folders of files.
 
 Every reader yields :class:`ReadOutcome` objects: a :class:`MonolayerRecord` or a named
 :class:`Rejection`, so one bad row or file never stops the rest. The format-level pieces
@@ -33,6 +34,8 @@ READ_REASONS = {
     "unreadable_row": "a database row could not be turned into a structure",
     "bad_labels_csv": "the labels CSV lacks a file/id column or any label column",
     "unknown_element": "a species is not a chemical element",
+    "no_primitive_cell": "the primitive cell of a supercell could not be found or oriented",
+    "impossible_e_hull": "the row's energy above the hull is below -1 eV/atom (corrupt label)",
 }
 
 
@@ -360,9 +363,14 @@ def read_file(path: str | Path, source: str | None = None, labels: dict[str, Any
 def read_any(
     path: str | Path, source: str | None = None, labels_csv: str | Path | None = None
 ) -> Iterator[ReadOutcome]:
-    """Dispatch on what ``path`` is: a folder, an ASE db, an MC2D JSON list, or one structure file."""
+    """Dispatch on what ``path`` is: a paddle2d CSV or folder, a POSCAR tarball, a folder, an ASE db,
+    an MC2D JSON list, or one structure file."""
     path = Path(path)
-    if path.is_dir():
+    if is_paddle2d(path):
+        yield from read_paddle2d(path, source)
+    elif is_poscar_tarball(path):
+        yield from read_poscar_tgz(path, source)
+    elif path.is_dir():
         yield from read_folder(path, labels_csv, source)
     elif path.suffix.lower() == ".db":
         yield from read_ase_db(path, source)
@@ -380,3 +388,152 @@ def _looks_like_mc2d(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(4096).decode("utf-8", "ignore")
     return head.lstrip().startswith("[") and "atomic_positions" in head
+
+
+# ----------------------------------------------------------------------------------------------
+# 2DMatPedia POSCAR tarball (unlabelled supercells) and PaddleMaterial's 2D CSVs (DFT E_hull)
+
+
+def read_poscar_tgz(
+    path: str | Path, source: str | None = None, limit: int | None = None, primitive_tolerance: float = 0.25
+) -> Iterator[ReadOutcome]:
+    """Every POSCAR member of a tarball (``2dmatpedia_all_poscars.tgz``), read straight from the archive.
+
+    Each member is reduced to its primitive cell (pymatgen ``Structure.get_primitive_structure``: the
+    2DMatPedia files are supercells of 2 to 261 atoms) and put in the gen2d frame (:func:`orient_2d`).
+    The set carries no labels. A member that fails is a named rejection (``unreadable_file``,
+    ``no_primitive_cell``) and the others still come; ``limit`` stops after that many members.
+    """
+    import tarfile
+    import warnings
+
+    from pymatgen.io.vasp import Poscar
+
+    from gen2d.structures import orient_2d
+
+    path = Path(path)
+    source = source or "2dmatpedia_poscar"
+    try:
+        archive = tarfile.open(path, "r:*")
+    except Exception as exc:
+        yield ReadOutcome(rejection=Rejection(source, path.name, "unreadable_file", f"{type(exc).__name__}: {exc}"))
+        return
+    n = 0
+    with archive:
+        for member in archive:
+            if not member.isfile() or not Path(member.name).name.upper().startswith(STRUCTURE_NAMES):
+                continue
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            rid = Path(member.name).name
+            try:
+                fh = archive.extractfile(member)
+                text = fh.read().decode("utf-8", "replace") if fh is not None else ""
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    cell = Poscar.from_str(text).structure
+            except Exception as exc:
+                yield ReadOutcome(
+                    rejection=Rejection(source, rid, "unreadable_file", f"{type(exc).__name__}: {exc}"[:300])
+                )
+                continue
+            try:
+                prim = cell.get_primitive_structure(tolerance=primitive_tolerance)
+                structure = orient_2d(prim)
+            except Exception as exc:
+                yield ReadOutcome(
+                    rejection=Rejection(source, rid, "no_primitive_cell", f"{type(exc).__name__}: {exc}"[:300])
+                )
+                continue
+            labels = _label_block(reference="2DMatPedia POSCAR set: no labels")
+            props = {"formula": structure.composition.reduced_formula, "supercell_sites": len(cell)}
+            yield ReadOutcome(record=MonolayerRecord(structure, source, rid, labels, props))
+
+
+#: E_hull below this (eV/atom) is not a physical energy above the hull: 9 paddle2d rows reach -1775
+PADDLE2D_MIN_E_HULL = -1.0
+
+
+def paddle2d_csv_files(path: str | Path) -> list[Path]:
+    """The CSVs of a paddle2d folder (sorted), or ``[path]`` for one CSV."""
+    path = Path(path)
+    return sorted(p for p in path.glob("*.csv") if p.is_file()) if path.is_dir() else [path]
+
+
+def read_paddle2d(path: str | Path, source: str | None = None, limit: int | None = None) -> Iterator[ReadOutcome]:
+    """PaddleMaterial's 2D monolayers (``paddle2d/val.csv``, ``test.csv`` or their folder).
+
+    Columns ``material_id, energy, cif, ehull, formula``; the ``cif`` column (a whole CIF, c = 30 Å,
+    some cells with alpha/beta != 90) is parsed with pymatgen and put in the gen2d frame. ``ehull``
+    (eV/atom, DFT energy above the hull) becomes the ``e_hull`` label; rows with E_hull below
+    :data:`PADDLE2D_MIN_E_HULL` are rejected as ``impossible_e_hull``. ``limit`` counts rows per source.
+    """
+    import warnings
+
+    from pymatgen.io.cif import CifParser
+
+    from gen2d.structures import orient_2d
+
+    path = Path(path)
+    source = source or "paddle2d"
+    csv.field_size_limit(10**9)  # a whole CIF per cell
+    n = 0
+    for csv_path in paddle2d_csv_files(path):
+        try:
+            fh = open(csv_path, newline="")
+        except OSError as exc:
+            yield ReadOutcome(rejection=Rejection(source, csv_path.name, "unreadable_file", str(exc)[:300]))
+            continue
+        with fh:
+            reader = csv.DictReader(fh)
+            if not {"cif", "ehull"} <= set(reader.fieldnames or []):
+                yield ReadOutcome(
+                    rejection=Rejection(
+                        source, csv_path.name, "unreadable_file", f"columns {reader.fieldnames}: need cif and ehull"
+                    )
+                )
+                continue
+            for k, row in enumerate(reader):
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                rid = str(row.get("material_id") or f"{csv_path.stem}-{k}")
+                e_hull = _finite(row.get("ehull"))
+                if e_hull is not None and e_hull < PADDLE2D_MIN_E_HULL:
+                    yield ReadOutcome(
+                        rejection=Rejection(source, rid, "impossible_e_hull", f"ehull {e_hull:g} eV/atom")
+                    )
+                    continue
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        parsed = CifParser.from_str(row["cif"]).parse_structures(primitive=False)
+                    structure = orient_2d(parsed[0])
+                except Exception as exc:
+                    yield ReadOutcome(
+                        rejection=Rejection(source, rid, "unreadable_row", f"{type(exc).__name__}: {exc}"[:300])
+                    )
+                    continue
+                labels = _label_block(e_hull, reference="PaddleMaterial 2D set (DFT), energy above the hull")
+                props = {
+                    "formula": row.get("formula"),
+                    "energy_per_atom": _finite(row.get("energy")),
+                    "split": csv_path.stem,
+                }
+                yield ReadOutcome(record=MonolayerRecord(structure, source, rid, labels, props))
+
+
+def is_poscar_tarball(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith((".tgz", ".tar.gz", ".tar"))
+
+
+def is_paddle2d(path: Path) -> bool:
+    """A CSV with ``cif`` and ``ehull`` columns, or a folder of them."""
+    files = paddle2d_csv_files(path) if path.exists() else []
+    if not files or not all(p.suffix.lower() == ".csv" for p in files):
+        return False
+    with open(files[0], newline="") as fh:
+        header = fh.readline()
+    cols = {c.strip() for c in header.split(",")}
+    return {"cif", "ehull"} <= cols
