@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         else TrainConfig(**raw.get("train", {}))
     )
     records, dropped = load_training_set(train_cfg)
-    train_set, val = split_records(records, train_cfg.seed, train_cfg.val_fraction)
+    # the checkpoint's own split: with a formula hold-out, its validation formulas were never trained on
+    train_set, val = split_records(
+        records, train_cfg.seed, train_cfg.val_fraction, getattr(train_cfg, "holdout_formulas_fraction", None)
+    )
     report: dict = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": bundle.sha256,
