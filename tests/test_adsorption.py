@@ -184,3 +184,28 @@ def test_a_killed_constrained_relaxation_resumes_on_the_same_path(tmp_path):
     np.testing.assert_allclose(resumed.positions, straight.positions, atol=1e-6)
     assert e_resumed == pytest.approx(e_straight, abs=1e-8)
     assert n_resumed == n_straight + 1  # the one repeated evaluation is the resumed frame itself
+
+
+def test_a_start_on_a_symmetric_bridge_rolls_off_it_only_with_the_jitter():
+    """H started exactly on a Cu(111) bridge (a saddle between the hollows) stays there under BFGS, since the
+    in-plane forces vanish by symmetry; the refinement's jittered start reaches a hollow, lower in energy."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, _constrained_bfgs, jitter_offset
+
+    slab = fcc111("Cu", size=(3, 3, 3), vacuum=6.0)
+    top = np.nonzero(slab.positions[:, 2] > slab.positions[:, 2].max() - 0.1)[0]
+    bridge = (slab.positions[top[0]] + slab.positions[top[1]]) / 2 + [0.0, 0.0, 1.0]
+    out = {}
+    for jitter in (0.0, RefineSettings().h_jitter):
+        start = slab.copy()
+        start.append("H")
+        start.positions[-1] = bridge + jitter_offset(0, jitter)
+        final, energy, converged, _ = _constrained_bfgs(start, EMT(), [len(start) - 1], 0.01, 200, None)
+        assert converged
+        out[jitter] = (np.linalg.norm((final.positions[-1] - bridge)[:2]), energy)
+    (stay, e_stay), (moved, e_moved) = out[0.0], out[RefineSettings().h_jitter]
+    assert stay < 1e-3 and moved > 0.5  # bridge-to-hollow distance on Cu(111) is 0.74 Å
+    assert e_moved < e_stay - 0.005
+    assert "h_jitter" not in RefineSettings(h_jitter=0.0).as_dict()  # runs keyed before it keep their key

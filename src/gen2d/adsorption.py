@@ -476,6 +476,11 @@ class RefineSettings:
         Also relax the same free atoms of the bare slab, so that E(slab) and E(slab+H) are both
         relaxed by the same calculator around the site (otherwise E(slab) is a single point at the
         cheap geometry, which lets the calculator's own relaxation of the neighbours count as binding).
+    h_jitter : float
+        In-plane displacement (Å, fixed direction per site) of the H's start. A cheap recipe's minimum can
+        be a saddle of the expensive one on a symmetric site (H bridging two equivalent S atoms): a
+        gradient method started exactly there never leaves it, since the forces that would take it off
+        vanish by symmetry. 0 starts exactly at the cheap recipe's position.
     """
 
     n_sites: int = 2
@@ -486,9 +491,13 @@ class RefineSettings:
     relax_slab_reference: bool = False
     vacuum: float | None = 15.0
     h2_box: float = 12.0
+    h_jitter: float = 0.1
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.h_jitter:  # runs keyed before the option existed keep their key
+            out.pop("h_jitter")
+        return out
 
 
 def pick_sites_to_refine(sites: Sequence[dict[str, Any]], n_sites: int) -> list[dict[str, Any]]:
@@ -503,6 +512,13 @@ def pick_sites_to_refine(sites: Sequence[dict[str, Any]], n_sites: int) -> list[
         if s is not chosen[0]:
             chosen.append(s)
     return chosen
+
+
+def jitter_offset(k: int, amplitude: float) -> np.ndarray:
+    """The in-plane start offset (Å) of refined site ``k``: ``amplitude`` along a fixed, site-dependent
+    direction (an irrational angle, so it lies on no mirror line of a common lattice)."""
+    angle = 0.7853981 * math.sqrt(2.0) * (k + 1)
+    return np.array([math.cos(angle), math.sin(angle), 0.0]) * amplitude
 
 
 def _wrap_into_cell(position: np.ndarray, lattice: Lattice) -> np.ndarray:
@@ -702,6 +718,7 @@ def refine_adsorption(
     results: list[SiteResult] = []
     for k, site in enumerate(chosen):
         h_pos = _wrap_into_cell(np.asarray(site["final_position"], float), slab.lattice) + [0.0, 0.0, z_shift]
+        h_pos = h_pos + jitter_offset(k, refine.h_jitter)
         start_atoms = base.copy()
         start_atoms += Atoms("H", positions=[h_pos])
         start_atoms.pbc = (True, True, False)
