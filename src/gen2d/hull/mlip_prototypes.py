@@ -27,7 +27,7 @@ from gen2d.settings import get_settings
 log = logging.getLogger(__name__)
 
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
-PROTOTYPE_LIBRARY_VERSION = "3"
+PROTOTYPE_LIBRARY_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class Prototype:
     sites: tuple[tuple[str, tuple[float, float, float]], ...]
     symmetric: bool = False  # swapping A and B gives the same structure type
     template: tuple[str, ...] = ()  # elements of the measured structure, e.g. ("Mo", "O"); () = idealised
+    # periodic-table groups whose elements take the A site; () = any. Set where only those compounds take the
+    # structure: decorated with other cations, an MLIP can put an unphysical phase on the hull (CHGNet puts
+    # MoO3-type AlS3 and ZrSe3-type GaSe3 and AlSe3 there, making known-stable Al/Ga selenide layers unstable)
+    a_groups: tuple[int, ...] = ()
 
     def build(self, a: str, b: str | None = None) -> Structure:
         """The prototype decorated with elements ``a`` (and ``b``), scaled to their bond lengths."""
@@ -212,6 +216,7 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
                 ("B", (0.7786, 0.25, 0.4627)),
             ),
             template=("Mo", "O"),
+            a_groups=(6,),  # alpha-MoO3 is the only member of its type
         ),
         # ZrSe3-type MX3 (TiS3, ZrS3, ZrSe3, HfS3...): trigonal-prismatic chains along b with one X2 pair per
         # metal, in layers stacked along c. Template ZrSe3 as given by the AFLOW prototype A3B_mP8_11_3e_e-001
@@ -230,20 +235,23 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
                 ("B", (0.888, 0.25, 0.169)),
             ),
             template=("Zr", "Se"),
+            a_groups=(4, 5),  # TiS3, ZrS3, ZrSe3, ZrTe3, HfS3, HfSe3 and the Nb/Ta trichalcogenides
         ),
     ]
 }
 
 
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
-    """(prototype, A, B) for every prototype and both decorations of an asymmetric one."""
+    """(prototype, A, B) for every prototype and both decorations of an asymmetric one, except decorations
+    whose A element is outside the prototype's ``a_groups``."""
     a, b = sorted((a, b))
     out = []
     for name in names or BINARY_PROTOTYPES:
         proto = BINARY_PROTOTYPES[name]
-        out.append((name, a, b))
-        if not proto.symmetric:
-            out.append((name, b, a))
+        for x, y in ((a, b),) if proto.symmetric else ((a, b), (b, a)):
+            if proto.a_groups and Element(x).group not in proto.a_groups:
+                continue
+            out.append((name, x, y))
     return out
 
 
