@@ -57,7 +57,7 @@ def test_chgnet_batch_evaluator_reproduces_the_calculator(chgnet):
 
 def test_batched_references_match_serial(chgnet):
     # Na (5 polymorphs) + Cl (1) + NaCl in two prototypes: 8 full-cell relaxations, few steps.
-    opts = dict(cache_dir=False, binary_prototypes=["rocksalt", "cscl"], steps=60)
+    opts = dict(cache_dir=False, binary_prototypes=["rocksalt", "cscl"], steps=60, stacked_layers=False)
     serial = MLIPPrototypesProvider(chgnet, batched=False, **opts).entries(["Na", "Cl"])
     before = _stats()
     batched_provider = MLIPPrototypesProvider(chgnet, batched=True, **opts)

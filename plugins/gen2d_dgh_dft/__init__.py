@@ -107,6 +107,7 @@ class DFTAdsorptionScorer(BaseScorer):
         relax_slab_reference: bool = False,
         vacuum: float | None = 15.0,
         h2_box: float = 12.0,
+        h_jitter: float = 0.1,
         device: str = "auto",
         **settings: Any,
     ):
@@ -129,6 +130,7 @@ class DFTAdsorptionScorer(BaseScorer):
             relax_slab_reference=relax_slab_reference,
             vacuum=vacuum,
             h2_box=h2_box,
+            h_jitter=h_jitter,
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         self.threads = threads
