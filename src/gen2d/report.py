@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gen2d.ranking import RankThresholds  # noqa: E402
+from gen2d.ranking import RankThresholds, summary_cautions  # noqa: E402
 from gen2d.store import Candidate, CandidateStore  # noqa: E402
 
 
@@ -53,10 +53,7 @@ def _cpu_seconds(doc: Candidate) -> float:
 
 
 def _below_hull(doc: Candidate) -> bool:
-    entry = doc.summary.get("e_hull")
-    if entry is not None and "below_reference_hull" in (entry.flags or []):
-        return True
-    return bool(doc.rank is not None and "below_reference_hull" in (doc.rank.cautions or []))
+    return "below_reference_hull" in summary_cautions(doc.summary, doc.scores or {})
 
 
 def below_hull_rows(docs: list[Candidate]) -> list[dict[str, Any]]:
