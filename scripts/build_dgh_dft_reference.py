@@ -260,6 +260,13 @@ def main(argv=None) -> int:
         "--cp2k", type=json.loads, default={}, help="Cp2kSettings overrides as JSON, e.g. '{\"cutoff_ry\": 500}'"
     )
     parser.add_argument("--n-sites", type=int, default=1, help="DFT sites per material (the MLIP's most stable first)")
+    parser.add_argument(
+        "--site-kinds",
+        nargs="*",
+        default=None,
+        help="H site kinds of the MLIP stage, e.g. ontop (default: dgh.mlip's: ontop bridge hollow); "
+        "recorded in each row",
+    )
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
@@ -277,15 +284,17 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MATERIALS]
     if unknown:
         parser.error(f"unknown materials {unknown}; see --list")
+    site_options = {"site_kinds": args.site_kinds} if args.site_kinds else {}
     scorer = get_scorer(
         "dgh.dft",
+        **site_options,
         cp2k=args.cp2k,
         threads=args.threads,
         workdir=str(args.workdir),
         n_sites=args.n_sites,
         min_inplane_length=args.min_length,
     )
-    mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet")
+    mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)
     for name in names:
         if (

@@ -209,3 +209,17 @@ def test_a_start_on_a_symmetric_bridge_rolls_off_it_only_with_the_jitter():
     assert stay < 1e-3 and moved > 0.5  # bridge-to-hollow distance on Cu(111) is 0.74 Å
     assert e_moved < e_stay - 0.005
     assert "h_jitter" not in RefineSettings(h_jitter=0.0).as_dict()  # runs keyed before it keep their key
+
+
+def test_a_refined_site_is_cached_under_its_own_start():
+    """The cache directory of a refined site names its start, so a rerun that picks another site first
+    (other site kinds, another cheap stage) never reads the first one's relaxation as its own."""
+    from gen2d.adsorption import site_tag
+
+    s_top = {"face": "top", "kind": "ontop"}
+    bridge = {"face": "top", "kind": "bridge"}
+    here = np.array([1.0, 2.0, 12.0])
+    assert site_tag(s_top, here) == site_tag(s_top, here + 0.001)  # the same start, to 0.01 Å
+    assert site_tag(s_top, here) != site_tag(s_top, here + [0.6, 0.0, 0.0])
+    assert site_tag(s_top, here) != site_tag(bridge, here)
+    assert site_tag({"face": "bottom", "kind": "ontop"}, here) != site_tag(s_top, here)

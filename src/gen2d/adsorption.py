@@ -521,6 +521,15 @@ def jitter_offset(k: int, amplitude: float) -> np.ndarray:
     return np.array([math.cos(angle), math.sin(angle), 0.0]) * amplitude
 
 
+def site_tag(site: dict[str, Any], h_pos: np.ndarray) -> str:
+    """Eight hex digits naming a refined site's start: its face, kind and the H start position (to 0.01 Å)."""
+    import hashlib
+
+    start = ",".join(f"{x:.2f}" for x in np.asarray(h_pos, float))
+    text = f"{site.get('face', 'top')}|{site.get('kind', '?')}|{start}"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _wrap_into_cell(position: np.ndarray, lattice: Lattice) -> np.ndarray:
     """A Cartesian position moved into the unit cell in-plane (z kept)."""
     frac = lattice.get_fractional_coords(position)
@@ -630,8 +639,9 @@ def refine_adsorption(
         ``make_calculator(directory) -> Calculator``: one calculator (one CP2K process, one working
         directory) per system, so that each keeps its own wavefunction for restarts.
     workdir : str
-        Cache and restart directory: ``slab/``, ``site_<k>/`` each hold the calculator's files, a
-        ``relax.traj`` of every evaluated frame and, when done, ``result.json``. A rerun reuses every
+        Cache and restart directory: ``slab/`` and ``site_<k>-<start>/`` (``<start>``: :func:`site_tag` of
+        the H start) each hold the calculator's files, a ``relax.traj`` of every evaluated frame and, when
+        done, ``result.json``. A rerun reuses every
         finished part and resumes an unfinished relaxation from its last frame.
     settings : AdsorptionSettings
         Flags and ``dg_correction``, as for :func:`adsorb_h`.
@@ -719,6 +729,9 @@ def refine_adsorption(
     for k, site in enumerate(chosen):
         h_pos = _wrap_into_cell(np.asarray(site["final_position"], float), slab.lattice) + [0.0, 0.0, z_shift]
         h_pos = h_pos + jitter_offset(k, refine.h_jitter)
+        # the directory names the start, so that a cached site is never reused for another one (other site
+        # rules or another cheap stage pick another site k)
+        tag = site_tag(site, h_pos)
         start_atoms = base.copy()
         start_atoms += Atoms("H", positions=[h_pos])
         start_atoms.pbc = (True, True, False)
@@ -742,7 +755,7 @@ def refine_adsorption(
                 finally:
                     _close(calc)
 
-            ref = cached(f"slab_site_{k}", _slab_relaxed)
+            ref = cached(f"slab_site_{k}-{tag}", _slab_relaxed)
             if ref.get("energy") is None:
                 flags.append(ref.get("failure", "calculator_error"))
             else:
@@ -768,7 +781,7 @@ def refine_adsorption(
             finally:
                 _close(calc)
 
-        doc = cached(f"site_{k}", _site)
+        doc = cached(f"site_{k}-{tag}", _site)
         energy = doc.get("energy")
         final = start_atoms.copy()
         if doc.get("positions"):
@@ -805,7 +818,7 @@ def refine_adsorption(
                 converged=bool(doc.get("converged", False)),
                 steps=int(doc.get("steps", 0)),
                 flags=flags,
-                run_dir=os.path.join(workdir, f"site_{k}"),
+                run_dir=os.path.join(workdir, f"site_{k}-{tag}"),
             )
         )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}

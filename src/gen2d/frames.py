@@ -2,7 +2,7 @@
 
 A DFT run directory (see :func:`gen2d.adsorption.refine_adsorption`) holds ``run.json`` (what was computed:
 formula, content hash of the candidate, calculator settings and their hash) and one folder per system
-(``slab``, ``site_<k>``, ``slab_site_<k>``, or the H₂ reference) with the evaluated frames: ``relax.traj``
+(``slab``, ``site_<k>-<start>``, ``slab_site_<k>-<start>``, or the H₂ reference) with the evaluated frames: ``relax.traj``
 for relaxations, ``frame.traj`` for single points. :func:`collect_frames` reads them all;
 :func:`export_extxyz` writes them as one extended-XYZ file for MLIP fine-tuning, each frame carrying its
 energy (eV), forces (eV/Å) and provenance in ``info``.
