@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Convergence of the DFT H adsorption energy with CP2K settings: cutoff, basis, vacuum, k-points, supercell.
+
+At one fixed geometry (a prototype monolayer from ``scripts/build_dgh_dft_reference.py``, H placed on top of
+a top-face atom at ``--h-height``), each point computes
+
+    ΔE_H = E(slab+H) − E(slab) − ½ E(H₂)
+
+with H₂ relaxed by the same settings (``gen2d.adsorption.h2_reference_dft``), changing one setting at a time
+from ``gen2d_cp2k.Cp2kSettings`` defaults (400/50 Ry, DZVP-MOLOPT-SR, 15 Å vacuum, Γ) on an ``--base-cell``
+supercell. Differences in ΔE_H at fixed geometry are what a setting changes in ΔG_H (the ZPE/entropy term
+is a constant). Every single point is cached under ``--workdir`` (a killed study resumes); rows go to
+``--out`` (JSON lines) as they finish, with wall and CPU seconds.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_convergence.py --material MoS2-2H \\
+        --workdir dft-runs/convergence --out dft-runs/convergence/MoS2-2H.jsonl
+    .venv/bin/python scripts/dft_convergence.py --table dft-runs/convergence/MoS2-2H.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: (scan, label, Cp2kSettings overrides, geometry overrides); the first row is the base
+POINTS: list[tuple[str, str, dict, dict]] = [
+    ("base", "400/50 Ry, DZVP-MOLOPT-SR, 15 Å, Γ", {}, {}),
+    ("cutoff", "300 Ry", {"cutoff_ry": 300.0}, {}),
+    ("cutoff", "500 Ry", {"cutoff_ry": 500.0}, {}),
+    ("cutoff", "600 Ry", {"cutoff_ry": 600.0}, {}),
+    ("rel_cutoff", "REL_CUTOFF 40 Ry", {"rel_cutoff_ry": 40.0}, {}),
+    ("rel_cutoff", "REL_CUTOFF 60 Ry", {"rel_cutoff_ry": 60.0}, {}),
+    ("basis", "SZV-MOLOPT-SR (all)", {"basis_set": "SZV-MOLOPT-SR-GTH", "basis_overrides": {}}, {}),
+    (
+        "basis",
+        "TZV2P-MOLOPT on the non-metals and H, DZVP-MOLOPT-SR on the metal",
+        {"basis_overrides": {"H": "TZV2P-MOLOPT-GTH", "S": "TZV2P-MOLOPT-GTH", "Se": "TZV2P-MOLOPT-GTH"}},
+        {},
+    ),
+    ("vacuum", "10 Å vacuum", {}, {"vacuum": 10.0}),
+    ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
+    ("kpoints", "2×2×1 k-points", {"kpoints": (2, 2, 1)}, {}),
+    ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
+    ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
+]
+
+
+def build_geometry(material: str, cell: int, vacuum: float, h_height: float):
+    """(slab, slab+H) ASE Atoms: the prototype layer repeated ``cell``×``cell``, centred in ``vacuum`` Å of
+    vacuum, H ``h_height`` Å above the highest atom."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from build_dgh_dft_reference import MATERIALS, build_structure
+
+    from gen2d.structures import to_ase
+
+    atoms = to_ase(build_structure(MATERIALS[material])).repeat((cell, cell, 1))
+    z = atoms.positions[:, 2]
+    c = float(z.max() - z.min()) + vacuum
+    cellm = atoms.cell.array.copy()
+    cellm[2] = [0.0, 0.0, c]
+    atoms.set_cell(cellm, scale_atoms=False)
+    atoms.positions += [0.0, 0.0, c / 2 - (z.max() + z.min()) / 2]
+    atoms.pbc = (True, True, False)
+    top = int(np.argmax(atoms.positions[:, 2]))
+    with_h = atoms.copy()
+    with_h.append("H")
+    with_h.positions[-1] = atoms.positions[top] + [0.0, 0.0, h_height]
+    return atoms, with_h
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def single_point(atoms, settings, directory: Path, threads: int) -> dict:
+    """Energy (eV) of ``atoms``, cached in ``directory/result.json``, with its wall and CPU seconds."""
+    from gen2d_cp2k import make_calculator
+
+    path = directory / "result.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    t0, c0 = time.perf_counter(), _children_cpu()
+    calc = make_calculator(settings=settings, directory=str(directory), threads=threads)
+    try:
+        probe = atoms.copy()
+        probe.calc = calc
+        energy = float(probe.get_potential_energy())
+        scf = int(sum(calc.scf_steps))
+    finally:
+        calc.close()  # the CP2K process ends here, so its CPU time is counted below
+    doc = {
+        "energy_eV": energy,
+        "scf_steps": scf,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(_children_cpu() - c0, 1),
+        "n_atoms": len(atoms),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return doc
+
+
+def run_point(args, scan: str, label: str, overrides: dict, geometry: dict) -> dict:
+    from gen2d_cp2k import Cp2kSettings
+
+    from gen2d.adsorption import h2_reference_dft
+
+    settings = Cp2kSettings(**overrides)
+    cell = int(geometry.get("cell", args.base_cell))
+    vacuum = float(geometry.get("vacuum", args.vacuum))
+    slab, with_h = build_geometry(args.material, cell, vacuum, args.h_height)
+    key = hashlib.sha256(
+        f"{args.material}|{cell}|{vacuum}|{args.h_height}|{settings.settings_hash()}".encode()
+    ).hexdigest()[:12]
+    root = args.workdir / f"{args.material}-{key}"
+    e_slab = single_point(slab, settings, root / "slab", args.threads)
+    e_ads = single_point(with_h, settings, root / "slab_h", args.threads)
+    h2_dir = args.workdir / f"h2-{settings.settings_hash()}"
+
+    def make(d):
+        from gen2d_cp2k import make_calculator
+
+        return make_calculator(settings=settings, directory=d, threads=args.threads)
+
+    e_h2, bond = h2_reference_dft(str(h2_dir), make)
+    return {
+        "material": args.material,
+        "scan": scan,
+        "label": label,
+        "cp2k": overrides,
+        "settings_hash": settings.settings_hash(),
+        "supercell": [cell, cell],
+        "vacuum_A": vacuum,
+        "h_height_A": args.h_height,
+        "n_slab_atoms": len(slab),
+        "delta_e_h_eV": e_ads["energy_eV"] - e_slab["energy_eV"] - 0.5 * e_h2,
+        "e_slab_eV": e_slab["energy_eV"],
+        "e_slab_h_eV": e_ads["energy_eV"],
+        "e_h2_eV": e_h2,
+        "h2_bond_A": bond,
+        "scf_steps": e_slab["scf_steps"] + e_ads["scf_steps"],
+        "wall_s": round(e_slab["wall_s"] + e_ads["wall_s"], 1),
+        "cpu_s": round(e_slab["cpu_s"] + e_ads["cpu_s"], 1),
+        "unit": "eV",
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as Markdown, each ΔE_H also relative to the base point."""
+    base = next((r for r in rows if r["scan"] == "base"), None)
+    lines = [
+        "| scan | setting | cell | ΔE_H (eV) | vs base (eV) | SCF steps | CPU (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = "—" if base is None else f"{r['delta_e_h_eV'] - base['delta_e_h_eV']:+.3f}"
+        lines.append(
+            f"| {r['scan']} | {r['label']} | {r['supercell'][0]}×{r['supercell'][1]} | {r['delta_e_h_eV']:+.3f} | "
+            f"{diff} | {r['scf_steps']} | {r['cpu_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--material", default="MoS2-2H")
+    ap.add_argument("--scans", nargs="*", default=None, help="scans to run (default: all); base always runs")
+    ap.add_argument("--base-cell", type=int, default=2, help="in-plane repeats of the base supercell")
+    ap.add_argument("--vacuum", type=float, default=15.0)
+    ap.add_argument("--h-height", type=float, default=1.41, help="H above the top atom (Å); S–H in H₂S is 1.34")
+    ap.add_argument("--workdir", type=Path, default=Path("dft-runs/convergence"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", type=Path, default=None, help="print the rows of a JSONL file as Markdown and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return 0
+    out = args.out or args.workdir / f"{args.material}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[(row["scan"], row["label"])] = row
+    for scan, label, overrides, geometry in POINTS:
+        if args.scans and scan != "base" and scan not in args.scans:
+            continue
+        if (scan, label) in done:
+            continue
+        try:
+            row = run_point(args, scan, label, overrides, geometry)
+        except Exception as exc:  # noqa: BLE001 - one point never stops the study
+            print(f"{scan} {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        done[(scan, label)] = row
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"{scan:>10s} {label}: ΔE_H {row['delta_e_h_eV']:+.3f} eV ({row['cpu_s']:.0f} CPU-s)", flush=True)
+    print(table(list(done.values())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
