@@ -16,9 +16,12 @@ from gen2d.structures import from_ase, orient_2d
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Every run starts with an empty MLIP reference cache, as CI on a fresh machine does: a warm
 # ~/.cache/gen2d must never make a test pass or look fast.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["GEN2D_CACHE"] = tempfile.mkdtemp(prefix="gen2d-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GEN2D_CACHE"], ignore_errors=True)  # runs never pile up in /tmp
 # Tests never touch the network: a model that would download weights fails offline instead. The
 # download path itself is tested against a server on 127.0.0.1 (tests/test_weights.py).
 os.environ.setdefault("GEN2D_OFFLINE", "1")
@@ -26,6 +29,7 @@ os.environ.setdefault("GEN2D_OFFLINE", "1")
 # stands in unless GEN2D_CONFIG_FILE names one on purpose.
 if not os.environ.get("GEN2D_CONFIG_FILE"):
     os.environ["GEN2D_CONFIG_FILE"] = os.path.join(tempfile.mkdtemp(prefix="gen2d-test-settings-"), "settings.yaml")
+    atexit.register(shutil.rmtree, os.path.dirname(os.environ["GEN2D_CONFIG_FILE"]), ignore_errors=True)
     open(os.environ["GEN2D_CONFIG_FILE"], "w").close()
 
 
