@@ -49,6 +49,7 @@ POINTS: list[tuple[str, str, dict, dict]] = [
     ("kpoints", "2×2×1 k-points", {"kpoints": (2, 2, 1)}, {}),
     ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
     ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
+    ("dispersion", "no D3 (PBE alone)", {"dispersion": None}, {}),
 ]
 
 
