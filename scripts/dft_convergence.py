@@ -50,6 +50,8 @@ POINTS: list[tuple[str, str, dict, dict]] = [
     ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
     ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
     ("dispersion", "no D3 (PBE alone)", {"dispersion": None}, {}),
+    ("precision", "EPS_DEFAULT 1e-10", {"eps_default": 1e-10}, {}),
+    ("scf", "Broyden mixing α 0.4 (cost only)", {"mixing_alpha": 0.4}, {}),
 ]
 
 
