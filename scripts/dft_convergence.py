@@ -32,26 +32,28 @@ import numpy as np
 #: (scan, label, Cp2kSettings overrides, geometry overrides); the first row is the base
 POINTS: list[tuple[str, str, dict, dict]] = [
     ("base", "400/50 Ry, DZVP-MOLOPT-SR, 15 Å, Γ", {}, {}),
+    # first what decides the cheaper protocol (cost drivers) and the largest physics terms ...
     ("cutoff", "300 Ry", {"cutoff_ry": 300.0}, {}),
-    ("cutoff", "500 Ry", {"cutoff_ry": 500.0}, {}),
-    ("cutoff", "600 Ry", {"cutoff_ry": 600.0}, {}),
-    ("rel_cutoff", "REL_CUTOFF 40 Ry", {"rel_cutoff_ry": 40.0}, {}),
-    ("rel_cutoff", "REL_CUTOFF 60 Ry", {"rel_cutoff_ry": 60.0}, {}),
-    ("basis", "SZV-MOLOPT-SR (all)", {"basis_set": "SZV-MOLOPT-SR-GTH", "basis_overrides": {}}, {}),
     (
         "basis",
         "TZV2P-MOLOPT on the non-metals and H, DZVP-MOLOPT-SR on the metal",
         {"basis_overrides": {"H": "TZV2P-MOLOPT-GTH", "S": "TZV2P-MOLOPT-GTH", "Se": "TZV2P-MOLOPT-GTH"}},
         {},
     ),
-    ("vacuum", "10 Å vacuum", {}, {"vacuum": 10.0}),
-    ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
-    ("kpoints", "2×2×1 k-points", {"kpoints": (2, 2, 1)}, {}),
-    ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
-    ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
-    ("dispersion", "no D3 (PBE alone)", {"dispersion": None}, {}),
     ("precision", "EPS_DEFAULT 1e-10", {"eps_default": 1e-10}, {}),
+    ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
     ("scf", "Broyden mixing α 0.4 (cost only)", {"mixing_alpha": 0.4}, {}),
+    ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
+    ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
+    # ... then the rest of each scan
+    ("cutoff", "500 Ry", {"cutoff_ry": 500.0}, {}),
+    ("rel_cutoff", "REL_CUTOFF 40 Ry", {"rel_cutoff_ry": 40.0}, {}),
+    ("rel_cutoff", "REL_CUTOFF 60 Ry", {"rel_cutoff_ry": 60.0}, {}),
+    ("basis", "SZV-MOLOPT-SR (all)", {"basis_set": "SZV-MOLOPT-SR-GTH", "basis_overrides": {}}, {}),
+    ("kpoints", "2×2×1 k-points", {"kpoints": (2, 2, 1)}, {}),
+    ("vacuum", "10 Å vacuum", {}, {"vacuum": 10.0}),
+    ("cutoff", "600 Ry", {"cutoff_ry": 600.0}, {}),
+    ("dispersion", "no D3 (PBE alone)", {"dispersion": None}, {}),
 ]
 
 

@@ -10,6 +10,7 @@ job restarts from it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -66,8 +67,11 @@ class Cp2kCalculator(CP2K):
 
     Attributes
     ----------
-    n_evaluations, scf_steps, wall_seconds : int, list of int, float
-        Energy/force evaluations made, SCF steps of each, and wall time spent in CP2K.
+    n_evaluations, scf_steps, wall_seconds, n_processes : int, list of int, float, int
+        Energy/force evaluations made in ``directory``, SCF steps of each, wall time spent in CP2K and
+        the number of calculator processes that worked there. They are cumulative over restarts: each
+        evaluation updates ``<label>-cost.json``, which a calculator started on the same directory reads,
+        so a resumed relaxation reports what the whole result cost.
     """
 
     def __init__(
@@ -88,9 +92,13 @@ class Cp2kCalculator(CP2K):
         self._workdir = Path(directory).absolute()
         self._restart_wfn = restart_wfn
         self._data_dir = str(data_dir())
-        self.n_evaluations = 0
-        self.scf_steps: list[int] = []
-        self.wall_seconds = 0.0
+        # the cost of a directory's work survives restarts: a resumed run adds to its ledger
+        self._ledger = self._workdir / f"{label}-cost.json"
+        prior = self._read_ledger()
+        self.n_evaluations = int(prior.get("n_evaluations", 0))
+        self.scf_steps: list[int] = [int(n) for n in prior.get("scf_steps", [])]
+        self.wall_seconds = float(prior.get("wall_seconds", 0.0))
+        self.n_processes = int(prior.get("n_processes", 0)) + 1
         self._out_offset = 0
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
         cwd = os.getcwd()
@@ -169,9 +177,11 @@ class Cp2kCalculator(CP2K):
         finally:
             os.chdir(cwd)
             self.wall_seconds += time.perf_counter() - start
+            self._write_ledger()
         self.n_evaluations += 1
         steps, converged = self._read_scf()
         self.scf_steps.append(steps)
+        self._write_ledger()
         if not converged:
             raise ScfNotConverged(
                 f"CP2K SCF not converged in {self.gen2d_settings.max_scf} steps "
@@ -179,6 +189,26 @@ class Cp2kCalculator(CP2K):
             )
         if not np.isfinite(self.results["energy"]):
             raise ScfNotConverged("CP2K returned a non-finite energy")
+
+    def _read_ledger(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self._ledger.read_text())
+        except (FileNotFoundError, ValueError):  # none yet, or damaged: count from here
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _write_ledger(self) -> None:
+        """Cumulative cost of this directory (every process that worked in it), written atomically."""
+        doc = {
+            "n_evaluations": self.n_evaluations,
+            "scf_steps": self.scf_steps,
+            "wall_seconds": round(self.wall_seconds, 1),
+            "n_processes": self.n_processes,
+            "unit": {"wall_seconds": "s"},
+        }
+        tmp = self._ledger.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self._ledger)
 
     def _abort_message(self) -> str | None:
         """The text of CP2K's ``[ABORT]`` box in the output file, or None if it did not abort."""
@@ -223,6 +253,7 @@ class Cp2kCalculator(CP2K):
             "n_evaluations": self.n_evaluations,
             "scf_steps_total": int(sum(self.scf_steps)),
             "wall_seconds": round(self.wall_seconds, 1),
+            "n_processes": self.n_processes,
         }
 
 

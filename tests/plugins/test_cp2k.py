@@ -156,10 +156,20 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
     old = read(str(traj), index=":")
     assert (d / "gen2d-RESTART.wfn").is_file()
 
+    import json
+
+    killed = json.loads((d / "gen2d-cost.json").read_text())  # the killed process's own ledger
+    assert killed["n_processes"] == 1 and killed["n_evaluations"] >= n_before
     calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(d))
     mol = _h2(d=1.05)
     final, energy, converged, steps = _constrained_bfgs(mol, calc, [0, 1], 0.005, 40, str(traj))
     calc.close()
+    # the cost reported for the result includes the killed process's evaluations
+    prov = calc.provenance()
+    assert prov["n_processes"] == 2
+    assert calc.scf_steps[: len(killed["scf_steps"])] == killed["scf_steps"]
+    assert len(calc.scf_steps) == prov["n_evaluations"]
+    assert prov["n_evaluations"] > killed["n_evaluations"] and prov["wall_seconds"] > killed["wall_seconds"]
     new = read(str(traj), index=":")[len(old) :]
     assert converged and 0.72 < final.get_distance(0, 1) < 0.78
     # the first new evaluation is at the last saved geometry, not at the 1.05 Å start
