@@ -58,10 +58,14 @@ def run(args: argparse.Namespace) -> dict:
     from gen2d.diffusion.steering import Reward, SteeringConfig
     from gen2d.evaluate.arms import Resources, score_samples, template_cycle
     from gen2d.evaluate.spec import EvaluateScorers, EvaluateSpec
+    from gen2d.metrics import Uniqueness
 
     torch.set_num_threads(1)
     gen = EGNNDiffusionGenerator(checkpoint=args.checkpoint, device="cpu")
-    steering = SteeringConfig(**({"strength": args.strength} if args.strength else {}))
+    fields = json.loads(args.steering) if args.steering else {}
+    if args.strength:
+        fields["strength"] = args.strength
+    steering = SteeringConfig(**fields)
     guidance = {name: GUIDANCE_PRESETS[preset] for name, preset in ARMS.items() if name in args.arms}
     if "steered" in guidance:
         guidance["steered"] = {**guidance["steered"], "steering": steering.model_dump()}
@@ -119,6 +123,9 @@ def run(args: argparse.Namespace) -> dict:
                 "dg_h_within_0.2": sum(r["dg_h"] is not None and abs(r["dg_h"]) <= 0.2 for r in records),
                 "p_synth_ge_0.5": sum(r["p_synth"] is not None and r["p_synth"] >= 0.5 for r in records),
                 "hits": sum(r["hit"] for r in records),
+                "unique_hits": Uniqueness()([st for st, r in zip(structures, records) if r["hit"]]).details.get(
+                    "n_unique", 0
+                ),
                 "hit_formulas": sorted(r["formula"] for r in records if r["hit"]),
                 "e_hull_median": round(float(np.median(e_hulls)), 3) if e_hulls else None,
                 "proxy_e_hull_median": round(float(np.median([p for p, _ in pairs])), 3) if pairs else None,
@@ -133,10 +140,11 @@ def run(args: argparse.Namespace) -> dict:
 
     keys = ["n", "generation_cpu_s", "reward_evaluations", "reward_cpu_s", "resamplings", "strict", "unique",
             "distinct_formulas", "e_hull_scored", "stable", "dg_h_within_0.2", "p_synth_ge_0.5", "hits",
-            "scoring_cpu_s"]  # fmt: skip
+            "unique_hits", "scoring_cpu_s"]  # fmt: skip
     for arm, d in per_arm.items():
         rows = d["seeds"]
         d["total"] = {k: round(sum(r[k] for r in rows), 2) for k in keys}
+        d["total"]["lineages"] = sum(r["distinct_roots"] or r["n"] for r in rows)
         d["reward_mean_nats"] = round(float(np.mean([r["reward_mean_nats"] for r in rows])), 3)
         d["reward_terms_mean_nats"] = {
             t: round(float(np.mean([r["reward_terms_mean_nats"][t] for r in rows])), 3)
@@ -169,6 +177,7 @@ def run(args: argparse.Namespace) -> dict:
             "reward_evaluations": "structures passed to reward terms while sampling (summed over terms)",
             "reward_mean_nats": "default steering reward of the final samples, mean, nats (log-probabilities)",
             "hits": "gen2d hit rule on the evaluation's scorers (no MLIP confirmation)",
+            "unique_hits": "hits that match no earlier hit of the same arm and seed (StructureMatcher, gen2d.metrics)",
             "e_hull_median": "eV/atom, CHGNet after in-plane relaxation",
             "proxy_e_hull_median": "eV/atom, CHGNet single point of the final (unrelaxed) sample: the steering proxy",
         },
@@ -178,8 +187,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(doc: dict) -> str:
     lines = [
-        "| arm | samples | gen CPU-s | reward evals | reward CPU-s | resamplings | reward (nats) | dgh / synth / stab "
-        "| strict | unique | stable | \\|ΔG_H\\| ≤ 0.2 | P_synth ≥ 0.5 | hits |",
+        "| arm | samples | gen CPU-s | reward evals | reward CPU-s | resamplings (lineages left) | reward (nats) "
+        "| dgh / synth / stab "
+        "| strict | unique | stable | \\|ΔG_H\\| ≤ 0.2 | P_synth ≥ 0.5 | hits (unique) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, d in doc["arms"].items():
@@ -187,9 +197,9 @@ def table(doc: dict) -> str:
         terms = " / ".join(f"{m[k]:.2f}" for k in ("dgh.dimenet", "synth.pu", "stability.chgnet"))
         lines.append(
             f"| {arm} | {t['n']:.0f} | {t['generation_cpu_s']:.1f} | {t['reward_evaluations']:.0f} | "
-            f"{t['reward_cpu_s']:.1f} | {t['resamplings']:.0f} | {d['reward_mean_nats']:.2f} | {terms} | "
+            f"{t['reward_cpu_s']:.1f} | {t['resamplings']:.0f} ({t['lineages']}) | {d['reward_mean_nats']:.2f} | {terms} | "
             f"{t['strict']:.0f} | {t['unique']:.0f} | {t['stable']:.0f} | {t['dg_h_within_0.2']:.0f} | "
-            f"{t['p_synth_ge_0.5']:.0f} | {t['hits']:.0f} |"
+            f"{t['p_synth_ge_0.5']:.0f} | {t['hits']:.0f} ({t['unique_hits']:.0f}) |"
         )
     return "\n".join(lines)
 
@@ -201,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-steps", type=int, default=100)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--strength", type=float, default=None, help="steering λ (default: SteeringConfig's)")
+    p.add_argument(
+        "--steering", default=None, help='SteeringConfig fields as JSON, e.g. \'{"rewards": {"dgh.dimenet": 1}}\''
+    )
     p.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
     p.add_argument("--out", default=None, help="JSON file for every figure")
     args = p.parse_args(argv)
