@@ -20,6 +20,10 @@ per seed) in the evaluation's chemical space (Mo W Nb Ta V Ti / S Se Te C) with 
 
 It also reports the Spearman correlation between the stability proxy of the final samples and their relaxed
 E_hull, the fidelity of that proxy. ``--out`` writes every figure with its unit and the command line.
+
+Two studies behind the defaults of ``SteeringConfig`` run instead of the arms with ``--study``:
+``proxy-fidelity`` (the stability proxy, single point or a few FIRE steps, against the relaxed E_hull of
+unguided samples) and ``lookahead`` (the reward of x̂₀ at step t against that of the final sample).
 """
 
 from __future__ import annotations
@@ -185,6 +189,100 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _unguided_batches(gen, seeds: list[int], n: int, n_steps: int, guidance="none"):
+    """Samples of each seed from the same template shuffle as the arms."""
+    from gen2d.evaluate.arms import template_cycle
+
+    out = []
+    for seed in seeds:
+        cycle = template_cycle(TEMPLATES, seed)
+        picked = [next(cycle) for _ in range(n)]
+        out.append(
+            list(
+                gen.generate(
+                    n=n,
+                    seed=seed,
+                    guidance=guidance,
+                    start="templates",
+                    templates=picked,
+                    n_steps=n_steps,
+                    elements=SPACE,
+                )
+            )  # fmt: skip
+        )
+    return out
+
+
+def study_proxy_fidelity(args: argparse.Namespace) -> dict:
+    """How well the stability proxy (single point, or a few FIRE steps) ranks final unguided samples by their
+    E_hull after the full relaxation of ``ehull.chgnet``: Spearman, the probability that a stable layer
+    (relaxed E_hull ≤ 0.1 eV/atom) gets a lower proxy than an unstable one (AUC), and CPU per structure."""
+    from gen2d_egnn import EGNNDiffusionGenerator
+    from scipy.stats import spearmanr
+
+    from gen2d.diffusion.steering import StabilityProxyReward
+    from gen2d.scoring import get_scorer
+
+    gen = EGNNDiffusionGenerator(checkpoint=args.checkpoint, device="cpu")
+    structures = [g.structure for batch in _unguided_batches(gen, args.seeds, args.n, args.n_steps) for g in batch]
+    scorer = get_scorer("ehull.chgnet", progress=False, max_elements=3, device="cpu")
+    c0 = time.process_time()
+    relaxed = [r.value if r.ok else None for r in scorer.score(structures)]
+    rows = [{"relax_steps": "full (ehull.chgnet, fmax 0.05, <= 500 steps)", "cpu_s_per_structure": round((time.process_time() - c0) / len(structures), 3)}]  # fmt: skip
+    for steps in (0, 5, 15, 40):
+        term = StabilityProxyReward("chgnet", relax_steps=steps, device="cpu")
+        term(structures)  # prepares the reference hulls: not counted
+        c0 = time.process_time()
+        term(structures)
+        cpu = (time.process_time() - c0) / len(structures)
+        pairs = [(p, r) for p, r in zip(term.last_e_hull, relaxed) if p is not None and r is not None]
+        stable = [p for p, r in pairs if r <= 0.1]
+        unstable = [p for p, r in pairs if r > 0.1]
+        auc = float(np.mean([a < b for a in stable for b in unstable])) if stable and unstable else None
+        rows.append(
+            {
+                "relax_steps": steps,
+                "cpu_s_per_structure": round(cpu, 3),
+                "n_pairs": len(pairs),
+                "n_stable": len(stable),
+                "spearman_vs_relaxed": round(float(spearmanr(*zip(*pairs)).correlation), 3),
+                "auc_stable_vs_unstable": round(auc, 3) if auc is not None else None,
+                "median_proxy_e_hull": round(float(np.median([p for p, _ in pairs])), 3),
+                "median_relaxed_e_hull": round(float(np.median([r for _, r in pairs])), 3),
+            }
+        )
+        _log(json.dumps(rows[-1]))
+    return {"study": "proxy-fidelity", "n_structures": len(structures), "rows": rows}
+
+
+def study_lookahead(args: argparse.Namespace) -> dict:
+    """How well the default reward of a particle's clean estimate x̂₀ at step t predicts the reward of the
+    sample it ends as: potentials at every 5th step from 0.55 T, no resampling (ESS threshold 1e-9),
+    Spearman over the batch per step and seed."""
+    from gen2d_egnn import EGNNDiffusionGenerator
+    from scipy.stats import spearmanr
+
+    from gen2d.diffusion.steering import Reward, SteeringConfig
+
+    gen = EGNNDiffusionGenerator(checkpoint=args.checkpoint, device="cpu")
+    cfg = SteeringConfig(ess_threshold=1e-9, interval=5, start=0.55, stop=0.01)
+    reward = Reward.from_config(SteeringConfig())
+    by_t: dict[int, list[float]] = {}
+    batches = _unguided_batches(gen, args.seeds, args.n, args.n_steps, guidance={"steering": cfg.model_dump()})
+    for batch in batches:
+        final = reward([g.structure for g in batch]).total
+        d0 = batch[0].parameters["diagnostics"]["steering"]
+        traces = np.array([g.parameters["diagnostics"]["steering"]["reward_trace"] for g in batch])
+        for k, t in enumerate(d0["potential_steps"]):
+            by_t.setdefault(t, []).append(round(float(spearmanr(traces[:, k], final).correlation), 3))
+    rows = [
+        {"t": t, "t_over_T": round(t / 1000, 3), "spearman_per_seed": v} for t, v in sorted(by_t.items(), reverse=True)
+    ]
+    for r in rows:
+        _log(json.dumps(r))
+    return {"study": "lookahead", "rows": rows}
+
+
 def table(doc: dict) -> str:
     lines = [
         "| arm | samples | gen CPU-s | reward evals | reward CPU-s | resamplings (lineages left) | reward (nats) "
@@ -216,7 +314,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
     p.add_argument("--out", default=None, help="JSON file for every figure")
+    p.add_argument(
+        "--study",
+        choices=["proxy-fidelity", "lookahead"],
+        default=None,
+        help="instead of the arms: proxy-fidelity (stability proxy against the relaxed E_hull) or lookahead "
+        "(reward of x̂₀ at step t against that of the final sample)",
+    )
     args = p.parse_args(argv)
+    if args.study:
+        import torch
+
+        torch.set_num_threads(1)
+        doc = (study_proxy_fidelity if args.study == "proxy-fidelity" else study_lookahead)(args)
+        doc.update({"command": " ".join(["python", *sys.argv]), "date": datetime.now(UTC).isoformat()})
+        print(json.dumps(doc, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(doc, indent=1))
+        return 0
     doc = run(args)
     print(table(doc))
     for arm, d in doc["arms"].items():

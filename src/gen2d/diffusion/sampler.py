@@ -980,6 +980,7 @@ def sample(
     config = config or SamplingConfig()
     if config.steering is not None and reward is None:
         reward = Reward.from_config(config.steering)
+        reward.warm_up()  # models load here, even when no batch has two particles to steer
     gen = torch.Generator().manual_seed(seed)
     if starts is None:
         counts = n_atoms if n_atoms is not None else draw_atom_counts(bundle, n, gen)
