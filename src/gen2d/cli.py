@@ -570,7 +570,8 @@ def generate(
     guidance: list[str] = typer.Option(
         [],
         "--guidance",
-        help="a preset (none, cfg, gradient, both) or KEY=VALUE (cfg_weight=2, eta=0.08, targets.dg_h=0); repeatable",
+        help="a preset (none, cfg, gradient, both, steered) or KEY=VALUE (cfg_weight=2, eta=0.08, targets.dg_h=0, "
+        "steering.strength=0.5); repeatable",
     ),
     seed: int = typer.Option(0, "--seed"),
     set_name: str = typer.Option("generated", "--set"),

@@ -3,7 +3,9 @@
 Each step is x_s = mu_theta(x_t) - eta * grad_x L_target(f_phi(x_t)) + sigma_t z, where mu_theta uses the
 classifier-free mix eps = (1 + w) eps(x_t | c) - w eps(x_t | none), and L_target combines |dg_h - target|,
 the e_hull excess over its threshold and -log P_synth from the property heads. The schedule is the
-one stored with the model; a different one is refused.
+one stored with the model; a different one is refused. With ``SamplingConfig.steering`` each batch is also a
+particle population resampled on the scorers' reward of its decoded clean estimates
+(:mod:`gen2d.diffusion.steering`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from gen2d.diffusion.loss import centre_per_graph, centre_per_graph_2d, predict_noise
 from gen2d.diffusion.schedule import DiffusionSchedule
+from gen2d.diffusion.steering import ParticleFilter, Reward, SteeringConfig, atom_index_of, resampling_rng
 from gen2d.diffusion.train import DiffusionBundle, monolayer_structure, resolve_device
 from gen2d.models.egnn import HEAD_NAMES
 
@@ -96,10 +99,15 @@ class SamplingConfig(BaseModel):
         description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
         "diverged; the shipped model's largest over 32 guided samples x 100 steps is 0.33",
     )
+    steering: SteeringConfig | None = Field(
+        None,
+        description="particle steering by the scorers (gen2d.diffusion.steering): Feynman-Kac resampling "
+        "of each batch on its decoded clean estimates; None = off",
+    )
 
     @property
     def guided(self) -> bool:
-        return self.cfg_weight is not None or self.eta > 0
+        return self.cfg_weight is not None or self.eta > 0 or self.steering is not None
 
 
 @dataclass
@@ -224,6 +232,13 @@ class _Divergence:
         for g in torch.nonzero(flags).flatten().tolist():
             if self.first_step[key][g] is None:
                 self.first_step[key][g] = step
+
+    def copy_from(self, ancestors: torch.Tensor) -> None:
+        """Particle g takes the record of ``ancestors[g]`` (a resampling of the batch)."""
+        self.max_rms = self.max_rms[ancestors]
+        self.counts = {k: v[ancestors] for k, v in self.counts.items()}
+        picks = ancestors.tolist()
+        self.first_step = {k: [v[a] for a in picks] for k, v in self.first_step.items()}
 
     def report(self, g: int, limit: float, guided_steps: int) -> dict[str, Any]:
         reasons = [k for k, c in self.counts.items() if int(c[g]) > 0]
@@ -585,6 +600,7 @@ def sample_batch(
     generator: torch.Generator,
     device: str = "auto",
     schedule: DiffusionSchedule | None = None,
+    reward: Reward | None = None,
 ) -> list[SampledMonolayer]:
     """Run the reverse process for one batch.
 
@@ -592,6 +608,10 @@ def sample_batch(
     ----------
     schedule : DiffusionSchedule, optional
         Must be the bundle's schedule (same fingerprint); passing another one raises ``ValueError``.
+    reward : Reward, optional
+        With ``config.steering``: the reward the particles are resampled on (default: built from
+        ``config.steering``). The batch is the particle population; a resampling copies whole particles,
+        so atom counts and templates follow their ancestors.
     """
     sched = bundle.schedule
     if schedule is not None and schedule.fingerprint != sched.fingerprint:
@@ -601,7 +621,10 @@ def sample_batch(
     dev = resolve_device(device)
     model, rep = bundle.model, bundle.rep
     B = len(start.n_atoms)
-    counts = torch.tensor(start.n_atoms)
+    n_atoms = list(start.n_atoms)  # per particle; a resampling copies them with the particles
+    template_names = list(start.template_name) if start.template_name else None
+    start_lattice2d = start.lattice2d
+    counts = torch.tensor(n_atoms)
     batch = torch.repeat_interleave(torch.arange(B), counts).to(dev)
     N = int(counts.sum())
     K = rep.n_types
@@ -612,6 +635,7 @@ def sample_batch(
 
     blocked = blocked_types(rep.vocab, config.elements, dev)
 
+    smc_rng = resampling_rng(generator) if config.steering is not None else None  # before any draw
     steps = sched.timesteps(config.n_steps)
     lattice_fixed = None
     if start.frac0 is None:
@@ -656,6 +680,11 @@ def sample_batch(
 
     div = _Divergence(B, dev)
     index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
+    smc = None
+    if config.steering is not None:
+        reward = reward if reward is not None else Reward.from_config(config.steering)
+        reward_before = reward.snapshot()
+        smc = ParticleFilter(config.steering, steps, sched.T, B, smc_rng)
     for i, t_int in enumerate(steps):
         s_int = steps[i + 1] if i + 1 < len(steps) else -1
         t = torch.full((B,), t_int, device=dev, dtype=torch.long)
@@ -690,6 +719,9 @@ def sample_batch(
             return (1 + w) * outs[0] - w * outs[1]
 
         t_a, s_a = t[batch], s[batch]
+        x0 = None
+        if smc is not None and smc.due(i):  # the clean estimate of x_t, decoded after this step's update
+            x0 = _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, sched.lead(t), batch, B)
         mean_f, std_f = sched.torus_step(frac, mix("eps_frac"), t_a, s_a)
         z_bound = config.z_max / rep.z_scale
         mean_z, std_z = sched.vp_step(z, mix("eps_z"), t_a, s_a, (-z_bound, z_bound))
@@ -724,7 +756,7 @@ def sample_batch(
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
-            lat = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
+            lat = rep.encode_lattice(start_lattice2d.to(dev).to(dtype))
             if s_int >= 0:
                 lat = sched.vp_noise(lat, sl_.clamp(min=0), randn(B, 3))
         if projecting and t_int <= config.projection_from * sched.T:
@@ -772,6 +804,52 @@ def sample_batch(
         if bool(bad_state.any()):
             div.mark("nonfinite_state", bad_state, i)
             frac, z, h, lat = (torch.nan_to_num(v, 0.0, 0.0, 0.0) for v in (frac, z, h, lat))
+        if x0 is not None:
+            x0_frac, x0_z, x0_h, x0_lattice = x0
+            x0_types = types_now() if fixed_types is not None else _types(x0_h, blocked)
+            if projecting:  # the geometry prior the output gets, so the reward sees what the sample becomes
+                x0_frac, x0_z, _ = project_geometry(
+                    x0_frac,
+                    x0_z,
+                    radius_of_type[x0_types],
+                    lattice_fixed if lattice_fixed is not None else x0_lattice,
+                    batch,
+                    config.overlap_scale,
+                    config.fragment_scale,
+                    config.projection_iterations,
+                    rep.z_scale,
+                )
+            structures = _decode_structures(
+                rep,
+                x0_types,
+                x0_frac,
+                x0_z,
+                lattice_fixed if lattice_fixed is not None else x0_lattice,
+                n_atoms,
+                config.vacuum,
+            )
+            ancestors = smc.update(reward(structures), t_int)
+            if ancestors is not None:
+                idx = torch.as_tensor(atom_index_of(ancestors, n_atoms), device=dev)
+                anc = torch.as_tensor(ancestors, device=dev)
+                frac, z, h = frac[idx], z[idx], h[idx]
+                lat = lat[anc]
+                if fixed_types is not None:
+                    fixed_types = fixed_types[idx]
+                if lattice_fixed is not None:
+                    lattice_fixed = lattice_fixed[anc]
+                    start_lattice2d = start_lattice2d[torch.as_tensor(ancestors)]
+                heads = heads[anc]
+                projection_moves, lattice_shrinks = projection_moves[anc], lattice_shrinks[anc]
+                div.copy_from(anc)
+                balance = [dict(balance[a]) for a in ancestors]
+                n_atoms = [n_atoms[a] for a in ancestors]
+                if template_names is not None:
+                    template_names = [template_names[a] for a in ancestors]
+                counts = torch.tensor(n_atoms)
+                batch = torch.repeat_interleave(torch.arange(B), counts).to(dev)
+                N = int(counts.sum())
+                index_of = (batch, batch, batch, None)
 
     # heads on the final, clean state
     with torch.no_grad():
@@ -781,7 +859,7 @@ def sample_batch(
     lattice = rep.decode_lattice(lat) if lattice_fixed is None else lattice_fixed
     types = types_now()
     out = []
-    ptr = np.concatenate([[0], np.cumsum(start.n_atoms)])
+    ptr = np.concatenate([[0], np.cumsum(n_atoms)])
     params = config.model_dump(mode="json")
     if cfg_ignored:  # recorded with every sample: these targets steered only through the gradient step
         params["cfg_ignored_targets"] = cfg_ignored
@@ -794,7 +872,7 @@ def sample_batch(
             "e_hull": float(heads[g, 1]),
             "p_synth": float(torch.sigmoid(heads[g, 2])),
         }
-        name = start.template_name[g] if start.template_name else None
+        name = template_names[g] if template_names else None
         out.append(
             SampledMonolayer(
                 species=[rep.vocab[int(k)] for k in types[sl]],
@@ -809,9 +887,44 @@ def sample_batch(
                     "projection_moves": int(projection_moves[g]),
                     "lattice_shrinks": int(lattice_shrinks[g]),
                     **balance[g],
+                    **({"steering": smc.report(g, reward.accounting(reward_before))} if smc is not None else {}),
                 },
             )
         )
+    return out
+
+
+def _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, t_lead, batch, B: int):
+    """The model's clean estimate x̂₀ of the current state: each part's ancestral step to s = -1, which
+    is its (clipped) x0_hat, with the same bounds as the sampler's steps. Returns frac, z (normalised,
+    centred), type scores and the decoded ``(B, 3, 3)`` lattice."""
+    clean = torch.full_like(t_a, -1)
+    f0, _ = sched.torus_step(frac, mix("eps_frac"), t_a, clean)
+    z_bound = config.z_max / rep.z_scale
+    z0, _ = sched.vp_step(z, mix("eps_z"), t_a, clean, (-z_bound, z_bound))
+    h0, _ = sched.vp_step(h, mix("eps_types"), t_lead[batch], clean, (0.0, 1.0))
+    l0, _ = sched.vp_step(
+        lat, mix("eps_lattice"), t_lead, torch.full_like(t_lead, -1), (-config.lattice_bound, config.lattice_bound)
+    )
+    return torch.remainder(f0, 1.0), centre_per_graph(z0, batch, B), h0, rep.decode_lattice(l0)
+
+
+def _decode_structures(rep, types, frac, z, lattice, n_atoms: list[int], vacuum: float) -> list[Any]:
+    """pymatgen structures of a batch state (the output's decode); None where one cannot be built."""
+    ptr = np.concatenate([[0], np.cumsum(n_atoms)])
+    types_np, frac_np = types.cpu().numpy(), frac.detach().cpu().double().numpy()
+    z_np = (z.detach().cpu().double() * rep.z_scale).numpy()
+    lat_np = lattice.detach().cpu().double().numpy()
+    out: list[Any] = []
+    for g in range(len(n_atoms)):
+        sl = slice(int(ptr[g]), int(ptr[g + 1]))
+        try:
+            if not (np.isfinite(frac_np[sl]).all() and np.isfinite(z_np[sl]).all() and np.isfinite(lat_np[g]).all()):
+                raise ValueError("non-finite clean estimate")
+            species = [rep.vocab[int(k)] for k in types_np[sl]]
+            out.append(monolayer_structure(species, lat_np[g, :2, :2], frac_np[sl], z_np[sl], vacuum))
+        except Exception:
+            out.append(None)
     return out
 
 
@@ -849,17 +962,25 @@ def sample(
     n_atoms: list[int] | None = None,
     starts: list[Start] | None = None,
     progress: bool = False,
+    reward: Reward | None = None,
 ) -> list[SampledMonolayer]:
     """Draw ``n`` monolayers (free starts) in batches of at most ``max_atoms_per_batch`` atoms.
 
     Parameters
     ----------
     n_atoms : list of int, optional
-        Atom count of every sample; default: drawn from the training histogram.
+        Atom count of every sample; default: drawn from the training histogram. With steering, a
+        resampling copies whole particles, so the output's counts follow the surviving particles.
     starts : list of Start, optional
         Prepared batches (e.g. template starts); used instead of ``n``/``n_atoms`` when given.
+    reward : Reward, optional
+        The steering reward (default: built once from ``config.steering`` and shared by every batch).
+        Each batch is its own particle population.
     """
     config = config or SamplingConfig()
+    if config.steering is not None and reward is None:
+        reward = Reward.from_config(config.steering)
+        reward.warm_up()  # models load here, even when no batch has two particles to steer
     gen = torch.Generator().manual_seed(seed)
     if starts is None:
         counts = n_atoms if n_atoms is not None else draw_atom_counts(bundle, n, gen)
@@ -876,7 +997,7 @@ def sample(
     results: list[SampledMonolayer] = []
     bar = tqdm(total=sum(len(s.n_atoms) for s in starts), disable=not progress, desc="generate")
     for st in starts:
-        results.extend(sample_batch(bundle, st, config, gen, device))
+        results.extend(sample_batch(bundle, st, config, gen, device, reward=reward))
         bar.update(len(st.n_atoms))
     bar.close()
     return results

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gen2d.hull.analysis import ENERGY_UNIT, HullResult, hull_analysis, probable_missing_reference
+from gen2d.hull.analysis import ENERGY_UNIT, HullResult, ReferenceHull, hull_analysis, probable_missing_reference
 from gen2d.hull.corrections import (
     ANION_CORRECTION_NAME,
     BELOW_REFERENCE_HULL,
@@ -66,6 +66,7 @@ __all__ = [
     "PROTOTYPE_LIBRARY_VERSION",
     "PROVIDERS",
     "Prototype",
+    "ReferenceHull",
     "ReferenceProvider",
     "ReferenceUnavailable",
     "anion_correction_scale",

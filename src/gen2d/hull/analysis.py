@@ -134,6 +134,44 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
     )
 
 
+class ReferenceHull:
+    """The reference hull of one chemical system, prepared once for many E_hull queries.
+
+    :func:`hull_analysis` limits the anion corrections of every reference and builds a ``PhaseDiagram``
+    on each call (about 0.3 s for a binary with its stacked layers); a caller scoring many candidates of
+    the same chemical system (the sampler's steering reward) prepares both once here. :meth:`e_hull`
+    gives the value ``hull_analysis(entry, references, ...).e_hull`` gives, without its report.
+
+    Parameters
+    ----------
+    elements : iterable of str
+        The chemical system; only candidates with exactly these elements are asked.
+    references : sequence of ComputedEntry
+        Corrected reference entries (those outside ``elements`` are ignored).
+    """
+
+    def __init__(self, elements: Sequence[str], references: Sequence[ComputedEntry], provider: str = ""):
+        self.elements = sorted(set(elements))
+        refs = [r for r in references if {el.symbol for el in r.composition.elements} <= set(self.elements)]
+        have = {r.composition.elements[0].symbol for r in refs if len(r.composition.elements) == 1}
+        missing = sorted(set(self.elements) - have)
+        if missing:
+            raise HullError(
+                "missing_elemental_reference",
+                f"reference set {provider!r} has no elemental phase for {', '.join(missing)}",
+            )
+        self.n_phases = len(refs)
+        self.phase_diagram = PhaseDiagram([limit_anion_corrections(r) for r in refs])
+
+    def e_hull(self, entry: ComputedEntry) -> float:
+        """E_hull (eV/atom, negative below the hull) of an MP2020-corrected entry of this chemical system."""
+        elements = sorted({el.symbol for el in entry.composition.elements})
+        if elements != self.elements:
+            raise ValueError(f"entry of {'-'.join(elements)} asked of the {'-'.join(self.elements)} hull")
+        limited = limit_anion_corrections(entry)
+        return float(self.phase_diagram.get_decomp_and_e_above_hull(limited, allow_negative=True)[1])
+
+
 def probable_missing_reference(entry: ComputedEntry, references: Sequence[ComputedEntry]) -> str:
     """Which bulk phase a reference set probably lacks when ``entry`` lies below its hull, in words.
 
