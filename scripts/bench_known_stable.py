@@ -96,11 +96,9 @@ def annotate(path: str, which: str, max_atoms: int, max_elements: int) -> None:
     for r in records:
         if r["source_id"] in layers:
             r["strict_2d"] = strict_2d(layers[r["source_id"]])
-    with open(path + ".tmp", "w") as out:
-        out.writelines(json.dumps(r) + "\n" for r in records)
-    import os
+    from gen2d.fileio import write_jsonl_atomic
 
-    os.replace(path + ".tmp", path)
+    write_jsonl_atomic(path, records)
 
 
 def main(argv: list[str] | None = None) -> int:

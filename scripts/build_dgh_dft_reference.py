@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gen2d.fileio import write_jsonl_atomic
+
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "gen2d" / "assets" / "dgh_dft_reference" / "rows.jsonl"
 
 #: name -> (how to build it, published DFT ΔG_H in eV if a sourced value exists in dgh_reference.csv)
@@ -122,10 +124,7 @@ def read_rows(path: Path) -> dict[str, dict]:
 
 def write_rows(path: Path, rows: dict[str, dict]) -> None:
     """Rewrite the JSON-lines file atomically, rows sorted by material (an idempotent upsert)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
-    tmp.replace(path)
+    write_jsonl_atomic(path, (rows[k] for k in sorted(rows)), sort_keys=True)
 
 
 def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:

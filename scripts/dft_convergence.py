@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gen2d.fileio import write_json_atomic
+
 #: (scan, label, Cp2kSettings overrides, geometry overrides); the first row is the base
 POINTS: list[tuple[str, str, dict, dict]] = [
     ("base", "400/50 Ry, DZVP-MOLOPT-SR, 15 Å, Γ", {}, {}),
@@ -109,9 +111,7 @@ def single_point(atoms, settings, directory: Path, threads: int) -> dict:
         "cpu_s": round(_children_cpu() - c0, 1),
         "n_atoms": len(atoms),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    write_json_atomic(path, doc)
     return doc
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ase.calculators.calculator import all_changes
 from ase.calculators.cp2k import CP2K
 
+from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
 
@@ -206,9 +207,7 @@ class Cp2kCalculator(CP2K):
             "n_processes": self.n_processes,
             "unit": {"wall_seconds": "s"},
         }
-        tmp = self._ledger.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(self._ledger)
+        write_json_atomic(self._ledger, doc)
 
     def _abort_message(self) -> str | None:
         """The text of CP2K's ``[ABORT]`` box in the output file, or None if it did not abort."""

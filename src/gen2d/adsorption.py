@@ -20,6 +20,7 @@ from pymatgen.analysis.adsorption import AdsorbateSiteFinder
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from gen2d.fileio import write_json_atomic
 from gen2d.relax import bond_components
 
 log = logging.getLogger(__name__)
@@ -698,10 +699,7 @@ def refine_adsorption(
                 return json.load(fh)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         out = compute(os.path.dirname(path))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(out, fh)
-        os.replace(tmp, path)
+        write_json_atomic(path, out)
         return out
 
     def _close(calc) -> None:
@@ -878,9 +876,7 @@ def h2_reference_dft(
         "energy_unit": "eV",
         "bond_unit": "Å",
     }
-    with open(path + ".tmp", "w") as fh:
-        json.dump(doc, fh)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, doc)
     return energy, bond
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from gen2d.fileio import atomic_path, write_json_atomic
+
 RUN_METADATA = "run.json"
 FRAME_FILES = ("relax.traj", "frame.traj")
 
@@ -39,10 +41,7 @@ def write_run_metadata(directory: str | os.PathLike, metadata: dict[str, Any]) -
     created = doc.get("created") or datetime.now(UTC).isoformat(timespec="seconds")
     doc.update(metadata)
     doc["created"] = created
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_json_atomic(path, doc, indent=1, default=str)
 
 
 def save_frame(atoms: Atoms, path: str | os.PathLike) -> None:
@@ -162,10 +161,8 @@ def export_extxyz(roots: Iterable[str | os.PathLike], out: str | os.PathLike) ->
 
     frames, summary = collect_frames(roots)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    write(str(tmp), frames, format="extxyz")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        write(str(tmp), frames, format="extxyz")
     summary["path"] = str(out)
     return summary
 

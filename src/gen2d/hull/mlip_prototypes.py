@@ -412,11 +412,10 @@ class MLIPPrototypesProvider:
         }
         path = self._cache_file(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with gzip.open(tmp, "wt") as fh:  # write then rename: a crash never leaves half a cache file
+            from gen2d.fileio import atomic_path
+
+            with atomic_path(path) as tmp, gzip.open(tmp, "wt") as fh:  # a crash never leaves half a file
                 json.dump(doc, fh)
-            tmp.replace(path)
         if self.store is not None:
             self.store.update([doc], key="ref_key")
 
