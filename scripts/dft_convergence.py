@@ -87,31 +87,53 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+class PointFailed(RuntimeError):
+    """A single point whose SCF did not converge (or CP2K aborted); cached, so a rerun does not repeat it."""
+
+    def __init__(self, doc: dict):
+        super().__init__(f"{doc['failure']} after {doc['scf_steps']} SCF steps ({doc['cpu_s']:.0f} CPU-s)")
+        self.doc = doc
+
+
 def single_point(atoms, settings, directory: Path, threads: int) -> dict:
-    """Energy (eV) of ``atoms``, cached in ``directory/result.json``, with its wall and CPU seconds."""
-    from gen2d_cp2k import make_calculator
+    """Energy (eV) of ``atoms``, cached in ``directory/result.json``, with its wall and CPU seconds.
+
+    An SCF that does not converge within ``max_scf`` is cached as a failure and raises :class:`PointFailed`.
+    """
+    from gen2d_cp2k import Cp2kAborted, ScfNotConverged, make_calculator
 
     path = directory / "result.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
+        if doc.get("failure"):
+            raise PointFailed(doc)
+        return doc
     directory.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), _children_cpu()
     calc = make_calculator(settings=settings, directory=str(directory), threads=threads)
+    energy, failure = None, None
     try:
         probe = atoms.copy()
         probe.calc = calc
         energy = float(probe.get_potential_energy())
-        scf = int(sum(calc.scf_steps))
+    except ScfNotConverged:
+        failure = "scf_not_converged"
+    except Cp2kAborted:
+        failure = "dft_aborted"
     finally:
+        scf = int(sum(calc.scf_steps))
         calc.close()  # the CP2K process ends here, so its CPU time is counted below
     doc = {
         "energy_eV": energy,
+        "failure": failure,
         "scf_steps": scf,
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(_children_cpu() - c0, 1),
         "n_atoms": len(atoms),
     }
     write_json_atomic(path, doc)
+    if failure:
+        raise PointFailed(doc)
     return doc
 
 
@@ -168,6 +190,12 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r.get("failure"):
+            lines.append(
+                f"| {r['scan']} | {r['label']} | {r['supercell'][0]}×{r['supercell'][1]} | {r['failure']} | — | "
+                f"{r['scf_steps']} | {r['cpu_s']:.0f} |"
+            )
+            continue
         diff = "—" if base is None else f"{r['delta_e_h_eV'] - base['delta_e_h_eV']:+.3f}"
         lines.append(
             f"| {r['scan']} | {r['label']} | {r['supercell'][0]}×{r['supercell'][1]} | {r['delta_e_h_eV']:+.3f} | "
@@ -206,13 +234,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             row = run_point(args, scan, label, overrides, geometry)
+        except PointFailed as exc:  # a measured result: this setting's SCF does not converge
+            cell = int(geometry.get("cell", args.base_cell))
+            row = {"material": args.material, "scan": scan, "label": label, "cp2k": overrides}
+            row.update(supercell=[cell, cell], failure=exc.doc["failure"], scf_steps=exc.doc["scf_steps"])
+            row.update(cpu_s=exc.doc["cpu_s"], wall_s=exc.doc["wall_s"])
         except Exception as exc:  # noqa: BLE001 - one point never stops the study
             print(f"{scan} {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
         done[(scan, label)] = row
         with open(out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{scan:>10s} {label}: ΔE_H {row['delta_e_h_eV']:+.3f} eV ({row['cpu_s']:.0f} CPU-s)", flush=True)
+        what = row["failure"] if row.get("failure") else f"ΔE_H {row['delta_e_h_eV']:+.3f} eV"
+        print(f"{scan:>10s} {label}: {what} ({row['cpu_s']:.0f} CPU-s)", flush=True)
     print(table(list(done.values())))
     return 0
 
