@@ -114,7 +114,9 @@ def dft_runs(tmp_path):
     h2 = root / "h2"
     h2.mkdir()
     for bond in (0.74, 0.76):
-        save_frame(_labelled(Atoms("H2", positions=[[5, 5, 5], [5, 5, 5 + bond]], cell=[10] * 3, pbc=True)), h2 / "relax.traj")
+        save_frame(
+            _labelled(Atoms("H2", positions=[[5, 5, 5], [5, 5, 5 + bond]], cell=[10] * 3, pbc=True)), h2 / "relax.traj"
+        )
     write_run_metadata(h2, {"formula": "H2", "settings_hash": "s1", "system_kind": "molecule"})
     return root
 

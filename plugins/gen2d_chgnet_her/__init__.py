@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from gen2d.scoring import PluginUnavailable, file_sha256
 
 #: file name of the checkpoint inside a model folder
@@ -30,15 +28,6 @@ CHECKPOINT_FORMAT = "gen2d-chgnet-her/1"
 
 class CheckpointUnavailable(PluginUnavailable):
     """No usable fine-tuned checkpoint: missing, unreadable, or not written by this plugin."""
-
-
-class ChgnetHerOptions(BaseModel):
-    """Options of :func:`make_calculator` (what ``ehull.*`` and ``dgh.mlip`` pass as ``model`` and ``device``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = Field(None, description="checkpoint file or folder; default: the one shipped with gen2d")
-    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
 
 
 def default_model_dir() -> Path:
@@ -183,7 +172,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CheckpointUnavailable",
-    "ChgnetHerOptions",
     "available",
     "checkpoint_path",
     "default_model_dir",

@@ -319,7 +319,8 @@ def layer_replay_structures(
     allowed = set(elements)
     near = [i for i, (_, s) in enumerate(pool) if allowed & {el.symbol for el in s.composition.elements}]
     pick = list(rng.permutation(near)[: n // 2]) if near else []
-    rest = [i for i in rng.permutation(len(pool)) if i not in set(pick)]
+    taken = set(pick)
+    rest = [i for i in rng.permutation(len(pool)) if i not in taken]
     pick += rest[: n - len(pick)]
     return [pool[i] for i in pick], used
 
@@ -572,6 +573,8 @@ def build_dataset(
         "collected": {k: v for k, v in collected.items() if k != "skipped"},
         "skipped": collected.get("skipped", []),
         "n_duplicates_dropped": n_dupes,
+        "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
+        "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
         "elements": elements,
         "settings_hash": next(iter(hashes)),
         "val_groups": val_groups,

@@ -67,10 +67,14 @@ def dft_runs(tmp_path_factory, base):
         site.append("H")
         site.positions[-1] = site.positions[top_s] + [0.0, 0.0, height]
         save_frame(_labelled(site, base, H_ERROR), run / "site_0" / "relax.traj")
-    write_run_metadata(run, {"formula": "MoS2", "content_hash": "g2d-mos2", "settings_hash": "s1", "calculator": "cp2k"})
+    write_run_metadata(
+        run, {"formula": "MoS2", "content_hash": "g2d-mos2", "settings_hash": "s1", "calculator": "cp2k"}
+    )
     h2 = root / "h2"
     h2.mkdir()
-    save_frame(_labelled(Atoms("H2", positions=[[5, 5, 5], [5, 5, 5.75]], cell=[10] * 3, pbc=True), base), h2 / "frame.traj")
+    save_frame(
+        _labelled(Atoms("H2", positions=[[5, 5, 5], [5, 5, 5.75]], cell=[10] * 3, pbc=True), base), h2 / "frame.traj"
+    )
     write_run_metadata(h2, {"formula": "H2", "settings_hash": "s1", "system_kind": "molecule"})
     return root
 
@@ -138,7 +142,6 @@ def test_shipped_checkpoint_gives_finite_energy_and_forces_on_mos2():
 
 def test_a_missing_or_foreign_checkpoint_is_a_named_error(tmp_path):
     import torch
-
     from gen2d_chgnet_her import CheckpointUnavailable, available, make_calculator
 
     ok, why = available(str(tmp_path / "nowhere"))
@@ -166,15 +169,19 @@ def test_cli_names_an_unknown_calculator(tmp_path):
 _INSTALLED = any(ep.name == "chgnet-her" for ep in md.entry_points(group="gen2d.calculators"))
 
 
-@pytest.mark.skipif(not _INSTALLED, reason="entry point chgnet-her is not installed yet (pip install -e . registers it)")
+@pytest.mark.skipif(
+    not _INSTALLED, reason="entry point chgnet-her is not installed yet (pip install -e . registers it)"
+)
 def test_cli_fine_tunes_and_the_scorers_can_name_the_result(dft_runs, tmp_path):
+    from gen2d_ehull import _backend_available
     from typer.testing import CliRunner
 
     from gen2d.cli import app
     from gen2d.scoring import get_calculator
-    from gen2d_ehull import _backend_available
 
-    opts = [x for k, v in {**QUICK, "frames": str(dft_runs), "out": str(tmp_path / "m")}.items() for x in ("-o", f"{k}={v}")]
+    opts = [
+        x for k, v in {**QUICK, "frames": str(dft_runs), "out": str(tmp_path / "m")}.items() for x in ("-o", f"{k}={v}")
+    ]
     res = CliRunner().invoke(app, ["train", "--calculator", "chgnet-her", *opts, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
