@@ -209,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", default="dft-runs/reference", help="DFT run folder(s) the model was trained on")
     ap.add_argument(
         "--validation-model",
-        default=None,
-        help="a model made with the same recipe but with a relaxation held out (val_systems=...): "
-        "sections 1 and 2 for it too, under validation_run",
+        action="append",
+        default=[],
+        help="a model made with the same recipe but with relaxations held out (val_systems=...): sections 1 and "
+        "2 for it too, under validation_runs (repeatable)",
     )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--skip-relaxed", action="store_true", help="skip the relaxed dgh.mlip recipe (section 5)")
@@ -317,19 +318,23 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {r['layer']:10s} base {r['base_dg_h_eV']:+.3f} ({r['base_site']})  tuned {r['tuned_dg_h_eV']:+.3f} ({r['tuned_site']})"
             )
-    if args.validation_model:
-        vdir = Path(args.validation_model)
+    report["validation_runs"] = []
+    for vpath in args.validation_model:
+        vdir = Path(vpath)
         vman, vshift, vframes, vsplit, vgroups = load_run(vdir, args.frames)
         vtuned, _ = load_model(str(vdir), "cpu")
         vevals = {"base": evaluators["base"], "tuned": chgnet_evaluator(vtuned)}
-        report["validation_run"] = {
-            "what": "the same recipe with val_groups held out: figures on frames the model never saw",
-            "model_sha256": vman["sha256"],
-            "train_command": vman["command"],
-            "date": vman["date"],
-            "val_groups": vman["data"]["val_groups"],
-            **dft_report(vframes, vsplit, vgroups, vevals, vshift, " (validation run)"),
-        }
+        held_out = ", ".join(vman["data"]["val_groups"])
+        report["validation_runs"].append(
+            {
+                "what": "the same recipe with val_groups held out: figures on frames the model never saw",
+                "model_sha256": vman["sha256"],
+                "train_command": vman["command"],
+                "date": vman["date"],
+                "val_groups": vman["data"]["val_groups"],
+                **dft_report(vframes, vsplit, vgroups, vevals, vshift, f" (validation run, held out: {held_out})"),
+            }
+        )
     report["cpu_seconds"] = time.process_time() - t_start
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from gen2d.fileio import atomic_path
 from gen2d.finetune import FinetuneDataset, FinetuneDataSettings, build_dataset, write_manifest
 from gen2d.scoring import check_options, file_sha256
 from gen2d_chgnet_her import CHECKPOINT_FORMAT, CHECKPOINT_NAME
@@ -308,9 +309,8 @@ def finetune(**options: Any) -> dict[str, Any]:
         "reference_shift": dataset.shift.as_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()},
     }
-    tmp_ckpt = ckpt.with_suffix(".pt.tmp")
-    torch.save(state, tmp_ckpt)
-    tmp_ckpt.replace(ckpt)
+    with atomic_path(ckpt) as tmp_ckpt:
+        torch.save(state, tmp_ckpt)
 
     metrics = dataset_metrics(dataset, base_eval, chgnet_evaluator(tuned))
     history = {k: {s: [float(x) for x in v[s]] for s in ("train", "val")} for k, v in trainer.training_history.items()}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from gen2d.fileio import atomic_path, write_text_atomic
 from gen2d.scoring import file_sha256
 
 #: per-frame labels an evaluator returns: total energy (eV) and forces (eV/Å, n x 3)
@@ -470,7 +471,8 @@ class FinetuneDataset:
                 g = f.copy()
                 g.calc = None
                 clean.append(g)
-            write(str(path), clean, format="extxyz")
+            with atomic_path(path) as tmp:
+                write(str(tmp), clean, format="extxyz")
             files[name] = {"path": path.name, "sha256": file_sha256(path), "n_frames": len(frames)}
         return files
 
@@ -615,11 +617,7 @@ def write_manifest(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
         "gen2d_version": package_version(),
     }
     doc.update(fields)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_jsonable, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(doc, indent=1, default=_jsonable, ensure_ascii=False) + "\n")
     return doc
 
 
