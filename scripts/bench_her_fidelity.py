@@ -29,6 +29,7 @@ import numpy as np
 
 MODELS = {  # label -> (calculator backend, options)
     "chgnet": ("chgnet", {}),
+    "chgnet-her": ("chgnet-her", {}),  # CHGNet fine-tuned on gen2d's DFT frames (docs/finetune.md)
     "sevennet-0": ("sevennet", {"model": "7net-0"}),
     "sevennet-l3i5": ("sevennet", {"model": "7net-l3i5"}),
     "sevennet-mf-0": ("sevennet", {"model": "7net-mf-0", "modal": "PBE"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from ase import Atoms
 from ase.build import fcc111
 from ase.calculators.emt import EMT
@@ -91,3 +92,68 @@ def test_cli_frames_export_json(tmp_path):
         app, ["frames", "export", "--dir", str(tmp_path / "nope"), "--out", str(tmp_path / "g.xyz"), "--json"]
     )
     assert bad.exit_code != 0 and "no such DFT folder" in bad.stdout
+
+
+# A single point written before frame.traj existed: result.json (eV), the CP2K input with the geometry, and
+# CP2K's output. The input is what ASE's CP2K calculator writes (Å, cell vectors A/B/C), cut to the parts read.
+_INPUT = """&FORCE_EVAL
+   METHOD Quickstep
+   &DFT
+      SURFACE_DIPOLE_CORRECTION T
+   &END DFT
+   &SUBSYS
+      &COORD
+         Cu 0.0 0.0 7.5
+         Cu 1.28 1.28 7.5
+      &END COORD
+      &CELL
+         PERIODIC XYZ
+         A 2.56 0.0 0.0
+         B 0.0 2.56 0.0
+         C 0.0 0.0 15.0
+      &END CELL
+   &END SUBSYS
+&END FORCE_EVAL
+"""
+
+
+def _legacy_single_point(run, energy_au=-100.0, result_energy=None, n_evaluations=1):
+    from ase.units import create_units
+
+    slab = run / "slab"
+    slab.mkdir(parents=True)
+    (slab / "gen2d.inp").write_text(_INPUT)
+    (slab / "gen2d.out").write_text(f" ENERGY| Total FORCE_EVAL ( QS ) energy [a.u.]:   {energy_au:.12f}\n")
+    if result_energy is None:
+        result_energy = energy_au * create_units("2006")["Hartree"]  # CP2K's own eV
+    cost = {"n_evaluations": n_evaluations}
+    (slab / "result.json").write_text(json.dumps({"energy": result_energy, "cost": cost}))
+    return slab
+
+
+def test_a_legacy_single_point_comes_back_as_an_energy_only_frame(tmp_path):
+    run = tmp_path / "old"
+    _legacy_single_point(run)
+    write_run_metadata(run, {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "cp2k"})
+    frames, summary = collect_frames([tmp_path])
+    assert summary["n_frames"] == 1 and summary["n_energy_only"] == 1 and summary["n_with_forces"] == 0
+    [f] = frames
+    assert f.get_chemical_symbols() == ["Cu", "Cu"] and tuple(f.pbc) == (True, True, False)
+    np.testing.assert_allclose(f.positions[1], [1.28, 1.28, 7.5])
+    assert f.info["energy"] == pytest.approx(-2721.138, abs=1e-3) and f.info["energy_only"]
+    assert f.info["config_type"] == "slab" and f.info["settings_hash"] == "s1" and "forces" not in f.arrays
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"result_energy": -2720.0}, "is not result.json's"),  # another calculation's output
+        ({"n_evaluations": 3}, "holds only the first geometry"),
+    ],
+)
+def test_a_single_point_the_files_do_not_prove_is_skipped_with_its_reason(tmp_path, kwargs, reason):
+    run = tmp_path / "old"
+    _legacy_single_point(run, **kwargs)
+    write_run_metadata(run, {"formula": "Cu", "settings_hash": "s1"})
+    frames, summary = collect_frames([tmp_path])
+    assert frames == [] and len(summary["skipped"]) == 1 and reason in summary["skipped"][0]["reason"]

@@ -24,6 +24,8 @@ CORE = [
     "adsorption",
     "relax",
     "metrics",
+    "frames",
+    "finetune",
     "data",
     "data.readers",
     "data.templates",

@@ -524,6 +524,9 @@ def train(
     surrogate: Optional[str] = typer.Option(
         None, "--surrogate", help="label with the MLIP and train a surrogate (e.g. dgh.dimenet)"
     ),
+    calculator: Optional[str] = typer.Option(
+        None, "--calculator", help="fine-tune a calculator plugin on DFT frames (e.g. chgnet-her)"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options"),
     option: list[str] = OptionOpt,
     device: Optional[str] = typer.Option(
@@ -531,15 +534,20 @@ def train(
     ),
     as_json: bool = JsonOpt,
 ):
-    """Train a plugin: the generator, a scorer or a surrogate. Options come from --config, --option
-    and --device (which wins)."""
+    """Train a plugin: the generator, a scorer, a surrogate or a calculator (an MLIP fine-tuned on DFT frames).
+    Options come from --config, --option and --device (which wins)."""
     import yaml
 
     from gen2d.jobs import train_plugin
+    from gen2d.scoring import PluginUnavailable
 
-    chosen = [(k, v) for k, v in (("generator", generator), ("scorer", scorer), ("scorer", surrogate)) if v]
+    chosen = [
+        (k, v)
+        for k, v in (("generator", generator), ("scorer", scorer), ("scorer", surrogate), ("calculator", calculator))
+        if v
+    ]
     if len(chosen) != 1:
-        _fail("give exactly one of --generator, --scorer, --surrogate", as_json)
+        _fail("give exactly one of --generator, --scorer, --surrogate, --calculator", as_json)
     kind, name = chosen[0]
     options: dict[str, Any] = {}
     if config:
@@ -556,6 +564,8 @@ def train(
         result = train_plugin(kind, name, **options)
     except (KeyError, TypeError) as exc:
         _fail(str(exc.args[0]) if exc.args else str(exc), as_json)
+    except (ValueError, PluginUnavailable) as exc:  # bad options or data, named by the plugin
+        _fail(f"{type(exc).__name__}: {exc}", as_json)
     doc = {"plugin": name, "kind": kind, **result}
     if as_json:
         _emit_json(doc)

@@ -6,12 +6,17 @@ formula, content hash of the candidate, calculator settings and their hash) and 
 for relaxations, ``frame.traj`` for single points. :func:`collect_frames` reads them all;
 :func:`export_extxyz` writes them as one extended-XYZ file for MLIP fine-tuning, each frame carrying its
 energy (eV), forces (eV/Å) and provenance in ``info``.
+
+Single points made before ``frame.traj`` existed left only ``result.json`` (energy), ``gen2d.inp`` (the CP2K
+input, with the geometry) and ``gen2d.out``. They come back as energy-only frames when the evidence ties them
+together: one evaluation, and the energy in ``gen2d.out`` equal to the one in ``result.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +29,11 @@ from gen2d.fileio import atomic_path, write_json_atomic
 
 RUN_METADATA = "run.json"
 FRAME_FILES = ("relax.traj", "frame.traj")
+#: what a single point without a frame file left: its energy, the CP2K input (geometry) and output
+SINGLE_POINT_FILES = ("result.json", "gen2d.inp", "gen2d.out")
+_CP2K_ENERGY = re.compile(r"ENERGY\| Total FORCE_EVAL \( QS \) energy \[a\.u\.\]:\s+(-?\d+\.\d+(?:[eE][-+]?\d+)?)")
+#: |E(result.json) - E(gen2d.out)| (eV) above which the two files are not the same calculation
+SINGLE_POINT_TOLERANCE = 1e-3
 
 
 def write_run_metadata(directory: str | os.PathLike, metadata: dict[str, Any]) -> Path:
@@ -66,6 +76,55 @@ def _read_frames(path: Path) -> list[Atoms]:
     return _whole_frames(str(path))
 
 
+def single_point_frame(sysdir: str | os.PathLike) -> tuple[Atoms | None, str]:
+    """An energy-only frame rebuilt from a single point's ``result.json``, ``gen2d.inp`` and ``gen2d.out``.
+
+    Returns ``(atoms, "")``, or ``(None, reason)`` when the files do not prove that the energy belongs to
+    the input's geometry: a file is missing, ``result.json`` counts more than one evaluation (the input
+    holds only the first geometry), the input uses scaled or non-Å coordinates, or the last total energy
+    in ``gen2d.out`` differs from ``result.json`` by more than :data:`SINGLE_POINT_TOLERANCE`.
+    The frame's pbc is (T, T, F) when the input has gen2d's slab dipole correction, else periodic.
+    """
+    from ase.io.cp2k import read_cp2k_restart
+    from ase.units import create_units
+
+    # ASE drives cp2k_shell in eV/Å (UNITS_EV_A): CP2K converts with its own Hartree, CODATA 2006's.
+    hartree = create_units("2006")["Hartree"]
+
+    sysdir = Path(sysdir)
+    missing = [name for name in SINGLE_POINT_FILES if not (sysdir / name).is_file()]
+    if missing:
+        return None, f"single point without {', '.join(missing)}"
+    try:
+        result = json.loads((sysdir / "result.json").read_text())
+        energy = float(result["energy"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"result.json has no energy ({type(exc).__name__})"
+    n_eval = (result.get("cost") or {}).get("n_evaluations")
+    if n_eval is not None and int(n_eval) != 1:
+        return None, f"{n_eval} evaluations: gen2d.inp holds only the first geometry"
+    if not np.isfinite(energy):
+        return None, "result.json energy is not finite"
+    text = (sysdir / "gen2d.inp").read_text(errors="replace")
+    coord = re.search(r"&COORD(.*?)&END COORD", text, re.S)
+    if coord is None or re.search(r"^\s*(SCALED|UNIT)\b", coord.group(1), re.M):
+        return None, "gen2d.inp has no &COORD section in Å"
+    found = _CP2K_ENERGY.findall((sysdir / "gen2d.out").read_text(errors="replace"))
+    if not found:
+        return None, "gen2d.out has no total energy"
+    out_energy = float(found[-1]) * hartree
+    if abs(out_energy - energy) > SINGLE_POINT_TOLERANCE:
+        return None, f"gen2d.out energy {out_energy:.4f} eV is not result.json's {energy:.4f} eV"
+    with open(sysdir / "gen2d.inp") as fh:
+        atoms = read_cp2k_restart(fh)
+    if "X" in atoms.get_chemical_symbols():
+        return None, "gen2d.inp names a kind that is not an element"
+    slab = re.search(r"SURFACE_DIPOLE_CORRECTION\s+(T|TRUE|\.TRUE\.)\b", text, re.I) is not None
+    atoms.pbc = (True, True, not slab)
+    atoms.info["energy"] = energy
+    return atoms, ""
+
+
 def _same(a: Atoms, b: Atoms) -> bool:
     return len(a) == len(b) and bool(np.abs(a.positions - b.positions).max() < 1e-8)
 
@@ -74,10 +133,14 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
     """Every frame with an energy under ``roots`` (DFT run directories or folders of them).
 
     A frame evaluated twice in a row (a resumed relaxation re-evaluates its last frame) is kept once.
+    A system folder with no frame file but a single point's ``result.json``, ``gen2d.inp`` and
+    ``gen2d.out`` gives one energy-only frame (:func:`single_point_frame`; ``info['energy_only']`` True,
+    no forces), or an entry in ``skipped`` saying why not.
+
     Returns the frames (``info``: ``energy`` in eV, ``config_type``, ``run``, ``system``, ``frame``,
-    ``formula``, ``content_hash``, ``settings_hash``, ``calculator``; ``arrays['forces']`` in eV/Å
-    where recorded) and a summary: counts by settings hash and by system kind, and the directories
-    skipped with the reason.
+    ``formula``, ``content_hash``, ``settings_hash``, ``calculator``, ``energy_only``, ``source``;
+    ``arrays['forces']`` in eV/Å where recorded) and a summary: counts by settings hash and by system
+    kind, and the directories skipped with the reason.
     """
     frames: list[Atoms] = []
     skipped: list[dict[str, str]] = []
@@ -87,7 +150,9 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
             skipped.append({"path": str(root), "reason": "not a directory"})
             continue
         runs = list(_run_dirs(root))
-        for traj in sorted(p for name in FRAME_FILES for p in root.rglob(name)):
+        for traj in sorted(p for name in (*FRAME_FILES, "result.json") for p in root.rglob(name)):
+            if traj.name == "result.json" and any((traj.parent / n).is_file() for n in FRAME_FILES):
+                continue  # its frames are listed already
             if not any((a / RUN_METADATA).is_file() for a in (traj.parent, traj.parent.parent)):
                 skipped.append({"path": str(traj), "reason": f"no {RUN_METADATA}: settings and source unknown"})
         for run in runs:
@@ -98,6 +163,16 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
             meta = json.loads((run / RUN_METADATA).read_text())
             systems = [run] + sorted(p for p in run.iterdir() if p.is_dir())
             for sysdir in systems:
+                system = "." if sysdir == run else sysdir.name
+                if not any((sysdir / name).is_file() for name in FRAME_FILES) and (sysdir / "result.json").is_file():
+                    atoms, why = single_point_frame(sysdir)
+                    if atoms is None:
+                        skipped.append({"path": str(sysdir), "reason": why})
+                        continue
+                    atoms.info.update(_provenance(meta, run, system, 0))
+                    atoms.info.update(energy_only=True, source="result.json+gen2d.inp+gen2d.out")
+                    frames.append(atoms)
+                    continue
                 for name in FRAME_FILES:
                     path = sysdir / name
                     if not path.is_file() or path.stat().st_size == 0:
@@ -118,25 +193,15 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         out = Atoms(
                             atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
                         )
-                        system = "." if sysdir == run else sysdir.name
-                        out.info.update(
-                            energy=energy,
-                            energy_unit="eV",
-                            config_type=meta.get("system_kind") or _kind(system),
-                            run=run.name,
-                            system=system,
-                            frame=k,
-                            formula=meta.get("formula", ""),
-                            content_hash=meta.get("content_hash", ""),
-                            settings_hash=meta.get("settings_hash", ""),
-                            calculator=meta.get("calculator", ""),
-                        )
+                        out.info.update(energy=energy, **_provenance(meta, run, system, k))
                         if forces is not None and forces.shape == (len(out), 3):
                             out.arrays["forces"] = forces
+                        out.info.update(energy_only="forces" not in out.arrays, source=f"{system}/{name}")
                         frames.append(out)
     summary = {
         "n_frames": len(frames),
         "n_with_forces": sum("forces" in f.arrays for f in frames),
+        "n_energy_only": sum("forces" not in f.arrays for f in frames),
         "n_runs": len(seen_runs),
         "by_settings_hash": dict(Counter(f.info["settings_hash"] for f in frames)),
         "by_config_type": dict(Counter(f.info["config_type"] for f in frames)),
@@ -145,6 +210,20 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
         "forces_unit": "eV/Å",
     }
     return frames, summary
+
+
+def _provenance(meta: dict[str, Any], run: Path, system: str, frame: int) -> dict[str, Any]:
+    return {
+        "energy_unit": "eV",
+        "config_type": meta.get("system_kind") or _kind(system),
+        "run": run.name,
+        "system": system,
+        "frame": frame,
+        "formula": meta.get("formula", ""),
+        "content_hash": meta.get("content_hash", ""),
+        "settings_hash": meta.get("settings_hash", ""),
+        "calculator": meta.get("calculator", ""),
+    }
 
 
 def _kind(system: str) -> str:
@@ -167,4 +246,13 @@ def export_extxyz(roots: Iterable[str | os.PathLike], out: str | os.PathLike) ->
     return summary
 
 
-__all__ = ["FRAME_FILES", "RUN_METADATA", "collect_frames", "export_extxyz", "save_frame", "write_run_metadata"]
+__all__ = [
+    "FRAME_FILES",
+    "RUN_METADATA",
+    "SINGLE_POINT_FILES",
+    "collect_frames",
+    "export_extxyz",
+    "save_frame",
+    "single_point_frame",
+    "write_run_metadata",
+]

@@ -1,0 +1,182 @@
+"""CHGNet fine-tuned on gen2d's own DFT frames (entry point ``gen2d.calculators: chgnet-her``).
+
+The foundation CHGNet was trained on bulk crystals; H on a 2D surface is far from its data. This backend
+loads a CHGNet whose last interaction block and readout were fine-tuned on the CP2K frames of ``dgh.dft``
+runs (:mod:`gen2d.finetune` builds the data, :func:`train` runs CHGNet's own ``Trainer``). Any scorer that
+takes a calculator name can use it: ``ehull.chgnet`` with ``calculator=chgnet-her``, ``dgh.mlip`` with
+``calculator=chgnet-her``.
+
+The checkpoint is a plain state dict (``torch.load(weights_only=True)``) of the whole network, loaded into
+the architecture of its base model from the chgnet wheel. gen2d ships one under
+``gen2d/assets/chgnet_her`` with its MANIFEST; ``model=PATH`` loads another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from gen2d.scoring import PluginUnavailable, file_sha256
+
+#: file name of the checkpoint inside a model folder
+CHECKPOINT_NAME = "chgnet_her.pt"
+#: format tag stored in every checkpoint this plugin writes
+CHECKPOINT_FORMAT = "gen2d-chgnet-her/1"
+
+
+class CheckpointUnavailable(PluginUnavailable):
+    """No usable fine-tuned checkpoint: missing, unreadable, or not written by this plugin."""
+
+
+def default_model_dir() -> Path:
+    """``gen2d/assets/chgnet_her``: the shipped checkpoint, its MANIFEST.json and measured.json."""
+    import gen2d
+
+    return Path(gen2d.__file__).resolve().parent / "assets" / "chgnet_her"
+
+
+def checkpoint_path(model: str | None = None) -> Path:
+    """The checkpoint file for ``model`` (a file, a folder holding :data:`CHECKPOINT_NAME`, or None: shipped)."""
+    path = Path(model).expanduser() if model else default_model_dir()
+    return path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def available(model: str | None = None) -> tuple[bool, str]:
+    """(True, "") when chgnet imports and the fine-tuned checkpoint exists."""
+    try:
+        import chgnet  # noqa: F401
+    except ImportError as exc:
+        return False, f"chgnet is not installed ({exc}); pip install chgnet"
+    path = checkpoint_path(model)
+    if not path.is_file():
+        return False, _missing(path)
+    return True, ""
+
+
+def _missing(path: Path) -> str:
+    return (
+        f"no fine-tuned CHGNet checkpoint at {path}; make one with "
+        "`gen2d train --calculator chgnet-her -o frames=DFT_RUNS -o out=DIR` and pass model=DIR"
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict (``format``, ``base_model``, ``state_dict``, ...), read with ``weights_only=True``.
+
+    Raises
+    ------
+    CheckpointUnavailable
+        When the file is missing, cannot be read as a weights-only checkpoint, or is not this plugin's.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointUnavailable(_missing(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointUnavailable(
+            f"{path} is not a weights-only torch checkpoint: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
+        raise CheckpointUnavailable(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return state
+
+
+def load_model(model: str | None = None, device: str = "cpu"):
+    """The fine-tuned ``CHGNet`` network: its base architecture from the chgnet wheel, its weights from the checkpoint.
+
+    Returns the network and the checkpoint dict.
+    """
+    from chgnet.model import CHGNet
+
+    state = load_checkpoint(checkpoint_path(model))
+    with contextlib.redirect_stdout(sys.stderr):  # CHGNet prints; stdout stays clean for --json
+        try:
+            net = CHGNet.load(model_name=state["base_model"], use_device="cpu", verbose=False)
+        except ValueError as exc:
+            raise CheckpointUnavailable(f"base model {state['base_model']!r} is not in this chgnet: {exc}") from exc
+    try:
+        net.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointUnavailable(f"checkpoint does not fit CHGNet {state['base_model']}: {exc}") from exc
+    return net.to(device), state
+
+
+def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
+    """An ASE calculator for the fine-tuned CHGNet.
+
+    Parameters
+    ----------
+    model : str, optional
+        Checkpoint file, or a folder holding ``chgnet_her.pt``; default: the checkpoint shipped with gen2d.
+    device : str
+        ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+    **kw
+        Passed to ``CHGNetCalculator``.
+
+    Returns
+    -------
+    chgnet.model.dynamics.CHGNetCalculator
+        With ``gen2d_model`` (names the fine-tune and its base) and ``gen2d_checkpoint_sha256``.
+
+    Raises
+    ------
+    CheckpointUnavailable
+        (a :class:`~gen2d.scoring.PluginUnavailable`) when the checkpoint is missing or unusable.
+    """
+    ok, why = available(model)
+    if not ok:
+        raise CheckpointUnavailable(why)
+    import chgnet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    dev = _device(device)
+    path = checkpoint_path(model)
+    net, state = load_model(model, dev)
+    with contextlib.redirect_stdout(sys.stderr):
+        calc = CHGNetCalculator(model=net, use_device=dev, **kw)
+    sha = file_sha256(path)
+    calc.gen2d_model = (
+        f"CHGNet-HER {sha[:12]} (CHGNet {state['base_model']} fine-tuned on DFT frames; chgnet {chgnet.__version__})"
+    )
+    calc.gen2d_checkpoint_sha256 = sha
+    return calc
+
+
+make_calculator.available = available
+
+
+def train(**options: Any) -> dict[str, Any]:
+    """Fine-tune CHGNet on DFT frames (``gen2d train --calculator chgnet-her -o frames=DIR -o out=DIR``).
+
+    Options are :class:`~gen2d_chgnet_her.training.FinetuneOptions`; see :func:`gen2d_chgnet_her.training.finetune`.
+    """
+    from gen2d_chgnet_her.training import finetune
+
+    return finetune(**options)
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "CheckpointUnavailable",
+    "available",
+    "checkpoint_path",
+    "default_model_dir",
+    "load_checkpoint",
+    "load_model",
+    "make_calculator",
+    "train",
+]

@@ -1,0 +1,391 @@
+"""Fine-tuning CHGNet on DFT frames with CHGNet's own ``Trainer``: data from :mod:`gen2d.finetune`, the early
+layers frozen, a small learning rate and a few epochs; writes the checkpoint, the data files and MANIFEST.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from gen2d.fileio import atomic_path
+from gen2d.finetune import FinetuneDataset, FinetuneDataSettings, build_dataset, write_manifest
+from gen2d.scoring import check_options, file_sha256
+from gen2d_chgnet_her import CHECKPOINT_FORMAT, CHECKPOINT_NAME
+
+#: the parameters that train by default: the last atom interaction block and the readout (the rest is frozen)
+DEFAULT_TRAINABLE = ("atom_conv_layers.-1", "readout_norm", "mlp")
+
+
+class FinetuneOptions(BaseModel):
+    """Options of ``gen2d train --calculator chgnet-her`` (``-o key=value``); energies eV, lengths Å."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames: list[str] | str | None = Field(
+        None, description="DFT run folder(s); default: the DFT folder of the settings (GEN2D_DFT_DIR)"
+    )
+    out: str = Field("chgnet-her", description="output folder: checkpoint, MANIFEST.json")
+    data_out: str | None = Field(None, description="where the train/val/replay extxyz go; default OUT/data")
+    base_model: str = Field("0.3.0", description="CHGNet model in the chgnet wheel to start from")
+    trainable: list[str] = Field(
+        list(DEFAULT_TRAINABLE),
+        description="parameter-name prefixes that train (``atom_conv_layers.-1`` is the last block); the rest is frozen",
+    )
+    epochs: int = Field(15, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    energy_loss_ratio: float = Field(100.0, ge=0, description="weight of the per-atom energy MSE (eV/atom)²")
+    force_loss_ratio: float = Field(1.0, ge=0, description="weight of the force MSE (eV/Å)²")
+    criterion: str = Field("MSE", description="MSE, Huber or MAE (CHGNet's CombinedLoss)")
+    dft_repeats: int = Field(
+        2, ge=1, description="times each DFT frame appears per epoch (the replay set is larger; this keeps the balance)"
+    )
+    val_systems: list[str] | None = Field(None, description="run or run/system groups held out for validation")
+    val_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
+    )
+    anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
+    settings_hash: str | None = Field(None, description="use only frames of this DFT settings hash")
+    replay_references: bool = True
+    replay_layers: int = Field(24, ge=0, description="2DMatPedia/MC2D layers in the replay set")
+    replay_layer_max_atoms: int = Field(12, ge=1)
+    replay_dehydrogenated_every: int = Field(1, ge=0, description="every k-th slab+H frame without H (0: none)")
+    replay_rattle: float = Field(0.03, ge=0, description="Å, Gaussian noise of the rattled replay copies")
+    replay_n_rattled: int = Field(1, ge=0)
+    replay_val_fraction: float = Field(0.2, ge=0, lt=1)
+    data_dir: str | None = Field(None, description="reference datasets (GEN2D_DATA)")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu or cuda")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def chgnet_evaluator(model, batch_size: int = 16):
+    """An evaluator for :func:`gen2d.finetune.build_dataset`: CHGNet's own batched ``predict_structure``,
+    on the structures ``CHGNetCalculator`` would build from the same atoms; returns (eV, eV/Å) per frame."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    def evaluate(frames):
+        if not frames:
+            return []
+        structures = [AseAtomsAdaptor.get_structure(_plain(f)) for f in frames]
+        with contextlib.redirect_stdout(sys.stderr):
+            preds = model.predict_structure(structures, task="ef", batch_size=batch_size)
+        if isinstance(preds, dict):
+            preds = [preds]
+        factor = [len(s) if model.is_intensive else 1 for s in structures]
+        return [(float(p["e"]) * n, np.asarray(p["f"], float)) for p, n in zip(preds, factor, strict=True)]
+
+    return evaluate
+
+
+def _plain(atoms):
+    out = atoms.copy()
+    out.calc = None
+    return out
+
+
+def resolve_trainable(model, prefixes: Sequence[str]) -> list[str]:
+    """Parameter names of ``model`` under ``prefixes``; a negative index counts from the end of its layer list
+    (``atom_conv_layers.-1`` is the last atom interaction block).
+
+    Raises
+    ------
+    ValueError
+        When a prefix matches no parameter (a typo would otherwise train less than asked).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    out: list[str] = []
+    for prefix in prefixes:
+        head, _, idx = prefix.partition(".")
+        layers = getattr(model, head, None)
+        if idx.lstrip("-").isdigit() and hasattr(layers, "__len__") and len(layers):
+            prefix = f"{head}.{int(idx) % len(layers)}"
+        hit = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hit:
+            raise ValueError(f"trainable prefix {prefix!r} matches no parameter of CHGNet")
+        out += [n for n in hit if n not in out]
+    return out
+
+
+def freeze_except(model, names: Sequence[str]) -> int:
+    """Freeze every parameter not in ``names``; returns the number of trainable parameters."""
+    keep = set(names)
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad = name in keep
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def _structure_data(frames, graph_converter, repeats: int = 1):
+    """CHGNet ``StructureData`` of frames: per-atom target energy, forces (NaN where the frame has none: CHGNet's
+    loss masks missing labels), ids ``run/system#frame``."""
+    from chgnet.data.dataset import StructureData
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structures, energies, forces, ids = [], [], [], []
+    for f in frames:
+        for _ in range(repeats if f.info.get("config_type") != "replay" else 1):
+            structures.append(AseAtomsAdaptor.get_structure(_plain(f)))
+            energies.append(float(f.info["target_energy"]) / len(f))
+            forces.append(f.arrays["forces"] if "forces" in f.arrays else np.full((len(f), 3), np.nan))
+            ids.append(f"{f.info.get('run', '')}/{f.info.get('system', '')}#{f.info.get('frame', 0)}")
+    with contextlib.redirect_stdout(sys.stderr):
+        return StructureData(
+            structures=structures,
+            energies=energies,
+            forces=forces,
+            structure_ids=ids,
+            graph_converter=graph_converter,
+            shuffle=False,
+        )
+
+
+def energy_only_safe_loss(criterion):
+    """CHGNet's ``CombinedLoss`` that also takes a batch whose frames all lack forces.
+
+    CHGNet masks missing (NaN) force labels, but a batch with none left makes the force MSE of an empty
+    tensor, NaN, and one NaN step ruins the weights. Such a batch (energy-only single points drawn
+    together) gets the energy loss alone.
+    """
+    import torch
+    from chgnet.trainer.trainer import CombinedLoss
+
+    class EnergyOnlySafeLoss(CombinedLoss):
+        def forward(self, targets, prediction):
+            if "f" in self.target_str and not any(bool(torch.isfinite(t).any()) for t in targets["f"]):
+                full = self.target_str
+                self.target_str = full.replace("f", "")
+                try:
+                    out = super().forward(targets, prediction)
+                finally:
+                    self.target_str = full
+                out["f_MAE"] = torch.zeros(())
+                out["f_MAE_size"] = 0
+                return out
+            return super().forward(targets, prediction)
+
+    criterion.__class__ = EnergyOnlySafeLoss
+    return criterion
+
+
+def set_errors(frames, evaluate) -> dict[str, Any]:
+    """Energy MAE (meV/atom, against ``target_energy``) and force MAE (eV/Å, frames with forces) of a model."""
+    if not frames:
+        return {"n": 0}
+    labels = evaluate(frames)
+    e_err = [abs(e - f.info["target_energy"]) / len(f) for f, (e, _) in zip(frames, labels, strict=True)]
+    f_err = [
+        np.abs(np.asarray(fc) - f.arrays["forces"]).ravel()
+        for f, (_, fc) in zip(frames, labels, strict=True)
+        if "forces" in f.arrays
+    ]
+    out = {"n": len(frames), "energy_mae_mev_per_atom": 1000 * float(np.mean(e_err))}
+    if f_err:
+        out["force_mae_ev_per_a"] = float(np.mean(np.concatenate(f_err)))
+        out["n_with_forces"] = len(f_err)
+    return out
+
+
+def dataset_metrics(dataset: FinetuneDataset, base_eval, tuned_eval) -> dict[str, Any]:
+    """Errors of the base and the fine-tuned model on every set (DFT train/val against DFT on the MLIP scale,
+    replay against the base model's own labels, i.e. drift)."""
+    out: dict[str, Any] = {}
+    for name, frames in dataset.sets().items():
+        if name.startswith("replay"):
+            tuned = set_errors(frames, tuned_eval)
+            out[name] = {
+                "n": tuned["n"],
+                "energy_drift_mae_mev_per_atom": tuned.get("energy_mae_mev_per_atom"),
+                "force_drift_mae_ev_per_a": tuned.get("force_mae_ev_per_a"),
+            }
+        else:
+            out[name] = {"base": set_errors(frames, base_eval), "tuned": set_errors(frames, tuned_eval)}
+    return out
+
+
+def finetune(**options: Any) -> dict[str, Any]:
+    """Fine-tune CHGNet on the DFT frames under ``frames`` and write ``out/chgnet_her.pt`` and ``out/MANIFEST.json``.
+
+    Data: :func:`gen2d.finetune.build_dataset` (frames on the base model's energy scale through a fitted
+    per-element shift, a group-wise train/validation split, a replay set labelled by the base model).
+    Training: ``chgnet.trainer.Trainer`` (Adam, cosine schedule, energy and force loss; CHGNet's loss masks
+    the forces of energy-only frames) with every parameter frozen except ``trainable``.
+
+    Returns ``checkpoint`` (path), ``manifest`` (path) and ``metrics``.
+
+    Raises
+    ------
+    gen2d.scoring.ScorerOptionsError
+        Unknown or malformed options, by name.
+    gen2d.finetune.FinetuneDataError
+        No frames, mixed DFT settings, a bad split.
+    """
+    import chgnet
+    import torch
+    from chgnet.data.dataset import collate_graphs
+    from chgnet.model import CHGNet
+    from chgnet.trainer import Trainer
+    from torch.utils.data import DataLoader
+
+    opts = FinetuneOptions(**check_options(FinetuneOptions, options, "calculator chgnet-her (train)"))
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    device = _device(opts.device)
+    out = Path(opts.out)
+    data_out = Path(opts.data_out) if opts.data_out else out / "data"
+    roots = _frame_roots(opts.frames)
+
+    with contextlib.redirect_stdout(sys.stderr):
+        base = CHGNet.load(model_name=opts.base_model, use_device="cpu", verbose=False)
+    base_sha = _wheel_checkpoint_sha(opts.base_model)
+    base_name = f"CHGNet {base.version} (chgnet {chgnet.__version__})"
+    base_eval = chgnet_evaluator(base)
+    settings = FinetuneDataSettings(
+        **{k: getattr(opts, k) for k in FinetuneDataSettings.__dataclass_fields__ if hasattr(opts, k)}
+    )
+    dataset = build_dataset(roots, base_eval, settings, label_model=base_name)
+    files = dataset.write(data_out)
+
+    torch.manual_seed(opts.seed)
+    with contextlib.redirect_stdout(sys.stderr):
+        model = CHGNet.load(model_name=opts.base_model, use_device="cpu", verbose=False)
+    names = resolve_trainable(model, opts.trainable)
+    n_trainable = freeze_except(model, names)
+    train_set = _structure_data(dataset.train + dataset.replay_train, model.graph_converter, opts.dft_repeats)
+    val_frames = dataset.val + dataset.replay_val
+    val_set = _structure_data(val_frames or dataset.train, model.graph_converter)
+    gen = torch.Generator().manual_seed(opts.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=opts.batch_size, shuffle=True, collate_fn=collate_graphs, generator=gen
+    )
+    val_loader = DataLoader(val_set, batch_size=opts.batch_size, shuffle=False, collate_fn=collate_graphs)
+    trainer = Trainer(
+        model=model,
+        targets="ef",
+        energy_loss_ratio=opts.energy_loss_ratio,
+        force_loss_ratio=opts.force_loss_ratio,
+        optimizer="Adam",
+        scheduler="CosLR",
+        criterion=opts.criterion,
+        epochs=opts.epochs,
+        learning_rate=opts.learning_rate,
+        print_freq=10**6,
+        torch_seed=opts.seed,
+        data_seed=opts.seed or None,
+        use_device=device,
+    )
+    energy_only_safe_loss(trainer.criterion)
+    with tempfile.TemporaryDirectory(prefix="gen2d-chgnet-her-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        trainer.train(train_loader, val_loader, save_dir=tmp)
+    tuned = trainer.model.to("cpu").eval()
+    train_wall, train_cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT_NAME
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "base_model": opts.base_model,
+        "base_checkpoint_sha256": base_sha,
+        "chgnet_version": chgnet.__version__,
+        "trainable": names,
+        "reference_shift": dataset.shift.as_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()},
+    }
+    with atomic_path(ckpt) as tmp_ckpt:
+        torch.save(state, tmp_ckpt)
+
+    metrics = dataset_metrics(dataset, base_eval, chgnet_evaluator(tuned))
+    history = {k: {s: [float(x) for x in v[s]] for s in ("train", "val")} for k, v in trainer.training_history.items()}
+    manifest = write_manifest(
+        out / "MANIFEST.json",
+        what="CHGNet fine-tuned on gen2d's CP2K DFT frames (calculator chgnet-her)",
+        file=ckpt.name,
+        sha256=file_sha256(ckpt),
+        size_bytes=ckpt.stat().st_size,
+        base_model={
+            "name": base_name,
+            "chgnet_model": opts.base_model,
+            "checkpoint_sha256": base_sha,
+            "chgnet_version": chgnet.__version__,
+            "torch_version": torch.__version__,
+        },
+        data={
+            **dataset.summary,
+            "files": files,
+            "data_out": str(data_out),
+            "frames": {
+                "train": sorted({_fingerprint(f) for f in dataset.train}),
+                "val": sorted({_fingerprint(f) for f in dataset.val}),
+            },
+            "replay_val_ids": sorted({f.info["replay_id"] for f in dataset.replay_val}),
+            "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
+        },
+        training={
+            "trainer": "chgnet.trainer.Trainer",
+            "trainable": names,
+            "n_trainable_parameters": n_trainable,
+            "n_parameters": sum(p.numel() for p in tuned.parameters()),
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+            "options": opts.model_dump(),
+            "history_mae": history,
+            "history_units": {"e": "eV/atom", "f": "eV/Å"},
+            "wall_seconds": train_wall,
+            "cpu_seconds": train_cpu,
+            "validation_note": "validation frames are whole relaxations held out (val_groups); the replay "
+            "validation set holds structures whose labels the fine-tune never saw",
+        },
+        metrics=metrics,
+        metrics_units={
+            "energy_mae_mev_per_atom": "meV/atom against DFT put on the base model's scale by the shift",
+            "force_mae_ev_per_a": "eV/Å, per force component",
+            "energy_drift_mae_mev_per_atom": "meV/atom, fine-tuned against base model on the replay set",
+        },
+    )
+    return {
+        "checkpoint": str(ckpt),
+        "manifest": str(out / "MANIFEST.json"),
+        "sha256": manifest["sha256"],
+        "metrics": metrics,
+        "wall_seconds": train_wall,
+    }
+
+
+def _fingerprint(atoms) -> str:
+    from gen2d.finetune import frame_fingerprint
+
+    return frame_fingerprint(atoms)
+
+
+def _frame_roots(frames: list[str] | str | None) -> list[Path]:
+    if frames is None:
+        from gen2d.settings import get_settings
+
+        s = get_settings()
+        return [Path(s.dft_dir or s.cache_dir / "dft")]
+    return [Path(f).expanduser() for f in ([frames] if isinstance(frames, str) else frames)]
+
+
+def _wheel_checkpoint_sha(model_name: str) -> str | None:
+    import chgnet
+
+    files = sorted((Path(chgnet.__file__).parent / "pretrained" / model_name).glob("*.pth.tar"))
+    return file_sha256(files[0]) if files else None

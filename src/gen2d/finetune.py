@@ -1,0 +1,656 @@
+"""Fine-tuning data for an MLIP from gen2d's own DFT frames: the frame set, the energy reference alignment, the
+replay set that guards what E_hull depends on, the split and the manifest.
+
+The training itself belongs to a calculator plugin (``chgnet-her``); this module knows no MLIP. It takes the
+base model as a function that labels structures, so the same data work for any backend.
+
+Energy scales. A CP2K total energy and an MPtrj-trained MLIP energy of the same structure differ by a constant
+per atom of each element (pseudopotentials, reference states), plus the physics the MLIP gets wrong. The first
+part is removed by a per-element shift μ, fitted by least squares on the frames; what is left is what
+fine-tuning must learn. A reaction energy that balances its atoms (ΔE_H = E(slab+H) − E(slab) − ½E(H₂)) does not
+see μ at all, so the alignment never changes a DFT ΔE_H. Clean slabs are weighted heavily in the fit (the
+``anchor_weight``): with them on the MLIP's own energy, the MLIP's E_hull has no reason to move, and the whole
+DFT−MLIP difference in ΔE_H lands on the frames with H.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from gen2d.fileio import atomic_path, write_text_atomic
+from gen2d.scoring import file_sha256
+
+#: per-frame labels an evaluator returns: total energy (eV) and forces (eV/Å, n x 3)
+Labels = tuple[float, np.ndarray]
+Evaluator = Callable[[Sequence[Atoms]], list[Labels]]
+
+#: named failures of the dataset (``FinetuneDataError.reason``)
+REASONS = {
+    "no_frames": "no DFT frame with an energy under the given folders",
+    "mixed_settings": "the frames come from DFT runs with different settings hashes: their energies are not one scale",
+    "unknown_val_system": "a validation system names no (run/system) group of the frames",
+    "empty_training_set": "nothing is left to train on after the split",
+    "bad_labels": "the base model returned a non-finite energy or forces of the wrong shape",
+}
+
+
+class FinetuneDataError(ValueError):
+    """The DFT frames cannot make a fine-tuning set; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------------------------
+# energy reference alignment
+
+
+@dataclass
+class ReferenceShift:
+    """Per-element energies μ (eV per atom of the element) that take a DFT total energy to the MLIP's scale.
+
+    ``E_mlip_scale = E_dft − Σ_el n_el μ_el``. Fitted by :func:`fit_reference_shift`; elements whose
+    counts are linearly dependent in the frames (Mo and S always 1:2) share a min-norm split, which is
+    the same shift on every composition the frames span.
+    """
+
+    elements: list[str]
+    mu: list[float]
+    rank: int
+    n_frames: int
+    residual_rms: float  # eV/atom, weighted, after the shift
+    method: str = "weighted least squares on per-atom energy differences E_dft − E_mlip, min-norm solution"
+
+    def of(self, symbols: Sequence[str] | Atoms) -> float:
+        """The shift (eV) of a structure: Σ n_el μ_el."""
+        if isinstance(symbols, Atoms):
+            symbols = symbols.get_chemical_symbols()
+        counts = Counter(symbols)
+        unknown = sorted(set(counts) - set(self.elements))
+        if unknown:
+            raise KeyError(f"the reference shift was fitted without {', '.join(unknown)}")
+        return float(sum(counts[el] * m for el, m in zip(self.elements, self.mu)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mu": {el: m for el, m in zip(self.elements, self.mu)},
+            "unit": "eV per atom of the element",
+            "rank": self.rank,
+            "n_elements": len(self.elements),
+            "n_frames": self.n_frames,
+            "residual_rms_mev_per_atom": 1000 * self.residual_rms,
+            "method": self.method,
+            "convention": "E_mlip_scale = E_dft - sum_el n_el * mu_el",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReferenceShift:
+        els = sorted(d["mu"])
+        return cls(
+            elements=els,
+            mu=[float(d["mu"][e]) for e in els],
+            rank=int(d.get("rank", len(els))),
+            n_frames=int(d.get("n_frames", 0)),
+            residual_rms=float(d.get("residual_rms_mev_per_atom", 0.0)) / 1000,
+            method=d.get("method", cls.method),
+        )
+
+
+def element_counts(frames: Sequence[Atoms | Sequence[str]], elements: Sequence[str]) -> np.ndarray:
+    """Matrix (n_frames x n_elements) of how many atoms of each element each frame holds."""
+    index = {el: j for j, el in enumerate(elements)}
+    out = np.zeros((len(frames), len(elements)))
+    for i, frame in enumerate(frames):
+        symbols = frame.get_chemical_symbols() if isinstance(frame, Atoms) else frame
+        for el, n in Counter(symbols).items():
+            out[i, index[el]] = n
+    return out
+
+
+def fit_reference_shift(
+    counts: np.ndarray,
+    dft_energies: Sequence[float],
+    mlip_energies: Sequence[float],
+    elements: Sequence[str],
+    weights: Sequence[float] | None = None,
+) -> ReferenceShift:
+    """Fit per-element μ so that ``E_dft − n·μ`` matches ``E_mlip`` in the least-squares sense.
+
+    The fit is on per-atom differences, so that a 30-atom slab and an H₂ molecule count alike, each row
+    weighted by ``weights`` (default 1). Among the μ that fit equally well (an element pair that always
+    comes in one ratio), the one of least norm is returned (``numpy.linalg.lstsq``).
+
+    Parameters
+    ----------
+    counts : array (n, k)
+        Atoms of each element in each frame (:func:`element_counts`).
+    dft_energies, mlip_energies : sequences of n floats
+        Total energies (eV) of the same frames.
+    elements : sequence of k str
+        Element of each column.
+    weights : sequence of n floats, optional
+        Weight of each frame in the fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    >>> mlip = np.array([-1.0, -2.0, -3.0])
+    >>> dft = mlip + counts @ np.array([-13.6, -150.0])
+    >>> [round(m, 6) for m in fit_reference_shift(counts, dft, mlip, ["H", "O"]).mu]
+    [-13.6, -150.0]
+    """
+    counts = np.asarray(counts, float)
+    diff = np.asarray(dft_energies, float) - np.asarray(mlip_energies, float)
+    n, k = counts.shape
+    if n == 0:
+        raise FinetuneDataError("no_frames", "no frames to fit the reference shift on")
+    if diff.shape != (n,) or not np.all(np.isfinite(diff)):
+        raise FinetuneDataError("bad_labels", "energies must be finite, one per frame")
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    natoms = counts.sum(axis=1)
+    scale = np.sqrt(w) / natoms
+    a = counts * scale[:, None]
+    b = diff * scale
+    mu, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
+    resid = (diff - counts @ mu) / natoms
+    rms = float(np.sqrt(np.sum(w * resid**2) / np.sum(w)))
+    return ReferenceShift(
+        elements=list(elements), mu=[float(m) for m in mu], rank=int(rank), n_frames=n, residual_rms=rms
+    )
+
+
+def frame_group(atoms: Atoms) -> str:
+    """The (run, system) a frame belongs to, as ``run/system``: frames of one relaxation are one group."""
+    return f"{atoms.info.get('run', '')}/{atoms.info.get('system', '')}"
+
+
+def frame_weights(frames: Sequence[Atoms], anchor_weight: float = 100.0) -> np.ndarray:
+    """Weights for :func:`fit_reference_shift`: each (run, system) group weighs 1 in total, whatever its number of
+    frames, and clean slabs (``config_type`` ``slab``) weigh ``anchor_weight`` times that."""
+    sizes = Counter(frame_group(f) for f in frames)
+    w = np.array([1.0 / sizes[frame_group(f)] for f in frames])
+    clean = np.array([f.info.get("config_type") == "slab" for f in frames])
+    return np.where(clean, w * anchor_weight, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# frames, split
+
+
+def deduplicate_frames(frames: Iterable[Atoms]) -> tuple[list[Atoms], int]:
+    """The frames with identical atoms, cell and energy kept once (two runs sharing one slab single point);
+    returns them and how many were dropped."""
+    seen: set[str] = set()
+    out: list[Atoms] = []
+    n = 0
+    for f in frames:
+        n += 1
+        key = frame_fingerprint(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out, n - len(out)
+
+
+def frame_fingerprint(atoms: Atoms) -> str:
+    """sha256 of symbols, positions and cell (1e-6 Å) and energy (1e-6 eV)."""
+    h = hashlib.sha256()
+    h.update(" ".join(atoms.get_chemical_symbols()).encode())
+    h.update(np.round(atoms.positions, 6).tobytes())
+    h.update(np.round(np.asarray(atoms.cell), 6).tobytes())
+    h.update(f"{float(atoms.info.get('energy', np.nan)):.6f}".encode())
+    return h.hexdigest()
+
+
+def split_frames(
+    frames: Sequence[Atoms],
+    val_systems: Sequence[str] | None = None,
+    val_fraction: float = 0.5,
+    seed: int = 0,
+) -> tuple[list[Atoms], list[Atoms], list[str]]:
+    """Train and validation frames, split by whole (run, system) groups.
+
+    Frames of one relaxation are near copies of each other, so a random frame split would validate on
+    the training data. Only groups with H (``slab+H``) go to validation; clean slabs and molecules stay
+    in training, since every ΔE_H needs them. ``val_systems`` names the validation groups: ``run/system``
+    (that group, whatever it holds) or ``run`` (its slab+H groups); otherwise ``val_fraction`` of the slab+H
+    groups are drawn with ``seed``, leaving at least one for training.
+
+    Returns train frames, validation frames and the validation group names.
+    """
+    groups = sorted({frame_group(f) for f in frames})
+    eligible = sorted({frame_group(f) for f in frames if f.info.get("config_type") == "slab+H"})
+    if val_systems:
+        chosen = set()
+        for name in val_systems:
+            hit = [g for g in groups if g == name] or [g for g in eligible if g.split("/", 1)[0] == name]
+            if not hit:
+                raise FinetuneDataError(
+                    "unknown_val_system", f"{name!r} names no frame group with H: {', '.join(groups)}"
+                )
+            chosen.update(hit)
+    else:
+        n_val = min(int(np.floor(val_fraction * len(eligible))), max(0, len(eligible) - 1))
+        rng = np.random.default_rng(seed)
+        chosen = set(rng.choice(eligible, size=n_val, replace=False).tolist()) if n_val else set()
+    train = [f for f in frames if frame_group(f) not in chosen]
+    val = [f for f in frames if frame_group(f) in chosen]
+    if not train:
+        raise FinetuneDataError("empty_training_set", f"every frame is in validation ({', '.join(sorted(chosen))})")
+    return train, val, sorted(chosen)
+
+
+# ----------------------------------------------------------------------------------------------
+# replay set
+
+
+def _references_dir() -> Path:
+    return Path(__file__).resolve().parent / "assets" / "references"
+
+
+def reference_replay_structures(elements: Iterable[str], references_dir: str | os.PathLike | None = None) -> list:
+    """``(id, Structure)`` of every shipped hull reference phase made only of ``elements``.
+
+    These are the bulk phases (element and binary prototypes, AA-stacked database layers) that the
+    ``mlip-prototypes`` hull of those elements is built from, relaxed by the base model.
+    """
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    allowed = set(elements)
+    root = Path(references_dir) if references_dir else _references_dir()
+    out, seen = [], set()
+    for path in sorted(root.glob("*/*.json.gz")):
+        with gzip.open(path, "rt") as fh:
+            doc = json.load(fh)
+        for d in doc.get("entries", []):
+            entry = ComputedStructureEntry.from_dict(d)
+            if {el.symbol for el in entry.composition.elements} <= allowed and entry.entry_id not in seen:
+                seen.add(entry.entry_id)
+                out.append((f"reference:{entry.entry_id}", entry.structure))
+    return out
+
+
+def layer_replay_structures(
+    elements: Iterable[str],
+    n: int = 24,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    max_atoms: int = 12,
+) -> tuple[list, list[str]]:
+    """``(id, Structure)`` of ``n`` monolayers from 2DMatPedia and MC2D (at most ``max_atoms`` atoms each).
+
+    Half of them share an element with ``elements`` (the layers whose energies a fine-tune on those
+    elements is most likely to move), the rest are drawn from all layers, both with ``seed``. Returns the
+    layers and the sources read (a missing file is left out and not named).
+    """
+    from gen2d.data.readers import data_dir as default_data_dir
+    from gen2d.data.readers import read_ase_db, read_mc2d_json
+
+    if n <= 0:
+        return [], []
+    root = Path(data_dir) if data_dir else default_data_dir()
+    pool: list = []
+    used: list[str] = []
+    for name, reader in (("2dmatpedia_filtered.db", read_ase_db), ("mc2d_258_exfoliable.json", read_mc2d_json)):
+        path = root / name
+        if not path.is_file():
+            continue
+        used.append(name)
+        for outcome in reader(path):
+            rec = outcome.record
+            if rec is not None and len(rec.structure) <= max_atoms:
+                pool.append((f"{rec.source}:{rec.source_id}", rec.structure))
+    if not pool:
+        return [], used
+    rng = np.random.default_rng(seed)
+    allowed = set(elements)
+    near = [i for i, (_, s) in enumerate(pool) if allowed & {el.symbol for el in s.composition.elements}]
+    pick = list(rng.permutation(near)[: n // 2]) if near else []
+    taken = set(pick)
+    rest = [i for i in rng.permutation(len(pool)) if i not in taken]
+    pick += rest[: n - len(pick)]
+    return [pool[i] for i in pick], used
+
+
+def dehydrogenated_slabs(frames: Sequence[Atoms], every: int = 3) -> list:
+    """``(id, Atoms)``: every ``every``-th slab+H frame with its H removed, and each clean slab as it is.
+
+    Labelled by the base model, they tell the fine-tune that the layer itself, at the geometries the
+    DFT visited, keeps the base model's energy: what changes is the H.
+    """
+    out = []
+    for f in frames:
+        kind = f.info.get("config_type")
+        if kind == "slab":
+            out.append((f"dft-slab:{frame_group(f)}#{f.info.get('frame', 0)}", f.copy()))
+        elif kind == "slab+H" and int(f.info.get("frame", 0)) % max(1, every) == 0:
+            keep = [i for i, s in enumerate(f.get_chemical_symbols()) if s != "H"]
+            if keep:
+                out.append((f"dft-slab-without-H:{frame_group(f)}#{f.info.get('frame', 0)}", f[keep]))
+    return out
+
+
+def _as_atoms(obj: Any) -> Atoms:
+    if isinstance(obj, Atoms):
+        atoms = obj.copy()
+        atoms.calc = None
+        return atoms
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(obj)
+
+
+def label_replay(
+    items: Sequence[tuple[str, Any]],
+    evaluate: Evaluator,
+    rattle: float = 0.03,
+    n_rattled: int = 1,
+    seed: int = 0,
+    label_model: str = "",
+) -> list[Atoms]:
+    """The replay frames: each structure as given and ``n_rattled`` copies with Gaussian noise of ``rattle``
+    Å on every coordinate, labelled with the base model's energy (eV) and forces (eV/Å) by ``evaluate``.
+
+    A copy with forces gives the fine-tune the base model's slopes, not only its minimum.
+    """
+    frames: list[Atoms] = []
+    for k, (ident, obj) in enumerate(items):
+        base = _as_atoms(obj)
+        for r in range(n_rattled + 1):
+            atoms = base.copy()
+            if r:
+                atoms.rattle(stdev=rattle, seed=seed * 100_003 + k * 101 + r)
+            atoms.info.update(
+                config_type="replay",
+                replay_id=ident,
+                run="replay",
+                system=ident,
+                frame=r,
+                rattle=rattle if r else 0.0,
+                label_model=label_model,
+            )
+            frames.append(atoms)
+    labels = evaluate(frames)
+    for atoms, (energy, forces) in zip(frames, labels, strict=True):
+        _check_labels(atoms, energy, forces)
+        atoms.info["target_energy"] = float(energy)
+        atoms.info["base_energy"] = float(energy)
+        atoms.arrays["forces"] = np.asarray(forces, float)
+    return frames
+
+
+def _check_labels(atoms: Atoms, energy: float, forces: Any) -> None:
+    forces = np.asarray(forces, float)
+    if not np.isfinite(energy) or forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
+        raise FinetuneDataError(
+            "bad_labels", f"{atoms.get_chemical_formula()}: energy {energy}, forces of shape {forces.shape}"
+        )
+
+
+def split_replay(frames: Sequence[Atoms], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Replay frames split by structure (a structure and its rattled copies stay together)."""
+    ids = sorted({f.info["replay_id"] for f in frames})
+    rng = np.random.default_rng(seed + 1)
+    n_val = int(round(val_fraction * len(ids))) if len(ids) > 1 else 0
+    val_ids = set(rng.choice(ids, size=n_val, replace=False).tolist()) if n_val else set()
+    return [f for f in frames if f.info["replay_id"] not in val_ids], [
+        f for f in frames if f.info["replay_id"] in val_ids
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# the dataset
+
+
+@dataclass
+class FinetuneDataSettings:
+    """What goes into a fine-tuning set (all lengths Å, energies eV)."""
+
+    val_systems: list[str] | None = None
+    val_fraction: float = 0.5
+    seed: int = 0
+    anchor_weight: float = 100.0
+    settings_hash: str | None = None
+    replay_references: bool = True
+    replay_layers: int = 24
+    replay_layer_max_atoms: int = 12
+    replay_dehydrogenated_every: int = 3
+    replay_rattle: float = 0.03
+    replay_n_rattled: int = 1
+    replay_val_fraction: float = 0.2
+    data_dir: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FinetuneDataset:
+    """DFT frames split into train and validation, on the MLIP's energy scale, with the replay set.
+
+    Every frame carries ``info['target_energy']`` (eV, MLIP scale) and ``info['base_energy']`` (the base
+    model's energy, eV); DFT frames also ``info['dft_energy']`` and, where recorded, ``arrays['forces']``
+    (eV/Å; the shift does not touch forces). Replay frames are labelled by the base model.
+    """
+
+    train: list[Atoms]
+    val: list[Atoms]
+    replay_train: list[Atoms]
+    replay_val: list[Atoms]
+    shift: ReferenceShift
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def sets(self) -> dict[str, list[Atoms]]:
+        return {"train": self.train, "val": self.val, "replay_train": self.replay_train, "replay_val": self.replay_val}
+
+    def write(self, out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+        """Write each set as extended XYZ under ``out_dir``; returns name -> {path, sha256, n_frames}."""
+        from ase.io import write
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name, frames in self.sets().items():
+            path = out_dir / f"{name}.extxyz"
+            clean = []
+            for f in frames:
+                g = f.copy()
+                g.calc = None
+                clean.append(g)
+            with atomic_path(path) as tmp:
+                write(str(tmp), clean, format="extxyz")
+            files[name] = {"path": path.name, "sha256": file_sha256(path), "n_frames": len(frames)}
+        return files
+
+
+def calculator_evaluator(calculator: Any) -> Evaluator:
+    """An :data:`Evaluator` from an ASE calculator, one structure at a time."""
+
+    def evaluate(frames: Sequence[Atoms]) -> list[Labels]:
+        out = []
+        for f in frames:
+            atoms = f.copy()
+            atoms.calc = calculator
+            out.append((float(atoms.get_potential_energy()), np.asarray(atoms.get_forces(), float)))
+        return out
+
+    return evaluate
+
+
+def build_dataset(
+    roots: Iterable[str | os.PathLike],
+    evaluate: Evaluator,
+    settings: FinetuneDataSettings | None = None,
+    label_model: str = "",
+) -> FinetuneDataset:
+    """The fine-tuning set from the DFT run folders ``roots`` and the base model ``evaluate``.
+
+    Steps: collect the frames (:func:`gen2d.frames.collect_frames`, energy-only single points included),
+    drop exact duplicates, label them with the base model, fit the reference shift
+    (:func:`fit_reference_shift` with :func:`frame_weights`), put the DFT energies on the MLIP scale,
+    split by group (:func:`split_frames`), and build and label the replay set (shipped reference phases
+    of the frames' elements, database layers, the DFT slabs without H; each with rattled copies).
+
+    Raises
+    ------
+    FinetuneDataError
+        ``no_frames``, ``mixed_settings``, ``unknown_val_system``, ``empty_training_set``, ``bad_labels``.
+    """
+    from gen2d.frames import collect_frames
+
+    settings = settings or FinetuneDataSettings()
+    roots = [Path(r) for r in roots]
+    frames, collected = collect_frames(roots)
+    if settings.settings_hash:
+        frames = [f for f in frames if f.info.get("settings_hash") == settings.settings_hash]
+    if not frames:
+        where = ", ".join(map(str, roots)) or "(no folder)"
+        raise FinetuneDataError("no_frames", f"no DFT frame with an energy under {where}")
+    hashes = Counter(f.info.get("settings_hash", "") for f in frames)
+    if len(hashes) > 1:
+        raise FinetuneDataError("mixed_settings", f"settings hashes {dict(hashes)}; choose one with settings_hash=...")
+    frames, n_dupes = deduplicate_frames(frames)
+
+    labels = evaluate(frames)
+    for f, (energy, forces) in zip(frames, labels, strict=True):
+        _check_labels(f, energy, forces)
+        f.info["base_energy"] = float(energy)
+        f.info["dft_energy"] = float(f.info["energy"])
+    elements = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    weights = frame_weights(frames, settings.anchor_weight)
+    shift = fit_reference_shift(
+        element_counts(frames, elements),
+        [f.info["dft_energy"] for f in frames],
+        [f.info["base_energy"] for f in frames],
+        elements,
+        weights,
+    )
+    for f in frames:
+        f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
+    train, val, val_groups = split_frames(frames, settings.val_systems, settings.val_fraction, settings.seed)
+
+    items: list = []
+    sources: dict[str, int] = {}
+    if settings.replay_references:
+        refs = reference_replay_structures(elements)
+        items += refs
+        sources["shipped hull reference phases"] = len(refs)
+    layers, used = layer_replay_structures(
+        elements, settings.replay_layers, settings.seed, settings.data_dir, settings.replay_layer_max_atoms
+    )
+    items += layers
+    sources["database layers (" + (", ".join(used) or "none found") + ")"] = len(layers)
+    if settings.replay_dehydrogenated_every > 0:
+        slabs = dehydrogenated_slabs(train, settings.replay_dehydrogenated_every)
+        items += slabs
+        sources["DFT slabs of the training frames, H removed"] = len(slabs)
+    replay = (
+        label_replay(items, evaluate, settings.replay_rattle, settings.replay_n_rattled, settings.seed, label_model)
+        if items
+        else []
+    )
+    replay_train, replay_val = split_replay(replay, settings.replay_val_fraction, settings.seed)
+
+    residual = defaultdict(list)
+    for f in frames:
+        residual[f.info.get("config_type", "")].append(
+            1000 * (f.info["target_energy"] - f.info["base_energy"]) / len(f)
+        )
+    summary = {
+        "roots": [str(r) for r in roots],
+        "collected": {k: v for k, v in collected.items() if k != "skipped"},
+        "skipped": collected.get("skipped", []),
+        "n_duplicates_dropped": n_dupes,
+        "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
+        "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
+        "elements": elements,
+        "settings_hash": next(iter(hashes)),
+        "val_groups": val_groups,
+        "train_groups": sorted({frame_group(f) for f in train}),
+        "n": {"train": len(train), "val": len(val), "replay_train": len(replay_train), "replay_val": len(replay_val)},
+        "n_energy_only": sum(bool(f.info.get("energy_only")) for f in frames),
+        "replay_sources": sources,
+        "shift": shift.as_dict(),
+        "target_minus_base_mev_per_atom": {
+            k: {"mean": float(np.mean(v)), "max_abs": float(np.max(np.abs(v))), "n": len(v)}
+            for k, v in sorted(residual.items())
+        },
+        "settings": settings.as_dict(),
+    }
+    return FinetuneDataset(train, val, replay_train, replay_val, shift, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# provenance
+
+
+def invocation(function: str = "") -> str:
+    """This process's command line as typed; ``python -c`` hides its code, so then say which function ran."""
+    if not sys.argv or sys.argv[0] in ("-c", ""):
+        return f"{sys.executable} -c ... ({function or 'gen2d.finetune'})"
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def write_manifest(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Write ``MANIFEST.json`` (``fields`` plus ``date`` in UTC and ``command``) and return it."""
+    from datetime import UTC, datetime
+
+    from gen2d.scoring import package_version
+
+    doc = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": invocation(),
+        "gen2d_version": package_version(),
+    }
+    doc.update(fields)
+    write_text_atomic(path, json.dumps(doc, indent=1, default=_jsonable, ensure_ascii=False) + "\n")
+    return doc
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+__all__ = [
+    "REASONS",
+    "FinetuneDataError",
+    "FinetuneDataSettings",
+    "FinetuneDataset",
+    "ReferenceShift",
+    "build_dataset",
+    "calculator_evaluator",
+    "deduplicate_frames",
+    "dehydrogenated_slabs",
+    "element_counts",
+    "fit_reference_shift",
+    "frame_fingerprint",
+    "frame_group",
+    "frame_weights",
+    "invocation",
+    "label_replay",
+    "layer_replay_structures",
+    "reference_replay_structures",
+    "split_frames",
+    "split_replay",
+    "write_manifest",
+]

@@ -1,0 +1,191 @@
+"""Fine-tuning data from DFT frames: the reference shift, the dataset, the split, the manifest, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import fcc111
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from gen2d.finetune import (
+    FinetuneDataError,
+    FinetuneDataSettings,
+    build_dataset,
+    calculator_evaluator,
+    element_counts,
+    fit_reference_shift,
+    frame_weights,
+    split_frames,
+    write_manifest,
+)
+from gen2d.frames import save_frame, write_run_metadata
+from gen2d.scoring import file_sha256
+
+#: the "DFT" of these tests: EMT plus a constant per atom of each element (eV), as CP2K differs from an MLIP
+MU = {"Cu": -1523.25, "H": -12.5}
+
+
+def test_shift_fit_recovers_known_per_element_constants():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 9, size=(12, 3)).astype(float)
+    counts[:, 0] += 1  # no empty frame
+    mu = np.array([-478.7, -957.4, -12.53])
+    mlip = rng.normal(-5, 2, size=12) * counts.sum(axis=1)
+    shift = fit_reference_shift(counts, mlip + counts @ mu, mlip, ["Mo", "S", "H"], weights=rng.uniform(0.5, 2, 12))
+    np.testing.assert_allclose(shift.mu, mu, atol=1e-8)
+    assert shift.rank == 3 and shift.residual_rms < 1e-9
+    assert shift.of(["Mo", "S", "S", "H"]) == pytest.approx(mu[0] + 2 * mu[1] + mu[2])
+    with pytest.raises(KeyError, match="without C"):
+        shift.of(["C"])
+
+
+def test_elements_that_always_come_together_get_the_min_norm_split_and_exact_predictions():
+    # Mo and S only ever as MoS2 (slab, slab+H), and H2: Mo and S cannot be told apart
+    counts = np.array([[9, 18, 0], [9, 18, 1], [9, 18, 1], [0, 0, 2]], float)
+    true = np.array([-400.0, -1000.0, -12.0])
+    mlip = np.array([-200.0, -205.0, -206.0, -7.0])
+    shift = fit_reference_shift(counts, mlip + counts @ true, mlip, ["Mo", "S", "H"])
+    assert shift.rank == 2
+    np.testing.assert_allclose(counts @ np.array(shift.mu), counts @ true, atol=1e-7)
+    mos2 = true[0] + 2 * true[1]
+    np.testing.assert_allclose(shift.mu[:2], [mos2 / 5, 2 * mos2 / 5], atol=1e-8)  # least norm on Mo + 2 S
+
+
+def _frames_with_h_error(error: float):
+    """Slab, two slab+H frames and H2, whose 'DFT' energies differ from the MLIP by MU and by ``error`` on slab+H."""
+    slab = Atoms("Cu8")
+    site = Atoms("Cu8H")
+    h2 = Atoms("H2")
+    frames = [slab, site, site.copy(), h2]
+    kinds = ["slab", "slab+H", "slab+H", "molecule"]
+    systems = ["slab", "site_0", "site_0", "."]
+    mlip = np.array([-30.0, -33.0, -33.1, -6.7])
+    for f, k, s, fr in zip(frames, kinds, systems, [0, 0, 1, 0]):
+        f.info.update(config_type=k, run="r" if s != "." else "h2", system=s, frame=fr)
+    counts = element_counts(frames, ["Cu", "H"])
+    dft = mlip + counts @ np.array([MU["Cu"], MU["H"]]) + np.array([0.0, error, error, 0.0])
+    return frames, counts, dft, mlip
+
+
+def test_the_shift_never_changes_a_balanced_reaction_energy_and_clean_slabs_stay_on_the_mlip_scale():
+    frames, counts, dft, mlip = _frames_with_h_error(0.8)
+    shift = fit_reference_shift(counts, dft, mlip, ["Cu", "H"], frame_weights(frames, anchor_weight=100.0))
+    target = dft - counts @ np.array(shift.mu)
+    delta_e_h = lambda e: e[1] - e[0] - 0.5 * e[3]  # noqa: E731
+    assert delta_e_h(target) == pytest.approx(delta_e_h(dft), abs=1e-9)
+    assert abs(target[0] - mlip[0]) / 8 < 1e-3  # the anchored clean slab: < 1 meV/atom from the MLIP
+    # the whole ΔE_H error is left for the fine-tune, on the frames with H
+    assert delta_e_h(target) - delta_e_h(mlip) == pytest.approx(0.8, abs=1e-9)
+    # one group weighs as much as one frame: the two slab+H frames weigh 1/2 each
+    np.testing.assert_allclose(frame_weights(frames, 100.0), [100.0, 0.5, 0.5, 1.0])
+
+
+def _labelled(atoms: Atoms, extra: float = 0.0) -> Atoms:
+    """``atoms`` with the test's 'DFT' energy (EMT + MU per atom + ``extra``) and EMT forces."""
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    energy = atoms.get_potential_energy() + sum(MU[s] for s in atoms.get_chemical_symbols()) + extra
+    forces = atoms.get_forces()
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+@pytest.fixture()
+def dft_runs(tmp_path):
+    """Two slab+H relaxations of one Cu slab, the slab single point and H2, shaped like dgh.dft's folders."""
+    root = tmp_path / "dft"
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    slab.pbc = (True, True, False)
+    meta = {"formula": "Cu", "content_hash": "g2d-cu", "settings_hash": "s1", "calculator": "cp2k"}
+    for run, dz in (("run_a", 0.0), ("run_b", 0.3)):
+        (root / run / "slab").mkdir(parents=True)
+        save_frame(_labelled(slab), root / run / "slab" / "frame.traj")
+        (root / run / "site_0").mkdir()
+        for k in range(3):
+            site = slab.copy()
+            site.append("H")
+            site.positions[-1] = site.positions[4] + [0.4 * dz, 0.0, 1.6 - 0.1 * k]
+            save_frame(_labelled(site, extra=0.3), root / run / "site_0" / "relax.traj")
+        write_run_metadata(root / run, meta)
+    h2 = root / "h2"
+    h2.mkdir()
+    for bond in (0.74, 0.76):
+        save_frame(
+            _labelled(Atoms("H2", positions=[[5, 5, 5], [5, 5, 5 + bond]], cell=[10] * 3, pbc=True)), h2 / "relax.traj"
+        )
+    write_run_metadata(h2, {"formula": "H2", "settings_hash": "s1", "system_kind": "molecule"})
+    return root
+
+
+def _settings(**kw):
+    return FinetuneDataSettings(replay_references=False, replay_layers=0, **kw)
+
+
+def test_dataset_from_dft_runs_on_the_mlip_scale_with_a_group_split_and_replay(dft_runs, tmp_path):
+    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(replay_dehydrogenated_every=1))
+    # the slab single point appears in both runs: kept once
+    assert ds.summary["n_duplicates_dropped"] == 1
+    assert ds.summary["elements"] == ["Cu", "H"]
+    # a whole relaxation is held out, never single frames of it; clean slab and H2 stay in training
+    assert len(ds.summary["val_groups"]) == 1 and ds.summary["val_groups"][0].endswith("/site_0")
+    assert {f.info["config_type"] for f in ds.val} == {"slab+H"}
+    assert {"slab", "molecule"} <= {f.info["config_type"] for f in ds.train}
+    # the fitted shift takes the 'DFT' back to EMT: MU minus what the +0.3 eV on slab+H leaves on H
+    mu = ds.summary["shift"]["mu"]
+    assert mu["Cu"] == pytest.approx(MU["Cu"], abs=1e-3)
+    for f in ds.train + ds.val:
+        assert f.info["target_energy"] == pytest.approx(f.info["dft_energy"] - ds.shift.of(f))
+        if f.info["config_type"] == "slab":
+            assert f.info["target_energy"] == pytest.approx(f.info["base_energy"], abs=0.01)
+    slab_h = [f for f in ds.train if f.info["config_type"] == "slab+H"]
+    assert all(f.info["target_energy"] - f.info["base_energy"] > 0.2 for f in slab_h)  # the error to learn
+    # replay: the training slabs without H, labelled by the base model, each with a rattled copy
+    assert ds.replay_train + ds.replay_val and all(
+        f.info["config_type"] == "replay" and "H" not in f.get_chemical_symbols() for f in ds.replay_train
+    )
+    rattled = [f for f in ds.replay_train + ds.replay_val if f.info["rattle"] > 0]
+    assert rattled and all(np.abs(f.arrays["forces"]).max() > 0 for f in rattled)
+
+    files = ds.write(tmp_path / "data")
+    assert set(files) == {"train", "val", "replay_train", "replay_val"}
+    assert files["train"]["sha256"] == file_sha256(tmp_path / "data" / "train.extxyz")
+
+    doc = write_manifest(tmp_path / "MANIFEST.json", data={"files": files, **ds.summary}, metrics={"x": 1.0})
+    back = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert back == json.loads(json.dumps(doc))
+    assert back["command"] and not back["command"].startswith("-c") and back["date"].endswith("+00:00")
+    assert back["data"]["files"]["val"]["sha256"] == files["val"]["sha256"]
+    assert back["data"]["shift"]["unit"] == "eV per atom of the element"
+
+
+def test_explicit_validation_runs_and_their_named_errors(dft_runs):
+    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_systems=["run_b"]))
+    assert ds.summary["val_groups"] == ["run_b/site_0"]
+    with pytest.raises(FinetuneDataError) as err:
+        build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_systems=["no_such_run"]))
+    assert err.value.reason == "unknown_val_system"
+    frames = [Atoms("Cu", info={"run": "r", "system": "site_0", "config_type": "slab+H"})]
+    with pytest.raises(FinetuneDataError) as err:
+        split_frames(frames, val_systems=["r/site_0"])
+    assert err.value.reason == "empty_training_set"
+
+
+def test_no_frames_is_a_named_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FinetuneDataError) as err:
+        build_dataset([tmp_path / "empty"], calculator_evaluator(EMT()), _settings())
+    assert err.value.reason == "no_frames" and "no DFT frame" in str(err.value)
+
+
+def test_frames_of_two_dft_settings_are_refused(dft_runs):
+    meta = json.loads((dft_runs / "run_b" / "run.json").read_text())
+    write_run_metadata(dft_runs / "run_b", {**meta, "settings_hash": "s2"})
+    with pytest.raises(FinetuneDataError) as err:
+        build_dataset([dft_runs], calculator_evaluator(EMT()), _settings())
+    assert err.value.reason == "mixed_settings"
+    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(settings_hash="s1"))
+    assert {f.info["run"] for f in ds.train + ds.val} == {"run_a", "h2"}
