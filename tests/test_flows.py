@@ -142,6 +142,21 @@ def test_workflow_specs_parse_and_build():
     assert load_spec(root / "quickstart.yaml").confirm.m == 0  # the quickstart never waits on DFT
 
 
+def test_evaluate_spec_names_every_arm_of_the_comparison():
+    """The committed evaluation holds the arms the generator is judged by, each with a guidance that resolves."""
+    from gen2d_egnn import sampling_config
+
+    from gen2d.evaluate import EvaluateSpec
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflows" / "evaluate.yaml").read_text())
+    arms, _ = EvaluateSpec.model_validate(doc).all_arms()
+    by_name = {a.name: a for a in arms}
+    assert {"unguided", "gradient", "full", "steered", "substitution", "filter"} <= set(by_name)
+    configs = {n: sampling_config(a.params["guidance"]) for n, a in by_name.items() if "guidance" in a.params}
+    assert configs["steered"].steering is not None and configs["unguided"].steering is None
+    assert configs["gradient"].eta > 0 and configs["gradient"].cfg_weight is None
+
+
 def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
     server = tmp_path / "mongomock.json"
     server.write_text("{}")
