@@ -267,6 +267,12 @@ def main(argv=None) -> int:
         "recorded in each row",
     )
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
+    parser.add_argument(
+        "--prerelax",
+        default=None,
+        help="MLIP (e.g. chgnet) that relaxes each site's free atoms and gives DFT's BFGS its Hessian before the DFT "
+        "relaxation (RefineSettings.prerelax); recorded in each row",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -292,6 +298,7 @@ def main(argv=None) -> int:
         workdir=str(args.workdir),
         n_sites=args.n_sites,
         min_inplane_length=args.min_length,
+        prerelax=args.prerelax,
     )
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +226,85 @@ def test_a_refined_site_is_cached_under_its_own_start():
     assert site_tag(s_top, here) != site_tag(s_top, here + [0.6, 0.0, 0.0])
     assert site_tag(s_top, here) != site_tag(bridge, here)
     assert site_tag({"face": "bottom", "kind": "ontop"}, here) != site_tag(s_top, here)
+
+
+def test_the_mlip_hessian_is_the_curvature_and_speeds_up_bfgs():
+    """The finite-difference Hessian of H on Cu(111) (EMT) has the H stretch curvature that the energy's second
+    derivative gives, is positive definite, and as BFGS's initial Hessian reaches the same minimum in fewer steps."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import _constrained_bfgs, mlip_hessian
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    top = int(np.argmax(slab.positions[:, 2]))
+    slab.append("H")
+    slab.positions[-1] = slab.positions[top] + [0.0, 0.0, 1.6]
+    free = [top, len(slab) - 1]
+    minimum, e_min, conv, _ = _constrained_bfgs(slab, EMT(), free, 0.001, 300, None)
+    assert conv
+    hess = mlip_hessian(minimum, EMT(), free, min_curvature=0.1)
+    np.testing.assert_allclose(hess, hess.T, atol=1e-12)
+    assert np.linalg.eigvalsh(hess).min() >= 0.1 - 1e-9
+    assert hess[0, 0] == 70.0 and not hess[0, 3 * free[1] :].any()  # a fixed atom: BFGS's default, uncoupled
+    # the H stretch along z: the energy's second derivative at the minimum, by the same calculator
+    probe, h, dz = minimum.copy(), 0.01, 3 * free[1] + 2
+    probe.calc = EMT()
+    energies = []
+    for step in (h, -h):
+        probe.positions = minimum.positions.copy()
+        probe.positions[-1, 2] += step
+        energies.append(probe.get_potential_energy())
+    curvature = (energies[0] + energies[1] - 2 * e_min) / h**2
+    assert curvature > 1.0 and hess[dz, dz] == pytest.approx(curvature, rel=0.05)
+    # from a displaced start, with the Hessian of that start: the same minimum in fewer steps
+    start = minimum.copy()
+    start.positions[-1] += [0.15, -0.1, 0.25]
+    start.positions[top] += [0.0, 0.0, -0.1]
+    _, e_plain, c_plain, n_plain = _constrained_bfgs(start, EMT(), free, 0.01, 300, None)
+    _, e_hess, c_hess, n_hess = _constrained_bfgs(
+        start, EMT(), free, 0.01, 300, None, hessian=mlip_hessian(start, EMT(), free)
+    )
+    assert c_plain and c_hess and e_hess == pytest.approx(e_plain, abs=2e-3)
+    assert n_hess < n_plain
+
+
+def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_steps(tmp_path):
+    """refine_adsorption with a preparing calculator (here the same EMT as the 'expensive' one): the expensive BFGS
+    starts at the cheap minimum with its Hessian, the site has its own cache directory, the energy is unchanged."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+    from gen2d.structures import from_ase
+
+    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
+    cell.pbc = (True, True, False)
+    slab = from_ase(cell)
+    top = cell.positions[np.argmax(cell.positions[:, 2])]
+    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 2.3]), "delta_g_h": 0.3}]
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    out = {}
+    for pre in (None, "emt"):
+        refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, prerelax=pre, fmax=0.02)
+        res = refine_adsorption(
+            slab,
+            sites,
+            lambda d: EMT(),
+            str(tmp_path / str(pre)),
+            refine=refine,
+            h2=h2,
+            prerelax_calculator=EMT() if pre else None,
+        )
+        out[pre] = res.sites[0]
+    plain, pre = out[None], out["emt"]
+    assert plain.converged and pre.converged
+    assert pre.energy == pytest.approx(plain.energy, abs=5e-3)
+    assert pre.steps < plain.steps and pre.run_dir.endswith("-pre-emt")
+    doc = json.loads((Path(pre.run_dir) / "result.json").read_text())
+    assert doc["prerelax"]["calculator"] == "emt" and doc["prerelax"]["max_displacement_A"] > 0.1
+    assert "prerelax" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
+
+
+def _h2():
+    return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)

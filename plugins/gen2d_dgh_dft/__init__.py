@@ -78,8 +78,12 @@ class DFTAdsorptionScorer(BaseScorer):
     workdir : str, optional
         Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
         structure hash and settings hash, so a rerun resumes where a killed one stopped.
-    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box
+    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box, h_jitter
         :class:`gen2d.adsorption.RefineSettings`.
+    prerelax : str, optional
+        An MLIP (``gen2d.calculators`` name; the ``mlip`` one gets ``mlip_model`` and ``device``) that relaxes
+        each site's free atoms before DFT and gives DFT's BFGS its Hessian there
+        (:attr:`gen2d.adsorption.RefineSettings.prerelax`): fewer DFT steps, the same DFT minimum.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -108,6 +112,7 @@ class DFTAdsorptionScorer(BaseScorer):
         vacuum: float | None = 15.0,
         h2_box: float = 12.0,
         h_jitter: float = 0.1,
+        prerelax: str | None = None,
         device: str = "auto",
         **settings: Any,
     ):
@@ -131,6 +136,7 @@ class DFTAdsorptionScorer(BaseScorer):
             vacuum=vacuum,
             h2_box=h2_box,
             h_jitter=h_jitter,
+            prerelax=prerelax,
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         self.threads = threads
@@ -210,6 +216,17 @@ class DFTAdsorptionScorer(BaseScorer):
             "scorer": self.name,
         }
 
+    def _prerelax_calculator(self):
+        """The MLIP that prepares each DFT start (None without ``prerelax``); loaded once per process."""
+        if not self.refine.prerelax:
+            return None
+        from gen2d.relax import cached_calculator
+
+        options: dict[str, Any] = {"device": self.device}
+        if self.refine.prerelax == self.mlip and self.mlip_model:
+            options["model"] = self.mlip_model
+        return cached_calculator(self.refine.prerelax, **options)
+
     def run_dir(self, structure: Structure) -> Path:
         """The work directory of one structure under these settings."""
         from gen2d.structures import content_hash
@@ -258,6 +275,7 @@ class DFTAdsorptionScorer(BaseScorer):
                 self.settings,
                 self.refine,
                 h2=h2,
+                prerelax_calculator=self._prerelax_calculator(),
                 metadata={
                     **meta,
                     "formula": structure.composition.reduced_formula,

@@ -477,6 +477,12 @@ class RefineSettings:
         Also relax the same free atoms of the bare slab, so that E(slab) and E(slab+H) are both
         relaxed by the same calculator around the site (otherwise E(slab) is a single point at the
         cheap geometry, which lets the calculator's own relaxation of the neighbours count as binding).
+    prerelax : str or None
+        A ``gen2d.calculators`` MLIP (``chgnet``) that prepares each site's start: it relaxes the same free
+        atoms (the neighbours' response to H, e.g. the sp³ pucker of graphene, which the clean slab lacks)
+        and gives the expensive BFGS its Hessian of those atoms (:func:`mlip_hessian`) instead of a uniform
+        70 eV/Å². The expensive calculator still decides the geometry and the energy; only its number of
+        steps changes. None starts from the clean slab with H at the cheap recipe's position.
     h_jitter : float
         In-plane displacement (Å, fixed direction per site) of the H's start. A cheap recipe's minimum can
         be a saddle of the expensive one on a symmetric site (H bridging two equivalent S atoms): a
@@ -493,11 +499,14 @@ class RefineSettings:
     vacuum: float | None = 15.0
     h2_box: float = 12.0
     h_jitter: float = 0.1
+    prerelax: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if not self.h_jitter:  # runs keyed before the option existed keep their key
             out.pop("h_jitter")
+        if self.prerelax is None:  # likewise
+            out.pop("prerelax")
         return out
 
 
@@ -546,9 +555,17 @@ def _free_indices(atoms: Atoms, centre: np.ndarray, radius: float, n_slab: int) 
 
 
 def _constrained_bfgs(
-    atoms: Atoms, calculator, free: Sequence[int], fmax: float, steps: int, trajectory: str | None
+    atoms: Atoms,
+    calculator,
+    free: Sequence[int],
+    fmax: float,
+    steps: int,
+    trajectory: str | None,
+    hessian: np.ndarray | None = None,
 ) -> tuple[Atoms, float, bool, int]:
     """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
+
+    ``hessian`` (3N×3N, eV/Å², positive definite) replaces BFGS's uniform initial Hessian on a fresh start.
 
     Every evaluated frame (positions, energy, forces) is appended to ``trajectory``: the frames are
     training data, and the last one is where a killed run starts again. The BFGS state (Hessian,
@@ -577,6 +594,10 @@ def _constrained_bfgs(
     if restart and done_steps == 0 and os.path.isfile(restart):
         os.remove(restart)  # a Hessian without the frames it was built on
     opt = BFGS(work, logfile=None, maxstep=0.15, restart=restart)
+    if hessian is not None and done_steps == 0:
+        if np.shape(hessian) != np.shape(opt.H0):
+            raise ValueError(f"initial Hessian of shape {np.shape(hessian)}, expected {np.shape(opt.H0)}")
+        opt.H0 = np.asarray(hessian, float)
     if trajectory:
         traj = Trajectory(trajectory, "a", work)
         opt.attach(traj.write, interval=1)
@@ -617,6 +638,57 @@ def _whole_frames(trajectory: str) -> list[Atoms]:
     return frames
 
 
+def mlip_hessian(
+    atoms: Atoms,
+    calculator,
+    free: Sequence[int],
+    delta: float = 0.01,
+    min_curvature: float = 1.0,
+    fixed_curvature: float = 70.0,
+) -> np.ndarray:
+    """A positive-definite 3N×3N Hessian (eV/Å²) of ``atoms`` by ``calculator``: central differences of the
+    forces (``delta`` Å) on the ``free`` atoms' coordinates, symmetrised, with eigenvalues raised to at least
+    ``min_curvature``; the fixed atoms get ``fixed_curvature`` (BFGS's default) and no coupling.
+
+    Costs 6·len(free) force evaluations. As BFGS's initial Hessian it carries the cheap model's curvatures
+    (stiff X–H stretch, soft out-of-plane pucker) into the expensive relaxation.
+    """
+    free = sorted(int(i) for i in free)
+    dofs = [3 * i + c for i in free for c in range(3)]
+    work = atoms.copy()
+    work.set_constraint()
+    work.calc = calculator
+    x0 = work.positions.copy()
+    block = np.zeros((len(dofs), len(dofs)))
+    for col, dof in enumerate(dofs):
+        atom, c = divmod(dof, 3)
+        grads = []
+        for sign in (1.0, -1.0):
+            pos = x0.copy()
+            pos[atom, c] += sign * delta
+            work.positions = pos
+            grads.append(-work.get_forces().ravel()[dofs])
+        block[:, col] = (grads[0] - grads[1]) / (2 * delta)
+    block = 0.5 * (block + block.T)
+    w, v = np.linalg.eigh(block)
+    block = (v * np.maximum(w, min_curvature)) @ v.T
+    hessian = np.eye(3 * len(atoms)) * fixed_curvature
+    hessian[np.ix_(dofs, dofs)] = block
+    return hessian
+
+
+def prepare_start(
+    atoms: Atoms, calculator, free: Sequence[int], fmax: float = 0.02, steps: int = 300
+) -> tuple[Atoms, np.ndarray, dict[str, Any]]:
+    """The start of an expensive relaxation, prepared by a cheap one: ``free`` atoms relaxed by ``calculator``
+    and its :func:`mlip_hessian` there. Returns the atoms, the Hessian and what was done (steps, converged,
+    largest displacement in Å)."""
+    relaxed, _, converged, n = _constrained_bfgs(atoms, calculator, free, fmax, steps, None)
+    hessian = mlip_hessian(relaxed, calculator, free)
+    moved = float(np.linalg.norm(relaxed.positions - atoms.positions, axis=1).max())
+    return relaxed, hessian, {"steps": n, "converged": converged, "max_displacement_A": moved}
+
+
 def refine_adsorption(
     slab: Structure,
     sites: Sequence[dict[str, Any]],
@@ -626,6 +698,7 @@ def refine_adsorption(
     refine: RefineSettings | None = None,
     h2: tuple[float, float] | None = None,
     metadata: dict[str, Any] | None = None,
+    prerelax_calculator=None,
 ) -> AdsorptionResult:
     """ΔG_H on a few sites with an expensive calculator, started from a cheaper recipe's relaxed H.
 
@@ -655,6 +728,9 @@ def refine_adsorption(
         What is computed (formula, content hash, calculator settings and their hash): written with the
         refinement settings to ``workdir/run.json``, which makes the frames a dataset
         (:mod:`gen2d.frames`).
+    prerelax_calculator : ase Calculator, optional
+        The MLIP of ``refine.prerelax`` (default: loaded by name with
+        :func:`gen2d.relax.cached_calculator`).
 
     Returns
     -------
@@ -723,6 +799,19 @@ def refine_adsorption(
             _close(calc)
 
     slab_doc = cached("slab", _slab_single)
+    _prerelax_calc: list = []
+
+    def prerelax():
+        """The preparing MLIP, loaded on first use (a finished run never loads it)."""
+        if not _prerelax_calc:
+            if prerelax_calculator is not None:
+                _prerelax_calc.append(prerelax_calculator)
+            else:
+                from gen2d.relax import cached_calculator
+
+                _prerelax_calc.append(cached_calculator(refine.prerelax))
+        return _prerelax_calc[0]
+
     results: list[SiteResult] = []
     for k, site in enumerate(chosen):
         h_pos = _wrap_into_cell(np.asarray(site["final_position"], float), slab.lattice) + [0.0, 0.0, z_shift]
@@ -762,23 +851,31 @@ def refine_adsorption(
                     flags.append("geometry_not_converged")
 
         def _site(d, start_atoms=start_atoms, free=free):
+            begin, hessian, prepared = start_atoms, None, None
+            traj = os.path.join(d, "relax.traj")
+            if refine.prerelax and not os.path.isfile(traj):  # a resumed run starts from its own last frame
+                begin, hessian, prepared = prepare_start(start_atoms, prerelax(), free)
+                prepared["calculator"] = refine.prerelax
             calc = make_calculator(d)
             try:
-                final, e, conv, n = _constrained_bfgs(
-                    start_atoms, calc, free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
-                )
-                return {
+                final, e, conv, n = _constrained_bfgs(begin, calc, free, refine.fmax, refine.steps, traj, hessian)
+                out = {
                     "energy": e,
                     "converged": conv,
                     "steps": n,
                     "positions": final.positions.tolist(),
                     "cost": _cost(calc),
                 }
+                if prepared is not None:
+                    out["prerelax"] = prepared
+                return out
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
                 return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "steps": 0}
             finally:
                 _close(calc)
 
+        if refine.prerelax:  # another start: its own directory
+            tag = f"{tag}-pre-{refine.prerelax}"
         doc = cached(f"site_{k}-{tag}", _site)
         energy = doc.get("energy")
         final = start_atoms.copy()
