@@ -43,8 +43,11 @@ POINTS: list[tuple[str, str, dict, dict]] = [
         {},
     ),
     ("precision", "EPS_DEFAULT 1e-10", {"eps_default": 1e-10}, {}),
-    ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
+    # OT with integer occupations and a fixed multiplicity (a doublet for slab+H) instead of smearing and
+    # Broyden mixing: the SCF of the open-shell H state is the cost driver of a ΔG_H on a gapped layer
+    ("scf", "OT (DIIS, FULL_ALL), integer occupations", {"scf": "ot"}, {}),
     ("scf", "Broyden mixing α 0.4 (cost only)", {"mixing_alpha": 0.4}, {}),
+    ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
     ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
     ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
     # ... then the rest of each scan

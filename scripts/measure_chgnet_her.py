@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -62,38 +61,6 @@ def frame_errors(frames, evaluate, shift) -> dict:
     if fe:
         out["force_mae_ev_per_a"] = float(np.mean(np.concatenate(fe)))
     return out
-
-
-def delta_e_h_rows(frames, groups, evaluators) -> list[dict]:
-    """ΔE_H = E(slab+H) − E(slab) − ½E(H₂) of the last frame of each slab+H relaxation, at the DFT geometries."""
-    from gen2d.finetune import frame_group
-
-    by_group = defaultdict(list)
-    for f in frames:
-        by_group[frame_group(f)].append(f)
-    slabs = {f.info["content_hash"]: f for f in frames if f.info.get("config_type") == "slab"}
-    h2 = [f for f in frames if f.info.get("config_type") == "molecule" and f.get_chemical_formula() == "H2"]
-    if not h2:
-        return []
-    h2_final = max(h2, key=lambda f: f.info["frame"])
-    rows = []
-    for g, fs in sorted(by_group.items()):
-        if fs[0].info.get("config_type") != "slab+H" or fs[0].info["content_hash"] not in slabs:
-            continue
-        last = max(fs, key=lambda f: f.info["frame"])
-        slab = slabs[last.info["content_hash"]]
-        row = {
-            "group": g,
-            "formula": last.info.get("formula"),
-            "frame": int(last.info["frame"]),
-            "split": groups.get(g, "added after training"),
-            "dft_eV": last.info["energy"] - slab.info["energy"] - 0.5 * h2_final.info["energy"],
-        }
-        for name, ev in evaluators.items():
-            e_site, e_slab, e_h2 = (x[0] for x in ev([last, slab, h2_final]))
-            row[f"{name}_eV"] = e_site - e_slab - 0.5 * e_h2
-        rows.append(row)
-    return rows
 
 
 def hull_rows(evaluators, data_dir: Path) -> list[dict]:
@@ -180,6 +147,8 @@ def load_run(model_dir: Path, frames_root: str):
 
 
 def dft_report(frames, split, groups, evaluators, shift, title: str) -> dict:
+    from gen2d.finetune import delta_e_h_rows
+
     """Sections 1 and 2: errors on the DFT frames of each split and ΔE_H at the DFT geometries."""
     out: dict = {"dft_frames": {}}
     print(f"1. DFT frames{title}: energy MAE (meV/atom), force MAE (eV/Å), base -> tuned")
@@ -194,7 +163,7 @@ def dft_report(frames, split, groups, evaluators, shift, title: str) -> dict:
                 f"{t.get('force_mae_ev_per_a', float('nan')):.3f}"
             )
     print(f"2. ΔE_H at the DFT geometries{title} (eV)")
-    out["delta_e_h"] = delta_e_h_rows(frames, groups, evaluators)
+    out["delta_e_h"] = delta_e_h_rows(frames, evaluators, groups)
     for r in out["delta_e_h"]:
         print(
             f"  {r['formula']:5s} {r['group']:34s} DFT {r['dft_eV']:+.3f}  base {r['base_eV']:+.3f}  "

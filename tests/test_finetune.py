@@ -14,8 +14,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from gen2d.finetune import (
     FinetuneDataError,
     FinetuneDataSettings,
+    agreement,
     build_dataset,
     calculator_evaluator,
+    delta_e_h_rows,
     element_counts,
     fit_reference_shift,
     frame_weights,
@@ -160,6 +162,25 @@ def test_dataset_from_dft_runs_on_the_mlip_scale_with_a_group_split_and_replay(d
     assert back["command"] and not back["command"].startswith("-c") and back["date"].endswith("+00:00")
     assert back["data"]["files"]["val"]["sha256"] == files["val"]["sha256"]
     assert back["data"]["shift"]["unit"] == "eV per atom of the element"
+
+
+def test_delta_e_h_at_the_dft_geometries_sees_the_h_error_and_not_the_per_element_constants(dft_runs):
+    from gen2d.frames import collect_frames
+
+    frames, _ = collect_frames([dft_runs])
+    rows = delta_e_h_rows(frames, {"emt": calculator_evaluator(EMT())}, {"run_a/site_0": "held out"})
+    assert [r["group"] for r in rows] == ["run_a/site_0", "run_b/site_0"] and rows[0]["split"] == "held out"
+    # the 'DFT' is EMT + MU per atom + 0.3 eV on every slab+H frame: MU cancels in ΔE_H, the 0.3 eV does not
+    for r in rows:
+        assert r["frame"] == 2 and r["dft_eV"] - r["emt_eV"] == pytest.approx(0.3, abs=1e-6)
+    stats = agreement([r["emt_eV"] for r in rows], [r["dft_eV"] for r in rows])
+    assert stats["n"] == 2 and stats["bias_eV"] == pytest.approx(-0.3) and stats["spearman_rho"] is None
+    # a hit is |ΔE_H + 0.27| <= 0.2: -0.3 is one, +0.5 is not, so the calls disagree on the first row only
+    calls = agreement([-0.3, 0.5, 1.0], [0.5, 0.6, 1.1])
+    assert (calls["hits_agree"], calls["hits_ref"], calls["hits_both"]) == (2, 0, 0)
+    assert calls["spearman_rho"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        agreement([0.1], [0.1, 0.2])
 
 
 def test_explicit_validation_runs_and_their_named_errors(dft_runs):

@@ -491,6 +491,75 @@ def calculator_evaluator(calculator: Any) -> Evaluator:
     return evaluate
 
 
+def delta_e_h_rows(
+    frames: Sequence[Atoms], evaluators: dict[str, Evaluator], split: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """ΔE_H = E(slab+H) − E(slab) − ½E(H₂) at the DFT geometries, by DFT and by each evaluator.
+
+    One row per slab+H relaxation (``run/system`` group): its last frame, the clean slab of the same content
+    hash and the last H₂ frame. Every model sees the same three geometries, so a difference between rows is
+    the energies alone. ``split`` maps a group to a label (``in-sample``, ``held out``); other groups get
+    ``added after training``. eV; none when the frames hold no H₂.
+    """
+    by_group: dict[str, list[Atoms]] = defaultdict(list)
+    for f in frames:
+        by_group[frame_group(f)].append(f)
+    slabs = {f.info["content_hash"]: f for f in frames if f.info.get("config_type") == "slab"}
+    h2 = [f for f in frames if f.info.get("config_type") == "molecule" and f.get_chemical_formula() == "H2"]
+    if not h2:
+        return []
+    h2_final = max(h2, key=lambda f: f.info["frame"])
+    rows = []
+    for g, fs in sorted(by_group.items()):
+        if fs[0].info.get("config_type") != "slab+H" or fs[0].info.get("content_hash") not in slabs:
+            continue
+        last = max(fs, key=lambda f: f.info["frame"])
+        slab = slabs[last.info["content_hash"]]
+        row = {
+            "group": g,
+            "formula": last.info.get("formula"),
+            "frame": int(last.info["frame"]),
+            "split": (split or {}).get(g, "added after training"),
+            "dft_eV": last.info["energy"] - slab.info["energy"] - 0.5 * h2_final.info["energy"],
+        }
+        for name, ev in evaluators.items():
+            e_site, e_slab, e_h2 = (x[0] for x in ev([last, slab, h2_final]))
+            row[f"{name}_eV"] = e_site - e_slab - 0.5 * e_h2
+        rows.append(row)
+    return rows
+
+
+def agreement(
+    pred: Sequence[float], ref: Sequence[float], dg_correction: float = 0.27, window: float = 0.2
+) -> dict[str, Any]:
+    """MAE, bias (mean of pred − ref), Spearman ρ (None below three rows) and hit agreement of ΔE_H values (eV).
+
+    A hit is |ΔE_H + ``dg_correction``| ≤ ``window`` (gen2d's ΔG_H hit rule); ``hits_agree`` counts the rows
+    where model and reference make the same call, ``hits_ref`` and ``hits_both`` the reference's hits and those
+    the model finds too.
+    """
+    p, r = np.asarray(pred, float), np.asarray(ref, float)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and ref differ in length: {p.shape} vs {r.shape}")
+    if not len(p):
+        return {"n": 0}
+    rho = None
+    if len(p) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(p, r).statistic)
+    hit_p, hit_r = np.abs(p + dg_correction) <= window, np.abs(r + dg_correction) <= window
+    return {
+        "n": int(len(p)),
+        "mae_eV": float(np.abs(p - r).mean()),
+        "bias_eV": float((p - r).mean()),
+        "spearman_rho": rho,
+        "hits_agree": int((hit_p == hit_r).sum()),
+        "hits_ref": int(hit_r.sum()),
+        "hits_both": int((hit_p & hit_r).sum()),
+    }
+
+
 def build_dataset(
     roots: Iterable[str | os.PathLike],
     evaluate: Evaluator,
