@@ -273,6 +273,18 @@ def main(argv=None) -> int:
         help="MLIP (e.g. chgnet) that relaxes each site's free atoms and gives DFT's BFGS its Hessian before the DFT "
         "relaxation (RefineSettings.prerelax); recorded in each row",
     )
+    parser.add_argument(
+        "--free-radius",
+        type=float,
+        default=3.0,
+        help="Å around the H start within which slab atoms relax with H (RefineSettings.free_radius); a radius "
+        "larger than the cell frees the whole layer",
+    )
+    parser.add_argument(
+        "--relax-slab-reference",
+        action="store_true",
+        help="relax the same free atoms of the bare slab by DFT for E(slab) (needed when the whole layer is free)",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -299,6 +311,8 @@ def main(argv=None) -> int:
         n_sites=args.n_sites,
         min_inplane_length=args.min_length,
         prerelax=args.prerelax,
+        free_radius=args.free_radius,
+        relax_slab_reference=args.relax_slab_reference,
     )
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)

@@ -286,7 +286,16 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
     h2 = (EMT().get_potential_energy(_h2()), 0.74)
     out = {}
     for pre in (None, "emt"):
-        refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, prerelax=pre, fmax=0.02)
+        refine = RefineSettings(
+            n_sites=1,
+            min_inplane_length=5.0,
+            vacuum=None,
+            h_jitter=0.0,
+            prerelax=pre,
+            fmax=0.02,
+            relax_slab_reference=True,
+            free_radius=4.0,
+        )
         res = refine_adsorption(
             slab,
             sites,
@@ -303,6 +312,9 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
     assert pre.steps < plain.steps and pre.run_dir.endswith("-pre-emt")
     doc = json.loads((Path(pre.run_dir) / "result.json").read_text())
     assert doc["prerelax"]["calculator"] == "emt" and doc["prerelax"]["max_displacement_A"] > 0.1
+    # the relaxed slab reference is prepared the same way, in its own directory
+    ref = json.loads((Path(pre.run_dir).parent / f"slab_{Path(pre.run_dir).name}" / "result.json").read_text())
+    assert ref["prerelax"]["calculator"] == "emt" and ref["converged"]
     assert "prerelax" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
 
 

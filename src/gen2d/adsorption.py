@@ -826,17 +826,25 @@ def refine_adsorption(
         free = _free_indices(start_atoms, h_pos, refine.free_radius, n_slab) + [h_index]
         e_slab = float(slab_doc["energy"])
         flags: list[str] = []
+        if refine.prerelax:  # another start: its own directories
+            tag = f"{tag}-pre-{refine.prerelax}"
         if refine.relax_slab_reference:
             slab_free = [i for i in free if i != h_index]
 
             def _slab_relaxed(d, slab_free=slab_free):
                 _seed_restart(os.path.join(workdir, "slab"), d)  # same atoms, same start: 1-3 SCF steps, not 30
+                begin, hessian, prepared = base, None, None
+                traj = os.path.join(d, "relax.traj")
+                if refine.prerelax and not os.path.isfile(traj):
+                    begin, hessian, prepared = prepare_start(base, prerelax(), slab_free)
+                    prepared["calculator"] = refine.prerelax
                 calc = make_calculator(d)
                 try:
-                    _, e, conv, n = _constrained_bfgs(
-                        base, calc, slab_free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
-                    )
-                    return {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
+                    _, e, conv, n = _constrained_bfgs(begin, calc, slab_free, refine.fmax, refine.steps, traj, hessian)
+                    out = {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
+                    if prepared is not None:
+                        out["prerelax"] = prepared
+                    return out
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
                     return {"energy": None, "failure": _failure_name(exc), "message": str(exc)}
                 finally:
@@ -874,8 +882,6 @@ def refine_adsorption(
             finally:
                 _close(calc)
 
-        if refine.prerelax:  # another start: its own directory
-            tag = f"{tag}-pre-{refine.prerelax}"
         doc = cached(f"site_{k}-{tag}", _site)
         energy = doc.get("energy")
         final = start_atoms.copy()
