@@ -257,10 +257,10 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
         formula = structure.composition.reduced_formula
         if entry is not None:
             kept[sub].append(entry)
-        new.append(
-            {"subsystem": sub, "prototype": name, "formula": formula, "kept": entry is not None}
-            | ({k: entry.data[k] for k in ("converged", "steps", "final_fmax")} if entry is not None else {})
+        how = (
+            {} if entry is None else {k: entry.data[k] for k in ("converged", "steps", "final_fmax") if k in entry.data}
         )
+        new.append({"subsystem": sub, "prototype": name, "formula": formula, "kept": entry is not None, **how})
         print(f"{sub}: {name} {formula} {'kept' if entry is not None else 'dropped'}", flush=True)
     history = {k: v for k, v in old_manifest.items() if k not in ("files", "provider", "what", "note")}
     return kept, {
