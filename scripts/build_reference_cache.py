@@ -166,7 +166,17 @@ def read_cache(folder: Path) -> dict[str, Any]:
         with gzip.open(folder / rel, "rt") as fh:
             doc = json.load(fh)
         docs[doc["ref_key"].rsplit(":", 1)[1]] = doc
-    return {"manifest": manifest, "docs": docs}
+    return {"manifest": manifest, "docs": docs, "sha256": _content_sha256(folder, list(manifest["files"]))}
+
+
+def _content_sha256(folder: Path, files: list[str]) -> str:
+    """sha256 of MANIFEST.json and the listed cache files, in order: which cache a derivation read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ["MANIFEST.json", *sorted(files)]:
+        h.update(rel.encode() + b"\0" + (folder / rel).read_bytes())
+    return h.hexdigest()
 
 
 def _site_counts(proto: Any) -> tuple[float, float]:
@@ -275,7 +285,11 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
         "new_decorations": new,
         "removed_entries": removed,
         "dropped_by_old_build": dropped_before,
-        "derived_from": {"prototype_library_version": was["library_version"], **history},
+        "derived_from": {
+            "prototype_library_version": was["library_version"],
+            "input_sha256": old.get("sha256"),
+            **history,
+        },
         **{k: old_manifest[k] for k in ("model_note", "stacked_note") if k in old_manifest},
     }
 
