@@ -462,14 +462,14 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
             formula, energy, entry_id=f"gen2d-ref:{formula}:{prototype}", data={"prototype": prototype}
         )
 
-    for el in ("Nb", "S"):
+    for el in ("V", "S"):
         old._write_cache(old._key(el), el, [entry(el, p) for p in element_polymorphs(el)])
-    # cdi2 both ways, ZrSe3-type NbS3, and SNb3 on the ZrSe3 sites, which the current library no longer builds
-    pair = [entry("NbS2", "cdi2"), entry("Nb2S", "cdi2"), entry("NbS3", "tis3", -6.0), entry("Nb3S", "tis3")]
-    old._write_cache(old._key("Nb-S"), "Nb-S", pair)
+    # cdi2 both ways, ZrSe3-type VS3, and SV3 on the ZrSe3 sites, which the current library no longer builds
+    pair = [entry("VS2", "cdi2"), entry("V2S", "cdi2"), entry("VS3", "tis3", -6.0), entry("V3S", "tis3")]
+    old._write_cache(old._key("S-V"), "S-V", pair)
     files = {p.relative_to(old_dir).as_posix(): 1 for p in old_dir.rglob("*.json.gz")}
     (old_dir / "MANIFEST.json").write_text(
-        json.dumps({"chemical_space": ["Nb", "S"], "files": files, "provider": old.describe(), "command": "old"})
+        json.dumps({"chemical_space": ["S", "V"], "files": files, "provider": old.describe(), "command": "old"})
     )
 
     new = MLIPPrototypesProvider(
@@ -482,19 +482,19 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
         return [entry(s.composition.reduced_formula, name, -7.0) for name, s in jobs]
 
     new._relax_jobs = fake_relax
-    kept, fields = build.derive(build.read_cache(old_dir), new, ["Nb", "S"])
-    assert relaxed == [("vs4", "NbS4")]  # only the prototype the old library lacked
-    assert [(e.composition.reduced_formula, e.energy) for e in kept["Nb-S"]] == [
-        ("NbS2", -5.0),
-        ("Nb2S", -5.0),
-        ("NbS3", -6.0),
-        ("NbS4", -7.0),
+    kept, fields = build.derive(build.read_cache(old_dir), new, ["S", "V"])
+    assert relaxed == [("vs4", "VS4")]  # only the prototype the old library lacked
+    assert [(e.composition.reduced_formula, e.energy) for e in kept["S-V"]] == [
+        ("VS2", -5.0),
+        ("V2S", -5.0),
+        ("VS3", -6.0),
+        ("VS4", -7.0),
     ]
-    assert fields["removed_entries"] == ["gen2d-ref:Nb3S:tis3"] and fields["dropped_by_old_build"] == []
-    assert fields["derived_from"]["command"] == "old" and fields["new_decorations"][0]["formula"] == "NbS4"
-    assert [e.data["prototype"] for e in kept["Nb"]] == element_polymorphs("Nb")
+    assert fields["removed_entries"] == ["gen2d-ref:V3S:tis3"] and fields["dropped_by_old_build"] == []
+    assert fields["derived_from"]["command"] == "old" and fields["new_decorations"][0]["formula"] == "VS4"
+    assert [e.data["prototype"] for e in kept["V"]] == element_polymorphs("V")
 
     # another MLIP checkpoint cannot be derived from these energies
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=False, stacked_layers=False)
     with pytest.raises(SystemExit, match="checkpoint_sha256"):
-        build.derive(build.read_cache(old_dir), other, ["Nb", "S"])
+        build.derive(build.read_cache(old_dir), other, ["S", "V"])
