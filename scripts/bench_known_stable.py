@@ -18,6 +18,13 @@ DFT E_hull ≤ 0.05 eV/atom). Goals of the hull: ≥ 90 % at E_hull ≤ 0.2 eV/a
 
 The summary repeats the figures for the layers that pass gen2d's strict 2D validity (the only ones a
 campaign calls candidates): a "layer" of separate molecules (BBr₃, NF₃, CF₄) is not one.
+
+What one prototype changes: ``--without-prototype vs4`` adds the variant ``without-vs4`` (the default set
+minus that prototype's phases, i.e. the library before it was added), and ``--elements-within`` /
+``--require-element`` restrict the layers to a chemical space:
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_known_stable.py --set mc2d --n 1000 \
+        --elements-within V,Nb,Ta,S,Se,Te --require-element V,Nb,Ta --without-prototype vs4 --out vs4.jsonl
 """
 
 from __future__ import annotations
@@ -34,8 +41,17 @@ import numpy as np
 VARIANTS = ("all", "self-out", "prototypes-only")
 
 
-def candidates(which: str, n: int, max_atoms: int, max_elements: int, seed: int) -> list[tuple[str, object]]:
-    """(source id as the stacked library names it, oriented layer), a seeded sample of ``n``."""
+def candidates(
+    which: str,
+    n: int,
+    max_atoms: int,
+    max_elements: int,
+    seed: int,
+    within: set[str] | None = None,
+    require: set[str] | None = None,
+) -> list[tuple[str, object]]:
+    """(source id as the stacked library names it, oriented layer), a seeded sample of ``n``; only layers whose
+    elements lie ``within`` and include one of ``require``, when given."""
     from gen2d.hull.stacked import StackedLayerLibrary
 
     lib = StackedLayerLibrary()
@@ -54,6 +70,13 @@ def candidates(which: str, n: int, max_atoms: int, max_elements: int, seed: int)
                 continue
             pool.append((f"2dmatpedia:{row.data.get('material_id')}", orient_2d(from_ase(row.toatoms()))))
     pool = [(i, s) for i, s in pool if len(s) <= max_atoms and len(s.composition.elements) <= max_elements]
+    if within or require:
+        symbols = [{el.symbol for el in s.composition.elements} for _, s in pool]
+        pool = [
+            x
+            for x, els in zip(pool, symbols, strict=True)
+            if (not within or els <= within) and (not require or els & require)
+        ]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pool))[:n]
     return [pool[i] for i in sorted(order)]
@@ -67,10 +90,11 @@ def summarize(records: list[dict]) -> str:
     if any("strict_2d" in r for r in records):
         # gen2d scores candidates that pass strict 2D validity; a layer of separate molecules does not
         subsets.append(("strict 2D valid only", [r for r in records if r.get("strict_2d", {}).get("ok")]))
+    variants = list(dict.fromkeys(v for r in records for v in (*VARIANTS, *r.get("e_hull", {}))))
     for title, rs in subsets:
         if title:
             lines.append(f"{title} ({len(rs)} layers):")
-        for v in VARIANTS:
+        for v in variants:
             vals = np.array([r["e_hull"][v] for r in rs if r.get("e_hull", {}).get(v) is not None])
             if not len(vals):
                 continue
@@ -110,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-atoms", type=int, default=12)
     ap.add_argument("--max-elements", type=int, default=3)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--elements-within", default=None, help="only layers made of these elements (comma-separated)")
+    ap.add_argument("--require-element", default=None, help="only layers holding one of these (comma-separated)")
+    ap.add_argument(
+        "--without-prototype",
+        action="append",
+        default=[],
+        help="also score against the default set without this prototype's phases (variant without-NAME)",
+    )
     ap.add_argument("--out", default="known_stable.jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
     ap.add_argument(
@@ -130,7 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     from gen2d.hull import apply_mp2020, hull_analysis, mlip_entry
     from gen2d.scoring import get_scorer
 
-    layers = candidates(args.set, args.n, args.max_atoms, args.max_elements, args.seed)
+    def symbols(text):
+        return {x.strip() for x in text.split(",") if x.strip()} if text else None
+
+    layers = candidates(
+        args.set,
+        args.n,
+        args.max_atoms,
+        args.max_elements,
+        args.seed,
+        symbols(args.elements_within),
+        symbols(args.require_element),
+    )
     print(f"{len(layers)} layers from {args.set} (seed {args.seed})", flush=True)
     scorer = get_scorer(
         f"ehull.{args.calculator}",
@@ -163,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 rec["e_hull"]["self-out"] = hull_analysis(entry, self_out, "self-out").e_hull
                 library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
                 rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull
+                for name in args.without_prototype:
+                    rest = [r for r in refs if r.data.get("prototype") != name]
+                    rec["e_hull"][f"without-{name}"] = hull_analysis(entry, rest, f"without-{name}").e_hull
                 rec["decomposition"] = [d["prototype"] for d in res.extra.get("decomposition", [])]
             rec["seconds"] = round(time.perf_counter() - t0, 1)
             records.append(rec)
@@ -171,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             e = rec["e_hull"]
             print(
                 f"[{k + 1}/{len(layers)}] {rec['formula']:>10s} "
-                + " ".join(f"{v} {e[v]:+.3f}" for v in VARIANTS if v in e)
+                + " ".join(f"{v} {x:+.3f}" for v, x in e.items())
                 + f" ({rec['seconds']} s) {rec['failure'] or ''}",
                 flush=True,
             )

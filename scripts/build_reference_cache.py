@@ -12,6 +12,16 @@ never uses them: it recomputes.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/build_reference_cache.py \\
         --elements Mo,W,Nb,Ta,V,Ti,S,Se,Te,C --out src/gen2d/assets/references
+
+When a new prototype-library version only adds binary prototypes or narrows which decorations are built,
+``--derive-from OLD`` makes the new cache from an older one (same MLIP checkpoint, fmax and steps): every old
+entry that the current library still builds is kept as it was relaxed, entries it no longer builds are left
+out, and only the decorations of prototypes the old library did not have are relaxed, through the provider's
+own (lockstep batched) relaxation path. Elemental polymorphs and stacked layers must be unchanged; the files
+are re-keyed under the current version. OLD may be ``--out`` itself (it is read completely first):
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/build_reference_cache.py \\
+        --derive-from src/gen2d/assets/references --out src/gen2d/assets/references
 """
 
 from __future__ import annotations
@@ -19,13 +29,16 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from datetime import date
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 
 def cpu_seconds() -> float:
@@ -35,23 +48,45 @@ def cpu_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--elements", required=True, help="comma-separated chemical space, e.g. Mo,W,S,Se")
+    ap.add_argument("--elements", help="comma-separated chemical space, e.g. Mo,W,S,Se (with --derive-from: OLD's)")
     ap.add_argument("--calculator", default="chgnet")
     ap.add_argument("--out", type=Path, required=True, help="cache directory to fill (created)")
+    ap.add_argument(
+        "--derive-from",
+        type=Path,
+        default=None,
+        metavar="OLD",
+        help="an older cache (with its MANIFEST.json) of the same MLIP and settings: keep its entries, relax only "
+        "the decorations of binary prototypes it did not have",
+    )
     args = ap.parse_args(argv)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/build_reference_cache.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
 
-    from gen2d.hull import PROTOTYPE_LIBRARY_VERSION, MLIPPrototypesProvider
+    from gen2d.hull import MLIPPrototypesProvider
     from gen2d.relax import cached_calculator
 
-    elements = sorted({e.strip() for e in args.elements.split(",") if e.strip()})
+    if args.derive_from is None and not args.elements:
+        ap.error("--elements is required unless --derive-from is given")
     calc = cached_calculator(args.calculator)
-    if args.out.is_dir():  # files under another library version or model are never read again
-        for old in args.out.glob("*/*.json.gz"):
-            old.unlink()
-        for d in args.out.iterdir():
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+    load = [round(x, 2) for x in os.getloadavg()]  # others' work on the machine makes the timings upper bounds
+    if args.derive_from is not None:
+        old = read_cache(args.derive_from)  # all of it, before --out (possibly the same folder) is cleared
+        elements = sorted(old["manifest"]["chemical_space"])
+        if args.elements and sorted({e.strip() for e in args.elements.split(",") if e.strip()}) != elements:
+            ap.error(f"--elements must be the old cache's chemical space {elements} when deriving")
+    else:
+        elements = sorted({e.strip() for e in args.elements.split(",") if e.strip()})
     prov = MLIPPrototypesProvider(calc, cache_dir=args.out, shipped=False)
+    if args.derive_from is not None:
+        entries, manifest = derive(old, prov, elements)  # checks and relaxes before anything is removed
+        manifest["load_average_at_start"] = load
+        clear(args.out)
+        for sub, found in entries.items():
+            prov._write_cache(prov._key(sub), sub, found)
+        return finish(manifest, prov, elements, args.out, command)
+    clear(args.out)
     t0, c0 = time.time(), cpu_seconds()
     timings: dict[str, float] = {}
     for el in elements:
@@ -69,10 +104,33 @@ def main(argv: list[str] | None = None) -> int:
         n = len(prov.stacked_entries(elements))
         timings["stacked"] = round(time.time() - t, 1)
         print(f"stacked layers: {n} phases, {timings['stacked']} s", flush=True)
-    files = sorted(p.relative_to(args.out).as_posix() for p in args.out.rglob("*.json.gz"))
+    manifest = {
+        "wall_seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(cpu_seconds() - c0, 1),
+        "seconds_per_subsystem": timings,
+        "load_average_at_start": load,
+    }
+    return finish(manifest, prov, elements, args.out, command)
+
+
+def clear(out: Path) -> None:
+    """Remove the cache files of ``out``: files under another library version or model are never read again."""
+    if out.is_dir():
+        for old_file in out.glob("*/*.json.gz"):
+            old_file.unlink()
+        for d in out.iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def finish(manifest: dict[str, Any], prov: Any, elements: list[str], out: Path, command: str) -> int:
+    """Write MANIFEST.json: what the cache holds, how it was made (``manifest`` adds the timings)."""
+    from gen2d.hull import PROTOTYPE_LIBRARY_VERSION
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json.gz"))
     entries = {}
     for rel in files:
-        with gzip.open(args.out / rel, "rt") as fh:
+        with gzip.open(out / rel, "rt") as fh:
             entries[rel] = len(json.load(fh)["entries"])
     manifest = {
         "what": "mlip-prototypes reference phases (MP2020-corrected ComputedEntries), read-only seed cache",
@@ -82,22 +140,158 @@ def main(argv: list[str] | None = None) -> int:
         "provider": prov.describe(),
         "prototype_library_version": PROTOTYPE_LIBRARY_VERSION,
         "files": entries,
-        "wall_seconds": round(time.time() - t0, 1),
-        "cpu_seconds": round(cpu_seconds() - c0, 1),
-        "seconds_per_subsystem": timings,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/build_reference_cache.py --elements "
-        f"{','.join(elements)} --calculator {args.calculator} --out {args.out}",
+        **manifest,
+        "command": command,
         "date": date.today().isoformat(),
         "python": platform.python_version(),
         "note": "Energies are the MLIP's own; only a run with the same MLIP checkpoint and settings reads them.",
     }
     manifest["provider"]["cache_dir"] = "src/gen2d/assets/references"
-    (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     print(
         f"{len(files)} files, {sum(entries.values())} phases; wall {manifest['wall_seconds']} s, "
         f"CPU {manifest['cpu_seconds']} s"
     )
     return 0
+
+
+def read_cache(folder: Path) -> dict[str, Any]:
+    """An existing cache: its MANIFEST and, per subsystem, the stored document (``ref_key``, entries)."""
+    path = folder / "MANIFEST.json"
+    if not path.is_file():
+        raise SystemExit(f"--derive-from {folder}: no MANIFEST.json there")
+    manifest = json.loads(path.read_text())
+    docs = {}
+    for rel in manifest["files"]:
+        with gzip.open(folder / rel, "rt") as fh:
+            doc = json.load(fh)
+        docs[doc["ref_key"].rsplit(":", 1)[1]] = doc
+    return {"manifest": manifest, "docs": docs, "sha256": _content_sha256(folder, list(manifest["files"]))}
+
+
+def _content_sha256(folder: Path, files: list[str]) -> str:
+    """sha256 of MANIFEST.json and the listed cache files, in order: which cache a derivation read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ["MANIFEST.json", *sorted(files)]:
+        h.update(rel.encode() + b"\0" + (folder / rel).read_bytes())
+    return h.hexdigest()
+
+
+def _site_counts(proto: Any) -> tuple[float, float]:
+    """(A sites, B sites) in the conventional cell of a binary prototype: its stoichiometry."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure.from_spacegroup(
+        proto.spacegroup,
+        Lattice.from_parameters(*proto.lattice),
+        ["Li" if x == "A" else "Be" for x, _ in proto.sites],
+        [c for _, c in proto.sites],
+        tol=1e-3,
+    )
+    return s.composition["Li"], s.composition["Be"]
+
+
+def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[str, list], dict[str, Any]]:
+    """The current library's entries of ``elements`` made from an older cache (see the module docstring).
+
+    Returns the entries per subsystem and the MANIFEST fields that say how: the old build's provenance, what
+    was kept, left out and relaxed. Nothing is written.
+    """
+    from pymatgen.core import Composition
+
+    from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, binary_decorations, element_polymorphs
+    from gen2d.hull.mlip_prototypes import STACKED_PREFIX
+    from gen2d.hull.references import _decode_entry
+
+    old_manifest, docs = old["manifest"], old["docs"]
+    was = old_manifest["provider"]
+    now = prov.describe()
+    for field in ("checkpoint_sha256", "fmax", "steps"):
+        if was[field] != now[field]:
+            raise SystemExit(f"cannot derive: the old cache has {field}={was[field]!r}, this run {now[field]!r}")
+    old_protos = set(was["binary_prototypes"])
+    added = [p for p in prov.binary_prototypes if p not in old_protos]
+    counts = {name: _site_counts(BINARY_PROTOTYPES[name]) for name in prov.binary_prototypes}
+    subsystems = [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
+    if prov.stacked is not None:
+        subsystems += [f"{STACKED_PREFIX}{cs}" for cs in prov.stacked.chemical_systems(elements)]
+    missing = [s for s in subsystems if s not in docs]
+    if missing:
+        raise SystemExit(f"cannot derive: the old cache lacks {missing}")
+    kept: dict[str, list] = {}
+    removed, dropped_before, jobs, owner = [], [], [], []
+    for sub in subsystems:
+        old_key, new_key = docs[sub]["ref_key"], prov._key(sub)
+        entries = [_decode_entry(d) for d in docs[sub]["entries"]]
+        if sub.startswith(STACKED_PREFIX):
+            if old_key.split("-stacked", 1)[1] != new_key.split("-stacked", 1)[1]:
+                raise SystemExit(f"cannot derive: the stacked layers changed ({old_key} vs {new_key}); rebuild")
+            kept[sub] = entries
+        elif "-" not in sub:
+            if sorted(e.data["prototype"] for e in entries) != sorted(element_polymorphs(sub)):
+                raise SystemExit(f"cannot derive: the polymorphs of {sub} changed (or one was dropped); rebuild")
+            kept[sub] = entries
+        else:
+            a, b = sub.split("-")
+            decorations = binary_decorations(a, b, prov.binary_prototypes)
+            covered = set()
+            kept[sub] = []
+            for e in entries:
+                name = e.data["prototype"]
+                match = [
+                    (n, x, y)
+                    for n, x, y in decorations
+                    if n == name
+                    and Composition({x: counts[n][0], y: counts[n][1]}).reduced_composition
+                    == e.composition.reduced_composition
+                ]
+                if match:
+                    kept[sub].append(e)
+                    covered.update(match)
+                else:
+                    removed.append(e.entry_id)
+            for deco in decorations:
+                if deco[0] in added:
+                    jobs.append((deco[0], BINARY_PROTOTYPES[deco[0]].build(deco[1], deco[2])))
+                    owner.append(sub)
+                elif deco not in covered:  # the old build relaxed it and dropped it (or it was widened: rebuild)
+                    dropped_before.append("{}:{}{}".format(*deco))
+    t0, c0 = time.time(), cpu_seconds()
+    print(f"keeping {sum(map(len, kept.values()))} phases, relaxing {len(jobs)} new decorations", flush=True)
+    relaxed = prov._relax_jobs(jobs, ", ".join(added))  # the provider's own (batched) relaxation
+    wall, cpu = round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
+    new = []
+    for (name, structure), sub, entry in zip(jobs, owner, relaxed, strict=True):
+        formula = structure.composition.reduced_formula
+        if entry is not None:
+            kept[sub].append(entry)
+        how = (
+            {} if entry is None else {k: entry.data[k] for k in ("converged", "steps", "final_fmax") if k in entry.data}
+        )
+        new.append({"subsystem": sub, "prototype": name, "formula": formula, "kept": entry is not None, **how})
+        print(f"{sub}: {name} {formula} {'kept' if entry is not None else 'dropped'}", flush=True)
+    history = {k: v for k, v in old_manifest.items() if k not in ("files", "provider", "what", "note")}
+    return kept, {
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "derived": (
+            f"Library v{PROTOTYPE_LIBRARY_VERSION} from the v{was['library_version']} cache in derived_from: every "
+            f"entry the current library still builds is that build's relaxation; {len(removed)} it no longer builds "
+            f"were left out; the {len(jobs)} decorations of the prototypes it lacked ({', '.join(added) or 'none'}) "
+            "were relaxed here (new_decorations); wall_seconds and cpu_seconds are theirs."
+        ),
+        "new_decorations": new,
+        "removed_entries": removed,
+        "dropped_by_old_build": dropped_before,
+        "derived_from": {
+            "prototype_library_version": was["library_version"],
+            "input_sha256": old.get("sha256"),
+            **history,
+        },
+        **{k: old_manifest[k] for k in ("model_note", "stacked_note") if k in old_manifest},
+    }
 
 
 if __name__ == "__main__":

@@ -420,3 +420,81 @@ def test_default_shipped_reference_cache_is_the_packaged_one():
     provider = MLIPPrototypesProvider(calculator=object(), cache_dir=False)
     assert provider.shipped_dir == Path(str(resources.files("gen2d") / "assets" / "references"))
     assert provider.shipped_dir.is_dir() and any(provider.shipped_dir.iterdir())
+
+
+def test_packaged_reference_cache_is_read_under_the_current_library():
+    """The shipped cache is keyed by the current library: a run with its CHGNet checkpoint relaxes nothing."""
+    from gen2d.hull.mlip_prototypes import PROTOTYPE_LIBRARY_VERSION
+
+    shipped = MLIPPrototypesProvider(calculator=object(), cache_dir=False).shipped_dir
+    manifest = json.loads((shipped / "MANIFEST.json").read_text())
+    assert manifest["prototype_library_version"] == PROTOTYPE_LIBRARY_VERSION
+    assert manifest["provider"]["binary_prototypes"] == list(BINARY_PROTOTYPES)
+    prov = MLIPPrototypesProvider(_KeyOnlyCalc(manifest["provider"]["checkpoint_sha256"]), cache_dir=False)
+    prov._relax_jobs = lambda *a, **k: pytest.fail("a shipped reference was missed and relaxed cold")
+    assert prov.prefetch([manifest["chemical_space"]]) == 0  # every element, pair and stacked system
+    assert prov.shipped_hits == {rel.split("/")[1].removesuffix(".json.gz") for rel in manifest["files"]}
+    vs4 = [e for e in prov.binary_entries("V", "S") if e.data["prototype"] == "vs4"]
+    assert [e.composition.reduced_formula for e in vs4] == ["VS4"]
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_cache_derived_from_an_older_library(tmp_path):
+    """--derive-from keeps the old relaxations, leaves out what is no longer built, relaxes only new prototypes."""
+    build = _load_script("build_reference_cache")
+    calc = _KeyOnlyCalc("a" * 64)
+    old_dir = tmp_path / "old"
+    old = MLIPPrototypesProvider(
+        calc, cache_dir=old_dir, shipped=False, stacked_layers=False, binary_prototypes=["cdi2", "tis3"]
+    )
+
+    def entry(formula, prototype, energy=-5.0):
+        return ComputedEntry(
+            formula, energy, entry_id=f"gen2d-ref:{formula}:{prototype}", data={"prototype": prototype}
+        )
+
+    for el in ("V", "S"):
+        old._write_cache(old._key(el), el, [entry(el, p) for p in element_polymorphs(el)])
+    # cdi2 both ways, ZrSe3-type VS3, and SV3 on the ZrSe3 sites, which the current library no longer builds
+    pair = [entry("VS2", "cdi2"), entry("V2S", "cdi2"), entry("VS3", "tis3", -6.0), entry("V3S", "tis3")]
+    old._write_cache(old._key("S-V"), "S-V", pair)
+    files = {p.relative_to(old_dir).as_posix(): 1 for p in old_dir.rglob("*.json.gz")}
+    (old_dir / "MANIFEST.json").write_text(
+        json.dumps({"chemical_space": ["S", "V"], "files": files, "provider": old.describe(), "command": "old"})
+    )
+
+    new = MLIPPrototypesProvider(
+        calc, cache_dir=tmp_path / "new", shipped=False, stacked_layers=False, binary_prototypes=["cdi2", "tis3", "vs4"]
+    )
+    relaxed = []
+
+    def fake_relax(jobs, label):
+        relaxed.extend((name, s.composition.reduced_formula) for name, s in jobs)
+        return [entry(s.composition.reduced_formula, name, -7.0) for name, s in jobs]
+
+    new._relax_jobs = fake_relax
+    kept, fields = build.derive(build.read_cache(old_dir), new, ["S", "V"])
+    assert relaxed == [("vs4", "VS4")]  # only the prototype the old library lacked
+    assert [(e.composition.reduced_formula, e.energy) for e in kept["S-V"]] == [
+        ("VS2", -5.0),
+        ("V2S", -5.0),
+        ("VS3", -6.0),
+        ("VS4", -7.0),
+    ]
+    assert fields["removed_entries"] == ["gen2d-ref:V3S:tis3"] and fields["dropped_by_old_build"] == []
+    assert fields["derived_from"]["command"] == "old" and fields["new_decorations"][0]["formula"] == "VS4"
+    assert [e.data["prototype"] for e in kept["V"]] == element_polymorphs("V")
+
+    # another MLIP checkpoint cannot be derived from these energies
+    other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=False, stacked_layers=False)
+    with pytest.raises(SystemExit, match="checkpoint_sha256"):
+        build.derive(build.read_cache(old_dir), other, ["S", "V"])

@@ -1,4 +1,5 @@
-"""The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3 and alpha-S8.
+"""The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4
+and alpha-S8.
 
 Each prototype must build to the crystal it is cited for (space group, formula, bond lengths), and CHGNet must
 keep that crystal: relaxed with full cell, the template compound keeps its space group and its measured lattice.
@@ -19,6 +20,7 @@ MOO3_EXP = (13.855, 3.6964, 3.9628)  # Pnma; Kihlborg, Ark. Kemi 21, 357 (1963)
 ZRSE3_EXP = (5.4109, 3.7488, 9.4440, 97.48)  # P2_1/m; AFLOW A3B_mP8_11_3e_e-001
 TIS3_EXP = (4.958, 3.4006, 8.778, 97.32)  # P2_1/m; Furuseth et al., Acta Chem. Scand. A 29, 623 (1975)
 S8_EXP = (10.4646, 12.8660, 24.4860)  # Fddd; Rettig and Trotter, Acta Cryst. C 43, 2260 (1987)
+VS4_EXP = (12.72204, 10.42, 6.78, 110.76689)  # C2/c; Allmann et al. (1964) via AFLOW A4B_mC40_15_4f_f-001
 
 
 def _bonds(s, a: str, b: str, cutoff: float) -> list[float]:
@@ -91,6 +93,39 @@ def test_alpha_s8_scales_to_selenium():
     assert min(_bonds(s, "Se", "Se", 2.5)) == pytest.approx(2.33, abs=0.01)  # Se8 rings: 2.33-2.34 Å
 
 
+def test_vs4_is_patronite_with_its_s2_pairs_and_v_chains():
+    s = BINARY_PROTOTYPES["vs4"].build("V", "S")
+    assert _spacegroup(s) == 15 and s.composition.reduced_formula == "VS4" and len(s) == 20
+    conv = SpacegroupAnalyzer(s, symprec=0.01).get_conventional_standard_structure()
+    assert len(conv) == 40  # built exactly as measured (the template is not rescaled)
+    assert np.allclose((*conv.lattice.abc, conv.lattice.beta), VS4_EXP, atol=1e-3)
+    assert _bonds(s, "S", "S", 2.3) == [2.031] * 8 + [2.041] * 8  # two S2 pairs, every S in one
+    for site in s:
+        if site.specie.symbol == "V":
+            v_s = sorted(nn.nn_distance for nn in s.get_neighbors(site, 2.7) if nn.specie.symbol == "S")
+            assert len(v_s) == 8 and 2.38 < v_s[0] and v_s[-1] < 2.55  # eight S of four S2 pairs
+            v_v = sorted(nn.nn_distance for nn in s.get_neighbors(site, 3.5) if nn.specie.symbol == "V")
+            assert v_v == pytest.approx([2.834, 3.221], abs=1e-3)  # the V chain alternates short / long
+
+
+def test_vs4_only_as_vs4():
+    def vs4(a, b):
+        return [(x, y) for n, x, y in binary_decorations(a, b) if n == "vs4"]
+
+    assert vs4("V", "S") == [("V", "S")]  # never the swapped SV4
+    # known only as VS4: CHGNet put NbS4, TaS4 and TaSe4 in this structure on their hulls, so they are not built
+    assert vs4("Nb", "S") == vs4("Ta", "Se") == vs4("V", "Se") == vs4("V", "C") == vs4("Mo", "S") == []
+    s = BINARY_PROTOTYPES["vs4"].build("Ta", "Te")  # an explicit build still scales by the covalent bond lengths
+    assert _spacegroup(s) == 15 and s.composition.reduced_formula == "TaTe4"
+    assert _bonds(s, "Te", "Te", 3.0)[0] == pytest.approx(2.031 * _covalent_ratio("Ta", "Te"), abs=2e-3)
+
+
+def _covalent_ratio(a: str, b: str) -> float:
+    from gen2d.hull.mlip_prototypes import _radius
+
+    return (_radius(a) + _radius(b)) / (_radius("V") + _radius("S"))
+
+
 @pytest.mark.parametrize(("name", "a", "b"), [("moo3", "O", "Mo"), ("tis3", "S", "Ti"), ("moo3", "S", "W")])
 def test_swapped_and_foreign_decorations_keep_atoms_apart(name, a, b):
     from ase.data import atomic_numbers, covalent_radii
@@ -116,7 +151,10 @@ def test_new_families_are_in_the_library():
 #   ZrSe3 a 5.517 (+2.0 %)  b 3.877 (+3.4 %)  c 9.608 (+1.7 %)  beta 97.73 (+0.25 deg)            P2_1/m kept
 #   TiS3  a 4.854 (-2.1 %)  b 3.446 (+1.3 %)  c 9.293 (+5.9 %, stacking axis)  beta 97.13; S-S 2.047 Å
 #   S8    a 11.20 (+7.0 %)  b 13.73 (+6.7 %)  c 26.16 (+6.8 %); S-S 2.05-2.09 Å (2.04-2.06)      Fddd kept
-# CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely.
+#   VS4   a 12.664 (-0.5 %)  b 11.004 (+5.6 %)  c 7.014 (+3.5 %)  beta 112.29 (+1.52 deg)          C2/c kept
+#         S-S 2.031/2.036 Å (2.031/2.041), V-S 2.37-2.51 Å, V-V 2.859/3.103 Å (2.834/3.221)
+# CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely (VS4's chains,
+# along c, are held together across a and b by S...S contacts only).
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +209,17 @@ def test_chgnet_keeps_alpha_s8(chgnet):
         d = sorted(nn.nn_distance for nn in r.get_neighbors(site, 3.0))
         assert len(d) == 2 and abs(d[0] - 2.046) < 0.05 and abs(d[1] - 2.046) < 0.05
     assert _rel(sorted(_conventional_abc(r)), S8_EXP).max() < 0.10  # molecular crystal swells ~7 %
+
+
+@pytest.mark.slow
+def test_chgnet_keeps_vs4(chgnet):
+    r = _relax(BINARY_PROTOTYPES["vs4"].build("V", "S"), chgnet)
+    assert _spacegroup(r, 0.1) == 15
+    conv = SpacegroupAnalyzer(r, symprec=0.1).get_conventional_standard_structure()
+    a, b, c = conv.lattice.abc
+    assert _rel((a, c), (VS4_EXP[0], VS4_EXP[2])).max() < 0.05  # -0.5, +3.5 %
+    assert _rel(b, VS4_EXP[1]) < 0.08  # between the chains: +5.6 %
+    assert abs(conv.lattice.beta - VS4_EXP[3]) < 2.5  # +1.5 deg
+    assert _bonds(r, "S", "S", 2.3) == pytest.approx([2.035] * 16, abs=0.03)  # still S2 pairs, 2.03-2.04 Å
+    v_v = sorted(set(np.round(_bonds(r, "V", "V", 3.5), 2)))
+    assert len(v_v) == 2 and v_v[1] - v_v[0] > 0.15  # the chain still alternates (2.86 / 3.10 Å)

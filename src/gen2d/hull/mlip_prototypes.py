@@ -27,7 +27,9 @@ from gen2d.settings import get_settings
 log = logging.getLogger(__name__)
 
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
-PROTOTYPE_LIBRARY_VERSION = "4"
+# v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
+# v5: patronite VS4 (built as VS4 only).
+PROTOTYPE_LIBRARY_VERSION = "5"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Prototype:
     # structure: decorated with other cations, an MLIP can put an unphysical phase on the hull (CHGNet puts
     # MoO3-type AlS3 and ZrSe3-type GaSe3 and AlSe3 there, making known-stable Al/Ga selenide layers unstable)
     a_groups: tuple[int, ...] = ()
+    # the same for the B (anion) site: () = any
+    b_groups: tuple[int, ...] = ()
+    # elements that take the A (B) site, for a structure type known in one compound only; () = any
+    a_elements: tuple[str, ...] = ()
+    b_elements: tuple[str, ...] = ()
 
     def build(self, a: str, b: str | None = None) -> Structure:
         """The prototype decorated with elements ``a`` (and ``b``), scaled to their bond lengths."""
@@ -237,19 +244,48 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
             template=("Zr", "Se"),
             a_groups=(4, 5),  # TiS3, ZrS3, ZrSe3, ZrTe3, HfS3, HfSe3 and the Nb/Ta trichalcogenides
         ),
+        # Patronite VS4: chains of V along c, each V between eight S of four S2^2- pairs, the V-V distance
+        # alternating 2.83 / 3.22 Å. AFLOW prototype A4B_mC40_15_4f_f-001 "VS4 Structure" (Eckert et al., AFLOW
+        # Library of Crystallographic Prototypes Part 4, Comput. Mater. Sci. 2024, doi:10.1016/j.commatsci.2024.112988),
+        # from R. Allmann, I. Baumann, A. Kutoglu, H. Rösch and E. Hellner, Naturwissenschaften 51, 263 (1964),
+        # doi:10.1007/BF00638454, as corrected by Downs (2003). C2/c standard setting; S-S 2.031 and 2.041 Å,
+        # V-S 2.38-2.54 Å. 40 atoms in the conventional cell, 20 in the primitive one.
+        Prototype(
+            "vs4",
+            "C2/c",
+            (12.72204, 10.42, 6.78, 90, 110.76689, 90),
+            (
+                ("B", (0.532, 0.848, 0.545)),
+                ("B", (0.516, 0.654, 0.529)),
+                ("B", (0.722, 0.800, 0.250)),
+                ("B", (0.746, 0.933, 0.049)),
+                ("A", (0.633, 0.751, 0.883)),
+            ),
+            template=("V", "S"),
+            # Known only as VS4. Decorated with Nb, Ta or Se, CHGNet puts NbS4, TaS4 and TaSe4 on their hulls
+            # (0.24, 0.24, 0.20 eV/atom below the v4 hull) and takes the known NbS3 and TaS3 off theirs:
+            # phases that do not exist in this structure, so they are not built.
+            a_elements=("V",),
+            b_elements=("S",),
+        ),
     ]
 }
 
 
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     """(prototype, A, B) for every prototype and both decorations of an asymmetric one, except decorations
-    whose A element is outside the prototype's ``a_groups``."""
+    whose A element is outside the prototype's ``a_groups`` (``a_elements``) or whose B element is outside its
+    ``b_groups`` (``b_elements``)."""
     a, b = sorted((a, b))
     out = []
     for name in names or BINARY_PROTOTYPES:
         proto = BINARY_PROTOTYPES[name]
         for x, y in ((a, b),) if proto.symmetric else ((a, b), (b, a)):
             if proto.a_groups and Element(x).group not in proto.a_groups:
+                continue
+            if proto.b_groups and Element(y).group not in proto.b_groups:
+                continue
+            if (proto.a_elements and x not in proto.a_elements) or (proto.b_elements and y not in proto.b_elements):
                 continue
             out.append((name, x, y))
     return out
