@@ -5,8 +5,13 @@
 0.750 Å and 4.54 eV (experiment 0.741 Å, 4.75 eV). The convergence of ΔE_H with cutoff, basis, vacuum,
 k-points and supercell is ``scripts/dft_convergence.py``.
 
-Usage (niced, one thread; a few CPU-minutes):
+``step-cost``: the cost of one SCF step under setting variants, on the 2×2 2H-MoS₂ bare slab of the convergence
+study: the first ``--steps`` SCF steps from the atomic guess, their summed time from CP2K's SCF log, and the
+energy reached (the same steps of the same mixer, so the energies differ only by the setting's own effect).
+
+Usage (niced, one thread; a few CPU-minutes each):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py h2
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py step-cost --steps 7
 """
 
 from __future__ import annotations
@@ -47,13 +52,84 @@ def h2_binding(settings) -> dict:
     }
 
 
+#: variants of ``step-cost``: name -> Cp2kSettings overrides
+STEP_VARIANTS = {
+    "default": {},
+    "EPS_DEFAULT 1e-10": {"eps_default": 1e-10},
+    "REL_CUTOFF 40 Ry": {"rel_cutoff_ry": 40.0},
+    "EPS_DEFAULT 1e-10, REL_CUTOFF 40 Ry": {"eps_default": 1e-10, "rel_cutoff_ry": 40.0},
+}
+
+
+def scf_log(path: Path) -> list[tuple[int, float, float]]:
+    """(step, seconds, energy in Ha) of every SCF step line of a CP2K output (diagonalisation or OT)."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        tok = line.split()
+        if len(tok) >= 6 and tok[0].isdigit():
+            try:
+                rows.append((int(tok[0]), float(tok[-4]), float(tok[-2])))
+            except ValueError:
+                continue
+    return rows
+
+
+def step_cost(steps: int, variants: dict[str, dict]) -> list[dict]:
+    from dft_convergence import build_geometry
+    from gen2d_cp2k import Cp2kSettings, make_calculator
+
+    slab, _ = build_geometry("MoS2-2H", 2, 15.0, 1.41)
+    out = []
+    for name, overrides in variants.items():
+        settings = Cp2kSettings(**{**overrides, "max_scf": steps})
+        work = Path(tempfile.mkdtemp(prefix="gen2d-bench-step-"))
+        calc = make_calculator(settings=settings, directory=str(work))
+        atoms = slab.copy()
+        atoms.calc = calc
+        try:
+            atoms.get_potential_energy()
+        except Exception:  # noqa: BLE001 - not converging in --steps steps is the point
+            pass
+        finally:
+            calc.close()
+        log = scf_log(work / "gen2d.out")
+        out.append(
+            {
+                "variant": name,
+                "settings_hash": settings.settings_hash(),
+                "n_steps": len(log),
+                "scf_seconds": round(sum(t for _, t, _ in log), 1),
+                "energy_Ha": log[-1][2] if log else None,
+            }
+        )
+    base = out[0]
+    for r in out:
+        r["vs_default"] = round(r["scf_seconds"] / base["scf_seconds"] - 1, 3) if base["scf_seconds"] else None
+        if r["energy_Ha"] is not None and base["energy_Ha"] is not None:
+            r["energy_vs_default_uHa"] = round((r["energy_Ha"] - base["energy_Ha"]) * 1e6, 1)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_h2 = sub.add_parser("h2")
     p_h2.add_argument("--cp2k", type=json.loads, default={}, help="Cp2kSettings overrides as JSON")
+    p_step = sub.add_parser("step-cost")
+    p_step.add_argument("--steps", type=int, default=7, help="SCF steps per variant")
     args = parser.parse_args(argv)
     from gen2d_cp2k import Cp2kSettings
+
+    if args.cmd == "step-cost":
+        rows = step_cost(args.steps, STEP_VARIANTS)
+        print("| variant | SCF steps | SCF time (s) | vs default | energy vs default (µHa) |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['variant']} | {r['n_steps']} | {r['scf_seconds']} | {r['vs_default']:+.0%} | "
+                f"{r.get('energy_vs_default_uHa', '—')} |"
+            )
+        return 0
 
     print(json.dumps(h2_binding(Cp2kSettings(**args.cp2k)), indent=1))
     return 0

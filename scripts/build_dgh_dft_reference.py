@@ -317,9 +317,12 @@ def main(argv=None) -> int:
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)
     for name in names:
+        # a stored failure is tried again: every finished part is cached, so a physical failure (SCF, geometry)
+        # comes back at once, and one from a crashed or killed process gets its run
         if (
             name in rows
             and not args.redo
+            and rows[name].get("ok")
             and rows[name].get("provenance", {}).get("settings", {}).get("cp2k_settings_hash")
             == scorer.cp2k.settings_hash()
         ):

@@ -11,6 +11,7 @@ job restarts from it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -24,6 +25,8 @@ from ase.calculators.cp2k import CP2K
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Cp2kAborted",
@@ -132,6 +135,22 @@ class Cp2kCalculator(CP2K):
         self.gen2d_checkpoint_sha256 = None
 
     # -- input --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop cp2k_shell. A shell (or its launcher) that has already exited, killed or crashed after its last
+        answer, is not an error here: everything it computed has been read, and the caller must not lose it."""
+        shell = self._shell
+        try:
+            super().close()
+        except (AssertionError, BrokenPipeError, OSError) as exc:
+            log.warning("cp2k_shell in %s had already exited when closed (%s)", self._workdir, type(exc).__name__)
+            child = getattr(shell, "_child", None)
+            if child is not None and child.poll() is None:
+                child.kill()
+            if shell is not None:  # so that its own __del__ does not try again
+                shell._child, shell.isready = None, False
+            self._shell = None
+            self._force_env_id = None
 
     @property
     def wfn_file(self) -> Path:

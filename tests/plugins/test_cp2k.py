@@ -254,3 +254,18 @@ def test_a_trajectory_cut_mid_frame_resumes_from_its_last_whole_frame(tmp_path):
     frames = _whole_frames(str(path))
     assert len(frames) == 2
     assert frames[-1].get_distance(0, 1) == pytest.approx(0.71)
+
+
+@needs_cp2k
+def test_a_shell_that_already_exited_closes_quietly_and_its_energy_is_kept(tmp_path):
+    """The cp2k_shell launcher dying after its last answer (killed by a job manager, a crash on exit) must not
+    turn a finished single point into an exception in close(): refine_adsorption closes in ``finally``."""
+    mol = _h2()
+    calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path))
+    mol.calc = calc
+    energy = mol.get_potential_energy()
+    launcher = calc._shell._child
+    launcher.kill()
+    launcher.wait()
+    calc.close()  # no AssertionError from ASE's "child process still alive?"
+    assert calc._shell is None and np.isfinite(energy) and mol.get_potential_energy() == energy
