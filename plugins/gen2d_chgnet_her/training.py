@@ -1,5 +1,5 @@
-"""Fine-tuning CHGNet on DFT frames with CHGNet's own ``Trainer``: data from :mod:`gen2d.finetune`, the early
-layers frozen, a small learning rate and a few epochs; writes the checkpoint, the data files and MANIFEST.json.
+"""Fine-tuning CHGNet on DFT frames with CHGNet's own ``Trainer``: data from :mod:`gen2d.finetune`, all but the last
+interaction block and the readout frozen, a few epochs; writes the checkpoint, the data files and MANIFEST.json.
 """
 
 from __future__ import annotations
