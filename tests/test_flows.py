@@ -371,3 +371,57 @@ def test_gen2d_submit_refuses_a_bad_scorer_option_by_name(tmp_path):
     error = json.loads(res.stdout)["error"]
     assert "unknown option 'fmaxx'" in error and "scorers[1]" in error
     assert "fireworks" not in server.read_text()  # nothing reached the LaunchPad
+
+
+def test_improve_her_sends_the_least_certain_near_hits_to_dft_then_finetunes_and_retrains(tmp_path):
+    from gen2d.jobs import select_for_dft
+    from gen2d.scoring import Provenance, ScoreResult
+    from gen2d.store import SourceInfo, make_candidate
+
+    def dg(value, unc):
+        return ScoreResult(
+            property="dg_h", value=value, unit="eV", uncertainty=unc, provenance=Provenance(plugin="dgh.dimenet")
+        )
+
+    layers = {
+        "mos2": (make_mos2(), dg(0.1, 0.3)),
+        "graphene": (make_graphene(), dg(-0.4, 0.5)),
+        "far": (make_mos2(a=3.25), dg(1.2, 0.9)),  # not a near-hit, however uncertain
+        "done": (make_mos2(a=3.10), dg(-0.2, 0.8)),  # a near-hit that already has DFT
+    }
+    uri = f"monty://{tmp_path}/store"
+    ids = {}
+    with open_store(uri) as cs:
+        for name, (structure, res) in layers.items():
+            cand = make_candidate(structure, SourceInfo(kind="dataset", set="s", source_id=name))
+            cs.upsert_candidates([cand])
+            cs.set_score(cand.candidate_id, "dgh.dimenet", res)
+            ids[name] = cand.candidate_id
+        done = ScoreResult(property="dg_h", value=0.9, unit="eV", provenance=Provenance(plugin="dgh.dft"))
+        cs.set_score(ids["done"], "dgh.dft", done)
+        sel = select_for_dft(cs, "s", k=2, window=0.5)
+    assert sel.candidate_ids == [ids["graphene"], ids["mos2"]]  # largest uncertainty first
+    assert sel.n_near_hits == 2 and sel.rows[0]["uncertainty_eV"] == 0.5 and sel.rows[1]["dg_h_eV"] == 0.1
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "workflows" / "improve-her.yaml", [f"store={uri}"])
+    flow = build_flow(spec)
+    by_name = {j.name: j for j in flow.jobs}
+    order = ["select near-hits by uncertainty", "dgh.dft", "fine-tune chgnet-her", "retrain dgh.dimenet", "what moved"]
+    jobs_ = [by_name[f"improve: {n}"] for n in order]
+    assert [j.config.manager_config.get("_category") for j in jobs_] == ["cpu", "dft", "gpu", "gpu", "cpu"]
+    for upstream, downstream in zip(jobs_, jobs_[1:]):  # each step waits for the one before
+        assert upstream.uuid in {ref.uuid for ref in downstream.input_references}
+    # the fine-tune trains on the DFT folder the DFT step writes; the surrogate is labelled with the fine-tuned model
+    ft_options = jobs_[2].maker.options
+    sur_options = jobs_[3].maker.options
+    assert ft_options["frames"][0].endswith("improve-her/dft")
+    assert sur_options["mlip"] == {
+        "calculator": "chgnet-her",
+        "model": ft_options["out"],
+        "max_sites_per_face": 2,
+        "steps": 100,
+        "fmax": 0.1,
+        "slab_fmax": 0.1,
+        "slab_steps": 150,
+    }
+    assert jobs_[1].maker.options["workdir"] == ft_options["frames"][0]

@@ -69,6 +69,36 @@ class ConfirmSpec(BaseModel):
         )
 
 
+class ImproveSpec(BaseModel):
+    """One iteration of the HER loop (flow ``improve-her``).
+
+    Pick the near-hits of ``set`` (|ΔG_H| of ``surrogate`` ≤ ``window``) where the surrogate is least certain
+    (its calibrated uncertainty) and that have no DFT result yet; run ``dgh.dft`` on the ``k`` first; fine-tune
+    ``chgnet-her`` on the new DFT frames (and ``extra_frames``); relabel the surrogate's training monolayers with
+    it and retrain the ensemble; report what moved for the chosen candidates.
+    """
+
+    k: int = Field(3, ge=1, description="candidates sent to DFT")
+    window: float = Field(0.5, gt=0, description="near-hit: |ΔG_H| of the surrogate at most this (eV)")
+    surrogate: str = Field("dgh.dimenet", description="scorer whose value and calibrated uncertainty select")
+    where: list[str] = Field(
+        default_factory=lambda: ["validity.strict.ok=true"], description="only candidates matching these filters"
+    )
+    workdir: str = Field(
+        "improve-her", description="DFT runs, the fine-tuned MLIP, the surrogate and the report (shared on a cluster)"
+    )
+    dft: dict[str, Any] = Field(default_factory=dict, description="dgh.dft options; its workdir is WORKDIR/dft")
+    extra_frames: list[str] = Field(
+        default_factory=list, description="earlier DFT run folders whose frames also train (e.g. dft-runs/reference)"
+    )
+    finetune: dict[str, Any] = Field(default_factory=dict, description="chgnet-her training options (epochs, ...)")
+    surrogate_train: dict[str, Any] = Field(
+        default_factory=dict, description="dgh.dimenet train options (n, epochs, n_models, data, ...)"
+    )
+    dft_category: str = "dft"
+    train_category: str = "gpu"
+
+
 class ReportSpec(BaseModel):
     out: str = "report"
     top_k: int = 10
@@ -76,9 +106,10 @@ class ReportSpec(BaseModel):
 
 class FlowSpec(BaseModel):
     """One flow: ``discover`` (train? → generate → score → rank → report), ``rank-cifs`` (ingest →
-    score → rank → report) or ``pretrain-surrogate`` (train a scorer)."""
+    score → rank → report), ``pretrain-surrogate`` (train a scorer) or ``improve-her`` (select → DFT →
+    fine-tune → retrain the surrogate → report)."""
 
-    flow: Literal["discover", "rank-cifs", "pretrain-surrogate"]
+    flow: Literal["discover", "rank-cifs", "pretrain-surrogate", "improve-her"]
     name: str = "gen2d"
     set: str = Field("generated", description="candidate set the flow writes and ranks")
     store: str | None = Field(None, description="candidate store URI; None: $GEN2D_STORE on each worker")
@@ -91,6 +122,7 @@ class FlowSpec(BaseModel):
     )
     thresholds: RankThresholds = Field(default_factory=RankThresholds)
     report: ReportSpec | None = Field(default_factory=ReportSpec)
+    improve: ImproveSpec | None = Field(None, description="improve-her: one iteration of the DFT/MLIP/surrogate loop")
 
     def check_scorer_options(self) -> None:
         """Check each scorer's name and options against its plugin's ``Options`` model.
@@ -119,6 +151,15 @@ class FlowSpec(BaseModel):
                 raise ScorerOptionsError(f"confirm: {exc.args[0]}") from None
             except ScorerOptionsError as exc:
                 raise ScorerOptionsError(f"confirm: {exc}") from None
+        if self.improve is not None:
+            try:
+                validate_scorer_options("dgh.dft", self.improve.dft)
+                if self.improve.dft.get("cp2k"):
+                    _check_cp2k_settings(self.improve.dft["cp2k"])
+            except KeyError as exc:
+                raise ScorerOptionsError(f"improve.dft: {exc.args[0]}") from None
+            except ScorerOptionsError as exc:
+                raise ScorerOptionsError(f"improve.dft: {exc}") from None
 
 
 def _check_cp2k_settings(options: dict[str, Any]) -> None:

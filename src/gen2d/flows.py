@@ -96,12 +96,72 @@ def pretrain_surrogate_flow(spec: FlowSpec) -> Flow:
     return Flow([t], output=t.output, name=spec.name)
 
 
+def improve_her_flow(spec: FlowSpec) -> Flow:
+    """One iteration of the HER loop: select (cpu) → ``dgh.dft`` (dft) → fine-tune ``chgnet-her`` (gpu) →
+    relabel and retrain ``dgh.dimenet`` with it (gpu) → what moved (cpu). The steps hand each other folders under
+    ``improve.workdir``, which on a cluster must be on a filesystem every worker sees."""
+    from gen2d.jobs import improve_report_job, select_for_dft_job
+
+    imp = spec.improve
+    if imp is None:
+        raise ValueError("an improve-her flow needs an `improve` section")
+    work = Path(imp.workdir).absolute()
+    dft_dir, tuned_dir, sur_dir = work / "dft", work / "chgnet-her", work / "dgh_dimenet"
+    sel = set_category(select_for_dft_job(spec.store, spec.set, imp.k, imp.window, imp.surrogate, imp.where), "cpu")
+    sel.name = "improve: select near-hits by uncertainty"
+    dft = set_category(
+        ScoreMaker(
+            name="improve: dgh.dft",
+            scorer="dgh.dft",
+            options={"workdir": str(dft_dir), **imp.dft},
+            batch_size=1,
+            where=imp.where,
+            set_name=spec.set,
+            category=imp.dft_category,
+        ).make(spec.store, candidate_ids=sel.output.candidate_ids),
+        imp.dft_category,
+    )
+    ft_options = {"frames": [str(dft_dir), *imp.extra_frames], "out": str(tuned_dir), **imp.finetune}
+    ft = set_category(
+        TrainMaker(
+            name="improve: fine-tune chgnet-her", plugin="chgnet-her", kind="calculator", options=ft_options
+        ).make(spec.store, after=dft.output),
+        imp.train_category,
+    )
+    label_mlip = {"calculator": "chgnet-her", "model": str(tuned_dir), **imp.surrogate_train.get("mlip", {})}
+    sur_options = {**imp.surrogate_train, "out": str(sur_dir), "mlip": label_mlip}
+    sur = set_category(
+        TrainMaker(name="improve: retrain dgh.dimenet", plugin="dgh.dimenet", kind="scorer", options=sur_options).make(
+            spec.store, after=ft.output
+        ),
+        imp.train_category,
+    )
+    mlip_options = {k: v for k, v in label_mlip.items() if k not in ("calculator", "model")}
+    rep = set_category(
+        improve_report_job(
+            spec.store,
+            sel.output,
+            str(tuned_dir),
+            str(sur_dir),
+            str(work / "improve-her.json"),
+            mlip_options=mlip_options,
+            after=sur.output,
+        ),
+        "cpu",
+    )
+    rep.name = "improve: what moved"
+    return Flow([sel, dft, ft, sur, rep], output=rep.output, name=spec.name)
+
+
 def build_flow(spec: FlowSpec) -> Flow:
     """The flow of ``spec``; scorer options are checked first (:meth:`FlowSpec.check_scorer_options`)."""
     spec.check_scorer_options()
-    return {"discover": discover_flow, "rank-cifs": rank_cifs_flow, "pretrain-surrogate": pretrain_surrogate_flow}[
-        spec.flow
-    ](spec)
+    return {
+        "discover": discover_flow,
+        "rank-cifs": rank_cifs_flow,
+        "pretrain-surrogate": pretrain_surrogate_flow,
+        "improve-her": improve_her_flow,
+    }[spec.flow](spec)
 
 
 def job_store(uri: str | None = None):

@@ -133,7 +133,8 @@ class TrainMaker(Maker):
     options: dict = field(default_factory=dict)
 
     @job(data="checkpoint_b64", output_schema=TrainOutput)
-    def make(self, store: str | None = None) -> TrainOutput:
+    def make(self, store: str | None = None, after: Any = None) -> TrainOutput:
+        """``after``: an upstream output this training waits for (the DFT frames it trains on)."""
         from gen2d.scoring import file_sha256
 
         t0 = _cpu_seconds()
@@ -500,3 +501,145 @@ class ReportMaker(Maker):
 
         files = write_report(_store(store), self.out_dir, sets=self.sets or None, top_k=self.top_k)
         return ReportOutput(out_dir=str(Path(self.out_dir).resolve()), files=[str(f) for f in files])
+
+
+# ----------------------------------------------------------------------------------------------
+# improve-her: one iteration of the DFT / MLIP / surrogate loop
+
+
+class SelectOutput(BaseModel):
+    candidate_ids: list[str] = Field(default_factory=list)
+    rows: list[dict[str, Any]] = Field(default_factory=list, description="the chosen, with the surrogate's value")
+    n_near_hits: int = 0
+    criterion: str = ""
+
+
+def select_for_dft(
+    cs: CandidateStore,
+    set_name: str | None,
+    k: int,
+    window: float,
+    surrogate: str = "dgh.dimenet",
+    where: list[str] | None = None,
+    dft_scorer: str = "dgh.dft",
+) -> SelectOutput:
+    """The ``k`` near-hits (|ΔG_H| of ``surrogate`` ≤ ``window`` eV) whose surrogate value is least certain
+    (largest calibrated uncertainty; then nearest 0), among those without a successful ``dft_scorer`` result."""
+    from gen2d.store import parse_where
+
+    crit = parse_where(where or [])
+    if set_name:
+        crit["sets"] = set_name
+    near = []
+    for doc in cs.query(crit):
+        res = get_score(doc, surrogate)
+        if not res or not res.get("ok") or res.get("value") is None:
+            continue
+        done = get_score(doc, dft_scorer)
+        if done and done.get("ok"):
+            continue
+        value = float(res["value"])
+        if abs(value) <= window:
+            unc = res.get("uncertainty")
+            near.append((float(unc) if unc is not None else 0.0, value, doc))
+    near.sort(key=lambda t: (-t[0], abs(t[1])))
+    chosen = near[:k]
+    return SelectOutput(
+        candidate_ids=[d["candidate_id"] for _, _, d in chosen],
+        rows=[
+            {"candidate_id": d["candidate_id"], "formula": d.get("formula"), "dg_h_eV": v, "uncertainty_eV": u}
+            for u, v, d in chosen
+        ],
+        n_near_hits=len(near),
+        criterion=f"|{surrogate} ΔG_H| <= {window} eV, no {dft_scorer} result; largest uncertainty first",
+    )
+
+
+@job(output_schema=SelectOutput)
+def select_for_dft_job(
+    store: str | None,
+    set_name: str | None,
+    k: int,
+    window: float,
+    surrogate: str = "dgh.dimenet",
+    where: list[str] | None = None,
+) -> SelectOutput:
+    """:func:`select_for_dft` as a job."""
+    return select_for_dft(_store(store), set_name, k, window, surrogate, where)
+
+
+def improve_report(
+    cs: CandidateStore,
+    selected: dict[str, Any] | SelectOutput,
+    tuned_dir: str,
+    surrogate_dir: str,
+    out: str | None = None,
+    base_mlip: str = "chgnet",
+    mlip_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What one improve-her iteration moved, for the candidates it sent to DFT: the surrogate before (stored)
+    and after (the retrained ensemble), the explicit-H MLIP ΔG_H with the base model and the fine-tuned one,
+    and the DFT ΔG_H; plus the new surrogate's own metrics. Every value in eV; written to ``out`` as JSON."""
+    import json
+
+    from gen2d.fileio import write_json_atomic
+
+    sel = selected.model_dump() if isinstance(selected, BaseModel) else dict(selected)
+    ids = list(sel.get("candidate_ids") or [])
+    cands = [c for c in (cs.get(cid) for cid in ids) if c is not None]
+    structures = [c.get_structure() for c in cands]
+    before = {r["candidate_id"]: r for r in sel.get("rows") or []}
+    t0 = _cpu_seconds()
+    new_sur = get_scorer("dgh.dimenet", checkpoint_dir=surrogate_dir).score(structures) if structures else []
+    opts = dict(mlip_options or {})
+    base = get_scorer("dgh.mlip", calculator=base_mlip, **opts).score(structures) if structures else []
+    tuned = (
+        get_scorer("dgh.mlip", calculator="chgnet-her", model=tuned_dir, **opts).score(structures) if structures else []
+    )
+    rows = []
+    for c, s_new, r_base, r_tuned in zip(cands, new_sur, base, tuned):
+        dft = get_score(c, "dgh.dft") or {}
+        b = before.get(c.candidate_id, {})
+        rows.append(
+            {
+                "candidate_id": c.candidate_id,
+                "formula": c.formula,
+                "surrogate_before_eV": b.get("dg_h_eV"),
+                "surrogate_before_uncertainty_eV": b.get("uncertainty_eV"),
+                "surrogate_after_eV": s_new.value if s_new.ok else None,
+                "surrogate_after_uncertainty_eV": s_new.uncertainty if s_new.ok else None,
+                f"mlip_{base_mlip}_eV": r_base.value if r_base.ok else None,
+                "mlip_chgnet_her_eV": r_tuned.value if r_tuned.ok else None,
+                "dft_eV": dft.get("value") if dft.get("ok") else None,
+                "dft_failure": None if dft.get("ok") else (dft.get("failure") or {}).get("reason"),
+            }
+        )
+    manifest = Path(surrogate_dir) / "MANIFEST.json"
+    metrics = json.loads(manifest.read_text()).get("metrics", {}) if manifest.is_file() else {}
+    doc = {
+        "what": "one improve-her iteration: the candidates sent to DFT, before and after",
+        "unit": "eV",
+        "selection": {k: v for k, v in sel.items() if k != "rows"},
+        "rows": rows,
+        "surrogate_dir": str(surrogate_dir),
+        "surrogate_metrics": metrics,
+        "tuned_mlip_dir": str(tuned_dir),
+        "report_cpu_seconds": round(_cpu_seconds() - t0, 1),
+    }
+    if out:
+        write_json_atomic(out, doc, indent=1, default=str)
+    return doc
+
+
+@job
+def improve_report_job(
+    store: str | None,
+    selected: Any,
+    tuned_dir: str,
+    surrogate_dir: str,
+    out: str | None = None,
+    mlip_options: dict[str, Any] | None = None,
+    after: Any = None,
+) -> dict[str, Any]:
+    """:func:`improve_report` as a job (``after``: the surrogate training it waits for)."""
+    return improve_report(_store(store), selected, tuned_dir, surrogate_dir, out, mlip_options=mlip_options)
