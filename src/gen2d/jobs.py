@@ -610,6 +610,11 @@ def improve_report(
                 "surrogate_after_uncertainty_eV": s_new.uncertainty if s_new.ok else None,
                 f"mlip_{base_mlip}_eV": r_base.value if r_base.ok else None,
                 "mlip_chgnet_her_eV": r_tuned.value if r_tuned.ok else None,
+                "mlip_failures": {
+                    name: r.failure.reason
+                    for name, r in ((base_mlip, r_base), ("chgnet-her", r_tuned))
+                    if not r.ok and r.failure is not None
+                },
                 "dft_eV": dft.get("value") if dft.get("ok") else None,
                 "dft_failure": None if dft.get("ok") else (dft.get("failure") or {}).get("reason"),
             }
