@@ -48,7 +48,22 @@ class Cp2kAborted(RuntimeError):
 
 
 _SCF_STEPS = re.compile(r"\*\*\* SCF run converged in\s+(\d+) steps")
+# OT with an outer loop: the inner loops that hit MAX_SCF print no "converged" line; this one counts them all
+_OUTER_STEPS = re.compile(r"outer SCF loop converged in\s+\d+ iterations or\s+(\d+) steps")
 _NOT_CONVERGED = ("SCF run NOT converged", "SCF run not converged")
+
+
+def scf_steps_in(text: str, max_scf: int) -> tuple[int, bool]:
+    """(SCF steps, converged?) of the CP2K output ``text`` of one evaluation. An OT run with an outer loop counts
+    every inner step (its inner loops that reach MAX_SCF print no "converged" line); an unconverged SCF counts as
+    ``max_scf`` steps."""
+    if any(flag in text for flag in _NOT_CONVERGED):
+        return max_scf, False
+    outer = _OUTER_STEPS.findall(text)
+    if outer:
+        return sum(int(s) for s in outer), True
+    found = _SCF_STEPS.findall(text)
+    return (sum(int(s) for s in found), True) if found else (0, True)
 
 
 class Cp2kCalculator(CP2K):
@@ -250,10 +265,7 @@ class Cp2kCalculator(CP2K):
                 self._out_offset = fh.tell()
         except FileNotFoundError:
             return 0, True
-        if any(flag in text for flag in _NOT_CONVERGED):
-            return self.gen2d_settings.max_scf, False
-        found = _SCF_STEPS.findall(text)
-        return (sum(int(s) for s in found), True) if found else (0, True)
+        return scf_steps_in(text, self.gen2d_settings.max_scf)
 
     def spin_state(self, atoms) -> tuple[bool, int]:
         """(unrestricted?, multiplicity) that the settings give these atoms."""

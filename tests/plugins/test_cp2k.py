@@ -269,3 +269,18 @@ def test_a_shell_that_already_exited_closes_quietly_and_its_energy_is_kept(tmp_p
     launcher.wait()
     calc.close()  # no AssertionError from ASE's "child process still alive?"
     assert calc._shell is None and np.isfinite(energy) and mol.get_potential_energy() == energy
+
+
+def test_scf_steps_of_an_ot_run_count_every_outer_iteration():
+    """CP2K's OT inner loop that reaches MAX_SCF prints no 'converged' line: the outer loop's total is the count."""
+    from gen2d_cp2k import scf_steps_in
+
+    ot = (
+        "  outer SCF iter =    1 RMS gradient =   0.29E-04 energy =       -355.0363235212\n"
+        "  *** SCF run converged in     7 steps ***\n"
+        "  outer SCF iter =    2 RMS gradient =   0.37E-05 energy =       -355.0363575849\n"
+        "  outer SCF loop converged in   2 iterations or  107 steps\n"
+    )
+    assert scf_steps_in(ot, 100) == (107, True)
+    assert scf_steps_in("  *** SCF run converged in    42 steps ***\n", 100) == (42, True)
+    assert scf_steps_in("  *** SCF run NOT converged ***\n", 100) == (100, False)
