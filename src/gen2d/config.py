@@ -133,33 +133,26 @@ class FlowSpec(BaseModel):
             Naming the scorer entry and the bad option (an unknown scorer name too), so a typo fails
             when the flow is built, before any job runs.
         """
-        from gen2d.scoring import ScorerOptionsError, validate_scorer_options
-
         for k, sc in enumerate(self.scorers):
-            try:
-                validate_scorer_options(sc.name, sc.options)
-            except KeyError as exc:
-                raise ScorerOptionsError(f"scorers[{k}]: {exc.args[0]}") from None
-            except ScorerOptionsError as exc:
-                raise ScorerOptionsError(f"scorers[{k}]: {exc}") from None
+            _check_scorer(f"scorers[{k}]", sc.name, sc.options)
         if self.confirm.m > 0:
-            try:
-                validate_scorer_options(self.confirm.scorer, self.confirm.options)
-                if self.confirm.scorer == "dgh.dft" and self.confirm.options.get("cp2k"):
-                    _check_cp2k_settings(self.confirm.options["cp2k"])
-            except KeyError as exc:
-                raise ScorerOptionsError(f"confirm: {exc.args[0]}") from None
-            except ScorerOptionsError as exc:
-                raise ScorerOptionsError(f"confirm: {exc}") from None
+            _check_scorer("confirm", self.confirm.scorer, self.confirm.options)
         if self.improve is not None:
-            try:
-                validate_scorer_options("dgh.dft", self.improve.dft)
-                if self.improve.dft.get("cp2k"):
-                    _check_cp2k_settings(self.improve.dft["cp2k"])
-            except KeyError as exc:
-                raise ScorerOptionsError(f"improve.dft: {exc.args[0]}") from None
-            except ScorerOptionsError as exc:
-                raise ScorerOptionsError(f"improve.dft: {exc}") from None
+            _check_scorer("improve.dft", "dgh.dft", self.improve.dft)
+
+
+def _check_scorer(where: str, name: str, options: dict[str, Any]) -> None:
+    """``name``'s options (and ``dgh.dft``'s ``cp2k`` settings) checked; an error names ``where`` in the spec."""
+    from gen2d.scoring import ScorerOptionsError, validate_scorer_options
+
+    try:
+        validate_scorer_options(name, options)
+        if name == "dgh.dft" and options.get("cp2k"):
+            _check_cp2k_settings(options["cp2k"])
+    except KeyError as exc:
+        raise ScorerOptionsError(f"{where}: {exc.args[0]}") from None
+    except ScorerOptionsError as exc:
+        raise ScorerOptionsError(f"{where}: {exc}") from None
 
 
 def _check_cp2k_settings(options: dict[str, Any]) -> None:
