@@ -303,7 +303,7 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
             str(tmp_path / str(pre)),
             refine=refine,
             h2=h2,
-            prerelax_calculator=EMT() if pre else None,
+            prerelax_calculator=EMT if pre else None,
         )
         out[pre] = res.sites[0]
     plain, pre = out[None], out["emt"]

@@ -83,7 +83,8 @@ class DFTAdsorptionScorer(BaseScorer):
     prerelax : str, optional
         An MLIP (``gen2d.calculators`` name; the ``mlip`` one gets ``mlip_model`` and ``device``) that relaxes
         each site's free atoms before DFT and gives DFT's BFGS its Hessian there
-        (:attr:`gen2d.adsorption.RefineSettings.prerelax`): fewer DFT steps, the same DFT minimum.
+        (:attr:`gen2d.adsorption.RefineSettings.prerelax`): fewer DFT steps; an open-shell SCF can end in
+        another spin solution than from the default start.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -217,9 +218,7 @@ class DFTAdsorptionScorer(BaseScorer):
         }
 
     def _prerelax_calculator(self):
-        """The MLIP that prepares each DFT start (None without ``prerelax``); loaded once per process."""
-        if not self.refine.prerelax:
-            return None
+        """The MLIP that prepares each DFT start, with this scorer's model and device; loaded once per process."""
         from gen2d.relax import cached_calculator
 
         options: dict[str, Any] = {"device": self.device}
@@ -275,7 +274,7 @@ class DFTAdsorptionScorer(BaseScorer):
                 self.settings,
                 self.refine,
                 h2=h2,
-                prerelax_calculator=self._prerelax_calculator(),
+                prerelax_calculator=self._prerelax_calculator,
                 metadata={
                     **meta,
                     "formula": structure.composition.reduced_formula,

@@ -481,8 +481,9 @@ class RefineSettings:
         A ``gen2d.calculators`` MLIP (``chgnet``) that prepares each site's start: it relaxes the same free
         atoms (the neighbours' response to H, e.g. the sp³ pucker of graphene, which the clean slab lacks)
         and gives the expensive BFGS its Hessian of those atoms (:func:`mlip_hessian`) instead of a uniform
-        70 eV/Å². The expensive calculator still decides the geometry and the energy; only its number of
-        steps changes. None starts from the clean slab with H at the cheap recipe's position.
+        70 eV/Å². The expensive calculator still decides the geometry and the energy, but an open-shell SCF
+        can land in another spin solution from another start (docs/dft.md measures one, 68 meV apart on
+        graphene). None starts from the clean slab with H at the cheap recipe's position.
     h_jitter : float
         In-plane displacement (Å, fixed direction per site) of the H's start. A cheap recipe's minimum can
         be a saddle of the expensive one on a symmetric site (H bridging two equivalent S atoms): a
@@ -728,9 +729,9 @@ def refine_adsorption(
         What is computed (formula, content hash, calculator settings and their hash): written with the
         refinement settings to ``workdir/run.json``, which makes the frames a dataset
         (:mod:`gen2d.frames`).
-    prerelax_calculator : ase Calculator, optional
-        The MLIP of ``refine.prerelax`` (default: loaded by name with
-        :func:`gen2d.relax.cached_calculator`).
+    prerelax_calculator : callable, optional
+        Returns the MLIP of ``refine.prerelax``; called only when a fresh relaxation needs it (default: the
+        MLIP loaded by name with :func:`gen2d.relax.cached_calculator`).
 
     Returns
     -------
@@ -799,18 +800,21 @@ def refine_adsorption(
             _close(calc)
 
     slab_doc = cached("slab", _slab_single)
-    _prerelax_calc: list = []
 
-    def prerelax():
-        """The preparing MLIP, loaded on first use (a finished run never loads it)."""
-        if not _prerelax_calc:
-            if prerelax_calculator is not None:
-                _prerelax_calc.append(prerelax_calculator)
-            else:
-                from gen2d.relax import cached_calculator
+    def _start(atoms: Atoms, free: list[int], traj: str) -> tuple[Atoms, np.ndarray | None, dict | None]:
+        """(atoms, initial Hessian, what prepared them) of a relaxation: the MLIP-prepared start on a fresh run
+        with ``refine.prerelax`` (the MLIP loaded only then), otherwise the atoms as given. A resumed run
+        starts from its own last frame."""
+        if not refine.prerelax or os.path.isfile(traj):
+            return atoms, None, None
+        if prerelax_calculator is not None:
+            calc = prerelax_calculator()
+        else:
+            from gen2d.relax import cached_calculator
 
-                _prerelax_calc.append(cached_calculator(refine.prerelax))
-        return _prerelax_calc[0]
+            calc = cached_calculator(refine.prerelax)
+        begin, hessian, prepared = prepare_start(atoms, calc, free)
+        return begin, hessian, {**prepared, "calculator": refine.prerelax}
 
     results: list[SiteResult] = []
     for k, site in enumerate(chosen):
@@ -833,11 +837,8 @@ def refine_adsorption(
 
             def _slab_relaxed(d, slab_free=slab_free):
                 _seed_restart(os.path.join(workdir, "slab"), d)  # same atoms, same start: 1-3 SCF steps, not 30
-                begin, hessian, prepared = base, None, None
                 traj = os.path.join(d, "relax.traj")
-                if refine.prerelax and not os.path.isfile(traj):
-                    begin, hessian, prepared = prepare_start(base, prerelax(), slab_free)
-                    prepared["calculator"] = refine.prerelax
+                begin, hessian, prepared = _start(base, slab_free, traj)
                 calc = make_calculator(d)
                 try:
                     _, e, conv, n = _constrained_bfgs(begin, calc, slab_free, refine.fmax, refine.steps, traj, hessian)
@@ -859,11 +860,8 @@ def refine_adsorption(
                     flags.append("geometry_not_converged")
 
         def _site(d, start_atoms=start_atoms, free=free):
-            begin, hessian, prepared = start_atoms, None, None
             traj = os.path.join(d, "relax.traj")
-            if refine.prerelax and not os.path.isfile(traj):  # a resumed run starts from its own last frame
-                begin, hessian, prepared = prepare_start(start_atoms, prerelax(), free)
-                prepared["calculator"] = refine.prerelax
+            begin, hessian, prepared = _start(start_atoms, free, traj)
             calc = make_calculator(d)
             try:
                 final, e, conv, n = _constrained_bfgs(begin, calc, free, refine.fmax, refine.steps, traj, hessian)
