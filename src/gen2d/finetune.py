@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from gen2d.adsorption import DEFAULT_DG_CORRECTION
 from gen2d.fileio import atomic_path, write_text_atomic
 from gen2d.scoring import file_sha256
 
@@ -530,7 +531,7 @@ def delta_e_h_rows(
 
 
 def agreement(
-    pred: Sequence[float], ref: Sequence[float], dg_correction: float = 0.27, window: float = 0.2
+    pred: Sequence[float], ref: Sequence[float], dg_correction: float = DEFAULT_DG_CORRECTION, window: float = 0.2
 ) -> dict[str, Any]:
     """MAE, bias (mean of pred − ref), Spearman ρ (None below three rows) and hit agreement of ΔE_H values (eV).
 

@@ -55,8 +55,6 @@ class Prototype:
     # structure: decorated with other cations, an MLIP can put an unphysical phase on the hull (CHGNet puts
     # MoO3-type AlS3 and ZrSe3-type GaSe3 and AlSe3 there, making known-stable Al/Ga selenide layers unstable)
     a_groups: tuple[int, ...] = ()
-    # the same for the B (anion) site: () = any
-    b_groups: tuple[int, ...] = ()
     # elements that take the A (B) site, for a structure type known in one compound only; () = any
     a_elements: tuple[str, ...] = ()
     b_elements: tuple[str, ...] = ()
@@ -274,16 +272,14 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
 
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     """(prototype, A, B) for every prototype and both decorations of an asymmetric one, except decorations
-    whose A element is outside the prototype's ``a_groups`` (``a_elements``) or whose B element is outside its
-    ``b_groups`` (``b_elements``)."""
+    whose A element is outside the prototype's ``a_groups`` or ``a_elements``, or whose B element is outside its
+    ``b_elements``."""
     a, b = sorted((a, b))
     out = []
     for name in names or BINARY_PROTOTYPES:
         proto = BINARY_PROTOTYPES[name]
         for x, y in ((a, b),) if proto.symmetric else ((a, b), (b, a)):
             if proto.a_groups and Element(x).group not in proto.a_groups:
-                continue
-            if proto.b_groups and Element(y).group not in proto.b_groups:
                 continue
             if (proto.a_elements and x not in proto.a_elements) or (proto.b_elements and y not in proto.b_elements):
                 continue
