@@ -39,15 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args(argv)
 
-    from ase import Atoms
-
-    from gen2d.adsorption import _constrained_bfgs, _free_indices
+    from gen2d.adsorption import _constrained_bfgs, _free_indices, h2_reference
     from gen2d.relax import cached_calculator
 
     calc = cached_calculator(args.calculator)
-    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[12.0] * 3, pbc=True)
-    h2.center()
-    _, e_h2, _, _ = _constrained_bfgs(h2, calc, [0, 1], 0.01, 100, None)
+    e_h2, _ = h2_reference(calc)
     rows = []
     for name, slab in layers().items():
         probe = slab.copy()
