@@ -9,15 +9,23 @@ k-points and supercell is ``scripts/dft_convergence.py``.
 study: the first ``--steps`` SCF steps from the atomic guess, their summed time from CP2K's SCF log, and the
 energy reached (the same steps of the same mixer, so the energies differ only by the setting's own effect).
 
-Usage (niced, one thread; a few CPU-minutes each):
+``truncation``: what a looser force criterion would have cost and saved, read from finished DFT relaxations
+(no new DFT). For each relaxation under ``--runs`` that converged at its own ``fmax``, and each looser threshold:
+the first frame whose largest force on a free atom is below it (where BFGS would have stopped), its energy
+against the converged frame (the ΔE_H error, since the slab energy does not change) and the share of BFGS
+steps and SCF steps it would have used.
+
+Usage (niced, one thread; a few CPU-minutes each, ``truncation`` seconds):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py h2
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py step-cost --steps 7
+    .venv/bin/python scripts/bench_dft.py truncation --runs dft-runs/reference
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -110,6 +118,48 @@ def step_cost(steps: int, variants: dict[str, dict]) -> list[dict]:
     return out
 
 
+def truncation(roots: list[Path], thresholds: list[float]) -> list[dict]:
+    """One row per (finished relaxation, threshold); see the module docstring."""
+    import numpy as np
+    from ase.io import read
+
+    rows = []
+    for result in sorted(p for root in roots for p in Path(root).glob("*/site_*/result.json")):
+        folder = result.parent
+        if not json.loads(result.read_text()).get("converged"):
+            continue
+        frames = read(str(folder / "relax.traj"), ":")
+        fmax = [float(np.sqrt((a.get_forces(apply_constraint=True) ** 2).sum(1)).max()) for a in frames]
+        energy = [float(a.get_potential_energy()) for a in frames]
+        run = json.loads((folder.parent / "run.json").read_text())
+        # SCF steps per frame: CP2K's own count of each converged SCF, or the cost ledger, whichever has exactly
+        # one per frame (a restart re-evaluates a frame, and then neither says which step paid for what)
+        scf = None
+        out = folder / "gen2d.out"
+        counts = [int(m) for m in re.findall(r"SCF run converged in\s+(\d+) steps", out.read_text(errors="replace"))]
+        ledger = folder / "gen2d-cost.json"
+        booked = json.loads(ledger.read_text()).get("scf_steps", []) if ledger.is_file() else []
+        for steps in (counts, booked):
+            if len(steps) == len(frames):
+                scf = steps
+                break
+        for t in thresholds:
+            stop = next((k for k, f in enumerate(fmax) if f <= t), len(frames) - 1)
+            rows.append(
+                {
+                    "run": f"{folder.parent.name}/{folder.name}",
+                    "formula": run.get("formula"),
+                    "fmax_eV_per_A": t,
+                    "frame": stop,
+                    "n_frames": len(frames),
+                    "energy_error_meV": round(1000 * (energy[stop] - energy[-1]), 1),
+                    "bfgs_share": round((stop + 1) / len(frames), 2),
+                    "scf_share": round(sum(scf[: stop + 1]) / sum(scf), 2) if scf else None,
+                }
+            )
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -117,7 +167,20 @@ def main(argv=None) -> int:
     p_h2.add_argument("--cp2k", type=json.loads, default={}, help="Cp2kSettings overrides as JSON")
     p_step = sub.add_parser("step-cost")
     p_step.add_argument("--steps", type=int, default=7, help="SCF steps per variant")
+    p_trunc = sub.add_parser("truncation")
+    p_trunc.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "dft-runs" / "reference"])
+    p_trunc.add_argument("--fmax", nargs="+", type=float, default=[0.05, 0.1, 0.15, 0.2], help="eV/Å")
     args = parser.parse_args(argv)
+    if args.cmd == "truncation":
+        print("| relaxation | formula | fmax (eV/Å) | stops at frame | energy error (meV) | BFGS steps | SCF steps |")
+        print("|---|---|---|---|---|---|---|")
+        for r in truncation(args.runs, args.fmax):
+            scf = f"{r['scf_share']:.0%}" if r["scf_share"] is not None else "—"
+            print(
+                f"| {r['run']} | {r['formula']} | {r['fmax_eV_per_A']:g} | {r['frame']} of {r['n_frames'] - 1} | "
+                f"{r['energy_error_meV']:+.1f} | {r['bfgs_share']:.0%} | {scf} |"
+            )
+        return 0
     from gen2d_cp2k import Cp2kSettings
 
     if args.cmd == "step-cost":

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from gen2d.hull import EntriesFileProvider, HullError, apply_mp2020, hull_analysis, mlip_entry
-    from gen2d.scoring import get_scorer
+    from gen2d.scoring import discover, get_scorer
     from gen2d.structures import orient_2d
 
     db_path = data_dir() / "2dmatpedia_filtered.db"
@@ -190,8 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cache_dir = args.cache_dir or f"/tmp/gen2d_bench_refs_{int(time.time())}"
+    # a calculator without its own ehull.<name> scorer (chgnet-her, a fine-tuned model) runs in the core
+    # E_hull scorer under that calculator's name: ehull.chgnet with calculator=<name>
+    named = f"ehull.{args.calculator}"
+    own = any(p.name == named for p in discover("scorer"))
     scorer = get_scorer(
-        f"ehull.{args.calculator}",
+        named if own else "ehull.chgnet",
+        **({} if own else {"calculator": args.calculator}),
         provider="mlip-prototypes",
         provider_options={"cache_dir": cache_dir, "stacked_layers": not args.no_stacked},
         progress=False,
