@@ -144,11 +144,24 @@ def dg_h_on_reference(row: dict, calc, min_length: float, fmax: float) -> dict:
 
 
 def statistics(pred: np.ndarray, ref: np.ndarray) -> dict:
-    from scipy.stats import spearmanr
+    """MAE, bias, Spearman ρ (NaN below three rows) and hit counts of ΔG_H values (eV), from
+    :func:`gen2d.finetune.agreement` (the same figures the fine-tuning validation reports)."""
+    from gen2d.finetune import agreement
 
-    err = pred - ref
-    rho = float(spearmanr(pred, ref).statistic) if len(pred) > 2 else float("nan")
-    return {"n": int(len(pred)), "mae_eV": float(np.abs(err).mean()), "bias_eV": float(err.mean()), "spearman_rho": rho}
+    a = agreement(pred, ref, dg_correction=0.0, window=HIT_WINDOW)  # ΔG_H already: no correction to add
+    n, both, ref_hits = a["n"], a["hits_both"], a["hits_ref"]
+    rho = a["spearman_rho"]
+    return {
+        "n": n,
+        "mae_eV": a["mae_eV"],
+        "bias_eV": a["bias_eV"],
+        "spearman_rho": float("nan") if rho is None else rho,
+        "dft_hits": ref_hits,
+        # the model's own hits: those it shares with DFT plus those only it calls (n − agreeing − DFT-only)
+        "mlip_hits": both + (n - a["hits_agree"] - (ref_hits - both)),
+        "hits_agreeing": both,
+        "verdict_agreement": a["hits_agree"] / n,
+    }
 
 
 def linear_calibration(de_mlip: np.ndarray, dg_dft: np.ndarray, dg_correction: float) -> dict:
@@ -229,15 +242,6 @@ def main_dft(args) -> int:
         entry = {"available": True, "model": calculator_key(calc)[0], "rows": out}
         if len(out):
             entry["stats"] = statistics(pred, ref)
-            hit_p, hit_r = np.abs(pred) <= HIT_WINDOW, np.abs(ref) <= HIT_WINDOW
-            entry["stats"].update(
-                {
-                    "dft_hits": int(hit_r.sum()),
-                    "mlip_hits": int(hit_p.sum()),
-                    "hits_agreeing": int((hit_p & hit_r).sum()),
-                    "verdict_agreement": float((hit_p == hit_r).mean()),
-                }
-            )
             s = entry["stats"]
             print(
                 f"{label:15s} n={s['n']}  MAE {s['mae_eV']:.2f} eV  bias {s['bias_eV']:+.2f} eV  "
