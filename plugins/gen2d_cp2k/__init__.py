@@ -83,6 +83,9 @@ class Cp2kCalculator(CP2K):
         CP2K project name (file prefix) inside ``directory``.
     restart_wfn : bool
         Start the first SCF from ``<label>-RESTART.wfn`` in ``directory`` when it exists.
+    magnetization : dict, optional
+        Initial moments (μB) per element for the atomic guess (see :func:`~gen2d_cp2k.settings.build_input`);
+        recorded in :meth:`provenance`.
 
     Attributes
     ----------
@@ -101,9 +104,11 @@ class Cp2kCalculator(CP2K):
         threads: int = 1,
         label: str = "gen2d",
         restart_wfn: bool = True,
+        magnetization: dict[str, float] | None = None,
         **kwargs: Any,
     ):
         self.gen2d_settings = settings or Cp2kSettings()
+        self.magnetization = dict(magnetization or {})
         command = find_shell_command(command)
         # Threads are fixed by the environment of the child process.
         env_prefix = f"env OMP_NUM_THREADS={int(threads)} OPENBLAS_NUM_THREADS=1 "
@@ -186,7 +191,9 @@ class Cp2kCalculator(CP2K):
         symbols = atoms.get_chemical_symbols()
         slab = not bool(atoms.pbc[2])
         restart = str(self.wfn_file.name) if self._restart_wfn and self.wfn_file.is_file() else None
-        inp = build_input(self.gen2d_settings, symbols, slab=slab, wfn_restart=restart)
+        inp = build_input(
+            self.gen2d_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.magnetization
+        )
         inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("PARAMETER_FILE_NAME dftd3.dat", f"PARAMETER_FILE_NAME {self._data_dir}/dftd3.dat")
@@ -284,6 +291,7 @@ class Cp2kCalculator(CP2K):
             "scf_steps_total": int(sum(self.scf_steps)),
             "wall_seconds": round(self.wall_seconds, 1),
             "n_processes": self.n_processes,
+            **({"initial_magnetization_muB": self.magnetization} if self.magnetization else {}),
         }
 
 

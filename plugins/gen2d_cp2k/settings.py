@@ -139,7 +139,12 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
 
 
 def build_input(
-    settings: Cp2kSettings, symbols: list[str], slab: bool, charge: int = 0, wfn_restart: str | None = None
+    settings: Cp2kSettings,
+    symbols: list[str],
+    slab: bool,
+    charge: int = 0,
+    wfn_restart: str | None = None,
+    magnetization: dict[str, float] | None = None,
 ) -> str:
     """The CP2K input (without coordinates and cell, which ASE's calculator writes) for these atoms.
 
@@ -155,6 +160,10 @@ def build_input(
     wfn_restart : str, optional
         A wavefunction file to start from (``SCF_GUESS RESTART`` falls back to the atomic guess when
         it does not exist), so a killed job resumes its last SCF.
+    magnetization : dict, optional
+        Initial moments (μB) per element for the atomic guess of a spin-polarised run, over
+        ``MAGNETIC_MOMENTS`` (0 removes one). They choose where the SCF starts, not the physics: they are
+        not part of the settings hash, but an open-shell system can land in a different spin solution.
     """
     uks, multiplicity = wants_spin(symbols, settings, charge)
     lines = [
@@ -257,8 +266,9 @@ def build_input(
             f"      BASIS_SET {settings.basis_for(element)}",
             f"      POTENTIAL {settings.potential}",
         ]
-        if uks and element in MAGNETIC_MOMENTS:
-            lines.append(f"      MAGNETIZATION {MAGNETIC_MOMENTS[element]}")
+        moment = {**MAGNETIC_MOMENTS, **(magnetization or {})}.get(element, 0.0)
+        if uks and moment:
+            lines.append(f"      MAGNETIZATION {moment}")
         lines.append("    &END KIND")
     lines += ["  &END SUBSYS", "&END FORCE_EVAL"]
     return "\n".join(lines) + "\n"

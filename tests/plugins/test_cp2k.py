@@ -58,6 +58,24 @@ def test_spin_follows_electron_parity_and_magnetic_elements():
 
 
 @pytest.mark.skipif(not HAVE_CP2K, reason="needs CP2K's GTH_POTENTIALS for valence counts")
+def test_initial_moments_shape_the_atomic_guess_of_spin_polarised_runs_only():
+    """An initial moment is a start of the SCF, not physics: it is written for unrestricted runs only, overrides
+    the per-element defaults (0 removes one), and leaves the settings hash alone."""
+    s = Cp2kSettings()
+
+    def moments(text: str) -> dict[str, str]:
+        kinds = text.split("&KIND ")[1:]
+        return {k.split()[0]: k.split("MAGNETIZATION ")[1].split()[0] for k in kinds if "MAGNETIZATION" in k}
+
+    assert moments(build_input(s, ["Mo", "S", "S", "H"], slab=True)) == {}
+    assert moments(build_input(s, ["Mo", "S", "S", "H"], slab=True, magnetization={"H": -1.0})) == {"H": "-1.0"}
+    assert moments(build_input(s, ["V", "S", "S"], slab=True)) == {"V": "3.0"}
+    assert moments(build_input(s, ["V", "S", "S"], slab=True, magnetization={"V": 0.0, "S": 0.5})) == {"S": "0.5"}
+    # a closed-shell run has no spin density to start: the moment is not written
+    assert "MAGNETIZATION" not in build_input(s, ["H", "H"], slab=False, magnetization={"H": 1.0})
+
+
+@pytest.mark.skipif(not HAVE_CP2K, reason="needs CP2K's GTH_POTENTIALS for valence counts")
 def test_input_has_dipole_correction_for_slabs_only_and_refuses_ot_with_kpoints():
     s = Cp2kSettings()
     slab = build_input(s, ["Mo", "S", "S"], slab=True)
