@@ -285,6 +285,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="relax the same free atoms of the bare slab by DFT for E(slab) (needed when the whole layer is free)",
     )
+    parser.add_argument(
+        "--spin-starts",
+        nargs="*",
+        type=float,
+        default=[],
+        help="initial moments on H (μB) of fresh SCF starts at each converged site (RefineSettings.spin_starts; "
+        "0 is the plain atomic guess): a lower solution takes the site over. Stored rows without the check gain "
+        "it in place (their relaxations are cached)",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -313,6 +322,7 @@ def main(argv=None) -> int:
         prerelax=args.prerelax,
         free_radius=args.free_radius,
         relax_slab_reference=args.relax_slab_reference,
+        spin_starts=args.spin_starts,
     )
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)
@@ -325,6 +335,7 @@ def main(argv=None) -> int:
             and rows[name].get("ok")
             and rows[name].get("provenance", {}).get("settings", {}).get("cp2k_settings_hash")
             == scorer.cp2k.settings_hash()
+            and (not args.spin_starts or (rows[name].get("best_site") or {}).get("spin_starts"))
         ):
             print(f"{name}: stored", flush=True)
             continue

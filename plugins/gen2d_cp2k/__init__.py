@@ -66,6 +66,26 @@ def scf_steps_in(text: str, max_scf: int) -> tuple[int, bool]:
     return (sum(int(s) for s in found), True) if found else (0, True)
 
 
+def element_moments(atoms) -> dict[str, float]:
+    """The atoms' nonzero initial magnetic moments (μB) as one moment per element, which is how CP2K takes them
+    (``&KIND/MAGNETIZATION``). Atoms of one element with different moments are refused by name."""
+    moments: dict[str, float] = {}
+    if not atoms.has("initial_magmoms"):
+        return moments
+    values = np.asarray(atoms.get_initial_magnetic_moments(), float)
+    if values.ndim != 1:
+        raise ValueError("non-collinear initial magnetic moments are not supported by the cp2k calculator")
+    for symbol in sorted(set(atoms.get_chemical_symbols())):
+        mine = {float(m) for m, s in zip(values, atoms.get_chemical_symbols()) if s == symbol}
+        if len(mine) > 1:
+            raise ValueError(
+                f"the cp2k calculator takes one initial moment per element; {symbol} atoms have {sorted(mine)}"
+            )
+        if mine and next(iter(mine)):
+            moments[symbol] = next(iter(mine))
+    return moments
+
+
 class Cp2kCalculator(CP2K):
     """ASE's CP2K calculator with gen2d's settings, slab handling, convergence checks and accounting.
 
@@ -85,7 +105,8 @@ class Cp2kCalculator(CP2K):
         Start the first SCF from ``<label>-RESTART.wfn`` in ``directory`` when it exists.
     magnetization : dict, optional
         Initial moments (μB) per element for the atomic guess (see :func:`~gen2d_cp2k.settings.build_input`);
-        recorded in :meth:`provenance`.
+        recorded in :meth:`provenance`. The atoms' own initial magnetic moments (ASE's
+        ``set_initial_magnetic_moments``, the way VASP and GPAW take them) add to these, per element.
 
     Attributes
     ----------
@@ -109,6 +130,7 @@ class Cp2kCalculator(CP2K):
     ):
         self.gen2d_settings = settings or Cp2kSettings()
         self.magnetization = dict(magnetization or {})
+        self.start_magnetization = dict(self.magnetization)
         command = find_shell_command(command)
         # Threads are fixed by the environment of the child process.
         env_prefix = f"env OMP_NUM_THREADS={int(threads)} OPENBLAS_NUM_THREADS=1 "
@@ -191,8 +213,9 @@ class Cp2kCalculator(CP2K):
         symbols = atoms.get_chemical_symbols()
         slab = not bool(atoms.pbc[2])
         restart = str(self.wfn_file.name) if self._restart_wfn and self.wfn_file.is_file() else None
+        self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
         inp = build_input(
-            self.gen2d_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.magnetization
+            self.gen2d_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.start_magnetization
         )
         inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)
@@ -291,7 +314,7 @@ class Cp2kCalculator(CP2K):
             "scf_steps_total": int(sum(self.scf_steps)),
             "wall_seconds": round(self.wall_seconds, 1),
             "n_processes": self.n_processes,
-            **({"initial_magnetization_muB": self.magnetization} if self.magnetization else {}),
+            **({"initial_magnetization_muB": self.start_magnetization} if self.start_magnetization else {}),
         }
 
 

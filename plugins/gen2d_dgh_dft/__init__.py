@@ -85,6 +85,10 @@ class DFTAdsorptionScorer(BaseScorer):
         each site's free atoms before DFT and gives DFT's BFGS its Hessian there
         (:attr:`gen2d.adsorption.RefineSettings.prerelax`): fewer DFT steps; an open-shell SCF can end in
         another spin solution than from the default start.
+    spin_starts : tuple of float
+        Initial moments on H (μB) of fresh-start single points at each converged site
+        (:attr:`gen2d.adsorption.RefineSettings.spin_starts`): a lower SCF solution takes the site over. Not part
+        of the run key, so finished runs gain the check in place.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -114,6 +118,7 @@ class DFTAdsorptionScorer(BaseScorer):
         h2_box: float = 12.0,
         h_jitter: float = 0.1,
         prerelax: str | None = None,
+        spin_starts: tuple[float, ...] | list[float] = (),
         device: str = "auto",
         **settings: Any,
     ):
@@ -138,6 +143,7 @@ class DFTAdsorptionScorer(BaseScorer):
             h2_box=h2_box,
             h_jitter=h_jitter,
             prerelax=prerelax,
+            spin_starts=tuple(spin_starts),
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         self.threads = threads
@@ -230,8 +236,9 @@ class DFTAdsorptionScorer(BaseScorer):
         """The work directory of one structure under these settings."""
         from gen2d.structures import content_hash
 
-        # what changes the slab and site energies; the H2 box has its own directory
-        refine = {k: v for k, v in self.refine.as_dict().items() if k != "h2_box"}
+        # what changes the slab and site energies; the H2 box has its own directory, and the spin-start check
+        # is added to a finished site in place
+        refine = {k: v for k, v in self.refine.as_dict().items() if k not in ("h2_box", "spin_starts")}
         key = hashlib.sha256(
             f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
         ).hexdigest()[:16]

@@ -127,6 +127,7 @@ class SiteResult:
     steps: int
     flags: list[str] = field(default_factory=list)
     run_dir: str | None = None  # refinement only: where this site's frames and final geometry are kept
+    spin_starts: dict[str, Any] | None = None  # refinement only: the fresh-start SCF check (RefineSettings)
 
     @property
     def valid(self) -> bool:
@@ -135,8 +136,9 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["run_dir"] is None:
-            del out["run_dir"]
+        for key in ("run_dir", "spin_starts"):
+            if out[key] is None:
+                del out[key]
         out["valid"] = self.valid
         return out
 
@@ -484,6 +486,14 @@ class RefineSettings:
         70 eV/Å². The expensive calculator still decides the geometry and the energy, but an open-shell SCF
         can land in another spin solution from another start (docs/dft.md measures one, 68 meV apart on
         graphene). None starts from the clean slab with H at the cheap recipe's position.
+    spin_starts : tuple of float
+        Initial magnetic moments (μB) on H for fresh-start single points at each converged site geometry
+        (``0.0``: the calculator's plain atomic guess), set as the atoms' initial magnetic moments. An
+        open-shell slab+H can have several SCF solutions, and a relaxation that restarts each SCF from the last
+        one stays in whichever it found first. If a fresh start is lower by more than ``SPIN_START_TOLERANCE``,
+        the relaxation continues from that solution's wavefunction and the site takes its energy. Every
+        start's energy is recorded with the site. Empty: no check. It is not part of a run's key: a finished
+        site gains the check when asked, and keeps it.
     h_jitter : float
         In-plane displacement (Å, fixed direction per site) of the H's start. A cheap recipe's minimum can
         be a saddle of the expensive one on a symmetric site (H bridging two equivalent S atoms): a
@@ -501,6 +511,10 @@ class RefineSettings:
     h2_box: float = 12.0
     h_jitter: float = 0.1
     prerelax: str | None = None
+    spin_starts: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.spin_starts = tuple(float(m) for m in self.spin_starts)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -508,7 +522,15 @@ class RefineSettings:
             out.pop("h_jitter")
         if self.prerelax is None:  # likewise
             out.pop("prerelax")
+        if not self.spin_starts:
+            out.pop("spin_starts")
+        else:
+            out["spin_starts"] = list(self.spin_starts)
         return out
+
+
+#: eV: a fresh SCF start lower than the relaxation's own solution by more than this takes the site over
+SPIN_START_TOLERANCE = 0.005
 
 
 def pick_sites_to_refine(sites: Sequence[dict[str, Any]], n_sites: int) -> list[dict[str, Any]]:
@@ -881,6 +903,10 @@ def refine_adsorption(
                 _close(calc)
 
         doc = cached(f"site_{k}-{tag}", _site)
+        if refine.spin_starts and doc.get("energy") is not None and doc.get("converged"):
+            doc = _check_spin_starts(
+                os.path.join(workdir, f"site_{k}-{tag}"), doc, start_atoms, free, h_index, make_calculator, refine
+            )
         energy = doc.get("energy")
         final = start_atoms.copy()
         if doc.get("positions"):
@@ -918,6 +944,7 @@ def refine_adsorption(
                 steps=int(doc.get("steps", 0)),
                 flags=flags,
                 run_dir=os.path.join(workdir, f"site_{k}-{tag}"),
+                spin_starts=doc.get("spin_starts"),
             )
         )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
@@ -933,6 +960,104 @@ def refine_adsorption(
     )
     result.wall_seconds = time.perf_counter() - start_wall  # type: ignore[attr-defined]
     return result
+
+
+def _check_spin_starts(
+    site_dir: str,
+    doc: dict[str, Any],
+    start_atoms: Atoms,
+    free: list[int],
+    h_index: int,
+    make_calculator,
+    refine: RefineSettings,
+) -> dict[str, Any]:
+    """A converged site's geometry recomputed from fresh SCF starts (``refine.spin_starts``); see RefineSettings.
+
+    Each start is a single point in ``site_dir/start_H<moment>/`` (cached); if the lowest is below the site's
+    energy by more than :data:`SPIN_START_TOLERANCE`, the relaxation continues in ``site_dir/lowest_start/``
+    from that start's wavefunction. The site document gains ``spin_starts`` (energy of every start, eV) and,
+    when a start took over, ``relaxed_from_start``; it is rewritten in ``site_dir/result.json``.
+    """
+    import json
+    import os
+
+    recorded = {float(k): v for k, v in doc.get("spin_starts", {}).get("energies_eV", {}).items()}
+    if all(m in recorded for m in refine.spin_starts) and "relaxed_from_start" in doc.get("spin_starts", {}):
+        return doc
+    final = start_atoms.copy()
+    final.positions = np.asarray(doc["positions"])
+    chain_energy = float(doc.get("chain_energy", doc["energy"]))
+    energies: dict[float, float | None] = dict(recorded)
+    failures: dict[str, str] = dict(doc.get("spin_starts", {}).get("failures", {}))
+    for moment in refine.spin_starts:
+        if moment in energies:
+            continue
+        d = os.path.join(site_dir, f"start_H{moment:+g}")
+        path = os.path.join(d, "result.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                one = json.load(fh)
+        else:
+            os.makedirs(d, exist_ok=True)
+            probe = final.copy()
+            moments = np.zeros(len(probe))
+            moments[h_index] = moment
+            probe.set_initial_magnetic_moments(moments)
+            calc = make_calculator(d)
+            try:
+                probe.calc = calc
+                one = {"energy": float(probe.get_potential_energy()), "moment_on_H_muB": moment, "cost": _cost(calc)}
+            except Exception as exc:  # noqa: BLE001 - a start that does not converge is recorded, not fatal
+                one = {"energy": None, "failure": _failure_name(exc), "message": str(exc)[:300]}
+            finally:
+                close = getattr(calc, "close", None)
+                if callable(close):
+                    close()
+            write_json_atomic(path, one)
+        energies[moment] = one.get("energy")
+        if one.get("energy") is None:
+            failures[f"{moment:+g}"] = one.get("failure", "calculator_error")
+    found = {m: e for m, e in energies.items() if e is not None}
+    out = dict(doc)
+    out["chain_energy"] = chain_energy
+    check: dict[str, Any] = {
+        "energies_eV": {f"{m:+g}": e for m, e in sorted(energies.items())},
+        "chain_energy_eV": chain_energy,
+        "tolerance_eV": SPIN_START_TOLERANCE,
+        "relaxed_from_start": None,
+        "unit": "eV",
+    }
+    if failures:
+        check["failures"] = failures
+    if found:
+        best = min(found, key=found.get)
+        if found[best] < chain_energy - SPIN_START_TOLERANCE:
+            d = os.path.join(site_dir, "lowest_start")
+            _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
+            probe = final.copy()
+            moments = np.zeros(len(probe))
+            moments[h_index] = best
+            probe.set_initial_magnetic_moments(moments)
+            calc = make_calculator(d)
+            try:
+                again, e, conv, n = _constrained_bfgs(
+                    probe, calc, free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
+                )
+                out.update(
+                    {"energy": e, "converged": conv, "positions": again.positions.tolist(), "steps": doc["steps"] + n}
+                )
+                check["relaxed_from_start"] = f"{best:+g}"
+                check["steps"] = n
+                check["cost"] = _cost(calc)
+            except Exception as exc:  # noqa: BLE001 - the chain's own solution stands, the failure is recorded
+                check["relaxed_from_start"] = f"failed: {_failure_name(exc)}"
+            finally:
+                close = getattr(calc, "close", None)
+                if callable(close):
+                    close()
+    out["spin_starts"] = check
+    write_json_atomic(os.path.join(site_dir, "result.json"), out)
+    return out
 
 
 def h2_reference_dft(

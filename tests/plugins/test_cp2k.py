@@ -231,6 +231,28 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     again = scorer.score([graphene])[0]
     assert calls == [] and again.value == pytest.approx(res.value)
 
+    # the spin-start check, added to the finished site in place (same run directory): fresh SCF starts at the
+    # converged geometry. −1 μB on H, against the sheet's unpaired electron, ends in a higher solution.
+    import json
+
+    checked = get_scorer("dgh.dft", workdir=str(dft_workdir), spin_starts=[0.0, -1.0], **DGH_DFT_TINY)
+    assert checked.run_dir(graphene) == scorer.run_dir(graphene)
+    site = checked.score([graphene])[0].extra["best_site"]
+    starts = site["spin_starts"]["energies_eV"]
+    assert set(starts) == {"+0", "-1"} and site["spin_starts"]["relaxed_from_start"] is None
+    assert starts["-1"] > site["energy"] + 0.05 and site["energy"] == pytest.approx(best["energy"])
+    # a relaxation that had stayed in a higher solution: the lower fresh start takes the site over and
+    # relaxes on from its wavefunction, back to the same minimum
+    path = Path(best["run_dir"]) / "result.json"
+    doc = json.loads(path.read_text())
+    for key in ("spin_starts", "chain_energy"):
+        doc.pop(key)
+    doc["energy"] += 0.3
+    path.write_text(json.dumps(doc))
+    site = checked.score([graphene])[0].extra["best_site"]
+    assert site["spin_starts"]["relaxed_from_start"] in ("+0", "-1")
+    assert site["energy"] == pytest.approx(best["energy"], abs=0.01)
+
 
 @needs_cp2k
 def test_cp2k_abort_is_a_named_error_and_the_next_call_starts_a_new_process(tmp_path):
