@@ -127,6 +127,20 @@ def write_rows(path: Path, rows: dict[str, dict]) -> None:
     write_jsonl_atomic(path, (rows[k] for k in sorted(rows)), sort_keys=True)
 
 
+def upsert_row(path: Path, row: dict) -> dict[str, dict]:
+    """Store one row, re-reading the file under a lock first, so that builders running side by side on other
+    materials do not drop each other's rows; returns every row now stored."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = read_rows(path)
+        rows[row["material"]] = row
+        write_rows(path, rows)
+    return rows
+
+
 def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
     """MANIFEST.json beside the rows: what the set is, how it was made, and with which settings."""
     import datetime
@@ -345,8 +359,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - one material never stops the build
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
-        rows[name] = row
-        write_rows(args.out, rows)
+        rows = upsert_row(args.out, row)
         write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
         print(
             f"{name}: ok={row['ok']} dG_H={row['dg_h_eV']} eV "
