@@ -282,6 +282,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
     parser.add_argument(
+        "--fmax", type=float, default=0.05, help="eV/Å: force criterion of the DFT relaxations (RefineSettings.fmax)"
+    )
+    parser.add_argument(
         "--prerelax",
         default=None,
         help="MLIP (e.g. chgnet) that relaxes each site's free atoms and gives DFT's BFGS its Hessian before the DFT "
@@ -333,6 +336,7 @@ def main(argv=None) -> int:
         workdir=str(args.workdir),
         n_sites=args.n_sites,
         min_inplane_length=args.min_length,
+        fmax=args.fmax,
         prerelax=args.prerelax,
         free_radius=args.free_radius,
         relax_slab_reference=args.relax_slab_reference,
