@@ -268,7 +268,9 @@ def diffusion_loss(
     Returns
     -------
     dict
-        ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>``,
+        ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>`` (absorbing-state
+        types: ``ce_types``, the masked atoms' cross-entropy over ln K, with ``trivial_types`` the uniform
+        guess and ``shrinkage_types`` the population's element frequencies),
         the trivial (zero-prediction) value ``trivial_denoise`` and per part ``trivial_<part>`` (on the
         same noise draws), and the head terms. With ``shrinkage``: ``shrinkage_denoise`` and per part
         ``shrinkage_<part>``. At high noise a VP part's noise is mostly its own noisy value, so predicting

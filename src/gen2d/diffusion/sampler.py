@@ -794,18 +794,16 @@ def sample_batch(
                 h = type_input(torch.where(unmask, draw, current))
         else:
             h = (mean_h + std_h * randn(N, K)).detach()
-        if fixed_types is not None and not absorbing:  # replacement inpainting of the chosen types, as for a template
-            onehot = F.one_hot(fixed_types, K).to(dtype)
-            h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
-        if (
-            blocked is not None and not absorbing
-        ):  # an excluded element is a type known to be absent: its clean value is 0
-            nb = int(blocked.sum())
-            h[:, blocked] = (
-                sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0), randn(N, nb))
-                if s_int >= 0
-                else 0.0
-            )
+            if fixed_types is not None:  # replacement inpainting of the chosen types, as for a template
+                onehot = F.one_hot(fixed_types, K).to(dtype)
+                h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
+            if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
+                nb = int(blocked.sum())
+                h[:, blocked] = (
+                    sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0), randn(N, nb))
+                    if s_int >= 0
+                    else 0.0
+                )
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
