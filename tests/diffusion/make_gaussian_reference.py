@@ -45,17 +45,20 @@ def reference_samples(checkpoint: str | Path) -> dict:
 
 def main(argv: list[str]) -> int:
     import gen2d
+    from gen2d.scoring import file_sha256
 
     root = Path(gen2d.__file__).resolve().parents[2]
     ckpt = root / "src" / "gen2d" / "assets" / "egnn" / "egnn_diffusion.pt"
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     body = {
         "description": "samples of the shipped egnn checkpoint (Gaussian one-hot types) drawn by the sampler of "
         "`commit`, before absorbing-state types existed; units: frac fractional, z Å (centred), lattice2d Å, "
         "predicted dg_h eV, e_hull eV/atom, p_synth probability",
         "command": "PYTHONPATH=src:plugins python tests/diffusion/make_gaussian_reference.py " + " ".join(argv),
         "commit": commit,
-        "checkpoint_sha256": __import__("gen2d.scoring", fromlist=["file_sha256"]).file_sha256(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt),
         "torch": torch.__version__,
         "cases": {name: {"config": f, "n_atoms": n, "seed": s} for name, f, n, s in CASES},
         "samples": reference_samples(ckpt),
