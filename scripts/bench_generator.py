@@ -60,8 +60,17 @@ def denoising_by_noise_level(bundle, records, seed: int = 7) -> dict:
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * data.n_graphs
                 n += data.n_graphs
-        bands[name] = {k: v / n for k, v in sums.items() if k.startswith(("eps_", "denoise", "trivial", "shrinkage"))}
+        bands[name] = {
+            k: v / n for k, v in sums.items() if k.startswith(("eps_", "ce_", "denoise", "trivial", "shrinkage"))
+        }
     return {"overall": overall, "by_t": bands}
+
+
+def _part_keys(losses: dict) -> list[str]:
+    """The denoising parts of a loss dict; a model with absorbing-state types has ``ce_types`` (the masked
+    atoms' cross-entropy over ln K) where a Gaussian-type one has ``eps_types``."""
+    types = "ce_types" if "ce_types" in losses else "eps_types"
+    return ["eps_frac", "eps_z", types, "eps_lattice"]
 
 
 def throughput(bundle, sizes: list[int], n_structures: int, n_steps: int | None, seed: int = 0, base=None) -> dict:
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Wiener filter with each variable's mean and variance, no network): {o['denoise']:.3f}"
         + refs(o, "denoise")
         + "; parts: "
-        + ", ".join(f"{k[4:]} {o[k]:.3f}" + refs(o, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice"))
+        + ", ".join(f"{k.split('_', 1)[1]} {o[k]:.3f}" + refs(o, k.split("_", 1)[1]) for k in _part_keys(o))
         + f" [{time.process_time() - t0:.0f} CPU-s]"
     )
     for band, v in den["by_t"].items():
@@ -199,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {band:>12}: denoise {v['denoise']:.3f}"
             + refs(v, "denoise")
             + "; "
-            + ", ".join(
-                f"{k[4:]} {v[k]:.3f}" + refs(v, k[4:]) for k in ("eps_frac", "eps_z", "eps_types", "eps_lattice")
-            )
+            + ", ".join(f"{k.split('_', 1)[1]} {v[k]:.3f}" + refs(v, k.split("_", 1)[1]) for k in _part_keys(v))
         )
 
     # novelty is judged against every monolayer of the sources, also when training kept only the strictly
@@ -327,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         "eps_frac",
                         "eps_z",
                         "eps_types",
+                        "ce_types",
                         "eps_lattice",
                         "trivial_frac",
                         "trivial_z",

@@ -3,10 +3,14 @@
 L = mean_k ||eps_k - eps_hat_k||^2 + l1 |dg_h error| + l2 (e_hull error)^2 + l3 BCE(synth), where k runs
 over the four diffused parts (in-plane fractional coordinates, z, atom types, lattice parameters),
 each normalised so that predicting zero noise scores 1.0. Missing labels are masked, never zero-filled.
+With absorbing-state types (``EGNNConfig.type_diffusion == "absorbing"``) the type term is the
+cross-entropy of the clean type on the masked atoms, divided by ln K so that a uniform guess over the K
+elements scores 1.0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -158,7 +162,9 @@ def predict_noise(
     Returns
     -------
     dict
-        ``eps_frac``, ``eps_z``, ``eps_types``, ``eps_lattice`` (lists, one per condition) and ``heads``.
+        ``eps_frac``, ``eps_z``, ``eps_types``, ``eps_lattice`` (lists, one per condition) and ``heads``. For
+        a model with absorbing-state types, ``h_t`` is the one-hot over the vocabulary plus MASK and
+        ``type_logits`` (the clean type's logits over the vocabulary) replaces ``eps_types``.
     """
     n_graphs = lat_t.shape[0]
     lattice = rep.decode_lattice(lat_t) if lattice_override is None else lattice_override
@@ -181,15 +187,24 @@ def predict_noise(
         "eps_frac": [],
         "eps_z": [],
         "heads": out["heads"],
-        "eps_types": [vp_eps(h_t, v, ab_h) for v in out["eps_types"]],
         "eps_lattice": [vp_eps(lat_t, v, ab_g) for v in out["eps_lattice"]],
     }
+    if model.config.absorbing:
+        res["type_logits"] = out["type_logits"]  # already the clean estimate: nothing to convert
+    else:
+        res["eps_types"] = [vp_eps(h_t, v, ab_h) for v in out["eps_types"]]
     for eps_pos in out["eps_pos"]:
         eps_f = -torch.einsum("ni,nij->nj", eps_pos[:, :2], inv) / sigma
         res["eps_frac"].append(centre_per_graph_2d(eps_f, batch, n_graphs))
         eps_z = vp_eps(z_t[:, None], eps_pos[:, 2:3], ab_a)[:, 0]
         res["eps_z"].append(centre_per_graph(eps_z, batch, n_graphs))
     return res
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the rows where ``mask`` is True; 0 (with a zero gradient) when none is."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
 def make_condition(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -253,7 +268,9 @@ def diffusion_loss(
     Returns
     -------
     dict
-        ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>``,
+        ``loss`` (to minimise), ``denoise`` (mean of the four parts), each part's ``eps_<part>`` (absorbing-state
+        types: ``ce_types``, the masked atoms' cross-entropy over ln K, with ``trivial_types`` the uniform
+        guess and ``shrinkage_types`` the population's element frequencies),
         the trivial (zero-prediction) value ``trivial_denoise`` and per part ``trivial_<part>`` (on the
         same noise draws), and the head terms. With ``shrinkage``: ``shrinkage_denoise`` and per part
         ``shrinkage_<part>``. At high noise a VP part's noise is mostly its own noisy value, so predicting
@@ -272,17 +289,25 @@ def diffusion_loss(
 
     # Positions are diffused in the zero-mean subspace (per structure): a global translation is a
     # symmetry the network cannot see, so its share of the noise (1/N of it) would be unlearnable.
+    absorbing = model.config.absorbing
     eps_frac = centre_per_graph_2d(noise(data.frac.shape), batch, B)
     eps_z = centre_per_graph(noise(data.z.shape), batch, B)
-    h0 = F.one_hot(data.types, rep.n_types).to(data.frac.dtype)
-    eps_h = noise(h0.shape)
+    t_lead = schedule.lead(t)
+    if absorbing:  # each atom's type is MASK with probability 1 - kappa at its (leading) type step
+        u = torch.rand(data.types.shape, generator=generator, dtype=torch.float64).to(device)
+        types_t = schedule.mask_types(data.types, t_lead[batch], u, rep.n_types)
+        masked = types_t == rep.n_types
+        h_t = F.one_hot(types_t, rep.n_types + 1).to(data.frac.dtype)
+    else:
+        h0 = F.one_hot(data.types, rep.n_types).to(data.frac.dtype)
+        eps_h = noise(h0.shape)
     lat0 = rep.encode_lattice(data.lattice2d)
     eps_lat = noise(lat0.shape)
 
     frac_t = schedule.torus_noise(data.frac, t_atom, eps_frac)
     z_t = schedule.vp_noise(data.z / rep.z_scale, t_atom, eps_z)
-    t_lead = schedule.lead(t)
-    h_t = schedule.vp_noise(h0, t_lead[batch], eps_h)
+    if not absorbing:
+        h_t = schedule.vp_noise(h0, t_lead[batch], eps_h)
     lat_t = schedule.vp_noise(lat0, t_lead, eps_lat)
 
     cond = make_condition(data.labels, data.label_mask)
@@ -290,16 +315,24 @@ def diffusion_loss(
     cond = torch.where(drop[:, None], torch.zeros_like(cond), cond)
 
     pred = predict_noise(model, rep, frac_t, z_t, h_t, lat_t, t, batch, schedule, [cond], rotate=rotate)
+    if absorbing:
+        log_k = math.log(rep.n_types) if rep.n_types > 1 else 1.0
+        ce = F.cross_entropy(pred["type_logits"][0].float(), data.types, reduction="none")
+        type_part = {"ce_types": masked_mean(ce, masked) / log_k}  # only masked atoms carry a loss
+        type_trivial = {"trivial_types": masked.any().to(data.frac.dtype)}  # the uniform guess: ln K / ln K
+    else:
+        type_part = {"eps_types": ((pred["eps_types"][0] - eps_h) ** 2).mean()}
+        type_trivial = {"trivial_types": (eps_h**2).mean()}
     parts = {
         "eps_frac": ((pred["eps_frac"][0] - eps_frac) ** 2).mean(),
         "eps_z": ((pred["eps_z"][0] - eps_z) ** 2).mean(),
-        "eps_types": ((pred["eps_types"][0] - eps_h) ** 2).mean(),
+        **type_part,
         "eps_lattice": ((pred["eps_lattice"][0] - eps_lat) ** 2).mean(),
     }
     trivial_parts = {
         "trivial_frac": (eps_frac**2).mean(),
         "trivial_z": (eps_z**2).mean(),
-        "trivial_types": (eps_h**2).mean(),
+        **type_trivial,
         "trivial_lattice": (eps_lat**2).mean(),
     }
     trivial = torch.stack(list(trivial_parts.values())).mean()
@@ -307,11 +340,13 @@ def diffusion_loss(
     if shrinkage is not None:
         ab = schedule.alpha_bar.to(device).to(data.frac.dtype)
         shrink = {"shrinkage_frac": trivial_parts["trivial_frac"]}
-        for key, x_t, eps, abar in (
-            ("z", z_t, eps_z, ab[t_atom]),
-            ("types", h_t, eps_h, ab[t_lead[batch]]),
-            ("lattice", lat_t, eps_lat, ab[t_lead]),
-        ):
+        vp_parts = [("z", z_t, eps_z, ab[t_atom]), ("lattice", lat_t, eps_lat, ab[t_lead])]
+        if absorbing:  # the population's element frequencies as the clean-type guess of every masked atom
+            freq = shrinkage["types"][0].to(device).clamp_min(1e-12)
+            shrink["shrinkage_types"] = masked_mean(-freq.log()[data.types], masked) / log_k
+        else:
+            vp_parts.insert(1, ("types", h_t, eps_h, ab[t_lead[batch]]))
+        for key, x_t, eps, abar in vp_parts:
             mean, var = (v.to(device) for v in shrinkage[key])
             pred_s = _shrinkage_eps(x_t, abar, mean, var)
             if key == "z":

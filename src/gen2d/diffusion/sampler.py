@@ -94,6 +94,13 @@ class SamplingConfig(BaseModel):
         "1.000/0.995/0.995 (off: 0.995 and 0.540)",
     )
     projection_iterations: int = Field(8, description="projection sweeps per reverse step")
+    type_temperature: float = Field(
+        1.0,
+        gt=0,
+        description="models with absorbing-state types only (EGNNConfig.type_diffusion): the softmax "
+        "temperature of the element drawn when an atom is unmasked (< 1 sharpens towards the network's "
+        "most likely element); Gaussian-type models ignore it",
+    )
     divergence_grad_rms: float = Field(
         50.0,
         description="a raw (pre-clip) guidance-gradient RMS above this marks the sample's guidance as "
@@ -634,6 +641,13 @@ def sample_batch(
         return torch.randn(*shape, generator=generator, dtype=dtype).to(dev)
 
     blocked = blocked_types(rep.vocab, config.elements, dev)
+    # absorbing-state types (EGNNConfig.type_diffusion): the state h is a one-hot over the vocabulary plus
+    # MASK (index K); type_logits holds the network's latest clean-type logits, blocked elements at -inf
+    absorbing = model.config.absorbing
+    type_logits: torch.Tensor | None = None
+
+    def type_input(types: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(types, K + 1).to(dtype)
 
     smc_rng = resampling_rng(generator) if config.steering is not None else None  # before any draw
     steps = sched.timesteps(config.n_steps)
@@ -641,7 +655,7 @@ def sample_batch(
     if start.frac0 is None:
         frac = torch.rand(N, 2, generator=generator, dtype=dtype).to(dev)  # torus prior: uniform
         z = centre_per_graph(randn(N), batch, B)
-        h = randn(N, K)
+        h = type_input(torch.full((N,), K, device=dev)) if absorbing else randn(N, K)  # absorbing: all MASK
         lat = randn(B, 3)
     else:
         t0 = int(round(config.template_t_start * (sched.T - 1)))
@@ -650,7 +664,15 @@ def sample_batch(
         t_a = t_b[batch]
         frac = sched.torus_noise(start.frac0.to(dev), t_a, centre_per_graph_2d(randn(N, 2), batch, B))
         z = sched.vp_noise(start.z0.to(dev) / rep.z_scale, t_a, centre_per_graph(randn(N), batch, B))
-        h = sched.vp_noise(F.one_hot(start.types0, K).to(dtype).to(dev), sched.lead(t_a), randn(N, K))
+        if absorbing:  # the template's types, masked as the forward process would at the start step
+            types0 = start.types0.to(dev)
+            u = torch.rand(N, generator=generator, dtype=torch.float64).to(dev)
+            types_t = sched.mask_types(types0, sched.lead(t_a), u, K)
+            if blocked is not None:  # an element outside the space is redrawn by the network
+                types_t = torch.where(blocked[types0], torch.full_like(types_t, K), types_t)
+            h = type_input(types_t)
+        else:
+            h = sched.vp_noise(F.one_hot(start.types0, K).to(dtype).to(dev), sched.lead(t_a), randn(N, K))
         lat0 = rep.encode_lattice(start.lattice2d.to(dev).to(dtype))
         lat = sched.vp_noise(lat0, sched.lead(t_b), randn(B, 3))
         lattice_fixed = torch.zeros(B, 3, 3, dtype=dtype, device=dev)
@@ -676,7 +698,14 @@ def sample_batch(
     balancing = config.charge_balance and start.frac0 is None
 
     def types_now() -> torch.Tensor:
-        return _types(h, blocked) if fixed_types is None else fixed_types
+        if fixed_types is not None:
+            return fixed_types
+        if not absorbing:
+            return _types(h, blocked)
+        # a MASK atom (none is left at the end) counts as the network's most likely element for now
+        current = h.argmax(-1)
+        guess = _types(type_logits, blocked) if type_logits is not None else torch.zeros_like(current)
+        return torch.where(current == K, guess, current)
 
     div = _Divergence(B, dev)
     index_of = (batch, batch, batch, None)  # frac, z, h per atom; the lattice per structure
@@ -700,6 +729,8 @@ def sample_batch(
                 l_target = target_loss(pred["heads"], config).sum()
                 grads = list(torch.autograd.grad(l_target, state, allow_unused=True))
                 grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, state)]
+                if absorbing:  # a discrete type takes no gradient step; positions, z and lattice still do
+                    grads[2] = torch.zeros_like(grads[2])
                 # a fault in one structure is recorded on it and zeroed, so the batch goes on
                 bad = ~torch.isfinite(heads).all(-1)
                 for g_part, idx in zip(grads, index_of):
@@ -721,38 +752,58 @@ def sample_batch(
         t_a, s_a = t[batch], s[batch]
         x0 = None
         if smc is not None and smc.due(i):  # the clean estimate of x_t, decoded after this step's update
-            x0 = _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, sched.lead(t), batch, B)
+            x0 = _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, sched.lead(t), batch, B, blocked)
         mean_f, std_f = sched.torus_step(frac, mix("eps_frac"), t_a, s_a)
         z_bound = config.z_max / rep.z_scale
         mean_z, std_z = sched.vp_step(z, mix("eps_z"), t_a, s_a, (-z_bound, z_bound))
         tl, sl_ = sched.lead(t), sched.lead(s)  # types and lattice run on their own (leading) clock
-        mean_h, std_h = sched.vp_step(h, mix("eps_types"), tl[batch], sl_[batch], (0.0, 1.0))
+        if absorbing:
+            type_logits, bad_logits = _allowed_logits(mix("type_logits"), blocked)
+            if bool(bad_logits.any()):
+                div.mark("nonfinite_state", _per_graph_any(bad_logits, batch, B), i)
+        else:
+            mean_h, std_h = sched.vp_step(h, mix("eps_types"), tl[batch], sl_[batch], (0.0, 1.0))
         mean_l, std_l = sched.vp_step(lat, mix("eps_lattice"), tl, sl_, (-config.lattice_bound, config.lattice_bound))
         if config.eta > 0:  # the RMS of each part was measured above, before the divergence check
             g_f, g_z, g_h, g_l = grads
             r_f, r_z, r_h, r_l = part_rms
             mean_f = mean_f - config.eta * _clip_rms(g_f, batch, B, config.grad_clip, r_f)
             mean_z = mean_z - config.eta * _clip_rms(g_z[:, None], batch, B, config.grad_clip, r_z)[:, 0]
-            mean_h = mean_h - config.eta * _clip_rms(g_h, batch, B, config.grad_clip, r_h)
+            if not absorbing:
+                mean_h = mean_h - config.eta * _clip_rms(g_h, batch, B, config.grad_clip, r_h)
             mean_l = mean_l - config.eta * _clip_rms(g_l, None, B, config.grad_clip, r_l)
         frac = torch.remainder(mean_f + std_f * centre_per_graph_2d(randn(N, 2), batch, B), 1.0).detach()
         z = centre_per_graph(mean_z + std_z * randn(N), batch, B).detach()
         if fixed_types is None and balancing and t_int <= config.composition_from * sched.T:
-            ab = sched.alpha_bar.to(h)[tl[batch]][:, None]
-            # the model's clean type estimate, clipped like vp_step's x0_hat
-            x0_h = ((h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()).clamp(0.0, 1.0)
+            if absorbing:  # unmasked atoms as they are, masked ones as the network's distribution
+                x0_h = _absorbing_clean_types(h, type_logits, config.type_temperature)
+            else:
+                ab = sched.alpha_bar.to(h)[tl[batch]][:, None]
+                # the model's clean type estimate, clipped like vp_step's x0_hat
+                x0_h = ((h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()).clamp(0.0, 1.0)
             fixed_types, balance = _balanced_types(x0_h, batch, B, rep.vocab, blocked)
-        h = (mean_h + std_h * randn(N, K)).detach()
-        if fixed_types is not None:  # replacement inpainting of the chosen types, as for a template
-            onehot = F.one_hot(fixed_types, K).to(dtype)
-            h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
-        if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
-            nb = int(blocked.sum())
-            h[:, blocked] = (
-                sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0), randn(N, nb))
-                if s_int >= 0
-                else 0.0
-            )
+        if absorbing:
+            u = torch.rand(N, generator=generator, dtype=torch.float64).to(dev)
+            if fixed_types is not None:  # replacement inpainting: the chosen types, masked as at step s
+                h = type_input(sched.mask_types(fixed_types, sl_[batch], u, K))
+            else:  # the reverse absorbing step: a MASK atom is unmasked with (kappa_s - kappa_t) / (1 - kappa_t)
+                probs = torch.softmax(type_logits / config.type_temperature, -1)
+                draw = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                current = h.argmax(-1)
+                unmask = (current == K) & (u < sched.unmask_probability(tl[batch], sl_[batch]))
+                h = type_input(torch.where(unmask, draw, current))
+        else:
+            h = (mean_h + std_h * randn(N, K)).detach()
+            if fixed_types is not None:  # replacement inpainting of the chosen types, as for a template
+                onehot = F.one_hot(fixed_types, K).to(dtype)
+                h = sched.vp_noise(onehot, sl_[batch].clamp(min=0), randn(N, K)) if s_int >= 0 else onehot
+            if blocked is not None:  # an excluded element is a type known to be absent: its clean value is 0
+                nb = int(blocked.sum())
+                h[:, blocked] = (
+                    sched.vp_noise(torch.zeros(N, nb, dtype=dtype, device=dev), sl_[batch].clamp(min=0), randn(N, nb))
+                    if s_int >= 0
+                    else 0.0
+                )
         if lattice_fixed is None:
             lat = (mean_l + std_l * randn(B, 3)).detach()
         else:
@@ -833,6 +884,8 @@ def sample_batch(
                 idx = torch.as_tensor(atom_index_of(ancestors, n_atoms), device=dev)
                 anc = torch.as_tensor(ancestors, device=dev)
                 frac, z, h = frac[idx], z[idx], h[idx]
+                if type_logits is not None:
+                    type_logits = type_logits[idx]
                 lat = lat[anc]
                 if fixed_types is not None:
                     fixed_types = fixed_types[idx]
@@ -894,19 +947,42 @@ def sample_batch(
     return out
 
 
-def _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, t_lead, batch, B: int):
+def _clean_estimate(sched, rep, config, frac, z, h, lat, mix, t_a, t_lead, batch, B: int, blocked=None):
     """The model's clean estimate x̂₀ of the current state: each part's ancestral step to s = -1, which
     is its (clipped) x0_hat, with the same bounds as the sampler's steps. Returns frac, z (normalised,
-    centred), type scores and the decoded ``(B, 3, 3)`` lattice."""
+    centred), type scores and the decoded ``(B, 3, 3)`` lattice. Absorbing-state types: the scores are the
+    one-hot of every unmasked atom and the network's distribution over the allowed elements for a MASK one."""
     clean = torch.full_like(t_a, -1)
     f0, _ = sched.torus_step(frac, mix("eps_frac"), t_a, clean)
     z_bound = config.z_max / rep.z_scale
     z0, _ = sched.vp_step(z, mix("eps_z"), t_a, clean, (-z_bound, z_bound))
-    h0, _ = sched.vp_step(h, mix("eps_types"), t_lead[batch], clean, (0.0, 1.0))
+    if h.shape[-1] == rep.n_types + 1:  # absorbing-state types
+        h0 = _absorbing_clean_types(h, _allowed_logits(mix("type_logits"), blocked)[0], config.type_temperature)
+    else:
+        h0, _ = sched.vp_step(h, mix("eps_types"), t_lead[batch], clean, (0.0, 1.0))
     l0, _ = sched.vp_step(
         lat, mix("eps_lattice"), t_lead, torch.full_like(t_lead, -1), (-config.lattice_bound, config.lattice_bound)
     )
     return torch.remainder(f0, 1.0), centre_per_graph(z0, batch, B), h0, rep.decode_lattice(l0)
+
+
+def _allowed_logits(logits: torch.Tensor, blocked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean-type logits with the excluded elements at -inf, and a ``(N,)`` mask of the atoms whose logits
+    were not finite (set to 0, a uniform draw over the allowed elements, so the batch goes on)."""
+    bad = ~torch.isfinite(logits).all(-1)
+    logits = torch.where(bad[:, None], torch.zeros_like(logits), logits)
+    if blocked is not None:
+        logits = logits.masked_fill(blocked, float("-inf"))
+    return logits, bad
+
+
+def _absorbing_clean_types(h: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(N, K)`` type scores of an absorbing state: the one-hot of each unmasked atom, the network's
+    (tempered) distribution for each MASK atom."""
+    K = logits.shape[-1]
+    masked = h[:, K] > 0.5
+    probs = torch.softmax(logits / temperature, -1)
+    return torch.where(masked[:, None], probs, h[:, :K])
 
 
 def _decode_structures(rep, types, frac, z, lattice, n_atoms: list[int], vacuum: float) -> list[Any]:

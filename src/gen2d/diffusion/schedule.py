@@ -3,7 +3,8 @@
 Atom types, z and the lattice parameters use a variance-preserving (DDPM) process with a cosine
 alpha-bar; the in-plane fractional coordinates live on a torus and use a variance-exploding process
 (wrapped Gaussian, sigma geometric from ``sigma_min`` to ``sigma_max``), whose prior at t = T is
-uniform over the cell. A checkpoint stores the schedule, and the sampler refuses a schedule whose
+uniform over the cell. Absorbing-state atom types (``type_diffusion: absorbing``) mask each atom with the
+probability ``1 - type_keep(t)``, read from the same alpha-bar. A checkpoint stores the schedule, and the sampler refuses a schedule whose
 fingerprint differs from the one the model was trained with.
 """
 
@@ -104,6 +105,32 @@ class DiffusionSchedule:
         """f_t = (f0 + sigma_t eps) mod 1: a wrapped Gaussian on the in-plane torus."""
         sig = self._at(self.sigma, t, f0).reshape(-1, *([1] * (f0.dim() - 1)))
         return torch.remainder(f0 + sig * eps, 1.0)
+
+    def type_keep(self, t: torch.Tensor) -> torch.Tensor:
+        """Absorbing-state types: the probability that an atom's type is still unmasked at type-clock step
+        ``t`` (pass ``lead(t)``), as float64.
+
+        It is the schedule's own alpha-bar stretched affinely so that the ends are exact, kappa_t =
+        (abar_t - abar_{T-1}) / (abar_0 - abar_{T-1}): every atom is MASK at t = T - 1 (the sampler's start)
+        and none at t <= 0 (``t < 0``, the clean end, keeps everything). Between the ends it differs from
+        abar_t by less than 1e-4 for the cosine schedule.
+        """
+        ab = self.alpha_bar.to(t.device)
+        first, last = ab[0], ab[-1]
+        kappa = ((ab[t.clamp(0, self.T - 1)] - last) / (first - last)).clamp(0.0, 1.0)
+        return torch.where(t <= 0, torch.ones_like(kappa), kappa)
+
+    def mask_types(self, types: torch.Tensor, t: torch.Tensor, u: torch.Tensor, mask_index: int) -> torch.Tensor:
+        """Forward absorbing process: ``types`` (N,) with each atom replaced by ``mask_index`` where the uniform
+        draw ``u`` (N,) falls at or above its keep probability at step ``t`` (N,)."""
+        return torch.where(u.to(torch.float64) >= self.type_keep(t), torch.full_like(types, mask_index), types)
+
+    def unmask_probability(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Reverse absorbing process: the probability that an atom still MASK at step ``t`` is unmasked on the
+        way to ``s < t`` (``s < 0``: the clean end, probability 1), (kappa_s - kappa_t) / (1 - kappa_t)."""
+        k_t, k_s = self.type_keep(t), self.type_keep(s)
+        p = ((k_s - k_t) / (1 - k_t).clamp_min(1e-12)).clamp(0.0, 1.0)
+        return torch.where(s < 0, torch.ones_like(p), p)  # (1 - kappa_t) / (1 - kappa_t), also where kappa_t = 1
 
     # --- reverse (ancestral) steps, from t to an earlier s (s = t - 1 unless respaced) ---------------
     def vp_step(

@@ -155,6 +155,14 @@ class TrainConfig(BaseModel):
         description="types and lattice are noised to step (T-1)(t/(T-1))^p when the "
         "positions are at t (ScheduleSpec.lead_power); 1 = one clock",
     )
+    type_diffusion: Literal["gaussian", "absorbing"] = Field(
+        "gaussian",
+        description="how atom types are diffused: gaussian = a continuous one-hot with a noise output (the "
+        "original model); absorbing = masked discrete diffusion (D3PM's absorbing state, as MatterGen's "
+        "atom types): each type is MASK with probability 1 - kappa_t on the types' clock, the network "
+        "predicts the clean type's logits, the loss is their cross-entropy on the masked atoms. Stored in "
+        "the checkpoint's model config, so the sampler follows it",
+    )
     z_scale: float = 2.0
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -359,6 +367,8 @@ _READERS = {
     "poscar_tgz": _read_poscar_tgz,
     "paddle2d": _read_paddle2d,
 }
+#: the losses shown on the progress bar (ce_types: the cross-entropy of absorbing-state types)
+_PROGRESS_KEYS = ("denoise", "eps_frac", "eps_z", "eps_types", "ce_types", "eps_lattice", "head_e_hull", "head_synth")
 _CACHED_KINDS = frozenset({"poscar_tgz", "paddle2d"})  # the slow readers (primitive cells, CIF parsing)
 
 
@@ -878,6 +888,11 @@ def train(config: TrainConfig | dict, records: list[MonolayerArrays] | None = No
     if cfg.resume and ckpt_path.exists():
         bundle, resume_payload = load_checkpoint(ckpt_path, str(dev))
         model, rep, schedule = bundle.model, bundle.rep, bundle.schedule
+        if model.config.type_diffusion != cfg.type_diffusion:
+            raise ValueError(
+                f"{ckpt_path} diffuses atom types as {model.config.type_diffusion!r}, the config asks for "
+                f"{cfg.type_diffusion!r}: resume with the checkpoint's setting or train into another out_dir"
+            )
         log.info("resuming from %s at step %d", ckpt_path, resume_payload["step"])
     else:
         vocab = element_vocab(records)
@@ -893,6 +908,7 @@ def train(config: TrainConfig | dict, records: list[MonolayerArrays] | None = No
                 n_cond_layers=cfg.n_cond_layers,
                 cutoff=cfg.cutoff,
                 frac_fourier=cfg.frac_fourier,
+                type_diffusion=cfg.type_diffusion,
             )
         ).to(dev)
     vocab_index = _vocab_index(records, rep.vocab)
@@ -994,13 +1010,7 @@ def train(config: TrainConfig | dict, records: list[MonolayerArrays] | None = No
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             avg = {k: v / n_running for k, v in running.items()}
             last_logged = {"step": step, **avg}
-            bar.set_postfix(
-                {
-                    k.replace("eps_", ""): f"{v:.3f}"
-                    for k, v in avg.items()
-                    if k in ("denoise", "eps_frac", "eps_z", "eps_types", "eps_lattice", "head_e_hull", "head_synth")
-                }
-            )
+            bar.set_postfix({k.replace("eps_", ""): f"{v:.3f}" for k, v in avg.items() if k in _PROGRESS_KEYS})
             with log_path.open("a") as fh:
                 fh.write(
                     json.dumps(

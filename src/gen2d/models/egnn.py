@@ -23,6 +23,8 @@ from gen2d.data.graphs import PeriodicGraph, periodic_radius_graph
 
 HEAD_NAMES = ("dg_h", "e_hull", "synth")
 """Order of the property heads and of the condition vector."""
+TYPE_DIFFUSIONS = ("gaussian", "absorbing")
+"""The ways atom types can be diffused (:attr:`EGNNConfig.type_diffusion`)."""
 
 
 @dataclass
@@ -41,6 +43,24 @@ class EGNNConfig:
     """Harmonics of the in-plane fractional edge difference used as edge features (0 = none, the
     original model). They do not change when the (noisy) lattice is distorted, so the in-plane
     denoising signal is not buried under the lattice noise; see :meth:`EGNNDenoiser._edge_attr`."""
+    type_diffusion: str = "gaussian"
+    """How atom types are diffused: ``gaussian``, a continuous one-hot with a noise (v) output (the original
+    model; checkpoints written before this field load as it), or ``absorbing``, a discrete masked process
+    (D3PM's absorbing state): the type input is a one-hot over the vocabulary plus a MASK token and the
+    type output is logits over the vocabulary, the clean type estimate."""
+
+    def __post_init__(self) -> None:
+        if self.type_diffusion not in TYPE_DIFFUSIONS:
+            raise ValueError(f"type_diffusion {self.type_diffusion!r} is not one of {TYPE_DIFFUSIONS}")
+
+    @property
+    def absorbing(self) -> bool:
+        return self.type_diffusion == "absorbing"
+
+    @property
+    def n_type_inputs(self) -> int:
+        """Width of the type input: the vocabulary, plus the MASK token for absorbing types."""
+        return self.n_types + (1 if self.absorbing else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,7 +154,7 @@ class EGNNDenoiser(nn.Module):
         n_edge = config.n_rbf + 2 + 4 * config.frac_fourier
         # node input: type vector, time, centred z, lattice parameters (3) and log atom count
         self.embed = nn.Sequential(
-            nn.Linear(config.n_types + config.time_dim + 1 + 3 + 1, H), nn.SiLU(), nn.Linear(H, H)
+            nn.Linear(config.n_type_inputs + config.time_dim + 1 + 3 + 1, H), nn.SiLU(), nn.Linear(H, H)
         )
         self.trunk = nn.ModuleList([EGNNLayer(H, n_edge, config.aggregation_norm) for _ in range(config.n_layers)])
         self.cond_embed = nn.Sequential(nn.Linear(2 * len(HEAD_NAMES), H), nn.SiLU(), nn.Linear(H, H))
@@ -188,7 +208,8 @@ class EGNNDenoiser(nn.Module):
         pos, lattice : torch.Tensor
             ``(N, 3)`` Cartesian positions (Å) and ``(B, 3, 3)`` lattice rows.
         types : torch.Tensor
-            ``(N, n_types)`` noisy one-hot types.
+            ``(N, n_types)`` noisy one-hot types; absorbing types: ``(N, n_types + 1)`` one-hot with the MASK
+            token last.
         lattice_feat : torch.Tensor
             ``(B, 3)`` noisy normalised lattice parameters (rotation invariant).
         t_frac : torch.Tensor
@@ -202,8 +223,9 @@ class EGNNDenoiser(nn.Module):
         Returns
         -------
         dict
-            ``eps_pos`` ``(N, 3)`` Cartesian, ``eps_types``, ``eps_lattice`` ``(B, 3)``, ``heads`` ``(B, 3)``
-            (dg_h in eV, e_hull in eV/atom, synth logit).
+            ``eps_pos`` ``(N, 3)`` Cartesian, ``eps_types`` (absorbing types: ``type_logits``, the clean type
+            estimate's logits over the vocabulary), ``eps_lattice`` ``(B, 3)``, ``heads`` ``(B, 3)`` (dg_h in
+            eV, e_hull in eV/atom, synth logit).
         """
         n_graphs = lattice.shape[0]
         if graph is None:
@@ -229,6 +251,7 @@ class EGNNDenoiser(nn.Module):
         pooled = self._pool(h, batch, n_graphs)
         heads = self.heads(torch.cat([pooled, lattice_feat], -1))
 
+        type_key = "type_logits" if self.config.absorbing else "eps_types"
         conds = cond_list if cond_list is not None else [cond]
         outs = []
         for c in conds:
@@ -244,7 +267,7 @@ class EGNNDenoiser(nn.Module):
             outs.append(
                 {
                     "eps_pos": eps_pos,
-                    "eps_types": self.type_out(hc),
+                    type_key: self.type_out(hc),
                     "eps_lattice": self.lattice_out(torch.cat([pooled_c, lattice_feat], -1)),
                 }
             )
