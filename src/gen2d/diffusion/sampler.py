@@ -788,7 +788,8 @@ def sample_batch(
                 h = type_input(sched.mask_types(fixed_types, sl_[batch], u, K))
             else:  # the reverse absorbing step: a MASK atom is unmasked with (kappa_s - kappa_t) / (1 - kappa_t)
                 probs = torch.softmax(type_logits / config.type_temperature, -1)
-                draw = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                # drawn on the CPU generator, like every other draw here, so a GPU run samples the same
+                draw = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(dev)
                 current = h.argmax(-1)
                 unmask = (current == K) & (u < sched.unmask_probability(tl[batch], sl_[batch]))
                 h = type_input(torch.where(unmask, draw, current))
