@@ -14,6 +14,7 @@ ships one under ``gen2d/assets/sevennet_her`` with its MANIFEST; ``model=PATH`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -115,19 +116,27 @@ def base_checkpoint(name: str, expected_sha256: str | None = None) -> tuple[Path
 
 
 def load_base_model(name: str = DEFAULT_BASE_MODEL, expected_sha256: str | None = None):
-    """The base SevenNet network, built by sevenn from its sha256-checked wheel checkpoint.
+    """A fresh copy of the base SevenNet network, built by sevenn from its sha256-checked wheel checkpoint.
 
     sevenn reads its own checkpoint with pickle (it holds numpy arrays and a ``torch.device``); the file is
-    the wheel's, checked against :data:`BASE_MODELS` first. Returns the network, sevenn's config and the sha256.
+    the wheel's, checked against :data:`BASE_MODELS` first, on every call. sevenn builds a network in about 3
+    CPU-s (6 the first time), so each process builds it once and hands out deep copies (0.7 s).
+    Returns the network, sevenn's config and the sha256.
     """
     from sevenn.checkpoint import SevenNetCheckpoint
 
     path, sha = base_checkpoint(name, expected_sha256)
-    cp = SevenNetCheckpoint(str(path))
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sevenn's "no TP accelerator" and version notes
-        net = cp.build_model()
-    return net, cp.config, sha
+    if (name, sha) not in _BASE_NETS:
+        cp = SevenNetCheckpoint(str(path))
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sevenn's "no TP accelerator" and version notes
+            _BASE_NETS[(name, sha)] = (cp.build_model().cpu().eval(), cp.config)
+    net, config = _BASE_NETS[(name, sha)]
+    return copy.deepcopy(net), copy.deepcopy(config), sha
+
+
+#: (base model, sha256) -> the network sevenn built and its config; :func:`load_base_model` copies them
+_BASE_NETS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
