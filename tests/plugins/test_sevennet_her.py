@@ -95,6 +95,8 @@ QUICK = {
     "replay_references": False,
     "replay_layers": 0,
     "replay_dehydrogenated_every": 1,
+    "replay_n_rattled": 0,
+    "dft_repeats": 1,
     "epochs": 1,
     "batch_size": 2,
     "learning_rate": 2e-3,
