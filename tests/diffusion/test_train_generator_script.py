@@ -33,7 +33,7 @@ def _run(budget: str, out: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_budgeted_run_writes_a_manifest_and_resumes(tmp_path, data_available):
     out = tmp_path / "run"
-    first = _run("0.3", out)
+    first = _run("0.12", out)
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = json.loads((out / "MANIFEST.json").read_text())
     assert manifest["steps"] >= 1 and manifest["resumed"] is False
@@ -44,14 +44,14 @@ def test_budgeted_run_writes_a_manifest_and_resumes(tmp_path, data_available):
     assert manifest["n_train"] + manifest["n_val"] == 16 and manifest["n_val"] >= 1  # formulas held out
     assert "denoise" in manifest["final_train_losses"] and "denoise" in manifest["val_denoising"]
     assert manifest["wall_seconds"] > 0 and manifest["cpu_seconds"] > 0
-    assert manifest["command"].startswith("scripts/train_generator.sh 0.3 ")
+    assert manifest["command"].startswith("scripts/train_generator.sh 0.12 ")
     if (ROOT / ".git").exists():
         assert len(manifest["git_commit"] or "") == 40
     _, payload = load_checkpoint(out / "checkpoint.pt", "cpu")
     assert payload["step"] == manifest["steps"] and payload["meta"]["config"]["strict_valid_only"] is True
     assert manifest["checkpoint"]["sha256"] and payload["meta"]["config"]["max_cpu_minutes"] is None
 
-    second = _run("0.3", out)
+    second = _run("0.12", out)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "MANIFEST.json").read_text())
     assert again["resumed"] is True and again["steps"] > manifest["steps"]
