@@ -16,7 +16,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gen2d.fileio import atomic_path
-from gen2d.finetune import FinetuneDataset, FinetuneDataSettings, build_dataset, write_manifest
+from gen2d.finetune import (
+    METRICS_UNITS,
+    VALIDATION_NOTE,
+    FinetuneDataSettings,
+    build_dataset,
+    dataset_metrics,
+    detached,
+    frame_fingerprint,
+    frame_roots,
+    freeze_except,
+    write_manifest,
+)
 from gen2d.scoring import check_options, file_sha256
 from gen2d_chgnet_her import CHECKPOINT_FORMAT, CHECKPOINT_NAME
 
@@ -83,7 +94,7 @@ def chgnet_evaluator(model, batch_size: int = 16):
     def evaluate(frames):
         if not frames:
             return []
-        structures = [AseAtomsAdaptor.get_structure(_plain(f)) for f in frames]
+        structures = [AseAtomsAdaptor.get_structure(detached(f)) for f in frames]
         with contextlib.redirect_stdout(sys.stderr):
             preds = model.predict_structure(structures, task="ef", batch_size=batch_size)
         if isinstance(preds, dict):
@@ -92,12 +103,6 @@ def chgnet_evaluator(model, batch_size: int = 16):
         return [(float(p["e"]) * n, np.asarray(p["f"], float)) for p, n in zip(preds, factor, strict=True)]
 
     return evaluate
-
-
-def _plain(atoms):
-    out = atoms.copy()
-    out.calc = None
-    return out
 
 
 def resolve_trainable(model, prefixes: Sequence[str]) -> list[str]:
@@ -123,16 +128,6 @@ def resolve_trainable(model, prefixes: Sequence[str]) -> list[str]:
     return out
 
 
-def freeze_except(model, names: Sequence[str]) -> int:
-    """Freeze every parameter not in ``names``; returns the number of trainable parameters."""
-    keep = set(names)
-    n = 0
-    for name, p in model.named_parameters():
-        p.requires_grad = name in keep
-        n += p.numel() if p.requires_grad else 0
-    return n
-
-
 def _structure_data(frames, graph_converter, repeats: int = 1):
     """CHGNet ``StructureData`` of frames: per-atom target energy, forces (NaN where the frame has none: CHGNet's
     loss masks missing labels), ids ``run/system#frame``."""
@@ -142,7 +137,7 @@ def _structure_data(frames, graph_converter, repeats: int = 1):
     structures, energies, forces, ids = [], [], [], []
     for f in frames:
         for _ in range(repeats if f.info.get("config_type") != "replay" else 1):
-            structures.append(AseAtomsAdaptor.get_structure(_plain(f)))
+            structures.append(AseAtomsAdaptor.get_structure(detached(f)))
             energies.append(float(f.info["target_energy"]) / len(f))
             forces.append(f.arrays["forces"] if "forces" in f.arrays else np.full((len(f), 3), np.nan))
             ids.append(f"{f.info.get('run', '')}/{f.info.get('system', '')}#{f.info.get('frame', 0)}")
@@ -185,41 +180,6 @@ def energy_only_safe_loss(criterion):
     return criterion
 
 
-def set_errors(frames, evaluate) -> dict[str, Any]:
-    """Energy MAE (meV/atom, against ``target_energy``) and force MAE (eV/Å, frames with forces) of a model."""
-    if not frames:
-        return {"n": 0}
-    labels = evaluate(frames)
-    e_err = [abs(e - f.info["target_energy"]) / len(f) for f, (e, _) in zip(frames, labels, strict=True)]
-    f_err = [
-        np.abs(np.asarray(fc) - f.arrays["forces"]).ravel()
-        for f, (_, fc) in zip(frames, labels, strict=True)
-        if "forces" in f.arrays
-    ]
-    out = {"n": len(frames), "energy_mae_mev_per_atom": 1000 * float(np.mean(e_err))}
-    if f_err:
-        out["force_mae_ev_per_a"] = float(np.mean(np.concatenate(f_err)))
-        out["n_with_forces"] = len(f_err)
-    return out
-
-
-def dataset_metrics(dataset: FinetuneDataset, base_eval, tuned_eval) -> dict[str, Any]:
-    """Errors of the base and the fine-tuned model on every set (DFT train/val against DFT on the MLIP scale,
-    replay against the base model's own labels, i.e. drift)."""
-    out: dict[str, Any] = {}
-    for name, frames in dataset.sets().items():
-        if name.startswith("replay"):
-            tuned = set_errors(frames, tuned_eval)
-            out[name] = {
-                "n": tuned["n"],
-                "energy_drift_mae_mev_per_atom": tuned.get("energy_mae_mev_per_atom"),
-                "force_drift_mae_ev_per_a": tuned.get("force_mae_ev_per_a"),
-            }
-        else:
-            out[name] = {"base": set_errors(frames, base_eval), "tuned": set_errors(frames, tuned_eval)}
-    return out
-
-
 def finetune(**options: Any) -> dict[str, Any]:
     """Fine-tune CHGNet on the DFT frames under ``frames`` and write ``out/chgnet_her.pt`` and ``out/MANIFEST.json``.
 
@@ -251,7 +211,7 @@ def finetune(**options: Any) -> dict[str, Any]:
     device = _device(opts.device)
     out = Path(opts.out)
     data_out = Path(opts.data_out) if opts.data_out else out / "data"
-    roots = _frame_roots(opts.frames)
+    roots = frame_roots(opts.frames)
 
     with contextlib.redirect_stdout(sys.stderr):
         base = CHGNet.load(model_name=opts.base_model, use_device="cpu", verbose=False)
@@ -332,8 +292,8 @@ def finetune(**options: Any) -> dict[str, Any]:
             "files": files,
             "data_out": str(data_out),
             "frames": {
-                "train": sorted({_fingerprint(f) for f in dataset.train}),
-                "val": sorted({_fingerprint(f) for f in dataset.val}),
+                "train": sorted({frame_fingerprint(f) for f in dataset.train}),
+                "val": sorted({frame_fingerprint(f) for f in dataset.val}),
             },
             "replay_val_ids": sorted({f.info["replay_id"] for f in dataset.replay_val}),
             "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
@@ -350,15 +310,10 @@ def finetune(**options: Any) -> dict[str, Any]:
             "history_units": {"e": "eV/atom", "f": "eV/Å"},
             "wall_seconds": train_wall,
             "cpu_seconds": train_cpu,
-            "validation_note": "validation frames are whole relaxations held out (val_groups); the replay "
-            "validation set holds structures whose labels the fine-tune never saw",
+            "validation_note": VALIDATION_NOTE,
         },
         metrics=metrics,
-        metrics_units={
-            "energy_mae_mev_per_atom": "meV/atom against DFT put on the base model's scale by the shift",
-            "force_mae_ev_per_a": "eV/Å, per force component",
-            "energy_drift_mae_mev_per_atom": "meV/atom, fine-tuned against base model on the replay set",
-        },
+        metrics_units=METRICS_UNITS,
     )
     return {
         "checkpoint": str(ckpt),
@@ -367,21 +322,6 @@ def finetune(**options: Any) -> dict[str, Any]:
         "metrics": metrics,
         "wall_seconds": train_wall,
     }
-
-
-def _fingerprint(atoms) -> str:
-    from gen2d.finetune import frame_fingerprint
-
-    return frame_fingerprint(atoms)
-
-
-def _frame_roots(frames: list[str] | str | None) -> list[Path]:
-    if frames is None:
-        from gen2d.settings import get_settings
-
-        s = get_settings()
-        return [Path(s.dft_dir or s.cache_dir / "dft")]
-    return [Path(f).expanduser() for f in ([frames] if isinstance(frames, str) else frames)]
 
 
 def _wheel_checkpoint_sha(model_name: str) -> str | None:

@@ -19,7 +19,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gen2d.fileio import atomic_path
-from gen2d.finetune import FinetuneDataset, FinetuneDataSettings, build_dataset, write_manifest
+from gen2d.finetune import (
+    METRICS_UNITS,
+    VALIDATION_NOTE,
+    FinetuneDataSettings,
+    build_dataset,
+    dataset_metrics,
+    detached,
+    frame_fingerprint,
+    frame_roots,
+    freeze_except,
+    write_manifest,
+)
 from gen2d.scoring import check_options, file_sha256
 from gen2d_sevennet_her import (
     BASE_MODELS,
@@ -88,12 +99,6 @@ def _device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _plain(atoms):
-    out = atoms.copy()
-    out.calc = None
-    return out
-
-
 def sevennet_evaluator(model, cutoff: float, batch_size: int = 8, device: str = "cpu"):
     """An evaluator for :func:`gen2d.finetune.build_dataset`: the SevenNet network on batches of the graphs sevenn's
     calculator builds (``unlabeled_atoms_to_graph``, the atoms' own pbc); returns (eV, eV/Å) per frame."""
@@ -105,7 +110,7 @@ def sevennet_evaluator(model, cutoff: float, batch_size: int = 8, device: str = 
     def evaluate(frames):
         if not frames:
             return []
-        graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(_plain(f), cutoff)) for f in frames]
+        graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(detached(f), cutoff)) for f in frames]
         model.to(device).eval()
         model.set_is_batch_data(True)
         out = []
@@ -152,16 +157,6 @@ def resolve_trainable(model, prefixes: Sequence[str], n_blocks: int) -> list[str
     return out
 
 
-def freeze_except(model, names: Sequence[str]) -> int:
-    """Freeze every parameter not in ``names``; returns the number of trainable parameters."""
-    keep = set(names)
-    n = 0
-    for name, p in model.named_parameters():
-        p.requires_grad = name in keep
-        n += p.numel() if p.requires_grad else 0
-    return n
-
-
 def graphs_of(frames, cutoff: float, repeats: int = 1) -> list:
     """sevenn ``AtomGraphData`` of frames, built by ``sevenn.train.dataload.graph_build``: total target energy,
     forces (NaN where the frame has none: sevenn's losses and error metrics skip unlabelled values), no stress.
@@ -170,7 +165,7 @@ def graphs_of(frames, cutoff: float, repeats: int = 1) -> list:
 
     atoms_list = []
     for f in frames:
-        a = _plain(f)
+        a = detached(f)
         a.info = {
             "y_energy": float(f.info["target_energy"]),
             "y_stress": np.full(6, np.nan),
@@ -201,41 +196,6 @@ def loss_functions(opts: FinetuneOptions) -> list:
         (PerAtomEnergyLoss(criterion=crit), opts.energy_loss_weight),
         (ForceLoss(criterion=crit), opts.force_loss_weight),
     ]
-
-
-def set_errors(frames, evaluate) -> dict[str, Any]:
-    """Energy MAE (meV/atom, against ``target_energy``) and force MAE (eV/Å, frames with forces) of a model."""
-    if not frames:
-        return {"n": 0}
-    labels = evaluate(frames)
-    e_err = [abs(e - f.info["target_energy"]) / len(f) for f, (e, _) in zip(frames, labels, strict=True)]
-    f_err = [
-        np.abs(np.asarray(fc) - f.arrays["forces"]).ravel()
-        for f, (_, fc) in zip(frames, labels, strict=True)
-        if "forces" in f.arrays
-    ]
-    out = {"n": len(frames), "energy_mae_mev_per_atom": 1000 * float(np.mean(e_err))}
-    if f_err:
-        out["force_mae_ev_per_a"] = float(np.mean(np.concatenate(f_err)))
-        out["n_with_forces"] = len(f_err)
-    return out
-
-
-def dataset_metrics(dataset: FinetuneDataset, base_eval, tuned_eval) -> dict[str, Any]:
-    """Errors of the base and the fine-tuned model on every set (DFT train/val against DFT on the MLIP scale,
-    replay against the base model's own labels, i.e. drift)."""
-    out: dict[str, Any] = {}
-    for name, frames in dataset.sets().items():
-        if name.startswith("replay"):
-            tuned = set_errors(frames, tuned_eval)
-            out[name] = {
-                "n": tuned["n"],
-                "energy_drift_mae_mev_per_atom": tuned.get("energy_mae_mev_per_atom"),
-                "force_drift_mae_ev_per_a": tuned.get("force_mae_ev_per_a"),
-            }
-        else:
-            out[name] = {"base": set_errors(frames, base_eval), "tuned": set_errors(frames, tuned_eval)}
-    return out
 
 
 def _history(csv_path: Path) -> dict[str, list[float]]:
@@ -285,7 +245,7 @@ def finetune(**options: Any) -> dict[str, Any]:
     device = _device(opts.device)
     out = Path(opts.out)
     data_out = Path(opts.data_out) if opts.data_out else out / "data"
-    roots = _frame_roots(opts.frames)
+    roots = frame_roots(opts.frames)
 
     base, config, base_sha = load_base_model(opts.base_model)
     cutoff = float(config[KEY.CUTOFF])
@@ -383,8 +343,8 @@ def finetune(**options: Any) -> dict[str, Any]:
             "files": files,
             "data_out": str(data_out),
             "frames": {
-                "train": sorted({_fingerprint(f) for f in dataset.train}),
-                "val": sorted({_fingerprint(f) for f in dataset.val}),
+                "train": sorted({frame_fingerprint(f) for f in dataset.train}),
+                "val": sorted({frame_fingerprint(f) for f in dataset.val}),
             },
             "replay_val_ids": sorted({f.info["replay_id"] for f in dataset.replay_val}),
             "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
@@ -405,15 +365,10 @@ def finetune(**options: Any) -> dict[str, Any]:
             "history_units": {"Energy_MAE": "eV/atom", "Force_MAE": "eV/Å", "lr": "learning rate"},
             "wall_seconds": train_wall,
             "cpu_seconds": train_cpu,
-            "validation_note": "validation frames are whole relaxations held out (val_groups); the replay "
-            "validation set holds structures whose labels the fine-tune never saw",
+            "validation_note": VALIDATION_NOTE,
         },
         metrics=metrics,
-        metrics_units={
-            "energy_mae_mev_per_atom": "meV/atom against DFT put on the base model's scale by the shift",
-            "force_mae_ev_per_a": "eV/Å, per force component",
-            "energy_drift_mae_mev_per_atom": "meV/atom, fine-tuned against base model on the replay set",
-        },
+        metrics_units=METRICS_UNITS,
     )
     return {
         "checkpoint": str(ckpt),
@@ -422,18 +377,3 @@ def finetune(**options: Any) -> dict[str, Any]:
         "metrics": metrics,
         "wall_seconds": train_wall,
     }
-
-
-def _fingerprint(atoms) -> str:
-    from gen2d.finetune import frame_fingerprint
-
-    return frame_fingerprint(atoms)
-
-
-def _frame_roots(frames: list[str] | str | None) -> list[Path]:
-    if frames is None:
-        from gen2d.settings import get_settings
-
-        s = get_settings()
-        return [Path(s.dft_dir or s.cache_dir / "dft")]
-    return [Path(f).expanduser() for f in ([frames] if isinstance(frames, str) else frames)]

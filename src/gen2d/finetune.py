@@ -701,13 +701,93 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def frame_roots(frames: Sequence[str] | str | None) -> list[Path]:
+    """The DFT run folders of a fine-tune: ``frames`` (one or several), or the settings' DFT folder
+    (``GEN2D_DFT_DIR``, else ``<cache>/dft``)."""
+    if frames is None:
+        from gen2d.settings import get_settings
+
+        s = get_settings()
+        return [Path(s.dft_dir or s.cache_dir / "dft")]
+    return [Path(f).expanduser() for f in ([frames] if isinstance(frames, str) else frames)]
+
+
+def detached(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` without its calculator (its stored energy and forces), for an evaluator's input."""
+    out = atoms.copy()
+    out.calc = None
+    return out
+
+
+def freeze_except(model: Any, names: Sequence[str]) -> int:
+    """Freeze every parameter of a torch ``model`` not in ``names``; returns the number of trainable parameters."""
+    keep = set(names)
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad = name in keep
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def set_errors(frames: Sequence[Atoms], evaluate: Evaluator) -> dict[str, Any]:
+    """Energy MAE (meV/atom, against ``target_energy``) and force MAE (eV/Å, frames with forces) of a model."""
+    if not frames:
+        return {"n": 0}
+    labels = evaluate(frames)
+    e_err = [abs(e - f.info["target_energy"]) / len(f) for f, (e, _) in zip(frames, labels, strict=True)]
+    f_err = [
+        np.abs(np.asarray(fc) - f.arrays["forces"]).ravel()
+        for f, (_, fc) in zip(frames, labels, strict=True)
+        if "forces" in f.arrays
+    ]
+    out = {"n": len(frames), "energy_mae_mev_per_atom": 1000 * float(np.mean(e_err))}
+    if f_err:
+        out["force_mae_ev_per_a"] = float(np.mean(np.concatenate(f_err)))
+        out["n_with_forces"] = len(f_err)
+    return out
+
+
+def dataset_metrics(dataset: FinetuneDataset, base_eval: Evaluator, tuned_eval: Evaluator) -> dict[str, Any]:
+    """Errors of the base and the fine-tuned model on every set (DFT train/val against DFT on the MLIP scale,
+    replay against the base model's own labels, i.e. drift)."""
+    out: dict[str, Any] = {}
+    for name, frames in dataset.sets().items():
+        if name.startswith("replay"):
+            tuned = set_errors(frames, tuned_eval)
+            out[name] = {
+                "n": tuned["n"],
+                "energy_drift_mae_mev_per_atom": tuned.get("energy_mae_mev_per_atom"),
+                "force_drift_mae_ev_per_a": tuned.get("force_mae_ev_per_a"),
+            }
+        else:
+            out[name] = {"base": set_errors(frames, base_eval), "tuned": set_errors(frames, tuned_eval)}
+    return out
+
+
+#: the units of :func:`dataset_metrics`' figures, for a fine-tune's MANIFEST
+METRICS_UNITS = {
+    "energy_mae_mev_per_atom": "meV/atom against DFT put on the base model's scale by the shift",
+    "force_mae_ev_per_a": "eV/Å, per force component",
+    "energy_drift_mae_mev_per_atom": "meV/atom, fine-tuned against base model on the replay set",
+}
+#: what a fine-tune's validation figures hold out, for its MANIFEST
+VALIDATION_NOTE = (
+    "validation frames are whole relaxations held out (val_groups); the replay validation set holds structures "
+    "whose labels the fine-tune never saw"
+)
+
+
 __all__ = [
     "REASONS",
+    "METRICS_UNITS",
+    "VALIDATION_NOTE",
     "FinetuneDataError",
     "FinetuneDataSettings",
     "FinetuneDataset",
     "ReferenceShift",
     "build_dataset",
+    "dataset_metrics",
+    "detached",
     "calculator_evaluator",
     "deduplicate_frames",
     "dehydrogenated_slabs",
@@ -715,11 +795,14 @@ __all__ = [
     "fit_reference_shift",
     "frame_fingerprint",
     "frame_group",
+    "frame_roots",
+    "freeze_except",
     "frame_weights",
     "invocation",
     "label_replay",
     "layer_replay_structures",
     "reference_replay_structures",
+    "set_errors",
     "split_frames",
     "split_replay",
     "write_manifest",
