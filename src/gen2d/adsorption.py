@@ -801,11 +801,6 @@ def refine_adsorption(
         write_json_atomic(path, out)
         return out
 
-    def _close(calc) -> None:
-        close = getattr(calc, "close", None)
-        if callable(close):
-            close()
-
     if h2 is None:
         h2 = h2_reference_dft(os.path.join(workdir, "h2"), make_calculator, box=refine.h2_box)
     e_h2, h2_bond = h2
@@ -819,7 +814,7 @@ def refine_adsorption(
             _keep_frame(probe, os.path.join(d, "frame.traj"))  # a single point is training data too
             return {"energy": energy, "cost": _cost(calc)}
         finally:
-            _close(calc)
+            _close_calculator(calc)
 
     slab_doc = cached("slab", _slab_single)
 
@@ -871,7 +866,7 @@ def refine_adsorption(
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
                     return {"energy": None, "failure": _failure_name(exc), "message": str(exc)}
                 finally:
-                    _close(calc)
+                    _close_calculator(calc)
 
             ref = cached(f"slab_site_{k}-{tag}", _slab_relaxed)
             if ref.get("energy") is None:
@@ -900,7 +895,7 @@ def refine_adsorption(
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
                 return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "steps": 0}
             finally:
-                _close(calc)
+                _close_calculator(calc)
 
         doc = cached(f"site_{k}-{tag}", _site)
         if refine.spin_starts and doc.get("energy") is not None and doc.get("converged"):
@@ -962,6 +957,22 @@ def refine_adsorption(
     return result
 
 
+def _close_calculator(calc) -> None:
+    """Stop a calculator's process (CP2K's shell) where it has one; a no-op for in-process calculators."""
+    close = getattr(calc, "close", None)
+    if callable(close):
+        close()
+
+
+def _with_moment_on(atoms: Atoms, index: int, moment: float) -> Atoms:
+    """A copy of ``atoms`` whose only initial magnetic moment (μB) is ``moment`` on atom ``index``."""
+    out = atoms.copy()
+    moments = np.zeros(len(out))
+    moments[index] = moment
+    out.set_initial_magnetic_moments(moments)
+    return out
+
+
 def _check_spin_starts(
     site_dir: str,
     doc: dict[str, Any],
@@ -999,10 +1010,7 @@ def _check_spin_starts(
                 one = json.load(fh)
         else:
             os.makedirs(d, exist_ok=True)
-            probe = final.copy()
-            moments = np.zeros(len(probe))
-            moments[h_index] = moment
-            probe.set_initial_magnetic_moments(moments)
+            probe = _with_moment_on(final, h_index, moment)
             calc = make_calculator(d)
             try:
                 probe.calc = calc
@@ -1010,9 +1018,7 @@ def _check_spin_starts(
             except Exception as exc:  # noqa: BLE001 - a start that does not converge is recorded, not fatal
                 one = {"energy": None, "failure": _failure_name(exc), "message": str(exc)[:300]}
             finally:
-                close = getattr(calc, "close", None)
-                if callable(close):
-                    close()
+                _close_calculator(calc)
             write_json_atomic(path, one)
         energies[moment] = one.get("energy")
         if one.get("energy") is None:
@@ -1034,10 +1040,7 @@ def _check_spin_starts(
         if found[best] < chain_energy - SPIN_START_TOLERANCE:
             d = os.path.join(site_dir, "lowest_start")
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
-            probe = final.copy()
-            moments = np.zeros(len(probe))
-            moments[h_index] = best
-            probe.set_initial_magnetic_moments(moments)
+            probe = _with_moment_on(final, h_index, best)
             calc = make_calculator(d)
             try:
                 again, e, conv, n = _constrained_bfgs(
@@ -1052,9 +1055,7 @@ def _check_spin_starts(
             except Exception as exc:  # noqa: BLE001 - the chain's own solution stands, the failure is recorded
                 check["relaxed_from_start"] = f"failed: {_failure_name(exc)}"
             finally:
-                close = getattr(calc, "close", None)
-                if callable(close):
-                    close()
+                _close_calculator(calc)
     out["spin_starts"] = check
     write_json_atomic(os.path.join(site_dir, "result.json"), out)
     return out
@@ -1090,9 +1091,7 @@ def h2_reference_dft(
             mol, calc, [0, 1], 0.01, 50, os.path.join(directory, "relax.traj")
         )
     finally:
-        close = getattr(calc, "close", None)
-        if callable(close):
-            close()
+        _close_calculator(calc)
     bond = float(np.linalg.norm(final.positions[1] - final.positions[0]))
     doc = {
         "energy": energy,
