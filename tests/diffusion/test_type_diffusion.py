@@ -257,13 +257,20 @@ def test_a_gaussian_type_checkpoint_samples_exactly_as_before():
     assert bundle.sha256 == ref["checkpoint_sha256"]
     now = reference_samples(ckpt)
     for case, samples in ref["samples"].items():
+        # Unguided sampling repeats to float rounding on any CPU. Gradient guidance feeds a rounding difference
+        # back into the next step: between two x86 CPUs (the reference's and an AMD EPYC) a 6-atom guided sample
+        # moved by 7.6e-3 in fractional coordinates, 9e-4 Å in z and 4e-5 in the predictions, with the same species.
+        # A changed code path moves whole atoms and changes species, which these bounds still catch.
+        atol, atol_pred = (1e-5, 1e-5) if case == "priors" else (3e-2, 1e-3)
         assert len(now[case]) == len(samples)
         for a, b in zip(now[case], samples):
             assert a["species"] == b["species"], case
-            for key in ("frac", "z", "lattice2d"):
-                np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=f"{case} {key}")
+            d_frac = np.subtract(a["frac"], b["frac"])
+            assert np.abs(d_frac - np.round(d_frac)).max() <= atol, f"{case} frac"  # periodic: 0.999 is near 0.001
+            for key in ("z", "lattice2d"):
+                np.testing.assert_allclose(a[key], b[key], atol=atol, err_msg=f"{case} {key}")
             for key, value in b["predicted"].items():
-                assert a["predicted"][key] == pytest.approx(value, abs=1e-5)
+                assert a["predicted"][key] == pytest.approx(value, abs=atol_pred)
 
 
 def test_resuming_with_another_type_diffusion_is_refused(tmp_path, data_available):
