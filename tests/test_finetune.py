@@ -14,12 +14,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from gen2d.finetune import (
     FinetuneDataError,
     FinetuneDataSettings,
+    ReferenceShift,
     agreement,
     build_dataset,
     calculator_evaluator,
     delta_e_h_rows,
     element_counts,
+    fit_host_shift,
     fit_reference_shift,
+    frame_fingerprint,
     frame_weights,
     split_frames,
     write_manifest,
@@ -84,6 +87,55 @@ def test_the_shift_never_changes_a_balanced_reaction_energy_and_clean_slabs_stay
     assert delta_e_h(target) - delta_e_h(mlip) == pytest.approx(0.8, abs=1e-9)
     # one group weighs as much as one frame: the two slab+H frames weigh 1/2 each
     np.testing.assert_allclose(frame_weights(frames, 100.0), [100.0, 0.5, 0.5, 1.0])
+
+
+def _two_polymorphs(polymorph_error: float, h_error: float):
+    """Two hosts of one composition (2H and 1T Mo2S4), each a slab and a slab+H frame, and H2. DFT = MLIP + per-element
+    constants, except that DFT puts the 1T host ``polymorph_error`` eV higher than the MLIP does, and binds H
+    ``h_error`` eV more weakly on both."""
+    frames, dft, mlip = [], [], []
+    mu = {"Mo": -400.0, "S": -1000.0, "H": -12.0}
+    for host, e_host, extra in (("g2d-2h", -40.0, 0.0), ("g2d-1t", -39.0, polymorph_error)):
+        for kind, formula, e_mlip, err in (("slab", "Mo2S4", e_host, 0.0), ("slab+H", "Mo2S4H", e_host - 3.0, h_error)):
+            f = Atoms(formula)
+            f.info.update(config_type=kind, content_hash=host, run=host, system=kind)
+            frames.append(f)
+            mlip.append(e_mlip)
+            dft.append(e_mlip + sum(mu[s] for s in f.get_chemical_symbols()) + extra + err)
+    h2 = Atoms("H2", info={"config_type": "molecule", "run": "h2", "system": "."})
+    frames.append(h2)
+    mlip.append(-6.7)
+    dft.append(-6.7 + 2 * mu["H"])
+    return frames, np.array(dft), np.array(mlip)
+
+
+def test_host_alignment_keeps_both_polymorphs_on_the_mlip_scale_where_one_shift_per_element_cannot():
+    frames, dft, mlip = _two_polymorphs(polymorph_error=1.1, h_error=0.5)  # ~187 meV/atom on the 1T slab
+    weights = frame_weights(frames, anchor_weight=100.0)
+    delta_e_h = lambda e, i: e[i + 1] - e[i] - 0.5 * e[4]  # noqa: E731
+
+    host = fit_host_shift(frames, dft, mlip, weights)
+    target = dft - np.array([host.of(f) for f in frames])
+    np.testing.assert_allclose(target[[0, 2, 4]], mlip[[0, 2, 4]], atol=1e-9)  # both clean slabs and H2
+    for i in (0, 2):
+        assert delta_e_h(target, i) == pytest.approx(delta_e_h(dft, i), abs=1e-9)  # ΔE_H untouched
+        assert target[i + 1] - mlip[i + 1] == pytest.approx(0.5, abs=1e-9)  # the H error is what is left
+    assert set(host.hosts) == {"g2d-2h", "g2d-1t"}
+    assert host.hosts["g2d-1t"]["offset_eV"] - host.hosts["g2d-2h"]["offset_eV"] == pytest.approx(1.1)
+
+    # one μ per element: the two clean slabs of one composition cannot both sit on the MLIP's scale
+    counts = element_counts(frames, ["H", "Mo", "S"])
+    element = fit_reference_shift(counts, dft, mlip, ["H", "Mo", "S"], weights)
+    off = dft - counts @ np.array(element.mu) - mlip
+    assert abs(off[2] - off[0]) == pytest.approx(1.1, abs=1e-9)
+    # and the error left on the frames with H is no longer the H error alone
+    assert max(abs(off[1] - 0.5), abs(off[3] - 0.5)) > 0.2
+
+    # the fit survives a manifest round trip, and a frame of an unknown host falls back to μ per element
+    back = ReferenceShift.from_dict(json.loads(json.dumps(host.as_dict())))
+    assert back.of(frames[3]) == pytest.approx(host.of(frames[3]))
+    stranger = Atoms("Mo2S4", info={"content_hash": "g2d-new"})
+    assert back.of(stranger) == pytest.approx(float(counts[0] @ np.array(host.mu)))
 
 
 def _labelled(atoms: Atoms, extra: float = 0.0) -> Atoms:
@@ -162,6 +214,14 @@ def test_dataset_from_dft_runs_on_the_mlip_scale_with_a_group_split_and_replay(d
     assert back["command"] and not back["command"].startswith("-c") and back["date"].endswith("+00:00")
     assert back["data"]["files"]["val"]["sha256"] == files["val"]["sha256"]
     assert back["data"]["shift"]["unit"] == "eV per atom of the element"
+    # the host alignment (default) records the slab's constant; the element one reproduces the same targets here,
+    # where DFT − MLIP is linear in the composition
+    assert back["data"]["shift"]["hosts"]["g2d-cu"]["counts"] == {"Cu": 8}
+    by_element = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(alignment="element"))
+    assert "hosts" not in by_element.summary["shift"]
+    same = {frame_fingerprint(f): f.info["target_energy"] for f in ds.train + ds.val}
+    for f in by_element.train + by_element.val:
+        assert f.info["target_energy"] == pytest.approx(same[frame_fingerprint(f)], abs=0.02)
 
 
 def test_delta_e_h_at_the_dft_geometries_sees_the_h_error_and_not_the_per_element_constants(dft_runs):
@@ -208,5 +268,7 @@ def test_frames_of_two_dft_settings_are_refused(dft_runs):
     with pytest.raises(FinetuneDataError) as err:
         build_dataset([dft_runs], calculator_evaluator(EMT()), _settings())
     assert err.value.reason == "mixed_settings"
+    with pytest.raises(ValueError, match="alignment must be"):
+        build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(settings_hash="s1", alignment="per-atom"))
     ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(settings_hash="s1"))
     assert {f.info["run"] for f in ds.train + ds.val} == {"run_a", "h2"}

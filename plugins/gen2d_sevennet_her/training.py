@@ -77,6 +77,11 @@ class FinetuneOptions(BaseModel):
         0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
     )
     anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
+    alignment: Literal["host", "element"] = Field(
+        "host",
+        description="DFT-to-MLIP energy alignment: one constant per host slab plus mu of H from H2 (host), or one mu "
+        "per element over all frames (element); see gen2d.finetune",
+    )
     settings_hash: str | None = Field(None, description="use only frames of this DFT settings hash")
     replay_references: bool = True
     replay_layers: int = Field(24, ge=0, description="2DMatPedia/MC2D layers in the replay set")

@@ -6,11 +6,21 @@ base model as a function that labels structures, so the same data work for any b
 
 Energy scales. A CP2K total energy and an MPtrj-trained MLIP energy of the same structure differ by a constant
 per atom of each element (pseudopotentials, reference states), plus the physics the MLIP gets wrong. The first
-part is removed by a per-element shift μ, fitted by least squares on the frames; what is left is what
-fine-tuning must learn. A reaction energy that balances its atoms (ΔE_H = E(slab+H) − E(slab) − ½E(H₂)) does not
-see μ at all, so the alignment never changes a DFT ΔE_H. Clean slabs are weighted heavily in the fit (the
-``anchor_weight``): with them on the MLIP's own energy, the MLIP's E_hull has no reason to move, and the whole
-DFT−MLIP difference in ΔE_H lands on the frames with H.
+part is removed by a shift, and what is left is what fine-tuning must learn. Two alignments
+(``FinetuneDataSettings.alignment``):
+
+- ``host`` (default): one constant per host structure (content hash), the mean DFT − MLIP difference of its clean
+  slab frames, plus per-element μ for what the frame adds to its host (H), fitted on the molecules (H₂). Every
+  host's clean slab then sits on the MLIP's own energy, whatever the MLIP makes of its polymorph, so a fine-tune
+  learns the H binding and the energy differences along each relaxation, never a polymorph energy (2H against
+  1T-MoS₂) that the distillation set is there to keep.
+- ``element``: one μ per element, fitted by least squares on all frames, clean slabs weighted by
+  ``anchor_weight``. It assumes DFT − MLIP is linear in the composition; two polymorphs of one composition that the
+  MLIP orders differently from DFT break that, and the fit then moves one of them off the MLIP's scale.
+
+A reaction energy that balances its atoms (ΔE_H = E(slab+H) − E(slab) − ½E(H₂)) sees neither, so the alignment
+never changes a DFT ΔE_H; with the clean slabs on the MLIP's own energy, the whole DFT−MLIP difference in ΔE_H lands
+on the frames with H.
 """
 
 from __future__ import annotations
@@ -74,19 +84,30 @@ class ReferenceShift:
     n_frames: int
     residual_rms: float  # eV/atom, weighted, after the shift
     method: str = "weighted least squares on per-atom energy differences E_dft − E_mlip, min-norm solution"
+    #: host alignment (:func:`fit_host_shift`): content hash -> {"offset_eV": c, "counts": {element: n}}
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def of(self, symbols: Sequence[str] | Atoms) -> float:
-        """The shift (eV) of a structure: Σ n_el μ_el."""
+    def of(self, symbols: Sequence[str] | Atoms, host: str | None = None) -> float:
+        """The shift (eV) of a structure: Σ n_el μ_el, or, for a frame of a fitted host, the host's constant plus
+        μ of what the frame adds to the host. An :class:`~ase.Atoms` names its host by ``info['content_hash']``."""
         if isinstance(symbols, Atoms):
+            host = host or symbols.info.get("content_hash")
             symbols = symbols.get_chemical_symbols()
         counts = Counter(symbols)
-        unknown = sorted(set(counts) - set(self.elements))
+        base = 0.0
+        if host in self.hosts:
+            entry = self.hosts[host]
+            base = float(entry["offset_eV"])
+            for el, n in entry["counts"].items():
+                counts[el] -= n
+        unknown = sorted(el for el, n in counts.items() if n and el not in self.elements)
         if unknown:
             raise KeyError(f"the reference shift was fitted without {', '.join(unknown)}")
-        return float(sum(counts[el] * m for el, m in zip(self.elements, self.mu)))
+        mu = dict(zip(self.elements, self.mu))
+        return base + float(sum(n * mu[el] for el, n in counts.items() if n))
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "mu": {el: m for el, m in zip(self.elements, self.mu)},
             "unit": "eV per atom of the element",
             "rank": self.rank,
@@ -96,6 +117,13 @@ class ReferenceShift:
             "method": self.method,
             "convention": "E_mlip_scale = E_dft - sum_el n_el * mu_el",
         }
+        if self.hosts:
+            out["hosts"] = self.hosts
+            out["convention"] = (
+                "E_mlip_scale = E_dft - hosts[content_hash].offset_eV - sum_el (n_el - hosts[content_hash].counts[el])"
+                " * mu_el; frames of no listed host: E_dft - sum_el n_el * mu_el"
+            )
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReferenceShift:
@@ -107,6 +135,7 @@ class ReferenceShift:
             n_frames=int(d.get("n_frames", 0)),
             residual_rms=float(d.get("residual_rms_mev_per_atom", 0.0)) / 1000,
             method=d.get("method", cls.method),
+            hosts=d.get("hosts", {}),
         )
 
 
@@ -172,6 +201,78 @@ def fit_reference_shift(
     return ReferenceShift(
         elements=list(elements), mu=[float(m) for m in mu], rank=int(rank), n_frames=n, residual_rms=rms
     )
+
+
+def fit_host_shift(
+    frames: Sequence[Atoms],
+    dft_energies: Sequence[float],
+    mlip_energies: Sequence[float],
+    weights: Sequence[float] | None = None,
+) -> ReferenceShift:
+    """Host alignment: one constant per host structure plus μ for the atoms a frame adds to its host.
+
+    - A host is a content hash (``info['content_hash']``) with clean-slab frames (``config_type`` ``slab``); its
+      constant is the weighted mean of E_dft − E_mlip over them (eV), so its clean slab sits on the MLIP's scale.
+    - μ (per element) comes from the molecules (``config_type`` ``molecule``, H₂) where they hold the element, so
+      H₂ sits on the MLIP's scale too; otherwise from :func:`fit_reference_shift` over all frames, which is also
+      the shift of every frame whose host has no clean slab.
+    - ``weights`` (default 1) weigh the frames in both fits (:func:`frame_weights`).
+
+    What is left, E_dft − shift − E_mlip, is zero on average on clean slabs and molecules, and on frames with H it
+    is the error of the MLIP's H binding: what a fine-tune should learn.
+
+    Examples
+    --------
+    >>> from ase import Atoms
+    >>> slab, slab_h, h2 = Atoms("Mo2S4"), Atoms("Mo2S4H"), Atoms("H2")
+    >>> for a, kind in ((slab, "slab"), (slab_h, "slab+H"), (h2, "molecule")):
+    ...     a.info.update(config_type=kind, content_hash="g2d-x" if kind != "molecule" else "")
+    >>> shift = fit_host_shift([slab, slab_h, h2], [-900.0, -913.0, -31.0], [-40.0, -43.0, -6.6])
+    >>> round(shift.of(slab), 6), round(shift.of(h2), 6), round(shift.of(slab_h), 6)
+    (-860.0, -24.4, -872.2)
+    """
+    dft = np.asarray(dft_energies, float)
+    mlip = np.asarray(mlip_energies, float)
+    w = np.ones(len(frames)) if weights is None else np.asarray(weights, float)
+    elements = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    counts = element_counts(frames, elements)
+    base = fit_reference_shift(counts, dft, mlip, elements, w)
+    mu = dict(zip(elements, base.mu))
+    molecules = np.array([f.info.get("config_type") == "molecule" for f in frames])
+    if molecules.any():
+        cols = [j for j, el in enumerate(elements) if counts[molecules, j].any()]
+        mol = fit_reference_shift(
+            counts[np.ix_(molecules, cols)], dft[molecules], mlip[molecules], [elements[j] for j in cols], w[molecules]
+        )
+        mu.update(zip(mol.elements, mol.mu))
+    hosts: dict[str, dict[str, Any]] = {}
+    by_host: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(frames):
+        if f.info.get("config_type") == "slab" and f.info.get("content_hash"):
+            by_host[f.info["content_hash"]].append(i)
+    for key, idx in sorted(by_host.items()):
+        comp = Counter(frames[idx[0]].get_chemical_symbols())
+        if any(Counter(frames[i].get_chemical_symbols()) != comp for i in idx):
+            continue  # clean slabs of one hash with different compositions: no single host constant
+        hosts[key] = {
+            "offset_eV": float(np.average(dft[idx] - mlip[idx], weights=w[idx])),
+            "counts": dict(sorted(comp.items())),
+            "n_frames": len(idx),
+        }
+    shift = ReferenceShift(
+        elements=elements,
+        mu=[mu[el] for el in elements],
+        rank=base.rank,
+        n_frames=len(frames),
+        residual_rms=0.0,
+        method="host: per content hash, the weighted mean E_dft − E_mlip of its clean slabs; μ of added atoms from "
+        "the molecules (else the per-element fit)",
+        hosts=hosts,
+    )
+    natoms = counts.sum(axis=1)
+    resid = (dft - mlip - np.array([shift.of(f) for f in frames])) / natoms
+    shift.residual_rms = float(np.sqrt(np.sum(w * resid**2) / np.sum(w)))
+    return shift
 
 
 def frame_group(atoms: Atoms) -> str:
@@ -425,6 +526,7 @@ class FinetuneDataSettings:
     val_fraction: float = 0.5
     seed: int = 0
     anchor_weight: float = 100.0
+    alignment: str = "host"  # "host" (fit_host_shift) or "element" (fit_reference_shift)
     settings_hash: str | None = None
     replay_references: bool = True
     replay_layers: int = 24
@@ -571,7 +673,7 @@ def build_dataset(
 
     Steps: collect the frames (:func:`gen2d.frames.collect_frames`, energy-only single points included),
     drop exact duplicates, label them with the base model, fit the reference shift
-    (:func:`fit_reference_shift` with :func:`frame_weights`), put the DFT energies on the MLIP scale,
+    (:func:`fit_host_shift` or :func:`fit_reference_shift`, by ``settings.alignment``, with :func:`frame_weights`), put the DFT energies on the MLIP scale,
     split by group (:func:`split_frames`), and build and label the replay set (shipped reference phases
     of the frames' elements, database layers, the DFT slabs without H; each with rattled copies).
 
@@ -602,13 +704,14 @@ def build_dataset(
         f.info["dft_energy"] = float(f.info["energy"])
     elements = sorted({s for f in frames for s in f.get_chemical_symbols()})
     weights = frame_weights(frames, settings.anchor_weight)
-    shift = fit_reference_shift(
-        element_counts(frames, elements),
-        [f.info["dft_energy"] for f in frames],
-        [f.info["base_energy"] for f in frames],
-        elements,
-        weights,
-    )
+    dft_e = [f.info["dft_energy"] for f in frames]
+    base_e = [f.info["base_energy"] for f in frames]
+    if settings.alignment == "host":
+        shift = fit_host_shift(frames, dft_e, base_e, weights)
+    elif settings.alignment == "element":
+        shift = fit_reference_shift(element_counts(frames, elements), dft_e, base_e, elements, weights)
+    else:
+        raise ValueError(f"alignment must be 'host' or 'element', not {settings.alignment!r}")
     for f in frames:
         f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
     train, val, val_groups = split_frames(frames, settings.val_systems, settings.val_fraction, settings.seed)
@@ -792,6 +895,7 @@ __all__ = [
     "deduplicate_frames",
     "dehydrogenated_slabs",
     "element_counts",
+    "fit_host_shift",
     "fit_reference_shift",
     "frame_fingerprint",
     "frame_group",
