@@ -182,3 +182,14 @@ def test_plugins_with_their_own_train_are_found_and_the_others_say_so():
     assert any(ep.name == "ehull.chgnet" for ep in md.entry_points(group="gen2d.scorers"))
     with pytest.raises(TypeError, match="has nothing to train"):
         train_plugin("scorer", "ehull.chgnet")
+
+
+def test_device_name_resolves_auto_to_what_torch_sees_and_passes_other_names_through():
+    import torch
+
+    from gen2d.diffusion.train import resolve_device
+    from gen2d.scoring import device_name
+
+    assert device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert device_name("cuda:1") == "cuda:1" and device_name("cpu") == "cpu"
+    assert resolve_device("auto") == torch.device(device_name("auto"))

@@ -10,17 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.scoring import PluginUnavailable, device_name, file_sha256
 
 DEFAULT_MODEL = "0.3.0"
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _checkpoint_path(model: str) -> Path | None:
@@ -69,7 +61,7 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     from chgnet.model.dynamics import CHGNetCalculator
 
     name = model or DEFAULT_MODEL
-    dev = _device(device)
+    dev = device_name(device)
     # CHGNet prints its banner to stdout; keep stdout clean for `gen2d ... --json`.
     with contextlib.redirect_stdout(sys.stderr):
         try:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.scoring import PluginUnavailable, device_name, file_sha256
 
 #: file name of the checkpoint inside a model folder
 CHECKPOINT_NAME = "chgnet_her.pt"
@@ -41,14 +41,6 @@ def checkpoint_path(model: str | None = None) -> Path:
     """The checkpoint file for ``model`` (a file, a folder holding :data:`CHECKPOINT_NAME`, or None: shipped)."""
     path = Path(model).expanduser() if model else default_model_dir()
     return path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def available(model: str | None = None) -> tuple[bool, str]:
@@ -142,7 +134,7 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     import chgnet
     from chgnet.model.dynamics import CHGNetCalculator
 
-    dev = _device(device)
+    dev = device_name(device)
     path = checkpoint_path(model)
     net, state = load_model(model, dev)
     with contextlib.redirect_stdout(sys.stderr):

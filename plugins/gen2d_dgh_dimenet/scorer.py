@@ -14,7 +14,15 @@ import numpy as np
 from pydantic import Field
 from pymatgen.core import Structure
 
-from gen2d.scoring import BaseScorer, Provenance, ScoreResult, ScorerOptions, file_sha256, relaxed_from_context
+from gen2d.scoring import (
+    BaseScorer,
+    Provenance,
+    ScoreResult,
+    ScorerOptions,
+    device_name,
+    file_sha256,
+    relaxed_from_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +30,6 @@ log = logging.getLogger(__name__)
 def default_checkpoint_dir() -> Path:
     """The small ensemble shipped in ``gen2d/assets/dgh_dimenet``."""
     return Path(str(resources.files("gen2d.assets").joinpath("dgh_dimenet")))
-
-
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 class DimeNetOptions(ScorerOptions):
@@ -86,7 +88,7 @@ class DimeNetDGHScorer(BaseScorer):
                 raise FileNotFoundError(self.available()[1])
             members, shas = [], []
             for path in paths:
-                model, meta = load_checkpoint(path, device=_device(self.device))
+                model, meta = load_checkpoint(path, device=device_name(self.device))
                 members.append(model)
                 shas.append(file_sha256(path))
                 self._metadata = meta

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gen2d import weights
-from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.scoring import PluginUnavailable, device_name, file_sha256
 from gen2d.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,8 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     if not ok:
         raise PluginUnavailable(why)
     import mattersim
-    import torch
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = device_name(device)
     path, sha256 = checkpoint(model)
     with contextlib.redirect_stdout(sys.stderr):  # stdout stays clean for `gen2d ... --json`
         potential = load_potential(path, dev)

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gen2d.scoring import PluginUnavailable, file_sha256
+from gen2d.scoring import PluginUnavailable, device_name, file_sha256
 
 #: file name of the checkpoint inside a model folder
 CHECKPOINT_NAME = "sevennet_her.pt"
@@ -54,14 +54,6 @@ def checkpoint_path(model: str | None = None) -> Path:
     """The checkpoint file for ``model`` (a file, a folder holding :data:`CHECKPOINT_NAME`, or None: shipped)."""
     path = Path(model).expanduser() if model else default_model_dir()
     return path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def available(model: str | None = None) -> tuple[bool, str]:
@@ -225,7 +217,7 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     import sevenn
     from sevenn.calculator import SevenNetCalculator
 
-    dev = _device(device)
+    dev = device_name(device)
     path = checkpoint_path(model)
     net, state = load_model(model, dev)
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():

@@ -31,7 +31,7 @@ from gen2d.finetune import (
     freeze_except,
     write_manifest,
 )
-from gen2d.scoring import check_options, file_sha256
+from gen2d.scoring import check_options, device_name, file_sha256
 from gen2d_sevennet_her import (
     BASE_MODELS,
     CHECKPOINT_FORMAT,
@@ -94,14 +94,6 @@ class FinetuneOptions(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu or cuda")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sevennet_evaluator(model, cutoff: float, batch_size: int = 8, device: str = "cpu"):
@@ -247,7 +239,7 @@ def finetune(**options: Any) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
-    device = _device(opts.device)
+    device = device_name(opts.device)
     out = Path(opts.out)
     data_out = Path(opts.data_out) if opts.data_out else out / "data"
     roots = frame_roots(opts.frames)

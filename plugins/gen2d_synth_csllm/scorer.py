@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, file_sha256
+from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, device_name, file_sha256
 from gen2d_synth_csllm.material import (
     CHAT_TEMPLATE,
     DEFAULT_ANGLE_TOL,
@@ -82,14 +82,6 @@ class CSLLMSettings(BaseModel):
         return cls(**options)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _check_dir(what: str, path: Path | None, must_contain: tuple[str, ...]) -> Path:
     if path is None:
         raise CheckpointNotFound(what, None)
@@ -117,7 +109,7 @@ def load_csllm(settings: CSLLMSettings):
     adapter = _check_dir("CSLLM LoRA adapter", settings.adapter_path, ("adapter_config.json",))
     _check_dir("CSLLM LoRA adapter weights", adapter, ADAPTER_WEIGHT_FILES)
     tok_dir = _check_dir("CSLLM tokenizer", settings.tokenizer_path or base, ())
-    device = resolve_device(settings.device)
+    device = device_name(settings.device)
     # Half precision only where it is fast and supported; CPU matmuls in fp16 are slow or missing.
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True, trust_remote_code=False)

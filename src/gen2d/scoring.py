@@ -503,6 +503,16 @@ def get_calculator(name: str, **options: Any):
     raise KeyError(f"no calculator plugin named {name!r} (registered: {known})")
 
 
+def device_name(device: str = "auto") -> str:
+    """The torch device a plugin runs on: ``auto`` is ``cuda`` where torch sees a GPU, else ``cpu``; any other
+    name is returned as given (torch imported only for ``auto``)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a checkpoint file, for provenance."""
     h = hashlib.sha256()

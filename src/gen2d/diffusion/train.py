@@ -63,10 +63,10 @@ ORIGINAL_SOURCE_KINDS = frozenset({"2dmatpedia", "mc2d"})
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto`` is CUDA when present, else CPU (:func:`gen2d.scoring.device_name`)."""
+    from gen2d.scoring import device_name
+
+    return torch.device(device_name(device))
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
