@@ -10,16 +10,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from gen2d.fileio import atomic_path
 from gen2d.finetune import (
     METRICS_UNITS,
     VALIDATION_NOTE,
-    FinetuneDataSettings,
     build_dataset,
     dataset_metrics,
     detached,
@@ -28,6 +27,9 @@ from gen2d.finetune import (
     freeze_except,
     write_manifest,
 )
+from gen2d.finetune import (
+    FinetuneOptions as BaseFinetuneOptions,
+)
 from gen2d.scoring import check_options, device_name, file_sha256
 from gen2d_chgnet_her import CHECKPOINT_FORMAT, CHECKPOINT_NAME
 
@@ -35,52 +37,20 @@ from gen2d_chgnet_her import CHECKPOINT_FORMAT, CHECKPOINT_NAME
 DEFAULT_TRAINABLE = ("atom_conv_layers.-1", "readout_norm", "mlp")
 
 
-class FinetuneOptions(BaseModel):
-    """Options of ``gen2d train --calculator chgnet-her`` (``-o key=value``); energies eV, lengths Å."""
+class FinetuneOptions(BaseFinetuneOptions):
+    """Options of ``gen2d train --calculator chgnet-her`` (``-o key=value``); the shared ones are
+    :class:`gen2d.finetune.FinetuneOptions`'s. Energies eV, lengths Å."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    frames: list[str] | str | None = Field(
-        None, description="DFT run folder(s); default: the DFT folder of the settings (GEN2D_DFT_DIR)"
-    )
     out: str = Field("chgnet-her", description="output folder: checkpoint, MANIFEST.json")
-    data_out: str | None = Field(None, description="where the train/val/replay extxyz go; default OUT/data")
     base_model: str = Field("0.3.0", description="CHGNet model in the chgnet wheel to start from")
     trainable: list[str] = Field(
         list(DEFAULT_TRAINABLE),
         description="parameter-name prefixes that train (``atom_conv_layers.-1`` is the last block); the rest is frozen",
     )
     epochs: int = Field(15, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    batch_size: int = Field(8, ge=1)
     energy_loss_ratio: float = Field(100.0, ge=0, description="weight of the per-atom energy MSE (eV/atom)²")
     force_loss_ratio: float = Field(1.0, ge=0, description="weight of the force MSE (eV/Å)²")
     criterion: str = Field("MSE", description="MSE, Huber or MAE (CHGNet's CombinedLoss)")
-    dft_repeats: int = Field(
-        2, ge=1, description="times each DFT frame appears per epoch (the replay set is larger; this keeps the balance)"
-    )
-    val_systems: list[str] | None = Field(None, description="run or run/system groups held out for validation")
-    val_fraction: float = Field(
-        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
-    )
-    anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
-    alignment: Literal["host", "element"] = Field(
-        "host",
-        description="DFT-to-MLIP energy alignment: one constant per host slab plus mu of H from H2 (host), or one mu "
-        "per element over all frames (element); see gen2d.finetune",
-    )
-    settings_hash: str | None = Field(None, description="use only frames of this DFT settings hash")
-    replay_references: bool = True
-    replay_layers: int = Field(24, ge=0, description="2DMatPedia/MC2D layers in the replay set")
-    replay_layer_max_atoms: int = Field(12, ge=1)
-    replay_dehydrogenated_every: int = Field(1, ge=0, description="every k-th slab+H frame without H (0: none)")
-    replay_rattle: float = Field(0.03, ge=0, description="Å, Gaussian noise of the rattled replay copies")
-    replay_n_rattled: int = Field(1, ge=0)
-    replay_val_fraction: float = Field(0.2, ge=0, lt=1)
-    data_dir: str | None = Field(None, description="reference datasets (GEN2D_DATA)")
-    seed: int = 0
-    device: str = Field("auto", description="auto, cpu or cuda")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
 
 
 def chgnet_evaluator(model, batch_size: int = 16):
@@ -215,9 +185,7 @@ def finetune(**options: Any) -> dict[str, Any]:
     base_sha = _wheel_checkpoint_sha(opts.base_model)
     base_name = f"CHGNet {base.version} (chgnet {chgnet.__version__})"
     base_eval = chgnet_evaluator(base)
-    settings = FinetuneDataSettings(
-        **{k: getattr(opts, k) for k in FinetuneDataSettings.__dataclass_fields__ if hasattr(opts, k)}
-    )
+    settings = opts.data_settings()
     dataset = build_dataset(roots, base_eval, settings, label_model=base_name)
     files = dataset.write(data_out)
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from gen2d.fileio import atomic_path
 from gen2d.finetune import (
     METRICS_UNITS,
     VALIDATION_NOTE,
-    FinetuneDataSettings,
     build_dataset,
     dataset_metrics,
     detached,
@@ -30,6 +29,9 @@ from gen2d.finetune import (
     frame_roots,
     freeze_except,
     write_manifest,
+)
+from gen2d.finetune import (
+    FinetuneOptions as BaseFinetuneOptions,
 )
 from gen2d.scoring import check_options, device_name, file_sha256
 from gen2d_sevennet_her import (
@@ -44,16 +46,11 @@ from gen2d_sevennet_her import (
 DEFAULT_TRAINABLE = ("block.-1", "reduce_input_to_hidden", "reduce_hidden_to_energy")
 
 
-class FinetuneOptions(BaseModel):
-    """Options of ``gen2d train --calculator sevennet-her`` (``-o key=value``); energies eV, lengths Å."""
+class FinetuneOptions(BaseFinetuneOptions):
+    """Options of ``gen2d train --calculator sevennet-her`` (``-o key=value``); the shared ones are
+    :class:`gen2d.finetune.FinetuneOptions`'s. Energies eV, lengths Å."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    frames: list[str] | str | None = Field(
-        None, description="DFT run folder(s); default: the DFT folder of the settings (GEN2D_DFT_DIR)"
-    )
     out: str = Field("sevennet-her", description="output folder: checkpoint, MANIFEST.json")
-    data_out: str | None = Field(None, description="where the train/val/replay extxyz go; default OUT/data")
     base_model: Literal["7net-0", "7net-l3i5"] = Field(
         DEFAULT_BASE_MODEL, description="SevenNet in the sevenn wheel to start from (sha256-pinned)"
     )
@@ -63,37 +60,11 @@ class FinetuneOptions(BaseModel):
         "frozen",
     )
     epochs: int = Field(4, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    batch_size: int = Field(8, ge=1)
     energy_loss_weight: float = Field(100.0, ge=0, description="weight of the per-atom energy loss (eV/atom)")
     force_loss_weight: float = Field(1.0, ge=0, description="weight of the force loss (eV/Å)")
     criterion: Literal["mse", "huber"] = Field("mse", description="sevenn's loss: mse or huber")
     huber_delta: float = Field(0.01, gt=0, description="Huber's delta (sevenn's fine-tuning preset: 0.01)")
-    dft_repeats: int = Field(
-        2, ge=1, description="times each DFT frame appears per epoch (the replay set is larger; this keeps the balance)"
-    )
-    val_systems: list[str] | None = Field(None, description="run or run/system groups held out for validation")
-    val_fraction: float = Field(
-        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
-    )
-    anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
-    alignment: Literal["host", "element"] = Field(
-        "host",
-        description="DFT-to-MLIP energy alignment: one constant per host slab plus mu of H from H2 (host), or one mu "
-        "per element over all frames (element); see gen2d.finetune",
-    )
-    settings_hash: str | None = Field(None, description="use only frames of this DFT settings hash")
-    replay_references: bool = True
-    replay_layers: int = Field(24, ge=0, description="2DMatPedia/MC2D layers in the replay set")
-    replay_layer_max_atoms: int = Field(12, ge=1)
     replay_dehydrogenated_every: int = Field(3, ge=0, description="every k-th slab+H frame without H (0: none)")
-    replay_rattle: float = Field(0.03, ge=0, description="Å, Gaussian noise of the rattled replay copies")
-    replay_n_rattled: int = Field(1, ge=0)
-    replay_val_fraction: float = Field(0.2, ge=0, lt=1)
-    data_dir: str | None = Field(None, description="reference datasets (GEN2D_DATA)")
-    seed: int = 0
-    device: str = Field("auto", description="auto, cpu or cuda")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
 
 
 def sevennet_evaluator(model, cutoff: float, batch_size: int = 8, device: str = "cpu"):
@@ -249,9 +220,7 @@ def finetune(**options: Any) -> dict[str, Any]:
     n_blocks = int(config[KEY.NUM_CONVOLUTION])
     base_name = f"SevenNet {opts.base_model} (sevenn {sevenn.__version__})"
     base_eval = sevennet_evaluator(base, cutoff, opts.batch_size)
-    settings = FinetuneDataSettings(
-        **{k: getattr(opts, k) for k in FinetuneDataSettings.__dataclass_fields__ if hasattr(opts, k)}
-    )
+    settings = opts.data_settings()
     dataset = build_dataset(roots, base_eval, settings, label_model=base_name)
     files = dataset.write(data_out)
 

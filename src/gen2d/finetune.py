@@ -34,10 +34,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
 
 from gen2d.adsorption import DEFAULT_DG_CORRECTION
 from gen2d.fileio import atomic_path, write_text_atomic
@@ -541,6 +542,53 @@ class FinetuneDataSettings:
         return dict(self.__dict__)
 
 
+class FinetuneOptions(BaseModel):
+    """The options every fine-tuning plugin shares (``gen2d train --calculator NAME -o key=value``): the data, the
+    split, the replay set, the device. A plugin subclasses it with its base model, trainable parameters, losses and
+    defaults; energies eV, lengths Å."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames: list[str] | str | None = Field(
+        None, description="DFT run folder(s); default: the DFT folder of the settings (GEN2D_DFT_DIR)"
+    )
+    out: str = Field(..., description="output folder: checkpoint, MANIFEST.json")
+    data_out: str | None = Field(None, description="where the train/val/replay extxyz go; default OUT/data")
+    trainable: list[str] = Field(..., description="parameter-name prefixes that train; the rest is frozen")
+    epochs: int = Field(..., ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    dft_repeats: int = Field(
+        2, ge=1, description="times each DFT frame appears per epoch (the replay set is larger; this keeps the balance)"
+    )
+    val_systems: list[str] | None = Field(None, description="run or run/system groups held out for validation")
+    val_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
+    )
+    anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
+    alignment: Literal["host", "element"] = Field(
+        "host",
+        description="DFT-to-MLIP energy alignment: one constant per host slab plus mu of H from H2 (host), or one mu "
+        "per element over all frames (element); see gen2d.finetune",
+    )
+    settings_hash: str | None = Field(None, description="use only frames of this DFT settings hash")
+    replay_references: bool = True
+    replay_layers: int = Field(24, ge=0, description="2DMatPedia/MC2D layers in the replay set")
+    replay_layer_max_atoms: int = Field(12, ge=1)
+    replay_dehydrogenated_every: int = Field(1, ge=0, description="every k-th slab+H frame without H (0: none)")
+    replay_rattle: float = Field(0.03, ge=0, description="Å, Gaussian noise of the rattled replay copies")
+    replay_n_rattled: int = Field(1, ge=0)
+    replay_val_fraction: float = Field(0.2, ge=0, lt=1)
+    data_dir: str | None = Field(None, description="reference datasets (GEN2D_DATA)")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu or cuda")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
+
+    def data_settings(self) -> FinetuneDataSettings:
+        """The :class:`FinetuneDataSettings` of these options."""
+        return FinetuneDataSettings(**{k: getattr(self, k) for k in FinetuneDataSettings.__dataclass_fields__})
+
+
 @dataclass
 class FinetuneDataset:
     """DFT frames split into train and validation, on the MLIP's energy scale, with the replay set.
@@ -886,6 +934,7 @@ __all__ = [
     "VALIDATION_NOTE",
     "FinetuneDataError",
     "FinetuneDataSettings",
+    "FinetuneOptions",
     "FinetuneDataset",
     "ReferenceShift",
     "build_dataset",
