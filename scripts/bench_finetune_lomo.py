@@ -68,17 +68,20 @@ class Backend:
         else:  # argparse's choices keep this unreachable from the command line
             raise ValueError(f"unknown calculator {calculator!r}")
 
-    def options(self, epochs: int | None, threads: int) -> dict:
-        """The fine-tune options; they key the fold cache, so chgnet-her's stay as they were."""
+    def options(self, epochs: int | None, threads: int, alignment: str = "host") -> dict:
+        """The fine-tune options; they key the fold cache. ``alignment`` is named only when it is not the
+        ``element`` fit the first folds were trained with, so their cache keys stay as they were."""
         if self.calculator == "chgnet-her":
-            return {"epochs": epochs or self.default_epochs, "threads": threads, "base_model": "0.3.0"}
-        from gen2d_sevennet_her.training import FinetuneOptions
+            out = {"epochs": epochs or self.default_epochs, "threads": threads, "base_model": "0.3.0"}
+        else:
+            from gen2d_sevennet_her.training import FinetuneOptions
 
-        return {
-            "epochs": epochs or FinetuneOptions.model_fields["epochs"].default,
-            "threads": threads,
-            "base_model": "7net-0",
-        }
+            out = {
+                "epochs": epochs or FinetuneOptions.model_fields["epochs"].default,
+                "threads": threads,
+                "base_model": "7net-0",
+            }
+        return {**out, "alignment": alignment}
 
     def base_evaluator(self):
         if self.calculator == "chgnet-her":
@@ -124,10 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--materials", nargs="*", default=None, help="only these folds (formulas)")
+    ap.add_argument(
+        "--alignment",
+        choices=["host", "element"],
+        default="host",
+        help="DFT-to-MLIP energy alignment of the fine-tune (gen2d.finetune; the plugins' default is host)",
+    )
+    ap.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="one fine-tune on every frame instead of the folds: the ΔE_H it reaches on its own training data",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
-    from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows
+    from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows, frame_group
     from gen2d.frames import collect_frames
 
     t0 = time.process_time()
@@ -140,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     materials = material_groups(frames)
     if args.materials:
         materials = {m: g for m, g in materials.items() if m in args.materials}
-    if len(materials) < 2:
+    if len(materials) < 2 and not args.in_sample:
         print(f"leave-one-material-out needs two materials with H; found {sorted(materials)}", file=sys.stderr)
         return 2
     backend = Backend(args.calculator)
     base_eval = backend.base_evaluator()
-    options = backend.options(args.epochs, args.threads)
+    options = backend.options(args.epochs, args.threads, args.alignment)
+    key_options = dict(options)
+    if args.alignment == "element":
+        del key_options["alignment"]  # the key of the folds trained before the alignment was an option
     report: dict = {
         "what": f"leave-one-material-out: {backend.base_name} fine-tuned ({args.calculator}) without a material, "
         "ΔE_H on that material's DFT geometries",
@@ -159,16 +176,22 @@ def main(argv: list[str] | None = None) -> int:
         "folds": [],
     }
     rows = []
-    for material, held_out in materials.items():
-        key = fold_key(frames, held_out, options)
+    folds = {"all": []} if args.in_sample else materials
+    if args.in_sample:
+        report["what"] = f"in-sample: {backend.base_name} fine-tuned ({args.calculator}) on every frame"
+    for material, held_out in folds.items():
+        key = fold_key(frames, held_out, key_options)
         out = Path(args.workdir) / f"{material}-{key}"
         t_fold = time.process_time()
         if not (out / "MANIFEST.json").is_file():
-            backend.finetune(frames=args.frames, out=str(out), val_systems=held_out, seed=0, **options)
+            split = {"val_systems": held_out} if held_out else {"val_fraction": 0.0}
+            backend.finetune(frames=args.frames, out=str(out), seed=0, **split, **options)
         fold_rows = delta_e_h_rows(
-            [f for f in frames if f.info.get("formula") in (material, "H2")],
+            [f for f in frames if args.in_sample or f.info.get("formula") in (material, "H2")],
             {"base": base_eval, "tuned": backend.tuned_evaluator(str(out))},
-            {g: "held out" for g in held_out},
+            {g: "held out" for g in held_out}
+            if held_out
+            else {g: "in-sample" for f in frames for g in [frame_group(f)]},
         )
         for r in fold_rows:
             r["fold"] = material
@@ -186,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     dft = [r["dft_eV"] for r in rows]
     report["pooled"] = {m: agreement([r[f"{m}_eV"] for r in rows], dft) for m in ("base", "tuned")}
     report["cpu_s"] = time.process_time() - t0
-    print(f"pooled over {len(materials)} materials, {len(rows)} relaxations (eV):")
+    print(f"pooled over {len(folds)} fold(s), {len(rows)} relaxations (eV):")
     for m, s in report["pooled"].items():
         rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
         print(
