@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="references from the prototype library only (no stacked database layers, gen2d.hull.stacked)",
     )
+    ap.add_argument(
+        "--dispersion",
+        choices=["none", "d3bj", "d3zero"],
+        default="none",
+        help="D3 on the layers and the references alike (gen2d.dispersion); the entries-file column is then skipped, "
+        "since its DFT references have no D3",
+    )
     args = ap.parse_args(argv)
 
     if args.summarize:
@@ -200,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         provider="mlip-prototypes",
         provider_options={"cache_dir": cache_dir, "stacked_layers": not args.no_stacked},
         progress=False,
+        dispersion=args.dispersion,
     )
     dft_refs = EntriesFileProvider(data_dir() / "mp_elemental_reference_entries.json.gz")
     elemental_dft = {e.composition.elements[0].symbol: e.energy_per_atom for e in dft_refs.entries(_all_symbols())}
@@ -248,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                 if res.ok and energy is not None:
                     try:
                         entry = apply_mp2020(mlip_entry(relaxed, energy, model=res.provenance.model))
-                        rec["e_hull"]["entries-file"] = hull_analysis(
-                            entry, dft_refs.entries(els), "entries-file"
-                        ).e_hull
+                        if args.dispersion == "none":  # DFT references without D3: only against a bare MLIP
+                            rec["e_hull"]["entries-file"] = hull_analysis(
+                                entry, dft_refs.entries(els), "entries-file"
+                            ).e_hull
                         if not args.no_stacked:  # the same layer against the prototype library alone
                             refs = scorer._reference_provider(scorer._calculator()).entries(els)
                             library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]

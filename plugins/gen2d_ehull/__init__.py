@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -76,6 +76,11 @@ class EHullOptions(ScorerOptions):
     progress: bool = True
     stable_threshold: float = Field(0.1, description="E_hull (eV/atom) at or below which extra.stable is True")
     max_elements: int | None = Field(4, ge=1)
+    dispersion: Literal["none", "d3bj", "d3zero"] = Field(
+        "none",
+        description="Grimme D3 (PBE parameters) added to the MLIP for the layer and every reference phase alike "
+        "(gen2d.dispersion)",
+    )
 
 
 class EHullScorer(BaseScorer):
@@ -106,6 +111,11 @@ class EHullScorer(BaseScorer):
         Refuse (``too_many_elements``) candidates with more distinct elements. The offline reference
         set holds no phase beyond binaries, so an E_hull for a 6-element layer would be a loose lower
         bound bought with dozens of reference relaxations (one per element pair). None: no limit.
+    dispersion : {"none", "d3bj", "d3zero"}
+        Grimme's D3 with PBE parameters added to the MLIP (:mod:`gen2d.dispersion`), for the layer and for
+        every reference phase the ``mlip-prototypes`` provider relaxes; the reference cache is keyed by the
+        corrected model. A layer then pays its exfoliation energy against its layered bulk. Not for
+        ``entries-file`` or ``mp-api`` (their DFT energies have no D3): refused with those.
 
     Examples
     --------
@@ -136,6 +146,7 @@ class EHullScorer(BaseScorer):
         progress: bool = True,
         stable_threshold: float = 0.1,
         max_elements: int | None = 4,
+        dispersion: str = "none",
     ):
         self.calculator_name = calculator or self.calculator_name
         self.name = f"ehull.{self.calculator_name}"
@@ -148,6 +159,12 @@ class EHullScorer(BaseScorer):
         self.progress = progress
         self.stable_threshold = stable_threshold
         self.max_elements = max_elements
+        if dispersion != "none" and provider != "mlip-prototypes":
+            raise ValueError(
+                f"dispersion={dispersion!r} needs references computed the same way (provider mlip-prototypes), "
+                f"not {provider!r}"
+            )
+        self.dispersion = dispersion
         self._provider = None
         if provider == "mlip-prototypes":
             # an E_hull against an older prototype library or stacked-layer set is redone
@@ -160,6 +177,8 @@ class EHullScorer(BaseScorer):
                 "provenance.settings.reference_set.library_version": PROTOTYPE_LIBRARY_VERSION,
                 "provenance.settings.reference_set.stacked_layers.version": STACKED_VERSION if stacked else None,
             }
+        # a stored E_hull with the other dispersion setting is redone (missing counts as none)
+        self.current = {**self.current, "provenance.settings.dispersion": None if dispersion == "none" else dispersion}
 
     # plumbing --------------------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -169,7 +188,14 @@ class EHullScorer(BaseScorer):
         options: dict[str, Any] = {"device": self.device}
         if self.model:
             options["model"] = self.model
-        return cached_calculator(self.calculator_name, **options)
+        calc = cached_calculator(self.calculator_name, **options)
+        if self.dispersion == "none":
+            return calc
+        if getattr(self, "_dispersion_calc", None) is None or self._dispersion_calc.base is not calc:
+            from gen2d.dispersion import with_dispersion
+
+            self._dispersion_calc = with_dispersion(calc, self.dispersion)
+        return self._dispersion_calc
 
     def _reference_provider(self, calculator):
         if self._provider is None:
@@ -200,6 +226,7 @@ class EHullScorer(BaseScorer):
             "correction_scheme": CORRECTION_SCHEME,
             "correction_scheme_description": CORRECTION_SCHEME_DESCRIPTION,
             "provider": self.provider_name,
+            "dispersion": None if self.dispersion == "none" else self.dispersion,
             "stable_threshold": self.stable_threshold,
             "stable_threshold_unit": ENERGY_UNIT,
         }

@@ -110,6 +110,29 @@ def test_hbn_ehull_against_bulk_hbn(ref_cache):
     assert relaxed.lattice.a == pytest.approx(2.51, abs=0.05)  # h-BN: 2.50-2.51 Å
 
 
+@pytest.mark.slow
+def test_d3_makes_the_hbn_layer_pay_its_exfoliation_energy(ref_cache):
+    """With D3 on the layer and on every reference alike, bulk h-BN is bound and the monolayer sits above it by
+    the exfoliation energy (PBE-D3 and RPA put it at 0.04-0.07 eV/atom), more than the bare MLIP's margin."""
+    options = {
+        "cache_dir": ref_cache,
+        "binary_prototypes": ["hbn_layered"],
+        "fmax": 0.02,
+        "steps": 400,
+        "stacked_layers": False,
+    }
+    [bare] = get_scorer("ehull.chgnet", provider_options=options).score([_hbn()])
+    [d3] = get_scorer("ehull.chgnet", dispersion="d3bj", provider_options=options).score([_hbn()])
+    assert bare.ok and d3.ok, (bare.failure, d3.failure)
+    assert 0.03 < d3.value - bare.value < 0.12
+    assert [d["prototype"] for d in d3.extra["decomposition"]] == ["hbn_layered"]
+    assert "D3(BJ)" in d3.provenance.model and d3.provenance.settings["dispersion"] == "d3bj"
+    assert bare.provenance.settings["dispersion"] is None
+    # a DFT reference set has no D3 in it: the mix is refused by name
+    with pytest.raises(ValueError, match="needs references computed the same way"):
+        get_scorer("ehull.chgnet", dispersion="d3bj", provider="entries-file")
+
+
 def test_bad_inputs_are_named_and_batch_survives(ref_cache):
     good = _mono(graphene(a=2.4687, vacuum=10.0))
     nan = _mono(graphene(a=2.4687, vacuum=10.0))
