@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-atoms", type=int, default=24)
     ap.add_argument("--max-elements", type=int, default=3)
     ap.add_argument("--cache-dir", default=None, help="reference cache (default: a new empty one, cold start)")
-    ap.add_argument("--out", default="bench_stability.jsonl")
+    ap.add_argument("--out", default=None, help="records (JSON lines); default bench_stability[-DISPERSION].jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
     ap.add_argument(
         "--no-stacked",
@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "since its DFT references have no D3",
     )
     args = ap.parse_args(argv)
+    args.out = args.out or (
+        "bench_stability.jsonl" if args.dispersion == "none" else f"bench_stability-{args.dispersion}.jsonl"
+    )
 
     if args.summarize:
         records = [json.loads(line) for line in open(args.summarize)]
@@ -235,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "formula": row.formula,
                 "natoms": row.natoms,
                 "dft_e_hull": float(row.data["decomposition_energy"]),
+                "dispersion": args.dispersion,
                 "discovery_process": row.data.get("discovery_process"),
                 "seconds_relax": dt,
                 "dft_label_suspect": dft_label_suspect(row, elemental_dft),

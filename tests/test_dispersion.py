@@ -48,6 +48,20 @@ def test_the_sum_is_the_mlip_plus_d3_in_energy_forces_and_stress_and_the_batch_p
     [batched] = batch_evaluator(calc)([layer.copy()])
     assert batched["energy"] == pytest.approx(parts["sum"][0], abs=1e-4)
     np.testing.assert_allclose(batched["forces"], parts["sum"][1], atol=1e-3)
+    # CHGNet's batch path gives a 3x3 stress, the serial one ASE's Voigt 6-vector: the D3 part lands in both
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    np.testing.assert_allclose(full_3x3_to_voigt_6_stress(batched["stress"]), parts["sum"][2], atol=1e-5)
+
+
+def test_a_molecule_after_a_crystal_gets_no_stale_stress():
+    d3 = d3_calculator()
+    from gen2d.dispersion import _d3_results
+
+    crystal = _d3_results(d3, graphite(6.7))
+    assert np.abs(crystal["stress"]).max() > 1e-3
+    molecule = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    assert np.array_equal(_d3_results(d3, molecule)["stress"], np.zeros(6))
 
 
 def test_provenance_names_the_correction_and_keys_caches_apart(chgnet):

@@ -120,8 +120,8 @@ def test_host_alignment_keeps_both_polymorphs_on_the_mlip_scale_where_one_shift_
     for i in (0, 2):
         assert delta_e_h(target, i) == pytest.approx(delta_e_h(dft, i), abs=1e-9)  # ΔE_H untouched
         assert target[i + 1] - mlip[i + 1] == pytest.approx(0.5, abs=1e-9)  # the H error is what is left
-    assert set(host.hosts) == {"g2d-2h", "g2d-1t"}
-    assert host.hosts["g2d-1t"]["offset_eV"] - host.hosts["g2d-2h"]["offset_eV"] == pytest.approx(1.1)
+    assert set(host.hosts) == {"g2d-2h/Mo2S4", "g2d-1t/Mo2S4"} and host.adsorbates == ["H"]
+    assert host.hosts["g2d-1t/Mo2S4"]["offset_eV"] - host.hosts["g2d-2h/Mo2S4"]["offset_eV"] == pytest.approx(1.1)
 
     # one μ per element: the two clean slabs of one composition cannot both sit on the MLIP's scale
     counts = element_counts(frames, ["H", "Mo", "S"])
@@ -135,7 +135,29 @@ def test_host_alignment_keeps_both_polymorphs_on_the_mlip_scale_where_one_shift_
     back = ReferenceShift.from_dict(json.loads(json.dumps(host.as_dict())))
     assert back.of(frames[3]) == pytest.approx(host.of(frames[3]))
     stranger = Atoms("Mo2S4", info={"content_hash": "g2d-new"})
+    assert back.host_of(stranger) is None
     assert back.of(stranger) == pytest.approx(float(counts[0] @ np.array(host.mu)))
+
+
+def test_two_cell_sizes_of_one_layer_are_two_hosts_and_a_frame_finds_its_own():
+    frames, dft, mlip = [], [], []
+    for formula, kind, offset in (("Mo2S4", "slab", -3000.0), ("Mo8S16", "slab", -12005.0), ("Mo8S16H", "slab+H", 0)):
+        f = Atoms(formula, info={"config_type": kind, "content_hash": "g2d-2h", "run": formula, "system": kind})
+        frames.append(f)
+        mlip.append(-5.0 * len(f))
+        dft.append(mlip[-1] + (offset or -12005.0 - 12.0 + 0.4))  # slab+H: the 4x4 host, μ_H −12, 0.4 eV H error
+    h2 = Atoms("H2", info={"config_type": "molecule", "run": "h2", "system": "."})
+    frames.append(h2)
+    mlip.append(-6.7)
+    dft.append(-6.7 - 24.0)
+    shift = fit_host_shift(frames, dft, mlip)
+    assert set(shift.hosts) == {"g2d-2h/Mo2S4", "g2d-2h/Mo8S16"}
+    target = np.array(dft) - np.array([shift.of(f) for f in frames])
+    np.testing.assert_allclose(target[[0, 1, 3]], np.array(mlip)[[0, 1, 3]], atol=1e-9)  # both cells and H2
+    assert shift.host_of(frames[2])["counts"] == {"Mo": 8, "S": 16}  # the 4x4 host, not the 3-atom one
+    assert target[2] - mlip[2] == pytest.approx(0.4, abs=1e-9)
+    # a frame that adds a non-adsorbate atom to the host belongs to no host
+    assert shift.host_of(Atoms("Mo8S17", info={"content_hash": "g2d-2h"})) is None
 
 
 def _labelled(atoms: Atoms, extra: float = 0.0) -> Atoms:
@@ -216,7 +238,8 @@ def test_dataset_from_dft_runs_on_the_mlip_scale_with_a_group_split_and_replay(d
     assert back["data"]["shift"]["unit"] == "eV per atom of the element"
     # the host alignment (default) records the slab's constant; the element one reproduces the same targets here,
     # where DFT − MLIP is linear in the composition
-    assert back["data"]["shift"]["hosts"]["g2d-cu"]["counts"] == {"Cu": 8}
+    assert back["data"]["shift"]["hosts"]["g2d-cu/Cu8"]["counts"] == {"Cu": 8}
+    assert ds.summary["groups_without_host"] == []
     by_element = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(alignment="element"))
     assert "hosts" not in by_element.summary["shift"]
     same = {frame_fingerprint(f): f.info["target_energy"] for f in ds.train + ds.val}

@@ -66,17 +66,16 @@ def d3_calculator(method: str = "d3bj", xc: str = "pbe", cutoff_bohr: float = DE
 
 def _d3_results(d3: Calculator, atoms: Atoms) -> dict[str, Any]:
     work = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    props = ["energy", "forces"] + (["stress"] if work.pbc.all() else [])
+    periodic = bool(work.pbc.any())
+    d3.reset()  # calculate() alone keeps the previous structure's results (a stress of a bulk for a molecule)
     with warnings.catch_warnings():  # torch-dftd builds its cell tensor from ase's Cell: slow-path warning only
         warnings.simplefilter("ignore", UserWarning)
-        d3.calculate(work, props, all_changes)
-    out = {
+        d3.calculate(work, ["energy", "forces"] + (["stress"] if periodic else []), all_changes)
+    return {
         "energy": float(d3.results["energy"]),
         "forces": np.asarray(d3.results["forces"], float),
+        "stress": np.asarray(d3.results["stress"], float) if periodic else np.zeros(6),
     }
-    if "stress" in d3.results:
-        out["stress"] = np.asarray(d3.results["stress"], float)
-    return out
 
 
 def _add(base: dict[str, Any], d3: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +87,7 @@ def _add(base: dict[str, Any], d3: dict[str, Any]) -> dict[str, Any]:
         out["forces"] = np.asarray(out["forces"], float) + d3["forces"]
     if "stress" in out:
         stress = np.asarray(out["stress"], float)
-        add = d3.get("stress", np.zeros(6))
+        add = d3["stress"]
         if stress.shape == (3, 3):
             from ase.stress import voigt_6_to_full_3x3_stress
 
@@ -134,10 +133,10 @@ class DispersionCorrected(Calculator):
         self, base: Calculator, method: str = "d3bj", xc: str = "pbe", cutoff_bohr: float = DEFAULT_CUTOFF_BOHR
     ):
         super().__init__()
-        import torch_dftd
-
         self.base = base
         self.d3 = d3_calculator(method, xc, cutoff_bohr)
+        import torch_dftd
+
         version = getattr(torch_dftd, "__version__", "?")
         label = f"D3({METHODS[method].upper()}) {xc.upper()} (torch-dftd {version}, cutoff {cutoff_bohr:g} bohr)"
         base_model = getattr(base, "gen2d_model", type(base).__name__)

@@ -85,22 +85,43 @@ class ReferenceShift:
     n_frames: int
     residual_rms: float  # eV/atom, weighted, after the shift
     method: str = "weighted least squares on per-atom energy differences E_dft − E_mlip, min-norm solution"
-    #: host alignment (:func:`fit_host_shift`): content hash -> {"offset_eV": c, "counts": {element: n}}
+    #: host alignment (:func:`fit_host_shift`): "content_hash/formula" -> {"content_hash", "offset_eV": c,
+    #: "counts": {element: n}}; one entry per clean-slab composition of a content hash (3x3 and 4x4 apart)
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: elements whose μ was fitted on molecules: what a frame may add to its host (H)
+    adsorbates: list[str] = field(default_factory=list)
 
-    def of(self, symbols: Sequence[str] | Atoms, host: str | None = None) -> float:
-        """The shift (eV) of a structure: Σ n_el μ_el, or, for a frame of a fitted host, the host's constant plus
-        μ of what the frame adds to the host. An :class:`~ase.Atoms` names its host by ``info['content_hash']``."""
+    def host_of(self, symbols: Sequence[str] | Atoms, host: str | None = None) -> dict[str, Any] | None:
+        """The fitted host entry a frame belongs to: same content hash, the host's atoms all present, and only
+        adsorbate atoms (:attr:`adsorbates`) beyond them; the largest such host, or None."""
         if isinstance(symbols, Atoms):
             host = host or symbols.info.get("content_hash")
             symbols = symbols.get_chemical_symbols()
+        if not host or not self.hosts:
+            return None
+        counts = Counter(symbols)
+        fits = []
+        for entry in self.hosts.values():
+            if entry.get("content_hash") != host:
+                continue
+            rest = counts.copy()
+            rest.subtract(entry["counts"])
+            if all(n >= 0 for n in rest.values()) and all(el in self.adsorbates for el, n in rest.items() if n):
+                fits.append(entry)
+        return max(fits, key=lambda e: sum(e["counts"].values()), default=None)
+
+    def of(self, symbols: Sequence[str] | Atoms, host: str | None = None) -> float:
+        """The shift (eV) of a structure: Σ n_el μ_el, or, for a frame of a fitted host (:meth:`host_of`), the
+        host's constant plus μ of what the frame adds to the host. An :class:`~ase.Atoms` names its host by
+        ``info['content_hash']``."""
+        entry = self.host_of(symbols, host)
+        if isinstance(symbols, Atoms):
+            symbols = symbols.get_chemical_symbols()
         counts = Counter(symbols)
         base = 0.0
-        if host in self.hosts:
-            entry = self.hosts[host]
+        if entry is not None:
             base = float(entry["offset_eV"])
-            for el, n in entry["counts"].items():
-                counts[el] -= n
+            counts.subtract(entry["counts"])
         unknown = sorted(el for el, n in counts.items() if n and el not in self.elements)
         if unknown:
             raise KeyError(f"the reference shift was fitted without {', '.join(unknown)}")
@@ -120,9 +141,11 @@ class ReferenceShift:
         }
         if self.hosts:
             out["hosts"] = self.hosts
+            out["adsorbates"] = self.adsorbates
             out["convention"] = (
-                "E_mlip_scale = E_dft - hosts[content_hash].offset_eV - sum_el (n_el - hosts[content_hash].counts[el])"
-                " * mu_el; frames of no listed host: E_dft - sum_el n_el * mu_el"
+                "E_mlip_scale = E_dft - host.offset_eV - sum_el (n_el - host.counts[el]) * mu_el, host the entry of "
+                "the frame's content hash whose atoms the frame holds plus adsorbate atoms only; frames of no listed "
+                "host: E_dft - sum_el n_el * mu_el"
             )
         return out
 
@@ -136,7 +159,8 @@ class ReferenceShift:
             n_frames=int(d.get("n_frames", 0)),
             residual_rms=float(d.get("residual_rms_mev_per_atom", 0.0)) / 1000,
             method=d.get("method", cls.method),
-            hosts=d.get("hosts", {}),
+            hosts={k: {"content_hash": k.split("/", 1)[0], **v} for k, v in d.get("hosts", {}).items()},
+            adsorbates=list(d.get("adsorbates", [])),
         )
 
 
@@ -212,11 +236,14 @@ def fit_host_shift(
 ) -> ReferenceShift:
     """Host alignment: one constant per host structure plus μ for the atoms a frame adds to its host.
 
-    - A host is a content hash (``info['content_hash']``) with clean-slab frames (``config_type`` ``slab``); its
-      constant is the weighted mean of E_dft − E_mlip over them (eV), so its clean slab sits on the MLIP's scale.
+    - A host is a content hash (``info['content_hash']``) and a composition of its clean-slab frames
+      (``config_type`` ``slab``; a 3x3 and a 4x4 cell of one layer are two hosts); its constant is the weighted mean
+      of E_dft − E_mlip over them (eV), so its clean slab sits on the MLIP's scale. A frame belongs to the largest
+      host of its content hash whose atoms it holds, plus adsorbate atoms only (:meth:`ReferenceShift.host_of`).
     - μ (per element) comes from the molecules (``config_type`` ``molecule``, H₂) where they hold the element, so
       H₂ sits on the MLIP's scale too; otherwise from :func:`fit_reference_shift` over all frames, which is also
-      the shift of every frame whose host has no clean slab.
+      the shift of every frame that belongs to no host (``build_dataset`` counts them in its summary).
+      Adsorbates are the molecules' elements, or without molecules the elements no clean slab holds.
     - ``weights`` (default 1) weigh the frames in both fits (:func:`frame_weights`).
 
     What is left, E_dft − shift − E_mlip, is zero on average on clean slabs and molecules, and on frames with H it
@@ -246,18 +273,20 @@ def fit_host_shift(
             counts[np.ix_(molecules, cols)], dft[molecules], mlip[molecules], [elements[j] for j in cols], w[molecules]
         )
         mu.update(zip(mol.elements, mol.mu))
+    slab_elements = {el for f in frames if f.info.get("config_type") == "slab" for el in f.get_chemical_symbols()}
+    adsorbates = sorted(
+        {el for f, m in zip(frames, molecules) if m for el in f.get_chemical_symbols()} or set(elements) - slab_elements
+    )
     hosts: dict[str, dict[str, Any]] = {}
-    by_host: dict[str, list[int]] = defaultdict(list)
+    by_host: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, f in enumerate(frames):
         if f.info.get("config_type") == "slab" and f.info.get("content_hash"):
-            by_host[f.info["content_hash"]].append(i)
-    for key, idx in sorted(by_host.items()):
-        comp = Counter(frames[idx[0]].get_chemical_symbols())
-        if any(Counter(frames[i].get_chemical_symbols()) != comp for i in idx):
-            continue  # clean slabs of one hash with different compositions: no single host constant
-        hosts[key] = {
+            by_host[(f.info["content_hash"], f.get_chemical_formula())].append(i)
+    for (content_hash, formula), idx in sorted(by_host.items()):
+        hosts[f"{content_hash}/{formula}"] = {
+            "content_hash": content_hash,
             "offset_eV": float(np.average(dft[idx] - mlip[idx], weights=w[idx])),
-            "counts": dict(sorted(comp.items())),
+            "counts": dict(sorted(Counter(frames[idx[0]].get_chemical_symbols()).items())),
             "n_frames": len(idx),
         }
     shift = ReferenceShift(
@@ -266,9 +295,10 @@ def fit_host_shift(
         rank=base.rank,
         n_frames=len(frames),
         residual_rms=0.0,
-        method="host: per content hash, the weighted mean E_dft − E_mlip of its clean slabs; μ of added atoms from "
-        "the molecules (else the per-element fit)",
+        method="host: per content hash and slab composition, the weighted mean E_dft − E_mlip of its clean slabs; "
+        "μ of added atoms from the molecules (else the per-element fit)",
         hosts=hosts,
+        adsorbates=adsorbates,
     )
     natoms = counts.sum(axis=1)
     resid = (dft - mlip - np.array([shift.of(f) for f in frames])) / natoms
@@ -786,6 +816,17 @@ def build_dataset(
     )
     replay_train, replay_val = split_replay(replay, settings.replay_val_fraction, settings.seed)
 
+    without_host = (
+        sorted({frame_group(f) for f in frames if f.info.get("config_type") != "molecule" and shift.host_of(f) is None})
+        if shift.hosts
+        else []
+    )
+    if without_host:
+        print(
+            f"gen2d.finetune: {len(without_host)} frame group(s) have no clean-slab host and fall back to one μ per "
+            f"element: {', '.join(without_host)}",
+            file=sys.stderr,
+        )
     residual = defaultdict(list)
     for f in frames:
         residual[f.info.get("config_type", "")].append(
@@ -806,6 +847,7 @@ def build_dataset(
         "n_energy_only": sum(bool(f.info.get("energy_only")) for f in frames),
         "replay_sources": sources,
         "shift": shift.as_dict(),
+        "groups_without_host": without_host,
         "target_minus_base_mev_per_atom": {
             k: {"mean": float(np.mean(v)), "max_abs": float(np.max(np.abs(v))), "n": len(v)}
             for k, v in sorted(residual.items())
