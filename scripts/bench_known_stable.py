@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also score against the default set without this prototype's phases (variant without-NAME)",
     )
+    ap.add_argument(
+        "--dispersion",
+        choices=["none", "d3bj", "d3zero"],
+        default="none",
+        help="D3 on the layers and the references alike (gen2d.dispersion)",
+    )
     ap.add_argument("--out", default="known_stable.jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
     ap.add_argument(
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ehull.{args.calculator}",
         provider_options={"cache_dir": args.cache_dir or f"/tmp/gen2d_known_stable_{int(time.time())}"},
         progress=False,
+        dispersion=args.dispersion,
     )
     provider = scorer._reference_provider(scorer._calculator())
     records = []
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "natoms": len(layer),
                 "failure": res.failure.reason if res.failure else None,
                 "strict_2d": strict_2d(layer),
+                "dispersion": args.dispersion,
                 "e_hull": {},
                 "seconds": None,
             }
