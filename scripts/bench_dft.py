@@ -15,6 +15,10 @@ the first frame whose largest force on a free atom is below it (where BFGS would
 against the converged frame (the ΔE_H error, since the slab energy does not change) and the share of BFGS
 steps and SCF steps it would have used.
 
+``threads``: SCF seconds per step of the bare 2H-MoS₂ slab (3×3, the reference setting) with 1 and 2 OpenMP
+threads of Debian's cp2k.psmp, and the speed-up; the load average before each run is printed beside it, since the
+figure means something only on a quiet machine.
+
 ``spin-starts``: does a finished DFT relaxation's energy depend on where its SCF started? The converged
 geometry's energy is recomputed from fresh starts (CP2K's atomic guess, and with an initial moment of ±1 μB on
 H) at the run's own settings, and compared with the relaxation's last energy, which came from a chain of
@@ -25,6 +29,7 @@ Usage (niced, one thread; a few CPU-minutes each, ``truncation`` seconds, ``spin
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py h2
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py step-cost --steps 7
     .venv/bin/python scripts/bench_dft.py truncation --runs dft-runs/reference
+    nice -n 5 .venv/bin/python scripts/bench_dft.py threads --steps 6     # on a quiet machine
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_dft.py spin-starts --runs dft-runs/reference \
         --workdir dft-runs/spin-starts
 """
@@ -123,6 +128,49 @@ def step_cost(steps: int, variants: dict[str, dict]) -> list[dict]:
         r["vs_default"] = round(r["scf_seconds"] / base["scf_seconds"] - 1, 3) if base["scf_seconds"] else None
         if r["energy_Ha"] is not None and base["energy_Ha"] is not None:
             r["energy_vs_default_uHa"] = round((r["energy_Ha"] - base["energy_Ha"]) * 1e6, 1)
+    return out
+
+
+def thread_scaling(steps: int, threads: list[int], supercell: int = 3) -> list[dict]:
+    """SCF seconds per step of the bare 2H-MoS₂ slab (``supercell`` x ``supercell``, the reference setting) with
+    each OpenMP thread count; the machine's load average before each run is recorded beside the figure."""
+    import os
+
+    from dft_convergence import build_geometry
+    from gen2d_cp2k import Cp2kSettings, make_calculator
+
+    slab, _ = build_geometry("MoS2-2H", supercell, 15.0, 1.41)
+    settings = Cp2kSettings(max_scf=steps)
+    out = []
+    for n in threads:
+        load = os.getloadavg()[0]
+        work = Path(tempfile.mkdtemp(prefix=f"gen2d-bench-threads{n}-"))
+        calc = make_calculator(settings=settings, directory=str(work), threads=n)
+        atoms = slab.copy()
+        atoms.calc = calc
+        t0 = time.perf_counter()
+        try:
+            atoms.get_potential_energy()
+        except Exception:  # noqa: BLE001 - not converging in --steps steps is expected
+            pass
+        finally:
+            calc.close()
+        log = scf_log(work / "gen2d.out")
+        per_step = sum(t for _, t, _ in log) / len(log) if log else None
+        out.append(
+            {
+                "threads": n,
+                "n_atoms": len(slab),
+                "n_steps": len(log),
+                "seconds_per_step": None if per_step is None else round(per_step, 2),
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "load_average_before": round(load, 2),
+                "cores": os.cpu_count(),
+            }
+        )
+    base = out[0]["seconds_per_step"]
+    for r in out:
+        r["speedup"] = round(base / r["seconds_per_step"], 2) if base and r["seconds_per_step"] else None
     return out
 
 
@@ -237,6 +285,10 @@ def main(argv=None) -> int:
     p_trunc = sub.add_parser("truncation")
     p_trunc.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "dft-runs" / "reference"])
     p_trunc.add_argument("--fmax", nargs="+", type=float, default=[0.05, 0.1, 0.15, 0.2], help="eV/Å")
+    p_thr = sub.add_parser("threads")
+    p_thr.add_argument("--steps", type=int, default=6, help="SCF steps per thread count")
+    p_thr.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p_thr.add_argument("--supercell", type=int, default=3, help="MoS2 n x n (3: the reference rows' cell)")
     p_spin = sub.add_parser("spin-starts")
     p_spin.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "dft-runs" / "reference"])
     p_spin.add_argument("--workdir", type=Path, default=ROOT / "dft-runs" / "spin-starts")
@@ -264,6 +316,16 @@ def main(argv=None) -> int:
         return 0
     from gen2d_cp2k import Cp2kSettings
 
+    if args.cmd == "threads":
+        print("| OpenMP threads | atoms | SCF steps | s per step | speed-up | load average before | cores |")
+        print("|---|---|---|---|---|---|---|")
+        for r in thread_scaling(args.steps, args.threads, args.supercell):
+            print(
+                f"| {r['threads']} | {r['n_atoms']} | {r['n_steps']} | {r['seconds_per_step']} | {r['speedup']} | "
+                f"{r['load_average_before']} | {r['cores']} |",
+                flush=True,
+            )
+        return 0
     if args.cmd == "step-cost":
         rows = step_cost(args.steps, STEP_VARIANTS)
         print("| variant | SCF steps | SCF time (s) | vs default | energy vs default (µHa) |")
