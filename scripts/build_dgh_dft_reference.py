@@ -159,6 +159,8 @@ def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
         "n_ok": sum(1 for r in rows.values() if r.get("ok")),
         "materials": sorted(rows),
         "command": "scripts/build_dgh_dft_reference.py " + " ".join(argv),
+        "command_is": "the last builder that wrote this file; each row's own is its built_by.command",
+        "row_commands": {m: (r.get("built_by") or {}).get("command") for m, r in sorted(rows.items())},
         "cp2k_version": cp2k_version_cached(),
         "cp2k_settings_hashes": hashes,
         "cp2k_settings": any_row["provenance"]["settings"]["cp2k"] if any_row else None,
@@ -363,6 +365,8 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - one material never stops the build
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
+        command = "scripts/build_dgh_dft_reference.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
+        row["built_by"] = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         rows = upsert_row(args.out, row)
         write_manifest(args.out, rows, sys.argv[1:] if argv is None else list(argv))
         print(
