@@ -182,7 +182,13 @@ class EHullScorer(BaseScorer):
 
     # plumbing --------------------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
-        return _backend_available(self.calculator_name, self.model)
+        ok, why = _backend_available(self.calculator_name, self.model)
+        if ok and self.dispersion != "none":
+            try:
+                import torch_dftd  # noqa: F401
+            except ImportError as exc:
+                return False, f"dispersion={self.dispersion!r} needs torch-dftd ({exc}); pip install torch-dftd"
+        return ok, why
 
     def _calculator(self):
         options: dict[str, Any] = {"device": self.device}

@@ -110,6 +110,15 @@ def test_hbn_ehull_against_bulk_hbn(ref_cache):
     assert relaxed.lattice.a == pytest.approx(2.51, abs=0.05)  # h-BN: 2.50-2.51 Å
 
 
+def test_d3_without_torch_dftd_is_unavailable_by_name(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_dftd", None)  # import now raises ImportError
+    ok, why = get_scorer("ehull.chgnet", dispersion="d3bj").available()
+    assert not ok and "torch-dftd" in why
+    assert get_scorer("ehull.chgnet").available()[0]  # without D3 it does not need it
+
+
 @pytest.mark.slow
 def test_d3_makes_the_hbn_layer_pay_its_exfoliation_energy(ref_cache):
     """With D3 on the layer and on every reference alike, bulk h-BN is bound and the monolayer sits above it by
@@ -128,6 +137,7 @@ def test_d3_makes_the_hbn_layer_pay_its_exfoliation_energy(ref_cache):
     assert [d["prototype"] for d in d3.extra["decomposition"]] == ["hbn_layered"]
     assert "D3(BJ)" in d3.provenance.model and d3.provenance.settings["dispersion"] == "d3bj"
     assert bare.provenance.settings["dispersion"] is None
+    assert get_scorer("ehull.chgnet", dispersion="d3bj").available() == (True, "")
     # a DFT reference set has no D3 in it: the mix is refused by name
     with pytest.raises(ValueError, match="needs references computed the same way"):
         get_scorer("ehull.chgnet", dispersion="d3bj", provider="entries-file")
