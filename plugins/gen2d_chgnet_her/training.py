@@ -22,7 +22,6 @@ from gen2d.finetune import (
     build_dataset,
     dataset_metrics,
     detached,
-    frame_fingerprint,
     frame_roots,
     freeze_except,
     write_manifest,
@@ -252,17 +251,7 @@ def finetune(**options: Any) -> dict[str, Any]:
             "chgnet_version": chgnet.__version__,
             "torch_version": torch.__version__,
         },
-        data={
-            **dataset.summary,
-            "files": files,
-            "data_out": str(data_out),
-            "frames": {
-                "train": sorted({frame_fingerprint(f) for f in dataset.train}),
-                "val": sorted({frame_fingerprint(f) for f in dataset.val}),
-            },
-            "replay_val_ids": sorted({f.info["replay_id"] for f in dataset.replay_val}),
-            "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
-        },
+        data=dataset.manifest_data(files, data_out),
         training={
             "trainer": "chgnet.trainer.Trainer",
             "trainable": names,

@@ -25,7 +25,6 @@ from gen2d.finetune import (
     build_dataset,
     dataset_metrics,
     detached,
-    frame_fingerprint,
     frame_roots,
     freeze_except,
     write_manifest,
@@ -304,17 +303,7 @@ def finetune(**options: Any) -> dict[str, Any]:
             "sevenn_version": sevenn.__version__,
             "torch_version": torch.__version__,
         },
-        data={
-            **dataset.summary,
-            "files": files,
-            "data_out": str(data_out),
-            "frames": {
-                "train": sorted({frame_fingerprint(f) for f in dataset.train}),
-                "val": sorted({frame_fingerprint(f) for f in dataset.val}),
-            },
-            "replay_val_ids": sorted({f.info["replay_id"] for f in dataset.replay_val}),
-            "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
-        },
+        data=dataset.manifest_data(files, data_out),
         training={
             "trainer": "sevenn.train.trainer.Trainer driven by sevenn.scripts.processing_epoch.processing_epoch_v2",
             "losses": "sevenn.train.loss.PerAtomEnergyLoss, ForceLoss",

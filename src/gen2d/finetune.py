@@ -647,15 +647,25 @@ class FinetuneDataset:
         files = {}
         for name, frames in self.sets().items():
             path = out_dir / f"{name}.extxyz"
-            clean = []
-            for f in frames:
-                g = f.copy()
-                g.calc = None
-                clean.append(g)
             with atomic_path(path) as tmp:
-                write(str(tmp), clean, format="extxyz")
+                write(str(tmp), [detached(f) for f in frames], format="extxyz")
             files[name] = {"path": path.name, "sha256": file_sha256(path), "n_frames": len(frames)}
         return files
+
+    def manifest_data(self, files: dict[str, dict[str, Any]], data_out: str | os.PathLike) -> dict[str, Any]:
+        """The ``data`` section of a fine-tune's MANIFEST: the summary, the written files (:meth:`write`), and
+        which DFT frames and replay structures went where, by fingerprint and id."""
+        return {
+            **self.summary,
+            "files": files,
+            "data_out": str(data_out),
+            "frames": {
+                "train": sorted({frame_fingerprint(f) for f in self.train}),
+                "val": sorted({frame_fingerprint(f) for f in self.val}),
+            },
+            "replay_val_ids": sorted({f.info["replay_id"] for f in self.replay_val}),
+            "dft_settings": "CP2K settings of the runs: see each run.json (settings_hash above)",
+        }
 
 
 def calculator_evaluator(calculator: Any) -> Evaluator:
@@ -751,8 +761,8 @@ def build_dataset(
 
     Steps: collect the frames (:func:`gen2d.frames.collect_frames`, energy-only single points included),
     drop exact duplicates, label them with the base model, fit the reference shift
-    (:func:`fit_host_shift` or :func:`fit_reference_shift`, by ``settings.alignment``, with :func:`frame_weights`), put the DFT energies on the MLIP scale,
-    split by group (:func:`split_frames`), and build and label the replay set (shipped reference phases
+    (:func:`fit_host_shift` or :func:`fit_reference_shift`, by ``settings.alignment``, with :func:`frame_weights`),
+    put the DFT energies on the MLIP scale, split by group (:func:`split_frames`), and build and label the replay set (shipped reference phases
     of the frames' elements, database layers, the DFT slabs without H; each with rattled copies).
 
     Raises
