@@ -70,7 +70,8 @@ class Backend:
 
     def options(self, epochs: int | None, threads: int, alignment: str = "host") -> dict:
         """The fine-tune options; they key the fold cache. ``alignment`` is named only when it is not the
-        ``element`` fit the first folds were trained with, so their cache keys stay as they were."""
+        ``element`` fit the first folds were trained with (the plugins' default then), so their keys stay as they
+        were; :meth:`finetune` passes ``alignment`` itself."""
         if self.calculator == "chgnet-her":
             out = {"epochs": epochs or self.default_epochs, "threads": threads, "base_model": "0.3.0"}
         else:
@@ -81,7 +82,7 @@ class Backend:
                 "threads": threads,
                 "base_model": "7net-0",
             }
-        return {**out, "alignment": alignment}
+        return out if alignment == "element" else {**out, "alignment": alignment}
 
     def base_evaluator(self):
         if self.calculator == "chgnet-her":
@@ -160,15 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     backend = Backend(args.calculator)
     base_eval = backend.base_evaluator()
     options = backend.options(args.epochs, args.threads, args.alignment)
-    key_options = dict(options)
-    if args.alignment == "element":
-        del key_options["alignment"]  # the key of the folds trained before the alignment was an option
     report: dict = {
         "what": f"leave-one-material-out: {backend.base_name} fine-tuned ({args.calculator}) without a material, "
         "ΔE_H on that material's DFT geometries",
         "calculator": args.calculator,
         "base_model": backend.base_name,
-        "options": options,
+        "options": {**options, "alignment": args.alignment},
         "command": "scripts/bench_finetune_lomo.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings_hash": hashes[0],
         "frames": summary,
@@ -180,18 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_sample:
         report["what"] = f"in-sample: {backend.base_name} fine-tuned ({args.calculator}) on every frame"
     for material, held_out in folds.items():
-        key = fold_key(frames, held_out, key_options)
+        key = fold_key(frames, held_out, options)
         out = Path(args.workdir) / f"{material}-{key}"
         t_fold = time.process_time()
         if not (out / "MANIFEST.json").is_file():
             split = {"val_systems": held_out} if held_out else {"val_fraction": 0.0}
-            backend.finetune(frames=args.frames, out=str(out), seed=0, **split, **options)
+            backend.finetune(
+                frames=args.frames, out=str(out), seed=0, **split, **{**options, "alignment": args.alignment}
+            )
         fold_rows = delta_e_h_rows(
             [f for f in frames if args.in_sample or f.info.get("formula") in (material, "H2")],
             {"base": base_eval, "tuned": backend.tuned_evaluator(str(out))},
-            {g: "held out" for g in held_out}
-            if held_out
-            else {g: "in-sample" for f in frames for g in [frame_group(f)]},
+            {g: "held out" for g in held_out} if held_out else {frame_group(f): "in-sample" for f in frames},
         )
         for r in fold_rows:
             r["fold"] = material

@@ -165,6 +165,7 @@ class EHullScorer(BaseScorer):
                 f"not {provider!r}"
             )
         self.dispersion = dispersion
+        self._dispersion_calc = None  # the MLIP + D3 sum, built once per MLIP calculator
         self._provider = None
         if provider == "mlip-prototypes":
             # an E_hull against an older prototype library or stacked-layer set is redone
@@ -197,7 +198,7 @@ class EHullScorer(BaseScorer):
         calc = cached_calculator(self.calculator_name, **options)
         if self.dispersion == "none":
             return calc
-        if getattr(self, "_dispersion_calc", None) is None or self._dispersion_calc.base is not calc:
+        if self._dispersion_calc is None or self._dispersion_calc.base is not calc:
             from gen2d.dispersion import with_dispersion
 
             self._dispersion_calc = with_dispersion(calc, self.dispersion)
