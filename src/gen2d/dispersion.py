@@ -144,18 +144,10 @@ class DispersionCorrected(Calculator):
         self.gen2d_model = f"{base_model} + {label}"
         self.gen2d_checkpoint_sha256 = hashlib.sha256(f"{base_sha or base_model}|{label}".encode()).hexdigest()
         self.gen2d_base_checkpoint_sha256 = base_sha
-        self.gen2d_dispersion = {
-            "method": method,
-            "damping": METHODS[method],
-            "xc": xc,
-            "cutoff_bohr": cutoff_bohr,
-            "three_body": False,
-            "implementation": f"torch-dftd {version}",
-        }
-        from gen2d.relax import batch_evaluator
-
-        batch = batch_evaluator(base)
-        if batch is not None:
+        # the base's batched evaluator as it is: its one-off check against the calculator runs when a relaxation
+        # first asks (gen2d.relax.batch_evaluator calls verified()), not when the sum is built
+        batch = getattr(base, "gen2d_evaluate_batch", None)
+        if callable(batch):
             self.gen2d_evaluate_batch = _BatchWithDispersion(batch, self.d3)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
