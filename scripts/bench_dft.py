@@ -95,25 +95,34 @@ def scf_log(path: Path) -> list[tuple[int, float, float]]:
     return rows
 
 
+def first_scf_steps(slab, settings, prefix: str, threads: int | None = None) -> tuple[list, float]:
+    """Run the first ``settings.max_scf`` SCF steps of ``slab`` from the atomic guess in a new temporary folder;
+    returns CP2K's SCF log (:func:`scf_log`) and the wall seconds. Not converging in so few steps is the point."""
+    from gen2d_cp2k import make_calculator
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    calc = make_calculator(settings=settings, directory=str(work), threads=threads)
+    atoms = slab.copy()
+    atoms.calc = calc
+    t0 = time.perf_counter()
+    try:
+        atoms.get_potential_energy()
+    except Exception:  # noqa: BLE001 - an SCF cut at max_scf raises; its log is what is measured
+        pass
+    finally:
+        calc.close()
+    return scf_log(work / "gen2d.out"), time.perf_counter() - t0
+
+
 def step_cost(steps: int, variants: dict[str, dict]) -> list[dict]:
     from dft_convergence import build_geometry
-    from gen2d_cp2k import Cp2kSettings, make_calculator
+    from gen2d_cp2k import Cp2kSettings
 
     slab, _ = build_geometry("MoS2-2H", 2, 15.0, 1.41)
     out = []
     for name, overrides in variants.items():
         settings = Cp2kSettings(**{**overrides, "max_scf": steps})
-        work = Path(tempfile.mkdtemp(prefix="gen2d-bench-step-"))
-        calc = make_calculator(settings=settings, directory=str(work))
-        atoms = slab.copy()
-        atoms.calc = calc
-        try:
-            atoms.get_potential_energy()
-        except Exception:  # noqa: BLE001 - not converging in --steps steps is the point
-            pass
-        finally:
-            calc.close()
-        log = scf_log(work / "gen2d.out")
+        log, _ = first_scf_steps(slab, settings, "gen2d-bench-step-")
         out.append(
             {
                 "variant": name,
@@ -137,25 +146,14 @@ def thread_scaling(steps: int, threads: list[int], supercell: int = 3) -> list[d
     import os
 
     from dft_convergence import build_geometry
-    from gen2d_cp2k import Cp2kSettings, make_calculator
+    from gen2d_cp2k import Cp2kSettings
 
     slab, _ = build_geometry("MoS2-2H", supercell, 15.0, 1.41)
     settings = Cp2kSettings(max_scf=steps)
     out = []
     for n in threads:
         load = os.getloadavg()[0]
-        work = Path(tempfile.mkdtemp(prefix=f"gen2d-bench-threads{n}-"))
-        calc = make_calculator(settings=settings, directory=str(work), threads=n)
-        atoms = slab.copy()
-        atoms.calc = calc
-        t0 = time.perf_counter()
-        try:
-            atoms.get_potential_energy()
-        except Exception:  # noqa: BLE001 - not converging in --steps steps is expected
-            pass
-        finally:
-            calc.close()
-        log = scf_log(work / "gen2d.out")
+        log, wall = first_scf_steps(slab, settings, f"gen2d-bench-threads{n}-", threads=n)
         per_step = sum(t for _, t, _ in log) / len(log) if log else None
         out.append(
             {
@@ -163,7 +161,7 @@ def thread_scaling(steps: int, threads: list[int], supercell: int = 3) -> list[d
                 "n_atoms": len(slab),
                 "n_steps": len(log),
                 "seconds_per_step": None if per_step is None else round(per_step, 2),
-                "wall_s": round(time.perf_counter() - t0, 1),
+                "wall_s": round(wall, 1),
                 "load_average_before": round(load, 2),
                 "cores": os.cpu_count(),
             }
