@@ -318,5 +318,39 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
     assert "prerelax" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
 
 
+def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp_path):
+    """A site whose SCF failed before calculators retried a stalled SCF is run again (with the ladder); a failure
+    made with the ladder (its cost records the rung reached) stands as the site's named failure."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+    from gen2d.structures import from_ase
+
+    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
+    cell.pbc = (True, True, False)
+    slab = from_ase(cell)
+    top = cell.positions[np.argmax(cell.positions[:, 2])]
+    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 2.3]), "delta_g_h": 0.3}]
+    refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, fmax=0.05)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+
+    def run():
+        return refine_adsorption(slab, sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2).sites[0]
+
+    first = run()
+    assert first.converged and first.energy is not None
+    result = Path(first.run_dir) / "result.json"
+    old = {"energy": None, "failure": "scf_not_converged", "message": "CP2K SCF not converged", "steps": 0}
+    result.write_text(json.dumps(old))
+    again = run()
+    assert again.energy == pytest.approx(first.energy, abs=1e-6) and "scf_not_converged" not in again.flags
+    assert json.loads(result.read_text())["energy"] == pytest.approx(first.energy, abs=1e-6)
+    # the ladder was climbed to its top and still failed: the failure is the answer
+    result.write_text(json.dumps(old | {"cost": {"scf_level": 1, "n_evaluations": 2}}))
+    final = run()
+    assert final.energy is None and "scf_not_converged" in final.flags
+
+
 def _h2():
     return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)

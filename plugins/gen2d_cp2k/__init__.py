@@ -3,9 +3,10 @@
 ASE's ``CP2K`` calculator drives ``cp2k_shell``: one CP2K process per calculator keeps the wavefunction
 between the steps of a relaxation. gen2d adds what high-throughput DFT needs on top: the input is
 built from :class:`~gen2d_cp2k.settings.Cp2kSettings` for each system (kinds, spin, multiplicity),
-slabs get a dipole correction, an unconverged SCF raises :class:`ScfNotConverged` instead of returning
-a number, every evaluation is timed and counted, and the wavefunction file is kept so that a killed
-job restarts from it.
+slabs get a dipole correction, an SCF that does not converge is retried with gentler mixing
+(``Cp2kSettings.scf_fallback``) and, when every rung fails, raises :class:`ScfNotConverged` instead of
+returning a number, every evaluation is timed and counted, and the wavefunction file is kept so that a
+killed job restarts from it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ase.calculators.cp2k import CP2K
 
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
-from gen2d_cp2k.settings import Cp2kSettings, build_input, wants_spin
+from gen2d_cp2k.settings import Cp2kSettings, ScfFallback, build_input, wants_spin
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ __all__ = [
     "Cp2kCalculator",
     "Cp2kSettings",
     "Cp2kUnavailable",
+    "ScfFallback",
     "ScfNotConverged",
     "available",
     "make_calculator",
@@ -115,6 +117,11 @@ class Cp2kCalculator(CP2K):
         the number of calculator processes that worked there. They are cumulative over restarts: each
         evaluation updates ``<label>-cost.json``, which a calculator started on the same directory reads,
         so a resumed relaxation reports what the whole result cost.
+    scf_level : int
+        The SCF fallback rung in use (0: the settings' own mixing; ``k``: ``settings.scf_fallback[k-1]``). It
+        only rises, and it is kept in the ledger, so a resumed run goes on with the rung that worked.
+    scf_retries : list of dict
+        Every retry of a stalled SCF: evaluation index, rung, its mixing, SCF steps and whether it converged.
     """
 
     def __init__(
@@ -145,6 +152,8 @@ class Cp2kCalculator(CP2K):
         self.scf_steps: list[int] = [int(n) for n in prior.get("scf_steps", [])]
         self.wall_seconds = float(prior.get("wall_seconds", 0.0))
         self.n_processes = int(prior.get("n_processes", 0)) + 1
+        self.scf_level = min(int(prior.get("scf_level", 0)), len(self.gen2d_settings.scf_fallback))
+        self.scf_retries: list[dict[str, Any]] = list(prior.get("scf_retries", []))
         self._out_offset = 0
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
         cwd = os.getcwd()
@@ -215,18 +224,61 @@ class Cp2kCalculator(CP2K):
         restart = str(self.wfn_file.name) if self._restart_wfn and self.wfn_file.is_file() else None
         self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
         inp = build_input(
-            self.gen2d_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.start_magnetization
+            self.active_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.start_magnetization
         )
         inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("PARAMETER_FILE_NAME dftd3.dat", f"PARAMETER_FILE_NAME {self._data_dir}/dftd3.dat")
         self.parameters.inp = inp
 
+    @property
+    def active_settings(self) -> Cp2kSettings:
+        """The settings with the SCF fallback rung in use applied (the physics of :attr:`gen2d_settings`)."""
+        return self.gen2d_settings.at_rung(self.scf_level)
+
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         if atoms is not None and ("numbers" in system_changes or self._force_env_id is None):
             if self._force_env_id is not None:
                 self._release_force_env()
             self._prepare(atoms)
+        try:
+            self._evaluate(atoms, properties, system_changes)
+        except ScfNotConverged as exc:
+            self._climb_scf_ladder(exc, properties)
+
+    def _climb_scf_ladder(self, failure: ScfNotConverged, properties) -> None:
+        """Retry the evaluation that just failed its SCF, rung by rung of ``scf_fallback``, each from the last
+        wavefunction; re-raise the last failure when no rung is left."""
+        ladder = self.gen2d_settings.scf_fallback
+        while self.scf_level < len(ladder):
+            self.scf_level += 1
+            rung = ladder[self.scf_level - 1]
+            log.warning(
+                "CP2K SCF in %s did not converge; retrying from the last wavefunction with rung %d "
+                "(mixing α %g, NBROYDEN %d, MAX_SCF %d)",
+                self._workdir,
+                self.scf_level,
+                rung.mixing_alpha,
+                rung.nbroyden,
+                rung.max_scf,
+            )
+            self._release_force_env()
+            self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
+            record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump()}
+            try:
+                self._evaluate(self.atoms, properties, all_changes)
+            except ScfNotConverged as again:
+                self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": False})
+                self._write_ledger()
+                failure = again
+                continue
+            self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": True})
+            self._write_ledger()
+            return
+        raise failure
+
+    def _evaluate(self, atoms, properties, system_changes) -> None:
+        """One CP2K energy/force evaluation with the input already loaded; raises on an SCF that did not converge."""
         start = time.perf_counter()
         cwd = os.getcwd()
         os.chdir(self._workdir)
@@ -248,9 +300,11 @@ class Cp2kCalculator(CP2K):
         self.scf_steps.append(steps)
         self._write_ledger()
         if not converged:
+            active = self.active_settings
+            rung = f", SCF fallback rung {self.scf_level} (mixing α {active.mixing_alpha:g})" if self.scf_level else ""
             raise ScfNotConverged(
-                f"CP2K SCF not converged in {self.gen2d_settings.max_scf} steps "
-                f"(eps_scf {self.gen2d_settings.eps_scf:g}); see {self.out_file}"
+                f"CP2K SCF not converged in {active.max_scf} steps (eps_scf {active.eps_scf:g}{rung}); "
+                f"see {self.out_file}"
             )
         if not np.isfinite(self.results["energy"]):
             raise ScfNotConverged("CP2K returned a non-finite energy")
@@ -269,6 +323,8 @@ class Cp2kCalculator(CP2K):
             "scf_steps": self.scf_steps,
             "wall_seconds": round(self.wall_seconds, 1),
             "n_processes": self.n_processes,
+            "scf_level": self.scf_level,
+            "scf_retries": self.scf_retries,
             "unit": {"wall_seconds": "s"},
         }
         write_json_atomic(self._ledger, doc)
@@ -295,7 +351,7 @@ class Cp2kCalculator(CP2K):
                 self._out_offset = fh.tell()
         except FileNotFoundError:
             return 0, True
-        return scf_steps_in(text, self.gen2d_settings.max_scf)
+        return scf_steps_in(text, self.active_settings.max_scf)
 
     def spin_state(self, atoms) -> tuple[bool, int]:
         """(unrestricted?, multiplicity) that the settings give these atoms."""
@@ -314,6 +370,8 @@ class Cp2kCalculator(CP2K):
             "scf_steps_total": int(sum(self.scf_steps)),
             "wall_seconds": round(self.wall_seconds, 1),
             "n_processes": self.n_processes,
+            "scf_level": self.scf_level,
+            **({"scf_retries": self.scf_retries} if self.scf_retries else {}),
             **({"initial_magnetization_muB": self.start_magnetization} if self.start_magnetization else {}),
         }
 

@@ -31,6 +31,25 @@ MAGNETIC_MOMENTS: dict[str, float] = {
 }
 
 
+class ScfFallback(BaseModel):
+    """One rung of the retry ladder of an SCF that did not converge: gentler Broyden mixing and more steps.
+
+    A rung changes how the SCF reaches its solution, not the solution (the same functional, basis, grid,
+    smearing and ``eps_scf``), so it is not part of the settings hash. The rung an evaluation needed is recorded
+    in the calculator's cost ledger and provenance.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mixing_alpha: float = Field(gt=0.0, le=1.0)
+    nbroyden: int = Field(ge=1)
+    max_scf: int = Field(ge=1)
+
+
+#: fields of :class:`Cp2kSettings` that choose the SCF's route, not the physics: left out of the settings hash
+NOT_HASHED = frozenset({"scf_fallback"})
+
+
 class Cp2kSettings(BaseModel):
     """DFT settings of one CP2K run (energies and forces on a slab, a molecule or a bulk cell).
 
@@ -66,6 +85,13 @@ class Cp2kSettings(BaseModel):
         stalled near 2e-5 for tens of steps when asked for 1e-6.
     max_scf : int
         SCF steps before the run is called unconverged (a named failure, never a number).
+    scf_fallback : tuple of ScfFallback
+        What an SCF that did not converge in ``max_scf`` steps tries next, rung by rung, from its last
+        wavefunction: gentler Broyden mixing (smaller ``mixing_alpha``, longer ``nbroyden``) and more steps. A
+        rung that converges stays for the rest of that calculator's evaluations; only when every rung fails is
+        the SCF a named failure. Not hashed (:data:`NOT_HASHED`): the rungs keep ``eps_scf`` and every physical
+        setting. The default rung (α 0.05, 12 Broyden vectors, 250 steps) is the usual cure for the charge
+        sloshing of an open-shell slab+H; ``()`` turns the retry off.
     spin : {"auto", "on", "off"}
         ``auto``: unrestricted Kohn–Sham when the electron count is odd or a magnetic element
         (``MAGNETIC_MOMENTS``) is present; its multiplicity is 2 for odd counts, 1 otherwise.
@@ -95,18 +121,28 @@ class Cp2kSettings(BaseModel):
     nbroyden: int = 8
     eps_scf: float = 1e-5
     max_scf: int = 100
+    scf_fallback: tuple[ScfFallback, ...] = (ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),)
     spin: Literal["auto", "on", "off"] = "auto"
     dipole_correction: bool = True
     kpoints: tuple[int, int, int] | None = None
     eps_default: float = 1e-12
 
     def settings_hash(self) -> str:
-        """Sixteen hex digits of the SHA-256 of the settings: the same physics has the same hash."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Sixteen hex digits of the SHA-256 of the settings: the same physics has the same hash.
+
+        The SCF retry ladder (:data:`NOT_HASHED`) is left out: it changes the route, not the solution."""
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(NOT_HASHED)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def basis_for(self, element: str) -> str:
         return self.basis_overrides.get(element, self.basis_set)
+
+    def at_rung(self, level: int) -> Cp2kSettings:
+        """These settings with SCF fallback rung ``level`` applied (0: the settings themselves)."""
+        if level <= 0:
+            return self
+        rung = self.scf_fallback[level - 1]
+        return self.model_copy(update=rung.model_dump())
 
 
 def valence_electrons(element: str, potential: str = "GTH-PBE", data_dir: str | None = None) -> int:

@@ -795,7 +795,10 @@ def refine_adsorption(
         path = os.path.join(workdir, name, "result.json")
         if os.path.isfile(path):
             with open(path) as fh:
-                return json.load(fh)
+                doc = json.load(fh)
+            if not _predates_scf_ladder(doc):
+                return doc
+            log.info("%s: an SCF failure from before the SCF fallback ladder; computing it again", path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         out = compute(os.path.dirname(path))
         write_json_atomic(path, out)
@@ -864,7 +867,7 @@ def refine_adsorption(
                         out["prerelax"] = prepared
                     return out
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
-                    return {"energy": None, "failure": _failure_name(exc), "message": str(exc)}
+                    return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
                 finally:
                     _close_calculator(calc)
 
@@ -893,7 +896,13 @@ def refine_adsorption(
                     out["prerelax"] = prepared
                 return out
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
-                return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "steps": 0}
+                return {
+                    "energy": None,
+                    "failure": _failure_name(exc),
+                    "message": str(exc),
+                    "steps": 0,
+                    "cost": _cost(calc),
+                }
             finally:
                 _close_calculator(calc)
 
@@ -1138,11 +1147,20 @@ def _failure_name(exc: BaseException) -> str:
 
 
 def _cost(calc) -> dict[str, Any]:
-    """What a calculator reports about its own cost (CP2K: evaluations, SCF steps, wall time)."""
+    """What a calculator reports about its own cost (CP2K: evaluations, SCF steps, wall time, and the SCF
+    fallback rung it needed with every retry)."""
     out: dict[str, Any] = {}
-    for attr in ("n_evaluations", "wall_seconds"):
+    for attr in ("n_evaluations", "wall_seconds", "scf_level"):
         if hasattr(calc, attr):
             out[attr] = getattr(calc, attr)
     if hasattr(calc, "scf_steps"):
         out["scf_steps_total"] = int(sum(calc.scf_steps))
+    if getattr(calc, "scf_retries", None):
+        out["scf_retries"] = list(calc.scf_retries)
     return out
+
+
+def _predates_scf_ladder(doc: dict[str, Any]) -> bool:
+    """A cached SCF failure made before calculators retried a stalled SCF (its cost records no ``scf_level``):
+    it is computed again, with the retry ladder, instead of standing as the site's failure."""
+    return doc.get("failure") == "scf_not_converged" and "scf_level" not in (doc.get("cost") or {})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.optimize import BFGS
-from gen2d_cp2k import Cp2kSettings, ScfNotConverged, available, make_calculator
+from gen2d_cp2k import Cp2kSettings, ScfFallback, ScfNotConverged, available, make_calculator
 from gen2d_cp2k.settings import build_input, wants_spin
 
 HAVE_CP2K = available()[0]
@@ -43,6 +43,36 @@ def test_settings_hash_names_the_physics():
     assert a.settings_hash() != b.settings_hash()
     with pytest.raises(ValueError):
         Cp2kSettings(cutoff_ryy=400)  # a typo is refused by name, not ignored
+    # the SCF retry ladder is the route, not the physics
+    gentler = (ScfFallback(mixing_alpha=0.02, nbroyden=20, max_scf=500),)
+    assert Cp2kSettings(scf_fallback=()).settings_hash() == a.settings_hash()
+    assert Cp2kSettings(scf_fallback=gentler).settings_hash() == a.settings_hash()
+    with pytest.raises(ValueError):
+        ScfFallback(mixing_alpha=0.0, nbroyden=8, max_scf=100)
+
+
+def test_the_shipped_dft_rows_settings_still_hash_to_their_recorded_hash():
+    """The run directories and reference rows are keyed by the settings hash: a new settings field must not move
+    the hash of settings stored before it existed."""
+    import json
+
+    import gen2d
+
+    shipped = Path(gen2d.__file__).parent / "assets" / "dgh_dft_reference" / "rows.jsonl"
+    rows = [json.loads(line) for line in shipped.read_text().splitlines() if line]
+    assert rows
+    for row in rows:
+        stored = row["provenance"]["settings"]
+        assert Cp2kSettings(**stored["cp2k"]).settings_hash() == stored["cp2k_settings_hash"]
+
+
+def test_a_fallback_rung_applies_gentler_mixing_and_more_steps_to_the_input():
+    s = Cp2kSettings()
+    rung = s.at_rung(1)
+    assert rung.mixing_alpha < s.mixing_alpha and rung.max_scf > s.max_scf and rung.nbroyden >= s.nbroyden
+    assert s.at_rung(0) is s
+    text = build_input(rung, ["Mo", "S", "S", "H"], slab=True)
+    assert f"ALPHA {rung.mixing_alpha}" in text and f"MAX_SCF {rung.max_scf}" in text
 
 
 @pytest.mark.skipif(not HAVE_CP2K, reason="needs CP2K's GTH_POTENTIALS for valence counts")
@@ -125,11 +155,55 @@ def test_h2_bond_and_binding_energy(tmp_path):
 
 @needs_cp2k
 def test_unconverged_scf_raises_instead_of_returning_a_number(tmp_path):
-    calc = make_calculator(settings=Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9})), directory=str(tmp_path))
+    settings = Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9, "scf_fallback": ()}))
+    calc = make_calculator(settings=settings, directory=str(tmp_path))
     mol = _h2(d=0.9)
     mol.calc = calc
     with pytest.raises(ScfNotConverged, match="not converged"):
         mol.get_potential_energy()
+    calc.close()
+
+
+@needs_cp2k
+def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
+    """Two SCF steps cannot converge H₂; the fallback rung (more steps) does, from the wavefunction the failed SCF
+    left, to the energy a plain run gets. The rung stays for the next evaluation and survives in the ledger."""
+    rung = ScfFallback(mixing_alpha=0.3, nbroyden=8, max_scf=60)
+    stalled = Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-6, "scf_fallback": (rung,)}))
+    plain = Cp2kSettings(**(TINY | {"max_scf": 60, "eps_scf": 1e-6, "scf_fallback": ()}))
+    mol = _h2(d=0.78)
+    mol.calc = make_calculator(settings=plain, directory=str(tmp_path / "plain"))
+    e_plain = mol.get_potential_energy()
+    mol.calc.close()
+
+    calc = make_calculator(settings=stalled, directory=str(tmp_path / "ladder"))
+    mol = _h2(d=0.78)
+    mol.calc = calc
+    assert mol.get_potential_energy() == pytest.approx(e_plain, abs=2e-4)
+    assert calc.scf_level == 1 and calc.scf_steps[0] == 2
+    assert calc.scf_retries == [
+        {"evaluation": 1, "rung": 1, "mixing_alpha": 0.3, "nbroyden": 8, "max_scf": 60,
+         "scf_steps": calc.scf_steps[1], "converged": True}
+    ]
+    assert 2 < calc.scf_steps[1] < 60
+    mol.positions[1, 2] += 0.02
+    mol.get_potential_energy()  # the next geometry keeps the rung: no new failure, no new retry
+    assert calc.scf_level == 1 and len(calc.scf_retries) == 1 and len(calc.scf_steps) == 3
+    prov = calc.provenance()
+    assert prov["scf_level"] == 1 and prov["settings_hash"] == stalled.settings_hash()
+    calc.close()
+    again = make_calculator(settings=stalled, directory=str(tmp_path / "ladder"))  # a resumed run
+    assert again.scf_level == 1 and again.scf_retries == calc.scf_retries
+    again.close()
+    # a ladder that runs out raises, naming the rung
+    short = Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9, "scf_fallback": (ScfFallback(
+        mixing_alpha=0.3, nbroyden=8, max_scf=3),)}))
+    calc = make_calculator(settings=short, directory=str(tmp_path / "short"))
+    mol = _h2(d=0.9)
+    mol.calc = calc
+    with pytest.raises(ScfNotConverged, match="rung 1"):
+        mol.get_potential_energy()
+    assert calc.scf_retries[-1]["converged"] is False and calc.scf_level == 1
     calc.close()
 
 
