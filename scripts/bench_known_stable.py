@@ -126,6 +126,8 @@ def annotate(path: str, which: str, max_atoms: int, max_elements: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gen2d.dispersion import METHODS as DISPERSION_METHODS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", choices=["mc2d", "2dmatpedia"], default="mc2d")
     ap.add_argument("--n", type=int, default=60)
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--dispersion",
-        choices=["none", "d3bj", "d3zero"],
+        choices=["none", *DISPERSION_METHODS],
         default="none",
         help="D3 on the layers and the references alike (gen2d.dispersion)",
     )

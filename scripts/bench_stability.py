@@ -152,6 +152,8 @@ def _all_symbols() -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gen2d.dispersion import METHODS as DISPERSION_METHODS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--calculator", default="chgnet")
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--dispersion",
-        choices=["none", "d3bj", "d3zero"],
+        choices=["none", *DISPERSION_METHODS],
         default="none",
         help="D3 on the layers and the references alike (gen2d.dispersion); the entries-file column is then skipped, "
         "since its DFT references have no D3",

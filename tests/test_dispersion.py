@@ -64,6 +64,23 @@ def test_a_molecule_after_a_crystal_gets_no_stale_stress():
     assert np.array_equal(_d3_results(d3, molecule)["stress"], np.zeros(6))
 
 
+def test_every_dispersion_choice_the_ehull_options_offer_is_a_method_and_back():
+    """The ehull option and the benchmark scripts take their choices from gen2d.dispersion.METHODS: a method added
+    there and not to the option (or the reverse) is caught here."""
+    import typing
+
+    from gen2d.dispersion import METHODS
+    from gen2d.scoring import get_scorer
+
+    options = get_scorer("ehull.chgnet").Options
+    offered = set(typing.get_args(options.model_fields["dispersion"].annotation))
+    assert offered == {"none", *METHODS}
+    for method in METHODS:
+        assert options(dispersion=method).dispersion == method
+    with pytest.raises(ValueError):
+        options(dispersion="d4")
+
+
 def test_provenance_names_the_correction_and_keys_caches_apart(chgnet):
     calc = with_dispersion(chgnet, "d3bj")
     assert calc.gen2d_model.startswith(chgnet.gen2d_model) and "D3(BJ) PBE" in calc.gen2d_model
