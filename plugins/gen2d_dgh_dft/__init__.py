@@ -49,7 +49,7 @@ def _options_model() -> type[ScorerOptions]:
         mlip=(str, "chgnet"),
         mlip_model=(str | None, None),
         cp2k=(dict | None, None),
-        threads=(int, 1),
+        threads=(int | None, None),
         workdir=(str | None, None),
         device=(str, "auto"),
         **refine,
@@ -73,8 +73,10 @@ class DFTAdsorptionScorer(BaseScorer):
         Model of that backend.
     cp2k : dict
         :class:`gen2d_cp2k.Cp2kSettings` fields (cutoff_ry, basis_set, scf, kpoints, ...).
-    threads : int
-        OpenMP threads of each CP2K process.
+    threads : int, optional
+        OpenMP threads of each CP2K process; default ``GEN2D_CP2K_THREADS`` (1). A local flow runs its DFT
+        candidates one after another, so on a small machine give CP2K every core: on 2 cores, 2 threads run
+        one SCF step 1.67× faster than 1 (``scripts/bench_dft.py threads``, docs/benchmarks/dft-reference.md).
     workdir : str, optional
         Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
         structure hash and settings hash, so a rerun resumes where a killed one stopped.
@@ -106,7 +108,7 @@ class DFTAdsorptionScorer(BaseScorer):
         mlip: str = "chgnet",
         mlip_model: str | None = None,
         cp2k: dict | None = None,
-        threads: int = 1,
+        threads: int | None = None,
         workdir: str | None = None,
         n_sites: int = 2,
         free_radius: float = 3.0,
@@ -146,7 +148,9 @@ class DFTAdsorptionScorer(BaseScorer):
             spin_starts=tuple(spin_starts),
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
-        self.threads = threads
+        from gen2d.settings import get_settings
+
+        self.threads = int(threads or get_settings().cp2k_threads)
         self.workdir = Path(workdir) if workdir else default_workdir()
         self.mlip = mlip
         self.mlip_model = mlip_model

@@ -130,6 +130,17 @@ def test_missing_executable_is_a_named_unavailability(monkeypatch, tmp_path):
     assert not res.ok and res.failure.reason == "calculator_unavailable"
 
 
+def test_dgh_dft_threads_come_from_the_environment_unless_the_job_says(monkeypatch, tmp_path):
+    from gen2d.scoring import get_scorer
+
+    monkeypatch.setenv("GEN2D_CP2K_THREADS", "2")
+    scorer = get_scorer("dgh.dft", workdir=str(tmp_path))
+    assert scorer.threads == 2 and scorer.provenance().settings["threads"] == 2
+    assert get_scorer("dgh.dft", workdir=str(tmp_path), threads=1).threads == 1
+    monkeypatch.delenv("GEN2D_CP2K_THREADS")
+    assert get_scorer("dgh.dft", workdir=str(tmp_path)).threads == 1
+
+
 # -- real CP2K runs ---------------------------------------------------------------------------------
 
 
