@@ -313,6 +313,13 @@ def main(argv=None) -> int:
         "0 is the plain atomic guess): a lower solution takes the site over. Stored rows without the check gain "
         "it in place (their relaxations are cached)",
     )
+    parser.add_argument(
+        "--hold-site",
+        action="store_true",
+        help="keep H over its site in the plane (RefineSettings.hold_site): the ΔG_H of that site, as published "
+        "per-site values are, not where H relaxes to; write these rows to their own --out (the reference set's "
+        "rows are free relaxations)",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -343,7 +350,10 @@ def main(argv=None) -> int:
         free_radius=args.free_radius,
         relax_slab_reference=args.relax_slab_reference,
         spin_starts=args.spin_starts,
+        hold_site=args.hold_site,
     )
+    if args.hold_site and args.out.resolve() == DEFAULT_OUT.resolve():
+        parser.error("--hold-site rows are not free relaxations: give them their own --out")
     mlip_scorer = get_scorer("dgh.mlip", calculator="chgnet", **site_options)
     rows = read_rows(args.out)
     for name in names:

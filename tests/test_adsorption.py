@@ -352,5 +352,39 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
     assert final.energy is None and "scf_not_converged" in final.flags
 
 
+def test_a_held_site_keeps_h_over_it_in_the_plane_and_relaxes_only_its_height(tmp_path):
+    """EMT's Cu(111) top site is not a minimum for H: started 0.3 Å off it, a free H rolls to a hollow. Held, H
+    stays exactly over the top atom (no jitter), finds its height, and its energy is the higher one of that site."""
+    from ase.build import fcc111
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+    from gen2d.structures import from_ase
+
+    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
+    cell.pbc = (True, True, False)
+    slab = from_ase(cell)
+    top = cell.positions[np.argmax(cell.positions[:, 2])]
+    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 1.6]), "delta_g_h": 0.3}]
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    out = {}
+    for hold in (False, True):
+        refine = RefineSettings(
+            n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.02, steps=200, h_jitter=0.3, hold_site=hold
+        )
+        res = refine_adsorption(slab, sites, lambda d: EMT(), str(tmp_path / str(hold)), refine=refine, h2=h2)
+        out[hold] = res.sites[0]
+    free, held = out[False], out[True]
+    assert free.converged and held.converged
+    assert np.allclose(held.initial_position[:2], top[:2], atol=1e-9)  # no jitter on a held site
+    assert np.allclose(held.final_position[:2], held.initial_position[:2], atol=1e-9)
+    assert held.final_position[2] - held.initial_position[2] > 0.1  # its height relaxed
+    assert np.linalg.norm(np.subtract(free.final_position[:2], top[:2])) > 0.5  # the free H left the top
+    assert "h_moved_site_in_refinement" in free.flags and "h_moved_site_in_refinement" not in held.flags
+    assert held.energy > free.energy + 0.02  # the top site costs energy against where H goes
+    assert held.run_dir.endswith("-held") and held.nearest_atom == "Cu"
+    assert "hold_site" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
+
+
 def _h2():
     return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)

@@ -91,6 +91,9 @@ class DFTAdsorptionScorer(BaseScorer):
         Initial moments on H (μB) of fresh-start single points at each converged site
         (:attr:`gen2d.adsorption.RefineSettings.spin_starts`): a lower SCF solution takes the site over. Not part
         of the run key, so finished runs gain the check in place.
+    hold_site : bool
+        Keep H over each site in the plane (z relaxes; :attr:`gen2d.adsorption.RefineSettings.hold_site`): the
+        ΔG_H of that site even where DFT would move H off it, as published per-site values are.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -121,6 +124,7 @@ class DFTAdsorptionScorer(BaseScorer):
         h_jitter: float = 0.1,
         prerelax: str | None = None,
         spin_starts: tuple[float, ...] | list[float] = (),
+        hold_site: bool = False,
         device: str = "auto",
         **settings: Any,
     ):
@@ -146,6 +150,7 @@ class DFTAdsorptionScorer(BaseScorer):
             h_jitter=h_jitter,
             prerelax=prerelax,
             spin_starts=tuple(spin_starts),
+            hold_site=hold_site,
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         from gen2d.settings import get_settings

@@ -499,6 +499,12 @@ class RefineSettings:
         be a saddle of the expensive one on a symmetric site (H bridging two equivalent S atoms): a
         gradient method started exactly there never leaves it, since the forces that would take it off
         vanish by symmetry. 0 starts exactly at the cheap recipe's position.
+    hold_site : bool
+        Keep H over its start in the plane (it relaxes along z only; the slab atoms around it relax freely), and
+        start it exactly there (no ``h_jitter``): ΔG_H *of that site* even where the expensive calculator would
+        move H off it. Published per-site values (the P top of blue phosphorene, the S top of MoS₂) are of this
+        kind where the site is not a minimum; the free relaxation says where H goes. Its sites have their own
+        directories (``-held``) and run key.
     """
 
     n_sites: int = 2
@@ -512,6 +518,7 @@ class RefineSettings:
     h_jitter: float = 0.1
     prerelax: str | None = None
     spin_starts: tuple[float, ...] = ()
+    hold_site: bool = False
 
     def __post_init__(self) -> None:
         self.spin_starts = tuple(float(m) for m in self.spin_starts)
@@ -526,6 +533,8 @@ class RefineSettings:
             out.pop("spin_starts")
         else:
             out["spin_starts"] = list(self.spin_starts)
+        if not self.hold_site:  # runs keyed before the option keep their key
+            out.pop("hold_site")
         return out
 
 
@@ -585,10 +594,12 @@ def _constrained_bfgs(
     steps: int,
     trajectory: str | None,
     hessian: np.ndarray | None = None,
+    hold: Sequence[int] = (),
 ) -> tuple[Atoms, float, bool, int]:
     """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
 
     ``hessian`` (3N×3N, eV/Å², positive definite) replaces BFGS's uniform initial Hessian on a fresh start.
+    Atoms in ``hold`` keep their in-plane (x, y) position and relax along z only.
 
     Every evaluated frame (positions, energy, forces) is appended to ``trajectory``: the frames are
     training data, and the last one is where a killed run starts again. The BFGS state (Hessian,
@@ -597,7 +608,7 @@ def _constrained_bfgs(
     """
     import os
 
-    from ase.constraints import FixAtoms
+    from ase.constraints import FixAtoms, FixCartesian
     from ase.io import Trajectory, read
 
     work = atoms.copy()
@@ -611,7 +622,10 @@ def _constrained_bfgs(
             work.positions = frames[-1].positions
             done_steps = len(frames)
     fixed = [i for i in range(len(work)) if i not in set(free)]
-    work.set_constraint(FixAtoms(indices=fixed))
+    constraints = [FixAtoms(indices=fixed)]
+    if hold:
+        constraints.append(FixCartesian(list(hold), mask=(True, True, False)))
+    work.set_constraint(constraints)
     work.calc = calculator
     restart = f"{trajectory}.bfgs.json" if trajectory else None
     if restart and done_steps == 0 and os.path.isfile(restart):
@@ -701,12 +715,12 @@ def mlip_hessian(
 
 
 def prepare_start(
-    atoms: Atoms, calculator, free: Sequence[int], fmax: float = 0.02, steps: int = 300
+    atoms: Atoms, calculator, free: Sequence[int], fmax: float = 0.02, steps: int = 300, hold: Sequence[int] = ()
 ) -> tuple[Atoms, np.ndarray, dict[str, Any]]:
     """The start of an expensive relaxation, prepared by a cheap one: ``free`` atoms relaxed by ``calculator``
-    and its :func:`mlip_hessian` there. Returns the atoms, the Hessian and what was done (steps, converged,
-    largest displacement in Å)."""
-    relaxed, _, converged, n = _constrained_bfgs(atoms, calculator, free, fmax, steps, None)
+    (``hold`` atoms along z only) and its :func:`mlip_hessian` there. Returns the atoms, the Hessian and what
+    was done (steps, converged, largest displacement in Å)."""
+    relaxed, _, converged, n = _constrained_bfgs(atoms, calculator, free, fmax, steps, None, hold=hold)
     hessian = mlip_hessian(relaxed, calculator, free)
     moved = float(np.linalg.norm(relaxed.positions - atoms.positions, axis=1).max())
     return relaxed, hessian, {"steps": n, "converged": converged, "max_displacement_A": moved}
@@ -821,7 +835,9 @@ def refine_adsorption(
 
     slab_doc = cached("slab", _slab_single)
 
-    def _start(atoms: Atoms, free: list[int], traj: str) -> tuple[Atoms, np.ndarray | None, dict | None]:
+    def _start(
+        atoms: Atoms, free: list[int], traj: str, hold: Sequence[int] = ()
+    ) -> tuple[Atoms, np.ndarray | None, dict | None]:
         """(atoms, initial Hessian, what prepared them) of a relaxation: the MLIP-prepared start on a fresh run
         with ``refine.prerelax`` (the MLIP loaded only then), otherwise the atoms as given. A resumed run
         starts from its own last frame."""
@@ -833,13 +849,14 @@ def refine_adsorption(
             from gen2d.relax import cached_calculator
 
             calc = cached_calculator(refine.prerelax)
-        begin, hessian, prepared = prepare_start(atoms, calc, free)
+        begin, hessian, prepared = prepare_start(atoms, calc, free, hold=hold)
         return begin, hessian, {**prepared, "calculator": refine.prerelax}
 
     results: list[SiteResult] = []
     for k, site in enumerate(chosen):
         h_pos = _wrap_into_cell(np.asarray(site["final_position"], float), slab.lattice) + [0.0, 0.0, z_shift]
-        h_pos = h_pos + jitter_offset(k, refine.h_jitter)
+        if not refine.hold_site:  # a held site starts, and stays, exactly over the cheap recipe's H
+            h_pos = h_pos + jitter_offset(k, refine.h_jitter)
         # the directory names the start, so that a cached site is never reused for another one (other site
         # rules or another cheap stage pick another site k)
         tag = site_tag(site, h_pos)
@@ -852,6 +869,9 @@ def refine_adsorption(
         flags: list[str] = []
         if refine.prerelax:  # another start: its own directories
             tag = f"{tag}-pre-{refine.prerelax}"
+        if refine.hold_site:
+            tag = f"{tag}-held"
+        hold = [h_index] if refine.hold_site else []
         if refine.relax_slab_reference:
             slab_free = [i for i in free if i != h_index]
 
@@ -879,12 +899,14 @@ def refine_adsorption(
                 if not ref.get("converged", True):
                     flags.append("geometry_not_converged")
 
-        def _site(d, start_atoms=start_atoms, free=free):
+        def _site(d, start_atoms=start_atoms, free=free, hold=hold):
             traj = os.path.join(d, "relax.traj")
-            begin, hessian, prepared = _start(start_atoms, free, traj)
+            begin, hessian, prepared = _start(start_atoms, free, traj, hold)
             calc = make_calculator(d)
             try:
-                final, e, conv, n = _constrained_bfgs(begin, calc, free, refine.fmax, refine.steps, traj, hessian)
+                final, e, conv, n = _constrained_bfgs(
+                    begin, calc, free, refine.fmax, refine.steps, traj, hessian, hold=hold
+                )
                 out = {
                     "energy": e,
                     "converged": conv,
@@ -1053,7 +1075,13 @@ def _check_spin_starts(
             calc = make_calculator(d)
             try:
                 again, e, conv, n = _constrained_bfgs(
-                    probe, calc, free, refine.fmax, refine.steps, os.path.join(d, "relax.traj")
+                    probe,
+                    calc,
+                    free,
+                    refine.fmax,
+                    refine.steps,
+                    os.path.join(d, "relax.traj"),
+                    hold=[h_index] if refine.hold_site else (),
                 )
                 out.update(
                     {"energy": e, "converged": conv, "positions": again.positions.tolist(), "steps": doc["steps"] + n}

@@ -141,6 +141,20 @@ def test_dgh_dft_threads_come_from_the_environment_unless_the_job_says(monkeypat
     assert get_scorer("dgh.dft", workdir=str(tmp_path)).threads == 1
 
 
+def test_a_held_site_run_has_its_own_key_and_the_default_run_keeps_its_own(tmp_path):
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    layer = build_template("MoS2-2H")
+    free = get_scorer("dgh.dft", workdir=str(tmp_path))
+    held = get_scorer("dgh.dft", workdir=str(tmp_path), hold_site=True)
+    assert held.refine.hold_site and not free.refine.hold_site
+    assert held.run_dir(layer) != free.run_dir(layer)
+    assert held.provenance().settings["refine"]["hold_site"] is True
+    assert "hold_site" not in free.provenance().settings["refine"]
+    assert held.Options(hold_site=True).hold_site is True
+
+
 # -- real CP2K runs ---------------------------------------------------------------------------------
 
 
