@@ -273,6 +273,13 @@ def test_gen2d_evaluate_tiny_spec_end_to_end(tmp_path, monkeypatch, data_dir, su
                 assert s["mlip_dg_h"] is not None or s["mlip_failure"]
             # a new confirmed hit is a confirmed hit that is novel and unique, and nothing else
             assert s["new_confirmed"] == (s["confirmed"] and s["novel"] and s["unique"])
+        # confirmed hits per CPU-hour pay for generation and scoring, and are zero exactly without a confirmed hit
+        m = r["metrics"]
+        if m["n_evaluated"]:
+            n_conf = sum(bool(s["confirmed"]) for s in r["samples"])
+            assert (m["confirmed_hits_per_cpu_hour"] > 0) == (n_conf > 0) and m["confirmed_hits_per_cpu_hour"] >= 0
+            assert m["new_confirmed_hits_per_cpu_hour"] <= m["confirmed_hits_per_cpu_hour"]
+    assert "full_over_unguided:confirmed_hits_per_cpu_hour" in doc["comparisons"]
     for name, arm in doc["arms"].items():
         runs = [r for r in doc["runs"] if r["arm"] == name]
         assert arm["new_confirmed_total"] == sum(s["new_confirmed"] for r in runs for s in r["samples"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from pymatgen.core import Lattice, Structure
 
 from gen2d.data.templates import build_template
@@ -152,3 +153,19 @@ def test_stable_sun_and_hit_rates_count_invalid_and_duplicates_correctly():
     per_hour = HitsPerCPUHour()(0.25, n_produced=40, cpu_seconds=36.0)
     assert abs(per_hour.value - 1000.0) < 1e-9 and per_hour.unit == "hits / CPU-hour"
     assert HitsPerCPUHour()(None, 10, 5.0).value is None
+
+
+def test_confirmed_hits_per_cpu_hour_pays_for_generating_and_scoring_every_output():
+    from gen2d.metrics import ConfirmedHitsPerCPUHour
+
+    m = ConfirmedHitsPerCPUHour()
+    # 200 produced in 40 CPU-s (0.2 s each); 48 scored in 144 CPU-s (3 s each); 3 confirmed
+    r = m(3, n_scored=48, n_produced=200, generation_cpu_s=40.0, scoring_cpu_s=144.0)
+    assert r.details["cpu_s_per_output"] == pytest.approx(3.2)
+    assert r.value == pytest.approx(3 / 48 * 3600 / 3.2) and r.unit == "hits / CPU-hour"
+    # scoring dominates: a generator twice as fast barely helps, one with twice the confirmed rate doubles it
+    faster = m(3, n_scored=48, n_produced=400, generation_cpu_s=40.0, scoring_cpu_s=144.0)
+    better = m(6, n_scored=48, n_produced=200, generation_cpu_s=40.0, scoring_cpu_s=144.0)
+    assert r.value < faster.value < 1.1 * r.value and better.value == pytest.approx(2 * r.value)
+    assert m(0, 48, 200, 40.0, 144.0).value == 0.0
+    assert m(3, 0, 200, 40.0, 144.0).value is None and m(3, 48, 200, 40.0, None).value is None

@@ -357,6 +357,38 @@ class ConfirmationRate(Metric):
         return self.result(float(np.mean(ok)) if n else None, n, per_sample=ok, n_confirmed=int(sum(ok)))
 
 
+class ConfirmedHitsPerCPUHour(Metric):
+    """MLIP-confirmed hits per CPU-hour of generation plus scoring: what a screening campaign pays for a hit."""
+
+    name = "confirmed_hits_per_cpu_hour"
+    unit = "hits / CPU-hour"
+    description = (
+        "MLIP-confirmed HER hits per CPU-hour of generation plus scoring. A campaign scores everything the arm "
+        "outputs, so one output costs (generation CPU-s / samples produced) + (scoring CPU-s / samples scored), "
+        "scoring being the CHGNet E_hull relaxation, the surrogates and the explicit-H MLIP check of every hit; "
+        "the rate is confirmed hits / samples scored. Generation CPU is time.process_time of the generating "
+        "process (a filter arm's surrogate ranking included; its output is what it keeps)."
+    )
+
+    def __call__(
+        self, n_confirmed: int, n_scored: int, n_produced: int, generation_cpu_s: float, scoring_cpu_s: float | None
+    ) -> MetricResult:
+        if not n_scored or not n_produced or scoring_cpu_s is None:
+            return self.result(None, n_scored)
+        per_output_s = generation_cpu_s / n_produced + scoring_cpu_s / n_scored
+        if per_output_s <= 0:
+            return self.result(None, n_scored)
+        rate = n_confirmed / n_scored
+        return self.result(
+            rate * 3600.0 / per_output_s,
+            n_scored,
+            n_confirmed=n_confirmed,
+            cpu_s_per_output=per_output_s,
+            generation_cpu_s_per_output=generation_cpu_s / n_produced,
+            scoring_cpu_s_per_output=scoring_cpu_s / n_scored,
+        )
+
+
 class HitsPerCPUHour(Metric):
     name = "hits_per_cpu_hour"
     unit = "hits / CPU-hour"

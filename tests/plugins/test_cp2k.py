@@ -207,8 +207,15 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     assert mol.get_potential_energy() == pytest.approx(e_plain, abs=2e-4)
     assert calc.scf_level == 1 and calc.scf_steps[0] == 2
     assert calc.scf_retries == [
-        {"evaluation": 1, "rung": 1, "mixing_alpha": 0.3, "nbroyden": 8, "max_scf": 60,
-         "scf_steps": calc.scf_steps[1], "converged": True}
+        {
+            "evaluation": 1,
+            "rung": 1,
+            "mixing_alpha": 0.3,
+            "nbroyden": 8,
+            "max_scf": 60,
+            "scf_steps": calc.scf_steps[1],
+            "converged": True,
+        }
     ]
     assert 2 < calc.scf_steps[1] < 60
     mol.positions[1, 2] += 0.02
@@ -221,8 +228,12 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     assert again.scf_level == 1 and again.scf_retries == calc.scf_retries
     again.close()
     # a ladder that runs out raises, naming the rung
-    short = Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-9, "scf_fallback": (ScfFallback(
-        mixing_alpha=0.3, nbroyden=8, max_scf=3),)}))
+    short = Cp2kSettings(
+        **(
+            TINY
+            | {"max_scf": 2, "eps_scf": 1e-9, "scf_fallback": (ScfFallback(mixing_alpha=0.3, nbroyden=8, max_scf=3),)}
+        )
+    )
     calc = make_calculator(settings=short, directory=str(tmp_path / "short"))
     mol = _h2(d=0.9)
     mol.calc = calc

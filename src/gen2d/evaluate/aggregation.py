@@ -15,6 +15,7 @@ import numpy as np
 from gen2d.evaluate.spec import EvaluateSpec
 from gen2d.metrics import (
     ConfirmationRate,
+    ConfirmedHitsPerCPUHour,
     HitRate,
     HitsPerCPUHour,
     Novelty,
@@ -38,8 +39,19 @@ def metric_definitions(t: RankThresholds, confirmer: str = "dgh.mlip") -> dict[s
         HitRate(t),
         ConfirmationRate(t.dg_h_window, confirmer),
         HitsPerCPUHour(),
+        ConfirmedHitsPerCPUHour(),
     ):
         defs[m.name] = {"unit": m.unit, "description": m.description}
+    defs["new_confirmed_hits_per_cpu_hour"] = {
+        "unit": "hits / CPU-hour",
+        "description": "As confirmed_hits_per_cpu_hour, counting only the confirmed hits that are novel (not a "
+        "training layer) and unique within the arm and seed: new materials per CPU-hour.",
+    }
+    defs["new_fraction_of_confirmed"] = {
+        "unit": "fraction",
+        "description": "Of the MLIP-confirmed hits, the fraction that are novel and unique (None without a "
+        "confirmed hit).",
+    }
     defs["uniqueness"] = {"unit": "fraction", "description": Uniqueness.description + " Within one arm and seed."}
     defs["novelty"] = {
         "unit": "fraction",
@@ -98,6 +110,9 @@ RATE_METRICS = [
     "confirmed_hit_rate",
     "mlip_confirmation_rate",
     "hits_per_cpu_hour",
+    "confirmed_hits_per_cpu_hour",
+    "new_confirmed_hits_per_cpu_hour",
+    "new_fraction_of_confirmed",
 ]
 INFO_METRICS = [
     "e_hull_median",
@@ -146,6 +161,8 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
         new = sum(r["metrics"].get("n_new_confirmed", 0) for r in rs)
         metrics["mlip_confirmation_rate"]["pooled"] = conf / hits if hits else None
         metrics["mlip_confirmation_rate"]["pooled_hits"] = hits
+        metrics["new_fraction_of_confirmed"]["pooled"] = new / conf if conf else None
+        metrics["new_fraction_of_confirmed"]["pooled_confirmed"] = conf
         out_arms[arm.name] = {
             "group": arm.group,
             "kind": arm.kind,
@@ -213,24 +230,39 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
     }
 
 
+#: the guided arms compared with each baseline, and the figures compared
+COMPARED_METHODS = ("full", "gradient", "steered")
+COMPARED_BASELINES = ("unguided", "substitution", "filter", "cfg")
+COMPARED_METRICS = (
+    "her_hit_rate",
+    "hits_per_cpu_hour",
+    "sun_rate",
+    "confirmed_hits_per_cpu_hour",
+    "new_confirmed_hits_per_cpu_hour",
+)
+
+
 def comparisons(arms: dict[str, Any]) -> dict[str, Any]:
-    """Ratios of the full method's mean hit figures to the baselines' (None when a baseline has no hit)."""
+    """Ratios of each guided arm's mean hit figures to the baselines' (None when a baseline has no hit)."""
     out = {}
-    if "full" not in arms:
-        return out
-    for other in ("unguided", "substitution", "filter", "cfg"):
-        if other not in arms:
+    for method in COMPARED_METHODS:
+        if method not in arms:
             continue
-        for metric in ("her_hit_rate", "hits_per_cpu_hour", "sun_rate"):
-            a = arms["full"]["metrics"][metric]["mean"]
-            b = arms[other]["metrics"][metric]["mean"]
-            out[f"full_over_{other}:{metric}"] = {
-                "full": a,
-                other: b,
-                "ratio": (a / b) if (a is not None and b) else None,
-                "description": f"mean {metric} of the full method divided by that of {other}; None when the "
-                f"denominator is 0 or missing (no hit to compare with)",
-            }
+        for other in COMPARED_BASELINES:
+            if other not in arms:
+                continue
+            for metric in COMPARED_METRICS:
+                if metric not in arms[method]["metrics"] or metric not in arms[other]["metrics"]:
+                    continue  # a stored run from before the metric existed
+                a = arms[method]["metrics"][metric]["mean"]
+                b = arms[other]["metrics"][metric]["mean"]
+                out[f"{method}_over_{other}:{metric}"] = {
+                    method: a,
+                    other: b,
+                    "ratio": (a / b) if (a is not None and b) else None,
+                    "description": f"mean {metric} of the {method} arm divided by that of {other}; None when "
+                    f"the denominator is 0 or missing (no hit to compare with)",
+                }
     return out
 
 
@@ -318,6 +350,7 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
             "her_hit_rate",
             "mlip_confirmation_rate",
             "hits_per_cpu_hour",
+            "confirmed_hits_per_cpu_hour",
             "e_hull_median",
         ]
     )

@@ -17,6 +17,7 @@ from pymatgen.core import Structure
 from gen2d.evaluate.spec import ArmSpec, EvaluateSpec, ScorerRef, TrainingSetSpec, _arm_key
 from gen2d.metrics import (
     ConfirmationRate,
+    ConfirmedHitsPerCPUHour,
     HitRate,
     HitsPerCPUHour,
     Novelty,
@@ -360,7 +361,12 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
     hit_mlip = [r["mlip_dg_h"] for r in records if r["hit"]]
     conf = ConfirmationRate(t.dg_h_window)(hit_mlip)
     cpu = run_summary["generation_cpu_s"]
-    per_hour = HitsPerCPUHour()(hit.value, run_summary["n_generated"] if run_summary["kind"] == "generator" else n, cpu)
+    n_produced = run_summary["n_generated"] if run_summary["kind"] == "generator" else n
+    per_hour = HitsPerCPUHour()(hit.value, n_produced, cpu)
+    n_confirmed = sum(1 for r in records if r.get("confirmed"))
+    n_new = sum(1 for r in records if r.get("new_confirmed"))
+    confirmed_per_hour = ConfirmedHitsPerCPUHour()(n_confirmed, n, n_produced, cpu, run_summary.get("scoring_cpu_s"))
+    new_per_hour = ConfirmedHitsPerCPUHour()(n_new, n, n_produced, cpu, run_summary.get("scoring_cpu_s"))
     return {
         "strict_2d_validity": frac("strict_ok"),
         "smact_validity": frac("smact_ok"),
@@ -372,6 +378,9 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         "confirmed_hit_rate": frac("confirmed"),
         "mlip_confirmation_rate": conf.value,
         "hits_per_cpu_hour": per_hour.value,
+        "confirmed_hits_per_cpu_hour": confirmed_per_hour.value,
+        "new_confirmed_hits_per_cpu_hour": new_per_hour.value,
+        "new_fraction_of_confirmed": n_new / n_confirmed if n_confirmed else None,
         "e_hull_median": float(np.median(e_vals)) if e_vals else None,
         "e_hull_scored_fraction": len(e_vals) / n if n else None,
         "n_generated": run_summary["n_generated"],
@@ -381,7 +390,7 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         "scoring_cpu_s": run_summary.get("scoring_cpu_s"),
         "n_hits": hit.details["n_hits"],
         "n_confirmed": conf.details["n_confirmed"],
-        "n_new_confirmed": sum(1 for r in records if r.get("new_confirmed")),
+        "n_new_confirmed": n_new,
     }
 
 
