@@ -288,6 +288,69 @@ def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypat
         assert len(fetched) == 5  # read in full, confirmed in Python
 
 
+@pytest.mark.parametrize("backend", ["memory", "monty"])
+def test_a_failure_the_scorer_retries_is_work_left_and_other_failures_stand(backend, tmp_path, monkeypatch):
+    """A stored failure whose reason is in the scorer's retry_failures (a backend missing then, an SCF) is scored
+    again by a rerun; a failure about the structure (no valid site) and an ok result stay as stored."""
+    import uuid
+
+    from gen2d import jobs
+
+    uri = f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
+    with open_store(uri) as cs:
+        made = [
+            make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
+            for k in range(4)
+        ]
+        cs.upsert_candidates(made)
+        ids = [c.candidate_id for c in made]
+        prov = Provenance(plugin="dgh.test", settings={"v": 1})
+        cs.set_score(ids[0], "dgh.test", ScoreResult(property="dg_h", value=0.1, unit="eV", provenance=prov))
+        for cid, reason in (
+            (ids[1], "calculator_unavailable"),
+            (ids[2], "no_valid_site"),
+            (ids[3], "scf_not_converged"),
+        ):
+            cs.set_score(cid, "dgh.test", ScoreResult.failed("dg_h", "eV", reason, "then", prov))
+        retry = ("calculator_unavailable", "scf_not_converged")
+        assert cs.candidates_missing("dgh.test") == []
+        for current in (None, {"provenance.settings.v": 1}):
+            missing = {d["candidate_id"] for d in cs.candidates_missing("dgh.test", current=current, retry=retry)}
+            assert missing == {ids[1], ids[3]}
+
+        class Retrier:  # the scorer protocol, as a plugin implements it
+            name, property, unit = "dgh.test", "dg_h", "eV"
+            retry_failures = retry
+
+            def __init__(self):
+                self.seen = 0
+
+            def score(self, structures, context=None):
+                self.seen += len(structures)
+                return [ScoreResult(property="dg_h", value=0.05, unit="eV", provenance=prov) for _ in structures]
+
+        sc = Retrier()
+        monkeypatch.setattr(jobs, "get_scorer", lambda name, **kw: sc)
+        monkeypatch.setattr(jobs, "_store", lambda uri: cs)
+        assert set(jobs.candidates_to_score(cs, "dgh.test", sc=jobs.as_scorer(sc))) == {ids[1], ids[3]}
+        out = jobs.score_candidates("dgh.test", {}, ids, None)
+        assert out.n_scored == 2 and out.n_skipped == 2 and sc.seen == 2
+        assert get_score(cs.get(ids[1]), "dgh.test")["value"] == 0.05
+        assert get_score(cs.get(ids[1]), "dgh.test")["extra"]["superseded"]["ok"] is False
+        assert get_score(cs.get(ids[2]), "dgh.test")["failure"]["reason"] == "no_valid_site"
+        assert get_score(cs.get(ids[0]), "dgh.test")["value"] == 0.1
+        assert cs.candidates_missing("dgh.test", retry=retry) == []
+
+
+def test_scorers_retry_a_missing_backend_by_default_and_dgh_dft_its_transient_dft_failures():
+    from gen2d.scoring import BaseScorer, get_scorer
+
+    assert BaseScorer.retry_failures == ("calculator_unavailable",)
+    dft = get_scorer("dgh.dft")
+    assert {"calculator_unavailable", "scf_not_converged", "dft_aborted"} <= set(dft.retry_failures)
+    assert "no_valid_site" not in dft.retry_failures and "geometry_not_converged" not in dft.retry_failures
+
+
 def test_get_returns_a_typed_candidate_that_reads_like_the_stored_document(memory_store):
     from gen2d.ranking import rank_candidates
     from gen2d.schemas import PropertySummary, Rank, Validity

@@ -105,6 +105,9 @@ class DFTAdsorptionScorer(BaseScorer):
     requires = ("e_hull", "dg_h")
     batch_size = 1
     Options = DFTAdsorptionOptions
+    #: a rerun tries these again: CP2K installed since, an SCF that the retry ladder may converge (a site that
+    #: failed with the ladder comes back from its cached result.json at once), a crashed or killed process
+    retry_failures = ("calculator_unavailable", "scf_not_converged", "dft_aborted", "adsorption_failed")
 
     def __init__(
         self,

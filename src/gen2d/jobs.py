@@ -343,7 +343,8 @@ def candidates_to_score(
             given = set(candidate_ids)
             best = [cid for cid in best if cid in given]
         crit["candidate_id"] = {"$in": best}
-    return [d["candidate_id"] for d in cs.candidates_missing(scorer, crit, sc.current, properties=["candidate_id"])]
+    missing = cs.candidates_missing(scorer, crit, sc.current, properties=["candidate_id"], retry=sc.retry_failures)
+    return [d["candidate_id"] for d in missing]
 
 
 def score_candidates(
@@ -353,7 +354,8 @@ def score_candidates(
 
     Candidates that already hold a result from this scorer are skipped, so rerunning a batch after a
     crash redoes nothing that was stored. A result that lacks the scorer's ``current`` values (made by
-    an older version of it) is redone, and the old value is kept in the new result's ``extra.superseded``.
+    an older version of it), or a failure whose reason the scorer retries (``retry_failures``: a backend that
+    was missing, a DFT SCF), is redone, and the old value is kept in the new result's ``extra.superseded``.
     """
     t0 = _cpu_seconds()
     cs = _store(store)
@@ -366,7 +368,8 @@ def score_candidates(
         if cand is None:
             continue
         old = get_score(cand, scorer)
-        if score_is_current(old, sc.current):  # a stored result without the current values is redone
+        # a stored result without the current values is redone, and so is a failure the scorer retries
+        if score_is_current(old, sc.current, sc.retry_failures):
             out.n_skipped += 1
             continue
         if old is not None:  # made by an older version of the scorer: kept in the new result's extra

@@ -230,6 +230,10 @@ class BaseScorer:
         (e.g. ``{"provenance.settings.correction_scheme": "mp2020-v2"}``); a stored result that differs
         is work left to do (:meth:`gen2d.store.CandidateStore.candidates_missing`). None: any stored
         result is current.
+    retry_failures : tuple of str
+        Failure reasons that a rerun tries again instead of keeping: what the world, not the structure, decided
+        (a backend that was missing, an SCF that may converge with another route). Default
+        ``("calculator_unavailable",)``, so installing a missing backend and rerunning fills the results in.
     batch_size : int
         Structures per call of :meth:`score` inside a scoring job (results are stored after each call).
 
@@ -254,6 +258,7 @@ class BaseScorer:
     requires: tuple[str, ...] = ()
     Options: ClassVar[type[BaseModel]] = ScorerOptions
     current: dict[str, Any] | None = None
+    retry_failures: tuple[str, ...] = ("calculator_unavailable",)
     batch_size: int = 8
 
     def available(self) -> tuple[bool, str]:
@@ -334,6 +339,7 @@ class _ProtocolScorer(BaseScorer):
         self.unit = getattr(scorer, "unit", "")
         self.requires = tuple(getattr(scorer, "requires", ()) or ())
         self.current = getattr(scorer, "current", None)
+        self.retry_failures = tuple(getattr(scorer, "retry_failures", BaseScorer.retry_failures) or ())
         self.batch_size = int(getattr(scorer, "batch_size", 0) or BaseScorer.batch_size)
 
     def available(self) -> tuple[bool, str]:

@@ -216,9 +216,12 @@ def get_score(doc: dict[str, Any] | Candidate, scorer: str) -> dict[str, Any] | 
     return _get_path(scores or {}, scorer)
 
 
-def score_is_current(score: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
-    """A stored score exists and holds every ``current`` value (dotted paths inside the score)."""
+def score_is_current(score: dict[str, Any] | None, current: dict[str, Any] | None, retry: Sequence[str] = ()) -> bool:
+    """A stored score exists, holds every ``current`` value (dotted paths inside the score) and is not a failure
+    whose reason is in ``retry`` (a scorer's ``retry_failures``)."""
     if score is None:
+        return False
+    if retry and not score.get("ok", True) and (score.get("failure") or {}).get("reason") in set(retry):
         return False
     return all(_get_path(score, path) == value for path, value in (current or {}).items())
 
@@ -401,20 +404,25 @@ class CandidateStore:
         criteria: dict[str, Any] | None = None,
         current: dict[str, Any] | None = None,
         properties: Sequence[str] | None = None,
+        retry: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """Candidates with no stored result (ok or failed) from ``scorer``: the work left to do.
 
         ``current`` (a scorer's ``current`` attribute: dotted paths inside a stored result and the value a
         result made by today's scorer holds there) also counts a stored result that differs as missing,
-        e.g. an E_hull made under an older correction scheme. ``properties`` limits the fields read
+        e.g. an E_hull made under an older correction scheme. ``retry`` (a scorer's ``retry_failures``) counts
+        a stored failure with one of those reasons as missing. ``properties`` limits the fields read
         (``candidate_id`` and the scorer's result are always read).
         """
         crit = dict(criteria or {})
         field = f"scores.{scorer}"
+        retry = list(retry or ())
         if properties is not None:
             properties = list(dict.fromkeys(["candidate_id", field, *properties]))
+        retried = [{f"{field}.ok": False, f"{field}.failure.reason": {"$in": retry}}] if retry else []
         if not current:  # the database does the whole selection
-            crit[field] = {"$exists": False}
+            missing = [{field: {"$exists": False}}] + retried
+            crit = {"$and": [crit, {"$or": missing}]} if crit else {"$or": missing}
             return list(self.query(crit, properties=properties))
         if self.selects_stale and all(v is None or isinstance(v, (str, int, float, bool)) for v in current.values()):
             # the database narrows to results that are absent or differ at a current path (a missing path
@@ -422,9 +430,12 @@ class CandidateStore:
             # with exactly the rule the scoring job uses. Dict or list values are not compared by the
             # database (its embedded-document equality depends on key order).
             stale = [{field: {"$exists": False}}] + [{f"{field}.{p}": {"$ne": v}} for p, v in current.items()]
+            stale += retried
             crit = {"$and": [crit, {"$or": stale}]} if crit else {"$or": stale}
         return [
-            d for d in self.query(crit, properties=properties) if not score_is_current(get_score(d, scorer), current)
+            d
+            for d in self.query(crit, properties=properties)
+            if not score_is_current(get_score(d, scorer), current, retry)
         ]
 
 
