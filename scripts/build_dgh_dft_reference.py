@@ -270,7 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the materials and exit")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "gen2d" / "dft-reference")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OpenMP threads of each CP2K process (default GEN2D_CP2K_THREADS, 1)"
+    )
     parser.add_argument(
         "--cp2k", type=json.loads, default={}, help="Cp2kSettings overrides as JSON, e.g. '{\"cutoff_ry\": 500}'"
     )

@@ -38,6 +38,7 @@ __all__ = [
     "ScfNotConverged",
     "available",
     "make_calculator",
+    "scf_abort",
 ]
 
 
@@ -66,6 +67,13 @@ def scf_steps_in(text: str, max_scf: int) -> tuple[int, bool]:
         return sum(int(s) for s in outer), True
     found = _SCF_STEPS.findall(text)
     return (sum(int(s) for s in found), True) if found else (0, True)
+
+
+def scf_abort(reason: str) -> bool:
+    """Whether a CP2K abort message is an SCF that did not converge (CP2K 2024.1 and later stop there unless
+    ``IGNORE_CONVERGENCE_FAILURE`` is set; 2023.1, Debian's, warns and goes on)."""
+    text = " ".join(reason.split()).lower()
+    return "scf run not converged" in text or "ignore_convergence_failure" in text
 
 
 def element_moments(atoms) -> dict[str, float]:
@@ -154,7 +162,6 @@ class Cp2kCalculator(CP2K):
         self.n_processes = int(prior.get("n_processes", 0)) + 1
         self.scf_level = min(int(prior.get("scf_level", 0)), len(self.gen2d_settings.scf_fallback))
         self.scf_retries: list[dict[str, Any]] = list(prior.get("scf_retries", []))
-        self._out_offset = 0
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
         cwd = os.getcwd()
         os.chdir(self._workdir)
@@ -177,6 +184,8 @@ class Cp2kCalculator(CP2K):
             )
         finally:
             os.chdir(cwd)
+        # the output file is appended to by every process that works in this directory: read only this one's part
+        self._out_offset = self.out_file.stat().st_size if self.out_file.is_file() else 0
         self.gen2d_model = (
             f"CP2K ({self.gen2d_settings.xc}"
             f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, "
@@ -290,6 +299,13 @@ class Cp2kCalculator(CP2K):
                 raise
             self._shell = None  # the process is dead: a later call starts a new one
             self._force_env_id = None
+            if scf_abort(reason):  # CP2K >= 2024 stops on an unconverged SCF unless told to go on
+                self.n_evaluations += 1
+                self.scf_steps.append(self.active_settings.max_scf)
+                self._out_offset = self.out_file.stat().st_size if self.out_file.is_file() else 0
+                self._write_ledger()
+                self.results = {}
+                raise ScfNotConverged(f"CP2K SCF not converged (CP2K stopped: {reason}); see {self.out_file}") from exc
             raise Cp2kAborted(f"CP2K aborted: {reason} (see {self.out_file})") from exc
         finally:
             os.chdir(cwd)
@@ -300,6 +316,7 @@ class Cp2kCalculator(CP2K):
         self.scf_steps.append(steps)
         self._write_ledger()
         if not converged:
+            self.results = {}  # an unconverged energy is never handed out, not even on a second ask
             active = self.active_settings
             rung = f", SCF fallback rung {self.scf_level} (mixing α {active.mixing_alpha:g})" if self.scf_level else ""
             raise ScfNotConverged(
@@ -307,6 +324,7 @@ class Cp2kCalculator(CP2K):
                 f"see {self.out_file}"
             )
         if not np.isfinite(self.results["energy"]):
+            self.results = {}
             raise ScfNotConverged("CP2K returned a non-finite energy")
 
     def _read_ledger(self) -> dict[str, Any]:

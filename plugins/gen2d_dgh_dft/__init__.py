@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import create_model
 from pymatgen.core import Structure
 
-from gen2d.adsorption import AdsorptionSettings, RefineSettings, h2_reference_dft, refine_adsorption
+from gen2d.adsorption import (
+    AdsorptionSettings,
+    RefinementFailed,
+    RefineSettings,
+    h2_reference_dft,
+    refine_adsorption,
+)
 from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions
 
 log = logging.getLogger(__name__)
@@ -105,8 +111,9 @@ class DFTAdsorptionScorer(BaseScorer):
     requires = ("e_hull", "dg_h")
     batch_size = 1
     Options = DFTAdsorptionOptions
-    #: a rerun tries these again: CP2K installed since, an SCF that the retry ladder may converge (a site that
-    #: failed with the ladder comes back from its cached result.json at once), a crashed or killed process
+    #: a rerun tries these again: CP2K installed since, an SCF that the retry ladder may converge, a CP2K abort,
+    #: a crashed or killed process. A slab or site that failed with the ladder comes back from its cached
+    #: result.json at once, so retrying it costs nothing; a crash is not cached and runs again.
     retry_failures = ("calculator_unavailable", "scf_not_converged", "dft_aborted", "adsorption_failed")
 
     def __init__(
@@ -250,7 +257,8 @@ class DFTAdsorptionScorer(BaseScorer):
 
         # what changes the slab and site energies; the H2 box has its own directory, and the spin-start check
         # is added to a finished site in place
-        refine = {k: v for k, v in self.refine.as_dict().items() if k not in ("h2_box", "spin_starts")}
+        # hold_site is not in the key either: held and free sites share the slab, their site directories differ
+        refine = {k: v for k, v in self.refine.as_dict().items() if k not in ("h2_box", "spin_starts", "hold_site")}
         key = hashlib.sha256(
             f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
         ).hexdigest()[:16]
@@ -301,7 +309,7 @@ class DFTAdsorptionScorer(BaseScorer):
                     "mlip": self.mlip,
                 },
             )
-        except _StageFailure as exc:
+        except (_StageFailure, RefinementFailed) as exc:
             return ScoreResult.failed(self.property, self.unit, exc.reason, str(exc), self.provenance(notes))
         except PluginUnavailable as exc:
             return ScoreResult.failed(
@@ -320,11 +328,8 @@ class DFTAdsorptionScorer(BaseScorer):
         best = result.best
         if best is None:
             reasons = sorted({f for s in result.sites for f in s.flags}) or ["no_sites"]
-            reason = (
-                "scf_not_converged"
-                if "scf_not_converged" in reasons
-                else ("geometry_not_converged" if "geometry_not_converged" in reasons else "no_valid_site")
-            )
+            named = ("scf_not_converged", "dft_aborted", "geometry_not_converged")
+            reason = next((r for r in named if r in reasons), "no_valid_site")
             return ScoreResult.failed(
                 self.property,
                 self.unit,

@@ -830,10 +830,19 @@ def refine_adsorption(
             energy = float(probe.get_potential_energy())
             _keep_frame(probe, os.path.join(d, "frame.traj"))  # a single point is training data too
             return {"energy": energy, "cost": _cost(calc)}
+        except Exception as exc:
+            if _failure_name(exc) == "calculator_error":  # not a result of the calculation: nothing to cache
+                raise
+            # a named DFT failure is the slab's result: cached, so a rerun does not pay for it again
+            return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
         finally:
             _close_calculator(calc)
 
     slab_doc = cached("slab", _slab_single)
+    if slab_doc.get("energy") is None:
+        raise RefinementFailed(
+            slab_doc.get("failure", "calculator_error"), f"the bare slab: {slab_doc.get('message', '')}"
+        )
 
     def _start(
         atoms: Atoms, free: list[int], traj: str, hold: Sequence[int] = ()
@@ -1163,6 +1172,15 @@ def _seed_restart(src: str, dst: str) -> None:
     for path in glob.glob(os.path.join(src, "*-RESTART.wfn")):
         os.makedirs(dst, exist_ok=True)
         shutil.copy2(path, os.path.join(dst, os.path.basename(path)))
+
+
+class RefinementFailed(RuntimeError):
+    """A part every site needs (the bare slab's single point) failed in a named way (``reason``:
+    ``scf_not_converged``, ``dft_aborted``); the failure is cached like a result."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _failure_name(exc: BaseException) -> str:

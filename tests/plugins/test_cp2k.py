@@ -141,7 +141,7 @@ def test_dgh_dft_threads_come_from_the_environment_unless_the_job_says(monkeypat
     assert get_scorer("dgh.dft", workdir=str(tmp_path)).threads == 1
 
 
-def test_a_held_site_run_has_its_own_key_and_the_default_run_keeps_its_own(tmp_path):
+def test_a_held_site_shares_the_run_directory_and_the_default_run_keeps_its_key(tmp_path):
     from gen2d.data.templates import build_template
     from gen2d.scoring import get_scorer
 
@@ -149,7 +149,7 @@ def test_a_held_site_run_has_its_own_key_and_the_default_run_keeps_its_own(tmp_p
     free = get_scorer("dgh.dft", workdir=str(tmp_path))
     held = get_scorer("dgh.dft", workdir=str(tmp_path), hold_site=True)
     assert held.refine.hold_site and not free.refine.hold_site
-    assert held.run_dir(layer) != free.run_dir(layer)
+    assert held.run_dir(layer) == free.run_dir(layer)  # they share the slab; their site directories differ
     assert held.provenance().settings["refine"]["hold_site"] is True
     assert "hold_site" not in free.provenance().settings["refine"]
     assert held.Options(hold_site=True).hold_site is True
@@ -226,6 +226,11 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     calc.close()
     again = make_calculator(settings=stalled, directory=str(tmp_path / "ladder"))  # a resumed run
     assert again.scf_level == 1 and again.scf_retries == calc.scf_retries
+    # its output file holds the first process's "SCF run NOT converged": the resumed process reads only its own
+    mol.calc = again
+    mol.positions[1, 2] += 0.02
+    assert np.isfinite(mol.get_potential_energy())
+    assert len(again.scf_retries) == 1 and 2 < again.scf_steps[-1] < 60 and len(again.scf_steps) == 4
     again.close()
     # a ladder that runs out raises, naming the rung
     short = Cp2kSettings(
@@ -240,7 +245,56 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     with pytest.raises(ScfNotConverged, match="rung 1"):
         mol.get_potential_energy()
     assert calc.scf_retries[-1]["converged"] is False and calc.scf_level == 1
+    assert calc.results == {}  # the unconverged energy is not handed out on a second ask
     calc.close()
+
+
+def test_a_cp2k_that_stops_on_an_unconverged_scf_is_read_as_an_scf_failure():
+    from gen2d_cp2k import scf_abort
+
+    # CP2K 2024.1 and later abort there unless IGNORE_CONVERGENCE_FAILURE is set; the box wraps its message
+    assert scf_abort(
+        "SCF run NOT converged. To continue the calculation regardless, please set the keyword "
+        "IGNORE_CONVERGENCE_FAILURE."
+    )
+    assert scf_abort("SCF run NOT\n converged")
+    assert not scf_abort("Cell too small for the dipole correction")
+
+
+@needs_cp2k
+def test_a_slab_whose_scf_fails_is_a_named_cached_failure(tmp_path):
+    """The bare slab's single point is what every site needs: its SCF failure is a named failure of the
+    refinement, cached with its cost, so a rerun raises it again without starting CP2K."""
+    from gen2d.adsorption import RefinementFailed, RefineSettings, refine_adsorption
+    from gen2d.data.templates import build_template
+    from gen2d.structures import orient_2d
+
+    slab = orient_2d(build_template("graphene"))
+    sites = [
+        {
+            "face": "top",
+            "kind": "ontop",
+            "final_position": [0.0, 0.0, float(slab.cart_coords[:, 2].max()) + 1.1],
+            "delta_g_h": 1.0,
+        }
+    ]
+    settings = Cp2kSettings(**(DGH_DFT_TINY["cp2k"] | {"max_scf": 1, "eps_scf": 1e-9, "scf_fallback": ()}))
+    started = []
+
+    def make(d):
+        started.append(d)
+        return make_calculator(settings=settings, directory=d)
+
+    refine = RefineSettings(n_sites=1, min_inplane_length=4.9, vacuum=8.0)
+    for _ in range(2):
+        with pytest.raises(RefinementFailed) as info:
+            refine_adsorption(slab, sites, make, str(tmp_path), refine=refine, h2=(-31.7, 0.75))
+        assert info.value.reason == "scf_not_converged" and "bare slab" in str(info.value)
+    assert len(started) == 1  # the second call read the cached failure
+    import json
+
+    doc = json.loads((tmp_path / "slab" / "result.json").read_text())
+    assert doc["failure"] == "scf_not_converged" and doc["cost"]["scf_level"] == 0
 
 
 _KILLABLE = textwrap.dedent("""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen2d.evaluate.aggregation import aggregate, results_table, write_plots
-from gen2d.evaluate.arms import Resources, run_arm_seed
+from gen2d.evaluate.arms import Resources, run_arm_seed, seed_metrics
 from gen2d.evaluate.spec import ArmSpec, EvaluateSpec, _arm_key
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ def run_evaluation(
             key = _run_key(spec, arm, seed, _model_identity(res, arm))
             if key in done:
                 r = dict(done[key], arm=arm.name)
+                if r.get("samples") is not None:  # today's metrics from the stored samples (new ones included)
+                    r["metrics"] = seed_metrics(r["samples"], r, spec.thresholds)
                 say(f"{arm.name} seed {seed}: reused from {journal}")
                 results.append(r)
                 continue
