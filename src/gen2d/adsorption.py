@@ -504,7 +504,7 @@ class RefineSettings:
         start it exactly there (no ``h_jitter``): ΔG_H *of that site* even where the expensive calculator would
         move H off it. Published per-site values (the P top of blue phosphorene, the S top of MoS₂) are of this
         kind where the site is not a minimum; the free relaxation says where H goes. Its sites have their own
-        directories (``-held``) and run key.
+        directories (``-held``); the bare slab is shared with free runs.
     """
 
     n_sites: int = 2
