@@ -273,7 +273,7 @@ class Cp2kCalculator(CP2K):
             )
             self._release_force_env()
             self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
-            record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump()}
+            record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump(exclude_none=True)}
             try:
                 self._evaluate(self.atoms, properties, all_changes)
             except ScfNotConverged as again:

@@ -44,10 +44,17 @@ class ScfFallback(BaseModel):
     mixing_alpha: float = Field(gt=0.0, le=1.0)
     nbroyden: int = Field(ge=1)
     max_scf: int = Field(ge=1)
+    mixing_beta: float | None = Field(
+        None,
+        gt=0.0,
+        description="Kerker damping (bohr⁻¹, CP2K's &MIXING BETA, default 0.5) of this rung; larger "
+        "damps the long-wavelength charge sloshing of a metallic slab more",
+    )
 
 
 #: fields of :class:`Cp2kSettings` that choose the SCF's route, not the physics: left out of the settings hash
-NOT_HASHED = frozenset({"scf_fallback"})
+#: (``mixing_alpha`` and ``nbroyden`` are route too, but they were hashed before this list existed and stay so)
+NOT_HASHED = frozenset({"scf_fallback", "mixing_beta"})
 
 
 class Cp2kSettings(BaseModel):
@@ -79,6 +86,8 @@ class Cp2kSettings(BaseModel):
         Empty orbitals per spin for smearing; ``-1`` lets CP2K add all of them (slow).
     mixing_alpha, nbroyden : float, int
         Broyden density mixing of ``diag``.
+    mixing_beta : float or None
+        Kerker damping (bohr⁻¹) of that mixing; None keeps CP2K's default (0.5). Not hashed.
     eps_scf : float
         SCF convergence (largest change of the density matrix in ``diag``, gradient in ``ot``). 1e-5 is
         CP2K's default: on 2H-MoS₂ (3×3) the energy is then converged below 1 meV, while Broyden mixing
@@ -118,6 +127,7 @@ class Cp2kSettings(BaseModel):
     electronic_temperature_k: float = 300.0
     added_mos: int = 40
     mixing_alpha: float = 0.2
+    mixing_beta: float | None = None
     nbroyden: int = 8
     eps_scf: float = 1e-5
     max_scf: int = 100
@@ -142,7 +152,7 @@ class Cp2kSettings(BaseModel):
         if level <= 0:
             return self
         rung = self.scf_fallback[level - 1]
-        return self.model_copy(update=rung.model_dump())
+        return self.model_copy(update=rung.model_dump(exclude_none=True))
 
 
 def valence_electrons(element: str, potential: str = "GTH-PBE", data_dir: str | None = None) -> int:
@@ -251,6 +261,7 @@ def build_input(
             "      &MIXING",
             "        METHOD BROYDEN_MIXING",
             f"        ALPHA {settings.mixing_alpha}",
+            *([f"        BETA {settings.mixing_beta}"] if settings.mixing_beta is not None else []),
             f"        NBROYDEN {settings.nbroyden}",
             "      &END MIXING",
             "      &SMEAR ON",

@@ -249,6 +249,28 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     calc.close()
 
 
+@needs_cp2k
+def test_a_rung_with_kerker_damping_reaches_the_same_energy_and_keeps_the_hash(tmp_path):
+    """A rung may set Kerker damping (&MIXING BETA): CP2K takes the keyword, the SCF converges to the plain run's
+    energy, and neither the rung nor a base mixing_beta moves the settings hash."""
+    kerker = ScfFallback(mixing_alpha=0.2, nbroyden=8, max_scf=60, mixing_beta=1.5)
+    base = TINY | {"max_scf": 60, "eps_scf": 1e-6}
+    stalled = Cp2kSettings(**(base | {"max_scf": 2, "scf_fallback": (kerker,)}))
+    assert "BETA 1.5" in build_input(stalled.at_rung(1), ["H", "H"], slab=False)
+    assert "BETA" not in build_input(stalled, ["H", "H"], slab=False)
+    assert Cp2kSettings(**(base | {"mixing_beta": 1.0})).settings_hash() == Cp2kSettings(**base).settings_hash()
+    mol = _h2(d=0.78)
+    mol.calc = make_calculator(settings=Cp2kSettings(**(base | {"scf_fallback": ()})), directory=str(tmp_path / "a"))
+    e_plain = mol.get_potential_energy()
+    mol.calc.close()
+    calc = make_calculator(settings=stalled, directory=str(tmp_path / "b"))
+    mol = _h2(d=0.78)
+    mol.calc = calc
+    assert mol.get_potential_energy() == pytest.approx(e_plain, abs=2e-4)
+    assert calc.scf_retries[0]["mixing_beta"] == 1.5 and calc.scf_retries[0]["converged"]
+    calc.close()
+
+
 def test_a_cp2k_that_stops_on_an_unconverged_scf_is_read_as_an_scf_failure():
     from gen2d_cp2k import scf_abort
 
