@@ -272,17 +272,11 @@ def test_the_mlip_hessian_is_the_curvature_and_speeds_up_bfgs():
 def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_steps(tmp_path):
     """refine_adsorption with a preparing calculator (here the same EMT as the 'expensive' one): the expensive BFGS
     starts at the cheap minimum with its Hessian, the site has its own cache directory, the energy is unchanged."""
-    from ase.build import fcc111
     from ase.calculators.emt import EMT
 
     from gen2d.adsorption import RefineSettings, refine_adsorption
-    from gen2d.structures import from_ase
 
-    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
-    cell.pbc = (True, True, False)
-    slab = from_ase(cell)
-    top = cell.positions[np.argmax(cell.positions[:, 2])]
-    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 2.3]), "delta_g_h": 0.3}]
+    slab, _, sites = _cu111_top_site(2.3)
     h2 = (EMT().get_potential_energy(_h2()), 0.74)
     out = {}
     for pre in (None, "emt"):
@@ -321,17 +315,11 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
 def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp_path):
     """A site whose SCF failed before calculators retried a stalled SCF is run again (with the ladder); a failure
     made with the ladder (its cost records the rung reached) stands as the site's named failure."""
-    from ase.build import fcc111
     from ase.calculators.emt import EMT
 
     from gen2d.adsorption import RefineSettings, refine_adsorption
-    from gen2d.structures import from_ase
 
-    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
-    cell.pbc = (True, True, False)
-    slab = from_ase(cell)
-    top = cell.positions[np.argmax(cell.positions[:, 2])]
-    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 2.3]), "delta_g_h": 0.3}]
+    slab, _, sites = _cu111_top_site(2.3)
     refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, fmax=0.05)
     h2 = (EMT().get_potential_energy(_h2()), 0.74)
 
@@ -355,17 +343,11 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
 def test_a_held_site_keeps_h_over_it_in_the_plane_and_relaxes_only_its_height(tmp_path):
     """EMT's Cu(111) top site is not a minimum for H: started 0.3 Å off it, a free H rolls to a hollow. Held, H
     stays exactly over the top atom (no jitter), finds its height, and its energy is the higher one of that site."""
-    from ase.build import fcc111
     from ase.calculators.emt import EMT
 
     from gen2d.adsorption import RefineSettings, refine_adsorption
-    from gen2d.structures import from_ase
 
-    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
-    cell.pbc = (True, True, False)
-    slab = from_ase(cell)
-    top = cell.positions[np.argmax(cell.positions[:, 2])]
-    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, 1.6]), "delta_g_h": 0.3}]
+    slab, top, sites = _cu111_top_site(1.6)
     h2 = (EMT().get_potential_energy(_h2()), 0.74)
     out = {}
     for hold in (False, True):
@@ -388,3 +370,17 @@ def test_a_held_site_keeps_h_over_it_in_the_plane_and_relaxes_only_its_height(tm
 
 def _h2():
     return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)
+
+
+def _cu111_top_site(height: float):
+    """(slab, top atom's position, the cheap recipe's site record): a 1×1×3 Cu(111) slab, periodic in-plane, with
+    H ``height`` Å above its top atom, for refine_adsorption on EMT."""
+    from ase.build import fcc111
+
+    from gen2d.structures import from_ase
+
+    cell = fcc111("Cu", size=(1, 1, 3), vacuum=7.0)
+    cell.pbc = (True, True, False)
+    top = cell.positions[np.argmax(cell.positions[:, 2])]
+    sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, height]), "delta_g_h": 0.3}]
+    return from_ase(cell), top, sites

@@ -235,23 +235,32 @@ def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_stor
     assert cs.candidates_missing("ehull.test", current=current) == []
 
 
+def _backend_uri(backend: str, tmp_path) -> str:
+    """A fresh store of each kind: a database server (mongomock) or the embedded montydb."""
+    import uuid
+
+    return f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
+
+
+def _mos2_candidates(cs, n: int) -> list[str]:
+    """Ids of ``n`` distinct MoS₂ candidates (lattice 3.18 + 0.01 k Å) upserted into ``cs``."""
+    made = [
+        make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
+        for k in range(n)
+    ]
+    cs.upsert_candidates(made)
+    return [c.candidate_id for c in made]
+
+
 @pytest.mark.parametrize("backend", ["memory", "monty"])
 def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypatch):
     """candidates_missing(current=...) finds absent, older and path-less results on both backends. A
     database server (mongomock here) never hands over an up-to-date candidate; montydb, which would
     evaluate the query in Python anyway, is read in full (it measured faster)."""
-    import uuid
-
     from gen2d.store import CandidateStore
 
-    uri = f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
-    with open_store(uri) as cs:
-        made = [
-            make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
-            for k in range(5)
-        ]
-        cs.upsert_candidates(made)
-        ids = [c.candidate_id for c in made]
+    with open_store(_backend_uri(backend, tmp_path)) as cs:
+        ids = _mos2_candidates(cs, 5)
 
         def result(settings):
             return ScoreResult(
@@ -292,18 +301,10 @@ def test_stale_results_are_selected_by_the_database(backend, tmp_path, monkeypat
 def test_a_failure_the_scorer_retries_is_work_left_and_other_failures_stand(backend, tmp_path, monkeypatch):
     """A stored failure whose reason is in the scorer's retry_failures (a backend missing then, an SCF) is scored
     again by a rerun; a failure about the structure (no valid site) and an ok result stay as stored."""
-    import uuid
-
     from gen2d import jobs
 
-    uri = f"memory://t{uuid.uuid4().hex[:8]}" if backend == "memory" else f"monty://{tmp_path}/db"
-    with open_store(uri) as cs:
-        made = [
-            make_candidate(make_mos2(a=3.18 + 0.01 * k), SourceInfo(kind="dataset", set="s", source_id=str(k)))
-            for k in range(4)
-        ]
-        cs.upsert_candidates(made)
-        ids = [c.candidate_id for c in made]
+    with open_store(_backend_uri(backend, tmp_path)) as cs:
+        ids = _mos2_candidates(cs, 4)
         prov = Provenance(plugin="dgh.test", settings={"v": 1})
         cs.set_score(ids[0], "dgh.test", ScoreResult(property="dg_h", value=0.1, unit="eV", provenance=prov))
         for cid, reason in (

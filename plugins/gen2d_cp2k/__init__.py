@@ -185,7 +185,7 @@ class Cp2kCalculator(CP2K):
         finally:
             os.chdir(cwd)
         # the output file is appended to by every process that works in this directory: read only this one's part
-        self._out_offset = self.out_file.stat().st_size if self.out_file.is_file() else 0
+        self._out_offset = self._output_size()
         self.gen2d_model = (
             f"CP2K ({self.gen2d_settings.xc}"
             f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, "
@@ -274,16 +274,15 @@ class Cp2kCalculator(CP2K):
             self._release_force_env()
             self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
             record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump(exclude_none=True)}
+            converged = True
             try:
                 self._evaluate(self.atoms, properties, all_changes)
             except ScfNotConverged as again:
-                self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": False})
-                self._write_ledger()
-                failure = again
-                continue
-            self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": True})
+                failure, converged = again, False
+            self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": converged})
             self._write_ledger()
-            return
+            if converged:
+                return
         raise failure
 
     def _evaluate(self, atoms, properties, system_changes) -> None:
@@ -302,7 +301,7 @@ class Cp2kCalculator(CP2K):
             if scf_abort(reason):  # CP2K >= 2024 stops on an unconverged SCF unless told to go on
                 self.n_evaluations += 1
                 self.scf_steps.append(self.active_settings.max_scf)
-                self._out_offset = self.out_file.stat().st_size if self.out_file.is_file() else 0
+                self._out_offset = self._output_size()
                 self._write_ledger()
                 self.results = {}
                 raise ScfNotConverged(f"CP2K SCF not converged (CP2K stopped: {reason}); see {self.out_file}") from exc
@@ -359,6 +358,10 @@ class Cp2kCalculator(CP2K):
         box = text[text.rindex("[ABORT]") :].splitlines()[1:6]
         words = [line[15:].strip(" *") for line in box if len(line) > 16]
         return " ".join(w for w in words if w) or "unknown error"
+
+    def _output_size(self) -> int:
+        """Bytes in the output file so far (0 before CP2K has written it): where this process's reading starts."""
+        return self.out_file.stat().st_size if self.out_file.is_file() else 0
 
     def _read_scf(self) -> tuple[int, bool]:
         """SCF steps and convergence of the evaluation just made, from the new part of the output file."""

@@ -834,7 +834,7 @@ def refine_adsorption(
             if _failure_name(exc) == "calculator_error":  # not a result of the calculation: nothing to cache
                 raise
             # a named DFT failure is the slab's result: cached, so a rerun does not pay for it again
-            return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
+            return _failure_doc(exc, calc)
         finally:
             _close_calculator(calc)
 
@@ -896,7 +896,7 @@ def refine_adsorption(
                         out["prerelax"] = prepared
                     return out
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
-                    return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
+                    return _failure_doc(exc, calc)
                 finally:
                     _close_calculator(calc)
 
@@ -927,13 +927,7 @@ def refine_adsorption(
                     out["prerelax"] = prepared
                 return out
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
-                return {
-                    "energy": None,
-                    "failure": _failure_name(exc),
-                    "message": str(exc),
-                    "steps": 0,
-                    "cost": _cost(calc),
-                }
+                return _failure_doc(exc, calc) | {"steps": 0}
             finally:
                 _close_calculator(calc)
 
@@ -1190,6 +1184,13 @@ def _failure_name(exc: BaseException) -> str:
     if name == "Cp2kAborted":
         return "dft_aborted"
     return "calculator_error"
+
+
+def _failure_doc(exc: BaseException, calc) -> dict[str, Any]:
+    """The cached result of a part (slab, site) whose calculation failed in a named way: no energy, the failure's
+    name and message, and what the calculator spent (with the SCF rung it reached, which marks the failure as made
+    with the retry ladder, :func:`_predates_scf_ladder`)."""
+    return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
 
 
 def _cost(calc) -> dict[str, Any]:

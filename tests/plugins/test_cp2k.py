@@ -34,6 +34,16 @@ def _h2(box: float = 7.0, d: float = 0.75) -> Atoms:
     return mol
 
 
+def _h2_energy(settings: Cp2kSettings, directory: Path, d: float = 0.78) -> float:
+    """E(H₂) (eV) at bond ``d`` by a calculator of its own, closed after the one evaluation."""
+    mol = _h2(d=d)
+    mol.calc = make_calculator(settings=settings, directory=str(directory))
+    try:
+        return mol.get_potential_energy()
+    finally:
+        mol.calc.close()
+
+
 # -- settings and input (no CP2K run) -------------------------------------------------------------
 
 
@@ -196,10 +206,7 @@ def test_a_stalled_scf_climbs_the_fallback_ladder_to_the_same_energy(tmp_path):
     rung = ScfFallback(mixing_alpha=0.3, nbroyden=8, max_scf=60)
     stalled = Cp2kSettings(**(TINY | {"max_scf": 2, "eps_scf": 1e-6, "scf_fallback": (rung,)}))
     plain = Cp2kSettings(**(TINY | {"max_scf": 60, "eps_scf": 1e-6, "scf_fallback": ()}))
-    mol = _h2(d=0.78)
-    mol.calc = make_calculator(settings=plain, directory=str(tmp_path / "plain"))
-    e_plain = mol.get_potential_energy()
-    mol.calc.close()
+    e_plain = _h2_energy(plain, tmp_path / "plain")
 
     calc = make_calculator(settings=stalled, directory=str(tmp_path / "ladder"))
     mol = _h2(d=0.78)
@@ -259,10 +266,7 @@ def test_a_rung_with_kerker_damping_reaches_the_same_energy_and_keeps_the_hash(t
     assert "BETA 1.5" in build_input(stalled.at_rung(1), ["H", "H"], slab=False)
     assert "BETA" not in build_input(stalled, ["H", "H"], slab=False)
     assert Cp2kSettings(**(base | {"mixing_beta": 1.0})).settings_hash() == Cp2kSettings(**base).settings_hash()
-    mol = _h2(d=0.78)
-    mol.calc = make_calculator(settings=Cp2kSettings(**(base | {"scf_fallback": ()})), directory=str(tmp_path / "a"))
-    e_plain = mol.get_potential_energy()
-    mol.calc.close()
+    e_plain = _h2_energy(Cp2kSettings(**(base | {"scf_fallback": ()})), tmp_path / "a")
     calc = make_calculator(settings=stalled, directory=str(tmp_path / "b"))
     mol = _h2(d=0.78)
     mol.calc = calc
