@@ -133,6 +133,10 @@ DGH_DFT_TINY = {
     # graphene's top site is a minimum, not a symmetric saddle: start on it and keep the 12-step budget
     # (the jitter that takes H off a saddle is tested with EMT in tests/test_adsorption.py)
     "h_jitter": 0.0,
+    # the clean-slab start without the spin check, so that the test adds the check to a finished site itself
+    # (the MLIP-prepared start is tested with EMT in tests/test_adsorption.py)
+    "prerelax": None,
+    "spin_starts": [],
 }
 
 

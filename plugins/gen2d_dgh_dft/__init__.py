@@ -41,12 +41,21 @@ def default_workdir() -> Path:
     return Path(settings.dft_dir) if settings.dft_dir else Path(settings.cache_dir) / "dft"
 
 
+#: dgh.dft's relaxation protocol where it differs from :class:`RefineSettings`' generic defaults: the MLIP prepares
+#: each site's start (its relaxation of the free atoms and its Hessian), DFT relaxes to 0.1 eV/Å, and one fresh
+#: atomic-guess SCF checks the converged site's spin solution. On the 2H-MoS₂ reference row (3×3, S top) this gives
+#: ΔG_H within 0.1 meV of the clean-slab start at 0.05 eV/Å with half the SCF steps (168 against 337–351;
+#: docs/dft.md, ``dft-runs/fast``). The reference set's rows record the protocol each was built with.
+DFT_PROTOCOL: dict[str, Any] = {"fmax": 0.1, "prerelax": "chgnet", "spin_starts": (0.0,)}
+
+
 def _options_model() -> type[ScorerOptions]:
     """The scorer's own options, the refinement's and every field of :class:`AdsorptionSettings`."""
     hints = typing.get_type_hints(AdsorptionSettings)
     refine_hints = typing.get_type_hints(RefineSettings)
     refine = {f.name: (refine_hints[f.name], f.default) for f in fields(RefineSettings)}
     # fmax, steps and min_inplane_length name the DFT refinement; the MLIP stage keeps its defaults for them
+    refine.update({k: (refine_hints[k], v) for k, v in DFT_PROTOCOL.items()})
     recipe = {f.name: (hints[f.name], f.default) for f in fields(AdsorptionSettings) if f.name not in refine}
     return create_model(
         "DFTAdsorptionOptions",
@@ -86,17 +95,21 @@ class DFTAdsorptionScorer(BaseScorer):
     workdir : str, optional
         Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
         structure hash and settings hash, so a rerun resumes where a killed one stopped.
-    n_sites, free_radius, fmax, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box, h_jitter
+    n_sites, free_radius, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box, h_jitter
         :class:`gen2d.adsorption.RefineSettings`.
+    fmax : float
+        eV/Å, the DFT relaxations' force criterion (default 0.1, :data:`DFT_PROTOCOL`).
     prerelax : str, optional
         An MLIP (``gen2d.calculators`` name; the ``mlip`` one gets ``mlip_model`` and ``device``) that relaxes
         each site's free atoms before DFT and gives DFT's BFGS its Hessian there
-        (:attr:`gen2d.adsorption.RefineSettings.prerelax`): fewer DFT steps; an open-shell SCF can end in
-        another spin solution than from the default start.
+        (:attr:`gen2d.adsorption.RefineSettings.prerelax`; default chgnet): fewer DFT steps; an open-shell SCF
+        can end in another spin solution than from the clean-slab start. None starts DFT from the clean slab.
     spin_starts : tuple of float
         Initial moments on H (μB) of fresh-start single points at each converged site
-        (:attr:`gen2d.adsorption.RefineSettings.spin_starts`): a lower SCF solution takes the site over. Not part
-        of the run key, so finished runs gain the check in place.
+        (:attr:`gen2d.adsorption.RefineSettings.spin_starts`; default ``(0.0,)``, one atomic-guess SCF): a lower
+        SCF solution takes the site over. ``[0, 1]`` also tries a moment on H (one more SCF), the thorough
+        choice for open-shell sheets; ``[]`` skips the check. Not part of the run key, so finished runs gain
+        the check in place.
     hold_site : bool
         Keep H over each site in the plane (z relaxes; :attr:`gen2d.adsorption.RefineSettings.hold_site`): the
         ΔG_H of that site even where DFT would move H off it, as published per-site values are.
@@ -125,15 +138,15 @@ class DFTAdsorptionScorer(BaseScorer):
         workdir: str | None = None,
         n_sites: int = 2,
         free_radius: float = 3.0,
-        fmax: float = 0.05,
+        fmax: float = DFT_PROTOCOL["fmax"],
         steps: int = 60,
         min_inplane_length: float = 9.0,
         relax_slab_reference: bool = False,
         vacuum: float | None = 15.0,
         h2_box: float = 12.0,
         h_jitter: float = 0.1,
-        prerelax: str | None = None,
-        spin_starts: tuple[float, ...] | list[float] = (),
+        prerelax: str | None = DFT_PROTOCOL["prerelax"],
+        spin_starts: tuple[float, ...] | list[float] = DFT_PROTOCOL["spin_starts"],
         hold_site: bool = False,
         device: str = "auto",
         **settings: Any,

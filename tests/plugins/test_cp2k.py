@@ -165,6 +165,26 @@ def test_a_held_site_shares_the_run_directory_and_the_default_run_keeps_its_key(
     assert held.Options(hold_site=True).hold_site is True
 
 
+def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tmp_path):
+    """The default: CHGNet-prepared start, 0.1 eV/Å, one atomic-guess spin check; a run of the clean-slab
+    protocol at 0.05 eV/Å (the reference set's first rows) keeps its own directory, and the spin check, added to
+    finished sites in place, is not in the key."""
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+    from gen2d_dgh_dft import DFT_PROTOCOL
+
+    layer = build_template("MoS2-2H")
+    default = get_scorer("dgh.dft", workdir=str(tmp_path))
+    assert (default.refine.fmax, default.refine.prerelax, default.refine.spin_starts) == (0.1, "chgnet", (0.0,))
+    options = default.Options()
+    assert (options.fmax, options.prerelax, tuple(options.spin_starts)) == tuple(DFT_PROTOCOL.values())
+    assert default.provenance().settings["refine"]["prerelax"] == "chgnet"
+    clean = get_scorer("dgh.dft", workdir=str(tmp_path), fmax=0.05, prerelax=None, spin_starts=[])
+    assert clean.run_dir(layer) != default.run_dir(layer)
+    unchecked = get_scorer("dgh.dft", workdir=str(tmp_path), spin_starts=[])
+    assert unchecked.run_dir(layer) == default.run_dir(layer)
+
+
 # -- real CP2K runs ---------------------------------------------------------------------------------
 
 
