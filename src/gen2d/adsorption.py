@@ -810,9 +810,10 @@ def refine_adsorption(
         if os.path.isfile(path):
             with open(path) as fh:
                 doc = json.load(fh)
-            if not _predates_scf_ladder(doc):
+            stale = _stale_failure(doc)
+            if stale is None:
                 return doc
-            log.info("%s: an SCF failure from before the SCF fallback ladder; computing it again", path)
+            log.info("%s: %s; computing it again", path, stale)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         out = compute(os.path.dirname(path))
         write_json_atomic(path, out)
@@ -1186,11 +1187,25 @@ def _failure_name(exc: BaseException) -> str:
     return "calculator_error"
 
 
+#: How calculator failures are classified, stored with each cached failure. A cached failure that the current rules
+#: would retry is computed again (:func:`_stale_failure`): 1, a CP2K abort on an SCF whose density spread into the
+#: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``).
+FAILURE_RULES = 2
+# CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
+_DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
+
+
 def _failure_doc(exc: BaseException, calc) -> dict[str, Any]:
     """The cached result of a part (slab, site) whose calculation failed in a named way: no energy, the failure's
-    name and message, and what the calculator spent (with the SCF rung it reached, which marks the failure as made
-    with the retry ladder, :func:`_predates_scf_ladder`)."""
-    return {"energy": None, "failure": _failure_name(exc), "message": str(exc), "cost": _cost(calc)}
+    name and message, what the calculator spent (with the SCF rung it reached) and the rules that named it
+    (:data:`FAILURE_RULES`, read by :func:`_stale_failure`)."""
+    return {
+        "energy": None,
+        "failure": _failure_name(exc),
+        "message": str(exc),
+        "cost": _cost(calc),
+        "failure_rules": FAILURE_RULES,
+    }
 
 
 def _cost(calc) -> dict[str, Any]:
@@ -1207,7 +1222,21 @@ def _cost(calc) -> dict[str, Any]:
     return out
 
 
-def _predates_scf_ladder(doc: dict[str, Any]) -> bool:
-    """A cached SCF failure made before calculators retried a stalled SCF (its cost records no ``scf_level``):
-    it is computed again, with the retry ladder, instead of standing as the site's failure."""
-    return doc.get("failure") == "scf_not_converged" and "scf_level" not in (doc.get("cost") or {})
+def _stale_failure(doc: dict[str, Any]) -> str | None:
+    """Why a cached part's failure is computed again, or None when it stands (a result always stands).
+
+    - an SCF failure made before calculators retried a stalled SCF (its cost records no ``scf_level``);
+    - a CP2K abort on a diverging SCF (the dipole correction's vacuum check, after the first step) from before
+      such aborts went to the retry ladder: under the current rules it climbs the ladder, and an abort at the
+      first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them.
+    """
+    failure, cost = doc.get("failure"), doc.get("cost") or {}
+    if failure == "scf_not_converged" and "scf_level" not in cost:
+        return "an SCF failure from before the SCF fallback ladder"
+    if (
+        failure == "dft_aborted"
+        and doc.get("failure_rules", 1) < 2
+        and _DIPOLE_VACUUM_ABORT in " ".join(str(doc.get("message", "")).split()).lower()
+    ):
+        return "a CP2K dipole-correction abort from before diverging SCFs went to the SCF fallback ladder"
+    return None

@@ -169,9 +169,10 @@ def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tm
     """The default: CHGNet-prepared start, 0.1 eV/Å, one atomic-guess spin check; a run of the clean-slab
     protocol at 0.05 eV/Å (the reference set's first rows) keeps its own directory, and the spin check, added to
     finished sites in place, is not in the key."""
+    from gen2d_dgh_dft import DFT_PROTOCOL
+
     from gen2d.data.templates import build_template
     from gen2d.scoring import get_scorer
-    from gen2d_dgh_dft import DFT_PROTOCOL
 
     layer = build_template("MoS2-2H")
     default = get_scorer("dgh.dft", workdir=str(tmp_path))
@@ -445,7 +446,7 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     # converged geometry. −1 μB on H, against the sheet's unpaired electron, ends in a higher solution.
     import json
 
-    checked = get_scorer("dgh.dft", workdir=str(dft_workdir), spin_starts=[0.0, -1.0], **DGH_DFT_TINY)
+    checked = get_scorer("dgh.dft", workdir=str(dft_workdir), **(DGH_DFT_TINY | {"spin_starts": [0.0, -1.0]}))
     assert checked.run_dir(graphene) == scorer.run_dir(graphene)
     site = checked.score([graphene])[0].extra["best_site"]
     starts = site["spin_starts"]["energies_eV"]
@@ -462,6 +463,72 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     site = checked.score([graphene])[0].extra["best_site"]
     assert site["spin_starts"]["relaxed_from_start"] in ("+0", "-1")
     assert site["energy"] == pytest.approx(best["energy"], abs=0.01)
+
+
+# CP2K 2023.1's output for 3×3 Ti₂CO₂ (45 atoms, Broyden α 0.2, atomic guess): the SCF sloshed and the density
+# reached the vacuum at step 9, where the dipole correction's check stopped it (the abort box is abridged)
+_SLOSHING_SCF = """
+  Step     Update method      Time    Convergence         Total energy    Change
+  ------------------------------------------------------------------------------
+     1 NoMix/Diag. 0.20E+00    9.4     1.93184562     -1394.4548244001 -1.39E+03
+     2 Broy./Diag. 0.20E+00   15.8     0.27393322     -1385.5728160427  8.88E+00
+     3 Broy./Diag. 0.20E+00   16.3     0.13429305     -1389.1715406106 -3.60E+00
+     4 Broy./Diag. 0.20E+00   16.6     0.08242965     -1388.4292952805  7.42E-01
+     5 Broy./Diag. 0.20E+00   16.2     0.04668822     -1390.1138325444 -1.68E+00
+     6 Broy./Diag. 0.20E+00   16.3     0.00339245     -1390.2465176951 -1.33E-01
+     7 Broy./Diag. 0.20E+00   16.5     0.00674309     -1390.0644602420  1.82E-01
+     8 Broy./Diag. 0.20E+00   16.5     0.00094444     -1389.7079301528  3.57E-01
+
+ * [ABORT]                                                                     *
+ *  \\___/       Dipole correction needs more vacuum space above the surface    *
+"""
+_DIPOLE_ABORT = "Dipole correction needs more vacuum space above the surface surface_dipole.F:198"
+
+
+def test_a_density_that_sloshes_into_the_vacuum_is_an_scf_failure_but_too_little_vacuum_is_not():
+    """The dipole correction's vacuum check stopping an SCF after some steps is a diverging SCF (for the retry
+    ladder); stopping it at the first step means the cell lacks vacuum (a named abort); other aborts are neither."""
+    from gen2d_cp2k import DIVERGENCE_MIN_VACUUM, scf_diverged, vacuum_width
+
+    from gen2d.data.templates import build_template
+    from gen2d.structures import to_ase
+
+    assert scf_diverged(_DIPOLE_ABORT, _SLOSHING_SCF, vacuum=15.0) == 8
+    first_step_only = "\n".join(
+        line for line in _SLOSHING_SCF.splitlines() if not line.lstrip()[:1].isdigit() or line.lstrip().startswith("1 ")
+    )
+    assert scf_diverged(_DIPOLE_ABORT, first_step_only, vacuum=15.0) == 0
+    assert scf_diverged(_DIPOLE_ABORT, _SLOSHING_SCF, vacuum=DIVERGENCE_MIN_VACUUM - 2) == 0  # the cell's
+    assert (
+        scf_diverged("Cholesky decomposition failed. Matrix ill-conditioned? cp_fm_cholesky.F:87", _SLOSHING_SCF, 15.0)
+        == 0
+    )
+    # the vacuum of a slab, wherever it sits along z: MoS2's S–S thickness is 3.1 Å
+    layer = to_ase(build_template("MoS2-2H"))
+    c = layer.cell[2, 2]
+    thickness = np.ptp(layer.positions[:, 2])
+    assert vacuum_width(layer) == pytest.approx(c - thickness)
+    layer.positions[:, 2] += c / 2 + 0.3  # straddling the cell boundary
+    assert vacuum_width(layer) == pytest.approx(c - thickness)
+    assert 3.0 < thickness < 3.3
+
+
+def test_a_cached_dipole_abort_from_older_rules_is_computed_again_and_a_current_one_stands():
+    from gen2d.adsorption import FAILURE_RULES, _stale_failure
+
+    old = {
+        "energy": None,
+        "failure": "dft_aborted",
+        "message": f"the bare slab: CP2K aborted: {_DIPOLE_ABORT}",
+        "cost": {"n_evaluations": 0, "scf_level": 0},
+    }
+    assert "dipole" in _stale_failure(old)
+    assert _stale_failure(old | {"failure_rules": FAILURE_RULES}) is None  # at the first step: the cell's
+    assert _stale_failure(old | {"message": "CP2K aborted: Cholesky decomposition failed"}) is None
+    scf = {"energy": None, "failure": "scf_not_converged", "message": "", "cost": {"n_evaluations": 2}}
+    assert "ladder" in _stale_failure(scf)
+    assert _stale_failure(scf | {"cost": {"n_evaluations": 2, "scf_level": 1}}) is None
+    assert _stale_failure({"energy": -1.0, "cost": {}}) is None
 
 
 @needs_cp2k
