@@ -38,6 +38,7 @@ __all__ = [
     "ScfNotConverged",
     "available",
     "make_calculator",
+    "abort_message",
     "scf_abort",
     "scf_diverged",
     "vacuum_width",
@@ -76,35 +77,50 @@ _SCF_TABLE_LINE = re.compile(r"^\s+\d+\s+\S.*\s-?\d+\.\d+\s+[-+]?\d+\.\d+E[-+]\d
 _DIPOLE_VACUUM = "dipole correction needs more vacuum space"
 
 
-#: Å of vacuum above which the converged density of any layer passes the dipole correction's check (1e-5 a.u.): an
-#: atom's density decays as exp(−2κr), κ ≈ 1 bohr⁻¹ for first-row ionisation energies, so it is ~1e-5 a.u. 3 Å
-#: out and ~1e-8 a.u. 5 Å out; 8 Å of gap leaves 4 Å on either side. Below it an abort is the cell's.
-DIVERGENCE_MIN_VACUUM = 8.0
+#: Å of vacuum above which the converged density of a layer passes the dipole correction's check (1e-5 a.u.). Outside
+#: a surface the density decays as exp(−2κz) with κ = √(2W) for a work function W of 4–6 eV (κ ≈ 0.55–0.65 bohr⁻¹):
+#: about a decade per 0.9 Å, so it is near 1e-5 a.u. some 4 Å beyond the outer nuclei, and the middle of the gap
+#: holds both faces' tails. 10 Å leaves about 5 Å on either side. Below it an abort is the cell's.
+DIVERGENCE_MIN_VACUUM = 10.0
 
 
 def vacuum_width(atoms) -> float:
-    """The widest empty slice (Å) along the cell's third axis: the vacuum of a slab, wherever it sits in the cell."""
-    c = float(np.linalg.norm(atoms.cell[2]))
-    if len(atoms) == 0 or c == 0.0:
-        return c
+    """The widest empty slice (Å) along the slab normal (a × b): the vacuum of a slab, wherever it sits in the cell."""
+    cell = np.asarray(atoms.cell)
+    normal = np.cross(cell[0], cell[1])
+    norm = float(np.linalg.norm(normal))
+    height = abs(float(np.dot(cell[2], normal))) / norm if norm else float(np.linalg.norm(cell[2]))
+    if len(atoms) == 0 or height == 0.0:
+        return height
     frac = np.sort(np.mod(atoms.get_scaled_positions(wrap=False)[:, 2], 1.0))
     gaps = np.diff(np.concatenate([frac, [frac[0] + 1.0]]))
-    return float(gaps.max()) * c
+    return float(gaps.max()) * height
 
 
-def scf_diverged(reason: str, output: str, vacuum: float) -> int:
+def scf_diverged(reason: str, output: str, vacuum: float, retrying: bool = False) -> int:
     """SCF steps made before CP2K stopped an SCF whose density spread into the vacuum, else 0.
 
     CP2K's surface dipole correction places its dipole layer where the plane-averaged density is lowest and aborts
     ("Dipole correction needs more vacuum space above the surface") when even that is above 1e-5 a.u. In a cell
     with ``vacuum`` (Å, :func:`vacuum_width`) of at least :data:`DIVERGENCE_MIN_VACUUM`, only an SCF that pushes
-    charge into the vacuum fails it, some steps in (3×3 Ti₂CO₂ with 15 Å did at step 9 of Broyden α 0.2, its
-    energy swinging by 8 Ha): an SCF failure for the retry ladder. With less vacuum the abort is the cell's, a
-    named abort. ``output`` is the evaluation's part of the CP2K output."""
+    charge into the vacuum fails it, after two or more SCF steps (3×3 Ti₂CO₂ with 15 Å did at step 9 of Broyden
+    α 0.2, its energy swinging by 8 Ha): an SCF failure for the retry ladder. While ``retrying`` (the cell passed the
+    check before) it counts at any step. With less vacuum the abort is the cell's, a named abort. ``output`` is the
+    evaluation's part of the CP2K output."""
     if _DIPOLE_VACUUM not in " ".join(reason.split()).lower() or vacuum < DIVERGENCE_MIN_VACUUM:
         return 0
     steps = len(_SCF_TABLE_LINE.findall(output))
-    return steps if steps > 1 else 0
+    return max(steps, 1) if retrying else (steps if steps > 1 else 0)
+
+
+def abort_message(output: str) -> str | None:
+    """The text of the last ``[ABORT]`` box in CP2K ``output`` (one evaluation's part of the file), or None."""
+    if "[ABORT]" not in output:
+        return None
+    # the box is ASCII art in the first 15 columns and the message to its right
+    box = output[output.rindex("[ABORT]") :].splitlines()[1:6]
+    words = [line[15:].strip(" *") for line in box if len(line) > 16]
+    return " ".join(w for w in words if w) or "unknown error"
 
 
 def scf_abort(reason: str) -> bool:
@@ -224,6 +240,8 @@ class Cp2kCalculator(CP2K):
             os.chdir(cwd)
         # the output file is appended to by every process that works in this directory: read only this one's part
         self._out_offset = self._output_size()
+        self._retrying = False  # climbing the SCF fallback ladder (scf_diverged counts an abort at any step)
+        self._evaluation_started = 0.0  # time.time() of the evaluation in progress
         self.gen2d_model = (
             f"CP2K ({self.gen2d_settings.xc}"
             f"{'+' + self.gen2d_settings.dispersion if self.gen2d_settings.dispersion else ''}, "
@@ -312,13 +330,18 @@ class Cp2kCalculator(CP2K):
             self._release_force_env()
             self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
             record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump(exclude_none=True)}
-            converged = True
+            n_before, converged = len(self.scf_steps), False
+            self._retrying = True
             try:
                 self._evaluate(self.atoms, properties, all_changes)
+                converged = True
             except ScfNotConverged as again:
-                failure, converged = again, False
-            self.scf_retries.append({**record, "scf_steps": self.scf_steps[-1], "converged": converged})
-            self._write_ledger()
+                failure = again
+            finally:  # a rung that aborts is recorded too, with the steps it made
+                self._retrying = False
+                steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
+                self.scf_retries.append({**record, "scf_steps": steps, "converged": converged})
+                self._write_ledger()
             if converged:
                 return
         raise failure
@@ -326,22 +349,29 @@ class Cp2kCalculator(CP2K):
     def _evaluate(self, atoms, properties, system_changes) -> None:
         """One CP2K energy/force evaluation with the input already loaded; raises on an SCF that did not converge."""
         start = time.perf_counter()
+        self._evaluation_started = time.time()
         cwd = os.getcwd()
         os.chdir(self._workdir)
         try:
             super().calculate(atoms, properties, system_changes)
         except Exception as exc:
-            reason = self._abort_message()
+            output = self._new_output()
+            reason = abort_message(output)  # this evaluation's abort, never an earlier process's
             if reason is None:
                 raise
+            self._out_offset = self._output_size()
             self._shell = None  # the process is dead: a later call starts a new one
             self._force_env_id = None
             slab = atoms if atoms is not None else self.atoms
-            diverged = scf_diverged(reason, self._new_output(), vacuum_width(slab)) if slab is not None else 0
+            diverged = (
+                scf_diverged(reason, output, vacuum_width(slab), retrying=self._retrying) if slab is not None else 0
+            )
+            if diverged and self.wfn_file.is_file() and self.wfn_file.stat().st_mtime >= self._evaluation_started:
+                # CP2K saved the diverging density's wavefunction: the next rung starts from the atomic guess
+                self.wfn_file.replace(self.wfn_file.with_name(self.wfn_file.name + ".diverged"))
             if scf_abort(reason) or diverged:  # CP2K >= 2024 stops on an unconverged SCF unless told to go on
                 self.n_evaluations += 1
                 self.scf_steps.append(diverged or self.active_settings.max_scf)
-                self._out_offset = self._output_size()
                 self._write_ledger()
                 self.results = {}
                 what = (
@@ -390,19 +420,6 @@ class Cp2kCalculator(CP2K):
             "unit": {"wall_seconds": "s"},
         }
         write_json_atomic(self._ledger, doc)
-
-    def _abort_message(self) -> str | None:
-        """The text of CP2K's ``[ABORT]`` box in the output file, or None if it did not abort."""
-        try:
-            text = self.out_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return None
-        if "[ABORT]" not in text:
-            return None
-        # the box is ASCII art in the first 15 columns and the message to its right
-        box = text[text.rindex("[ABORT]") :].splitlines()[1:6]
-        words = [line[15:].strip(" *") for line in box if len(line) > 16]
-        return " ".join(w for w in words if w) or "unknown error"
 
     def _output_size(self) -> int:
         """Bytes in the output file so far (0 before CP2K has written it): where this process's reading starts."""

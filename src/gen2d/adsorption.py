@@ -1024,10 +1024,11 @@ def _check_spin_starts(
     from that start's wavefunction. The site document gains ``spin_starts`` (energy of every start, eV) and,
     when a start took over, ``relaxed_from_start``; it is rewritten in ``site_dir/result.json``.
     """
-    import json
     import os
 
     recorded = {float(k): v for k, v in doc.get("spin_starts", {}).get("energies_eV", {}).items()}
+    # a start that failed under older rules (:func:`_stale_failure`) is not recorded: it runs again
+    recorded = {m: e for m, e in recorded.items() if e is not None or _cached_start(site_dir, m) is not None}
     if all(m in recorded for m in refine.spin_starts) and "relaxed_from_start" in doc.get("spin_starts", {}):
         return doc
     final = start_atoms.copy()
@@ -1039,11 +1040,8 @@ def _check_spin_starts(
         if moment in energies:
             continue
         d = os.path.join(site_dir, f"start_H{moment:+g}")
-        path = os.path.join(d, "result.json")
-        if os.path.isfile(path):
-            with open(path) as fh:
-                one = json.load(fh)
-        else:
+        one = _cached_start(site_dir, moment)
+        if one is None:
             os.makedirs(d, exist_ok=True)
             probe = _with_moment_on(final, h_index, moment)
             calc = make_calculator(d)
@@ -1051,13 +1049,15 @@ def _check_spin_starts(
                 probe.calc = calc
                 one = {"energy": float(probe.get_potential_energy()), "moment_on_H_muB": moment, "cost": _cost(calc)}
             except Exception as exc:  # noqa: BLE001 - a start that does not converge is recorded, not fatal
-                one = {"energy": None, "failure": _failure_name(exc), "message": str(exc)[:300]}
+                one = {**_failure_doc(exc, calc), "moment_on_H_muB": moment}
             finally:
                 _close_calculator(calc)
-            write_json_atomic(path, one)
+            write_json_atomic(os.path.join(d, "result.json"), one)
         energies[moment] = one.get("energy")
         if one.get("energy") is None:
             failures[f"{moment:+g}"] = one.get("failure", "calculator_error")
+        else:  # a start that failed under older rules and now has an energy
+            failures.pop(f"{moment:+g}", None)
     found = {m: e for m, e in energies.items() if e is not None}
     out = dict(doc)
     out["chain_energy"] = chain_energy
@@ -1220,6 +1220,24 @@ def _cost(calc) -> dict[str, Any]:
     if getattr(calc, "scf_retries", None):
         out["scf_retries"] = list(calc.scf_retries)
     return out
+
+
+def _cached_start(site_dir: str, moment: float) -> dict[str, Any] | None:
+    """The stored result of a site's fresh SCF start with ``moment`` on H, or None if there is none or it is a
+    failure that the current rules retry (:func:`_stale_failure`)."""
+    import json
+    import os
+
+    path = os.path.join(site_dir, f"start_H{moment:+g}", "result.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        one = json.load(fh)
+    stale = _stale_failure(one)
+    if stale is not None:
+        log.info("%s: %s; computing it again", path, stale)
+        return None
+    return one
 
 
 def _stale_failure(doc: dict[str, Any]) -> str | None:

@@ -463,6 +463,18 @@ def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     site = checked.score([graphene])[0].extra["best_site"]
     assert site["spin_starts"]["relaxed_from_start"] in ("+0", "-1")
     assert site["energy"] == pytest.approx(best["energy"], abs=0.01)
+    # a start whose failure was cached under older rules (an SCF failure from before the retry ladder) runs again
+    site_dir = Path(site["run_dir"])
+    stored = json.loads((site_dir / "result.json").read_text())
+    e_minus = stored["spin_starts"]["energies_eV"]["-1"]
+    stored["spin_starts"]["energies_eV"]["-1"] = None
+    stored["spin_starts"]["failures"] = {"-1": "scf_not_converged"}
+    (site_dir / "result.json").write_text(json.dumps(stored))
+    old_failure = {"energy": None, "failure": "scf_not_converged", "message": "CP2K SCF not converged in 100 steps"}
+    (site_dir / "start_H-1" / "result.json").write_text(json.dumps(old_failure))
+    site = checked.score([graphene])[0].extra["best_site"]
+    assert site["spin_starts"]["energies_eV"]["-1"] == pytest.approx(e_minus, abs=1e-4)
+    assert "failures" not in site["spin_starts"]
 
 
 # CP2K 2023.1's output for 3×3 Ti₂CO₂ (45 atoms, Broyden α 0.2, atomic guess): the SCF sloshed and the density
@@ -511,6 +523,81 @@ def test_a_density_that_sloshes_into_the_vacuum_is_an_scf_failure_but_too_little
     layer.positions[:, 2] += c / 2 + 0.3  # straddling the cell boundary
     assert vacuum_width(layer) == pytest.approx(c - thickness)
     assert 3.0 < thickness < 3.3
+
+
+_ABORT_BOX = """
+ *******************************************************************************
+ *   ___                                                                       *
+ *  /   \\                                                                      *
+ * [ABORT]                                                                     *
+ *  \\___/       Dipole correction needs more vacuum space above the surface    *
+ *    |                                                                        *
+ *  O/|                                                                        *
+ * /| |                                                                        *
+ * / \\                                                    surface_dipole.F:198 *
+ *******************************************************************************
+"""
+
+
+@needs_cp2k
+def test_a_sloshing_scf_climbs_the_ladder_from_the_atomic_guess_and_the_ledger_keeps_it(tmp_path, monkeypatch):
+    """The abort path, end to end, with CP2K's evaluation replaced by what it wrote for Ti₂CO₂: the first SCF sloshes
+    into the vacuum (8 steps, then the dipole correction's abort, its wavefunction saved), the fallback rung
+    converges. The rung starts from the atomic guess, and the ledger counts both SCFs. An abort box an earlier
+    process left in the same output is never read as this evaluation's."""
+    from ase.calculators import cp2k as ase_cp2k
+    from ase.calculators.calculator import Calculator
+
+    from gen2d.data.templates import build_template
+    from gen2d.structures import to_ase
+
+    slab = to_ase(build_template("graphene")).repeat((2, 2, 1))
+    slab.cell[2, 2] = 15.0
+    slab.positions[:, 2] = 7.5
+    slab.pbc = (True, True, False)
+    work = tmp_path / "slab"
+    work.mkdir()
+    (work / "gen2d.out").write_text(_SLOSHING_SCF + _ABORT_BOX)  # an earlier process's abort
+    inputs: list[str] = []
+
+    def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
+        Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
+        inputs.append(self.parameters.inp)
+        with open(self.out_file, "a") as fh:
+            if len(inputs) == 1:
+                fh.write(_SLOSHING_SCF + _ABORT_BOX)
+                self.wfn_file.write_text("the diverging density's orbitals")
+                raise AssertionError("cp2k_shell: unexpected line")  # what ASE raises when CP2K dies
+            if len(inputs) == 3:
+                raise RuntimeError("killed")  # no abort box of its own
+            fh.write(" *** SCF run converged in    12 steps ***\n")
+        self.results = {"energy": -1.0, "forces": np.zeros((len(self.atoms), 3))}
+
+    monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
+    rung = ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250)
+    calc = make_calculator(settings=Cp2kSettings(**(TINY | {"scf_fallback": (rung,)})), directory=str(work))
+    slab.calc = calc
+    assert slab.get_potential_energy() == -1.0
+    assert calc.scf_steps == [8, 12] and calc.scf_level == 1 and calc.n_evaluations == 2
+    assert calc.scf_retries == [
+        {
+            "evaluation": 1,
+            "rung": 1,
+            "mixing_alpha": 0.05,
+            "nbroyden": 12,
+            "max_scf": 250,
+            "scf_steps": 12,
+            "converged": True,
+        }
+    ]
+    assert "SCF_GUESS RESTART" in inputs[0] or "SCF_GUESS ATOMIC" in inputs[0]
+    assert "SCF_GUESS ATOMIC" in inputs[1] and "ALPHA 0.05" in inputs[1]  # not from the diverged wavefunction
+    assert (work / "gen2d-RESTART.wfn.diverged").is_file() and not calc.wfn_file.exists()
+    ledger = __import__("json").loads((work / "gen2d-cost.json").read_text())
+    assert ledger["scf_steps"] == [8, 12] and ledger["scf_retries"] == calc.scf_retries
+    slab.positions[0, 2] += 0.05
+    with pytest.raises(RuntimeError, match="killed"):  # the old abort boxes in the file are not this one's
+        slab.get_potential_energy()
 
 
 def test_a_cached_dipole_abort_from_older_rules_is_computed_again_and_a_current_one_stands():
