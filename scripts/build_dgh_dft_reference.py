@@ -245,7 +245,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
     """The reference rows as the Markdown table of the docs (one line per material)."""
     head = (
         "| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
-        "DFT cells | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|"
+        "DFT cells | start, fmax (eV/Å) | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name in sorted(rows):
@@ -254,11 +254,14 @@ def markdown_table(rows: dict[str, dict]) -> str:
         lit = r.get("literature") or {}
         fmt = lambda v, p="+.2f": "—" if v is None else format(v, p)  # noqa: E731
         value = fmt(r.get("dg_h_eV")) if r.get("ok") else f"failed: {(r.get('failure') or {}).get('reason')}"
+        refine = r["provenance"]["settings"].get("refine") or {}
+        protocol = f"{refine.get('prerelax') or 'clean slab'}, {refine.get('fmax', '—'):g}" if refine else "—"
         lines.append(
             f"| {name} | {best.get('kind', '—')} ({best.get('nearest_atom', '—')}) | {fmt(best.get('coverage'), '.3f')} | "
             f"{value} | {fmt((r.get('mlip') or {}).get('dg_h_same_site_eV'))} | "
             f"{fmt(lit.get('dg_h_eV')) + ' ± ' + format(lit['precision_eV'], '.2f') if lit else '—'} | "
-            f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
+            f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {protocol} | "
+            f"{fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
             f"{r['provenance']['settings']['cp2k_settings_hash']} |"
         )
     return "\n".join(lines)
