@@ -775,7 +775,6 @@ def refine_adsorption(
         Sites with flags (``geometry_not_converged``, ``scf_not_converged`` and the flags of
         :func:`adsorb_h`); ``settings`` holds both the adsorption and refinement settings.
     """
-    import json
     import os
 
     settings = settings or AdsorptionSettings()
@@ -807,13 +806,9 @@ def refine_adsorption(
 
     def cached(name: str, compute):
         path = os.path.join(workdir, name, "result.json")
-        if os.path.isfile(path):
-            with open(path) as fh:
-                doc = json.load(fh)
-            stale = _stale_failure(doc)
-            if stale is None:
-                return doc
-            log.info("%s: %s; computing it again", path, stale)
+        doc = _cached_result(path)
+        if doc is not None:
+            return doc
         os.makedirs(os.path.dirname(path), exist_ok=True)
         out = compute(os.path.dirname(path))
         write_json_atomic(path, out)
@@ -1223,12 +1218,18 @@ def _cost(calc) -> dict[str, Any]:
 
 
 def _cached_start(site_dir: str, moment: float) -> dict[str, Any] | None:
-    """The stored result of a site's fresh SCF start with ``moment`` on H, or None if there is none or it is a
-    failure that the current rules retry (:func:`_stale_failure`)."""
+    """The stored result of a site's fresh SCF start with ``moment`` on H (:func:`_cached_result`)."""
+    import os
+
+    return _cached_result(os.path.join(site_dir, f"start_H{moment:+g}", "result.json"))
+
+
+def _cached_result(path: str) -> dict[str, Any] | None:
+    """A part's stored ``result.json`` (slab, site, spin start), or None if there is none or it is a failure that
+    the current rules retry (:func:`_stale_failure`)."""
     import json
     import os
 
-    path = os.path.join(site_dir, f"start_H{moment:+g}", "result.json")
     if not os.path.isfile(path):
         return None
     with open(path) as fh:
