@@ -186,6 +186,50 @@ def test_four_processes_upsert_and_score_one_monty_store(tmp_path):
     assert all(sorted(d["sets"]) == ["w0", "w1", "w2", "w3"] for d in docs)
 
 
+JOB_STORE_CONNECTS = """
+import sys, time
+from gen2d.flows import job_store
+t = time.time()
+while time.time() - t < float(sys.argv[2]):
+    js = job_store(sys.argv[1])
+    js.connect()
+    js.close()
+"""
+
+
+def test_the_job_store_and_the_candidate_store_open_one_monty_database_at_once(tmp_path):
+    """A FireWorks worker connects jobflow's job store while someone opens the candidate store. maggma
+    rewrites montydb's config files on every connect; unlocked, the reader found them empty about once per
+    3,000 opens ("Empty module name"), which failed a crash test at random."""
+    from monty.json import MontyDecoder
+
+    from gen2d.flows import job_store
+    from gen2d.monty import LockedMontyStore
+
+    uri = f"monty://{tmp_path}/db"
+    js = job_store(uri)
+    # FireWorks carries the job store inside the workflow: it must come back as the locked store
+    back = MontyDecoder().process_decoded(js.as_dict())
+    assert isinstance(back.docs_store, LockedMontyStore)
+    assert all(isinstance(s, LockedMontyStore) for s in back.additional_stores.values())
+
+    script = tmp_path / "connects.py"
+    script.write_text(JOB_STORE_CONNECTS)
+    seconds = 6.0
+    worker = subprocess.Popen([sys.executable, str(script), uri, str(seconds)], stderr=subprocess.PIPE, text=True)
+    opened, failed = 0, []
+    while worker.poll() is None:
+        try:
+            with open_store(uri) as cs:
+                cs.count()
+            opened += 1
+        except StoreUnavailable as exc:
+            failed.append(str(exc))
+    err = worker.communicate()[1]
+    assert worker.returncode == 0, err[-2000:]
+    assert opened > 100 and not failed, (opened, failed[:3])
+
+
 def test_a_result_from_an_older_scorer_version_is_missing_and_redone(memory_store, monkeypatch):
     from gen2d import jobs
 

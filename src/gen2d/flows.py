@@ -170,16 +170,18 @@ def job_store(uri: str | None = None):
     Checkpoints and other blobs go to the ``data`` store (GridFS on MongoDB), never into documents.
     """
     from jobflow import JobStore
-    from maggma.stores import GridFSStore, MemoryStore, MongoStore, MontyStore
+    from maggma.stores import GridFSStore, MemoryStore, MongoStore
 
+    from gen2d.monty import LockedMontyStore
     from gen2d.store import _monty_path, resolve_store_uri
 
     uri = resolve_store_uri(uri)
     if uri.startswith("monty://"):
         path = _monty_path(uri)
         Path(path).mkdir(parents=True, exist_ok=True)
-        docs = MontyStore("outputs", database_path=path, database_name="gen2d", storage="sqlite")
-        data = MontyStore("outputs_data", database_path=path, database_name="gen2d", storage="sqlite")
+        # the same lock as the candidate store: maggma rewrites montydb's config files on every connect
+        docs = LockedMontyStore("outputs", database_path=path, database_name="gen2d", storage="sqlite")
+        data = LockedMontyStore("outputs_data", database_path=path, database_name="gen2d", storage="sqlite")
     elif uri.startswith("memory://"):
         name = uri[len("memory://") :] or "gen2d"
         docs, data = MemoryStore(f"{name}_outputs"), MemoryStore(f"{name}_outputs_data")

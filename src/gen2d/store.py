@@ -230,6 +230,21 @@ def score_is_current(score: dict[str, Any] | None, current: dict[str, Any] | Non
 # store
 
 
+MONTY_LOCK = ".gen2d.lock"
+
+
+@contextlib.contextmanager
+def monty_lock(database_path: str | Path) -> Iterator[None]:
+    """The exclusive file lock (``<database_path>/.gen2d.lock``) that every process takes to open or write one
+    embedded (montydb) database."""
+    with open(Path(database_path) / MONTY_LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class CandidateStore:
     """Candidates in a maggma store. Use :func:`open_store` to get one.
 
@@ -255,17 +270,13 @@ class CandidateStore:
             if self._lock_path is None:
                 yield
                 return
-            with open(self._lock_path, "a+") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+            with monty_lock(self._lock_path.parent):
+                yield
 
     # connection -------------------------------------------------------------------------------
     def connect(self) -> CandidateStore:
         try:
-            with self._write_lock():
+            with self._lock:  # an embedded store takes its file lock itself (LockedMontyStore)
                 self.store.connect()
         except Exception as exc:
             raise StoreUnavailable(
@@ -458,13 +469,17 @@ def open_store(
         ``mongodb+srv://`` (maggma ``MongoStore.from_uri``; the database comes from the URI path, default
         ``gen2d``), ``memory://[name]`` (mongomock, for tests).
     """
-    from maggma.stores import MemoryStore, MongoStore, MontyStore
+    from maggma.stores import MemoryStore, MongoStore
+
+    from gen2d.monty import LockedMontyStore
 
     uri = resolve_store_uri(uri)
     if uri.startswith("monty://"):
         path = _monty_path(uri)
         Path(path).mkdir(parents=True, exist_ok=True)
-        store = MontyStore(collection, database_path=path, database_name="gen2d", key="candidate_id", storage="sqlite")
+        store = LockedMontyStore(
+            collection, database_path=path, database_name="gen2d", key="candidate_id", storage="sqlite"
+        )
     elif uri.startswith("memory://"):
         name = uri[len("memory://") :] or collection
         store = MemoryStore(collection_name=name, key="candidate_id")
@@ -480,7 +495,7 @@ def open_store(
         )
     else:
         raise StoreUnavailable(f"unsupported store URI {redact_uri(uri)!r}: use monty://, mongodb:// or memory://")
-    lock = Path(_monty_path(uri)) / ".gen2d.lock" if uri.startswith("monty://") else None
+    lock = Path(_monty_path(uri)) / MONTY_LOCK if uri.startswith("monty://") else None
     cs = CandidateStore(store, uri, lock_path=lock)
     if connect:
         cs.connect()
