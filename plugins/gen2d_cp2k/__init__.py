@@ -216,6 +216,9 @@ class Cp2kCalculator(CP2K):
         self.n_processes = int(prior.get("n_processes", 0)) + 1
         self.scf_level = min(int(prior.get("scf_level", 0)), len(self.gen2d_settings.scf_fallback))
         self.scf_retries: list[dict[str, Any]] = list(prior.get("scf_retries", []))
+        # the route (mixing) of the rung on which the last SCF in this directory failed for good: a resumed run on
+        # the same route does not repeat that SCF, it goes on up the ladder (a changed ladder is tried as usual)
+        self.scf_failed: dict[str, Any] | None = prior.get("scf_failed") or None
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
         cwd = os.getcwd()
         os.chdir(self._workdir)
@@ -241,6 +244,7 @@ class Cp2kCalculator(CP2K):
         # the output file is appended to by every process that works in this directory: read only this one's part
         self._out_offset = self._output_size()
         self._retrying = False  # climbing the SCF fallback ladder (scf_diverged counts an abort at any step)
+        self._anneal_k: float | None = None  # electronic temperature of a rung's preparatory SCF, while it runs
         self._evaluation_started = 0.0  # time.time() of the evaluation in progress
         self.gen2d_model = (
             f"CP2K ({self.gen2d_settings.xc}"
@@ -298,38 +302,86 @@ class Cp2kCalculator(CP2K):
 
     @property
     def active_settings(self) -> Cp2kSettings:
-        """The settings with the SCF fallback rung in use applied (the physics of :attr:`gen2d_settings`)."""
-        return self.gen2d_settings.at_rung(self.scf_level)
+        """The settings with the SCF fallback rung in use applied (the physics of :attr:`gen2d_settings`, except
+        during a rung's preparatory hot SCF, whose energy is never handed out)."""
+        active = self.gen2d_settings.at_rung(self.scf_level)
+        if self._anneal_k is not None:
+            rung = self.gen2d_settings.scf_fallback[self.scf_level - 1]
+            active = active.model_copy(
+                update={
+                    "electronic_temperature_k": self._anneal_k,
+                    "max_scf": rung.anneal_max_scf,
+                    "dipole_correction": active.dipole_correction and rung.anneal_dipole_correction,
+                }
+            )
+        return active
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         if atoms is not None and ("numbers" in system_changes or self._force_env_id is None):
             if self._force_env_id is not None:
                 self._release_force_env()
             self._prepare(atoms)
+        if atoms is not None:
+            self.atoms = atoms.copy()
+        resumed_failure = self.scf_failed is not None and self.scf_failed == self._route()
         try:
+            if resumed_failure:
+                raise ScfNotConverged(f"the last SCF in {self._workdir} failed on rung {self.scf_level}")
             self._evaluate(atoms, properties, system_changes)
         except ScfNotConverged as exc:
-            self._climb_scf_ladder(exc, properties)
+            try:
+                self._climb_scf_ladder(exc, properties, anneal_again=not resumed_failure)
+            except ScfNotConverged:
+                self.scf_failed = self._route()
+                self._write_ledger()
+                raise
+        if self.scf_failed is not None:
+            self.scf_failed = None
+            self._write_ledger()
 
-    def _climb_scf_ladder(self, failure: ScfNotConverged, properties) -> None:
+    def _route(self) -> dict[str, Any]:
+        """How the SCF at the current rung is run: its level and mixing (compared on resume)."""
+        rung = self.gen2d_settings.scf_fallback[self.scf_level - 1] if self.scf_level else None
+        a = self.gen2d_settings.at_rung(self.scf_level)
+        return {
+            "level": self.scf_level,
+            "mixing_alpha": a.mixing_alpha,
+            "nbroyden": a.nbroyden,
+            "max_scf": a.max_scf,
+            "mixing_beta": a.mixing_beta,
+            "anneal_temperature_k": rung.anneal_temperature_k if rung else None,
+        }
+
+    def _climb_scf_ladder(self, failure: ScfNotConverged, properties, anneal_again: bool = True) -> None:
         """Retry the evaluation that just failed its SCF, rung by rung of ``scf_fallback``, each from the last
-        wavefunction; re-raise the last failure when no rung is left."""
+        wavefunction; re-raise the last failure when no rung is left. A failure on a rung that anneals
+        (``ScfFallback.anneal_temperature_k``) first anneals again on that rung (``anneal_again``): a new geometry
+        can flip its occupations as the first did."""
         ladder = self.gen2d_settings.scf_fallback
-        while self.scf_level < len(ladder):
-            self.scf_level += 1
-            rung = ladder[self.scf_level - 1]
+        levels = list(range(self.scf_level + 1, len(ladder) + 1))
+        if anneal_again and 0 < self.scf_level and ladder[self.scf_level - 1].anneal_temperature_k is not None:
+            levels.insert(0, self.scf_level)
+        for level in levels:
+            self.scf_level = level
+            rung = ladder[level - 1]
             log.warning(
                 "CP2K SCF in %s did not converge; retrying from the last wavefunction with rung %d "
-                "(mixing α %g, NBROYDEN %d, MAX_SCF %d)",
+                "(mixing α %g, NBROYDEN %d, MAX_SCF %d%s)",
                 self._workdir,
-                self.scf_level,
+                level,
                 rung.mixing_alpha,
                 rung.nbroyden,
                 rung.max_scf,
+                f", after an SCF at {rung.anneal_temperature_k:g} K" if rung.anneal_temperature_k else "",
             )
+            record = {"evaluation": self.n_evaluations, "rung": level, **rung.model_dump(exclude_none=True)}
+            if rung.anneal_temperature_k is None:
+                record.pop("anneal_max_scf")
+                record.pop("anneal_dipole_correction")
+            else:
+                record.update(self._anneal(rung.anneal_temperature_k, properties))
             self._release_force_env()
             self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
-            record = {"evaluation": self.n_evaluations, "rung": self.scf_level, **rung.model_dump(exclude_none=True)}
             n_before, converged = len(self.scf_steps), False
             self._retrying = True
             try:
@@ -345,6 +397,27 @@ class Cp2kCalculator(CP2K):
             if converged:
                 return
         raise failure
+
+    def _anneal(self, temperature_k: float, properties) -> dict[str, Any]:
+        """The preparatory SCF of an annealing rung, at ``temperature_k``: it leaves its wavefunction for the
+        rung's own SCF and hands out nothing. Returns its record (steps, converged)."""
+        self._release_force_env()
+        self._anneal_k = temperature_k
+        n_before, converged = len(self.scf_steps), False
+        self._retrying = True
+        try:
+            self._prepare(self.atoms)
+            self._evaluate(self.atoms, properties, all_changes)
+            converged = True
+        except ScfNotConverged:
+            pass  # its wavefunction is still the better start (a diverged one was set aside by _evaluate)
+        finally:
+            self._anneal_k = None
+            self._retrying = False
+            self.results = {}  # a hot energy is never a result
+            self._release_force_env()
+        steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
+        return {"anneal_scf_steps": steps, "anneal_converged": converged}
 
     def _evaluate(self, atoms, properties, system_changes) -> None:
         """One CP2K energy/force evaluation with the input already loaded; raises on an SCF that did not converge."""
@@ -417,6 +490,7 @@ class Cp2kCalculator(CP2K):
             "n_processes": self.n_processes,
             "scf_level": self.scf_level,
             "scf_retries": self.scf_retries,
+            "scf_failed": self.scf_failed,
             "unit": {"wall_seconds": "s"},
         }
         write_json_atomic(self._ledger, doc)

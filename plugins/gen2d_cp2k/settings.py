@@ -37,6 +37,14 @@ class ScfFallback(BaseModel):
     A rung changes how the SCF reaches its solution, not the solution (the same functional, basis, grid,
     smearing and ``eps_scf``), so it is not part of the settings hash. The rung an evaluation needed is recorded
     in the calculator's cost ledger and provenance.
+
+    A rung with ``anneal_temperature_k`` first runs the SCF with hotter Fermi–Dirac smearing (at most
+    ``anneal_max_scf`` steps) and, for a slab, without the surface dipole correction; then the SCF at the
+    settings' own temperature, with the correction, from the wavefunction that left. Hot smearing damps the
+    occupation flipping of states at the Fermi level; converging before the dipole correction is switched on is
+    the usual start for a slab whose SCF diverges with it. Only the second SCF gives the energy, so the physics is
+    still the settings'. The smearing-level escalation of the AiiDA CP2K surface protocols uses hotter smearing
+    for the result itself; here it only prepares the start.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,6 +58,25 @@ class ScfFallback(BaseModel):
         description="Kerker damping (bohr⁻¹, CP2K's &MIXING BETA, default 0.5) of this rung; larger "
         "damps the long-wavelength charge sloshing of a metallic slab more",
     )
+    anneal_temperature_k: float | None = Field(
+        None,
+        gt=0.0,
+        description="electronic temperature (K) of a preparatory SCF whose wavefunction starts this rung's SCF "
+        "at the settings' own temperature; its energy is never used",
+    )
+    anneal_max_scf: int = Field(150, ge=1, description="SCF steps of the preparatory hot SCF")
+    anneal_dipole_correction: bool = Field(
+        False,
+        description="whether the preparatory SCF of a slab keeps the surface dipole correction; without it, a "
+        "transient dipole cannot tilt the vacuum potential and pull charge into the vacuum (the divergence CP2K "
+        "aborts on), and the rung's own SCF restores it",
+    )
+
+    def mixing(self) -> dict[str, float | int]:
+        """The fields this rung sets on :class:`Cp2kSettings` (its SCF route at the settings' temperature)."""
+        return self.model_dump(
+            exclude_none=True, exclude={"anneal_temperature_k", "anneal_max_scf", "anneal_dipole_correction"}
+        )
 
 
 #: fields of :class:`Cp2kSettings` that choose the SCF's route, not the physics: left out of the settings hash
@@ -99,8 +126,10 @@ class Cp2kSettings(BaseModel):
         wavefunction: gentler Broyden mixing (smaller ``mixing_alpha``, longer ``nbroyden``) and more steps. A
         rung that converges stays for the rest of that calculator's evaluations; only when every rung fails is
         the SCF a named failure. Not hashed (:data:`NOT_HASHED`): the rungs keep ``eps_scf`` and every physical
-        setting. The default rung (α 0.05, 12 Broyden vectors, 250 steps) is the usual cure for the charge
-        sloshing of an open-shell slab+H; ``()`` turns the retry off.
+        setting. The first default rung (α 0.05, 12 Broyden vectors, 250 steps) is the usual cure for the charge
+        sloshing of an open-shell slab+H; the second starts that SCF again from the wavefunction of a 1500 K SCF
+        without the dipole correction, for occupations that flip at the Fermi level and for a slab whose density
+        runs into the vacuum (:class:`ScfFallback`); ``()`` turns the retry off.
     spin : {"auto", "on", "off"}
         ``auto``: unrestricted Kohn–Sham when the electron count is odd or a magnetic element
         (``MAGNETIC_MOMENTS``) is present; its multiplicity is 2 for odd counts, 1 otherwise.
@@ -131,7 +160,10 @@ class Cp2kSettings(BaseModel):
     nbroyden: int = 8
     eps_scf: float = 1e-5
     max_scf: int = 100
-    scf_fallback: tuple[ScfFallback, ...] = (ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),)
+    scf_fallback: tuple[ScfFallback, ...] = (
+        ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),
+        ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250, anneal_temperature_k=1500.0),
+    )
     spin: Literal["auto", "on", "off"] = "auto"
     dipole_correction: bool = True
     kpoints: tuple[int, int, int] | None = None
@@ -151,8 +183,7 @@ class Cp2kSettings(BaseModel):
         """These settings with SCF fallback rung ``level`` applied (0: the settings themselves)."""
         if level <= 0:
             return self
-        rung = self.scf_fallback[level - 1]
-        return self.model_copy(update=rung.model_dump(exclude_none=True))
+        return self.model_copy(update=self.scf_fallback[level - 1].mixing())
 
 
 def valence_electrons(element: str, potential: str = "GTH-PBE", data_dir: str | None = None) -> int:

@@ -1185,7 +1185,7 @@ def _failure_name(exc: BaseException) -> str:
 #: How calculator failures are classified, stored with each cached failure. A cached failure that the current rules
 #: would retry is computed again (:func:`_stale_failure`): 1, a CP2K abort on an SCF whose density spread into the
 #: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``).
-FAILURE_RULES = 2
+FAILURE_RULES = 3
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
 
@@ -1245,6 +1245,8 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
     """Why a cached part's failure is computed again, or None when it stands (a result always stands).
 
     - an SCF failure made before calculators retried a stalled SCF (its cost records no ``scf_level``);
+    - an SCF failure from before the ladder's annealing rung (``failure_rules`` < 3); the calculator's ledger
+      knows the rung that failed, so the retry goes on from the next one;
     - a CP2K abort on a diverging SCF (the dipole correction's vacuum check, after the first step) from before
       such aborts went to the retry ladder: under the current rules it climbs the ladder, and an abort at the
       first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them.
@@ -1252,6 +1254,8 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
     failure, cost = doc.get("failure"), doc.get("cost") or {}
     if failure == "scf_not_converged" and "scf_level" not in cost:
         return "an SCF failure from before the SCF fallback ladder"
+    if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:
+        return "an SCF failure from before the ladder's annealing rung (a hotter SCF to start from)"
     if (
         failure == "dft_aborted"
         and doc.get("failure_rules", 1) < 2

@@ -614,7 +614,9 @@ def test_a_cached_dipole_abort_from_older_rules_is_computed_again_and_a_current_
     assert _stale_failure(old | {"message": "CP2K aborted: Cholesky decomposition failed"}) is None
     scf = {"energy": None, "failure": "scf_not_converged", "message": "", "cost": {"n_evaluations": 2}}
     assert "ladder" in _stale_failure(scf)
-    assert _stale_failure(scf | {"cost": {"n_evaluations": 2, "scf_level": 1}}) is None
+    laddered = scf | {"cost": {"n_evaluations": 2, "scf_level": 1}, "failure_rules": 2}
+    assert "annealing" in _stale_failure(laddered)  # before the ladder's annealing rung
+    assert _stale_failure(laddered | {"failure_rules": FAILURE_RULES}) is None
     assert _stale_failure({"energy": -1.0, "cost": {}}) is None
 
 
@@ -688,3 +690,120 @@ def test_scf_steps_of_an_ot_run_count_every_outer_iteration():
     assert scf_steps_in(ot, 100) == (107, True)
     assert scf_steps_in("  *** SCF run converged in    42 steps ***\n", 100) == (42, True)
     assert scf_steps_in("  *** SCF run NOT converged ***\n", 100) == (100, False)
+
+
+def _scripted_cp2k(monkeypatch, outcomes: list):
+    """Replace CP2K's evaluation by a script: each call takes the next outcome, ``None`` for an SCF that does not
+    converge, or ``(energy, steps)``. Returns the list of inputs CP2K was given."""
+    from ase.calculators import cp2k as ase_cp2k
+    from ase.calculators.calculator import Calculator
+
+    inputs: list[str] = []
+
+    def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
+        Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
+        inputs.append(self.parameters.inp)
+        outcome = outcomes.pop(0)
+        self.wfn_file.write_text(f"orbitals of SCF {len(inputs)}")
+        with open(self.out_file, "a") as fh:
+            if outcome is None:
+                fh.write(" *** SCF run NOT converged ***\n")
+                self.results = {"energy": 99.0, "forces": np.zeros((len(self.atoms), 3))}
+                return
+            energy, steps = outcome
+            fh.write(f" *** SCF run converged in {steps:6d} steps ***\n")
+        self.results = {"energy": energy, "forces": np.zeros((len(self.atoms), 3))}
+
+    monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
+    return inputs
+
+
+@needs_cp2k
+def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_energy(tmp_path, monkeypatch):
+    """The default ladder's second rung: an SCF at 1500 K whose wavefunction starts the SCF at the settings' own
+    temperature. The hot energy is never the result; a later geometry that fails on that rung anneals again."""
+    settings = Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0, "mixing_alpha": 0.2}))
+    hot, cold = settings.scf_fallback
+    assert hot.anneal_temperature_k is None and cold.anneal_temperature_k == 1500.0
+    assert settings.at_rung(2).electronic_temperature_k == 300.0  # the rung's result is at the settings' physics
+    assert settings.settings_hash() == Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0,
+                                                              "mixing_alpha": 0.2, "scf_fallback": ()})).settings_hash()
+    # base fails, rung 1 fails, rung 2: hot SCF (converges, -5 eV), then the cold SCF (-1 eV)
+    inputs = _scripted_cp2k(monkeypatch, [None, None, (-5.0, 30), (-1.0, 12)])
+    mol = _h2()
+    mol.pbc = (True, True, False)  # a "slab": its SCFs carry the surface dipole correction, except the hot one
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "a"))
+    assert mol.get_potential_energy() == -1.0
+    assert calc.scf_steps == [100, 250, 30, 12] and calc.scf_level == 2
+    assert "ELECTRONIC_TEMPERATURE [K] 1500.0" in inputs[2] and "MAX_SCF 150" in inputs[2]
+    assert "SURFACE_DIPOLE_CORRECTION" not in inputs[2]
+    assert all("SURFACE_DIPOLE_CORRECTION T" in inputs[k] for k in (0, 1, 3))
+    assert "ELECTRONIC_TEMPERATURE [K] 300.0" in inputs[3] and "MAX_SCF 250" in inputs[3]
+    assert "ALPHA 0.05" in inputs[3] and "SCF_GUESS RESTART" in inputs[3]
+    assert [r["rung"] for r in calc.scf_retries] == [1, 2]
+    assert calc.scf_retries[1] == {
+        "evaluation": 2,
+        "rung": 2,
+        "mixing_alpha": 0.05,
+        "nbroyden": 12,
+        "max_scf": 250,
+        "anneal_temperature_k": 1500.0,
+        "anneal_max_scf": 150,
+        "anneal_dipole_correction": False,
+        "anneal_scf_steps": 30,
+        "anneal_converged": True,
+        "scf_steps": 12,
+        "converged": True,
+    }
+    # the next geometry fails on rung 2: it anneals again (the hot SCF need not converge), then converges
+    inputs += _scripted_cp2k(monkeypatch, [None, None, (-1.1, 20)])
+    mol.positions[1, 2] += 0.02
+    assert mol.get_potential_energy() == -1.1
+    assert calc.scf_retries[-1]["rung"] == 2 and calc.scf_retries[-1]["anneal_converged"] is False
+    calc.close()
+
+
+@needs_cp2k
+def test_a_resumed_scf_failure_does_not_repeat_the_rung_that_failed(tmp_path, monkeypatch):
+    """A part whose SCF failed on every rung is stored as a failure; computing it again (a stale failure, a killed
+    job) does not spend another SCF on the same route, but a ladder with a new rung tries that rung at once."""
+    one = ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250)
+    settings = Cp2kSettings(**(TINY | {"scf_fallback": (one,)}))
+    work = tmp_path / "site"
+    _scripted_cp2k(monkeypatch, [None, None])
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(work))
+    with pytest.raises(ScfNotConverged):
+        mol.get_potential_energy()
+    assert calc.scf_failed == {**calc._route(), "level": 1}
+    calc.close()
+    inputs = _scripted_cp2k(monkeypatch, [])
+    mol.calc = again = make_calculator(settings=settings, directory=str(work))
+    with pytest.raises(ScfNotConverged, match="failed on rung 1"):
+        mol.get_potential_energy()
+    assert inputs == [] and again.n_evaluations == 2  # no CP2K run: the same route would fail the same way
+    again.close()
+    longer = Cp2kSettings(**(TINY | {"scf_fallback": (one, ScfFallback(mixing_alpha=0.02, nbroyden=20, max_scf=400))}))
+    inputs = _scripted_cp2k(monkeypatch, [(-2.0, 40)])
+    mol.calc = third = make_calculator(settings=longer, directory=str(work))
+    assert mol.get_potential_energy() == -2.0
+    assert len(inputs) == 1 and "ALPHA 0.02" in inputs[0] and third.scf_level == 2
+    assert third.scf_failed is None
+    assert __import__("json").loads((work / "gen2d-cost.json").read_text())["scf_failed"] is None
+    third.close()
+
+
+@needs_cp2k
+def test_an_annealing_rung_on_real_cp2k_reaches_the_plain_energy(tmp_path):
+    """On CP2K itself: two SCF steps cannot converge H₂; the annealing rung's 3000 K SCF and then its SCF at the
+    settings' temperature reach the energy of a plain run, and only that SCF's energy is handed out."""
+    base = TINY | {"max_scf": 60, "eps_scf": 1e-6}
+    rung = ScfFallback(mixing_alpha=0.3, nbroyden=8, max_scf=60, anneal_temperature_k=3000.0, anneal_max_scf=60)
+    e_plain = _h2_energy(Cp2kSettings(**(base | {"scf_fallback": ()})), tmp_path / "plain")
+    stalled = Cp2kSettings(**(base | {"max_scf": 2, "scf_fallback": (rung,)}))
+    e = _h2_energy(stalled, tmp_path / "anneal")
+    assert e == pytest.approx(e_plain, abs=2e-4)
+    ledger = __import__("json").loads((tmp_path / "anneal" / "gen2d-cost.json").read_text())
+    (retry,) = ledger["scf_retries"]
+    assert retry["converged"] and retry["anneal_converged"] and retry["anneal_scf_steps"] > 2
+    assert ledger["scf_steps"][0] == 2 and len(ledger["scf_steps"]) == 3  # base, hot, cold
