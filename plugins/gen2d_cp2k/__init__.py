@@ -183,7 +183,11 @@ class Cp2kCalculator(CP2K):
         The SCF fallback rung in use (0: the settings' own mixing; ``k``: ``settings.scf_fallback[k-1]``). It
         only rises, and it is kept in the ledger, so a resumed run goes on with the rung that worked.
     scf_retries : list of dict
-        Every retry of a stalled SCF: evaluation index, rung, its mixing, SCF steps and whether it converged.
+        Every retry of a stalled SCF: the index of the rung's own SCF, the rung and its fields, SCF steps and
+        whether it converged (an annealing rung adds its hot SCF's steps, and whether it converged or aborted).
+    scf_failed : dict or None
+        The route (rung and mixing) on which this directory's last SCF failed for good, kept in the ledger: the
+        first evaluation of a resumed run does not repeat it but goes on to a rung above it, if the ladder has one.
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class Cp2kCalculator(CP2K):
         Path(directory).mkdir(parents=True, exist_ok=True)
         self._workdir = Path(directory).absolute()
         self._restart_wfn = restart_wfn
+        self._created = time.time()
         self._data_dir = str(data_dir())
         # the cost of a directory's work survives restarts: a resumed run adds to its ledger
         self._ledger = self._workdir / f"{label}-cost.json"
@@ -219,6 +224,9 @@ class Cp2kCalculator(CP2K):
         # the route (mixing) of the rung on which the last SCF in this directory failed for good: a resumed run on
         # the same route does not repeat that SCF, it goes on up the ladder (a changed ladder is tried as usual)
         self.scf_failed: dict[str, Any] | None = prior.get("scf_failed") or None
+        if "scf_failed" not in prior:
+            self.scf_failed = self._inferred_failure()
+        self._resume_checked = False  # the failed route is skipped once, by the first evaluation of this process
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
         cwd = os.getcwd()
         os.chdir(self._workdir)
@@ -287,10 +295,16 @@ class Cp2kCalculator(CP2K):
         text = re.sub(r"PERIODIC\s+XY\b(?!Z)", "PERIODIC XYZ", text)
         return text
 
-    def _prepare(self, atoms) -> None:
+    def _prepare(self, atoms, restart_wfn: bool | None = None) -> None:
+        """Load the input for ``atoms``; ``restart_wfn`` (default: the constructor's) starts the SCF from the
+        directory's last wavefunction when it exists. A retry always does: it goes on from the SCF that failed."""
         symbols = atoms.get_chemical_symbols()
         slab = not bool(atoms.pbc[2])
-        restart = str(self.wfn_file.name) if self._restart_wfn and self.wfn_file.is_file() else None
+        use = self._restart_wfn if restart_wfn is None else restart_wfn
+        if use and not self._restart_wfn and self.wfn_file.is_file():
+            # asked for a fresh start: only a wavefunction this process's own SCFs wrote is the failed SCF's
+            use = self.wfn_file.stat().st_mtime >= self._created
+        restart = str(self.wfn_file.name) if use and self.wfn_file.is_file() else None
         self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
         inp = build_input(
             self.active_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.start_magnetization
@@ -323,7 +337,8 @@ class Cp2kCalculator(CP2K):
             self._prepare(atoms)
         if atoms is not None:
             self.atoms = atoms.copy()
-        resumed_failure = self.scf_failed is not None and self.scf_failed == self._route()
+        resumed_failure = not self._resume_checked and self.scf_failed is not None and self.scf_failed == self._route()
+        self._resume_checked = True
         try:
             if resumed_failure:
                 raise ScfNotConverged(f"the last SCF in {self._workdir} failed on rung {self.scf_level}")
@@ -340,17 +355,30 @@ class Cp2kCalculator(CP2K):
             self._write_ledger()
 
     def _route(self) -> dict[str, Any]:
-        """How the SCF at the current rung is run: its level and mixing (compared on resume)."""
-        rung = self.gen2d_settings.scf_fallback[self.scf_level - 1] if self.scf_level else None
+        """How the SCF at the current rung is run: its level, mixing and every field of its rung (compared on
+        resume)."""
         a = self.gen2d_settings.at_rung(self.scf_level)
-        return {
+        route = {
             "level": self.scf_level,
             "mixing_alpha": a.mixing_alpha,
             "nbroyden": a.nbroyden,
             "max_scf": a.max_scf,
             "mixing_beta": a.mixing_beta,
-            "anneal_temperature_k": rung.anneal_temperature_k if rung else None,
         }
+        if self.scf_level:
+            route["rung"] = self.gen2d_settings.scf_fallback[self.scf_level - 1].model_dump(mode="json")
+        return route
+
+    def _inferred_failure(self) -> dict[str, Any] | None:
+        """The failed route of a ledger written before ``scf_failed`` existed: its last evaluation was a rung's SCF
+        that did not converge, on the rung the ledger holds."""
+        if not self.scf_retries or not self.scf_level:
+            return None
+        last = self.scf_retries[-1]
+        if last.get("converged") is False and last.get("rung") == self.scf_level:
+            if last.get("evaluation") == self.n_evaluations - 1:
+                return self._route()
+        return None
 
     def _climb_scf_ladder(self, failure: ScfNotConverged, properties, anneal_again: bool = True) -> None:
         """Retry the evaluation that just failed its SCF, rung by rung of ``scf_fallback``, each from the last
@@ -374,14 +402,15 @@ class Cp2kCalculator(CP2K):
                 rung.max_scf,
                 f", after an SCF at {rung.anneal_temperature_k:g} K" if rung.anneal_temperature_k else "",
             )
-            record = {"evaluation": self.n_evaluations, "rung": level, **rung.model_dump(exclude_none=True)}
+            record = {"rung": level, **rung.model_dump(exclude_none=True)}
             if rung.anneal_temperature_k is None:
                 record.pop("anneal_max_scf")
                 record.pop("anneal_dipole_correction")
             else:
                 record.update(self._anneal(rung.anneal_temperature_k, properties))
+            record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             self._release_force_env()
-            self._prepare(self.atoms)  # the new input restarts from the wavefunction the failed SCF left
+            self._prepare(self.atoms, restart_wfn=True)  # from the wavefunction the failed SCF left
             n_before, converged = len(self.scf_steps), False
             self._retrying = True
             try:
@@ -403,21 +432,27 @@ class Cp2kCalculator(CP2K):
         rung's own SCF and hands out nothing. Returns its record (steps, converged)."""
         self._release_force_env()
         self._anneal_k = temperature_k
-        n_before, converged = len(self.scf_steps), False
+        n_before, converged, aborted = len(self.scf_steps), False, None
         self._retrying = True
         try:
-            self._prepare(self.atoms)
+            self._prepare(self.atoms, restart_wfn=True)
             self._evaluate(self.atoms, properties, all_changes)
             converged = True
         except ScfNotConverged:
             pass  # its wavefunction is still the better start (a diverged one was set aside by _evaluate)
+        except Cp2kAborted as exc:  # not the settings' physics: never the part's result; the rung's own SCF runs
+            aborted = str(exc)[:300]
         finally:
             self._anneal_k = None
             self._retrying = False
             self.results = {}  # a hot energy is never a result
             self._release_force_env()
         steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
-        return {"anneal_scf_steps": steps, "anneal_converged": converged}
+        return {
+            "anneal_scf_steps": steps,
+            "anneal_converged": converged,
+            **({"anneal_aborted": aborted} if aborted else {}),
+        }
 
     def _evaluate(self, atoms, properties, system_changes) -> None:
         """One CP2K energy/force evaluation with the input already loaded; raises on an SCF that did not converge."""

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Elements that get an initial magnetic moment (μB) when spin polarisation is on: the 3d metals and
 #: the few 4d/5d ones whose monolayers are known to order magnetically.
@@ -168,6 +168,17 @@ class Cp2kSettings(BaseModel):
     dipole_correction: bool = True
     kpoints: tuple[int, int, int] | None = None
     eps_default: float = 1e-12
+
+    @model_validator(mode="after")
+    def _annealing_is_hotter(self) -> Cp2kSettings:
+        for k, rung in enumerate(self.scf_fallback, 1):
+            t = rung.anneal_temperature_k
+            if self.scf == "diag" and t is not None and t <= self.electronic_temperature_k:
+                raise ValueError(
+                    f"scf_fallback rung {k}: anneal_temperature_k {t:g} K must exceed electronic_temperature_k "
+                    f"{self.electronic_temperature_k:g} K"
+                )
+        return self
 
     def settings_hash(self) -> str:
         """Sixteen hex digits of the SHA-256 of the settings: the same physics has the same hash.

@@ -1184,7 +1184,8 @@ def _failure_name(exc: BaseException) -> str:
 
 #: How calculator failures are classified, stored with each cached failure. A cached failure that the current rules
 #: would retry is computed again (:func:`_stale_failure`): 1, a CP2K abort on an SCF whose density spread into the
-#: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``).
+#: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``);
+#: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``).
 FAILURE_RULES = 3
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"

@@ -742,7 +742,7 @@ def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_en
     assert "ALPHA 0.05" in inputs[3] and "SCF_GUESS RESTART" in inputs[3]
     assert [r["rung"] for r in calc.scf_retries] == [1, 2]
     assert calc.scf_retries[1] == {
-        "evaluation": 2,
+        "evaluation": 3,  # the rung's own SCF; the hot one was evaluation 2
         "rung": 2,
         "mixing_alpha": 0.05,
         "nbroyden": 12,
@@ -791,6 +791,92 @@ def test_a_resumed_scf_failure_does_not_repeat_the_rung_that_failed(tmp_path, mo
     assert third.scf_failed is None
     assert __import__("json").loads((work / "gen2d-cost.json").read_text())["scf_failed"] is None
     third.close()
+
+
+@needs_cp2k
+def test_the_failed_route_is_skipped_once_and_old_ledgers_name_it_too(tmp_path, monkeypatch):
+    """Only the first evaluation of a resumed calculator skips the route that failed: a new geometry on it runs
+    CP2K. A ledger from before ``scf_failed`` existed names the failed route from its last retry record."""
+    import json
+
+    one = ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250)
+    settings = Cp2kSettings(**(TINY | {"scf_fallback": (one,)}))
+    work = tmp_path / "site"
+    work.mkdir()
+    old_ledger = {  # Ti₂CO₂'s slab: the base SCF and rung 1 failed; no scf_failed key yet
+        "n_evaluations": 2,
+        "scf_steps": [8, 12],
+        "wall_seconds": 705.4,
+        "n_processes": 2,
+        "scf_level": 1,
+        "scf_retries": [
+            {"evaluation": 1, "rung": 1, "mixing_alpha": 0.05, "nbroyden": 12, "max_scf": 250, "scf_steps": 12,
+             "converged": False}
+        ],
+    }
+    (work / "gen2d-cost.json").write_text(json.dumps(old_ledger))
+    inputs = _scripted_cp2k(monkeypatch, [(-3.0, 20)])
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(work))
+    assert calc.scf_failed is not None and calc.scf_failed["level"] == 1
+    with pytest.raises(ScfNotConverged, match="failed on rung 1"):
+        mol.get_potential_energy()
+    assert inputs == []
+    mol.positions[1, 2] += 0.03  # the relaxation goes on elsewhere: that geometry gets its SCF
+    assert mol.get_potential_energy() == -3.0 and len(inputs) == 1 and "ALPHA 0.05" in inputs[0]
+    assert calc.scf_failed is None
+    calc.close()
+    # a ledger whose last retry converged names nothing
+    assert make_calculator(settings=settings, directory=str(work)).scf_failed is None
+
+
+@needs_cp2k
+def test_a_rung_restarts_from_the_failed_scf_even_when_the_first_scf_started_fresh(tmp_path, monkeypatch):
+    """A spin start asks for the atomic guess (``restart_wfn=False``); its retries still go on from the wavefunction
+    its own failed SCF wrote, never from one another run left in the directory. A hot SCF that aborts is recorded
+    and the rung's own SCF runs."""
+    from ase.calculators import cp2k as ase_cp2k
+    from ase.calculators.calculator import Calculator
+    from gen2d_cp2k import Cp2kAborted
+
+    work = tmp_path / "start"
+    work.mkdir()
+    (work / "gen2d-RESTART.wfn").write_text("another run's orbitals")
+    old = time.time() - 3600
+    os.utime(work / "gen2d-RESTART.wfn", (old, old))
+    settings = Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0}))
+    inputs: list[str] = []
+    script = ["fail-no-wfn", "fail", "abort", "ok"]
+
+    def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
+        Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
+        inputs.append(self.parameters.inp)
+        what = script.pop(0)
+        if what == "abort":
+            raise Cp2kAborted("CP2K aborted: Cholesky decomposition failed")
+        if what == "fail":
+            self.wfn_file.write_text("orbitals of the failed SCF")
+        with open(self.out_file, "a") as fh:
+            fh.write(" *** SCF run NOT converged ***\n" if what.startswith("fail") else
+                     " *** SCF run converged in     9 steps ***\n")
+        self.results = {"energy": -4.0, "forces": np.zeros((len(self.atoms), 3))}
+
+    monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(work), restart_wfn=False)
+    assert mol.get_potential_energy() == -4.0
+    assert "SCF_GUESS ATOMIC" in inputs[0]  # the fresh start
+    assert "SCF_GUESS ATOMIC" in inputs[1]  # rung 1: its SCF wrote no wavefunction, the old one is not its own
+    assert "SCF_GUESS RESTART" in inputs[2] and "SCF_GUESS RESTART" in inputs[3]  # rung 2: from rung 1's SCF
+    hot = calc.scf_retries[-1]
+    assert hot["rung"] == 2 and hot["converged"] and "Cholesky" in hot["anneal_aborted"]
+    calc.close()
+
+
+def test_an_annealing_rung_must_be_hotter_than_the_settings():
+    with pytest.raises(ValueError, match="must exceed"):
+        Cp2kSettings(electronic_temperature_k=2000.0)  # the default ladder anneals at 1500 K
+    Cp2kSettings(electronic_temperature_k=2000.0, scf_fallback=())
 
 
 @needs_cp2k
