@@ -726,8 +726,12 @@ def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_en
     hot, cold = settings.scf_fallback
     assert hot.anneal_temperature_k is None and cold.anneal_temperature_k == 1500.0
     assert settings.at_rung(2).electronic_temperature_k == 300.0  # the rung's result is at the settings' physics
-    assert settings.settings_hash() == Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0,
-                                                              "mixing_alpha": 0.2, "scf_fallback": ()})).settings_hash()
+    assert (
+        settings.settings_hash()
+        == Cp2kSettings(
+            **(TINY | {"electronic_temperature_k": 300.0, "mixing_alpha": 0.2, "scf_fallback": ()})
+        ).settings_hash()
+    )
     # base fails, rung 1 fails, rung 2: hot SCF (converges, -5 eV), then the cold SCF (-1 eV)
     inputs = _scripted_cp2k(monkeypatch, [None, None, (-5.0, 30), (-1.0, 12)])
     mol = _h2()
@@ -810,8 +814,15 @@ def test_the_failed_route_is_skipped_once_and_old_ledgers_name_it_too(tmp_path, 
         "n_processes": 2,
         "scf_level": 1,
         "scf_retries": [
-            {"evaluation": 1, "rung": 1, "mixing_alpha": 0.05, "nbroyden": 12, "max_scf": 250, "scf_steps": 12,
-             "converged": False}
+            {
+                "evaluation": 1,
+                "rung": 1,
+                "mixing_alpha": 0.05,
+                "nbroyden": 12,
+                "max_scf": 250,
+                "scf_steps": 12,
+                "converged": False,
+            }
         ],
     }
     (work / "gen2d-cost.json").write_text(json.dumps(old_ledger))
@@ -857,8 +868,11 @@ def test_a_rung_restarts_from_the_failed_scf_even_when_the_first_scf_started_fre
         if what == "fail":
             self.wfn_file.write_text("orbitals of the failed SCF")
         with open(self.out_file, "a") as fh:
-            fh.write(" *** SCF run NOT converged ***\n" if what.startswith("fail") else
-                     " *** SCF run converged in     9 steps ***\n")
+            fh.write(
+                " *** SCF run NOT converged ***\n"
+                if what.startswith("fail")
+                else " *** SCF run converged in     9 steps ***\n"
+            )
         self.results = {"energy": -4.0, "forces": np.zeros((len(self.atoms), 3))}
 
     monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
