@@ -41,6 +41,7 @@ __all__ = [
     "abort_message",
     "scf_abort",
     "scf_diverged",
+    "scf_last_change",
     "vacuum_width",
 ]
 
@@ -74,6 +75,19 @@ def scf_steps_in(text: str, max_scf: int) -> tuple[int, bool]:
 
 # one line of CP2K's SCF table: step, method, mixing/step size, time, convergence, total energy, change
 _SCF_TABLE_LINE = re.compile(r"^\s+\d+\s+\S.*\s-?\d+\.\d+\s+[-+]?\d+\.\d+E[-+]\d+\s*$", re.MULTILINE)
+_SCF_STEP_CHANGE = re.compile(r"^\s+(\d+)\s+\S.*\s-?\d+\.\d+\s+([-+]?\d+\.\d+E[-+]\d+)\s*$")
+
+
+def scf_last_change(text: str) -> tuple[int, float] | None:
+    """(step, total-energy change in Ha) of the last line of the last SCF table in ``text``, or None when there is
+    none. At step 1 the change is the whole energy (CP2K counts from 0), so only later steps measure a drift."""
+    lines = _SCF_TABLE_LINE.findall(text)
+    if not lines:
+        return None
+    m = _SCF_STEP_CHANGE.match(lines[-1])
+    return (int(m.group(1)), float(m.group(2))) if m else None
+
+
 _DIPOLE_VACUUM = "dipole correction needs more vacuum space"
 
 
@@ -494,9 +508,17 @@ class Cp2kCalculator(CP2K):
             self.wall_seconds += time.perf_counter() - start
             self._write_ledger()
         self.n_evaluations += 1
-        steps, converged = self._read_scf()
+        steps, converged, drift = self._read_scf()
         self.scf_steps.append(steps)
         self._write_ledger()
+        active = self.active_settings
+        if converged and drift is not None and active.scf == "diag" and abs(drift) > active.eps_energy_ha:
+            self.results = {}
+            raise ScfNotConverged(
+                f"CP2K SCF met eps_scf {active.eps_scf:g} at step {steps}, but its energy still changed by "
+                f"{drift:+.1e} Ha at that step (eps_energy_ha {active.eps_energy_ha:g}): a false convergence; "
+                f"see {self.out_file}"
+            )
         if not converged:
             self.results = {}  # an unconverged energy is never handed out, not even on a second ask
             active = self.active_settings
@@ -543,11 +565,14 @@ class Cp2kCalculator(CP2K):
         except FileNotFoundError:
             return ""
 
-    def _read_scf(self) -> tuple[int, bool]:
-        """SCF steps and convergence of the evaluation just made, from the new part of the output file."""
+    def _read_scf(self) -> tuple[int, bool, float | None]:
+        """SCF steps, convergence and the energy change (Ha) of the last SCF step (None at step 1) of the evaluation
+        just made, from the new part of the output file."""
         text = self._new_output()
         self._out_offset = self._output_size()
-        return scf_steps_in(text, self.active_settings.max_scf)
+        steps, converged = scf_steps_in(text, self.active_settings.max_scf)
+        last = scf_last_change(text)
+        return steps, converged, (last[1] if last and last[0] > 1 else None)
 
     def spin_state(self, atoms) -> tuple[bool, int]:
         """(unrestricted?, multiplicity) that the settings give these atoms."""

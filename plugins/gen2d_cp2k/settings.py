@@ -81,7 +81,7 @@ class ScfFallback(BaseModel):
 
 #: fields of :class:`Cp2kSettings` that choose the SCF's route, not the physics: left out of the settings hash
 #: (``mixing_alpha`` and ``nbroyden`` are route too, but they were hashed before this list existed and stay so)
-NOT_HASHED = frozenset({"scf_fallback", "mixing_beta"})
+NOT_HASHED = frozenset({"scf_fallback", "mixing_beta", "eps_energy_ha"})
 
 
 class Cp2kSettings(BaseModel):
@@ -119,6 +119,13 @@ class Cp2kSettings(BaseModel):
         SCF convergence (largest change of the density matrix in ``diag``, gradient in ``ot``). 1e-5 is
         CP2K's default: on 2H-MoS₂ (3×3) the energy is then converged below 1 meV, while Broyden mixing
         stalled near 2e-5 for tens of steps when asked for 1e-6.
+    eps_energy_ha : float
+        The largest total-energy change (Ha) at the last step of a ``diag`` SCF for CP2K's "converged" to be
+        believed. CP2K stops when the density matrix changes by less than ``eps_scf`` in one step, and a noisy
+        SCF can land there while its energy still moves: measured, the bare Ti₂CO₂ slab "converged" with a last
+        change of 0.087 Ha, and SCFs that converge properly end below 1.1e-4 Ha (2H-MoS₂ + H, blue phosphorene
+        + H, H₂: 1.7e-4 after 4 steps). A larger change is an SCF failure (it climbs the retry ladder). Not hashed:
+        it never changes an energy it accepts; it is in the provenance's settings.
     max_scf : int
         SCF steps before the run is called unconverged (a named failure, never a number).
     scf_fallback : tuple of ScfFallback
@@ -159,6 +166,7 @@ class Cp2kSettings(BaseModel):
     mixing_beta: float | None = None
     nbroyden: int = 8
     eps_scf: float = 1e-5
+    eps_energy_ha: float = 2e-4
     max_scf: int = 100
     scf_fallback: tuple[ScfFallback, ...] = (
         ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),

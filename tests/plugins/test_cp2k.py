@@ -907,3 +907,58 @@ def test_an_annealing_rung_on_real_cp2k_reaches_the_plain_energy(tmp_path):
     (retry,) = ledger["scf_retries"]
     assert retry["converged"] and retry["anneal_converged"] and retry["anneal_scf_steps"] > 2
     assert ledger["scf_steps"][0] == 2 and len(ledger["scf_steps"]) == 3  # base, hot, cold
+
+
+# the cold SCF of the annealing rung on the bare Ti₂CO₂ slab (dft-runs/reference/4071440aa637d67d): CP2K called it
+# converged at step 8, when its energy had just moved by 0.14 and 0.087 Ha
+_FALSE_CONVERGENCE = """
+  Step     Update method      Time    Convergence         Total energy    Change
+  ------------------------------------------------------------------------------
+     1 NoMix/Diag. 0.50E-01   15.0     0.06031984     -1389.7846286120 -1.39E+03
+     2 Broy./Diag. 0.50E-01   27.6     0.01003841     -1386.8881589191  2.90E+00
+     6 Broy./Diag. 0.50E-01   27.9     0.00022695     -1389.9903914976 -7.11E-04
+     7 Broy./Diag. 0.50E-01   27.7     0.00236689     -1389.8528032917  1.38E-01
+     8 Broy./Diag. 0.50E-01   27.3     0.00000801     -1389.7656602702  8.71E-02
+
+  *** SCF run converged in     8 steps ***
+"""
+
+
+def test_the_last_scf_step_s_energy_change_is_read_from_the_table():
+    from gen2d_cp2k import scf_last_change
+
+    assert scf_last_change(_FALSE_CONVERGENCE) == (8, pytest.approx(8.71e-2))
+    assert scf_last_change(_SLOSHING_SCF) == (8, pytest.approx(0.357))
+    assert scf_last_change("no table here") is None
+    restart = "     1 NoMix/Diag. 0.50E-01   15.0     0.00000060     -1389.7846286120 -1.39E+03\n"
+    assert scf_last_change(restart)[0] == 1  # a change against zero: the caller ignores step 1
+
+
+@needs_cp2k
+def test_a_false_convergence_is_an_scf_failure_that_climbs_the_ladder(tmp_path, monkeypatch):
+    """CP2K's "converged" with the energy still moving by 0.087 Ha at the last step is not handed out: the SCF
+    climbs the ladder and the rung's SCF, whose energy settled, gives the result. The threshold is not hashed."""
+    from ase.calculators import cp2k as ase_cp2k
+    from ase.calculators.calculator import Calculator
+
+    settled = _FALSE_CONVERGENCE.replace("1.38E-01", "-3.10E-05").replace("8.71E-02", "4.00E-06")
+    outputs = [_FALSE_CONVERGENCE, settled]
+    inputs: list[str] = []
+
+    def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
+        Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
+        inputs.append(self.parameters.inp)
+        with open(self.out_file, "a") as fh:
+            fh.write(outputs.pop(0))
+        self.results = {"energy": -37.8 - len(inputs), "forces": np.zeros((len(self.atoms), 3))}
+
+    monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
+    rung = ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250)
+    settings = Cp2kSettings(**(TINY | {"scf_fallback": (rung,)}))
+    assert settings.settings_hash() == Cp2kSettings(**(TINY | {"eps_energy_ha": 1.0})).settings_hash()
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path))
+    assert mol.get_potential_energy() == -37.8 - 2  # the rung's energy, not the falsely converged one
+    assert calc.scf_steps == [8, 8] and calc.scf_retries[0]["converged"] is True
+    assert calc.provenance()["settings"]["eps_energy_ha"] == 2e-4
+    calc.close()
