@@ -1,0 +1,106 @@
+"""Recompute the single point of a finished CP2K part (a ``dgh.dft`` slab) under today's SCF acceptance, and compare.
+
+A part's ``result.json`` keeps the energy CP2K called converged. ``Cp2kSettings.eps_energy_ha`` now also asks the
+energy to have settled at the SCF's last step; this script audits an energy accepted before that check. It reads the
+geometry from the part's ``gen2d.inp`` and the settings from the run's ``run.json``, copies the part's wavefunction
+into ``--workdir`` (never touching the part itself; ``--from-scratch`` starts from the atomic guess), runs the SCF there at the same settings, and prints the stored
+and the new energy, their difference, and the new SCF's last energy change.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_recheck.py \\
+        dft-runs/reference/e22e67c65a973b51/slab --workdir dft-runs/checks/graphene-slab --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+_COORD = re.compile(r"&COORD\s*\n(.*?)\n\s*&END COORD", re.S)
+_CELL = re.compile(r"&CELL\s*\n(.*?)\n\s*&END CELL", re.S)
+
+
+def atoms_from_input(text: str, slab: bool = True) -> Atoms:
+    """The atoms of a CP2K input that ASE's calculator wrote (``&COORD`` in Å, ``&CELL`` A/B/C vectors)."""
+    coord, cell = _COORD.search(text), _CELL.search(text)
+    if coord is None or cell is None:
+        raise ValueError("no &COORD or &CELL section in the input")
+    symbols, positions = [], []
+    for line in coord.group(1).splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            symbols.append(parts[0])
+            positions.append([float(x) for x in parts[1:4]])
+    vectors = {}
+    for line in cell.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] in "ABC":
+            vectors[parts[0]] = [float(x) for x in parts[1:]]
+    if set(vectors) != {"A", "B", "C"} or not symbols:
+        raise ValueError("incomplete &COORD or &CELL section")
+    return Atoms(
+        symbols,
+        positions=np.array(positions),
+        cell=[vectors["A"], vectors["B"], vectors["C"]],
+        pbc=(True, True, not slab),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", type=Path, help="a finished part: gen2d.inp, result.json, gen2d-RESTART.wfn")
+    parser.add_argument("--workdir", type=Path, required=True, help="where the new SCF runs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--from-scratch", action="store_true", help="start from the atomic guess, not the part's wfn")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+
+    run = json.loads((args.part.parent / "run.json").read_text())
+    settings = Cp2kSettings(**{k: v for k, v in run["cp2k_settings"].items()})
+    if settings.settings_hash() != run["settings_hash"]:
+        raise SystemExit(f"run.json's settings hash {run['settings_hash']} is not that of its settings")
+    stored = json.loads((args.part / "result.json").read_text())["energy"]
+    atoms = atoms_from_input((args.part / "gen2d.inp").read_text(), slab=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    wfn = args.part / "gen2d-RESTART.wfn"
+    if not args.from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
+        shutil.copy2(wfn, args.workdir / wfn.name)
+    calc = make_calculator(settings=settings, directory=str(args.workdir), threads=args.threads)
+    atoms.calc = calc
+    try:
+        energy = float(atoms.get_potential_energy())
+    finally:
+        calc.close()
+    last = scf_last_change((args.workdir / "gen2d.out").read_text(errors="replace"))
+    doc = {
+        "part": str(args.part),
+        "settings_hash": settings.settings_hash(),
+        "stored_energy_eV": stored,
+        "energy_eV": energy,
+        "difference_eV": energy - stored,
+        "scf_steps": calc.scf_steps,
+        "scf_retries": calc.scf_retries,
+        "last_scf_step": last[0] if last else None,
+        "last_energy_change_Ha": last[1] if last else None,
+        "eps_energy_ha": settings.eps_energy_ha,
+        "start": "atomic guess" if args.from_scratch else "the part's wavefunction",
+    }
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(
+            f"{args.part}: stored {stored:.6f} eV, now {energy:.6f} eV ({energy - stored:+.4f} eV); "
+            f"SCF steps {calc.scf_steps}, last change {doc['last_energy_change_Ha']} Ha at step {doc['last_scf_step']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

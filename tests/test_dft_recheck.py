@@ -1,0 +1,46 @@
+"""scripts/dft_recheck.py reads back the geometry ASE's CP2K calculator writes into its input."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import graphene
+from ase.calculators.cp2k import CP2K
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("dft_recheck", ROOT / "scripts" / "dft_recheck.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_geometry_of_a_written_cp2k_input_reads_back_exactly():
+    layer = graphene(a=2.46, vacuum=7.5).repeat((4, 4, 1))
+    layer.pbc = (True, True, False)
+    layer.positions[3, 2] += 0.4  # a puckered atom, as under H
+    calc = CP2K(
+        command="cp2k_shell",
+        inp="",
+        basis_set=None,
+        basis_set_file=None,
+        potential_file=None,
+        pseudo_potential=None,
+        xc=None,
+        cutoff=None,
+        max_scf=None,
+        poisson_solver=None,
+    )
+    calc.atoms = layer
+    back = _script().atoms_from_input(calc._generate_input())
+    assert back.get_chemical_symbols() == layer.get_chemical_symbols()
+    assert np.allclose(back.positions, layer.positions, atol=1e-9)
+    assert np.allclose(back.cell, layer.cell, atol=1e-9)
+    assert tuple(back.pbc) == (True, True, False)
+    with pytest.raises(ValueError, match="COORD"):
+        _script().atoms_from_input("&FORCE_EVAL\n&END FORCE_EVAL\n")
