@@ -313,11 +313,11 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
 
 
 def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp_path):
-    """A site whose SCF failed before calculators retried a stalled SCF is run again (with the ladder); a failure
-    made with the ladder (its cost records the rung reached) stands as the site's named failure."""
+    """A site whose SCF failed before calculators retried a stalled SCF, or before the ladder's annealing rung, is
+    run again; a failure made under the current rules stands as the site's named failure."""
     from ase.calculators.emt import EMT
 
-    from gen2d.adsorption import RefineSettings, refine_adsorption
+    from gen2d.adsorption import FAILURE_RULES, RefineSettings, refine_adsorption
 
     slab, _, sites = _cu111_top_site(2.3)
     refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, fmax=0.05)
@@ -334,8 +334,12 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
     again = run()
     assert again.energy == pytest.approx(first.energy, abs=1e-6) and "scf_not_converged" not in again.flags
     assert json.loads(result.read_text())["energy"] == pytest.approx(first.energy, abs=1e-6)
-    # the ladder was climbed to its top and still failed: the failure is the answer
-    result.write_text(json.dumps(old | {"cost": {"scf_level": 1, "n_evaluations": 2}}))
+    # a failure on the ladder before its annealing rung (rules 2) is run again too
+    result.write_text(json.dumps(old | {"cost": {"scf_level": 1, "n_evaluations": 2}, "failure_rules": 2}))
+    assert run().energy == pytest.approx(first.energy, abs=1e-6)
+    # the ladder of the current rules was climbed to its top and still failed: the failure is the answer
+    current = old | {"cost": {"scf_level": 2, "n_evaluations": 4}, "failure_rules": FAILURE_RULES}
+    result.write_text(json.dumps(current))
     final = run()
     assert final.energy is None and "scf_not_converged" in final.flags
 

@@ -177,9 +177,8 @@ def test_fireworks_flow_killed_lost_runs_detected_and_rerun(tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = _state(uri)
-    rec = subprocess.run(
-        [sys.executable, "recover.py"], env=env, cwd=tmp_path, check=True, capture_output=True, text=True
-    )
+    rec = subprocess.run([sys.executable, "recover.py"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert rec.returncode == 0, rec.stderr[-3000:]
     lost = json.loads(rec.stdout.strip().splitlines()[-1])
     subprocess.run([sys.executable, "run.py"], env=env, cwd=tmp_path, check=True, capture_output=True)
     after = _state(uri)
