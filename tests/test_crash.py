@@ -79,10 +79,22 @@ def test_local_flow_killed_and_rerun(tmp_path):
 
 
 FW_RUN = """
-import json, os, sys, threading, time
+import copy, json, os, sys, threading, time
 import bson.json_util
+import mongomock.collection
 from fireworks import FWorker, LaunchPad
 from fireworks.core.rocket_launcher import rapidfire
+# mongomock applies an update to the stored document in place, one operator at a time, without a lock: a
+# snapshot taken meanwhile holds a half-updated document, which a real MongoDB never shows (its single-
+# document writes are atomic). Every write here holds one lock, and so does the snapshot.
+WRITES = threading.RLock()
+def _locked(method):
+    def run(*args, **kwargs):
+        with WRITES:
+            return method(*args, **kwargs)
+    return run
+for name in ("_insert", "_update", "_delete"):
+    setattr(mongomock.collection.Collection, name, _locked(getattr(mongomock.collection.Collection, name)))
 lp = LaunchPad()
 # mongomock_persistence writes its file only at a clean exit, so a SIGKILL would take the 'server'
 # down with the worker. A real MongoDB keeps what the worker wrote (a Firework marked RUNNING); this
@@ -92,10 +104,9 @@ path = os.environ["MONGOMOCK_SERVERSTORE_FILE"]
 def persist():
     while True:
         time.sleep(0.2)
-        try:
-            text = bson.json_util.dumps(server.to_dict())
-        except RuntimeError:  # a dict changed while it was read; try again next tick
-            continue
+        with WRITES:
+            snapshot = copy.deepcopy(server.to_dict())
+        text = bson.json_util.dumps(snapshot)
         with open(path + ".tmp", "w") as fh:
             fh.write(text)
         os.replace(path + ".tmp", path)
