@@ -512,11 +512,11 @@ class Cp2kCalculator(CP2K):
         self.scf_steps.append(steps)
         self._write_ledger()
         active = self.active_settings
-        if converged and drift is not None and active.scf == "diag" and abs(drift) > active.eps_energy_ha:
+        if converged and drift is not None and active.scf == "diag" and abs(drift) > active.energy_tolerance():
             self.results = {}
             raise ScfNotConverged(
                 f"CP2K SCF met eps_scf {active.eps_scf:g} at step {steps}, but its energy still changed by "
-                f"{drift:+.1e} Ha at that step (eps_energy_ha {active.eps_energy_ha:g}): a false convergence; "
+                f"{drift:+.1e} Ha at that step (tolerance {active.energy_tolerance():g} Ha): a false convergence; "
                 f"see {self.out_file}"
             )
         if not converged:

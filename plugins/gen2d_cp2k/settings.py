@@ -119,9 +119,9 @@ class Cp2kSettings(BaseModel):
         SCF convergence (largest change of the density matrix in ``diag``, gradient in ``ot``). 1e-5 is
         CP2K's default: on 2H-MoS₂ (3×3) the energy is then converged below 1 meV, while Broyden mixing
         stalled near 2e-5 for tens of steps when asked for 1e-6.
-    eps_energy_ha : float
+    eps_energy_ha : float or None
         The largest total-energy change (Ha) at the last step of a ``diag`` SCF for CP2K's "converged" to be
-        believed. CP2K stops when the density matrix changes by less than ``eps_scf`` in one step, and a noisy
+        believed; None is ``20 × eps_scf`` (2e-4 Ha at the default 1e-5, :meth:`energy_tolerance`). CP2K stops when the density matrix changes by less than ``eps_scf`` in one step, and a noisy
         SCF can land there while its energy still moves: measured, the bare Ti₂CO₂ slab "converged" with a last
         change of 0.087 Ha, and SCFs that converge properly end below 1.1e-4 Ha (2H-MoS₂ + H, blue phosphorene
         + H, H₂: 1.7e-4 after 4 steps). A larger change is an SCF failure (it climbs the retry ladder). Not hashed:
@@ -166,7 +166,7 @@ class Cp2kSettings(BaseModel):
     mixing_beta: float | None = None
     nbroyden: int = 8
     eps_scf: float = 1e-5
-    eps_energy_ha: float = 2e-4
+    eps_energy_ha: float | None = None
     max_scf: int = 100
     scf_fallback: tuple[ScfFallback, ...] = (
         ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),
@@ -194,6 +194,11 @@ class Cp2kSettings(BaseModel):
         The SCF retry ladder (:data:`NOT_HASHED`) is left out: it changes the route, not the solution."""
         blob = json.dumps(self.model_dump(mode="json", exclude=set(NOT_HASHED)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def energy_tolerance(self) -> float:
+        """``eps_energy_ha``, or ``20 × eps_scf`` when it is None: the density tolerance sets how far the energy
+        may still move (at 1e-5, SCFs that converge properly ended below 1.1e-4 Ha, H₂ at 1.7e-4)."""
+        return self.eps_energy_ha if self.eps_energy_ha is not None else 20.0 * self.eps_scf
 
     def basis_for(self, element: str) -> str:
         return self.basis_overrides.get(element, self.basis_set)

@@ -960,5 +960,6 @@ def test_a_false_convergence_is_an_scf_failure_that_climbs_the_ladder(tmp_path, 
     mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path))
     assert mol.get_potential_energy() == -37.8 - 2  # the rung's energy, not the falsely converged one
     assert calc.scf_steps == [8, 8] and calc.scf_retries[0]["converged"] is True
-    assert calc.provenance()["settings"]["eps_energy_ha"] == 2e-4
+    assert calc.provenance()["settings"]["eps_energy_ha"] is None and settings.energy_tolerance() == 20 * 1e-4
+    assert Cp2kSettings().energy_tolerance() == pytest.approx(2e-4)
     calc.close()
