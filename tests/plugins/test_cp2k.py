@@ -962,4 +962,5 @@ def test_a_false_convergence_is_an_scf_failure_that_climbs_the_ladder(tmp_path, 
     assert calc.scf_steps == [8, 8] and calc.scf_retries[0]["converged"] is True
     assert calc.provenance()["settings"]["eps_energy_ha"] is None and settings.energy_tolerance() == 20 * 1e-4
     assert Cp2kSettings().energy_tolerance() == pytest.approx(2e-4)
+    assert Cp2kSettings(eps_scf=1e-6).energy_tolerance() == pytest.approx(2e-4)  # a guard, not a precision
     calc.close()
