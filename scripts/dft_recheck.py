@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = json.loads((args.part.parent / "run.json").read_text())
-    settings = Cp2kSettings(**{k: v for k, v in run["cp2k_settings"].items()})
+    settings = Cp2kSettings(**run["cp2k_settings"])
     if settings.settings_hash() != run["settings_hash"]:
         raise SystemExit(f"run.json's settings hash {run['settings_hash']} is not that of its settings")
     stored = json.loads((args.part / "result.json").read_text())["energy"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ase.build import graphene
 from ase.calculators.cp2k import CP2K
+from gen2d_cp2k import ASE_INPUT_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,18 +25,7 @@ def test_the_geometry_of_a_written_cp2k_input_reads_back_exactly():
     layer = graphene(a=2.46, vacuum=7.5).repeat((4, 4, 1))
     layer.pbc = (True, True, False)
     layer.positions[3, 2] += 0.4  # a puckered atom, as under H
-    calc = CP2K(
-        command="cp2k_shell",
-        inp="",
-        basis_set=None,
-        basis_set_file=None,
-        potential_file=None,
-        pseudo_potential=None,
-        xc=None,
-        cutoff=None,
-        max_scf=None,
-        poisson_solver=None,
-    )
+    calc = CP2K(command="cp2k_shell", **ASE_INPUT_OFF)  # the keywords gen2d's calculator gives ASE
     calc.atoms = layer
     back = _script().atoms_from_input(calc._generate_input())
     assert back.get_chemical_symbols() == layer.get_chemical_symbols()

@@ -25,7 +25,7 @@ from ase.calculators.cp2k import CP2K
 
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
-from gen2d_cp2k.settings import Cp2kSettings, ScfFallback, build_input, wants_spin
+from gen2d_cp2k.settings import ANNEAL_FIELDS, Cp2kSettings, ScfFallback, build_input, wants_spin
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,23 @@ def element_moments(atoms) -> dict[str, float]:
     return moments
 
 
+#: Keywords of ASE's ``CP2K`` calculator that would write input sections of their own, all off: the whole input is
+#: :func:`~gen2d_cp2k.settings.build_input`'s (``inp``), and ASE adds only the coordinates and the cell.
+ASE_INPUT_OFF: dict[str, Any] = {
+    "inp": "",
+    "basis_set": None,
+    "basis_set_file": None,
+    "potential_file": None,
+    "pseudo_potential": None,
+    "xc": None,
+    "cutoff": None,
+    "max_scf": None,
+    "stress_tensor": False,
+    "poisson_solver": None,
+    "print_level": "LOW",
+}
+
+
 class Cp2kCalculator(CP2K):
     """ASE's CP2K calculator with gen2d's settings, slab handling, convergence checks and accounting.
 
@@ -248,17 +265,7 @@ class Cp2kCalculator(CP2K):
             super().__init__(
                 command=env_prefix + command,
                 label=label,
-                inp="",
-                basis_set=None,
-                basis_set_file=None,
-                potential_file=None,
-                pseudo_potential=None,
-                xc=None,
-                cutoff=None,
-                max_scf=None,
-                stress_tensor=False,
-                poisson_solver=None,
-                print_level="LOW",
+                **ASE_INPUT_OFF,
                 **kwargs,
             )
         finally:
@@ -416,11 +423,9 @@ class Cp2kCalculator(CP2K):
                 rung.max_scf,
                 f", after an SCF at {rung.anneal_temperature_k:g} K" if rung.anneal_temperature_k else "",
             )
-            record = {"rung": level, **rung.model_dump(exclude_none=True)}
-            if rung.anneal_temperature_k is None:
-                record.pop("anneal_max_scf")
-                record.pop("anneal_dipole_correction")
-            else:
+            anneal = rung.anneal_temperature_k is not None
+            record = {"rung": level, **rung.model_dump(exclude_none=True, exclude=set() if anneal else ANNEAL_FIELDS)}
+            if anneal:
                 record.update(self._anneal(rung.anneal_temperature_k, properties))
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             self._release_force_env()
@@ -521,7 +526,6 @@ class Cp2kCalculator(CP2K):
             )
         if not converged:
             self.results = {}  # an unconverged energy is never handed out, not even on a second ask
-            active = self.active_settings
             rung = f", SCF fallback rung {self.scf_level} (mixing α {active.mixing_alpha:g})" if self.scf_level else ""
             raise ScfNotConverged(
                 f"CP2K SCF not converged in {active.max_scf} steps (eps_scf {active.eps_scf:g}{rung}); "

@@ -31,6 +31,10 @@ MAGNETIC_MOMENTS: dict[str, float] = {
 }
 
 
+#: the fields of an annealing rung's preparatory SCF besides its temperature (left out of a plain rung's record)
+ANNEAL_FIELDS = frozenset({"anneal_max_scf", "anneal_dipole_correction"})
+
+
 class ScfFallback(BaseModel):
     """One rung of the retry ladder of an SCF that did not converge: gentler Broyden mixing and more steps.
 
@@ -74,9 +78,7 @@ class ScfFallback(BaseModel):
 
     def mixing(self) -> dict[str, float | int]:
         """The fields this rung sets on :class:`Cp2kSettings` (its SCF route at the settings' temperature)."""
-        return self.model_dump(
-            exclude_none=True, exclude={"anneal_temperature_k", "anneal_max_scf", "anneal_dipole_correction"}
-        )
+        return self.model_dump(exclude_none=True, exclude={"anneal_temperature_k", *ANNEAL_FIELDS})
 
 
 #: fields of :class:`Cp2kSettings` that choose the SCF's route, not the physics: left out of the settings hash
