@@ -123,8 +123,9 @@ class Cp2kSettings(BaseModel):
         stalled near 2e-5 for tens of steps when asked for 1e-6.
     eps_energy_ha : float or None
         The largest total-energy change (Ha) at the last step of a ``diag`` SCF for CP2K's "converged" to be
-        believed; None is ``20 × eps_scf``, at least 2e-4 Ha (:meth:`energy_tolerance`). CP2K stops when the density matrix changes by less than ``eps_scf`` in one step, and a noisy
-        SCF can land there while its energy still moves: measured, the bare Ti₂CO₂ slab "converged" with a last
+        believed; None is ``20 × eps_scf``, at least 2e-4 Ha (:meth:`energy_tolerance`). CP2K stops when the
+        density matrix changes by less than ``eps_scf`` in one step, and a noisy SCF can land there while its
+        energy still moves: measured, the bare Ti₂CO₂ slab "converged" with a last
         change of 0.087 Ha, and SCFs that converge properly end below 1.1e-4 Ha (2H-MoS₂ + H, blue phosphorene
         + H, H₂: 1.7e-4 after 4 steps). A larger change is an SCF failure (it climbs the retry ladder). Not hashed:
         it never changes an energy it accepts; it is in the provenance's settings.
