@@ -204,6 +204,59 @@ def test_gen2d_submit_adds_workflow_with_categories_and_no_secrets(tmp_path):
     assert bad.returncode == 2 and "password" in json.loads(bad.stdout)["error"]
 
 
+def test_gen2d_submit_with_an_embedded_store_gives_every_firework_its_absolute_path_and_the_locked_job_store(
+    tmp_path,
+):
+    server = tmp_path / "mongomock.json"
+    server.write_text("{}")
+    lp = tmp_path / "my_launchpad.yaml"
+    lp.write_text("host: localhost\nname: fireworks\n")
+    spec = Path(__file__).resolve().parents[1] / "workflows" / "discover.yaml"
+    env = {**os.environ, "MONGOMOCK_SERVERSTORE_FILE": str(server)}
+    env.pop("GEN2D_STORE", None)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+
+    reset = f"from fireworks import LaunchPad; LaunchPad.from_file({str(lp)!r}).reset('', require_password=False)"
+    assert run("-c", reset).returncode == 0  # lpad reset
+    res = run("-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp), "--store", "monty://./db", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    absolute = f"monty://{(tmp_path / 'db').resolve()}"
+    assert doc["store"] == absolute and doc["job_store"] == "workflow"
+    # what a worker reads back from the LaunchPad (FireWorks' mongomock server is set up at import, in a process)
+    read = f"""
+import json
+from fireworks import LaunchPad
+lp = LaunchPad.from_file({str(lp)!r})
+out = []
+for i in lp.get_fw_ids():
+    task = lp.get_fw_by_id(i).tasks[0]
+    docs = task["store"].docs_store
+    out.append([type(docs).__module__, type(docs).__name__, docs.database_path, json.dumps(task["job"].as_dict(), default=str)])
+print(json.dumps(out))
+"""
+    got = run("-c", read)
+    assert got.returncode == 0, got.stderr[-2000:]
+    fws = json.loads(got.stdout)
+    assert len(fws) == doc["fireworks"]
+    for module, cls, path, job in fws:
+        # the worker's jobflow outputs: the same montydb, under the candidate store's lock, wherever rlaunch runs
+        assert (module, cls) == ("gen2d.monty", "LockedMontyStore")
+        assert Path(path) == (tmp_path / "db").resolve()
+        assert "monty://./db" not in job  # no relative path reaches a worker's launch folder
+    assert any(absolute in job for *_, job in fws)
+
+    memory = run("-m", "gen2d.cli", "submit", str(spec), "--launchpad", str(lp), "--store", "memory://x", "--json")
+    assert memory.returncode == 2
+    assert "one process" in json.loads(memory.stdout)["error"]
+    again = run("-c", read)
+    assert len(json.loads(again.stdout)) == doc["fireworks"]  # the refusal added nothing
+
+
 def test_scorer_where_filter_limits_what_is_scored(tmp_path):
     uri = f"monty://{tmp_path}/store"
     spec = FlowSpec.model_validate(

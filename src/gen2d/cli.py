@@ -764,7 +764,10 @@ def submit(
     launchpad: Path = typer.Option(..., "--launchpad", help="your my_launchpad.yaml"),
     override: list[str] = typer.Option([], "--set-option", "-s"),
     store: Optional[str] = typer.Option(
-        None, "--store", help="candidate store URI for the workers (default: each worker's $GEN2D_STORE)"
+        None,
+        "--store",
+        help="candidate store URI for the workers (default: the spec's, else each worker's $GEN2D_STORE); "
+        "a monty:// store is made absolute and also takes the jobflow outputs",
     ),
     as_json: bool = JsonOpt,
 ):
@@ -778,6 +781,8 @@ def submit(
     if warning:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     fs = _load_flow_spec(spec, override, as_json)
+    jobs_to = None  # the workers' jobflow settings
+    store = store or fs.store  # --store, else the spec's; None: each worker's GEN2D_STORE
     if store:
         if redact_uri(store) != store:
             _fail(
@@ -785,6 +790,23 @@ def submit(
                 "workers instead",
                 as_json,
             )
+        if store.startswith("memory://"):
+            _fail(
+                f"{store} lives inside one process, so FireWorks workers cannot share it; use monty:///abs/path "
+                "(workers on this machine) or mongodb://host/db (set GEN2D_STORE on the workers)",
+                as_json,
+            )
+        if store.startswith("monty://"):
+            from gen2d.flows import job_store
+            from gen2d.store import StoreUnavailable, _monty_path
+
+            # a worker runs each Firework in its own launch folder: a relative path would open a new, empty store
+            # there. Its jobflow outputs go to the same database, under the same file lock as the candidates.
+            try:
+                store = f"monty://{Path(_monty_path(store)).resolve()}"
+            except StoreUnavailable as exc:
+                _fail(str(exc), as_json)
+            jobs_to = job_store(store)
         fs.store = store
     flow = _build_flow(fs, spec, as_json)  # a bad scorer option is refused here, not on a worker
     import contextlib
@@ -797,7 +819,7 @@ def submit(
             lp = None
             problem = f"cannot read launchpad {launchpad}: {type(exc).__name__}: {redact_uri(str(exc))[:200]}"
         if lp is not None:
-            wf = flow_to_workflow(flow)
+            wf = flow_to_workflow(flow, store=jobs_to)
             try:
                 mapping = lp.add_wf(wf)
                 problem = None
@@ -806,7 +828,14 @@ def submit(
     if problem:
         _fail(problem, as_json)
     cats = sorted({fw.spec.get("_category", "") for fw in wf.fws})
-    doc = {"workflow": wf.name, "fireworks": len(wf.fws), "categories": cats, "fw_ids": list(mapping.values())}
+    doc = {
+        "workflow": wf.name,
+        "fireworks": len(wf.fws),
+        "categories": cats,
+        "fw_ids": list(mapping.values()),
+        "store": fs.store,  # None: each worker's GEN2D_STORE
+        "job_store": "workflow" if jobs_to is not None else "worker jobflow settings",
+    }
     if as_json:
         _emit_json(doc)
     else:
