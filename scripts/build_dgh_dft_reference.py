@@ -245,7 +245,8 @@ def markdown_table(rows: dict[str, dict]) -> str:
     """The reference rows as the Markdown table of the docs (one line per material)."""
     head = (
         "| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
-        "DFT cells | start, fmax (eV/Å) | wall (h) | settings |\n|---|---|---|---|---|---|---|---|---|---|"
+        "DFT cells | start, fmax (eV/Å) | wall (h) | settings | own ΔZPE − TΔS (eV) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name in sorted(rows):
@@ -262,7 +263,8 @@ def markdown_table(rows: dict[str, dict]) -> str:
             f"{fmt(lit.get('dg_h_eV')) + ' ± ' + format(lit['precision_eV'], '.2f') if lit else '—'} | "
             f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {protocol} | "
             f"{fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
-            f"{r['provenance']['settings']['cp2k_settings_hash']} |"
+            f"{r['provenance']['settings']['cp2k_settings_hash']} | "
+            f"{fmt((best.get('vibrations') or {}).get('dg_correction_eV'), '.3f')} |"
         )
     return "\n".join(lines)
 
@@ -325,6 +327,12 @@ def main(argv=None) -> int:
         "per-site values are, not where H relaxes to; write these rows to their own --out (the reference set's "
         "rows are free relaxations)",
     )
+    parser.add_argument(
+        "--vibrations",
+        action="store_true",
+        help="also compute each site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies (RefineSettings."
+        "vibrations; 6 single points per site, 12 once for H₂); stored rows gain it in place",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -356,6 +364,7 @@ def main(argv=None) -> int:
         relax_slab_reference=args.relax_slab_reference,
         spin_starts=args.spin_starts,
         hold_site=args.hold_site,
+        vibrations=args.vibrations,
     )
     if args.hold_site and args.out.resolve() == DEFAULT_OUT.resolve():
         parser.error("--hold-site rows are not free relaxations: give them their own --out")
@@ -371,6 +380,7 @@ def main(argv=None) -> int:
             and rows[name].get("provenance", {}).get("settings", {}).get("cp2k_settings_hash")
             == scorer.cp2k.settings_hash()
             and (not args.spin_starts or (rows[name].get("best_site") or {}).get("spin_starts"))
+            and (not args.vibrations or (rows[name].get("best_site") or {}).get("vibrations"))
         ):
             print(f"{name}: stored", flush=True)
             continue

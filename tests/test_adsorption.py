@@ -388,3 +388,74 @@ def _cu111_top_site(height: float):
     top = cell.positions[np.argmax(cell.positions[:, 2])]
     sites = [{"face": "top", "kind": "ontop", "final_position": list(top + [0, 0, height]), "delta_g_h": 0.3}]
     return from_ase(cell), top, sites
+
+
+# -- the computed ΔG_H correction ---------------------------------------------------------------------
+
+
+def _modes(*cm1):
+    from ase import units
+
+    return [complex(x * units.invcm) if x >= 0 else complex(0, -x * units.invcm) for x in cm1]
+
+
+def test_h2_entropy_and_noerskovs_correction_come_out_of_the_vibrations():
+    from ase import units
+
+    from gen2d.adsorption import vibrational_dg_correction
+
+    h2 = _modes(0, 0, 0, 10, 10, 4401)  # ASE's six modes of H₂: translations, rotations, the stretch
+    # H* modes whose ZPE is ½ZPE(H₂) + 0.04 eV: Nørskov's ΔZPE (three modes of 950 cm⁻¹, little entropy)
+    stiff = 2 * (0.5 * 4401 * units.invcm / 2 + 0.04) / units.invcm / 3
+    out = vibrational_dg_correction(_modes(stiff, stiff, stiff), h2, 0.741)
+    # H₂ at 298.15 K and 1 bar: S° = 130.68 J/(mol K) (NIST-JANAF), so TS = 0.404 eV; ASE's classical rigid rotor
+    # (H₂'s rotational temperature, 88 K, is not far below 298 K) is 0.35 J/(mol K) low: 1 meV in TS
+    s_h2 = out["ts_h2_eV"] / out["temperature_K"] / units.J * units.mol
+    assert abs(s_h2 - 130.68) < 0.5
+    assert abs(out["zpe_h2_eV"] - 0.2728) < 1e-3 and abs(out["h2_frequency_cm1"] - 4401) < 1e-6
+    # ΔZPE − TΔS = 0.04 + ½·0.404 − T·S(H*) ≈ 0.24 eV (Nørskov et al., J. Electrochem. Soc. 152, J23 (2005), who
+    # neglect S(H*))
+    assert out["ts_h_eV"] < 0.01 and abs(out["dg_correction_eV"] + out["ts_h_eV"] - 0.24) < 0.005
+    # an S–H bond (stretch ~2550 cm⁻¹) holds more zero-point energy than a metal–H one: a larger correction
+    metal = vibrational_dg_correction(_modes(1200, 800, 800), h2, 0.741)["dg_correction_eV"]
+    sulfur = vibrational_dg_correction(_modes(2550, 700, 700), h2, 0.741)["dg_correction_eV"]
+    assert 0.20 < metal < sulfur < 0.35
+    # softer modes carry vibrational entropy, which lowers the correction
+    soft = vibrational_dg_correction(_modes(1200, 150, 150), h2, 0.741)
+    assert soft["ts_h_eV"] > 0.02
+    # an imaginary mode: a saddle, listed and left out
+    saddle = vibrational_dg_correction(_modes(2550, 700, -300), h2, 0.741)
+    assert saddle["saddle"] and saddle["imaginary_modes_cm1"] == pytest.approx([300.0])
+    assert not vibrational_dg_correction(_modes(2550, 700, -20), h2, 0.741)["saddle"]  # numerical noise
+
+
+def test_vibrations_resume_after_a_kill_and_give_h2_its_stretch(tmp_path):
+    """ASE's EMT H₂: the stretch from both atoms, and √2 lower with one atom held (its reduced mass doubles)."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import vibration_energies
+
+    class Counting(EMT):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            Counting.calls += 1
+            super().calculate(*args, **kwargs)
+
+    mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.78]], cell=[8.0] * 3, pbc=True)
+    mol.center()
+    from ase.optimize import BFGS
+
+    mol.calc = EMT()
+    BFGS(mol, logfile=None).run(fmax=1e-4)
+    both = max(e.real for e in vibration_energies(mol, [0, 1], Counting(), str(tmp_path / "both")))
+    assert Counting.calls == 13  # the equilibrium and 12 displacements
+    one = max(e.real for e in vibration_energies(mol, [1], Counting(), str(tmp_path / "one")))
+    assert abs(both / one - np.sqrt(2)) < 0.02
+    # a killed run: one displacement's result lost, its lock file left empty
+    cache = sorted((tmp_path / "both" / "vib").glob("cache.*.json"))
+    assert len(cache) == 13
+    cache[3].write_text("")
+    Counting.calls = 0
+    again = max(e.real for e in vibration_energies(mol, [0, 1], Counting(), str(tmp_path / "both")))
+    assert Counting.calls == 1 and again == pytest.approx(both, rel=1e-9)

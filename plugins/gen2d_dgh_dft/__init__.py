@@ -113,6 +113,10 @@ class DFTAdsorptionScorer(BaseScorer):
     hold_site : bool
         Keep H over each site in the plane (z relaxes; :attr:`gen2d.adsorption.RefineSettings.hold_site`): the
         ΔG_H of that site even where DFT would move H off it, as published per-site values are.
+    vibrations : bool
+        Also compute each converged site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies
+        (:attr:`gen2d.adsorption.RefineSettings.vibrations`; 6 single points per site, 12 once for H₂), stored
+        with the site as ``vibrations``; the score stays ΔE_H + ``dg_correction``. Not part of the run key.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -148,6 +152,7 @@ class DFTAdsorptionScorer(BaseScorer):
         prerelax: str | None = DFT_PROTOCOL["prerelax"],
         spin_starts: tuple[float, ...] | list[float] = DFT_PROTOCOL["spin_starts"],
         hold_site: bool = False,
+        vibrations: bool = False,
         device: str = "auto",
         **settings: Any,
     ):
@@ -174,6 +179,7 @@ class DFTAdsorptionScorer(BaseScorer):
             prerelax=prerelax,
             spin_starts=tuple(spin_starts),
             hold_site=hold_site,
+            vibrations=vibrations,
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         from gen2d.settings import get_settings
@@ -271,7 +277,9 @@ class DFTAdsorptionScorer(BaseScorer):
         # what changes the slab and site energies; the H2 box has its own directory, and the spin-start check
         # is added to a finished site in place
         # hold_site is not in the key either: held and free sites share the slab, their site directories differ
-        refine = {k: v for k, v in self.refine.as_dict().items() if k not in ("h2_box", "spin_starts", "hold_site")}
+        # nor are the vibrations: they are computed on a finished site, in place
+        unkeyed = ("h2_box", "spin_starts", "hold_site", "vibrations")
+        refine = {k: v for k, v in self.refine.as_dict().items() if k not in unkeyed}
         key = hashlib.sha256(
             f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
         ).hexdigest()[:16]
@@ -300,8 +308,9 @@ class DFTAdsorptionScorer(BaseScorer):
             from gen2d.structures import content_hash
 
             meta = self._run_metadata()
+            h2_dir = str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}")
             h2 = h2_reference_dft(
-                str(self.workdir / f"h2-{self.cp2k.settings_hash()}-{self.refine.h2_box:g}"),
+                h2_dir,
                 self._make_calculator,
                 box=self.refine.h2_box,
                 metadata=meta,
@@ -314,6 +323,7 @@ class DFTAdsorptionScorer(BaseScorer):
                 self.settings,
                 self.refine,
                 h2=h2,
+                h2_directory=h2_dir,
                 prerelax_calculator=self._prerelax_calculator,
                 metadata={
                     **meta,

@@ -128,6 +128,7 @@ class SiteResult:
     flags: list[str] = field(default_factory=list)
     run_dir: str | None = None  # refinement only: where this site's frames and final geometry are kept
     spin_starts: dict[str, Any] | None = None  # refinement only: the fresh-start SCF check (RefineSettings)
+    vibrations: dict[str, Any] | None = None  # refinement only: the computed ΔZPE − TΔS (RefineSettings)
 
     @property
     def valid(self) -> bool:
@@ -136,7 +137,7 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("run_dir", "spin_starts"):
+        for key in ("run_dir", "spin_starts", "vibrations"):
             if out[key] is None:
                 del out[key]
         out["valid"] = self.valid
@@ -505,6 +506,12 @@ class RefineSettings:
         move H off it. Published per-site values (the P top of blue phosphorene, the S top of MoS₂) are of this
         kind where the site is not a minimum; the free relaxation says where H goes. Its sites have their own
         directories (``-held``); the bare slab is shared with free runs.
+    vibrations : bool
+        After a site converges, compute H*'s harmonic frequencies with the slab held (6 more single points from the
+        site's wavefunction) and H₂'s (12, once per settings), and record the ΔZPE − TΔS they give
+        (:func:`vibrational_dg_correction`) with the site as ``vibrations``. ΔG_H itself keeps ``dg_correction``,
+        the constant the published values use; ``vibrations.dg_correction_eV`` says how far this site's own
+        correction is from it. Not part of a run's key: a finished site gains it in place.
     """
 
     n_sites: int = 2
@@ -519,6 +526,7 @@ class RefineSettings:
     prerelax: str | None = None
     spin_starts: tuple[float, ...] = ()
     hold_site: bool = False
+    vibrations: bool = False
 
     def __post_init__(self) -> None:
         self.spin_starts = tuple(float(m) for m in self.spin_starts)
@@ -535,6 +543,8 @@ class RefineSettings:
             out["spin_starts"] = list(self.spin_starts)
         if not self.hold_site:  # runs keyed before the option keep their key
             out.pop("hold_site")
+        if not self.vibrations:
+            out.pop("vibrations")
         return out
 
 
@@ -736,6 +746,7 @@ def refine_adsorption(
     h2: tuple[float, float] | None = None,
     metadata: dict[str, Any] | None = None,
     prerelax_calculator=None,
+    h2_directory: str | None = None,
 ) -> AdsorptionResult:
     """ΔG_H on a few sites with an expensive calculator, started from a cheaper recipe's relaxed H.
 
@@ -768,6 +779,9 @@ def refine_adsorption(
     prerelax_calculator : callable, optional
         Returns the MLIP of ``refine.prerelax``; called only when a fresh relaxation needs it (default: the
         MLIP loaded by name with :func:`gen2d.relax.cached_calculator`).
+    h2_directory : str, optional
+        Where :func:`h2_reference_dft` computed the given ``h2``; ``refine.vibrations`` computes H₂'s frequency
+        there (default ``workdir/h2``, where an ``h2`` of None is computed).
 
     Returns
     -------
@@ -815,8 +829,14 @@ def refine_adsorption(
         return out
 
     if h2 is None:
-        h2 = h2_reference_dft(os.path.join(workdir, "h2"), make_calculator, box=refine.h2_box)
+        h2_directory = os.path.join(workdir, "h2")
+        h2 = h2_reference_dft(h2_directory, make_calculator, box=refine.h2_box)
     e_h2, h2_bond = h2
+    h2_modes: list[complex] | None = None
+    if refine.vibrations:
+        if h2_directory is None:
+            raise ValueError("vibrations need the directory of the given H2 reference (h2_directory)")
+        h2_modes = h2_vibrations_dft(h2_directory, make_calculator, box=refine.h2_box)
 
     def _slab_single(d):
         calc = make_calculator(d)
@@ -936,6 +956,13 @@ def refine_adsorption(
         final = start_atoms.copy()
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
+        vibrations = None
+        if h2_modes is not None and energy is not None and doc.get("converged"):
+            site_dir = os.path.join(workdir, f"site_{k}-{tag}")
+            taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
+            # the wavefunction of the solution the site's energy is: a fresh start's, where one took over
+            wfn_from = os.path.join(site_dir, "lowest_start") if taken and not taken.startswith("failed") else site_dir
+            vibrations = _site_vibrations(site_dir, final, h_index, make_calculator, h2_modes, h2_bond, wfn_from)
         if energy is None:
             flags.append(doc.get("failure", "calculator_error"))
             site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
@@ -970,6 +997,7 @@ def refine_adsorption(
                 flags=flags,
                 run_dir=os.path.join(workdir, f"site_{k}-{tag}"),
                 spin_starts=doc.get("spin_starts"),
+                vibrations=vibrations,
             )
         )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
@@ -1095,6 +1123,170 @@ def _check_spin_starts(
     out["spin_starts"] = check
     write_json_atomic(os.path.join(site_dir, "result.json"), out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vibrations: ΔZPE − TΔS of H* from the calculator itself
+# ----------------------------------------------------------------------------------------------------
+
+#: K: the temperature of the computed ΔG_H correction (the standard hydrogen electrode's 298.15 K)
+STANDARD_TEMPERATURE = 298.15
+#: Pa: the H₂ pressure of the standard hydrogen electrode (1 bar)
+STANDARD_PRESSURE = 1.0e5
+#: Å: the finite-difference step of the harmonic frequencies (ASE ``Vibrations``, central differences)
+VIBRATION_DELTA = 0.01
+#: cm⁻¹: an H* mode with an imaginary part above this is a saddle, not a minimum
+IMAGINARY_TOLERANCE_CM1 = 50.0
+
+
+def vibrational_dg_correction(
+    h_energies: Sequence[complex],
+    h2_energies: Sequence[complex],
+    h2_bond: float,
+    temperature: float = STANDARD_TEMPERATURE,
+    pressure: float = STANDARD_PRESSURE,
+) -> dict[str, Any]:
+    """ΔG_H − ΔE_H from harmonic vibrations: ΔZPE − TΔS of H* against ½H₂, the terms Nørskov's 0.24 eV stands for.
+
+    Parameters
+    ----------
+    h_energies : sequence of complex
+        The vibrational energies (eV) of H* with the slab held (ASE ``Vibrations.get_energies``, three modes).
+    h2_energies : sequence of complex
+        Those of H₂ (all six of ``Vibrations`` on both atoms; the stretch is the highest).
+    h2_bond : float
+        H₂ bond (Å), for its moment of inertia.
+    temperature, pressure : float
+        K and Pa (default 298.15 K, 1 bar).
+
+    Returns
+    -------
+    dict
+        ``dg_correction_eV`` = ZPE(H*) − ½ZPE(H₂) − T[S(H*) − ½S(H₂)], with S(H*) harmonic (ASE ``HarmonicThermo``)
+        and S(H₂) an ideal gas at ``pressure`` (ASE ``IdealGasThermo``: translation, rotation with symmetry number
+        2, vibration); every term, in eV; ``h2_cp_term_eV``, the H₂ heat-capacity integral ∫Cp dT from 0 K, which
+        the correction leaves out as Nørskov's does (with it, the correction is lower by half of it); the H*
+        frequencies in cm⁻¹. A mode with an imaginary part above :data:`IMAGINARY_TOLERANCE_CM1` makes H* a saddle:
+        it is listed (``imaginary_modes_cm1``) and left out of ZPE and entropy, and the result carries
+        ``saddle: True``.
+    """
+    from ase import units
+    from ase.thermochemistry import HarmonicThermo, IdealGasThermo
+
+    to_cm1 = 1.0 / units.invcm
+    h = [complex(e) for e in h_energies]
+    imaginary = [abs(e.imag) * to_cm1 for e in h if abs(e.imag) * to_cm1 > IMAGINARY_TOLERANCE_CM1]
+    real = [e.real for e in h if abs(e.imag) * to_cm1 <= IMAGINARY_TOLERANCE_CM1 and e.real > 0]
+    stretch = max(complex(e).real for e in h2_energies)
+    h2 = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, h2_bond]])
+    gas = IdealGasThermo([stretch], geometry="linear", atoms=h2, symmetrynumber=2, spin=0)
+    zpe_h, zpe_h2 = 0.5 * sum(real), 0.5 * stretch
+    s_h = HarmonicThermo(real).get_entropy(temperature, verbose=False) if real else 0.0
+    # in Pa: ASE's IdealGasThermo divides by its reference pressure in Pa (its default, units.bar, is in eV/Å³)
+    s_h2 = gas.get_entropy(temperature, pressure, verbose=False)
+    cp_h2 = gas.get_enthalpy(temperature, verbose=False) - zpe_h2
+    correction = zpe_h - 0.5 * zpe_h2 - temperature * (s_h - 0.5 * s_h2)
+    return {
+        "dg_correction_eV": float(correction),
+        "zpe_h_eV": float(zpe_h),
+        "zpe_h2_eV": float(zpe_h2),
+        "ts_h_eV": float(temperature * s_h),
+        "ts_h2_eV": float(temperature * s_h2),
+        "h2_cp_term_eV": float(cp_h2),
+        "h_frequencies_cm1": [float(e.real * to_cm1) for e in h],
+        "imaginary_modes_cm1": [float(x) for x in imaginary],
+        "h2_frequency_cm1": float(stretch * to_cm1),
+        "saddle": bool(imaginary),
+        "temperature_K": temperature,
+        "pressure_Pa": pressure,
+        "unit": "eV",
+    }
+
+
+def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: str) -> list[complex]:
+    """Harmonic vibrational energies (eV) of the ``indices`` atoms, every other atom held, by ASE's ``Vibrations``
+    (central differences of ``calc``'s forces, :data:`VIBRATION_DELTA` Å; 6 evaluations per atom). Each displaced
+    evaluation is cached in ``directory/vib``, so a killed run goes on where it stopped."""
+    import os
+
+    from ase.vibrations import Vibrations
+
+    work = atoms.copy()
+    work.set_constraint()
+    work.calc = calc
+    vib = Vibrations(work, indices=list(indices), name=os.path.join(directory, "vib"), delta=VIBRATION_DELTA)
+    vib.clean(empty_files=True)  # the lock files a killed run left: those displacements run again
+    vib.run()
+    return [complex(e) for e in vib.get_energies()]
+
+
+def _energies_doc(energies: Sequence[complex]) -> dict[str, list[float]]:
+    return {
+        "real_eV": [float(complex(e).real) for e in energies],
+        "imag_eV": [float(complex(e).imag) for e in energies],
+    }
+
+
+def _energies_of(doc: dict[str, Any]) -> list[complex]:
+    return [complex(r, i) for r, i in zip(doc["real_eV"], doc["imag_eV"])]
+
+
+def h2_vibrations_dft(directory: str, make_calculator, box: float = 12.0) -> list[complex]:
+    """H₂'s vibrational energies (eV) at the bond :func:`h2_reference_dft` relaxed in ``directory``, by
+    ``make_calculator``, from that run's wavefunction. Cached in ``directory/vibrations/result.json``."""
+    import json
+    import os
+
+    path = os.path.join(directory, "vibrations", "result.json")
+    doc = _cached_result(path)
+    if doc is None:
+        with open(os.path.join(directory, "result.json")) as fh:
+            bond = float(json.load(fh)["bond"])
+        d = os.path.dirname(path)
+        _seed_restart(directory, d)
+        mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, bond]], cell=[box, box, box], pbc=True)
+        mol.center()
+        calc = make_calculator(d)
+        try:
+            doc = _energies_doc(vibration_energies(mol, [0, 1], calc, d)) | {"bond_A": bond, "cost": _cost(calc)}
+        finally:
+            _close_calculator(calc)
+        write_json_atomic(path, doc)
+    return _energies_of(doc)
+
+
+def _site_vibrations(
+    site_dir: str,
+    final: Atoms,
+    h_index: int,
+    make_calculator,
+    h2_energies: Sequence[complex],
+    h2_bond: float,
+    wfn_from: str | None = None,
+) -> dict[str, Any]:
+    """The computed ΔG_H correction of a converged site (:func:`vibrational_dg_correction`), its H modes computed
+    in ``site_dir/vibrations`` from the wavefunction in ``wfn_from`` (default the site's) and cached there; a failed
+    SCF is recorded, not fatal (the site keeps its ΔG_H from ``dg_correction``)."""
+    import os
+
+    d = os.path.join(site_dir, "vibrations")
+    path = os.path.join(d, "result.json")
+    doc = _cached_result(path)
+    if doc is None:
+        _seed_restart(wfn_from or site_dir, d)
+        calc = make_calculator(d)
+        try:
+            doc = _energies_doc(vibration_energies(final, [h_index], calc, d)) | {"cost": _cost(calc)}
+        except Exception as exc:  # noqa: BLE001 - the vibrations are an addition to the site, not its result
+            if _failure_name(exc) == "calculator_error":
+                raise
+            doc = _failure_doc(exc, calc)
+        finally:
+            _close_calculator(calc)
+        write_json_atomic(path, doc)
+    if doc.get("failure"):
+        return {"failure": doc["failure"], "message": doc.get("message", "")}
+    return vibrational_dg_correction(_energies_of(doc), h2_energies, h2_bond)
 
 
 def h2_reference_dft(
