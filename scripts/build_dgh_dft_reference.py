@@ -331,7 +331,7 @@ def main(argv=None) -> int:
         "--vibrations",
         action="store_true",
         help="also compute each site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies (RefineSettings."
-        "vibrations; 6 single points per site, 12 once for H₂); stored rows gain it in place",
+        "vibrations; 7 single points per site, 13 once for H₂); stored rows gain it in place",
     )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")

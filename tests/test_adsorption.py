@@ -372,6 +372,68 @@ def test_a_held_site_keeps_h_over_it_in_the_plane_and_relaxes_only_its_height(tm
     assert "hold_site" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
 
 
+def test_a_sites_vibrations_are_cached_for_its_geometry_and_a_failed_h2_leaves_the_site_its_value(tmp_path):
+    """EMT's H on Cu(111): a free H rolls from the top site to a threefold hollow, where its two in-plane modes are
+    degenerate and lie below the perpendicular one. (EMT's numbers are not physical for H: H₂ near 7000 cm⁻¹.)"""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import AdsorptionSettings, RefineSettings, refine_adsorption
+
+    slab, _, sites = _cu111_top_site(1.6)
+    refine = RefineSettings(
+        n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.005, steps=300, h_jitter=0.3, vibrations=True
+    )
+    calls: list[str] = []
+
+    class Counting(EMT):
+        def calculate(self, *args, **kwargs):
+            calls.append(self.directory)
+            super().calculate(*args, **kwargs)
+
+    def make(d):
+        calc = Counting()
+        calc.directory = d
+        return calc
+
+    res = refine_adsorption(slab, sites, make, str(tmp_path / "run"), refine=refine)
+    site = res.sites[0]
+    v = site.vibrations
+    assert site.converged and site.valid and not v["saddle"]
+    in_plane, normal = sorted(v["h_frequencies_cm1"])[:2], max(v["h_frequencies_cm1"])
+    assert abs(in_plane[1] - in_plane[0]) < 0.03 * in_plane[1] and normal > in_plane[1]
+    assert v["h2_frequency_cm1"] > normal
+    assert site.delta_g_h == pytest.approx(site.delta_e_h + AdsorptionSettings().dg_correction)
+    assert sum(Path(c).name == "vibrations" for c in calls) == 7 + 13  # the site's (one atom) and H₂'s (two)
+    # a rerun computes nothing
+    calls.clear()
+    again = refine_adsorption(slab, sites, make, str(tmp_path / "run"), refine=refine).sites[0]
+    assert calls == [] and again.vibrations == v
+    # the site relaxed on (as after a spin start took over): its vibrations belong to another geometry, and run again
+    result = Path(site.run_dir) / "result.json"
+    doc = json.loads(result.read_text())
+    doc["positions"][-1][2] += 0.05
+    result.write_text(json.dumps(doc))
+    moved = refine_adsorption(slab, sites, make, str(tmp_path / "run"), refine=refine).sites[0]
+    assert len(calls) == 7 and moved.vibrations["h_frequencies_cm1"] != v["h_frequencies_cm1"]
+
+    # H₂'s vibrations fail (a named SCF failure): cached as such; the site keeps its ΔG_H and says why it has none
+    class ScfNotConverged(RuntimeError):
+        pass
+
+    class Failing(Counting):
+        def calculate(self, *args, **kwargs):
+            raise ScfNotConverged("SCF not converged in 250 steps")
+
+    def make_failing_h2(d):
+        return Failing() if Path(d).parent.name == "h2" and Path(d).name == "vibrations" else make(d)
+
+    failed = refine_adsorption(slab, sites, make_failing_h2, str(tmp_path / "other"), refine=refine).sites[0]
+    assert failed.valid and failed.delta_g_h == pytest.approx(site.delta_g_h, abs=1e-6)
+    assert failed.vibrations["failure"] == "scf_not_converged"
+    stored = json.loads((tmp_path / "other" / "h2" / "vibrations" / "result.json").read_text())
+    assert stored["failure"] == "scf_not_converged" and stored["energy"] is None
+
+
 def _h2():
     return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)
 
@@ -426,6 +488,11 @@ def test_h2_entropy_and_noerskovs_correction_come_out_of_the_vibrations():
     # an imaginary mode: a saddle, listed and left out
     saddle = vibrational_dg_correction(_modes(2550, 700, -300), h2, 0.741)
     assert saddle["saddle"] and saddle["imaginary_modes_cm1"] == pytest.approx([300.0])
+    assert saddle["h_frequencies_cm1"] == pytest.approx([2550, 700, -300])
+    # a mode softer than the floor counts as the floor in the entropy (a harmonic entropy diverges), not in ZPE
+    soft = [vibrational_dg_correction(_modes(1200, 400, x), h2, 0.741) for x in (5, 30, 100)]
+    assert soft[0]["ts_h_eV"] == pytest.approx(soft[2]["ts_h_eV"]) == pytest.approx(soft[1]["ts_h_eV"])
+    assert soft[0]["zpe_h_eV"] < soft[2]["zpe_h_eV"]
     assert not vibrational_dg_correction(_modes(2550, 700, -20), h2, 0.741)["saddle"]  # numerical noise
 
 

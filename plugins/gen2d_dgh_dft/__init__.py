@@ -115,7 +115,7 @@ class DFTAdsorptionScorer(BaseScorer):
         ΔG_H of that site even where DFT would move H off it, as published per-site values are.
     vibrations : bool
         Also compute each converged site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies
-        (:attr:`gen2d.adsorption.RefineSettings.vibrations`; 6 single points per site, 12 once for H₂), stored
+        (:attr:`gen2d.adsorption.RefineSettings.vibrations`; 7 single points per site, 13 once for H₂), stored
         with the site as ``vibrations``; the score stays ΔE_H + ``dg_correction``. Not part of the run key.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
@@ -406,11 +406,12 @@ class _StageFailure(RuntimeError):
 
 
 def _cost_of(workdir: Path) -> dict[str, Any]:
-    """Summed CP2K cost (evaluations, SCF steps, wall seconds) of every part of one run."""
+    """Summed CP2K cost (evaluations, SCF steps, wall seconds) of every part of one run, its sites' vibrations
+    included."""
     import json
 
     total = {"n_evaluations": 0, "scf_steps_total": 0, "wall_seconds": 0.0}
-    for path in workdir.glob("*/result.json"):
+    for path in [*workdir.glob("*/result.json"), *workdir.glob("*/vibrations/result.json")]:
         cost = json.loads(path.read_text()).get("cost") or {}
         for key in total:
             total[key] += cost.get(key, 0) or 0

@@ -507,8 +507,8 @@ class RefineSettings:
         kind where the site is not a minimum; the free relaxation says where H goes. Its sites have their own
         directories (``-held``); the bare slab is shared with free runs.
     vibrations : bool
-        After a site converges, compute H*'s harmonic frequencies with the slab held (6 more single points from the
-        site's wavefunction) and H₂'s (12, once per settings), and record the ΔZPE − TΔS they give
+        After a site converges, compute H*'s harmonic frequencies with the slab held (7 more single points from the
+        site's wavefunction) and H₂'s (13, once per settings), and record the ΔZPE − TΔS they give
         (:func:`vibrational_dg_correction`) with the site as ``vibrations``. ΔG_H itself keeps ``dg_correction``,
         the constant the published values use; ``vibrations.dg_correction_eV`` says how far this site's own
         correction is from it. Not part of a run's key: a finished site gains it in place.
@@ -833,10 +833,14 @@ def refine_adsorption(
         h2 = h2_reference_dft(h2_directory, make_calculator, box=refine.h2_box)
     e_h2, h2_bond = h2
     h2_modes: list[complex] | None = None
+    h2_vib_failure: dict[str, str] | None = None
     if refine.vibrations:
         if h2_directory is None:
             raise ValueError("vibrations need the directory of the given H2 reference (h2_directory)")
-        h2_modes = h2_vibrations_dft(h2_directory, make_calculator, box=refine.h2_box)
+        try:
+            h2_modes = h2_vibrations_dft(h2_directory, make_calculator, box=refine.h2_box)
+        except RefinementFailed as exc:  # the sites keep their ΔG_H; their vibrations say why they have none
+            h2_vib_failure = {"failure": exc.reason, "message": str(exc)}
 
     def _slab_single(d):
         calc = make_calculator(d)
@@ -957,12 +961,24 @@ def refine_adsorption(
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
         vibrations = None
-        if h2_modes is not None and energy is not None and doc.get("converged"):
+        if refine.vibrations and energy is not None and doc.get("converged"):
             site_dir = os.path.join(workdir, f"site_{k}-{tag}")
             taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
-            # the wavefunction of the solution the site's energy is: a fresh start's, where one took over
-            wfn_from = os.path.join(site_dir, "lowest_start") if taken and not taken.startswith("failed") else site_dir
-            vibrations = _site_vibrations(site_dir, final, h_index, make_calculator, h2_modes, h2_bond, wfn_from)
+            if h2_vib_failure is not None:
+                vibrations = h2_vib_failure
+            elif taken and not taken.startswith("failed"):
+                # the solution the site's energy is: a fresh start's wavefunction, and its moment on H
+                vibrations = _site_vibrations(
+                    site_dir,
+                    _with_moment_on(final, h_index, float(taken)),
+                    h_index,
+                    make_calculator,
+                    h2_modes,
+                    h2_bond,
+                    os.path.join(site_dir, "lowest_start"),
+                )
+            else:
+                vibrations = _site_vibrations(site_dir, final, h_index, make_calculator, h2_modes, h2_bond)
         if energy is None:
             flags.append(doc.get("failure", "calculator_error"))
             site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
@@ -1137,6 +1153,8 @@ STANDARD_PRESSURE = 1.0e5
 VIBRATION_DELTA = 0.01
 #: cm⁻¹: an H* mode with an imaginary part above this is a saddle, not a minimum
 IMAGINARY_TOLERANCE_CM1 = 50.0
+#: cm⁻¹: in the entropy of H*, a softer mode counts as this stiff (a quasi-harmonic treatment, ASE's default)
+ENTROPY_MODE_FLOOR_CM1 = 100.0
 
 
 def vibrational_dg_correction(
@@ -1162,16 +1180,18 @@ def vibrational_dg_correction(
     Returns
     -------
     dict
-        ``dg_correction_eV`` = ZPE(H*) − ½ZPE(H₂) − T[S(H*) − ½S(H₂)], with S(H*) harmonic (ASE ``HarmonicThermo``)
-        and S(H₂) an ideal gas at ``pressure`` (ASE ``IdealGasThermo``: translation, rotation with symmetry number
-        2, vibration); every term, in eV; ``h2_cp_term_eV``, the H₂ heat-capacity integral ∫Cp dT from 0 K, which
-        the correction leaves out as Nørskov's does (with it, the correction is lower by half of it); the H*
-        frequencies in cm⁻¹. A mode with an imaginary part above :data:`IMAGINARY_TOLERANCE_CM1` makes H* a saddle:
-        it is listed (``imaginary_modes_cm1``) and left out of ZPE and entropy, and the result carries
-        ``saddle: True``.
+        ``dg_correction_eV`` = ZPE(H*) − ½ZPE(H₂) − T[S(H*) − ½S(H₂)]; every term in eV. S(H₂) is an ideal gas at
+        ``pressure`` (ASE ``IdealGasThermo``: translation, rotation with symmetry number 2, vibration). S(H*) is
+        quasi-harmonic (ASE ``QuasiHarmonicThermo``): a mode softer than :data:`ENTROPY_MODE_FLOOR_CM1` counts as
+        that stiff in the entropy only, since a harmonic entropy diverges as a mode softens (a weakly bound H);
+        ZPE keeps the computed frequencies. ``h2_cp_term_eV`` is H₂'s ∫Cp dT from 0 K, which the correction
+        leaves out as Nørskov's does (with it, the correction would be lower by half of it).
+        ``h_frequencies_cm1`` lists the H* modes, an imaginary one as a negative number. A mode with an imaginary
+        part above :data:`IMAGINARY_TOLERANCE_CM1` makes H* a saddle (``saddle: True``, as a held site that is
+        not an in-plane minimum often is): it is left out of ZPE and entropy.
     """
     from ase import units
-    from ase.thermochemistry import HarmonicThermo, IdealGasThermo
+    from ase.thermochemistry import IdealGasThermo, QuasiHarmonicThermo
 
     to_cm1 = 1.0 / units.invcm
     h = [complex(e) for e in h_energies]
@@ -1181,7 +1201,8 @@ def vibrational_dg_correction(
     h2 = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, h2_bond]])
     gas = IdealGasThermo([stretch], geometry="linear", atoms=h2, symmetrynumber=2, spin=0)
     zpe_h, zpe_h2 = 0.5 * sum(real), 0.5 * stretch
-    s_h = HarmonicThermo(real).get_entropy(temperature, verbose=False) if real else 0.0
+    floor = ENTROPY_MODE_FLOOR_CM1 * units.invcm
+    s_h = QuasiHarmonicThermo(real, raise_to=floor).get_entropy(temperature, verbose=False) if real else 0.0
     # in Pa: ASE's IdealGasThermo divides by its reference pressure in Pa (its default, units.bar, is in eV/Å³)
     s_h2 = gas.get_entropy(temperature, pressure, verbose=False)
     cp_h2 = gas.get_enthalpy(temperature, verbose=False) - zpe_h2
@@ -1193,9 +1214,13 @@ def vibrational_dg_correction(
         "ts_h_eV": float(temperature * s_h),
         "ts_h2_eV": float(temperature * s_h2),
         "h2_cp_term_eV": float(cp_h2),
-        "h_frequencies_cm1": [float(e.real * to_cm1) for e in h],
+        "h_frequencies_cm1": [
+            float(e.real * to_cm1) if abs(e.imag) * to_cm1 <= IMAGINARY_TOLERANCE_CM1 else -abs(e.imag) * to_cm1
+            for e in h
+        ],
         "imaginary_modes_cm1": [float(x) for x in imaginary],
         "h2_frequency_cm1": float(stretch * to_cm1),
+        "entropy_mode_floor_cm1": ENTROPY_MODE_FLOOR_CM1,
         "saddle": bool(imaginary),
         "temperature_K": temperature,
         "pressure_Pa": pressure,
@@ -1205,8 +1230,9 @@ def vibrational_dg_correction(
 
 def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: str) -> list[complex]:
     """Harmonic vibrational energies (eV) of the ``indices`` atoms, every other atom held, by ASE's ``Vibrations``
-    (central differences of ``calc``'s forces, :data:`VIBRATION_DELTA` Å; 6 evaluations per atom). Each displaced
-    evaluation is cached in ``directory/vib``, so a killed run goes on where it stopped."""
+    (central differences of ``calc``'s forces, :data:`VIBRATION_DELTA` Å: the undisplaced geometry and 6 displaced
+    ones per atom). Each evaluation is cached in ``directory/vib``, so a killed run goes on where it stopped (one
+    process per directory: the lock file a killed evaluation left is removed)."""
     import os
 
     from ase.vibrations import Vibrations
@@ -1220,38 +1246,90 @@ def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: st
     return [complex(e) for e in vib.get_energies()]
 
 
-def _energies_doc(energies: Sequence[complex]) -> dict[str, list[float]]:
-    return {
-        "real_eV": [float(complex(e).real) for e in energies],
-        "imag_eV": [float(complex(e).imag) for e in energies],
-    }
-
-
 def _energies_of(doc: dict[str, Any]) -> list[complex]:
     return [complex(r, i) for r, i in zip(doc["real_eV"], doc["imag_eV"])]
 
 
+def _geometry_sha256(atoms: Atoms, indices: Sequence[int]) -> str:
+    """What a vibrations cache is valid for: symbols, cell, positions (to 1e-6 Å) and the displaced atoms."""
+    import hashlib
+
+    text = "|".join(
+        [
+            ",".join(atoms.get_chemical_symbols()),
+            np.array2string(np.round(np.asarray(atoms.cell), 6), precision=6),
+            np.array2string(np.round(atoms.positions, 6), precision=6, threshold=10**9),
+            ",".join(map(str, indices)),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _vibrations_part(directory: str, atoms: Atoms, indices: Sequence[int], make_calculator, wfn_from: str) -> dict:
+    """The cached ``directory/result.json`` of :func:`vibration_energies` (``real_eV``, ``imag_eV``, cost), or of
+    its named failure. Each is valid for one geometry (:func:`_geometry_sha256`, also kept in
+    ``directory/geometry.sha256`` while it runs): a cache or half-finished run of another geometry (a site
+    relaxed on since, from another spin start) is removed and computed again. The first SCF starts from the
+    wavefunction in ``wfn_from``."""
+    import os
+    import shutil
+
+    geometry = _geometry_sha256(atoms, indices)
+    path, marker = os.path.join(directory, "result.json"), os.path.join(directory, "geometry.sha256")
+    doc = _cached_result(path)
+    stored = doc.get("geometry_sha256") if doc is not None else None
+    if stored is None and os.path.isfile(marker):
+        with open(marker) as fh:
+            stored = fh.read().strip()
+    if stored is not None and stored != geometry:
+        log.info("%s: vibrations of another geometry; computing them again", directory)
+        shutil.rmtree(directory)
+        doc = None
+    if doc is not None:
+        return doc
+    os.makedirs(directory, exist_ok=True)
+    with open(marker, "w") as fh:
+        fh.write(geometry)
+    _seed_restart(wfn_from, directory)
+    calc = make_calculator(directory)
+    try:
+        energies = vibration_energies(atoms, indices, calc, directory)
+        doc = {
+            "real_eV": [float(e.real) for e in energies],
+            "imag_eV": [float(e.imag) for e in energies],
+            "n_single_points": 1 + 6 * len(indices),
+            "cost": _cost(calc),
+        }
+    except Exception as exc:  # noqa: BLE001 - a named DFT failure is this part's cached result
+        if _failure_name(exc) == "calculator_error":
+            raise
+        doc = _failure_doc(exc, calc)
+    finally:
+        _close_calculator(calc)
+    doc["geometry_sha256"] = geometry
+    write_json_atomic(path, doc)
+    return doc
+
+
 def h2_vibrations_dft(directory: str, make_calculator, box: float = 12.0) -> list[complex]:
     """H₂'s vibrational energies (eV) at the bond :func:`h2_reference_dft` relaxed in ``directory``, by
-    ``make_calculator``, from that run's wavefunction. Cached in ``directory/vibrations/result.json``."""
+    ``make_calculator``, from that run's wavefunction; 13 single points, cached in ``directory/vibrations``.
+
+    Raises
+    ------
+    RefinementFailed
+        When an SCF failed in a named way (cached like a result).
+    """
     import json
     import os
 
-    path = os.path.join(directory, "vibrations", "result.json")
-    doc = _cached_result(path)
-    if doc is None:
-        with open(os.path.join(directory, "result.json")) as fh:
-            bond = float(json.load(fh)["bond"])
-        d = os.path.dirname(path)
-        _seed_restart(directory, d)
-        mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, bond]], cell=[box, box, box], pbc=True)
-        mol.center()
-        calc = make_calculator(d)
-        try:
-            doc = _energies_doc(vibration_energies(mol, [0, 1], calc, d)) | {"bond_A": bond, "cost": _cost(calc)}
-        finally:
-            _close_calculator(calc)
-        write_json_atomic(path, doc)
+    with open(os.path.join(directory, "result.json")) as fh:
+        bond = float(json.load(fh)["bond"])
+    mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, bond]], cell=[box, box, box], pbc=True)
+    mol.center()
+    doc = _vibrations_part(os.path.join(directory, "vibrations"), mol, [0, 1], make_calculator, directory)
+    if doc.get("failure"):
+        raise RefinementFailed(doc["failure"], f"H2 vibrations: {doc.get('message', '')}")
     return _energies_of(doc)
 
 
@@ -1265,25 +1343,13 @@ def _site_vibrations(
     wfn_from: str | None = None,
 ) -> dict[str, Any]:
     """The computed ΔG_H correction of a converged site (:func:`vibrational_dg_correction`), its H modes computed
-    in ``site_dir/vibrations`` from the wavefunction in ``wfn_from`` (default the site's) and cached there; a failed
-    SCF is recorded, not fatal (the site keeps its ΔG_H from ``dg_correction``)."""
+    in ``site_dir/vibrations`` (7 single points) from the wavefunction in ``wfn_from`` (default the site's) and
+    cached there; a failed SCF is recorded, not fatal (the site keeps its ΔG_H from ``dg_correction``)."""
     import os
 
-    d = os.path.join(site_dir, "vibrations")
-    path = os.path.join(d, "result.json")
-    doc = _cached_result(path)
-    if doc is None:
-        _seed_restart(wfn_from or site_dir, d)
-        calc = make_calculator(d)
-        try:
-            doc = _energies_doc(vibration_energies(final, [h_index], calc, d)) | {"cost": _cost(calc)}
-        except Exception as exc:  # noqa: BLE001 - the vibrations are an addition to the site, not its result
-            if _failure_name(exc) == "calculator_error":
-                raise
-            doc = _failure_doc(exc, calc)
-        finally:
-            _close_calculator(calc)
-        write_json_atomic(path, doc)
+    doc = _vibrations_part(
+        os.path.join(site_dir, "vibrations"), final, [h_index], make_calculator, wfn_from or site_dir
+    )
     if doc.get("failure"):
         return {"failure": doc["failure"], "message": doc.get("message", "")}
     return vibrational_dg_correction(_energies_of(doc), h2_energies, h2_bond)

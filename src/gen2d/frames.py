@@ -163,7 +163,8 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                 continue
             seen_runs.add(run)
             meta = json.loads((run / RUN_METADATA).read_text())
-            systems = [run] + sorted(p for p in run.iterdir() if p.is_dir())
+            # a part's vibrations (finite displacements, forces only in ASE's cache) are not relaxation frames
+            systems = [run] + sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations")
             for sysdir in systems:
                 system = "." if sysdir == run else sysdir.name
                 if not any((sysdir / name).is_file() for name in FRAME_FILES) and (sysdir / "result.json").is_file():
