@@ -25,6 +25,12 @@ H) at the run's own settings, and compared with the relaxation's last energy, wh
 restarted wavefunctions. An open-shell slab+H can have several SCF solutions; the spread is the row's
 uncertainty from that alone, and a lower solution means the stored row is not the ground state found.
 
+``scf-audit``: which stored SCFs the SCF energy check would reject today (no new DFT). For every CP2K output under
+``--runs``: its SCFs, how many CP2K called converged, how many of those ended with an energy change above
+``Cp2kSettings.energy_tolerance()`` at the part's own ``EPS_SCF`` (CP2K's density criterion can be met while the
+energy still moves), and the same for the last converged SCF, whose energy a finished part hands out. A finished
+part whose last SCF is over the tolerance is one to recompute with ``scripts/dft_recheck.py``.
+
 Usage (niced, one thread; a few CPU-minutes each, ``truncation`` seconds, ``spin-starts`` one SCF per start):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py h2
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_dft.py step-cost --steps 7
@@ -32,6 +38,7 @@ Usage (niced, one thread; a few CPU-minutes each, ``truncation`` seconds, ``spin
     nice -n 5 .venv/bin/python scripts/bench_dft.py threads --steps 6     # on a quiet machine
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_dft.py spin-starts --runs dft-runs/reference \
         --workdir dft-runs/spin-starts
+    .venv/bin/python scripts/bench_dft.py scf-audit --runs dft-runs/reference [--json]
 """
 
 from __future__ import annotations
@@ -273,6 +280,43 @@ def spin_starts(roots: list[Path], workdir: Path, starts: dict[str, dict[str, fl
     return rows
 
 
+def scf_audit(roots: list[Path]) -> list[dict]:
+    """One row per CP2K output (``gen2d.out``) under ``roots``: see the module's ``scf-audit``."""
+    from gen2d_cp2k import Cp2kSettings, scf_runs
+
+    rows = []
+    for root in roots:
+        for out in sorted(Path(root).rglob("gen2d.out")):
+            part = out.parent
+            inp = part / "gen2d.inp"
+            found = re.search(r"^\s*EPS_SCF\s+(\S+)", inp.read_text(), re.M) if inp.is_file() else None
+            eps = float(found.group(1)) if found else Cp2kSettings().eps_scf
+            tolerance = Cp2kSettings(eps_scf=eps).energy_tolerance()
+            runs = scf_runs(out.read_text(errors="replace"))
+            converged = [r for r in runs if r["converged"] and r["changes"]]
+            over = [r for r in converged if abs(r["changes"][-1]) > tolerance]
+            last = converged[-1]["changes"][-1] if converged else None
+            result = part / "result.json"
+            doc = json.loads(result.read_text()) if result.is_file() else {}
+            finished = doc.get("energy") is not None or doc.get("real_eV") is not None  # a part, or vibrations
+            rows.append(
+                {
+                    "part": str(part.relative_to(root)),
+                    "root": str(root),
+                    "eps_scf": eps,
+                    "tolerance_Ha": tolerance,
+                    "scfs": len(runs),
+                    "cp2k_converged": sum(1 for r in runs if r["converged"]),
+                    "over_tolerance": len(over),
+                    "largest_over_Ha": max((abs(r["changes"][-1]) for r in over), default=None),
+                    "last_change_Ha": last,
+                    "last_over_tolerance": last is not None and abs(last) > tolerance,
+                    "finished": finished,
+                }
+            )
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -290,7 +334,26 @@ def main(argv=None) -> int:
     p_spin = sub.add_parser("spin-starts")
     p_spin.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "dft-runs" / "reference"])
     p_spin.add_argument("--workdir", type=Path, default=ROOT / "dft-runs" / "spin-starts")
+    p_audit = sub.add_parser("scf-audit")
+    p_audit.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "dft-runs" / "reference"])
+    p_audit.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = parser.parse_args(argv)
+    if args.cmd == "scf-audit":
+        rows = scf_audit(args.runs)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print("| part | SCFs | CP2K converged | over tolerance (largest, Ha) | last change (Ha) | finished |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            largest = f" ({r['largest_over_Ha']:.1e})" if r["over_tolerance"] else ""
+            last = "—" if r["last_change_Ha"] is None else f"{r['last_change_Ha']:+.1e}"
+            flag = " **over**" if r["last_over_tolerance"] else ""
+            print(
+                f"| {r['part']} | {r['scfs']} | {r['cp2k_converged']} | {r['over_tolerance']}{largest} | "
+                f"{last}{flag} | {'yes' if r['finished'] else 'no'} |"
+            )
+        return 0
     if args.cmd == "spin-starts":
         print("| relaxation | formula | start | energy vs relaxation (meV) | ∫\\|spin\\| (relaxation's) | SCF steps |")
         print("|---|---|---|---|---|---|")

@@ -337,7 +337,14 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
     # a failure on the ladder before its annealing rung (rules 2) is run again too
     result.write_text(json.dumps(old | {"cost": {"scf_level": 1, "n_evaluations": 2}, "failure_rules": 2}))
     assert run().energy == pytest.approx(first.energy, abs=1e-6)
+    # a false convergence at the top of the ladder, from before such an SCF was restarted once (rules 3), runs again
+    false = "CP2K SCF met eps_scf 1e-05 at step 47, but its energy still changed by -2.3e-04 Ha at that step"
+    false_doc = old | {"message": f"{false}: a false convergence", "cost": {"scf_level": 2}, "failure_rules": 3}
+    result.write_text(json.dumps(false_doc))
+    assert run().energy == pytest.approx(first.energy, abs=1e-6)
     # the ladder of the current rules was climbed to its top and still failed: the failure is the answer
+    result.write_text(json.dumps(false_doc | {"failure_rules": FAILURE_RULES}))
+    assert run().energy is None
     current = old | {"cost": {"scf_level": 2, "n_evaluations": 4}, "failure_rules": FAILURE_RULES}
     result.write_text(json.dumps(current))
     final = run()

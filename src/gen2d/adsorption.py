@@ -1443,8 +1443,9 @@ def _failure_name(exc: BaseException) -> str:
 #: How calculator failures are classified, stored with each cached failure. A cached failure that the current rules
 #: would retry is computed again (:func:`_stale_failure`): 1, a CP2K abort on an SCF whose density spread into the
 #: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``);
-#: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``).
-FAILURE_RULES = 3
+#: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``); 4, a false convergence (CP2K's
+#: "converged" with the energy still moving, ``gen2d_cp2k.FalseConvergence``) is restarted once before it fails.
+FAILURE_RULES = 4
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
 
@@ -1506,6 +1507,8 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
     - an SCF failure made before calculators retried a stalled SCF (its cost records no ``scf_level``);
     - an SCF failure from before the ladder's annealing rung (``failure_rules`` < 3); the calculator's ledger
       knows the rung that failed, so the retry goes on from the next one;
+    - a false convergence from before such an SCF was restarted once from its own wavefunction (``failure_rules``
+      < 4); the calculator's ledger names a route without that restart, so the retry runs on the rung it failed on;
     - a CP2K abort on a diverging SCF (the dipole correction's vacuum check, after the first step) from before
       such aborts went to the retry ladder: under the current rules it climbs the ladder, and an abort at the
       first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them.
@@ -1515,6 +1518,12 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
         return "an SCF failure from before the SCF fallback ladder"
     if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:
         return "an SCF failure from before the ladder's annealing rung (a hotter SCF to start from)"
+    if (
+        failure == "scf_not_converged"
+        and doc.get("failure_rules", 1) < 4
+        and "false convergence" in str(doc.get("message", ""))
+    ):
+        return "a false convergence from before such an SCF was restarted once from its own wavefunction"
     if (
         failure == "dft_aborted"
         and doc.get("failure_rules", 1) < 2

@@ -979,19 +979,21 @@ def test_the_last_scf_step_s_energy_change_is_read_from_the_table():
 
 
 @needs_cp2k
-def test_a_false_convergence_is_an_scf_failure_that_climbs_the_ladder(tmp_path, monkeypatch):
-    """CP2K's "converged" with the energy still moving by 0.087 Ha at the last step is not handed out: the SCF
-    climbs the ladder and the rung's SCF, whose energy settled, gives the result. The threshold is not hashed."""
+def test_a_false_convergence_is_restarted_once_then_climbs_the_ladder(tmp_path, monkeypatch):
+    """CP2K's "converged" with the energy still moving by 0.087 Ha at the last step is not handed out. The SCF is
+    first run again from its own wavefunction at the same settings; only when that one is false too does it climb
+    the ladder, whose SCF, with its energy settled, gives the result. The threshold is not hashed."""
     from ase.calculators import cp2k as ase_cp2k
     from ase.calculators.calculator import Calculator
 
     settled = _FALSE_CONVERGENCE.replace("1.38E-01", "-3.10E-05").replace("8.71E-02", "4.00E-06")
-    outputs = [_FALSE_CONVERGENCE, settled]
+    outputs: list[str] = []
     inputs: list[str] = []
 
     def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
         Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
         inputs.append(self.parameters.inp)
+        self.wfn_file.write_text(f"orbitals of SCF {len(inputs)}")
         with open(self.out_file, "a") as fh:
             fh.write(outputs.pop(0))
         self.results = {"energy": -37.8 - len(inputs), "forces": np.zeros((len(self.atoms), 3))}
@@ -1000,10 +1002,28 @@ def test_a_false_convergence_is_an_scf_failure_that_climbs_the_ladder(tmp_path, 
     rung = ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250)
     settings = Cp2kSettings(**(TINY | {"scf_fallback": (rung,)}))
     assert settings.settings_hash() == Cp2kSettings(**(TINY | {"eps_energy_ha": 1.0})).settings_hash()
+
+    # the restart settles: same settings (no rung), from the wavefunction the false convergence left
+    outputs[:] = [_FALSE_CONVERGENCE, settled]
     mol = _h2()
-    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path))
-    assert mol.get_potential_energy() == -37.8 - 2  # the rung's energy, not the falsely converged one
-    assert calc.scf_steps == [8, 8] and calc.scf_retries[0]["converged"] is True
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "a"))
+    assert mol.get_potential_energy() == -37.8 - 2  # the restart's energy, not the falsely converged one
+    assert calc.scf_level == 0 and calc.scf_steps == [8, 8]
+    assert calc.scf_retries == [
+        {"evaluation": 1, "false_convergence_restart": True, "level": 0, "scf_steps": 8, "converged": True}
+    ]
+    assert "SCF_GUESS RESTART" in inputs[1] and "ALPHA 0.4" in inputs[1]
+    calc.close()
+
+    # the restart is false too: the ladder's rung (its SCF settled) gives the result
+    inputs.clear()
+    outputs[:] = [_FALSE_CONVERGENCE, _FALSE_CONVERGENCE, settled]
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "b"))
+    assert mol.get_potential_energy() == -37.8 - 3
+    assert calc.scf_level == 1 and "ALPHA 0.05" in inputs[2]
+    assert [r.get("false_convergence_restart", False) for r in calc.scf_retries] == [True, False]
+    assert [r["converged"] for r in calc.scf_retries] == [False, True]
     assert calc.provenance()["settings"]["eps_energy_ha"] is None and settings.energy_tolerance() == 20 * 1e-4
     assert Cp2kSettings().energy_tolerance() == pytest.approx(2e-4)
     assert Cp2kSettings(eps_scf=1e-6).energy_tolerance() == pytest.approx(2e-4)  # a guard, not a precision
