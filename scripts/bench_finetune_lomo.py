@@ -153,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frames of {len(hashes)} DFT settings ({', '.join(map(str, hashes))}): give one", file=sys.stderr)
         return 2
     materials = material_groups(frames)
-    if args.materials:
-        materials = {m: g for m, g in materials.items() if m in args.materials}
-    if len(materials) < 2 and not args.in_sample:
+    if len(materials) < 2 and not args.in_sample:  # a fold trains on the others: count them all
         print(f"leave-one-material-out needs two materials with H; found {sorted(materials)}", file=sys.stderr)
         return 2
+    if args.materials:
+        unknown = sorted(set(args.materials) - set(materials))
+        if unknown:
+            print(f"no slab+H frames of {unknown}; materials with H: {sorted(materials)}", file=sys.stderr)
+            return 2
+        materials = {m: g for m, g in materials.items() if m in args.materials}
     backend = Backend(args.calculator)
     base_eval = backend.base_evaluator()
     options = backend.options(args.epochs, args.threads, args.alignment)
