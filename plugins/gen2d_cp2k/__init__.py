@@ -461,23 +461,29 @@ class Cp2kCalculator(CP2K):
             if anneal:
                 record.update(self._anneal(rung.anneal_temperature_k, properties))
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
-            self._release_force_env()
-            self._prepare(self.atoms, restart_wfn=True)  # from the wavefunction the failed SCF left
-            n_before, converged = len(self.scf_steps), False
-            self._retrying = True
             try:
-                self._evaluate_settled(self.atoms, properties, all_changes)
-                converged = True
+                self._rerun(record, properties, self._evaluate_settled)
+                return
             except ScfNotConverged as again:
                 failure = again
-            finally:  # a rung that aborts is recorded too, with the steps it made
-                self._retrying = False
-                steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
-                self.scf_retries.append({**record, "scf_steps": steps, "converged": converged})
-                self._write_ledger()
-            if converged:
-                return
         raise failure
+
+    def _rerun(self, record: dict[str, Any], properties, evaluate) -> None:
+        """``evaluate`` the current atoms again, from the wavefunction the failed SCF left, and add ``record`` to the
+        cost ledger with the SCF steps the retry made and whether it converged (one that aborts is recorded too).
+        Raises what the retry raised."""
+        self._release_force_env()
+        self._prepare(self.atoms, restart_wfn=True)
+        retrying, n_before, converged = self._retrying, len(self.scf_steps), False
+        self._retrying = True
+        try:
+            evaluate(self.atoms, properties, all_changes)
+            converged = True
+        finally:
+            self._retrying = retrying
+            steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
+            self.scf_retries.append({**record, "scf_steps": steps, "converged": converged})
+            self._write_ledger()
 
     def _evaluate_settled(self, atoms, properties, system_changes) -> None:
         """:meth:`_evaluate`, and after a false convergence (:class:`FalseConvergence`) one more SCF at the same
@@ -489,18 +495,7 @@ class Cp2kCalculator(CP2K):
         except FalseConvergence as exc:
             log.warning("%s; restarting that SCF once from its own wavefunction", exc)
             record = {"evaluation": self.n_evaluations, "false_convergence_restart": True, "level": self.scf_level}
-            retrying, n_before, converged = self._retrying, len(self.scf_steps), False
-            self._release_force_env()
-            self._prepare(self.atoms, restart_wfn=True)
-            self._retrying = True
-            try:
-                self._evaluate(self.atoms, properties, all_changes)
-                converged = True
-            finally:
-                self._retrying = retrying
-                steps = self.scf_steps[-1] if len(self.scf_steps) > n_before else 0
-                self.scf_retries.append({**record, "scf_steps": steps, "converged": converged})
-                self._write_ledger()
+            self._rerun(record, properties, self._evaluate)
 
     def _anneal(self, temperature_k: float, properties) -> dict[str, Any]:
         """The preparatory SCF of an annealing rung, at ``temperature_k``: it leaves its wavefunction for the
