@@ -964,21 +964,13 @@ def refine_adsorption(
         if refine.vibrations and energy is not None and doc.get("converged"):
             site_dir = os.path.join(workdir, f"site_{k}-{tag}")
             taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
-            if h2_vib_failure is not None:
-                vibrations = h2_vib_failure
-            elif taken and not taken.startswith("failed"):
-                # the solution the site's energy is: a fresh start's wavefunction, and its moment on H
-                vibrations = _site_vibrations(
-                    site_dir,
-                    _with_moment_on(final, h_index, float(taken)),
-                    h_index,
-                    make_calculator,
-                    h2_modes,
-                    h2_bond,
-                    os.path.join(site_dir, "lowest_start"),
-                )
-            else:
-                vibrations = _site_vibrations(site_dir, final, h_index, make_calculator, h2_modes, h2_bond)
+            # the solution the site's energy is: where a fresh start took over, its wavefunction and moment on H
+            took_over = bool(taken) and not taken.startswith("failed")
+            atoms = _with_moment_on(final, h_index, float(taken)) if took_over else final
+            wfn_from = os.path.join(site_dir, "lowest_start") if took_over else site_dir
+            vibrations = h2_vib_failure or _site_vibrations(
+                site_dir, atoms, h_index, make_calculator, h2_modes, h2_bond, wfn_from
+            )
         if energy is None:
             flags.append(doc.get("failure", "calculator_error"))
             site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
@@ -1194,9 +1186,14 @@ def vibrational_dg_correction(
     from ase.thermochemistry import IdealGasThermo, QuasiHarmonicThermo
 
     to_cm1 = 1.0 / units.invcm
-    h = [complex(e) for e in h_energies]
-    imaginary = [abs(e.imag) * to_cm1 for e in h if abs(e.imag) * to_cm1 > IMAGINARY_TOLERANCE_CM1]
-    real = [e.real for e in h if abs(e.imag) * to_cm1 <= IMAGINARY_TOLERANCE_CM1 and e.real > 0]
+    # cm⁻¹, a mode imaginary beyond the tolerance as a negative number (a smaller imaginary part is noise)
+    modes = [complex(e) for e in h_energies]
+    frequencies = [
+        float(e.real * to_cm1) if abs(e.imag) * to_cm1 <= IMAGINARY_TOLERANCE_CM1 else -abs(e.imag) * to_cm1
+        for e in modes
+    ]
+    imaginary = [-f for f in frequencies if f < 0]
+    real = [e.real for e, f in zip(modes, frequencies) if f > 0]
     stretch = max(complex(e).real for e in h2_energies)
     h2 = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, h2_bond]])
     gas = IdealGasThermo([stretch], geometry="linear", atoms=h2, symmetrynumber=2, spin=0)
@@ -1214,11 +1211,8 @@ def vibrational_dg_correction(
         "ts_h_eV": float(temperature * s_h),
         "ts_h2_eV": float(temperature * s_h2),
         "h2_cp_term_eV": float(cp_h2),
-        "h_frequencies_cm1": [
-            float(e.real * to_cm1) if abs(e.imag) * to_cm1 <= IMAGINARY_TOLERANCE_CM1 else -abs(e.imag) * to_cm1
-            for e in h
-        ],
-        "imaginary_modes_cm1": [float(x) for x in imaginary],
+        "h_frequencies_cm1": frequencies,
+        "imaginary_modes_cm1": imaginary,
         "h2_frequency_cm1": float(stretch * to_cm1),
         "entropy_mode_floor_cm1": ENTROPY_MODE_FLOOR_CM1,
         "saddle": bool(imaginary),
@@ -1340,16 +1334,14 @@ def _site_vibrations(
     make_calculator,
     h2_energies: Sequence[complex],
     h2_bond: float,
-    wfn_from: str | None = None,
+    wfn_from: str,
 ) -> dict[str, Any]:
     """The computed ΔG_H correction of a converged site (:func:`vibrational_dg_correction`), its H modes computed
-    in ``site_dir/vibrations`` (7 single points) from the wavefunction in ``wfn_from`` (default the site's) and
-    cached there; a failed SCF is recorded, not fatal (the site keeps its ΔG_H from ``dg_correction``)."""
+    in ``site_dir/vibrations`` (7 single points) from the wavefunction in ``wfn_from`` and cached there; a failed
+    SCF is recorded, not fatal (the site keeps its ΔG_H from ``dg_correction``)."""
     import os
 
-    doc = _vibrations_part(
-        os.path.join(site_dir, "vibrations"), final, [h_index], make_calculator, wfn_from or site_dir
-    )
+    doc = _vibrations_part(os.path.join(site_dir, "vibrations"), final, [h_index], make_calculator, wfn_from)
     if doc.get("failure"):
         return {"failure": doc["failure"], "message": doc.get("message", "")}
     return vibrational_dg_correction(_energies_of(doc), h2_energies, h2_bond)
