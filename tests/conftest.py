@@ -96,6 +96,17 @@ def write_cif(structure: Structure, path: Path) -> Path:
     return path
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (the scripts are not a package), freshly executed."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: Small but physical CP2K settings for tests: a minimal basis on heavy atoms, a double-zeta H, a coarse grid.
 CP2K_TINY = {
     "cutoff_ry": 200.0,

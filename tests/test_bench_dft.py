@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 from gen2d_cp2k import scf_runs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # two SCFs of one relaxation as CP2K 2023.1 prints them (abridged): the first "converged" with its energy still
 # moving by 9.5e-4 Ha, the second properly; then a third cut off by a kill
@@ -37,13 +34,6 @@ _OUTPUT = """
 """
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_dft", ROOT / "scripts" / "bench_dft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_scf_of_an_output_is_read_with_its_verdict_and_its_energy_changes():
     runs = scf_runs(_OUTPUT)
     assert [r["steps"] for r in runs] == [3, 3, 2]
@@ -59,7 +49,7 @@ def test_the_audit_names_a_finished_part_whose_last_scf_was_a_false_convergence(
         (part / "gen2d.out").write_text(text)
         (part / "gen2d.inp").write_text("&SCF\n   EPS_SCF 1.0e-05\n&END SCF\n")
         (part / "result.json").write_text(json.dumps({"energy": -21759.8}))
-    rows = {r["part"]: r for r in _script().scf_audit([tmp_path])}
+    rows = {r["part"]: r for r in load_script("bench_dft").scf_audit([tmp_path])}
     site, slab = rows["run/site_0"], rows["run/slab"]
     assert site["tolerance_Ha"] == pytest.approx(2e-4) and site["finished"]
     # the site's output ends after its first SCF: it handed out the energy of a false convergence
@@ -69,4 +59,6 @@ def test_the_audit_names_a_finished_part_whose_last_scf_was_a_false_convergence(
     assert slab["scfs"] == 3 and slab["over_tolerance"] == 1 and not slab["last_over_tolerance"]
     # a looser EPS_SCF loosens the tolerance with it (20 × eps_scf)
     (bad / "gen2d.inp").write_text("&SCF\n   EPS_SCF 1.0e-04\n&END SCF\n")
-    assert not {r["part"]: r for r in _script().scf_audit([tmp_path])}["run/site_0"]["last_over_tolerance"]
+    assert not {r["part"]: r for r in load_script("bench_dft").scf_audit([tmp_path])}["run/site_0"][
+        "last_over_tolerance"
+    ]

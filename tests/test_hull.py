@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import mx2
+from conftest import load_script
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
@@ -438,19 +439,9 @@ def test_packaged_reference_cache_is_read_under_the_current_library():
     assert [e.composition.reduced_formula for e in vs4] == ["VS4"]
 
 
-def _load_script(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reference_cache_derived_from_an_older_library(tmp_path):
     """--derive-from keeps the old relaxations, leaves out what is no longer built, relaxes only new prototypes."""
-    build = _load_script("build_reference_cache")
+    build = load_script("build_reference_cache")
     calc = _KeyOnlyCalc("a" * 64)
     old_dir = tmp_path / "old"
     old = MLIPPrototypesProvider(
