@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen2d.fileio import write_jsonl_atomic
+from gen2d.fileio import write_jsonl_atomic, write_text_atomic
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "gen2d" / "assets" / "dgh_dft_reference" / "rows.jsonl"
 
@@ -170,7 +170,9 @@ def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
         "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å", "wall_seconds": "s"},
         "updated": datetime.date.today().isoformat(),
     }
-    (path.parent / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    # keys sorted, so that the file changes only where the set does, whichever row is read first
+    text = json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+    write_text_atomic(path.parent / "MANIFEST.json", text)
 
 
 def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
