@@ -101,16 +101,24 @@ class PointFailed(RuntimeError):
 def single_point(atoms, settings, directory: Path, threads: int) -> dict:
     """Energy (eV) of ``atoms``, cached in ``directory/result.json``, with its wall and CPU seconds.
 
-    An SCF that does not converge within ``max_scf`` is cached as a failure and raises :class:`PointFailed`.
+    An SCF that does not converge (every rung of the calculator's retry ladder) is cached as a failure, with the
+    rules that named it (``gen2d.adsorption.FAILURE_RULES``), and raises :class:`PointFailed`; a failure cached
+    under older rules is computed again.
     """
     from gen2d_cp2k import Cp2kAborted, ScfNotConverged, make_calculator
+
+    from gen2d.adsorption import FAILURE_RULES
 
     path = directory / "result.json"
     if path.is_file():
         doc = json.loads(path.read_text())
-        if doc.get("failure"):
+        if not doc.get("failure"):
+            return doc
+        if doc.get("failure_rules", 0) >= FAILURE_RULES:
             raise PointFailed(doc)
-        return doc
+        # a failure under older SCF rules (before the retry ladder, its annealing rung or the restart of a false
+        # convergence): the current calculator may converge it, so it is computed again
+        print(f"{path}: a failure under older SCF rules; computing it again", flush=True)
     directory.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), _children_cpu()
     calc = make_calculator(settings=settings, directory=str(directory), threads=threads)
@@ -133,6 +141,7 @@ def single_point(atoms, settings, directory: Path, threads: int) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(_children_cpu() - c0, 1),
         "n_atoms": len(atoms),
+        "failure_rules": FAILURE_RULES,
     }
     write_json_atomic(path, doc)
     if failure:

@@ -1,0 +1,49 @@
+"""scripts/dft_convergence.py: a cached single point stands, and a failure cached under older SCF rules runs again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ase import Atoms
+from conftest import CP2K_TINY, load_script
+from gen2d_cp2k import Cp2kSettings, available
+
+from gen2d.adsorption import FAILURE_RULES
+
+needs_cp2k = pytest.mark.skipif(not available()[0], reason=f"CP2K not installed: {available()[1]}")
+
+
+def _h2() -> Atoms:
+    mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.75]], cell=[7.0] * 3, pbc=True)
+    mol.center()
+    return mol
+
+
+def _cache(directory, doc) -> None:
+    directory.mkdir(parents=True)
+    (directory / "result.json").write_text(json.dumps(doc))
+
+
+def test_a_failure_under_the_current_rules_stands_without_running_cp2k(tmp_path):
+    study = load_script("dft_convergence")
+    failed = {"energy_eV": None, "failure": "scf_not_converged", "scf_steps": 100, "wall_s": 9.0, "cpu_s": 9.0}
+    _cache(tmp_path / "p", failed | {"failure_rules": FAILURE_RULES})
+    # no calculator is made for a cached point, so settings CP2K would refuse do not matter here
+    with pytest.raises(study.PointFailed, match="scf_not_converged after 100 SCF steps"):
+        study.single_point(_h2(), Cp2kSettings(**CP2K_TINY), tmp_path / "p", threads=1)
+
+
+@needs_cp2k
+def test_a_failure_cached_under_older_rules_is_computed_again(tmp_path):
+    study = load_script("dft_convergence")
+    stale = {"energy_eV": None, "failure": "scf_not_converged", "scf_steps": 100, "wall_s": 9.0, "cpu_s": 9.0}
+    _cache(tmp_path / "p", stale)  # no failure_rules: written before the SCF retry ladder
+    doc = study.single_point(_h2(), Cp2kSettings(**CP2K_TINY), tmp_path / "p", threads=1)
+    assert doc["failure"] is None and doc["failure_rules"] == FAILURE_RULES
+    assert -33.0 < doc["energy_eV"] < -30.0  # H₂'s total energy with GTH pseudopotentials (about −31.7 eV)
+    assert doc["scf_steps"] > 0
+    stored = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert stored["energy_eV"] == doc["energy_eV"]
+    # and the stored result is what a rerun returns, without CP2K
+    assert study.single_point(_h2(), Cp2kSettings(**CP2K_TINY), tmp_path / "p", threads=1) == doc
