@@ -1,13 +1,20 @@
-"""Recompute the single point of a finished CP2K part (a ``dgh.dft`` slab) under today's SCF acceptance, and compare.
+"""Recompute the single point of a finished CP2K part (a ``dgh.dft`` slab or site) under today's SCF acceptance, and compare.
 
 A part's ``result.json`` keeps the energy CP2K called converged. ``Cp2kSettings.eps_energy_ha`` now also asks the
 energy to have settled at the SCF's last step; this script audits an energy accepted before that check. It reads the
-geometry from the part's ``gen2d.inp`` and the settings from the run's ``run.json``, copies the part's wavefunction
+geometry from the part's ``gen2d.inp`` (a relaxed site's from its ``result.json``) and the settings from the run's ``run.json``, copies the part's wavefunction
 into ``--workdir`` (never touching the part itself; ``--from-scratch`` starts from the atomic guess), runs the SCF there at the same settings, and prints the stored
 and the new energy, their difference, and the new SCF's last energy change.
 
+``--set KEY=VALUE`` (repeatable; VALUE in JSON) changes one ``Cp2kSettings`` field instead, at the part's own geometry:
+a convergence check of a finished row, e.g. its k-point sampling. Run it on a row's slab and on its site, and the
+difference of the two differences is what that setting changes in the row's ΔE_H (the H₂ reference is a molecule
+in a box, at Γ in every setting). A k-point mesh starts from the atomic guess (a Γ wavefunction does not fit it).
+
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_recheck.py \\
         dft-runs/reference/e22e67c65a973b51/slab --workdir dft-runs/checks/graphene-slab --json
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_recheck.py \\
+        dft-runs/reference/e22e67c65a973b51/slab --set kpoints='[3,3,1]' --workdir dft-runs/checks/graphene-slab-k3
 """
 
 from __future__ import annotations
@@ -51,6 +58,22 @@ def atoms_from_input(text: str, slab: bool = True) -> Atoms:
     )
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["kpoints=[3,3,1]", "cutoff_ry=500"]`` → ``{"kpoints": (3, 3, 1), "cutoff_ry": 500}``: each VALUE is
+    JSON (a bare word is taken as a string); a list becomes a tuple, as ``Cp2kSettings`` holds its meshes."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
 
@@ -60,17 +83,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--from-scratch", action="store_true", help="start from the atomic guess, not the part's wfn")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run at the part's geometry with this Cp2kSettings field changed (VALUE in JSON; repeatable)",
+    )
     args = parser.parse_args(argv)
 
     run = json.loads((args.part.parent / "run.json").read_text())
     settings = Cp2kSettings(**run["cp2k_settings"])
     if settings.settings_hash() != run["settings_hash"]:
         raise SystemExit(f"run.json's settings hash {run['settings_hash']} is not that of its settings")
-    stored = json.loads((args.part / "result.json").read_text())["energy"]
+    overrides = parse_overrides(args.overrides)
+    if overrides:
+        settings = Cp2kSettings(**(settings.model_dump() | overrides))
+    result = json.loads((args.part / "result.json").read_text())
+    stored = result["energy"]
     atoms = atoms_from_input((args.part / "gen2d.inp").read_text(), slab=True)
+    if result.get("positions") is not None:
+        # a relaxed part (a site): cp2k_shell takes each new geometry without a new input, so the input holds
+        # the process's first geometry, and the result the geometry its energy belongs to
+        positions = np.asarray(result["positions"], dtype=float)
+        if positions.shape != atoms.positions.shape:
+            raise SystemExit(f"{args.part}: result.json has {len(positions)} positions, the input {len(atoms)} atoms")
+        atoms.positions = positions
     args.workdir.mkdir(parents=True, exist_ok=True)
     wfn = args.part / "gen2d-RESTART.wfn"
-    if not args.from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
+    from_scratch = args.from_scratch or "kpoints" in overrides
+    if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
         shutil.copy2(wfn, args.workdir / wfn.name)
     calc = make_calculator(settings=settings, directory=str(args.workdir), threads=args.threads)
     atoms.calc = calc
@@ -90,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         "last_scf_step": last[0] if last else None,
         "last_energy_change_Ha": last[1] if last else None,
         "eps_energy_ha": settings.eps_energy_ha,
-        "start": "atomic guess" if args.from_scratch else "the part's wavefunction",
+        "start": "atomic guess" if from_scratch else "the part's wavefunction",
+        "overrides": overrides,
+        "stored_settings_hash": run["settings_hash"],
+        "n_atoms": len(atoms),
+        "unit": "eV",
     }
     if args.json:
         print(json.dumps(doc))

@@ -23,3 +23,39 @@ def test_the_geometry_of_a_written_cp2k_input_reads_back_exactly():
     assert tuple(back.pbc) == (True, True, False)
     with pytest.raises(ValueError, match="COORD"):
         load_script("dft_recheck").atoms_from_input("&FORCE_EVAL\n&END FORCE_EVAL\n")
+
+
+def test_set_overrides_are_json_values_and_a_mesh_is_a_tuple():
+    parse = load_script("dft_recheck").parse_overrides
+    assert parse(["kpoints=[3,3,1]", "cutoff_ry=500", "scf=diag"]) == {
+        "kpoints": (3, 3, 1),
+        "cutoff_ry": 500,
+        "scf": "diag",
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse(["kpoints"])
+
+
+def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tmp_path):
+    """A relaxed site's input holds its first geometry; the geometry of its energy is in result.json."""
+    import json
+
+    from gen2d_cp2k import Cp2kSettings
+
+    layer = graphene(a=2.46, vacuum=7.5).repeat((2, 2, 1))
+    layer.pbc = (True, True, False)
+    calc = CP2K(command="cp2k_shell", **ASE_INPUT_OFF)
+    calc.atoms = layer
+    run, part = tmp_path / "run", tmp_path / "run" / "site_0"
+    part.mkdir(parents=True)
+    settings = Cp2kSettings()
+    (run / "run.json").write_text(
+        json.dumps({"cp2k_settings": settings.model_dump(mode="json"), "settings_hash": settings.settings_hash()})
+    )
+    (part / "gen2d.inp").write_text(calc._generate_input())
+    wrong = layer.positions[:-1].tolist()  # one atom short: not this part's geometry
+    (part / "result.json").write_text(json.dumps({"energy": -1.0, "positions": wrong}))
+    with pytest.raises(SystemExit, match="7 positions, the input 8 atoms"):
+        load_script("dft_recheck").main([str(part), "--workdir", str(tmp_path / "w")])
+    with pytest.raises(Exception, match="kpointz"):  # a misspelt setting is refused by name
+        load_script("dft_recheck").main([str(part), "--workdir", str(tmp_path / "w"), "--set", "kpointz=[3,3,1]"])
