@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 from typing import Any
 
-from gen2d.scoring import PluginUnavailable, device_name, file_sha256
+import gen2d.checkpoints
+from gen2d.checkpoints import FineTunedCheckpoint
+from gen2d.scoring import device_name, file_sha256
 
 #: file name of the checkpoint inside a model folder
 CHECKPOINT_NAME = "chgnet_her.pt"
@@ -26,21 +27,23 @@ CHECKPOINT_NAME = "chgnet_her.pt"
 CHECKPOINT_FORMAT = "gen2d-chgnet-her/1"
 
 
-class CheckpointUnavailable(PluginUnavailable):
+class CheckpointUnavailable(gen2d.checkpoints.CheckpointUnavailable):
     """No usable fine-tuned checkpoint: missing, unreadable, or not written by this plugin."""
 
 
-def default_model_dir() -> Path:
-    """``gen2d/assets/chgnet_her``: the shipped checkpoint, its MANIFEST.json and measured.json."""
-    import gen2d
-
-    return Path(gen2d.__file__).resolve().parent / "assets" / "chgnet_her"
-
-
-def checkpoint_path(model: str | None = None) -> Path:
-    """The checkpoint file for ``model`` (a file, a folder holding :data:`CHECKPOINT_NAME`, or None: shipped)."""
-    path = Path(model).expanduser() if model else default_model_dir()
-    return path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
+#: the checkpoint files of this plugin (a state dict of the whole network over its base model)
+CHECKPOINT = FineTunedCheckpoint(
+    what="CHGNet",
+    calculator="chgnet-her",
+    file_name=CHECKPOINT_NAME,
+    format=CHECKPOINT_FORMAT,
+    asset="chgnet_her",
+    required=("base_model", "state_dict"),
+    error=CheckpointUnavailable,
+)
+default_model_dir = CHECKPOINT.default_dir
+checkpoint_path = CHECKPOINT.path
+load_checkpoint = CHECKPOINT.load
 
 
 def available(model: str | None = None) -> tuple[bool, str]:
@@ -51,39 +54,8 @@ def available(model: str | None = None) -> tuple[bool, str]:
         return False, f"chgnet is not installed ({exc}); pip install chgnet"
     path = checkpoint_path(model)
     if not path.is_file():
-        return False, _missing(path)
+        return False, CHECKPOINT.missing(path)
     return True, ""
-
-
-def _missing(path: Path) -> str:
-    return (
-        f"no fine-tuned CHGNet checkpoint at {path}; make one with "
-        "`gen2d train --calculator chgnet-her -o frames=DFT_RUNS -o out=DIR` and pass model=DIR"
-    )
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict (``format``, ``base_model``, ``state_dict``, ...), read with ``weights_only=True``.
-
-    Raises
-    ------
-    CheckpointUnavailable
-        When the file is missing, cannot be read as a weights-only checkpoint, or is not this plugin's.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointUnavailable(_missing(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointUnavailable(
-            f"{path} is not a weights-only torch checkpoint: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "state_dict" not in state:
-        raise CheckpointUnavailable(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return state
 
 
 def load_model(model: str | None = None, device: str = "cpu"):
@@ -161,6 +133,7 @@ def train(**options: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "CHECKPOINT",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CheckpointUnavailable",

@@ -20,7 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gen2d.scoring import PluginUnavailable, device_name, file_sha256
+import gen2d.checkpoints
+from gen2d.checkpoints import FineTunedCheckpoint
+from gen2d.scoring import device_name, file_sha256
 
 #: file name of the checkpoint inside a model folder
 CHECKPOINT_NAME = "sevennet_her.pt"
@@ -35,7 +37,7 @@ BASE_MODELS = {
 DEFAULT_BASE_MODEL = "7net-0"
 
 
-class CheckpointUnavailable(PluginUnavailable):
+class CheckpointUnavailable(gen2d.checkpoints.CheckpointUnavailable):
     """No usable fine-tuned checkpoint: missing, unreadable, or not written by this plugin."""
 
 
@@ -43,17 +45,19 @@ class BaseCheckpointMismatch(CheckpointUnavailable):
     """The base SevenNet checkpoint on disk is not the file the fine-tune was made from (sha256 differs)."""
 
 
-def default_model_dir() -> Path:
-    """``gen2d/assets/sevennet_her``: the shipped checkpoint and its MANIFEST.json."""
-    import gen2d
-
-    return Path(gen2d.__file__).resolve().parent / "assets" / "sevennet_her"
-
-
-def checkpoint_path(model: str | None = None) -> Path:
-    """The checkpoint file for ``model`` (a file, a folder holding :data:`CHECKPOINT_NAME`, or None: shipped)."""
-    path = Path(model).expanduser() if model else default_model_dir()
-    return path / CHECKPOINT_NAME if path.is_dir() or not path.suffix else path
+#: the checkpoint files of this plugin (the trained parameters only, over a pinned base checkpoint)
+CHECKPOINT = FineTunedCheckpoint(
+    what="SevenNet",
+    calculator="sevennet-her",
+    file_name=CHECKPOINT_NAME,
+    format=CHECKPOINT_FORMAT,
+    asset="sevennet_her",
+    required=("base_model", "base_checkpoint_sha256", "parameters"),
+    error=CheckpointUnavailable,
+)
+default_model_dir = CHECKPOINT.default_dir
+checkpoint_path = CHECKPOINT.path
+load_checkpoint = CHECKPOINT.load
 
 
 def available(model: str | None = None) -> tuple[bool, str]:
@@ -64,15 +68,8 @@ def available(model: str | None = None) -> tuple[bool, str]:
         return False, f"sevenn is not installed ({exc}); install the extra: pip install 'gen2d[sevennet]'"
     path = checkpoint_path(model)
     if not path.is_file():
-        return False, _missing(path)
+        return False, CHECKPOINT.missing(path)
     return True, ""
-
-
-def _missing(path: Path) -> str:
-    return (
-        f"no fine-tuned SevenNet checkpoint at {path}; make one with "
-        "`gen2d train --calculator sevennet-her -o frames=DFT_RUNS -o out=DIR` and pass model=DIR"
-    )
 
 
 def base_checkpoint(name: str, expected_sha256: str | None = None) -> tuple[Path, str]:
@@ -129,32 +126,6 @@ def load_base_model(name: str = DEFAULT_BASE_MODEL, expected_sha256: str | None 
 
 #: (base model, sha256) -> the network sevenn built and its config; :func:`load_base_model` copies them
 _BASE_NETS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict (``format``, ``base_model``, ``base_checkpoint_sha256``, ``parameters``, ...), read with
-    ``weights_only=True``.
-
-    Raises
-    ------
-    CheckpointUnavailable
-        When the file is missing, cannot be read as a weights-only checkpoint, or is not this plugin's.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointUnavailable(_missing(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointUnavailable(
-            f"{path} is not a weights-only torch checkpoint: {type(exc).__name__}: {exc}"
-        ) from exc
-    keys = ("base_model", "base_checkpoint_sha256", "parameters")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or any(k not in state for k in keys):
-        raise CheckpointUnavailable(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return state
 
 
 def apply_parameters(net, parameters: dict[str, Any], where: str = "checkpoint") -> None:
@@ -244,6 +215,7 @@ def train(**options: Any) -> dict[str, Any]:
 
 __all__ = [
     "BASE_MODELS",
+    "CHECKPOINT",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "DEFAULT_BASE_MODEL",
