@@ -76,9 +76,10 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
+    from gen2d_cp2k.settings import restart_suffix
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", type=Path, help="a finished part: gen2d.inp, result.json, gen2d-RESTART.wfn")
+    parser.add_argument("part", type=Path, help="a finished part: gen2d.inp, result.json, gen2d-RESTART.wfn (.kp)")
     parser.add_argument("--workdir", type=Path, required=True, help="where the new SCF runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--from-scratch", action="store_true", help="start from the atomic guess, not the part's wfn")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.part}: result.json has {len(positions)} positions, the input {len(atoms)} atoms")
         atoms.positions = positions
     args.workdir.mkdir(parents=True, exist_ok=True)
-    wfn = args.part / "gen2d-RESTART.wfn"
+    wfn = args.part / f"gen2d-RESTART.{restart_suffix(settings)}"
     from_scratch = args.from_scratch or "kpoints" in overrides
     if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
         shutil.copy2(wfn, args.workdir / wfn.name)

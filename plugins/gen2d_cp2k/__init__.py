@@ -25,7 +25,14 @@ from ase.calculators.cp2k import CP2K
 
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
-from gen2d_cp2k.settings import ANNEAL_FIELDS, Cp2kSettings, ScfFallback, build_input, wants_spin
+from gen2d_cp2k.settings import (
+    ANNEAL_FIELDS,
+    Cp2kSettings,
+    ScfFallback,
+    build_input,
+    restart_suffix,
+    wants_spin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +235,7 @@ class Cp2kCalculator(CP2K):
     label : str
         CP2K project name (file prefix) inside ``directory``.
     restart_wfn : bool
-        Start the first SCF from ``<label>-RESTART.wfn`` in ``directory`` when it exists.
+        Start the first SCF from the saved wavefunction in ``directory`` (:attr:`wfn_file`) when it exists.
     magnetization : dict, optional
         Initial moments (μB) per element for the atomic guess (see :func:`~gen2d_cp2k.settings.build_input`);
         recorded in :meth:`provenance`. The atoms' own initial magnetic moments (ASE's
@@ -334,7 +341,9 @@ class Cp2kCalculator(CP2K):
 
     @property
     def wfn_file(self) -> Path:
-        return self._workdir / f"{self.label}-RESTART.wfn"
+        """The wavefunction CP2K saves after each SCF step and a restart reads: ``<label>-RESTART.wfn`` at Γ,
+        ``<label>-RESTART.kp`` with a k-point mesh (CP2K writes the k-point orbitals in a file of their own)."""
+        return self._workdir / f"{self.label}-RESTART.{restart_suffix(self.gen2d_settings)}"
 
     @property
     def out_file(self) -> Path:

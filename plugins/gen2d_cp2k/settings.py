@@ -243,6 +243,15 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
     return False, 1
 
 
+def restart_suffix(settings: Cp2kSettings) -> str:
+    """The extension of the wavefunction file CP2K saves for ``settings``: ``kp`` with a k-point mesh, else ``wfn``.
+
+    The two hold different things (Γ orbitals; the orbitals of every k-point), so a restart reads the one its
+    settings write, and a file of the other kind is never handed to it.
+    """
+    return "kp" if settings.kpoints is not None else "wfn"
+
+
 def build_input(
     settings: Cp2kSettings,
     symbols: list[str],

@@ -1399,7 +1399,8 @@ def _surface_atom_counts(slab: Structure, settings: AdsorptionSettings) -> dict[
 
 
 def _seed_restart(src: str, dst: str) -> None:
-    """Copy a calculator's wavefunction restart file (``*-RESTART.wfn``) from ``src`` to ``dst`` if ``dst`` has none.
+    """Copy a calculator's wavefunction restart files (CP2K's ``*-RESTART.wfn`` at Γ, ``*-RESTART.kp`` with
+    k-points) from ``src`` to ``dst`` if ``dst`` has none of that kind.
 
     For a DFT run that starts at a geometry another run has converged; a no-op for calculators without one.
     """
@@ -1407,11 +1408,12 @@ def _seed_restart(src: str, dst: str) -> None:
     import os
     import shutil
 
-    if glob.glob(os.path.join(dst, "*-RESTART.wfn")):
-        return
-    for path in glob.glob(os.path.join(src, "*-RESTART.wfn")):
-        os.makedirs(dst, exist_ok=True)
-        shutil.copy2(path, os.path.join(dst, os.path.basename(path)))
+    for suffix in ("wfn", "kp"):
+        if glob.glob(os.path.join(dst, f"*-RESTART.{suffix}")):
+            continue
+        for path in glob.glob(os.path.join(src, f"*-RESTART.{suffix}")):
+            os.makedirs(dst, exist_ok=True)
+            shutil.copy2(path, os.path.join(dst, os.path.basename(path)))
 
 
 class RefinementFailed(RuntimeError):

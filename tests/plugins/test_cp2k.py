@@ -435,6 +435,29 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
 
 
 @needs_cp2k
+def test_a_kpoint_run_restarts_from_its_own_kpoint_wavefunction(tmp_path):
+    """With a k-point mesh CP2K saves ``-RESTART.kp``, not ``.wfn``: a resumed run must read that one, or every
+    restart (a killed job, a false convergence, a ladder rung) silently starts again from the atomic guess."""
+    settings = Cp2kSettings(**(TINY | {"kpoints": (2, 2, 1), "eps_scf": 1e-6, "scf_fallback": ()}))
+    d = tmp_path / "k"
+    energies, steps = [], []
+    for _ in range(2):  # the second calculator starts in the first one's folder
+        atoms = _h2(box=5.0)
+        atoms.calc = calc = make_calculator(settings=settings, directory=str(d))
+        try:
+            energies.append(atoms.get_potential_energy())
+            steps.append(calc.scf_steps[-1])
+        finally:
+            calc.close()
+        assert calc.wfn_file.name == "gen2d-RESTART.kp" and calc.wfn_file.is_file()
+    text = (d / "gen2d.inp").read_text()
+    assert "SCF_GUESS RESTART" in text and "WFN_RESTART_FILE_NAME gen2d-RESTART.kp" in text
+    assert not (d / "gen2d-RESTART.wfn").exists()
+    assert steps[1] < steps[0]  # it went on from the converged orbitals
+    assert abs(energies[1] - energies[0]) < 1e-3
+
+
+@needs_cp2k
 @pytest.mark.slow
 def test_dgh_dft_on_graphene_binds_h_weakly_and_resumes_from_cache(dft_workdir):
     """H on graphene's basal plane: a C–H bond of ~1.1 Å and ΔG_H well above 0 (published PBE +1.4 to +1.8 eV)."""
