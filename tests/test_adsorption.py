@@ -13,9 +13,11 @@ from ase.build import graphene, mx2
 
 from gen2d.adsorption import (
     AdsorptionSettings,
+    RefineSettings,
     _flag_site,
     adsorb_h,
     find_adsorption_sites,
+    gamma_samples_k,
     h2_reference,
     supercell_repeats,
 )
@@ -533,3 +535,40 @@ def test_vibrations_resume_after_a_kill_and_give_h2_its_stretch(tmp_path):
     Counting.calls = 0
     again = max(e.real for e in vibration_energies(mol, [0, 1], Counting(), str(tmp_path / "both")))
     assert Counting.calls == 1 and again == pytest.approx(both, rel=1e-9)
+
+
+def _k_folds_to_gamma(lattice, repeats) -> bool:
+    """Whether the BZ corner K of a hexagonal ``lattice`` is a reciprocal lattice vector of the supercell: K is the
+    circumcentre of Γ and the two shortest reciprocal vectors 60° apart; in the supercell's reciprocal basis its
+    coordinates k·A_i/2π must all be integers."""
+    b1, b2 = lattice.reciprocal_lattice.matrix[:2, :2]
+    g2 = b2 if abs(np.dot(b1, b2)) / (np.linalg.norm(b1) * np.linalg.norm(b2)) > 0.4 and np.dot(b1, b2) > 0 else b1 + b2
+    k = (b1 + g2) / 3.0  # the centroid of an equilateral triangle (Γ, b1, g2) is its circumcentre
+    a = lattice.matrix[:2, :2] * np.array(repeats)[:, None]
+    frac = a @ k / (2 * np.pi)
+    return bool(np.allclose(frac, np.round(frac), atol=1e-6))
+
+
+@pytest.mark.parametrize("gamma_deg", [120.0, 60.0])
+def test_a_gamma_only_cell_holds_k_only_in_multiples_of_three(gamma_deg):
+    """Graphene (a 2.467 Å): the 9 Å rule gives 4×4, whose Γ misses the Dirac point; fold_k makes it 6×6."""
+    from pymatgen.core import Lattice
+
+    lat = Lattice.from_parameters(2.467, 2.467, 20.0, 90, 90, gamma_deg)
+    for n in (1, 2, 3, 4, 5, 6, 9):
+        assert gamma_samples_k(lat, (n, n)) is _k_folds_to_gamma(lat, (n, n)) is (n % 3 == 0)
+    assert supercell_repeats(lat, 9.0) == (4, 4)
+    assert supercell_repeats(lat, 9.0, fold_k=True) == (6, 6)
+    mos2_lat = Lattice.from_parameters(3.18, 3.18, 20.0, 90, 90, gamma_deg)
+    assert supercell_repeats(mos2_lat, 9.0, fold_k=True) == supercell_repeats(mos2_lat, 9.0) == (3, 3)
+    assert gamma_samples_k(mos2_lat, (3, 3)) is True
+
+
+def test_fold_k_leaves_a_rectangular_cell_alone_and_keeps_old_run_keys():
+    from pymatgen.core import Lattice
+
+    black_p = Lattice.orthorhombic(3.30, 4.62, 20.0)
+    assert supercell_repeats(black_p, 9.0, fold_k=True) == supercell_repeats(black_p, 9.0) == (3, 2)
+    assert gamma_samples_k(black_p, (3, 2)) is None  # no hexagonal K
+    assert "fold_k" not in RefineSettings().as_dict()  # the default keeps the keys of stored runs
+    assert RefineSettings(fold_k=True).as_dict()["fold_k"] is True

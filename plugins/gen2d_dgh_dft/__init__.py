@@ -117,6 +117,9 @@ class DFTAdsorptionScorer(BaseScorer):
         Also compute each converged site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies
         (:attr:`gen2d.adsorption.RefineSettings.vibrations`; 7 single points per site, 13 once for H₂), stored
         with the site as ``vibrations``; the score stays ΔE_H + ``dg_correction``. Not part of the run key.
+    fold_k : bool
+        Hexagonal supercells in multiples of 3, so that Γ holds K and K′
+        (:attr:`gen2d.adsorption.RefineSettings.fold_k`); every result records ``gamma_samples_k``.
     **settings
         :class:`gen2d.adsorption.AdsorptionSettings` fields of the MLIP stage and the flags
         (``dg_correction``, ``max_sites_per_face``, ...).
@@ -153,6 +156,7 @@ class DFTAdsorptionScorer(BaseScorer):
         spin_starts: tuple[float, ...] | list[float] = DFT_PROTOCOL["spin_starts"],
         hold_site: bool = False,
         vibrations: bool = False,
+        fold_k: bool = False,
         device: str = "auto",
         **settings: Any,
     ):
@@ -180,6 +184,7 @@ class DFTAdsorptionScorer(BaseScorer):
             spin_starts=tuple(spin_starts),
             hold_site=hold_site,
             vibrations=vibrations,
+            fold_k=fold_k,
         )
         self.cp2k = Cp2kSettings(**(cp2k or {}))
         from gen2d.settings import get_settings
@@ -378,11 +383,11 @@ class DFTAdsorptionScorer(BaseScorer):
         return [self.score_one(s, c) for s, c in zip(structures, ctx)]
 
     def explain(self, structure: Structure) -> dict[str, Any]:
-        from gen2d.adsorption import supercell_repeats
+        from gen2d.adsorption import gamma_samples_k, supercell_repeats
         from gen2d.structures import orient_2d
 
         slab = orient_2d(structure)
-        na, nb = supercell_repeats(slab.lattice, self.refine.min_inplane_length)
+        na, nb = supercell_repeats(slab.lattice, self.refine.min_inplane_length, fold_k=self.refine.fold_k)
         return {
             "scorer": self.name,
             "property": self.property,
@@ -391,6 +396,7 @@ class DFTAdsorptionScorer(BaseScorer):
             f"{self.refine.n_sites} sites; ΔE_H = E(slab+H) − E(slab) − ½E(H2); ΔG_H = ΔE_H + "
             f"{self.settings.dg_correction}",
             "dft_supercell": [na, nb],
+            "gamma_samples_k": gamma_samples_k(slab.lattice, (na, nb)),
             "n_atoms": len(slab) * na * nb + 1,
             "cp2k": self.cp2k.model_dump(mode="json"),
             "cp2k_settings_hash": self.cp2k.settings_hash(),

@@ -156,6 +156,8 @@ class AdsorptionResult:
     h2_bond_length: float  # Å
     settings: dict[str, Any]
     cpu_seconds: float  # process CPU time of the whole recipe
+    #: a DFT refinement's supercell at Γ holds the hexagonal K point (:func:`gamma_samples_k`; None: not hexagonal)
+    gamma_samples_k: bool | None = None
 
     @property
     def best(self) -> SiteResult | None:
@@ -180,6 +182,7 @@ class AdsorptionResult:
             "h2_bond_length_A": self.h2_bond_length,
             "cpu_seconds": self.cpu_seconds,
             "settings": self.settings,
+            "gamma_samples_k": self.gamma_samples_k,
         }
 
 
@@ -256,12 +259,31 @@ def find_adsorption_sites(structure: Structure, settings: AdsorptionSettings | N
     return kept
 
 
-def supercell_repeats(lattice: Lattice, min_inplane_length: float) -> tuple[int, int]:
-    """Repeats (n_a, n_b) that make both in-plane vectors at least ``min_inplane_length`` Å long."""
-    return (
-        max(1, math.ceil(min_inplane_length / lattice.a - 1e-9)),
-        max(1, math.ceil(min_inplane_length / lattice.b - 1e-9)),
-    )
+def supercell_repeats(lattice: Lattice, min_inplane_length: float, fold_k: bool = False) -> tuple[int, int]:
+    """Repeats (n_a, n_b) that make both in-plane vectors at least ``min_inplane_length`` Å long.
+
+    ``fold_k``: on a hexagonal lattice, also round each up to a multiple of 3, so that the supercell's Γ point
+    holds the primitive cell's K and K′ (:func:`gamma_samples_k`).
+    """
+    na = max(1, math.ceil(min_inplane_length / lattice.a - 1e-9))
+    nb = max(1, math.ceil(min_inplane_length / lattice.b - 1e-9))
+    if fold_k and gamma_samples_k(lattice, (1, 1)) is not None:
+        na, nb = 3 * math.ceil(na / 3), 3 * math.ceil(nb / 3)
+    return na, nb
+
+
+def gamma_samples_k(lattice: Lattice, repeats: tuple[int, int]) -> bool | None:
+    """Whether a Γ-only calculation on the ``repeats`` supercell of a hexagonal ``lattice`` samples K and K′.
+
+    An n_a × n_b supercell's Γ point holds the primitive cell's k-points (i/n_a, j/n_b); K = (1/3, 1/3) (or
+    (1/3, 2/3) with a 60° γ) is among them only when both n are multiples of 3. Graphene's Dirac point and the
+    band edges of the 2H dichalcogenides sit at K, so a cell that misses it misses the states H's electron
+    goes into. None: the lattice is not hexagonal in plane (a ≠ b, or γ not 60° or 120°), and K has no such role.
+    """
+    a, b, gamma = lattice.a, lattice.b, lattice.gamma
+    if abs(a - b) > 1e-3 * a or min(abs(gamma - 60.0), abs(gamma - 120.0)) > 0.5:
+        return None
+    return repeats[0] % 3 == 0 and repeats[1] % 3 == 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -512,6 +534,12 @@ class RefineSettings:
         (:func:`vibrational_dg_correction`) with the site as ``vibrations``. ΔG_H itself keeps ``dg_correction``,
         the constant the published values use; ``vibrations.dg_correction_eV`` says how far this site's own
         correction is from it. Not part of a run's key: a finished site gains it in place.
+    fold_k : bool
+        On a hexagonal lattice, round the supercell's repeats up to multiples of 3, so that a Γ-only DFT
+        calculation samples the K and K′ points (:func:`gamma_samples_k`), where graphene's Dirac point and the
+        2H dichalcogenides' band edges are. The 2H-MoS₂ convergence study measured what missing them costs: in a
+        2×2 cell at Γ, ΔE_H is 0.33 eV above the same cell with a 3×3 k-mesh (docs/benchmarks/dft-reference.md).
+        Off by default so that the reference set keeps one setting; each result records whether its Γ held K.
     """
 
     n_sites: int = 2
@@ -527,6 +555,7 @@ class RefineSettings:
     spin_starts: tuple[float, ...] = ()
     hold_site: bool = False
     vibrations: bool = False
+    fold_k: bool = False
 
     def __post_init__(self) -> None:
         self.spin_starts = tuple(float(m) for m in self.spin_starts)
@@ -545,6 +574,8 @@ class RefineSettings:
             out.pop("hold_site")
         if not self.vibrations:
             out.pop("vibrations")
+        if not self.fold_k:  # runs keyed before the option keep their key
+            out.pop("fold_k")
         return out
 
 
@@ -802,7 +833,7 @@ def refine_adsorption(
             workdir, {**metadata, "refine": refine.as_dict(), "adsorption": settings.as_dict(), "system_kind": None}
         )
     chosen = pick_sites_to_refine(sites, refine.n_sites)
-    na, nb = supercell_repeats(slab.lattice, refine.min_inplane_length)
+    na, nb = supercell_repeats(slab.lattice, refine.min_inplane_length, fold_k=refine.fold_k)
     base = _structure_to_atoms(slab).repeat((na, nb, 1))
     base.pbc = (True, True, False)
     z_shift = 0.0
@@ -1018,6 +1049,7 @@ def refine_adsorption(
         h2_bond_length=float(h2_bond),
         settings=all_settings,
         cpu_seconds=time.process_time() - start_cpu,
+        gamma_samples_k=gamma_samples_k(slab.lattice, (na, nb)),
     )
     result.wall_seconds = time.perf_counter() - start_wall  # type: ignore[attr-defined]
     return result
