@@ -8,9 +8,14 @@ export GEN2D_EXTRAS=${GEN2D_EXTRAS:-test,docs,csllm,sevennet,mattersim}
 ./scripts/_system_packages.sh   # CP2K for the DFT tests (apt-get where missing and possible)
 export GEN2D_DATA=${GEN2D_DATA:-$(cd "$root/.." && pwd)/shared/data}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# a broken page, link or docstring reference fails the test command; the site goes to the ignored site/
+# a broken page, link or docstring reference fails the test command; the site goes to the ignored site/.
+# Not -q: mkdocs counts a warning for --strict only when it is logged, and -q drops warnings before that.
 if [ -x .venv/bin/mkdocs ]; then
-  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q -d "$root/site"
+  if ! docs_log=$(NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$root/site" 2>&1); then
+    printf '%s\n' "$docs_log" | grep -v "^INFO" >&2
+    echo "test.sh: mkdocs build --strict failed (the warnings above)" >&2
+    exit 1
+  fi
 else
   echo "test.sh: mkdocs is not installed (GEN2D_EXTRAS=$GEN2D_EXTRAS has no docs): docs build skipped" >&2
 fi

@@ -89,7 +89,7 @@ NOT_HASHED = frozenset({"scf_fallback", "mixing_beta", "eps_energy_ha"})
 class Cp2kSettings(BaseModel):
     """DFT settings of one CP2K run (energies and forces on a slab, a molecule or a bulk cell).
 
-    Parameters
+    Attributes
     ----------
     xc : str
         Exchange–correlation functional of ``&XC_FUNCTIONAL`` (PBE).
