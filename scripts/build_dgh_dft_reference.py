@@ -243,12 +243,25 @@ def best_site_geometry(best: dict | None) -> dict | None:
     return out
 
 
+def _holds_k(row: dict) -> str:
+    """ "yes"/"no" when the row's DFT supercell at Γ holds the hexagonal K point, "—" for other lattices."""
+    from pymatgen.core import Structure
+
+    from gen2d.adsorption import gamma_samples_k
+    from gen2d.structures import orient_2d
+
+    if not row.get("supercell") or not row.get("structure"):
+        return "—"
+    holds = gamma_samples_k(orient_2d(Structure.from_dict(row["structure"])).lattice, tuple(row["supercell"]))
+    return "—" if holds is None else ("yes" if holds else "no")
+
+
 def markdown_table(rows: dict[str, dict]) -> str:
     """The reference rows as the Markdown table of the docs (one line per material)."""
     head = (
         "| material | site (H on) | coverage | DFT ΔG_H (eV) | CHGNet, same site (eV) | published (eV) | "
-        "DFT cells | start, fmax (eV/Å) | wall (h) | settings | own ΔZPE − TΔS (eV) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "DFT cells | Γ holds K | start, fmax (eV/Å) | wall (h) | settings | own ΔZPE − TΔS (eV) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for name in sorted(rows):
@@ -263,7 +276,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
             f"| {name} | {best.get('kind', '—')} ({best.get('nearest_atom', '—')}) | {fmt(best.get('coverage'), '.3f')} | "
             f"{value} | {fmt((r.get('mlip') or {}).get('dg_h_same_site_eV'))} | "
             f"{fmt(lit.get('dg_h_eV')) + ' ± ' + format(lit['precision_eV'], '.2f') if lit else '—'} | "
-            f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {protocol} | "
+            f"{'×'.join(str(x) for x in r.get('supercell') or [])} | {_holds_k(r)} | {protocol} | "
             f"{fmt((r.get('wall_seconds') or 0) / 3600, '.2f')} | "
             f"{r['provenance']['settings']['cp2k_settings_hash']} | "
             f"{fmt((best.get('vibrations') or {}).get('dg_correction_eV'), '.3f')} |"
@@ -335,6 +348,12 @@ def main(argv=None) -> int:
         help="also compute each site's ΔZPE − TΔS from H*'s and H₂'s harmonic frequencies (RefineSettings."
         "vibrations; 7 single points per site, 13 once for H₂); stored rows gain it in place",
     )
+    parser.add_argument(
+        "--fold-k",
+        action="store_true",
+        help="hexagonal supercells in multiples of 3, so that Γ holds K and K′ (RefineSettings.fold_k; graphene and "
+        "h-BN 6×6); a material whose supercell it does not change keeps its run",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     args = parser.parse_args(argv)
@@ -367,6 +386,7 @@ def main(argv=None) -> int:
         spin_starts=args.spin_starts,
         hold_site=args.hold_site,
         vibrations=args.vibrations,
+        fold_k=args.fold_k,
     )
     if args.hold_site and args.out.resolve() == DEFAULT_OUT.resolve():
         parser.error("--hold-site rows are not free relaxations: give them their own --out")

@@ -285,10 +285,21 @@ class DFTAdsorptionScorer(BaseScorer):
         # nor are the vibrations: they are computed on a finished site, in place
         unkeyed = ("h2_box", "spin_starts", "hold_site", "vibrations")
         refine = {k: v for k, v in self.refine.as_dict().items() if k not in unkeyed}
+        if refine.get("fold_k") and not self._fold_k_changes_supercell(structure):
+            # the same supercell, so the same calculation: a 3×3 MoS₂ run is shared with and without fold_k
+            refine.pop("fold_k")
         key = hashlib.sha256(
             f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
         ).hexdigest()[:16]
         return self.workdir / key
+
+    def _fold_k_changes_supercell(self, structure: Structure) -> bool:
+        from gen2d.adsorption import supercell_repeats
+        from gen2d.structures import orient_2d
+
+        lattice = orient_2d(structure).lattice
+        length = self.refine.min_inplane_length
+        return supercell_repeats(lattice, length, fold_k=True) != supercell_repeats(lattice, length)
 
     def score_one(self, structure: Structure, ctx: dict | None = None) -> ScoreResult:
         ok, why = self.available()

@@ -165,6 +165,19 @@ def test_a_held_site_shares_the_run_directory_and_the_default_run_keeps_its_key(
     assert held.Options(hold_site=True).hold_site is True
 
 
+def test_fold_k_keys_a_new_run_only_where_it_changes_the_supercell(tmp_path):
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    plain = get_scorer("dgh.dft", workdir=str(tmp_path))
+    folded = get_scorer("dgh.dft", workdir=str(tmp_path), fold_k=True)
+    mos2, graphene = build_template("MoS2-2H"), build_template("graphene")
+    assert folded.run_dir(mos2) == plain.run_dir(mos2)  # 3×3 either way: the same calculation
+    assert folded.run_dir(graphene) != plain.run_dir(graphene)  # 4×4 → 6×6
+    assert folded.explain(graphene)["dft_supercell"] == [6, 6] and folded.explain(graphene)["gamma_samples_k"]
+    assert plain.explain(graphene)["dft_supercell"] == [4, 4] and plain.explain(graphene)["gamma_samples_k"] is False
+
+
 def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tmp_path):
     """The default: CHGNet-prepared start, 0.1 eV/Å, one atomic-guess spin check; a run of the clean-slab
     protocol at 0.05 eV/Å (the reference set's first rows) keeps its own directory, and the spin check, added to
