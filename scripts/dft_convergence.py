@@ -216,10 +216,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_points(path: Path) -> dict[tuple[str, str], dict]:
+    """The study's rows in ``path`` by (scan, label); a later row of the same point supersedes an earlier one."""
+    rows: dict[tuple[str, str], dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[(row["scan"], row["label"])] = row
+    return rows
+
+
+def points_done(path: Path) -> dict[tuple[str, str], dict]:
+    """The points of ``path`` that stand: results, and failures under the current SCF rules. A point that failed
+    under older rules runs again; its new row is appended and supersedes the old one."""
+    from gen2d.adsorption import FAILURE_RULES
+
+    return {
+        key: row
+        for key, row in read_points(path).items()
+        if not row.get("failure") or row.get("failure_rules", 0) >= FAILURE_RULES
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--material", default="MoS2-2H")
     ap.add_argument("--scans", nargs="*", default=None, help="scans to run (default: all); base always runs")
+    ap.add_argument(
+        "--labels", nargs="*", default=None, help="points to run by their label, e.g. '500 Ry' (default: every point)"
+    )
     ap.add_argument("--base-cell", type=int, default=2, help="in-plane repeats of the base supercell")
     ap.add_argument("--vacuum", type=float, default=15.0)
     ap.add_argument("--h-height", type=float, default=1.41, help="H above the top atom (Å); S–H in H₂S is 1.34")
@@ -229,18 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", type=Path, default=None, help="print the rows of a JSONL file as Markdown and exit")
     args = ap.parse_args(argv)
     if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        print(table(list(read_points(args.table).values())))
         return 0
     out = args.out or args.workdir / f"{args.material}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if out.is_file():
-        for line in out.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[(row["scan"], row["label"])] = row
+    done = points_done(out)
     for scan, label, overrides, geometry in POINTS:
         if args.scans and scan != "base" and scan not in args.scans:
+            continue
+        if args.labels and scan != "base" and label not in args.labels:
             continue
         if (scan, label) in done:
             continue
@@ -250,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = int(geometry.get("cell", args.base_cell))
             row = {"material": args.material, "scan": scan, "label": label, "cp2k": overrides}
             row.update(supercell=[cell, cell], failure=exc.doc["failure"], scf_steps=exc.doc["scf_steps"])
+            row.update(failure_rules=exc.doc.get("failure_rules", 0))
             row.update(cpu_s=exc.doc["cpu_s"], wall_s=exc.doc["wall_s"])
         except Exception as exc:  # noqa: BLE001 - one point never stops the study
             print(f"{scan} {label}: FAILED {type(exc).__name__}: {exc}", flush=True)

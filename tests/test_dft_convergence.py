@@ -47,3 +47,21 @@ def test_a_failure_cached_under_older_rules_is_computed_again(tmp_path):
     assert stored["energy_eV"] == doc["energy_eV"]
     # and the stored result is what a rerun returns, without CP2K
     assert study.single_point(_h2(), Cp2kSettings(**CP2K_TINY), tmp_path / "p", threads=1) == doc
+
+
+def test_a_study_row_that_failed_under_older_rules_is_not_done_and_a_later_row_supersedes(tmp_path):
+    study = load_script("dft_convergence")
+    rows = [
+        {"scan": "cutoff", "label": "300 Ry", "failure": "scf_not_converged"},  # before the retry ladder
+        {"scan": "precision", "label": "EPS_DEFAULT 1e-10", "failure": "scf_not_converged", "failure_rules": 99},
+        {"scan": "base", "label": "base", "delta_e_h_eV": 2.127},
+        {"scan": "kpoints", "label": "3×3×1 k-points", "delta_e_h_eV": 9.0},
+        {"scan": "kpoints", "label": "3×3×1 k-points", "delta_e_h_eV": 1.800},  # a rerun's row, appended
+    ]
+    path = tmp_path / "study.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = study.points_done(path)
+    assert ("cutoff", "300 Ry") not in done  # runs again on the current ladder
+    assert ("precision", "EPS_DEFAULT 1e-10") in done  # a failure under the current rules stands
+    assert done[("kpoints", "3×3×1 k-points")]["delta_e_h_eV"] == 1.800
+    assert len(study.read_points(path)) == 4
