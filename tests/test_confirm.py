@@ -73,7 +73,10 @@ def test_confirm_stage_runs_dft_on_top_m_locally_and_under_fireworks(tmp_path, d
     (stage,) = report["dg_h_by_stage"]  # the report sets DFT beside the cheaper stages
     assert stage["formula"] == "C" and stage["dg_h_dft_eV"] == pytest.approx(res["value"])
     assert stage["dg_h_mlip_eV"] is None  # this flow ran no dgh.mlip stage
-    assert "ΔG_H by stage" in (tmp_path / "report" / "index.html").read_text()
+    # graphene in a 2×2 cell: Γ misses the Dirac point, and the report says so beside the DFT value
+    assert res["extra"]["supercell"] == [2, 2] and stage["dft_gamma_samples_k"] is False
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "ΔG_H by stage" in page and "Γ misses K" in page
 
     fw_spec = tmp_path / "fw.yaml"
     fw_spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))

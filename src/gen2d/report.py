@@ -45,6 +45,9 @@ def dg_h_stages(doc: Candidate) -> dict[str, Any]:
         out[f"dg_h_{label.lower()}_eV"] = sc.value if sc is not None and sc.ok else None
         if scorer == "dgh.dft" and sc is not None and not sc.ok:
             out["dft_failure"] = sc.failure.reason if sc.failure else "failed"
+        if scorer == "dgh.dft" and sc is not None and sc.ok and "gamma_samples_k" in sc.extra:
+            # False: a hexagonal cell whose Γ misses K, where the band edges of many layers are (dgh.dft fold_k)
+            out["dft_gamma_samples_k"] = sc.extra["gamma_samples_k"]
     return out
 
 
@@ -272,7 +275,9 @@ def write_report(
             "stable or a hit, since a monolayer cannot lie below the bulk phases it competes with; "
             "missing_reference names the bulk phase the reference set probably lacks",
             "dg_h_by_stage": "ΔG_H (eV) of the candidates DFT scored, by funnel stage: surrogate "
-            "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K)",
+            "(dgh.dimenet), explicit-H MLIP (dgh.mlip) and DFT (dgh.dft, CP2K); dft_gamma_samples_k false: "
+            "the DFT cell's Γ point missed the hexagonal K point (graphene's Dirac point, the 2H dichalcogenides' "
+            "band edges), which moved graphene's ΔE_H by 0.37 eV; dgh.dft fold_k=true samples it",
         },
     }
     fj = out / "report.json"
@@ -294,7 +299,8 @@ def write_report(
     funnel_html = "".join(
         f"<tr><td>{_fmt(r['position'])}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
         f"<td>{_fmt(r['dg_h_surrogate_eV'])}</td><td>{_fmt(r['dg_h_mlip_eV'])}</td>"
-        f"<td>{_fmt(r['dg_h_dft_eV']) if r['dg_h_dft_eV'] is not None else html.escape(r.get('dft_failure', ''))}</td></tr>"
+        f"<td>{_fmt(r['dg_h_dft_eV']) if r['dg_h_dft_eV'] is not None else html.escape(r.get('dft_failure', ''))}"
+        f"{' (Γ misses K)' if r.get('dft_gamma_samples_k') is False else ''}</td></tr>"
         for r in funnel
     )
     funnel_section = (
