@@ -352,7 +352,8 @@ def main(argv=None) -> int:
         "--fold-k",
         action="store_true",
         help="hexagonal supercells in multiples of 3, so that Γ holds K and K′ (RefineSettings.fold_k; graphene and "
-        "h-BN 6×6); a material whose supercell it does not change keeps its run",
+        "h-BN 6×6); a material whose supercell it does not change keeps its run. A row already stored is rebuilt "
+        "only with --redo",
     )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")

@@ -58,6 +58,23 @@ def atoms_from_input(text: str, slab: bool = True) -> Atoms:
     )
 
 
+def part_atoms(part: Path, result: dict) -> Atoms:
+    """The geometry ``result``'s energy belongs to. A single point's is its input's; a relaxed part (a site) takes
+    each new geometry through cp2k_shell without a new input, so its input holds the process's first geometry and
+    its ``result.json`` the last one. A relaxed part without stored positions is refused, never rechecked at the
+    wrong geometry."""
+    atoms = atoms_from_input((part / "gen2d.inp").read_text(), slab=True)
+    if result.get("positions") is None:
+        if (part / "relax.traj").is_file():
+            raise SystemExit(f"{part}: a relaxed part whose result.json holds no positions; its geometry is unknown")
+        return atoms
+    positions = np.asarray(result["positions"], dtype=float)
+    if positions.shape != atoms.positions.shape:
+        raise SystemExit(f"{part}: result.json has {len(positions)} positions, the input {len(atoms)} atoms")
+    atoms.positions = positions
+    return atoms
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``["kpoints=[3,3,1]", "cutoff_ry=500"]`` → ``{"kpoints": (3, 3, 1), "cutoff_ry": 500}``: each VALUE is
     JSON (a bare word is taken as a string); a list becomes a tuple, as ``Cp2kSettings`` holds its meshes."""
@@ -103,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Cp2kSettings(**(settings.model_dump() | overrides))
     result = json.loads((args.part / "result.json").read_text())
     stored = result["energy"]
-    atoms = atoms_from_input((args.part / "gen2d.inp").read_text(), slab=True)
-    if result.get("positions") is not None:
-        # a relaxed part (a site): cp2k_shell takes each new geometry without a new input, so the input holds
-        # the process's first geometry, and the result the geometry its energy belongs to
-        positions = np.asarray(result["positions"], dtype=float)
-        if positions.shape != atoms.positions.shape:
-            raise SystemExit(f"{args.part}: result.json has {len(positions)} positions, the input {len(atoms)} atoms")
-        atoms.positions = positions
+    atoms = part_atoms(args.part, result)
     args.workdir.mkdir(parents=True, exist_ok=True)
     wfn = args.part / f"gen2d-RESTART.{restart_suffix(settings)}"
     from_scratch = args.from_scratch or "kpoints" in overrides
@@ -132,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "scf_steps": calc.scf_steps,
         "scf_retries": calc.scf_retries,
         "last_scf_step": last[0] if last else None,
-        "last_energy_change_Ha": last[1] if last else None,
+        # a one-step SCF (a restart that was already converged) has no change, only its total energy
+        "last_energy_change_Ha": last[1] if last and last[0] > 1 else None,
         "eps_energy_ha": settings.eps_energy_ha,
         "start": "atomic guess" if from_scratch else "the part's wavefunction",
         "overrides": overrides,

@@ -53,6 +53,14 @@ def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tm
         json.dumps({"cp2k_settings": settings.model_dump(mode="json"), "settings_hash": settings.settings_hash()})
     )
     (part / "gen2d.inp").write_text(calc._generate_input())
+    moved = layer.positions.copy()
+    moved[3, 2] += 0.4  # the relaxed geometry: one atom puckered, as under H
+    (part / "result.json").write_text(json.dumps({"energy": -1.0, "positions": moved.tolist()}))
+    atoms = load_script("dft_recheck").part_atoms(part, json.loads((part / "result.json").read_text()))
+    np.testing.assert_allclose(atoms.positions, moved, atol=1e-9)  # not the input's flat sheet
+    (part / "relax.traj").write_bytes(b"")
+    with pytest.raises(SystemExit, match="holds no positions"):  # relaxed, but its geometry was not stored
+        load_script("dft_recheck").part_atoms(part, {"energy": -1.0})
     wrong = layer.positions[:-1].tolist()  # one atom short: not this part's geometry
     (part / "result.json").write_text(json.dumps({"energy": -1.0, "positions": wrong}))
     with pytest.raises(SystemExit, match="7 positions, the input 8 atoms"):

@@ -194,8 +194,11 @@ class DFTAdsorptionScorer(BaseScorer):
         self.mlip = mlip
         self.mlip_model = mlip_model
         self.device = device
-        # a stored result made with other DFT settings is redone
+        # a stored result made with other DFT settings is redone, and with fold_k one made without it (a supercell
+        # it does not change is shared, so that costs nothing there)
         self.current = {"provenance.settings.cp2k_settings_hash": self.cp2k.settings_hash()}
+        if self.refine.fold_k:
+            self.current["provenance.settings.refine.fold_k"] = True
 
     def available(self) -> tuple[bool, str]:
         from gen2d_cp2k import available
@@ -275,8 +278,9 @@ class DFTAdsorptionScorer(BaseScorer):
             options["model"] = self.mlip_model
         return cached_calculator(self.refine.prerelax, **options)
 
-    def run_dir(self, structure: Structure) -> Path:
-        """The work directory of one structure under these settings."""
+    def run_dir(self, structure: Structure, slab: Structure | None = None) -> Path:
+        """The work directory of one structure under these settings (``slab``: the MLIP-relaxed slab the
+        refinement builds its supercell from, when known)."""
         from gen2d.structures import content_hash
 
         # what changes the slab and site energies; the H2 box has its own directory, and the spin-start check
@@ -285,8 +289,10 @@ class DFTAdsorptionScorer(BaseScorer):
         # nor are the vibrations: they are computed on a finished site, in place
         unkeyed = ("h2_box", "spin_starts", "hold_site", "vibrations")
         refine = {k: v for k, v in self.refine.as_dict().items() if k not in unkeyed}
-        if refine.get("fold_k") and not self._fold_k_changes_supercell(structure):
-            # the same supercell, so the same calculation: a 3×3 MoS₂ run is shared with and without fold_k
+        lattices = [s for s in (structure, slab) if s is not None]
+        if refine.get("fold_k") and not any(self._fold_k_changes_supercell(s) for s in lattices):
+            # the same supercell, so the same calculation: a 3×3 MoS₂ run is shared with and without fold_k. The
+            # refined slab's lattice counts too: an MLIP-relaxed a across a repeat boundary must not share a run
             refine.pop("fold_k")
         key = hashlib.sha256(
             f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
@@ -319,7 +325,7 @@ class DFTAdsorptionScorer(BaseScorer):
                     self.provenance(),
                 )
             slab, sites, notes = self._mlip_stage(structure, ctx)
-            workdir = self.run_dir(structure)
+            workdir = self.run_dir(structure, slab)
             # the H2 reference depends only on the DFT settings: one per settings hash, shared by all runs
             from gen2d.structures import content_hash
 

@@ -281,7 +281,8 @@ def gamma_samples_k(lattice: Lattice, repeats: tuple[int, int]) -> bool | None:
     goes into. None: the lattice is not hexagonal in plane (a ≠ b, or γ not 60° or 120°), and K has no such role.
     """
     a, b, gamma = lattice.a, lattice.b, lattice.gamma
-    if abs(a - b) > 1e-3 * a or min(abs(gamma - 60.0), abs(gamma - 120.0)) > 0.5:
+    # loose enough for an MLIP-relaxed or generated layer that is hexagonal within its noise
+    if abs(a - b) > 1e-2 * a or min(abs(gamma - 60.0), abs(gamma - 120.0)) > 1.0:
         return None
     return repeats[0] % 3 == 0 and repeats[1] % 3 == 0
 
@@ -539,7 +540,8 @@ class RefineSettings:
         calculation samples the K and K′ points (:func:`gamma_samples_k`), where graphene's Dirac point and the
         2H dichalcogenides' band edges are. The 2H-MoS₂ convergence study measured what missing them costs: in a
         2×2 cell at Γ, ΔE_H is 0.33 eV above the same cell with a 3×3 k-mesh (docs/benchmarks/dft-reference.md).
-        Off by default so that the reference set keeps one setting; each result records whether its Γ held K.
+        Off by default, so that stored runs keep their keys and a confirm stage's cost stays as measured (a
+        hexagonal cell of a ≈ 5 Å goes from 2×2 to 3×3); each result records whether its Γ held K.
     """
 
     n_sites: int = 2

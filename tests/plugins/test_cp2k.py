@@ -176,6 +176,21 @@ def test_fold_k_keys_a_new_run_only_where_it_changes_the_supercell(tmp_path):
     assert folded.run_dir(graphene) != plain.run_dir(graphene)  # 4×4 → 6×6
     assert folded.explain(graphene)["dft_supercell"] == [6, 6] and folded.explain(graphene)["gamma_samples_k"]
     assert plain.explain(graphene)["dft_supercell"] == [4, 4] and plain.explain(graphene)["gamma_samples_k"] is False
+    # a stored Γ result is not current for a fold_k scorer (shared 3×3 runs come back from their cache)
+    assert folded.current["provenance.settings.refine.fold_k"] is True
+    assert "provenance.settings.refine.fold_k" not in plain.current
+
+    def with_a(layer, a):  # the same layer with its in-plane lattice constant set to a
+        from pymatgen.core import Lattice, Structure
+
+        lat = layer.lattice
+        new = Lattice.from_parameters(a, a, lat.c, lat.alpha, lat.beta, lat.gamma)
+        return Structure(new, layer.species, layer.frac_coords)
+
+    # input a 3.01 Å (3×3 either way) whose MLIP-relaxed slab has a 2.99 Å (4×4, or 6×6 folded): not shared
+    given, relaxed = with_a(mos2, 3.01), with_a(mos2, 2.99)
+    assert folded.run_dir(given) == plain.run_dir(given)
+    assert folded.run_dir(given, relaxed) != plain.run_dir(given, relaxed)
 
 
 def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tmp_path):
