@@ -49,6 +49,8 @@ POINTS: list[tuple[str, str, dict, dict]] = [
     ("scf", "Broyden mixing α 0.4 (cost only)", {"mixing_alpha": 0.4}, {}),
     ("kpoints", "3×3×1 k-points", {"kpoints": (3, 3, 1)}, {}),
     ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
+    # the reference rows' cell with a mesh: the sampling error of a 3×3 cell at Γ, at that cell's coverage
+    ("kpoints", "3×3 supercell, 2×2×1 k-points", {"kpoints": (2, 2, 1)}, {"cell": 3}),
     ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
     # ... then the rest of each scan
     ("cutoff", "500 Ry", {"cutoff_ry": 500.0}, {}),
