@@ -164,7 +164,8 @@ def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
         "cp2k_version": cp2k_version_cached(),
         "cp2k_settings_hashes": hashes,
         "cp2k_settings": any_row["provenance"]["settings"]["cp2k"] if any_row else None,
-        "refine": any_row["provenance"]["settings"]["refine"] if any_row else None,
+        # the DFT settings are one for the set; the relaxation protocol is each row's own
+        "refine_by_row": {m: (r["provenance"]["settings"].get("refine") or None) for m, r in sorted(rows.items())},
         "mlip_stage": "dgh.mlip with CHGNet 0.3.0 (slab relaxation and H sites)",
         "structures": "gen2d.data.templates prototypes (and ASE builders for NbS2, 1T-MoS2, VS2, blue phosphorene, Mo2CO2)",
         "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å", "wall_seconds": "s"},
