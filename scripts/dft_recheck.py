@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     stored = result["energy"]
     atoms = part_atoms(args.part, result)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    wfn = args.part / f"gen2d-RESTART.{restart_suffix(settings)}"
-    from_scratch = args.from_scratch or "kpoints" in overrides
+    wfn = args.part / f"gen2d-RESTART.{restart_suffix(Cp2kSettings(**run['cp2k_settings']), atoms)}"
+    # a changed mesh starts from the atomic guess: the part's orbitals are of another sampling
+    from_scratch = args.from_scratch or "kpoints" in overrides or "kpoint_length" in overrides
     if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
         shutil.copy2(wfn, args.workdir / wfn.name)
     calc = make_calculator(settings=settings, directory=str(args.workdir), threads=args.threads)

@@ -30,7 +30,6 @@ from gen2d_cp2k.settings import (
     Cp2kSettings,
     ScfFallback,
     build_input,
-    restart_suffix,
     wants_spin,
 )
 
@@ -271,6 +270,8 @@ class Cp2kCalculator(CP2K):
         **kwargs: Any,
     ):
         self.gen2d_settings = settings or Cp2kSettings()
+        # the k-point mesh of the structure being computed (None: Γ); set from its cell by each input
+        self._mesh = self.gen2d_settings.kpoints
         self.magnetization = dict(magnetization or {})
         self.start_magnetization = dict(self.magnetization)
         command = find_shell_command(command)
@@ -343,7 +344,7 @@ class Cp2kCalculator(CP2K):
     def wfn_file(self) -> Path:
         """The wavefunction CP2K saves after each SCF step and a restart reads: ``<label>-RESTART.wfn`` at Γ,
         ``<label>-RESTART.kp`` with a k-point mesh (CP2K writes the k-point orbitals in a file of their own)."""
-        return self._workdir / f"{self.label}-RESTART.{restart_suffix(self.gen2d_settings)}"
+        return self._workdir / f"{self.label}-RESTART.{'kp' if self._mesh is not None else 'wfn'}"
 
     @property
     def out_file(self) -> Path:
@@ -361,6 +362,7 @@ class Cp2kCalculator(CP2K):
         directory's last wavefunction when it exists. A retry always does: it goes on from the SCF that failed."""
         symbols = atoms.get_chemical_symbols()
         slab = not bool(atoms.pbc[2])
+        self._mesh = self.gen2d_settings.mesh_for(atoms)  # before wfn_file is read: it names the file by the mesh
         use = self._restart_wfn if restart_wfn is None else restart_wfn
         if use and not self._restart_wfn and self.wfn_file.is_file():
             # asked for a fresh start: only a wavefunction this process's own SCFs wrote is the failed SCF's
@@ -368,7 +370,11 @@ class Cp2kCalculator(CP2K):
         restart = str(self.wfn_file.name) if use and self.wfn_file.is_file() else None
         self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
         inp = build_input(
-            self.active_settings, symbols, slab=slab, wfn_restart=restart, magnetization=self.start_magnetization
+            self.active_settings.model_copy(update={"kpoints": self._mesh}),
+            symbols,
+            slab=slab,
+            wfn_restart=restart,
+            magnetization=self.start_magnetization,
         )
         inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)

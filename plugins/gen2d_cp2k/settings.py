@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -147,6 +148,12 @@ class Cp2kSettings(BaseModel):
         Surface dipole correction along z (``SURFACE_DIPOLE_CORRECTION``) for slabs with pbc (T, T, F).
     kpoints : tuple of int or None
         Monkhorst–Pack mesh; None is Γ only (use a supercell of at least ~9 Å in-plane).
+    kpoint_length : float or None
+        A mesh from each structure's own cell instead (Å): ``ceil(kpoint_length / |a_i|)`` points along every
+        periodic lattice vector (in-plane only for a slab), the length rule of automatic k-meshes. One setting
+        then samples every cell alike: a 4×4 graphene cell (9.9 Å) at 25 Å gets 3×3 (its Dirac point
+        included), a 3×3 MoS₂ cell (9.5 Å) 3×3, a cell longer than the length Γ only. Not with ``kpoints`` or
+        ``ot``. Hashed only when set, so settings without it keep their hash.
     eps_default : float
         Integral screening threshold (``QS/EPS_DEFAULT``).
     """
@@ -178,7 +185,30 @@ class Cp2kSettings(BaseModel):
     spin: Literal["auto", "on", "off"] = "auto"
     dipole_correction: bool = True
     kpoints: tuple[int, int, int] | None = None
+    kpoint_length: float | None = Field(default=None, gt=0.0)
     eps_default: float = 1e-12
+
+    @model_validator(mode="after")
+    def _one_kpoint_rule(self) -> Cp2kSettings:
+        if self.kpoint_length is not None and self.kpoints is not None:
+            raise ValueError("give kpoints (a fixed mesh) or kpoint_length (a mesh per cell), not both")
+        if self.kpoint_length is not None and self.scf == "ot":
+            raise ValueError("kpoint_length makes k-point meshes, and OT does not run with k-points: use scf='diag'")
+        return self
+
+    def mesh_for(self, atoms) -> tuple[int, int, int] | None:
+        """The Monkhorst–Pack mesh of a calculation on ``atoms`` (ASE), or None for Γ only: ``kpoints`` as given, or
+        ``kpoint_length`` applied to the periodic lattice vectors of ``atoms`` (a mesh of all ones is Γ)."""
+        if self.kpoints is not None:
+            return tuple(int(k) for k in self.kpoints)
+        if self.kpoint_length is None:
+            return None
+        lengths = atoms.cell.lengths()
+        mesh = tuple(
+            max(1, math.ceil(self.kpoint_length / float(length) - 1e-9)) if periodic else 1
+            for length, periodic in zip(lengths, atoms.pbc)
+        )
+        return None if mesh == (1, 1, 1) else mesh
 
     @model_validator(mode="after")
     def _annealing_is_hotter(self) -> Cp2kSettings:
@@ -195,7 +225,8 @@ class Cp2kSettings(BaseModel):
         """Sixteen hex digits of the SHA-256 of the settings: the same physics has the same hash.
 
         The SCF retry ladder (:data:`NOT_HASHED`) is left out: it changes the route, not the solution."""
-        blob = json.dumps(self.model_dump(mode="json", exclude=set(NOT_HASHED)), sort_keys=True)
+        exclude = set(NOT_HASHED) | ({"kpoint_length"} if self.kpoint_length is None else set())
+        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def energy_tolerance(self) -> float:
@@ -243,13 +274,17 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
     return False, 1
 
 
-def restart_suffix(settings: Cp2kSettings) -> str:
-    """The extension of the wavefunction file CP2K saves for ``settings``: ``kp`` with a k-point mesh, else ``wfn``.
+def restart_suffix(settings: Cp2kSettings, atoms=None) -> str:
+    """The extension of the wavefunction file CP2K saves for ``settings`` (on ``atoms``, whose cell decides a
+    ``kpoint_length`` mesh): ``kp`` with a k-point mesh, else ``wfn``.
 
     The two hold different things (Γ orbitals; the orbitals of every k-point), so a restart reads the one its
     settings write, and a file of the other kind is never handed to it.
     """
-    return "kp" if settings.kpoints is not None else "wfn"
+    mesh = settings.mesh_for(atoms) if atoms is not None else settings.kpoints
+    if atoms is None and settings.kpoint_length is not None:
+        raise ValueError("a kpoint_length mesh depends on the cell: pass the atoms")
+    return "kp" if mesh is not None else "wfn"
 
 
 def build_input(

@@ -1079,3 +1079,38 @@ def test_a_false_convergence_is_restarted_once_then_climbs_the_ladder(tmp_path, 
     assert Cp2kSettings().energy_tolerance() == pytest.approx(2e-4)
     assert Cp2kSettings(eps_scf=1e-6).energy_tolerance() == pytest.approx(2e-4)  # a guard, not a precision
     calc.close()
+
+
+def test_kpoint_length_gives_each_cell_its_mesh_and_keeps_old_hashes():
+    """A length rule samples every cell alike: graphene 4×4 gets the 3×3 mesh that holds its Dirac point."""
+    from ase.build import graphene, mx2
+
+    assert "kpoint_length" not in Cp2kSettings().model_dump(exclude_none=True)
+    assert Cp2kSettings(kpoint_length=None).settings_hash() == Cp2kSettings().settings_hash()
+    s = Cp2kSettings(kpoint_length=25.0)
+    assert s.settings_hash() != Cp2kSettings().settings_hash()
+    sheet = graphene(a=2.467, vacuum=7.5).repeat((4, 4, 1))
+    sheet.pbc = (True, True, False)
+    layer = mx2("MoS2", "2H", a=3.18, vacuum=7.5).repeat((3, 3, 1))
+    layer.pbc = (True, True, False)
+    assert s.mesh_for(sheet) == (3, 3, 1) and s.mesh_for(layer) == (3, 3, 1)  # z of a slab is never sampled
+    assert Cp2kSettings(kpoint_length=9.0).mesh_for(sheet) is None  # one point: Γ, the Γ-only code path
+    assert Cp2kSettings(kpoints=(2, 2, 1)).mesh_for(sheet) == (2, 2, 1)
+    with pytest.raises(ValueError, match="not both"):
+        Cp2kSettings(kpoints=(2, 2, 1), kpoint_length=20.0)
+    with pytest.raises(ValueError, match="OT does not run with k-points"):
+        Cp2kSettings(kpoint_length=20.0, scf="ot")
+
+
+@needs_cp2k
+def test_a_kpoint_length_run_writes_the_mesh_of_its_cell_and_restarts_from_it(tmp_path):
+    settings = Cp2kSettings(**(TINY | {"kpoint_length": 8.0, "eps_scf": 1e-6, "scf_fallback": ()}))
+    mol = _h2(box=5.0)  # periodic box of 5 Å: ceil(8 / 5) = 2 points along each vector
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "k"))
+    try:
+        mol.get_potential_energy()
+    finally:
+        calc.close()
+    text = (tmp_path / "k" / "gen2d.inp").read_text()
+    assert "SCHEME MONKHORST-PACK 2 2 2" in text
+    assert calc.wfn_file.name == "gen2d-RESTART.kp" and calc.wfn_file.is_file()
