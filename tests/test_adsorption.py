@@ -572,3 +572,20 @@ def test_fold_k_leaves_a_rectangular_cell_alone_and_keeps_old_run_keys():
     assert gamma_samples_k(black_p, (3, 2)) is None  # no hexagonal K
     assert "fold_k" not in RefineSettings().as_dict()  # the default keeps the keys of stored runs
     assert RefineSettings(fold_k=True).as_dict()["fold_k"] is True
+
+
+def test_a_seeded_run_gets_either_kind_of_wavefunction_and_keeps_its_own(tmp_path):
+    """A site starts from the slab's converged orbitals: CP2K's Γ file (.wfn) or its k-point file (.kp)."""
+    from gen2d.adsorption import _seed_restart
+
+    src, dst = tmp_path / "slab", tmp_path / "site"
+    src.mkdir()
+    (src / "gen2d-RESTART.wfn").write_text("slab Γ orbitals")
+    (src / "gen2d-RESTART.kp").write_text("slab k-point orbitals")
+    _seed_restart(str(src), str(dst))
+    assert (dst / "gen2d-RESTART.kp").read_text() == "slab k-point orbitals"
+    (dst / "gen2d-RESTART.wfn").write_text("the site's own orbitals")
+    (dst / "gen2d-RESTART.kp").unlink()
+    _seed_restart(str(src), str(dst))
+    assert (dst / "gen2d-RESTART.wfn").read_text() == "the site's own orbitals"  # never overwritten
+    assert (dst / "gen2d-RESTART.kp").is_file()
