@@ -112,17 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = json.loads((args.part.parent / "run.json").read_text())
-    settings = Cp2kSettings(**run["cp2k_settings"])
-    if settings.settings_hash() != run["settings_hash"]:
+    run_settings = Cp2kSettings(**run["cp2k_settings"])
+    if run_settings.settings_hash() != run["settings_hash"]:
         raise SystemExit(f"run.json's settings hash {run['settings_hash']} is not that of its settings")
     overrides = parse_overrides(args.overrides)
-    if overrides:
-        settings = Cp2kSettings(**(settings.model_dump() | overrides))
+    settings = Cp2kSettings(**(run_settings.model_dump() | overrides)) if overrides else run_settings
     result = json.loads((args.part / "result.json").read_text())
     stored = result["energy"]
     atoms = part_atoms(args.part, result)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    wfn = args.part / f"gen2d-RESTART.{restart_suffix(Cp2kSettings(**run['cp2k_settings']), atoms)}"
+    wfn = args.part / f"gen2d-RESTART.{restart_suffix(run_settings.mesh_for(atoms))}"
     # a changed mesh starts from the atomic guess: the part's orbitals are of another sampling
     from_scratch = args.from_scratch or "kpoints" in overrides or "kpoint_length" in overrides
     if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():

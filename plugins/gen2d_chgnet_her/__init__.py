@@ -48,14 +48,7 @@ load_checkpoint = CHECKPOINT.load
 
 def available(model: str | None = None) -> tuple[bool, str]:
     """(True, "") when chgnet imports and the fine-tuned checkpoint exists."""
-    try:
-        import chgnet  # noqa: F401
-    except ImportError as exc:
-        return False, f"chgnet is not installed ({exc}); pip install chgnet"
-    path = checkpoint_path(model)
-    if not path.is_file():
-        return False, CHECKPOINT.missing(path)
-    return True, ""
+    return CHECKPOINT.available(model, "chgnet", "pip install chgnet")
 
 
 def load_model(model: str | None = None, device: str = "cpu"):

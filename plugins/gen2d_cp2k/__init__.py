@@ -25,13 +25,7 @@ from ase.calculators.cp2k import CP2K
 
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
-from gen2d_cp2k.settings import (
-    ANNEAL_FIELDS,
-    Cp2kSettings,
-    ScfFallback,
-    build_input,
-    wants_spin,
-)
+from gen2d_cp2k.settings import ANNEAL_FIELDS, Cp2kSettings, ScfFallback, build_input, restart_suffix, wants_spin
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +338,7 @@ class Cp2kCalculator(CP2K):
     def wfn_file(self) -> Path:
         """The wavefunction CP2K saves after each SCF step and a restart reads: ``<label>-RESTART.wfn`` at Γ,
         ``<label>-RESTART.kp`` with a k-point mesh (CP2K writes the k-point orbitals in a file of their own)."""
-        return self._workdir / f"{self.label}-RESTART.{'kp' if self._mesh is not None else 'wfn'}"
+        return self._workdir / f"{self.label}-RESTART.{restart_suffix(self._mesh)}"
 
     @property
     def out_file(self) -> Path:

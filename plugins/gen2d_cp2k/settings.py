@@ -274,16 +274,13 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
     return False, 1
 
 
-def restart_suffix(settings: Cp2kSettings, atoms=None) -> str:
-    """The extension of the wavefunction file CP2K saves for ``settings`` (on ``atoms``, whose cell decides a
-    ``kpoint_length`` mesh): ``kp`` with a k-point mesh, else ``wfn``.
+def restart_suffix(mesh: tuple[int, int, int] | None) -> str:
+    """The extension of the wavefunction file CP2K saves for a calculation with k-point ``mesh``
+    (:meth:`Cp2kSettings.mesh_for`; None is Γ): ``kp`` with a mesh, else ``wfn``.
 
     The two hold different things (Γ orbitals; the orbitals of every k-point), so a restart reads the one its
     settings write, and a file of the other kind is never handed to it.
     """
-    mesh = settings.mesh_for(atoms) if atoms is not None else settings.kpoints
-    if atoms is None and settings.kpoint_length is not None:
-        raise ValueError("a kpoint_length mesh depends on the cell: pass the atoms")
     return "kp" if mesh is not None else "wfn"
 
 

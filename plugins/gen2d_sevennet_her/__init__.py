@@ -62,14 +62,7 @@ load_checkpoint = CHECKPOINT.load
 
 def available(model: str | None = None) -> tuple[bool, str]:
     """(True, "") when sevenn imports and the fine-tuned checkpoint exists."""
-    try:
-        import sevenn  # noqa: F401
-    except ImportError as exc:
-        return False, f"sevenn is not installed ({exc}); install the extra: pip install 'gen2d[sevennet]'"
-    path = checkpoint_path(model)
-    if not path.is_file():
-        return False, CHECKPOINT.missing(path)
-    return True, ""
+    return CHECKPOINT.available(model, "sevenn", "install the extra: pip install 'gen2d[sevennet]'")
 
 
 def base_checkpoint(name: str, expected_sha256: str | None = None) -> tuple[Path, str]:

@@ -68,6 +68,21 @@ class FineTunedCheckpoint:
             f"`gen2d train --calculator {self.calculator} -o frames=DFT_RUNS -o out=DIR` and pass model=DIR"
         )
 
+    def available(self, model: str | None, package: str, install: str) -> tuple[bool, str]:
+        """(True, "") when ``package`` (the base network's library) imports and the checkpoint of ``model``
+        exists; otherwise False and why, with ``install`` (how to get the package) or the command that makes a
+        checkpoint."""
+        import importlib
+
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            return False, f"{package} is not installed ({exc}); {install}"
+        path = self.path(model)
+        if not path.is_file():
+            return False, self.missing(path)
+        return True, ""
+
     def load(self, path: str | Path) -> dict[str, Any]:
         """The checkpoint dict, read with ``weights_only=True``.
 
