@@ -116,7 +116,7 @@ def single_point(atoms, settings, directory: Path, threads: int) -> dict:
         doc = json.loads(path.read_text())
         if not doc.get("failure"):
             return doc
-        if doc.get("failure_rules", 0) >= FAILURE_RULES:
+        if stands(doc):
             raise PointFailed(doc)
         # a failure under older SCF rules (before the retry ladder, its annealing rung or the restart of a false
         # convergence): the current calculator may converge it, so it is computed again
@@ -229,16 +229,18 @@ def read_points(path: Path) -> dict[tuple[str, str], dict]:
     return rows
 
 
-def points_done(path: Path) -> dict[tuple[str, str], dict]:
-    """The points of ``path`` that stand: results, and failures under the current SCF rules. A point that failed
-    under older rules runs again; its new row is appended and supersedes the old one."""
+def stands(doc: dict) -> bool:
+    """A cached single point or study row stands: a result, or a failure named under the current SCF rules
+    (``gen2d.adsorption.FAILURE_RULES``); a failure under older rules is computed again."""
     from gen2d.adsorption import FAILURE_RULES
 
-    return {
-        key: row
-        for key, row in read_points(path).items()
-        if not row.get("failure") or row.get("failure_rules", 0) >= FAILURE_RULES
-    }
+    return not doc.get("failure") or doc.get("failure_rules", 0) >= FAILURE_RULES
+
+
+def points_done(path: Path) -> dict[tuple[str, str], dict]:
+    """The points of ``path`` that stand (:func:`stands`). A point that failed under older rules runs again; its
+    new row is appended and supersedes the old one."""
+    return {key: row for key, row in read_points(path).items() if stands(row)}
 
 
 def main(argv: list[str] | None = None) -> int:
