@@ -124,6 +124,9 @@ def single_point(atoms, settings, directory: Path, threads: int) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), _children_cpu()
     calc = make_calculator(settings=settings, directory=str(directory), threads=threads)
+    # the calculator's ledger (gen2d-cost.json) holds the SCF runs of an earlier failure in this directory too;
+    # the point counts its own, as its wall and CPU seconds do
+    n_before = len(calc.scf_steps)
     energy, failure = None, None
     try:
         probe = atoms.copy()
@@ -134,7 +137,7 @@ def single_point(atoms, settings, directory: Path, threads: int) -> dict:
     except Cp2kAborted:
         failure = "dft_aborted"
     finally:
-        scf = int(sum(calc.scf_steps))
+        scf = int(sum(calc.scf_steps[n_before:]))
         calc.close()  # the CP2K process ends here, so its CPU time is counted below
     doc = {
         "energy_eV": energy,

@@ -39,10 +39,15 @@ def test_a_failure_cached_under_older_rules_is_computed_again(tmp_path):
     study = load_script("dft_convergence")
     stale = {"energy_eV": None, "failure": "scf_not_converged", "scf_steps": 100, "wall_s": 9.0, "cpu_s": 9.0}
     _cache(tmp_path / "p", stale)  # no failure_rules: written before the SCF retry ladder
+    # the calculator's ledger of that failed run: its 100 steps are the old computation's, not this point's
+    ledger = {"n_evaluations": 1, "scf_steps": [100], "wall_seconds": 9.0, "n_processes": 1, "scf_failed": None}
+    (tmp_path / "p" / "gen2d-cost.json").write_text(json.dumps(ledger))
     doc = study.single_point(_h2(), Cp2kSettings(**CP2K_TINY), tmp_path / "p", threads=1)
     assert doc["failure"] is None and doc["failure_rules"] == FAILURE_RULES
     assert -33.0 < doc["energy_eV"] < -30.0  # H₂'s total energy with GTH pseudopotentials (about −31.7 eV)
     assert doc["scf_steps"] > 0
+    after = json.loads((tmp_path / "p" / "gen2d-cost.json").read_text())
+    assert after["scf_steps"][0] == 100 and doc["scf_steps"] == sum(after["scf_steps"][1:])
     stored = json.loads((tmp_path / "p" / "result.json").read_text())
     assert stored["energy_eV"] == doc["energy_eV"]
     # and the stored result is what a rerun returns, without CP2K
