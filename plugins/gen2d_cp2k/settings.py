@@ -143,7 +143,9 @@ class Cp2kSettings(BaseModel):
         runs into the vacuum (:class:`ScfFallback`); ``()`` turns the retry off.
     spin : {"auto", "on", "off"}
         ``auto``: unrestricted Kohn–Sham when the electron count is odd or a magnetic element
-        (``MAGNETIC_MOMENTS``) is present; its multiplicity is 2 for odd counts, 1 otherwise.
+        (``MAGNETIC_MOMENTS``) is present; its multiplicity is 2 for odd counts, 1 otherwise. With smearing the
+        multiplicity only starts the SCF (CP2K's ``&SMEAR/FIXED_MAGNETIC_MOMENT`` is negative by default, so the
+        moment relaxes); with ``scf="ot"`` (integer occupations) it is fixed.
     dipole_correction : bool
         Surface dipole correction along z (``SURFACE_DIPOLE_CORRECTION``) for slabs with pbc (T, T, F).
     kpoints : tuple of int or None
