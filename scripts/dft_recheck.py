@@ -11,6 +11,10 @@ a convergence check of a finished row, e.g. its k-point sampling. Run it on a ro
 difference of the two differences is what that setting changes in the row's ΔE_H (the H₂ reference is a molecule
 in a box, at Γ in every setting). A k-point mesh starts from the atomic guess (a Γ wavefunction does not fit it).
 
+``--moment SYMBOL=VALUE`` (repeatable; μB) starts the SCF from the atomic guess with that initial moment on every atom
+of the element (CP2K's ``&KIND/MAGNETIZATION``): a spin-start check, whether another open-shell solution lies lower.
+The output's integrated absolute spin density is printed with the energy.
+
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_recheck.py \\
         dft-runs/reference/e22e67c65a973b51/slab --workdir dft-runs/checks/graphene-slab --json
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/dft_recheck.py \\
@@ -91,6 +95,33 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def parse_moments(pairs: list[str]) -> dict[str, float]:
+    """``["H=1", "Mo=0.5"]`` → ``{"H": 1.0, "Mo": 0.5}``: initial moments (μB) by element."""
+    from ase.data import atomic_numbers
+
+    out: dict[str, float] = {}
+    for pair in pairs:
+        symbol, sep, raw = pair.partition("=")
+        symbol = symbol.strip()
+        if not sep or symbol not in atomic_numbers:
+            raise SystemExit(f"--moment wants SYMBOL=VALUE with an element symbol, got {pair!r}")
+        try:
+            out[symbol] = float(raw)
+        except ValueError:
+            raise SystemExit(f"--moment {pair!r}: {raw!r} is not a number") from None
+    return out
+
+
+_ABS_SPIN = re.compile(r"Integrated absolute spin density\s*:\s*(\S+)")
+
+
+def abs_spin_density(text: str) -> float | None:
+    """The last ``Integrated absolute spin density`` of a CP2K output (unrestricted runs print it after each
+    SCF), or None."""
+    found = _ABS_SPIN.findall(text)
+    return float(found[-1]) if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
     from gen2d_cp2k.settings import restart_suffix
@@ -109,7 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="run at the part's geometry with this Cp2kSettings field changed (VALUE in JSON; repeatable)",
     )
+    parser.add_argument(
+        "--moment",
+        dest="moments",
+        action="append",
+        default=[],
+        metavar="SYMBOL=VALUE",
+        help="initial magnetic moment (μB) of every atom of an element; starts from the atomic guess (repeatable)",
+    )
     args = parser.parse_args(argv)
+    moments = parse_moments(args.moments)
 
     run = json.loads((args.part.parent / "run.json").read_text())
     run_settings = Cp2kSettings(**run["cp2k_settings"])
@@ -120,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads((args.part / "result.json").read_text())
     stored = result["energy"]
     atoms = part_atoms(args.part, result)
+    unknown = sorted(set(moments) - set(atoms.get_chemical_symbols()))
+    if unknown:
+        raise SystemExit(f"--moment names {', '.join(unknown)}, which {args.part} does not hold")
+    if moments:  # a zero leaves the element at the calculator's default (gen2d_cp2k.element_moments)
+        atoms.set_initial_magnetic_moments([moments.get(s, 0.0) for s in atoms.get_chemical_symbols()])
     args.workdir.mkdir(parents=True, exist_ok=True)
     wfn = args.part / f"gen2d-RESTART.{restart_suffix(run_settings.mesh_for(atoms))}"
     # a changed mesh starts from the atomic guess: the part's orbitals are of another sampling
-    from_scratch = args.from_scratch or "kpoints" in overrides or "kpoint_length" in overrides
+    # and so does a spin start: CP2K applies initial moments to the atomic guess only
+    from_scratch = args.from_scratch or "kpoints" in overrides or "kpoint_length" in overrides or bool(moments)
     if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
         shutil.copy2(wfn, args.workdir / wfn.name)
     calc = make_calculator(settings=settings, directory=str(args.workdir), threads=args.threads)
@@ -132,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         energy = float(atoms.get_potential_energy())
     finally:
         calc.close()
-    last = scf_last_change((args.workdir / "gen2d.out").read_text(errors="replace"))
+    out_text = (args.workdir / "gen2d.out").read_text(errors="replace")
+    last = scf_last_change(out_text)
     doc = {
         "part": str(args.part),
         "settings_hash": settings.settings_hash(),
@@ -147,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         "eps_energy_ha": settings.eps_energy_ha,
         "start": "atomic guess" if from_scratch else "the part's wavefunction",
         "overrides": overrides,
+        "initial_moments_muB": moments,
+        "abs_spin_density": abs_spin_density(out_text),
         "stored_settings_hash": run["settings_hash"],
         "n_atoms": len(atoms),
         "unit": "eV",
@@ -156,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{args.part}: stored {stored:.6f} eV, now {energy:.6f} eV ({energy - stored:+.4f} eV); "
-            f"SCF steps {calc.scf_steps}, last change {doc['last_energy_change_Ha']} Ha at step {doc['last_scf_step']}"
+            f"SCF steps {calc.scf_steps}, last change {doc['last_energy_change_Ha']} Ha at step {doc['last_scf_step']}; "
+            f"integrated absolute spin density {doc['abs_spin_density']}"
         )
     return 0
 

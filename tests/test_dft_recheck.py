@@ -36,6 +36,22 @@ def test_set_overrides_are_json_values_and_a_mesh_is_a_tuple():
         parse(["kpoints"])
 
 
+def test_a_spin_start_names_an_element_and_a_number_and_the_spin_density_is_read_back():
+    script = load_script("dft_recheck")
+    assert script.parse_moments(["H=1", "Mo=-0.5"]) == {"H": 1.0, "Mo": -0.5}
+    with pytest.raises(SystemExit, match="element symbol"):
+        script.parse_moments(["Hx=1"])
+    with pytest.raises(SystemExit, match="not a number"):
+        script.parse_moments(["H=up"])
+    out = (
+        "  Integrated absolute spin density  :                               1.2154076511\n"
+        "  ...\n"
+        "  Integrated absolute spin density  :                               0.8894272911\n"
+    )
+    assert script.abs_spin_density(out) == pytest.approx(0.8894272911)  # the last SCF's
+    assert script.abs_spin_density("closed shell: no spin density printed") is None
+
+
 def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tmp_path):
     """A relaxed site's input holds its first geometry; the geometry of its energy is in result.json."""
     import json
@@ -58,6 +74,8 @@ def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tm
     (part / "result.json").write_text(json.dumps({"energy": -1.0, "positions": moved.tolist()}))
     atoms = load_script("dft_recheck").part_atoms(part, json.loads((part / "result.json").read_text()))
     np.testing.assert_allclose(atoms.positions, moved, atol=1e-9)  # not the input's flat sheet
+    with pytest.raises(SystemExit, match="does not hold"):  # a moment on an element the part lacks
+        load_script("dft_recheck").main([str(part), "--workdir", str(tmp_path / "w"), "--moment", "Mo=1"])
     (part / "relax.traj").write_bytes(b"")
     with pytest.raises(SystemExit, match="holds no positions"):  # relaxed, but its geometry was not stored
         load_script("dft_recheck").part_atoms(part, {"energy": -1.0})
