@@ -51,6 +51,8 @@ POINTS: list[tuple[str, str, dict, dict]] = [
     ("supercell", "3×3 supercell (Γ)", {}, {"cell": 3}),
     # the reference rows' cell with a mesh: the sampling error of a 3×3 cell at Γ, at that cell's coverage
     ("kpoints", "3×3 supercell, 2×2×1 k-points", {"kpoints": (2, 2, 1)}, {"cell": 3}),
+    # a Γ-centred mesh of that cell (9×9 in the primitive zone, K held), where the shifted 2×2 holds neither Γ nor K
+    ("kpoints", "3×3 supercell, 3×3×1 k-points", {"kpoints": (3, 3, 1)}, {"cell": 3}),
     ("vacuum", "20 Å vacuum", {}, {"vacuum": 20.0}),
     # ... then the rest of each scan
     ("cutoff", "500 Ry", {"cutoff_ry": 500.0}, {}),
