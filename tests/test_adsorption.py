@@ -535,6 +535,17 @@ def test_vibrations_resume_after_a_kill_and_give_h2_its_stretch(tmp_path):
     Counting.calls = 0
     again = max(e.real for e in vibration_energies(mol, [0, 1], Counting(), str(tmp_path / "both")))
     assert Counting.calls == 1 and again == pytest.approx(both, rel=1e-9)
+    # every evaluated geometry is kept as a training frame with its energy and forces, the recomputed one once
+    from ase.io import read
+
+    frames = read(tmp_path / "both" / "frames.traj", ":")
+    assert len(frames) == 13
+    assert len({tuple(np.round(f.positions.ravel(), 6)) for f in frames}) == 13
+    for frame in frames[:3] + frames[-1:]:
+        ref = frame.copy()
+        ref.calc = EMT()
+        assert frame.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(frame.get_forces(), ref.get_forces(), atol=1e-12)
 
 
 def _k_folds_to_gamma(lattice, repeats) -> bool:

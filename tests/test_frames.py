@@ -55,6 +55,23 @@ def test_frames_carry_energy_forces_and_provenance_and_a_resumed_frame_counts_on
     assert site[1].info["formula"] == "Cu" and site[1].info["content_hash"] == "c0ffee"
 
 
+def test_a_sites_vibration_frames_are_read_with_the_site_and_marked(tmp_path):
+    from gen2d.adsorption import vibration_energies
+
+    run = _run(tmp_path)
+    site = read(run / "site_0" / "relax.traj", -1)
+    vibration_energies(site, [len(site) - 1], EMT(), str(run / "site_0" / "vibrations"))
+    frames, summary = collect_frames([tmp_path])
+    vib = [f for f in frames if f.info["vibration"]]
+    assert len(vib) == 7  # the geometry itself and H moved by ±0.01 Å along x, y and z
+    assert summary["by_config_type"] == {"slab": 1, "slab+H": 2 + 7}
+    assert {f.info["source"] for f in vib} == {"site_0/vibrations/frames.traj"}
+    assert all(f.info["config_type"] == "slab+H" and "forces" in f.arrays for f in vib)
+    moved = [f for f in vib if not np.allclose(f.positions, site.positions)]
+    assert len(moved) == 6 and all(np.allclose(f.positions[:-1], site.positions[:-1]) for f in moved)
+    assert not any(f.info["vibration"] for f in frames if f.info["source"].endswith("relax.traj"))
+
+
 def test_export_writes_extxyz_that_reads_back_and_names_folders_without_metadata(tmp_path):
     _run(tmp_path / "dft")
     _run(tmp_path / "dft", name="legacy", with_meta=False)

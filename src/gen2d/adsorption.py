@@ -1260,15 +1260,38 @@ def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: st
     """Harmonic vibrational energies (eV) of the ``indices`` atoms, every other atom held, by ASE's ``Vibrations``
     (central differences of ``calc``'s forces, :data:`VIBRATION_DELTA` Å: the undisplaced geometry and 6 displaced
     ones per atom). Each evaluation is cached in ``directory/vib``, so a killed run goes on where it stopped (one
-    process per directory: the lock file a killed evaluation left is removed)."""
+    process per directory: the lock file a killed evaluation left is removed). Every evaluated geometry is also
+    appended, with its energy and forces, to ``directory/frames.traj``, training data that
+    :func:`gen2d.frames.collect_frames` reads (ASE's cache keeps forces only)."""
     import os
 
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.vibrations import Vibrations
+
+    from gen2d.frames import VIBRATION_FRAMES, save_frame
+
+    # the vibrations folder of a site or of H₂ (``<part>/vibrations``), where collect_frames looks
+    frames_path = os.path.join(directory, os.path.basename(VIBRATION_FRAMES))
+
+    # a displacement recomputed after a kill (its cache entry lost, its frame kept) is recorded once
+    recorded = [f.positions for f in _whole_frames(frames_path)] if os.path.isfile(frames_path) else []
+
+    class _Recorded(Vibrations):
+        def calculate(self, atoms, disp):
+            results = super().calculate(atoms, disp)
+            energy = getattr(self.calc, "results", {}).get("energy")
+            seen = any(np.allclose(p, atoms.positions, rtol=0.0, atol=1e-8) for p in recorded)
+            if energy is not None and not seen:  # the displaced geometry (moved in place) and what the calc gave
+                recorded.append(atoms.positions.copy())
+                frame = atoms.copy()
+                frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(results["forces"]))
+                save_frame(frame, frames_path)
+            return results
 
     work = atoms.copy()
     work.set_constraint()
     work.calc = calc
-    vib = Vibrations(work, indices=list(indices), name=os.path.join(directory, "vib"), delta=VIBRATION_DELTA)
+    vib = _Recorded(work, indices=list(indices), name=os.path.join(directory, "vib"), delta=VIBRATION_DELTA)
     vib.clean(empty_files=True)  # the lock files a killed run left: those displacements run again
     vib.run()
     return [complex(e) for e in vib.get_energies()]

@@ -29,6 +29,9 @@ from gen2d.fileio import atomic_path, write_json_atomic
 
 RUN_METADATA = "run.json"
 FRAME_FILES = ("relax.traj", "frame.traj")
+#: a system's harmonic-vibration geometries (H displaced by ±0.01 Å, :func:`gen2d.adsorption.vibration_energies`):
+#: near-equilibrium energies and forces, read with the system's frames (``info['vibration']`` True)
+VIBRATION_FRAMES = "vibrations/frames.traj"
 #: what a single point without a frame file left: its energy, the CP2K input (geometry) and output
 SINGLE_POINT_FILES = ("result.json", "gen2d.inp", "gen2d.out")
 _CP2K_ENERGY = re.compile(r"ENERGY\| Total FORCE_EVAL \( QS \) energy \[a\.u\.\]:\s+(-?\d+\.\d+(?:[eE][-+]?\d+)?)")
@@ -163,20 +166,21 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                 continue
             seen_runs.add(run)
             meta = json.loads((run / RUN_METADATA).read_text())
-            # a part's vibrations (finite displacements, forces only in ASE's cache) are not relaxation frames
+            # a part's vibrations folder is not a system of its own: its frames are read with the part's
             systems = [run] + sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations")
             for sysdir in systems:
                 system = "." if sysdir == run else sysdir.name
+                names: tuple[str, ...] = FRAME_FILES
                 if not any((sysdir / name).is_file() for name in FRAME_FILES) and (sysdir / "result.json").is_file():
+                    names = ()
                     atoms, why = single_point_frame(sysdir)
                     if atoms is None:
                         skipped.append({"path": str(sysdir), "reason": why})
-                        continue
-                    atoms.info.update(_provenance(meta, run, system, 0))
-                    atoms.info.update(energy_only=True, source="result.json+gen2d.inp+gen2d.out")
-                    frames.append(atoms)
-                    continue
-                for name in FRAME_FILES:
+                    else:
+                        atoms.info.update(_provenance(meta, run, system, 0))
+                        atoms.info.update(energy_only=True, source="result.json+gen2d.inp+gen2d.out")
+                        frames.append(atoms)
+                for name in (*names, VIBRATION_FRAMES):
                     path = sysdir / name
                     if not path.is_file() or path.stat().st_size == 0:
                         continue
@@ -199,7 +203,11 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         out.info.update(energy=energy, **_provenance(meta, run, system, k))
                         if forces is not None and forces.shape == (len(out), 3):
                             out.arrays["forces"] = forces
-                        out.info.update(energy_only="forces" not in out.arrays, source=f"{system}/{name}")
+                        out.info.update(
+                            energy_only="forces" not in out.arrays,
+                            source=f"{system}/{name}",
+                            vibration=name == VIBRATION_FRAMES,
+                        )
                         frames.append(out)
     summary = {
         "n_frames": len(frames),
@@ -252,6 +260,7 @@ def export_extxyz(roots: Iterable[str | os.PathLike], out: str | os.PathLike) ->
 __all__ = [
     "FRAME_FILES",
     "RUN_METADATA",
+    "VIBRATION_FRAMES",
     "SINGLE_POINT_FILES",
     "collect_frames",
     "export_extxyz",
