@@ -124,7 +124,7 @@ def abs_spin_density(text: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
-    from gen2d_cp2k.settings import restart_suffix
+    from gen2d_cp2k.settings import restart_suffix, wants_spin
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", type=Path, help="a finished part: gen2d.inp, result.json, gen2d-RESTART.wfn (.kp)")
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--moment names {', '.join(unknown)}, which {args.part} does not hold")
     if moments:  # a zero leaves the element at the calculator's default (gen2d_cp2k.element_moments)
+        if not wants_spin(atoms.get_chemical_symbols(), settings)[0]:
+            raise SystemExit(f"--moment: {args.part} is computed closed-shell under these settings (spin 'auto')")
         atoms.set_initial_magnetic_moments([moments.get(s, 0.0) for s in atoms.get_chemical_symbols()])
     args.workdir.mkdir(parents=True, exist_ok=True)
     wfn = args.part / f"gen2d-RESTART.{restart_suffix(run_settings.mesh_for(atoms))}"
@@ -172,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     from_scratch = args.from_scratch or "kpoints" in overrides or "kpoint_length" in overrides or bool(moments)
     if not from_scratch and wfn.is_file() and not (args.workdir / wfn.name).exists():
         shutil.copy2(wfn, args.workdir / wfn.name)
+    # a wavefunction already in the workdir is a stopped recheck's, and the SCF goes on from it
+    suffix = restart_suffix(settings.mesh_for(atoms))
+    resumed = from_scratch and (args.workdir / f"gen2d-RESTART.{suffix}").is_file()
+    if resumed and moments:
+        raise SystemExit(f"--moment needs a start from the atomic guess; {args.workdir} holds a wavefunction")
     calc = make_calculator(settings=settings, directory=str(args.workdir), threads=args.threads)
     atoms.calc = calc
     try:
@@ -192,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         # a one-step SCF (a restart that was already converged) has no change, only its total energy
         "last_energy_change_Ha": last[1] if last and last[0] > 1 else None,
         "eps_energy_ha": settings.eps_energy_ha,
-        "start": "atomic guess" if from_scratch else "the part's wavefunction",
+        "start": (
+            "the workdir's wavefunction (a resumed recheck)"
+            if resumed
+            else "atomic guess"
+            if from_scratch
+            else "the part's wavefunction"
+        ),
         "overrides": overrides,
         "initial_moments_muB": moments,
         "abs_spin_density": abs_spin_density(out_text),

@@ -76,6 +76,8 @@ def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tm
     np.testing.assert_allclose(atoms.positions, moved, atol=1e-9)  # not the input's flat sheet
     with pytest.raises(SystemExit, match="does not hold"):  # a moment on an element the part lacks
         load_script("dft_recheck").main([str(part), "--workdir", str(tmp_path / "w"), "--moment", "Mo=1"])
+    with pytest.raises(SystemExit, match="closed-shell"):  # graphene has an even count: no moment to start
+        load_script("dft_recheck").main([str(part), "--workdir", str(tmp_path / "w"), "--moment", "C=1"])
     (part / "relax.traj").write_bytes(b"")
     with pytest.raises(SystemExit, match="holds no positions"):  # relaxed, but its geometry was not stored
         load_script("dft_recheck").part_atoms(part, {"energy": -1.0})

@@ -63,13 +63,21 @@ def test_a_sites_vibration_frames_are_read_with_the_site_and_marked(tmp_path):
     vibration_energies(site, [len(site) - 1], EMT(), str(run / "site_0" / "vibrations"))
     frames, summary = collect_frames([tmp_path])
     vib = [f for f in frames if f.info["vibration"]]
-    assert len(vib) == 7  # the geometry itself and H moved by ±0.01 Å along x, y and z
-    assert summary["by_config_type"] == {"slab": 1, "slab+H": 2 + 7}
+    assert len(vib) == 6  # H moved by ±0.01 Å along x, y and z; the undisplaced site is relax.traj's
+    assert summary["by_config_type"] == {"slab": 1, "slab+H": 2 + 6}
     assert {f.info["source"] for f in vib} == {"site_0/vibrations/frames.traj"}
-    assert all(f.info["config_type"] == "slab+H" and "forces" in f.arrays for f in vib)
-    moved = [f for f in vib if not np.allclose(f.positions, site.positions)]
-    assert len(moved) == 6 and all(np.allclose(f.positions[:-1], site.positions[:-1]) for f in moved)
+    assert all(f.info["config_type"] == "slab+H" and f.info["system"] == "site_0" for f in vib)
+    assert all("forces" in f.arrays and np.allclose(f.positions[:-1], site.positions[:-1]) for f in vib)
     assert not any(f.info["vibration"] for f in frames if f.info["source"].endswith("relax.traj"))
+    # the relaxation's ΔE_H row still ends at the relaxed site, and no displaced frame becomes a replay slab
+    from gen2d.finetune import dehydrogenated_slabs, delta_e_h_rows
+
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[8.0] * 3, pbc=True)
+    h2.info.update(energy=-6.7, config_type="molecule", frame=0, run="h2", system=".", content_hash="h2")
+    rows = delta_e_h_rows([*frames, h2], {})
+    assert len(rows) == 1 and rows[0]["frame"] == 2
+    without_h = [i for i, _ in dehydrogenated_slabs(frames, every=1) if i.startswith("dft-slab-without-H")]
+    assert sorted(without_h) == [f"dft-slab-without-H:{frames[1].info['run']}/site_0#{k}" for k in (0, 2)]
 
 
 def test_export_writes_extxyz_that_reads_back_and_names_folders_without_metadata(tmp_path):

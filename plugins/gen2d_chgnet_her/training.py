@@ -106,7 +106,8 @@ def _structure_data(frames, graph_converter, repeats: int = 1):
             structures.append(AseAtomsAdaptor.get_structure(detached(f)))
             energies.append(float(f.info["target_energy"]) / len(f))
             forces.append(f.arrays["forces"] if "forces" in f.arrays else np.full((len(f), 3), np.nan))
-            ids.append(f"{f.info.get('run', '')}/{f.info.get('system', '')}#{f.info.get('frame', 0)}")
+            vib = "vib" if f.info.get("vibration") else ""  # a part's vibration frames count from 0 too
+            ids.append(f"{f.info.get('run', '')}/{f.info.get('system', '')}#{vib}{f.info.get('frame', 0)}")
     with contextlib.redirect_stdout(sys.stderr):
         return StructureData(
             structures=structures,

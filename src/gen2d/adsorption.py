@@ -1260,7 +1260,7 @@ def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: st
     """Harmonic vibrational energies (eV) of the ``indices`` atoms, every other atom held, by ASE's ``Vibrations``
     (central differences of ``calc``'s forces, :data:`VIBRATION_DELTA` Å: the undisplaced geometry and 6 displaced
     ones per atom). Each evaluation is cached in ``directory/vib``, so a killed run goes on where it stopped (one
-    process per directory: the lock file a killed evaluation left is removed). Every evaluated geometry is also
+    process per directory: the lock file a killed evaluation left is removed). Every displaced geometry is also
     appended, with its energy and forces, to ``directory/frames.traj``, training data that
     :func:`gen2d.frames.collect_frames` reads (ASE's cache keeps forces only)."""
     import os
@@ -1273,8 +1273,10 @@ def vibration_energies(atoms: Atoms, indices: Sequence[int], calc, directory: st
     # the vibrations folder of a site or of H₂ (``<part>/vibrations``), where collect_frames looks
     frames_path = os.path.join(directory, os.path.basename(VIBRATION_FRAMES))
 
-    # a displacement recomputed after a kill (its cache entry lost, its frame kept) is recorded once
+    # a displacement recomputed after a kill (its cache entry lost, its frame kept) is recorded once, and the
+    # undisplaced geometry never: it is the relaxation's last frame already
     recorded = [f.positions for f in _whole_frames(frames_path)] if os.path.isfile(frames_path) else []
+    recorded.append(np.array(atoms.positions))
 
     class _Recorded(Vibrations):
         def calculate(self, atoms, disp):

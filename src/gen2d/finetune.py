@@ -468,6 +468,8 @@ def dehydrogenated_slabs(frames: Sequence[Atoms], every: int = 3) -> list:
     out = []
     for f in frames:
         kind = f.info.get("config_type")
+        if f.info.get("vibration"):  # H moved by 0.01 Å: without H, the relaxed slab again
+            continue
         if kind == "slab":
             out.append((f"dft-slab:{frame_group(f)}#{f.info.get('frame', 0)}", f.copy()))
         elif kind == "slab+H" and int(f.info.get("frame", 0)) % max(1, every) == 0:
@@ -692,6 +694,7 @@ def delta_e_h_rows(
     the energies alone. ``split`` maps a group to a label (``in-sample``, ``held out``); other groups get
     ``added after training``. eV; none when the frames hold no H₂.
     """
+    frames = [f for f in frames if not f.info.get("vibration")]  # displaced geometries, not a relaxation's end
     by_group: dict[str, list[Atoms]] = defaultdict(list)
     for f in frames:
         by_group[frame_group(f)].append(f)

@@ -30,7 +30,8 @@ from gen2d.fileio import atomic_path, write_json_atomic
 RUN_METADATA = "run.json"
 FRAME_FILES = ("relax.traj", "frame.traj")
 #: a system's harmonic-vibration geometries (H displaced by ±0.01 Å, :func:`gen2d.adsorption.vibration_energies`):
-#: near-equilibrium energies and forces, read with the system's frames (``info['vibration']`` True)
+#: near-equilibrium energies and forces, read as frames of that part (its run/system group, so a split keeps them
+#: with it) with ``info['vibration']`` True; they are training data, never a relaxation's last frame
 VIBRATION_FRAMES = "vibrations/frames.traj"
 #: what a single point without a frame file left: its energy, the CP2K input (geometry) and output
 SINGLE_POINT_FILES = ("result.json", "gen2d.inp", "gen2d.out")
@@ -178,7 +179,7 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         skipped.append({"path": str(sysdir), "reason": why})
                     else:
                         atoms.info.update(_provenance(meta, run, system, 0))
-                        atoms.info.update(energy_only=True, source="result.json+gen2d.inp+gen2d.out")
+                        atoms.info.update(energy_only=True, source="result.json+gen2d.inp+gen2d.out", vibration=False)
                         frames.append(atoms)
                 for name in (*names, VIBRATION_FRAMES):
                     path = sysdir / name
@@ -203,10 +204,9 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         out.info.update(energy=energy, **_provenance(meta, run, system, k))
                         if forces is not None and forces.shape == (len(out), 3):
                             out.arrays["forces"] = forces
+                        vibration = name == VIBRATION_FRAMES
                         out.info.update(
-                            energy_only="forces" not in out.arrays,
-                            source=f"{system}/{name}",
-                            vibration=name == VIBRATION_FRAMES,
+                            energy_only="forces" not in out.arrays, source=f"{system}/{name}", vibration=vibration
                         )
                         frames.append(out)
     summary = {
