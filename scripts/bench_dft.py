@@ -226,9 +226,10 @@ SPIN_STARTS: dict[str, dict[str, float]] = {"atomic guess": {}, "H +1 μB": {"H"
 
 
 def _abs_spin(out: Path) -> float | None:
-    """The last 'Integrated absolute spin density' of a CP2K output (None for a closed-shell run)."""
-    found = re.findall(r"Integrated absolute spin density\s*:\s*([-0-9.Ee+]+)", out.read_text(errors="replace"))
-    return float(found[-1]) if found else None
+    """The last 'Integrated absolute spin density' of a CP2K output file (None for a closed-shell run)."""
+    from gen2d_cp2k import abs_spin_density
+
+    return abs_spin_density(out.read_text(errors="replace"))
 
 
 def spin_starts(roots: list[Path], workdir: Path, starts: dict[str, dict[str, float]]) -> list[dict]:

@@ -112,18 +112,8 @@ def parse_moments(pairs: list[str]) -> dict[str, float]:
     return out
 
 
-_ABS_SPIN = re.compile(r"Integrated absolute spin density\s*:\s*(\S+)")
-
-
-def abs_spin_density(text: str) -> float | None:
-    """The last ``Integrated absolute spin density`` of a CP2K output (unrestricted runs print it after each
-    SCF), or None."""
-    found = _ABS_SPIN.findall(text)
-    return float(found[-1]) if found else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    from gen2d_cp2k import Cp2kSettings, make_calculator, scf_last_change
+    from gen2d_cp2k import Cp2kSettings, abs_spin_density, make_calculator, scf_last_change
     from gen2d_cp2k.settings import restart_suffix, wants_spin
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -48,8 +48,10 @@ def test_a_spin_start_names_an_element_and_a_number_and_the_spin_density_is_read
         "  ...\n"
         "  Integrated absolute spin density  :                               0.8894272911\n"
     )
-    assert script.abs_spin_density(out) == pytest.approx(0.8894272911)  # the last SCF's
-    assert script.abs_spin_density("closed shell: no spin density printed") is None
+    from gen2d_cp2k import abs_spin_density
+
+    assert abs_spin_density(out) == pytest.approx(0.8894272911)  # the last SCF's
+    assert abs_spin_density("closed shell: no spin density printed") is None
 
 
 def test_a_site_is_rechecked_at_its_stored_geometry_and_a_mismatch_is_refused(tmp_path):

@@ -43,6 +43,7 @@ __all__ = [
     "scf_abort",
     "scf_diverged",
     "scf_last_change",
+    "abs_spin_density",
     "scf_runs",
     "vacuum_width",
 ]
@@ -93,6 +94,16 @@ def scf_last_change(text: str) -> tuple[int, float] | None:
         return None
     m = _SCF_STEP_CHANGE.match(lines[-1])
     return (int(m.group(1)), float(m.group(2))) if m else None
+
+
+_ABS_SPIN = re.compile(r"Integrated absolute spin density\s*:\s*([-0-9.Ee+]+)")
+
+
+def abs_spin_density(text: str) -> float | None:
+    """The last ``Integrated absolute spin density`` of a CP2K output ``text`` (an unrestricted run prints it after
+    each SCF), or None (a closed-shell run)."""
+    found = _ABS_SPIN.findall(text)
+    return float(found[-1]) if found else None
 
 
 def scf_runs(text: str) -> list[dict[str, Any]]:
