@@ -385,6 +385,7 @@ def test_a_sites_vibrations_are_cached_for_its_geometry_and_a_failed_h2_leaves_t
     """EMT's H on Cu(111): a free H rolls from the top site to a threefold hollow, where its two in-plane modes are
     degenerate and lie below the perpendicular one. (EMT's numbers are not physical for H: H₂ near 7000 cm⁻¹.)"""
     from ase.calculators.emt import EMT
+    from ase.io import read
 
     from gen2d.adsorption import AdsorptionSettings, RefineSettings, refine_adsorption
 
@@ -422,8 +423,13 @@ def test_a_sites_vibrations_are_cached_for_its_geometry_and_a_failed_h2_leaves_t
     doc = json.loads(result.read_text())
     doc["positions"][-1][2] += 0.05
     result.write_text(json.dumps(doc))
+    frames = Path(site.run_dir) / "vibrations" / "frames.traj"
+    assert len(read(frames, ":")) == 6
     moved = refine_adsorption(slab, sites, make, str(tmp_path / "run"), refine=refine).sites[0]
     assert len(calls) == 7 and moved.vibrations["h_frequencies_cm1"] != v["h_frequencies_cm1"]
+    # the old geometry's displaced frames are training data still: kept, and the new ones appended
+    kept = read(frames, ":")
+    assert len(kept) == 12 and len({tuple(np.round(f.positions[-1], 6)) for f in kept}) == 12
 
     # H₂'s vibrations fail (a named SCF failure): cached as such; the site keeps its ΔG_H and says why it has none
     class ScfNotConverged(RuntimeError):

@@ -1322,10 +1322,12 @@ def _vibrations_part(directory: str, atoms: Atoms, indices: Sequence[int], make_
     """The cached ``directory/result.json`` of :func:`vibration_energies` (``real_eV``, ``imag_eV``, cost), or of
     its named failure. Each is valid for one geometry (:func:`_geometry_sha256`, also kept in
     ``directory/geometry.sha256`` while it runs): a cache or half-finished run of another geometry (a site
-    relaxed on since, from another spin start) is removed and computed again. The first SCF starts from the
-    wavefunction in ``wfn_from``."""
+    relaxed on since, from another spin start) is removed and computed again; the displaced frames already in
+    ``directory/frames.traj`` are kept. The first SCF starts from the wavefunction in ``wfn_from``."""
     import os
     import shutil
+
+    from gen2d.frames import VIBRATION_FRAMES
 
     geometry = _geometry_sha256(atoms, indices)
     path, marker = os.path.join(directory, "result.json"), os.path.join(directory, "geometry.sha256")
@@ -1335,8 +1337,14 @@ def _vibrations_part(directory: str, atoms: Atoms, indices: Sequence[int], make_
         with open(marker) as fh:
             stored = fh.read().strip()
     if stored is not None and stored != geometry:
+        # the cache and result belong to the old geometry; its displaced frames stay (each is a DFT energy and
+        # forces at these settings, training data whatever geometry they were displaced from), and the new run
+        # appends its own to them
         log.info("%s: vibrations of another geometry; computing them again", directory)
-        shutil.rmtree(directory)
+        for entry in os.listdir(directory):
+            if entry != os.path.basename(VIBRATION_FRAMES):
+                target = os.path.join(directory, entry)
+                shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
         doc = None
     if doc is not None:
         return doc
