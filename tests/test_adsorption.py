@@ -453,6 +453,29 @@ def _h2():
     return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[10.0] * 3, pbc=True)
 
 
+def test_a_site_records_the_force_on_the_bare_slabs_free_atoms_where_e_slab_is_computed(tmp_path):
+    """E(slab) is a single point of the slab the refinement starts from; relaxing the free atoms with H then counts
+    their own relaxation as binding. ASE's Cu(111) at the bulk lattice constant is not at EMT's surface minimum:
+    the site records EMT's largest force on the free slab atoms there, as EMT computes it."""
+    from ase.calculators.emt import EMT
+    from ase.io import read
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+
+    slab, _, sites = _cu111_top_site(1.6)
+    refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.05, steps=100, h_jitter=0.0)
+    site = refine_adsorption(slab, sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=(0.0, 0.74)).sites[0]
+    start = read(Path(site.run_dir) / "relax.traj", 0)
+    fixed = {i for c in start.constraints for i in c.get_indices()}
+    free = [i for i in range(len(start) - 1) if i not in fixed]
+    bare = read(tmp_path / "slab" / "frame.traj", -1)
+    assert free and np.allclose(bare.positions, start.positions[:-1])
+    bare.calc = EMT()
+    expected = np.max(np.linalg.norm(bare.get_forces()[free], axis=1))
+    assert expected > 0.01 and site.slab_free_force == pytest.approx(expected, rel=1e-9)
+    assert site.as_dict()["slab_free_force"] == site.slab_free_force
+
+
 def _cu111_top_site(height: float):
     """(slab, top atom's position, the cheap recipe's site record): a 1×1×3 Cu(111) slab, periodic in-plane, with
     H ``height`` Å above its top atom, for refine_adsorption on EMT."""

@@ -129,6 +129,9 @@ class SiteResult:
     run_dir: str | None = None  # refinement only: where this site's frames and final geometry are kept
     spin_starts: dict[str, Any] | None = None  # refinement only: the fresh-start SCF check (RefineSettings)
     vibrations: dict[str, Any] | None = None  # refinement only: the computed ΔZPE − TΔS (RefineSettings)
+    # refinement only: eV/Å, the largest force the refining calculator puts on the bare slab's free atoms at the
+    # geometry E(slab) is computed at; what relaxing them with H would count as binding grows as its square
+    slab_free_force: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -137,7 +140,7 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("run_dir", "spin_starts", "vibrations"):
+        for key in ("run_dir", "spin_starts", "vibrations", "slab_free_force"):
             if out[key] is None:
                 del out[key]
         out["valid"] = self.valid
@@ -896,6 +899,9 @@ def refine_adsorption(
         raise RefinementFailed(
             slab_doc.get("failure", "calculator_error"), f"the bare slab: {slab_doc.get('message', '')}"
         )
+    slab_frames = _whole_frames(os.path.join(workdir, "slab", "frame.traj"))
+    slab_results = getattr(slab_frames[-1].calc, "results", {}) if slab_frames else {}
+    slab_forces = np.asarray(slab_results["forces"]) if "forces" in slab_results else None
 
     def _start(
         atoms: Atoms, free: list[int], traj: str, hold: Sequence[int] = ()
@@ -928,6 +934,9 @@ def refine_adsorption(
         h_index = len(start_atoms) - 1
         free = _free_indices(start_atoms, h_pos, refine.free_radius, n_slab) + [h_index]
         e_slab = float(slab_doc["energy"])
+        slab_free_force = None
+        if slab_forces is not None and len(slab_forces) == n_slab and len(free) > 1:
+            slab_free_force = float(np.max(np.linalg.norm(slab_forces[[i for i in free if i != h_index]], axis=1)))
         flags: list[str] = []
         if refine.prerelax:  # another start: its own directories
             tag = f"{tag}-pre-{refine.prerelax}"
@@ -1039,6 +1048,7 @@ def refine_adsorption(
                 run_dir=os.path.join(workdir, f"site_{k}-{tag}"),
                 spin_starts=doc.get("spin_starts"),
                 vibrations=vibrations,
+                slab_free_force=slab_free_force,
             )
         )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
