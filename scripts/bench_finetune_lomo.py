@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one fine-tune on every frame instead of the folds: the ΔE_H it reaches on its own training data",
     )
+    ap.add_argument(
+        "--replay-per-epoch",
+        type=int,
+        default=None,
+        help="replay frames drawn afresh per epoch (FinetuneOptions.replay_per_epoch; default all): bounds a fold's "
+        "cost, which the replay set dominates once the frames span several elements",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = Backend(args.calculator)
     base_eval = backend.base_evaluator()
     options = backend.options(args.epochs, args.threads, args.alignment)
+    if args.replay_per_epoch is not None:  # named only when set, so that the folds cached without it keep their keys
+        options["replay_per_epoch"] = args.replay_per_epoch
     report: dict = {
         "what": f"leave-one-material-out: {backend.base_name} fine-tuned ({args.calculator}) without a material, "
         "ΔE_H on that material's DFT geometries",

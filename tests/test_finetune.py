@@ -295,3 +295,33 @@ def test_frames_of_two_dft_settings_are_refused(dft_runs):
         build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(settings_hash="s1", alignment="per-atom"))
     ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(settings_hash="s1"))
     assert {f.info["run"] for f in ds.train + ds.val} == {"run_a", "h2"}
+
+
+def test_the_replay_sampler_keeps_every_dft_item_and_draws_a_fresh_replay_subset_each_epoch():
+    from ase import Atoms
+    from torch.utils.data import DataLoader
+
+    from gen2d.finetune import replay_sampler, training_items
+
+    dft = [Atoms("H"), Atoms("H")]
+    replay = [Atoms("H", info={"config_type": "replay"}) for _ in range(3)]
+    assert training_items(dft + replay, repeats=2) == 2 * 2 + 3
+    # no cap, or a cap the replay set does not exceed: every item in every epoch, as a shuffled loader does
+    assert replay_sampler(4, 30, None) is None and replay_sampler(4, 30, 30) is None
+
+    n_fixed, n_replay, k = 4, 30, 5
+    sampler = replay_sampler(n_fixed, n_replay, k, seed=7)
+    epochs = [list(sampler) for _ in range(12)]
+    for items in epochs:
+        assert len(items) == len(sampler) == n_fixed + k
+        assert sorted(i for i in items if i < n_fixed) == list(range(n_fixed))  # every DFT item, once
+        drawn = [i for i in items if i >= n_fixed]
+        assert len(set(drawn)) == k and max(drawn) < n_fixed + n_replay  # k distinct replay items
+    assert len({tuple(sorted(e)) for e in epochs}) > 1  # a fresh draw per epoch
+    assert len({i for e in epochs for i in e if i >= n_fixed}) > n_replay // 2  # the epochs cover the set
+    # reproducible: the same seed gives the same epochs
+    again = replay_sampler(n_fixed, n_replay, k, seed=7)
+    assert [list(again) for _ in range(12)] == epochs
+    # a DataLoader takes it: an epoch is n_fixed + k items
+    loader = DataLoader(list(range(n_fixed + n_replay)), batch_size=3, sampler=replay_sampler(n_fixed, n_replay, k))
+    assert sum(len(b) for b in loader) == n_fixed + k

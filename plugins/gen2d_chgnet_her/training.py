@@ -24,6 +24,8 @@ from gen2d.finetune import (
     detached,
     frame_roots,
     freeze_except,
+    replay_sampler,
+    training_items,
     write_manifest,
 )
 from gen2d.finetune import (
@@ -198,8 +200,16 @@ def finetune(**options: Any) -> dict[str, Any]:
     val_frames = dataset.val + dataset.replay_val
     val_set = _structure_data(val_frames or dataset.train, model.graph_converter)
     gen = torch.Generator().manual_seed(opts.seed)
+    sampler = replay_sampler(
+        training_items(dataset.train, opts.dft_repeats), len(dataset.replay_train), opts.replay_per_epoch, opts.seed
+    )
     train_loader = DataLoader(
-        train_set, batch_size=opts.batch_size, shuffle=True, collate_fn=collate_graphs, generator=gen
+        train_set,
+        batch_size=opts.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collate_graphs,
+        generator=None if sampler else gen,
     )
     val_loader = DataLoader(val_set, batch_size=opts.batch_size, shuffle=False, collate_fn=collate_graphs)
     trainer = Trainer(

@@ -27,6 +27,8 @@ from gen2d.finetune import (
     detached,
     frame_roots,
     freeze_except,
+    replay_sampler,
+    training_items,
     write_manifest,
 )
 from gen2d.finetune import (
@@ -229,12 +231,16 @@ def finetune(**options: Any) -> dict[str, Any]:
     n_trainable = freeze_except(model, names)
     val_frames = dataset.val + dataset.replay_val
     gen = torch.Generator().manual_seed(opts.seed)
+    sampler = replay_sampler(
+        training_items(dataset.train, opts.dft_repeats), len(dataset.replay_train), opts.replay_per_epoch, opts.seed
+    )
     loaders = {
         "trainset": DataLoader(
             graphs_of(dataset.train + dataset.replay_train, cutoff, opts.dft_repeats),
             batch_size=opts.batch_size,
-            shuffle=True,
-            generator=gen,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=None if sampler else gen,
         ),
         "validset": DataLoader(graphs_of(val_frames or dataset.train, cutoff), batch_size=opts.batch_size),
     }

@@ -547,6 +547,40 @@ def split_replay(frames: Sequence[Atoms], val_fraction: float = 0.2, seed: int =
     ]
 
 
+def training_items(frames: Sequence[Atoms], repeats: int) -> int:
+    """How many training items ``frames`` make when each DFT frame appears ``repeats`` times and each replay frame
+    once, as the trainers build them."""
+    return sum(1 if f.info.get("config_type") == "replay" else repeats for f in frames)
+
+
+def replay_sampler(n_fixed: int, n_replay: int, per_epoch: int | None, seed: int = 0):
+    """A ``torch.utils.data.Sampler`` for a training set of ``n_fixed`` DFT items followed by ``n_replay`` replay
+    items: each epoch (each iteration over it) yields every DFT item and a fresh draw, without replacement, of
+    ``per_epoch`` replay items, all in a random order; epoch ``k`` draws with seed ``seed + k``, so a run is
+    reproducible. None when ``per_epoch`` is None or not below ``n_replay``: then every item is in every epoch
+    (a shuffled ``DataLoader``, as without this option)."""
+    if per_epoch is None or per_epoch >= n_replay:
+        return None
+    import torch
+    from torch.utils.data import Sampler
+
+    class ReplaySubsetSampler(Sampler[int]):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return n_fixed + per_epoch
+
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(seed + self.epoch)
+            self.epoch += 1
+            replay = n_fixed + torch.randperm(n_replay, generator=gen)[:per_epoch]
+            items = torch.cat([torch.arange(n_fixed), replay])
+            return iter(items[torch.randperm(len(items), generator=gen)].tolist())
+
+    return ReplaySubsetSampler()
+
+
 # ----------------------------------------------------------------------------------------------
 # the dataset
 
@@ -611,6 +645,13 @@ class FinetuneOptions(BaseModel):
     replay_rattle: float = Field(0.03, ge=0, description="Å, Gaussian noise of the rattled replay copies")
     replay_n_rattled: int = Field(1, ge=0)
     replay_val_fraction: float = Field(0.2, ge=0, lt=1)
+    replay_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="replay frames drawn afresh for each epoch (None: all of them in every epoch); every DFT frame "
+        "is in every epoch. The replay set grows with the elements of the DFT frames (every reference phase of "
+        "them), so this bounds an epoch's cost",
+    )
     data_dir: str | None = Field(None, description="reference datasets (GEN2D_DATA)")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu or cuda")

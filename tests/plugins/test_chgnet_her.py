@@ -119,6 +119,19 @@ def test_one_epoch_changes_only_the_trainable_weights_and_lowers_the_energy_erro
     assert manifest["training"]["n_trainable_parameters"] < manifest["training"]["n_parameters"]
 
 
+def test_a_replay_draw_per_epoch_trains_on_every_dft_frame_and_a_subset_of_the_replay(dft_runs, tmp_path):
+    """``replay_per_epoch``: an epoch is the DFT items and N replay frames; the option is in the MANIFEST."""
+    from gen2d_chgnet_her import train
+
+    out = train(frames=str(dft_runs), out=str(tmp_path / "model"), **QUICK, replay_per_epoch=1)
+    manifest = json.loads((tmp_path / "model" / "MANIFEST.json").read_text())
+    assert manifest["training"]["options"]["replay_per_epoch"] == 1
+    data = manifest["data"]
+    assert data["files"]["replay_train"]["n_frames"] > 1  # the draw of one is a real subset of the replay set
+    m = out["metrics"]["train"]
+    assert m["tuned"]["energy_mae_mev_per_atom"] < m["base"]["energy_mae_mev_per_atom"]
+
+
 def test_bad_options_are_named(tmp_path):
     from gen2d_chgnet_her import train
 

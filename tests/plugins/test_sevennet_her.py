@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,17 @@ def test_bad_options_are_named(tmp_path):
         train(frames=str(tmp_path), out=str(tmp_path / "m"), epochz=3)
     with pytest.raises(ScorerOptionsError, match="base_model"):
         train(frames=str(tmp_path), out=str(tmp_path / "m"), base_model="7net-omni")
+
+
+def test_a_replay_draw_per_epoch_goes_through_sevenns_epoch_loop(dft_runs, tmp_path):
+    """``replay_per_epoch`` with sevenn's loader and epoch loop: it trains, and the MANIFEST records the option."""
+    from gen2d_sevennet_her import train
+
+    result = train(frames=str(dft_runs), out=str(tmp_path), **QUICK, replay_per_epoch=1)
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert manifest["training"]["options"]["replay_per_epoch"] == 1
+    assert manifest["data"]["files"]["replay_train"]["n_frames"] > 1
+    assert Path(result["checkpoint"]).is_file()
 
 
 def test_a_misspelt_trainable_prefix_is_refused(base):
