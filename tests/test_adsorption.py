@@ -314,6 +314,39 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
     assert "prerelax" not in RefineSettings().as_dict()  # runs keyed before the option keep their key
 
 
+def test_a_run_killed_before_its_first_frame_is_prepared_again_not_started_raw(tmp_path):
+    """A kill during the first expensive evaluation leaves an empty relax.traj. The rerun has no frame to resume
+    from, so it prepares the start with the cheap calculator as a fresh run does, instead of starting the
+    expensive BFGS from the unprepared H (on 1T-MoS₂ that start had S–H 1.15 Å and a DFT force of 10 eV/Å)."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+
+    slab, _, sites = _cu111_top_site(2.3)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, prerelax="emt", fmax=0.02)
+
+    def run():
+        return refine_adsorption(
+            slab, sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2, prerelax_calculator=EMT
+        ).sites[0]
+
+    fresh = run()
+    site_dir = Path(fresh.run_dir)
+    first = json.loads((site_dir / "result.json").read_text())
+    (site_dir / "result.json").unlink()
+    (site_dir / "relax.traj.bfgs.json").unlink(missing_ok=True)
+    (site_dir / "relax.traj").write_bytes(b"")  # killed in the first evaluation
+    again = run()
+    doc = json.loads((site_dir / "result.json").read_text())
+    assert doc["prerelax"] == first["prerelax"] and doc["steps"] == first["steps"]
+    assert again.energy == pytest.approx(fresh.energy, abs=1e-9)
+    # a run resumed from its frames still records what prepared its start
+    (site_dir / "result.json").unlink()
+    run()
+    assert json.loads((site_dir / "result.json").read_text())["prerelax"] == first["prerelax"]
+
+
 def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp_path):
     """A site whose SCF failed before calculators retried a stalled SCF, or before the ladder's annealing rung, is
     run again; a failure made under the current rules stands as the site's named failure."""

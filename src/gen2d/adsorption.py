@@ -825,6 +825,7 @@ def refine_adsorption(
         Sites with flags (``geometry_not_converged``, ``scf_not_converged`` and the flags of
         :func:`adsorb_h`); ``settings`` holds both the adsorption and refinement settings.
     """
+    import json
     import os
 
     settings = settings or AdsorptionSettings()
@@ -908,9 +909,17 @@ def refine_adsorption(
     ) -> tuple[Atoms, np.ndarray | None, dict | None]:
         """(atoms, initial Hessian, what prepared them) of a relaxation: the MLIP-prepared start on a fresh run
         with ``refine.prerelax`` (the MLIP loaded only then), otherwise the atoms as given. A resumed run
-        starts from its own last frame."""
-        if not refine.prerelax or os.path.isfile(traj):
+        starts from its own last frame; a run killed before its first frame was written (an empty trajectory)
+        has none, and is prepared as a fresh one. What prepared a start is kept beside the trajectory
+        (``<traj>.prerelax.json``), so that a resumed run's result still records it."""
+        if not refine.prerelax:
             return atoms, None, None
+        record = traj + ".prerelax.json"
+        if _whole_frames(traj):
+            if not os.path.isfile(record):  # prepared before the record was kept
+                return atoms, None, None
+            with open(record) as fh:
+                return atoms, None, json.load(fh)
         if prerelax_calculator is not None:
             calc = prerelax_calculator()
         else:
@@ -918,7 +927,9 @@ def refine_adsorption(
 
             calc = cached_calculator(refine.prerelax)
         begin, hessian, prepared = prepare_start(atoms, calc, free, hold=hold)
-        return begin, hessian, {**prepared, "calculator": refine.prerelax}
+        prepared = {**prepared, "calculator": refine.prerelax}
+        write_json_atomic(record, prepared)
+        return begin, hessian, prepared
 
     results: list[SiteResult] = []
     for k, site in enumerate(chosen):
