@@ -306,6 +306,8 @@ def test_a_prerelaxed_refinement_reaches_the_same_energy_in_fewer_expensive_step
     assert plain.converged and pre.converged
     assert pre.energy == pytest.approx(plain.energy, abs=5e-3)
     assert pre.steps < plain.steps and pre.run_dir.endswith("-pre-emt")
+    # E(slab) is relaxed here too: no frozen-slab relaxation is counted as binding, and none is reported
+    assert plain.slab_free_force is None and pre.slab_free_force is None
     doc = json.loads((Path(pre.run_dir) / "result.json").read_text())
     assert doc["prerelax"]["calculator"] == "emt" and doc["prerelax"]["max_displacement_A"] > 0.1
     # the relaxed slab reference is prepared the same way, in its own directory
@@ -460,9 +462,11 @@ def test_a_sites_vibrations_are_cached_for_its_geometry_and_a_failed_h2_leaves_t
     assert len(read(frames, ":")) == 6
     moved = refine_adsorption(slab, sites, make, str(tmp_path / "run"), refine=refine).sites[0]
     assert len(calls) == 7 and moved.vibrations["h_frequencies_cm1"] != v["h_frequencies_cm1"]
-    # the old geometry's displaced frames are training data still: kept, and the new ones appended
-    kept = read(frames, ":")
-    assert len(kept) == 12 and len({tuple(np.round(f.positions[-1], 6)) for f in kept}) == 12
+    # the old geometry's displaced frames are kept aside (DFT data, maybe of another SCF solution), not mixed in
+    assert len(read(frames, ":")) == 6
+    (kept,) = frames.parent.glob("frames-*.traj")
+    old, new = read(kept, ":"), read(frames, ":")
+    assert len(old) == 6 and len({tuple(np.round(f.positions[-1], 6)) for f in old + new}) == 12
 
     # H₂'s vibrations fail (a named SCF failure): cached as such; the site keeps its ΔG_H and says why it has none
     class ScfNotConverged(RuntimeError):

@@ -945,8 +945,8 @@ def refine_adsorption(
         h_index = len(start_atoms) - 1
         free = _free_indices(start_atoms, h_pos, refine.free_radius, n_slab) + [h_index]
         e_slab = float(slab_doc["energy"])
-        slab_free_force = None
-        if slab_forces is not None and len(slab_forces) == n_slab and len(free) > 1:
+        slab_free_force = None  # with relax_slab_reference, E(slab) has the free atoms relaxed: no such term
+        if not refine.relax_slab_reference and slab_forces is not None and len(slab_forces) == n_slab and len(free) > 1:
             slab_free_force = float(np.max(np.linalg.norm(slab_forces[[i for i in free if i != h_index]], axis=1)))
         flags: list[str] = []
         if refine.prerelax:  # another start: its own directories
@@ -1344,7 +1344,8 @@ def _vibrations_part(directory: str, atoms: Atoms, indices: Sequence[int], make_
     its named failure. Each is valid for one geometry (:func:`_geometry_sha256`, also kept in
     ``directory/geometry.sha256`` while it runs): a cache or half-finished run of another geometry (a site
     relaxed on since, from another spin start) is removed and computed again; the displaced frames already in
-    ``directory/frames.traj`` are kept. The first SCF starts from the wavefunction in ``wfn_from``."""
+    ``directory/frames.traj`` are kept as ``frames-<old geometry>.traj``. The first SCF starts from the
+    wavefunction in ``wfn_from``."""
     import os
     import shutil
 
@@ -1358,13 +1359,15 @@ def _vibrations_part(directory: str, atoms: Atoms, indices: Sequence[int], make_
         with open(marker) as fh:
             stored = fh.read().strip()
     if stored is not None and stored != geometry:
-        # the cache and result belong to the old geometry; its displaced frames stay (each is a DFT energy and
-        # forces at these settings, training data whatever geometry they were displaced from), and the new run
-        # appends its own to them
+        # the cache and result belong to the old geometry. Its displaced frames are DFT energies and forces, kept
+        # beside the new ones as frames-<old geometry>.traj (not read as training frames: the old geometry may be
+        # another SCF solution, a spin start that lost, at nearly the same positions)
         log.info("%s: vibrations of another geometry; computing them again", directory)
         for entry in os.listdir(directory):
-            if entry != os.path.basename(VIBRATION_FRAMES):
-                target = os.path.join(directory, entry)
+            target = os.path.join(directory, entry)
+            if entry == os.path.basename(VIBRATION_FRAMES):
+                os.replace(target, os.path.join(directory, f"frames-{stored[:12]}.traj"))
+            elif not (entry.startswith("frames-") and entry.endswith(".traj")):
                 shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
         doc = None
     if doc is not None:

@@ -556,8 +556,8 @@ def training_items(frames: Sequence[Atoms], repeats: int) -> int:
 def replay_sampler(n_fixed: int, n_replay: int, per_epoch: int | None, seed: int = 0):
     """A ``torch.utils.data.Sampler`` for a training set of ``n_fixed`` DFT items followed by ``n_replay`` replay
     items: each epoch (each iteration over it) yields every DFT item and a fresh draw, without replacement, of
-    ``per_epoch`` replay items, all in a random order; epoch ``k`` draws with seed ``seed + k``, so a run is
-    reproducible. None when ``per_epoch`` is None or not below ``n_replay``: then every item is in every epoch
+    ``per_epoch`` replay items, all in a random order, each epoch drawn independently from ``seed`` and its
+    index, so a run is reproducible (over E epochs an item is drawn with probability 1 − (1 − per_epoch/n_replay)^E). None when ``per_epoch`` is None or not below ``n_replay``: then every item is in every epoch
     (a shuffled ``DataLoader``, as without this option)."""
     if per_epoch is None or per_epoch >= n_replay:
         return None
@@ -572,7 +572,7 @@ def replay_sampler(n_fixed: int, n_replay: int, per_epoch: int | None, seed: int
             return n_fixed + per_epoch
 
         def __iter__(self):
-            gen = torch.Generator().manual_seed(seed + self.epoch)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + self.epoch)
             self.epoch += 1
             replay = n_fixed + torch.randperm(n_replay, generator=gen)[:per_epoch]
             items = torch.cat([torch.arange(n_fixed), replay])

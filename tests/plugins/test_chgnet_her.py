@@ -119,11 +119,25 @@ def test_one_epoch_changes_only_the_trainable_weights_and_lowers_the_energy_erro
     assert manifest["training"]["n_trainable_parameters"] < manifest["training"]["n_parameters"]
 
 
-def test_a_replay_draw_per_epoch_trains_on_every_dft_frame_and_a_subset_of_the_replay(dft_runs, tmp_path):
+def test_a_replay_draw_per_epoch_trains_on_every_dft_frame_and_a_subset_of_the_replay(dft_runs, tmp_path, monkeypatch):
     """``replay_per_epoch``: an epoch is the DFT items and N replay frames; the option is in the MANIFEST."""
+    import gen2d_chgnet_her.training as training
     from gen2d_chgnet_her import train
 
+    from gen2d.finetune import replay_sampler
+
+    drawn = []
+
+    def spy(n_fixed, n_replay, per_epoch, seed=0):
+        sampler = replay_sampler(n_fixed, n_replay, per_epoch, seed)
+        drawn.append((n_fixed, n_replay, per_epoch, sampler))
+        return sampler
+
+    monkeypatch.setattr(training, "replay_sampler", spy)
     out = train(frames=str(dft_runs), out=str(tmp_path / "model"), **QUICK, replay_per_epoch=1)
+    ((n_fixed, n_replay, per_epoch, sampler),) = drawn
+    assert per_epoch == 1 and n_replay > 1 and sampler is not None and sampler.epoch == 1  # one epoch drawn
+    assert len(sampler) == n_fixed + 1
     manifest = json.loads((tmp_path / "model" / "MANIFEST.json").read_text())
     assert manifest["training"]["options"]["replay_per_epoch"] == 1
     data = manifest["data"]

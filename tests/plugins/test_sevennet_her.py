@@ -176,11 +176,25 @@ def test_bad_options_are_named(tmp_path):
         train(frames=str(tmp_path), out=str(tmp_path / "m"), base_model="7net-omni")
 
 
-def test_a_replay_draw_per_epoch_goes_through_sevenns_epoch_loop(dft_runs, tmp_path):
+def test_a_replay_draw_per_epoch_goes_through_sevenns_epoch_loop(dft_runs, tmp_path, monkeypatch):
     """``replay_per_epoch`` with sevenn's loader and epoch loop: it trains, and the MANIFEST records the option."""
+    import gen2d_sevennet_her.training as training
     from gen2d_sevennet_her import train
 
+    from gen2d.finetune import replay_sampler
+
+    drawn = []
+
+    def spy(n_fixed, n_replay, per_epoch, seed=0):
+        sampler = replay_sampler(n_fixed, n_replay, per_epoch, seed)
+        drawn.append((n_fixed, n_replay, per_epoch, sampler))
+        return sampler
+
+    monkeypatch.setattr(training, "replay_sampler", spy)
     result = train(frames=str(dft_runs), out=str(tmp_path), **QUICK, replay_per_epoch=1)
+    ((n_fixed, n_replay, per_epoch, sampler),) = drawn
+    assert per_epoch == 1 and n_replay > 1 and sampler is not None and sampler.epoch == 1  # one epoch drawn
+    assert len(sampler) == n_fixed + 1
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert manifest["training"]["options"]["replay_per_epoch"] == 1
     assert manifest["data"]["files"]["replay_train"]["n_frames"] > 1
