@@ -16,8 +16,10 @@ Usage (hours of CPU: run it niced in the background, one thread per CP2K process
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,36 @@ import numpy as np
 from gen2d.fileio import write_jsonl_atomic, write_text_atomic
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "gen2d" / "assets" / "dgh_dft_reference" / "rows.jsonl"
+
+
+@functools.cache
+def literature_rows() -> tuple[dict, ...]:
+    """The rows of ``gen2d/assets/dgh_reference.csv`` (published DFT ΔG_H), comment lines left out."""
+    import csv
+    import io
+    from importlib import resources
+
+    text = resources.files("gen2d.assets").joinpath("dgh_reference.csv").read_text()
+    lines = (line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return tuple(csv.DictReader(io.StringIO("\n".join(lines))))
+
+
+def _site1_mxenes() -> dict[str, dict]:
+    """The MXene rows of dgh_reference.csv: one dataset's "site 1", H over the outer metal, i.e. in a hollow of the
+    termination layer; the starting cell is the row's own builder (``mxene(M2XT2,a=...)``), as
+    bench_her_fidelity.py builds it."""
+    out = {}
+    for row in literature_rows():
+        found = re.match(r"mxene\(([A-Z][a-z]?)2([A-Z][a-z]?)([A-Z][a-z]?)2,a=([\d.]+)\)", row["builder"])
+        if found and row["material"].endswith("(site 1)"):
+            m, x, t, a = found.groups()
+            out[f"{m}2{x}{t}2-site1"] = {
+                "mxene": (m, x, t, float(a)),
+                "literature": row["material"],
+                "site_kinds": ["hollow"],
+            }
+    return out
+
 
 #: name -> (how to build it, published DFT ΔG_H in eV if a sourced value exists in dgh_reference.csv)
 MATERIALS: dict[str, dict] = {
@@ -50,25 +82,7 @@ MATERIALS: dict[str, dict] = {
     "Ti2CO2": {"template": "Ti2CO2", "literature": "Ti2CO2 MXene"},
     "Ti3C2O2": {"template": "Ti3C2O2"},
     "Mo2CO2": {"mxene": ("Mo", "C", "O", 2.90)},
-    # the MXene rows of dgh_reference.csv: one dataset's "site 1", H over the outer metal, i.e. in a hollow of the
-    # termination layer; the starting cell is the one bench_her_fidelity.py builds for the row
-    **{
-        f"{m}2{x}{t}2-site1": {
-            "mxene": (m, x, t, a),
-            "literature": f"{m}2{x}{t}2 MXene (site 1)",
-            "site_kinds": ["hollow"],
-        }
-        for m, x, t, a in (
-            ("Sc", "N", "F", 3.30),
-            ("Zr", "C", "F", 3.30),
-            ("Hf", "N", "F", 3.20),
-            ("Nb", "C", "F", 3.15),
-            ("Nb", "N", "F", 3.10),
-            ("V", "N", "F", 2.95),
-            ("Sc", "C", "O", 3.40),
-            ("Ti", "C", "O", 3.04),
-        )
-    },
+    **_site1_mxenes(),
     "GaS": {"template": "GaS"},
     "InSe": {"template": "InSe"},
     "SnS2-1T": {"template": "SnS2-1T"},
@@ -109,17 +123,7 @@ def build_structure(spec: dict):
 
 def literature_value(label: str | None) -> dict | None:
     """The dgh_reference.csv row of this material (published ΔG_H), if the table has one."""
-    if not label:
-        return None
-    import csv
-    import io
-    from importlib import resources
-
-    text = resources.files("gen2d.assets").joinpath("dgh_reference.csv").read_text()
-    rows = list(
-        csv.DictReader(io.StringIO("\n".join(l for l in text.splitlines() if l.strip() and not l.startswith("#"))))
-    )
-    for row in rows:
+    for row in literature_rows() if label else ():
         if row["material"] == label:
             return {
                 "dg_h_eV": float(row["dg_h_eV"]),
