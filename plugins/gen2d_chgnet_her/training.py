@@ -24,6 +24,7 @@ from gen2d.finetune import (
     detached,
     frame_roots,
     freeze_except,
+    item_repeats,
     replay_sampler,
     training_items,
     write_manifest,
@@ -104,7 +105,7 @@ def _structure_data(frames, graph_converter, repeats: int = 1):
 
     structures, energies, forces, ids = [], [], [], []
     for f in frames:
-        for _ in range(repeats if f.info.get("config_type") != "replay" else 1):
+        for _ in range(item_repeats(f, repeats)):
             structures.append(AseAtomsAdaptor.get_structure(detached(f)))
             energies.append(float(f.info["target_energy"]) / len(f))
             forces.append(f.arrays["forces"] if "forces" in f.arrays else np.full((len(f), 3), np.nan))

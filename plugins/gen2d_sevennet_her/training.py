@@ -27,6 +27,7 @@ from gen2d.finetune import (
     detached,
     frame_roots,
     freeze_except,
+    item_repeats,
     replay_sampler,
     training_items,
     write_manifest,
@@ -142,7 +143,7 @@ def graphs_of(frames, cutoff: float, repeats: int = 1) -> list:
         a.arrays["y_force"] = (
             np.asarray(f.arrays["forces"], float) if "forces" in f.arrays else np.full((len(f), 3), np.nan)
         )
-        atoms_list += [a] * (repeats if f.info.get("config_type") != "replay" else 1)
+        atoms_list += [a] * item_repeats(f, repeats)
     with contextlib.redirect_stderr(_Null()):  # tqdm bars
         return graph_build(atoms_list, cutoff, num_cores=1, transfer_info=False, allow_unlabeled=True)
 

@@ -547,18 +547,23 @@ def split_replay(frames: Sequence[Atoms], val_fraction: float = 0.2, seed: int =
     ]
 
 
+def item_repeats(frame: Atoms, repeats: int) -> int:
+    """How often a frame appears in an epoch's training items: a DFT frame ``repeats`` times, a replay frame once."""
+    return 1 if frame.info.get("config_type") == "replay" else repeats
+
+
 def training_items(frames: Sequence[Atoms], repeats: int) -> int:
-    """How many training items ``frames`` make when each DFT frame appears ``repeats`` times and each replay frame
-    once, as the trainers build them."""
-    return sum(1 if f.info.get("config_type") == "replay" else repeats for f in frames)
+    """How many training items ``frames`` make (:func:`item_repeats`), as the trainers build them."""
+    return sum(item_repeats(f, repeats) for f in frames)
 
 
 def replay_sampler(n_fixed: int, n_replay: int, per_epoch: int | None, seed: int = 0):
     """A ``torch.utils.data.Sampler`` for a training set of ``n_fixed`` DFT items followed by ``n_replay`` replay
     items: each epoch (each iteration over it) yields every DFT item and a fresh draw, without replacement, of
-    ``per_epoch`` replay items, all in a random order, each epoch drawn independently from ``seed`` and its
-    index, so a run is reproducible (over E epochs an item is drawn with probability 1 − (1 − per_epoch/n_replay)^E). None when ``per_epoch`` is None or not below ``n_replay``: then every item is in every epoch
-    (a shuffled ``DataLoader``, as without this option)."""
+    ``per_epoch`` replay items, all in a random order. Each epoch is drawn independently from ``seed`` and its
+    index, so a run is reproducible, and over E epochs a replay item is drawn with probability
+    1 − (1 − per_epoch/n_replay)^E. None when ``per_epoch`` is None or not below ``n_replay``: then every item is
+    in every epoch (a shuffled ``DataLoader``, as without this option)."""
     if per_epoch is None or per_epoch >= n_replay:
         return None
     import torch
