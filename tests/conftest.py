@@ -155,3 +155,19 @@ DGH_DFT_TINY = {
 def dft_workdir(tmp_path_factory) -> Path:
     """One DFT work directory for the session: a run finished by one test is read from cache by the next."""
     return tmp_path_factory.mktemp("dft")
+
+
+def spy_on_replay_sampler(monkeypatch, training_module) -> list:
+    """Record every ``replay_sampler(n_fixed, n_replay, per_epoch, seed)`` a fine-tuning plugin's training module
+    makes, as ``(n_fixed, n_replay, per_epoch, sampler)``; the real sampler is still used."""
+    from gen2d.finetune import replay_sampler
+
+    drawn: list = []
+
+    def spy(n_fixed, n_replay, per_epoch, seed=0):
+        sampler = replay_sampler(n_fixed, n_replay, per_epoch, seed)
+        drawn.append((n_fixed, n_replay, per_epoch, sampler))
+        return sampler
+
+    monkeypatch.setattr(training_module, "replay_sampler", spy)
+    return drawn

@@ -11,6 +11,7 @@ import pytest
 from ase import Atoms
 from ase.build import mx2
 from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import spy_on_replay_sampler
 
 from gen2d.frames import save_frame, write_run_metadata
 from gen2d.scoring import PluginUnavailable, ScorerOptionsError, file_sha256
@@ -181,16 +182,7 @@ def test_a_replay_draw_per_epoch_goes_through_sevenns_epoch_loop(dft_runs, tmp_p
     import gen2d_sevennet_her.training as training
     from gen2d_sevennet_her import train
 
-    from gen2d.finetune import replay_sampler
-
-    drawn = []
-
-    def spy(n_fixed, n_replay, per_epoch, seed=0):
-        sampler = replay_sampler(n_fixed, n_replay, per_epoch, seed)
-        drawn.append((n_fixed, n_replay, per_epoch, sampler))
-        return sampler
-
-    monkeypatch.setattr(training, "replay_sampler", spy)
+    drawn = spy_on_replay_sampler(monkeypatch, training)
     result = train(frames=str(dft_runs), out=str(tmp_path), **QUICK, replay_per_epoch=1)
     ((n_fixed, n_replay, per_epoch, sampler),) = drawn
     assert per_epoch == 1 and n_replay > 1 and sampler is not None and sampler.epoch == 1  # one epoch drawn
