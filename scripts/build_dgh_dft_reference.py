@@ -330,6 +330,9 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
+    # the relaxation protocol's defaults are dgh.dft's own, so that a row is what the scorer computes for a candidate
+    from gen2d_dgh_dft import DFT_PROTOCOL
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--materials", nargs="*", default=None, help="names from --list (default: all)")
     parser.add_argument("--list", action="store_true", help="print the materials and exit")
@@ -352,13 +355,18 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--min-length", type=float, default=9.0, help="DFT supercell in-plane length (Å)")
     parser.add_argument(
-        "--fmax", type=float, default=0.05, help="eV/Å: force criterion of the DFT relaxations (RefineSettings.fmax)"
+        "--fmax",
+        type=float,
+        default=DFT_PROTOCOL["fmax"],
+        help="eV/Å: force criterion of the DFT relaxations (RefineSettings.fmax; default dgh.dft's, %(default)s)",
     )
     parser.add_argument(
         "--prerelax",
-        default=None,
-        help="MLIP (e.g. chgnet) that relaxes each site's free atoms and gives DFT's BFGS its Hessian before the DFT "
-        "relaxation (RefineSettings.prerelax); recorded in each row",
+        default=DFT_PROTOCOL["prerelax"],
+        type=lambda v: None if v.lower() == "none" else v,
+        help="MLIP that relaxes each site's free atoms and gives DFT's BFGS its Hessian before the DFT relaxation "
+        "(RefineSettings.prerelax; default dgh.dft's, %(default)s; 'none' starts DFT from the clean slab); "
+        "recorded in each row",
     )
     parser.add_argument(
         "--free-radius",
@@ -376,10 +384,11 @@ def main(argv=None) -> int:
         "--spin-starts",
         nargs="*",
         type=float,
-        default=[],
+        default=list(DFT_PROTOCOL["spin_starts"]),
         help="initial moments on H (μB) of fresh SCF starts at each converged site (RefineSettings.spin_starts; "
-        "0 is the plain atomic guess): a lower solution takes the site over. Stored rows without the check gain "
-        "it in place (their relaxations are cached)",
+        "0 is the plain atomic guess; default dgh.dft's, %(default)s; the flag with no value: no check): a lower "
+        "solution takes the site over. Stored rows without the check gain it in place (their relaxations are "
+        "cached)",
     )
     parser.add_argument(
         "--hold-site",

@@ -72,3 +72,34 @@ def test_the_table_shows_a_desorbed_h_with_its_value_and_no_other_failure(build)
     assert build.desorbed_value(_row(["h_desorbed", "layer_broke"])) is None
     assert build.desorbed_value(_row(["scf_not_converged"])) is None
     assert build.desorbed_value({"ok": False, "sites": []}) is None
+
+
+def _scorers_main_would_run(build, monkeypatch, tmp_path, *flags):
+    """The (dgh.dft, dgh.mlip) scorers main() hands to run_material for graphene, nothing computed."""
+    seen = []
+
+    def record(name, spec, dft, mlip):
+        seen.append((dft, mlip))
+        raise RuntimeError("recorded, not run")
+
+    monkeypatch.setattr(build, "run_material", record)
+    build.main(["--materials", "graphene", "--out", str(tmp_path / "rows.jsonl"), "--workdir", str(tmp_path), *flags])
+    assert len(seen) == 1
+    assert not (tmp_path / "rows.jsonl").exists()  # a failed material writes no row
+    return seen[0]
+
+
+def test_a_row_is_built_with_dgh_dft_s_own_protocol_unless_told_otherwise(build, monkeypatch, tmp_path):
+    from gen2d_dgh_dft import DFT_PROTOCOL
+
+    dft, _ = _scorers_main_would_run(build, monkeypatch, tmp_path)
+    assert dft.refine.fmax == DFT_PROTOCOL["fmax"] == 0.1
+    assert dft.refine.prerelax == DFT_PROTOCOL["prerelax"] == "chgnet"
+    assert tuple(dft.refine.spin_starts) == tuple(DFT_PROTOCOL["spin_starts"]) == (0.0,)
+    # the older protocol stays one flag away: clean-slab start, no spin check, a tighter criterion
+    dft, _ = _scorers_main_would_run(
+        build, monkeypatch, tmp_path, "--prerelax", "none", "--spin-starts", "--fmax", "0.05"
+    )
+    assert dft.refine.prerelax is None
+    assert tuple(dft.refine.spin_starts) == ()
+    assert dft.refine.fmax == 0.05
