@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--calculator", default="chgnet")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="the calculator's model or checkpoint (a fine-tuned model's folder, e.g. a chgnet-her candidate before "
+        "it ships); default the calculator's own",
+    )
     ap.add_argument("--max-atoms", type=int, default=24)
     ap.add_argument("--max-elements", type=int, default=3)
     ap.add_argument("--cache-dir", default=None, help="reference cache (default: a new empty one, cold start)")
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = get_scorer(
         named if own else "ehull.chgnet",
         **({} if own else {"calculator": args.calculator}),
+        **({"model": args.model} if args.model else {}),
         provider="mlip-prototypes",
         provider_options={"cache_dir": cache_dir, "stacked_layers": not args.no_stacked},
         progress=False,
