@@ -256,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             "energy_drift_max_mev_per_atom": float(np.max(de)),
             "energy_drift_mean_signed_mev_per_atom": _stats(signed),
             "force_drift_mae_ev_per_a": float(np.mean(df)),
+            # where forgetting is worst: the replay structures whose energy moved most
+            "largest": [
+                {
+                    "replay_id": fs[i].info["replay_id"],
+                    "formula": fs[i].get_chemical_formula(),
+                    "n_atoms": len(fs[i]),
+                    "energy_drift_mev_per_atom": float(signed[i]),
+                }
+                for i in np.argsort(de)[::-1][:3]
+            ],
         }
         r = report["replay_drift"][name]
         print(
@@ -263,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(max {r['energy_drift_max_mev_per_atom']:.1f}, mean signed {r['energy_drift_mean_signed_mev_per_atom']:+.1f})"
             f"  forces {r['force_drift_mae_ev_per_a']:.3f}"
         )
+        for w in r["largest"]:
+            print(f"    {w['energy_drift_mev_per_atom']:+7.1f} meV/atom  {w['formula']:12s} {w['replay_id']}")
 
     print("4. E_hull at stored geometry (eV/atom), base -> tuned")
     report["e_hull"] = hull_rows(evaluators, data_dir)
