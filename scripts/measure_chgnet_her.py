@@ -247,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if not fs:
             continue
         labels = evaluators["tuned"](fs)
-        de = [abs(e - f.info["target_energy"]) / len(f) * 1000 for f, (e, _) in zip(fs, labels)]
-        df = np.concatenate([np.abs(fc - f.arrays["forces"]).ravel() for f, (_, fc) in zip(fs, labels)])
         signed = [(e - f.info["target_energy"]) / len(f) * 1000 for f, (e, _) in zip(fs, labels)]
+        de = [abs(x) for x in signed]
+        df = np.concatenate([np.abs(fc - f.arrays["forces"]).ravel() for f, (_, fc) in zip(fs, labels)])
         report["replay_drift"][name] = {
             "n": len(fs),
             "energy_drift_mae_mev_per_atom": _stats(de),
