@@ -513,3 +513,47 @@ def test_report_lists_below_hull_layers_with_the_missing_reference(memory_store,
     assert top[clean_id]["hit"] is True
     assert rep["sources"][0]["stable"] == 1  # the below-hull layer is not counted stable
     assert "Below the reference hull" in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_a_top_k_stage_gives_the_slot_of_a_candidate_its_scorer_can_never_score_to_the_next(memory_store):
+    """Ranked MoS₂ candidates, the best one with a lattice the toy scorer refuses (as dgh.dft refuses an element
+    its basis set lacks): the top 2 are the refused one (its failure is stored at once, at no cost) and the next
+    two; a scorer without a rule of its own takes the plain top 2."""
+    from gen2d import jobs
+    from gen2d.schemas import Rank
+    from gen2d.scoring import BaseScorer
+
+    cs = memory_store
+    ids = _mos2_candidates(cs, 5)
+    for k, cid in enumerate(ids):  # ids[0] ranks first
+        cs.set_rank(cid, Rank(n_properties=1, screen_score=1.0 - 0.1 * k))
+    refused_a = cs.get(ids[0]).get_structure().lattice.a
+
+    class Refuser(BaseScorer):
+        name, property, unit = "dgh.refuser", "dg_h", "eV"
+
+        def cannot_score(self, structure):
+            if abs(structure.lattice.a - refused_a) < 1e-6:
+                return "unsupported_element", "no basis"
+            return None
+
+        def score(self, structures, context=None):
+            return [
+                ScoreResult.failed("dg_h", "eV", *self.cannot_score(s), Provenance(plugin=self.name))
+                if self.cannot_score(s)
+                else ScoreResult(property="dg_h", value=0.1, unit="eV", provenance=Provenance(plugin=self.name))
+                for s in structures
+            ]
+
+    assert jobs.candidates_to_score(cs, "dgh.refuser", sc=Refuser(), top_k=2) == ids[:3]
+    # restricted to given ids, the top k stays the top k of all: ids[1] and ids[2], of which ids[2] was given
+    assert jobs.candidates_to_score(cs, "dgh.refuser", sc=Refuser(), candidate_ids=ids[2:], top_k=2) == [ids[2]]
+
+    class Plain(Refuser):
+        cannot_score = BaseScorer.cannot_score
+
+    assert jobs.candidates_to_score(cs, "dgh.plain", sc=Plain(), top_k=2) == ids[:2]
+    # once the refused candidate holds its failure, it is no longer work left; the next two still are
+    cs.set_score(ids[0], "dgh.refuser", Refuser().score([cs.get(ids[0]).get_structure()])[0])
+    assert get_score(cs.get(ids[0]), "dgh.refuser")["failure"]["reason"] == "unsupported_element"
+    assert jobs.candidates_to_score(cs, "dgh.refuser", sc=Refuser(), top_k=2) == ids[1:3]

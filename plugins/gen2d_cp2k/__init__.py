@@ -25,7 +25,15 @@ from ase.calculators.cp2k import CP2K
 
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
-from gen2d_cp2k.settings import ANNEAL_FIELDS, Cp2kSettings, ScfFallback, build_input, restart_suffix, wants_spin
+from gen2d_cp2k.settings import (
+    ANNEAL_FIELDS,
+    Cp2kSettings,
+    ScfFallback,
+    build_input,
+    missing_data,
+    restart_suffix,
+    wants_spin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ __all__ = [
     "FalseConvergence",
     "available",
     "make_calculator",
+    "missing_data",
     "abort_message",
     "scf_abort",
     "scf_diverged",

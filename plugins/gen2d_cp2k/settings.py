@@ -7,6 +7,7 @@ dipole correction along z for slabs, Γ point or a Monkhorst–Pack mesh.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -260,6 +261,45 @@ def valence_electrons(element: str, potential: str = "GTH-PBE", data_dir: str | 
                     if name.startswith(potential + "-q"):
                         return int(name.rsplit("-q", 1)[1])
     raise KeyError(f"no {potential} pseudopotential for {element} in {path}")
+
+
+@functools.lru_cache(maxsize=8)
+def _names_in(path: str) -> frozenset[tuple[str, str]]:
+    """(element, name) of every basis set or potential header line of a CP2K data file, aliases included."""
+    found: set[tuple[str, str]] = set()
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            parts = line.split()
+            # a header: an element symbol, then names (a data line starts with a number, a comment with #)
+            if len(parts) >= 2 and parts[0][:1].isalpha() and parts[0][:1].isupper() and len(parts[0]) <= 2:
+                found.update((parts[0], name) for name in parts[1:])
+    return frozenset(found)
+
+
+def missing_data(symbols, settings: Cp2kSettings, data_dir: str | None = None) -> dict[str, str]:
+    """Elements of ``symbols`` that these settings cannot describe, each with what is missing: the basis set
+    (``settings.basis_for``) in ``settings.basis_set_file``, or the potential in ``settings.potential_file``.
+
+    Empty when every element is covered. The lanthanides, for one, have GTH-PBE potentials but no MOLOPT basis
+    in CP2K's ``BASIS_MOLOPT``, and CP2K would only say so once the run starts.
+    Raises :class:`gen2d_cp2k.paths.Cp2kUnavailable` when the data files are not found.
+    """
+    from gen2d_cp2k.paths import data_file
+
+    basis_path = data_file(settings.basis_set_file, data_dir)
+    potential_path = data_file(settings.potential_file, data_dir)
+    bases = _names_in(str(basis_path)) if basis_path.is_file() else frozenset()
+    potentials = _names_in(str(potential_path))
+    out: dict[str, str] = {}
+    for element in sorted(set(symbols)):
+        lacks = []
+        if (element, settings.basis_for(element)) not in bases:
+            lacks.append(f"no {settings.basis_for(element)} basis in {basis_path}")
+        if (element, settings.potential) not in potentials:
+            lacks.append(f"no {settings.potential} potential in {potential_path}")
+        if lacks:
+            out[element] = "; ".join(lacks)
+    return out
 
 
 def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> tuple[bool, int]:

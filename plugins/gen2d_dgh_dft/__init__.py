@@ -307,10 +307,30 @@ class DFTAdsorptionScorer(BaseScorer):
         length = self.refine.min_inplane_length
         return supercell_repeats(lattice, length, fold_k=True) != supercell_repeats(lattice, length)
 
+    def cannot_score(self, structure: Structure) -> tuple[str, str] | None:
+        """``unsupported_element`` when the CP2K data files lack a basis set or potential of these settings for
+        one of the structure's elements (the lanthanides have no MOLOPT basis); None otherwise, and where CP2K's
+        data is not found (``calculator_unavailable`` says that, and is retried)."""
+        from gen2d_cp2k import Cp2kUnavailable, missing_data
+
+        try:
+            symbols = [el.symbol for el in structure.composition.elements] + ["H"]
+            missing = missing_data(symbols, self.cp2k)
+        except (Cp2kUnavailable, OSError):
+            return None
+        except (AttributeError, ValueError):  # not a structure with elements: the ingest check names it
+            return None
+        if not missing:
+            return None
+        return "unsupported_element", "CP2K cannot describe " + "; ".join(f"{el}: {why}" for el, why in missing.items())
+
     def score_one(self, structure: Structure, ctx: dict | None = None) -> ScoreResult:
         ok, why = self.available()
         if not ok:
             return ScoreResult.failed(self.property, self.unit, "calculator_unavailable", why, self.provenance())
+        refused = self.cannot_score(structure)
+        if refused is not None:  # before the MLIP stage and any CP2K process: nothing is spent on it
+            return ScoreResult.failed(self.property, self.unit, *refused, self.provenance())
         notes: list[str] = []
         try:
             from gen2d.structures import validate_ingest

@@ -8,6 +8,7 @@ wrote, and its rerun skips finished work. Checkpoints travel as blobs in the Job
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import tempfile
 import uuid
@@ -22,6 +23,8 @@ from gen2d.ranking import RankThresholds, rank_candidates
 from gen2d.scoring import BaseScorer, ScoreResult, as_scorer, get_generator, get_scorer, score_in_batches, trains
 from gen2d.store import Candidate, CandidateStore, SourceInfo, get_score, make_candidate, open_store, score_is_current
 from gen2d.structures import validate_ingest
+
+log = logging.getLogger(__name__)
 
 
 def _cpu_seconds() -> float:
@@ -330,21 +333,51 @@ def candidates_to_score(
     if candidate_ids is not None:
         crit["candidate_id"] = {"$in": list(candidate_ids)}
     if top_k:
-        ranked = list(
-            cs.query(
-                base,
-                sort=[("rank.n_properties", -1), ("rank.screen_score", -1)],
-                limit=top_k,
-                properties=["candidate_id"],
-            )
-        )
-        best = [d["candidate_id"] for d in ranked]
-        if candidate_ids is not None:
-            given = set(candidate_ids)
-            best = [cid for cid in best if cid in given]
+        best = _top_k_scorable(cs, sc, base, top_k, candidate_ids)
         crit["candidate_id"] = {"$in": best}
     missing = cs.candidates_missing(scorer, crit, sc.current, properties=["candidate_id"], retry=sc.retry_failures)
     return [d["candidate_id"] for d in missing]
+
+
+#: how far down the ranking a top-k stage looks for scorable candidates: this many times k
+TOP_K_LOOKAHEAD = 10
+
+
+def _top_k_scorable(
+    cs: CandidateStore, sc: BaseScorer, base: dict[str, Any], top_k: int, candidate_ids: list[str] | None
+) -> list[str]:
+    """The ids of the best ``top_k`` candidates by rank (most properties known first, then the screening
+    desirability) that ``sc`` can score, plus those above them it can never score (:meth:`BaseScorer.cannot_score`):
+    scoring those stores their named failure at once, and their slots go to the next candidates down, within
+    :data:`TOP_K_LOOKAHEAD` × ``top_k`` of the top."""
+    ranked = cs.query(
+        base,
+        sort=[("rank.n_properties", -1), ("rank.screen_score", -1)],
+        limit=top_k * TOP_K_LOOKAHEAD,
+        properties=["candidate_id"],
+    )
+    given = set(candidate_ids) if candidate_ids is not None else None
+    # only a scorer with its own rule needs the structures
+    checks = type(sc).cannot_score is not BaseScorer.cannot_score
+    chosen: list[str] = []
+    n_scorable = 0
+    for doc in ranked:
+        cid = doc["candidate_id"]
+        refused = None
+        if checks:
+            cand = cs.get(cid)
+            refused = sc.cannot_score(cand.get_structure()) if cand is not None else None
+        if given is None or cid in given:  # the top k of all, restricted to the given ids
+            chosen.append(cid)
+        if refused is None:
+            n_scorable += 1
+            if n_scorable >= top_k:
+                break
+        else:
+            log.info(
+                "%s cannot score %s (%s): the next candidate takes its top-%d slot", sc.name, cid, refused[0], top_k
+            )
+    return chosen
 
 
 def score_candidates(

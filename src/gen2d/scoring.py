@@ -271,6 +271,13 @@ class BaseScorer:
         """Score a batch; one result per structure, in order. A failure is a failed result, never an exception."""
         raise NotImplementedError(f"{type(self).__name__} does not implement score()")
 
+    def cannot_score(self, structure: Structure) -> tuple[str, str] | None:
+        """(failure reason, message) when this scorer can never score ``structure``, known without running
+        anything (an element its model or basis set lacks); None when it may. A flow stage that scores only the
+        top k (:func:`gen2d.jobs.candidates_to_score`) gives such a candidate's slot to the next one, and its
+        scoring stores the named failure at once. The default: None."""
+        return None
+
     def explain(self, structure: Structure) -> dict[str, Any]:
         """What the scorer does with one structure; by default its full result."""
         return {
@@ -348,6 +355,10 @@ class _ProtocolScorer(BaseScorer):
 
     def score(self, structures, context=None):
         return self.wrapped.score(structures, context)
+
+    def cannot_score(self, structure):
+        own = getattr(self.wrapped, "cannot_score", None)
+        return own(structure) if callable(own) else None
 
     def explain(self, structure):
         own = getattr(self.wrapped, "explain", None)

@@ -140,6 +140,37 @@ def test_missing_executable_is_a_named_unavailability(monkeypatch, tmp_path):
     assert not res.ok and res.failure.reason == "calculator_unavailable"
 
 
+@needs_cp2k
+def test_an_element_without_a_basis_set_is_named_before_any_dft_or_mlip_work(tmp_path, monkeypatch):
+    """CP2K's BASIS_MOLOPT has no MOLOPT basis for the lanthanides (their GTH-PBE potentials exist): dgh.dft refuses
+    such a layer by name before its MLIP stage, and spends nothing on it."""
+    from conftest import make_mos2
+    from gen2d_cp2k import missing_data
+
+    from gen2d.scoring import get_scorer
+
+    assert missing_data(["Mo", "S", "H"], Cp2kSettings()) == {}
+    missing = missing_data(["S", "Pr"], Cp2kSettings())
+    assert list(missing) == ["Pr"]
+    assert "DZVP-MOLOPT-SR-GTH basis" in missing["Pr"] and "potential" not in missing["Pr"]
+    assert "S" in missing_data(["S"], Cp2kSettings(basis_overrides={"S": "NO-SUCH-BASIS"}))
+    assert "potential" in missing_data(["S"], Cp2kSettings(potential="GTH-NOPE"))["S"]
+
+    scorer = get_scorer("dgh.dft", workdir=str(tmp_path / "dft"))
+
+    def no_mlip(*args, **kwargs):
+        raise AssertionError("the MLIP stage ran for a structure DFT cannot describe")
+
+    monkeypatch.setattr(scorer, "_mlip_stage", no_mlip)
+    prs2 = make_mos2()
+    prs2.replace_species({"Mo": "Pr"})
+    assert scorer.cannot_score(make_mos2()) is None
+    (res,) = scorer.score([prs2])
+    assert not res.ok and res.failure.reason == "unsupported_element" and "Pr" in res.failure.message
+    assert res.failure.reason not in scorer.retry_failures  # the basis will not appear by itself
+    assert not (tmp_path / "dft").exists() or not any((tmp_path / "dft").iterdir())
+
+
 def test_dgh_dft_threads_come_from_the_environment_unless_the_job_says(monkeypatch, tmp_path):
     from gen2d.scoring import get_scorer
 
