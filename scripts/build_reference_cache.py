@@ -13,7 +13,8 @@ never uses them: it recomputes.
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/build_reference_cache.py \\
         --elements Mo,W,Nb,Ta,V,Ti,S,Se,Te,C --out src/gen2d/assets/references
 
-When a new prototype-library version only adds binary prototypes or narrows which decorations are built,
+When a new prototype-library version only adds binary prototypes, narrows which decorations are built, or changes
+only starts outside the space (the start-density floor of v6; the script checks that none of the space is changed),
 ``--derive-from OLD`` makes the new cache from an older one (same MLIP checkpoint, fmax and steps): every old
 entry that the current library still builds is kept as it was relaxed, entries it no longer builds are left
 out, and only the decorations of prototypes the old library did not have are relaxed, through the provider's
@@ -193,6 +194,27 @@ def _site_counts(proto: Any) -> tuple[float, float]:
     return s.composition["Li"], s.composition["Be"]
 
 
+def _floored_starts(elements: list[str], binary_prototypes: Any) -> list[str]:
+    """``subsystem:prototype`` of every phase of ``elements`` whose start the density floor
+    (:data:`gen2d.hull.mlip_prototypes.MIN_VOLUME_PER_ATOM`, library v6) changes: an older cache's relaxation of
+    such a phase is not what the current library computes."""
+    from gen2d.hull import BINARY_PROTOTYPES, ELEMENT_PROTOTYPES, binary_decorations, element_polymorphs
+    from gen2d.hull.mlip_prototypes import MIN_VOLUME_PER_ATOM
+
+    out = []
+    for el in elements:
+        for name in element_polymorphs(el):
+            s = ELEMENT_PROTOTYPES[name].build(el, min_volume_per_atom=0.0)
+            if s.volume / len(s) < MIN_VOLUME_PER_ATOM:
+                out.append(f"{el}:{name}")
+    for a, b in combinations(elements, 2):
+        for name, x, y in binary_decorations(a, b, binary_prototypes):
+            s = BINARY_PROTOTYPES[name].build(x, y, min_volume_per_atom=0.0)
+            if s.volume / len(s) < MIN_VOLUME_PER_ATOM:
+                out.append(f"{a}-{b}:{name}({x}{y})")
+    return out
+
+
 def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[str, list], dict[str, Any]]:
     """The current library's entries of ``elements`` made from an older cache (see the module docstring).
 
@@ -220,6 +242,9 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     missing = [s for s in subsystems if s not in docs]
     if missing:
         raise SystemExit(f"cannot derive: the old cache lacks {missing}")
+    floored = _floored_starts(elements, prov.binary_prototypes)
+    if floored:
+        raise SystemExit(f"cannot derive: the start-density floor changes the starts of {floored}; rebuild")
     kept: dict[str, list] = {}
     removed, dropped_before, jobs, owner = [], [], [], []
     for sub in subsystems:
@@ -280,7 +305,8 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
             f"Library v{PROTOTYPE_LIBRARY_VERSION} from the v{was['library_version']} cache in derived_from: every "
             f"entry the current library still builds is that build's relaxation; {len(removed)} it no longer builds "
             f"were left out; the {len(jobs)} decorations of the prototypes it lacked ({', '.join(added) or 'none'}) "
-            "were relaxed here (new_decorations); wall_seconds and cpu_seconds are theirs."
+            "were relaxed here (new_decorations); wall_seconds and cpu_seconds are theirs. The start-density floor "
+            "(MIN_VOLUME_PER_ATOM) changes no start of this space (checked before deriving)."
         ),
         "new_decorations": new,
         "removed_entries": removed,

@@ -489,3 +489,30 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=False, stacked_layers=False)
     with pytest.raises(SystemExit, match="checkpoint_sha256"):
         build.derive(build.read_cache(old_dir), other, ["S", "V"])
+
+
+def test_no_prototype_starts_denser_than_the_floor_and_the_shipped_space_is_untouched_by_it():
+    """Covalent radii pack H with F into pyrite H₂F at 0.78 Å³/atom, a start whose MLIP graph is enormous; the floor
+    (denser than any crystal at ambient pressure) lifts such starts and nothing else: the shipped cache's space
+    builds exactly as before it, which is what lets that cache be re-keyed instead of relaxed again."""
+    from gen2d.hull.mlip_prototypes import MIN_VOLUME_PER_ATOM
+
+    pyrite = BINARY_PROTOTYPES["pyrite"]
+    raw, floored = pyrite.build("F", "H", min_volume_per_atom=0.0), pyrite.build("F", "H")
+    assert raw.volume / len(raw) < 1.0 and floored.volume / len(floored) == pytest.approx(MIN_VOLUME_PER_ATOM)
+    # a uniform expansion: the same fractional coordinates, the same shape
+    assert np.allclose(raw.frac_coords, floored.frac_coords) and np.allclose(raw.lattice.angles, floored.lattice.angles)
+    mos2 = BINARY_PROTOTYPES["mos2_2h"]
+    assert mos2.build("Mo", "S").volume == pytest.approx(mos2.build("Mo", "S", min_volume_per_atom=0.0).volume)
+
+    script = load_script("build_reference_cache")
+    shipped = MLIPPrototypesProvider(calculator=object(), cache_dir=False).shipped_dir
+    space = json.loads((shipped / "MANIFEST.json").read_text())["chemical_space"]
+    assert script._floored_starts(space, list(BINARY_PROTOTYPES)) == []
+    # both decorations of pyrite, rock salt once (symmetric)
+    assert script._floored_starts(["H", "F"], ["pyrite", "rocksalt"]) == [
+        "H-F:pyrite(FH)",
+        "H-F:pyrite(HF)",
+        "H-F:rocksalt(FH)",
+    ]
+    assert script._floored_starts(["C"], []) == script._floored_starts(["H"], []) == []  # no elemental start is

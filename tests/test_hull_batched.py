@@ -55,6 +55,40 @@ def test_chgnet_batch_evaluator_reproduces_the_calculator(chgnet):
     assert np.abs(batched[1]["forces"]).max() > 0.05  # the rattled crystal really has forces to compare
 
 
+def test_a_batch_over_the_memory_budget_is_evaluated_in_chunks_with_the_same_numbers(chgnet):
+    """CHGNet's batched evaluation holds ~25 kB per three-body angle: a batch whose graphs would exceed
+    ``mlip_batch_memory_gb`` is split, and each structure gets exactly what the one-call batch gave it."""
+    from gen2d_chgnet import BatchEvaluator, graph_bytes, memory_chunks
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    assert memory_chunks([3, 3, 3, 9, 1], 6) == [[0, 1], [2], [3], [4]]  # the 9 exceeds the budget and goes alone
+    assert memory_chunks([], 6) == []
+    probes = [bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Si", "diamond", a=5.4), bulk("NaCl", "rocksalt", a=5.6)]
+    probes[0].rattle(0.05, seed=2)
+    graphs = [chgnet.model.graph_converter(AseAtomsAdaptor.get_structure(a)) for a in probes]
+    sizes = [graph_bytes(g) for g in graphs]
+    assert sizes[0] > sizes[2] > 0  # 4 close-packed Cu atoms have more bonds and angles than 2 of rock salt
+    whole = BatchEvaluator(chgnet, memory_budget_gb=100.0)
+    split = BatchEvaluator(chgnet, memory_budget_gb=min(sizes) / 1e9)  # one structure per forward
+    a, b = whole(probes), split(probes)
+    assert whole.n_forwards == 1 and split.n_forwards == 3
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["energy"] - y["energy"]) < 1e-5
+        assert np.abs(x["forces"] - y["forces"]).max() < 1e-5 and np.abs(x["stress"] - y["stress"]).max() < 1e-6
+
+
+def test_the_start_density_floor_shrinks_the_graph_of_a_molecular_pair_to_a_size_a_batch_can_hold(chgnet):
+    from gen2d_chgnet import graph_bytes
+
+    from gen2d.hull import BINARY_PROTOTYPES
+
+    pyrite = BINARY_PROTOTYPES["pyrite"]
+    raw = graph_bytes(chgnet.model.graph_converter(pyrite.build("F", "H", min_volume_per_atom=0.0)))
+    floored = graph_bytes(chgnet.model.graph_converter(pyrite.build("F", "H")))
+    assert raw > 5e9  # one evaluation of the raw start needs more than 5 GB
+    assert floored < raw / 4 and floored < 2e9  # within the default mlip_batch_memory_gb
+
+
 def test_batched_references_match_serial(chgnet):
     # Na (5 polymorphs) + Cl (1) + NaCl in two prototypes: 8 full-cell relaxations, few steps.
     opts = dict(cache_dir=False, binary_prototypes=["rocksalt", "cscl"], steps=60, stacked_layers=False)

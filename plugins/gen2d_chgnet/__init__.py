@@ -84,6 +84,35 @@ make_calculator.available = available
 _CHGNET_EV_A3_TO_GPA = 160.21766208
 
 
+#: Transient memory of one batched CHGNet evaluation (energy, forces, stress) on CPU, per three-body angle and per
+#: bond of its graphs, in bytes: a least-squares fit of ``scripts/bench_mlip_batch_memory.py`` (fcc Cu cells at two
+#: densities, batches of 1 to 16). A 32-structure batch of reference phases reached 7 GB before batches were capped.
+BYTES_PER_ANGLE = 25_000
+BYTES_PER_BOND = 16_000
+
+
+def graph_bytes(graph: Any) -> int:
+    """Estimated transient memory (bytes) of a CHGNet ``CrystalGraph`` in a batched evaluation."""
+    return BYTES_PER_ANGLE * int(graph.bond_graph.shape[0]) + BYTES_PER_BOND * int(graph.atom_graph.shape[0])
+
+
+def memory_chunks(sizes: list[int], budget: float) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group's sum stays within ``budget``; an item larger
+    than the budget goes alone."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if current and total + size > budget:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 class BatchEvaluator:
     """Energy, forces and stress of many structures in one batched CHGNet call (``gen2d_evaluate_batch``).
 
@@ -99,9 +128,12 @@ class BatchEvaluator:
     never takes the batch down. :meth:`verified` compares it once with the calculator itself.
     """
 
-    def __init__(self, calc: Any):
+    def __init__(self, calc: Any, memory_budget_gb: float | None = None):
         self.calc = calc
         self._verified: bool | None = None
+        # None: the ``mlip_batch_memory_gb`` setting at each call
+        self.memory_budget_gb = memory_budget_gb
+        self.n_forwards = 0  # batched forwards run (a batch over the budget takes several)
 
     # evaluation ------------------------------------------------------------------------------------
     def _forward(self, graphs: list) -> list[dict[str, Any]]:
@@ -110,6 +142,7 @@ class BatchEvaluator:
 
         model = self.calc.model
         model.eval()
+        self.n_forwards += 1
         device = next(model.parameters()).device
         graphs = [g.to(device) for g in graphs]
         comp_energy = 0 if model.composition_model is None else model.composition_model(graphs)
@@ -173,8 +206,15 @@ class BatchEvaluator:
             except Exception as exc:
                 out[i] = exc
         if graphs:
-            for i, res in zip(where, self._evaluate_graphs(graphs), strict=True):
-                out[i] = res
+            budget = self.memory_budget_gb
+            if budget is None:
+                from gen2d.settings import get_settings
+
+                budget = get_settings().mlip_batch_memory_gb
+            for chunk in memory_chunks([graph_bytes(g) for g in graphs], budget * 1e9):
+                results = self._evaluate_graphs([graphs[k] for k in chunk])
+                for k, res in zip(chunk, results, strict=True):
+                    out[where[k]] = res
         return out
 
     # self-check ------------------------------------------------------------------------------------

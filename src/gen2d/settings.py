@@ -107,6 +107,14 @@ class Gen2dSettings(BaseSettings):
         validation_alias="GEN2D_CP2K_THREADS",
         description="OpenMP threads of each CP2K process when a job does not say",
     )
+    mlip_batch_memory_gb: float = Field(
+        2.0,
+        gt=0,
+        validation_alias="GEN2D_MLIP_BATCH_MEMORY_GB",
+        description="largest transient memory of one batched MLIP evaluation in a lockstep relaxation (GB); a "
+        "batch whose graphs would need more is evaluated in chunks (same results). CHGNet on CPU needs about "
+        "25 kB per three-body angle and 16 kB per bond (scripts/bench_mlip_batch_memory.py); on a large GPU, raise it",
+    )
     dft_dir: Path | None = Field(
         None, validation_alias="GEN2D_DFT_DIR", description="DFT restart files and frames; default <cache_dir>/dft"
     )

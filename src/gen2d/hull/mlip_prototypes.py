@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
-# v5: patronite VS4 (built as VS4 only).
-PROTOTYPE_LIBRARY_VERSION = "5"
+# v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs of H or
+# other light non-metals; the shipped cache's subsystems build exactly as in v5).
+PROTOTYPE_LIBRARY_VERSION = "6"
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class Prototype:
     a_elements: tuple[str, ...] = ()
     b_elements: tuple[str, ...] = ()
 
-    def build(self, a: str, b: str | None = None) -> Structure:
-        """The prototype decorated with elements ``a`` (and ``b``), scaled to their bond lengths."""
+    def build(self, a: str, b: str | None = None, min_volume_per_atom: float | None = None) -> Structure:
+        """The prototype decorated with elements ``a`` (and ``b``), scaled to their bond lengths, and then to
+        at least ``min_volume_per_atom`` Å³ per atom (default :data:`MIN_VOLUME_PER_ATOM`; 0: no floor)."""
         mapping = {"A": a, "B": b or a}
         species = [mapping[s] for s, _ in self.sites]
         coords = [c for _, c in self.sites]
@@ -83,6 +85,9 @@ class Prototype:
             ratio = 1.0 / closest
         if ratio != 1.0:
             s.scale_lattice(s.volume * ratio**3)
+        floor = MIN_VOLUME_PER_ATOM if min_volume_per_atom is None else min_volume_per_atom
+        if s.volume / len(s) < floor:
+            s.scale_lattice(floor * len(s))
         return s
 
 
@@ -90,6 +95,13 @@ class Prototype:
 STACKED_PREFIX = "stacked."
 # No pair of an isotypically built prototype starts closer than this fraction of its covalent bond length.
 _MIN_CONTACT = 0.65
+#: Å³ per atom: no prototype starts denser. Covalent radii let molecular pairs pack absurdly (pyrite H₂F at 0.78,
+#: L1₂ H₃F at 0.48 Å³/atom), and an MLIP graph at that density is huge: CHGNet's three-body angles grow as the
+#: square of the density, and the pyrite H₂F cell alone took about 7 GB in one evaluation. No crystal at ambient
+#: pressure is this dense (diamond 5.7 Å³/atom); of the 41,872 phases of every element pair up to Bi (no noble
+#: gases, no lanthanides), 89 start below it, all of them pairs of H or other light non-metals (the densest other
+#: starts, fcc and hcp C at 2.48, are kept as they are).
+MIN_VOLUME_PER_ATOM = 2.0
 
 _SPACEGROUPS: dict[str, Any] = {}
 
