@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
-# v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs of H or
-# other light non-metals; the shipped cache's subsystems build exactly as in v5).
+# v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
+# B, C, N, O and F; the shipped cache's subsystems build exactly as in v5).
 PROTOTYPE_LIBRARY_VERSION = "6"
 
 
@@ -99,7 +99,7 @@ _MIN_CONTACT = 0.65
 #: L1₂ H₃F at 0.48 Å³/atom), and an MLIP graph at that density is huge: CHGNet's three-body angles grow as the
 #: square of the density, and the pyrite H₂F cell alone took about 7 GB in one evaluation. No crystal at ambient
 #: pressure is this dense (diamond 5.7 Å³/atom); of the 41,872 phases of every element pair up to Bi (no noble
-#: gases, no lanthanides), 89 start below it, all of them pairs of H or other light non-metals (the densest other
+#: gases, no lanthanides), 89 start below it, all of them pairs among H, B, C, N, O and F (the densest other
 #: starts, fcc and hcp C at 2.48, are kept as they are).
 MIN_VOLUME_PER_ATOM = 2.0
 
