@@ -253,27 +253,32 @@ def valence_electrons(element: str, potential: str = "GTH-PBE", data_dir: str | 
     from gen2d_cp2k.paths import data_file
 
     path = data_file("GTH_POTENTIALS", data_dir)
-    with open(path) as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == element and potential in parts[1:]:
-                for name in parts[1:]:
-                    if name.startswith(potential + "-q"):
-                        return int(name.rsplit("-q", 1)[1])
+    for symbol, names in _headers(str(path)):
+        if symbol == element and potential in names:
+            for name in names:
+                if name.startswith(potential + "-q"):
+                    return int(name.rsplit("-q", 1)[1])
     raise KeyError(f"no {potential} pseudopotential for {element} in {path}")
 
 
 @functools.lru_cache(maxsize=8)
-def _names_in(path: str) -> frozenset[tuple[str, str]]:
-    """(element, name) of every basis set or potential header line of a CP2K data file, aliases included."""
-    found: set[tuple[str, str]] = set()
+def _headers(path: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(element, names) of every basis set or potential header line of a CP2K data file, aliases included, read
+    once per file: a header is an element symbol followed by names (a data line starts with a number, a comment
+    with #)."""
+    found = []
     with open(path, errors="replace") as fh:
         for line in fh:
             parts = line.split()
-            # a header: an element symbol, then names (a data line starts with a number, a comment with #)
             if len(parts) >= 2 and parts[0][:1].isalpha() and parts[0][:1].isupper() and len(parts[0]) <= 2:
-                found.update((parts[0], name) for name in parts[1:])
-    return frozenset(found)
+                found.append((parts[0], tuple(parts[1:])))
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=8)
+def _names_in(path: str) -> frozenset[tuple[str, str]]:
+    """(element, name) of every header of a CP2K data file (:func:`_headers`)."""
+    return frozenset((symbol, name) for symbol, names in _headers(path) for name in names)
 
 
 def missing_data(symbols, settings: Cp2kSettings, data_dir: str | None = None) -> dict[str, str]:

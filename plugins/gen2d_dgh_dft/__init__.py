@@ -316,9 +316,8 @@ class DFTAdsorptionScorer(BaseScorer):
         try:
             symbols = [el.symbol for el in structure.composition.elements] + ["H"]
             missing = missing_data(symbols, self.cp2k)
-        except (Cp2kUnavailable, OSError):
-            return None
-        except (AttributeError, ValueError):  # not a structure with elements: the ingest check names it
+        # no CP2K data (calculator_unavailable names it), or not a structure with elements (the ingest check does)
+        except (Cp2kUnavailable, OSError, AttributeError, ValueError):
             return None
         if not missing:
             return None
