@@ -183,7 +183,13 @@ def cmd_speed(args) -> None:
     pairs = [(lab, Structure.from_dict(lab["relaxed_slab"])) for lab in ok]
     pairs = [(lab, s) for lab, s in pairs if validate_ingest(s).ok][: args.n]
     ok, slabs = [lab for lab, _ in pairs], [s for _, s in pairs]
-    recipes = {"benchmark": LABEL_RECIPE, "default": {"device": "cpu"}}
+    # default: dgh.mlip's defaults (SevenNet-l3i5); sevennet-0: the same with the cheaper SevenNet-0, the default
+    # model until the DFT-set fidelity table chose l3i5 (the speed-up figures in docs/scorers/ were measured on it)
+    recipes = {
+        "benchmark": LABEL_RECIPE,
+        "default": {"device": "cpu"},
+        "sevennet-0": {"device": "cpu", "calculator": "sevennet", "model": "7net-0"},
+    }
     figures = {"n": len(ok), "recipes": {}}
     surrogate = DimeNetDGHScorer(checkpoint_dir=args.checkpoint_dir, device="cpu")
     surrogate.score(slabs[:2])  # checkpoints and basis loaded outside the timing
@@ -202,7 +208,7 @@ def cmd_speed(args) -> None:
         model = calculator_key(scorer.calculator())[0]
         scorer.score([slabs[0]], [{"e_hull": _relaxed_context(slabs[0], model)}])  # model + H2 reference warm
         cpu = []
-        n = args.n if name == "benchmark" else min(args.n, args.n_default)
+        n = args.n if name == "benchmark" else min(args.n, args.n_default)  # the SevenNet recipes are slow
         for lab, slab in zip(ok[:n], slabs[:n]):
             t0 = time.process_time()
             res = scorer.score([slab], [{"e_hull": _relaxed_context(slab, model)}])[0]
@@ -510,8 +516,10 @@ def main(argv=None) -> int:
     )
     sp = sub.add_parser("speed")
     sp.add_argument("--n", type=int, default=30)
-    sp.add_argument("--n-default", type=int, default=10, help="layers timed with the (slow) default recipe")
-    sp.add_argument("--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default"])
+    sp.add_argument("--n-default", type=int, default=10, help="layers timed with each slow (SevenNet) recipe")
+    sp.add_argument(
+        "--recipes", nargs="+", default=["benchmark", "default"], choices=["benchmark", "default", "sevennet-0"]
+    )
     sp.add_argument("--checkpoint-dir", default=None, help="surrogate ensemble; default: the shipped one")
     cal = sub.add_parser("calibrate")
     cal.add_argument("--checkpoint-dir", default=None, help="ensemble with a MANIFEST.json; default: the shipped one")

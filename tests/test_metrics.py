@@ -131,6 +131,30 @@ def test_mean_ci_on_a_known_sample():
     assert mean_ci([])["mean"] is None
 
 
+def test_paired_mae_difference_is_antisymmetric_and_its_interval_holds_the_estimate():
+    from gen2d.metrics import paired_mae_difference
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(1.0, 1.0, 12)
+    a = ref + rng.normal(0, 0.1, 12)  # a close model
+    b = ref - 0.8 + rng.normal(0, 0.3, 12)  # a biased one
+    ab, ba = paired_mae_difference(a, b, ref), paired_mae_difference(b, a, ref)
+    mae = lambda p: float(np.mean(np.abs(p - ref)))  # noqa: E731
+    assert ab["mae_difference"] == pytest.approx(mae(a) - mae(b)) and ab["mae_difference"] < 0
+    assert ba["mae_difference"] == pytest.approx(-ab["mae_difference"])
+    assert ab["low"] <= ab["mae_difference"] <= ab["high"] < 0  # b is worse on every row: zero is outside
+    assert ab["a_closer"] == ba["b_closer"] == 12 and ab["n"] == 12
+    assert ba["low"] == pytest.approx(-ab["high"]) and ba["high"] == pytest.approx(-ab["low"])
+    # rows with a missing value are left out of both; identical models differ by zero, with no interval
+    b_nan = b.copy()
+    b_nan[0] = np.nan
+    assert paired_mae_difference(a, b_nan, ref)["n"] == 11
+    same = paired_mae_difference(a, a, ref)
+    assert same["mae_difference"] == 0.0 and same["low"] is None and same["a_closer"] == same["b_closer"] == 0
+    with pytest.raises(ValueError, match="equal 1-D"):
+        paired_mae_difference(a, b[:5], ref)
+
+
 def test_stable_sun_and_hit_rates_count_invalid_and_duplicates_correctly():
     from gen2d.metrics import ConfirmationRate, HitRate, HitsPerCPUHour, StableRate, SUNRate
     from gen2d.scoring import RankThresholds
