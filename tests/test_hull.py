@@ -414,6 +414,49 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     assert check.element_entries("W") == [] and "W" not in check.shipped_hits
 
 
+def test_a_stopped_reference_run_keeps_every_chunk_it_finished(tmp_path):
+    """Missing subsystems are relaxed in chunks of whole subsystems, each cached as it ends: a run stopped in
+    its third chunk keeps the first two, and the next run relaxes only what is left."""
+
+    class Stopped(Exception):
+        pass
+
+    def provider(**kw):
+        return MLIPPrototypesProvider(_KeyOnlyCalc("c" * 64), cache_dir=tmp_path, shipped=False, **kw)
+
+    calls: list[list[str]] = []
+
+    def relax(jobs, label, stop_at=None):
+        calls.append(label.split(", "))
+        if len(calls) == stop_at:
+            raise Stopped(label)
+        return [None] * len(jobs)  # every phase dropped: an empty, but cached, subsystem
+
+    elements = ["Mo", "S", "W", "Se"]  # 4 elements + 6 pairs
+    first = provider(checkpoint_jobs=40, stacked_layers=False)
+    first._relax_jobs = lambda jobs, label: relax(jobs, label, stop_at=3)
+    subsystems = first._subsystems(elements)
+    sizes = {sub: len(first._subsystem_jobs(sub)) for sub in subsystems}
+    with pytest.raises(Stopped):
+        first.prefetch([elements])
+    done = [sub for chunk in calls[:2] for sub in chunk]
+    assert calls[0] + calls[1] + calls[2] == subsystems[: len(calls[0] + calls[1] + calls[2])]  # in order, whole
+    for chunk in calls[:2]:  # each finished chunk reached the size (the last subsystem may overshoot it)
+        assert sum(sizes[s] for s in chunk) >= 40 and sum(sizes[s] for s in chunk[:-1]) < 40
+    cached = {p.name.removesuffix(".json.gz") for p in tmp_path.rglob("*.json.gz")}
+    assert cached == set(done)
+
+    calls.clear()
+    again = provider(checkpoint_jobs=40, stacked_layers=False)
+    again._relax_jobs = lambda jobs, label: relax(jobs, label)
+    assert again.prefetch([elements]) == len(subsystems) - len(done)
+    assert not set(done) & {s for chunk in calls for s in chunk}  # nothing relaxed twice
+    # checkpoint_jobs=0: one chunk, as before; the grouping never enters the cache key
+    whole = provider(checkpoint_jobs=0, stacked_layers=False)
+    assert len(whole._checkpoint_chunks({s: [None] * sizes[s] for s in subsystems})) == 1
+    assert whole._key("Mo-S") == again._key("Mo-S")
+
+
 def test_default_shipped_reference_cache_is_the_packaged_one():
     # gen2d.hull became a package: the default still points at gen2d/assets/references, which exists
     from importlib import resources

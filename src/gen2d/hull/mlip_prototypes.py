@@ -333,6 +333,11 @@ class MLIPPrototypesProvider:
         without a batched evaluator relax serially anyway. Not part of the cache key.
     max_batch : int
         Largest number of structures evaluated together.
+    checkpoint_jobs : int
+        The missing subsystems of one call are relaxed in chunks of at least this many phases (whole
+        subsystems, in order), and each chunk is cached before the next starts, so a stopped run loses at
+        most one chunk; 0 relaxes them all together and caches at the end. Not part of the cache key: the
+        energies do not depend on the grouping. Default 128 (four lockstep batches of 32).
     shipped : bool or path
         Also read the read-only reference cache shipped with gen2d (``gen2d/assets/references``, built by
         ``scripts/build_reference_cache.py`` for one chemical space; its MANIFEST says how), or the
@@ -361,6 +366,7 @@ class MLIPPrototypesProvider:
         max_batch: int = 32,
         shipped: bool | str | os.PathLike = True,
         stacked_layers: bool | Any = True,
+        checkpoint_jobs: int = 128,
     ):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
@@ -377,6 +383,7 @@ class MLIPPrototypesProvider:
         self.progress = progress
         self.batched = bool(batched)
         self.max_batch = int(max_batch)
+        self.checkpoint_jobs = max(0, int(checkpoint_jobs))
         self._memory: dict[str, list[ComputedEntry]] = {}
         if shipped is True:
             shipped = Path(__file__).resolve().parents[1] / "assets" / "references"  # gen2d/assets
@@ -557,18 +564,26 @@ class MLIPPrototypesProvider:
                 missing.append(sub)
             else:
                 out[sub] = cached
-        if missing:
-            jobs, owner = [], []
-            for sub in missing:
-                sub_jobs = self._subsystem_jobs(sub)
-                jobs.extend(sub_jobs)
-                owner.extend([sub] * len(sub_jobs))
-            entries = self._relax_jobs(jobs, ", ".join(missing))
-            for sub in missing:
+        for chunk in self._checkpoint_chunks({sub: self._subsystem_jobs(sub) for sub in missing}):
+            # each chunk is relaxed together and cached before the next starts: a stopped run keeps its chunks
+            jobs = [job for sub_jobs in chunk.values() for job in sub_jobs]
+            owner = [sub for sub, sub_jobs in chunk.items() for _ in sub_jobs]
+            entries = self._relax_jobs(jobs, ", ".join(chunk))
+            for sub in chunk:
                 found = [e for e, o in zip(entries, owner, strict=True) if o == sub and e is not None]
                 self._write_cache(self._key(sub), sub, found)
                 out[sub] = found
         return out
+
+    def _checkpoint_chunks(self, jobs: dict[str, list]) -> list[dict[str, list]]:
+        """The missing subsystems' jobs, grouped in order into chunks of at least ``checkpoint_jobs`` phases (whole
+        subsystems; the last chunk may be smaller); everything in one chunk when ``checkpoint_jobs`` is 0."""
+        chunks: list[dict[str, list]] = []
+        for sub, sub_jobs in jobs.items():
+            if not chunks or (self.checkpoint_jobs and sum(map(len, chunks[-1].values())) >= self.checkpoint_jobs):
+                chunks.append({})
+            chunks[-1][sub] = sub_jobs
+        return chunks
 
     def _subsystems(self, elements: Iterable[str]) -> list[str]:
         elements = sorted(set(elements))
@@ -616,7 +631,8 @@ class MLIPPrototypesProvider:
         return all(self._read_cache(self._key(sub)) is not None for sub in self._subsystems(elements))
 
     def prefetch(self, element_sets: Iterable[Iterable[str]]) -> int:
-        """Relax, in one lockstep run, every subsystem of ``element_sets`` not cached yet.
+        """Relax, in lockstep runs of ``checkpoint_jobs`` phases each cached as it ends, every subsystem of
+        ``element_sets`` not cached yet.
 
         A scoring batch calls this with its candidates' elements so that all their missing reference
         phases share batched MLIP calls. Returns the number of subsystems that were missing.
