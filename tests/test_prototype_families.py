@@ -1,5 +1,5 @@
-"""The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4
-and alpha-S8.
+"""The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4,
+alpha-S8 and ice XI.
 
 Each prototype must build to the crystal it is cited for (space group, formula, bond lengths), and CHGNet must
 keep that crystal: relaxed with full cell, the template compound keeps its space group and its measured lattice.
@@ -21,6 +21,7 @@ ZRSE3_EXP = (5.4109, 3.7488, 9.4440, 97.48)  # P2_1/m; AFLOW A3B_mP8_11_3e_e-001
 TIS3_EXP = (4.958, 3.4006, 8.778, 97.32)  # P2_1/m; Furuseth et al., Acta Chem. Scand. A 29, 623 (1975)
 S8_EXP = (10.4646, 12.8660, 24.4860)  # Fddd; Rettig and Trotter, Acta Cryst. C 43, 2260 (1987)
 VS4_EXP = (12.72204, 10.42, 6.78, 110.76689)  # C2/c; Allmann et al. (1964) via AFLOW A4B_mC40_15_4f_f-001
+ICE_XI_EXP = (4.465, 7.859, 7.292)  # Cmc2_1 at 5 K; Line and Whitworth, J. Chem. Phys. 104, 10008 (1996)
 
 
 def _bonds(s, a: str, b: str, cutoff: float) -> list[float]:
@@ -120,6 +121,33 @@ def test_vs4_only_as_vs4():
     assert _bonds(s, "Te", "Te", 3.0)[0] == pytest.approx(2.031 * _covalent_ratio("Ta", "Te"), abs=2e-3)
 
 
+def test_ice_xi_obeys_the_ice_rules_and_is_polar_along_c():
+    s = BINARY_PROTOTYPES["ice_xi"].build("O", "H")
+    assert _spacegroup(s) == 36 and s.composition.reduced_formula == "H2O" and len(s) == 12
+    o = [i for i, site in enumerate(s) if site.specie.symbol == "O"]
+    h = [i for i, site in enumerate(s) if site.specie.symbol == "H"]
+    for i in o:  # every O: two H of its own at 1.00 Å (a molecule), four O neighbours at 2.76 Å (tetrahedral)
+        own = [nn.nn_distance for nn in s.get_neighbors(s[i], 1.2) if nn.specie.symbol == "H"]
+        assert own == pytest.approx([1.0, 1.0], abs=1e-3)
+        assert [nn.nn_distance for nn in s.get_neighbors(s[i], 3.0) if nn.specie.symbol == "O"] == pytest.approx(
+            [2.76] * 4, abs=0.01
+        )
+    for i in h:  # every H: one O at 1.00 Å, and the O it bonds to at 1.76 Å on the same line (one H per O···O)
+        d = sorted(nn.nn_distance for nn in s.get_neighbors(s[i], 2.0) if nn.specie.symbol == "O")
+        assert d == pytest.approx([1.0, 1.76], abs=0.01)
+    # the H-O-H angle is the framework's tetrahedral one; the molecular dipoles add up along c only (ferroelectric)
+    dipole = np.zeros(3)
+    for i in o:
+        arms = [nn.coords - s[i].coords for nn in s.get_neighbors(s[i], 1.2)]
+        cos = np.dot(*arms) / np.prod([np.linalg.norm(x) for x in arms])
+        assert np.degrees(np.arccos(cos)) == pytest.approx(109.5, abs=0.6)
+        dipole += arms[0] + arms[1]
+    assert abs(dipole[0]) < 1e-6 and abs(dipole[1]) < 1e-6 and abs(dipole[2]) > 1.0
+    # water only: never decorated with other pairs
+    assert [(n, x, y) for n, x, y in binary_decorations("H", "O") if n == "ice_xi"] == [("ice_xi", "O", "H")]
+    assert not [n for n, *_ in binary_decorations("H", "S") + binary_decorations("O", "F") if n == "ice_xi"]
+
+
 def _covalent_ratio(a: str, b: str) -> float:
     from gen2d.hull.mlip_prototypes import _radius
 
@@ -153,6 +181,7 @@ def test_new_families_are_in_the_library():
 #   S8    a 11.20 (+7.0 %)  b 13.73 (+6.7 %)  c 26.16 (+6.8 %); S-S 2.05-2.09 Å (2.04-2.06)      Fddd kept
 #   VS4   a 12.664 (-0.5 %)  b 11.004 (+5.6 %)  c 7.014 (+3.5 %)  beta 112.29 (+1.52 deg)          C2/c kept
 #         S-S 2.031/2.036 Å (2.031/2.041), V-S 2.37-2.51 Å, V-V 2.859/3.103 Å (2.834/3.221)
+#   ice XI a 4.438 (-0.6 %)  b 7.672 (-2.4 %)  c 7.246 (-0.6 %); O-H 1.003 Å, H...O 1.71 Å      Cmc2_1 kept
 # CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely (VS4's chains,
 # along c, are held together across a and b by S...S contacts only).
 
@@ -223,3 +252,12 @@ def test_chgnet_keeps_vs4(chgnet):
     assert _bonds(r, "S", "S", 2.3) == pytest.approx([2.035] * 16, abs=0.03)  # still S2 pairs, 2.03-2.04 Å
     v_v = sorted(set(np.round(_bonds(r, "V", "V", 3.5), 2)))
     assert len(v_v) == 2 and v_v[1] - v_v[0] > 0.15  # the chain still alternates (2.86 / 3.10 Å)
+
+
+@pytest.mark.slow
+def test_chgnet_keeps_ice_xi(chgnet):
+    r = _relax(BINARY_PROTOTYPES["ice_xi"].build("O", "H"), chgnet)
+    assert _spacegroup(r, 0.1) == 36
+    assert _rel(_conventional_abc(r), ICE_XI_EXP).max() < 0.04  # -0.6, -2.4, -0.6 %
+    assert _bonds(r, "O", "H", 1.2) == pytest.approx([1.0] * 8, abs=0.02)  # still molecules
+    assert max(_bonds(r, "O", "H", 2.0)) < 1.8  # and still hydrogen-bonded (H...O 1.71 Å)
