@@ -301,9 +301,11 @@ def compare_to_default(models: dict) -> dict:
             d = paired_mae_difference([r["mlip_dg_h_eV"] for r in m["rows"]], b, ref)
             out["against_default"][label] = d
             interval = f"[{d['low']:+.2f}, {d['high']:+.2f}]" if d["low"] is not None else "(no interval)"
+            p = f"{d['p_value']:.3g}" if d["p_value"] is not None else "–"
             print(
-                f"{label:15s} MAE − {base}'s: {d['mae_difference']:+.2f} eV, 95 % {interval}; closer on "
-                f"{d['a_closer']} of {d['n']} rows{'  (trained on these rows)' if label in TRAINED_ON_DFT_ROWS else ''}"
+                f"{label:15s} MAE − {base}'s: {d['mae_difference']:+.2f} eV, bootstrap 95 % {interval}, "
+                f"sign-flip p {p}; closer on {d['a_closer']} of {d['n']} rows"
+                f"{'  (trained on these rows)' if label in TRAINED_ON_DFT_ROWS else ''}"
             )
     eligible = {k: m for k, m in scored.items() if k not in TRAINED_ON_DFT_ROWS}
     if eligible:

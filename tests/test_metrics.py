@@ -145,12 +145,17 @@ def test_paired_mae_difference_is_antisymmetric_and_its_interval_holds_the_estim
     assert ab["low"] <= ab["mae_difference"] <= ab["high"] < 0  # b is worse on every row: zero is outside
     assert ab["a_closer"] == ba["b_closer"] == 12 and ab["n"] == 12
     assert ba["low"] == pytest.approx(-ab["high"]) and ba["high"] == pytest.approx(-ab["low"])
+    # exact sign-flip test: A closer on all 12 rows, so only the observed signs and their mirror reach |diff|
+    assert ab["p_value"] == pytest.approx(2 / 2**12) and ba["p_value"] == pytest.approx(ab["p_value"])
+    tied = paired_mae_difference([0.3, 0.1, 0.2, 0.1], [0.1, 0.3, 0.1, 0.2], [0.0, 0.0, 0.0, 0.0])
+    assert tied["mae_difference"] == pytest.approx(0.0) and tied["p_value"] == pytest.approx(1.0)  # no evidence
     # rows with a missing value are left out of both; identical models differ by zero, with no interval
     b_nan = b.copy()
     b_nan[0] = np.nan
     assert paired_mae_difference(a, b_nan, ref)["n"] == 11
     same = paired_mae_difference(a, a, ref)
-    assert same["mae_difference"] == 0.0 and same["low"] is None and same["a_closer"] == same["b_closer"] == 0
+    assert same["mae_difference"] == 0.0 and same["low"] is None and same["p_value"] is None
+    assert same["a_closer"] == same["b_closer"] == 0
     with pytest.raises(ValueError, match="equal 1-D"):
         paired_mae_difference(a, b[:5], ref)
 

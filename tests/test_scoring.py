@@ -85,6 +85,21 @@ def test_a_crashing_batch_becomes_named_failures_and_others_go_on(mos2):
     assert all(r.ok and r.value == 0.1 for r in batches[1])
 
 
+def test_a_crashed_batch_is_kept_as_todays_failure_and_redone_by_other_settings(mos2):
+    """The harness's failure carries the settings the scorer's ``current`` requires: the same scorer keeps it
+    (scorer_crashed is not retried), one with another model redoes it."""
+    from gen2d.store import score_is_current
+
+    s = _FlakyScorer()
+    s.current = {"provenance.settings.model_option": "7net-l3i5", "provenance.settings.ref.version": "7"}
+    failed = next(iter(score_in_batches(s, [mos2] * 3, batch_size=3)))[0]
+    assert failed.provenance.settings == {"model_option": "7net-l3i5", "ref": {"version": "7"}}
+    stored = failed.model_dump(mode="json")
+    assert score_is_current(stored, s.current)
+    assert not score_is_current(stored, {**s.current, "provenance.settings.model_option": "7net-0"})
+    assert not score_is_current(stored, s.current, retry=("scorer_crashed",))
+
+
 def test_every_provenance_records_the_installed_gen2d_version():
     import importlib.metadata as md
 

@@ -539,6 +539,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _settings_of_current(current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``provenance.settings`` that a scorer's ``current`` requires, as nested dicts: a failure the harness
+    writes for a crashed batch carries them, so it counts as made by today's scorer (kept, like any failure whose
+    reason is not retried) and a scorer with other settings redoes it."""
+    settings: dict[str, Any] = {}
+    prefix = "provenance.settings."
+    for path, value in (current or {}).items():
+        if not path.startswith(prefix):
+            continue
+        *parents, leaf = path[len(prefix) :].split(".")
+        node = settings
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return settings
+
+
 def score_in_batches(
     scorer: Scorer,
     structures: Sequence[Structure],
@@ -554,7 +571,11 @@ def score_in_batches(
             if len(results) != len(chunk):
                 raise RuntimeError(f"{scorer.name} returned {len(results)} results for {len(chunk)} inputs")
         except Exception as exc:
-            prov = Provenance(plugin=scorer.name, notes=["batch raised; every item marked failed"])
+            prov = Provenance(
+                plugin=scorer.name,
+                settings=_settings_of_current(getattr(scorer, "current", None)),
+                notes=["batch raised; every item marked failed"],
+            )
             results = [
                 ScoreResult.failed(scorer.property, scorer.unit, "scorer_crashed", f"{type(exc).__name__}: {exc}", prov)
                 for _ in chunk

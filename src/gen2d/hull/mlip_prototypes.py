@@ -280,10 +280,10 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
         ),
         # Ice XI, the proton-ordered form of ice Ih and the ground state of H2O at ambient pressure: Cmc2_1, four
         # molecules in the primitive cell, the dipoles along c. The O framework is ice Ih's (P6_3/mmc, O at 4f,
-        # z = 0.06226, a = 4.511, c = 7.346 Å: A. Goto, T. Hondoh and S. Mae, J. Chem. Phys. 93, 1412 (1990)) in its
+        # z = 0.06226, a = 4.511, c = 7.346 Å at 243 K: A. Goto, T. Hondoh and S. Mae, J. Chem. Phys. 93, 1412 (1990)) in its
         # orthorhombic cell (b = a√3); every H sits on an O···O line at 1.00 Å from its O, in ice XI's order
         # (R. Howe and R. W. Whitworth, J. Chem. Phys. 90, 4450 (1989); C. M. B. Line and R. W. Whitworth,
-        # J. Chem. Phys. 104, 10008 (1996): Cmc2_1, a = 4.465, b = 7.859, c = 7.292 Å at 5 K), which the test
+        # J. Chem. Phys. 104, 10008 (1996): Cmc2_1, a = 4.465, b = 7.859, c = 7.292 Å for D2O at 5 K), which the test
         # derives from the ice rules. Without it the H-O pair's best H2O phase (a relaxed rutile start) lies
         # 0.07 eV/atom above ice XI with CHGNet.
         Prototype(
