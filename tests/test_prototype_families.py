@@ -1,5 +1,5 @@
 """The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4,
-alpha-S8 and ice XI.
+alpha-S8, ice XI and solid ammonia.
 
 Each prototype must build to the crystal it is cited for (space group, formula, bond lengths), and CHGNet must
 keep that crystal: relaxed with full cell, the template compound keeps its space group and its measured lattice.
@@ -21,6 +21,7 @@ ZRSE3_EXP = (5.4109, 3.7488, 9.4440, 97.48)  # P2_1/m; AFLOW A3B_mP8_11_3e_e-001
 TIS3_EXP = (4.958, 3.4006, 8.778, 97.32)  # P2_1/m; Furuseth et al., Acta Chem. Scand. A 29, 623 (1975)
 S8_EXP = (10.4646, 12.8660, 24.4860)  # Fddd; Rettig and Trotter, Acta Cryst. C 43, 2260 (1987)
 VS4_EXP = (12.72204, 10.42, 6.78, 110.76689)  # C2/c; Allmann et al. (1964) via AFLOW A4B_mC40_15_4f_f-001
+NH3_EXP = 5.073  # P2_13, ND3 at 77 K; Olovsson and Templeton, Acta Cryst. 12, 832 (1959)
 ICE_XI_EXP = (4.465, 7.859, 7.292)  # Cmc2_1, D2O at 5 K; Line and Whitworth, J. Chem. Phys. 104, 10008 (1996)
 
 
@@ -148,6 +149,24 @@ def test_ice_xi_obeys_the_ice_rules_and_is_polar_along_c():
     assert not [n for n, *_ in binary_decorations("H", "S") + binary_decorations("O", "F") if n == "ice_xi"]
 
 
+def test_ammonia_is_reed_and_harris_nd3():
+    s = BINARY_PROTOTYPES["ammonia"].build("N", "H")
+    assert _spacegroup(s) == 198 and s.composition.reduced_formula == "H3N" and len(s) == 16
+    assert s.lattice.abc == pytest.approx((NH3_EXP,) * 3)  # built as measured
+    for site in s:
+        if site.specie.symbol != "N":
+            continue
+        own = [nn for nn in s.get_neighbors(site, 1.2) if nn.specie.symbol == "H"]
+        assert [nn.nn_distance for nn in own] == pytest.approx([1.005] * 3, abs=2e-3)  # N-D 1.005 Å
+        u, v = own[0].coords - site.coords, own[1].coords - site.coords
+        angle = np.degrees(np.arccos(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v)))
+        assert angle == pytest.approx(110.4, abs=0.5)  # D-N-D 110.4 deg
+        n_n = [nn.nn_distance for nn in s.get_neighbors(site, 3.6) if nn.specie.symbol == "N"]
+        assert n_n == pytest.approx([3.35] * 6, abs=0.01)  # six H-bonded N neighbours, "about 3.4 Å"
+    assert [(n, x, y) for n, x, y in binary_decorations("H", "N") if n == "ammonia"] == [("ammonia", "N", "H")]
+    assert not [n for n, *_ in binary_decorations("H", "P") + binary_decorations("N", "F") if n == "ammonia"]
+
+
 def _covalent_ratio(a: str, b: str) -> float:
     from gen2d.hull.mlip_prototypes import _radius
 
@@ -181,6 +200,7 @@ def test_new_families_are_in_the_library():
 #   S8    a 11.20 (+7.0 %)  b 13.73 (+6.7 %)  c 26.16 (+6.8 %); S-S 2.05-2.09 Å (2.04-2.06)      Fddd kept
 #   VS4   a 12.664 (-0.5 %)  b 11.004 (+5.6 %)  c 7.014 (+3.5 %)  beta 112.29 (+1.52 deg)          C2/c kept
 #         S-S 2.031/2.036 Å (2.031/2.041), V-S 2.37-2.51 Å, V-V 2.859/3.103 Å (2.834/3.221)
+#   NH3   a 5.075 (+0.04 %); N-H 1.026 Å (1.005), H...N 2.32 Å                                 P2_13 kept
 #   ice XI a 4.438 (-0.6 %)  b 7.672 (-2.4 %)  c 7.246 (-0.6 %); O-H 1.003 Å, H...O 1.71 Å      Cmc2_1 kept
 # CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely (VS4's chains,
 # along c, are held together across a and b by S...S contacts only).
@@ -262,3 +282,11 @@ def test_chgnet_keeps_ice_xi(chgnet):
     assert _bonds(r, "O", "H", 1.2) == pytest.approx([1.0] * 8, abs=0.02)  # still molecules
     hbonds = [d for d in _bonds(r, "O", "H", 2.0) if d > 1.2]
     assert len(hbonds) == 8 and max(hbonds) < 1.8  # every H still hydrogen-bonded to a second O (H...O 1.71 Å)
+
+
+@pytest.mark.slow
+def test_chgnet_keeps_ammonia(chgnet):
+    r = _relax(BINARY_PROTOTYPES["ammonia"].build("N", "H"), chgnet)
+    assert _spacegroup(r, 0.1) == 198
+    assert _rel(r.lattice.abc, (NH3_EXP,) * 3).max() < 0.03  # +0.04 %
+    assert _bonds(r, "N", "H", 1.2) == pytest.approx([1.026] * 12, abs=0.02)  # still molecules

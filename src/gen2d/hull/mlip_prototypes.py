@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
 # v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
-# B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only).
+# B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only)
+# and solid ammonia (NH3, built for H-N only).
 PROTOTYPE_LIBRARY_VERSION = "7"
 
 
@@ -299,6 +300,21 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
             ),
             template=("O", "H"),
             a_elements=("O",),
+            b_elements=("H",),
+        ),
+        # Solid ammonia (phase I), P2_13: NH3 molecules on the 3-fold axes, each N H-bonded to six others. Neutron
+        # diffraction of ND3 at 77 K: N at 4a with u = 0.2127, D at 12b (0.3740, 0.2632, 0.1094), N-D 1.005 Å,
+        # D-N-D 110.4 deg (J. W. Reed and P. M. Harris, J. Chem. Phys. 35, 1730 (1961)); a = 5.073 Å for ND3 at
+        # 77 K (I. Olovsson and D. H. Templeton, Acta Cryst. 12, 832 (1959)). Without it the H-N pair's
+        # idealised prototypes put nothing near NH3: a CHGNet ammonia molecule in a box lies 0.34 eV/atom below
+        # their hull.
+        Prototype(
+            "ammonia",
+            "P2_13",
+            (5.073, 5.073, 5.073, 90, 90, 90),
+            (("A", (0.2127, 0.2127, 0.2127)), ("B", (0.3740, 0.2632, 0.1094))),
+            template=("N", "H"),
+            a_elements=("N",),
             b_elements=("H",),
         ),
     ]
