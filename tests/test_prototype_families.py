@@ -1,5 +1,5 @@
 """The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4,
-alpha-S8, ice XI and solid ammonia.
+alpha-S8, ice XI, solid ammonia and solid methane.
 
 Each prototype must build to the crystal it is cited for (space group, formula, bond lengths), and CHGNet must
 keep that crystal: relaxed with full cell, the template compound keeps its space group and its measured lattice.
@@ -22,6 +22,7 @@ TIS3_EXP = (4.958, 3.4006, 8.778, 97.32)  # P2_1/m; Furuseth et al., Acta Chem. 
 S8_EXP = (10.4646, 12.8660, 24.4860)  # Fddd; Rettig and Trotter, Acta Cryst. C 43, 2260 (1987)
 VS4_EXP = (12.72204, 10.42, 6.78, 110.76689)  # C2/c; Allmann et al. (1964) via AFLOW A4B_mC40_15_4f_f-001
 NH3_EXP = 5.073  # P2_13, ND3 at 77 K; Olovsson and Templeton, Acta Cryst. 12, 832 (1959)
+CH4_EXP = 5.88  # fcc carbon lattice, 18-21 K; Mooy, Nature 127, 707 (1931)
 ICE_XI_EXP = (4.465, 7.859, 7.292)  # Cmc2_1, D2O at 5 K; Line and Whitworth, J. Chem. Phys. 104, 10008 (1996)
 
 
@@ -167,6 +168,25 @@ def test_ammonia_is_reed_and_harris_nd3():
     assert not [n for n, *_ in binary_decorations("H", "P") + binary_decorations("N", "F") if n == "ammonia"]
 
 
+def test_methane_is_tetrahedral_molecules_on_mooys_fcc_lattice():
+    s = BINARY_PROTOTYPES["methane"].build("C", "H")
+    assert _spacegroup(s) == 216 and s.composition.reduced_formula == "H4C" and len(s) == 5  # pymatgen: H4C
+    conv = SpacegroupAnalyzer(s, symprec=0.01).get_conventional_standard_structure()
+    assert conv.lattice.abc == pytest.approx((CH4_EXP,) * 3, abs=1e-3)
+    c = next(site for site in s if site.specie.symbol == "C")
+    arms = [nn.coords - c.coords for nn in s.get_neighbors(c, 1.5) if nn.specie.symbol == "H"]
+    assert [np.linalg.norm(u) for u in arms] == pytest.approx([1.087] * 4, abs=1e-3)
+    for i in range(4):  # a regular tetrahedron: every H-C-H angle 109.47 deg
+        for j in range(i):
+            cos = np.dot(arms[i], arms[j]) / np.linalg.norm(arms[i]) / np.linalg.norm(arms[j])
+            assert np.degrees(np.arccos(cos)) == pytest.approx(109.47, abs=0.05)
+    assert [nn.nn_distance for nn in s.get_neighbors(c, 4.5) if nn.specie.symbol == "C"] == pytest.approx(
+        [CH4_EXP / np.sqrt(2)] * 12, abs=1e-3
+    )  # twelve neighbours: close packed
+    assert [(n, x, y) for n, x, y in binary_decorations("C", "H") if n == "methane"] == [("methane", "C", "H")]
+    assert not [n for n, *_ in binary_decorations("H", "Si") if n == "methane"]
+
+
 def _covalent_ratio(a: str, b: str) -> float:
     from gen2d.hull.mlip_prototypes import _radius
 
@@ -201,6 +221,7 @@ def test_new_families_are_in_the_library():
 #   VS4   a 12.664 (-0.5 %)  b 11.004 (+5.6 %)  c 7.014 (+3.5 %)  beta 112.29 (+1.52 deg)          C2/c kept
 #         S-S 2.031/2.036 Å (2.031/2.041), V-S 2.37-2.51 Å, V-V 2.859/3.103 Å (2.834/3.221)
 #   NH3   a 5.075 (+0.04 %); N-H 1.026 Å (1.005), H...N 2.32 Å                                 P2_13 kept
+#   CH4   a 6.224 (+5.9 %, no dispersion to hold the molecules); C-H 1.09 Å                      F-43m kept
 #   ice XI a 4.438 (-0.6 %)  b 7.672 (-2.4 %)  c 7.246 (-0.6 %); O-H 1.003 Å, H...O 1.71 Å      Cmc2_1 kept
 # CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely (VS4's chains,
 # along c, are held together across a and b by S...S contacts only).
@@ -290,3 +311,11 @@ def test_chgnet_keeps_ammonia(chgnet):
     assert _spacegroup(r, 0.1) == 198
     assert _rel(r.lattice.abc, (NH3_EXP,) * 3).max() < 0.03  # +0.04 %
     assert _bonds(r, "N", "H", 1.2) == pytest.approx([1.026] * 12, abs=0.02)  # still molecules
+
+
+@pytest.mark.slow
+def test_chgnet_keeps_methane(chgnet):
+    r = _relax(BINARY_PROTOTYPES["methane"].build("C", "H"), chgnet)
+    assert _spacegroup(r, 0.1) == 216
+    assert _rel(_conventional_abc(r), (CH4_EXP,) * 3).max() < 0.08  # +5.9 %: a van der Waals crystal
+    assert _bonds(r, "C", "H", 1.3) == pytest.approx([1.09] * 4, abs=0.02)  # still CH4

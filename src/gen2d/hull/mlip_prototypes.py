@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
 # v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
 # B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only)
-# and solid ammonia (NH3, built for H-N only).
+# solid ammonia (NH3, built for H-N only) and solid methane (CH4, built for C-H only).
 PROTOTYPE_LIBRARY_VERSION = "7"
 
 
@@ -315,6 +315,20 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
             (("A", (0.2127, 0.2127, 0.2127)), ("B", (0.3740, 0.2632, 0.1094))),
             template=("N", "H"),
             a_elements=("N",),
+            b_elements=("H",),
+        ),
+        # Solid methane: C on an fcc lattice, a = 5.88 Å by X-ray at 18-21 K (H. Mooy, Nature 127, 707 (1931)). In
+        # phase I the molecules rotate; here every CH4 takes one orientation, its C-H bonds along the cube's <111>
+        # (F-43m, H at 16e (x, x, x) with the gas-phase C-H length 1.087 Å), an ordered model of that crystal: the
+        # hull needs its energy, which orientational order barely changes. Without it the C-H pair's prototypes
+        # put nothing near CH4: a CHGNet methane molecule in a box lies 0.195 eV/atom below their hull.
+        Prototype(
+            "methane",
+            "F-43m",
+            (5.88, 5.88, 5.88, 90, 90, 90),
+            (("A", (0.0, 0.0, 0.0)), ("B", (0.10673, 0.10673, 0.10673))),
+            template=("C", "H"),
+            a_elements=("C",),
             b_elements=("H",),
         ),
     ]
