@@ -144,10 +144,13 @@ class MLIPAdsorptionScorer(BaseScorer):
         self.slab_fmax = slab_fmax
         self.slab_steps = slab_steps
         self._calc = None
-        # a stored ΔG_H made by another MLIP (e.g. under an older default model) is work left to do
+        # a stored ΔG_H made by another MLIP (e.g. under an older default model), with another ΔG correction, or
+        # calibrated where this one is raw (or the other way round) is work left to do
         self.current = {
             "provenance.settings.calculator": self.calculator_name,
             "provenance.settings.model_option": self.model,
+            "provenance.settings.dg_correction": self.settings.dg_correction,
+            "provenance.settings.calibrate": self.calibrate,
         }
 
     # -- registry --------------------------------------------------------------------------------
@@ -188,6 +191,7 @@ class MLIPAdsorptionScorer(BaseScorer):
         settings = {
             "calculator": self.calculator_name,
             "model_option": self.model,
+            "calibrate": self.calibrate,
             "relax_slab": self.relax_slab,
             "slab_fmax": self.slab_fmax,
             "slab_steps": self.slab_steps,

@@ -364,7 +364,8 @@ def test_default_mlip_is_the_most_faithful_one():
     default = MLIPAdsorptionScorer()
     assert (default.calculator_name, default.model) == (backend, options)
     # a ΔG_H stored under another model is not current for the default scorer; the same model's is
-    stored = {"ok": True, "value": 1.0, "provenance": {"settings": {"calculator": "sevennet", "model_option": None}}}
+    same = {k.rsplit(".", 1)[1]: v for k, v in default.current.items()}
+    stored = {"ok": True, "value": 1.0, "provenance": {"settings": {**same, "model_option": None}}}
     for model in ("7net-0", "7net-l3i5"):
         stored["provenance"]["settings"]["model_option"] = model
         assert score_is_current(stored, default.current) == (model == default.model)
@@ -372,10 +373,13 @@ def test_default_mlip_is_the_most_faithful_one():
     # a result without the fields, and a failure made under another model, are redone too; today's failure is kept
     assert not score_is_current({"ok": True, "value": 1.0, "provenance": {"settings": {}}}, default.current)
     failed = {"ok": False, "failure": {"reason": "adsorption_failed"}, "provenance": dict(stored["provenance"])}
-    failed["provenance"]["settings"] = {"calculator": "sevennet", "model_option": "7net-0"}
+    failed["provenance"]["settings"] = {**same, "model_option": "7net-0"}
     assert score_is_current(failed, default.current) == (default.model == "7net-0")
     failed["provenance"]["settings"]["model_option"] = default.model
     assert score_is_current(failed, default.current, retry=default.retry_failures)
+    # a calibrated value is not the raw scorer's, nor one made with another ΔG correction
+    assert not score_is_current(failed, MLIPAdsorptionScorer(calibrate=True).current)
+    assert not score_is_current(failed, MLIPAdsorptionScorer(dg_correction=0.24).current)
     assert default.available() == (True, "")
     assert MLIPAdsorptionScorer(calculator="chgnet").model is None
     info = default.explain(_slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)))
