@@ -236,9 +236,9 @@ def main_dft(args) -> int:
     from gen2d.adsorption import calculator_key
     from gen2d.relax import cached_calculator
 
-    rows = [r for r in read_rows(args.dft_rows or DEFAULT_OUT).values() if r.get("ok") and r.get("geometry")]
-    print(f"DFT reference: {len(rows)} rows with a valid ΔG_H and geometry")
     rows_path = Path(args.dft_rows or DEFAULT_OUT)
+    rows = [r for r in read_rows(rows_path).values() if r.get("ok") and r.get("geometry")]
+    print(f"DFT reference: {len(rows)} rows with a valid ΔG_H and geometry")
     report: dict = {
         "what": "MLIP ΔG_H as single points on the DFT geometries of gen2d's DFT reference rows (same sites)",
         "command": "scripts/bench_her_fidelity.py " + " ".join(sys.argv[1:]),

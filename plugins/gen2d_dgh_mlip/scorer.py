@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 #: gen2d/assets/dgh_dft_reference/fidelity.json): SevenNet-l3i5. On the seven rows of that set its MAE is 0.76 eV
 #: against 1.02 for SevenNet-0 (closer on 5 of 7 rows; exact sign-flip p = 0.0625, so suggestive, not
 #: significant, and l3i5 was picked as the best of four on these rows), 1.03 for CHGNet 0.3.0 and 1.04 for
-#: SevenNet-MF-0. On the set's one DFT hit (Ti2CO2, -0.13 eV) SevenNet-0 agrees and l3i5 binds too strongly. On the 12 published rows of dgh_reference.csv the two SevenNet models tie (l3i5 − SevenNet-0:
-#: +0.07 eV, paired bootstrap 95 % interval −0.21..+0.38). l3i5 costs 3–10× the
-#: CPU of SevenNet-0 per layer, paid on a flow's top few layers (dgh.mlip's top_k). Pass model="7net-0" for the
-#: cheaper model, or calculator="chgnet" to reuse CHGNet-relaxed slabs (the quickstart does).
+#: SevenNet-MF-0. On the set's one DFT hit (Ti2CO2, -0.13 eV) SevenNet-0 agrees and l3i5 binds too strongly. On
+#: the 12 published rows of dgh_reference.csv the two SevenNet models tie (l3i5 − SevenNet-0: +0.07 eV, paired
+#: bootstrap 95 % interval −0.21..+0.38). l3i5 costs 3–10× the CPU of SevenNet-0 per layer, paid on a flow's top
+#: few layers (dgh.mlip's top_k). Pass model="7net-0" for the cheaper model, or calculator="chgnet" to reuse
+#: CHGNet-relaxed slabs (the quickstart does).
 DEFAULT_CALCULATOR = "sevennet"
 DEFAULT_MODEL = "7net-l3i5"
 CALIBRATION_ASSET = "dgh_calibration.json"

@@ -305,10 +305,14 @@ def paired_mae_difference(
         "confidence": confidence,
         "method": "paired percentile bootstrap over rows; paired sign-flip permutation test",
     }
+
+    def mean_difference(x, y, axis=-1):
+        return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
     if keep.sum() > 1 and np.ptp(ea - eb) > 0:
         res = stats.bootstrap(
             (ea, eb),
-            lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+            mean_difference,
             paired=True,
             vectorized=True,
             confidence_level=confidence,
@@ -319,7 +323,7 @@ def paired_mae_difference(
         out.update(low=float(res.confidence_interval.low), high=float(res.confidence_interval.high))
         perm = stats.permutation_test(
             (ea, eb),
-            lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+            mean_difference,
             permutation_type="samples",
             vectorized=True,
             n_resamples=np.inf if keep.sum() <= 16 else n_resamples,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
 # v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
-# B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only)
+# B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only),
 # solid ammonia (NH3, built for H-N only) and solid methane (CH4, built for C-H only).
 PROTOTYPE_LIBRARY_VERSION = "7"
 
@@ -281,11 +281,11 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
         ),
         # Ice XI, the proton-ordered form of ice Ih and the ground state of H2O at ambient pressure: Cmc2_1, four
         # molecules in the primitive cell, the dipoles along c. The O framework is ice Ih's (P6_3/mmc, O at 4f,
-        # z = 0.06226, a = 4.511, c = 7.346 Å at 243 K: A. Goto, T. Hondoh and S. Mae, J. Chem. Phys. 93, 1412 (1990)) in its
-        # orthorhombic cell (b = a√3); every H sits on an O···O line at 1.00 Å from its O, in ice XI's order
-        # (R. Howe and R. W. Whitworth, J. Chem. Phys. 90, 4450 (1989); C. M. B. Line and R. W. Whitworth,
-        # J. Chem. Phys. 104, 10008 (1996): Cmc2_1, a = 4.465, b = 7.859, c = 7.292 Å for D2O at 5 K), which the test
-        # derives from the ice rules. Without it the H-O pair's best H2O phase (a relaxed rutile start) lies
+        # z = 0.06226, a = 4.511, c = 7.346 Å at 243 K: A. Goto, T. Hondoh and S. Mae, J. Chem. Phys. 93, 1412
+        # (1990)) in its orthorhombic cell (b = a√3); every H sits on an O···O line at 1.00 Å from its O, in ice
+        # XI's order (R. Howe and R. W. Whitworth, J. Chem. Phys. 90, 4450 (1989); C. M. B. Line and R. W.
+        # Whitworth, J. Chem. Phys. 104, 10008 (1996): Cmc2_1, a = 4.465, b = 7.859, c = 7.292 Å for D2O at 5 K),
+        # whose ice rules the test checks. Without it the H-O pair's best H2O phase (a relaxed rutile start) lies
         # 0.07 eV/atom above ice XI with CHGNet.
         Prototype(
             "ice_xi",
