@@ -12,7 +12,7 @@ import hashlib
 import logging
 import typing
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,16 @@ def default_workdir() -> Path:
 #: ΔG_H within 0.1 meV of the clean-slab start at 0.05 eV/Å with half the SCF steps (168 against 337–351;
 #: docs/dft.md, ``dft-runs/fast``). The reference set's rows record the protocol each was built with.
 DFT_PROTOCOL: dict[str, Any] = {"fmax": 0.1, "prerelax": "chgnet", "spin_starts": (0.0,)}
+
+
+#: refinement settings that leave the bare slab's and every site's calculation as they are, so that runs differing
+#: only in them share one directory: the H₂ reference has its own directory; the spin-start check and the vibrations
+#: are added to a finished site in place; held and free sites share the slab in directories of their own; and
+#: ``n_sites`` takes a prefix of one ordered list of sites (:func:`gen2d.adsorption.pick_sites_to_refine`), each in a
+#: directory named by its index and start, so raising it reuses the slab and the sites already finished
+RUN_UNKEYED = ("h2_box", "spin_starts", "hold_site", "vibrations", "n_sites")
+#: the ``n_sites`` values :meth:`DFTAdsorptionScorer.run_dir` looks for among directories keyed with ``n_sites``
+RUN_N_SITES_KEYED = range(1, 9)
 
 
 def _options_model() -> type[ScorerOptions]:
@@ -94,7 +104,8 @@ class DFTAdsorptionScorer(BaseScorer):
         one SCF step 1.67× faster than 1 (``scripts/bench_dft.py threads``, docs/benchmarks/dft-reference.md).
     workdir : str, optional
         Restart and frame directory; default :func:`default_workdir`. Runs are keyed by candidate
-        structure hash and settings hash, so a rerun resumes where a killed one stopped.
+        structure hash and settings hash, so a rerun resumes where a killed one stopped. ``n_sites`` is not in
+        the key: raising it reuses the slab and the sites already finished.
     n_sites, free_radius, steps, min_inplane_length, relax_slab_reference, vacuum, h2_box, h_jitter
         :class:`gen2d.adsorption.RefineSettings`.
     fmax : float
@@ -280,24 +291,48 @@ class DFTAdsorptionScorer(BaseScorer):
 
     def run_dir(self, structure: Structure, slab: Structure | None = None) -> Path:
         """The work directory of one structure under these settings (``slab``: the MLIP-relaxed slab the
-        refinement builds its supercell from, when known)."""
+        refinement builds its supercell from, when known).
+
+        Its name hashes the structure, the CP2K settings and the refinement settings but :data:`RUN_UNKEYED`.
+        Directories keyed with ``n_sites`` as well (:meth:`_run_key_with_n_sites`: the committed ones under
+        ``dft-runs/``, whose paths rows.jsonl files hold) are used in place where this one does not exist: the one
+        of this ``n_sites`` if it is there, else the one with the most finished sites (then a finished slab, then the
+        most sites begun), so that their slab and sites are not computed again.
+        """
+        current = self.workdir / self._run_key(structure, slab, self.refine, RUN_UNKEYED)
+        if current.is_dir():
+            return current
+        keyed_with_n = {n: self.workdir / self._run_key_with_n_sites(structure, slab, n) for n in RUN_N_SITES_KEYED}
+        found = {n: d for n, d in keyed_with_n.items() if d.is_dir()}
+        if not found:
+            return current
+        if self.refine.n_sites in found:
+            return found[self.refine.n_sites]
+        # ties go to the smallest n_sites: max keeps the first of equals
+        return max(found.values(), key=_progress)
+
+    def _run_key(
+        self, structure: Structure, slab: Structure | None, refine: RefineSettings, unkeyed: tuple[str, ...]
+    ) -> str:
+        """Sixteen hex digits of the structure's content hash, the CP2K settings hash and ``refine`` but
+        ``unkeyed``."""
         from gen2d.structures import content_hash
 
-        # what changes the slab and site energies; the H2 box has its own directory, and the spin-start check
-        # is added to a finished site in place
-        # hold_site is not in the key either: held and free sites share the slab, their site directories differ
-        # nor are the vibrations: they are computed on a finished site, in place
-        unkeyed = ("h2_box", "spin_starts", "hold_site", "vibrations")
-        refine = {k: v for k, v in self.refine.as_dict().items() if k not in unkeyed}
+        keyed = {k: v for k, v in refine.as_dict().items() if k not in unkeyed}
         lattices = [s for s in (structure, slab) if s is not None]
-        if refine.get("fold_k") and not any(self._fold_k_changes_supercell(s) for s in lattices):
+        if keyed.get("fold_k") and not any(self._fold_k_changes_supercell(s) for s in lattices):
             # the same supercell, so the same calculation: a 3×3 MoS₂ run is shared with and without fold_k. The
             # refined slab's lattice counts too: an MLIP-relaxed a across a repeat boundary must not share a run
-            refine.pop("fold_k")
-        key = hashlib.sha256(
-            f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(refine.items())}".encode()
+            keyed.pop("fold_k")
+        return hashlib.sha256(
+            f"{content_hash(structure)}-{self.cp2k.settings_hash()}-{sorted(keyed.items())}".encode()
         ).hexdigest()[:16]
-        return self.workdir / key
+
+    def _run_key_with_n_sites(self, structure: Structure, slab: Structure | None, n_sites: int) -> str:
+        """The key of a run directory that also hashes ``n_sites``. Directories on disk carry these names, so it
+        must not change: ``tests/plugins/test_cp2k.py`` checks it against a committed reference run."""
+        refine = replace(self.refine, n_sites=n_sites)
+        return self._run_key(structure, slab, refine, ("h2_box", "spin_starts", "hold_site", "vibrations"))
 
     def _fold_k_changes_supercell(self, structure: Structure) -> bool:
         from gen2d.adsorption import supercell_repeats
@@ -387,7 +422,9 @@ class DFTAdsorptionScorer(BaseScorer):
         extra = result.as_dict()
         extra["workdir"] = str(workdir)
         extra["wall_seconds"] = round(getattr(result, "wall_seconds", 0.0), 1)
-        cost = _cost_of(workdir)
+        # this result's parts only: a directory shared with a larger n_sites holds sites this result does not use
+        parts = {"slab"} | {Path(x.run_dir).name for x in result.sites if x.run_dir}
+        cost = _cost_of(workdir, parts | {f"slab_{p}" for p in parts})
         prov = self.provenance(notes, cost)
         best = result.best
         if best is None:
@@ -447,13 +484,24 @@ class _StageFailure(RuntimeError):
         self.reason = reason
 
 
-def _cost_of(workdir: Path) -> dict[str, Any]:
-    """Summed CP2K cost (evaluations, SCF steps, wall seconds) of every part of one run, its sites' vibrations
-    included."""
+def _progress(run: Path) -> tuple[int, bool, int]:
+    """(finished sites, finished bare slab, sites begun) of a run directory: a part is finished when it holds its
+    ``result.json``; a site begun but not finished holds its frames and wavefunction to resume from."""
+    finished = sum(1 for _ in run.glob("site_*/result.json"))
+    return finished, (run / "slab" / "result.json").is_file(), sum(1 for p in run.glob("site_*") if p.is_dir())
+
+
+def _cost_of(workdir: Path, parts: set[str] | None = None) -> dict[str, Any]:
+    """Summed CP2K cost (evaluations, SCF steps, wall seconds) of the parts (sub-directory names; None: all) of
+    one run, their sites' vibrations included."""
     import json
 
     total = {"n_evaluations": 0, "scf_steps_total": 0, "wall_seconds": 0.0}
-    for path in [*workdir.glob("*/result.json"), *workdir.glob("*/vibrations/result.json")]:
+    found = [*workdir.glob("*/result.json"), *workdir.glob("*/vibrations/result.json")]
+    for path in found:
+        part = path.relative_to(workdir).parts[0]
+        if parts is not None and part not in parts:
+            continue
         cost = json.loads(path.read_text()).get("cost") or {}
         for key in total:
             total[key] += cost.get(key, 0) or 0

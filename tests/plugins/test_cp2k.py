@@ -245,6 +245,94 @@ def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tm
     assert unchecked.run_dir(layer) == default.run_dir(layer)
 
 
+def test_runs_differing_in_n_sites_share_one_directory_and_other_settings_still_key_it(tmp_path):
+    """Site k is the same site whatever n_sites (a prefix of one ordered list, named by k and its start), so raising
+    n_sites reuses the slab and the finished sites; the settings that change a calculation still key the run."""
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    layer = build_template("MoS2-2H")
+    one = get_scorer("dgh.dft", workdir=str(tmp_path), n_sites=1)
+    assert get_scorer("dgh.dft", workdir=str(tmp_path), n_sites=3).run_dir(layer) == one.run_dir(layer)
+    for changed in ({"free_radius": 2.5}, {"cp2k": {"cutoff_ry": 500}}, {"min_inplane_length": 12.0}):
+        assert get_scorer("dgh.dft", workdir=str(tmp_path), n_sites=1, **changed).run_dir(layer) != one.run_dir(layer)
+
+
+def _keyed_with_n_sites(scorer, layer, n_sites: int, finished_sites: int = 0) -> Path:
+    """A run directory named as one keyed with ``n_sites``, its slab and ``finished_sites`` sites done."""
+    import json
+
+    run = scorer.workdir / scorer._run_key_with_n_sites(layer, None, n_sites)
+    for part in ["slab"] + [f"site_{k}-0000000{k}" for k in range(finished_sites)]:
+        (run / part).mkdir(parents=True)
+        (run / part / "result.json").write_text(json.dumps({"energy": -1.0, "converged": True}))
+    return run
+
+
+def test_a_score_counts_the_cost_of_its_own_parts_only(tmp_path):
+    """A run directory shared by n_sites 1 and 2 holds site 1's cost, which a score of site 0 alone must not count."""
+    import json
+
+    from gen2d_dgh_dft import _cost_of
+
+    for part, wall in (("slab", 100.0), ("site_0-aa-pre-chgnet", 10.0), ("slab_site_0-aa-pre-chgnet", 5.0)):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "result.json").write_text(json.dumps({"cost": {"wall_seconds": wall, "n_evaluations": 1}}))
+    (tmp_path / "site_1-bb-pre-chgnet").mkdir()
+    (tmp_path / "site_1-bb-pre-chgnet" / "result.json").write_text(json.dumps({"cost": {"wall_seconds": 1000.0}}))
+    own = _cost_of(tmp_path, {"slab", "site_0-aa-pre-chgnet", "slab_site_0-aa-pre-chgnet"})
+    assert own["wall_seconds"] == 115.0 and own["n_evaluations"] == 3
+    assert _cost_of(tmp_path)["wall_seconds"] == 1115.0
+
+
+def test_a_run_directory_keyed_with_n_sites_is_used_in_place(tmp_path):
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    layer = build_template("MoS2-2H")
+    scorer = {n: get_scorer("dgh.dft", workdir=str(tmp_path), n_sites=n) for n in (1, 2, 3)}
+    shared = scorer[1].run_dir(layer)
+    one = _keyed_with_n_sites(scorer[1], layer, 1, finished_sites=1)
+    assert one != shared and not shared.exists()
+    assert scorer[1].run_dir(layer) == one
+    assert scorer[2].run_dir(layer) == one  # raising n_sites keeps the slab and site 0
+    # with two of them: the one of this n_sites, else the one with the most finished sites
+    two = _keyed_with_n_sites(scorer[1], layer, 2, finished_sites=2)
+    assert scorer[1].run_dir(layer) == one and scorer[2].run_dir(layer) == two
+    assert scorer[3].run_dir(layer) == two
+    # as many finished sites: the one with more sites begun (an unfinished site's frames to resume from)
+    other = tmp_path / "other"
+    first, third = (get_scorer("dgh.dft", workdir=str(other), n_sites=n) for n in (1, 3))
+    _keyed_with_n_sites(first, layer, 1, finished_sites=1)
+    begun = _keyed_with_n_sites(first, layer, 2, finished_sites=1)
+    (begun / "site_1-00000001").mkdir()
+    assert third.run_dir(layer) == begun
+    # a directory under the shared key, once made, is the run's
+    shared.mkdir()
+    assert all(s.run_dir(layer) == shared for s in scorer.values())
+
+
+def test_the_n_sites_key_names_a_committed_reference_run(tmp_path):
+    """The hBN reference row's run (``dft-runs/reference/ffb0eb630b25463a``, which the shipped rows name) is
+    found under the key that hashes n_sites, by a run of its settings with any n_sites."""
+    import json
+
+    import gen2d
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    shipped = Path(gen2d.__file__).parent / "assets" / "dgh_dft_reference" / "rows.jsonl"
+    row = next(r for r in map(json.loads, shipped.read_text().splitlines()) if r["material"] == "hBN")
+    assert row["best_site"]["run_dir"].startswith("dft-runs/reference/ffb0eb630b25463a/")
+    settings = row["provenance"]["settings"]
+    layer = build_template(row["built_from"]["template"])
+    refine = settings["refine"] | {"n_sites": 2}
+    scorer = get_scorer("dgh.dft", workdir=str(tmp_path), cp2k=settings["cp2k"], **refine)
+    assert scorer._run_key_with_n_sites(layer, None, 1) == "ffb0eb630b25463a"
+    (tmp_path / "ffb0eb630b25463a").mkdir()
+    assert scorer.run_dir(layer) == tmp_path / "ffb0eb630b25463a"
+
+
 # -- real CP2K runs ---------------------------------------------------------------------------------
 
 
