@@ -2,12 +2,13 @@
 """How often the offline hull calls known-stable monolayers stable, and how often it puts them below the hull.
 
 Scores layers that DFT or experiment says are (near-)stable with ``ehull.<calculator>`` and the
-``mlip-prototypes`` references, and reports, for three reference sets built from the same relaxed energies:
+``mlip-prototypes`` references, and reports, for four reference sets built from the same relaxed energies:
 
-- ``all``: the prototype library and the stacked database layers (gen2d's default);
+- ``all``: the prototype library, the molecules in a box and the stacked database layers (gen2d's default);
 - ``self-out``: the same without the stacked bulk of the scored layer itself (a layer whose own parent
   is not in the set, as for a generated candidate);
-- ``prototypes-only``: the prototype library alone.
+- ``prototypes-only``: the prototype library and the molecules, no stacked layers;
+- ``without-molecules``: the default without the molecules (:mod:`gen2d.hull.molecules`).
 
 Sets: ``mc2d`` (easily exfoliable layers of ICSD/COD parents) and ``2dmatpedia`` (2DMatPedia layers with
 DFT E_hull ≤ 0.05 eV/atom). Goals of the hull: ≥ 90 % at E_hull ≤ 0.2 eV/atom, ≤ 5 % below −0.05.
@@ -38,7 +39,7 @@ from collections import Counter
 
 import numpy as np
 
-VARIANTS = ("all", "self-out", "prototypes-only")
+VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules")
 
 
 def candidates(
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 rec["e_hull"]["self-out"] = hull_analysis(entry, self_out, "self-out").e_hull
                 library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
                 rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull
+                # the default set as it was before molecules in a box (gen2d.hull.molecules) joined it
+                crystals = [r for r in refs if not str(r.data.get("prototype", "")).startswith("molecule:")]
+                rec["e_hull"]["without-molecules"] = hull_analysis(entry, crystals, "without-molecules").e_hull
                 for name in args.without_prototype:
                     rest = [r for r in refs if r.data.get("prototype") != name]
                     rec["e_hull"][f"without-{name}"] = hull_analysis(entry, rest, f"without-{name}").e_hull

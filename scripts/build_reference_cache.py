@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         n = len(prov.stacked_entries(elements))
         timings["stacked"] = round(time.time() - t, 1)
         print(f"stacked layers: {n} phases, {timings['stacked']} s", flush=True)
+    if prov.molecules:  # the molecules of the space's pairs (CS2 for C-S), each in its box
+        t = time.time()
+        found = prov._ensure(molecule_subsystems(prov, elements))
+        timings["molecules"] = round(time.time() - t, 1)
+        print(f"molecules: {sum(map(len, found.values()))}, {timings['molecules']} s", flush=True)
     manifest = {
         "wall_seconds": round(time.time() - t0, 1),
         "cpu_seconds": round(cpu_seconds() - c0, 1),
@@ -215,6 +220,13 @@ def _floored_starts(elements: list[str], binary_prototypes: Any) -> list[str]:
     return out
 
 
+def molecule_subsystems(prov: Any, elements: list[str]) -> list[str]:
+    """The molecule subsystems (``molecule.C-S``) of ``elements`` the provider adds; none when it adds no molecules."""
+    from gen2d.hull.molecules import MOLECULE_PREFIX, molecule_pairs
+
+    return [f"{MOLECULE_PREFIX}{pair}" for pair in molecule_pairs(elements)] if prov.molecules else []
+
+
 def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[str, list], dict[str, Any]]:
     """The current library's entries of ``elements`` made from an older cache (see the module docstring).
 
@@ -283,6 +295,16 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
                     owner.append(sub)
                 elif deco not in covered:  # the old build relaxed it and dropped it (or it was widened: rebuild)
                     dropped_before.append("{}:{}{}".format(*deco))
+    molecules_relaxed = []
+    for sub in molecule_subsystems(prov, elements):  # versioned apart from the library: kept when the key matches
+        if sub in docs and docs[sub]["ref_key"] == prov._key(sub):
+            kept[sub] = [_decode_entry(d) for d in docs[sub]["entries"]]
+            continue
+        kept[sub] = []
+        for job in prov._subsystem_jobs(sub):
+            jobs.append(job)
+            owner.append(sub)
+            molecules_relaxed.append(job[0])
     t0, c0 = time.time(), cpu_seconds()
     print(f"keeping {sum(map(len, kept.values()))} phases, relaxing {len(jobs)} new decorations", flush=True)
     relaxed = prov._relax_jobs(jobs, ", ".join(added))  # the provider's own (batched) relaxation
@@ -304,8 +326,10 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
         "derived": (
             f"Library v{PROTOTYPE_LIBRARY_VERSION} from the v{was['library_version']} cache in derived_from: every "
             f"entry the current library still builds is that build's relaxation; {len(removed)} it no longer builds "
-            f"were left out; the {len(jobs)} decorations of the prototypes it lacked ({', '.join(added) or 'none'}) "
-            "were relaxed here (new_decorations); wall_seconds and cpu_seconds are theirs. The start-density floor "
+            f"were left out; the {len(jobs) - len(molecules_relaxed)} decorations of the prototypes it lacked "
+            f"({', '.join(added) or 'none'}) and the {len(molecules_relaxed)} molecules it lacked "
+            f"({', '.join(molecules_relaxed) or 'none'}) were relaxed here (new_decorations); wall_seconds and "
+            "cpu_seconds are theirs. The start-density floor "
             "(MIN_VOLUME_PER_ATOM) changes no start of this space (checked before deriving)."
         ),
         "new_decorations": new,

@@ -168,15 +168,18 @@ class EHullScorer(BaseScorer):
         self._dispersion_calc = None  # the MLIP + D3 sum, built once per MLIP calculator
         self._provider = None
         if provider == "mlip-prototypes":
-            # an E_hull against an older prototype library or stacked-layer set is redone
+            # an E_hull against an older prototype library, stacked-layer set or molecule set is redone
             from gen2d.hull.mlip_prototypes import PROTOTYPE_LIBRARY_VERSION
+            from gen2d.hull.molecules import MOLECULE_VERSION
             from gen2d.hull.stacked import STACKED_VERSION
 
             stacked = self.provider_options.get("stacked_layers", True) is not False
+            with_molecules = self.provider_options.get("molecules", True) is not False
             self.current = {
                 **type(self).current,
                 "provenance.settings.reference_set.library_version": PROTOTYPE_LIBRARY_VERSION,
                 "provenance.settings.reference_set.stacked_layers.version": STACKED_VERSION if stacked else None,
+                "provenance.settings.reference_set.molecules.version": MOLECULE_VERSION if with_molecules else None,
             }
         # a stored E_hull with the other dispersion setting is redone (missing counts as none)
         self.current = {**self.current, "provenance.settings.dispersion": None if dispersion == "none" else dispersion}
@@ -490,6 +493,8 @@ def _reference_label(desc: dict[str, Any]) -> str:
             if stacked.get("n_layers")
             else ""
         )
+        if desc.get("molecules"):
+            plus += f" + molecules v{desc['molecules']['version']}"
         return (
             f"mlip-prototypes v{desc.get('library_version')}{plus} ({desc.get('model')}; fmax {desc.get('fmax')} eV/Å)"
         )

@@ -436,13 +436,13 @@ def _in_plane_settings(fmax: float, steps: int, relax_cell: bool, fixed_atoms: S
     }
 
 
-def _bulk_settings(fmax: float, steps: int) -> dict[str, Any]:
+def _bulk_settings(fmax: float, steps: int, relax_cell: bool = True) -> dict[str, Any]:
     return {
         "optimizer": "FIRE",
         "fmax": fmax,
         "steps": steps,
-        "relax_cell": True,
-        "cell_filter": "FrechetCellFilter",
+        "relax_cell": relax_cell,
+        "cell_filter": "FrechetCellFilter" if relax_cell else None,
         "cell_mask": None,
     }
 
@@ -556,18 +556,20 @@ def relax_in_plane(
     return _in_plane_result(fire, pbc, initial_cell, components_before, settings)
 
 
-def relax_bulk(atoms: Atoms, calculator: Calculator, fmax: float = 0.05, steps: int = 500) -> RelaxResult:
+def relax_bulk(
+    atoms: Atoms, calculator: Calculator, fmax: float = 0.05, steps: int = 500, relax_cell: bool = True
+) -> RelaxResult:
     """Relax a bulk crystal (full cell and positions) with FIRE and ``FrechetCellFilter``.
 
     Used for reference phases of the hull. Same failure names as :func:`relax_in_plane` minus the
-    layer checks.
+    layer checks. ``relax_cell=False`` moves the atoms only (a molecule in its box).
     """
-    settings = _bulk_settings(fmax, steps)
+    settings = _bulk_settings(fmax, steps, relax_cell)
     work, pbc, bad, why = _prepare(atoms)
     if bad:
         return _failed(work, pbc, bad, why, settings)
     initial_cell = work.cell.array.copy()
-    fire = _run_fire(work, calculator, fmax=fmax, steps=steps, mask=None, relax_cell=True, trajectory=None)
+    fire = _run_fire(work, calculator, fmax=fmax, steps=steps, mask=None, relax_cell=relax_cell, trajectory=None)
     return _bulk_result(fire, initial_cell, settings)
 
 
@@ -675,6 +677,7 @@ def relax_bulk_batch(
     fmax: float = 0.05,
     steps: int = 500,
     max_batch: int = DEFAULT_MAX_BATCH,
+    relax_cell: bool = True,
 ) -> list[RelaxResult]:
     """:func:`relax_bulk` for many crystals, their MLIP calls batched in lockstep.
 
@@ -683,8 +686,8 @@ def relax_bulk_batch(
     """
     evaluate = batch_evaluator(calculator)
     if evaluate is None:
-        return [relax_bulk(a, calculator, fmax=fmax, steps=steps) for a in atoms_list]
-    settings = _bulk_settings(fmax, steps)
+        return [relax_bulk(a, calculator, fmax=fmax, steps=steps, relax_cell=relax_cell) for a in atoms_list]
+    settings = _bulk_settings(fmax, steps, relax_cell)
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     prepared = []
     for i, atoms in enumerate(atoms_list):
@@ -693,7 +696,7 @@ def relax_bulk_batch(
             results[i] = _failed(work, pbc, bad, why, dict(settings))
             continue
         prepared.append({"index": i, "work": work, "initial_cell": work.cell.array.copy()})
-    fires = _lockstep(prepared, evaluate, fmax=fmax, steps=steps, mask=None, relax_cell=True, max_batch=max_batch)
+    fires = _lockstep(prepared, evaluate, fmax=fmax, steps=steps, mask=None, relax_cell=relax_cell, max_batch=max_batch)
     for item, fire in zip(prepared, fires, strict=True):
         results[item["index"]] = _bulk_result(fire, item["initial_cell"], dict(settings))
     return results

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 
 from gen2d.hull.corrections import apply_mp2020, mlip_entry
 from gen2d.hull.errors import HullError, ReferenceUnavailable
+from gen2d.hull.molecules import BOX_VACUUM, MOLECULE_PREFIX, MOLECULE_VERSION, molecule_pairs, molecules
 from gen2d.hull.references import _decode_entry
 from gen2d.settings import get_settings
 
@@ -401,6 +403,11 @@ class MLIPPrototypesProvider:
         (:mod:`gen2d.hull.stacked`) for every chemical system within the candidate's elements, relaxed
         with the same MLIP and cached per chemical system under their own version and source
         fingerprint. ``True`` (default) reads them from the reference data folder; ``False``: none.
+    molecules : bool
+        Also add the molecules of every element pair that has them (:mod:`gen2d.hull.molecules`: CF₄, PH₃,
+        SF₆, CO₂, …), each alone in a box with its atoms relaxed by the same MLIP: upper bounds of the molecular
+        solids the prototypes lack. Cached per pair under their own version (``MOLECULE_VERSION``), apart
+        from the prototype library's. Default True.
     """
 
     name = "mlip-prototypes"
@@ -420,6 +427,7 @@ class MLIPPrototypesProvider:
         shipped: bool | str | os.PathLike = True,
         stacked_layers: bool | Any = True,
         checkpoint_jobs: int = 128,
+        molecules: bool = True,
     ):
         self.calculator = calculator
         self.model = getattr(calculator, "gen2d_model", type(calculator).__name__)
@@ -447,6 +455,7 @@ class MLIPPrototypesProvider:
 
             stacked_layers = StackedLayerLibrary()
         self.stacked = stacked_layers or None
+        self.molecules = bool(molecules)
 
     # cache ---------------------------------------------------------------------------------------
     def _settings_tag(self) -> str:
@@ -454,6 +463,10 @@ class MLIPPrototypesProvider:
         return f"{model}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
 
     def _key(self, subsystem: str) -> str:
+        if subsystem.startswith(MOLECULE_PREFIX):
+            # the molecules have their own version, so a prototype-library change does not re-key them
+            model = (self.checkpoint_sha256 or self.model.replace(" ", "_"))[:16]
+            return f"{self.name}:{model}-molecules{MOLECULE_VERSION}-f{self.fmax:g}-s{self.steps}:{subsystem}"
         if subsystem.startswith(STACKED_PREFIX):
             from gen2d.hull.stacked import STACKED_VERSION
 
@@ -518,7 +531,14 @@ class MLIPPrototypesProvider:
         if path is not None:
             from gen2d.fileio import atomic_path
 
-            with atomic_path(path) as tmp, gzip.open(tmp, "wt") as fh:  # a crash never leaves half a file
+            # a crash never leaves half a file; no time or name in the gzip header, so a rebuild of the same
+            # energies writes the same bytes (the shipped cache is in git)
+            with (
+                atomic_path(path) as tmp,
+                open(tmp, "wb") as raw,
+                gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+                io.TextIOWrapper(gz, encoding="utf-8") as fh,
+            ):
                 json.dump(doc, fh)
         if self.store is not None:
             self.store.update([doc], key="ref_key")
@@ -550,17 +570,41 @@ class MLIPPrototypesProvider:
             log.info("reference %s dropped: %s", entry.entry_id, exc)
             return None
 
-    def _relax_phase(self, structure: Structure, prototype: str) -> ComputedStructureEntry | None:
+    def _relax_phase(
+        self, structure: Structure, prototype: str, relax_cell: bool = True
+    ) -> ComputedStructureEntry | None:
         """Relax one reference phase serially (the entry, or None when it is dropped)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
         from gen2d.relax import relax_bulk
 
-        res = relax_bulk(AseAtomsAdaptor.get_atoms(structure), self.calculator, fmax=self.fmax, steps=self.steps)
+        res = relax_bulk(
+            AseAtomsAdaptor.get_atoms(structure),
+            self.calculator,
+            fmax=self.fmax,
+            steps=self.steps,
+            relax_cell=relax_cell,
+        )
         return self._entry_from_result(structure, prototype, res)
 
     def _relax_jobs(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedStructureEntry | None]:
-        """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order."""
+        """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order. The
+        crystals relax their cell too; a molecule (``molecule:…``) moves its atoms only, in its fixed box."""
+        if not jobs:
+            return []
+        fixed = [i for i, (proto, _) in enumerate(jobs) if proto.startswith("molecule:")]
+        if not fixed:
+            return self._relax_group(jobs, label, relax_cell=True)
+        out: list[ComputedStructureEntry | None] = [None] * len(jobs)
+        crystals = [i for i in range(len(jobs)) if i not in set(fixed)]
+        for group, relax_cell in ((crystals, True), (fixed, False)):
+            for i, entry in zip(group, self._relax_group([jobs[i] for i in group], label, relax_cell), strict=True):
+                out[i] = entry
+        return out
+
+    def _relax_group(
+        self, jobs: list[tuple[str, Structure]], label: str, relax_cell: bool
+    ) -> list[ComputedStructureEntry | None]:
         if not jobs:
             return []
         if not self.batched:
@@ -572,7 +616,7 @@ class MLIPPrototypesProvider:
                     return x
 
             return [
-                self._relax_phase(structure, proto)
+                self._relax_phase(structure, proto, relax_cell)
                 for proto, structure in tqdm(jobs, desc=f"references {label}", disable=not self.progress, leave=False)
             ]
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -587,10 +631,13 @@ class MLIPPrototypesProvider:
             fmax=self.fmax,
             steps=self.steps,
             max_batch=self.max_batch,
+            relax_cell=relax_cell,
         )
         return [self._entry_from_result(s, proto, res) for (proto, s), res in zip(jobs, results, strict=True)]
 
     def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
+        if subsystem.startswith(MOLECULE_PREFIX):
+            return [(m.name, m.build()) for m in molecules(*subsystem[len(MOLECULE_PREFIX) :].split("-"))]
         if subsystem.startswith(STACKED_PREFIX):
             from gen2d.hull.stacked import stack_layer
 
@@ -641,6 +688,8 @@ class MLIPPrototypesProvider:
     def _subsystems(self, elements: Iterable[str]) -> list[str]:
         elements = sorted(set(elements))
         out = [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
+        if self.molecules:
+            out += [f"{MOLECULE_PREFIX}{pair}" for pair in molecule_pairs(elements)]
         if self.stacked is not None:
             out += [f"{STACKED_PREFIX}{cs}" for cs in self.stacked.chemical_systems(elements)]
         return out
@@ -715,6 +764,7 @@ class MLIPPrototypesProvider:
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None,
             "stacked_layers": self.stacked.describe() if self.stacked is not None else None,
+            "molecules": {"version": MOLECULE_VERSION, "box_vacuum_A": BOX_VACUUM} if self.molecules else None,
         }
 
 

@@ -1,0 +1,184 @@
+"""Molecules in a box: upper-bound references for the molecular solids the prototype library lacks.
+
+A layer of CF₄, NF₃, GeF₄, BBr₃ or PH₃ molecules competes with the molecular solid of the same molecules, and the
+binary prototypes (rocksalt, fluorite, …) have no such phase: against them such a layer sits far below the hull
+(docs/scorers/ehull.md measures −0.6 to −1.1 eV/atom for 2DMatPedia's molecular halides). Building every
+molecular crystal from its space group, as the library does for ice XI, solid NH₃ and solid CH₄, does not scale to
+the hydrides, halides and chalcogenides of the whole p-block.
+
+A molecule alone in a box does. Its energy bounds that of its solid from above, by the lattice (sublimation)
+energy, 0.03–0.1 eV/atom for these molecules, and a dispersion-free MLIP binds molecules to each other barely at
+all. So a molecule reference can raise the hull towards the missing solid, never past it.
+
+Which molecules: a central p-block atom A with n ligands X, in the shape valence-shell electron-pair repulsion
+gives it (:data:`SHAPES`):
+
+- hydrides and halides (X = H, F, Cl, Br, I) of groups 13–16: AX₃ planar (BF₃), AX₄ tetrahedral (CF₄, GeF₄),
+  AX₃ pyramidal (NF₃, PH₃), AX₂ bent (H₂S, OF₂); and the hypervalent fluorides and chlorides that exist as
+  molecules: AX₅ of P, As, Sb (PF₅, SbCl₅), AF₆ of S, Se, Te (SF₆);
+- the diatomics HX and the interhalogens XY (ClF, IBr);
+- the chalcogenides of carbon (CO₂, CS₂, CSe₂) and the oxides SO₂, SO₃, SeO₂ and NO₂.
+
+Every molecule starts at the covalent bond length (Cordero et al., Dalton Trans. 2008, 2832, via ASE) and the
+MLIP relaxes the atoms (not the box). The start shape holds the molecule's point group, so the relaxation keeps
+it; tests/test_molecule_references.py checks the relaxed bond lengths against experiment.
+
+Not built: transition-metal halides (WF₆, TiCl₄), the seesaw and T-shaped molecules (SF₄, ClF₃), and larger
+interhalogens (IF₅, IF₇); the network solids (SiO₂, P₄O₁₀) are bulk prototypes' business.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.core import Element, Lattice, Structure
+
+#: Bump when the molecule set or how it is built changes; it is part of the molecule references' cache key only
+#: (a prototype-library change does not re-key them, nor they it).
+MOLECULE_VERSION = "1"
+#: subsystem names of molecule references start with this (``molecule.F-Ge``)
+MOLECULE_PREFIX = "molecule."
+#: Å of vacuum between a molecule's periodic images, more than any MLIP cutoff (≤ 6 Å): the box holds one molecule.
+BOX_VACUUM = 10.0
+
+_HALOGENS = ("F", "Cl", "Br", "I")
+_MONOVALENT = ("H", *_HALOGENS)
+_DIVALENT = ("O", "S", "Se")
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+def _pyramid(angle_deg: float, n: int = 3) -> list[np.ndarray]:
+    """n bonds about -z with the given angle between any two (C_nv), from the bond-axis tilt that gives it."""
+    # for bonds at tilt θ from the axis, spaced 2π/n around it: cos(angle) = cos²θ + sin²θ·cos(2π/n)
+    c, phi = math.cos(math.radians(angle_deg)), 2 * math.pi / n
+    cos_t = math.sqrt((c - math.cos(phi)) / (1 - math.cos(phi)))
+    sin_t = math.sqrt(1 - cos_t**2)
+    return [np.array([sin_t * math.cos(k * phi), sin_t * math.sin(k * phi), -cos_t]) for k in range(n)]
+
+
+#: Bond directions from the central atom, per shape (the point group each start holds).
+SHAPES: dict[str, list[np.ndarray]] = {
+    "diatomic": [np.array([0.0, 0.0, 1.0])],  # C∞v / D∞h
+    "linear": [np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])],  # D∞h: CO₂
+    # C2v, started at water's angle; the relaxation finds each molecule's own (H₂S 92°, SO₂ 119°)
+    "bent": [
+        _unit([math.sin(math.radians(52.25)), 0, math.cos(math.radians(52.25))]),
+        _unit([-math.sin(math.radians(52.25)), 0, math.cos(math.radians(52.25))]),
+    ],
+    "trigonal_planar": [
+        np.array([math.cos(k * 2 * math.pi / 3), math.sin(k * 2 * math.pi / 3), 0.0]) for k in range(3)
+    ],
+    "trigonal_pyramidal": _pyramid(100.0),  # C3v, between NH₃ (107°) and AsH₃ (92°)
+    "tetrahedral": [_unit(v) for v in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])],  # Td
+    # D3h: three equatorial bonds and two axial ones
+    "trigonal_bipyramidal": [
+        *[np.array([math.cos(k * 2 * math.pi / 3), math.sin(k * 2 * math.pi / 3), 0.0]) for k in range(3)],
+        np.array([0.0, 0.0, 1.0]),
+        np.array([0.0, 0.0, -1.0]),
+    ],
+    "octahedral": [np.array(v, float) for v in ([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1])],
+}
+
+
+@dataclass(frozen=True)
+class Molecule:
+    """A molecule AXₙ: central atom, ligand, ligand count and shape."""
+
+    central: str
+    ligand: str
+    n: int
+    shape: str
+
+    @property
+    def formula(self) -> str:
+        return f"{self.central}{self.ligand}{self.n if self.n > 1 else ''}"
+
+    @property
+    def name(self) -> str:
+        """The reference's prototype name (``molecule:CF4``)."""
+        return f"molecule:{self.formula}"
+
+    def atoms_and_positions(self) -> tuple[list[str], np.ndarray]:
+        from ase.data import atomic_numbers, covalent_radii
+
+        bond = float(covalent_radii[atomic_numbers[self.central]] + covalent_radii[atomic_numbers[self.ligand]])
+        directions = SHAPES[self.shape]
+        if len(directions) != self.n:
+            raise ValueError(f"shape {self.shape} has {len(directions)} bonds, {self.formula} needs {self.n}")
+        species = [self.central, *[self.ligand] * self.n]
+        positions = np.vstack([np.zeros(3), *[bond * d for d in directions]])
+        return species, positions
+
+    def build(self, vacuum: float = BOX_VACUUM) -> Structure:
+        """The molecule, centred in a cubic box with ``vacuum`` Å between its periodic images."""
+        species, positions = self.atoms_and_positions()
+        extent = float((positions.max(axis=0) - positions.min(axis=0)).max())
+        edge = extent + vacuum
+        centred = positions - (positions.max(axis=0) + positions.min(axis=0)) / 2 + edge / 2
+        return Structure(Lattice.cubic(edge), species, centred, coords_are_cartesian=True)
+
+
+def _group(symbol: str) -> int | None:
+    el = Element(symbol)
+    if el.Z > 83 or el.is_noble_gas:  # no radioactive or noble-gas molecules
+        return None
+    return el.group
+
+
+def molecules(a: str, b: str) -> list[Molecule]:
+    """The molecules of the element pair ``a``–``b`` (either order), under the rules of this module's docstring."""
+    a, b = sorted((a, b))
+    if a == b:
+        return []
+    out: list[Molecule] = []
+    for central, ligand in ((a, b), (b, a)):
+        out += _molecules_with(central, ligand)
+    return out
+
+
+def _molecules_with(central: str, ligand: str) -> list[Molecule]:
+    group = _group(central)
+    if group is None or _group(ligand) is None:
+        return []
+    if ligand in _MONOVALENT:
+        if central == "H":  # HX: H bonds to a halogen partner once
+            return [Molecule("H", ligand, 1, "diatomic")] if ligand in _HALOGENS else []
+        if central in _HALOGENS:  # the interhalogen XY, the heavier halogen central; X-H is HX above
+            lighter = ligand != "H" and Element(ligand).Z < Element(central).Z
+            return [Molecule(central, ligand, 1, "diatomic")] if lighter else []
+        if group == 13 and central != "Tl":
+            return [Molecule(central, ligand, 3, "trigonal_planar")]
+        if group == 14:
+            return [Molecule(central, ligand, 4, "tetrahedral")]
+        if group == 15:
+            found = [Molecule(central, ligand, 3, "trigonal_pyramidal")]
+            if central in ("P", "As", "Sb") and ligand in ("F", "Cl"):
+                found.append(Molecule(central, ligand, 5, "trigonal_bipyramidal"))
+            return found
+        if group == 16:
+            found = [Molecule(central, ligand, 2, "bent")]
+            if central in ("S", "Se", "Te") and ligand == "F":
+                found.append(Molecule(central, ligand, 6, "octahedral"))
+            return found
+        return []
+    if ligand in _DIVALENT:
+        if central == "C":
+            return [Molecule("C", ligand, 2, "linear")]
+        if ligand == "O" and central == "S":
+            return [Molecule("S", "O", 2, "bent"), Molecule("S", "O", 3, "trigonal_planar")]
+        if ligand == "O" and central in ("Se", "N"):
+            return [Molecule(central, "O", 2, "bent")]
+    return []
+
+
+def molecule_pairs(elements) -> list[str]:
+    """The ``A-B`` pairs (sorted symbols) among ``elements`` that have molecules."""
+    from itertools import combinations
+
+    return [f"{a}-{b}" for a, b in combinations(sorted(set(elements)), 2) if molecules(a, b)]

@@ -1,0 +1,148 @@
+"""Molecules in a box as hull references (gen2d.hull.molecules): which molecules a pair gets, their shapes, the
+bond lengths CHGNet relaxes them to, and what they do to the hull of a molecular layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Molecule, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.symmetry.analyzer import PointGroupAnalyzer
+
+from gen2d.hull import PROTOTYPE_LIBRARY_VERSION, MLIPPrototypesProvider
+from gen2d.hull.analysis import hull_analysis
+from gen2d.hull.corrections import apply_mp2020, mlip_entry
+from gen2d.hull.molecules import BOX_VACUUM, MOLECULE_PREFIX, MOLECULE_VERSION, molecule_pairs, molecules
+from gen2d.relax import cached_calculator, relax_bulk_batch
+
+# Gas-phase bond lengths (Å) and angles (degrees): NIST CCCBDB experimental geometries (cccbdb.nist.gov, "Experimental
+# geometry data"), rounded to 0.001 Å and 0.1°.
+BONDS = {
+    "CF4": 1.315,
+    "SiF4": 1.554,
+    "GeF4": 1.670,
+    "BF3": 1.307,
+    "BBr3": 1.893,
+    "NF3": 1.365,
+    "PH3": 1.420,
+    "PCl3": 2.043,
+    "AsCl3": 2.162,
+    "NH3": 1.012,
+    "OH2": 0.958,
+    "SH2": 1.336,
+    "CO2": 1.160,
+    "CS2": 1.553,
+    "SO2": 1.431,
+    "SF6": 1.561,
+    "HCl": 1.275,
+    "ClF": 1.628,
+}
+ANGLES = {"NH3": 106.7, "PH3": 93.3, "OH2": 104.5, "NF3": 102.4, "SO2": 119.5}
+
+
+def _formulas(a: str, b: str) -> list[str]:
+    return [m.formula for m in molecules(a, b)]
+
+
+def test_each_pair_gets_the_molecules_its_valence_allows():
+    assert _formulas("Ge", "F") == _formulas("F", "Ge") == ["GeF4"]
+    assert _formulas("H", "P") == ["PH3"]
+    assert _formulas("F", "P") == ["PF3", "PF5"]
+    assert _formulas("N", "F") == ["NF3"]  # no NF5: nitrogen has no d-like valence expansion
+    assert _formulas("F", "S") == ["SF2", "SF6"]
+    assert _formulas("Br", "B") == ["BBr3"]
+    assert _formulas("Cl", "F") == ["ClF"]  # the heavier halogen is central, once
+    assert _formulas("Cl", "H") == ["HCl"]
+    assert _formulas("C", "O") == ["CO2"] and _formulas("C", "S") == ["CS2"]
+    assert _formulas("O", "S") == ["SO2", "SO3"]
+    assert _formulas("H", "O") == ["OH2"]
+    # no molecules for metal pairs, metal chalcogenides, chalcogen pairs or a single element
+    for a, b in (("Mo", "S"), ("W", "Se"), ("Se", "S"), ("Te", "S"), ("Fe", "Cl"), ("Na", "Cl"), ("S", "S")):
+        assert molecules(a, b) == [], (a, b)
+    assert molecule_pairs(["Mo", "W", "S", "Se", "Te", "C"]) == ["C-S", "C-Se"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "formula", "point_group"),
+    [
+        ("C", "F", "CF4", "Td"),
+        ("B", "F", "BF3", "D3h"),
+        ("N", "F", "NF3", "C3v"),
+        ("S", "F", "SF6", "Oh"),
+        ("P", "F", "PF5", "D3h"),
+        ("H", "O", "OH2", "C2v"),
+        ("C", "O", "CO2", "D*h"),
+    ],
+)
+def test_a_molecule_starts_in_its_point_group_alone_in_its_box(a, b, formula, point_group):
+    mol = next(m for m in molecules(a, b) if m.formula == formula)
+    s = mol.build()
+    assert len(s) == mol.n + 1
+    assert PointGroupAnalyzer(Molecule(s.species, s.cart_coords)).sch_symbol == point_group
+    # at least BOX_VACUUM Å between any atom and every periodic image of every other atom
+    cart = s.cart_coords
+    extent = (cart.max(axis=0) - cart.min(axis=0)).max()
+    assert s.lattice.a == pytest.approx(extent + BOX_VACUUM)
+    images = [s.lattice.get_cartesian_coords(v) for v in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
+    for shift in images:
+        gap = np.linalg.norm(cart[:, None, :] - (cart[None, :, :] + shift), axis=-1).min()
+        assert gap >= BOX_VACUUM - 1e-6
+
+
+def test_chgnet_relaxes_every_molecule_to_its_measured_bonds():
+    """CHGNet, atoms only in the fixed box: every bond within 5 % of experiment (the largest miss, ClF, +4.3 %), the
+    pyramidal and bent angles within 2.5°. H₂S is the exception CHGNet gets wrong (98.6° against 92.1°), not checked."""
+    pairs = [("C", "F"), ("Si", "F"), ("Ge", "F"), ("B", "F"), ("B", "Br"), ("N", "F"), ("P", "H"), ("P", "Cl")]
+    pairs += [("As", "Cl"), ("N", "H"), ("O", "H"), ("S", "H"), ("C", "O"), ("C", "S"), ("S", "O"), ("S", "F")]
+    pairs += [("H", "Cl"), ("Cl", "F")]
+    mols = [m for a, b in pairs for m in molecules(a, b) if m.formula in BONDS]
+    assert {m.formula for m in mols} == set(BONDS)
+    starts = [AseAtomsAdaptor.get_atoms(m.build()) for m in mols]
+    results = relax_bulk_batch(starts, cached_calculator("chgnet"), fmax=0.05, steps=300, relax_cell=False)
+    for mol, start, res in zip(mols, starts, results, strict=True):
+        assert res.converged, mol.formula
+        assert np.allclose(res.atoms.cell.array, start.cell.array)  # the box does not move
+        bonds = res.atoms.get_distances(0, list(range(1, len(res.atoms))), mic=True)
+        assert bonds.mean() == pytest.approx(BONDS[mol.formula], rel=0.05), mol.formula
+        if mol.formula in ANGLES:
+            assert res.atoms.get_angle(1, 0, 2, mic=True) == pytest.approx(ANGLES[mol.formula], abs=2.5), mol.formula
+
+
+def test_a_molecular_layer_no_longer_falls_below_a_hull_that_lacks_its_molecule(tmp_path):
+    """A layer of CF₄ molecules competes with solid CF₄. Without the molecule the C–F references are crystals only,
+    and the layer lies far below them; with it the layer sits near the molecule, and the hull only rose."""
+    calc = cached_calculator("chgnet")
+    # a square layer of upright CF4 molecules 4.5 Å apart (solid CF4: C–C 4.6–5 Å), 20 Å of vacuum
+    cf4 = next(m for m in molecules("C", "F") if m.formula == "CF4")
+    species, positions = cf4.atoms_and_positions()
+    layer = Structure(
+        Lattice.from_parameters(4.5, 4.5, 20, 90, 90, 90),
+        species,
+        positions + [2.25, 2.25, 10.0],
+        coords_are_cartesian=True,
+    )
+    atoms = AseAtomsAdaptor.get_atoms(layer)
+    atoms.calc = calc
+    entry = apply_mp2020(mlip_entry(layer, float(atoms.get_potential_energy()), model="chgnet"))
+    common = dict(cache_dir=tmp_path, shipped=False, stacked_layers=False, binary_prototypes=["rocksalt", "fluorite"])
+    without = MLIPPrototypesProvider(calc, molecules=False, **common)
+    with_molecule = MLIPPrototypesProvider(calc, molecules=True, **common)
+    refs_without, refs_with = without.entries(["C", "F"]), with_molecule.entries(["C", "F"])
+    assert not any(r.data.get("prototype", "").startswith("molecule:") for r in refs_without)
+    [mol_entry] = [r for r in refs_with if r.data.get("prototype") == "molecule:CF4"]
+    assert mol_entry.structure.lattice.a == pytest.approx(box_edge(cf4))  # relaxed in its own, fixed box
+    e_without = hull_analysis(entry, refs_without, "x").e_hull
+    e_with = hull_analysis(entry, refs_with, "x").e_hull
+    assert e_without < -0.3  # a formation energy, not a distance from any CF4 phase
+    assert e_with > e_without and abs(e_with) < 0.05  # within CHGNet's weak binding between molecules
+    # the molecules' cache key carries their own version, not the prototype library's
+    key = with_molecule._key(f"{MOLECULE_PREFIX}C-F")
+    assert f"-molecules{MOLECULE_VERSION}-" in key and f"-v{PROTOTYPE_LIBRARY_VERSION}-" not in key
+    assert key == MLIPPrototypesProvider(calc, molecules=True, cache_dir=tmp_path, binary_prototypes=["rocksalt"])._key(
+        f"{MOLECULE_PREFIX}C-F"
+    )
+
+
+def box_edge(mol) -> float:
+    species, positions = mol.atoms_and_positions()
+    return float((positions.max(axis=0) - positions.min(axis=0)).max()) + BOX_VACUUM
