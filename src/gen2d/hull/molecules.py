@@ -7,8 +7,9 @@ molecular crystal from its space group, as the library does for ice XI, solid NH
 the hydrides, halides and chalcogenides of the whole p-block.
 
 A molecule alone in a box does. Its energy bounds that of its solid from above, by the lattice (sublimation)
-energy, 0.03–0.1 eV/atom for these molecules, and a dispersion-free MLIP binds molecules to each other barely at
-all. So a molecule reference can raise the hull towards the missing solid, never past it.
+energy, so a molecule reference can lower the hull towards the missing solid, never below it: a layer's E_hull
+can only rise towards its true value. A layer of the molecules can still lie below its molecule by as much as
+the MLIP binds them to each other (CHGNet: 0.05-0.1 eV/atom in layers of CF₄ and GeF₄, docs/scorers/ehull.md).
 
 Which molecules: a central p-block atom A with n ligands X, in the shape valence-shell electron-pair repulsion
 gives it (:data:`SHAPES`):
