@@ -2,8 +2,8 @@
 """Build the shipped MLIP reference cache for one chemical space (``src/gen2d/assets/references``).
 
 The ``mlip-prototypes`` convex hull relaxes every elemental polymorph and every binary prototype of
-each element pair with the candidate's own MLIP, and stacks every database layer of the space
-(:mod:`gen2d.hull.stacked`). Cold, that costs ~6 s per element and ~30 s per pair
+each element pair with the candidate's own MLIP, stacks every database layer of the space
+(:mod:`gen2d.hull.stacked`) and puts each molecule of the space's pairs in a box (:mod:`gen2d.hull.molecules`). Cold, that costs ~6 s per element and ~30 s per pair
 on 2 cores, which dominates a first run. This script relaxes them once for a chemical space and writes
 the same gzip JSON files the provider caches at run time, plus a MANIFEST.json saying how they were
 made. The provider reads the shipped files read-only, under the same cache key (MLIP checkpoint hash,
@@ -19,7 +19,8 @@ only starts outside the space (the start-density floor of v6; the script checks 
 entry that the current library still builds is kept as it was relaxed, entries it no longer builds are left
 out, and only the decorations of prototypes the old library did not have are relaxed, through the provider's
 own (lockstep batched) relaxation path. Elemental polymorphs and stacked layers must be unchanged; the files
-are re-keyed under the current version. OLD may be ``--out`` itself (it is read completely first):
+are re-keyed under the current version. The molecules have their own version: an old cache's molecules are kept
+when their key is the current one, and relaxed otherwise. OLD may be ``--out`` itself (it is read completely first):
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/build_reference_cache.py \\
         --derive-from src/gen2d/assets/references --out src/gen2d/assets/references

@@ -9,11 +9,11 @@ from pymatgen.core import Lattice, Molecule, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.symmetry.analyzer import PointGroupAnalyzer
 
-from gen2d.hull import PROTOTYPE_LIBRARY_VERSION, MLIPPrototypesProvider
+from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, MLIPPrototypesProvider, binary_decorations
 from gen2d.hull.analysis import hull_analysis
 from gen2d.hull.corrections import apply_mp2020, mlip_entry
 from gen2d.hull.molecules import BOX_VACUUM, MOLECULE_PREFIX, MOLECULE_VERSION, molecule_pairs, molecules
-from gen2d.relax import cached_calculator, relax_bulk_batch
+from gen2d.relax import cached_calculator, relax_bulk, relax_bulk_batch, relax_in_plane
 
 # Gas-phase bond lengths (Å) and angles (degrees): NIST CCCBDB experimental geometries (cccbdb.nist.gov, "Experimental
 # geometry data"), rounded to 0.001 Å and 0.1°.
@@ -49,14 +49,19 @@ def test_each_pair_gets_the_molecules_its_valence_allows():
     assert _formulas("H", "P") == ["PH3"]
     assert _formulas("F", "P") == ["PF3", "PF5"]
     assert _formulas("N", "F") == ["NF3"]  # no NF5: nitrogen has no d-like valence expansion
-    assert _formulas("F", "S") == ["SF2", "SF6"]
+    assert _formulas("F", "S") == ["SF4", "SF6"]
+    assert _formulas("Cl", "Te") == ["TeCl4"] and _formulas("Cl", "S") == ["SCl2"]
     assert _formulas("Br", "B") == ["BBr3"]
     assert _formulas("Cl", "F") == ["ClF"]  # the heavier halogen is central, once
     assert _formulas("Cl", "H") == ["HCl"]
     assert _formulas("C", "O") == ["CO2"] and _formulas("C", "S") == ["CS2"]
     assert _formulas("O", "S") == ["SO2", "SO3"]
     assert _formulas("H", "O") == ["OH2"]
-    # no molecules for metal pairs, metal chalcogenides, chalcogen pairs or a single element
+    assert _formulas("As", "Cl") == ["AsCl3"]  # AsCl5 decomposes above -50 °C
+    # none that do not exist or last (PbI4, NBr3, IF, SeF2, BiH3), none for metal pairs, metal chalcogenides, chalcogen
+    # pairs or a single element
+    for a, b in (("Pb", "I"), ("N", "Br"), ("I", "F"), ("Se", "F"), ("Bi", "H")):
+        assert not any(m.formula in ("PbI4", "NBr3", "IF", "SeF2", "BiH3") for m in molecules(a, b)), (a, b)
     for a, b in (("Mo", "S"), ("W", "Se"), ("Se", "S"), ("Te", "S"), ("Fe", "Cl"), ("Na", "Cl"), ("S", "S")):
         assert molecules(a, b) == [], (a, b)
     assert molecule_pairs(["Mo", "W", "S", "Se", "Te", "C"]) == ["C-S", "C-Se"]
@@ -69,6 +74,7 @@ def test_each_pair_gets_the_molecules_its_valence_allows():
         ("B", "F", "BF3", "D3h"),
         ("N", "F", "NF3", "C3v"),
         ("S", "F", "SF6", "Oh"),
+        ("S", "F", "SF4", "C2v"),
         ("P", "F", "PF5", "D3h"),
         ("H", "O", "OH2", "C2v"),
         ("C", "O", "CO2", "D*h"),
@@ -90,27 +96,70 @@ def test_a_molecule_starts_in_its_point_group_alone_in_its_box(a, b, formula, po
 
 
 def test_chgnet_relaxes_every_molecule_to_its_measured_bonds():
-    """CHGNet, atoms only in the fixed box: every bond within 5 % of experiment (the largest miss, ClF, +4.3 %), the
-    pyramidal and bent angles within 2.5°. H₂S is the exception CHGNet gets wrong (98.6° against 92.1°), not checked."""
+    """CHGNet, atoms only in the fixed box, at the reference phases' settings (fmax 0.1 eV/Å, 200 steps): every bond
+    within 5 % of experiment (the largest miss, ClF, +4.3 %), the pyramidal and bent angles within 2.5°. H₂S is the
+    exception CHGNet gets wrong (98.6° against 92.1°), not checked."""
     pairs = [("C", "F"), ("Si", "F"), ("Ge", "F"), ("B", "F"), ("B", "Br"), ("N", "F"), ("P", "H"), ("P", "Cl")]
     pairs += [("As", "Cl"), ("N", "H"), ("O", "H"), ("S", "H"), ("C", "O"), ("C", "S"), ("S", "O"), ("S", "F")]
     pairs += [("H", "Cl"), ("Cl", "F")]
     mols = [m for a, b in pairs for m in molecules(a, b) if m.formula in BONDS]
     assert {m.formula for m in mols} == set(BONDS)
     starts = [AseAtomsAdaptor.get_atoms(m.build()) for m in mols]
-    results = relax_bulk_batch(starts, cached_calculator("chgnet"), fmax=0.05, steps=300, relax_cell=False)
+    results = relax_bulk_batch(starts, cached_calculator("chgnet"), fmax=0.1, steps=200, relax_cell=False)
     for mol, start, res in zip(mols, starts, results, strict=True):
         assert res.converged, mol.formula
         assert np.allclose(res.atoms.cell.array, start.cell.array)  # the box does not move
         bonds = res.atoms.get_distances(0, list(range(1, len(res.atoms))), mic=True)
-        assert bonds.mean() == pytest.approx(BONDS[mol.formula], rel=0.05), mol.formula
+        assert np.allclose(bonds, BONDS[mol.formula], rtol=0.05), (mol.formula, bonds)
         if mol.formula in ANGLES:
             assert res.atoms.get_angle(1, 0, 2, mic=True) == pytest.approx(ANGLES[mol.formula], abs=2.5), mol.formula
 
 
+def test_a_molecule_lies_above_its_own_molecular_solid():
+    """The bound the molecules rest on, for the three molecular solids the prototype library builds: CHGNet puts H₂O
+    0.24 eV/atom above ice XI, NH₃ 0.06 above solid ammonia, and CH₄ level with solid methane (no dispersion)."""
+    calc = cached_calculator("chgnet")
+    for solid, a, b, formula in (
+        ("ice_xi", "H", "O", "OH2"),
+        ("ammonia", "H", "N", "NH3"),
+        ("methane", "C", "H", "CH4"),
+    ):
+        [(_, x, y)] = binary_decorations(a, b, [solid])
+        crystal = relax_bulk(AseAtomsAdaptor.get_atoms(BINARY_PROTOTYPES[solid].build(x, y)), calc, fmax=0.1, steps=200)
+        [mol] = [m for m in molecules(a, b) if m.formula == formula]
+        [alone] = relax_bulk_batch(
+            [AseAtomsAdaptor.get_atoms(mol.build())], calc, fmax=0.1, steps=200, relax_cell=False
+        )
+        assert crystal.converged and alone.converged
+        above = alone.energy / len(alone.atoms) - crystal.energy / len(crystal.atoms)
+        assert above > -0.005, (formula, above)  # level within the relaxations' fmax, never below
+    assert above < 0.01  # methane: a dispersion-free MLIP barely binds CH4 to CH4
+
+
+def test_crystals_and_molecules_relaxed_together_keep_their_order_and_their_boxes(tmp_path):
+    """One chunk of mixed jobs: the crystals relax their cells, the molecules only their atoms, and each entry comes
+    back in its job's place."""
+    from gen2d.hull import ELEMENT_PROTOTYPES
+
+    prov = MLIPPrototypesProvider(cached_calculator("chgnet"), cache_dir=tmp_path, shipped=False, stacked_layers=False)
+    hcl = next(m for m in molecules("H", "Cl") if m.formula == "HCl")
+    jobs = [
+        ("fcc", ELEMENT_PROTOTYPES["fcc"].build("Cu")),
+        (hcl.name, hcl.build()),
+        ("rocksalt", BINARY_PROTOTYPES["rocksalt"].build("Na", "Cl")),
+    ]
+    entries = prov._relax_jobs(jobs, "mixed")
+    assert [e.composition.reduced_formula for e in entries] == ["Cu", "HCl", "NaCl"]
+    assert [e.data["prototype"] for e in entries] == ["fcc", "molecule:HCl", "rocksalt"]
+    assert np.allclose(entries[1].structure.lattice.matrix, jobs[1][1].lattice.matrix)
+    for k in (0, 2):  # the crystals' cells moved from their starts
+        assert not np.allclose(entries[k].structure.lattice.matrix, jobs[k][1].lattice.matrix, atol=1e-3)
+
+
 def test_a_molecular_layer_no_longer_falls_below_a_hull_that_lacks_its_molecule(tmp_path):
-    """A layer of CF₄ molecules competes with solid CF₄. Without the molecule the C–F references are crystals only,
-    and the layer lies far below them; with it the layer sits near the molecule, and the hull only rose."""
+    """A layer of CF₄ molecules competes with solid CF₄. Without the molecule the C–F references are crystals only
+    (two prototypes here), and the layer's E_hull is about its formation energy; with it the layer sits just below
+    the molecule."""
     calc = cached_calculator("chgnet")
     # a square layer of upright CF4 molecules 4.5 Å apart (solid CF4: C–C 4.6–5 Å), 20 Å of vacuum
     cf4 = next(m for m in molecules("C", "F") if m.formula == "CF4")
@@ -121,9 +170,9 @@ def test_a_molecular_layer_no_longer_falls_below_a_hull_that_lacks_its_molecule(
         positions + [2.25, 2.25, 10.0],
         coords_are_cartesian=True,
     )
-    atoms = AseAtomsAdaptor.get_atoms(layer)
-    atoms.calc = calc
-    entry = apply_mp2020(mlip_entry(layer, float(atoms.get_potential_energy()), model="chgnet"))
+    relaxed = relax_in_plane(AseAtomsAdaptor.get_atoms(layer), calc, fmax=0.05, steps=300)
+    assert relaxed.failure is None, relaxed.message
+    entry = apply_mp2020(mlip_entry(AseAtomsAdaptor.get_structure(relaxed.atoms), relaxed.energy, model="chgnet"))
     common = dict(cache_dir=tmp_path, shipped=False, stacked_layers=False, binary_prototypes=["rocksalt", "fluorite"])
     without = MLIPPrototypesProvider(calc, molecules=False, **common)
     with_molecule = MLIPPrototypesProvider(calc, molecules=True, **common)
@@ -134,7 +183,9 @@ def test_a_molecular_layer_no_longer_falls_below_a_hull_that_lacks_its_molecule(
     e_without = hull_analysis(entry, refs_without, "x").e_hull
     e_with = hull_analysis(entry, refs_with, "x").e_hull
     assert e_without < -0.3  # a formation energy, not a distance from any CF4 phase
-    assert e_with > e_without and abs(e_with) < 0.05  # within CHGNet's weak binding between molecules
+    # the relaxed layer lies below its molecule by CHGNet's binding between the molecules (0.052 eV/atom here, 0.054 for
+    # 2DMatPedia's CF4 layer), and never above it: the molecule is the layer's decomposition
+    assert -0.1 < e_with < 0.0
     # the molecules' cache key carries their own version, not the prototype library's
     key = with_molecule._key(f"{MOLECULE_PREFIX}C-F")
     assert f"-molecules{MOLECULE_VERSION}-" in key and f"-v{PROTOTYPE_LIBRARY_VERSION}-" not in key

@@ -98,7 +98,7 @@ class EHullScorer(BaseScorer):
         Reference set: ``mlip-prototypes`` (default, same MLIP, offline), ``entries-file`` or ``mp-api``.
     provider_options : dict, optional
         Passed to the provider (``path`` for entries-file; ``api_key`` for mp-api; ``cache_dir``,
-        ``binary_prototypes``, ``fmax``, ``steps``, ``stacked_layers`` for mlip-prototypes).
+        ``binary_prototypes``, ``fmax``, ``steps``, ``stacked_layers``, ``molecules`` for mlip-prototypes).
     fmax, steps : float, int
         Monolayer relaxation: convergence in eV/Å and the FIRE step limit.
     store : maggma Store, optional
@@ -173,8 +173,9 @@ class EHullScorer(BaseScorer):
             from gen2d.hull.molecules import MOLECULE_VERSION
             from gen2d.hull.stacked import STACKED_VERSION
 
-            stacked = self.provider_options.get("stacked_layers", True) is not False
-            with_molecules = self.provider_options.get("molecules", True) is not False
+            # truth as the provider reads it (`stacked_layers or None`, `bool(molecules)`), so 0 or None turn them off
+            stacked = bool(self.provider_options.get("stacked_layers", True))
+            with_molecules = bool(self.provider_options.get("molecules", True))
             self.current = {
                 **type(self).current,
                 "provenance.settings.reference_set.library_version": PROTOTYPE_LIBRARY_VERSION,

@@ -559,10 +559,11 @@ def relax_in_plane(
 def relax_bulk(
     atoms: Atoms, calculator: Calculator, fmax: float = 0.05, steps: int = 500, relax_cell: bool = True
 ) -> RelaxResult:
-    """Relax a bulk crystal (full cell and positions) with FIRE and ``FrechetCellFilter``.
+    """Relax a bulk crystal (full cell and positions) with FIRE and ``FrechetCellFilter``, or with
+    ``relax_cell=False`` the atoms only (a molecule in its box).
 
     Used for reference phases of the hull. Same failure names as :func:`relax_in_plane` minus the
-    layer checks. ``relax_cell=False`` moves the atoms only (a molecule in its box).
+    layer checks.
     """
     settings = _bulk_settings(fmax, steps, relax_cell)
     work, pbc, bad, why = _prepare(atoms)

@@ -15,17 +15,23 @@ Which molecules: a central p-block atom A with n ligands X, in the shape valence
 gives it (:data:`SHAPES`):
 
 - hydrides and halides (X = H, F, Cl, Br, I) of groups 13–16: AX₃ planar (BF₃), AX₄ tetrahedral (CF₄, GeF₄),
-  AX₃ pyramidal (NF₃, PH₃), AX₂ bent (H₂S, OF₂); and the hypervalent fluorides and chlorides that exist as
-  molecules: AX₅ of P, As, Sb (PF₅, SbCl₅), AF₆ of S, Se, Te (SF₆);
-- the diatomics HX and the interhalogens XY (ClF, IBr);
+  AX₃ pyramidal (NF₃, PH₃), AX₂ bent (H₂S, OF₂, SCl₂), AX₄ seesaw (SF₄, TeCl₄); and the hypervalent fluorides and
+  chlorides that exist as molecules: PF₅, PCl₅, AsF₅, SbF₅, SbCl₅, and SF₆, SeF₆, TeF₆;
+- the diatomics HX and the interhalogens ClF, BrCl, ICl and IBr;
 - the chalcogenides of carbon (CO₂, CS₂, CSe₂) and the oxides SO₂, SO₃, SeO₂ and NO₂.
+
+Only compounds that exist at room temperature are built (:data:`RULES` names what is left out and why): a molecule
+that does not exist bounds nothing. The MP2020 anion corrections apply to a molecule per anion atom, as to a layer of
+the same elements, so they cancel between the two; against the elements they do not, and they make covalent
+molecules too stable (PCl₅ against PCl₃ + Cl₂ by about 0.4 eV/atom more than measured), which can only make a layer
+that decomposes into such a molecule look less stable than it is.
 
 Every molecule starts at the covalent bond length (Cordero et al., Dalton Trans. 2008, 2832, via ASE) and the
 MLIP relaxes the atoms (not the box). The start shape holds the molecule's point group, so the relaxation keeps
 it; tests/test_molecule_references.py checks the relaxed bond lengths against experiment.
 
-Not built: transition-metal halides (WF₆, TiCl₄), the seesaw and T-shaped molecules (SF₄, ClF₃), and larger
-interhalogens (IF₅, IF₇); the network solids (SiO₂, P₄O₁₀) are bulk prototypes' business.
+Not built: transition-metal halides (WF₆, TiCl₄), the T-shaped and square-pyramidal interhalogens (ClF₃, BrF₅, IF₅,
+IF₇); the network solids (SiO₂, P₄O₁₀) are bulk prototypes' business.
 """
 
 from __future__ import annotations
@@ -36,17 +42,15 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
-#: Bump when the molecule set or how it is built changes; it is part of the molecule references' cache key only
-#: (a prototype-library change does not re-key them, nor they it).
-MOLECULE_VERSION = "1"
+#: Bump when the molecule set or how it is built changes, and with the prototype library's version whenever the entry
+#: code the two share changes (mlip_entry, apply_mp2020, the collapse check). It is part of the molecule references'
+#: cache key only: a prototype-library change does not re-key them, nor they it.
+#: v2: only molecules that exist at room temperature; the seesaw AX₄ (SF₄, TeCl₄)
+MOLECULE_VERSION = "2"
 #: subsystem names of molecule references start with this (``molecule.F-Ge``)
 MOLECULE_PREFIX = "molecule."
 #: Å of vacuum between a molecule's periodic images, more than any MLIP cutoff (≤ 6 Å): the box holds one molecule.
 BOX_VACUUM = 10.0
-
-_HALOGENS = ("F", "Cl", "Br", "I")
-_MONOVALENT = ("H", *_HALOGENS)
-_DIVALENT = ("O", "S", "Se")
 
 
 def _unit(v) -> np.ndarray:
@@ -84,7 +88,50 @@ SHAPES: dict[str, list[np.ndarray]] = {
         np.array([0.0, 0.0, -1.0]),
     ],
     "octahedral": [np.array(v, float) for v in ([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1])],
+    # C2v with the lone pair along -x: two equatorial bonds 102° apart, two axial ones bent 3.5° away from the lone
+    # pair (SF₄: 101.6° and 173.1°)
+    "seesaw": [
+        np.array([math.cos(math.radians(51)), math.sin(math.radians(51)), 0.0]),
+        np.array([math.cos(math.radians(51)), -math.sin(math.radians(51)), 0.0]),
+        np.array([math.sin(math.radians(3.5)), 0.0, math.cos(math.radians(3.5))]),
+        np.array([math.sin(math.radians(3.5)), 0.0, -math.cos(math.radians(3.5))]),
+    ],
 }
+
+
+#: Every molecule built: (central atoms, ligands, ligand count, shape). Only compounds that exist at room temperature,
+#: alone, as dimers (Al₂Cl₆, B₂H₆) or in molecular solids (SeCl₄), so each is an upper bound of a real solid. Left
+#: out as not existing or not lasting: BrF and IF (they disproportionate), the lead hydride and tetrahalides,
+#: NBr₃ and NI₃, BiH₃, AsCl₅ (decomposes above −50 °C), and the dihalides of S, Se and Te but SCl₂.
+RULES: tuple[tuple[str, str, int, str], ...] = (
+    ("H", "F Cl Br I", 1, "diatomic"),
+    ("Cl", "F", 1, "diatomic"),
+    ("Br", "Cl", 1, "diatomic"),
+    ("I", "Cl Br", 1, "diatomic"),
+    ("B", "H F Cl Br I", 3, "trigonal_planar"),
+    ("Al Ga In", "F Cl Br I", 3, "trigonal_planar"),
+    ("C Si Ge Sn", "H F Cl Br I", 4, "tetrahedral"),
+    ("N", "H F Cl", 3, "trigonal_pyramidal"),
+    ("P As Sb", "H F Cl Br I", 3, "trigonal_pyramidal"),
+    ("Bi", "F Cl Br I", 3, "trigonal_pyramidal"),
+    ("P Sb", "F Cl", 5, "trigonal_bipyramidal"),
+    ("As", "F", 5, "trigonal_bipyramidal"),
+    ("O S Se Te", "H", 2, "bent"),
+    ("O", "F Cl", 2, "bent"),
+    ("S", "Cl", 2, "bent"),
+    ("S", "F", 4, "seesaw"),
+    ("Se", "F Cl", 4, "seesaw"),
+    ("Te", "F Cl Br I", 4, "seesaw"),
+    ("S Se Te", "F", 6, "octahedral"),
+    ("C", "O S Se", 2, "linear"),
+    ("S Se N", "O", 2, "bent"),
+    ("S", "O", 3, "trigonal_planar"),
+)
+_BUILT: dict[tuple[str, str], list[tuple[int, str]]] = {}
+for _centrals, _ligands, _n, _shape in RULES:
+    for _c in _centrals.split():
+        for _x in _ligands.split():
+            _BUILT.setdefault((_c, _x), []).append((_n, _shape))
 
 
 @dataclass(frozen=True)
@@ -144,38 +191,9 @@ def molecules(a: str, b: str) -> list[Molecule]:
 
 
 def _molecules_with(central: str, ligand: str) -> list[Molecule]:
-    group = _group(central)
-    if group is None or _group(ligand) is None:
+    if _group(central) is None or _group(ligand) is None:
         return []
-    if ligand in _MONOVALENT:
-        if central == "H":  # HX: H bonds to a halogen partner once
-            return [Molecule("H", ligand, 1, "diatomic")] if ligand in _HALOGENS else []
-        if central in _HALOGENS:  # the interhalogen XY, the heavier halogen central; X-H is HX above
-            lighter = ligand != "H" and Element(ligand).Z < Element(central).Z
-            return [Molecule(central, ligand, 1, "diatomic")] if lighter else []
-        if group == 13 and central != "Tl":
-            return [Molecule(central, ligand, 3, "trigonal_planar")]
-        if group == 14:
-            return [Molecule(central, ligand, 4, "tetrahedral")]
-        if group == 15:
-            found = [Molecule(central, ligand, 3, "trigonal_pyramidal")]
-            if central in ("P", "As", "Sb") and ligand in ("F", "Cl"):
-                found.append(Molecule(central, ligand, 5, "trigonal_bipyramidal"))
-            return found
-        if group == 16:
-            found = [Molecule(central, ligand, 2, "bent")]
-            if central in ("S", "Se", "Te") and ligand == "F":
-                found.append(Molecule(central, ligand, 6, "octahedral"))
-            return found
-        return []
-    if ligand in _DIVALENT:
-        if central == "C":
-            return [Molecule("C", ligand, 2, "linear")]
-        if ligand == "O" and central == "S":
-            return [Molecule("S", "O", 2, "bent"), Molecule("S", "O", 3, "trigonal_planar")]
-        if ligand == "O" and central in ("Se", "N"):
-            return [Molecule(central, "O", 2, "bent")]
-    return []
+    return [Molecule(central, ligand, n, shape) for n, shape in _BUILT.get((central, ligand), [])]
 
 
 def molecule_pairs(elements) -> list[str]:
