@@ -238,3 +238,32 @@ def test_batch_scoring_equals_one_by_one(ref_cache):
         assert t.value == pytest.approx(a.value, abs=2e-3)
         assert t.extra["convergence"]["settings"] == a.extra["convergence"]["settings"]
         assert t.extra["decomposition"][0]["prototype"] == a.extra["decomposition"][0]["prototype"]
+
+
+def test_a_stored_e_hull_is_redone_when_the_molecule_set_changes():
+    """An E_hull records the molecule set it was computed against, and a scorer with another set recomputes it;
+    the flag is read as the provider reads it, so 0 or None turn the molecules off on both sides."""
+    from gen2d.hull.molecules import MOLECULE_VERSION
+    from gen2d.store import score_is_current
+
+    key = "provenance.settings.reference_set.molecules.version"
+    default = get_scorer("ehull.chgnet")
+    assert default.current[key] == MOLECULE_VERSION
+    for off in (False, 0, None):
+        assert get_scorer("ehull.chgnet", provider_options={"molecules": off}).current[key] is None
+
+    def stored(current: dict) -> dict:
+        """A score holding exactly these settings at their dotted paths."""
+        doc: dict = {}
+        for path, value in current.items():
+            *parents, last = path.split(".")
+            node = doc
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return doc
+
+    assert score_is_current(stored(default.current), default.current)
+    before = stored({k: v for k, v in default.current.items() if k != key})  # computed before the molecules
+    assert not score_is_current(before, default.current)
+    assert not score_is_current(stored({**default.current, key: "1"}), default.current)
