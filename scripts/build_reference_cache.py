@@ -3,10 +3,10 @@
 
 The ``mlip-prototypes`` convex hull relaxes every elemental polymorph and every binary prototype of
 each element pair with the candidate's own MLIP, stacks every database layer of the space
-(:mod:`gen2d.hull.stacked`) and puts each molecule of the space's pairs in a box (:mod:`gen2d.hull.molecules`). Cold, that costs ~6 s per element and ~30 s per pair
-on 2 cores, which dominates a first run. This script relaxes them once for a chemical space and writes
-the same gzip JSON files the provider caches at run time, plus a MANIFEST.json saying how they were
-made. The provider reads the shipped files read-only, under the same cache key (MLIP checkpoint hash,
+(:mod:`gen2d.hull.stacked`) and puts each molecule of the space's pairs in a box (:mod:`gen2d.hull.molecules`).
+Cold, that costs ~6 s per element and ~30 s per pair on 2 cores, which dominates a first run. This script relaxes
+them once for a chemical space and writes the same gzip JSON files the provider caches at run time, plus a
+MANIFEST.json saying how they were made. The provider reads the shipped files read-only, under the same cache key (MLIP checkpoint hash,
 prototype-library version, fmax, steps, prototype list), so a different MLIP, version or setting
 never uses them: it recomputes.
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stacked layers: {n} phases, {timings['stacked']} s", flush=True)
     if prov.molecules:  # the molecules of the space's pairs (CS2 for C-S), each in its box
         t = time.time()
-        found = prov._ensure(molecule_subsystems(prov, elements))
+        found = prov._ensure(prov.molecule_subsystems(elements))
         timings["molecules"] = round(time.time() - t, 1)
         print(f"molecules: {sum(map(len, found.values()))}, {timings['molecules']} s", flush=True)
     manifest = {
@@ -221,13 +221,6 @@ def _floored_starts(elements: list[str], binary_prototypes: Any) -> list[str]:
     return out
 
 
-def molecule_subsystems(prov: Any, elements: list[str]) -> list[str]:
-    """The molecule subsystems (``molecule.C-S``) of ``elements`` the provider adds; none when it adds no molecules."""
-    from gen2d.hull.molecules import MOLECULE_PREFIX, molecule_pairs
-
-    return [f"{MOLECULE_PREFIX}{pair}" for pair in molecule_pairs(elements)] if prov.molecules else []
-
-
 def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[str, list], dict[str, Any]]:
     """The current library's entries of ``elements`` made from an older cache (see the module docstring).
 
@@ -297,7 +290,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
                 elif deco not in covered:  # the old build relaxed it and dropped it (or it was widened: rebuild)
                     dropped_before.append("{}:{}{}".format(*deco))
     molecules_relaxed = []
-    for sub in molecule_subsystems(prov, elements):  # versioned apart from the library: kept when the key matches
+    for sub in prov.molecule_subsystems(elements):  # versioned apart from the library: kept when the key matches
         if sub in docs and docs[sub]["ref_key"] == prov._key(sub):
             kept[sub] = [_decode_entry(d) for d in docs[sub]["entries"]]
             continue

@@ -458,15 +458,18 @@ class MLIPPrototypesProvider:
         self.molecules = bool(molecules)
 
     # cache ---------------------------------------------------------------------------------------
+    def _model_tag(self) -> str:
+        return (self.checkpoint_sha256 or self.model.replace(" ", "_"))[:16]
+
     def _settings_tag(self) -> str:
-        model = (self.checkpoint_sha256 or self.model.replace(" ", "_"))[:16]
-        return f"{model}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
+        return f"{self._model_tag()}-v{PROTOTYPE_LIBRARY_VERSION}-f{self.fmax:g}-s{self.steps}"
 
     def _key(self, subsystem: str) -> str:
         if subsystem.startswith(MOLECULE_PREFIX):
             # the molecules have their own version, so a prototype-library change does not re-key them
-            model = (self.checkpoint_sha256 or self.model.replace(" ", "_"))[:16]
-            return f"{self.name}:{model}-molecules{MOLECULE_VERSION}-f{self.fmax:g}-s{self.steps}:{subsystem}"
+            return (
+                f"{self.name}:{self._model_tag()}-molecules{MOLECULE_VERSION}-f{self.fmax:g}-s{self.steps}:{subsystem}"
+            )
         if subsystem.startswith(STACKED_PREFIX):
             from gen2d.hull.stacked import STACKED_VERSION
 
@@ -590,14 +593,10 @@ class MLIPPrototypesProvider:
     def _relax_jobs(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedStructureEntry | None]:
         """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order. The
         crystals relax their cell too; a molecule (``molecule:…``) moves its atoms only, in its fixed box."""
-        if not jobs:
-            return []
-        fixed = [i for i, (proto, _) in enumerate(jobs) if proto.startswith("molecule:")]
-        if not fixed:
-            return self._relax_group(jobs, label, relax_cell=True)
+        is_molecule = [proto.startswith("molecule:") for proto, _ in jobs]
         out: list[ComputedStructureEntry | None] = [None] * len(jobs)
-        crystals = [i for i in range(len(jobs)) if i not in set(fixed)]
-        for group, relax_cell in ((crystals, True), (fixed, False)):
+        for relax_cell in (True, False):
+            group = [i for i, molecule in enumerate(is_molecule) if molecule is not relax_cell]
             for i, entry in zip(group, self._relax_group([jobs[i] for i in group], label, relax_cell), strict=True):
                 out[i] = entry
         return out
@@ -687,12 +686,14 @@ class MLIPPrototypesProvider:
 
     def _subsystems(self, elements: Iterable[str]) -> list[str]:
         elements = sorted(set(elements))
-        out = [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2))]
-        if self.molecules:
-            out += [f"{MOLECULE_PREFIX}{pair}" for pair in molecule_pairs(elements)]
+        out = [*elements, *(f"{a}-{b}" for a, b in combinations(elements, 2)), *self.molecule_subsystems(elements)]
         if self.stacked is not None:
             out += [f"{STACKED_PREFIX}{cs}" for cs in self.stacked.chemical_systems(elements)]
         return out
+
+    def molecule_subsystems(self, elements: Iterable[str]) -> list[str]:
+        """The molecule subsystems (``molecule.C-S``) of the pairs among ``elements``; none without molecules."""
+        return [f"{MOLECULE_PREFIX}{pair}" for pair in molecule_pairs(elements)] if self.molecules else []
 
     def stacked_entries(self, elements: Iterable[str]) -> list[ComputedEntry]:
         """The stacked-layer references within ``elements`` (cached; empty without a layer library)."""

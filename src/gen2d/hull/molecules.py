@@ -40,7 +40,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 
 #: Bump when the molecule set or how it is built changes, and with the prototype library's version whenever the entry
 #: code the two share changes (mlip_entry, apply_mp2020, the collapse check). It is part of the molecule references'
@@ -62,7 +62,7 @@ def _pyramid(angle_deg: float, n: int = 3) -> list[np.ndarray]:
     """n bonds about -z with the given angle between any two (C_nv), from the bond-axis tilt that gives it."""
     # for bonds at tilt θ from the axis, spaced 2π/n around it: cos(angle) = cos²θ + sin²θ·cos(2π/n)
     c, phi = math.cos(math.radians(angle_deg)), 2 * math.pi / n
-    cos_t = math.sqrt((c - math.cos(phi)) / (1 - math.cos(phi)))
+    cos_t = math.sqrt(max(0.0, (c - math.cos(phi)) / (1 - math.cos(phi))))  # 0 for a planar angle (120° at n = 3)
     sin_t = math.sqrt(1 - cos_t**2)
     return [np.array([sin_t * math.cos(k * phi), sin_t * math.sin(k * phi), -cos_t]) for k in range(n)]
 
@@ -76,17 +76,11 @@ SHAPES: dict[str, list[np.ndarray]] = {
         _unit([math.sin(math.radians(52.25)), 0, math.cos(math.radians(52.25))]),
         _unit([-math.sin(math.radians(52.25)), 0, math.cos(math.radians(52.25))]),
     ],
-    "trigonal_planar": [
-        np.array([math.cos(k * 2 * math.pi / 3), math.sin(k * 2 * math.pi / 3), 0.0]) for k in range(3)
-    ],
+    "trigonal_planar": _pyramid(120.0),  # D3h: the pyramid flattened
     "trigonal_pyramidal": _pyramid(100.0),  # C3v, between NH₃ (107°) and AsH₃ (92°)
     "tetrahedral": [_unit(v) for v in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])],  # Td
     # D3h: three equatorial bonds and two axial ones
-    "trigonal_bipyramidal": [
-        *[np.array([math.cos(k * 2 * math.pi / 3), math.sin(k * 2 * math.pi / 3), 0.0]) for k in range(3)],
-        np.array([0.0, 0.0, 1.0]),
-        np.array([0.0, 0.0, -1.0]),
-    ],
+    "trigonal_bipyramidal": [*_pyramid(120.0), np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])],
     "octahedral": [np.array(v, float) for v in ([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1])],
     # C2v with the lone pair along -x: two equatorial bonds 102° apart, two axial ones bent 3.5° away from the lone
     # pair (SF₄: 101.6° and 173.1°)
@@ -172,28 +166,14 @@ class Molecule:
         return Structure(Lattice.cubic(edge), species, centred, coords_are_cartesian=True)
 
 
-def _group(symbol: str) -> int | None:
-    el = Element(symbol)
-    if el.Z > 83 or el.is_noble_gas:  # no radioactive or noble-gas molecules
-        return None
-    return el.group
-
-
 def molecules(a: str, b: str) -> list[Molecule]:
-    """The molecules of the element pair ``a``–``b`` (either order), under the rules of this module's docstring."""
+    """The molecules of the element pair ``a``–``b`` (either order) that :data:`RULES` builds."""
     a, b = sorted((a, b))
-    if a == b:
-        return []
-    out: list[Molecule] = []
-    for central, ligand in ((a, b), (b, a)):
-        out += _molecules_with(central, ligand)
-    return out
-
-
-def _molecules_with(central: str, ligand: str) -> list[Molecule]:
-    if _group(central) is None or _group(ligand) is None:
-        return []
-    return [Molecule(central, ligand, n, shape) for n, shape in _BUILT.get((central, ligand), [])]
+    return [
+        Molecule(central, ligand, n, shape)
+        for central, ligand in ((a, b), (b, a))
+        for n, shape in _BUILT.get((central, ligand), [])
+    ]
 
 
 def molecule_pairs(elements) -> list[str]:
