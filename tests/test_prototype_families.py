@@ -1,5 +1,5 @@
 """The measured-structure families of the prototype library: alpha-MoO3, ZrSe3/TiS3-type MX3, patronite VS4,
-alpha-S8, ice XI, solid ammonia and solid methane.
+alpha-S8, ice XI, solid ammonia, solid methane and alpha-quartz.
 
 Each prototype must build to the crystal it is cited for (space group, formula, bond lengths), and CHGNet must
 keep that crystal: relaxed with full cell, the template compound keeps its space group and its measured lattice.
@@ -24,6 +24,7 @@ VS4_EXP = (12.72204, 10.42, 6.78, 110.76689)  # C2/c; Allmann et al. (1964) via 
 NH3_EXP = 5.073  # P2_13, ND3 at 77 K; Olovsson and Templeton, Acta Cryst. 12, 832 (1959)
 CH4_EXP = 5.88  # fcc carbon lattice, 18-21 K; Mooy, Nature 127, 707 (1931)
 ICE_XI_EXP = (4.465, 7.859, 7.292)  # Cmc2_1, D2O at 5 K; Line and Whitworth, J. Chem. Phys. 104, 10008 (1996)
+QUARTZ_EXP = (4.916, 5.4054)  # P3_221 at 1 atm; Levien, Prewitt and Weidner, Am. Mineral. 65, 920 (1980)
 
 
 def _bonds(s, a: str, b: str, cutoff: float) -> list[float]:
@@ -187,6 +188,29 @@ def test_methane_is_tetrahedral_molecules_on_mooys_fcc_lattice():
     assert not [n for n, *_ in binary_decorations("H", "Si") if n == "methane"]
 
 
+def _si_o_si_angles(s) -> list[float]:
+    out = []
+    for site in s:
+        if site.specie.symbol == "O":
+            arms = [nn.coords - site.coords for nn in s.get_neighbors(site, 2.0) if nn.specie.symbol in ("Si", "Ge")]
+            assert len(arms) == 2  # every O bridges two tetrahedra
+            cos = np.dot(arms[0], arms[1]) / np.linalg.norm(arms[0]) / np.linalg.norm(arms[1])
+            out.append(float(np.degrees(np.arccos(cos))))
+    return out
+
+
+def test_quartz_is_levien_prewitt_and_weidner_alpha_quartz():
+    s = BINARY_PROTOTYPES["quartz"].build("Si", "O")
+    assert _spacegroup(s) == 154 and s.composition.reduced_formula == "SiO2" and len(s) == 9
+    assert s.lattice.abc == pytest.approx((QUARTZ_EXP[0], QUARTZ_EXP[0], QUARTZ_EXP[1]), abs=1e-3)
+    # every Si in a tetrahedron of two O at 1.605 and two at 1.614 Å, and nothing else within 2.5 Å
+    assert _bonds(s, "Si", "O", 2.5) == pytest.approx([1.605] * 6 + [1.614] * 6, abs=2e-3)
+    assert _si_o_si_angles(s) == pytest.approx([143.7] * 6, abs=0.1)  # the bridging angle, 143.7 deg
+    assert [(n, x, y) for n, x, y in binary_decorations("O", "Si") if n == "quartz"] == [("quartz", "Si", "O")]
+    assert [(n, x, y) for n, x, y in binary_decorations("Ge", "O") if n == "quartz"] == [("quartz", "Ge", "O")]
+    assert not [n for n, *_ in binary_decorations("O", "Ti") + binary_decorations("S", "Si") if n == "quartz"]
+
+
 def _covalent_ratio(a: str, b: str) -> float:
     from gen2d.hull.mlip_prototypes import _radius
 
@@ -223,6 +247,7 @@ def test_new_families_are_in_the_library():
 #   NH3   a 5.075 (+0.04 %); N-H 1.026 Å (1.005), H...N 2.32 Å                                 P2_13 kept
 #   CH4   a 6.224 (+5.9 %, no dispersion to hold the molecules); C-H 1.09 Å                      F-43m kept
 #   ice XI a 4.438 (-0.6 %)  b 7.672 (-2.4 %)  c 7.246 (-0.6 %); O-H 1.003 Å, H...O 1.71 Å      Cmc2_1 kept
+#   quartz a 5.001 (+1.7 %)  c 5.484 (+1.5 %); 0.196 eV/atom below rutile-type SiO2 (stishovite)  P3_221 kept
 # CHGNet has no dispersion, so the van der Waals directions swell: they are only asserted loosely (VS4's chains,
 # along c, are held together across a and b by S...S contacts only).
 
@@ -319,3 +344,18 @@ def test_chgnet_keeps_methane(chgnet):
     assert _spacegroup(r, 0.1) == 216
     assert _rel(_conventional_abc(r), (CH4_EXP,) * 3).max() < 0.08  # +5.9 %: a van der Waals crystal
     assert _bonds(r, "C", "H", 1.3) == pytest.approx([1.09] * 4, abs=0.02)  # still CH4
+
+
+@pytest.mark.slow
+def test_chgnet_keeps_quartz_below_stishovite(chgnet):
+    res = relax_bulk(AseAtomsAdaptor.get_atoms(BINARY_PROTOTYPES["quartz"].build("Si", "O")), chgnet, fmax=0.05)
+    assert res.converged, res.message
+    r = AseAtomsAdaptor.get_structure(res.atoms)
+    assert _spacegroup(r, 0.1) == 154
+    assert _rel(r.lattice.abc, (QUARTZ_EXP[0], QUARTZ_EXP[0], QUARTZ_EXP[1])).max() < 0.03  # +1.7, +1.5 %
+    assert _bonds(r, "Si", "O", 2.0) == pytest.approx([1.62] * 12, abs=0.03)  # still SiO4 tetrahedra
+    # Quartz is SiO2's ground state; stishovite (rutile type), the library's best SiO2 before, is a
+    # high-pressure phase. Both relaxed the same way:
+    st = relax_bulk(AseAtomsAdaptor.get_atoms(BINARY_PROTOTYPES["rutile"].build("Si", "O")), chgnet, fmax=0.05)
+    assert st.converged, st.message
+    assert res.energy_per_atom < st.energy_per_atom - 0.1  # CHGNet: 0.196 eV/atom apart

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
 # v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
 # B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only),
-# solid ammonia (NH3, built for H-N only) and solid methane (CH4, built for C-H only).
-PROTOTYPE_LIBRARY_VERSION = "7"
+# solid ammonia (NH3, built for H-N only) and solid methane (CH4, built for C-H only); v8: alpha-quartz (built for
+# Si-O and Ge-O only).
+PROTOTYPE_LIBRARY_VERSION = "8"
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,23 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
             template=("C", "H"),
             a_elements=("C",),
             b_elements=("H",),
+        ),
+        # Alpha-quartz, the ground state of SiO2 at ambient conditions: corner-sharing SiO4 tetrahedra in helices
+        # along c, P3_221 (left-handed), three formula units per cell. L. Levien, C. T. Prewitt and D. J. Weidner,
+        # Am. Mineral. 65, 920 (1980) at 1 atm (AMCSD 0000789): a = 4.916, c = 5.4054 Å, Si (0.4697, 0, 0),
+        # O (0.4135, 0.2669, 0.1191) in their origin; here shifted by +2/3 along c into the standard setting
+        # (Si at 3a, x 0 2/3). Si-O 1.605 and 1.614 Å, Si-O-Si 143.7 deg. Without it the Si-O pair's best SiO2 is a
+        # rutile (stishovite) start, which CHGNet puts 0.20 eV/atom above quartz, and every Si-O layer reads that
+        # much too stable (2DMatPedia benchmark: Si-O layers 0.31 eV/atom below DFT on average). GeO2 also
+        # crystallises as quartz (metastable against its rutile form, argutite), so it is built for Ge-O as well.
+        Prototype(
+            "quartz",
+            "P3_221",
+            (4.916, 4.916, 5.4054, 90, 90, 120),
+            (("A", (0.4697, 0.0, 2 / 3)), ("B", (0.4135, 0.2669, 0.1191 + 2 / 3))),
+            template=("Si", "O"),
+            a_elements=("Si", "Ge"),
+            b_elements=("O",),
         ),
     ]
 }
