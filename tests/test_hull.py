@@ -13,6 +13,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from gen2d.hull import (
+    ANION_CORRECTION_NAME,
     BINARY_PROTOTYPES,
     ELEMENT_PROTOTYPES,
     EntriesFileProvider,
@@ -27,6 +28,7 @@ from gen2d.hull import (
     element_polymorphs,
     get_reference_provider,
     hull_analysis,
+    is_chalcogen_partner,
     limit_anion_corrections,
     mlip_entry,
     mp_hubbards,
@@ -138,6 +140,33 @@ def test_with_a_structure_only_chalcogen_sites_without_a_metal_neighbour_lose_th
     limited = limit_anion_corrections(mixed)
     assert limited.correction == pytest.approx(0.5 * _anion_correction(mixed))
     assert anion_correction_scale(mixed) == pytest.approx(0.5)
+
+
+def test_a_chalcogen_bonded_only_to_more_electronegative_non_metals_is_no_anion():
+    # In SeN the Se is the cation (Pauling N 3.04, Se 2.55): MP2020 still corrects it as a selenide, on top of
+    # the nitride correction. Its Se correction goes; the N one stays.
+    sen = Structure(
+        Lattice.from_parameters(3.5, 3.5, 20, 90, 90, 120), ["Se", "N"], [[0, 0, 0.5], [1 / 3, 2 / 3, 0.52]]
+    )
+    entry = apply_mp2020(mlip_entry(sen, -10.0, model="test"))
+    assert {a.name for a in entry.energy_adjustments} >= {
+        f"{ANION_CORRECTION_NAME} (Se)",
+        f"{ANION_CORRECTION_NAME} (N)",
+    }
+    assert chalcogen_partner_shares(entry) == {"Se": 0.0}
+    limited = limit_anion_corrections(entry)
+    assert [a.name for a in limited.energy_adjustments] == [f"{ANION_CORRECTION_NAME} (N)"]
+    assert limited.correction == pytest.approx(-0.361, abs=0.01)  # MP2020's N correction per N atom
+    # without a structure the composition decides the same way
+    assert chalcogen_partner_shares(_gga("SeN", -4.0)) == {"Se": 0.0}
+    assert chalcogen_partner_shares(_gga("PS", -4.0)) == {"S": 1.0}  # P (2.19) below S (2.58): a sulfide
+    assert chalcogen_partner_shares(_gga("CSe2", -4.0)) == {"Se": 0.0}  # C and Se are equally electronegative
+    # metals and metalloids stay partners even where their Pauling value is above the chalcogen's
+    assert is_chalcogen_partner("Mo", "Te") and is_chalcogen_partner("W", "Te") and is_chalcogen_partner("As", "Te")
+    assert not is_chalcogen_partner("H", "Te") and not is_chalcogen_partner("N", "S")
+    assert not is_chalcogen_partner("Se", "S") and not is_chalcogen_partner("Cl", "Se")
+    mote2 = _layer_entry(mx2("MoTe2", a=3.52, thickness=3.6, vacuum=10.0))
+    assert chalcogen_partner_shares(mote2) == {"Te": 1.0} and limit_anion_corrections(mote2) is mote2
 
 
 def test_oxide_and_halogen_corrections_are_never_dropped():

@@ -69,7 +69,7 @@ def hull_analysis(entry: ComputedEntry, references: Sequence[ComputedEntry], pro
     """E_form against the elemental references and E_hull against all ``references``.
 
     The candidate and the references pass through :func:`limit_anion_corrections` first (S/Se/Te
-    corrections only for sites with a metal partner); the plain-MP2020 E_hull is kept as
+    corrections only for sites with a partner: :func:`is_chalcogen_partner`); the plain-MP2020 E_hull is kept as
     ``e_hull_mp2020`` when the limit changed anything. Flags: ``anion_correction_limited`` (the
     candidate's correction was cut) and ``below_reference_hull`` (E_hull < :data:`BELOW_REFERENCE_HULL`:
     a layer below its bulk references points to a missing reference phase before a discovery).

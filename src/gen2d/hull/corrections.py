@@ -6,7 +6,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition, Element, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
 from gen2d.hull.errors import HullError
@@ -100,9 +100,14 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
 # chalcogen atom bonded only to chalcogens and halogens (every S of SeS2 or TeS2, the S-Se network of a
 # VSeS4 layer) has no metal to give it electrons: its bond is covalent and outside the fit, yet MP2020 still
 # corrects it (S whenever the structure is not a sulfate, Se and Te whenever the first oxidation-state
-# guess makes them negative). So each S/Se/Te correction is scaled by the share of that element's sites
-# with at least one neighbour outside CHALCOGEN_HALOGEN. O and halogen corrections are never touched: most
-# of them corrects the error of the O2 or X2 reference itself, whatever the cation.
+# guess makes them negative). Nor has a chalcogen whose only other neighbours are more electronegative
+# non-metals: the Se of an SeN layer is the cation there (N 3.04, Se 2.55), and MP2020 corrects both its
+# "selenide" and its nitride, 0.42 eV/atom together. So each S/Se/Te correction is scaled by the share of
+# that element's sites with at least one partner: a neighbour outside CHALCOGEN_HALOGEN that is a metal or a
+# metalloid (B, Si, Ge, As, Sb: MoTe2's Mo and As2Te3's As count, though their Pauling electronegativities,
+# 2.16 and 2.18, are above Te's 2.10), or a non-metal less electronegative than the chalcogen (H, P and C for
+# S; H and P for Se; none for Te). N is no chalcogen's partner, C not Se's. O and halogen corrections are never
+# touched: most of them corrects the error of the O2 or X2 reference itself, whatever the cation.
 CHALCOGEN_CORRECTIONS = ("S", "Se", "Te")
 CHALCOGEN_HALOGEN = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
 PARTNER_BOND_SCALE = 1.25  # x the covalent-radius sum, as the strict 2D check bonds atoms
@@ -110,34 +115,47 @@ ANION_CORRECTION_NAME = "MP2020 anion correction"
 # A layer more than this below a hull of bulk reference phases says more about the references than the layer.
 BELOW_REFERENCE_HULL = -0.05  # eV/atom
 # Part of every stored E_hull's provenance and of evaluation run keys: bump the version when the rule changes.
-CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v2"
+# v3: a non-metal neighbour is a partner only when it is less electronegative than the chalcogen.
+CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v3"
 CORRECTION_SCHEME_DESCRIPTION = (
     "MaterialsProject2020Compatibility, except that each S, Se and Te anion correction "
     "is scaled by the share of that element's sites bonded (1.25 x covalent radii) "
-    "to at least one element other than O, S, Se, Te, F, Cl, Br, I; without a "
-    "structure, dropped for compounds made only of those elements"
+    "to at least one partner: an element other than O, S, Se, Te, F, Cl, Br, I that is "
+    "a metal, a metalloid or less electronegative (Pauling) than the chalcogen; without a "
+    "structure, dropped for compounds with no such partner element"
 )
 
 
-def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
-    """For each of S, Se, Te in ``entry``: the share of its sites with a metal (non-chalcogen/halogen) partner.
+def is_chalcogen_partner(partner: str, chalcogen: str) -> bool:
+    """Whether a neighbour ``partner`` makes ``chalcogen`` (S, Se, Te) an anion, as in MP2020's fit: a metal or
+    metalloid, or a non-metal outside :data:`CHALCOGEN_HALOGEN` with a lower Pauling electronegativity."""
+    if partner in CHALCOGEN_HALOGEN:
+        return False
+    el = Element(partner)
+    return bool(el.is_metal or el.is_metalloid) or el.X < Element(chalcogen).X
 
-    With a structure, a partner is a neighbour within :data:`PARTNER_BOND_SCALE` x the covalent-radius sum,
-    periodic images included: 1 for every S of MoS2 or pyrite FeS2, 0 for SeS2, 1/2 for the S of a cell
-    holding a VS2 and an SeS2 layer. Without one, the composition decides: 0 for a compound made only of
-    :data:`CHALCOGEN_HALOGEN` elements (SeS2, TeS2), 1 otherwise.
+
+def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
+    """For each of S, Se, Te in ``entry``: the share of its sites with a partner (:func:`is_chalcogen_partner`).
+
+    With a structure, a partner is such a neighbour within :data:`PARTNER_BOND_SCALE` x the covalent-radius sum,
+    periodic images included: 1 for every S of MoS2 or pyrite FeS2, 0 for SeS2 and for the Se of SeN, 1/2 for
+    the S of a cell holding a VS2 and an SeS2 layer. Without one, the composition decides: 1 when it holds a
+    partner element of that chalcogen, 0 otherwise (SeS2, TeS2, SeN).
     """
     comp = entry.composition
     present = [el for el in CHALCOGEN_CORRECTIONS if comp[el] > 0]
     if not present:
         return {}
     elements = {el.symbol for el in comp.elements if comp[el] > 0}
+    partners = {x: {p for p in elements if is_chalcogen_partner(p, x)} for x in present}
     structure = getattr(entry, "structure", None)
     if structure is None:
-        share = 0.0 if len(elements) > 1 and elements <= CHALCOGEN_HALOGEN else 1.0
-        return {el: share for el in present}
-    if elements <= CHALCOGEN_HALOGEN:
-        return {el: 0.0 for el in present}
+        if len(elements) == 1:  # an elemental phase has no anion correction to limit
+            return {x: 1.0 for x in present}
+        return {x: 1.0 if partners[x] else 0.0 for x in present}
+    if not any(partners.values()):
+        return {x: 0.0 for x in present}
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -148,9 +166,12 @@ def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
     i, j = neighbor_list(
         "ij", atoms, (covalent_radii[atoms.numbers] * PARTNER_BOND_SCALE).tolist(), self_interaction=False
     )
-    partnered = np.zeros(len(atoms), dtype=bool)
-    partnered[i[~np.isin(symbols[j], sorted(CHALCOGEN_HALOGEN))]] = True
-    return {el: float(partnered[symbols == el].mean()) for el in present}
+    out = {}
+    for x in present:
+        partnered = np.zeros(len(atoms), dtype=bool)
+        partnered[i[(symbols[i] == x) & np.isin(symbols[j], sorted(partners[x]))]] = True
+        out[x] = float(partnered[symbols == x].mean())
+    return out
 
 
 def anion_correction_scale(entry: ComputedEntry, shares: dict[str, float] | None = None) -> float:
