@@ -7,7 +7,7 @@ each element pair with the candidate's own MLIP, stacks every database layer of 
 Cold, that costs ~6 s per element and ~30 s per pair on 2 cores, which dominates a first run. This script relaxes
 them once for a chemical space and writes the same gzip JSON files the provider caches at run time, plus a
 MANIFEST.json saying how they were made. The provider reads the shipped files read-only, under the same cache key (MLIP checkpoint hash,
-prototype-library version, fmax, steps, prototype list), so a different MLIP, version or setting
+prototype-library version, fmax, steps, a hash of the subsystem's own starts), so a different MLIP, version or setting
 never uses them: it recomputes.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/build_reference_cache.py \\
@@ -172,7 +172,7 @@ def read_cache(folder: Path) -> dict[str, Any]:
     for rel in manifest["files"]:
         with gzip.open(folder / rel, "rt") as fh:
             doc = json.load(fh)
-        docs[doc["ref_key"].rsplit(":", 1)[1]] = doc
+        docs[doc.get("chemsys") or doc["ref_key"].rsplit(":", 1)[1].split("@")[0]] = doc
     return {"manifest": manifest, "docs": docs, "sha256": _content_sha256(folder, list(manifest["files"]))}
 
 

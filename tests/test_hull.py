@@ -384,7 +384,7 @@ def test_mos2_formation_energy_negative_with_chgnet(chgnet, tmp_path):
     again = MLIPPrototypesProvider(chgnet, cache_dir=tmp_path, binary_prototypes=["mos2_2h"])
     again._relax_jobs = lambda *a, **k: pytest.fail("cache miss: reference relaxed twice")
     assert len(again.entries(["Mo", "S"])) == len(prov.entries(["Mo", "S"]))
-    assert any(tmp_path.rglob("Mo-S.json.gz"))
+    assert any(tmp_path.rglob("Mo-S@*.json.gz"))
 
 
 class _KeyOnlyCalc:
@@ -433,7 +433,7 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     assert subset.binary_entries("Mo", "S") == [] and "Mo-S" not in subset.shipped_hits
     # a file whose recorded key disagrees with its path is ignored
     _write_shipped(shipped, maker, "W", -12.0)
-    path = next(shipped.rglob("W.json.gz"))
+    path = next(shipped.rglob("W@*.json.gz"))
     import gzip
 
     with gzip.open(path, "wt") as fh:
@@ -441,6 +441,44 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     check = MLIPPrototypesProvider(_KeyOnlyCalc("a" * 64), cache_dir=False, shipped=shipped)
     check._relax_jobs = lambda jobs, label: [None] * len(jobs)
     assert check.element_entries("W") == [] and "W" not in check.shipped_hits
+
+
+def test_a_library_change_re_keys_only_the_subsystems_it_touches(tmp_path):
+    """Each element's and pair's cache key holds a hash of the starts it builds: adding a prototype that only
+    Si-O and Ge-O take (alpha-quartz) leaves every other pair's relaxed phases usable, and changing a prototype's
+    definition re-keys exactly the pairs that build it."""
+    from dataclasses import replace
+
+    import gen2d.hull.mlip_prototypes as mp
+
+    def keys(**kw):
+        prov = MLIPPrototypesProvider(_KeyOnlyCalc("d" * 64), cache_dir=tmp_path, shipped=False, **kw)
+        return {sub: prov._key(sub) for sub in ("Mo-S", "O-Si", "Ge-O", "Mo", "S")}
+
+    without = keys(binary_prototypes=["rocksalt", "cdi2"])
+    with_quartz = keys(binary_prototypes=["rocksalt", "cdi2", "quartz"])
+    assert {s for s in without if without[s] != with_quartz[s]} == {"O-Si", "Ge-O"}
+    # the same library in another order builds the same starts: the same keys
+    assert keys(binary_prototypes=["cdi2", "rocksalt"]) == without
+    # a moved Wyckoff position in CdI2 re-keys every pair, never an element
+    cdi2 = mp.BINARY_PROTOTYPES["cdi2"]
+    moved = replace(cdi2, sites=(("A", (0, 0, 0)), ("B", (1 / 3, 2 / 3, 0.26))))
+    try:
+        mp.BINARY_PROTOTYPES["cdi2"] = moved
+        changed = keys(binary_prototypes=["rocksalt", "cdi2"])
+    finally:
+        mp.BINARY_PROTOTYPES["cdi2"] = cdi2
+    assert {s for s in without if without[s] != changed[s]} == {"Mo-S", "O-Si", "Ge-O"}
+    # and a cached pair is found again under its key by a provider with the extra prototype
+    first = MLIPPrototypesProvider(
+        _KeyOnlyCalc("d" * 64), cache_dir=tmp_path, shipped=False, binary_prototypes=["rocksalt", "cdi2"]
+    )
+    first._write_cache(first._key("Mo-S"), "Mo-S", [ComputedEntry("MoS2", -20.0)])
+    later = MLIPPrototypesProvider(
+        _KeyOnlyCalc("d" * 64), cache_dir=tmp_path, shipped=False, binary_prototypes=["rocksalt", "cdi2", "quartz"]
+    )
+    later._relax_jobs = lambda *a, **k: pytest.fail("a pair the new prototype does not touch was relaxed again")
+    assert [e.energy for e in later.binary_entries("Mo", "S")] == [-20.0]
 
 
 def test_a_stopped_reference_run_keeps_every_chunk_it_finished(tmp_path):
@@ -472,7 +510,7 @@ def test_a_stopped_reference_run_keeps_every_chunk_it_finished(tmp_path):
     assert calls[0] + calls[1] + calls[2] == subsystems[: len(calls[0] + calls[1] + calls[2])]  # in order, whole
     for chunk in calls[:2]:  # each finished chunk reached the size (the last subsystem may overshoot it)
         assert sum(sizes[s] for s in chunk) >= 40 and sum(sizes[s] for s in chunk[:-1]) < 40
-    cached = {p.name.removesuffix(".json.gz") for p in tmp_path.rglob("*.json.gz")}
+    cached = {p.name.removesuffix(".json.gz").split("@")[0] for p in tmp_path.rglob("*.json.gz")}
     assert cached == set(done)
 
     calls.clear()
@@ -506,7 +544,7 @@ def test_packaged_reference_cache_is_read_under_the_current_library():
     prov = MLIPPrototypesProvider(_KeyOnlyCalc(manifest["provider"]["checkpoint_sha256"]), cache_dir=False)
     prov._relax_jobs = lambda *a, **k: pytest.fail("a shipped reference was missed and relaxed cold")
     assert prov.prefetch([manifest["chemical_space"]]) == 0  # every element, pair and stacked system
-    assert prov.shipped_hits == {rel.split("/")[1].removesuffix(".json.gz") for rel in manifest["files"]}
+    assert prov.shipped_hits == {rel.split("/")[1].removesuffix(".json.gz").split("@")[0] for rel in manifest["files"]}
     vs4 = [e for e in prov.binary_entries("V", "S") if e.data["prototype"] == "vs4"]
     assert [e.composition.reduced_formula for e in vs4] == ["VS4"]
 

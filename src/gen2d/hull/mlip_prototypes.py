@@ -28,12 +28,15 @@ from gen2d.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# Bump when the prototype library or how references are relaxed changes: it is part of every cache key.
+# Part of every cache key. Each element's and pair's key also holds a hash of the starts it builds (its
+# polymorphs or decorations and their definitions, MLIPPrototypesProvider._content_tag), so adding or changing a
+# prototype re-keys only the subsystems it touches; bump this when code changes how starts are built or how
+# references are relaxed, which that hash does not see.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
 # v5: patronite VS4 (built as VS4 only); v6: no start denser than MIN_VOLUME_PER_ATOM (changes only pairs among H,
 # B, C, N, O and F; the shipped cache's subsystems build exactly as in v5); v7: ice XI (H2O, built for H-O only),
 # solid ammonia (NH3, built for H-N only) and solid methane (CH4, built for C-H only); v8: alpha-quartz (built for
-# Si-O and Ge-O only).
+# Si-O and Ge-O only); under v8 the keys gained their per-subsystem content hash.
 PROTOTYPE_LIBRARY_VERSION = "8"
 
 
@@ -355,6 +358,12 @@ BINARY_PROTOTYPES: dict[str, Prototype] = {
 }
 
 
+def _definition(proto: Prototype) -> list[Any]:
+    """What a prototype builds from, for cache keys: its space group, lattice, sites and template (the fields that
+    only choose decorations, such as ``a_groups``, are in the decorations themselves)."""
+    return [str(proto.spacegroup), list(proto.lattice), [[s, list(c)] for s, c in proto.sites], list(proto.template)]
+
+
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     """(prototype, A, B) for every prototype and both decorations of an asymmetric one, except decorations
     whose A element is outside the prototype's ``a_groups`` or ``a_elements``, or whose B element is outside its
@@ -415,7 +424,7 @@ class MLIPPrototypesProvider:
         Also read the read-only reference cache shipped with gen2d (``gen2d/assets/references``, built by
         ``scripts/build_reference_cache.py`` for one chemical space; its MANIFEST says how), or the
         given directory. It is keyed exactly like the run-time cache (MLIP checkpoint hash, library
-        version, fmax, steps, prototype list), so only an identical setup reads it. ``False``: never.
+        version, fmax, steps, a hash of the subsystem's own starts), so only an identical setup reads it. ``False``: never.
     stacked_layers : bool or StackedLayerLibrary
         Also add the AA-stacked bulks of database monolayers exfoliated from known parents
         (:mod:`gen2d.hull.stacked`) for every chemical system within the candidate's elements, relaxed
@@ -464,6 +473,7 @@ class MLIPPrototypesProvider:
         self.max_batch = int(max_batch)
         self.checkpoint_jobs = max(0, int(checkpoint_jobs))
         self._memory: dict[str, list[ComputedEntry]] = {}
+        self._content_tags: dict[str, str] = {}
         if shipped is True:
             shipped = Path(__file__).resolve().parents[1] / "assets" / "references"  # gen2d/assets
         self.shipped_dir = Path(shipped) if shipped else None
@@ -494,16 +504,31 @@ class MLIPPrototypesProvider:
             return (
                 f"{self.name}:{self._settings_tag()}-stacked{STACKED_VERSION}-{self.stacked.fingerprint()}:{subsystem}"
             )
-        protos = (
-            ""
-            if "-" not in subsystem
-            else "-" + hashlib.sha1(",".join(self.binary_prototypes).encode()).hexdigest()[:8]
-        )
-        return f"{self.name}:{self._settings_tag()}{protos}:{subsystem}"
+        return f"{self.name}:{self._settings_tag()}:{subsystem}@{self._content_tag(subsystem)}"
+
+    def _content_tag(self, subsystem: str) -> str:
+        """A hash of what an element's or a pair's reference phases start from: each polymorph or decoration it
+        builds (prototype, A, B) with that prototype's space group, lattice, sites and template, and the start rules
+        (:data:`MIN_VOLUME_PER_ATOM`, the minimum contact). A library change re-keys only the subsystems whose
+        starts it changes: adding α-quartz re-keys Si-O and Ge-O, not Mo-S."""
+        tag = self._content_tags.get(subsystem)
+        if tag is None:
+            if "-" in subsystem:
+                a, b = subsystem.split("-")
+                starts = [
+                    [name, x, y, *_definition(BINARY_PROTOTYPES[name])]
+                    for name, x, y in binary_decorations(a, b, self.binary_prototypes)
+                ]
+            else:
+                starts = [[name, *_definition(ELEMENT_PROTOTYPES[name])] for name in element_polymorphs(subsystem)]
+            blob = json.dumps([sorted(starts), MIN_VOLUME_PER_ATOM, _MIN_CONTACT], separators=(",", ":"))
+            tag = self._content_tags[subsystem] = hashlib.sha1(blob.encode()).hexdigest()[:10]
+        return tag
 
     @staticmethod
     def _cache_path(root: Path | None, key: str) -> Path | None:
-        """``root/<settings tag>/<subsystem>.json.gz``: the layout of the run-time and the shipped cache."""
+        """``root/<settings tag>/<subsystem>[@<content tag>].json.gz``: the layout of the run-time and the shipped
+        cache."""
         if root is None:
             return None
         tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
@@ -534,7 +559,7 @@ class MLIPPrototypesProvider:
             if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
-                self.shipped_hits.add(key.rsplit(":", 1)[1])
+                self.shipped_hits.add(key.rsplit(":", 1)[1].split("@")[0])
                 return found
         return None
 
