@@ -313,8 +313,9 @@ def test_a_run_directory_keyed_with_n_sites_is_used_in_place(tmp_path):
 
 
 def test_the_n_sites_key_names_a_committed_reference_run(tmp_path):
-    """The hBN reference row's run (``dft-runs/reference/ffb0eb630b25463a``, which the shipped rows name) is
-    found under the key that hashes n_sites, by a run of its settings with any n_sites."""
+    """The hBN reference row's runs, ``dft-runs/reference/ffb0eb630b25463a`` (its first site, ``n_sites=1``) and
+    ``9c9472da99754e6c`` (both sites, ``n_sites=2``; the shipped row names it), are found under the key that hashes
+    n_sites, by a run of their settings with that n_sites."""
     import json
 
     import gen2d
@@ -323,14 +324,20 @@ def test_the_n_sites_key_names_a_committed_reference_run(tmp_path):
 
     shipped = Path(gen2d.__file__).parent / "assets" / "dgh_dft_reference" / "rows.jsonl"
     row = next(r for r in map(json.loads, shipped.read_text().splitlines()) if r["material"] == "hBN")
-    assert row["best_site"]["run_dir"].startswith("dft-runs/reference/ffb0eb630b25463a/")
+    assert row["best_site"]["run_dir"].startswith("dft-runs/reference/9c9472da99754e6c/")
     settings = row["provenance"]["settings"]
+    assert settings["refine"]["n_sites"] == 2
     layer = build_template(row["built_from"]["template"])
-    refine = settings["refine"] | {"n_sites": 2}
-    scorer = get_scorer("dgh.dft", workdir=str(tmp_path), cp2k=settings["cp2k"], **refine)
-    assert scorer._run_key_with_n_sites(layer, None, 1) == "ffb0eb630b25463a"
-    (tmp_path / "ffb0eb630b25463a").mkdir()
-    assert scorer.run_dir(layer) == tmp_path / "ffb0eb630b25463a"
+    scorers = {
+        n: get_scorer("dgh.dft", workdir=str(tmp_path), cp2k=settings["cp2k"], **(settings["refine"] | {"n_sites": n}))
+        for n in (1, 2)
+    }
+    assert scorers[2]._run_key_with_n_sites(layer, None, 1) == "ffb0eb630b25463a"
+    assert scorers[2]._run_key_with_n_sites(layer, None, 2) == "9c9472da99754e6c"
+    for name in ("ffb0eb630b25463a", "9c9472da99754e6c"):
+        (tmp_path / name).mkdir()
+    assert scorers[1].run_dir(layer) == tmp_path / "ffb0eb630b25463a"
+    assert scorers[2].run_dir(layer) == tmp_path / "9c9472da99754e6c"
 
 
 # -- real CP2K runs ---------------------------------------------------------------------------------
