@@ -5,7 +5,8 @@ For each chemical system (``V-S-Se``: its elements, element pairs and, now, its 
 molecules) the references are relaxed with no cache at all (no disk, no shipped files), once with the library as
 it was at version 2 and once with today's default, each in its own process so that its peak memory is its own.
 It prints, per system and configuration, the phases relaxed, CPU and wall seconds, peak resident memory, and the
-hull energy per atom at each ``--composition`` inside the system (how far the added references move it).
+hull energy per atom at each ``--composition`` inside the system (how far the added references move it), with the
+S/Se/Te corrections limited as E_hull limits them (:func:`gen2d.hull.limit_anion_corrections`).
 
 - ``before``: the 13 binary prototypes of library version 2 (rocksalt … L1₂), no stacked layers, no molecules.
   The elemental polymorphs are today's (α-S₈ for S, added in version 3, cannot be switched off), so for a system
@@ -59,7 +60,7 @@ def measure_one(system: str, config: str, model: str, compositions: list[str]) -
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.core import Composition
 
-    from gen2d.hull import MLIPPrototypesProvider
+    from gen2d.hull import MLIPPrototypesProvider, limit_anion_corrections
     from gen2d.relax import cached_calculator
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -72,7 +73,7 @@ def measure_one(system: str, config: str, model: str, compositions: list[str]) -
     wall, cpu = time.perf_counter(), time.process_time()
     entries = prov.entries(elements)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    pd = PhaseDiagram(entries)
+    pd = PhaseDiagram([limit_anion_corrections(e) for e in entries])  # as E_hull builds its hull
     hull = {}
     for formula in compositions:
         comp = Composition(formula)

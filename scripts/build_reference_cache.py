@@ -230,7 +230,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     from pymatgen.core import Composition
 
     from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, binary_decorations, element_polymorphs
-    from gen2d.hull.mlip_prototypes import STACKED_PREFIX
+    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, content_tag
     from gen2d.hull.references import _decode_entry
 
     old_manifest, docs = old["manifest"], old["docs"]
@@ -256,6 +256,10 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     for sub in subsystems:
         old_key, new_key = docs[sub]["ref_key"], prov._key(sub)
         entries = [_decode_entry(d) for d in docs[sub]["entries"]]
+        old_tag = old_key.rsplit(":", 1)[1].partition("@")[2]
+        if old_tag and not sub.startswith(STACKED_PREFIX) and old_tag != content_tag(sub, was["binary_prototypes"]):
+            # the old build's own prototypes now build other starts (a moved site, a new lattice, a new rule)
+            raise SystemExit(f"cannot derive: the starts of {sub} changed since the old build; rebuild")
         if sub.startswith(STACKED_PREFIX):
             if old_key.split("-stacked", 1)[1] != new_key.split("-stacked", 1)[1]:
                 raise SystemExit(f"cannot derive: the stacked layers changed ({old_key} vs {new_key}); rebuild")

@@ -119,7 +119,7 @@ def _layer_entry(atoms, energy_per_atom=-5.0):
     return apply_mp2020(mlip_entry(s, energy_per_atom * len(s), model="test"))
 
 
-def test_with_a_structure_only_chalcogen_sites_without_a_metal_neighbour_lose_the_correction():
+def test_with_a_structure_only_chalcogen_sites_without_a_partner_lose_the_correction():
     mos2 = _layer_entry(mx2("MoS2", a=3.19, thickness=3.13, vacuum=10.0))
     ses2 = _layer_entry(mx2("SeS2", kind="1T", a=3.4, thickness=3.0, vacuum=10.0))
     assert chalcogen_partner_shares(mos2) == {"S": 1.0} and limit_anion_corrections(mos2) is mos2
@@ -160,10 +160,13 @@ def test_a_chalcogen_bonded_only_to_more_electronegative_non_metals_is_no_anion(
     # without a structure the composition decides the same way
     assert chalcogen_partner_shares(_gga("SeN", -4.0)) == {"Se": 0.0}
     assert chalcogen_partner_shares(_gga("PS", -4.0)) == {"S": 1.0}  # P (2.19) below S (2.58): a sulfide
-    assert chalcogen_partner_shares(_gga("CSe2", -4.0)) == {"Se": 0.0}  # C and Se are equally electronegative
+    # Pauling gaps within the scales' own disagreement keep the anion: CSe2 (C 2.55, Se 2.55) and H2Te are written
+    # as a selenide and a telluride; C, 0.45 above Te, makes Te the cation
+    assert chalcogen_partner_shares(_gga("CSe2", -4.0)) == {"Se": 1.0}
+    assert is_chalcogen_partner("H", "Te") and not is_chalcogen_partner("C", "Te")
     # metals and metalloids stay partners even where their Pauling value is above the chalcogen's
     assert is_chalcogen_partner("Mo", "Te") and is_chalcogen_partner("W", "Te") and is_chalcogen_partner("As", "Te")
-    assert not is_chalcogen_partner("H", "Te") and not is_chalcogen_partner("N", "S")
+    assert not is_chalcogen_partner("N", "S") and not is_chalcogen_partner("N", "Te")
     assert not is_chalcogen_partner("Se", "S") and not is_chalcogen_partner("Cl", "Se")
     mote2 = _layer_entry(mx2("MoTe2", a=3.52, thickness=3.6, vacuum=10.0))
     assert chalcogen_partner_shares(mote2) == {"Te": 1.0} and limit_anion_corrections(mote2) is mote2
@@ -421,7 +424,7 @@ def test_shipped_reference_cache_is_read_only_under_the_identical_key(tmp_path):
     assert not (tmp_path / "user").exists()  # read-only: nothing copied into the user's cache
     assert same.describe()["shipped_cache"] == str(shipped)
 
-    # another MLIP checkpoint (or settings, or prototype list) never reads those energies
+    # another MLIP checkpoint (or settings, or a prototype list that changes these starts) never reads those energies
     relaxed = []
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=shipped)
     other._relax_jobs = lambda jobs, label: relaxed.append(label) or [None] * len(jobs)
@@ -599,6 +602,22 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=False, stacked_layers=False)
     with pytest.raises(SystemExit, match="checkpoint_sha256"):
         build.derive(build.read_cache(old_dir), other, ["S", "V"])
+
+    # a prototype the old build had now builds other starts (a moved site): its old relaxations are not reused
+    from dataclasses import replace
+
+    import gen2d.hull.mlip_prototypes as mp
+
+    cdi2 = mp.BINARY_PROTOTYPES["cdi2"]
+    try:
+        mp.BINARY_PROTOTYPES["cdi2"] = replace(cdi2, sites=(("A", (0, 0, 0)), ("B", (1 / 3, 2 / 3, 0.26))))
+        moved = MLIPPrototypesProvider(
+            calc, cache_dir=False, shipped=False, stacked_layers=False, binary_prototypes=["cdi2", "tis3", "vs4"]
+        )
+        with pytest.raises(SystemExit, match="starts of S-V changed"):
+            build.derive(build.read_cache(old_dir), moved, ["S", "V"])
+    finally:
+        mp.BINARY_PROTOTYPES["cdi2"] = cdi2
 
 
 def test_no_prototype_starts_denser_than_the_floor_and_the_shipped_space_is_untouched_by_it():

@@ -1,4 +1,5 @@
-"""MP2020 compatibility for MLIP energies, with S/Se/Te anion corrections limited to sites with a metal partner."""
+"""MP2020 compatibility for MLIP energies, with S/Se/Te anion corrections limited to sites with a partner that makes
+them an anion (:func:`is_chalcogen_partner`)."""
 
 from __future__ import annotations
 
@@ -105,34 +106,40 @@ def apply_mp2020(entry: ComputedEntry) -> ComputedEntry:
 # "selenide" and its nitride, 0.42 eV/atom together. So each S/Se/Te correction is scaled by the share of
 # that element's sites with at least one partner: a neighbour outside CHALCOGEN_HALOGEN that is a metal or a
 # metalloid (B, Si, Ge, As, Sb: MoTe2's Mo and As2Te3's As count, though their Pauling electronegativities,
-# 2.16 and 2.18, are above Te's 2.10), or a non-metal less electronegative than the chalcogen (H, P and C for
-# S; H and P for Se; none for Te). N is no chalcogen's partner, C not Se's. O and halogen corrections are never
-# touched: most of them corrects the error of the O2 or X2 reference itself, whatever the cation.
+# 2.16 and 2.18, are above Te's 2.10), or a non-metal not clearly more electronegative than the chalcogen (by less
+# than CLEARLY_MORE_ELECTRONEGATIVE on the Pauling scale: H2Te, CSe2 and P2Te3 stay tellurides and selenides, as
+# they are conventionally written). So N is no chalcogen's partner and C not Te's. O and halogen corrections are
+# never touched: most of them corrects the error of the O2 or X2 reference itself, whatever the cation.
 CHALCOGEN_CORRECTIONS = ("S", "Se", "Te")
 CHALCOGEN_HALOGEN = frozenset({"O", "S", "Se", "Te", "F", "Cl", "Br", "I"})
 PARTNER_BOND_SCALE = 1.25  # x the covalent-radius sum, as the strict 2D check bonds atoms
+# Pauling units: a non-metal this much more electronegative than a chalcogen makes it the cation (N: +0.46 over S,
+# +0.49 over Se, +0.94 over Te; C: +0.45 over Te). Pauling gaps below it (C/Se 0.00, H/Te 0.10) are within the
+# scales' own disagreement: on Allen's scale C is above Se.
+CLEARLY_MORE_ELECTRONEGATIVE = 0.3
 ANION_CORRECTION_NAME = "MP2020 anion correction"
 # A layer more than this below a hull of bulk reference phases says more about the references than the layer.
 BELOW_REFERENCE_HULL = -0.05  # eV/atom
 # Part of every stored E_hull's provenance and of evaluation run keys: bump the version when the rule changes.
-# v3: a non-metal neighbour is a partner only when it is less electronegative than the chalcogen.
+# v3: a non-metal neighbour clearly more electronegative than the chalcogen (N, and C for Te) is no partner.
 CORRECTION_SCHEME = "mp2020+gen2d-chalcogen-partner-v3"
 CORRECTION_SCHEME_DESCRIPTION = (
     "MaterialsProject2020Compatibility, except that each S, Se and Te anion correction "
     "is scaled by the share of that element's sites bonded (1.25 x covalent radii) "
     "to at least one partner: an element other than O, S, Se, Te, F, Cl, Br, I that is "
-    "a metal, a metalloid or less electronegative (Pauling) than the chalcogen; without a "
+    "a metal, a metalloid or not more electronegative (Pauling) than the chalcogen by 0.3 or more; without a "
     "structure, dropped for compounds with no such partner element"
 )
 
 
 def is_chalcogen_partner(partner: str, chalcogen: str) -> bool:
     """Whether a neighbour ``partner`` makes ``chalcogen`` (S, Se, Te) an anion, as in MP2020's fit: a metal or
-    metalloid, or a non-metal outside :data:`CHALCOGEN_HALOGEN` with a lower Pauling electronegativity."""
+    metalloid, or a non-metal outside :data:`CHALCOGEN_HALOGEN` that is not :data:`CLEARLY_MORE_ELECTRONEGATIVE`
+    than it (Pauling)."""
     if partner in CHALCOGEN_HALOGEN:
         return False
     el = Element(partner)
-    return bool(el.is_metal or el.is_metalloid) or el.X < Element(chalcogen).X
+    return bool(el.is_metal or el.is_metalloid) or el.X < Element(chalcogen).X + CLEARLY_MORE_ELECTRONEGATIVE
 
 
 def chalcogen_partner_shares(entry: ComputedEntry) -> dict[str, float]:
@@ -190,7 +197,7 @@ def anion_correction_scale(entry: ComputedEntry, shares: dict[str, float] | None
 def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
     """``entry`` with each MP2020 S/Se/Te correction scaled by :func:`chalcogen_partner_shares`.
 
-    The same entry is returned when nothing changes (every chalcogen site has a metal partner, no such
+    The same entry is returned when nothing changes (every chalcogen site has a partner, no such
     correction, or an entry limited already); otherwise a copy whose ``data`` records
     ``anion_correction_scale``, the shares and the dropped eV. All other adjustments (O and halogen
     corrections, GGA/GGA+U mixing) are kept.
@@ -209,8 +216,8 @@ def limit_anion_corrections(entry: ComputedEntry) -> ComputedEntry:
     scaled = [
         ConstantEnergyAdjustment(
             a.value * shares[names[a.name]],
-            name=f"{a.name} x {shares[names[a.name]]:.3g} (metal-partner share)",
-            description="gen2d: MP2020 chalcogen correction for the sites with a metal neighbour only",
+            name=f"{a.name} x {shares[names[a.name]]:.3g} (partner share)",
+            description="gen2d: MP2020 chalcogen correction for the sites with a partner only",
         )
         for a in limited
         if shares[names[a.name]] > 0

@@ -29,7 +29,7 @@ from gen2d.settings import get_settings
 log = logging.getLogger(__name__)
 
 # Part of every cache key. Each element's and pair's key also holds a hash of the starts it builds (its
-# polymorphs or decorations and their definitions, MLIPPrototypesProvider._content_tag), so adding or changing a
+# polymorphs or decorations and their definitions: content_tag), so adding or changing a
 # prototype re-keys only the subsystems it touches; bump this when code changes how starts are built or how
 # references are relaxed, which that hash does not see.
 # v3: alpha-MoO3, ZrSe3/TiS3-type MX3, alpha-S8; v4: their A site limited to the groups that take them;
@@ -364,6 +364,23 @@ def _definition(proto: Prototype) -> list[Any]:
     return [str(proto.spacegroup), list(proto.lattice), [[s, list(c)] for s, c in proto.sites], list(proto.template)]
 
 
+def content_tag(subsystem: str, binary_prototypes: Sequence[str] | None = None) -> str:
+    """A hash of what an element's or a pair's reference phases start from, part of its cache key: each polymorph
+    or decoration it builds (prototype, A, B) with that prototype's space group, lattice, sites and template, and
+    the start rules (:data:`MIN_VOLUME_PER_ATOM`, the minimum contact). A library change re-keys only the
+    subsystems whose starts it changes: adding α-quartz re-keys Si-O and Ge-O, not Mo-S."""
+    if "-" in subsystem:
+        a, b = subsystem.split("-")
+        starts = [
+            [name, x, y, *_definition(BINARY_PROTOTYPES[name])]
+            for name, x, y in binary_decorations(a, b, binary_prototypes)
+        ]
+    else:
+        starts = [[name, *_definition(ELEMENT_PROTOTYPES[name])] for name in element_polymorphs(subsystem)]
+    blob = json.dumps([sorted(starts), MIN_VOLUME_PER_ATOM, _MIN_CONTACT], separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
 def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     """(prototype, A, B) for every prototype and both decorations of an asymmetric one, except decorations
     whose A element is outside the prototype's ``a_groups`` or ``a_elements``, or whose B element is outside its
@@ -507,22 +524,10 @@ class MLIPPrototypesProvider:
         return f"{self.name}:{self._settings_tag()}:{subsystem}@{self._content_tag(subsystem)}"
 
     def _content_tag(self, subsystem: str) -> str:
-        """A hash of what an element's or a pair's reference phases start from: each polymorph or decoration it
-        builds (prototype, A, B) with that prototype's space group, lattice, sites and template, and the start rules
-        (:data:`MIN_VOLUME_PER_ATOM`, the minimum contact). A library change re-keys only the subsystems whose
-        starts it changes: adding α-quartz re-keys Si-O and Ge-O, not Mo-S."""
+        """:func:`content_tag` of ``subsystem`` under this provider's prototypes (memoised)."""
         tag = self._content_tags.get(subsystem)
         if tag is None:
-            if "-" in subsystem:
-                a, b = subsystem.split("-")
-                starts = [
-                    [name, x, y, *_definition(BINARY_PROTOTYPES[name])]
-                    for name, x, y in binary_decorations(a, b, self.binary_prototypes)
-                ]
-            else:
-                starts = [[name, *_definition(ELEMENT_PROTOTYPES[name])] for name in element_polymorphs(subsystem)]
-            blob = json.dumps([sorted(starts), MIN_VOLUME_PER_ATOM, _MIN_CONTACT], separators=(",", ":"))
-            tag = self._content_tags[subsystem] = hashlib.sha1(blob.encode()).hexdigest()[:10]
+            tag = self._content_tags[subsystem] = content_tag(subsystem, self.binary_prototypes)
         return tag
 
     @staticmethod
