@@ -164,6 +164,8 @@ def finish(manifest: dict[str, Any], prov: Any, elements: list[str], out: Path, 
 
 def read_cache(folder: Path) -> dict[str, Any]:
     """An existing cache: its MANIFEST and, per subsystem, the stored document (``ref_key``, entries)."""
+    from gen2d.hull.mlip_prototypes import split_key
+
     path = folder / "MANIFEST.json"
     if not path.is_file():
         raise SystemExit(f"--derive-from {folder}: no MANIFEST.json there")
@@ -172,7 +174,7 @@ def read_cache(folder: Path) -> dict[str, Any]:
     for rel in manifest["files"]:
         with gzip.open(folder / rel, "rt") as fh:
             doc = json.load(fh)
-        docs[doc.get("chemsys") or doc["ref_key"].rsplit(":", 1)[1].split("@")[0]] = doc
+        docs[doc.get("chemsys") or split_key(doc["ref_key"])[1]] = doc
     return {"manifest": manifest, "docs": docs, "sha256": _content_sha256(folder, list(manifest["files"]))}
 
 
@@ -230,7 +232,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     from pymatgen.core import Composition
 
     from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, binary_decorations, element_polymorphs
-    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, content_tag
+    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, content_tag, split_key
     from gen2d.hull.references import _decode_entry
 
     old_manifest, docs = old["manifest"], old["docs"]
@@ -256,7 +258,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     for sub in subsystems:
         old_key, new_key = docs[sub]["ref_key"], prov._key(sub)
         entries = [_decode_entry(d) for d in docs[sub]["entries"]]
-        old_tag = old_key.rsplit(":", 1)[1].partition("@")[2]
+        old_tag = split_key(old_key)[2]
         if old_tag and not sub.startswith(STACKED_PREFIX) and old_tag != content_tag(sub, was["binary_prototypes"]):
             # the old build's own prototypes now build other starts (a moved site, a new lattice, a new rule)
             raise SystemExit(f"cannot derive: the starts of {sub} changed since the old build; rebuild")

@@ -461,6 +461,10 @@ def test_a_library_change_re_keys_only_the_subsystems_it_touches(tmp_path):
     without = keys(binary_prototypes=["rocksalt", "cdi2"])
     with_quartz = keys(binary_prototypes=["rocksalt", "cdi2", "quartz"])
     assert {s for s in without if without[s] != with_quartz[s]} == {"O-Si", "Ge-O"}
+    # a key parses back into its settings tag, subsystem and content tag, the parts its cache file is named by
+    tag, sub, content = mp.split_key(without["Mo-S"])
+    assert sub == "Mo-S" and len(content) >= 8 and without["Mo-S"].endswith(f":{tag}:Mo-S@{content}")
+    assert mp.split_key("mlip-prototypes:abc:stacked.Mo-S") == ("abc", "stacked.Mo-S", "")
     # the same library in another order builds the same starts: the same keys
     assert keys(binary_prototypes=["cdi2", "rocksalt"]) == without
     # a moved Wyckoff position in CdI2 re-keys every pair, never an element

@@ -364,6 +364,14 @@ def _definition(proto: Prototype) -> list[Any]:
     return [str(proto.spacegroup), list(proto.lattice), [[s, list(c)] for s, c in proto.sites], list(proto.template)]
 
 
+def split_key(key: str) -> tuple[str, str, str]:
+    """``(settings tag, subsystem, content tag)`` of a reference cache key
+    ``<provider>:<settings tag>:<subsystem>[@<content tag>]`` (the content tag is "" in keys without one)."""
+    tag, rest = key.split(":", 1)[1].rsplit(":", 1)
+    subsystem, _, content = rest.partition("@")
+    return tag, subsystem, content
+
+
 def content_tag(subsystem: str, binary_prototypes: Sequence[str] | None = None) -> str:
     """A hash of what an element's or a pair's reference phases start from, part of its cache key: each polymorph
     or decoration it builds (prototype, A, B) with that prototype's space group, lattice, sites and template, and
@@ -536,8 +544,8 @@ class MLIPPrototypesProvider:
         cache."""
         if root is None:
             return None
-        tag, subsystem = key.split(":", 1)[1].rsplit(":", 1)
-        return root / tag / f"{subsystem}.json.gz"
+        tag, subsystem, content = split_key(key)
+        return root / tag / f"{subsystem}{'@' + content if content else ''}.json.gz"
 
     def _cache_file(self, key: str) -> Path | None:
         return self._cache_path(self.cache_dir, key)
@@ -564,7 +572,7 @@ class MLIPPrototypesProvider:
             if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
-                self.shipped_hits.add(key.rsplit(":", 1)[1].split("@")[0])
+                self.shipped_hits.add(split_key(key)[1])
                 return found
         return None
 
