@@ -667,3 +667,29 @@ def test_a_seeded_run_gets_either_kind_of_wavefunction_and_keeps_its_own(tmp_pat
     _seed_restart(str(src), str(dst))
     assert (dst / "gen2d-RESTART.wfn").read_text() == "the site's own orbitals"  # never overwritten
     assert (dst / "gen2d-RESTART.kp").is_file()
+
+
+def test_a_cached_bare_slab_of_another_geometry_is_never_the_reference_of_new_sites(tmp_path):
+    """The run directory holds the bare slab's energy. A rerun whose slab moved (another MLIP stage relaxed it
+    elsewhere) must not subtract that energy from sites built on its own slab: it is a named failure, while a
+    rerun on the same slab reuses everything."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefinementFailed, RefineSettings, refine_adsorption
+    from gen2d.structures import from_ase, to_ase
+
+    slab, _, sites = _cu111_top_site(1.6)
+    refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, fmax=0.05)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    first = refine_adsorption(slab, sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2)
+    again = refine_adsorption(slab, sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2)
+    assert again.sites[0].delta_e_h == first.sites[0].delta_e_h
+    moved = to_ase(slab)
+    moved.positions[0, 2] += 0.05  # a bottom atom: no site moves with it
+    with pytest.raises(RefinementFailed, match="another geometry") as exc:
+        refine_adsorption(from_ase(moved), sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2)
+    assert exc.value.reason == "slab_geometry_mismatch"
+    # within the tolerance (numerical noise of a repeated MLIP relaxation) the cached slab stands
+    moved.positions[0, 2] -= 0.05 - 1e-4
+    near = refine_adsorption(from_ase(moved), sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2)
+    assert near.e_slab == first.e_slab

@@ -901,6 +901,19 @@ def refine_adsorption(
             slab_doc.get("failure", "calculator_error"), f"the bare slab: {slab_doc.get('message', '')}"
         )
     slab_frames = _whole_frames(os.path.join(workdir, "slab", "frame.traj"))
+    if slab_frames:
+        moved = _largest_displacement(slab_frames[-1], base)
+        if moved is None or moved > SLAB_GEOMETRY_TOLERANCE:
+            # the run key hashes the candidate and the settings, not the MLIP-relaxed slab: another MLIP (or a
+            # changed MLIP stage) builds its sites on another slab, whose energy this cached one is not
+            what = "other atoms or another cell" if moved is None else f"atoms up to {moved:.3f} Å away"
+            raise RefinementFailed(
+                "slab_geometry_mismatch",
+                f"{workdir}/slab holds the bare slab of another geometry ({what}; tolerance "
+                f"{SLAB_GEOMETRY_TOLERANCE} Å): its energy is not the reference of sites built on this slab. The "
+                "MLIP stage changed (e.g. another mlip or model); give this run its own directory (GEN2D_DFT_DIR)",
+            )
+        log.info("%s/slab: the cached bare slab lies within %.2e Å of this slab", workdir, moved)
     slab_results = getattr(slab_frames[-1].calc, "results", {}) if slab_frames else {}
     slab_forces = np.asarray(slab_results["forces"]) if "forces" in slab_results else None
 
@@ -1507,6 +1520,24 @@ def _seed_restart(src: str, dst: str) -> None:
             shutil.copy2(path, os.path.join(dst, os.path.basename(path)))
 
 
+#: Å: how far a cached bare slab's atoms may lie from the slab a rerun builds (:func:`refine_adsorption`). The
+#: 2H-WS₂ reference row's slab, rebuilt by the MLIP stage on another machine, lay 2.3e-7 Å from its cached one
+SLAB_GEOMETRY_TOLERANCE = 0.01
+
+
+def _largest_displacement(a: Atoms, b: Atoms) -> float | None:
+    """Largest minimum-image distance (Å) between the same atoms of ``a`` and ``b``, or None when their symbols or
+    cells (to 1e-4 Å) differ."""
+    from ase.geometry import find_mic
+
+    if a.get_chemical_symbols() != b.get_chemical_symbols():
+        return None
+    if not np.allclose(np.asarray(a.cell), np.asarray(b.cell), atol=1e-4):
+        return None
+    d, _ = find_mic(a.positions - b.positions, b.cell, b.pbc)
+    return float(np.max(np.linalg.norm(d, axis=1))) if len(d) else 0.0
+
+
 class RefinementFailed(RuntimeError):
     """A part every site needs (the bare slab's single point) failed in a named way (``reason``:
     ``scf_not_converged``, ``dft_aborted``); the failure is cached like a result."""
@@ -1517,10 +1548,12 @@ class RefinementFailed(RuntimeError):
 
 
 def _failure_name(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if name == "ScfNotConverged":
+    """The stored name of a calculator failure, by its class or any base class (``FalseConvergence`` is an
+    ``ScfNotConverged``); the classes are matched by name so that this module needs no CP2K plugin."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "ScfNotConverged" in names:
         return "scf_not_converged"
-    if name == "Cp2kAborted":
+    if "Cp2kAborted" in names:
         return "dft_aborted"
     return "calculator_error"
 
@@ -1529,8 +1562,9 @@ def _failure_name(exc: BaseException) -> str:
 #: would retry is computed again (:func:`_stale_failure`): 1, a CP2K abort on an SCF whose density spread into the
 #: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``);
 #: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``); 4, a false convergence (CP2K's
-#: "converged" with the energy still moving, ``gen2d_cp2k.FalseConvergence``) is restarted once before it fails.
-FAILURE_RULES = 4
+#: "converged" with the energy still moving, ``gen2d_cp2k.FalseConvergence``) is restarted once before it fails;
+#: 5, a false convergence is named ``scf_not_converged`` (under 4 it was stored as ``calculator_error``).
+FAILURE_RULES = 5
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
 
@@ -1596,9 +1630,18 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
       < 4); the calculator's ledger names a route without that restart, so the retry runs on the rung it failed on;
     - a CP2K abort on a diverging SCF (the dipole correction's vacuum check, after the first step) from before
       such aborts went to the retry ladder: under the current rules it climbs the ladder, and an abort at the
-      first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them.
+      first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them;
+    - a false convergence stored as ``calculator_error`` (``failure_rules`` < 5, when only the exact class
+      ``ScfNotConverged`` was named): the retry names it, and a failure that stands is cached as
+      ``scf_not_converged``.
     """
     failure, cost = doc.get("failure"), doc.get("cost") or {}
+    if (
+        failure == "calculator_error"
+        and doc.get("failure_rules", 1) < 5
+        and "false convergence" in str(doc.get("message", ""))
+    ):
+        return "a false convergence stored as calculator_error, from before it was named scf_not_converged"
     if failure == "scf_not_converged" and "scf_level" not in cost:
         return "an SCF failure from before the SCF fallback ladder"
     if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:

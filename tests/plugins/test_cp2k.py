@@ -841,6 +841,31 @@ def test_a_cached_dipole_abort_from_older_rules_is_computed_again_and_a_current_
     assert _stale_failure({"energy": -1.0, "cost": {}}) is None
 
 
+def test_a_false_convergence_is_named_an_scf_failure_and_one_stored_as_calculator_error_is_retried():
+    """FalseConvergence is an ScfNotConverged: its failure is ``scf_not_converged`` (a named, cached, retried
+    failure), not ``calculator_error`` (a crash). A cached false convergence stored under the old name is
+    computed again; a crash and a current scf failure stand."""
+    from gen2d_cp2k import Cp2kAborted, FalseConvergence, ScfNotConverged
+
+    from gen2d.adsorption import FAILURE_RULES, _failure_name, _stale_failure
+
+    assert _failure_name(FalseConvergence("CP2K SCF met eps_scf ... a false convergence")) == "scf_not_converged"
+    assert _failure_name(ScfNotConverged("no")) == "scf_not_converged"
+    assert _failure_name(Cp2kAborted("abort")) == "dft_aborted"
+    assert _failure_name(ValueError("bad")) == "calculator_error"
+    misnamed = {
+        "energy": None,
+        "failure": "calculator_error",
+        "message": "CP2K SCF met eps_scf 1e-05 at step 21, but its energy still changed by -2.3e-04 Ha at that "
+        "step (tolerance 0.0002 Ha): a false convergence; see gen2d.out",
+        "cost": {"n_evaluations": 1, "scf_level": 2},
+        "failure_rules": 4,
+    }
+    assert "calculator_error" in _stale_failure(misnamed)
+    assert _stale_failure(misnamed | {"message": "CP2K-shell not ready"}) is None  # a crash is not retried
+    assert _stale_failure(misnamed | {"failure": "scf_not_converged", "failure_rules": FAILURE_RULES}) is None
+
+
 @needs_cp2k
 def test_cp2k_abort_is_a_named_error_and_the_next_call_starts_a_new_process(tmp_path):
     """CP2K refuses a dipole correction without room in the vacuum: its own message, not a hang or an assert."""
