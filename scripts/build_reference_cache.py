@@ -232,7 +232,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     from pymatgen.core import Composition
 
     from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, binary_decorations, element_polymorphs
-    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, content_tag, split_key
+    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, _Crashed, content_tag, split_key
     from gen2d.hull.references import _decode_entry
 
     old_manifest, docs = old["manifest"], old["docs"]
@@ -309,6 +309,9 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     print(f"keeping {sum(map(len, kept.values()))} phases, relaxing {len(jobs)} new decorations", flush=True)
     relaxed = prov._relax_jobs(jobs, ", ".join(added))  # the provider's own (batched) relaxation
     wall, cpu = round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
+    crashed = [e.message for e in relaxed if isinstance(e, _Crashed)]
+    if crashed:  # a phase the MLIP crashed on is not a phase that does not exist: never shipped as absent
+        raise SystemExit(f"the MLIP failed on {len(crashed)} new decoration(s), e.g. {crashed[0]}; nothing written")
     new = []
     for (name, structure), sub, entry in zip(jobs, owner, relaxed, strict=True):
         formula = structure.composition.reduced_formula

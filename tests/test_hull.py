@@ -253,6 +253,12 @@ def test_missing_reference_names_the_nearest_phase_of_a_covered_system():
     assert "near VS4" in res.missing_reference and "nearest reference composition is VS2" in res.missing_reference
     ternary = probable_missing_reference(ComputedEntry("VSeS4", -40.0), [*refs, ComputedEntry("Se", -3.5)])
     assert ternary.startswith("no S-Se-V phase with all 3 elements") and "ternary" in ternary
+    # two polymorphs of the layer's own composition: the message names the lower one, the phase on the hull
+    fluorite = ComputedEntry("MoS2", -18.0, data={"prototype": "fluorite"})
+    layered = ComputedEntry("MoS2", -21.0, data={"prototype": "2h_mos2"})
+    refs = [ComputedEntry("Mo", -10.0), ComputedEntry("S", -4.0), fluorite, layered]
+    said = probable_missing_reference(ComputedEntry("MoS2", -23.0), refs)
+    assert "the set's MoS2 is MoS2 (2h_mos2)" in said
 
 
 # --- providers ----------------------------------------------------------------------------------
@@ -649,3 +655,39 @@ def test_no_prototype_starts_denser_than_the_floor_and_the_shipped_space_is_unto
         "H-F:rocksalt(FH)",
     ]
     assert script._floored_starts(["C"], []) == script._floored_starts(["H"], []) == []  # no elemental start is
+
+
+def test_a_reference_phase_the_mlip_crashed_on_is_never_cached_as_absent(tmp_path):
+    """A model failure (out of memory, a failed batch) is not a phase that does not exist. The pair whose phase
+    crashed is not cached, the candidate gets the named, retryable ``reference_relaxation_failed``, the elements
+    that relaxed are kept, and a rerun with a working model relaxes only the pair."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.hull import ReferenceUnavailable
+
+    class Flaky(EMT):
+        gen2d_model = "EMT test"
+        gen2d_checkpoint_sha256 = "e" * 64
+        crash = True
+
+        def calculate(self, atoms=None, *args, **kwargs):
+            if self.crash and len(set(atoms.get_chemical_symbols())) > 1:
+                raise MemoryError("CUDA out of memory (simulated)")
+            super().calculate(atoms, *args, **kwargs)
+
+    calc = Flaky()
+    small = {"stacked_layers": False, "batched": False, "binary_prototypes": ["rocksalt", "cscl"]}
+    prov = MLIPPrototypesProvider(calc, cache_dir=tmp_path, shipped=False, **small)
+    with pytest.raises(ReferenceUnavailable, match="MemoryError") as exc:
+        prov.entries(["Cu", "Ni"])
+    assert exc.value.reason == "reference_relaxation_failed"
+    cached = {p.name.split("@")[0].removesuffix(".json.gz") for p in tmp_path.rglob("*.json.gz")}
+    assert cached == {"Cu", "Ni"}
+    calc.crash = False
+    again = MLIPPrototypesProvider(calc, cache_dir=tmp_path, shipped=False, **small)
+    relaxed: list[str] = []
+    real = again._relax_jobs
+    again._relax_jobs = lambda jobs, label: relaxed.append(label) or real(jobs, label)
+    entries = again.entries(["Cu", "Ni"])
+    assert relaxed == ["Cu-Ni"]
+    assert any(len(e.composition.elements) == 2 for e in entries)

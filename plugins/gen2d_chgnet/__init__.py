@@ -73,6 +73,8 @@ def make_calculator(model: str | None = None, device: str = "auto", **kw: Any):
     calc.gen2d_evaluate_batch = BatchEvaluator(calc)
     calc.gen2d_model = f"CHGNet {net.version} (chgnet {chgnet.__version__})"
     calc.gen2d_checkpoint_sha256 = file_sha256(ckpt) if ckpt else None
+    # the energy scale the model learned: MP2020's corrections (the E_hull scorers) are fitted to PBE(+U) only
+    calc.gen2d_functional = "r2SCAN" if name == "r2scan" else "PBE"
     return calc
 
 

@@ -106,7 +106,8 @@ class EHullScorer(BaseScorer):
     progress : bool
         Show a progress bar over the batch.
     stable_threshold : float
-        E_hull (eV/atom) at or below which ``extra["stable"]`` is True.
+        E_hull (eV/atom) at or below which ``extra["stable"]`` is True, unless the layer is flagged
+        ``below_reference_hull``.
     max_elements : int or None
         Refuse (``too_many_elements``) candidates with more distinct elements. The offline reference
         set holds no phase beyond binaries, so an E_hull for a 6-element layer would be a loose lower
@@ -282,6 +283,14 @@ class EHullScorer(BaseScorer):
             message = f"{self.name}: calculator {self.calculator_name!r} cannot run here: {exc}"
             prov = self._provenance()
             return [(self._fail(prov, reason, message), {}) for _ in structures]
+        functional = getattr(calculator, "gen2d_functional", "PBE")
+        if functional != "PBE":
+            message = (
+                f"{self.name}: the {functional} model's energies cannot take MP2020's corrections (fitted to PBE and "
+                "PBE+U, with U mixing); choose a PBE-trained model"
+            )
+            prov = self._provenance(calculator)
+            return [(self._fail(prov, "unsupported_functional", message), {}) for _ in structures]
         try:
             provider = self._reference_provider(calculator)
         except Exception as exc:
@@ -417,7 +426,8 @@ class EHullScorer(BaseScorer):
                 "chemsys": hull.chemsys,
                 "n_phases": hull.n_phases,
                 "decomposition": hull.decomposition,
-                "stable": bool(hull.e_hull <= self.stable_threshold),
+                # a layer below its references points to a missing phase, never to stability (docs/scorers/ehull.md)
+                "stable": bool(hull.e_hull <= self.stable_threshold and "below_reference_hull" not in hull.flags),
                 "correction_scheme": hull.correction_scheme,
                 "anion_correction_scale": hull.anion_correction_scale,
                 "e_hull_mp2020": hull.e_hull_mp2020,

@@ -173,6 +173,8 @@ def test_entries_file_provider_notes_mixed_energies():
     assert res.ok
     assert res.extra["provider"] == "entries-file" and res.extra["n_phases"] == 2
     assert res.value == pytest.approx(res.extra["e_form"])  # elements only: hull = elemental line
+    # MoS2 far below a "hull" of the elements alone: flagged, and never called stable
+    assert res.value < -0.5 and "below_reference_hull" in res.extra["flags"] and res.extra["stable"] is False
     assert any("mixed energy scales" in n for n in res.provenance.notes)
     assert res.provenance.reference_set.startswith("entries-file")
 
@@ -205,6 +207,16 @@ def test_mattersim_scorer_without_weights_fails_clearly(monkeypatch, tmp_path):
     [res] = scorer.score([_hbn()])
     assert res.failure.reason == "calculator_unavailable"
     assert "gen2d models fetch mattersim-v1.0.0-1M" in res.failure.message
+
+
+def test_an_r2scan_model_is_refused_because_mp2020_corrections_are_fitted_to_pbe():
+    """CHGNet's r2SCAN weights ship in its wheel, but MP2020's U-mixing and anion corrections belong to PBE(+U)
+    energies: E_hull from them would be wrong, so the scorer names the failure instead of a number."""
+    [res] = get_scorer("ehull.chgnet", model="r2scan").score([_hbn()])
+    assert not res.ok and res.failure.reason == "unsupported_functional" and "r2SCAN" in res.failure.message
+    elements_only = {"path": DATA / "mp_elemental_reference_entries.json.gz"}
+    [pbe] = get_scorer("ehull.chgnet", provider="entries-file", provider_options=elements_only).score([_hbn()])
+    assert pbe.ok  # the PBE default is scored
 
 
 def test_too_many_elements_is_refused_by_name_without_any_relaxation():

@@ -202,7 +202,9 @@ def probable_missing_reference(entry: ComputedEntry, references: Sequence[Comput
         other = r.composition.fractional_composition
         return sum(abs(frac[el] - other[el]) for el in elements)
 
-    nearest = min(full, key=distance)
+    # among references at the same distance (several polymorphs of one composition), the lowest in energy: the
+    # phase on the hull, not the first decoration in the list
+    nearest = min(full, key=lambda r: (round(distance(r), 9), r.energy_per_atom))
     proto = nearest.data.get("prototype")
     named = f"{nearest.composition.reduced_formula}" + (f" ({proto})" if proto else "")
     if distance(nearest) < 1e-9:

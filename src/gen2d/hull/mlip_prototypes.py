@@ -364,6 +364,13 @@ def _definition(proto: Prototype) -> list[Any]:
     return [str(proto.spacegroup), list(proto.lattice), [[s, list(c)] for s, c in proto.sites], list(proto.template)]
 
 
+@dataclass(frozen=True)
+class _Crashed:
+    """A reference relaxation on which the MLIP itself failed (``calculator_error``), with its message."""
+
+    message: str
+
+
 def split_key(key: str) -> tuple[str, str, str]:
     """``(settings tag, subsystem, content tag)`` of a reference cache key
     ``<provider>:<settings tag>:<subsystem>[@<content tag>]`` (the content tag is "" in keys without one)."""
@@ -606,8 +613,12 @@ class MLIPPrototypesProvider:
     def _entry_from_result(self, structure: Structure, prototype: str, res: Any) -> ComputedStructureEntry | None:
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        # An unconverged energy is an upper bound of the relaxed one, so keeping it can only raise the
-        # hull (never invent stability); a numerical failure is dropped.
+        # An unconverged energy is an upper bound of the relaxed one: keeping it lowers the hull towards, never
+        # past, where the relaxed phase would put it (leaving it out would not lower it at all); a numerical failure is
+        # dropped, and a crash of the model is no result at all.
+        if res.failure == "calculator_error":  # the model crashed (out of memory, a failed batch): not the phase's
+            log.warning("reference %s %s: %s", structure.composition.reduced_formula, prototype, res.message)
+            return _Crashed(f"{structure.composition.reduced_formula} ({prototype}): {res.message}")
         if res.failure not in (None, "not_converged"):
             log.info("reference %s %s dropped: %s", structure.composition.reduced_formula, prototype, res.message)
             return None
@@ -719,15 +730,29 @@ class MLIPPrototypesProvider:
                 missing.append(sub)
             else:
                 out[sub] = cached
+        crashed: dict[str, list[str]] = {}
         for chunk in self._checkpoint_chunks({sub: self._subsystem_jobs(sub) for sub in missing}):
             # each chunk is relaxed together and cached before the next starts: a stopped run keeps its chunks
             jobs = [job for sub_jobs in chunk.values() for job in sub_jobs]
             owner = [sub for sub, sub_jobs in chunk.items() for _ in sub_jobs]
             entries = self._relax_jobs(jobs, ", ".join(chunk))
             for sub in chunk:
-                found = [e for e, o in zip(entries, owner, strict=True) if o == sub and e is not None]
+                mine = [e for e, o in zip(entries, owner, strict=True) if o == sub]
+                if any(isinstance(e, _Crashed) for e in mine):
+                    # a phase the model crashed on is not a phase that does not exist: caching the subsystem
+                    # without it would lower the hull of every later candidate; the next run relaxes it again
+                    crashed[sub] = [e.message for e in mine if isinstance(e, _Crashed)]
+                    continue
+                found = [e for e in mine if e is not None]
                 self._write_cache(self._key(sub), sub, found)
                 out[sub] = found
+        if crashed:
+            first = next(iter(crashed.values()))[0]
+            raise ReferenceUnavailable(
+                "reference_relaxation_failed",
+                f"the MLIP failed on {sum(map(len, crashed.values()))} reference phase(s) of {sorted(crashed)}, e.g. "
+                f"{first}; those subsystems are not cached and are relaxed again on the next run",
+            )
         return out
 
     def _checkpoint_chunks(self, jobs: dict[str, list]) -> list[dict[str, list]]:
