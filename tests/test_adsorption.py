@@ -693,3 +693,19 @@ def test_a_cached_bare_slab_of_another_geometry_is_never_the_reference_of_new_si
     moved.positions[0, 2] -= 0.05 - 1e-4
     near = refine_adsorption(from_ase(moved), sites, lambda d: EMT(), str(tmp_path), refine=refine, h2=h2)
     assert near.e_slab == first.e_slab
+
+
+def test_an_unconverged_h2_reference_is_a_named_failure_never_a_reference(tmp_path):
+    """Every ΔG_H of a settings hash subtracts its H₂: a relaxation that stopped short is refused by name."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefinementFailed, h2_reference_dft
+
+    energy, bond = h2_reference_dft(str(tmp_path), lambda d: EMT(), box=8.0)
+    assert 0.6 < bond < 0.9 and np.isfinite(energy)
+    assert h2_reference_dft(str(tmp_path), lambda d: pytest.fail("cached H2 computed again"), box=8.0) == (energy, bond)
+    doc = json.loads((tmp_path / "result.json").read_text())
+    (tmp_path / "result.json").write_text(json.dumps(doc | {"converged": False, "steps": 50}))
+    with pytest.raises(RefinementFailed, match="did not reach fmax") as exc:
+        h2_reference_dft(str(tmp_path), lambda d: EMT(), box=8.0)
+    assert exc.value.reason == "geometry_not_converged"

@@ -1468,10 +1468,20 @@ def h2_reference_dft(
         from gen2d.frames import write_run_metadata
 
         write_run_metadata(directory, {**metadata, "formula": "H2", "system_kind": "molecule", "box": box})
+
+    def checked(doc: dict[str, Any]) -> tuple[float, float]:
+        # every ΔG_H of these settings subtracts this energy: an unrelaxed H₂ is no reference
+        if doc.get("converged") is False:
+            raise RefinementFailed(
+                "geometry_not_converged",
+                f"the H2 reference in {directory} did not reach fmax 0.01 eV/Å in {doc.get('steps')} BFGS steps; "
+                "delete its result.json to relax it again",
+            )
+        return float(doc["energy"]), float(doc["bond"])
+
     if os.path.isfile(path):
         with open(path) as fh:
-            doc = json.load(fh)
-        return float(doc["energy"]), float(doc["bond"])
+            return checked(json.load(fh))
     os.makedirs(directory, exist_ok=True)
     calc = make_calculator(directory)
     try:
@@ -1492,7 +1502,7 @@ def h2_reference_dft(
         "bond_unit": "Å",
     }
     write_json_atomic(path, doc)
-    return energy, bond
+    return checked(doc)
 
 
 def _surface_atom_counts(slab: Structure, settings: AdsorptionSettings) -> dict[str, int]:
