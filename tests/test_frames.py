@@ -9,6 +9,7 @@ import pytest
 from ase import Atoms
 from ase.build import fcc111
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 from gen2d.frames import collect_frames, export_extxyz, save_frame, write_run_metadata
@@ -33,7 +34,13 @@ def _run(root, name="abc123", with_meta=True):
     (run / "site_0").mkdir()
     first = _evaluated(site)
     save_frame(first, run / "site_0" / "relax.traj")
-    save_frame(first, run / "site_0" / "relax.traj")  # a resumed run evaluates its last frame again
+    # the same geometry again: a retried SCF (a ladder rung, the restart of a false convergence) whose energy the
+    # run accepted, 32 meV below the first
+    retried = first.copy()
+    retried.calc = SinglePointCalculator(
+        retried, energy=first.get_potential_energy() - 0.032, forces=first.get_forces(apply_constraint=False)
+    )
+    save_frame(retried, run / "site_0" / "relax.traj")
     moved = site.copy()
     moved.positions[-1, 2] -= 0.1
     save_frame(_evaluated(moved), run / "site_0" / "relax.traj")
@@ -48,7 +55,8 @@ def test_frames_carry_energy_forces_and_provenance_and_a_resumed_frame_counts_on
     assert summary["by_config_type"] == {"slab": 1, "slab+H": 2}
     assert summary["n_frames"] == summary["n_with_forces"] == 3 and summary["by_settings_hash"] == {"s1": 3}
     site = [f for f in frames if f.info["config_type"] == "slab+H"]
-    assert site[0].info["frame"] == 0 and site[1].info["frame"] == 2  # frame 1 repeated frame 0
+    assert site[0].info["frame"] == 1 and site[1].info["frame"] == 2  # frame 1 repeated frame 0: the later stays
+    assert site[0].info["energy"] == pytest.approx(_evaluated(site[0]).get_potential_energy() - 0.032)
     ref = _evaluated(site[1])
     assert site[1].info["energy"] == ref.get_potential_energy()
     np.testing.assert_allclose(site[1].arrays["forces"], ref.get_forces(apply_constraint=False))
@@ -77,7 +85,7 @@ def test_a_sites_vibration_frames_are_read_with_the_site_and_marked(tmp_path):
     rows = delta_e_h_rows([*frames, h2], {})
     assert len(rows) == 1 and rows[0]["frame"] == 2
     without_h = [i for i, _ in dehydrogenated_slabs(frames, every=1) if i.startswith("dft-slab-without-H")]
-    assert sorted(without_h) == [f"dft-slab-without-H:{frames[1].info['run']}/site_0#{k}" for k in (0, 2)]
+    assert sorted(without_h) == [f"dft-slab-without-H:{frames[1].info['run']}/site_0#{k}" for k in (1, 2)]
 
 
 def test_export_writes_extxyz_that_reads_back_and_names_folders_without_metadata(tmp_path):

@@ -136,7 +136,9 @@ def _same(a: Atoms, b: Atoms) -> bool:
 def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dict[str, Any]]:
     """Every frame with an energy under ``roots`` (DFT run directories or folders of them).
 
-    A frame evaluated twice in a row (a resumed relaxation re-evaluates its last frame) is kept once.
+    A frame evaluated twice in a row (a resumed relaxation re-evaluates its last frame; a retried SCF, on a
+    ladder rung or after a false convergence, gives the same geometry a new energy) is kept once, as the later
+    evaluation: the energy the run accepted.
     A system folder with no frame file but a single point's ``result.json``, ``gen2d.inp`` and
     ``gen2d.out`` gives one energy-only frame (:func:`single_point_frame`; ``info['energy_only']`` True,
     no forces), or an entry in ``skipped`` saying why not.
@@ -196,7 +198,9 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         except Exception:  # noqa: BLE001
                             forces = None
                         if previous is not None and _same(previous, atoms):
-                            continue
+                            # the same geometry again is a retry of its SCF (a ladder rung, the restart of a
+                            # false convergence): the later energy is the one the run accepted
+                            frames.pop()
                         previous = atoms
                         out = Atoms(
                             atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc
