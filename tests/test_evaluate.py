@@ -347,3 +347,36 @@ def test_budget_definition_is_the_package_docstring_paragraph():
     assert text.startswith("for every arm and seed, generation runs in chunks of ``chunk`` samples")
     assert text.endswith("hits per CPU-hour extrapolate the hit rate to everything the arm produced within the budget.")
     assert "\n" not in text and "Equal budget" in gen2d.evaluate.__doc__
+
+
+def test_a_repeated_confirmed_structure_is_one_distinct_hit_and_pooled_counts_get_exact_intervals():
+    """A seed whose generator returns NbSe2 three times has one distinct confirmed hit, not three; the pooled
+    figures over seeds are count / CPU-hours with an exact Poisson interval, and arms compare by an exact rate
+    ratio on those pooled counts."""
+    from gen2d.evaluate.aggregation import comparisons
+    from gen2d.evaluate.arms import seed_metrics
+    from gen2d.scoring import RankThresholds
+
+    def record(formula, confirmed, unique):
+        return {
+            "formula": formula, "strict_ok": True, "smact_ok": True, "unique": unique, "novel": True,
+            "e_hull": 0.0, "below_reference_hull": False, "hit": confirmed, "mlip_dg_h": 0.05 if confirmed else None,
+            "confirmed": confirmed, "new_confirmed": confirmed and unique,
+        }  # fmt: skip
+
+    records = [record("NbSe2", True, True), record("NbSe2", True, False), record("NbSe2", True, False)]
+    records += [record("TaS2", True, True)] + [record("MoS2", False, True) for _ in range(44)]
+    summary = {"kind": "generator", "n_generated": 200, "generation_cpu_s": 40.0, "scoring_cpu_s": 144.0}
+    m = seed_metrics(records, summary, RankThresholds())
+    assert (m["n_confirmed"], m["n_distinct_confirmed"], m["n_new_confirmed"]) == (4, 2, 2)
+    assert m["distinct_confirmed_hits_per_cpu_hour"] == pytest.approx(m["confirmed_hits_per_cpu_hour"] / 2)
+    assert m["scored_cpu_hours"] * m["confirmed_hits_per_cpu_hour"] == pytest.approx(4)
+
+    def arm(count, hours):
+        pooled = {"rate": count / hours, "count": count, "cpu_hours": hours}
+        return {"metrics": {"distinct_confirmed_hits_per_cpu_hour": {"mean": count / hours, "pooled": pooled}}}
+
+    out = comparisons({"steered": arm(5, 0.05), "unguided": arm(2, 0.04)})
+    rr = out["steered_over_unguided:distinct_confirmed_hits_per_cpu_hour"]["pooled_ratio"]
+    assert rr["ratio"] == pytest.approx((5 / 0.05) / (2 / 0.04)) and rr["ci95_low"] < 1 < rr["ci95_high"]
+    assert rr["counts"] == [5, 2] and 0.3 < rr["p_value"] <= 1.0

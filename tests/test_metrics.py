@@ -198,3 +198,26 @@ def test_confirmed_hits_per_cpu_hour_pays_for_generating_and_scoring_every_outpu
     assert r.value < faster.value < 1.1 * r.value and better.value == pytest.approx(2 * r.value)
     assert m(0, 48, 200, 40.0, 144.0).value == 0.0
     assert m(3, 0, 200, 40.0, 144.0).value is None and m(3, 48, 200, 40.0, None).value is None
+
+
+def test_exact_poisson_intervals_never_go_below_zero_and_bound_a_zero_count():
+    """Pooled counts of hits per CPU-hour: the Garwood interval of k = 0 is [0, 3.689] (the 95 % upper bound of
+    a Poisson mean with no event), k = 5 gives [1.623, 11.668], and dividing the exposure scales the rate."""
+    from gen2d.metrics import poisson_rate_ci, poisson_rate_ratio
+
+    zero = poisson_rate_ci(0, 2.0)
+    assert zero["rate"] == 0.0 and zero["low"] == 0.0 and zero["high"] == pytest.approx(3.689 / 2, abs=1e-3)
+    five = poisson_rate_ci(5, 1.0)
+    assert (five["low"], five["high"]) == (pytest.approx(1.623, abs=1e-3), pytest.approx(11.668, abs=1e-3))
+    assert poisson_rate_ci(5, 0.5)["high"] == pytest.approx(2 * five["high"])
+    assert poisson_rate_ci(3, 0.0)["rate"] is None
+    # 5 against 2 at equal exposure: a ratio of 2.5 that a conditional binomial test cannot tell from 1
+    rr = poisson_rate_ratio(5, 1.0, 2, 1.0)
+    assert rr["ratio"] == pytest.approx(2.5) and rr["low"] < 1.0 < rr["high"] and rr["p_value"] > 0.4
+    # swapping the arms inverts the ratio and its interval, with the same p-value
+    back = poisson_rate_ratio(2, 1.0, 5, 1.0)
+    assert back["ratio"] == pytest.approx(1 / rr["ratio"]) and back["low"] == pytest.approx(1 / rr["high"])
+    assert back["p_value"] == pytest.approx(rr["p_value"])
+    # a large difference is significant, and unequal exposures are accounted for
+    assert poisson_rate_ratio(30, 1.0, 5, 1.0)["p_value"] < 0.001
+    assert poisson_rate_ratio(10, 2.0, 5, 1.0)["p_value"] == pytest.approx(1.0)

@@ -25,6 +25,8 @@ from gen2d.metrics import (
     SUNRate,
     Uniqueness,
     mean_ci,
+    poisson_rate_ci,
+    poisson_rate_ratio,
 )
 from gen2d.scoring import RankThresholds
 
@@ -46,6 +48,11 @@ def metric_definitions(t: RankThresholds, confirmer: str = "dgh.mlip") -> dict[s
         "unit": "hits / CPU-hour",
         "description": "As confirmed_hits_per_cpu_hour, counting only the confirmed hits that are novel (not a "
         "training layer) and unique within the arm and seed: new materials per CPU-hour.",
+    }
+    defs["distinct_confirmed_hits_per_cpu_hour"] = {
+        "unit": "hits / CPU-hour",
+        "description": "As confirmed_hits_per_cpu_hour, counting a structure that comes out more than once "
+        "in the arm and seed as one hit (confirmed and unique); training layers still count.",
     }
     defs["new_fraction_of_confirmed"] = {
         "unit": "fraction",
@@ -112,8 +119,17 @@ RATE_METRICS = [
     "hits_per_cpu_hour",
     "confirmed_hits_per_cpu_hour",
     "new_confirmed_hits_per_cpu_hour",
+    "distinct_confirmed_hits_per_cpu_hour",
     "new_fraction_of_confirmed",
 ]
+
+#: per-CPU-hour counts (metric -> the seed's count): each also gets an exact Poisson interval on its pooled count
+#: over the seeds' pooled CPU-hours, which a t-interval over three seeds of 0-6 hits cannot give
+POOLED_COUNTS = {
+    "confirmed_hits_per_cpu_hour": "n_confirmed",
+    "distinct_confirmed_hits_per_cpu_hour": "n_distinct_confirmed",
+    "new_confirmed_hits_per_cpu_hour": "n_new_confirmed",
+}
 INFO_METRICS = [
     "e_hull_median",
     "e_hull_scored_fraction",
@@ -163,6 +179,18 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
         metrics["mlip_confirmation_rate"]["pooled_hits"] = hits
         metrics["new_fraction_of_confirmed"]["pooled"] = new / conf if conf else None
         metrics["new_fraction_of_confirmed"]["pooled_confirmed"] = conf
+        exposures = [r["metrics"].get("scored_cpu_hours") for r in rs]
+        if rs and all(e is not None for e in exposures):
+            for name, count_key in POOLED_COUNTS.items():
+                pooled = poisson_rate_ci(sum(r["metrics"].get(count_key, 0) for r in rs), sum(exposures), confidence)
+                metrics[name]["pooled"] = {
+                    "rate": pooled["rate"],
+                    "ci95_low": pooled["low"],
+                    "ci95_high": pooled["high"],
+                    "count": pooled["count"],
+                    "cpu_hours": pooled["exposure"],
+                    "method": pooled["method"] + " over the pooled CPU-hours of the scored outputs",
+                }
         out_arms[arm.name] = {
             "group": arm.group,
             "kind": arm.kind,
@@ -175,6 +203,7 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
             "hits_total": hits,
             "confirmed_total": conf,
             "new_confirmed_total": new,
+            "distinct_confirmed_total": sum(r["metrics"].get("n_distinct_confirmed", 0) for r in rs),
             "budget": [
                 {
                     "seed": r["seed"],
@@ -239,6 +268,7 @@ COMPARED_METRICS = (
     "sun_rate",
     "confirmed_hits_per_cpu_hour",
     "new_confirmed_hits_per_cpu_hour",
+    "distinct_confirmed_hits_per_cpu_hour",
 )
 
 
@@ -256,13 +286,25 @@ def comparisons(arms: dict[str, Any]) -> dict[str, Any]:
                     continue  # a stored run from before the metric existed
                 a = arms[method]["metrics"][metric]["mean"]
                 b = arms[other]["metrics"][metric]["mean"]
-                out[f"{method}_over_{other}:{metric}"] = {
+                entry = {
                     method: a,
                     other: b,
                     "ratio": (a / b) if (a is not None and b) else None,
                     "description": f"mean {metric} of the {method} arm divided by that of {other}; None when "
                     f"the denominator is 0 or missing (no hit to compare with)",
                 }
+                pa, pb = arms[method]["metrics"][metric].get("pooled"), arms[other]["metrics"][metric].get("pooled")
+                if isinstance(pa, dict) and isinstance(pb, dict):
+                    rr = poisson_rate_ratio(pa["count"], pa["cpu_hours"], pb["count"], pb["cpu_hours"])
+                    entry["pooled_ratio"] = {
+                        "ratio": rr["ratio"],
+                        "ci95_low": rr["low"],
+                        "ci95_high": rr["high"],
+                        "p_value": rr["p_value"],
+                        "counts": [pa["count"], pb["count"]],
+                        "method": rr["method"],
+                    }
+                out[f"{method}_over_{other}:{metric}"] = entry
     return out
 
 
@@ -365,14 +407,18 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
             s += f" ± {m['ci95_half_width'] * scale:.{nd}f}"
         return s + (" %" if pct else "")
 
-    head = [
-        "arm",
-        "seeds",
-        "n evaluated (per seed)",
-        "n generated (mean per seed)",
-        "generation CPU-s (mean)",
-        "hits / MLIP-confirmed / of those novel and unique (all seeds)",
-    ] + metrics
+    head = (
+        [
+            "arm",
+            "seeds",
+            "n evaluated (per seed)",
+            "n generated (mean per seed)",
+            "generation CPU-s (mean)",
+            "hits / MLIP-confirmed / distinct / novel and distinct (all seeds)",
+        ]
+        + metrics
+        + ["distinct confirmed hits / CPU-hour, pooled [95 % exact Poisson]"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in doc["arms"].items():
         m = a["metrics"]
@@ -382,9 +428,19 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
             ",".join(str(v) for v in m["n_evaluated"]["per_seed"]),
             f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–",
             f"{m['generation_cpu_s']['mean']:.1f}" if m["generation_cpu_s"]["mean"] is not None else "–",
-            f"{a['hits_total']} / {a['confirmed_total']} / {a.get('new_confirmed_total', 0)}",
+            f"{a['hits_total']} / {a['confirmed_total']} / {a.get('distinct_confirmed_total', '–')} / "
+            f"{a.get('new_confirmed_total', 0)}",
         ]
         row += [fmt(m[k]) for k in metrics]
+        pooled = m.get("distinct_confirmed_hits_per_cpu_hour", {}).get("pooled")
+        row.append(
+            f"{pooled['rate']:.0f} [{pooled['ci95_low']:.0f}, {pooled['ci95_high']:.0f}]"
+            if isinstance(pooled, dict) and pooled["rate"] is not None
+            else "–"
+        )
         lines.append("| " + " | ".join(row) + " |")
     units = "; ".join(f"{k}: {doc['metric_definitions'][k]['unit']}" for k in metrics)
-    return "\n".join(lines) + f"\n\nUnits: {units}. Mean ± 95 % t-interval half-width over seeds."
+    return "\n".join(lines) + (
+        f"\n\nUnits: {units}. Mean ± 95 % t-interval half-width over seeds; the pooled column is the count over "
+        "all seeds divided by the CPU-hours its scored outputs cost, with an exact Poisson interval."
+    )

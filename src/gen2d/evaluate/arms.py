@@ -365,8 +365,12 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
     per_hour = HitsPerCPUHour()(hit.value, n_produced, cpu)
     n_confirmed = sum(1 for r in records if r.get("confirmed"))
     n_new = sum(1 for r in records if r.get("new_confirmed"))
+    # a structure that comes out twice is one hit: the repeats are not unique (the first occurrence is)
+    n_distinct = sum(1 for r in records if r.get("confirmed") and r.get("unique"))
     confirmed_per_hour = ConfirmedHitsPerCPUHour()(n_confirmed, n, n_produced, cpu, run_summary.get("scoring_cpu_s"))
+    distinct_per_hour = ConfirmedHitsPerCPUHour()(n_distinct, n, n_produced, cpu, run_summary.get("scoring_cpu_s"))
     new_per_hour = ConfirmedHitsPerCPUHour()(n_new, n, n_produced, cpu, run_summary.get("scoring_cpu_s"))
+    per_output_s = confirmed_per_hour.details.get("cpu_s_per_output")
     return {
         "strict_2d_validity": frac("strict_ok"),
         "smact_validity": frac("smact_ok"),
@@ -380,6 +384,7 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         "hits_per_cpu_hour": per_hour.value,
         "confirmed_hits_per_cpu_hour": confirmed_per_hour.value,
         "new_confirmed_hits_per_cpu_hour": new_per_hour.value,
+        "distinct_confirmed_hits_per_cpu_hour": distinct_per_hour.value,
         "new_fraction_of_confirmed": n_new / n_confirmed if n_confirmed else None,
         "e_hull_median": float(np.median(e_vals)) if e_vals else None,
         "e_hull_scored_fraction": len(e_vals) / n if n else None,
@@ -391,6 +396,10 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
         "n_hits": hit.details["n_hits"],
         "n_confirmed": conf.details["n_confirmed"],
         "n_new_confirmed": n_new,
+        "n_distinct_confirmed": n_distinct,
+        # the CPU-hours the scored outputs cost (their generation share plus scoring): the exposure of the
+        # per-CPU-hour counts, which pooled Poisson intervals over seeds are computed on
+        "scored_cpu_hours": n * per_output_s / 3600.0 if per_output_s else None,
     }
 
 
