@@ -335,6 +335,12 @@ def test_a_stored_result_is_reused_only_for_the_same_model():
     from gen2d.scoring import file_sha256
 
     assert _model_identity(Resources(spec), unguided) == file_sha256(shipped_checkpoint())
+    # an arm field that changes what it outputs changes the key; the default value keys as before
+    filt = next(a for a in arms if a.kind == "filter")
+    loose = filt.model_copy(update={"filter_require_strict": False})
+    assert _run_key(spec, loose, 0, "sha-a") != _run_key(spec, filt, 0, "sha-a")
+    same = filt.model_copy(update={"filter_max_elements": filt.filter_max_elements})
+    assert _run_key(spec, same, 0, "sha-a") == _run_key(spec, filt, 0, "sha-a")
 
 
 def test_budget_definition_is_the_package_docstring_paragraph():

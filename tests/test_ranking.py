@@ -115,3 +115,12 @@ def test_a_layer_below_its_reference_hull_is_not_a_hit_and_says_why():
         "ehull": {"chgnet": {"property": "e_hull", "ok": True, "extra": {"flags": ["below_reference_hull"]}}}
     }
     assert rank_documents([legacy])["x"]["hit"] is False
+
+
+def test_a_sample_whose_generation_diverged_is_never_a_hit():
+    """The evaluation passes each sample's generation faults to the ranking, as a campaign does."""
+    flagged = doc("g", 0.02, 0.01, 0.9)
+    flagged["flags"] = {"guidance_diverged": {"step": 40}}
+    clean = doc("h", 0.02, 0.01, 0.9)
+    r = rank_documents([flagged, clean])
+    assert r["g"]["hit"] is False and r["h"]["hit"] is True

@@ -241,8 +241,11 @@ def _score_all(
     return out
 
 
-def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score and count a set of samples; returns one record per sample and the provenance of each scorer."""
+def score_samples(
+    res: Resources, structures: list[Structure], flags: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score and count a set of samples; returns one record per sample and the provenance of each scorer. ``flags``
+    (one dict per sample) are the generation's faults, which block a hit as in a campaign's ranking."""
     spec = res.spec
     t = spec.thresholds
     n = len(structures)
@@ -286,6 +289,8 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
                 "summary": summary,
                 "scores": scores,
                 "validity": {"strict": {"ok": bool(strict[i])}},
+                # a generation fault (guidance_diverged) blocks a hit here as in a campaign's ranking
+                "flags": (flags[i] if flags else None) or {},
             }
         )
     ranks = rank_documents(docs, t)
@@ -336,6 +341,7 @@ def score_samples(res: Resources, structures: list[Structure]) -> tuple[list[dic
                 "p_synth": val(p_synth[i]),
                 "p_synth_failure": why(p_synth[i]),
                 "hit": hits[i],
+                "generation_flags": sorted((flags[i] if flags else None) or {}),
                 "mlip_dg_h": m,
                 "mlip_failure": why(mlip[i]),
                 "confirmed": confirmed,
@@ -411,7 +417,7 @@ def run_arm_seed(res: Resources, arm: ArmSpec, seed: int) -> dict[str, Any]:
     idx, filter_scores = select_for_evaluation(run, arm, n_eval, seed, spec.thresholds)
     structures = [run.items[i].structure for i in idx]
     c0 = time.process_time()
-    records, provenance = score_samples(res, structures)
+    records, provenance = score_samples(res, structures, [dict(run.items[i].flags) for i in idx])
     scoring_cpu = time.process_time() - c0
     for k, (i, rec) in enumerate(zip(idx, records)):
         g = run.items[i]

@@ -138,18 +138,14 @@ def _arm_key(arm: ArmSpec) -> str:
             return float(g)
         return g
 
-    return json.dumps(
-        norm(
-            {
-                "kind": arm.kind,
-                "generator": arm.generator,
-                "options": arm.options,
-                "params": arm.params,
-                "keep": arm.keep,
-            }
-        ),
-        sort_keys=True,
-    )
+    key = {"kind": arm.kind, "generator": arm.generator, "options": arm.options, "params": arm.params, "keep": arm.keep}
+    # fields that change what an arm outputs, keyed when they differ from their defaults (so the keys of stored
+    # results made with the defaults stay as they were)
+    for name in ("cycle_templates", "filter_require_strict", "filter_max_elements"):
+        value = getattr(arm, name)
+        if value != ArmSpec.model_fields[name].default:
+            key[name] = value
+    return json.dumps(norm(key), sort_keys=True)
 
 
 def load_evaluate_spec(path: str | Path, overrides: list[str] | None = None) -> EvaluateSpec:
