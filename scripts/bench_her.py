@@ -352,7 +352,13 @@ def cmd_cv(args) -> None:
             raise SystemExit(f"{cache}: {len(ids) - len(kept)} labels have no usable graph; compare on the rest")
         order = list(range(len(ids)))
         random.Random(args.seed).shuffle(order)
-        folds = [order[k :: args.folds] for k in range(args.folds)]
+        # whole reduced formulas per fold (shuffled, dealt round-robin): a layer that both databases hold is
+        # never in a fold and in its training set at once
+        formula = [lab["formula"] for lab in kept]
+        names = sorted(set(formula))
+        random.Random(args.seed).shuffle(names)
+        fold_of = {name: k % args.folds for k, name in enumerate(names)}
+        folds = [[i for i in order if fold_of[formula[i]] == k] for k in range(args.folds)]
         if args.heldout_from:  # one split: an ensemble's held-out monolayers, to compare with it
             heldout = set(_heldout_ids(args.heldout_from))
             folds = [[i for i in order if ids[i] in heldout]]

@@ -64,12 +64,33 @@ def _graphs_and_targets(labels: Sequence[dict[str, Any]], cutoff: float):
     return graphs, torch.tensor(targets, dtype=torch.get_default_dtype()), kept
 
 
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out test) indices, a fixed shuffle of ``seed``."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
+def split_indices(
+    n: int, test_fraction: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, held-out test) indices, a fixed shuffle of ``seed``.
+
+    With ``groups`` (one label per index, e.g. the reduced formula), whole groups are held out, in a shuffled
+    order, until the test set reaches its share: the same layer read from two databases (MC2D and 2DMatPedia
+    share many) always lands on one side. Without it, indices are held out one by one."""
     n_test = max(1, int(round(test_fraction * n))) if n > 4 and test_fraction > 0 else 0
-    return order[n_test:], order[:n_test]
+    if groups is None:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        return order[n_test:], order[:n_test]
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} indices")
+    members: dict[str, list[int]] = {}
+    for k, g in enumerate(groups):
+        members.setdefault(g, []).append(k)
+    names = sorted(members)
+    random.Random(seed).shuffle(names)
+    test: list[int] = []
+    for g in names:
+        if len(test) >= n_test:
+            break
+        test.extend(members[g])
+    held = set(test)
+    return [k for k in range(n) if k not in held], test
 
 
 def fit_member(
@@ -209,7 +230,9 @@ def train_surrogate(
     """Train an ensemble on ``labels`` (from :func:`label_monolayers`), write ``member_*.pt`` and MANIFEST.json.
 
     Each member sees the same training split with its own seed (initialisation and batch order);
-    the held-out split is never trained on and gives the reported MAE (eV) of the ensemble mean.
+    the held-out split is never trained on and gives the reported MAE (eV) of the ensemble mean. It holds out
+    whole reduced formulas (:func:`split_indices` with ``groups``), so that a layer both databases hold is never
+    on both sides.
     ``label_recipe`` (the labelling ``dgh.mlip`` settings, see :func:`label_recipe`) is stored in the
     checkpoints and the manifest when given. ``heldout_ids`` fixes the held-out split instead of
     ``test_fraction``: the labels with these ids (e.g. another ensemble's held-out set, so that two
@@ -232,7 +255,8 @@ def train_surrogate(
         test_idx = [k for k, lab in enumerate(kept) if lab.get("id") in wanted]
         train_idx = [k for k, lab in enumerate(kept) if lab.get("id") not in wanted]
     else:
-        train_idx, test_idx = split_indices(len(graphs), test_fraction, seed)
+        formulas = [Structure.from_dict(lab["relaxed_slab"]).composition.reduced_formula for lab in kept]
+        train_idx, test_idx = split_indices(len(graphs), test_fraction, seed, groups=formulas)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("member_*.pt"):

@@ -577,3 +577,20 @@ def test_dgh_mlip_takes_the_slab_relaxed_by_e_hull(layout):
     )
     assert energy is None and notes == ["slab relaxed by e_hull"]
     assert slab.lattice.a == pytest.approx(3.40, abs=1e-6)
+
+
+def test_the_surrogate_split_holds_out_whole_formulas_so_a_duplicate_layer_never_straddles_it():
+    """MC2D and 2DMatPedia hold many of the same layers (e.g. BN as BN-0e329ca7 and 2dm-4991): grouped by
+    formula, every copy lands on one side; the share held out stays close to the fraction asked."""
+    from gen2d_dgh_dimenet.train import split_indices
+
+    formulas = [f"F{k % 40}" for k in range(200)]  # 40 formulas, 5 copies each
+    train, test = split_indices(200, 0.2, seed=3, groups=formulas)
+    assert sorted(train + test) == list(range(200)) and 40 <= len(test) <= 45
+    assert not {formulas[k] for k in train} & {formulas[k] for k in test}
+    assert split_indices(200, 0.2, seed=3, groups=formulas) == (train, test)  # deterministic
+    # without groups: one by one, as before (copies of one formula do straddle it)
+    plain_train, plain_test = split_indices(200, 0.2, seed=3)
+    assert len(plain_test) == 40 and {formulas[k] for k in plain_train} & {formulas[k] for k in plain_test}
+    with pytest.raises(ValueError, match="groups"):
+        split_indices(10, 0.2, seed=0, groups=["a"] * 9)
