@@ -7,7 +7,11 @@
 # tarball under $GEN2D_DATA (GEN2D_TRAIN_SOURCES overrides the list), deduplicated by content hash, with
 # 5 % of the reduced formulas held out for validation. The budget counts from the start of training,
 # data reading included (the first read of the tarball takes about 15 CPU minutes; it is cached in
-# $GEN2D_CACHE/training_sources). An OUT that holds a checkpoint is resumed.
+# $GEN2D_CACHE/training_sources). A fresh run that makes no training step within the budget exits 3 without
+# a MANIFEST (the data is cached by then: run it again). An OUT that holds a checkpoint is resumed.
+# A GPU needs a CUDA build of torch: the checkout's .venv holds the CPU build, so point GEN2D_PYTHON at an
+# environment with CUDA torch and pass --device cuda, which fails loudly where there is no GPU (auto would
+# quietly train on the CPU).
 # Device: auto (CUDA when present). On CUDA: bf16 (else fp16) autocast, batch size from free GPU memory,
 # DataLoader workers from the free cores; on CPU: float32, batch 32, one thread.
 # Installs nothing: uses the checkout's .venv (GEN2D_PYTHON overrides the interpreter).
@@ -79,6 +83,14 @@ except json.JSONDecodeError:
 if proc.returncode != 0 or "error" in summary:
     sys.stderr.write(f"training failed (exit {proc.returncode}): {summary.get('error')}\n")
     sys.exit(proc.returncode or 1)
+if not resumed and not summary.get("steps"):
+    # the budget went to reading the data (the first read of the POSCAR tarball alone is about 15 CPU minutes):
+    # an untrained checkpoint is no result, and the sources are cached now, so the next run starts training at once
+    sys.stderr.write(
+        f"no training step within {budget:g} min ({wall:.0f} s went to reading and checking the data, now cached "
+        f"under $GEN2D_CACHE/training_sources); run the same command again; no MANIFEST written\n"
+    )
+    sys.exit(3)
 
 
 def git(*args: str) -> str | None:

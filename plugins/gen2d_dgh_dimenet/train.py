@@ -110,7 +110,9 @@ def fit_member(
     With ``hparams.readout == "site"`` the loss adds, to the material's best-site error, the error of every
     atom that carries a per-site label (``graph.site_y``), so the network learns ΔG_H site by site."""
     from gen2d.models.dimenet import PeriodicDimeNetPlusPlus, collate
+    from gen2d.scoring import device_name
 
+    device = device_name(device)  # "auto" is CUDA where there is one
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = PeriodicDimeNetPlusPlus(hparams).to(device)

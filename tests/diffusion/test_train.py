@@ -158,3 +158,41 @@ def test_finetuning_the_heads_teaches_dg_h_and_leaves_the_denoiser_alone(tiny_bu
     for key in ("eps_frac", "eps_z", "eps_types", "eps_lattice"):
         assert torch.equal(a[key][0], b[key][0]), key
     assert not torch.allclose(a["heads"], b["heads"])
+
+
+def test_under_bfloat16_autocast_the_network_reads_float32_positions(tiny_bundle, data_available):
+    """Mixed precision (CUDA bf16) must not round the geometry: in bfloat16 the fractional-to-Cartesian product
+    is off by up to ~0.04 Å in a 10 Å cell, as large as the clean-end in-plane noise. Checked with CPU autocast,
+    which rounds the same products."""
+    from gen2d.diffusion.loss import predict_noise
+    from gen2d.diffusion.train import collate
+
+    recs, _ = load_training_set(tiny_config("/tmp/unused"))
+    data = collate(recs, {s: i for i, s in enumerate(tiny_bundle.rep.vocab)})
+    t = torch.full((data.n_graphs,), 3)
+    lat = tiny_bundle.rep.encode_lattice(data.lattice2d)
+    h = torch.nn.functional.one_hot(data.types, tiny_bundle.rep.n_types).float()
+    args = (data.frac, data.z / tiny_bundle.rep.z_scale, h, lat, t, data.batch, tiny_bundle.schedule, [None])
+    seen = []
+    model = tiny_bundle.model
+    real_forward = model.forward
+
+    def spy(pos, *a, **k):
+        seen.append(pos.detach().clone())
+        return real_forward(pos, *a, **k)
+
+    model.forward = spy
+    try:
+        with torch.no_grad():
+            predict_noise(model, tiny_bundle.rep, *args)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                predict_noise(model, tiny_bundle.rep, *args)
+    finally:
+        del model.forward
+    plain, mixed = seen
+    assert mixed.dtype == torch.float32 and torch.equal(plain, mixed)
+    # what the same product gives in bfloat16: the rounding the guard prevents
+    lat2d = tiny_bundle.rep.decode_lattice(lat)[:, :2, :2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = torch.einsum("ni,nij->nj", data.frac, lat2d[data.batch])
+    assert rounded.dtype == torch.bfloat16 and (rounded.float() - plain[:, :2]).abs().max() > 1e-3

@@ -55,3 +55,14 @@ def test_budgeted_run_writes_a_manifest_and_resumes(tmp_path, data_available):
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "MANIFEST.json").read_text())
     assert again["resumed"] is True and again["steps"] > manifest["steps"]
+
+
+@pytest.mark.slow
+def test_a_fresh_run_with_no_training_step_fails_without_a_manifest(tmp_path, data_available):
+    """A budget spent before the first step (reading data) is no result: exit 3, a message saying to rerun, and
+    no MANIFEST that would pass an untrained checkpoint off as a trained one."""
+    out = tmp_path / "run"
+    done = _run("0", out)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "no training step" in done.stderr and "run the same command again" in done.stderr
+    assert not (out / "MANIFEST.json").exists()

@@ -157,6 +157,13 @@ def test_device_settings_resolve_on_cpu_and_by_the_documented_rule_on_cuda():
     assert resolve_batch_size("auto", cpu) == 32 and resolve_batch_size(48, cuda) == 48
     assert resolve_num_workers("auto", cpu) == 0 and resolve_num_workers(3, cpu) == 3
     assert resolve_amp(False, cuda) is None
+    # bfloat16 only where it is native (compute capability 8 and up, asked of this device); fp16 + GradScaler before
+    asked = []
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: asked.append(d) or c)
+            assert resolve_amp("auto", cuda) == dtype
+    assert asked == [cuda] * 3
     # half of the free memory over the measured bytes per sample, a multiple of 32 within [32, 1024]
     assert resolve_batch_size("auto", cuda, per_sample_bytes=10e6, free_bytes=int(4e9)) == 192
     assert resolve_batch_size("auto", cuda, per_sample_bytes=10e6, free_bytes=int(80e9)) == 1024

@@ -77,7 +77,9 @@ def resolve_amp(amp: bool | str, device: torch.device) -> torch.dtype | None:
     """
     if device.type != "cuda" or amp is False or amp == "false":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # native bfloat16 from Ampere (compute capability 8) on; torch.cuda.is_bf16_supported() also says yes where
+    # it is only emulated (T4, V100), and it asks about the current device rather than this one
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:

@@ -386,8 +386,10 @@ def predict_ensemble(
     models: Sequence[PeriodicDimeNetPlusPlus], graphs: Sequence[PeriodicGraph], atoms: bool = False
 ) -> list:
     """Each model's :meth:`PeriodicDimeNetPlusPlus.predict_graphs` output on ``graphs``, with the batch
-    collated and its geometry (triplets, angles, spherical basis) computed once for all of them."""
-    batch = collate(graphs)
+    collated and its geometry (triplets, angles, spherical basis) computed once for all of them. The batch goes
+    to the models' device (CUDA when they were loaded there); the outputs come back on the CPU."""
+    dev = next(models[0].parameters()).device if models else torch.device("cpu")
+    batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in collate(graphs).items()}
     outs = []
     with torch.no_grad():
         geometry = edge_geometry(batch["pos"], batch["batch"], batch["edge_index"], batch["edge_image"], batch["cell"])
@@ -410,8 +412,19 @@ def predict_ensemble(
             else:
                 exposed = torch.ones_like(index, dtype=torch.bool)
             out = model.readout(per_atom, batch["pos"], index, exposed)
-            outs.append((out, per_atom, index, exposed) if atoms else out)
+            outs.append(_to_cpu((out, per_atom, index, exposed) if atoms else out))
     return outs
+
+
+def _to_cpu(x):
+    """``x`` (a tensor, or tuples and dicts of them) on the CPU."""
+    if isinstance(x, Tensor):
+        return x.cpu()
+    if isinstance(x, tuple):
+        return tuple(_to_cpu(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    return x
 
 
 def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:

@@ -180,10 +180,14 @@ class EGNNDenoiser(nn.Module):
             # turns with the layer) and under translations; sin/cos of 2 pi k times it are invariant under
             # lattice-vector shifts of atoms. Unlike Cartesian distances, it does not change when the
             # noisy lattice is distorted, which at every t hides the in-plane noise several times over.
-            df = torch.einsum("ei,eij->ej", r[:, :2], inv_e)
-            k = torch.arange(1, self.config.frac_fourier + 1, dtype=r.dtype, device=r.device)
-            ang = 2 * math.pi * df[:, :, None] * k
-            feats += [torch.sin(ang).flatten(1) * env[:, None], torch.cos(ang).flatten(1) * env[:, None]]
+            # in float32 even under autocast: a bfloat16 product rounds df by up to ~4e-3, which 2 pi k turns
+            # into phase errors of the size of the clean-end noise
+            with torch.autocast(r.device.type, enabled=False):
+                df = torch.einsum("ei,eij->ej", r[:, :2].float(), inv_e.float())
+                k = torch.arange(1, self.config.frac_fourier + 1, dtype=df.dtype, device=r.device)
+                ang = 2 * math.pi * df[:, :, None] * k
+                trig = [torch.sin(ang).flatten(1).to(env.dtype), torch.cos(ang).flatten(1).to(env.dtype)]
+            feats += [trig[0] * env[:, None], trig[1] * env[:, None]]
         return torch.cat(feats, -1), env
 
     def _pool(self, h: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
