@@ -654,6 +654,18 @@ class Cp2kCalculator(CP2K):
         just made, from the new part of the output file."""
         text = self._new_output()
         self._out_offset = self._output_size()
+        if not (
+            _SCF_TABLE_LINE.search(text)
+            or _SCF_STEPS.search(text)
+            or _OUTER_STEPS.search(text)
+            or any(flag in text for flag in _NOT_CONVERGED)
+        ):
+            # CP2K prints its SCF table at every evaluation: without it the energy cannot be checked (an output
+            # file replaced or deleted while CP2K ran, whose writes then go to the old file), so it is not used
+            raise RuntimeError(
+                f"CP2K wrote no SCF to {self.out_file} for this evaluation: the file is not the one CP2K writes "
+                "(replaced or deleted while it ran?), so its convergence cannot be checked; rerun"
+            )
         steps, converged = scf_steps_in(text, self.active_settings.max_scf)
         last = scf_last_change(text)
         return steps, converged, (last[1] if last and last[0] > 1 else None)

@@ -1265,3 +1265,31 @@ def test_a_kpoint_length_run_writes_the_mesh_of_its_cell_and_restarts_from_it(tm
     text = (tmp_path / "k" / "gen2d.inp").read_text()
     assert "SCHEME MONKHORST-PACK 2 2 2" in text
     assert calc.wfn_file.name == "gen2d-RESTART.kp" and calc.wfn_file.is_file()
+
+
+def test_an_evaluation_whose_output_went_elsewhere_is_refused_not_taken_as_converged(tmp_path, monkeypatch):
+    """When the output file is replaced while CP2K runs (a checkout or stash of the run directory), CP2K's
+    writes go to the old, deleted file and the path shows no SCF for the evaluation. Its energy cannot be checked,
+    so it is an error (a crash: nothing cached), never a converged SCF of 0 steps."""
+    from ase.calculators import cp2k as ase_cp2k
+    from ase.calculators.calculator import Calculator
+
+    written = [" *** SCF run converged in     8 steps ***\n", ""]  # the second evaluation's lines went elsewhere
+
+    def fake_cp2k(self, atoms=None, properties=None, system_changes=None):
+        Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
+        with open(self.out_file, "a") as fh:
+            fh.write(written.pop(0))
+        self.results = {"energy": -31.7, "forces": np.zeros((len(self.atoms), 3))}
+
+    monkeypatch.setattr(ase_cp2k.CP2K, "calculate", fake_cp2k)
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path))
+    assert mol.get_potential_energy() == -31.7 and calc.scf_steps == [8]
+    mol.positions[1, 2] += 0.01
+    with pytest.raises(RuntimeError, match="wrote no SCF") as exc:
+        mol.get_potential_energy()
+    from gen2d.adsorption import _failure_name
+
+    assert _failure_name(exc.value) == "calculator_error"
+    calc.close()
