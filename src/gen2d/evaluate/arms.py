@@ -249,6 +249,7 @@ def score_samples(
     spec = res.spec
     t = spec.thresholds
     n = len(structures)
+    gen_flags = [dict(f or {}) for f in flags] if flags else [{} for _ in structures]
     from gen2d.structures import strict_verdict
 
     strict, strict_reasons = [], []
@@ -290,7 +291,7 @@ def score_samples(
                 "scores": scores,
                 "validity": {"strict": {"ok": bool(strict[i])}},
                 # a generation fault (guidance_diverged) blocks a hit here as in a campaign's ranking
-                "flags": (flags[i] if flags else None) or {},
+                "flags": gen_flags[i],
             }
         )
     ranks = rank_documents(docs, t)
@@ -341,7 +342,7 @@ def score_samples(
                 "p_synth": val(p_synth[i]),
                 "p_synth_failure": why(p_synth[i]),
                 "hit": hits[i],
-                "generation_flags": sorted((flags[i] if flags else None) or {}),
+                "generation_flags": sorted(gen_flags[i]),
                 "mlip_dg_h": m,
                 "mlip_failure": why(mlip[i]),
                 "confirmed": confirmed,

@@ -610,7 +610,9 @@ class MLIPPrototypesProvider:
             self.store.update([doc], key="ref_key")
 
     # relaxation ----------------------------------------------------------------------------------
-    def _entry_from_result(self, structure: Structure, prototype: str, res: Any) -> ComputedStructureEntry | None:
+    def _entry_from_result(
+        self, structure: Structure, prototype: str, res: Any
+    ) -> ComputedStructureEntry | _Crashed | None:
         from pymatgen.io.ase import AseAtomsAdaptor
 
         # An unconverged energy is an upper bound of the relaxed one: keeping it lowers the hull towards, never
@@ -642,8 +644,9 @@ class MLIPPrototypesProvider:
 
     def _relax_phase(
         self, structure: Structure, prototype: str, relax_cell: bool = True
-    ) -> ComputedStructureEntry | None:
-        """Relax one reference phase serially (the entry, or None when it is dropped)."""
+    ) -> ComputedStructureEntry | _Crashed | None:
+        """Relax one reference phase serially (the entry, None when it is dropped, :class:`_Crashed` when the MLIP
+        failed on it)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
         from gen2d.relax import relax_bulk
@@ -657,11 +660,14 @@ class MLIPPrototypesProvider:
         )
         return self._entry_from_result(structure, prototype, res)
 
-    def _relax_jobs(self, jobs: list[tuple[str, Structure]], label: str) -> list[ComputedStructureEntry | None]:
-        """Relax ``(prototype, structure)`` jobs: one entry (or None when dropped) per job, in order. The
-        crystals relax their cell too; a molecule (``molecule:…``) moves its atoms only, in its fixed box."""
+    def _relax_jobs(
+        self, jobs: list[tuple[str, Structure]], label: str
+    ) -> list[ComputedStructureEntry | _Crashed | None]:
+        """Relax ``(prototype, structure)`` jobs: one entry (None when dropped, :class:`_Crashed` when the MLIP
+        failed on it) per job, in order. The crystals relax their cell too; a molecule (``molecule:…``) moves its
+        atoms only, in its fixed box."""
         is_molecule = [proto.startswith("molecule:") for proto, _ in jobs]
-        out: list[ComputedStructureEntry | None] = [None] * len(jobs)
+        out: list[ComputedStructureEntry | _Crashed | None] = [None] * len(jobs)
         for relax_cell in (True, False):
             group = [i for i, molecule in enumerate(is_molecule) if molecule is not relax_cell]
             for i, entry in zip(group, self._relax_group([jobs[i] for i in group], label, relax_cell), strict=True):
@@ -670,7 +676,7 @@ class MLIPPrototypesProvider:
 
     def _relax_group(
         self, jobs: list[tuple[str, Structure]], label: str, relax_cell: bool
-    ) -> list[ComputedStructureEntry | None]:
+    ) -> list[ComputedStructureEntry | _Crashed | None]:
         if not jobs:
             return []
         if not self.batched:

@@ -412,19 +412,8 @@ def predict_ensemble(
             else:
                 exposed = torch.ones_like(index, dtype=torch.bool)
             out = model.readout(per_atom, batch["pos"], index, exposed)
-            outs.append(_to_cpu((out, per_atom, index, exposed) if atoms else out))
+            outs.append(tuple(v.cpu() for v in (out, per_atom, index, exposed)) if atoms else out.cpu())
     return outs
-
-
-def _to_cpu(x):
-    """``x`` (a tensor, or tuples and dicts of them) on the CPU."""
-    if isinstance(x, Tensor):
-        return x.cpu()
-    if isinstance(x, tuple):
-        return tuple(_to_cpu(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_cpu(v) for k, v in x.items()}
-    return x
 
 
 def exposed_atoms(pos: Tensor, batch: Tensor, depth: float) -> Tensor:
