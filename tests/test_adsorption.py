@@ -709,3 +709,73 @@ def test_an_unconverged_h2_reference_is_a_named_failure_never_a_reference(tmp_pa
     with pytest.raises(RefinementFailed, match="did not reach fmax") as exc:
         h2_reference_dft(str(tmp_path), lambda d: EMT(), box=8.0)
     assert exc.value.reason == "geometry_not_converged"
+
+
+def test_a_lower_spin_solution_whose_relaxation_fails_gives_the_site_its_single_point_flagged(tmp_path):
+    """A fresh start with a moment on H finds a solution 0.1 eV below the relaxation's own at the converged
+    geometry. When relaxing on from it fails, the site takes that start's single point (an upper bound of the lower
+    solution's relaxed energy, and below the chain's), flagged ``spin_start_not_relaxed``, and stays valid."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+
+    class ScfNotConverged(RuntimeError):  # matched by class name, as the CP2K plugin's is
+        pass
+
+    class TwoSolutions(EMT):
+        """EMT, 0.1 eV lower from a start with a moment on any atom: a second SCF solution."""
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            super().calculate(atoms, properties, system_changes)
+            if np.any(self.atoms.get_initial_magnetic_moments()):
+                self.results["energy"] -= 0.1
+                self.results["free_energy"] -= 0.1
+
+    class Diverging(EMT):
+        def calculate(self, *args, **kwargs):
+            raise ScfNotConverged("SCF not converged in 250 steps")
+
+    def make(d):
+        return Diverging() if d.endswith("lowest_start") else TwoSolutions()
+
+    slab, _, sites = _cu111_top_site(1.6)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    plain = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.05, steps=100, h_jitter=0.0)
+    chain = refine_adsorption(slab, sites, make, str(tmp_path), refine=plain, h2=h2).sites[0]
+    checked = RefineSettings(**{**plain.__dict__, "spin_starts": (0.0, 1.0)})
+    site = refine_adsorption(slab, sites, make, str(tmp_path), refine=checked, h2=h2).sites[0]
+    check = site.spin_starts
+    assert check["relaxed_from_start"] == "failed: scf_not_converged"
+    assert check["energies_eV"]["+1"] == pytest.approx(chain.energy - 0.1, abs=1e-9)
+    assert site.energy == pytest.approx(chain.energy - 0.1, abs=1e-9) == check["energy_from_start_eV"]
+    assert site.delta_e_h == pytest.approx(chain.delta_e_h - 0.1, abs=1e-9)
+    assert "spin_start_not_relaxed" in site.flags and site.valid
+    assert "spin_start_not_relaxed" not in chain.flags
+    # cached: a rerun computes nothing and gives the same flagged value
+    again = refine_adsorption(slab, sites, lambda d: 1 / 0, str(tmp_path), refine=checked, h2=h2).sites[0]
+    assert again.energy == site.energy and again.flags == site.flags
+
+
+def test_a_strongly_binding_site_elsewhere_is_recorded_and_flagged_but_does_not_replace_the_best():
+    """The reported site is the one closest to thermoneutral; H fills the most stable one first. A strongly binding
+    other site (ΔG_H < −0.2 eV) is a caution on the value, not a disqualification; a weakly binding one is neither."""
+    from gen2d.adsorption import AdsorptionResult, SiteResult
+
+    def site(dg, flags=()):
+        return SiteResult(
+            "top", "ontop", [0, 0, 0], [0, 0, 1], "S", 0, 1.4, 0.0, 0.1, -1.0, dg - 0.27, dg, True, 3, list(flags)
+        )
+
+    def result(*sites):
+        return AdsorptionResult(list(sites), (3, 3), 27, -10.0, -6.8, 0.75, {}, 1.0)
+
+    near, strong, weak = site(0.05), site(-0.45), site(-0.15)
+    r = result(near, strong)
+    assert r.best is near and r.most_stable is strong and r.flags == ["stronger_site_fills_first"]
+    d = r.as_dict()
+    assert d["dg_h_best_site"] == 0.05 and d["dg_h_most_stable_site"] == -0.45
+    assert d["flags"] == ["stronger_site_fills_first"]
+    assert result(near, weak).flags == []  # H fills −0.15 first, but it does not hold it: no caution
+    assert result(strong).flags == [] and result(strong).best is strong  # the strong site is the reported one
+    # a site that is not valid (H broke the layer) is no site H fills
+    assert result(near, site(-0.9, ["layer_broke"])).flags == []

@@ -499,7 +499,10 @@ def test_report_lists_below_hull_layers_with_the_missing_reference(memory_store,
     cs.set_score(flagged_id, "ehull.test", flagged)
     cs.set_score(clean_id, "ehull.test", _score(0.02))
     for cid in (flagged_id, clean_id):
-        cs.set_score(cid, "dgh.test", _score(0.01, "dg_h", "eV"))
+        dgh = _score(0.01, "dg_h", "eV")
+        if cid == clean_id:  # a caution that is shown but does not block the hit
+            dgh.extra["flags"] = ["stronger_site_fills_first"]
+        cs.set_score(cid, "dgh.test", dgh)
         cs.set_score(cid, "synth.test", _score(0.9, "p_synth", "probability"))
     for cid, rank in rank_candidates([cs.get(flagged_id), cs.get(clean_id)]).items():
         cs.set_rank(cid, rank)
@@ -510,9 +513,11 @@ def test_report_lists_below_hull_layers_with_the_missing_reference(memory_store,
     assert "nearest reference composition is MoS2" in row["missing_reference"]
     top = {r["candidate_id"]: r for r in rep["top"]}
     assert top[flagged_id]["hit"] is False and top[flagged_id]["cautions"] == ["below_reference_hull"]
-    assert top[clean_id]["hit"] is True
+    assert top[clean_id]["hit"] is True and top[clean_id]["dg_h_flags"] == ["stronger_site_fills_first"]
+    assert top[flagged_id]["dg_h_flags"] == []
     assert rep["sources"][0]["stable"] == 1  # the below-hull layer is not counted stable
-    assert "Below the reference hull" in (tmp_path / "rep" / "index.html").read_text()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Below the reference hull" in page and "HIT (stronger_site_fills_first)" in page
 
 
 def test_a_top_k_stage_gives_the_slot_of_a_candidate_its_scorer_can_never_score_to_the_next(memory_store):

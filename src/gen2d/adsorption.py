@@ -33,7 +33,9 @@ DEFAULT_DG_CORRECTION = 0.27
 SITE_KINDS = ("ontop", "bridge", "hollow")
 #: Flags that are recorded but do not disqualify a site: the energy is still a usable upper bound, or (in a
 #: refinement) the expensive calculator found its own minimum near the cheap one's site.
-WARNING_FLAGS = frozenset({"not_converged", "h_moved_site_in_refinement"})
+#: ``spin_start_not_relaxed``: a fresh SCF start found a lower solution at the converged geometry, the relaxation
+#: from it failed, and the site's energy is that start's single point (an upper bound of its relaxed energy).
+WARNING_FLAGS = frozenset({"not_converged", "h_moved_site_in_refinement", "spin_start_not_relaxed"})
 
 
 @dataclass
@@ -147,9 +149,21 @@ class SiteResult:
         return out
 
 
+#: eV: a valid site with ΔG_H below −this, other than the reported one, holds H before it does
+#: (``stronger_site_fills_first``); the default hit window's width
+STRONG_SITE_DG_H = 0.2
+
+
 @dataclass
 class AdsorptionResult:
-    """All sites of one monolayer and the best one (minimum |ΔG_H| among valid sites)."""
+    """All sites of one monolayer and the best one (minimum |ΔG_H| among valid sites).
+
+    The best site is the one closest to thermoneutral, the usual HER descriptor. At low coverage H first fills the
+    most stable site (lowest ΔG_H); where that is another site and binds H strongly (ΔG_H < −``STRONG_SITE_DG_H``),
+    the reported value holds only if the filled site leaves the best one as it is. Such a result carries the flag
+    ``stronger_site_fills_first`` (a caution that is shown, not one that blocks a hit), and every result records
+    ``dg_h_most_stable_site``.
+    """
 
     sites: list[SiteResult]
     supercell: tuple[int, int]
@@ -172,10 +186,26 @@ class AdsorptionResult:
         best = self.best
         return None if best is None else best.delta_g_h
 
+    @property
+    def most_stable(self) -> SiteResult | None:
+        """The valid site of lowest ΔG_H: where H goes first at low coverage."""
+        valid = [s for s in self.sites if s.valid]
+        return min(valid, key=lambda s: s.delta_g_h) if valid else None
+
+    @property
+    def flags(self) -> list[str]:
+        """Cautions about the reported value (see the class docstring); none disqualifies it."""
+        best, first = self.best, self.most_stable
+        if best is not None and first is not None and first is not best and first.delta_g_h < -STRONG_SITE_DG_H:
+            return ["stronger_site_fills_first"]
+        return []
+
     def as_dict(self) -> dict[str, Any]:
-        best = self.best
+        best, first = self.best, self.most_stable
         return {
             "dg_h_best_site": self.dg_h_best_site,
+            "dg_h_most_stable_site": None if first is None else first.delta_g_h,
+            "flags": self.flags,
             "best_site": None if best is None else best.as_dict(),
             "sites": [s.as_dict() for s in self.sites],
             "supercell": list(self.supercell),
@@ -1023,6 +1053,8 @@ def refine_adsorption(
                 os.path.join(workdir, f"site_{k}-{tag}"), doc, start_atoms, free, h_index, make_calculator, refine
             )
         energy = doc.get("energy")
+        if str((doc.get("spin_starts") or {}).get("relaxed_from_start") or "").startswith("failed"):
+            flags.append("spin_start_not_relaxed")
         final = start_atoms.copy()
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
@@ -1173,6 +1205,7 @@ def _check_spin_starts(
         best = min(found, key=found.get)
         if found[best] < chain_energy - SPIN_START_TOLERANCE:
             d = os.path.join(site_dir, "lowest_start")
+            os.makedirs(d, exist_ok=True)  # its trajectory goes there even where the calculator keeps no files
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
             probe = _with_moment_on(final, h_index, best)
             calc = make_calculator(d)
@@ -1192,8 +1225,14 @@ def _check_spin_starts(
                 check["relaxed_from_start"] = f"{best:+g}"
                 check["steps"] = n
                 check["cost"] = _cost(calc)
-            except Exception as exc:  # noqa: BLE001 - the chain's own solution stands, the failure is recorded
+            except Exception as exc:  # noqa: BLE001 - the lower solution's single point stands, flagged
+                # the fresh start is a lower SCF solution at the chain's converged geometry: its single point bounds
+                # the site's energy from above more tightly than the chain's own energy, so the site takes it; that
+                # geometry was relaxed in the other solution, which the flag ``spin_start_not_relaxed`` says
+                log.debug("%s: relaxing from the lower start failed", site_dir, exc_info=True)
                 check["relaxed_from_start"] = f"failed: {_failure_name(exc)}"
+                check["energy_from_start_eV"] = float(found[best])
+                out["energy"] = float(found[best])
             finally:
                 _close_calculator(calc)
     out["spin_starts"] = check

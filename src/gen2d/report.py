@@ -239,6 +239,8 @@ def write_report(
             "p_synth_scorer": _scorer(d, "p_synth"),
             "hit": d.rank.hit,
             "cautions": list(d.rank.cautions or []),
+            # cautions that do not block a hit, e.g. stronger_site_fills_first (gen2d.adsorption.AdsorptionResult)
+            "dg_h_flags": list(d.summary["dg_h"].flags) if "dg_h" in d.summary else [],
             "score": d.rank.score,
             "pareto_front": d.rank.pareto_front,
         }
@@ -286,7 +288,9 @@ def write_report(
     rows_html = "".join(
         f"<tr><td>{r['position']}</td><td><code>{r['candidate_id']}</code></td><td>{html.escape(r['formula'])}</td>"
         f"<td>{_fmt(r['dg_h_eV'])}</td><td>{_fmt(r['e_hull_eV_per_atom'])}</td><td>{_fmt(r['p_synth'], 2)}</td>"
-        f"<td>{'HIT' if r['hit'] else html.escape(', '.join(r['cautions']))}</td><td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
+        f"<td>{'HIT' if r['hit'] else html.escape(', '.join(r['cautions']))}"
+        f"{html.escape(''.join(f' ({f})' for f in r['dg_h_flags']))}</td>"
+        f"<td>{_fmt(r['score'])}</td><td>{_fmt(r['pareto_front'])}</td></tr>"
         for r in top_rows
     )
     src_html = "".join(
