@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.workdir) / f"{material}-{key}"
         t_fold = time.process_time()
         if not (out / "MANIFEST.json").is_file():
-            split = {"val_systems": held_out} if held_out else {"val_fraction": 0.0}
+            # held out by formula as the fold's frames are read: a run folder of this material written after
+            # this script collected its frames (a DFT queue beside it) stays out of training too
+            split = {"val_formulas": [material]} if held_out else {"val_fraction": 0.0}
             backend.finetune(
                 frames=args.frames, out=str(out), seed=0, **split, **{**options, "alignment": args.alignment}
             )

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     report.update(dft_report(frames, split, groups, evaluators, shift, ""))
     print("3. replay drift, fine-tuned vs base (meV/atom, eV/Å)")
-    s = FinetuneDataSettings(**{k: v for k, v in manifest["data"]["settings"].items() if k != "val_systems"})
+    held = ("val_systems", "val_formulas")
+    s = FinetuneDataSettings(**{k: v for k, v in manifest["data"]["settings"].items() if k not in held})
     elements = manifest["data"]["elements"]
     items = reference_replay_structures(elements) if s.replay_references else []
     items += layer_replay_structures(elements, s.replay_layers, s.seed, s.data_dir, s.replay_layer_max_atoms)[0]

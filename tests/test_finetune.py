@@ -278,6 +278,33 @@ def test_explicit_validation_runs_and_their_named_errors(dft_runs):
     assert err.value.reason == "empty_training_set"
 
 
+def test_a_material_held_out_by_formula_takes_every_group_of_it_including_ones_planned_after(dft_runs):
+    """Leave-one-material-out holds a formula out as the frames are read: its bare slab and every relaxation, even a
+    run folder that did not exist when the fold's group list was made; other materials and H2 stay in training."""
+
+    def frame(run, system, kind, formula):
+        return Atoms("Cu", info={"run": run, "system": system, "config_type": kind, "formula": formula})
+
+    planned = [frame("a", "slab", "slab", "MoS2"), frame("a", "site_0", "slab+H", "MoS2")]
+    others = [
+        frame("b", "slab", "slab", "WS2"),
+        frame("b", "site_0", "slab+H", "WS2"),
+        frame("h2", "H2", "molecule", "H2"),
+    ]
+    late = [frame("c", "site_1", "slab+H", "MoS2")]  # a run folder of MoS2 written while the fold ran
+    train, val, groups = split_frames(planned + others + late, val_formulas=["MoS2"])
+    assert groups == ["a/site_0", "a/slab", "c/site_1"]
+    assert {f.info["formula"] for f in train} == {"WS2", "H2"} and len(val) == 3
+    # the group names planned before the late folder put it into training: what the formula rule prevents
+    train_by_name, _, _ = split_frames(planned + others + late, val_systems=["a/slab", "a/site_0"])
+    assert any(f.info["run"] == "c" for f in train_by_name)
+    with pytest.raises(FinetuneDataError) as err:  # a formula with no relaxation with H is a named error
+        split_frames(planned + others, val_formulas=["Ti2CO2"])
+    assert err.value.reason == "unknown_val_system" and "MoS2" in str(err.value)
+    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_formulas=["Cu"]))
+    assert ds.val and all(f.info.get("formula") == "Cu" for f in ds.val)
+
+
 def test_no_frames_is_a_named_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FinetuneDataError) as err:

@@ -354,22 +354,34 @@ def split_frames(
     val_systems: Sequence[str] | None = None,
     val_fraction: float = 0.5,
     seed: int = 0,
+    val_formulas: Sequence[str] | None = None,
 ) -> tuple[list[Atoms], list[Atoms], list[str]]:
     """Train and validation frames, split by whole (run, system) groups.
 
     Frames of one relaxation are near copies of each other, so a random frame split would validate on
     the training data. Only groups with H (``slab+H``) go to validation; clean slabs and molecules stay
     in training, since every ΔE_H needs them. ``val_systems`` names the validation groups: ``run/system``
-    (that group, whatever it holds) or ``run`` (its slab+H groups); otherwise ``val_fraction`` of the slab+H
-    groups are drawn with ``seed``, leaving at least one for training.
+    (that group, whatever it holds) or ``run`` (its slab+H groups); ``val_formulas`` holds out every group,
+    bare slab included, of a material (the frames' ``formula``), among the frames as they are read, so that a
+    leave-one-material-out fold also holds out run folders of that material written after the fold was planned.
+    Without either, ``val_fraction`` of the slab+H groups are drawn with ``seed``, leaving at least one for
+    training.
 
     Returns train frames, validation frames and the validation group names.
     """
     groups = sorted({frame_group(f) for f in frames})
     eligible = sorted({frame_group(f) for f in frames if f.info.get("config_type") == "slab+H"})
-    if val_systems:
+    if val_systems or val_formulas:
         chosen = set()
-        for name in val_systems:
+        for formula in val_formulas or ():
+            hit = sorted({frame_group(f) for f in frames if f.info.get("formula") == formula})
+            if not any(g in eligible for g in hit):
+                known = sorted({f.info.get("formula") for f in frames if f.info.get("config_type") == "slab+H"})
+                raise FinetuneDataError(
+                    "unknown_val_system", f"formula {formula!r} has no frame group with H (with H: {known})"
+                )
+            chosen.update(hit)
+        for name in val_systems or ():
             hit = [g for g in groups if g == name] or [g for g in eligible if g.split("/", 1)[0] == name]
             if not hit:
                 raise FinetuneDataError(
@@ -598,6 +610,7 @@ class FinetuneDataSettings:
     val_fraction: float = 0.5
     seed: int = 0
     anchor_weight: float = 100.0
+    val_formulas: list[str] | None = None
     alignment: str = "host"  # "host" (fit_host_shift) or "element" (fit_reference_shift)
     settings_hash: str | None = None
     replay_references: bool = True
@@ -610,7 +623,10 @@ class FinetuneDataSettings:
     data_dir: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["val_formulas"] is None:  # manifests written before the option keep their shape
+            out.pop("val_formulas")
+        return out
 
 
 class FinetuneOptions(BaseModel):
@@ -633,8 +649,11 @@ class FinetuneOptions(BaseModel):
         2, ge=1, description="times each DFT frame appears per epoch (the replay set is larger; this keeps the balance)"
     )
     val_systems: list[str] | None = Field(None, description="run or run/system groups held out for validation")
+    val_formulas: list[str] | None = Field(
+        None, description="materials (formulas) whose every frame group, bare slab included, is held out for validation"
+    )
     val_fraction: float = Field(
-        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems is unset"
+        0.5, ge=0, lt=1, description="share of slab+H groups held out when val_systems and val_formulas are unset"
     )
     anchor_weight: float = Field(100.0, gt=0, description="weight of clean slabs in the reference-shift fit")
     alignment: Literal["host", "element"] = Field(
@@ -851,7 +870,9 @@ def build_dataset(
         raise ValueError(f"alignment must be 'host' or 'element', not {settings.alignment!r}")
     for f in frames:
         f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
-    train, val, val_groups = split_frames(frames, settings.val_systems, settings.val_fraction, settings.seed)
+    train, val, val_groups = split_frames(
+        frames, settings.val_systems, settings.val_fraction, settings.seed, settings.val_formulas
+    )
 
     items: list = []
     sources: dict[str, int] = {}
