@@ -691,3 +691,51 @@ def test_a_reference_phase_the_mlip_crashed_on_is_never_cached_as_absent(tmp_pat
     entries = again.entries(["Cu", "Ni"])
     assert relaxed == ["Cu-Ni"]
     assert any(len(e.composition.elements) == 2 for e in entries)
+
+
+def test_references_made_by_another_package_version_of_the_same_weights_are_relaxed_again(tmp_path):
+    """The cache key holds the checkpoint's hash; the document's ``model`` also names the package that ran it. Under
+    another version of that package the same weights may give other energies: such a cache is not read, from disk,
+    a store or the shipped cache, while one of the installed version (or one written before the field) is."""
+    import gzip
+
+    from maggma.stores import MemoryStore
+
+    def write(root, provider, subsystem, energy, model):
+        _write_shipped(root, provider, subsystem, energy)
+        path = next(root.rglob(f"{subsystem}@*.json.gz"))
+        with gzip.open(path, "rt") as fh:
+            doc = json.load(fh)
+        if model is not None:
+            doc["model"] = model
+        with gzip.open(path, "wt") as fh:
+            json.dump(doc, fh)
+        return doc
+
+    def provider(**kw):
+        prov = MLIPPrototypesProvider(_KeyOnlyCalc("e" * 64), **kw)
+        prov._relax_jobs = lambda jobs, label: relaxed.append(label) or [None] * len(jobs)
+        return prov
+
+    relaxed: list = []
+    maker = MLIPPrototypesProvider(_KeyOnlyCalc("e" * 64), cache_dir=False, shipped=False)
+    assert maker.model == "CHGNet test"
+    write(tmp_path / "user", maker, "Mo", -10.8, "CHGNet test")
+    write(tmp_path / "user", maker, "W", -12.0, None)  # written before documents named their model
+    write(tmp_path / "user", maker, "Nb", -9.0, "CHGNet test (an older package)")
+    disk = provider(cache_dir=tmp_path / "user", shipped=False)
+    assert [e.energy for e in disk.element_entries("Mo")] == [-10.8]
+    assert [e.energy for e in disk.element_entries("W")] == [-12.0] and not relaxed
+    assert disk.element_entries("Nb") == [] and relaxed  # relaxed again (here: nothing comes back)
+    relaxed.clear()
+    shipped_doc = write(tmp_path / "shipped", maker, "Ta", -11.0, "CHGNet test (an older package)")
+    assert provider(cache_dir=False, shipped=tmp_path / "shipped").element_entries("Ta") == [] and relaxed
+    relaxed.clear()
+    store = MemoryStore(key="ref_key")
+    store.connect()
+    store.update([shipped_doc], key="ref_key")
+    assert provider(cache_dir=False, shipped=False, store=store).element_entries("Ta") == [] and relaxed
+    relaxed.clear()
+    store.update([{**shipped_doc, "model": "CHGNet test"}], key="ref_key")
+    assert [e.energy for e in provider(cache_dir=False, shipped=False, store=store).element_entries("Ta")] == [-11.0]
+    assert not relaxed

@@ -557,18 +557,30 @@ class MLIPPrototypesProvider:
     def _cache_file(self, key: str) -> Path | None:
         return self._cache_path(self.cache_dir, key)
 
+    def _same_model(self, doc: dict[str, Any], where: Any) -> bool:
+        """Whether a cached document was made by this provider's MLIP as it is installed. The key holds the
+        checkpoint's hash, not the package that runs it; the document's ``model`` names both (``CHGNet 0.3.0
+        (chgnet 0.4.2)``), so the same weights under another package version are relaxed again, not read."""
+        made_by = doc.get("model")
+        if made_by is None or made_by == self.model:  # documents written before the field: trusted by their key
+            return True
+        log.info("%s: references made by %s, not %s; relaxing them again", where, made_by, self.model)
+        return False
+
     def _read_cache(self, key: str) -> list[ComputedEntry] | None:
         if key in self._memory:
             return self._memory[key]
         path = self._cache_file(key)
         if path is not None and path.is_file():
             with gzip.open(path, "rt") as fh:
-                found = [_decode_entry(d) for d in json.load(fh)["entries"]]
-            self._memory[key] = found
-            return found
+                doc = json.load(fh)
+            if self._same_model(doc, path):
+                found = [_decode_entry(d) for d in doc["entries"]]
+                self._memory[key] = found
+                return found
         if self.store is not None:
             doc = self.store.query_one({"ref_key": key})
-            if doc:
+            if doc and self._same_model(doc, f"store {key}"):
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
                 return found
@@ -576,7 +588,8 @@ class MLIPPrototypesProvider:
         if path is not None and path.is_file():
             with gzip.open(path, "rt") as fh:
                 doc = json.load(fh)
-            if doc.get("ref_key") == key:  # same MLIP, settings and prototypes, or not used at all
+            # same MLIP, settings and prototypes, or not used at all
+            if doc.get("ref_key") == key and self._same_model(doc, path):
                 found = [_decode_entry(d) for d in doc["entries"]]
                 self._memory[key] = found
                 self.shipped_hits.add(split_key(key)[1])
