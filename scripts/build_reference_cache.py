@@ -238,9 +238,16 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     old_manifest, docs = old["manifest"], old["docs"]
     was = old_manifest["provider"]
     now = prov.describe()
-    for field in ("checkpoint_sha256", "fmax", "steps"):
-        if was[field] != now[field]:
-            raise SystemExit(f"cannot derive: the old cache has {field}={was[field]!r}, this run {now[field]!r}")
+    # the model string names the package version that ran the checkpoint: energies made under another version
+    # are not relabelled as this one's (the provider would then read them as its own)
+    for field in ("checkpoint_sha256", "model", "fmax", "steps"):
+        if was.get(field) != now.get(field):
+            raise SystemExit(
+                f"cannot derive: the old cache has {field}={was.get(field)!r}, this run {now.get(field)!r}"
+            )
+    other = sorted(sub for sub, doc in docs.items() if doc.get("model") not in (None, prov.model))
+    if other:
+        raise SystemExit(f"cannot derive: {', '.join(other)} were made by another model than {prov.model!r}; rebuild")
     old_protos = set(was["binary_prototypes"])
     added = [p for p in prov.binary_prototypes if p not in old_protos]
     counts = {name: _site_counts(BINARY_PROTOTYPES[name]) for name in prov.binary_prototypes}

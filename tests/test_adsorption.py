@@ -751,9 +751,19 @@ def test_a_lower_spin_solution_whose_relaxation_fails_gives_the_site_its_single_
     assert site.delta_e_h == pytest.approx(chain.delta_e_h - 0.1, abs=1e-9)
     assert "spin_start_not_relaxed" in site.flags and site.valid
     assert "spin_start_not_relaxed" not in chain.flags
+    assert check["energy_from_start"] == "+1"
     # cached: a rerun computes nothing and gives the same flagged value
     again = refine_adsorption(slab, sites, lambda d: 1 / 0, str(tmp_path), refine=checked, h2=h2).sites[0]
     assert again.energy == site.energy and again.flags == site.flags
+    # a site cached before the fallback kept the chain's energy: it is not flagged as holding the start's
+    path = Path(site.run_dir) / "result.json"
+    doc = json.loads(path.read_text())
+    doc["energy"] = doc["chain_energy"]
+    for key in ("energy_from_start_eV", "energy_from_start"):
+        doc["spin_starts"].pop(key)
+    path.write_text(json.dumps(doc))
+    old = refine_adsorption(slab, sites, lambda d: 1 / 0, str(tmp_path), refine=checked, h2=h2).sites[0]
+    assert old.energy == pytest.approx(chain.energy) and "spin_start_not_relaxed" not in old.flags
 
 
 def test_a_strongly_binding_site_elsewhere_is_recorded_and_flagged_but_does_not_replace_the_best():

@@ -301,8 +301,9 @@ def test_a_material_held_out_by_formula_takes_every_group_of_it_including_ones_p
     with pytest.raises(FinetuneDataError) as err:  # a formula with no relaxation with H is a named error
         split_frames(planned + others, val_formulas=["Ti2CO2"])
     assert err.value.reason == "unknown_val_system" and "MoS2" in str(err.value)
-    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_formulas=["Cu"]))
-    assert ds.val and all(f.info.get("formula") == "Cu" for f in ds.val)
+    with pytest.raises(FinetuneDataError) as err:  # every material held out: H2 alone is left, which is no training
+        build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_formulas=["Cu"]))
+    assert err.value.reason == "empty_training_set"
 
 
 def test_no_frames_is_a_named_error(tmp_path):

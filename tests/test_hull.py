@@ -612,6 +612,17 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
     other = MLIPPrototypesProvider(_KeyOnlyCalc("b" * 64), cache_dir=False, shipped=False, stacked_layers=False)
     with pytest.raises(SystemExit, match="checkpoint_sha256"):
         build.derive(build.read_cache(old_dir), other, ["S", "V"])
+    # nor can the same checkpoint run by another package version: its energies would be relabelled as this one's
+    upgraded = _KeyOnlyCalc("a" * 64)
+    upgraded.gen2d_model = "CHGNet test (a newer package)"
+    newer = MLIPPrototypesProvider(upgraded, cache_dir=False, shipped=False, stacked_layers=False)
+    with pytest.raises(SystemExit, match="model"):
+        build.derive(build.read_cache(old_dir), newer, ["S", "V"])
+    # and a cache whose MANIFEST agrees but one of whose documents another model made is refused too
+    tampered = build.read_cache(old_dir)
+    tampered["docs"]["V"] = {**tampered["docs"]["V"], "model": "CHGNet test (a newer package)"}
+    with pytest.raises(SystemExit, match="V were made by another model"):
+        build.derive(tampered, new, ["S", "V"])
 
     # a prototype the old build had now builds other starts (a moved site): its old relaxations are not reused
     from dataclasses import replace

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import create_model
 from pymatgen.core import Structure
 
-from gen2d.adsorption import AdsorptionSettings, adsorb_h, calculator_key
+from gen2d.adsorption import STRONG_SITE_DG_H, AdsorptionSettings, adsorb_h, calculator_key
 from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions, relaxed_from_context
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,14 @@ class MLIPAdsorptionScorer(BaseScorer):
                 de_cal = calibration["slope"] * float(best.delta_e_h) + calibration["intercept"]
                 extra["dg_h_uncalibrated"] = value
                 value = de_cal + self.settings.dg_correction
+                first = result.most_stable  # on the same (calibrated) scale as the value, and its caution with it
+                dg_first = calibration["slope"] * float(first.delta_e_h) + calibration["intercept"]
+                extra["dg_h_most_stable_site"] = dg_first + self.settings.dg_correction
+                extra["flags"] = (
+                    ["stronger_site_fills_first"]
+                    if first is not best and extra["dg_h_most_stable_site"] < -STRONG_SITE_DG_H
+                    else []
+                )
         if not math.isfinite(value):
             return ScoreResult.failed(
                 self.property,

@@ -1053,8 +1053,8 @@ def refine_adsorption(
                 os.path.join(workdir, f"site_{k}-{tag}"), doc, start_atoms, free, h_index, make_calculator, refine
             )
         energy = doc.get("energy")
-        if str((doc.get("spin_starts") or {}).get("relaxed_from_start") or "").startswith("failed"):
-            flags.append("spin_start_not_relaxed")
+        if (doc.get("spin_starts") or {}).get("energy_from_start_eV") is not None:
+            flags.append("spin_start_not_relaxed")  # the energy is the lower start's single point
         final = start_atoms.copy()
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
@@ -1069,6 +1069,9 @@ def refine_adsorption(
             vibrations = h2_vib_failure or _site_vibrations(
                 site_dir, atoms, h_index, make_calculator, h2_modes, h2_bond, wfn_from
             )
+            if (doc.get("spin_starts") or {}).get("energy_from_start") is not None and "failure" not in vibrations:
+                # the energy is the lower start's single point, the modes are of the relaxation's own solution
+                vibrations = {**vibrations, "solution": "the relaxation's own, not the lower start's"}
         if energy is None:
             flags.append(doc.get("failure", "calculator_error"))
             site_flags, nearest, nearest_d, lateral = [], h_index - 1, float("nan"), 0.0
@@ -1232,6 +1235,7 @@ def _check_spin_starts(
                 log.debug("%s: relaxing from the lower start failed", site_dir, exc_info=True)
                 check["relaxed_from_start"] = f"failed: {_failure_name(exc)}"
                 check["energy_from_start_eV"] = float(found[best])
+                check["energy_from_start"] = f"{best:+g}"
                 out["energy"] = float(found[best])
             finally:
                 _close_calculator(calc)

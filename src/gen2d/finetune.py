@@ -394,8 +394,10 @@ def split_frames(
         chosen = set(rng.choice(eligible, size=n_val, replace=False).tolist()) if n_val else set()
     train = [f for f in frames if frame_group(f) not in chosen]
     val = [f for f in frames if frame_group(f) in chosen]
-    if not train:
-        raise FinetuneDataError("empty_training_set", f"every frame is in validation ({', '.join(sorted(chosen))})")
+    if not any(f.info.get("config_type") in ("slab", "slab+H") for f in train):  # H2 alone teaches no surface
+        raise FinetuneDataError(
+            "empty_training_set", f"no slab or slab+H frame is left for training ({', '.join(sorted(chosen))} held out)"
+        )
     return train, val, sorted(chosen)
 
 

@@ -323,6 +323,9 @@ def test_calibration_is_applied_and_recorded(tmp_path):
     de = raw.extra["best_site"]["delta_e_h"]
     assert cal.value == pytest.approx(1.5 * de + 0.2 + 0.27, abs=1e-6)
     assert cal.extra["dg_h_uncalibrated"] == pytest.approx(raw.value)
+    # the site H fills first is reported on the value's own (calibrated) scale; one site here: it is the best one
+    assert raw.extra["dg_h_most_stable_site"] == pytest.approx(raw.value) and raw.extra["flags"] == []
+    assert cal.extra["dg_h_most_stable_site"] == pytest.approx(cal.value) and cal.extra["flags"] == []
     assert cal.provenance.settings["calibration"]["slope"] == 1.5
     assert "calibration" not in raw.provenance.settings
     # no calibration for this model: raw value, and the provenance says so
