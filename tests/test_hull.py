@@ -554,7 +554,9 @@ def test_packaged_reference_cache_is_read_under_the_current_library():
     manifest = json.loads((shipped / "MANIFEST.json").read_text())
     assert manifest["prototype_library_version"] == PROTOTYPE_LIBRARY_VERSION
     assert manifest["provider"]["binary_prototypes"] == list(BINARY_PROTOTYPES)
-    prov = MLIPPrototypesProvider(_KeyOnlyCalc(manifest["provider"]["checkpoint_sha256"]), cache_dir=False)
+    calc = _KeyOnlyCalc(manifest["provider"]["checkpoint_sha256"])
+    calc.gen2d_model = manifest["provider"]["model"]  # the package version that made them, as installed
+    prov = MLIPPrototypesProvider(calc, cache_dir=False)
     prov._relax_jobs = lambda *a, **k: pytest.fail("a shipped reference was missed and relaxed cold")
     assert prov.prefetch([manifest["chemical_space"]]) == 0  # every element, pair and stacked system
     assert prov.shipped_hits == {rel.split("/")[1].removesuffix(".json.gz").split("@")[0] for rel in manifest["files"]}
