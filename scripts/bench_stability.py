@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -169,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="records (JSON lines); default bench_stability[-DISPERSION].jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the records already in --out and score only the selected layers they lack (a stopped run goes "
+        "on; with another --n or --max-elements, the new selection's missing layers are added)",
+    )
+    ap.add_argument(
         "--no-stacked",
         action="store_true",
         help="references from the prototype library only (no stacked database layers, gen2d.hull.stacked)",
@@ -224,10 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     dft_refs = EntriesFileProvider(data_dir() / "mp_elemental_reference_entries.json.gz")
     elemental_dft = {e.composition.elements[0].symbol: e.energy_per_atom for e in dft_refs.entries(_all_symbols())}
     records = []
+    if args.resume and os.path.isfile(args.out):
+        records = [json.loads(line) for line in open(args.out) if line.strip()]
+        print(f"resuming: {len(records)} records in {args.out}", flush=True)
+    done = {r["id"] for r in records}
     t_start = time.perf_counter()
     scoring_time = 0.0
-    with open(args.out, "w") as out:
+    with open(args.out, "a" if args.resume else "w") as out:
         for i, row in enumerate(rows):
+            if row.id in done:
+                continue
             structure = AseAtomsAdaptor.get_structure(row.toatoms())
             # Warm the reference cache first, so the per-structure time is the monolayer alone.
             els = sorted({el.symbol for el in structure.composition.elements})
