@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             structure = getattr(entry, "structure", None)
             if structure is None:
                 continue
-            molecule = str(entry.data.get("prototype", "")).startswith("molecule") or "molecule" in entry.data
+            molecule = str(entry.data.get("prototype", "")).startswith("molecule:")  # the provider's own rule
             atoms = AseAtomsAdaptor.get_atoms(structure)
             n = len(atoms)
             res = relax_bulk(atoms, calc, fmax=args.fmax, steps=args.steps, relax_cell=not molecule)

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import create_model
 from pymatgen.core import Structure
 
-from gen2d.adsorption import STRONG_SITE_DG_H, AdsorptionSettings, adsorb_h, calculator_key
+from gen2d.adsorption import AdsorptionSettings, adsorb_h, calculator_key, site_cautions
 from gen2d.scoring import BaseScorer, PluginUnavailable, Provenance, ScoreResult, ScorerOptions, relaxed_from_context
 
 log = logging.getLogger(__name__)
@@ -288,17 +288,17 @@ class MLIPAdsorptionScorer(BaseScorer):
             if calibration is None:
                 notes.append(f"no calibration shipped for {model}: raw MLIP value")
             else:
-                de_cal = calibration["slope"] * float(best.delta_e_h) + calibration["intercept"]
+
+                def calibrated(site) -> float:
+                    de = calibration["slope"] * float(site.delta_e_h) + calibration["intercept"]
+                    return de + self.settings.dg_correction
+
                 extra["dg_h_uncalibrated"] = value
-                value = de_cal + self.settings.dg_correction
-                first = result.most_stable  # on the same (calibrated) scale as the value, and its caution with it
-                dg_first = calibration["slope"] * float(first.delta_e_h) + calibration["intercept"]
-                extra["dg_h_most_stable_site"] = dg_first + self.settings.dg_correction
-                extra["flags"] = (
-                    ["stronger_site_fills_first"]
-                    if first is not best and extra["dg_h_most_stable_site"] < -STRONG_SITE_DG_H
-                    else []
-                )
+                value = calibrated(best)
+                # the site H fills first, and its caution, on the value's own (calibrated) scale
+                first = result.most_stable
+                extra["dg_h_most_stable_site"] = calibrated(first)
+                extra["flags"] = site_cautions(best, first, extra["dg_h_most_stable_site"])
         if not math.isfinite(value):
             return ScoreResult.failed(
                 self.property,

@@ -154,6 +154,14 @@ class SiteResult:
 STRONG_SITE_DG_H = 0.2
 
 
+def site_cautions(best: SiteResult | None, first: SiteResult | None, dg_h_first: float | None) -> list[str]:
+    """``["stronger_site_fills_first"]`` when ``first``, the most stable site, is not ``best`` and its ΔG_H
+    (``dg_h_first``, eV, on the scale the value is reported on) is below −``STRONG_SITE_DG_H``; else none."""
+    if best is None or first is None or first is best or dg_h_first is None:
+        return []
+    return ["stronger_site_fills_first"] if dg_h_first < -STRONG_SITE_DG_H else []
+
+
 @dataclass
 class AdsorptionResult:
     """All sites of one monolayer and the best one (minimum |ΔG_H| among valid sites).
@@ -195,10 +203,8 @@ class AdsorptionResult:
     @property
     def flags(self) -> list[str]:
         """Cautions about the reported value (see the class docstring); none disqualifies it."""
-        best, first = self.best, self.most_stable
-        if best is not None and first is not None and first is not best and first.delta_g_h < -STRONG_SITE_DG_H:
-            return ["stronger_site_fills_first"]
-        return []
+        first = self.most_stable
+        return site_cautions(self.best, first, None if first is None else first.delta_g_h)
 
     def as_dict(self) -> dict[str, Any]:
         best, first = self.best, self.most_stable
@@ -1053,8 +1059,10 @@ def refine_adsorption(
                 os.path.join(workdir, f"site_{k}-{tag}"), doc, start_atoms, free, h_index, make_calculator, refine
             )
         energy = doc.get("energy")
-        if (doc.get("spin_starts") or {}).get("energy_from_start_eV") is not None:
-            flags.append("spin_start_not_relaxed")  # the energy is the lower start's single point
+        # set where a lower start's relaxation failed and the energy is that start's single point
+        from_start = (doc.get("spin_starts") or {}).get("energy_from_start")
+        if from_start is not None:
+            flags.append("spin_start_not_relaxed")
         final = start_atoms.copy()
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
@@ -1069,7 +1077,7 @@ def refine_adsorption(
             vibrations = h2_vib_failure or _site_vibrations(
                 site_dir, atoms, h_index, make_calculator, h2_modes, h2_bond, wfn_from
             )
-            if (doc.get("spin_starts") or {}).get("energy_from_start") is not None and "failure" not in vibrations:
+            if from_start is not None and "failure" not in vibrations:
                 # the energy is the lower start's single point, the modes are of the relaxation's own solution
                 vibrations = {**vibrations, "solution": "the relaxation's own, not the lower start's"}
         if energy is None:
