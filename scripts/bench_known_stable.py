@@ -17,6 +17,9 @@ DFT E_hull ≤ 0.05 eV/atom). Goals of the hull: ≥ 90 % at E_hull ≤ 0.2 eV/a
         --cache-dir /tmp/gen2d_refs --out /tmp/known_stable_mc2d.jsonl
     .venv/bin/python scripts/bench_known_stable.py --summarize /tmp/known_stable_mc2d.jsonl
 
+``--resume`` keeps the records already in ``--out`` and scores only the layers they lack, so a stopped run goes
+on, and a larger ``--n`` (same ``--seed``) extends a smaller one.
+
 The summary repeats the figures for the layers that pass gen2d's strict 2D validity (the only ones a
 campaign calls candidates): a "layer" of separate molecules (BBr₃, NF₃, CF₄) is not one.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -154,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="known_stable.jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the records already in --out and score only the selected layers they lack (a stopped run goes "
+        "on; a larger --n with the same --seed adds layers, since the sample is a prefix of one permutation)",
+    )
+    ap.add_argument(
         "--annotate", default=None, help="add strict 2D validity to an existing JSONL file of --set, then summarize"
     )
     args = ap.parse_args(argv)
@@ -192,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     provider = scorer._reference_provider(scorer._calculator())
     records = []
+    if args.resume and os.path.isfile(args.out):
+        records = [json.loads(line) for line in open(args.out) if line.strip()]
+        print(f"resuming: {len(records)} records in {args.out}", flush=True)
+    done = {r["source_id"] for r in records}
     t_start = time.perf_counter()
-    with open(args.out, "w") as out:
+    with open(args.out, "a" if args.resume else "w") as out:
         for k, (source_id, layer) in enumerate(layers):
+            if source_id in done:
+                continue
             t0 = time.perf_counter()
             [res] = scorer.score([layer])
             rec = {
