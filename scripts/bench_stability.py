@@ -9,6 +9,10 @@ against the DFT ``decomposition_energy`` for each provider, and the fraction wit
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench_stability.py --n 100 \\
         --cache-dir /tmp/gen2d_bench_refs --out /tmp/bench_stability.jsonl > /tmp/bench_stability.txt 2>&1
     .venv/bin/python scripts/bench_stability.py --summarize /tmp/bench_stability.jsonl
+
+Two runs (e.g. ``--calculator sevennet`` against the default) on the layers both scored, with a paired test:
+
+    .venv/bin/python scripts/bench_stability.py --summarize chgnet.jsonl --compare sevennet.jsonl
 """
 
 from __future__ import annotations
@@ -146,6 +150,53 @@ def summarize(records: list[dict], wall: float | None = None, scoring_time: floa
     return "\n".join(lines)
 
 
+def _n_elements(formula: str) -> int:
+    from pymatgen.core import Composition
+
+    return len(Composition(formula).elements)
+
+
+def compare(a: list[dict], b: list[dict], names: tuple[str, str], provider: str = "mlip-prototypes") -> str:
+    """Two runs on the layers both scored (same ids, plausible DFT labels): each run's figures on exactly those
+    layers, for all of them, the elemental ones and the compounds, and a paired test of their absolute errors."""
+    from scipy.stats import wilcoxon
+
+    def scored(records):
+        return {
+            r["id"]: r
+            for r in records
+            if r.get("e_hull", {}).get(provider) is not None and not r.get("dft_label_suspect")
+        }
+
+    ra, rb = scored(a), scored(b)
+    common = sorted(set(ra) & set(rb))
+    lines = [
+        f"paired on {len(common)} layers with plausible DFT labels scored by both "
+        f"({len(ra) - len(common)} only by {names[0]}, {len(rb) - len(common)} only by {names[1]}); E_hull[{provider}]"
+    ]
+    groups = [
+        ("all", common),
+        ("elemental", [i for i in common if _n_elements(ra[i]["formula"]) == 1]),
+        ("compounds", [i for i in common if _n_elements(ra[i]["formula"]) > 1]),
+    ]
+    for title, ids in groups:
+        if len(ids) < 3:
+            continue
+        for name, recs in zip(names, (ra, rb), strict=True):
+            pts = [(recs[i]["e_hull"][provider], recs[i]["dft_e_hull"]) for i in ids]
+            lines.append(f"{title:>10s} {name:>12s}: {_metrics(pts)}")
+    err_a = np.array([abs(ra[i]["e_hull"][provider] - ra[i]["dft_e_hull"]) for i in common])
+    err_b = np.array([abs(rb[i]["e_hull"][provider] - rb[i]["dft_e_hull"]) for i in common])
+    if len(common) >= 6 and np.any(err_a != err_b):
+        p = wilcoxon(err_a, err_b).pvalue
+        closer = int(np.sum(err_b < err_a))
+        lines.append(
+            f"{names[1]} closer to DFT than {names[0]} on {closer} of {len(common)} layers; "
+            f"Wilcoxon signed-rank on |error|: p = {p:.2g}"
+        )
+    return "\n".join(lines)
+
+
 def _all_symbols() -> set[str]:
     from pymatgen.core import Element
 
@@ -169,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None, help="reference cache (default: a new empty one, cold start)")
     ap.add_argument("--out", default=None, help="records (JSON lines); default bench_stability[-DISPERSION].jsonl")
     ap.add_argument("--summarize", default=None, help="only print the summary of an existing JSONL file")
+    ap.add_argument(
+        "--compare",
+        default=None,
+        metavar="OTHER",
+        help="with --summarize: compare with another run's records on the layers both scored (e.g. another MLIP)",
+    )
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -195,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         records = [json.loads(line) for line in open(args.summarize)]
         print(summarize(records))
+        if args.compare:
+            other = [json.loads(line) for line in open(args.compare)]
+            print(compare(records, other, (Path(args.summarize).stem, Path(args.compare).stem)))
         return 0
 
     import torch

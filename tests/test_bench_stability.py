@@ -25,3 +25,34 @@ def test_a_resumed_run_keeps_its_records_and_scores_only_the_missing_layers(tmp_
     # without --resume the file starts again
     assert bench.main(["--n", "1", *common]) == 0
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [first[0]["id"]]
+
+
+def test_compare_pairs_two_runs_on_the_layers_both_scored():
+    bench = load_script("bench_stability")
+
+    def rec(i, formula, mlip, dft, suspect=False):
+        return {
+            "id": i,
+            "formula": formula,
+            "dft_e_hull": dft,
+            "dft_label_suspect": suspect,
+            "e_hull": {"mlip-prototypes": mlip},
+        }
+
+    dft = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    formulas = ["Si", "P", "B", "GaSe", "AlS", "BSe", "CN"]
+    # run a is 0.2 eV/atom low everywhere; run b is 0.05 low except one layer
+    a = [rec(i, f, d - 0.2, d) for i, (f, d) in enumerate(zip(formulas, dft, strict=True))]
+    b = [rec(i, f, d - 0.05, d) for i, (f, d) in enumerate(zip(formulas, dft, strict=True))]
+    b[6]["e_hull"]["mlip-prototypes"] = 0.6 - 0.35
+    a.append(rec(7, "N", 5.0, 0.0, suspect=True))  # a wrong DFT label: left out of both
+    b.append(rec(7, "N", 4.0, 0.0, suspect=True))
+    b.append(rec(8, "Se", 0.1, 0.1))  # scored by b alone
+    text = bench.compare(a, b, ("chgnet", "sevennet"))
+    assert "paired on 7 layers" in text and "0 only by chgnet, 1 only by sevennet" in text
+    lines = text.splitlines()
+    [elem_a] = [x for x in lines if x.split()[:2] == ["elemental", "chgnet:"]]
+    [comp_b] = [x for x in lines if x.split()[:2] == ["compounds", "sevennet:"]]
+    assert "n=3 MAE=0.200" in elem_a and "mean signed error -0.200" in elem_a
+    assert "n=4 MAE=0.125" in comp_b  # (0.05 * 3 + 0.35) / 4
+    assert "closer to DFT than chgnet on 6 of 7 layers" in text
