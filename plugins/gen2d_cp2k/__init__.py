@@ -270,6 +270,10 @@ class Cp2kCalculator(CP2K):
     scf_failed : dict or None
         The route (rung and mixing) on which this directory's last SCF failed for good, kept in the ledger: the
         first evaluation of a resumed run does not repeat it but goes on to a rung above it, if the ladder has one.
+    scf_climbing : dict or None
+        The rung a climb has entered and the evaluation it is for, written to the ledger before that rung's SCFs
+        start and cleared when it ends. A process stopped meanwhile (a killed job) resumes on that rung, with its
+        annealing SCF, instead of running the rungs below it again: each can cost hours on a hard system.
     """
 
     def __init__(
@@ -308,7 +312,15 @@ class Cp2kCalculator(CP2K):
         # the route (mixing) of the rung on which the last SCF in this directory failed for good: a resumed run on
         # the same route does not repeat that SCF, it goes on up the ladder (a changed ladder is tried as usual)
         self.scf_failed: dict[str, Any] | None = prior.get("scf_failed") or None
-        if "scf_failed" not in prior:
+        # the rung a climb had entered (written before its SCFs start) when its process stopped: a resumed run goes
+        # on with that rung, its annealing SCF included, instead of running the rung below it again
+        self.scf_climbing: dict[str, Any] | None = None
+        self._resume_climb_to: int | None = None
+        climbing = prior.get("scf_climbing")
+        if isinstance(climbing, dict) and 1 <= int(climbing.get("level", 0)) <= len(self.gen2d_settings.scf_fallback):
+            self._resume_climb_to = int(climbing["level"])
+            self.scf_level = self._resume_climb_to - 1
+        elif self.scf_failed is None:
             self.scf_failed = self._inferred_failure()
         self._resume_checked = False  # the failed route is skipped once, by the first evaluation of this process
         # cp2k_shell reads and writes files relative to its own working directory: start it there.
@@ -418,15 +430,21 @@ class Cp2kCalculator(CP2K):
             self._prepare(atoms)
         if atoms is not None:
             self.atoms = atoms.copy()
-        resumed_failure = not self._resume_checked and self.scf_failed is not None and self.scf_failed == self._route()
-        self._resume_checked = True
+        first = not self._resume_checked
+        resumed_failure = first and self.scf_failed is not None and self.scf_failed == self._route()
+        resumed_climb = first and self._resume_climb_to is not None
+        self._resume_checked, self._resume_climb_to = True, None
         try:
+            if resumed_climb:
+                raise ScfNotConverged(
+                    f"the last process in {self._workdir} stopped on its way up to rung {self.scf_level + 1}"
+                )
             if resumed_failure:
                 raise ScfNotConverged(f"the last SCF in {self._workdir} failed on rung {self.scf_level}")
             self._evaluate_settled(atoms, properties, system_changes)
         except ScfNotConverged as exc:
             try:
-                self._climb_scf_ladder(exc, properties, anneal_again=not resumed_failure)
+                self._climb_scf_ladder(exc, properties, anneal_again=not (resumed_failure or resumed_climb))
             except ScfNotConverged:
                 self.scf_failed = self._route()
                 self._write_ledger()
@@ -453,8 +471,9 @@ class Cp2kCalculator(CP2K):
         return route
 
     def _inferred_failure(self) -> dict[str, Any] | None:
-        """The failed route of a ledger written before ``scf_failed`` existed: its last evaluation was a rung's SCF
-        that did not converge, on the rung the ledger holds."""
+        """The failed route of a ledger that names none: its last evaluation was a rung's SCF that did not converge,
+        on the rung the ledger holds. Either the ledger is from before ``scf_failed`` existed, or its process stopped
+        after that rung failed and before the next rung's SCF ended (a ledger from before ``scf_climbing``)."""
         if not self.scf_retries or not self.scf_level:
             return None
         last = self.scf_retries[-1]
@@ -474,6 +493,8 @@ class Cp2kCalculator(CP2K):
             levels.insert(0, self.scf_level)
         for level in levels:
             self.scf_level = level
+            self.scf_climbing = {"level": level, "evaluation": self.n_evaluations}
+            self._write_ledger()  # a process stopped from here on resumes on this rung
             rung = ladder[level - 1]
             log.warning(
                 "CP2K SCF in %s did not converge; retrying from the last wavefunction with rung %d "
@@ -492,9 +513,13 @@ class Cp2kCalculator(CP2K):
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             try:
                 self._rerun(record, properties, self._evaluate_settled)
-                return
             except ScfNotConverged as again:
                 failure = again
+            else:
+                self.scf_climbing = None
+                self._write_ledger()
+                return
+        self.scf_climbing = None  # the caller records the failed route
         raise failure
 
     def _rerun(self, record: dict[str, Any], properties, evaluate) -> None:
@@ -632,6 +657,7 @@ class Cp2kCalculator(CP2K):
             "scf_level": self.scf_level,
             "scf_retries": self.scf_retries,
             "scf_failed": self.scf_failed,
+            "scf_climbing": self.scf_climbing,
             "unit": {"wall_seconds": "s"},
         }
         write_json_atomic(self._ledger, doc)

@@ -938,9 +938,14 @@ def test_scf_steps_of_an_ot_run_count_every_outer_iteration():
     assert scf_steps_in("  *** SCF run NOT converged ***\n", 100) == (100, False)
 
 
+class _Killed(BaseException):
+    """A job killed in the middle of an SCF (what a batch system's SIGTERM or a stopped machine does)."""
+
+
 def _scripted_cp2k(monkeypatch, outcomes: list):
     """Replace CP2K's evaluation by a script: each call takes the next outcome, ``None`` for an SCF that does not
-    converge, or ``(energy, steps)``. Returns the list of inputs CP2K was given."""
+    converge, ``"kill"`` for a process stopped during the SCF, or ``(energy, steps)``. Returns the list of inputs
+    CP2K was given."""
     from ase.calculators import cp2k as ase_cp2k
     from ase.calculators.calculator import Calculator
 
@@ -950,6 +955,8 @@ def _scripted_cp2k(monkeypatch, outcomes: list):
         Calculator.calculate(self, atoms, properties or ["energy"], system_changes or [])
         inputs.append(self.parameters.inp)
         outcome = outcomes.pop(0)
+        if outcome == "kill":
+            raise _Killed
         self.wfn_file.write_text(f"orbitals of SCF {len(inputs)}")
         with open(self.out_file, "a") as fh:
             if outcome is None:
@@ -1011,6 +1018,71 @@ def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_en
     assert mol.get_potential_energy() == -1.1
     assert calc.scf_retries[-1]["rung"] == 2 and calc.scf_retries[-1]["anneal_converged"] is False
     calc.close()
+
+
+@needs_cp2k
+def test_a_climb_stopped_on_the_annealing_rung_resumes_there(tmp_path, monkeypatch):
+    """A job killed during a rung's SCFs resumes on that rung, its hot SCF first, not on the rungs below it: on a
+    hard system each costs hours. A ledger from before the marker, whose last retry failed on its own rung, goes on
+    above that rung too (a generated layer's site had run rung 1 three times across stops)."""
+    import json
+
+    settings = Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0, "mixing_alpha": 0.2}))
+    work = tmp_path / "site"
+    inputs = _scripted_cp2k(monkeypatch, [None, None, "kill"])
+    mol = _h2()
+    mol.calc = calc = make_calculator(settings=settings, directory=str(work))
+    with pytest.raises(_Killed):
+        mol.get_potential_energy()
+    calc.close()
+    assert "ELECTRONIC_TEMPERATURE [K] 1500.0" in inputs[2]  # stopped in rung 2's hot SCF
+    ledger = json.loads((work / "gen2d-cost.json").read_text())
+    assert ledger["scf_climbing"] == {"level": 2, "evaluation": 2} and ledger["scf_level"] == 2
+    assert ledger["scf_failed"] is None and [r["rung"] for r in ledger["scf_retries"]] == [1]
+
+    inputs = _scripted_cp2k(monkeypatch, [(-5.0, 30), (-1.0, 12)])
+    mol.calc = again = make_calculator(settings=settings, directory=str(work))
+    assert mol.get_potential_energy() == -1.0
+    assert len(inputs) == 2  # neither the base SCF nor rung 1 again
+    assert "ELECTRONIC_TEMPERATURE [K] 1500.0" in inputs[0] and "ELECTRONIC_TEMPERATURE [K] 300.0" in inputs[1]
+    assert again.scf_level == 2 and again.scf_retries[-1]["rung"] == 2 and again.scf_retries[-1]["converged"]
+    assert json.loads((work / "gen2d-cost.json").read_text())["scf_climbing"] is None
+    # a later geometry is an ordinary evaluation on rung 2
+    inputs += _scripted_cp2k(monkeypatch, [(-1.2, 8)])
+    mol.positions[1, 2] += 0.02
+    assert mol.get_potential_energy() == -1.2 and "ELECTRONIC_TEMPERATURE [K] 300.0" in inputs[-1]
+    again.close()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "gen2d-cost.json").write_text(
+        json.dumps(
+            {
+                "n_evaluations": 3,
+                "scf_steps": [100, 100, 250],
+                "wall_seconds": 8416.7,
+                "n_processes": 2,
+                "scf_level": 1,
+                "scf_retries": [
+                    {
+                        "evaluation": 2,
+                        "rung": 1,
+                        "mixing_alpha": 0.05,
+                        "nbroyden": 12,
+                        "max_scf": 250,
+                        "scf_steps": 250,
+                        "converged": False,
+                    }
+                ],
+                "scf_failed": None,
+            }
+        )
+    )
+    inputs = _scripted_cp2k(monkeypatch, [(-5.0, 30), (-1.0, 12)])
+    mol.calc = third = make_calculator(settings=settings, directory=str(old))
+    assert mol.get_potential_energy() == -1.0
+    assert len(inputs) == 2 and "ELECTRONIC_TEMPERATURE [K] 1500.0" in inputs[0] and third.scf_level == 2
+    third.close()
 
 
 @needs_cp2k
