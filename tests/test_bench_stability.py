@@ -56,3 +56,5 @@ def test_compare_pairs_two_runs_on_the_layers_both_scored():
     assert "n=3 MAE=0.200" in elem_a and "mean signed error -0.200" in elem_a
     assert "n=4 MAE=0.125" in comp_b  # (0.05 * 3 + 0.35) / 4
     assert "closer to DFT than chgnet on 6 of 7 layers" in text
+    # the one label of 0 (Si) read as "0 or below": both runs' negative value there is no error
+    assert "chgnet, the 1 labels of 0 read as <= 0: MAE=0.171" in text  # 0.2 * 6 / 7
