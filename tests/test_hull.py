@@ -752,3 +752,85 @@ def test_references_made_by_another_package_version_of_the_same_weights_are_rela
     store.update([{**shipped_doc, "model": "CHGNet test"}], key="ref_key")
     assert [e.energy for e in provider(cache_dir=False, shipped=False, store=store).element_entries("Ta")] == [-11.0]
     assert not relaxed
+
+
+def test_a_reference_still_falling_when_its_relaxation_stopped_is_left_out(tmp_path):
+    """An unconverged reference relaxation stands for a phase only when it stopped close to a minimum. SevenNet-0
+    took PO₂ (MoS₂ prototype) to 377 eV/Å and 16 eV/atom below its elements, which put a PO₂ layer 14 eV/atom above
+    the hull: such a phase is not relaxed into a cache, and one already cached is left out when read."""
+    import gzip
+    from types import SimpleNamespace
+
+    from ase.build import bulk
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from gen2d.hull.mlip_prototypes import UNSETTLED_FMAX, settled
+
+    rocksalt = Structure(
+        Lattice.cubic(4.2),
+        ["Mg", "O"] * 4,
+        [
+            [0, 0, 0],
+            [0.5, 0, 0],
+            [0.5, 0.5, 0],
+            [0, 0.5, 0],
+            [0.5, 0, 0.5],
+            [0, 0, 0.5],
+            [0, 0.5, 0.5],
+            [0.5, 0.5, 0.5],
+        ],
+    )
+
+    def record(converged, fmax):
+        return ComputedStructureEntry(rocksalt, -50.0, data={"converged": converged, "final_fmax": fmax})
+
+    assert settled(record(True, 0.05)) and settled(record(False, 0.3)) and settled(record(False, UNSETTLED_FMAX))
+    assert not settled(record(False, 377.0))
+    assert settled(ComputedStructureEntry(rocksalt, -50.0))  # no relaxation record: nothing to judge
+
+    prov = MLIPPrototypesProvider(_KeyOnlyCalc("c" * 64), cache_dir=False, shipped=False, stacked_layers=False)
+    atoms = bulk("MgO", "rocksalt", a=4.2)
+
+    def result(converged, fmax):
+        return SimpleNamespace(
+            failure=None if converged else "not_converged",
+            converged=converged,
+            final_fmax=fmax,
+            steps=200,
+            atoms=atoms,
+            energy=-12.0,
+            message="",
+        )
+
+    start = AseAtomsAdaptor.get_structure(atoms)
+    assert prov._entry_from_result(start, "rocksalt", result(False, 7.09)) is None
+    kept = prov._entry_from_result(start, "rocksalt", result(False, 0.4))  # nearly there: an upper bound, kept
+    assert kept is not None and kept.data["converged"] is False
+
+    # a cache written before the rule: its falling phase is left out at read, the settled ones stay
+    root = tmp_path / "cache"
+    key = prov._key("Mg-O")
+    tag, sub = key.split(":", 1)[1].rsplit(":", 1)
+    (root / tag).mkdir(parents=True)
+    good = ComputedStructureEntry(
+        rocksalt,
+        -48.0,
+        entry_id="gen2d-ref:MgO:rocksalt",
+        data={"prototype": "rocksalt", "converged": True, "final_fmax": 0.04},
+    )
+    hole = ComputedStructureEntry(
+        rocksalt,
+        -400.0,
+        entry_id="gen2d-ref:MgO:nias",
+        data={"prototype": "nias", "converged": False, "final_fmax": 377.0},
+    )
+    with gzip.open(root / tag / f"{sub}.json.gz", "wt") as fh:
+        json.dump({"ref_key": key, "entries": [good.as_dict(), hole.as_dict()]}, fh)
+    for el, energy in (("Mg", -1.5), ("O", -4.9)):
+        _write_shipped(root, prov, el, energy)
+    reader = MLIPPrototypesProvider(_KeyOnlyCalc("c" * 64), cache_dir=root, shipped=False, stacked_layers=False)
+    reader._relax_jobs = lambda *a, **k: pytest.fail("cache missed")
+    ids = [e.entry_id for e in reader.entries(["Mg", "O"])]
+    assert "gen2d-ref:MgO:rocksalt" in ids and "gen2d-ref:MgO:nias" not in ids
+    assert reader.describe()["unsettled_fmax_eV_per_A"] == UNSETTLED_FMAX

@@ -110,6 +110,21 @@ _MIN_CONTACT = 0.65
 #: starts, fcc and hcp C at 2.48, are kept as they are).
 MIN_VOLUME_PER_ATOM = 2.0
 
+#: eV/Å: an unconverged reference relaxation stands for the phase it was settling into (its energy an upper bound of
+#: that phase's) only if its last largest force is below this, 20x the references' fmax. Above it the structure was
+#: still falling into a hole of the potential: SevenNet-0 took PO₂ in the MoS₂ prototype to 377 eV/Å and 16 eV/atom
+#: below its elements, and Ge₂F (CdI₂) to 7 eV/Å and 8 eV/atom. Such a phase is dropped, when relaxed and when read
+#: from a cache. No CHGNet reference here ends above 1.3 eV/Å.
+UNSETTLED_FMAX = 2.0
+
+
+def settled(entry: Any) -> bool:
+    """False for a reference phase whose relaxation stopped unconverged with forces above :data:`UNSETTLED_FMAX`."""
+    data = getattr(entry, "data", None) or {}
+    fmax = data.get("final_fmax")
+    return not (data.get("converged") is False and fmax is not None and float(fmax) > UNSETTLED_FMAX)
+
+
 _SPACEGROUPS: dict[str, Any] = {}
 
 
@@ -509,6 +524,7 @@ class MLIPPrototypesProvider:
         if shipped is True:
             shipped = Path(__file__).resolve().parents[1] / "assets" / "references"  # gen2d/assets
         self.shipped_dir = Path(shipped) if shipped else None
+        self._unsettled_logged: set[str] = set()  # unsettled cached phases already reported
         self.shipped_hits: set[str] = set()  # subsystems read from the shipped cache (provenance)
         if stacked_layers is True:
             from gen2d.hull.stacked import StackedLayerLibrary
@@ -636,6 +652,15 @@ class MLIPPrototypesProvider:
             return _Crashed(f"{structure.composition.reduced_formula} ({prototype}): {res.message}")
         if res.failure not in (None, "not_converged"):
             log.info("reference %s %s dropped: %s", structure.composition.reduced_formula, prototype, res.message)
+            return None
+        if not res.converged and res.final_fmax is not None and res.final_fmax > UNSETTLED_FMAX:
+            log.info(
+                "reference %s %s dropped: still falling after %d steps (max force %.3g eV/Å)",
+                structure.composition.reduced_formula,
+                prototype,
+                res.steps,
+                res.final_fmax,
+            )
             return None
         relaxed = AseAtomsAdaptor.get_structure(res.atoms)
         if _collapsed(relaxed):
@@ -821,7 +846,16 @@ class MLIPPrototypesProvider:
         found_by = self._ensure(subsystems)
         found: list[ComputedEntry] = []
         for sub in subsystems:
-            found.extend(found_by[sub])
+            for entry in found_by[sub]:
+                if settled(entry):
+                    found.append(entry)
+                elif entry.entry_id not in self._unsettled_logged:  # a cache written before the rule held it
+                    self._unsettled_logged.add(entry.entry_id)
+                    log.warning(
+                        "reference %s left out: its relaxation stopped unconverged at max force %.3g eV/Å",
+                        entry.entry_id,
+                        float(entry.data["final_fmax"]),
+                    )
         return found
 
     def cached(self, elements: Iterable[str]) -> bool:
@@ -866,6 +900,7 @@ class MLIPPrototypesProvider:
             "shipped_cache": str(self.shipped_dir) if self.shipped_dir and self.shipped_dir.is_dir() else None,
             "stacked_layers": self.stacked.describe() if self.stacked is not None else None,
             "molecules": {"version": MOLECULE_VERSION, "box_vacuum_A": BOX_VACUUM} if self.molecules else None,
+            "unsettled_fmax_eV_per_A": UNSETTLED_FMAX,
         }
 
 
