@@ -54,7 +54,11 @@ def test_budgeted_run_writes_a_manifest_and_resumes(tmp_path, data_available):
     second = _run("0.12", out)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "MANIFEST.json").read_text())
-    assert again["resumed"] is True and again["steps"] > manifest["steps"]
+    # it goes on from the checkpoint, never from step 0; whether its 7 s budget leaves time for another step after
+    # reading the data depends on the machine's load, so the test asks only that nothing was lost
+    assert again["resumed"] is True and again["steps"] >= manifest["steps"]
+    _, resumed = load_checkpoint(out / "checkpoint.pt", "cpu")
+    assert resumed["step"] == again["steps"]
 
 
 @pytest.mark.slow
