@@ -833,4 +833,6 @@ def test_a_reference_still_falling_when_its_relaxation_stopped_is_left_out(tmp_p
     reader._relax_jobs = lambda *a, **k: pytest.fail("cache missed")
     ids = [e.entry_id for e in reader.entries(["Mg", "O"])]
     assert "gen2d-ref:MgO:rocksalt" in ids and "gen2d-ref:MgO:nias" not in ids
+    # every reader of a subsystem goes through the same rule, not only the hull's
+    assert [e.entry_id for e in reader.binary_entries("O", "Mg")] == ["gen2d-ref:MgO:rocksalt"]
     assert reader.describe()["unsettled_fmax_eV_per_A"] == UNSETTLED_FMAX

@@ -118,11 +118,15 @@ MIN_VOLUME_PER_ATOM = 2.0
 UNSETTLED_FMAX = 2.0
 
 
+def _still_falling(converged: bool | None, final_fmax: float | None) -> bool:
+    """A relaxation that stopped unconverged with its largest force above :data:`UNSETTLED_FMAX`."""
+    return converged is False and final_fmax is not None and float(final_fmax) > UNSETTLED_FMAX
+
+
 def settled(entry: Any) -> bool:
     """False for a reference phase whose relaxation stopped unconverged with forces above :data:`UNSETTLED_FMAX`."""
     data = getattr(entry, "data", None) or {}
-    fmax = data.get("final_fmax")
-    return not (data.get("converged") is False and fmax is not None and float(fmax) > UNSETTLED_FMAX)
+    return not _still_falling(data.get("converged"), data.get("final_fmax"))
 
 
 _SPACEGROUPS: dict[str, Any] = {}
@@ -653,7 +657,7 @@ class MLIPPrototypesProvider:
         if res.failure not in (None, "not_converged"):
             log.info("reference %s %s dropped: %s", structure.composition.reduced_formula, prototype, res.message)
             return None
-        if not res.converged and res.final_fmax is not None and res.final_fmax > UNSETTLED_FMAX:
+        if _still_falling(bool(res.converged), res.final_fmax):
             log.info(
                 "reference %s %s dropped: still falling after %d steps (max force %.3g eV/Å)",
                 structure.composition.reduced_formula,
@@ -773,7 +777,7 @@ class MLIPPrototypesProvider:
             if cached is None:
                 missing.append(sub)
             else:
-                out[sub] = cached
+                out[sub] = self._settled_only(cached)
         crashed: dict[str, list[str]] = {}
         for chunk in self._checkpoint_chunks({sub: self._subsystem_jobs(sub) for sub in missing}):
             # each chunk is relaxed together and cached before the next starts: a stopped run keeps its chunks
@@ -798,6 +802,22 @@ class MLIPPrototypesProvider:
                 f"{first}; those subsystems are not cached and are relaxed again on the next run",
             )
         return out
+
+    def _settled_only(self, entries: list[ComputedEntry]) -> list[ComputedEntry]:
+        """``entries`` read from a cache without the phases a cache written before :func:`settled` held; each left
+        out once with a warning (new relaxations drop them in :meth:`_entry_from_result`)."""
+        kept = []
+        for entry in entries:
+            if settled(entry):
+                kept.append(entry)
+            elif entry.entry_id not in self._unsettled_logged:
+                self._unsettled_logged.add(entry.entry_id)
+                log.warning(
+                    "reference %s left out: its relaxation stopped unconverged at max force %.3g eV/Å",
+                    entry.entry_id,
+                    float(entry.data["final_fmax"]),
+                )
+        return kept
 
     def _checkpoint_chunks(self, jobs: dict[str, list]) -> list[dict[str, list]]:
         """The missing subsystems' jobs, grouped in order into chunks of at least ``checkpoint_jobs`` phases (whole
@@ -846,16 +866,7 @@ class MLIPPrototypesProvider:
         found_by = self._ensure(subsystems)
         found: list[ComputedEntry] = []
         for sub in subsystems:
-            for entry in found_by[sub]:
-                if settled(entry):
-                    found.append(entry)
-                elif entry.entry_id not in self._unsettled_logged:  # a cache written before the rule held it
-                    self._unsettled_logged.add(entry.entry_id)
-                    log.warning(
-                        "reference %s left out: its relaxation stopped unconverged at max force %.3g eV/Å",
-                        entry.entry_id,
-                        float(entry.data["final_fmax"]),
-                    )
+            found.extend(found_by[sub])
         return found
 
     def cached(self, elements: Iterable[str]) -> bool:
