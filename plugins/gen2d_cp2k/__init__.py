@@ -312,14 +312,14 @@ class Cp2kCalculator(CP2K):
         # the route (mixing) of the rung on which the last SCF in this directory failed for good: a resumed run on
         # the same route does not repeat that SCF, it goes on up the ladder (a changed ladder is tried as usual)
         self.scf_failed: dict[str, Any] | None = prior.get("scf_failed") or None
-        # the rung a climb had entered (written before its SCFs start) when its process stopped: a resumed run goes
-        # on with that rung, its annealing SCF included, instead of running the rung below it again
+        # the rung a climb had entered (written before its SCFs start) when its process stopped: the route below it
+        # failed for that evaluation, so a resumed run goes on with that rung, its annealing SCF included, the way
+        # it goes on after a failed route, instead of running the rung below it again
         self.scf_climbing: dict[str, Any] | None = None
-        self._resume_climb_to: int | None = None
         climbing = prior.get("scf_climbing")
         if isinstance(climbing, dict) and 1 <= int(climbing.get("level", 0)) <= len(self.gen2d_settings.scf_fallback):
-            self._resume_climb_to = int(climbing["level"])
-            self.scf_level = self._resume_climb_to - 1
+            self.scf_level = int(climbing["level"]) - 1
+            self.scf_failed = self._route()
         elif self.scf_failed is None:
             self.scf_failed = self._inferred_failure()
         self._resume_checked = False  # the failed route is skipped once, by the first evaluation of this process
@@ -430,21 +430,15 @@ class Cp2kCalculator(CP2K):
             self._prepare(atoms)
         if atoms is not None:
             self.atoms = atoms.copy()
-        first = not self._resume_checked
-        resumed_failure = first and self.scf_failed is not None and self.scf_failed == self._route()
-        resumed_climb = first and self._resume_climb_to is not None
-        self._resume_checked, self._resume_climb_to = True, None
+        resumed_failure = not self._resume_checked and self.scf_failed is not None and self.scf_failed == self._route()
+        self._resume_checked = True
         try:
-            if resumed_climb:
-                raise ScfNotConverged(
-                    f"the last process in {self._workdir} stopped on its way up to rung {self.scf_level + 1}"
-                )
             if resumed_failure:
                 raise ScfNotConverged(f"the last SCF in {self._workdir} failed on rung {self.scf_level}")
             self._evaluate_settled(atoms, properties, system_changes)
         except ScfNotConverged as exc:
             try:
-                self._climb_scf_ladder(exc, properties, anneal_again=not (resumed_failure or resumed_climb))
+                self._climb_scf_ladder(exc, properties, anneal_again=not resumed_failure)
             except ScfNotConverged:
                 self.scf_failed = self._route()
                 self._write_ledger()
