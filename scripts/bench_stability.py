@@ -187,7 +187,7 @@ def compare(a: list[dict], b: list[dict], names: tuple[str, str], provider: str 
             lines.append(f"{title:>10s} {name:>12s}: {_metrics(pts)}")
     # 2DMatPedia's decomposition_energy is never negative (0 for 94 of its 1,157 rows): a layer below the bulk hull
     # reads 0, so a label of 0 means "0 or below" and a negative E_hull there need not be an error
-    zero = [i for i in common if abs(ra[i]["dft_e_hull"]) < 1e-6]
+    zero = {i for i in common if abs(ra[i]["dft_e_hull"]) < 1e-6}
     if zero:
         for name, recs in zip(names, (ra, rb), strict=True):
             err = np.array(
