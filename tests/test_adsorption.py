@@ -10,6 +10,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import graphene, mx2
+from ase.calculators.emt import EMT
 
 from gen2d.adsorption import (
     AdsorptionSettings,
@@ -188,7 +189,70 @@ def test_a_killed_constrained_relaxation_resumes_on_the_same_path(tmp_path):
     assert conv_straight and conv_resumed and n_straight > 4
     np.testing.assert_allclose(resumed.positions, straight.positions, atol=1e-6)
     assert e_resumed == pytest.approx(e_straight, abs=1e-8)
-    assert n_resumed == n_straight + 1  # the one repeated evaluation is the resumed frame itself
+    assert n_resumed == n_straight + 1  # the 4 stored frames (the start counted among them) and the steps after
+
+
+class _CountingEMT(EMT):
+    """EMT that counts its evaluations (a stand-in for an expensive DFT calculator's cost)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.n_calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.n_calls += 1
+        super().calculate(*args, **kwargs)
+
+
+def test_a_resumed_relaxation_does_not_evaluate_its_last_stored_frame_again(tmp_path):
+    """The frame a killed run left last carries its energy and forces: the resumed run steps from them, so it
+    makes exactly the evaluations the killed run had left (none repeated) and writes no frame twice."""
+    from ase.build import fcc111
+    from ase.io import read
+
+    from gen2d.adsorption import _constrained_bfgs
+
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    slab.append("H")
+    slab.positions[-1] = slab.positions[4] + [0.6, 0.3, 1.2]
+    free = [len(slab) - 1, 4]
+
+    whole = _CountingEMT()
+    straight, e_straight, conv, _ = _constrained_bfgs(slab.copy(), whole, free, 0.01, 100, str(tmp_path / "s.traj"))
+    traj = str(tmp_path / "k.traj")
+    first, second = _CountingEMT(), _CountingEMT()
+    _constrained_bfgs(slab.copy(), first, free, 0.01, 3, traj)
+    resumed, e_resumed, conv_resumed, _ = _constrained_bfgs(slab.copy(), second, free, 0.01, 100, traj)
+    assert conv and conv_resumed and first.n_calls == 4  # the start and 3 steps
+    assert first.n_calls + second.n_calls == whole.n_calls
+    np.testing.assert_allclose(resumed.positions, straight.positions, atol=1e-6)
+    assert e_resumed == pytest.approx(e_straight, abs=1e-8)
+    kept, reference = read(traj, ":"), read(str(tmp_path / "s.traj"), ":")
+    assert len(kept) == len(reference)  # no frame written twice
+    np.testing.assert_allclose(
+        [a.get_potential_energy() for a in kept], [a.get_potential_energy() for a in reference], atol=1e-8
+    )
+
+
+def test_a_stored_frame_without_forces_is_evaluated_again(tmp_path):
+    """A last frame that lost its forces (written by an energy-only step, or damaged) is not trusted: the resumed
+    run evaluates it."""
+    from ase.build import fcc111
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import Trajectory
+
+    from gen2d.adsorption import _constrained_bfgs
+
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    slab.append("H")
+    slab.positions[-1] = slab.positions[4] + [0.0, 0.0, 1.5]
+    frame = slab.copy()
+    frame.calc = SinglePointCalculator(frame, energy=1.0)
+    with Trajectory(str(tmp_path / "e.traj"), "w") as tr:
+        tr.write(frame)
+    calc = _CountingEMT()
+    _, energy, _, _ = _constrained_bfgs(slab.copy(), calc, [len(slab) - 1], 0.05, 1, str(tmp_path / "e.traj"))
+    assert calc.n_calls >= 1 and energy != pytest.approx(1.0)
 
 
 def test_a_start_on_a_symmetric_bridge_rolls_off_it_only_with_the_jitter():

@@ -582,8 +582,12 @@ def test_killed_relaxation_resumes_from_last_frame_and_wavefunction(tmp_path):
     assert prov["n_evaluations"] > killed["n_evaluations"] and prov["wall_seconds"] > killed["wall_seconds"]
     new = read(str(traj), index=":")[len(old) :]
     assert converged and 0.72 < final.get_distance(0, 1) < 0.78
-    # the first new evaluation is at the last saved geometry, not at the 1.05 Å start
-    np.testing.assert_allclose(new[0].positions, old[-1].positions, atol=1e-8)
+    # the resumed run steps from the last saved geometry (not the 1.05 Å start) with that frame's stored energy
+    # and forces: its first new evaluation is one BFGS step (at most 0.15 Å) away, and the saved geometry is
+    # neither evaluated nor written again
+    step = np.abs(new[0].positions - old[-1].positions).max()
+    assert 0 < step <= 0.15 + 1e-9
+    assert not any(np.allclose(f.positions, old[-1].positions, atol=1e-8) for f in new)
     assert "SCF_GUESS RESTART" in (d / "gen2d.inp").read_text()
     assert steps >= len(old)
 
