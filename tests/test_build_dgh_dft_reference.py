@@ -103,3 +103,24 @@ def test_a_row_is_built_with_dgh_dft_s_own_protocol_unless_told_otherwise(build,
     assert dft.refine.prerelax is None
     assert tuple(dft.refine.spin_starts) == ()
     assert dft.refine.fmax == 0.05
+
+
+def test_the_tables_cp2k_time_is_every_process_of_the_row_not_the_last_one(build):
+    """A row resumed across processes keeps its last process's wall time in ``wall_seconds``; the table shows the
+    CP2K time its cost ledgers summed over all of them (a 6.7 h row once read 0.26 h)."""
+    import json
+    from pathlib import Path
+
+    path = Path(build.DEFAULT_OUT)
+    row = json.loads(path.read_text().splitlines()[0])
+    row["wall_seconds"] = 900.0
+    row["provenance"]["settings"]["cost"] = {"n_evaluations": 31, "scf_steps_total": 1103, "wall_seconds": 24120.0}
+
+    def cp2k_hours(table: str) -> str:
+        head, _, line = table.splitlines()
+        columns = [c.strip() for c in head.strip("|").split("|")]
+        return [c.strip() for c in line.strip("|").split("|")][columns.index("CP2K wall (h)")]
+
+    assert cp2k_hours(build.markdown_table({"X": row})) == "6.70"
+    del row["provenance"]["settings"]["cost"]
+    assert cp2k_hours(build.markdown_table({"X": row})) == "—"  # unknown, never the last process's 0.25
