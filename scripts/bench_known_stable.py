@@ -43,6 +43,8 @@ from collections import Counter
 
 import numpy as np
 
+from gen2d.fileio import end_torn_line, read_jsonl
+
 VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules")
 
 
@@ -121,7 +123,7 @@ def strict_2d(layer) -> dict:
 def annotate(path: str, which: str, max_atoms: int, max_elements: int) -> None:
     """Add ``strict_2d`` to the records of an existing JSONL file (no rescoring)."""
     layers = dict(candidates(which, 10**9, max_atoms, max_elements, 0))
-    records = [json.loads(line) for line in open(path)]
+    records = read_jsonl(path, strict=True)
     for r in records:
         if r["source_id"] in layers:
             r["strict_2d"] = strict_2d(layers[r["source_id"]])
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         annotate(args.annotate, args.set, args.max_atoms, args.max_elements)
         args.summarize = args.annotate
     if args.summarize:
-        print(summarize([json.loads(line) for line in open(args.summarize)]))
+        print(summarize(read_jsonl(args.summarize)))
         return 0
 
     import torch
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     provider = scorer._reference_provider(scorer._calculator())
     records = []
     if args.resume and os.path.isfile(args.out):
-        records = [json.loads(line) for line in open(args.out) if line.strip()]
+        records = read_jsonl(args.out)
+        end_torn_line(args.out)
         print(f"resuming: {len(records)} records in {args.out}", flush=True)
     done = {r["source_id"] for r in records}
     t_start = time.perf_counter()

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gen2d.fileio import end_torn_line, read_jsonl
+
 
 def data_dir() -> Path:
     from gen2d.settings import get_settings
@@ -267,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.summarize:
-        records = [json.loads(line) for line in open(args.summarize)]
+        records = read_jsonl(args.summarize)
         print(summarize(records))
         if args.compare:
-            other = [json.loads(line) for line in open(args.compare)]
+            other = read_jsonl(args.compare)
             print(compare(records, other, (Path(args.summarize).stem, Path(args.compare).stem)))
         return 0
 
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     elemental_dft = {e.composition.elements[0].symbol: e.energy_per_atom for e in dft_refs.entries(_all_symbols())}
     records = []
     if args.resume and os.path.isfile(args.out):
-        records = [json.loads(line) for line in open(args.out) if line.strip()]
+        records = read_jsonl(args.out)
+        end_torn_line(args.out)
         print(f"resuming: {len(records)} records in {args.out}", flush=True)
     done = {r["id"] for r in records}
     t_start = time.perf_counter()

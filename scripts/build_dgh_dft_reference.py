@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen2d.fileio import write_jsonl_atomic, write_text_atomic
+from gen2d.fileio import read_jsonl, write_jsonl_atomic, write_text_atomic
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "gen2d" / "assets" / "dgh_dft_reference" / "rows.jsonl"
 
@@ -135,14 +135,8 @@ def literature_value(label: str | None) -> dict | None:
 
 
 def read_rows(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["material"]] = row
-    return rows
+    # written whole (write_rows): a line that does not parse is damage, never a row to drop on the next write
+    return {row["material"]: row for row in read_jsonl(path, strict=True)}
 
 
 def write_rows(path: Path, rows: dict[str, dict]) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gen2d.fileio import write_json_atomic
+from gen2d.fileio import append_jsonl, read_jsonl, write_json_atomic
 
 #: (scan, label, Cp2kSettings overrides, geometry overrides); the first row is the base
 POINTS: list[tuple[str, str, dict, dict]] = [
@@ -226,11 +226,8 @@ def table(rows: list[dict]) -> str:
 def read_points(path: Path) -> dict[tuple[str, str], dict]:
     """The study's rows in ``path`` by (scan, label); a later row of the same point supersedes an earlier one."""
     rows: dict[tuple[str, str], dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[(row["scan"], row["label"])] = row
+    for row in read_jsonl(path):  # a line cut by a kill is skipped: that point is computed again
+        rows[(row["scan"], row["label"])] = row
     return rows
 
 
@@ -288,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scan} {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
         done[(scan, label)] = row
-        with open(out, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(out, row)
         what = row["failure"] if row.get("failure") else f"ΔE_H {row['delta_e_h_eV']:+.3f} eV"
         print(f"{scan:>10s} {label}: {what} ({row['cpu_s']:.0f} CPU-s)", flush=True)
     print(table(list(done.values())))

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from pymatgen.core import Structure
 
+from gen2d.fileio import append_jsonl, read_jsonl
+
 log = logging.getLogger(__name__)
 
 #: The ``dgh.mlip`` settings that labelled the shipped DimeNet++ ensemble (``gen2d/assets/dgh_dimenet``, whose
@@ -58,20 +60,15 @@ class JsonlLabelCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.data: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.data[row["key"]] = row["label"]
+        for row in read_jsonl(self.path):  # a line cut by a kill is skipped: that label is computed again
+            self.data[row["key"]] = row["label"]
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
 
     def put(self, key: str, label: dict[str, Any]) -> None:
         self.data[key] = label
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"key": key, "label": label}) + "\n")
+        append_jsonl(self.path, {"key": key, "label": label})
 
 
 def label_key(structure: Structure, scorer) -> str:

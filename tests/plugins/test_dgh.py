@@ -601,3 +601,19 @@ def test_the_surrogate_split_holds_out_whole_formulas_so_a_duplicate_layer_never
     assert len(plain_test) == 40 and {formulas[k] for k in plain_train} & {formulas[k] for k in plain_test}
     with pytest.raises(ValueError, match="groups"):
         split_indices(10, 0.2, seed=0, groups=["a"] * 9)
+
+
+def test_the_label_cache_keeps_its_labels_after_a_kill_mid_append(tmp_path):
+    """Labelling runs for hours in the background: a kill that cuts the last label's line must not make the cache
+    unreadable. The whole labels stay, the cut one is labelled again, and the next label parses."""
+    from gen2d_dgh_dimenet.labels import JsonlLabelCache
+
+    path = tmp_path / "labels.jsonl"
+    cache = JsonlLabelCache(path)
+    cache.put("k1", {"id": "MoS2", "ok": True, "dg_h": 1.9})
+    with path.open("a") as fh:
+        fh.write('{"key": "k2", "label": {"id": "WS')  # the kill
+    reread = JsonlLabelCache(path)
+    assert reread.get("k1") == {"id": "MoS2", "ok": True, "dg_h": 1.9} and reread.get("k2") is None
+    reread.put("k2", {"id": "WS2", "ok": True, "dg_h": 2.3})
+    assert JsonlLabelCache(path).data == {"k1": cache.get("k1"), "k2": {"id": "WS2", "ok": True, "dg_h": 2.3}}

@@ -13,6 +13,7 @@ from typing import Any
 from gen2d.evaluate.aggregation import aggregate, results_table, write_plots
 from gen2d.evaluate.arms import Resources, run_arm_seed, seed_metrics
 from gen2d.evaluate.spec import ArmSpec, EvaluateSpec, _arm_key
+from gen2d.fileio import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,9 @@ def run_evaluation(
     journal = out / "runs.jsonl"
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        if journal.is_file():
-            for line in journal.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                    done[r["run_key"]] = r
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a line cut by a crash
+        for r in read_jsonl(journal):  # a line cut by a crash is skipped: that run is made again
+            if isinstance(r, dict) and "run_key" in r:
+                done[r["run_key"]] = r
     results = []
     for seed in spec.seeds:
         for arm in arms:
@@ -89,8 +86,7 @@ def run_evaluation(
                 f"hits {m['n_hits']} ({r['wall_s']:.0f} s wall, scoring {r['scoring_cpu_s']:.0f} CPU-s)"
             )
             if write:
-                with journal.open("a") as fh:
-                    fh.write(json.dumps(r, default=str) + "\n")
+                append_jsonl(journal, r, default=str)
             results.append(r)
     doc = aggregate(spec, results)
     doc["wall_s"] = time.perf_counter() - t_wall
