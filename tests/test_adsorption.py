@@ -853,3 +853,46 @@ def test_a_strongly_binding_site_elsewhere_is_recorded_and_flagged_but_does_not_
     assert result(strong).flags == [] and result(strong).best is strong  # the strong site is the reported one
     # a site that is not valid (H broke the layer) is no site H fills
     assert result(near, site(-0.9, ["layer_broke"])).flags == []
+
+
+def test_an_h_that_sank_into_the_layer_is_flagged_and_a_surface_h_is_not():
+    """H driven below the outer S plane of 2H-MoS₂, into the Mo plane's hollow, is absorbed, not adsorbed
+    (``h_inside_layer``); H on top of S or in the hollow above the S plane is not. On buckled blue phosphorene an H on
+    top of a lower P sits beside higher P atoms and stays a surface H."""
+    from ase.build import mx2
+
+    from gen2d.adsorption import COVER_RADIUS
+
+    settings = AdsorptionSettings()
+    slab = mx2("MoS2", kind="2H", a=3.18, thickness=3.19, vacuum=7.0).repeat((3, 3, 1))
+    slab.pbc = (True, True, False)
+    z = slab.positions[:, 2]
+    s0 = slab.positions[[i for i in range(len(slab)) if slab[i].symbol == "S" and z[i] > z.mean()][0]]
+    z_mo = z[[i for i in range(len(slab)) if slab[i].symbol == "Mo"][0]]
+    # ASE's 2H cell: Mo at (0, 0), S at (2/3, 1/3); (1/3, 2/3) is under neither, a hollow of both planes
+    hollow = np.array([1 / 3, 2 / 3, 0.0]) @ (slab.cell.array / 3) + [0, 0, s0[2]]
+    start = _h_on(slab, hollow + [0, 0, 1.2])
+    h = len(start) - 1
+
+    def flags(z_h):
+        final = start.copy()
+        final.positions[h] = [hollow[0], hollow[1], z_h]
+        return _flag_site(start, final, h, 1, settings)[0]
+
+    z_s = s0[2]
+    assert "h_inside_layer" in flags(z_mo)  # in the Mo plane, 1.6 Å under the S atoms around it
+    assert "h_inside_layer" not in flags(z_s + 0.9)  # in the hollow, above the S plane
+    assert "h_inside_layer" not in flags(z_s - 0.3)  # level with the S plane, within the depth
+    on_top = _h_on(slab, s0 + [0, 0, 1.4])
+    assert _flag_site(on_top, on_top, h, 1, settings)[0] == []
+    # a valley of a buckled face: H on top of a lower P, with higher P atoms around it
+    blue = Atoms("P2", cell=[[3.314, 0, 0], [-1.657, 2.870, 0], [0, 0, 20]], pbc=(True, True, False))
+    blue.set_scaled_positions([[0, 0, 0.5], [1 / 3, 2 / 3, 0.5]])
+    blue.positions[1, 2] += 1.24
+    blue = blue.repeat((3, 3, 1))
+    lower = [i for i in range(len(blue)) if blue.positions[i, 2] < 10.5]
+    valley = _h_on(blue, blue.positions[lower[4]] + [0, 0, 1.42])
+    hv = len(valley) - 1
+    near = np.linalg.norm((blue.positions - valley.positions[hv])[:, :2], axis=1)
+    assert (near < COVER_RADIUS).sum() >= 1  # there is a P within the radius, and it is higher than the lower P
+    assert "h_inside_layer" not in _flag_site(valley, valley, hv, 1, settings)[0]

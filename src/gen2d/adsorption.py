@@ -73,6 +73,11 @@ class AdsorptionSettings:
     layer_distortion_distance : float
         A slab atom displaced farther than this (Å) by the H means the layer reconstructed: the
         energy is no longer that of H on this material.
+    inside_depth : float
+        H that ends more than this (Å) below the outermost atom of its face, with a slab atom within
+        :data:`COVER_RADIUS` laterally sitting more than this above it, has gone into the layer
+        (``h_inside_layer``): an absorbed H, not an adsorbed one, so not an HER site. Measured: CHGNet takes H
+        from the hollow over C of Ti₂CO₂ through the O plane to 1.10 Å from C, 0.95 Å below the O atoms.
     dg_h_window : tuple of float
         ΔG_H outside this range (eV) is far beyond any H–surface bond and means the MLIP left its
         domain; the site is flagged ``implausible_energy``.
@@ -91,6 +96,7 @@ class AdsorptionSettings:
     site_move_distance: float = 0.7
     layer_break_factor: float = 1.25
     layer_distortion_distance: float = 1.0
+    inside_depth: float = 0.5
     dg_h_window: tuple[float, float] = (-3.0, 4.0)
 
     def as_dict(self) -> dict[str, Any]:
@@ -397,7 +403,32 @@ def _flag_site(
     )[1]
     if len(moves) and float(np.max(moves)) > settings.layer_distortion_distance:
         flags.append("layer_reconstructed")
+    if _inside_layer(initial, final, h_index, slab_idx_list, settings.inside_depth):
+        flags.append("h_inside_layer")
     return flags, nearest, nearest_distance, lateral
+
+
+#: Lateral distance (Å) within which a slab atom above the H covers it (:func:`_inside_layer`): beyond the
+#: in-plane distance from a threefold hollow to its corners on the layers here (1.7-1.9 Å), within a bond.
+COVER_RADIUS = 2.2
+
+
+def _inside_layer(initial: Atoms, final: Atoms, h_index: int, slab_idx: list[int], depth: float) -> bool:
+    """Whether the H ended inside the layer: more than ``depth`` (Å) below the outermost atom of the face it
+    started on, and covered by a slab atom within :data:`COVER_RADIUS` laterally that sits more than ``depth``
+    farther out than it. Both, so that H in a valley of a buckled face, beside a higher atom, is still a surface H."""
+    z0 = initial.positions[slab_idx, 2]
+    outward = 1.0 if initial.positions[h_index, 2] > z0.mean() else -1.0  # +1: the top face, -1: the bottom one
+    z = final.positions[slab_idx, 2] * outward
+    zh = final.positions[h_index, 2] * outward
+    if float(z.max()) - zh <= depth:
+        return False
+    from ase.geometry import find_mic
+
+    lateral = final.positions[slab_idx] - final.positions[h_index]
+    lateral[:, 2] = 0.0
+    distances = find_mic(lateral, final.cell, pbc=(True, True, False))[1]
+    return bool(np.any((distances < COVER_RADIUS) & (z - zh > depth)))
 
 
 # ----------------------------------------------------------------------------------------------------
