@@ -232,7 +232,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
     from pymatgen.core import Composition
 
     from gen2d.hull import BINARY_PROTOTYPES, PROTOTYPE_LIBRARY_VERSION, binary_decorations, element_polymorphs
-    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, _Crashed, content_tag, split_key
+    from gen2d.hull.mlip_prototypes import STACKED_PREFIX, _Crashed, content_tag, settled, split_key
     from gen2d.hull.references import _decode_entry
 
     old_manifest, docs = old["manifest"], old["docs"]
@@ -302,6 +302,9 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
                     owner.append(sub)
                 elif deco not in covered:  # the old build relaxed it and dropped it (or it was widened: rebuild)
                     dropped_before.append("{}:{}{}".format(*deco))
+    # an old build's phase whose relaxation stopped still falling (before the rule existed) is not carried over
+    unsettled = [e.entry_id for entries in kept.values() for e in entries if not settled(e)]
+    kept = {sub: [e for e in entries if settled(e)] for sub, entries in kept.items()}
     molecules_relaxed = []
     for sub in prov.molecule_subsystems(elements):  # versioned apart from the library: kept when the key matches
         if sub in docs and docs[sub]["ref_key"] == prov._key(sub):
@@ -344,6 +347,7 @@ def derive(old: dict[str, Any], prov: Any, elements: list[str]) -> tuple[dict[st
         ),
         "new_decorations": new,
         "removed_entries": removed,
+        "unsettled_entries_left_out": unsettled,
         "dropped_by_old_build": dropped_before,
         "derived_from": {
             "prototype_library_version": was["library_version"],

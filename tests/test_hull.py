@@ -573,15 +573,17 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
         calc, cache_dir=old_dir, shipped=False, stacked_layers=False, binary_prototypes=["cdi2", "tis3"]
     )
 
-    def entry(formula, prototype, energy=-5.0):
+    def entry(formula, prototype, energy=-5.0, **data):
         return ComputedEntry(
-            formula, energy, entry_id=f"gen2d-ref:{formula}:{prototype}", data={"prototype": prototype}
+            formula, energy, entry_id=f"gen2d-ref:{formula}:{prototype}", data={"prototype": prototype, **data}
         )
 
     for el in ("V", "S"):
         old._write_cache(old._key(el), el, [entry(el, p) for p in element_polymorphs(el)])
     # cdi2 both ways, ZrSe3-type VS3, and SV3 on the ZrSe3 sites, which the current library no longer builds
-    pair = [entry("VS2", "cdi2"), entry("V2S", "cdi2"), entry("VS3", "tis3", -6.0), entry("V3S", "tis3")]
+    # V2S's relaxation stopped still falling (a cache written before UNSETTLED_FMAX): not carried over
+    pair = [entry("VS2", "cdi2"), entry("V2S", "cdi2", -9.0, converged=False, final_fmax=377.0)]
+    pair += [entry("VS3", "tis3", -6.0), entry("V3S", "tis3")]
     old._write_cache(old._key("S-V"), "S-V", pair)
     files = {p.relative_to(old_dir).as_posix(): 1 for p in old_dir.rglob("*.json.gz")}
     (old_dir / "MANIFEST.json").write_text(
@@ -602,11 +604,11 @@ def test_reference_cache_derived_from_an_older_library(tmp_path):
     assert relaxed == [("vs4", "VS4")]  # only the prototype the old library lacked
     assert [(e.composition.reduced_formula, e.energy) for e in kept["S-V"]] == [
         ("VS2", -5.0),
-        ("V2S", -5.0),
         ("VS3", -6.0),
         ("VS4", -7.0),
     ]
     assert fields["removed_entries"] == ["gen2d-ref:V3S:tis3"] and fields["dropped_by_old_build"] == []
+    assert fields["unsettled_entries_left_out"] == ["gen2d-ref:V2S:cdi2"]
     assert fields["derived_from"]["command"] == "old" and fields["new_decorations"][0]["formula"] == "VS4"
     assert [e.data["prototype"] for e in kept["V"]] == element_polymorphs("V")
 
