@@ -229,6 +229,7 @@ def test_a_resumed_relaxation_does_not_evaluate_its_last_stored_frame_again(tmp_
     assert e_resumed == pytest.approx(e_straight, abs=1e-8)
     kept, reference = read(traj, ":"), read(str(tmp_path / "s.traj"), ":")
     assert len(kept) == len(reference)  # no frame written twice
+    assert {a.calc.name for a in kept} == {"_countingemt"}  # their calculator, not the resume wrapper
     np.testing.assert_allclose(
         [a.get_potential_energy() for a in kept], [a.get_potential_energy() for a in reference], atol=1e-8
     )

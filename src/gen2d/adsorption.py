@@ -793,6 +793,10 @@ class _ResumedFrame(Calculator):
         self._positions: np.ndarray | None = np.array(positions, float)
         self._stored = stored
 
+    @property
+    def name(self) -> str:  # the trajectory records the calculator that computed the frames, not this wrapper
+        return self.inner.name
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self._positions is not None and np.array_equal(self.atoms.positions, self._positions):
