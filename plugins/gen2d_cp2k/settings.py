@@ -146,7 +146,9 @@ class Cp2kSettings(BaseModel):
         ``auto``: unrestricted Kohn–Sham when the electron count is odd or a magnetic element
         (``MAGNETIC_MOMENTS``) is present; its multiplicity is 2 for odd counts, 1 otherwise. With smearing the
         multiplicity only starts the SCF (CP2K's ``&SMEAR/FIXED_MAGNETIC_MOMENT`` is negative by default, so the
-        moment relaxes); with ``scf="ot"`` (integer occupations) it is fixed.
+        moment relaxes); with ``scf="ot"`` (integer occupations) it is fixed. ``off``: restricted; an odd count
+        then needs ``scf="diag"`` (the smearing half-fills the last level: a metal, or an H on one, whose moment
+        would relax to about zero anyway, at half the cost of the unrestricted SCF).
     dipole_correction : bool
         Surface dipole correction along z (``SURFACE_DIPOLE_CORRECTION``) for slabs with pbc (T, T, F).
     kpoints : tuple of int or None
@@ -313,8 +315,11 @@ def wants_spin(symbols: list[str], settings: Cp2kSettings, charge: int = 0) -> t
     odd = electrons % 2 == 1
     magnetic = any(s in MAGNETIC_MOMENTS for s in symbols)
     if settings.spin == "off":
-        if odd:
-            raise ValueError("an odd electron count needs spin polarisation (spin='auto' or 'on')")
+        if odd and settings.scf != "diag":
+            raise ValueError(
+                "an odd electron count needs spin polarisation (spin='auto' or 'on'), or scf='diag', whose smearing "
+                "occupies the last level by half"
+            )
         return False, 1
     if settings.spin == "on" or odd or magnetic:
         return True, 2 if odd else 1
