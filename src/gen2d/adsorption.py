@@ -739,18 +739,15 @@ def _constrained_bfgs(
         if frames and len(frames[-1]) == len(work):
             work.positions = frames[-1].positions
             done_steps = len(frames)
-            stored = _stored_result(frames[-1])
+            if np.array_equal(frames[-1].numbers, work.numbers):
+                stored = _stored_result(frames[-1])
     fixed = [i for i in range(len(work)) if i not in set(free)]
     constraints = [FixAtoms(indices=fixed)]
     if hold:
         constraints.append(FixCartesian(list(hold), mask=(True, True, False)))
     work.set_constraint(constraints)
-    if stored is not None and work.numbers.tolist() == stored.pop("numbers"):
-        # the last frame was evaluated by this directory's calculator at these positions: its results stand
-        work.calc = _ResumedFrame(calculator, work.positions, stored)
-    else:
-        stored = None
-        work.calc = calculator
+    # the last frame was evaluated by this directory's calculator at these positions: its results stand
+    work.calc = calculator if stored is None else _ResumedFrame(calculator, work.positions, stored)
     restart = f"{trajectory}.bfgs.json" if trajectory else None
     if restart and done_steps == 0 and os.path.isfile(restart):
         os.remove(restart)  # a Hessian without the frames it was built on
@@ -810,7 +807,7 @@ class _ResumedFrame(Calculator):
 
 def _stored_result(frame: Atoms) -> dict[str, Any] | None:
     """The energy and forces (eV, eV/Å; forces as the calculator gave them, before constraints) stored with a
-    trajectory frame, with its atomic numbers; None when either is missing or not finite."""
+    trajectory frame; None when either is missing or not finite."""
     results = getattr(frame.calc, "results", None) or {}
     energy, forces = results.get("energy"), results.get("forces")
     if energy is None or forces is None:
@@ -818,7 +815,7 @@ def _stored_result(frame: Atoms) -> dict[str, Any] | None:
     forces = np.asarray(forces, float)
     if not np.isfinite(energy) or forces.shape != (len(frame), 3) or not np.isfinite(forces).all():
         return None
-    out: dict[str, Any] = {"energy": float(energy), "forces": forces.copy(), "numbers": frame.numbers.tolist()}
+    out: dict[str, Any] = {"energy": float(energy), "forces": forces.copy()}
     if results.get("free_energy") is not None:
         out["free_energy"] = float(results["free_energy"])
     return out
