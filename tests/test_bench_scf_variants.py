@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import Trajectory
-from conftest import CP2K_TINY, load_script
+from conftest import CP2K_TINY, load_script, needs_cp2k
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,10 @@ def test_variants_parse_as_yaml_values_and_a_bad_one_is_named(bench):
         bench.parse_variant(":spin=off")
 
 
+@needs_cp2k
 def test_an_h_atom_frame_restricted_and_not(bench, tmp_path, capsys):
     """The restricted H atom runs (smearing) and lies about 1 eV above the spin-polarised one; a variant CP2K
     cannot run (OT with a half-filled level) is recorded as that variant's failure and the others go on."""
-    from gen2d_cp2k import available
-
-    if not available()[0]:
-        pytest.skip(available()[1])
     h = Atoms("H", positions=[[3.5, 3.5, 3.5]], cell=[7.0] * 3, pbc=True)
     h.calc = SinglePointCalculator(h, energy=0.0, forces=[[0.0, 0.0, 0.0]])
     with Trajectory(str(tmp_path / "frame.traj"), "w") as tr:

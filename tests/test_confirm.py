@@ -14,16 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DGH_DFT_TINY, make_mos2, write_cif
-from gen2d_cp2k import available
+from conftest import DGH_DFT_TINY, make_mos2, needs_cp2k, write_cif
 from jobflow import run_locally
 
 from gen2d.config import FlowSpec
 from gen2d.data.templates import build_template
 from gen2d.flows import build_flow, job_store
 from gen2d.store import get_score, open_store
-
-needs_cp2k = pytest.mark.skipif(not available()[0], reason="CP2K not installed")
 
 
 def confirm_spec(tmp_path, store_uri: str, dft_workdir: Path) -> FlowSpec:

@@ -6,12 +6,10 @@ import json
 
 import pytest
 from ase import Atoms
-from conftest import CP2K_TINY, load_script
-from gen2d_cp2k import Cp2kSettings, available
+from conftest import CP2K_TINY, load_script, needs_cp2k
+from gen2d_cp2k import Cp2kSettings
 
 from gen2d.adsorption import FAILURE_RULES
-
-needs_cp2k = pytest.mark.skipif(not available()[0], reason=f"CP2K not installed: {available()[1]}")
 
 
 def _h2() -> Atoms:

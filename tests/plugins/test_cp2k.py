@@ -22,10 +22,9 @@ from gen2d_cp2k import Cp2kSettings, ScfFallback, ScfNotConverged, available, ma
 from gen2d_cp2k.settings import build_input, wants_spin
 
 HAVE_CP2K = available()[0]
-needs_cp2k = pytest.mark.skipif(not HAVE_CP2K, reason=f"CP2K not installed: {available()[1]}")
 
 from conftest import CP2K_TINY as TINY
-from conftest import DGH_DFT_TINY
+from conftest import DGH_DFT_TINY, needs_cp2k
 
 
 def _h2(box: float = 7.0, d: float = 0.75) -> Atoms:
