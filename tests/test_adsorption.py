@@ -71,6 +71,45 @@ def test_mirror_symmetric_layer_keeps_one_face():
     assert len(ontop) == 1  # one S per face in the cell
 
 
+def _lateral(slab, a, b) -> float:
+    diff = slab.lattice.get_fractional_coords(np.asarray(a) - np.asarray(b))
+    diff[:2] -= np.round(diff[:2])
+    diff[2] = 0.0
+    return float(np.linalg.norm(slab.lattice.get_cartesian_coords(diff)))
+
+
+def test_a_close_packed_face_keeps_its_two_three_fold_hollows_and_one_bridge():
+    slab = mos2()
+    kinds = [s.kind for s in find_adsorption_sites(slab)]
+    assert kinds.count("hollow") == 2 and kinds.count("bridge") == 1  # over Mo and over the empty S3 hollow
+
+
+@pytest.mark.parametrize("make, n_ontop", [(gra, 1), (hbn, 2)])
+def test_a_honeycomb_offers_its_hexagon_centre_as_hollow_and_only_bonds_as_bridges(make, n_ontop):
+    """Delaunay cuts each hexagon into triangles; pymatgen's finder calls their diagonals bridges (one at the
+    hexagon centre) and offers no hollow. The textbook sites are top, bridge and hollow."""
+    slab = make()
+    sites = find_adsorption_sites(slab)
+    by_kind = {k: [s for s in sites if s.kind == k] for k in ("ontop", "bridge", "hollow")}
+    assert len(by_kind["ontop"]) == n_ontop and len(by_kind["bridge"]) == 1 and len(by_kind["hollow"]) == 1
+    bond = 2.46 / np.sqrt(3) if make is gra else 2.50 / np.sqrt(3)
+    atoms = slab.cart_coords
+    hollow = by_kind["hollow"][0].position
+    assert sorted(_lateral(slab, hollow, a) for a in atoms) == pytest.approx([bond] * 2, abs=0.01)
+    bridge = by_kind["bridge"][0].position
+    assert sorted(_lateral(slab, bridge, a) for a in atoms) == pytest.approx([bond / 2, bond / 2], abs=0.01)
+    assert hollow[2] == pytest.approx(atoms[:, 2].max() + AdsorptionSettings().initial_height, abs=1e-6)
+
+
+def test_a_square_net_offers_its_four_fold_hollow():
+    """Each triangle of a square is right-angled, which pymatgen's finder takes for obtuse: no hollow."""
+    atoms = Atoms("Cu", positions=[[0.0, 0.0, 10.0]], cell=[2.6, 2.6, 20.0])
+    slab = _slab(atoms)
+    hollows = [s for s in find_adsorption_sites(slab) if s.kind == "hollow"]
+    assert len(hollows) == 1
+    assert _lateral(slab, hollows[0].position, slab.cart_coords[0]) == pytest.approx(2.6 / np.sqrt(2), abs=0.01)
+
+
 def test_janus_layer_keeps_both_faces():
     slab = janus_mosse()
     sites = find_adsorption_sites(slab)

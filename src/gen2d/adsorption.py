@@ -78,6 +78,12 @@ class AdsorptionSettings:
         :data:`COVER_RADIUS` laterally sitting more than this above it, has gone into the layer
         (``h_inside_layer``): an absorbed H, not an adsorbed one, so not an HER site. Measured: CHGNet takes H
         from the hollow over C of Ti₂CO₂ through the O plane to 1.10 Å from C, 0.95 Å below the O atoms.
+    hollow_plane_depth : float
+        Atoms within this (Å) of a face's outermost atom form its outermost plane, whose hollows are offered
+        besides ``AdsorbateSiteFinder``'s (:func:`_plane_hollows`). That finder counts every atom within 0.9 Å of the
+        top as surface and drops obtuse triangles, so it offers no hollow on a honeycomb (graphene, h-BN) nor where a
+        lower atom comes within 0.9 Å (CHGNet's Sc₂CO₂: Sc 0.79 Å under the O plane). 0.5 Å keeps silicene's
+        0.44 Å buckled honeycomb one plane and puts germanene's lower atoms (0.64 Å) below it.
     dg_h_window : tuple of float
         ΔG_H outside this range (eV) is far beyond any H–surface bond and means the MLIP left its
         domain; the site is flagged ``implausible_energy``.
@@ -97,6 +103,7 @@ class AdsorptionSettings:
     layer_break_factor: float = 1.25
     layer_distortion_distance: float = 1.0
     inside_depth: float = 0.5
+    hollow_plane_depth: float = 0.5
     dg_h_window: tuple[float, float] = (-3.0, 4.0)
 
     def as_dict(self) -> dict[str, Any]:
@@ -251,7 +258,134 @@ def _face_sites(structure: Structure, settings: AdsorptionSettings) -> tuple[lis
         distance=settings.initial_height, positions=settings.site_kinds, symm_reduce=1e-2, near_reduce=1e-2
     )
     sites = [(kind, np.asarray(pos, dtype=float)) for kind in settings.site_kinds for pos in found.get(kind, [])]
+    if "bridge" in settings.site_kinds:
+        spurious = _hollow_polygon_diagonals(finder)
+        sites = [(k, p) for k, p in sites if k != "bridge" or not _laterally_near(structure.lattice, p, spurious, 0.05)]
+    if "hollow" in settings.site_kinds:
+        known = [pos for kind, pos in sites if kind == "hollow"]
+        sites += [("hollow", pos) for pos in _plane_hollows(structure, settings, known)]
     return sites, len(finder.surface_sites)
+
+
+#: Å: two Delaunay triangles whose circumcentres are this close share one circle: their atoms form one polygon.
+COCIRCULAR_TOL = 0.05
+
+
+def _circumcentre(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray | None:
+    """The circumcentre of a triangle in the plane (x, y), or None for three collinear points."""
+    d = 2.0 * (a[0] * (b[1] - c[1]) + b[0] * (c[1] - a[1]) + c[0] * (a[1] - b[1]))
+    if abs(d) < 1e-8:
+        return None
+    sq = (a**2).sum(), (b**2).sum(), (c**2).sum()
+    return np.array(
+        [
+            (sq[0] * (b[1] - c[1]) + sq[1] * (c[1] - a[1]) + sq[2] * (a[1] - b[1])) / d,
+            (sq[0] * (c[0] - b[0]) + sq[1] * (a[0] - c[0]) + sq[2] * (b[0] - a[0])) / d,
+        ]
+    )
+
+
+def _empty_polygons(xy: np.ndarray) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The empty polygons of a planar point set and the diagonals that cut them into triangles.
+
+    Delaunay cuts four or more points on one empty circle (a honeycomb's hexagon, a square) into triangles
+    arbitrarily; those triangles share their circumcentre, and the edges between them (the diagonals) are not
+    bonds. Returns each polygon's point indices (a lone triangle is a polygon of three) and the diagonals.
+    """
+    from scipy.spatial import Delaunay
+
+    tri = Delaunay(xy)
+    centres = [_circumcentre(*xy[simplex]) for simplex in tri.simplices]
+    parent = list(range(len(tri.simplices)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    diagonals = []
+    for t, simplex in enumerate(tri.simplices):
+        for k in range(3):
+            u = int(tri.neighbors[t, k])  # the triangle across the edge opposite vertex k
+            if u < t or centres[t] is None or centres[u] is None:
+                continue
+            if np.linalg.norm(centres[t] - centres[u]) < COCIRCULAR_TOL:
+                parent[root(u)] = root(t)
+                diagonals.append(tuple(int(simplex[j]) for j in range(3) if j != k))
+    groups: dict[int, set[int]] = {}
+    for t, simplex in enumerate(tri.simplices):
+        if centres[t] is not None:
+            groups.setdefault(root(t), set()).update(int(i) for i in simplex)
+    return [sorted(g) for g in groups.values()], diagonals
+
+
+def _hollow_polygon_diagonals(finder: AdsorbateSiteFinder) -> list[np.ndarray]:
+    """Midpoints of the edges that ``AdsorbateSiteFinder`` calls bridges but that are diagonals of an empty polygon.
+
+    The finder puts a "bridge" at the middle of every Delaunay edge, the diagonals of a honeycomb's hexagon
+    included: on graphene one of those is the hexagon's centre, another a point 0.71 Å from a C atom that bridges
+    nothing (:func:`_empty_polygons`).
+    """
+    mesh = finder.get_extended_surface_mesh()
+    xy = np.array([m.coords[:2] for m in mesh])
+    if len(xy) < 4:
+        return []
+    _, diagonals = _empty_polygons(xy)
+    return [np.array([*xy[list(edge)].mean(axis=0), 0.0]) for edge in diagonals]
+
+
+def _plane_hollows(structure: Structure, settings: AdsorptionSettings, known: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Hollows of the +z face's outermost plane that ``AdsorbateSiteFinder`` did not offer (Cartesian, Å).
+
+    A hollow is the centre of an empty polygon of the plane's atoms (:func:`_empty_polygons`): a three-fold
+    hollow of a close-packed plane (the finder's own, kept as they are), a honeycomb's hexagon, a square's
+    four-fold hollow. The finder offers only acute triangles of every atom within 0.9 Å of the top, so it misses
+    the last two, and every hollow of a plane with a lower atom within 0.9 Å. An obtuse lone triangle has no
+    hollow (its centroid sits at its long edge), as in the finder. The H starts ``initial_height`` above the
+    polygon's mean height.
+    """
+    plane = AdsorbateSiteFinder(structure, height=settings.hollow_plane_depth, mi_vec=[0.0, 0.0, 1.0])
+    mesh = plane.get_extended_surface_mesh()  # the unit cell's plane repeated 5×5: fractional a, b in [0, 5)
+    xyz = np.array([m.coords for m in mesh])
+    if len(xyz) < 3:
+        return []
+    polygons, _ = _empty_polygons(xyz[:, :2])
+    lattice = structure.lattice
+    candidates = []
+    for polygon in polygons:
+        corners = xyz[polygon]
+        if len(polygon) == 3:
+            sides = [corners[(i + 1) % 3, :2] - corners[i, :2] for i in range(3)]
+            cosines = [-np.dot(sides[i], sides[i - 1]) for i in range(3)]
+            if min(cosines) < 1e-5 * max(np.dot(v, v) for v in sides):
+                continue  # obtuse or right
+        centre = np.array([*corners[:, :2].mean(axis=0), corners[:, 2].mean() + settings.initial_height])
+        frac = lattice.get_fractional_coords(centre)
+        if 1.0 < frac[0] < 4.0 and 1.0 < frac[1] < 4.0:  # the middle of the mesh, away from its ragged edge
+            frac[:2] -= np.floor(frac[:2])
+            candidates.append(frac)
+    kept: list[np.ndarray] = []
+    ops = _symmetry_operations(structure, settings.symprec)
+    for frac in candidates:
+        position = lattice.get_cartesian_coords(frac)
+        if _laterally_near(lattice, position, [*known, *kept], 0.3):
+            continue
+        if _equivalent_to_any(lattice, ops, position, kept):
+            continue
+        kept.append(position)
+    return kept
+
+
+def _laterally_near(lattice: Lattice, position: np.ndarray, others: Sequence[np.ndarray], tol: float) -> bool:
+    """True when a point of ``others`` lies within ``tol`` Å of ``position`` in the plane (periodic in a, b)."""
+    for other in others:
+        diff = lattice.get_fractional_coords(np.asarray(other) - position)
+        diff[:2] -= np.round(diff[:2])
+        diff[2] = 0.0
+        if np.linalg.norm(lattice.get_cartesian_coords(diff)) < tol:
+            return True
+    return False
 
 
 def _symmetry_operations(structure: Structure, symprec: float) -> list:
