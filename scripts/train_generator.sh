@@ -8,7 +8,7 @@
 # 5 % of the reduced formulas held out for validation. The budget counts from the start of training,
 # data reading included (the first read of the tarball takes about 15 CPU minutes; it is cached in
 # $GEN2D_CACHE/training_sources). A fresh run that makes no training step within the budget exits 3 without
-# a MANIFEST (the data is cached by then: run it again). An OUT that holds a checkpoint is resumed.
+# a MANIFEST or checkpoint (the data is cached by then: run it again). An OUT that holds a checkpoint is resumed.
 # A GPU needs a CUDA build of torch: the checkout's .venv holds the CPU build, so point GEN2D_PYTHON at an
 # environment with CUDA torch and pass --device cuda, which fails loudly where there is no GPU (auto would
 # quietly train on the CPU).
@@ -85,10 +85,13 @@ if proc.returncode != 0 or "error" in summary:
     sys.exit(proc.returncode or 1)
 if not resumed and not summary.get("steps"):
     # the budget went to reading the data (the first read of the POSCAR tarball alone is about 15 CPU minutes):
-    # an untrained checkpoint is no result, and the sources are cached now, so the next run starts training at once
+    # an untrained checkpoint is no result, and the sources are cached now, so the next run starts training at once;
+    # the step-0 checkpoint goes too, or the next run would take it for a resume (and, with no step again, write a
+    # MANIFEST of an untrained model)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
     sys.stderr.write(
         f"no training step within {budget:g} min ({wall:.0f} s went to reading and checking the data, now cached "
-        f"under $GEN2D_CACHE/training_sources); run the same command again; no MANIFEST written\n"
+        f"under $GEN2D_CACHE/training_sources); run the same command again; no MANIFEST or checkpoint kept\n"
     )
     sys.exit(3)
 
