@@ -107,16 +107,17 @@ def load_script(name: str):
     return module
 
 
-#: Small but physical CP2K settings for tests: a minimal basis on heavy atoms, a double-zeta H, a coarse grid.
 def _cp2k_available() -> tuple[bool, str]:
     from gen2d_cp2k import available
 
     return available()
 
 
+HAVE_CP2K, _WHY_NO_CP2K = _cp2k_available()
 #: tests that run CP2K: skipped, with the reason, where the executable or its data files are missing
-needs_cp2k = pytest.mark.skipif(not _cp2k_available()[0], reason=f"CP2K not installed: {_cp2k_available()[1]}")
+needs_cp2k = pytest.mark.skipif(not HAVE_CP2K, reason=f"CP2K not installed: {_WHY_NO_CP2K}")
 
+#: Small but physical CP2K settings for tests: a minimal basis on heavy atoms, a double-zeta H, a coarse grid.
 CP2K_TINY = {
     "cutoff_ry": 200.0,
     "rel_cutoff_ry": 30.0,

@@ -18,13 +18,10 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.optimize import BFGS
+from conftest import CP2K_TINY as TINY
+from conftest import DGH_DFT_TINY, HAVE_CP2K, needs_cp2k
 from gen2d_cp2k import Cp2kSettings, ScfFallback, ScfNotConverged, available, make_calculator
 from gen2d_cp2k.settings import build_input, wants_spin
-
-HAVE_CP2K = available()[0]
-
-from conftest import CP2K_TINY as TINY
-from conftest import DGH_DFT_TINY, needs_cp2k
 
 
 def _h2(box: float = 7.0, d: float = 0.75) -> Atoms:
