@@ -4,7 +4,9 @@
 Reads the training sources once, holds out a share of the reduced formulas (the same validation set
 for every point), then for each fraction of the training split trains a fresh model for the same
 number of steps and reports the held-out denoising loss (with the trivial and shrinkage references on
-the same noise draws) and the strict validity of free, unguided samples.
+the same noise draws) and the strict and SMACT validity of free, unguided samples, from the same model and
+the same seed twice: the bare network (every sampler prior off) and the sampler as configured (``sample:``
+section of ``--config``, geometry and composition priors on). ``--out`` is rewritten after every point.
 
 Usage (the full curve is hours of CPU; run it when the machine is free, or on a GPU with --device cuda):
 
@@ -12,9 +14,9 @@ Usage (the full curve is hours of CPU; run it when the machine is free, or on a 
         --fractions 0.1 0.25 0.5 1.0 --steps 3000 --samples 200 --out learning_curve.json
 
 A smoke test: ``--fractions 0.5 1.0 --steps 2 --samples 2 --sample-steps 5 -o max_records=24 -o hidden=16``.
-Each point's run goes to ``--work-dir/frac-<f>`` and is resumed when it is there. Samples use the
-``sample:`` section of ``--config`` (geometry priors on); ``-s overlap_scale=0 -s fragment_scale=0
--s periodic_scale=0`` measures the bare model.
+Each point's run goes to ``--work-dir/frac-<f>`` and is resumed when it is there; a point already in ``--out``
+(same fraction, steps and samples) is kept and not redone, so a stopped curve goes on where it stopped.
+``-s KEY=VALUE`` changes the configured sampler; the bare column always has the priors off.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ METRICS = {
     "val_shrinkage_denoise": "the same loss for the best denoiser that knows only each variable's mean and "
     "variance over the held-out set (no network); only the gap below it is learned",
     "strict_validity": "fraction of free unguided samples that pass gen2d.structures.validate_strict "
-    "(one connected layer, periodic in both in-plane directions, bounded thickness)",
+    "(one connected layer, periodic in both in-plane directions, bounded thickness), sampler as configured",
+    "smact_validity": "fraction of the same samples whose composition passes gen2d.metrics.SMACTValidity",
     "strict_failures": "count of each strict-check failure reason over the samples",
+    "bare": "the same figures for the bare network: every sampler prior off (overlap_scale, fragment_scale and "
+    "periodic_scale 0, charge_balance false), the same model, seed and number of samples",
     "train_seconds": "s, wall time of the training loop",
 }
 
@@ -52,6 +57,26 @@ def _options(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+#: the sampler with every prior off: what the network alone draws
+BARE = {"overlap_scale": 0.0, "fragment_scale": 0.0, "periodic_scale": 0.0, "charge_balance": False}
+
+
+def _validity(bundle, n: int, seed: int, config, device: str) -> dict:
+    """Strict and SMACT validity (and strict failure reasons) of ``n`` free samples."""
+    from gen2d.diffusion.sampler import sample
+    from gen2d.metrics import SMACTValidity
+    from gen2d.structures import strict_verdict
+
+    structures = [s.to_structure() for s in sample(bundle, n, seed=seed, config=config, device=device)]
+    verdicts = [strict_verdict(s) for s in structures]
+    return {
+        "n_samples": len(structures),
+        "strict_validity": sum(ok for ok, _ in verdicts) / max(len(verdicts), 1),
+        "smact_validity": SMACTValidity()(structures).value if structures else None,
+        "strict_failures": dict(Counter(r for ok, reasons in verdicts if not ok for r in reasons)),
+    }
 
 
 def _git_commit() -> str | None:
@@ -80,9 +105,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("learning_curve.json"))
     args = ap.parse_args()
 
-    from gen2d.diffusion.sampler import SamplingConfig, sample
+    from gen2d.diffusion.sampler import SamplingConfig
     from gen2d.diffusion.train import TrainConfig, load_checkpoint, load_training_set, train
-    from gen2d.structures import strict_verdict
 
     raw = yaml.safe_load(args.config.read_text()) or {}
     fields = dict(raw.get("train", raw))
@@ -102,6 +126,12 @@ def main() -> None:
     base = TrainConfig(**fields)
     sampling = SamplingConfig(**{**(raw.get("sample") or {}), "n_steps": args.sample_steps})
     sampling = sampling.model_copy(update=_options(args.sampling_option))
+    bare = sampling.model_copy(update=BARE)
+    done = {}
+    if args.out.is_file():  # a stopped curve: keep the points it finished with the same steps and samples
+        for point in json.loads(args.out.read_text()).get("points", []):
+            if point.get("steps") == args.steps and point.get("n_samples") == args.samples and "bare" in point:
+                done[point["fraction"]] = point
 
     t0 = time.monotonic()
     source_stats: dict = {}
@@ -110,14 +140,38 @@ def main() -> None:
     print(f"read {len(records)} monolayers in {read_seconds:.0f} s; dropped {dropped}", flush=True)
 
     points = []
+
+    def write() -> None:
+        doc = {
+            "what": "EGNN diffusion generator learning curve: fixed steps per point, nested training subsets, "
+            "one formula-held-out validation set",
+            "date": datetime.now(UTC).isoformat(),
+            "git_commit": _git_commit(),
+            "metrics": METRICS,
+            "train_config": base.model_dump(mode="json"),
+            "sampling_config": sampling.model_dump(mode="json"),
+            "bare_sampling_config": bare.model_dump(mode="json"),
+            "sources": source_stats,
+            "dropped": dropped,
+            "n_records": len(records),
+            "read_seconds": read_seconds,
+            "points": points,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
     for fraction in sorted(args.fractions):
+        if fraction in done:
+            points.append(done[fraction])
+            print(f"fraction {fraction:g}: kept from {args.out}", flush=True)
+            continue
         out_dir = args.work_dir / f"frac-{fraction:g}"
         cfg = base.model_copy(update={"train_fraction": fraction, "out_dir": str(out_dir)})
         summary = train(cfg, records=records)
         bundle, _ = load_checkpoint(summary["checkpoint"], args.device)
-        samples = sample(bundle, args.samples, seed=args.seed, config=sampling, device=args.device)
-        verdicts = [strict_verdict(s.to_structure()) for s in samples]
-        failures = Counter(r for ok, reasons in verdicts if not ok for r in reasons)
+        t1 = time.process_time()
+        with_priors = _validity(bundle, args.samples, args.seed, sampling, args.device)
+        bare_figures = _validity(bundle, args.samples, args.seed, bare, args.device)
         val = summary.get("val", {})
         point = {
             "fraction": fraction,
@@ -129,35 +183,22 @@ def main() -> None:
             "val_shrinkage_denoise": val.get("shrinkage_denoise"),
             "val": val,
             "final_train": summary.get("final_train"),
-            "n_samples": len(samples),
-            "strict_validity": sum(ok for ok, _ in verdicts) / max(len(verdicts), 1),
-            "strict_failures": dict(failures),
+            **with_priors,
+            "bare": bare_figures,
             "train_seconds": summary["train_seconds"],
+            "sampling_cpu_seconds": time.process_time() - t1,
             "checkpoint": summary["checkpoint"],
         }
         points.append(point)
+        write()
         print(
             f"fraction {fraction:g}: n_train {point['n_train']}, val denoise {point['val_denoise']}, "
-            f"strict validity {point['strict_validity']:.3f}",
+            f"strict {point['strict_validity']:.3f} / SMACT {point['smact_validity']:.3f} with the priors, "
+            f"bare {bare_figures['strict_validity']:.3f} / {bare_figures['smact_validity']:.3f}",
             flush=True,
         )
 
-    doc = {
-        "what": "EGNN diffusion generator learning curve: fixed steps per point, nested training subsets, "
-        "one formula-held-out validation set",
-        "date": datetime.now(UTC).isoformat(),
-        "git_commit": _git_commit(),
-        "metrics": METRICS,
-        "train_config": base.model_dump(mode="json"),
-        "sampling_config": sampling.model_dump(mode="json"),
-        "sources": source_stats,
-        "dropped": dropped,
-        "n_records": len(records),
-        "read_seconds": read_seconds,
-        "points": points,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write()
     print(f"wrote {args.out}")
 
 
