@@ -23,14 +23,13 @@ log = logging.getLogger(__name__)
 
 #: The most faithful offline MLIP against gen2d's own DFT reference set (scripts/bench_her_fidelity.py --reference
 #: dft; single points on the DFT geometries of the same sites; the record ships as
-#: gen2d/assets/dgh_dft_reference/fidelity.json): SevenNet-l3i5. On the seven rows of that set its MAE is 0.76 eV
-#: against 1.02 for SevenNet-0 (closer on 5 of 7 rows; exact sign-flip p = 0.0625, so suggestive, not
-#: significant, and l3i5 was picked as the best of four on these rows), 1.03 for CHGNet 0.3.0 and 1.04 for
-#: SevenNet-MF-0. On the set's one DFT hit (Ti2CO2, -0.13 eV) SevenNet-0 agrees and l3i5 binds too strongly. On
-#: the 12 published rows of dgh_reference.csv the two SevenNet models tie (l3i5 − SevenNet-0: +0.07 eV, paired
-#: bootstrap 95 % interval −0.21..+0.38). l3i5 costs 3–10× the CPU of SevenNet-0 per layer, paid on a flow's top
-#: few layers (dgh.mlip's top_k). Pass model="7net-0" for the cheaper model, or calculator="chgnet" to reuse
-#: CHGNet-relaxed slabs (the quickstart does).
+#: gen2d/assets/dgh_dft_reference/fidelity.json): SevenNet-l3i5. On the seven rows of that set its MAE is 0.62 eV
+#: against 0.80 for SevenNet-0, 0.81 for CHGNet 0.3.0 and 0.84 for SevenNet-MF-0 (closer than SevenNet-0 on 4 of 7
+#: rows; paired sign-flip p = 0.17, so not significant, and l3i5 was picked as the best of four on these rows).
+#: On the set's one DFT hit (Ti2CO2, -0.13 eV) SevenNet-0 agrees and l3i5 binds too strongly. On the 12 published
+#: rows of dgh_reference.csv the two SevenNet models tie (SevenNet-0 ahead by 0.07 eV, 95 % CI -0.38..+0.21).
+#: l3i5 costs 3-10x the CPU of SevenNet-0 per layer, paid on a flow's top few layers (dgh.mlip's top_k). Pass
+#: model="7net-0" for the cheaper model, or calculator="chgnet" to reuse CHGNet-relaxed slabs (the quickstart does).
 DEFAULT_CALCULATOR = "sevennet"
 DEFAULT_MODEL = "7net-l3i5"
 CALIBRATION_ASSET = "dgh_calibration.json"

@@ -771,7 +771,7 @@ def submit(
     ),
     as_json: bool = JsonOpt,
 ):
-    """Convert a flow to a FireWorks workflow and add it to your LaunchPad (gpu/cpu worker categories)."""
+    """Convert a flow to a FireWorks workflow and add it to your LaunchPad (gpu, cpu and dft worker categories)."""
     from fireworks import LaunchPad
     from jobflow.managers.fireworks import flow_to_workflow
 
@@ -841,7 +841,8 @@ def submit(
     else:
         out.print(
             f"added workflow {wf.name!r}: {len(wf.fws)} fireworks, categories {cats}. On the cluster: "
-            f"rlaunch -c <config dir> rapidfire (or qlaunch) with a FWorker of category gpu or cpu."
+            "rlaunch -c <config dir> rapidfire (or qlaunch) with a FWorker of each of these categories "
+            "(configs/fworker_<category>.example.yaml)."
         )
 
 
