@@ -15,7 +15,7 @@ Usage (the full curve is hours of CPU; run it when the machine is free, or on a 
 
 A smoke test: ``--fractions 0.5 1.0 --steps 2 --samples 2 --sample-steps 5 -o max_records=24 -o hidden=16``.
 Each point's run goes to ``--work-dir/frac-<f>`` and is resumed when it is there; a point already in ``--out``
-(same fraction, steps and samples) is kept and not redone, so a stopped curve goes on where it stopped.
+(same fraction, training and sampling settings, and number of samples) is kept and not redone, so a stopped curve goes on where it stopped.
 ``-s KEY=VALUE`` changes the configured sampler; the bare column always has the priors off.
 """
 
@@ -25,7 +25,6 @@ import argparse
 import json
 import subprocess
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,16 +65,15 @@ BARE = {"overlap_scale": 0.0, "fragment_scale": 0.0, "periodic_scale": 0.0, "cha
 def _validity(bundle, n: int, seed: int, config, device: str) -> dict:
     """Strict and SMACT validity (and strict failure reasons) of ``n`` free samples."""
     from gen2d.diffusion.sampler import sample
-    from gen2d.metrics import SMACTValidity
-    from gen2d.structures import strict_verdict
+    from gen2d.metrics import SMACTValidity, StrictValidity
 
     structures = [s.to_structure() for s in sample(bundle, n, seed=seed, config=config, device=device)]
-    verdicts = [strict_verdict(s) for s in structures]
+    strict = StrictValidity()(structures)
     return {
         "n_samples": len(structures),
-        "strict_validity": sum(ok for ok, _ in verdicts) / max(len(verdicts), 1),
-        "smact_validity": SMACTValidity()(structures).value if structures else None,
-        "strict_failures": dict(Counter(r for ok, reasons in verdicts if not ok for r in reasons)),
+        "strict_validity": strict.value,
+        "smact_validity": SMACTValidity()(structures).value,
+        "strict_failures": strict.details["reasons"],
     }
 
 
@@ -128,10 +126,12 @@ def main() -> None:
     sampling = sampling.model_copy(update=_options(args.sampling_option))
     bare = sampling.model_copy(update=BARE)
     done = {}
-    if args.out.is_file():  # a stopped curve: keep the points it finished with the same steps and samples
-        for point in json.loads(args.out.read_text()).get("points", []):
-            if point.get("steps") == args.steps and point.get("n_samples") == args.samples and "bare" in point:
-                done[point["fraction"]] = point
+    prior = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    # a stopped curve: keep the points it finished, only where training and sampling were set up the same way
+    if prior.get("train_config") == base.model_dump(mode="json") and prior.get(
+        "sampling_config"
+    ) == sampling.model_dump(mode="json"):
+        done = {p["fraction"]: p for p in prior.get("points", []) if p.get("n_samples") == args.samples and "bare" in p}
 
     t0 = time.monotonic()
     source_stats: dict = {}

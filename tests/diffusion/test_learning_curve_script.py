@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "generator_learning_curve.py"
 
 
-def _run(work: Path, out: Path) -> subprocess.CompletedProcess:
+def _run(work: Path, out: Path, sample_steps: int = 5) -> subprocess.CompletedProcess:
     args = [sys.executable, str(SCRIPT), "--fractions", "0.5", "1.0", "--steps", "2", "--samples", "3"]
-    args += ["--sample-steps", "5", "--sources", "2dmatpedia_filtered.db", "--device", "cpu"]
+    args += ["--sample-steps", str(sample_steps), "--sources", "2dmatpedia_filtered.db", "--device", "cpu"]
     args += ["-o", "max_records=20", "-o", "hidden=16", "-o", "n_layers=1", "--work-dir", str(work), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
@@ -48,3 +48,8 @@ def test_curve_reports_bare_and_prior_validity_and_keeps_finished_points(tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("kept from") == 2
     assert json.loads(out.read_text())["points"] == doc["points"]
+    # another sampler setting: the stored points are not its figures, so none is kept
+    other = _run(work, out, sample_steps=4)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "kept from" not in other.stdout
+    assert json.loads(out.read_text())["sampling_config"]["n_steps"] == 4
