@@ -22,4 +22,8 @@ fi
 # lint and format (ruff, configured in pyproject.toml)
 .venv/bin/ruff check --quiet src plugins scripts tests
 .venv/bin/ruff format --check --quiet src plugins scripts tests
-exec .venv/bin/python -m pytest "$@"
+# the tests run single-threaded (tests/conftest.py), so one worker per core, at most 4 (each loads its own MLIPs);
+# a file's tests stay in one worker, in order, sharing its fixtures. GEN2D_TEST_WORKERS=0 runs them in this process.
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${GEN2D_TEST_WORKERS:-$((cores < 4 ? cores : 4))}
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
