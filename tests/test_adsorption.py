@@ -11,6 +11,7 @@ import torch
 from ase import Atoms
 from ase.build import graphene, mx2
 from ase.calculators.emt import EMT
+from ase.io import read
 
 from gen2d.adsorption import (
     AdsorptionSettings,
@@ -490,6 +491,58 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
     result.write_text(json.dumps(current))
     final = run()
     assert final.energy is None and "scf_not_converged" in final.flags
+
+
+def test_a_crash_is_never_cached_as_a_sites_failure_and_one_cached_before_runs_again(tmp_path):
+    """A calculator that dies (the pipe to cp2k_shell breaks) gives no result: the refinement raises, nothing is
+    cached, and the next run computes the site. A crash cached as the site's failure under older rules runs again."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import FAILURE_RULES, RefineSettings, refine_adsorption
+
+    slab, _, sites = _cu111_top_site(2.3)
+    refine = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, h_jitter=0.0, fmax=0.05)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+
+    class DiesOnH(EMT):  # the bare slab's single point works, the site's first evaluation dies
+        def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+            if atoms is not None and "H" in atoms.get_chemical_symbols():
+                raise BrokenPipeError("[Errno 32] Broken pipe: cp2k_shell died")
+            super().calculate(atoms, properties, system_changes or [])
+
+    def run(calc):
+        return refine_adsorption(slab, sites, lambda d: calc(), str(tmp_path), refine=refine, h2=h2).sites[0]
+
+    with pytest.raises(BrokenPipeError):
+        run(DiesOnH)
+    assert not list(tmp_path.rglob("site_*/result.json"))  # the slab is cached, the crash is not
+    first = run(EMT)
+    assert first.converged and first.energy is not None
+    result = Path(first.run_dir) / "result.json"
+    crash = {"energy": None, "failure": "calculator_error", "message": "Broken pipe", "steps": 0, "failure_rules": 5}
+    result.write_text(json.dumps(crash))
+    assert run(EMT).energy == pytest.approx(first.energy, abs=1e-6)
+    assert FAILURE_RULES >= 6
+
+
+def test_a_resumed_relaxation_takes_only_the_steps_its_budget_has_left(tmp_path):
+    """n BFGS steps leave n + 1 frames (the start is frame 0): a relaxation stopped after 3 of its 6 steps
+    takes 3 more, not 2, and reports 6."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import _constrained_bfgs
+    from gen2d.structures import to_ase
+
+    slab, top, _ = _cu111_top_site(2.3)
+    atoms = to_ase(slab)
+    atoms.append("H")
+    atoms.positions[-1] = top + [0.4, 0.2, 2.3]  # off the top site: far from converged in 6 steps
+    free = [len(atoms) - 1]
+    traj = str(tmp_path / "relax.traj")
+    _, _, converged, n = _constrained_bfgs(atoms, EMT(), free, 1e-6, 3, traj)
+    assert not converged and n == 3 and len(read(traj, index=":")) == 4
+    _, _, converged, n = _constrained_bfgs(atoms, EMT(), free, 1e-6, 6, traj)
+    assert not converged and n == 6 and len(read(traj, index=":")) == 7
 
 
 def test_a_held_site_keeps_h_over_it_in_the_plane_and_relaxes_only_its_height(tmp_path):

@@ -872,7 +872,7 @@ def _constrained_bfgs(
             frames = _whole_frames(trajectory)
         if frames and len(frames[-1]) == len(work):
             work.positions = frames[-1].positions
-            done_steps = len(frames)
+            done_steps = len(frames) - 1  # frame 0 is the start: n steps leave n + 1 frames
             if np.array_equal(frames[-1].numbers, work.numbers):
                 stored = _stored_result(frames[-1])
     fixed = [i for i in range(len(work)) if i not in set(free)]
@@ -1241,6 +1241,8 @@ def refine_adsorption(
                         out["prerelax"] = prepared
                     return out
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
+                    if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
+                        raise
                     return _failure_doc(exc, calc)
                 finally:
                     _close_calculator(calc)
@@ -1272,6 +1274,8 @@ def refine_adsorption(
                     out["prerelax"] = prepared
                 return out
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
+                if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
+                    raise
                 return _failure_doc(exc, calc) | {"steps": 0}
             finally:
                 _close_calculator(calc)
@@ -1414,6 +1418,8 @@ def _check_spin_starts(
                 probe.calc = calc
                 one = {"energy": float(probe.get_potential_energy()), "moment_on_H_muB": moment, "cost": _cost(calc)}
             except Exception as exc:  # noqa: BLE001 - a start that does not converge is recorded, not fatal
+                if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
+                    raise
                 one = {**_failure_doc(exc, calc), "moment_on_H_muB": moment}
             finally:
                 _close_calculator(calc)
@@ -1847,8 +1853,9 @@ def _failure_name(exc: BaseException) -> str:
 #: vacuum was ``dft_aborted``; 2, it is an SCF failure that climbs the retry ladder (``gen2d_cp2k.scf_diverged``);
 #: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``); 4, a false convergence (CP2K's
 #: "converged" with the energy still moving, ``gen2d_cp2k.FalseConvergence``) is restarted once before it fails;
-#: 5, a false convergence is named ``scf_not_converged`` (under 4 it was stored as ``calculator_error``).
-FAILURE_RULES = 5
+#: 5, a false convergence is named ``scf_not_converged`` (under 4 it was stored as ``calculator_error``); 6, a crash
+#: (``calculator_error``: the CP2K process died, a broken pipe) is never cached, for a site as for the slab.
+FAILURE_RULES = 6
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
 
@@ -1917,7 +1924,9 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
       first step, the cell's lack of vacuum, is cached again as ``dft_aborted`` under them;
     - a false convergence stored as ``calculator_error`` (``failure_rules`` < 5, when only the exact class
       ``ScfNotConverged`` was named): the retry names it, and a failure that stands is cached as
-      ``scf_not_converged``.
+      ``scf_not_converged``;
+    - any other ``calculator_error`` (``failure_rules`` < 6): a crash of the calculator, cached as a site's or a
+      spin start's failure before crashes were re-raised; the retry resumes from the part's last frame.
     """
     failure, cost = doc.get("failure"), doc.get("cost") or {}
     if (
@@ -1926,6 +1935,8 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
         and "false convergence" in str(doc.get("message", ""))
     ):
         return "a false convergence stored as calculator_error, from before it was named scf_not_converged"
+    if failure == "calculator_error" and doc.get("failure_rules", 1) < 6:
+        return "a calculator crash cached as a failure, from before crashes were re-raised"
     if failure == "scf_not_converged" and "scf_level" not in cost:
         return "an SCF failure from before the SCF fallback ladder"
     if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:

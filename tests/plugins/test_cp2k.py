@@ -864,7 +864,10 @@ def test_a_false_convergence_is_named_an_scf_failure_and_one_stored_as_calculato
         "failure_rules": 4,
     }
     assert "calculator_error" in _stale_failure(misnamed)
-    assert _stale_failure(misnamed | {"message": "CP2K-shell not ready"}) is None  # a crash is not retried
+    # a crash cached as a failure under older rules runs again; under the current ones a crash is never cached
+    crash = misnamed | {"message": "CP2K-shell not ready"}
+    assert "crash" in _stale_failure(crash)
+    assert _stale_failure(crash | {"failure_rules": FAILURE_RULES}) is None
     assert _stale_failure(misnamed | {"failure": "scf_not_converged", "failure_rules": FAILURE_RULES}) is None
 
 
