@@ -253,12 +253,49 @@ def best_site_geometry(best: dict | None) -> dict | None:
         "h_index": len(first) - 1,
         "unit": "Å",
     }
+    out["slab_positions"] = _slab_reference_positions(site_dir, first)
+    return out
+
+
+def refresh_geometry(path: Path) -> list[str]:
+    """Rebuild every stored row's ``geometry`` from its best site's run directory (relative paths from the current
+    folder, as the rows store them); returns the materials whose geometry changed."""
+    rows = read_rows(path)
+    changed = []
+    for name, row in rows.items():
+        if not row.get("geometry"):
+            continue
+        fresh = best_site_geometry(row.get("best_site"))
+        if fresh != row["geometry"]:
+            row["geometry"] = fresh
+            changed.append(name)
+    if changed:
+        write_rows(path, rows)
+    return changed
+
+
+def _slab_reference_positions(site_dir: Path, first) -> list:
+    """Positions (Å) of the bare slab whose DFT energy is the row's E(slab): the relaxed slab of the site where
+    there is one (``relax_slab_reference``), else the slab single point at the MLIP geometry (``slab/frame.traj``).
+    The site's frame 0 less its H is that slab only for a clean-slab start; an MLIP-prepared start
+    (``-pre-<mlip>``) has moved the atoms around H."""
+    from ase.io import read
+
     ref_dir = site_dir.parent / site_dir.name.replace("site_", "slab_site_")
     if (ref_dir / "result.json").is_file() and (ref_dir / "relax.traj").is_file():
-        out["slab_positions"] = read(str(ref_dir / "relax.traj"), index=-1).positions.tolist()
-    else:  # the single point at the MLIP geometry
-        out["slab_positions"] = first.positions[:-1].tolist()
-    return out
+        return read(str(ref_dir / "relax.traj"), index=-1).positions.tolist()
+    single = site_dir.parent / "slab" / "frame.traj"
+    if single.is_file():
+        slab = read(str(single), index=-1)
+        if len(slab) != len(first) - 1:
+            raise ValueError(f"{single} holds {len(slab)} atoms, the site {len(first) - 1} besides its H")
+        return slab.positions.tolist()
+    if "-pre-" in site_dir.name:
+        raise FileNotFoundError(
+            f"{single} is missing and {site_dir.name} started from an MLIP-prepared slab+H: the bare slab's "
+            "geometry is not in the site's frames"
+        )
+    return first.positions[:-1].tolist()  # a clean-slab start: frame 0 is the bare slab plus H
 
 
 def _holds_k(row: dict) -> str:
@@ -414,7 +451,17 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
+    parser.add_argument(
+        "--refresh-geometry",
+        action="store_true",
+        help="rewrite the stored rows' geometry (the DFT slab+H and slab the fidelity benchmark evaluates) from their "
+        "run directories, computing nothing, and exit",
+    )
     args = parser.parse_args(argv)
+    if args.refresh_geometry:
+        changed = refresh_geometry(args.out)
+        print(f"{len(changed)} rows with a changed geometry: {', '.join(changed) or 'none'}")
+        return 0
     if args.list:
         for name, spec in MATERIALS.items():
             print(name, json.dumps(spec))

@@ -139,3 +139,58 @@ def test_the_tables_cp2k_time_is_every_process_of_the_row_not_the_last_one(build
     assert cp2k_hours(build.markdown_table({"X": row})) == "6.70"
     del row["provenance"]["settings"]["cost"]
     assert cp2k_hours(build.markdown_table({"X": row})) == "—"  # unknown, never the last process's 0.25
+
+
+def test_each_shipped_rows_slab_is_the_slab_its_dft_energy_was_computed_on(build, monkeypatch, tmp_path):
+    """The fidelity benchmark evaluates every MLIP on a row's ``geometry``: its slab must be the bare slab of the
+    DFT E(slab), not the MLIP-prepared first frame of the site (which has the atoms around H moved: 0.51 Å on
+    h-BN). Checked against the run directories in git, and refreshing the stored rows changes nothing."""
+    import shutil
+    from pathlib import Path
+
+    from ase.io import read
+
+    root = Path(build.__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the rows name their run directories from the repository's root
+    rows = build.read_rows(Path(build.DEFAULT_OUT))
+    prepared = 0
+    for name, row in rows.items():
+        run = Path(row["best_site"]["run_dir"])
+        if not (run.parent / "slab").is_dir():
+            continue
+        slab_frame = run.parent / "slab" / "frame.traj"
+        stored = np.array(row["geometry"]["slab_positions"])
+        if slab_frame.is_file():
+            assert np.allclose(stored, read(str(slab_frame), index=-1).positions, atol=1e-9), name
+        else:  # a clean-slab start: the site's first frame is that slab plus H
+            assert "-pre-" not in run.name, name
+            assert np.allclose(stored, read(str(run / "relax.traj"), index=0).positions[:-1], atol=1e-9), name
+        if "-pre-" in run.name:
+            prepared += 1
+            first = read(str(run / "relax.traj"), index=0).positions[:-1]
+            assert not np.allclose(stored, first, atol=1e-3), f"{name}: the prepared frame is not the bare slab"
+    assert prepared >= 3
+    copy = tmp_path / "rows.jsonl"
+    shutil.copy(build.DEFAULT_OUT, copy)
+    assert build.refresh_geometry(copy) == []
+
+
+def test_a_prepared_site_without_its_slab_frame_is_refused_by_name(build, tmp_path):
+    """Without ``slab/frame.traj`` the bare slab of an MLIP-prepared site is unknown: a named error, never the
+    prepared frame."""
+    from ase import Atoms
+    from ase.io import write
+
+    site = tmp_path / "run" / "site_0-abc-pre-chgnet"
+    site.mkdir(parents=True)
+    first = Atoms("MoS2H", positions=[[0, 0, 0], [1, 0, 1], [1, 0, -1], [1, 0, 2.4]], cell=[3, 3, 15])
+    with pytest.raises(FileNotFoundError, match="MLIP-prepared"):
+        build._slab_reference_positions(site, first)
+    clean = tmp_path / "run" / "site_0-abc"
+    assert np.allclose(build._slab_reference_positions(clean, first), first.positions[:-1])
+    (tmp_path / "run" / "slab").mkdir()
+    write(str(tmp_path / "run" / "slab" / "frame.traj"), first[:-1])
+    assert np.allclose(build._slab_reference_positions(site, first), first.positions[:-1])
+    write(str(tmp_path / "run" / "slab" / "frame.traj"), first[:2])
+    with pytest.raises(ValueError, match="atoms"):
+        build._slab_reference_positions(site, first)
