@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import re
@@ -461,6 +462,10 @@ def main(argv=None) -> int:
     if args.refresh_geometry:
         changed = refresh_geometry(args.out)
         print(f"{len(changed)} rows with a changed geometry: {', '.join(changed) or 'none'}")
+        manifest = args.out.parent / "MANIFEST.json"
+        recorded = json.loads(manifest.read_text()).get("rows_sha256") if manifest.is_file() else None
+        if recorded != hashlib.sha256(args.out.read_bytes()).hexdigest():
+            write_manifest(args.out, read_rows(args.out), sys.argv[1:] if argv is None else list(argv))
         return 0
     if args.list:
         for name, spec in MATERIALS.items():

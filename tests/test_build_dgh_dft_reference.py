@@ -173,6 +173,14 @@ def test_each_shipped_rows_slab_is_the_slab_its_dft_energy_was_computed_on(build
     copy = tmp_path / "rows.jsonl"
     shutil.copy(build.DEFAULT_OUT, copy)
     assert build.refresh_geometry(copy) == []
+    # the manifest and the fidelity record were written for exactly these rows
+    import hashlib
+    import json
+
+    sha = hashlib.sha256(Path(build.DEFAULT_OUT).read_bytes()).hexdigest()
+    assets = Path(build.DEFAULT_OUT).parent
+    assert json.loads((assets / "MANIFEST.json").read_text())["rows_sha256"] == sha
+    assert json.loads((assets / "fidelity.json").read_text())["reference_rows_sha256"] == sha
 
 
 def test_a_prepared_site_without_its_slab_frame_is_refused_by_name(build, tmp_path):
