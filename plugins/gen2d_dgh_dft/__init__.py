@@ -493,17 +493,24 @@ def _progress(run: Path) -> tuple[int, bool, int]:
 
 def _cost_of(workdir: Path, parts: set[str] | None = None) -> dict[str, Any]:
     """Summed CP2K cost (evaluations, SCF steps, wall seconds) of the parts (sub-directory names; None: all) of
-    one run, their sites' vibrations included."""
+    one run, with their sites' checks: the spin starts (``start_H<m>/``), the relaxation on from a lower start
+    (the site's ``spin_starts.cost``) and the vibrations."""
     import json
 
     total = {"n_evaluations": 0, "scf_steps_total": 0, "wall_seconds": 0.0}
-    found = [*workdir.glob("*/result.json"), *workdir.glob("*/vibrations/result.json")]
+    found = [
+        *workdir.glob("*/result.json"),
+        *workdir.glob("*/vibrations/result.json"),
+        *workdir.glob("*/start_H*/result.json"),
+    ]
     for path in found:
         part = path.relative_to(workdir).parts[0]
         if parts is not None and part not in parts:
             continue
-        cost = json.loads(path.read_text()).get("cost") or {}
-        for key in total:
-            total[key] += cost.get(key, 0) or 0
+        doc = json.loads(path.read_text())
+        costs = [doc.get("cost") or {}, (doc.get("spin_starts") or {}).get("cost") or {}]
+        for cost in costs:
+            for key in total:
+                total[key] += cost.get(key, 0) or 0
     total["wall_seconds"] = round(total["wall_seconds"], 1)
     return total

@@ -281,6 +281,14 @@ def test_a_score_counts_the_cost_of_its_own_parts_only(tmp_path):
     own = _cost_of(tmp_path, {"slab", "site_0-aa-pre-chgnet", "slab_site_0-aa-pre-chgnet"})
     assert own["wall_seconds"] == 115.0 and own["n_evaluations"] == 3
     assert _cost_of(tmp_path)["wall_seconds"] == 1115.0
+    # the site's checks are its cost too: a spin start's single point and the relaxation on from a lower start
+    site = tmp_path / "site_0-aa-pre-chgnet"
+    (site / "start_H-1").mkdir()
+    (site / "start_H-1" / "result.json").write_text(json.dumps({"cost": {"wall_seconds": 7.0, "n_evaluations": 1}}))
+    doc = {"cost": {"wall_seconds": 10.0, "n_evaluations": 1}, "spin_starts": {"cost": {"wall_seconds": 20.0}}}
+    (site / "result.json").write_text(json.dumps(doc))
+    assert _cost_of(tmp_path, {"site_0-aa-pre-chgnet"})["wall_seconds"] == 37.0
+    assert _cost_of(tmp_path, {"slab"})["wall_seconds"] == 100.0
 
 
 def test_a_run_directory_keyed_with_n_sites_is_used_in_place(tmp_path):
