@@ -224,9 +224,7 @@ def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
             "dg_h_eV": mlip.value,
             "ok": mlip.ok,
             "wall_seconds": round(t_mlip, 1),
-            "dg_h_same_site_eV": None
-            if not best
-            else (mlip_sites.get((best["face"], best["kind"], best["nearest_atom"])) or {}).get("delta_g_h"),
+            "dg_h_same_site_eV": _mlip_same_site(best, mlip_sites),
         },
         "provenance": dft.provenance.model_dump(mode="json"),
         "wall_seconds": dft.extra.get("wall_seconds"),
@@ -235,6 +233,17 @@ def run_material(name: str, spec: dict, scorer, mlip_scorer) -> dict:
         "geometry": best_site_geometry(best),
     }
     return row
+
+
+def _mlip_same_site(best: dict | None, mlip_sites: dict) -> float | None:
+    """The MLIP's ΔG_H (eV) of the site the best DFT site started from: carried by the refined site itself
+    (``start_delta_g_h``); for sites refined before it was, the MLIP site of the same face, kind and nearest
+    element, which is ambiguous where two such sites exist (the two O-nearest hollows of an MXene)."""
+    if not best:
+        return None
+    if best.get("start_delta_g_h") is not None:
+        return best["start_delta_g_h"]
+    return (mlip_sites.get((best["face"], best["kind"], best["nearest_atom"])) or {}).get("delta_g_h")
 
 
 def best_site_geometry(best: dict | None) -> dict | None:

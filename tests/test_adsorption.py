@@ -518,6 +518,7 @@ def test_a_crash_is_never_cached_as_a_sites_failure_and_one_cached_before_runs_a
     assert not list(tmp_path.rglob("site_*/result.json"))  # the slab is cached, the crash is not
     first = run(EMT)
     assert first.converged and first.energy is not None
+    assert first.start_delta_g_h == 0.3 and first.as_dict()["start_delta_g_h"] == 0.3  # the MLIP site's own value
     result = Path(first.run_dir) / "result.json"
     crash = {"energy": None, "failure": "calculator_error", "message": "Broken pipe", "steps": 0, "failure_rules": 5}
     result.write_text(json.dumps(crash))

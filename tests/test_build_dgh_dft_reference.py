@@ -202,3 +202,13 @@ def test_a_prepared_site_without_its_slab_frame_is_refused_by_name(build, tmp_pa
     write(str(tmp_path / "run" / "slab" / "frame.traj"), first[:2])
     with pytest.raises(ValueError, match="atoms"):
         build._slab_reference_positions(site, first)
+
+
+def test_the_mlip_column_is_the_value_of_the_site_dft_started_from(build):
+    """Two MXene hollows both have O nearest: matching by face, kind and nearest element picks one of them; the
+    refined site's own ``start_delta_g_h`` does not."""
+    sites = {("top", "hollow", "O"): {"delta_g_h": 1.65}}  # the last of the two hollows, as the lookup keeps it
+    best = {"face": "top", "kind": "hollow", "nearest_atom": "O", "start_delta_g_h": 0.42}
+    assert build._mlip_same_site(best, sites) == 0.42
+    assert build._mlip_same_site(best | {"start_delta_g_h": None}, sites) == 1.65  # rows refined before
+    assert build._mlip_same_site(None, sites) is None

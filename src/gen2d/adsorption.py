@@ -148,6 +148,9 @@ class SiteResult:
     # refinement only: eV/Å, the largest force the refining calculator puts on the bare slab's free atoms at the
     # geometry E(slab) is computed at; what relaxing them with H would count as binding grows as its square
     slab_free_force: float | None = None
+    # refinement only: eV, the cheap recipe's ΔG_H of the site this refinement started from (the MLIP's value of
+    # the same site; two sites of one kind and nearest element are told apart by it)
+    start_delta_g_h: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -156,7 +159,7 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("run_dir", "spin_starts", "vibrations", "slab_free_force"):
+        for key in ("run_dir", "spin_starts", "vibrations", "slab_free_force", "start_delta_g_h"):
             if out[key] is None:
                 del out[key]
         out["valid"] = self.valid
@@ -1343,6 +1346,7 @@ def refine_adsorption(
                 spin_starts=doc.get("spin_starts"),
                 vibrations=vibrations,
                 slab_free_force=slab_free_force,
+                start_delta_g_h=None if site.get("delta_g_h") is None else float(site["delta_g_h"]),
             )
         )
     all_settings = settings.as_dict() | {"refine": refine.as_dict()}
