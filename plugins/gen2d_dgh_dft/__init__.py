@@ -319,6 +319,10 @@ class DFTAdsorptionScorer(BaseScorer):
         from gen2d.structures import content_hash
 
         keyed = {k: v for k, v in refine.as_dict().items() if k not in unkeyed}
+        if "relax_slab_reference" in keyed:
+            # it adds the slab_site_<k> parts beside the slab and the sites, which it leaves as they are; every run
+            # directory on disk was keyed with False, so the key keeps False and a run with it reuses them
+            keyed["relax_slab_reference"] = False
         lattices = [s for s in (structure, slab) if s is not None]
         if keyed.get("fold_k") and not any(self._fold_k_changes_supercell(s) for s in lattices):
             # the same supercell, so the same calculation: a 3×3 MoS₂ run is shared with and without fold_k. The

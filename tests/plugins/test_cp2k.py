@@ -318,6 +318,21 @@ def test_a_run_directory_keyed_with_n_sites_is_used_in_place(tmp_path):
     assert all(s.run_dir(layer) == shared for s in scorer.values())
 
 
+def test_relaxing_the_slab_reference_reuses_the_run_of_its_slab_and_sites(tmp_path):
+    """``relax_slab_reference`` only adds the relaxed bare slab beside the slab single point and the sites, so a run
+    with it shares their directory, while a setting that changes the sites' calculation (``free_radius``) does not.
+    Keys of runs made before are unchanged (test_the_n_sites_key_names_a_committed_reference_run)."""
+    from gen2d.data.templates import build_template
+    from gen2d.scoring import get_scorer
+
+    layer = build_template("phosphorene")
+    plain, relaxed, wider = (
+        get_scorer("dgh.dft", workdir=str(tmp_path), site_kinds=["ontop"], **extra)
+        for extra in ({}, {"relax_slab_reference": True}, {"free_radius": 4.0})
+    )
+    assert plain.run_dir(layer) == relaxed.run_dir(layer) != wider.run_dir(layer)
+
+
 def test_the_n_sites_key_names_a_committed_reference_run(tmp_path):
     """The hBN reference row's runs, ``dft-runs/reference/ffb0eb630b25463a`` (its first site, ``n_sites=1``) and
     ``9c9472da99754e6c`` (both sites, ``n_sites=2``; the shipped row names it), are found under the key that hashes
