@@ -229,7 +229,7 @@ def test_a_killed_constrained_relaxation_resumes_on_the_same_path(tmp_path):
     assert conv_straight and conv_resumed and n_straight > 4
     np.testing.assert_allclose(resumed.positions, straight.positions, atol=1e-6)
     assert e_resumed == pytest.approx(e_straight, abs=1e-8)
-    assert n_resumed == n_straight + 1  # the 4 stored frames (the start counted among them) and the steps after
+    assert n_resumed == n_straight  # the 3 steps behind the 4 stored frames (the start is not a step) and the rest
 
 
 class _CountingEMT(EMT):
