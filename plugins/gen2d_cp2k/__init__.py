@@ -253,6 +253,11 @@ class Cp2kCalculator(CP2K):
         Initial moments (μB) per element for the atomic guess (see :func:`~gen2d_cp2k.settings.build_input`);
         recorded in :meth:`provenance`. The atoms' own initial magnetic moments (ASE's
         ``set_initial_magnetic_moments``, the way VASP and GPAW take them) add to these, per element.
+    unrestricted : bool
+        Under ``spin="auto"``, compute every system unrestricted (as ``spin="on"``), whatever its electron count;
+        recorded in :meth:`provenance`. A ΔG_H subtracts E(slab) from E(slab+H): when the bare slab needs UKS (an
+        odd electron count), ``dgh.dft`` computes its slab+H parts with this, so that both energies come from the
+        same treatment, and an even slab+H with unpaired electrons is not forced closed-shell.
 
     Attributes
     ----------
@@ -285,9 +290,13 @@ class Cp2kCalculator(CP2K):
         label: str = "gen2d",
         restart_wfn: bool = True,
         magnetization: dict[str, float] | None = None,
+        unrestricted: bool = False,
         **kwargs: Any,
     ):
         self.gen2d_settings = settings or Cp2kSettings()
+        # spin "auto" counts as "on" for this calculator: every system it computes is unrestricted, so that a
+        # refinement whose bare slab needs UKS (an odd electron count) computes its slab+H in UKS too
+        self.unrestricted = bool(unrestricted)
         # the k-point mesh of the structure being computed (None: Γ); set from its cell by each input
         self._mesh = self.gen2d_settings.kpoints
         self.magnetization = dict(magnetization or {})
@@ -396,7 +405,7 @@ class Cp2kCalculator(CP2K):
         restart = str(self.wfn_file.name) if use and self.wfn_file.is_file() else None
         self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
         inp = build_input(
-            self.active_settings.model_copy(update={"kpoints": self._mesh}),
+            self._spin_rule(self.active_settings).model_copy(update={"kpoints": self._mesh}),
             symbols,
             slab=slab,
             wfn_restart=restart,
@@ -690,9 +699,15 @@ class Cp2kCalculator(CP2K):
         last = scf_last_change(text)
         return steps, converged, (last[1] if last and last[0] > 1 else None)
 
+    def _spin_rule(self, settings: Cp2kSettings) -> Cp2kSettings:
+        """``settings`` with spin "auto" made "on" when this calculator is :attr:`unrestricted`."""
+        if self.unrestricted and settings.spin == "auto":
+            return settings.model_copy(update={"spin": "on"})
+        return settings
+
     def spin_state(self, atoms) -> tuple[bool, int]:
         """(unrestricted?, multiplicity) that the settings give these atoms."""
-        return wants_spin(atoms.get_chemical_symbols(), self.gen2d_settings)
+        return wants_spin(atoms.get_chemical_symbols(), self._spin_rule(self.gen2d_settings))
 
     def provenance(self) -> dict[str, Any]:
         """Settings, their hash, the CP2K version and the cost so far, for a result's provenance."""
@@ -710,6 +725,7 @@ class Cp2kCalculator(CP2K):
             "scf_level": self.scf_level,
             **({"scf_retries": self.scf_retries} if self.scf_retries else {}),
             **({"initial_magnetization_muB": self.start_magnetization} if self.start_magnetization else {}),
+            **({"unrestricted": True} if self.unrestricted else {}),
         }
 
 

@@ -216,10 +216,26 @@ class DFTAdsorptionScorer(BaseScorer):
 
         return available()
 
-    def _make_calculator(self, directory: str):
+    def _make_calculator(self, directory: str, unrestricted: bool = False):
         from gen2d_cp2k import make_calculator
 
-        return make_calculator(settings=self.cp2k, directory=directory, threads=self.threads)
+        extra = {"unrestricted": True} if unrestricted else {}
+        return make_calculator(settings=self.cp2k, directory=directory, threads=self.threads, **extra)
+
+    def _slab_needs_uks(self, slab: Structure) -> bool:
+        """Whether the DFT supercell of ``slab`` has an odd electron count under spin "auto", so that it is computed
+        unrestricted (a doublet whose moment relaxes under smearing). Its slab+H is even and would be restricted:
+        the two energies of ΔE_H would come from different treatments, and a slab+H with unpaired electrons would be
+        forced closed-shell. Such a refinement computes its slab+H parts unrestricted as well."""
+        from gen2d_cp2k.settings import valence_electrons
+
+        from gen2d.adsorption import supercell_repeats
+
+        if self.cp2k.spin != "auto":
+            return False
+        na, nb = supercell_repeats(slab.lattice, self.refine.min_inplane_length, fold_k=self.refine.fold_k)
+        per_cell = sum(valence_electrons(site.specie.symbol, self.cp2k.potential) for site in slab)
+        return (per_cell * na * nb) % 2 == 1
 
     def provenance(self, notes: Sequence[str] = (), cost: dict | None = None) -> Provenance:
         from gen2d_cp2k import cp2k_version_cached
@@ -395,10 +411,22 @@ class DFTAdsorptionScorer(BaseScorer):
                 box=self.refine.h2_box,
                 metadata=meta,
             )
+            unrestricted = self._slab_needs_uks(slab)
+            if unrestricted:
+                notes.append("the bare slab has an odd electron count: its slab+H parts are computed unrestricted too")
+            h2_root = Path(h2_dir).resolve()
+
+            def make_calculator(directory: str):
+                # the slab and H2 keep their own spin rule; every other part of such a run is unrestricted
+                part = Path(directory).resolve()
+                if unrestricted and part.name != "slab" and h2_root not in (part, *part.parents):
+                    return self._make_calculator(directory, unrestricted=True)
+                return self._make_calculator(directory)
+
             result = refine_adsorption(
                 slab,
                 sites,
-                self._make_calculator,
+                make_calculator,
                 str(workdir),
                 self.settings,
                 self.refine,

@@ -1409,3 +1409,79 @@ def test_a_restricted_h_atom_runs_with_smearing_and_lies_above_the_spin_polarise
     keywords = {spin: (tmp_path / spin / "gen2d.inp").read_text().split() for spin in energies}
     assert "UKS" in keywords["auto"] and "UKS" not in keywords["off"]
     assert 0.7 < energies["off"] - energies["auto"] < 1.4
+
+
+@needs_cp2k
+def test_an_unrestricted_calculator_writes_uks_for_a_closed_shell_system(tmp_path):
+    """``unrestricted=True`` makes spin "auto" unrestricted for every system, with the multiplicity of its
+    electron count; the default leaves a closed-shell H₂ restricted, and spin "off" stays off."""
+    mol = _h2()
+    inputs = {}
+    for name, kw in {"plain": {}, "uks": {"unrestricted": True}}.items():
+        calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path / name), **kw)
+        calc._prepare(mol)
+        inputs[name] = calc.parameters.inp
+        assert calc.spin_state(mol) == ((True, 1) if kw else (False, 1))
+        assert calc.provenance().get("unrestricted", False) is bool(kw)
+    assert "UKS" not in inputs["plain"]
+    assert "UKS" in inputs["uks"] and "MULTIPLICITY 1" in inputs["uks"]
+    off = make_calculator(settings=Cp2kSettings(**TINY | {"spin": "off"}), directory=str(tmp_path / "off"))
+    off.unrestricted = True
+    off._prepare(mol)
+    assert "UKS" not in off.parameters.inp
+
+
+def test_a_slab_with_an_odd_electron_count_in_its_dft_cell_makes_the_run_unrestricted():
+    """The parity is the DFT supercell's: a hexagonal Li layer (3 electrons per atom with GTH-PBE) at a = 3 Å is
+    3×3 (27 electrons, odd) for 9 Å and 2×2 (12, even) for 6 Å; a layer of even count never is, and spin "on"
+    or "off" decide for themselves."""
+    from pymatgen.core import Lattice, Structure
+
+    from gen2d.scoring import get_scorer
+
+    li = Structure(Lattice.hexagonal(3.0, 20.0), ["Li"], [[0, 0, 0.5]])
+    be = Structure(Lattice.hexagonal(3.0, 20.0), ["Be"], [[0, 0, 0.5]])
+    assert get_scorer("dgh.dft", min_inplane_length=9.0)._slab_needs_uks(li)
+    assert not get_scorer("dgh.dft", min_inplane_length=6.0)._slab_needs_uks(li)
+    assert not get_scorer("dgh.dft", min_inplane_length=9.0)._slab_needs_uks(be)
+    assert not get_scorer("dgh.dft", min_inplane_length=9.0, cp2k={"spin": "on"})._slab_needs_uks(li)
+
+
+@pytest.mark.slow
+def test_a_run_on_an_odd_electron_slab_computes_its_slab_h_parts_unrestricted(tmp_path):
+    """dgh.dft on a layer whose DFT cell has an odd electron count (Al, 3 electrons per atom, 3×3): the bare slab
+    and H₂ keep their own rule, and the site and its spin-start check get an unrestricted calculator. EMT stands
+    in for CP2K, so only which calculator each part asks for is tested here."""
+    from ase.calculators.emt import EMT
+    from pymatgen.core import Lattice, Structure
+
+    from gen2d.scoring import get_scorer
+
+    layer = Structure(Lattice.hexagonal(2.86, 20.0), ["Al"], [[0, 0, 0.5]])
+    options = {
+        "workdir": str(tmp_path),
+        "n_sites": 1,
+        "min_inplane_length": 8.0,
+        "prerelax": None,
+        "spin_starts": [0.0],
+        "relax_slab_reference": False,
+        "site_kinds": ["ontop"],
+        "max_sites_per_face": 1,
+    }
+    scorer = get_scorer("dgh.dft", **options)
+    scorer.available = lambda: (True, "")
+    asked = []
+
+    def fake(directory, unrestricted=False):
+        asked.append((Path(directory).name, unrestricted))
+        return EMT()
+
+    scorer._make_calculator = fake
+    res = scorer.score([layer])[0]
+    assert res.extra["supercell"] == [3, 3], res.failure
+    kinds = {name: flag for name, flag in asked}
+    assert kinds["slab"] is False and not any(flag for name, flag in asked if name.startswith("h2"))
+    sites = [flag for name, flag in asked if name.startswith("site_")]
+    assert sites and all(sites)
+    assert kinds.get("start_H+0") is True
+    assert any("odd electron count" in n for n in res.provenance.notes)
