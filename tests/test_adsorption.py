@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -894,7 +895,7 @@ def test_a_lower_spin_solution_whose_relaxation_fails_gives_the_site_its_single_
             raise ScfNotConverged("SCF not converged in 250 steps")
 
     def make(d):
-        return Diverging() if d.endswith("lowest_start") else TwoSolutions()
+        return Diverging() if os.path.basename(d).startswith("lowest_start") else TwoSolutions()
 
     slab, _, sites = _cu111_top_site(1.6)
     h2 = (EMT().get_potential_energy(_h2()), 0.74)
@@ -922,6 +923,55 @@ def test_a_lower_spin_solution_whose_relaxation_fails_gives_the_site_its_single_
     path.write_text(json.dumps(doc))
     old = refine_adsorption(slab, sites, lambda d: 1 / 0, str(tmp_path), refine=checked, h2=h2).sites[0]
     assert old.energy == pytest.approx(chain.energy) and "spin_start_not_relaxed" not in old.flags
+
+
+def test_a_start_added_after_a_takeover_is_computed_at_the_chains_geometry_and_relaxes_in_its_own_folder(tmp_path):
+    """A first check (0, +1) finds +1 lower and relaxes on from it. A start added later (−2, lower still) is computed
+    at the chain's geometry, where the others were, not at the takeover's, and relaxes on in its own folder, never
+    on the +1 start's frames."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+
+    seen: dict[str, list] = {}
+
+    class Solutions(EMT):
+        """EMT, 0.1 eV × |m| lower from a start with a moment m on H, and pushing H away from the surface by
+        0.2 × |m| eV/Å: a start with a larger moment finds a lower SCF solution, whose minimum lies elsewhere."""
+
+        def __init__(self, name):
+            super().__init__()
+            self.name_ = name
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            super().calculate(atoms, properties, system_changes)
+            seen.setdefault(self.name_, []).append(self.atoms.positions.copy())
+            m = float(np.max(np.abs(self.atoms.get_initial_magnetic_moments()), initial=0.0))
+            shift = 0.1 * m + 0.2 * m * self.atoms.positions[-1, 2]
+            self.results["energy"] -= shift
+            self.results["free_energy"] -= shift
+            if "forces" in self.results:
+                self.results["forces"][-1, 2] += 0.2 * m
+
+    def make(d):
+        return Solutions(os.path.basename(d))
+
+    slab, _, sites = _cu111_top_site(1.6)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    base = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.05, steps=100, h_jitter=0.3)
+    first = refine_adsorption(slab, sites, make, str(tmp_path), refine=base, h2=h2).sites[0]
+    one = RefineSettings(**{**base.__dict__, "spin_starts": (0.0, 1.0)})
+    took = refine_adsorption(slab, sites, make, str(tmp_path), refine=one, h2=h2).sites[0]
+    assert took.spin_starts["relaxed_from_start"] == "+1"
+    assert (Path(took.run_dir) / "lowest_start_H+1" / "relax.traj").is_file()
+    chain = json.loads((Path(took.run_dir) / "result.json").read_text())["chain_positions"]
+    assert np.allclose(chain, seen["start_H+1"][0])
+    two = RefineSettings(**{**base.__dict__, "spin_starts": (0.0, 1.0, -2.0)})
+    site = refine_adsorption(slab, sites, make, str(tmp_path), refine=two, h2=h2).sites[0]
+    assert np.allclose(seen["start_H-2"][0], chain)  # at the chain's geometry, not the +1 relaxation's
+    assert site.spin_starts["relaxed_from_start"] == "-2"
+    assert seen["lowest_start_H-2"] and (Path(site.run_dir) / "lowest_start_H-2" / "relax.traj").is_file()
+    assert site.energy < took.energy < first.energy
 
 
 def test_a_strongly_binding_site_elsewhere_is_recorded_and_flagged_but_does_not_replace_the_best():

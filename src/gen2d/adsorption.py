@@ -1392,10 +1392,13 @@ def _check_spin_starts(
 ) -> dict[str, Any]:
     """A converged site's geometry recomputed from fresh SCF starts (``refine.spin_starts``); see RefineSettings.
 
-    Each start is a single point in ``site_dir/start_H<moment>/`` (cached); if the lowest is below the site's
-    energy by more than :data:`SPIN_START_TOLERANCE`, the relaxation continues in ``site_dir/lowest_start/``
-    from that start's wavefunction. The site document gains ``spin_starts`` (energy of every start, eV) and,
-    when a start took over, ``relaxed_from_start``; it is rewritten in ``site_dir/result.json``.
+    Each start is a single point in ``site_dir/start_H<moment>/`` (cached), always at the relaxation's own converged
+    geometry (``chain_positions`` once a start has taken over), so that every start is compared with the chain's
+    energy at one geometry; if the lowest is below it by more than :data:`SPIN_START_TOLERANCE`, the relaxation
+    continues in ``site_dir/lowest_start_H<moment>/`` from that start's wavefunction (a start added later that is
+    lower still relaxes in its own folder, never on another start's frames). The site document gains
+    ``spin_starts`` (energy of every start, eV) and, when a start took over, ``relaxed_from_start``; it is
+    rewritten in ``site_dir/result.json``.
     """
     import os
 
@@ -1405,7 +1408,7 @@ def _check_spin_starts(
     if all(m in recorded for m in refine.spin_starts) and "relaxed_from_start" in doc.get("spin_starts", {}):
         return doc
     final = start_atoms.copy()
-    final.positions = np.asarray(doc["positions"])
+    final.positions = np.asarray(doc.get("chain_positions", doc["positions"]))
     chain_energy = float(doc.get("chain_energy", doc["energy"]))
     energies: dict[float, float | None] = dict(recorded)
     failures: dict[str, str] = dict(doc.get("spin_starts", {}).get("failures", {}))
@@ -1436,6 +1439,7 @@ def _check_spin_starts(
     found = {m: e for m, e in energies.items() if e is not None}
     out = dict(doc)
     out["chain_energy"] = chain_energy
+    out["chain_positions"] = final.positions.tolist()
     check: dict[str, Any] = {
         "energies_eV": {f"{m:+g}": e for m, e in sorted(energies.items())},
         "chain_energy_eV": chain_energy,
@@ -1448,7 +1452,10 @@ def _check_spin_starts(
     if found:
         best = min(found, key=found.get)
         if found[best] < chain_energy - SPIN_START_TOLERANCE:
-            d = os.path.join(site_dir, "lowest_start")
+            d = os.path.join(site_dir, f"lowest_start_H{best:+g}")
+            older = os.path.join(site_dir, "lowest_start")  # one folder for every start, before it was named
+            if os.path.isdir(older) and (doc.get("spin_starts") or {}).get("relaxed_from_start") == f"{best:+g}":
+                d = older
             os.makedirs(d, exist_ok=True)  # its trajectory goes there even where the calculator keeps no files
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
             probe = _with_moment_on(final, h_index, best)

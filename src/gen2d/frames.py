@@ -159,7 +159,7 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
         for traj in sorted(p for name in (*FRAME_FILES, "result.json") for p in root.rglob(name)):
             if traj.name == "result.json" and any((traj.parent / n).is_file() for n in FRAME_FILES):
                 continue  # its frames are listed already
-            # a site's spin-start checks (site_k-*/start_H*/, lowest_start/) sit one level deeper: they belong
+            # a site's spin-start checks (site_k-*/start_H*/, lowest_start_H*/) sit one level deeper: they belong
             # to the run, but are not collected (fresh-start single points are not relaxation frames)
             if not any((a / RUN_METADATA).is_file() for a in (traj.parent, *list(traj.parents)[1:3])):
                 skipped.append({"path": str(traj), "reason": f"no {RUN_METADATA}: settings and source unknown"})
