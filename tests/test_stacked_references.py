@@ -90,3 +90,24 @@ def test_a_layer_is_not_below_its_own_stacked_bulk(tmp_path):
     again = MLIPPrototypesProvider(calc, cache_dir=tmp_path, shipped=False, stacked_layers=lib)
     assert again._read_cache(again._key("stacked.Ge-S")) is not None
     assert lib.fingerprint() in again._key("stacked.Ge-S")
+
+
+def test_without_data_the_provider_keeps_the_empty_library_so_its_e_hull_stays_current(tmp_path):
+    """No reference data: the provider keeps the empty stacked-layer library, so the E_hull's provenance carries the
+    stacked set's version (with no layer and the reason) and the scorer's ``current`` accepts it; before, the
+    library was dropped, the version was missing, and every score job recomputed the same E_hull."""
+    from ase.calculators.emt import EMT
+
+    from gen2d.hull.mlip_prototypes import MLIPPrototypesProvider
+    from gen2d.hull.stacked import STACKED_VERSION, StackedLayerLibrary
+    from gen2d.store import score_is_current
+
+    empty = StackedLayerLibrary(data_dir=tmp_path)
+    provider = MLIPPrototypesProvider(EMT(), cache_dir=False, shipped=False, stacked_layers=empty)
+    desc = provider.describe()["stacked_layers"]
+    assert desc["version"] == STACKED_VERSION and desc["n_layers"] == 0 and desc["unavailable"]
+    assert provider.stacked_entries(["Mo", "S"]) == []
+    off = MLIPPrototypesProvider(EMT(), cache_dir=False, shipped=False, stacked_layers=False)
+    assert off.describe()["stacked_layers"] is None
+    stored = {"provenance": {"settings": {"reference_set": {"stacked_layers": desc}}}}
+    assert score_is_current(stored, {"provenance.settings.reference_set.stacked_layers.version": STACKED_VERSION})

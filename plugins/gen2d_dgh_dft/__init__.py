@@ -438,6 +438,8 @@ class DFTAdsorptionScorer(BaseScorer):
                     "formula": structure.composition.reduced_formula,
                     "content_hash": content_hash(structure),
                     "mlip": self.mlip,
+                    # every frame of the run says so: its slab+H parts are unrestricted though spin is "auto"
+                    **({"slab_h_parts_unrestricted": True} if unrestricted else {}),
                 },
             )
         except (_StageFailure, RefinementFailed) as exc:

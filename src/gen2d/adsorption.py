@@ -1303,7 +1303,7 @@ def refine_adsorption(
             # the solution the site's energy is: where a fresh start took over, its wavefunction and moment on H
             took_over = bool(taken) and not taken.startswith("failed")
             atoms = _with_moment_on(final, h_index, float(taken)) if took_over else final
-            wfn_from = os.path.join(site_dir, "lowest_start") if took_over else site_dir
+            wfn_from = _takeover_dir(site_dir, taken) if took_over else site_dir
             vibrations = h2_vib_failure or _site_vibrations(
                 site_dir, atoms, h_index, make_calculator, h2_modes, h2_bond, wfn_from
             )
@@ -1379,6 +1379,16 @@ def _with_moment_on(atoms: Atoms, index: int, moment: float) -> Atoms:
     moments[index] = moment
     out.set_initial_magnetic_moments(moments)
     return out
+
+
+def _takeover_dir(site_dir: str, taken: str) -> str:
+    """The folder where a site relaxed on from its fresh start ``taken`` (e.g. "+1"): ``lowest_start_H+1``, or
+    ``lowest_start`` for a takeover made before the folders were named by start."""
+    import os
+
+    named = os.path.join(site_dir, f"lowest_start_H{float(taken):+g}")
+    older = os.path.join(site_dir, "lowest_start")
+    return older if not os.path.isdir(named) and os.path.isdir(older) else named
 
 
 def _check_spin_starts(

@@ -1485,3 +1485,7 @@ def test_a_run_on_an_odd_electron_slab_computes_its_slab_h_parts_unrestricted(tm
     assert sites and all(sites)
     assert kinds.get("start_H+0") is True
     assert any("odd electron count" in n for n in res.provenance.notes)
+    import json
+
+    run = json.loads((Path(res.extra["workdir"]) / "run.json").read_text())
+    assert run["slab_h_parts_unrestricted"] is True  # the frames carry it (gen2d.frames reads run.json)

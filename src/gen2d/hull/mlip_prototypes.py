@@ -534,7 +534,10 @@ class MLIPPrototypesProvider:
             from gen2d.hull.stacked import StackedLayerLibrary
 
             stacked_layers = StackedLayerLibrary()
-        self.stacked = stacked_layers or None
+        # an empty library (no reference data) is kept, not dropped: its description says the set is empty and why,
+        # and the E_hull it gives carries the stacked-set version the scorer's `current` expects (dropping it made
+        # every such E_hull look out of date, so each score job computed it again)
+        self.stacked = None if stacked_layers is None or stacked_layers is False else stacked_layers
         self.molecules = bool(molecules)
 
     # cache ---------------------------------------------------------------------------------------
