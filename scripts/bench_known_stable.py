@@ -5,8 +5,8 @@ Scores layers that DFT or experiment says are (near-)stable with ``ehull.<calcul
 ``mlip-prototypes`` references, and reports, for four reference sets built from the same relaxed energies:
 
 - ``all``: the prototype library, the molecules in a box and the stacked database layers (gen2d's default);
-- ``self-out``: the same without the stacked bulk of the scored layer itself (a layer whose own parent
-  is not in the set, as for a generated candidate);
+- ``self-out``: the same without the stacked bulk of the scored layer itself, from either database (a layer whose
+  own parent is not in the set, as for a generated candidate; each record lists what it left out);
 - ``prototypes-only``: the prototype library and the molecules, no stacked layers;
 - ``without-molecules``: the default without the molecules (:mod:`gen2d.hull.molecules`).
 
@@ -46,6 +46,23 @@ import numpy as np
 from gen2d.fileio import end_torn_line, read_jsonl
 
 VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules")
+
+
+def own_parents(layer, source_id: str, library) -> set[str]:
+    """Prototype names (``stacked:<id>``) of the stacked references that are the scored layer itself: its own id,
+    and every library layer of its chemical system that the matcher (``gen2d.metrics.structure_matcher``) fits to
+    it, i.e. the same layer taken from the other database. ``self-out`` leaves all of them out."""
+    from gen2d.metrics import structure_matcher
+
+    names = {f"stacked:{source_id}"}
+    if library is None:
+        return names
+    chemsys = "-".join(sorted({el.symbol for el in layer.composition.elements}))
+    matcher = structure_matcher()
+    for other in library.for_chemsys(chemsys):
+        if other.source_id != source_id and matcher.fit(layer, other.structure):
+            names.add(f"stacked:{other.source_id}")
+    return names
 
 
 def candidates(
@@ -232,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry = apply_mp2020(mlip_entry(relaxed, energy, model=res.provenance.model))
                 refs = provider.entries(sorted({el.symbol for el in relaxed.composition.elements}))
                 rec["e_hull"]["all"] = res.value
-                self_out = [r for r in refs if r.data.get("prototype") != f"stacked:{source_id}"]
+                own = own_parents(layer, source_id, provider.stacked)
+                rec["self_out_excluded"] = sorted(own)
+                self_out = [r for r in refs if r.data.get("prototype") not in own]
                 rec["e_hull"]["self-out"] = hull_analysis(entry, self_out, "self-out").e_hull
                 library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
                 rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull

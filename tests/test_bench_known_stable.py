@@ -35,3 +35,28 @@ def test_known_stable_phosphorus_layers_resume_and_sit_on_their_own_parents(tmp_
     # without --resume the file starts again
     assert bench.main(["--n", "1", *common]) == 0
     assert [json.loads(line)["source_id"] for line in out.read_text().splitlines()] == [first["source_id"]]
+
+
+def test_self_out_leaves_out_the_same_layer_from_the_other_database_too():
+    """A layer both databases hold (GaS is in MC2D and in 2DMatPedia) has two stacked parents; ``self-out`` must
+    drop both, not only the one under the scored layer's own id. A different layer of the same elements stays."""
+    from types import SimpleNamespace
+
+    from gen2d.data.templates import build_template
+
+    bench = load_script("bench_known_stable")
+    mos2 = build_template("MoS2-2H")
+    copy = mos2.copy()
+    copy.perturb(0.01)  # the other database's relaxation of the same layer
+    copy.scale_lattice(copy.volume * 1.02)
+    other = build_template("MoS2-2H").copy()
+    other.replace_species({"Mo": "S", "S": "Mo"})  # same elements, another structure (Mo outside, S inside)
+    layers = [
+        SimpleNamespace(source_id="mc2d:MoS2-x", structure=mos2),
+        SimpleNamespace(source_id="2dmatpedia:2dm-1", structure=copy),
+        SimpleNamespace(source_id="2dmatpedia:2dm-2", structure=other),
+    ]
+    library = SimpleNamespace(for_chemsys=lambda cs: layers if cs == "Mo-S" else [])
+    own = bench.own_parents(mos2, "mc2d:MoS2-x", library)
+    assert own == {"stacked:mc2d:MoS2-x", "stacked:2dmatpedia:2dm-1"}
+    assert bench.own_parents(mos2, "mc2d:MoS2-x", None) == {"stacked:mc2d:MoS2-x"}
