@@ -87,16 +87,23 @@ def dft_label_suspect(row, elemental_dft: dict[str, float]) -> bool:
     return abs(row.data["decomposition_energy"] - (row.data["energy_per_atom"] - elemental_dft[el])) > 0.1
 
 
-def _metrics(pts: list[tuple[float, float]]) -> str:
+def _metrics(pts: list[tuple[float, float]], below: list | None = None) -> str:
+    """MAE, Spearman ρ, mean signed error and stable agreement of (MLIP, DFT) E_hull pairs. ``below``, the layers'
+    ``below_reference_hull`` flags in the same order, adds the agreement of the scorer's own stable call (E_hull
+    ≤ 0.1 and not flagged) with DFT's E_hull ≤ 0.1."""
     from scipy.stats import spearmanr
 
     ml, dft = np.array(pts).T
     rho = spearmanr(ml, dft).statistic
     agree = np.mean((dft <= 0.1) == (ml <= 0.1))
-    return (
+    out = (
         f"n={len(pts)} MAE={np.mean(np.abs(ml - dft)):.3f} eV/atom Spearman rho={rho:.3f} "
         f"mean signed error {np.mean(ml - dft):+.3f} eV/atom; stable (<= 0.1 eV/atom) agreement {agree:.3f}"
     )
+    if below is not None and len(below) == len(pts) and all(b is not None for b in below):
+        called = (ml <= 0.1) & ~np.array(below, dtype=bool)
+        out += f"; the scorer's stable call (also not below_reference_hull) agreement {np.mean(called == (dft <= 0.1)):.3f}"
+    return out
 
 
 def summarize(records: list[dict], wall: float | None = None, scoring_time: float | None = None) -> str:
@@ -132,9 +139,20 @@ def summarize(records: list[dict], wall: float | None = None, scoring_time: floa
         if len(pts) < 3:
             lines.append(f"E_hull[{provider}]: too few results ({len(pts)})")
             continue
-        lines.append(f"E_hull[{provider}] vs DFT decomposition_energy, all: {_metrics(pts)}")
+
+        # the flag is the scorer's (mlip-prototypes) verdict; the other providers' hulls have none
+        def flags(keep, provider=provider):
+            if provider != "mlip-prototypes":
+                return None
+            return [r.get("below_reference_hull") for r in records if keep(r)]
+
+        def has(r, provider=provider):
+            return r.get("e_hull", {}).get(provider) is not None
+
+        lines.append(f"E_hull[{provider}] vs DFT decomposition_energy, all: {_metrics(pts, flags(has))}")
         if n_suspect and len(clean) >= 3:
-            lines.append(f"E_hull[{provider}] vs DFT, without {n_suspect} wrong DFT labels: {_metrics(clean)}")
+            below = flags(lambda r: has(r) and not r.get("dft_label_suspect"))
+            lines.append(f"E_hull[{provider}] vs DFT, without {n_suspect} wrong DFT labels: {_metrics(clean, below)}")
     flagged = [r for r in records if r.get("below_reference_hull") is not None]
     if flagged:
         below = sum(r["below_reference_hull"] for r in flagged)
@@ -186,7 +204,8 @@ def compare(a: list[dict], b: list[dict], names: tuple[str, str], provider: str 
             continue
         for name, recs in zip(names, (ra, rb), strict=True):
             pts = [(recs[i]["e_hull"][provider], recs[i]["dft_e_hull"]) for i in ids]
-            lines.append(f"{title:>10s} {name:>12s}: {_metrics(pts)}")
+            below = [recs[i].get("below_reference_hull") for i in ids] if provider == "mlip-prototypes" else None
+            lines.append(f"{title:>10s} {name:>12s}: {_metrics(pts, below)}")
     # 2DMatPedia's decomposition_energy is never negative (0 for 94 of its 1,157 rows): a layer below the bulk hull
     # reads 0, so a label of 0 means "0 or below" and a negative E_hull there need not be an error
     zero = {i for i in common if abs(ra[i]["dft_e_hull"]) < 1e-6}

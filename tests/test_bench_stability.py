@@ -58,3 +58,15 @@ def test_compare_pairs_two_runs_on_the_layers_both_scored():
     assert "closer to DFT than chgnet on 6 of 7 layers" in text
     # the one label of 0 (Si) read as "0 or below": both runs' negative value there is no error
     assert "chgnet, the 1 labels of 0 read as <= 0: MAE=0.171" in text  # 0.2 * 6 / 7
+
+
+def test_the_scorers_stable_call_counts_a_layer_below_the_hull_as_not_stable():
+    """Raw E_hull ≤ 0.1 agrees with DFT ≤ 0.1 on every layer here; the scorer calls the flagged layer (E_hull −0.2,
+    below_reference_hull) not stable, so its own call agrees on 3 of 4. Without the flags only the first is given."""
+    bench = load_script("bench_stability")
+    pts = [(-0.2, 0.05), (0.0, 0.0), (0.3, 0.4), (0.05, 0.08)]
+    text = bench._metrics(pts, [True, False, False, False])
+    assert "stable (<= 0.1 eV/atom) agreement 1.000" in text
+    assert "the scorer's stable call (also not below_reference_hull) agreement 0.750" in text
+    assert "scorer's stable call" not in bench._metrics(pts)
+    assert "scorer's stable call" not in bench._metrics(pts, [True, None, False, False])  # unknown flags: not given
