@@ -166,6 +166,29 @@ def test_stability_proxy_is_the_single_point_hull_of_the_core(mos2):
     assert values[0] == pytest.approx(-math.log1p(math.exp((expected - 0.1) / 0.1)), abs=1e-4)
 
 
+def test_a_relaxed_proxy_builds_its_entry_on_the_relaxed_geometry(mos2, monkeypatch):
+    """With ``relax_steps``, the energy is the relaxed structure's, so the entry (whose MP2020 oxide and sulfide
+    corrections read the geometry) is built on that structure, not on the sample the relaxation started from."""
+    import gen2d.hull
+    from gen2d.diffusion.steering import StabilityProxyReward
+
+    seen = []
+    real = gen2d.hull.mlip_entry
+
+    def spy(structure, energy, **kw):
+        seen.append(structure)
+        return real(structure, energy, **kw)
+
+    monkeypatch.setattr(gen2d.hull, "mlip_entry", spy)
+    stretched = mos2.copy()
+    stretched.scale_lattice(mos2.volume * 1.06)  # in-plane strain that the relaxation takes back
+    term = StabilityProxyReward("chgnet", device="cpu", relax_steps=5)
+    [value] = term([stretched])
+    assert value is not None and len(seen) == 1
+    assert seen[0] is term.last_relaxed[0]
+    assert abs(seen[0].lattice.a - stretched.lattice.a) > 1e-3  # the geometry moved, and the entry saw where to
+
+
 # --- configuration errors -----------------------------------------------------------------------
 
 

@@ -283,14 +283,20 @@ class StabilityProxyReward:
         return self._calc, self._provider
 
     def _energies(self, structures: Sequence[Any]) -> list[float | None]:
+        """The MLIP energy of each structure (eV), after ``relax_steps`` in-plane steps when there are any; the
+        relaxed structures are kept in :attr:`last_relaxed` (None where not relaxed), since the entry's
+        geometry-dependent corrections (oxide or sulfide type) must see the geometry the energy belongs to."""
         from gen2d.relax import batch_evaluator, relax_in_plane_batch
-        from gen2d.structures import orient_2d, to_ase
+        from gen2d.structures import from_ase, orient_2d, to_ase
 
         calc, _ = self._setup()
         atoms = [to_ase(orient_2d(s)) for s in structures]
+        self.last_relaxed: list[Any] = [None] * len(structures)
         if self.options.relax_steps > 0:
             results = relax_in_plane_batch(atoms, calc, fmax=self.options.fmax, steps=self.options.relax_steps)
-            return [r.energy if r.failure in (None, "not_converged") else None for r in results]
+            kept = [r.failure in (None, "not_converged") for r in results]
+            self.last_relaxed = [from_ase(r.atoms) if ok else None for r, ok in zip(results, kept, strict=True)]
+            return [r.energy if ok else None for r, ok in zip(results, kept, strict=True)]
         for a in atoms:  # MLIPs are trained on 3D-periodic cells; the vacuum keeps the images apart
             a.pbc = True
         evaluate = batch_evaluator(calc)
@@ -342,11 +348,12 @@ class StabilityProxyReward:
             return out
         prov = calculator_provenance(calc)
         energies = self._energies([structures[i] for i in todo])
-        for i, energy in zip(todo, energies):
+        for k, (i, energy) in enumerate(zip(todo, energies, strict=True)):
             if energy is None or not math.isfinite(energy):
                 continue
+            geometry = self.last_relaxed[k] if self.last_relaxed[k] is not None else structures[i]
             entry = apply_mp2020(
-                mlip_entry(structures[i], energy, model=prov["model"], checkpoint_sha256=prov["checkpoint_sha256"])
+                mlip_entry(geometry, energy, model=prov["model"], checkpoint_sha256=prov["checkpoint_sha256"])
             )
             e_hull = hulls[i].e_hull(entry)
             self.last_e_hull[i] = e_hull
