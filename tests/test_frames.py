@@ -101,6 +101,30 @@ def test_export_writes_extxyz_that_reads_back_and_names_folders_without_metadata
     assert {a.info["settings_hash"] for a in back} == {"s1"}
 
 
+def test_export_writes_a_shared_frame_once_and_keeps_one_setting_when_asked(tmp_path):
+    """Two runs holding the same frames (a part copied into another run) export each frame once; frames of two DFT
+    settings are flagged as mixed, and ``settings_hash`` keeps one."""
+    _run(tmp_path / "dft")
+    copy = _run(tmp_path / "dft", name="copy")
+    summary = export_extxyz([tmp_path / "dft"], tmp_path / "frames.extxyz")
+    assert summary["n_frames"] == 3 and summary["n_duplicates_dropped"] == 3 and not summary["mixed_settings"]
+    assert len(read(tmp_path / "frames.extxyz", index=":")) == 3
+    other = _run(tmp_path / "dft", name="other")
+    for f in other.rglob("*.traj"):  # another setting: other energies, so not duplicates
+        frames = read(str(f), index=":")
+        f.unlink()
+        for a in frames:
+            a.calc = SinglePointCalculator(a, energy=a.get_potential_energy() + 1.0, forces=a.get_forces())
+            save_frame(a, f)
+    write_run_metadata(other, {"settings_hash": "s2"})
+    mixed = export_extxyz([tmp_path / "dft"], tmp_path / "mixed.extxyz")
+    assert mixed["mixed_settings"] and mixed["n_frames"] == 6
+    one = export_extxyz([tmp_path / "dft"], tmp_path / "one.extxyz", settings_hash="s2")
+    assert one["n_frames"] == 3 and not one["mixed_settings"]
+    assert {a.info["settings_hash"] for a in read(tmp_path / "one.extxyz", index=":")} == {"s2"}
+    assert copy.is_dir()
+
+
 def test_metadata_update_keeps_creation_time(tmp_path):
     path = write_run_metadata(tmp_path, {"a": 1})
     created = json.loads(path.read_text())["created"]

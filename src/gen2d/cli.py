@@ -920,9 +920,12 @@ def frames_export(
     directory: list[Path] = typer.Option(
         [], "--dir", help="DFT run folders to read (repeatable; default: the DFT folder of the settings)"
     ),
+    settings_hash: str | None = typer.Option(
+        None, "--settings-hash", help="keep only the frames of this CP2K settings hash (a training set holds one)"
+    ),
     as_json: bool = JsonOpt,
 ):
-    """Write every DFT frame (``dgh.dft`` runs, the H2 reference) as extended XYZ, with energy (eV),
+    """Write every DFT frame (``dgh.dft`` runs, the H2 reference) once as extended XYZ, with energy (eV),
     forces (eV/Å), settings hash and source in each frame's info."""
     from gen2d.frames import export_extxyz
     from gen2d.settings import get_settings
@@ -932,7 +935,7 @@ def frames_export(
     missing = [str(r) for r in roots if not Path(r).is_dir()]
     if missing:
         _fail(f"no such DFT folder: {', '.join(missing)}", as_json)
-    summary = export_extxyz(roots, out_path)
+    summary = export_extxyz(roots, out_path, settings_hash=settings_hash)
     if as_json:
         _emit_json(summary)
         return
@@ -940,8 +943,12 @@ def frames_export(
         f"{summary['n_frames']} frames ({summary['n_with_forces']} with forces) from {summary['n_runs']} runs "
         f"-> {summary['path']}"
     )
+    if summary["n_duplicates_dropped"]:
+        out.print(f"  {summary['n_duplicates_dropped']} frames held twice (runs sharing a part) written once")
     for key, n in summary["by_settings_hash"].items():
-        out.print(f"  settings {key or '?'}: {n} frames")
+        out.print(f"  settings {key or '?'}: {n} frames found")
+    if summary["mixed_settings"]:
+        out.print("  [yellow]frames of several DFT settings: give --settings-hash to train on one[/yellow]")
     for skip in summary["skipped"]:
         out.print(f"  skipped {skip['path']}: {skip['reason']}")
 

@@ -249,11 +249,28 @@ def _kind(system: str) -> str:
     return "molecule" if system == "." else system
 
 
-def export_extxyz(roots: Iterable[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
-    """Write every frame under ``roots`` to ``out`` (extended XYZ); returns the summary with the path."""
+def export_extxyz(
+    roots: Iterable[str | os.PathLike], out: str | os.PathLike, settings_hash: str | None = None
+) -> dict[str, Any]:
+    """Write the frames under ``roots`` to ``out`` (extended XYZ), each once, and return the summary with the path.
+
+    A frame two runs share (a slab single point copied into another run) is written once
+    (:func:`gen2d.finetune.deduplicate_frames`; ``n_duplicates_dropped``). ``settings_hash`` keeps the frames of
+    one DFT setting only; without it, frames of several settings are written and ``mixed_settings`` says so (a
+    training set should hold one)."""
     from ase.io import write
 
+    from gen2d.finetune import deduplicate_frames
+
     frames, summary = collect_frames(roots)
+    if settings_hash is not None:
+        frames = [f for f in frames if f.info.get("settings_hash") == settings_hash]
+        summary["settings_hash"] = settings_hash
+    frames, dropped = deduplicate_frames(frames)
+    summary["n_duplicates_dropped"] = dropped
+    summary["n_frames"] = len(frames)
+    summary["n_with_forces"] = sum(1 for f in frames if "forces" in f.arrays)
+    summary["mixed_settings"] = len({f.info.get("settings_hash") for f in frames}) > 1
     out = Path(out)
     with atomic_path(out) as tmp:
         write(str(tmp), frames, format="extxyz")
