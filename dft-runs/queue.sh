@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The DFT reference build's queue, as two chains of one CP2K process each (one core each, niced), so that a new
+# machine resumes it with one command. Every part is cached in dft-runs/reference: a rerun goes on from the last
+# frame and wavefunction. Run from the repository root:
+#
+#   nohup setsid bash dft-runs/queue.sh A > chainA.log 2>&1 &
+#   nohup setsid bash dft-runs/queue.sh B > chainB.log 2>&1 &
+#
+# Stop a chain with `kill -- -<its process group>`; never stash or check out files under a running run directory.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 GEN2D_DATA=${GEN2D_DATA:-$(cd .. && pwd)/shared/data}
+build() { nice -n 10 .venv/bin/python scripts/build_dgh_dft_reference.py --n-sites 1 --workdir dft-runs/reference --fold-k "$@"; }
+case "${1:-}" in
+  A)  # the MXene "site 1" literature rows (their own hollow sites); Ti2CO2 last: its first slab+H SCF is slow
+    for m in Sc2CO2-site1 Nb2CF2-site1 Zr2CF2-site1 Hf2NF2-site1 Nb2NF2-site1 Sc2NF2-site1 V2NF2-site1 Ti2CO2-site1; do
+      echo "== $m $(date -u +%FT%TZ)"; build --materials "$m"
+    done ;;
+  B)  # well-studied basal planes, top sites
+    for m in MoSe2-2H WSe2-2H PtSe2-1T SnS2-1T phosphorene; do
+      echo "== $m $(date -u +%FT%TZ)"; build --materials "$m" --site-kinds ontop
+    done ;;
+  *) echo "usage: $0 A|B" >&2; exit 2 ;;
+esac
+echo "== chain $1 done $(date -u +%FT%TZ)"
