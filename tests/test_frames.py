@@ -214,3 +214,36 @@ def test_a_single_point_the_files_do_not_prove_is_skipped_with_its_reason(tmp_pa
     write_run_metadata(run, {"formula": "Cu", "settings_hash": "s1"})
     frames, summary = collect_frames([tmp_path])
     assert frames == [] and len(summary["skipped"]) == 1 and reason in summary["skipped"][0]["reason"]
+
+
+def test_a_site_is_paired_with_its_own_slab_and_the_h2_of_its_settings():
+    """A 3×3 and a 4×4 cell of one layer share a content hash, and a run with ``relax_slab_reference`` holds
+    relaxed-slab frames too: a site's ΔE_H uses the single point of its own run with one atom fewer, and the H₂ of
+    its own DFT settings."""
+    from gen2d.finetune import delta_e_h_rows
+
+    def frame(symbols, energy, run, system, kind, n=0, settings="s1"):
+        a = Atoms(symbols, positions=np.zeros((len(Atoms(symbols)), 3)), cell=[9.0] * 3, pbc=True)
+        a.info.update(
+            energy=energy,
+            config_type=kind,
+            run=run,
+            system=system,
+            frame=n,
+            content_hash="g2d-x",
+            settings_hash=settings,
+        )
+        return a
+
+    frames = [
+        frame("Cu9", -90.0, "r3", "slab", "slab"),
+        frame("Cu9", -95.0, "r3", "slab_site_0-aa", "slab", n=4),  # a relaxed bare slab, not the row's E(slab)
+        frame("Cu9H", -93.0, "r3", "site_0-aa", "slab+H", n=3),
+        frame("Cu16", -160.0, "r4", "slab", "slab"),
+        frame("Cu16H", -163.5, "r4", "site_0-bb", "slab+H", n=2),
+        frame("H2", -6.0, "h2-s1-12", ".", "molecule", n=1),
+        frame("H2", -7.0, "h2-s2-12", ".", "molecule", n=5, settings="s2"),  # another setting's H2, a later frame
+    ]
+    rows = {r["group"]: r["dft_eV"] for r in delta_e_h_rows(frames, {})}
+    assert rows["r3/site_0-aa"] == pytest.approx(-93.0 + 90.0 + 3.0)
+    assert rows["r4/site_0-bb"] == pytest.approx(-163.5 + 160.0 + 3.0)

@@ -756,26 +756,47 @@ def delta_e_h_rows(
 ) -> list[dict[str, Any]]:
     """ΔE_H = E(slab+H) − E(slab) − ½E(H₂) at the DFT geometries, by DFT and by each evaluator.
 
-    One row per slab+H relaxation (``run/system`` group): its last frame, the clean slab of the same content
-    hash and the last H₂ frame. Every model sees the same three geometries, so a difference between rows is
-    the energies alone. ``split`` maps a group to a label (``in-sample``, ``held out``); other groups get
+    One row per slab+H relaxation (``run/system`` group): its last frame, its bare slab and the last H₂ frame of
+    its DFT settings. The bare slab is a clean-slab frame of the same content hash with one atom fewer, the single
+    point of the site's own run where there is one (the E(slab) of its row), else another run's single point,
+    else the last such frame. Every model sees the same three geometries, so a difference between rows is the
+    energies alone. ``split`` maps a group to a label (``in-sample``, ``held out``); other groups get
     ``added after training``. eV; none when the frames hold no H₂.
     """
     frames = [f for f in frames if not f.info.get("vibration")]  # displaced geometries, not a relaxation's end
     by_group: dict[str, list[Atoms]] = defaultdict(list)
     for f in frames:
         by_group[frame_group(f)].append(f)
-    slabs = {f.info["content_hash"]: f for f in frames if f.info.get("config_type") == "slab"}
+    slab_frames = [f for f in frames if f.info.get("config_type") == "slab"]
     h2 = [f for f in frames if f.info.get("config_type") == "molecule" and f.get_chemical_formula() == "H2"]
     if not h2:
         return []
-    h2_final = max(h2, key=lambda f: f.info["frame"])
+
+    def slab_of(site: Atoms) -> Atoms | None:
+        # a 3×3 and a 4×4 cell of one layer share the content hash: the atom count tells them apart
+        fits = [
+            s
+            for s in slab_frames
+            if s.info.get("content_hash") == site.info.get("content_hash") and len(s) == len(site) - 1
+        ]
+        single = [s for s in fits if s.info.get("system") == "slab"]
+        own = [s for s in single if s.info.get("run") == site.info.get("run")]
+        pool = own or single or fits
+        return max(pool, key=lambda s: s.info["frame"]) if pool else None
+
+    def h2_of(site: Atoms) -> Atoms:
+        same = [f for f in h2 if f.info.get("settings_hash", "") == site.info.get("settings_hash", "")]
+        return max(same or h2, key=lambda f: f.info["frame"])
+
     rows = []
     for g, fs in sorted(by_group.items()):
-        if fs[0].info.get("config_type") != "slab+H" or fs[0].info.get("content_hash") not in slabs:
+        if fs[0].info.get("config_type") != "slab+H":
             continue
         last = max(fs, key=lambda f: f.info["frame"])
-        slab = slabs[last.info["content_hash"]]
+        slab = slab_of(last)
+        if slab is None:
+            continue
+        h2_final = h2_of(last)
         row = {
             "group": g,
             "formula": last.info.get("formula"),
