@@ -353,3 +353,26 @@ def test_the_replay_sampler_keeps_every_dft_item_and_draws_a_fresh_replay_subset
     # a DataLoader takes it: an epoch is n_fixed + k items
     loader = DataLoader(list(range(n_fixed + n_replay)), batch_size=3, sampler=replay_sampler(n_fixed, n_replay, k))
     assert sum(len(b) for b in loader) == n_fixed + k
+
+
+@pytest.mark.parametrize("alignment", ["element", "host"])
+def test_held_out_frames_do_not_move_the_training_targets(dft_runs, alignment):
+    """The energy alignment is fitted on the training frames only: raising the held-out relaxation's DFT energies
+    by 1 eV changes no training target and no fitted shift (before, it moved μ_H under element alignment)."""
+    from ase.io import read
+
+    settings = _settings(val_systems=["run_b/site_0"], alignment=alignment)
+    before = build_dataset([dft_runs], calculator_evaluator(EMT()), settings)
+    path = dft_runs / "run_b" / "site_0" / "relax.traj"
+    frames = read(str(path), index=":")
+    path.unlink()
+    for a in frames:
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy() + 1.0, forces=a.get_forces())
+        save_frame(a, path)
+    after = build_dataset([dft_runs], calculator_evaluator(EMT()), settings)
+    assert before.summary["val_groups"] == after.summary["val_groups"] == ["run_b/site_0"]
+    targets = [[f.info["target_energy"] for f in ds.train] for ds in (before, after)]
+    assert np.allclose(targets[0], targets[1], atol=1e-9)
+    assert before.shift.as_dict() == after.shift.as_dict()
+    shifted = [a.info["target_energy"] - b.info["target_energy"] for a, b in zip(after.val, before.val, strict=True)]
+    assert np.allclose(shifted, 1.0)  # the held-out targets carry their own change, and only they do

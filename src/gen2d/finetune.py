@@ -882,20 +882,35 @@ def build_dataset(
         f.info["base_energy"] = float(energy)
         f.info["dft_energy"] = float(f.info["energy"])
     elements = sorted({s for f in frames for s in f.get_chemical_symbols()})
-    weights = frame_weights(frames, settings.anchor_weight)
-    dft_e = [f.info["dft_energy"] for f in frames]
-    base_e = [f.info["base_energy"] for f in frames]
-    if settings.alignment == "host":
-        shift = fit_host_shift(frames, dft_e, base_e, weights)
-    elif settings.alignment == "element":
-        shift = fit_reference_shift(element_counts(frames, elements), dft_e, base_e, elements, weights)
-    else:
+    if settings.alignment not in ("host", "element"):
         raise ValueError(f"alignment must be 'host' or 'element', not {settings.alignment!r}")
-    for f in frames:
-        f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
     train, val, val_groups = split_frames(
         frames, settings.val_systems, settings.val_fraction, settings.seed, settings.val_formulas
     )
+    # the shift is fitted on the training frames only: a held-out material's frames (leave-one-material-out) must
+    # not take part in setting the targets the model trains on
+    weights = frame_weights(train, settings.anchor_weight)
+    dft_e = [f.info["dft_energy"] for f in train]
+    base_e = [f.info["base_energy"] for f in train]
+    if settings.alignment == "host":
+        shift = fit_host_shift(train, dft_e, base_e, weights)
+    else:
+        fitted = sorted({s for f in train for s in f.get_chemical_symbols()})
+        shift = fit_reference_shift(element_counts(train, fitted), dft_e, base_e, fitted, weights)
+    for f in train:
+        f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
+    # a validation frame with an element no training frame holds has no μ, so no target: it leaves validation
+    # (its ΔE_H is still compared, by delta_e_h_rows, which needs no target)
+    kept, unaligned = [], set()
+    for f in val:
+        try:
+            f.info["target_energy"] = f.info["dft_energy"] - shift.of(f)
+        except KeyError:
+            unaligned.add(frame_group(f))
+            continue
+        kept.append(f)
+    val = kept
+    aligned = [*train, *val]
 
     items: list = []
     sources: dict[str, int] = {}
@@ -920,7 +935,9 @@ def build_dataset(
     replay_train, replay_val = split_replay(replay, settings.replay_val_fraction, settings.seed)
 
     without_host = (
-        sorted({frame_group(f) for f in frames if f.info.get("config_type") != "molecule" and shift.host_of(f) is None})
+        sorted(
+            {frame_group(f) for f in aligned if f.info.get("config_type") != "molecule" and shift.host_of(f) is None}
+        )
         if shift.hosts
         else []
     )
@@ -931,7 +948,7 @@ def build_dataset(
             file=sys.stderr,
         )
     residual = defaultdict(list)
-    for f in frames:
+    for f in aligned:
         residual[f.info.get("config_type", "")].append(
             1000 * (f.info["target_energy"] - f.info["base_energy"]) / len(f)
         )
@@ -951,6 +968,7 @@ def build_dataset(
         "replay_sources": sources,
         "shift": shift.as_dict(),
         "groups_without_host": without_host,
+        "val_groups_without_target": sorted(unaligned),
         "target_minus_base_mev_per_atom": {
             k: {"mean": float(np.mean(v)), "max_abs": float(np.max(np.abs(v))), "n": len(v)}
             for k, v in sorted(residual.items())
