@@ -975,10 +975,11 @@ def test_a_start_added_after_a_takeover_is_computed_at_the_chains_geometry_and_r
     # the vibrations of a site that was taken over start from that start's folder (older runs: lowest_start/)
     from gen2d.adsorption import _takeover_dir
 
-    assert _takeover_dir(site.run_dir, "-2") == os.path.join(site.run_dir, "lowest_start_H-2")
+    assert _takeover_dir(site.run_dir, "-2", "-2") == os.path.join(site.run_dir, "lowest_start_H-2")
     os.makedirs(os.path.join(site.run_dir, "older", "lowest_start"))
     older = os.path.join(site.run_dir, "older")
-    assert _takeover_dir(older, "+1") == os.path.join(older, "lowest_start")
+    assert _takeover_dir(older, "+1", "+1") == os.path.join(older, "lowest_start")
+    assert _takeover_dir(older, "-2", "+1") == os.path.join(older, "lowest_start_H-2")  # another start's folder
 
 
 def test_a_strongly_binding_site_elsewhere_is_recorded_and_flagged_but_does_not_replace_the_best():

@@ -1303,7 +1303,7 @@ def refine_adsorption(
             # the solution the site's energy is: where a fresh start took over, its wavefunction and moment on H
             took_over = bool(taken) and not taken.startswith("failed")
             atoms = _with_moment_on(final, h_index, float(taken)) if took_over else final
-            wfn_from = _takeover_dir(site_dir, taken) if took_over else site_dir
+            wfn_from = _takeover_dir(site_dir, taken, taken) if took_over else site_dir
             vibrations = h2_vib_failure or _site_vibrations(
                 site_dir, atoms, h_index, make_calculator, h2_modes, h2_bond, wfn_from
             )
@@ -1381,14 +1381,16 @@ def _with_moment_on(atoms: Atoms, index: int, moment: float) -> Atoms:
     return out
 
 
-def _takeover_dir(site_dir: str, taken: str) -> str:
-    """The folder where a site relaxed on from its fresh start ``taken`` (e.g. "+1"): ``lowest_start_H+1``, or
-    ``lowest_start`` for a takeover made before the folders were named by start."""
+def _takeover_dir(site_dir: str, taken: str, recorded: str | None) -> str:
+    """The folder where a site relaxes on from its fresh start ``taken`` (e.g. "+1"): ``lowest_start_H+1``, or
+    ``lowest_start``, the one folder of a takeover made before the folders were named by start, when that takeover
+    (``recorded``, the site's ``relaxed_from_start``) was from the same start."""
     import os
 
     named = os.path.join(site_dir, f"lowest_start_H{float(taken):+g}")
     older = os.path.join(site_dir, "lowest_start")
-    return older if not os.path.isdir(named) and os.path.isdir(older) else named
+    same = recorded is not None and recorded == f"{float(taken):+g}"
+    return older if same and not os.path.isdir(named) and os.path.isdir(older) else named
 
 
 def _check_spin_starts(
@@ -1462,10 +1464,7 @@ def _check_spin_starts(
     if found:
         best = min(found, key=found.get)
         if found[best] < chain_energy - SPIN_START_TOLERANCE:
-            d = os.path.join(site_dir, f"lowest_start_H{best:+g}")
-            older = os.path.join(site_dir, "lowest_start")  # one folder for every start, before it was named
-            if os.path.isdir(older) and (doc.get("spin_starts") or {}).get("relaxed_from_start") == f"{best:+g}":
-                d = older
+            d = _takeover_dir(site_dir, f"{best:+g}", (doc.get("spin_starts") or {}).get("relaxed_from_start"))
             os.makedirs(d, exist_ok=True)  # its trajectory goes there even where the calculator keeps no files
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
             probe = _with_moment_on(final, h_index, best)
