@@ -135,6 +135,20 @@ def literature_value(label: str | None) -> dict | None:
     return None
 
 
+#: refine settings a stored row may hold more of than asked: the skip rule checks them itself (a row without spin
+#: starts or vibrations that are asked for is computed again; one that has them serves a request without)
+_ADDITIVE_REFINE = frozenset({"spin_starts", "vibrations"})
+
+
+def refine_differences(row: dict, wanted: dict) -> dict[str, tuple]:
+    """The refine settings (``RefineSettings.as_dict``) in which a stored row differs from ``wanted``, as
+    {name: (stored, wanted)}: a row is kept and reused under other settings, so the build says which. Settings a
+    row may hold more of (:data:`_ADDITIVE_REFINE`) are left out."""
+    stored = ((row.get("provenance") or {}).get("settings") or {}).get("refine") or {}
+    keys = (set(stored) | set(wanted)) - _ADDITIVE_REFINE
+    return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+
+
 def read_rows(path: Path) -> dict[str, dict]:
     # written whole (write_rows): a line that does not parse is damage, never a row to drop on the next write
     return {row["material"]: row for row in read_jsonl(path, strict=True)}
@@ -534,7 +548,16 @@ def main(argv=None) -> int:
             and (not args.spin_starts or (rows[name].get("best_site") or {}).get("spin_starts"))
             and (not args.vibrations or (rows[name].get("best_site") or {}).get("vibrations"))
         ):
-            print(f"{name}: stored", flush=True)
+            differs = refine_differences(rows[name], scorers_for(MATERIALS[name])[0].refine.as_dict())
+            if differs:
+                print(
+                    f"{name}: stored under other refine settings ("
+                    + ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differs.items())
+                    + "); kept, --redo rebuilds it with these",
+                    flush=True,
+                )
+            else:
+                print(f"{name}: stored", flush=True)
             continue
         t0 = time.perf_counter()
         try:

@@ -212,3 +212,43 @@ def test_the_mlip_column_is_the_value_of_the_site_dft_started_from(build):
     assert build._mlip_same_site(best, sites) == 0.42
     assert build._mlip_same_site(best | {"start_delta_g_h": None}, sites) == 1.65  # rows refined before
     assert build._mlip_same_site(None, sites) is None
+
+
+def test_a_stored_row_made_under_other_refine_settings_is_kept_and_the_build_says_which(
+    build, monkeypatch, tmp_path, capsys
+):
+    """The builder reuses a stored row without recomputing it; when the row was refined under other settings than
+    those asked for (here a tighter force criterion and no pre-relaxation), it says so and names them."""
+    from gen2d.fileio import write_jsonl_atomic as write_jsonl
+
+    dft, _ = _scorers_main_would_run(build, monkeypatch, tmp_path)
+    wanted = dft.refine.as_dict()
+    row = {
+        "material": "graphene",
+        "ok": True,
+        "best_site": {"spin_starts": {"energies_eV": {"+0": -1.0}}},
+        "provenance": {
+            "settings": {
+                "cp2k_settings_hash": dft.cp2k.settings_hash(),
+                "cp2k": dft.cp2k.model_dump(mode="json"),
+                "refine": {k: v for k, v in wanted.items() if k != "prerelax"} | {"fmax": 0.05},
+            }
+        },
+    }
+    out = tmp_path / "rows.jsonl"
+    write_jsonl(out, [row])
+
+    def never(*_a, **_k):
+        raise AssertionError("a stored row was computed again")
+
+    monkeypatch.setattr(build, "run_material", never)
+    build.main(["--materials", "graphene", "--out", str(out), "--workdir", str(tmp_path)])
+    said = capsys.readouterr().out
+    assert "graphene: stored under other refine settings" in said
+    assert "fmax 0.05 there, 0.1 asked" in said and "prerelax None there, 'chgnet' asked" in said
+    assert build.refine_differences(row, wanted) == {"fmax": (0.05, 0.1), "prerelax": (None, "chgnet")}
+    # the same settings: plainly stored, and spin starts or vibrations held beyond the request are no difference
+    row["provenance"]["settings"]["refine"] = wanted | {"vibrations": True}
+    write_jsonl(out, [row])
+    build.main(["--materials", "graphene", "--out", str(out), "--workdir", str(tmp_path)])
+    assert capsys.readouterr().out.strip().endswith("graphene: stored")
