@@ -231,7 +231,7 @@ def dg_h_on_dft_geometry(row: dict, calc) -> dict:
 
 def main_dft(args) -> int:
     """Every MLIP against gen2d's own DFT set, on the same sites and geometries."""
-    from build_dgh_dft_reference import DEFAULT_OUT, read_rows
+    from build_dgh_dft_reference import DEFAULT_OUT, read_rows, row_digest
 
     from gen2d.adsorption import calculator_key
     from gen2d.relax import cached_calculator
@@ -247,6 +247,8 @@ def main_dft(args) -> int:
         "reference_rows_sha256": hashlib.sha256(rows_path.read_bytes()).hexdigest(),
         "rows": len(rows),
         "materials": [r["material"] for r in rows],
+        # the rows measured, by content: a row added later leaves these figures standing, a changed one does not
+        "row_sha256": {r["material"]: row_digest(r) for r in rows},
         "units": {"dft_eV": "eV", "mlip_dg_h_eV": "eV", "mlip_de_h_eV": "eV", "mae_eV": "eV", "bias_eV": "eV"},
         "hit_window_eV": HIT_WINDOW,
         "models": {},

@@ -74,6 +74,9 @@ MATERIALS: dict[str, dict] = {
     "TaS2-2H": {"template": "TaS2-2H"},
     "NbS2-2H": {"ase_mx2": ("NbS2", "2H", 3.33)},
     "MoS2-1T": {"ase_mx2": ("MoS2", "1T", 3.19), "literature": "1T-MoS2 basal plane"},
+    # the distorted (1T′, P2₁/m) phase 1T-MoS₂ relaxes to: 2DMatPedia's layer, member POSCAR-Mo16S32 of
+    # 2dmatpedia_all_poscars.tgz (a 48-atom supercell of the 6-atom cell)
+    "MoS2-1Tprime": {"matpedia_poscar": ("POSCAR-Mo16S32", "MoS2", "P2_1/m")},
     "VS2-1T": {"ase_mx2": ("VS2", "1T", 3.17)},
     "PtSe2-1T": {"template": "PtSe2-1T"},
     "PtS2-1T": {"template": "PtS2-1T"},
@@ -100,6 +103,22 @@ def build_structure(spec: dict):
 
     if "template" in spec:
         return orient_2d(build_template(spec["template"]))
+    if "matpedia_poscar" in spec:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        from gen2d.data.readers import data_dir, read_poscar_tgz
+
+        member, formula, space_group = spec["matpedia_poscar"]
+        tarball = data_dir() / "2dmatpedia_all_poscars.tgz"
+        (outcome,) = list(read_poscar_tgz(tarball, members={member})) or [None]
+        if outcome is None or outcome.record is None:
+            why = "not in the archive" if outcome is None else outcome.rejection.reason
+            raise ValueError(f"{member} of {tarball}: {why}")
+        structure = outcome.record.structure
+        found = SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
+        if structure.composition.reduced_formula != formula or found != space_group:
+            raise ValueError(f"{member} of {tarball} is {structure.composition.reduced_formula} {found}")
+        return structure
     if "ase_mx2" in spec:
         formula, kind, a = spec["ase_mx2"]
         atoms = mx2(formula, kind=kind, a=a, thickness=3.13, vacuum=9.0)
@@ -147,6 +166,12 @@ def refine_differences(row: dict, wanted: dict) -> dict[str, tuple]:
     stored = ((row.get("provenance") or {}).get("settings") or {}).get("refine") or {}
     keys = (set(stored) | set(wanted)) - _ADDITIVE_REFINE
     return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+
+
+def row_digest(row: dict) -> str:
+    """SHA-256 of one row's content (its JSON with sorted keys): what a measurement on that row records, so that
+    new rows from the queue leave it standing and a changed row does not."""
+    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
 
 
 def read_rows(path: Path) -> dict[str, dict]:
@@ -199,7 +224,7 @@ def write_manifest(path: Path, rows: dict[str, dict], argv: list[str]) -> None:
         # the DFT settings are one for the set; the relaxation protocol is each row's own
         "refine_by_row": {m: (r["provenance"]["settings"].get("refine") or None) for m, r in sorted(rows.items())},
         "mlip_stage": "dgh.mlip with CHGNet 0.3.0 (slab relaxation and H sites)",
-        "structures": "gen2d.data.templates prototypes (and ASE builders for NbS2, 1T-MoS2, VS2, blue phosphorene, Mo2CO2)",
+        "structures": "gen2d.data.templates prototypes (and ASE builders for NbS2, 1T-MoS2, VS2, blue phosphorene, Mo2CO2; 1T′-MoS2 from the 2DMatPedia POSCAR set)",
         "units": {"dg_h_eV": "eV", "e_slab_eV": "eV", "e_h2_eV": "eV", "geometry.positions": "Å", "wall_seconds": "s"},
         "updated": datetime.date.today().isoformat(),
     }

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,14 +395,19 @@ def _looks_like_mc2d(path: Path) -> bool:
 
 
 def read_poscar_tgz(
-    path: str | Path, source: str | None = None, limit: int | None = None, primitive_tolerance: float = 0.25
+    path: str | Path,
+    source: str | None = None,
+    limit: int | None = None,
+    primitive_tolerance: float = 0.25,
+    members: Collection[str] | None = None,
 ) -> Iterator[ReadOutcome]:
     """Every POSCAR member of a tarball (``2dmatpedia_all_poscars.tgz``), read straight from the archive.
 
     Each member is reduced to its primitive cell (pymatgen ``Structure.get_primitive_structure``: the
     2DMatPedia files are supercells of 2 to 261 atoms) and put in the gen2d frame (:func:`orient_2d`).
     The set carries no labels. A member that fails is a named rejection (``unreadable_file``,
-    ``no_primitive_cell``) and the others still come; ``limit`` stops after that many members.
+    ``no_primitive_cell``) and the others still come; ``limit`` stops after that many members, and ``members``
+    (file names such as ``POSCAR-Mo16S32``) reads only those.
     """
     import tarfile
     import warnings
@@ -422,6 +427,8 @@ def read_poscar_tgz(
     with archive:
         for member in archive:
             if not member.isfile() or not Path(member.name).name.upper().startswith(STRUCTURE_NAMES):
+                continue
+            if members is not None and Path(member.name).name not in members:
                 continue
             if limit is not None and n >= limit:
                 return
