@@ -485,6 +485,9 @@ def test_a_cached_scf_failure_from_before_the_retry_ladder_is_computed_again(tmp
     false_doc = old | {"message": f"{false}: a false convergence", "cost": {"scf_level": 2}, "failure_rules": 3}
     result.write_text(json.dumps(false_doc))
     assert run().energy == pytest.approx(first.energy, abs=1e-6)
+    # the top of the ladder before its rung that converges a slab without the dipole correction (rules 6) runs again
+    result.write_text(json.dumps(old | {"cost": {"scf_level": 2, "n_evaluations": 4}, "failure_rules": 6}))
+    assert run().energy == pytest.approx(first.energy, abs=1e-6)
     # the ladder of the current rules was climbed to its top and still failed: the failure is the answer
     result.write_text(json.dumps(false_doc | {"failure_rules": FAILURE_RULES}))
     assert run().energy is None

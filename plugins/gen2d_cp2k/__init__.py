@@ -26,7 +26,6 @@ from ase.calculators.cp2k import CP2K
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import (
-    ANNEAL_FIELDS,
     Cp2kSettings,
     ScfFallback,
     build_input,
@@ -470,7 +469,10 @@ class Cp2kCalculator(CP2K):
             "false_convergence_restarts": 1,
         }
         if self.scf_level:
-            route["rung"] = self.gen2d_settings.scf_fallback[self.scf_level - 1].model_dump(mode="json")
+            rung = self.gen2d_settings.scf_fallback[self.scf_level - 1].model_dump(mode="json")
+            if not rung["prepare_without_dipole"]:  # ledgers from before the field name routes without it
+                del rung["prepare_without_dipole"]
+            route["rung"] = rung
         return route
 
     def _inferred_failure(self) -> dict[str, Any] | None:
@@ -492,7 +494,7 @@ class Cp2kCalculator(CP2K):
         can flip its occupations as the first did."""
         ladder = self.gen2d_settings.scf_fallback
         levels = list(range(self.scf_level + 1, len(ladder) + 1))
-        if anneal_again and 0 < self.scf_level and ladder[self.scf_level - 1].anneal_temperature_k is not None:
+        if anneal_again and 0 < self.scf_level and ladder[self.scf_level - 1].prepares:
             levels.insert(0, self.scf_level)
         for level in levels:
             self.scf_level = level
@@ -507,12 +509,15 @@ class Cp2kCalculator(CP2K):
                 rung.mixing_alpha,
                 rung.nbroyden,
                 rung.max_scf,
-                f", after an SCF at {rung.anneal_temperature_k:g} K" if rung.anneal_temperature_k else "",
+                f", after an SCF at {rung.anneal_temperature_k:g} K"
+                if rung.anneal_temperature_k
+                else (", after an SCF without the dipole correction" if rung.prepare_without_dipole else ""),
             )
-            anneal = rung.anneal_temperature_k is not None
-            record = {"rung": level, **rung.model_dump(exclude_none=True, exclude=set() if anneal else ANNEAL_FIELDS)}
-            if anneal:
+            record = {"rung": level, **rung.record()}
+            if rung.anneal_temperature_k is not None:
                 record.update(self._anneal(rung.anneal_temperature_k, properties))
+            elif rung.prepare_without_dipole and self._dipole_correction_in_effect():
+                record.update(self._anneal(self.gen2d_settings.electronic_temperature_k, properties))
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             try:
                 self._rerun(record, properties, self._evaluate_settled)
@@ -553,6 +558,10 @@ class Cp2kCalculator(CP2K):
             log.warning("%s; restarting that SCF once from its own wavefunction", exc)
             record = {"evaluation": self.n_evaluations, "false_convergence_restart": True, "level": self.scf_level}
             self._rerun(record, properties, self._evaluate)
+
+    def _dipole_correction_in_effect(self) -> bool:
+        """Whether this calculation's SCF carries the surface dipole correction (a slab, settings with it)."""
+        return bool(self.gen2d_settings.dipole_correction and self.atoms is not None and not self.atoms.pbc[2])
 
     def _anneal(self, temperature_k: float, properties) -> dict[str, Any]:
         """The preparatory SCF of an annealing rung, at ``temperature_k``: it leaves its wavefunction for the

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,7 +34,7 @@ MAGNETIC_MOMENTS: dict[str, float] = {
 
 
 #: the fields of an annealing rung's preparatory SCF besides its temperature (left out of a plain rung's record)
-ANNEAL_FIELDS = frozenset({"anneal_max_scf", "anneal_dipole_correction"})
+ANNEAL_FIELDS = frozenset({"anneal_max_scf", "anneal_dipole_correction", "prepare_without_dipole"})
 
 
 class ScfFallback(BaseModel):
@@ -51,6 +51,12 @@ class ScfFallback(BaseModel):
     the usual start for a slab whose SCF diverges with it. Only the second SCF gives the energy, so the physics is
     still the settings'. The smearing-level escalation of the AiiDA CP2K surface protocols uses hotter smearing
     for the result itself; here it only prepares the start.
+
+    A rung with ``prepare_without_dipole`` (and no annealing temperature) prepares a slab's SCF at the settings' own
+    temperature without the dipole correction. The SCF with the correction then starts from a converged density:
+    going from a hot density to the cold one moves the occupations, and on the way the density can spread into
+    the vacuum, where CP2K's correction aborts (3×3 Sc₂CO₂: α 0.05 from its 1500 K density, at step 13). Without a
+    dipole correction in effect (a bulk cell, or settings without it) the rung is a plain rung.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +83,32 @@ class ScfFallback(BaseModel):
         "transient dipole cannot tilt the vacuum potential and pull charge into the vacuum (the divergence CP2K "
         "aborts on), and the rung's own SCF restores it",
     )
+
+    prepare_without_dipole: bool = Field(
+        False,
+        description="a rung without anneal_temperature_k: first an SCF of a slab at the settings' own temperature "
+        "without the surface dipole correction (at most anneal_max_scf steps), whose wavefunction starts the "
+        "rung's SCF with it",
+    )
+
+    @model_validator(mode="after")
+    def _prepares_without_the_correction(self) -> ScfFallback:
+        if self.prepare_without_dipole and self.anneal_dipole_correction:
+            raise ValueError("prepare_without_dipole prepares without the dipole correction: anneal_dipole_correction")
+        return self
+
+    @property
+    def prepares(self) -> bool:
+        """Whether this rung runs a preparatory SCF before its own (hot, or without the dipole correction)."""
+        return self.anneal_temperature_k is not None or self.prepare_without_dipole
+
+    def record(self) -> dict[str, Any]:
+        """This rung's fields as a cost-ledger record: a plain rung's mixing, a preparing rung's with its
+        preparation (``prepare_without_dipole`` only where it is set)."""
+        out = self.model_dump(exclude_none=True, exclude=set() if self.prepares else ANNEAL_FIELDS)
+        if not self.prepare_without_dipole:
+            out.pop("prepare_without_dipole", None)
+        return out
 
     def mixing(self) -> dict[str, float | int]:
         """The fields this rung sets on :class:`Cp2kSettings` (its SCF route at the settings' temperature)."""
@@ -186,6 +218,7 @@ class Cp2kSettings(BaseModel):
     scf_fallback: tuple[ScfFallback, ...] = (
         ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250),
         ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250, anneal_temperature_k=1500.0),
+        ScfFallback(mixing_alpha=0.05, nbroyden=12, max_scf=250, prepare_without_dipole=True, anneal_max_scf=250),
     )
     spin: Literal["auto", "on", "off"] = "auto"
     dipole_correction: bool = True

@@ -1874,8 +1874,10 @@ def _failure_name(exc: BaseException) -> str:
 #: 3, the ladder has an annealing rung (``ScfFallback.anneal_temperature_k``); 4, a false convergence (CP2K's
 #: "converged" with the energy still moving, ``gen2d_cp2k.FalseConvergence``) is restarted once before it fails;
 #: 5, a false convergence is named ``scf_not_converged`` (under 4 it was stored as ``calculator_error``); 6, a crash
-#: (``calculator_error``: the CP2K process died, a broken pipe) is never cached, for a site as for the slab.
-FAILURE_RULES = 6
+#: (``calculator_error``: the CP2K process died, a broken pipe) is never cached, for a site as for the slab; 7, the
+#: ladder has a rung that converges a slab without the dipole correction before the SCF with it
+#: (``ScfFallback.prepare_without_dipole``).
+FAILURE_RULES = 7
 # CP2K's abort when the surface dipole correction finds no empty plane (in a ``dft_aborted`` message)
 _DIPOLE_VACUUM_ABORT = "dipole correction needs more vacuum space"
 
@@ -1946,7 +1948,9 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
       ``ScfNotConverged`` was named): the retry names it, and a failure that stands is cached as
       ``scf_not_converged``;
     - any other ``calculator_error`` (``failure_rules`` < 6): a crash of the calculator, cached as a site's or a
-      spin start's failure before crashes were re-raised; the retry resumes from the part's last frame.
+      spin start's failure before crashes were re-raised; the retry resumes from the part's last frame;
+    - an SCF failure from before the ladder's rung that converges a slab without the dipole correction first
+      (``failure_rules`` < 7); the ledger knows the rung that failed, so the retry goes on from the next one.
     """
     failure, cost = doc.get("failure"), doc.get("cost") or {}
     if (
@@ -1961,6 +1965,8 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
         return "an SCF failure from before the SCF fallback ladder"
     if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:
         return "an SCF failure from before the ladder's annealing rung (a hotter SCF to start from)"
+    if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 7:
+        return "an SCF failure from before the ladder's rung that converges without the dipole correction first"
     if (
         failure == "scf_not_converged"
         and doc.get("failure_rules", 1) < 4

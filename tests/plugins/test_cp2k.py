@@ -1004,8 +1004,8 @@ def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_en
     """The default ladder's second rung: an SCF at 1500 K whose wavefunction starts the SCF at the settings' own
     temperature. The hot energy is never the result; a later geometry that fails on that rung anneals again."""
     settings = Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0, "mixing_alpha": 0.2}))
-    hot, cold = settings.scf_fallback
-    assert hot.anneal_temperature_k is None and cold.anneal_temperature_k == 1500.0
+    plain, hot, _ = settings.scf_fallback
+    assert plain.anneal_temperature_k is None and hot.anneal_temperature_k == 1500.0
     assert settings.at_rung(2).electronic_temperature_k == 300.0  # the rung's result is at the settings' physics
     assert (
         settings.settings_hash()
@@ -1045,6 +1045,55 @@ def test_the_annealing_rung_starts_from_a_hot_scf_and_hands_out_only_the_cold_en
     mol.positions[1, 2] += 0.02
     assert mol.get_potential_energy() == -1.1
     assert calc.scf_retries[-1]["rung"] == 2 and calc.scf_retries[-1]["anneal_converged"] is False
+    calc.close()
+
+
+@needs_cp2k
+def test_the_last_rung_converges_a_slab_without_the_dipole_correction_then_with_it(tmp_path, monkeypatch):
+    """The default ladder's third rung, for a slab whose SCF with the dipole correction spreads density into the
+    vacuum even from its annealed start (3×3 Sc₂CO₂): an SCF at the settings' own temperature without the
+    correction, then the SCF with it from that wavefunction, whose energy alone is handed out. A cell without the
+    correction in effect runs the rung as a plain rung."""
+    settings = Cp2kSettings(**(TINY | {"electronic_temperature_k": 300.0, "mixing_alpha": 0.2}))
+    rung = settings.scf_fallback[2]
+    assert rung.prepare_without_dipole and rung.anneal_temperature_k is None and rung.prepares
+    assert settings.at_rung(3).electronic_temperature_k == 300.0 and settings.at_rung(3).dipole_correction
+    with pytest.raises(ValueError, match="prepare_without_dipole"):
+        ScfFallback(
+            mixing_alpha=0.05, nbroyden=12, max_scf=9, prepare_without_dipole=True, anneal_dipole_correction=True
+        )
+    # base, rung 1 and rung 2 (its hot SCF converges, its cold one not) fail; rung 3: -2 eV without, -1 eV with
+    inputs = _scripted_cp2k(monkeypatch, [None, None, (-5.0, 30), None, (-2.0, 40), (-1.0, 6)])
+    mol = _h2()
+    mol.pbc = (True, True, False)
+    mol.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "slab"))
+    assert mol.get_potential_energy() == -1.0
+    assert calc.scf_level == 3 and calc.scf_steps == [100, 250, 30, 250, 40, 6]
+    prepare, final = inputs[4], inputs[5]
+    assert "SURFACE_DIPOLE_CORRECTION" not in prepare and "ELECTRONIC_TEMPERATURE [K] 300.0" in prepare
+    assert "MAX_SCF 250" in prepare and "SCF_GUESS RESTART" in prepare
+    assert "SURFACE_DIPOLE_CORRECTION T" in final and "SCF_GUESS RESTART" in final
+    assert calc.scf_retries[-1] == {
+        "evaluation": 5,
+        "rung": 3,
+        "mixing_alpha": 0.05,
+        "nbroyden": 12,
+        "max_scf": 250,
+        "anneal_max_scf": 250,
+        "anneal_dipole_correction": False,
+        "prepare_without_dipole": True,
+        "anneal_scf_steps": 40,
+        "anneal_converged": True,
+        "scf_steps": 6,
+        "converged": True,
+    }
+    calc.close()
+    # a molecule in a 3D cell carries no dipole correction: the rung is its mixing alone, one SCF
+    inputs = _scripted_cp2k(monkeypatch, [None, None, (-5.0, 30), None, (-3.0, 9)])
+    gas = _h2()
+    gas.calc = calc = make_calculator(settings=settings, directory=str(tmp_path / "gas"))
+    assert gas.get_potential_energy() == -3.0
+    assert len(inputs) == 5 and calc.scf_retries[-1]["rung"] == 3 and "anneal_scf_steps" not in calc.scf_retries[-1]
     calc.close()
 
 
