@@ -16,8 +16,8 @@ case "${1:-}" in
     for m in Sc2CO2-site1 Nb2CF2-site1 Zr2CF2-site1 Hf2NF2-site1 Nb2NF2-site1 Sc2NF2-site1 V2NF2-site1 Ti2CO2-site1; do
       echo "== $m $(date -u +%FT%TZ)"; build --materials "$m"
     done ;;
-  B)  # well-studied basal planes, top sites
-    for m in MoSe2-2H WSe2-2H PtSe2-1T SnS2-1T phosphorene; do
+  B)  # well-studied basal planes, top sites; 1T′-MoS₂ for a like-for-like 1T-MoS₂ literature comparison
+    for m in MoSe2-2H WSe2-2H PtSe2-1T SnS2-1T phosphorene MoS2-1Tprime; do
       echo "== $m $(date -u +%FT%TZ)"; build --materials "$m" --site-kinds ontop
     done ;;
   *) echo "usage: $0 A|B" >&2; exit 2 ;;
