@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(moments) - set(atoms.get_chemical_symbols()))
     if unknown:
         raise SystemExit(f"--moment names {', '.join(unknown)}, which {args.part} does not hold")
-    if moments:  # a zero leaves the element at the calculator's default (gen2d_cp2k.element_moments)
+    if moments:  # a zero leaves the element at the calculator's default (gen2d_cp2k.atom_kinds)
         if not wants_spin(atoms.get_chemical_symbols(), settings)[0]:
             raise SystemExit(f"--moment: {args.part} is computed closed-shell under these settings (spin 'auto')")
         atoms.set_initial_magnetic_moments([moments.get(s, 0.0) for s in atoms.get_chemical_symbols()])

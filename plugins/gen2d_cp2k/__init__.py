@@ -37,6 +37,7 @@ from gen2d_cp2k.settings import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "atom_kinds",
     "Cp2kAborted",
     "Cp2kCalculator",
     "Cp2kSettings",
@@ -187,6 +188,25 @@ def abort_message(output: str) -> str | None:
     return " ".join(w for w in words if w) or "unknown error"
 
 
+def _label_coordinates(text: str, labels: list[str]) -> str:
+    """CP2K input ``text`` with each line of its ``&COORD`` section naming the kind in ``labels`` (one per atom,
+    in order) instead of the element ASE wrote."""
+    lines, inside, k = text.split("\n"), False, 0
+    for i, line in enumerate(lines):
+        word = line.strip().upper()
+        if word.startswith("&END COORD"):
+            inside = False
+        elif inside and line.strip():
+            head, rest = line.lstrip().split(None, 1)
+            lines[i] = line[: len(line) - len(line.lstrip())] + f"{labels[k]} {rest}"
+            k += 1
+        elif word.startswith("&COORD"):
+            inside = True
+    if k != len(labels):
+        raise ValueError(f"the input's &COORD has {k} atoms, the kinds name {len(labels)}")
+    return "\n".join(lines)
+
+
 def scf_abort(reason: str) -> bool:
     """Whether a CP2K abort message is an SCF that did not converge (CP2K 2024.1 and later stop there unless
     ``IGNORE_CONVERGENCE_FAILURE`` is set; 2023.1, Debian's, warns and goes on)."""
@@ -194,24 +214,37 @@ def scf_abort(reason: str) -> bool:
     return "scf run not converged" in text or "ignore_convergence_failure" in text
 
 
-def element_moments(atoms) -> dict[str, float]:
-    """The atoms' nonzero initial magnetic moments (μB) as one moment per element, which is how CP2K takes them
-    (``&KIND/MAGNETIZATION``). Atoms of one element with different moments are refused by name."""
-    moments: dict[str, float] = {}
+def atom_kinds(atoms) -> tuple[list[str], dict[str, str], dict[str, float]]:
+    """The CP2K kinds of ``atoms`` (ASE) from their initial magnetic moments (μB), which CP2K sets per kind
+    (``&KIND/MAGNETIZATION``): (a kind label per atom, the kinds beyond one per element as {label: element}, the
+    nonzero moment of each kind).
+
+    Atoms of one element share its kind while they share a moment. Where they do not (an adsorbed H started with a
+    moment beside the H of an OH termination), the atoms with the moment of the element's first atom keep the
+    element's kind and each other moment gets a kind of its own, ``H_1``, ``H_2``…, in order of first appearance.
+    A kind whose atoms start at 0 leaves the element's default moment in place when it is the element's own kind,
+    and has none when it is an extra kind."""
+    symbols = atoms.get_chemical_symbols()
     if not atoms.has("initial_magmoms"):
-        return moments
+        return list(symbols), {}, {}
     values = np.asarray(atoms.get_initial_magnetic_moments(), float)
     if values.ndim != 1:
         raise ValueError("non-collinear initial magnetic moments are not supported by the cp2k calculator")
-    for symbol in sorted(set(atoms.get_chemical_symbols())):
-        mine = {float(m) for m, s in zip(values, atoms.get_chemical_symbols()) if s == symbol}
-        if len(mine) > 1:
-            raise ValueError(
-                f"the cp2k calculator takes one initial moment per element; {symbol} atoms have {sorted(mine)}"
-            )
-        if mine and next(iter(mine)):
-            moments[symbol] = next(iter(mine))
-    return moments
+    labels: list[str] = []
+    extra: dict[str, str] = {}
+    moments: dict[str, float] = {}
+    seen: dict[str, dict[float, str]] = {}  # element -> {moment: label}
+    for symbol, moment in zip(symbols, values.tolist()):
+        mine = seen.setdefault(symbol, {})
+        if moment not in mine:
+            label = symbol if not mine else f"{symbol}_{len(mine)}"
+            mine[moment] = label
+            if label != symbol:
+                extra[label] = symbol
+            if moment:
+                moments[label] = moment
+        labels.append(mine[moment])
+    return labels, extra, moments
 
 
 #: Keywords of ASE's ``CP2K`` calculator that would write input sections of their own, all off: the whole input is
@@ -389,6 +422,9 @@ class Cp2kCalculator(CP2K):
         # A slab is periodic in 3D for the plane-wave grid, with vacuum along z and the dipole correction
         # (CP2K's SURFACE_DIPOLE_CORRECTION needs a fully periodic Poisson solver).
         text = re.sub(r"PERIODIC\s+XY\b(?!Z)", "PERIODIC XYZ", text)
+        labels = getattr(self, "_kind_labels", None)
+        if labels:
+            text = _label_coordinates(text, labels)
         return text
 
     def _prepare(self, atoms, restart_wfn: bool | None = None) -> None:
@@ -402,13 +438,16 @@ class Cp2kCalculator(CP2K):
             # asked for a fresh start: only a wavefunction this process's own SCFs wrote is the failed SCF's
             use = self.wfn_file.stat().st_mtime >= self._created
         restart = str(self.wfn_file.name) if use and self.wfn_file.is_file() else None
-        self.start_magnetization = {**self.magnetization, **element_moments(atoms)}
+        labels, extra_kinds, moments = atom_kinds(atoms)
+        self._kind_labels = labels if extra_kinds else None  # the coordinates name the extra kinds
+        self.start_magnetization = {**self.magnetization, **moments}
         inp = build_input(
             self._spin_rule(self.active_settings).model_copy(update={"kpoints": self._mesh}),
             symbols,
             slab=slab,
             wfn_restart=restart,
             magnetization=self.start_magnetization,
+            extra_kinds=extra_kinds or None,
         )
         inp = inp.replace("BASIS_SET_FILE_NAME ", f"BASIS_SET_FILE_NAME {self._data_dir}/", 1)
         inp = inp.replace("POTENTIAL_FILE_NAME ", f"POTENTIAL_FILE_NAME {self._data_dir}/", 1)

@@ -376,6 +376,7 @@ def build_input(
     charge: int = 0,
     wfn_restart: str | None = None,
     magnetization: dict[str, float] | None = None,
+    extra_kinds: dict[str, str] | None = None,
 ) -> str:
     """The CP2K input (without coordinates and cell, which ASE's calculator writes) for these atoms.
 
@@ -394,7 +395,12 @@ def build_input(
     magnetization : dict, optional
         Initial moments (μB) per element for the atomic guess of a spin-polarised run, over
         ``MAGNETIC_MOMENTS`` (0 removes one). They choose where the SCF starts, not the physics: they are
-        not part of the settings hash, but an open-shell system can land in a different spin solution.
+        not part of the settings hash, but an open-shell system can land in a different spin solution. A key
+        may also be a kind of ``extra_kinds``.
+    extra_kinds : dict, optional
+        Kinds beyond one per element, as {label: element} (``{"H_2": "H"}``): atoms of one element that start
+        with another moment than the rest (an adsorbed H beside the H of an OH termination) need a kind of their
+        own, since CP2K sets the starting moment per kind. The coordinates name them (:class:`Cp2kCalculator`).
     """
     uks, multiplicity = wants_spin(symbols, settings, charge)
     lines = [
@@ -492,13 +498,13 @@ def build_input(
             "      &END VDW_POTENTIAL",
         ]
     lines += ["    &END XC", "  &END DFT", "  &SUBSYS"]
-    for element in sorted(set(symbols)):
-        lines += [
-            f"    &KIND {element}",
-            f"      BASIS_SET {settings.basis_for(element)}",
-            f"      POTENTIAL {settings.potential}",
-        ]
-        moment = {**MAGNETIC_MOMENTS, **(magnetization or {})}.get(element, 0.0)
+    kinds = [(element, element) for element in sorted(set(symbols))] + sorted((extra_kinds or {}).items())
+    for label, element in kinds:
+        lines += [f"    &KIND {label}"]
+        if label != element:
+            lines.append(f"      ELEMENT {element}")
+        lines += [f"      BASIS_SET {settings.basis_for(element)}", f"      POTENTIAL {settings.potential}"]
+        moment = {**MAGNETIC_MOMENTS, **(magnetization or {})}.get(label, 0.0)
         if uks and moment:
             lines.append(f"      MAGNETIZATION {moment}")
         lines.append("    &END KIND")

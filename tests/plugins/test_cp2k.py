@@ -113,6 +113,60 @@ def test_initial_moments_shape_the_atomic_guess_of_spin_polarised_runs_only():
     assert "MAGNETIZATION" not in build_input(s, ["H", "H"], slab=False, magnetization={"H": 1.0})
 
 
+def test_atoms_of_one_element_with_other_starting_moments_get_kinds_of_their_own():
+    """CP2K sets a starting moment per kind: an adsorbed H started at 1 μB beside the H of an OH termination needs
+    a kind of its own. The element's first atom keeps the element's kind; atoms sharing a moment share a kind."""
+    from gen2d_cp2k import atom_kinds
+
+    atoms = Atoms("TiOHTiOHH", positions=np.arange(21.0).reshape(7, 3))
+    assert atom_kinds(atoms) == (list(atoms.get_chemical_symbols()), {}, {})
+    atoms.set_initial_magnetic_moments([0.5, 0, 0, 0.5, 0, 0, 1.0])
+    labels, extra, moments = atom_kinds(atoms)
+    assert labels == ["Ti", "O", "H", "Ti", "O", "H", "H_1"]
+    assert extra == {"H_1": "H"} and moments == {"Ti": 0.5, "H_1": 1.0}
+    atoms.set_initial_magnetic_moments([0, 0, -1.0, 0, 0, 0, -1.0])  # the first H's moment names the element's kind
+    assert atom_kinds(atoms) == (["Ti", "O", "H", "Ti", "O", "H_1", "H"], {"H_1": "H"}, {"H": -1.0})
+
+
+@pytest.mark.skipif(not HAVE_CP2K, reason="needs CP2K's GTH_POTENTIALS for valence counts")
+def test_an_extra_kind_names_its_element_and_carries_its_own_moment():
+    text = build_input(
+        Cp2kSettings(), ["H", "H", "H"], slab=False, magnetization={"H_1": 1.0}, extra_kinds={"H_1": "H"}
+    )
+    kinds = {k.split()[0]: k.split("&END KIND")[0] for k in text.split("&KIND ")[1:]}
+    assert set(kinds) == {"H", "H_1"} and "UKS" in text
+    assert "ELEMENT H" in kinds["H_1"] and "MAGNETIZATION 1.0" in kinds["H_1"]
+    assert "ELEMENT" not in kinds["H"] and "MAGNETIZATION" not in kinds["H"]
+    assert kinds["H"].split("BASIS_SET")[1].split()[0] == kinds["H_1"].split("BASIS_SET")[1].split()[0]
+
+
+@needs_cp2k
+def test_an_h_atom_started_with_a_moment_beside_h2_runs_as_its_own_kind_and_adds_up(tmp_path):
+    """H₂ and, 5 Å away, an H atom started at 1 μB (the case of an adsorbed H on an H-terminated slab): CP2K runs it
+    with a kind of its own for the lone H, and the energy is E(H₂) + E(H) of separate runs in the same box."""
+
+    def energy(atoms, name):
+        atoms.calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path / name))
+        try:
+            return atoms.get_potential_energy(), atoms.calc.parameters.inp, (tmp_path / name)
+        finally:
+            atoms.calc.close()
+
+    box = [9.0, 9.0, 12.0]
+    both = Atoms("H3", positions=[[4.5, 4.5, 2.0], [4.5, 4.5, 2.75], [4.5, 4.5, 7.75]], cell=box, pbc=True)
+    both.set_initial_magnetic_moments([0.0, 0.0, 1.0])
+    e_both, inp, folder = energy(both, "both")
+    assert "&KIND H_1" in inp and "ELEMENT H" in inp
+    written = (folder / "gen2d.inp").read_text() if (folder / "gen2d.inp").is_file() else ""
+    coords = [
+        line.split()[0] for line in written.split("&COORD")[1].split("&END COORD")[0].splitlines() if line.strip()
+    ]
+    assert coords == ["H", "H", "H_1"]
+    e_h2, _, _ = energy(Atoms("H2", positions=both.positions[:2], cell=box, pbc=True), "h2")
+    e_h, _, _ = energy(Atoms("H", positions=both.positions[2:], cell=box, pbc=True), "h")
+    assert e_both == pytest.approx(e_h2 + e_h, abs=5e-3)
+
+
 @pytest.mark.skipif(not HAVE_CP2K, reason="needs CP2K's GTH_POTENTIALS for valence counts")
 def test_input_has_dipole_correction_for_slabs_only_and_refuses_ot_with_kpoints():
     s = Cp2kSettings()
