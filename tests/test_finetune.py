@@ -23,6 +23,7 @@ from gen2d.finetune import (
     fit_host_shift,
     fit_reference_shift,
     frame_fingerprint,
+    frame_group,
     frame_weights,
     split_frames,
     write_manifest,
@@ -376,3 +377,23 @@ def test_held_out_frames_do_not_move_the_training_targets(dft_runs, alignment):
     assert before.shift.as_dict() == after.shift.as_dict()
     shifted = [a.info["target_energy"] - b.info["target_energy"] for a, b in zip(after.val, before.val, strict=True)]
     assert np.allclose(shifted, 1.0)  # the held-out targets carry their own change, and only they do
+
+
+def test_a_takeover_s_frames_train_with_their_site_and_the_superseded_solution_is_left_out(dft_runs):
+    """A lower spin start took run_a's site over at its last geometry: the takeover's frames join the dataset in
+    the site's group, and the site's frame at that geometry (the higher SCF solution) is dropped and counted."""
+    from ase.io import read
+
+    last = read(dft_runs / "run_a" / "site_0" / "relax.traj", -1)
+    takeover = dft_runs / "run_a" / "site_0" / "lowest_start_H-1"
+    takeover.mkdir()
+    save_frame(_labelled(last, extra=0.3 - 0.05), takeover / "relax.traj")
+    ds = build_dataset([dft_runs], calculator_evaluator(EMT()), _settings(val_systems=["run_b"]))
+    assert ds.summary["n_superseded_spin_solution_dropped"] == 1
+    site = [f for f in ds.train if f.info["run"].endswith("run_a") and f.info["config_type"] == "slab+H"]
+    assert sorted((f.info["system"], f.info["frame"]) for f in site) == [
+        ("site_0", 0),
+        ("site_0", 1),
+        ("site_0/lowest_start_H-1", 0),
+    ]
+    assert len({frame_group(f) for f in site}) == 1

@@ -247,3 +247,36 @@ def test_a_site_is_paired_with_its_own_slab_and_the_h2_of_its_settings():
     rows = {r["group"]: r["dft_eV"] for r in delta_e_h_rows(frames, {})}
     assert rows["r3/site_0-aa"] == pytest.approx(-93.0 + 90.0 + 3.0)
     assert rows["r4/site_0-bb"] == pytest.approx(-163.5 + 160.0 + 3.0)
+
+
+def test_a_spin_takeover_s_relaxation_is_collected_and_the_higher_solution_at_its_start_is_flagged(tmp_path):
+    """A site that a lower spin start took over relaxes on in ``lowest_start_H<m>/``: those frames are the site's
+    from there on (one group with it), and the site's own frame at the takeover geometry, the higher SCF solution,
+    is flagged and left out of a fine-tuning dataset."""
+    from gen2d.finetune import frame_group
+
+    run = _run(tmp_path)
+    last = read(run / "site_0" / "relax.traj", -1)
+    takeover = run / "site_0" / "lowest_start_H+1"
+    takeover.mkdir()
+    lower = last.copy()
+    lower.calc = SinglePointCalculator(
+        lower, energy=last.get_potential_energy() - 0.050, forces=last.get_forces(apply_constraint=False)
+    )
+    save_frame(lower, takeover / "relax.traj")
+    on = last.copy()
+    on.positions[-1, 2] -= 0.05
+    save_frame(_evaluated(on), takeover / "relax.traj")
+    frames, summary = collect_frames([tmp_path])
+    ours = [f for f in frames if f.info["system"] == "site_0/lowest_start_H+1"]
+    assert [f.info["frame"] for f in ours] == [0, 1] and all(f.info["config_type"] == "slab+H" for f in ours)
+    assert ours[0].info["energy"] == pytest.approx(last.get_potential_energy() - 0.050)
+    flagged = [f for f in frames if f.info.get("superseded_spin_solution")]
+    assert len(flagged) == 1 and summary["n_superseded_spin_solution"] == 1
+    assert flagged[0].info["system"] == "site_0" and flagged[0].info["frame"] == 2
+    assert flagged[0].info["superseded_spin_solution"] == "site_0/lowest_start_H+1"
+    assert not any(f.info.get("superseded_spin_solution") for f in frames if f.info["system"] != "site_0")
+    assert frame_group(ours[0]) == frame_group(flagged[0])
+    # a site without a takeover flags nothing
+    frames, summary = collect_frames([_run(tmp_path / "b")])
+    assert summary["n_superseded_spin_solution"] == 0

@@ -307,8 +307,9 @@ def fit_host_shift(
 
 
 def frame_group(atoms: Atoms) -> str:
-    """The (run, system) a frame belongs to, as ``run/system``: frames of one relaxation are one group."""
-    return f"{atoms.info.get('run', '')}/{atoms.info.get('system', '')}"
+    """The (run, system) a frame belongs to, as ``run/system``: frames of one relaxation are one group, the
+    relaxation a lower spin start took over on (``site_k-…/lowest_start_H+1``) with its site."""
+    return f"{atoms.info.get('run', '')}/{str(atoms.info.get('system', '')).split('/')[0]}"
 
 
 def frame_weights(frames: Sequence[Atoms], anchor_weight: float = 100.0) -> np.ndarray:
@@ -866,6 +867,10 @@ def build_dataset(
     settings = settings or FinetuneDataSettings()
     roots = [Path(r) for r in roots]
     frames, collected = collect_frames(roots)
+    # a site's frames at the geometry a lower spin solution took over hold the higher solution's energy: the
+    # takeover's frame at the same positions is the one to learn
+    n_superseded = sum(bool(f.info.get("superseded_spin_solution")) for f in frames)
+    frames = [f for f in frames if not f.info.get("superseded_spin_solution")]
     if settings.settings_hash:
         frames = [f for f in frames if f.info.get("settings_hash") == settings.settings_hash]
     if not frames:
@@ -957,6 +962,7 @@ def build_dataset(
         "collected": {k: v for k, v in collected.items() if k != "skipped"},
         "skipped": collected.get("skipped", []),
         "n_duplicates_dropped": n_dupes,
+        "n_superseded_spin_solution_dropped": n_superseded,
         "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
         "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
         "elements": elements,

@@ -133,6 +133,21 @@ def _same(a: Atoms, b: Atoms) -> bool:
     return len(a) == len(b) and bool(np.abs(a.positions - b.positions).max() < 1e-8)
 
 
+def _mark_superseded(frames: list[Atoms], takeover: str) -> None:
+    """Flag the frames of a site's own relaxation at the geometry where a lower spin solution took it over
+    (``takeover``, "site_k-…/lowest_start_H+1", whose first frame is that geometry from the lower start):
+    ``info['superseded_spin_solution']`` names the takeover. They are DFT energies, but of the higher SCF solution
+    at the same positions, which would teach a model two energies for one geometry."""
+    site = takeover.rsplit("/", 1)[0]
+    ours = [f for f in frames if f.info.get("system") == takeover]
+    if not ours:
+        return
+    start = min(ours, key=lambda f: f.info["frame"])
+    for f in frames:
+        if f.info.get("system") == site and not f.info.get("vibration") and _same(f, start):
+            f.info["superseded_spin_solution"] = takeover
+
+
 def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dict[str, Any]]:
     """Every frame with an energy under ``roots`` (DFT run directories or folders of them).
 
@@ -159,8 +174,9 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
         for traj in sorted(p for name in (*FRAME_FILES, "result.json") for p in root.rglob(name)):
             if traj.name == "result.json" and any((traj.parent / n).is_file() for n in FRAME_FILES):
                 continue  # its frames are listed already
-            # a site's spin-start checks (site_k-*/start_H*/, lowest_start_H*/) sit one level deeper: they belong
-            # to the run, but are not collected (fresh-start single points are not relaxation frames)
+            # a site's spin-start checks (site_k-*/start_H*/) sit one level deeper: they belong to the run, but are
+            # not collected (fresh-start single points are not relaxation frames); a takeover's relaxation
+            # (site_k-*/lowest_start*/) is, below
             if not any((a / RUN_METADATA).is_file() for a in (traj.parent, *list(traj.parents)[1:3])):
                 skipped.append({"path": str(traj), "reason": f"no {RUN_METADATA}: settings and source unknown"})
         for run in runs:
@@ -171,8 +187,22 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
             meta = json.loads((run / RUN_METADATA).read_text())
             # a part's vibrations folder is not a system of its own: its frames are read with the part's
             systems = [run] + sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations")
+            # a site a lower spin start took over relaxes on in site_k-*/lowest_start*/: its frames are the site's
+            # from there on (system "site_k-…/lowest_start_H+1"), read after the site's own
+            systems = [
+                t
+                for sysdir in systems
+                for t in (
+                    sysdir,
+                    *(
+                        sorted(p for p in sysdir.glob("lowest_start*") if p.is_dir())
+                        if sysdir.name.startswith("site_")
+                        else ()
+                    ),
+                )
+            ]
             for sysdir in systems:
-                system = "." if sysdir == run else sysdir.name
+                system = "." if sysdir == run else sysdir.relative_to(run).as_posix()
                 names: tuple[str, ...] = FRAME_FILES
                 if not any((sysdir / name).is_file() for name in FRAME_FILES) and (sysdir / "result.json").is_file():
                     names = ()
@@ -213,6 +243,8 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                             energy_only="forces" not in out.arrays, source=f"{system}/{name}", vibration=vibration
                         )
                         frames.append(out)
+                if sysdir.name.startswith("lowest_start"):
+                    _mark_superseded(frames, system)
     summary = {
         "n_frames": len(frames),
         "n_with_forces": sum("forces" in f.arrays for f in frames),
@@ -220,6 +252,7 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
         "n_runs": len(seen_runs),
         "by_settings_hash": dict(Counter(f.info["settings_hash"] for f in frames)),
         "by_config_type": dict(Counter(f.info["config_type"] for f in frames)),
+        "n_superseded_spin_solution": sum(bool(f.info.get("superseded_spin_solution")) for f in frames),
         "skipped": skipped,
         "energy_unit": "eV",
         "forces_unit": "eV/Å",
