@@ -165,7 +165,11 @@ def refine_differences(row: dict, wanted: dict) -> dict[str, tuple]:
     row may hold more of (:data:`_ADDITIVE_REFINE`) are left out."""
     stored = ((row.get("provenance") or {}).get("settings") or {}).get("refine") or {}
     keys = (set(stored) | set(wanted)) - _ADDITIVE_REFINE
-    return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+    out = {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+    missing = sorted(set(wanted.get("spin_starts") or ()) - set(stored.get("spin_starts") or ()))
+    if missing:  # a start asked for that the row's refinement did not make
+        out["spin_starts"] = (stored.get("spin_starts"), wanted.get("spin_starts"))
+    return out
 
 
 def row_digest(row: dict) -> str:

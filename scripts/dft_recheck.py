@@ -45,7 +45,7 @@ def atoms_from_input(text: str, slab: bool = True) -> Atoms:
     for line in coord.group(1).splitlines():
         parts = line.split()
         if len(parts) >= 4:
-            symbols.append(parts[0])
+            symbols.append(re.sub(r"_\d+$", "", parts[0]))  # an extra kind (gen2d_cp2k.atom_kinds: H_1) is its element
             positions.append([float(x) for x in parts[1:4]])
     vectors = {}
     for line in cell.group(1).splitlines():

@@ -255,6 +255,11 @@ def test_a_stored_row_made_under_other_refine_settings_is_kept_and_the_build_say
     assert "graphene: stored under other refine settings" in said
     assert "fmax 0.05 there, 0.1 asked" in said and "prerelax None there, 'chgnet' asked" in said
     assert build.refine_differences(row, wanted) == {"fmax": (0.05, 0.1), "prerelax": (None, "chgnet")}
+    # a spin start asked for that the row did not make is named; one the row has beyond the request is not
+    more = wanted | {"spin_starts": [0.0, -1.0]}
+    stored = {"provenance": {"settings": {"refine": wanted}}}
+    assert build.refine_differences(stored, more) == {"spin_starts": ([0.0], [0.0, -1.0])}
+    assert build.refine_differences({"provenance": {"settings": {"refine": more}}}, wanted) == {}
     # the same settings: plainly stored, and spin starts or vibrations held beyond the request are no difference
     row["provenance"]["settings"]["refine"] = wanted | {"vibrations": True}
     write_jsonl(out, [row])

@@ -249,11 +249,11 @@ def test_a_site_is_paired_with_its_own_slab_and_the_h2_of_its_settings():
     assert rows["r4/site_0-bb"] == pytest.approx(-163.5 + 160.0 + 3.0)
 
 
-def test_a_spin_takeover_s_relaxation_is_collected_and_the_higher_solution_at_its_start_is_flagged(tmp_path):
+def test_a_spin_takeover_s_relaxation_is_collected_and_the_higher_solution_at_its_start_is_left_out(tmp_path):
     """A site that a lower spin start took over relaxes on in ``lowest_start_H<m>/``: those frames are the site's
-    from there on (one group with it), and the site's own frame at the takeover geometry, the higher SCF solution,
-    is flagged and left out of a fine-tuning dataset."""
-    from gen2d.finetune import frame_group
+    from there on (one group with it, and the end of its ΔE_H row), and the site's own frame at the takeover
+    geometry, the higher SCF solution, is flagged and left out unless asked for."""
+    from gen2d.finetune import delta_e_h_rows, frame_group
 
     run = _run(tmp_path)
     last = read(run / "site_0" / "relax.traj", -1)
@@ -267,16 +267,24 @@ def test_a_spin_takeover_s_relaxation_is_collected_and_the_higher_solution_at_it
     on = last.copy()
     on.positions[-1, 2] -= 0.05
     save_frame(_evaluated(on), takeover / "relax.traj")
-    frames, summary = collect_frames([tmp_path])
+    _run(tmp_path, name="other")  # another run at the same geometries: its frames are its own
+    frames, summary = collect_frames([tmp_path], keep_superseded=True)
     ours = [f for f in frames if f.info["system"] == "site_0/lowest_start_H+1"]
     assert [f.info["frame"] for f in ours] == [0, 1] and all(f.info["config_type"] == "slab+H" for f in ours)
     assert ours[0].info["energy"] == pytest.approx(last.get_potential_energy() - 0.050)
     flagged = [f for f in frames if f.info.get("superseded_spin_solution")]
     assert len(flagged) == 1 and summary["n_superseded_spin_solution"] == 1
     assert flagged[0].info["system"] == "site_0" and flagged[0].info["frame"] == 2
+    assert flagged[0].info["run"].endswith("abc123")
     assert flagged[0].info["superseded_spin_solution"] == "site_0/lowest_start_H+1"
-    assert not any(f.info.get("superseded_spin_solution") for f in frames if f.info["system"] != "site_0")
     assert frame_group(ours[0]) == frame_group(flagged[0])
-    # a site without a takeover flags nothing
-    frames, summary = collect_frames([_run(tmp_path / "b")])
-    assert summary["n_superseded_spin_solution"] == 0
+    # by default the higher solution is not there at all, and the site's ΔE_H ends at the takeover's last frame
+    kept, summary = collect_frames([tmp_path])
+    assert len(kept) == len(frames) - 1 and summary["n_superseded_spin_solution"] == 1
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[8.0] * 3, pbc=True)
+    h2.info.update(energy=-6.7, config_type="molecule", frame=0, run="h2", system=".", content_hash="h2")
+    rows = {r["group"].split("/")[-2]: r for r in delta_e_h_rows([*kept, h2], {})}
+    slab = next(f for f in kept if f.info["config_type"] == "slab" and f.info["run"].endswith("abc123"))
+    expected = ours[1].info["energy"] - slab.info["energy"] + 3.35
+    assert rows["abc123"]["frame"] == 1 and rows["abc123"]["dft_eV"] == pytest.approx(expected)
+    assert rows["other"]["frame"] == 2  # the run without a takeover ends at its own last frame

@@ -26,6 +26,7 @@ from ase.calculators.cp2k import CP2K
 from gen2d.fileio import write_json_atomic
 from gen2d_cp2k.paths import Cp2kUnavailable, cp2k_version, data_dir, find_shell_command
 from gen2d_cp2k.settings import (
+    MAGNETIC_MOMENTS,
     Cp2kSettings,
     ScfFallback,
     build_input,
@@ -222,8 +223,8 @@ def atom_kinds(atoms) -> tuple[list[str], dict[str, str], dict[str, float]]:
     Atoms of one element share its kind while they share a moment. Where they do not (an adsorbed H started with a
     moment beside the H of an OH termination), the atoms with the moment of the element's first atom keep the
     element's kind and each other moment gets a kind of its own, ``H_1``, ``H_2``…, in order of first appearance.
-    A kind whose atoms start at 0 leaves the element's default moment in place when it is the element's own kind,
-    and has none when it is an extra kind."""
+    A kind whose atoms start at 0 has no moment here; the calculator gives it its element's configured or default
+    moment, as for the element's own kind, so that which atom comes first changes nothing."""
     symbols = atoms.get_chemical_symbols()
     if not atoms.has("initial_magmoms"):
         return list(symbols), {}, {}
@@ -440,6 +441,10 @@ class Cp2kCalculator(CP2K):
         restart = str(self.wfn_file.name) if use and self.wfn_file.is_file() else None
         labels, extra_kinds, moments = atom_kinds(atoms)
         self._kind_labels = labels if extra_kinds else None  # the coordinates name the extra kinds
+        element_moment = {**MAGNETIC_MOMENTS, **self.magnetization}
+        for label, element in extra_kinds.items():  # an extra kind starting at 0: its element's moment, as ever
+            if label not in moments and element_moment.get(element):
+                moments[label] = element_moment[element]
         self.start_magnetization = {**self.magnetization, **moments}
         inp = build_input(
             self._spin_rule(self.active_settings).model_copy(update={"kpoints": self._mesh}),
@@ -533,7 +538,7 @@ class Cp2kCalculator(CP2K):
         can flip its occupations as the first did."""
         ladder = self.gen2d_settings.scf_fallback
         levels = list(range(self.scf_level + 1, len(ladder) + 1))
-        if anneal_again and 0 < self.scf_level and ladder[self.scf_level - 1].prepares:
+        if anneal_again and 0 < self.scf_level and self._prepares(ladder[self.scf_level - 1]):
             levels.insert(0, self.scf_level)
         for level in levels:
             self.scf_level = level
@@ -555,7 +560,7 @@ class Cp2kCalculator(CP2K):
             record = {"rung": level, **rung.record()}
             if rung.anneal_temperature_k is not None:
                 record.update(self._anneal(rung.anneal_temperature_k, properties))
-            elif rung.prepare_without_dipole and self._dipole_correction_in_effect():
+            elif self._prepares(rung):
                 record.update(self._anneal(self.gen2d_settings.electronic_temperature_k, properties))
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             try:
@@ -597,6 +602,13 @@ class Cp2kCalculator(CP2K):
             log.warning("%s; restarting that SCF once from its own wavefunction", exc)
             record = {"evaluation": self.n_evaluations, "false_convergence_restart": True, "level": self.scf_level}
             self._rerun(record, properties, self._evaluate)
+
+    def _prepares(self, rung: ScfFallback) -> bool:
+        """Whether ``rung`` runs a preparatory SCF here: a hot one always, one without the dipole correction only
+        where the correction is in effect (elsewhere it would be the rung's own SCF twice)."""
+        return rung.anneal_temperature_k is not None or (
+            rung.prepare_without_dipole and self._dipole_correction_in_effect()
+        )
 
     def _dipole_correction_in_effect(self) -> bool:
         """Whether this calculation's SCF carries the surface dipole correction (a slab, settings with it)."""

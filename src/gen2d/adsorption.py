@@ -1965,8 +1965,6 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
         return "an SCF failure from before the SCF fallback ladder"
     if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 3:
         return "an SCF failure from before the ladder's annealing rung (a hotter SCF to start from)"
-    if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 7:
-        return "an SCF failure from before the ladder's rung that converges without the dipole correction first"
     if (
         failure == "scf_not_converged"
         and doc.get("failure_rules", 1) < 4
@@ -1979,4 +1977,6 @@ def _stale_failure(doc: dict[str, Any]) -> str | None:
         and _DIPOLE_VACUUM_ABORT in " ".join(str(doc.get("message", "")).split()).lower()
     ):
         return "a CP2K dipole-correction abort from before diverging SCFs went to the SCF fallback ladder"
+    if failure == "scf_not_converged" and doc.get("failure_rules", 1) < 7:
+        return "an SCF failure from before the ladder's rung that converges without the dipole correction first"
     return None

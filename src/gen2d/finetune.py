@@ -490,7 +490,13 @@ def dehydrogenated_slabs(frames: Sequence[Atoms], every: int = 3) -> list:
         elif kind == "slab+H" and int(f.info.get("frame", 0)) % max(1, every) == 0:
             keep = [i for i, s in enumerate(f.get_chemical_symbols()) if s != "H"]
             if keep:
-                out.append((f"dft-slab-without-H:{frame_group(f)}#{f.info.get('frame', 0)}", f[keep]))
+                # the system, not the group: a takeover's frame k and its site's frame k are two geometries
+                out.append(
+                    (
+                        f"dft-slab-without-H:{f.info.get('run', '')}/{f.info.get('system', '')}#{f.info.get('frame', 0)}",
+                        f[keep],
+                    )
+                )
     return out
 
 
@@ -793,7 +799,10 @@ def delta_e_h_rows(
     for g, fs in sorted(by_group.items()):
         if fs[0].info.get("config_type") != "slab+H":
             continue
-        last = max(fs, key=lambda f: f.info["frame"])
+        # the relaxation's end: a takeover's last frame (system "site…/lowest_start…", relaxed on after the
+        # site's own) over the site's; a frame of a superseded spin solution never
+        fs = [f for f in fs if not f.info.get("superseded_spin_solution")] or fs
+        last = max(fs, key=lambda f: ("/" in str(f.info.get("system", "")), f.info["frame"]))
         slab = slab_of(last)
         if slab is None:
             continue
@@ -866,11 +875,7 @@ def build_dataset(
 
     settings = settings or FinetuneDataSettings()
     roots = [Path(r) for r in roots]
-    frames, collected = collect_frames(roots)
-    # a site's frames at the geometry a lower spin solution took over hold the higher solution's energy: the
-    # takeover's frame at the same positions is the one to learn
-    n_superseded = sum(bool(f.info.get("superseded_spin_solution")) for f in frames)
-    frames = [f for f in frames if not f.info.get("superseded_spin_solution")]
+    frames, collected = collect_frames(roots)  # a higher spin solution where a lower one took over is left out
     if settings.settings_hash:
         frames = [f for f in frames if f.info.get("settings_hash") == settings.settings_hash]
     if not frames:
@@ -962,7 +967,7 @@ def build_dataset(
         "collected": {k: v for k, v in collected.items() if k != "skipped"},
         "skipped": collected.get("skipped", []),
         "n_duplicates_dropped": n_dupes,
-        "n_superseded_spin_solution_dropped": n_superseded,
+        "n_superseded_spin_solution_dropped": collected.get("n_superseded_spin_solution", 0),
         "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
         "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
         "elements": elements,

@@ -134,21 +134,30 @@ def _same(a: Atoms, b: Atoms) -> bool:
 
 
 def _mark_superseded(frames: list[Atoms], takeover: str) -> None:
-    """Flag the frames of a site's own relaxation at the geometry where a lower spin solution took it over
-    (``takeover``, "site_k-…/lowest_start_H+1", whose first frame is that geometry from the lower start):
-    ``info['superseded_spin_solution']`` names the takeover. They are DFT energies, but of the higher SCF solution
-    at the same positions, which would teach a model two energies for one geometry."""
+    """Flag the frames at the geometry where a lower spin solution took a site over (``takeover``,
+    "site_k-…/lowest_start_H+1", whose first frame is that geometry from the lower start): of the frames of the
+    site and of its takeovers at those positions, all but the lowest in energy get
+    ``info['superseded_spin_solution']`` naming the takeover. They are DFT energies, but of a higher SCF solution at
+    the same positions, which would teach a model two energies for one geometry. ``frames`` are one run's."""
     site = takeover.rsplit("/", 1)[0]
     ours = [f for f in frames if f.info.get("system") == takeover]
     if not ours:
         return
     start = min(ours, key=lambda f: f.info["frame"])
-    for f in frames:
-        if f.info.get("system") == site and not f.info.get("vibration") and _same(f, start):
+    there = [
+        f
+        for f in frames
+        if str(f.info.get("system", "")).split("/")[0] == site and not f.info.get("vibration") and _same(f, start)
+    ]
+    lowest = min(there, key=lambda f: f.info["energy"])
+    for f in there:
+        if f is not lowest:
             f.info["superseded_spin_solution"] = takeover
 
 
-def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dict[str, Any]]:
+def collect_frames(
+    roots: Iterable[str | os.PathLike], keep_superseded: bool = False
+) -> tuple[list[Atoms], dict[str, Any]]:
     """Every frame with an energy under ``roots`` (DFT run directories or folders of them).
 
     A frame evaluated twice in a row (a resumed relaxation re-evaluates its last frame; a retried SCF, on a
@@ -157,6 +166,10 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
     A system folder with no frame file but a single point's ``result.json``, ``gen2d.inp`` and
     ``gen2d.out`` gives one energy-only frame (:func:`single_point_frame`; ``info['energy_only']`` True,
     no forces), or an entry in ``skipped`` saying why not.
+
+    A site that a lower spin start took over relaxes on in ``site_k-…/lowest_start*/``: those frames are read as
+    the system ``site_k-…/lowest_start_H<m>``, and at the geometry of the takeover only the lowest energy stays
+    (:func:`_mark_superseded`; ``keep_superseded`` keeps the others, flagged ``superseded_spin_solution``).
 
     Returns the frames (``info``: ``energy`` in eV, ``config_type``, ``run``, ``system``, ``frame``,
     ``formula``, ``content_hash``, ``settings_hash``, ``calculator``, ``energy_only``, ``source``;
@@ -184,6 +197,7 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
             if run in seen_runs:
                 continue
             seen_runs.add(run)
+            first_of_run = len(frames)
             meta = json.loads((run / RUN_METADATA).read_text())
             # a part's vibrations folder is not a system of its own: its frames are read with the part's
             systems = [run] + sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations")
@@ -244,7 +258,10 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
                         )
                         frames.append(out)
                 if sysdir.name.startswith("lowest_start"):
-                    _mark_superseded(frames, system)
+                    _mark_superseded(frames[first_of_run:], system)
+    n_superseded = sum(bool(f.info.get("superseded_spin_solution")) for f in frames)
+    if not keep_superseded:
+        frames = [f for f in frames if not f.info.get("superseded_spin_solution")]
     summary = {
         "n_frames": len(frames),
         "n_with_forces": sum("forces" in f.arrays for f in frames),
@@ -252,7 +269,8 @@ def collect_frames(roots: Iterable[str | os.PathLike]) -> tuple[list[Atoms], dic
         "n_runs": len(seen_runs),
         "by_settings_hash": dict(Counter(f.info["settings_hash"] for f in frames)),
         "by_config_type": dict(Counter(f.info["config_type"] for f in frames)),
-        "n_superseded_spin_solution": sum(bool(f.info.get("superseded_spin_solution")) for f in frames),
+        "n_superseded_spin_solution": n_superseded,
+        "superseded_kept": keep_superseded,
         "skipped": skipped,
         "energy_unit": "eV",
         "forces_unit": "eV/Å",

@@ -141,6 +141,31 @@ def test_an_extra_kind_names_its_element_and_carries_its_own_moment():
 
 
 @needs_cp2k
+def test_atoms_starting_at_zero_take_their_element_s_moment_whichever_atom_comes_first(tmp_path):
+    """V atoms started at 0, 0 and 2 μB: the two at 0 take V's default moment (3 μB) and the third its own 2 μB,
+    whether the element's own kind is the zero one or the other."""
+
+    def moments_by_atom(order):
+        atoms = Atoms("V3S", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [1.2, 1.2, 1.5]], cell=[8.0] * 3)
+        atoms.pbc = True
+        atoms.set_initial_magnetic_moments(order + [0.0])
+        calc = make_calculator(settings=Cp2kSettings(**TINY), directory=str(tmp_path / str(order)))
+        try:
+            calc._prepare(atoms)
+            text = calc.parameters.inp
+            kind_moment = {
+                k.split()[0]: float(k.split("MAGNETIZATION ")[1].split()[0]) if "MAGNETIZATION" in k else 0.0
+                for k in text.split("&KIND ")[1:]
+            }
+            return [kind_moment[label] for label in calc._kind_labels[:3]]
+        finally:
+            calc.close()
+
+    assert moments_by_atom([0.0, 0.0, 2.0]) == [3.0, 3.0, 2.0]
+    assert moments_by_atom([2.0, 0.0, 0.0]) == [2.0, 3.0, 3.0]
+
+
+@needs_cp2k
 def test_an_h_atom_started_with_a_moment_beside_h2_runs_as_its_own_kind_and_adds_up(tmp_path):
     """H₂ and, 5 Å away, an H atom started at 1 μB (the case of an adsorbed H on an H-terminated slab): CP2K runs it
     with a kind of its own for the lone H, and the energy is E(H₂) + E(H) of separate runs in the same box."""
