@@ -11,15 +11,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 GEN2D_DATA=${GEN2D_DATA:-$(cd .. && pwd)/shared/data}
 build() { nice -n 10 .venv/bin/python scripts/build_dgh_dft_reference.py --n-sites 1 --workdir dft-runs/reference --fold-k "$@"; }
+# Two passes: the second finds every finished row stored (seconds each) and tries a stored failure again, which a
+# rule or SCF rung added while the first pass ran may now rescue (a failure the current rules keep returns at once).
+for pass in 1 2; do
 case "${1:-}" in
   A)  # the MXene "site 1" literature rows (their own hollow sites); Ti2CO2 last: its first slab+H SCF is slow
     for m in Sc2CO2-site1 Nb2CF2-site1 Zr2CF2-site1 Hf2NF2-site1 Nb2NF2-site1 Sc2NF2-site1 V2NF2-site1 Ti2CO2-site1; do
-      echo "== $m $(date -u +%FT%TZ)"; build --materials "$m"
+      echo "== $m pass $pass $(date -u +%FT%TZ)"; build --materials "$m"
     done ;;
   B)  # well-studied basal planes, top sites; 1T′-MoS₂ for a like-for-like 1T-MoS₂ literature comparison
     for m in MoSe2-2H WSe2-2H PtSe2-1T SnS2-1T phosphorene MoS2-1Tprime; do
-      echo "== $m $(date -u +%FT%TZ)"; build --materials "$m" --site-kinds ontop
+      echo "== $m pass $pass $(date -u +%FT%TZ)"; build --materials "$m" --site-kinds ontop
     done ;;
   *) echo "usage: $0 A|B" >&2; exit 2 ;;
 esac
+done
 echo "== chain $1 done $(date -u +%FT%TZ)"
