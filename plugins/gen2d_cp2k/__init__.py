@@ -513,10 +513,7 @@ class Cp2kCalculator(CP2K):
             "false_convergence_restarts": 1,
         }
         if self.scf_level:
-            rung = self.gen2d_settings.scf_fallback[self.scf_level - 1].model_dump(mode="json")
-            if not rung["prepare_without_dipole"]:  # ledgers from before the field name routes without it
-                del rung["prepare_without_dipole"]
-            route["rung"] = rung
+            route["rung"] = self.gen2d_settings.scf_fallback[self.scf_level - 1].dump(mode="json")
         return route
 
     def _inferred_failure(self) -> dict[str, Any] | None:
@@ -558,10 +555,9 @@ class Cp2kCalculator(CP2K):
                 else (", after an SCF without the dipole correction" if rung.prepare_without_dipole else ""),
             )
             record = {"rung": level, **rung.record()}
-            if rung.anneal_temperature_k is not None:
-                record.update(self._anneal(rung.anneal_temperature_k, properties))
-            elif self._prepares(rung):
-                record.update(self._anneal(self.gen2d_settings.electronic_temperature_k, properties))
+            if self._prepares(rung):  # hot, or at the settings' own temperature without the dipole correction
+                temperature = rung.anneal_temperature_k or self.gen2d_settings.electronic_temperature_k
+                record.update(self._anneal(temperature, properties))
             record = {"evaluation": self.n_evaluations, **record}  # the index of the rung's own SCF
             try:
                 self._rerun(record, properties, self._evaluate_settled)

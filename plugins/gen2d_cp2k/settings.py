@@ -102,13 +102,18 @@ class ScfFallback(BaseModel):
         """Whether this rung runs a preparatory SCF before its own (hot, or without the dipole correction)."""
         return self.anneal_temperature_k is not None or self.prepare_without_dipole
 
-    def record(self) -> dict[str, Any]:
-        """This rung's fields as a cost-ledger record: a plain rung's mixing, a preparing rung's with its
-        preparation (``prepare_without_dipole`` only where it is set)."""
-        out = self.model_dump(exclude_none=True, exclude=set() if self.prepares else ANNEAL_FIELDS)
+    def dump(self, **kwargs: Any) -> dict[str, Any]:
+        """``model_dump(**kwargs)`` with ``prepare_without_dipole`` only where it is set: ledgers (their records and
+        failed routes) written before the field existed name their rungs without it, and must still compare equal."""
+        out = self.model_dump(**kwargs)
         if not self.prepare_without_dipole:
             out.pop("prepare_without_dipole", None)
         return out
+
+    def record(self) -> dict[str, Any]:
+        """This rung's fields as a cost-ledger record: a plain rung's mixing, a preparing rung's with its
+        preparation."""
+        return self.dump(exclude_none=True, exclude=set() if self.prepares else ANNEAL_FIELDS)
 
     def mixing(self) -> dict[str, float | int]:
         """The fields this rung sets on :class:`Cp2kSettings` (its SCF route at the settings' temperature)."""

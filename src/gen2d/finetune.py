@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gen2d.adsorption import DEFAULT_DG_CORRECTION
 from gen2d.fileio import atomic_path, write_text_atomic
+from gen2d.frames import site_of
 from gen2d.scoring import file_sha256
 
 #: per-frame labels an evaluator returns: total energy (eV) and forces (eV/Å, n x 3)
@@ -309,7 +310,7 @@ def fit_host_shift(
 def frame_group(atoms: Atoms) -> str:
     """The (run, system) a frame belongs to, as ``run/system``: frames of one relaxation are one group, the
     relaxation a lower spin start took over on (``site_k-…/lowest_start_H+1``) with its site."""
-    return f"{atoms.info.get('run', '')}/{str(atoms.info.get('system', '')).split('/')[0]}"
+    return f"{atoms.info.get('run', '')}/{site_of(atoms.info.get('system', ''))}"
 
 
 def frame_weights(frames: Sequence[Atoms], anchor_weight: float = 100.0) -> np.ndarray:
@@ -802,7 +803,7 @@ def delta_e_h_rows(
         # the relaxation's end: a takeover's last frame (system "site…/lowest_start…", relaxed on after the
         # site's own) over the site's; a frame of a superseded spin solution never
         fs = [f for f in fs if not f.info.get("superseded_spin_solution")] or fs
-        last = max(fs, key=lambda f: ("/" in str(f.info.get("system", "")), f.info["frame"]))
+        last = max(fs, key=lambda f: (site_of(f.info.get("system", "")) != f.info.get("system"), f.info["frame"]))
         slab = slab_of(last)
         if slab is None:
             continue

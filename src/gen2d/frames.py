@@ -133,13 +133,19 @@ def _same(a: Atoms, b: Atoms) -> bool:
     return len(a) == len(b) and bool(np.abs(a.positions - b.positions).max() < 1e-8)
 
 
+def site_of(system: str) -> str:
+    """The site a frame's system belongs to: a spin takeover's relaxation (``site_k-…/lowest_start_H+1``) is its
+    site's (``site_k-…``); every other system is its own."""
+    return str(system).split("/")[0]
+
+
 def _mark_superseded(frames: list[Atoms], takeover: str) -> None:
     """Flag the frames at the geometry where a lower spin solution took a site over (``takeover``,
     "site_k-…/lowest_start_H+1", whose first frame is that geometry from the lower start): of the frames of the
     site and of its takeovers at those positions, all but the lowest in energy get
     ``info['superseded_spin_solution']`` naming the takeover. They are DFT energies, but of a higher SCF solution at
     the same positions, which would teach a model two energies for one geometry. ``frames`` are one run's."""
-    site = takeover.rsplit("/", 1)[0]
+    site = site_of(takeover)
     ours = [f for f in frames if f.info.get("system") == takeover]
     if not ours:
         return
@@ -147,7 +153,7 @@ def _mark_superseded(frames: list[Atoms], takeover: str) -> None:
     there = [
         f
         for f in frames
-        if str(f.info.get("system", "")).split("/")[0] == site and not f.info.get("vibration") and _same(f, start)
+        if site_of(f.info.get("system", "")) == site and not f.info.get("vibration") and _same(f, start)
     ]
     lowest = min(there, key=lambda f: f.info["energy"])
     for f in there:
@@ -200,21 +206,13 @@ def collect_frames(
             first_of_run = len(frames)
             meta = json.loads((run / RUN_METADATA).read_text())
             # a part's vibrations folder is not a system of its own: its frames are read with the part's
-            systems = [run] + sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations")
-            # a site a lower spin start took over relaxes on in site_k-*/lowest_start*/: its frames are the site's
-            # from there on (system "site_k-…/lowest_start_H+1"), read after the site's own
-            systems = [
-                t
-                for sysdir in systems
-                for t in (
-                    sysdir,
-                    *(
-                        sorted(p for p in sysdir.glob("lowest_start*") if p.is_dir())
-                        if sysdir.name.startswith("site_")
-                        else ()
-                    ),
-                )
-            ]
+            systems = [run]
+            for part in sorted(p for p in run.iterdir() if p.is_dir() and p.name != "vibrations"):
+                systems.append(part)
+                # a site a lower spin start took over relaxes on in site_k-*/lowest_start*/: its frames are the
+                # site's from there on (system "site_k-…/lowest_start_H+1"), read after the site's own
+                if part.name.startswith("site_"):
+                    systems += sorted(p for p in part.glob("lowest_start*") if p.is_dir())
             for sysdir in systems:
                 system = "." if sysdir == run else sysdir.relative_to(run).as_posix()
                 names: tuple[str, ...] = FRAME_FILES
