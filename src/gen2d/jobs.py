@@ -23,6 +23,7 @@ from gen2d.ranking import RankThresholds, rank_candidates
 from gen2d.scoring import BaseScorer, ScoreResult, as_scorer, get_generator, get_scorer, score_in_batches, trains
 from gen2d.store import Candidate, CandidateStore, SourceInfo, get_score, make_candidate, open_store, score_is_current
 from gen2d.structures import validate_ingest
+from gen2d.threads import configure_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def generate_candidates(
     progress=None,
 ) -> GenerateOutput:
     """Run a generator and upsert its valid outputs as candidates (the body of GenerateMaker)."""
+    configure_torch_threads()
     t0 = _cpu_seconds()
     gen = get_generator(generator, **options)
     ok, why = gen.available()
@@ -390,6 +392,7 @@ def score_candidates(
     an older version of it), or a failure whose reason the scorer retries (``retry_failures``: a backend that
     was missing, a DFT SCF), is redone, and the old value is kept in the new result's ``extra.superseded``.
     """
+    configure_torch_threads()
     t0 = _cpu_seconds()
     cs = _store(store)
     sc = as_scorer(get_scorer(scorer, **options))

@@ -107,6 +107,13 @@ class Gen2dSettings(BaseSettings):
         validation_alias="GEN2D_CP2K_THREADS",
         description="OpenMP threads of each CP2K process when a job does not say",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        validation_alias="GEN2D_THREADS",
+        description="torch CPU threads of a gen2d process; default: OMP_NUM_THREADS when set, else the "
+        "cores that are idle when it starts (see gen2d.threads: spinning OpenMP threads on busy cores cost 5x)",
+    )
     mlip_batch_memory_gb: float = Field(
         2.0,
         gt=0,
