@@ -138,10 +138,11 @@ class EGNNDiffusionGenerator:
         n = 16 if n is None else int(n)
         cfg = sampling_config(guidance, n_steps=n_steps, **sampling)
         bundle = self.bundle
-        from gen2d.diffusion.sampler import ElementsOutsideVocabulary, blocked_types
+        from gen2d.diffusion.sampler import ElementsOutsideVocabulary, blocked_types, required_groups
 
         try:
             blocked_types(bundle.rep.vocab, cfg.elements)
+            required_groups(bundle.rep.vocab, cfg.require_any_of, cfg.elements)
         except ElementsOutsideVocabulary as exc:
             raise PluginUnavailable(str(exc)) from None
         if start == "free":
@@ -155,6 +156,13 @@ class EGNNDiffusionGenerator:
                 names = [nm for nm in names if {e.symbol for e in tmpl.build_template(nm).composition} <= space]
                 if not names:
                     raise PluginUnavailable(f"no template lies inside the chemical space {sorted(space)}")
+            if cfg.require_any_of:  # and of the kind of compound asked for, when any is
+                kind = [
+                    nm
+                    for nm in names
+                    if all({e.symbol for e in tmpl.build_template(nm).composition} & set(g) for g in cfg.require_any_of)
+                ]
+                names = kind or names
             picked = [names[i % len(names)] for i in range(n)]
             # one batch for all templates (up to max_atoms_per_batch), in the order asked: a batched forward
             # pass, and with steering the batch is the particle population

@@ -590,6 +590,12 @@ def generate(
     elements: Optional[str] = typer.Option(
         None, "--elements", help="egnn-diffusion: sample only these elements (a chemical space), e.g. Mo,W,S,Se"
     ),
+    require: Optional[str] = typer.Option(
+        None,
+        "--require",
+        help="egnn-diffusion: a kind of compound, as groups separated by '/': every sample holds an atom of each "
+        "group, e.g. Mo,W/S,Se for a metal chalcogenide (no elemental S, no Mo-W alloy)",
+    ),
     option: list[str] = OptionOpt,
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
@@ -611,6 +617,11 @@ def generate(
         params["n_steps"] = steps
     if elements:
         params["elements"] = [e.strip() for e in elements.split(",") if e.strip()]
+    if require:
+        groups = [[e.strip() for e in g.split(",") if e.strip()] for g in require.split("/")]
+        if not all(groups):
+            _fail(f"--require {require!r} has an empty group; give groups of elements like Mo,W/S,Se", as_json)
+        params["require_any_of"] = groups
     _open(store, as_json)  # fail early and clearly on a bad store
     with _progress(not as_json and err.is_terminal) as prog:
         task = prog.add_task(f"generate ({generator})", total=n)

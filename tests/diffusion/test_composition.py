@@ -89,3 +89,36 @@ def test_a_many_element_argmax_is_reduced_not_enumerated():
     r = charge_balanced_types(h, vocab, max_elements=3)
     assert r.valid and len({vocab[k] for k in r.types}) <= 3 and r.changed >= 5
     assert r.cost < charge_balanced_types(h, vocab, max_expansions=1).cost  # the budget buys a cheaper one
+
+
+METALS, CHALCOGENS = [VOCAB.index(e) for e in ("W", "Nb", "Mo")], [VOCAB.index(e) for e in ("S", "Se")]
+
+
+def test_a_required_group_turns_an_elemental_chalcogen_layer_into_a_compound():
+    # the argmax is elemental sulfur, valid on its own; atom 0 holds S most weakly against Mo
+    h = _h([{"S": 0.6, "Mo": 0.5}, {"S": 1.0, "W": 0.2}, {"S": 1.0}])
+    assert [VOCAB[k] for k in charge_balanced_types(h, VOCAB).types] == ["S", "S", "S"]
+    r = charge_balanced_types(h, VOCAB, require=[METALS, CHALCOGENS])
+    assert [VOCAB[k] for k in r.types] == ["Mo", "S", "S"]  # MoS2: one change, at the least cost
+    assert r.valid and r.requirement_met and r.changed == 1 and r.cost == pytest.approx(0.1)
+
+
+def test_required_groups_hold_on_random_states():
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        h = rng.normal(size=(int(rng.integers(2, 10)), len(VOCAB)))
+        r = charge_balanced_types(h, VOCAB, require=[METALS, CHALCOGENS])
+        present = set(r.types.tolist())
+        assert r.requirement_met and present & set(METALS) and present & set(CHALCOGENS)
+        assert r.valid == composition_is_valid(
+            "".join(f"{VOCAB[k]}{int((r.types == k).sum())}" for k in sorted(present))
+        )
+
+
+def test_a_requirement_beyond_the_budget_is_met_but_not_called_balanced():
+    # W2S-like argmax; with one expansion nothing charge-balanced is examined
+    h = _h([{"W": 1.0}, {"W": 0.9}, {"W": 0.8, "S": 0.1}])
+    r = charge_balanced_types(h, VOCAB, max_expansions=1, require=[METALS, CHALCOGENS])
+    present = {VOCAB[k] for k in r.types}
+    assert r.requirement_met and "W" in present and "S" in present
+    assert not r.valid  # W2S is not charge-balanced, and the result says so

@@ -149,3 +149,26 @@ def test_cli_elements_restricts_the_stored_candidates(tiny_checkpoint, tmp_path)
     bad = CliRunner().invoke(app, ["generate", "--n", "1", "--steps", "2", "--elements", "Og", *common])
     assert bad.exit_code != 0
     assert "Og" in json.loads(bad.stdout)["error"] and "vocabulary" in json.loads(bad.stdout)["error"]
+
+
+def test_cli_require_stores_only_the_kind_of_compound_asked_for(tiny_checkpoint, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from gen2d.cli import app
+    from gen2d.store import open_store
+
+    gen = get_generator("egnn-diffusion", checkpoint=tiny_checkpoint, device="cpu")
+    v = gen.bundle.rep.vocab
+    uri = f"monty://{tmp_path / 'store'}"
+    common = ["--option", f"checkpoint={tiny_checkpoint}", "--option", "device=cpu", "--store", uri, "--json"]
+    args = ["generate", "--n", "4", "--steps", "6", "--set", "kind", "--elements", ",".join(v[:4])]
+    res = CliRunner().invoke(app, [*args, "--require", f"{v[0]},{v[1]}/{v[2]}", *common])
+    assert res.exit_code == 0, res.output
+    docs = list(open_store(uri).query({"sets": "kind"}))
+    assert docs
+    for d in docs:
+        assert set(d["elements"]) & {v[0], v[1]} and v[2] in d["elements"], d["elements"]
+    empty = CliRunner().invoke(app, [*args, "--require", f"{v[0]}//{v[2]}", *common])
+    assert empty.exit_code != 0 and "empty group" in json.loads(empty.stdout)["error"]

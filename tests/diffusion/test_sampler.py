@@ -238,3 +238,36 @@ def test_template_starts_are_left_to_their_template_by_the_charge_prior(tiny_bun
     assert out and all("charge_balanced" not in s.diagnostics for s in out)  # the prior never ran
     free = sample(tiny_bundle, 2, seed=0, config=SamplingConfig(n_steps=5), device="cpu", n_atoms=[3, 4])
     assert all("charge_balanced" in s.diagnostics for s in free)
+
+
+def test_a_required_kind_of_compound_holds_for_free_and_template_starts(tiny_bundle):
+    from gen2d.data.templates import TEMPLATES, build_template
+    from gen2d.diffusion.sampler import template_starts
+
+    vocab = tiny_bundle.rep.vocab
+    usable = [n for n in TEMPLATES if {e.symbol for e in build_template(n).composition} <= set(vocab)]
+    comps = [{e.symbol for e in build_template(n).composition} for n in usable[:2]]
+    # two groups that the templates' own elements split: each sample needs an atom of both
+    a, b = sorted(comps[0])[0], next(el for el in vocab if el not in comps[0])
+    cfg = SamplingConfig(n_steps=8, template_t_start=0.6, require_any_of=[[a], [b]])
+    free = sample(tiny_bundle, 6, seed=2, config=cfg, device="cpu", n_atoms=[2, 3, 3, 4, 5, 6])
+    starts, _ = template_starts(tiny_bundle, usable[:2], repeats=2)
+    templ = sample(tiny_bundle, 0, seed=2, config=cfg, device="cpu", starts=starts)
+    assert free and templ
+    for s in free + templ:
+        assert {a, b} <= set(s.species), s.species
+        assert s.diagnostics["requirement_met"] is True
+
+
+def test_an_unmeetable_requirement_is_refused_by_name(tiny_bundle):
+    import pytest
+
+    from gen2d.diffusion.sampler import ElementsOutsideVocabulary, required_groups
+
+    vocab = tiny_bundle.rep.vocab
+    bad = next(e for e in ("Og", "Ts", "Fr", "Ra") if e not in vocab)
+    with pytest.raises(ElementsOutsideVocabulary, match=bad):
+        required_groups(vocab, [[bad]], None)
+    with pytest.raises(ValueError, match="no element in the chemical space"):
+        required_groups(vocab, [[vocab[0]]], [vocab[1]])
+    assert required_groups(vocab, [[vocab[0], vocab[2]]], [vocab[0], vocab[1]]) == [[0]]

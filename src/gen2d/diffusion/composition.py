@@ -19,6 +19,12 @@ is blocked.
 Much of what it fixes is not charge but breadth: on 200 free samples of the shipped model, 59 % carry
 more than four elements (median five, a few over twenty; the SMACT metric counts more than six as invalid).
 The returned composition has at most ``max_elements`` (4).
+
+A chemical space can also ask for a kind of compound, not just a set of elements: ``require`` holds groups of
+elements, and an accepted composition has at least one atom of every group (e.g. a transition metal and a
+chalcogen, so that "Mo W Nb Ta V Ti / S Se Te C" yields no elemental sulfur). Element sets that miss a group are
+not searched, and when the budget finds no charge-balanced composition that meets them, the cheapest assignment
+that meets them is returned (``valid=False``).
 """
 
 from __future__ import annotations
@@ -65,19 +71,54 @@ class BalancedTypes:
     """Result of :func:`charge_balanced_types` for one structure."""
 
     types: np.ndarray  # (n,) element indices into the vocabulary
-    valid: bool  # the returned composition passes SMACT
+    valid: bool  # the returned composition passes SMACT (and meets the requirement, when there is one)
     changed: int  # atoms whose type differs from the argmax
     cost: float  # sum over changed atoms of (own top score - score of the new type)
     expansions: int
+    requirement_met: bool = True  # every ``require`` group has an atom (True when nothing is required)
+
+
+def _meets(present: set[int], require: list[set[int]]) -> bool:
+    return all(present & group for group in require)
+
+
+def _force_requirement(assign: np.ndarray, regret: np.ndarray, require: list[set[int]]) -> np.ndarray:
+    """The cheapest single-atom changes, group by group, that give every ``require`` group an atom.
+
+    An atom is moved only if its element keeps another atom, or belongs to no group the move would empty.
+    """
+    assign = assign.copy()
+    for group in require:
+        if set(assign.tolist()) & group:
+            continue
+        counts = np.bincount(assign, minlength=regret.shape[1])
+        best, best_cost = None, np.inf
+        for i in range(len(assign)):
+            cur = int(assign[i])
+            if counts[cur] == 1 and any(cur in g for g in require):
+                continue  # the last atom of a group's element stays
+            for k in group:
+                c = regret[i, k] - regret[i, cur]
+                if np.isfinite(regret[i, k]) and c < best_cost:
+                    best, best_cost = (i, k), c
+        if best is not None:
+            assign[best[0]] = best[1]
+    return assign
 
 
 def _search_within(
-    sub: np.ndarray, elements: list[int], vocab: list[str], max_expansions: int, bound: float
+    sub: np.ndarray,
+    elements: list[int],
+    vocab: list[str],
+    max_expansions: int,
+    bound: float,
+    require: list[set[int]] | None = None,
 ) -> tuple[np.ndarray | None, float, int]:
     """Uniform-cost search over single-atom changes within ``elements`` (columns of ``sub``, the regret).
 
     Starts from each atom's cheapest element of the set; returns (assignment as column indices, cost,
-    expansions), the assignment None when nothing valid costs less than ``bound`` within the budget.
+    expansions), the assignment None when nothing valid costs less than ``bound`` within the budget. With
+    ``require`` (groups of vocabulary indices), a valid assignment also has an atom of every group.
     """
     n, m = sub.shape
     assign = sub.argmin(-1)
@@ -94,7 +135,9 @@ def _search_within(
             continue
         seen.add(counts)
         expansions += 1
-        if composition_is_valid(_formula({vocab[elements[j]]: c for j, c in enumerate(counts)})):
+        if (not require or _meets({elements[j] for j, c in enumerate(counts) if c}, require)) and composition_is_valid(
+            _formula({vocab[elements[j]]: c for j, c in enumerate(counts)})
+        ):
             return assign, cost, expansions
         cur = sub[np.arange(n), assign]
         for b in range(m):
@@ -123,6 +166,7 @@ def charge_balanced_types(
     max_candidates: int = 8,
     max_elements: int = 4,
     max_expansions: int = 400,
+    require: list[list[int]] | None = None,
 ) -> BalancedTypes:
     """The cheapest change of an atom-type state ``h`` ``(n, K)`` into a SMACT-valid composition.
 
@@ -148,7 +192,13 @@ def charge_balanced_types(
     max_expansions : int
         Compositions examined in all. The search starts from the cheapest elemental layer, which is always
         valid, so ``valid=False`` (with the argmax) comes back only when every element is blocked.
+    require : list of lists of int, optional
+        Groups of channels; a returned composition has an atom of every group. Only element sets that meet
+        every group are searched (the candidate pool takes each group's best-supported element when it has
+        none), and no elemental start is assumed valid. When nothing charge-balanced meets them within the
+        budget, the cheapest assignment that does is returned with ``valid=False``.
     """
+    groups = [set(int(k) for k in g) for g in require] if require else []
     scores = h.detach().cpu().double().numpy() if isinstance(h, torch.Tensor) else np.asarray(h, dtype=float)
     if blocked is not None:
         scores = np.where(blocked.cpu().numpy()[None, :], -np.inf, scores)
@@ -160,13 +210,20 @@ def charge_balanced_types(
     regret = best[:, None] - scores  # (n, K) >= 0: cost of giving atom i type k; 0 for the argmax
     present = list(dict.fromkeys(top.tolist()))
     counts = {vocab[k]: int(c) for k, c in enumerate(np.bincount(top, minlength=len(vocab))) if c}
-    if len(counts) <= max_elements and composition_is_valid(_formula(counts)):
+    if len(counts) <= max_elements and _meets(set(present), groups) and composition_is_valid(_formula(counts)):
         return BalancedTypes(top, True, 0, 0.0, 1)
     support = np.clip(1.0 - regret, 0.0, None).sum(0)
     order = [int(k) for k in np.argsort(-support, kind="stable") if np.isfinite(regret[:, k]).any()]
     by_count = sorted(present, key=lambda k: -int((top == k).sum()))  # the argmax's elements come first
     cand = list(dict.fromkeys(by_count + order))[: max(max_candidates, max_elements)]
+    for group in groups:  # every group has an element in the pool: its best-supported allowed one
+        if not group & set(cand):
+            allowed = [k for k in order if k in group]
+            if allowed:
+                cand.append(allowed[0])
     sets = [list(c) for r in range(1, max_elements + 1) for c in itertools.combinations(cand, r)]
+    if groups:
+        sets = [c for c in sets if _meets(set(c), groups)]
     bounds = np.array([regret[:, c].min(-1).sum() for c in sets])
     # an elemental layer is always valid and costs exactly its bound: the search starts from the cheapest
     singles = [j for j, c in enumerate(sets) if len(c) == 1 and np.isfinite(bounds[j])]
@@ -179,11 +236,20 @@ def charge_balanced_types(
             break
         elements = sets[j]
         assign, cost, used = _search_within(
-            regret[:, elements], elements, vocab, max_expansions - expansions, found_cost
+            regret[:, elements], elements, vocab, max_expansions - expansions, found_cost, groups
         )
         expansions += used
         if assign is not None and cost < found_cost:
             found, found_cost = np.array([elements[a] for a in assign]), cost
+    if found is None and groups and sets:
+        # nothing charge-balanced meets the requirement: the cheapest set's assignment, made to meet it
+        j = int(np.argmin([regret[:, c].min(-1).sum() for c in sets]))
+        c = sets[j]
+        start = np.array([c[a] for a in regret[:, c].argmin(-1)])
+        forced = _force_requirement(start, regret, groups)
+        met = _meets(set(forced.tolist()), groups)
+        cost = float(regret[np.arange(n), forced].sum())
+        return BalancedTypes(forced, False, int((forced != top).sum()), cost, expansions, met)
     if found is None:
-        return BalancedTypes(top, False, 0, 0.0, expansions)
+        return BalancedTypes(top, False, 0, 0.0, expansions, _meets(set(present), groups))
     return BalancedTypes(found, True, int((found != top).sum()), float(found_cost), expansions)

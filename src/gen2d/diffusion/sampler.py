@@ -45,6 +45,14 @@ class SamplingConfig(BaseModel):
         description="restrict atom types to these elements (a chemical space; replacement inpainting of "
         "the type channels); None = the model's whole vocabulary",
     )
+    require_any_of: list[list[str]] | None = Field(
+        None,
+        description="a kind of compound within the chemical space: groups of elements, and every sample holds "
+        "an atom of each group, e.g. [[Mo, W, Nb, Ta, V, Ti], [S, Se, Te, C]] for transition-metal "
+        "chalcogenides and carbides (no elemental sulfur, no all-metal alloy). Enforced by the composition "
+        "prior (gen2d.diffusion.composition, require), which then runs on template starts too; None = any "
+        "composition of the space",
+    )
     overlap_scale: float = Field(
         0.85,
         description="geometry prior (gen2d.diffusion.sampler.project_geometry): push apart every pair closer "
@@ -83,8 +91,8 @@ class SamplingConfig(BaseModel):
         "clean type estimate whose composition is charge-neutral in SMACT's oxidation states "
         "(no Pauling test, which would forbid MoTe2) with at most 4 elements (the per-atom "
         "argmax when it already is), and are kept for the remaining steps, so positions and "
-        "lattice finish around them. Template starts keep their template's composition. "
-        "False = the per-atom argmax of the bare model",
+        "lattice finish around them. Template starts are not balanced (the network redraws their types from "
+        "the noised template's), unless require_any_of is set. False = the per-atom argmax of the bare model",
     )
     composition_from: float = Field(
         0.5,
@@ -583,6 +591,28 @@ def blocked_types(vocab: list[str], elements: list[str] | None, device="cpu") ->
     return torch.tensor([v not in keep for v in vocab], dtype=torch.bool, device=device)
 
 
+def required_groups(vocab: list[str], groups: list[list[str]] | None, elements: list[str] | None) -> list[list[int]]:
+    """Channel indices of every ``require_any_of`` group; a group that cannot be met is an error.
+
+    Raises :class:`ElementsOutsideVocabulary` for an element the model does not know, and ``ValueError`` for an
+    empty group or one with no element inside the chemical space ``elements``.
+    """
+    if not groups:
+        return []
+    out = []
+    for group in groups:
+        unknown = sorted(set(group) - set(vocab))
+        if unknown:
+            raise ElementsOutsideVocabulary(
+                f"require_any_of names {unknown}, not in the model's vocabulary of {len(vocab)} elements"
+            )
+        usable = [el for el in group if elements is None or el in elements]
+        if not usable:
+            raise ValueError(f"require_any_of group {list(group)} has no element in the chemical space {elements}")
+        out.append([vocab.index(el) for el in usable])
+    return out
+
+
 def _types(h: torch.Tensor, blocked: torch.Tensor | None) -> torch.Tensor:
     """The element index of every atom: the largest type channel outside the excluded ones."""
     return (h if blocked is None else h.masked_fill(blocked, float("-inf"))).argmax(-1)
@@ -641,6 +671,7 @@ def sample_batch(
         return torch.randn(*shape, generator=generator, dtype=dtype).to(dev)
 
     blocked = blocked_types(rep.vocab, config.elements, dev)
+    require = required_groups(rep.vocab, config.require_any_of, config.elements)
     # absorbing-state types (EGNNConfig.type_diffusion): the state h is a one-hot over the vocabulary plus
     # MASK (index K); type_logits holds the network's latest clean-type logits, blocked elements at -inf
     absorbing = model.config.absorbing
@@ -694,8 +725,9 @@ def sample_batch(
     heads = torch.zeros(B, 3, device=dev)
     fixed_types: torch.Tensor | None = None
     balance: list[dict[str, Any]] = [{} for _ in range(B)]
-    # the composition prior fixes the types of free starts only: a template keeps its own composition
-    balancing = config.charge_balance and start.frac0 is None
+    # the composition prior fixes the types of free starts; of template starts too when a kind of compound is
+    # required (else the network redraws a template's types on its own)
+    balancing = (config.charge_balance and start.frac0 is None) or bool(require)
 
     def types_now() -> torch.Tensor:
         if fixed_types is not None:
@@ -781,7 +813,7 @@ def sample_batch(
                 ab = sched.alpha_bar.to(h)[tl[batch]][:, None]
                 # the model's clean type estimate, clipped like vp_step's x0_hat
                 x0_h = ((h - (1 - ab).sqrt() * mix("eps_types")) / ab.sqrt()).clamp(0.0, 1.0)
-            fixed_types, balance = _balanced_types(x0_h, batch, B, rep.vocab, blocked)
+            fixed_types, balance = _balanced_types(x0_h, batch, B, rep.vocab, blocked, require)
         if absorbing:
             u = torch.rand(N, generator=generator, dtype=torch.float64).to(dev)
             if fixed_types is not None:  # replacement inpainting: the chosen types, masked as at step s
@@ -1006,7 +1038,12 @@ def _decode_structures(rep, types, frac, z, lattice, n_atoms: list[int], vacuum:
 
 
 def _balanced_types(
-    x0_h: torch.Tensor, batch: torch.Tensor, B: int, vocab: list[str], blocked: torch.Tensor | None
+    x0_h: torch.Tensor,
+    batch: torch.Tensor,
+    B: int,
+    vocab: list[str],
+    blocked: torch.Tensor | None,
+    require: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Charge-balanced types of every structure of a batch and, per structure, what the search did."""
     from gen2d.diffusion.composition import charge_balanced_types
@@ -1016,9 +1053,11 @@ def _balanced_types(
     b = batch.cpu().numpy()
     for g in range(B):
         idx = np.flatnonzero(b == g)
-        res = charge_balanced_types(x0_h[idx], vocab, blocked)
+        res = charge_balanced_types(x0_h[idx], vocab, blocked, require=require or None)
         types[torch.as_tensor(idx, device=types.device)] = torch.as_tensor(res.types, device=types.device)
         report.append({"charge_balanced": res.valid, "types_changed": res.changed})
+        if require:
+            report[-1]["requirement_met"] = res.requirement_met
     return types, report
 
 
