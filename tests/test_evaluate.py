@@ -18,6 +18,7 @@ from gen2d.evaluate import (
     EvaluateSpec,
     TrainingSetSpec,
     generate_within_budget,
+    of_kind,
     seed_metrics,
     select_for_evaluation,
     training_structures,
@@ -386,3 +387,24 @@ def test_a_repeated_confirmed_structure_is_one_distinct_hit_and_pooled_counts_ge
     rr = out["steered_over_unguided:distinct_confirmed_hits_per_cpu_hour"]["pooled_ratio"]
     assert rr["ratio"] == pytest.approx((5 / 0.05) / (2 / 0.04)) and rr["ci95_low"] < 1 < rr["ci95_high"]
     assert rr["counts"] == [5, 2] and 0.3 < rr["p_value"] <= 1.0
+
+
+def test_a_required_kind_keeps_off_kind_outputs_out_of_the_scoring():
+    items = [
+        GeneratedStructure(structure=build_template(n), labels={"strict_valid": True})
+        for n in ("graphene", "MoS2-2H", "hBN", "WS2-2H", "TiS2-1T", "graphene")
+    ]
+    vals = [{"dg_h": 0.0, "p_synth": 1.0}] * len(items)  # graphene would be the filter's first pick
+    run = BudgetedRun(items, 1.0, 1, [1.0], 1.0, "budget", vals)
+    kind = [["Mo", "W", "Ti"], ["S", "Se"]]
+    assert of_kind(items[1].structure, kind) and not of_kind(items[0].structure, kind)
+    assert of_kind(items[0].structure, None)
+    for arm in (ArmSpec(name="u"), ArmSpec(name="f", kind="filter", keep=5)):
+        idx, _ = select_for_evaluation(run, arm, n_eval=5, seed=0, thresholds=RankThresholds(), require_any_of=kind)
+        assert sorted(idx) == [1, 3, 4], arm.name  # only the three metal sulfides, however many were asked for
+    # without a kind, the uniform draw is the one it always was
+    plain, _ = select_for_evaluation(run, ArmSpec(name="u"), n_eval=3, seed=0, thresholds=RankThresholds())
+    again, _ = select_for_evaluation(
+        run, ArmSpec(name="u"), n_eval=3, seed=0, thresholds=RankThresholds(), require_any_of=None
+    )
+    assert plain == again and len(plain) == 3

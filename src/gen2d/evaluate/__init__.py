@@ -43,6 +43,7 @@ from gen2d.evaluate.arms import (
     _score_all,
     generate_within_budget,
     load_generator,
+    of_kind,
     run_arm_generation,
     run_arm_seed,
     score_samples,

@@ -194,27 +194,55 @@ def run_arm_generation(res: Resources, arm: ArmSpec, seed: int) -> BudgetedRun:
     gen = res.generator(arm)
     cycle = template_cycle(names, seed)
 
+    params = dict(arm.params)
+    if spec.require_any_of and "require_any_of" not in params:
+        params["require_any_of"] = spec.require_any_of
+
     def chunk_fn(index: int, size: int):
         extra = {"templates": [next(cycle) for _ in range(size)]} if arm.cycle_templates else {}
-        got = list(gen.generate(n=size, seed=seed * 100_003 + index, **extra, **arm.params))
+        got = list(gen.generate(n=size, seed=seed * 100_003 + index, **extra, **params))
         vals = _filter_values(res, [g.structure for g in got]) if arm.kind == "filter" else []
         return got, vals
 
     return generate_within_budget(chunk_fn, spec.budget_cpu_s, spec.chunk, spec.max_generated)
 
 
+def of_kind(structure: Structure, require_any_of: list[list[str]] | None) -> bool:
+    """Whether ``structure`` holds an atom of every group of ``require_any_of`` (True when None)."""
+    if not require_any_of:
+        return True
+    present = {e.symbol for e in structure.composition.elements}
+    return all(present & set(group) for group in require_any_of)
+
+
 def select_for_evaluation(
-    run: BudgetedRun, arm: ArmSpec, n_eval: int, seed: int, thresholds: RankThresholds
+    run: BudgetedRun,
+    arm: ArmSpec,
+    n_eval: int,
+    seed: int,
+    thresholds: RankThresholds,
+    require_any_of: list[list[str]] | None = None,
 ) -> tuple[list[int], list[float | None]]:
-    """Indices of the samples that get the full scoring, and (filter arms) their filter scores."""
-    n = len(run.items)
+    """Indices of the samples that get the full scoring, and (filter arms) their filter scores.
+
+    With ``require_any_of``, only outputs of that kind are eligible (:func:`of_kind`).
+    """
+    eligible = [i for i, g in enumerate(run.items) if of_kind(g.structure, require_any_of)]
     if arm.kind == "generator":
         rng = np.random.default_rng([seed, int(hashlib.sha1(arm.name.encode()).hexdigest()[:8], 16)])
-        idx = sorted(rng.choice(n, size=min(n_eval, n), replace=False).tolist()) if n else []
+        if len(eligible) == len(run.items):  # the draw of a run without a kind, unchanged
+            n = len(run.items)
+            idx = sorted(rng.choice(n, size=min(n_eval, n), replace=False).tolist()) if n else []
+        else:
+            pick = rng.choice(len(eligible), size=min(n_eval, len(eligible)), replace=False) if eligible else []
+            idx = sorted(eligible[int(k)] for k in pick)
         return idx, [None] * len(idx)
+    ok = set(eligible)
     keep = arm.keep or n_eval
     scored = []
     for i, (g, vals) in enumerate(zip(run.items, run.filter_values)):
+        if i not in ok:
+            continue
         if arm.filter_require_strict and not g.labels.get("strict_valid", True):
             continue
         if arm.filter_max_elements and len(g.structure.composition.elements) > arm.filter_max_elements:
@@ -415,7 +443,7 @@ def run_arm_seed(res: Resources, arm: ArmSpec, seed: int) -> dict[str, Any]:
     spec = res.spec
     run = run_arm_generation(res, arm, seed)
     n_eval = arm.n_eval or spec.n_eval
-    idx, filter_scores = select_for_evaluation(run, arm, n_eval, seed, spec.thresholds)
+    idx, filter_scores = select_for_evaluation(run, arm, n_eval, seed, spec.thresholds, spec.require_any_of)
     structures = [run.items[i].structure for i in idx]
     c0 = time.process_time()
     records, provenance = score_samples(res, structures, [dict(run.items[i].flags) for i in idx])
@@ -441,6 +469,9 @@ def run_arm_seed(res: Resources, arm: ArmSpec, seed: int) -> dict[str, Any]:
         "n_chunks": run.n_chunks,
         "chunk_cpu_s": run.chunk_cpu_s,
         "stopped_by": run.stopped_by,
+        "n_off_kind": sum(not of_kind(g.structure, spec.require_any_of) for g in run.items)
+        if spec.require_any_of
+        else None,
         "scoring_cpu_s": scoring_cpu,
         "strict_fraction_generated": float(np.mean([bool(g.labels.get("strict_valid")) for g in run.items]))
         if run.items and "strict_valid" in run.items[0].labels

@@ -26,6 +26,8 @@ def _run_key(spec: EvaluateSpec, arm: ArmSpec, seed: int, model: str | None = No
     d = spec.model_dump(mode="json")
     for k in ("name", "seeds", "arms", "sweeps", "out"):
         d.pop(k, None)
+    if d.get("require_any_of") is None:  # keyed only when set, so results stored before the field keep their keys
+        d.pop("require_any_of", None)
     from gen2d.hull import CORRECTION_SCHEME  # E_hull numbers change with it, so stored results must too
 
     parts = [d, _arm_key(arm), arm.n_eval, seed, CORRECTION_SCHEME] + ([model] if model else [])

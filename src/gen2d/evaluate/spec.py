@@ -96,6 +96,13 @@ class EvaluateSpec(BaseModel):
     scorers: EvaluateScorers = Field(default_factory=EvaluateScorers)
     thresholds: RankThresholds = Field(default_factory=RankThresholds)
     training_set: TrainingSetSpec = Field(default_factory=TrainingSetSpec)
+    require_any_of: list[list[str]] | None = Field(
+        None,
+        description="a kind of compound every arm must deliver: groups of elements, each output holding an atom of "
+        "every group (e.g. a transition metal and a chalcogen). Passed to each arm's generate() (the EGNN "
+        "sampler enforces it; other generators ignore it), and an output that misses a group is never "
+        "scored (its generation CPU still counts; `n_off_kind` per arm-seed). None = any composition",
+    )
     threads: int = Field(1, description="torch threads")
     out: str = Field("evaluate-out", description="folder for the JSON and the plots")
 
