@@ -408,3 +408,13 @@ def test_a_required_kind_keeps_off_kind_outputs_out_of_the_scoring():
         run, ArmSpec(name="u"), n_eval=3, seed=0, thresholds=RankThresholds(), require_any_of=None
     )
     assert plain == again and len(plain) == 3
+
+
+def test_outputs_of_another_kind_cost_cpu_and_deliver_nothing():
+    records = [_record(hit=True), _record()]  # a hit rate of 1/2 on the scored samples
+    base = {"kind": "generator", "n_generated": 100, "generation_cpu_s": 36.0}
+    all_kind = seed_metrics(records, base, RankThresholds())
+    half_off = seed_metrics(records, {**base, "n_off_kind": 50}, RankThresholds())
+    # the same CPU bought half as many outputs of the kind asked for: half the hits per CPU-hour
+    assert all_kind["hits_per_cpu_hour"] == pytest.approx(2 * half_off["hits_per_cpu_hour"])
+    assert half_off["her_hit_rate"] == all_kind["her_hit_rate"] == 0.5

@@ -85,6 +85,11 @@ def metric_definitions(t: RankThresholds, confirmer: str = "dgh.mlip") -> dict[s
         "unit": "samples",
         "description": "Samples the arm produced within its generation budget (a filter arm: before filtering).",
     }
+    defs["n_off_kind"] = {
+        "unit": "samples",
+        "description": "Samples not of the kind the spec's require_any_of asks for: never scored, their generation "
+        "CPU still counted (a generator arm's per-CPU-hour rates count only the outputs of that kind).",
+    }
     defs["n_evaluated"] = {
         "unit": "samples",
         "description": "Samples that got the full scoring (a uniform "
@@ -200,6 +205,7 @@ def aggregate(spec: EvaluateSpec, results: list[dict[str, Any]], confidence: flo
             "seeds": [r["seed"] for r in rs],
             "n_evaluated_total": sum(r["metrics"]["n_evaluated"] for r in rs),
             "n_generated_total": sum(r["n_generated"] for r in rs),
+            "n_off_kind_total": sum(r.get("n_off_kind") or 0 for r in rs) if spec.require_any_of else None,
             "hits_total": hits,
             "confirmed_total": conf,
             "new_confirmed_total": new,
@@ -426,7 +432,12 @@ def results_table(doc: dict[str, Any], metrics: Sequence[str] | None = None) -> 
             name + (" (sweep)" if a["group"] == "sweep" else ""),
             str(len(a["seeds"])),
             ",".join(str(v) for v in m["n_evaluated"]["per_seed"]),
-            f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–",
+            (f"{m['n_generated']['mean']:.0f}" if m["n_generated"]["mean"] is not None else "–")
+            + (
+                f" ({a['n_off_kind_total'] / len(a['seeds']):.0f} off kind)"
+                if a.get("n_off_kind_total") is not None and a["seeds"]
+                else ""
+            ),
             f"{m['generation_cpu_s']['mean']:.1f}" if m["generation_cpu_s"]["mean"] is not None else "–",
             f"{a['hits_total']} / {a['confirmed_total']} / {a.get('distinct_confirmed_total', '–')} / "
             f"{a.get('new_confirmed_total', 0)}",

@@ -396,7 +396,11 @@ def seed_metrics(records: list[dict[str, Any]], run_summary: dict[str, Any], t: 
     hit_mlip = [r["mlip_dg_h"] for r in records if r["hit"]]
     conf = ConfirmationRate(t.dg_h_window)(hit_mlip)
     cpu = run_summary["generation_cpu_s"]
-    n_produced = run_summary["n_generated"] if run_summary["kind"] == "generator" else n
+    # outputs a generator arm delivers: what it generated, less what was of another kind than the spec asked for
+    # (never scored, its CPU still spent), so an arm that spends its budget off the kind pays for it
+    n_produced = (
+        run_summary["n_generated"] - (run_summary.get("n_off_kind") or 0) if run_summary["kind"] == "generator" else n
+    )
     per_hour = HitsPerCPUHour()(hit.value, n_produced, cpu)
     n_confirmed = sum(1 for r in records if r.get("confirmed"))
     n_new = sum(1 for r in records if r.get("new_confirmed"))
