@@ -288,3 +288,26 @@ def test_a_spin_takeover_s_relaxation_is_collected_and_the_higher_solution_at_it
     expected = ours[1].info["energy"] - slab.info["energy"] + 3.35
     assert rows["abc123"]["frame"] == 1 and rows["abc123"]["dft_eV"] == pytest.approx(expected)
     assert rows["other"]["frame"] == 2  # the run without a takeover ends at its own last frame
+
+
+def test_a_failed_takeover_leaves_the_higher_solution_out_too(tmp_path):
+    """A fresh spin start found a lower SCF solution at the site's converged geometry, and relaxing on from it
+    failed before a frame: the site's energy is that start's single point, so its own last frame (the higher
+    solution at the same positions) is flagged and left out, like a takeover that ran."""
+    run = _run(tmp_path)
+    last = read(run / "site_0" / "relax.traj", -1)
+    check = {"relaxed_from_start": "failed: scf_not_converged", "energy_from_start": "+1", "unit": "eV"}
+    check["energy_from_start_eV"] = last.get_potential_energy() - 0.2
+    doc = {"energy": check["energy_from_start_eV"], "converged": True, "positions": last.positions.tolist()}
+    (run / "site_0" / "result.json").write_text(json.dumps({**doc, "spin_starts": check}))
+    (run / "site_0" / "lowest_start_H+1").mkdir()  # made before the relaxation failed, with no frame in it
+    frames, summary = collect_frames([tmp_path], keep_superseded=True)
+    flagged = [f for f in frames if f.info.get("superseded_spin_solution")]
+    assert [f.info["frame"] for f in flagged] == [2] and summary["n_superseded_spin_solution"] == 1
+    assert flagged[0].info["superseded_spin_solution"] == "site_0/start_H+1"
+    kept, _ = collect_frames([tmp_path])
+    assert [f.info["frame"] for f in kept if f.info["system"] == "site_0"] == [1]
+    # a takeover that ran, or a check that found nothing lower, flags nothing here
+    check.update(relaxed_from_start=None)
+    (run / "site_0" / "result.json").write_text(json.dumps({**doc, "spin_starts": check}))
+    assert collect_frames([tmp_path])[1]["n_superseded_spin_solution"] == 0

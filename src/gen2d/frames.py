@@ -161,6 +161,31 @@ def _mark_superseded(frames: list[Atoms], takeover: str) -> None:
             f.info["superseded_spin_solution"] = takeover
 
 
+def _mark_failed_takeover(frames: list[Atoms], site_dir: Path, system: str) -> None:
+    """Flag a site's frames at its converged geometry when a fresh spin start found a lower SCF solution there and
+    relaxing on from it failed (``result.json``: ``spin_starts.relaxed_from_start`` "failed: …"). The site's energy
+    is then that start's single point, and its own frame there is the higher solution: the same two energies for
+    one geometry as a takeover that ran (:func:`_mark_superseded`), with no takeover frame to keep instead.
+    ``frames`` are one run's."""
+    try:
+        doc = json.loads((site_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return
+    check = doc.get("spin_starts") or {}
+    if not str(check.get("relaxed_from_start") or "").startswith("failed") or check.get("energy_from_start") is None:
+        return
+    final = np.asarray(doc.get("positions") or [], float)
+    start = f"{system}/start_H{check['energy_from_start']}"
+    for f in frames:
+        if (
+            f.info.get("system") == system
+            and not f.info.get("vibration")
+            and final.shape == f.positions.shape
+            and np.abs(f.positions - final).max() < 1e-6
+        ):
+            f.info["superseded_spin_solution"] = start
+
+
 def collect_frames(
     roots: Iterable[str | os.PathLike], keep_superseded: bool = False
 ) -> tuple[list[Atoms], dict[str, Any]]:
@@ -175,7 +200,9 @@ def collect_frames(
 
     A site that a lower spin start took over relaxes on in ``site_k-…/lowest_start*/``: those frames are read as
     the system ``site_k-…/lowest_start_H<m>``, and at the geometry of the takeover only the lowest energy stays
-    (:func:`_mark_superseded`; ``keep_superseded`` keeps the others, flagged ``superseded_spin_solution``).
+    (:func:`_mark_superseded`; ``keep_superseded`` keeps the others, flagged ``superseded_spin_solution``). When that
+    relaxation failed and the site took the lower start's single point, the site's own frame at that geometry is
+    left out the same way (:func:`_mark_failed_takeover`).
 
     Returns the frames (``info``: ``energy`` in eV, ``config_type``, ``run``, ``system``, ``frame``,
     ``formula``, ``content_hash``, ``settings_hash``, ``calculator``, ``energy_only``, ``source``;
@@ -257,6 +284,8 @@ def collect_frames(
                         frames.append(out)
                 if sysdir.name.startswith("lowest_start"):
                     _mark_superseded(frames[first_of_run:], system)
+                elif sysdir.name.startswith("site_"):
+                    _mark_failed_takeover(frames[first_of_run:], sysdir, system)
     n_superseded = sum(bool(f.info.get("superseded_spin_solution")) for f in frames)
     if not keep_superseded:
         frames = [f for f in frames if not f.info.get("superseded_spin_solution")]
