@@ -144,13 +144,15 @@ class MLIPAdsorptionScorer(BaseScorer):
         self.slab_fmax = slab_fmax
         self.slab_steps = slab_steps
         self._calc = None
-        # a stored ΔG_H made by another MLIP (e.g. under an older default model), with another ΔG correction, or
-        # calibrated where this one is raw (or the other way round) is work left to do
+        # a stored ΔG_H made by another MLIP (e.g. under an older default model), with another ΔG correction,
+        # calibrated where this one is raw (or the other way round), or under other site rules (which sites count,
+        # when H has left its site or sunk into the layer: they moved 2H-NbSe2's CHGNet ΔG_H from +0.03 to +0.9 eV)
+        # is work left to do
         self.current = {
             "provenance.settings.calculator": self.calculator_name,
             "provenance.settings.model_option": self.model,
-            "provenance.settings.dg_correction": self.settings.dg_correction,
             "provenance.settings.calibrate": self.calibrate,
+            **{f"provenance.settings.{k}": v for k, v in self.settings.as_dict().items()},
         }
 
     # -- registry --------------------------------------------------------------------------------

@@ -395,6 +395,12 @@ def test_default_mlip_is_the_most_faithful_one():
     # a calibrated value is not the raw scorer's, nor one made with another ΔG correction
     assert not score_is_current(failed, MLIPAdsorptionScorer(calibrate=True).current)
     assert not score_is_current(failed, MLIPAdsorptionScorer(dg_correction=0.24).current)
+    # nor one made under other site rules (which sites count: an H sunk into the layer, a hollow's plane)
+    assert not score_is_current(failed, MLIPAdsorptionScorer(inside_depth=0.3).current, retry=default.retry_failures)
+    ruled = {**stored, "provenance": {"settings": {**same, "model_option": default.model}}}
+    assert score_is_current(ruled, default.current)
+    del ruled["provenance"]["settings"]["hollow_plane_depth"]  # made before the rule existed
+    assert not score_is_current(ruled, default.current)
     assert default.available() == (True, "")
     assert MLIPAdsorptionScorer(calculator="chgnet").model is None
     info = default.explain(_slab(mx2("MoS2", a=3.18, thickness=3.13, vacuum=10.0)))
