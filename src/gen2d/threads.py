@@ -2,10 +2,11 @@
 
 torch's default is one intra-op thread per core, and its OpenMP threads spin while they wait for each
 other. That is right on an idle machine and very wrong on a busy one: on the 2-core development machine,
-30 CHGNet single points on a 27-atom MoS₂ slab take 2.7 s with 2 threads and 4.5 s with 1 when the machine is
-idle, but 31.9 s with 2 threads and 6.2 s with 1 while two niced CP2K processes hold both cores (a 5× slowdown
-from oversubscription; ``OMP_WAIT_POLICY=PASSIVE`` only halves it, and costs 2× when idle). A laptop running
-the quickstart beside a DFT run, or an HPC node shared by several FireWorks rockets, is the busy case.
+30 CHGNet single points on a 54-atom 3×3 cell of bulk 2H-MoS₂ take 2.7 s with 2 threads and 4.5 s with 1 when
+the machine is idle, but 31.9 s with 2 threads and 6.2 s with 1 while two niced CP2K processes hold both cores
+(a 5× slowdown from oversubscription; ``OMP_WAIT_POLICY=PASSIVE`` only halves it, and costs 2× when idle). A
+laptop running the quickstart beside a DFT run, or an HPC node shared by several FireWorks rockets, is the busy
+case.
 
 So a gen2d process picks its thread count once, when it starts its first job:
 
