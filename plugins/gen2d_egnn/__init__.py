@@ -157,10 +157,12 @@ class EGNNDiffusionGenerator:
                 if not names:
                     raise PluginUnavailable(f"no template lies inside the chemical space {sorted(space)}")
             if cfg.require_any_of:  # and of the kind of compound asked for, when any is
+                from gen2d.diffusion.composition import meets
+
                 kind = [
                     nm
                     for nm in names
-                    if all({e.symbol for e in tmpl.build_template(nm).composition} & set(g) for g in cfg.require_any_of)
+                    if meets((e.symbol for e in tmpl.build_template(nm).composition), cfg.require_any_of)
                 ]
                 names = kind or names
             picked = [names[i % len(names)] for i in range(n)]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,8 +79,10 @@ class BalancedTypes:
     requirement_met: bool = True  # every ``require`` group has an atom (True when nothing is required)
 
 
-def _meets(present: set[int], require: list[set[int]]) -> bool:
-    return all(present & group for group in require)
+def meets(present: Iterable[Hashable], groups: Iterable[Iterable[Hashable]]) -> bool:
+    """Whether ``present`` (elements, or channel indices) holds a member of every one of ``groups``."""
+    present = set(present)
+    return all(present & set(group) for group in groups)
 
 
 def _force_requirement(assign: np.ndarray, regret: np.ndarray, require: list[set[int]]) -> np.ndarray:
@@ -135,7 +138,7 @@ def _search_within(
             continue
         seen.add(counts)
         expansions += 1
-        if (not require or _meets({elements[j] for j, c in enumerate(counts) if c}, require)) and composition_is_valid(
+        if (not require or meets({elements[j] for j, c in enumerate(counts) if c}, require)) and composition_is_valid(
             _formula({vocab[elements[j]]: c for j, c in enumerate(counts)})
         ):
             return assign, cost, expansions
@@ -210,7 +213,7 @@ def charge_balanced_types(
     regret = best[:, None] - scores  # (n, K) >= 0: cost of giving atom i type k; 0 for the argmax
     present = list(dict.fromkeys(top.tolist()))
     counts = {vocab[k]: int(c) for k, c in enumerate(np.bincount(top, minlength=len(vocab))) if c}
-    if len(counts) <= max_elements and _meets(set(present), groups) and composition_is_valid(_formula(counts)):
+    if len(counts) <= max_elements and meets(set(present), groups) and composition_is_valid(_formula(counts)):
         return BalancedTypes(top, True, 0, 0.0, 1)
     support = np.clip(1.0 - regret, 0.0, None).sum(0)
     order = [int(k) for k in np.argsort(-support, kind="stable") if np.isfinite(regret[:, k]).any()]
@@ -223,7 +226,7 @@ def charge_balanced_types(
                 cand.append(allowed[0])
     sets = [list(c) for r in range(1, max_elements + 1) for c in itertools.combinations(cand, r)]
     if groups:
-        sets = [c for c in sets if _meets(set(c), groups)]
+        sets = [c for c in sets if meets(set(c), groups)]
     bounds = np.array([regret[:, c].min(-1).sum() for c in sets])
     # an elemental layer is always valid and costs exactly its bound: the search starts from the cheapest
     singles = [j for j, c in enumerate(sets) if len(c) == 1 and np.isfinite(bounds[j])]
@@ -243,13 +246,12 @@ def charge_balanced_types(
             found, found_cost = np.array([elements[a] for a in assign]), cost
     if found is None and groups and sets:
         # nothing charge-balanced meets the requirement: the cheapest set's assignment, made to meet it
-        j = int(np.argmin([regret[:, c].min(-1).sum() for c in sets]))
-        c = sets[j]
+        c = sets[int(np.argmin(bounds))]
         start = np.array([c[a] for a in regret[:, c].argmin(-1)])
         forced = _force_requirement(start, regret, groups)
-        met = _meets(set(forced.tolist()), groups)
+        met = meets(set(forced.tolist()), groups)
         cost = float(regret[np.arange(n), forced].sum())
         return BalancedTypes(forced, False, int((forced != top).sum()), cost, expansions, met)
     if found is None:
-        return BalancedTypes(top, False, 0, 0.0, expansions, _meets(set(present), groups))
+        return BalancedTypes(top, False, 0, 0.0, expansions, meets(set(present), groups))
     return BalancedTypes(found, True, int((found != top).sum()), float(found_cost), expansions)

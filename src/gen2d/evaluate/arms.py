@@ -209,10 +209,9 @@ def run_arm_generation(res: Resources, arm: ArmSpec, seed: int) -> BudgetedRun:
 
 def of_kind(structure: Structure, require_any_of: list[list[str]] | None) -> bool:
     """Whether ``structure`` holds an atom of every group of ``require_any_of`` (True when None)."""
-    if not require_any_of:
-        return True
-    present = {e.symbol for e in structure.composition.elements}
-    return all(present & set(group) for group in require_any_of)
+    from gen2d.diffusion.composition import meets
+
+    return meets((e.symbol for e in structure.composition.elements), require_any_of or [])
 
 
 def select_for_evaluation(
@@ -230,12 +229,9 @@ def select_for_evaluation(
     eligible = [i for i, g in enumerate(run.items) if of_kind(g.structure, require_any_of)]
     if arm.kind == "generator":
         rng = np.random.default_rng([seed, int(hashlib.sha1(arm.name.encode()).hexdigest()[:8], 16)])
-        if len(eligible) == len(run.items):  # the draw of a run without a kind, unchanged
-            n = len(run.items)
-            idx = sorted(rng.choice(n, size=min(n_eval, n), replace=False).tolist()) if n else []
-        else:
-            pick = rng.choice(len(eligible), size=min(n_eval, len(eligible)), replace=False) if eligible else []
-            idx = sorted(eligible[int(k)] for k in pick)
+        # without a kind every output is eligible, and the draw is the one it always was
+        pick = rng.choice(len(eligible), size=min(n_eval, len(eligible)), replace=False) if eligible else []
+        idx = sorted(eligible[int(k)] for k in pick)
         return idx, [None] * len(idx)
     ok = set(eligible)
     keep = arm.keep or n_eval
