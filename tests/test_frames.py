@@ -311,3 +311,59 @@ def test_a_failed_takeover_leaves_the_higher_solution_out_too(tmp_path):
     check.update(relaxed_from_start=None)
     (run / "site_0" / "result.json").write_text(json.dumps({**doc, "spin_starts": check}))
     assert collect_frames([tmp_path])[1]["n_superseded_spin_solution"] == 0
+
+
+def _relaxation(run, shifts):
+    """A site relaxation on EMT's surface, H moved from 3 Å above a top Cu 0.05 Å down per step, each frame's energy raised by ``shifts[k]``
+    (eV): the same forces on a constant offset, as an SCF that lands in a higher solution and stays there gives."""
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    site = slab.copy()
+    site.append("H")
+    site.positions[-1] = site.positions[4] + [0.0, 0.0, 3.0]
+    for k, shift in enumerate(shifts):
+        at = site.copy()
+        at.positions[-1, 2] -= 0.05 * k
+        ev = _evaluated(at)
+        at.calc = SinglePointCalculator(
+            at, energy=ev.get_potential_energy() + shift, forces=ev.get_forces(apply_constraint=False)
+        )
+        save_frame(at, run / "site_0" / "relax.traj")
+
+
+def test_a_step_that_jumps_to_a_higher_scf_solution_and_the_frames_after_it_are_left_out(tmp_path):
+    """H falling onto Cu(111) under EMT goes downhill at every step, and the trapezoid rule on the forces says so.
+    From frame 3 on the energies are raised by 0.3 eV with the forces kept: the energy rises while the forces say
+    downhill, which one surface cannot do. Frames 3–5 are flagged and left out; frames 0–2 stay."""
+    from gen2d.frames import step_energy_mismatch
+
+    run = tmp_path / "jump"
+    (run / "site_0").mkdir(parents=True)
+    _relaxation(run, [0.0, 0.0, 0.0, 0.3, 0.3, 0.3])
+    write_run_metadata(run, {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "emt"})
+    frames, summary = collect_frames([tmp_path], keep_superseded=True)
+    steps = sorted(frames, key=lambda f: f.info["frame"])
+    for a, b in zip(steps[:2], steps[1:3], strict=True):  # one surface: the forces predict the energy change
+        rose, predicted = step_energy_mismatch(a, b)
+        assert rose < 0 and predicted < 0 and rose == pytest.approx(predicted, abs=0.01)
+    assert [f.info["frame"] for f in steps if f.info.get("scf_jump")] == [3, 4, 5]
+    assert summary["n_scf_jump"] == 3 and summary["scf_jumps"][0]["jump"].startswith("frame 3: energy rose")
+    kept, summary = collect_frames([tmp_path])
+    assert sorted(f.info["frame"] for f in kept) == [0, 1, 2] and summary["n_frames"] == 3
+
+
+def test_an_uphill_step_the_forces_predict_is_not_a_jump(tmp_path):
+    """A step that overshoots goes uphill on the same surface, and the forces at its end say so: H pushed from
+    2.0 Å into the repulsive wall of Cu(111) and back out. Nothing is flagged."""
+    run = tmp_path / "overshoot"
+    (run / "site_0").mkdir(parents=True)
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
+    for height in (1.6, 0.7, 1.5):  # down the well, far into the wall (up by over 1 eV), back out
+        at = slab.copy()
+        at.append("H")
+        at.positions[-1] = at.positions[4] + [0.0, 0.0, height]
+        save_frame(_evaluated(at), run / "site_0" / "relax.traj")
+    write_run_metadata(run, {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "emt"})
+    frames, summary = collect_frames([tmp_path], keep_superseded=True)
+    energies = [f.info["energy"] for f in sorted(frames, key=lambda f: f.info["frame"])]
+    assert energies[1] > energies[0] + 0.02  # the overshoot went uphill
+    assert summary["n_scf_jump"] == 0 and not any(f.info.get("scf_jump") for f in frames)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gen2d.adsorption import DEFAULT_DG_CORRECTION
 from gen2d.fileio import atomic_path, write_text_atomic
-from gen2d.frames import site_of
+from gen2d.frames import OFF_SOLUTION_FLAGS, site_of
 from gen2d.scoring import file_sha256
 
 #: per-frame labels an evaluator returns: total energy (eV) and forces (eV/Å, n x 3)
@@ -801,8 +801,8 @@ def delta_e_h_rows(
         if fs[0].info.get("config_type") != "slab+H":
             continue
         # the relaxation's end: a takeover's last frame (system "site…/lowest_start…", relaxed on after the
-        # site's own) over the site's; a frame of a superseded spin solution never
-        fs = [f for f in fs if not f.info.get("superseded_spin_solution")] or fs
+        # site's own) over the site's; a frame of a superseded spin solution, or after an SCF jump, never
+        fs = [f for f in fs if not any(f.info.get(flag) for flag in OFF_SOLUTION_FLAGS)] or fs
         last = max(fs, key=lambda f: (site_of(f.info.get("system", "")) != f.info.get("system"), f.info["frame"]))
         slab = slab_of(last)
         if slab is None:
@@ -876,7 +876,8 @@ def build_dataset(
 
     settings = settings or FinetuneDataSettings()
     roots = [Path(r) for r in roots]
-    frames, collected = collect_frames(roots)  # a higher spin solution where a lower one took over is left out
+    # a higher spin solution where a lower one took over, and the frames after an SCF jump, are left out
+    frames, collected = collect_frames(roots)
     if settings.settings_hash:
         frames = [f for f in frames if f.info.get("settings_hash") == settings.settings_hash]
     if not frames:
@@ -969,6 +970,7 @@ def build_dataset(
         "skipped": collected.get("skipped", []),
         "n_duplicates_dropped": n_dupes,
         "n_superseded_spin_solution_dropped": collected.get("n_superseded_spin_solution", 0),
+        "n_scf_jump_dropped": collected.get("n_scf_jump", 0),
         "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
         "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
         "elements": elements,

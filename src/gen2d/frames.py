@@ -38,6 +38,11 @@ SINGLE_POINT_FILES = ("result.json", "gen2d.inp", "gen2d.out")
 _CP2K_ENERGY = re.compile(r"ENERGY\| Total FORCE_EVAL \( QS \) energy \[a\.u\.\]:\s+(-?\d+\.\d+(?:[eE][-+]?\d+)?)")
 #: |E(result.json) - E(gen2d.out)| (eV) above which the two files are not the same calculation
 SINGLE_POINT_TOLERANCE = 1e-3
+#: a relaxation step whose energy rose by more than this (eV) while the forces at both of its ends say it went
+#: downhill is a jump to another SCF solution (:func:`_mark_scf_jumps`)
+SCF_JUMP_TOLERANCE = 0.02
+#: the flags that leave a frame out of :func:`collect_frames` (a DFT energy, but of a higher SCF solution)
+OFF_SOLUTION_FLAGS = ("superseded_spin_solution", "scf_jump")
 
 
 def write_run_metadata(directory: str | os.PathLike, metadata: dict[str, Any]) -> Path:
@@ -186,6 +191,44 @@ def _mark_failed_takeover(frames: list[Atoms], site_dir: Path, system: str) -> N
             f.info["superseded_spin_solution"] = start
 
 
+def step_energy_mismatch(a: Atoms, b: Atoms) -> tuple[float, float]:
+    """The energy change of a relaxation step from frame ``a`` to ``b`` (eV) and what the forces say it was: the
+    trapezoid estimate −½ (F_a + F_b)·(x_b − x_a), exact to third order in the step on one potential energy
+    surface. Forces are the frames' ``arrays['forces']`` (every atom's, fixed ones included: they do not move)."""
+    step = b.positions - a.positions
+    predicted = -0.5 * float(np.sum((a.arrays["forces"] + b.arrays["forces"]) * step))
+    return float(b.info["energy"] - a.info["energy"]), predicted
+
+
+def _mark_scf_jumps(frames: list[Atoms], system: str) -> None:
+    """Flag the frames of one system's relaxation from the first step that jumped to a higher SCF solution on.
+
+    A step is a jump when its energy rose by more than :data:`SCF_JUMP_TOLERANCE` while the forces at both of
+    its ends say it went downhill (:func:`step_energy_mismatch` below zero): on one potential energy surface a
+    relaxation step of a tenth of an ångström cannot do that, but an SCF restarted from the previous step's
+    wavefunction can land in another, higher solution and stay there. From that frame on (the system's
+    vibration frames included, which start from its last geometry) every frame gets ``info['scf_jump']``, saying
+    where and by how much. Measured on 2H-MoSe₂'s Se-top relaxation: step 26 rose 63 meV where the forces gave
+    −25 meV, and the fresh-start check at the relaxation's end found a solution 92 meV below the chain's.
+    ``frames`` are the system's, in the order read."""
+    steps = [
+        f for f in frames if f.info.get("system") == system and not f.info.get("vibration") and "forces" in f.arrays
+    ]
+    for a, b in zip(steps, steps[1:], strict=False):
+        if len(a) != len(b):
+            continue
+        rose, predicted = step_energy_mismatch(a, b)
+        if rose > SCF_JUMP_TOLERANCE and predicted < 0:
+            jump = (
+                f"frame {b.info['frame']}: energy rose {1000 * rose:+.0f} meV where the forces give "
+                f"{1000 * predicted:+.0f} meV"
+            )
+            for f in frames:
+                if f.info.get("system") == system and (f.info.get("vibration") or f.info["frame"] >= b.info["frame"]):
+                    f.info["scf_jump"] = jump
+            return
+
+
 def collect_frames(
     roots: Iterable[str | os.PathLike], keep_superseded: bool = False
 ) -> tuple[list[Atoms], dict[str, Any]]:
@@ -202,7 +245,9 @@ def collect_frames(
     the system ``site_k-…/lowest_start_H<m>``, and at the geometry of the takeover only the lowest energy stays
     (:func:`_mark_superseded`; ``keep_superseded`` keeps the others, flagged ``superseded_spin_solution``). When that
     relaxation failed and the site took the lower start's single point, the site's own frame at that geometry is
-    left out the same way (:func:`_mark_failed_takeover`).
+    left out the same way (:func:`_mark_failed_takeover`). A relaxation step that jumped to a higher SCF solution
+    (its energy rose while its forces say it went down) and every later frame of that system are left out too
+    (:func:`_mark_scf_jumps`, flag ``scf_jump``). ``keep_superseded`` keeps every flagged frame.
 
     Returns the frames (``info``: ``energy`` in eV, ``config_type``, ``run``, ``system``, ``frame``,
     ``formula``, ``content_hash``, ``settings_hash``, ``calculator``, ``energy_only``, ``source``;
@@ -242,6 +287,7 @@ def collect_frames(
                     systems += sorted(p for p in part.glob("lowest_start*") if p.is_dir())
             for sysdir in systems:
                 system = "." if sysdir == run else sysdir.relative_to(run).as_posix()
+                first_of_system = len(frames)
                 names: tuple[str, ...] = FRAME_FILES
                 if not any((sysdir / name).is_file() for name in FRAME_FILES) and (sysdir / "result.json").is_file():
                     names = ()
@@ -282,13 +328,16 @@ def collect_frames(
                             energy_only="forces" not in out.arrays, source=f"{system}/{name}", vibration=vibration
                         )
                         frames.append(out)
+                _mark_scf_jumps(frames[first_of_system:], system)
                 if sysdir.name.startswith("lowest_start"):
                     _mark_superseded(frames[first_of_run:], system)
                 elif sysdir.name.startswith("site_"):
                     _mark_failed_takeover(frames[first_of_run:], sysdir, system)
     n_superseded = sum(bool(f.info.get("superseded_spin_solution")) for f in frames)
+    jumps = sorted({(f.info["run"], f.info["system"], f.info["scf_jump"]) for f in frames if f.info.get("scf_jump")})
+    n_jumped = sum(bool(f.info.get("scf_jump")) for f in frames)
     if not keep_superseded:
-        frames = [f for f in frames if not f.info.get("superseded_spin_solution")]
+        frames = [f for f in frames if not any(f.info.get(flag) for flag in OFF_SOLUTION_FLAGS)]
     summary = {
         "n_frames": len(frames),
         "n_with_forces": sum("forces" in f.arrays for f in frames),
@@ -297,6 +346,8 @@ def collect_frames(
         "by_settings_hash": dict(Counter(f.info["settings_hash"] for f in frames)),
         "by_config_type": dict(Counter(f.info["config_type"] for f in frames)),
         "n_superseded_spin_solution": n_superseded,
+        "n_scf_jump": n_jumped,
+        "scf_jumps": [{"run": r, "system": sy, "jump": j} for r, sy, j in jumps],
         "superseded_kept": keep_superseded,
         "skipped": skipped,
         "energy_unit": "eV",
