@@ -502,6 +502,13 @@ def main(argv=None) -> int:
         "h-BN 6×6); a material whose supercell it does not change keeps its run. A row already stored is rebuilt "
         "only with --redo",
     )
+    parser.add_argument(
+        "--scf-jump-check",
+        action=argparse.BooleanOptionalAction,
+        default=DFT_PROTOCOL["scf_jump_check"],
+        help="recompute from a fresh start a relaxation step whose energy rose while its forces say it went downhill "
+        "(RefineSettings.scf_jump_check; default dgh.dft's, %(default)s)",
+    )
     parser.add_argument("--redo", action="store_true", help="recompute rows already in --out")
     parser.add_argument("--table", action="store_true", help="print the stored rows as a Markdown table and exit")
     parser.add_argument(
@@ -546,6 +553,7 @@ def main(argv=None) -> int:
         hold_site=args.hold_site,
         vibrations=args.vibrations,
         fold_k=args.fold_k,
+        scf_jump_check=args.scf_jump_check,
     )
     if args.hold_site and args.out.resolve() == DEFAULT_OUT.resolve():
         parser.error("--hold-site rows are not free relaxations: give them their own --out")

@@ -1051,3 +1051,69 @@ def test_an_h_that_sank_into_the_layer_is_flagged_and_a_surface_h_is_not():
     near = np.linalg.norm((blue.positions - valley.positions[hv])[:, :2], axis=1)
     assert (near < COVER_RADIUS).sum() >= 1  # there is a P within the radius, and it is higher than the lower P
     assert "h_inside_layer" not in _flag_site(valley, valley, hv, 1, settings)[0]
+
+
+def test_a_step_that_jumps_to_a_higher_scf_solution_is_recomputed_from_a_fresh_start_and_taken_over(tmp_path):
+    """Two SCF solutions 0.3 eV apart with the same forces: EMT, and EMT + 0.3 eV. Each evaluation starts from the
+    last one's wavefunction (a file in its folder), and at the site relaxation's third evaluation the chain lands in
+    the higher solution and stays there. Unguarded, the site ends 0.3 eV high, and its frames show the step that rose
+    where its forces say down. With ``scf_jump_check`` that step is recomputed from a fresh start, which is 0.3 eV
+    lower: the relaxation goes on from its wavefunction and ends where a chain that never jumped ends."""
+    from gen2d.adsorption import RefineSettings, refine_adsorption, scf_jump_checks
+    from gen2d.frames import collect_frames
+
+    evaluations: dict[str, int] = {}
+
+    class Chained(EMT):
+        def __init__(self, directory, jumps=True):
+            super().__init__()
+            self.wfn = os.path.join(directory, "gen2d-RESTART.wfn")
+            self.state = Path(self.wfn).read_text() if os.path.isfile(self.wfn) else "low"
+            self.folder, self.jumps = directory, jumps
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            super().calculate(atoms, properties, system_changes)
+            n = evaluations[self.folder] = evaluations.get(self.folder, 0) + 1
+            if self.jumps and os.path.basename(self.folder).startswith("site_") and n == 3:
+                self.state = "high"  # this SCF fell into the other solution; the next ones start from it
+            if self.state == "high":
+                self.results["energy"] += 0.3
+                self.results["free_energy"] += 0.3
+            os.makedirs(self.folder, exist_ok=True)
+            Path(self.wfn).write_text(self.state)
+
+    slab, _, sites = _cu111_top_site(1.6)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    meta = {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "emt"}
+    plain = RefineSettings(n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.05, steps=100, h_jitter=0.0)
+
+    def run(name, refine, jumps=True):
+        return refine_adsorption(
+            slab, sites, lambda d: Chained(d, jumps), str(tmp_path / name), refine=refine, h2=h2, metadata=meta
+        ).sites[0]
+
+    never = run("never", plain, jumps=False)
+    stuck = run("stuck", plain)
+    assert stuck.converged and stuck.energy == pytest.approx(never.energy + 0.3, abs=1e-3)
+    frames, summary = collect_frames([tmp_path / "stuck"], keep_superseded=True)
+    assert summary["scf_jumps"] and summary["scf_jumps"][0]["jump"].startswith("frame 2:")  # frame 2: evaluation 3
+
+    guarded = run("guarded", RefineSettings(**{**plain.__dict__, "scf_jump_check": True}))
+    assert guarded.converged and guarded.energy == pytest.approx(never.energy, abs=1e-3)
+    checks = scf_jump_checks(guarded.run_dir)
+    assert len(checks) == 1 and checks[0]["taken"] is True
+    assert checks[0]["chain_energy_eV"] - checks[0]["energy"] == pytest.approx(0.3, abs=1e-6)
+    assert checks[0]["rose_eV"] > 0.02 and checks[0]["predicted_eV"] < 0
+    doc = json.loads((Path(guarded.run_dir) / "result.json").read_text())
+    assert doc["scf_jump_checks"] == checks
+    frames, summary = collect_frames([tmp_path / "guarded"])  # the trajectory holds the fresh start's energy there
+    assert summary["n_scf_jump"] == 0
+    site = sorted((f for f in frames if f.info["config_type"] == "slab+H"), key=lambda f: f.info["frame"])
+    assert site[-1].info["energy"] == pytest.approx(never.energy, abs=1e-3)
+    # a chain that never jumps is never checked
+    assert (
+        scf_jump_checks(
+            run("never-guarded", RefineSettings(**{**plain.__dict__, "scf_jump_check": True}), False).run_dir
+        )
+        == []
+    )

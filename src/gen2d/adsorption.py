@@ -743,6 +743,12 @@ class RefineSettings:
         (:func:`vibrational_dg_correction`) with the site as ``vibrations``. ΔG_H itself keeps ``dg_correction``,
         the constant the published values use; ``vibrations.dg_correction_eV`` says how far this site's own
         correction is from it. Not part of a run's key: a finished site gains it in place.
+    scf_jump_check : bool
+        Watch each site relaxation for a step that jumped to a higher SCF solution (the energy rose by more than
+        20 meV while the forces at both ends of the step say it went downhill, :func:`gen2d.frames.is_scf_jump`),
+        recompute that geometry from a fresh start, and go on from it where it is lower (:class:`_ScfJumpGuard`).
+        It costs one SCF per such step, and nothing where none occurs. Not part of a run's key: the relaxation it
+        guards is the same calculation.
     fold_k : bool
         On a hexagonal lattice, round the supercell's repeats up to multiples of 3, so that a Γ-only DFT
         calculation samples the K and K′ points (:func:`gamma_samples_k`), where graphene's Dirac point and the
@@ -766,6 +772,7 @@ class RefineSettings:
     hold_site: bool = False
     vibrations: bool = False
     fold_k: bool = False
+    scf_jump_check: bool = False
 
     def __post_init__(self) -> None:
         self.spin_starts = tuple(float(m) for m in self.spin_starts)
@@ -786,6 +793,8 @@ class RefineSettings:
             out.pop("vibrations")
         if not self.fold_k:  # runs keyed before the option keep their key
             out.pop("fold_k")
+        if not self.scf_jump_check:
+            out.pop("scf_jump_check")
         return out
 
 
@@ -846,8 +855,12 @@ def _constrained_bfgs(
     trajectory: str | None,
     hessian: np.ndarray | None = None,
     hold: Sequence[int] = (),
+    guard=None,
 ) -> tuple[Atoms, float, bool, int]:
     """BFGS on ``free`` atoms only (the rest fixed); resumes from ``trajectory``'s last frame if it exists.
+
+    ``guard(calculator, previous)``, if given, wraps the calculator for the relaxation (:class:`_ScfJumpGuard`);
+    ``previous`` is the resumed frame as (positions, energy, forces), or None on a fresh start.
 
     ``hessian`` (3N×3N, eV/Å², positive definite) replaces BFGS's uniform initial Hessian on a fresh start.
     Atoms in ``hold`` keep their in-plane (x, y) position and relax along z only.
@@ -883,6 +896,9 @@ def _constrained_bfgs(
     if hold:
         constraints.append(FixCartesian(list(hold), mask=(True, True, False)))
     work.set_constraint(constraints)
+    if guard is not None:
+        previous = None if stored is None else (work.positions.copy(), stored["energy"], stored["forces"])
+        calculator = guard(calculator, previous)
     # the last frame was evaluated by this directory's calculator at these positions: its results stand
     work.calc = calculator if stored is None else _ResumedFrame(calculator, work.positions, stored)
     restart = f"{trajectory}.bfgs.json" if trajectory else None
@@ -940,6 +956,154 @@ class _ResumedFrame(Calculator):
         for name in properties:
             self.inner.get_property(name, self.atoms)
         self.results = dict(self.inner.results)
+
+
+class _ScfJumpGuard(Calculator):
+    """``inner``, watched for a relaxation step that jumps to a higher SCF solution (:func:`gen2d.frames.is_scf_jump`:
+    the energy rose by more than 20 meV while the forces at both ends of the step say it went downhill).
+
+    A CP2K relaxation starts each SCF from the last step's wavefunction; once an SCF lands in a higher solution
+    the chain can stay there for the rest of the relaxation (2H-MoSe₂'s Se-top site did for 14 steps, 88 meV high,
+    which the fresh start at its end found). At such a step ``fresh(atoms)`` recomputes the geometry from a fresh
+    start in a folder of its own and returns ``{"energy", "forces", "directory"}`` (or a ``failure``). If that is
+    lower by more than :data:`SPIN_START_TOLERANCE`, its energy and forces are this step's, and the chain goes on
+    from its wavefunction: ``reopen(directory)`` closes the old calculator and returns the new one. Every check is
+    kept in :attr:`checks`. ``previous`` is the last evaluated frame of a resumed run (positions, energy, forces).
+    """
+
+    def __init__(self, inner: Calculator, fresh, reopen, previous: tuple | None = None):
+        super().__init__()
+        self.inner = inner
+        self.implemented_properties = list(getattr(inner, "implemented_properties", ())) or ["energy", "forces"]
+        self._fresh, self._reopen = fresh, reopen
+        self._previous = previous
+        self.checks: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:  # the trajectory records the calculator that computed the frames, not this wrapper
+        return self.inner.name
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from gen2d.frames import SCF_JUMP_TOLERANCE, is_scf_jump, predicted_energy_change
+
+        super().calculate(atoms, properties, system_changes)
+        for name in {"energy", "forces", *properties}:
+            self.inner.get_property(name, self.atoms)
+        results = dict(self.inner.results)
+        energy, forces = float(results["energy"]), np.asarray(results["forces"], float)
+        if self._previous is not None:
+            x0, e0, f0 = self._previous
+            rose = energy - e0
+            predicted = predicted_energy_change(x0, f0, self.atoms.positions, forces)
+            if is_scf_jump(rose, predicted):
+                check: dict[str, Any] = {
+                    "rose_eV": rose,
+                    "predicted_eV": predicted,
+                    "tolerance_eV": SCF_JUMP_TOLERANCE,
+                    "chain_energy_eV": energy,
+                    "taken": False,
+                }
+                found = self._fresh(self.atoms.copy())
+                check.update({k: v for k, v in found.items() if k not in ("forces", "directory")})
+                if found.get("energy") is not None and found["energy"] < energy - SPIN_START_TOLERANCE:
+                    log.warning(
+                        "%s: a step rose %+.3f eV where its forces give %+.3f eV; a fresh SCF start there is "
+                        "%.3f eV lower, and the relaxation goes on from it",
+                        found.get("directory"),
+                        rose,
+                        predicted,
+                        energy - found["energy"],
+                    )
+                    energy, forces = float(found["energy"]), np.asarray(found["forces"], float)
+                    results = {"energy": energy, "forces": forces}
+                    if "free_energy" in self.inner.results:
+                        results["free_energy"] = energy
+                    self.inner = self._reopen(found["directory"])
+                    check["taken"] = True
+                if found.get("directory"):
+                    import os
+
+                    write_json_atomic(os.path.join(found["directory"], "check.json"), check)
+                self.checks.append(check)
+        self._previous = (self.atoms.positions.copy(), energy, forces.copy())
+        self.results = results
+
+
+#: a site relaxation's fresh-start checks after an SCF jump (:class:`_ScfJumpGuard`), one folder per geometry
+SCF_JUMP_FOLDER = "scf_jump-"
+
+
+def _scf_jump_guards(directory: str, make_calculator, guards: list):
+    """The ``guard`` of :func:`_constrained_bfgs` for a relaxation in ``directory``: each guard it makes is
+    appended to ``guards`` (the caller closes the last one's calculator and reads its checks)."""
+
+    def make(inner, previous):
+        guard = _ScfJumpGuard(
+            inner,
+            lambda atoms: _fresh_start_at(directory, atoms, make_calculator),
+            lambda source: _continue_from(directory, source, guard.inner, make_calculator),
+            previous,
+        )
+        guards.append(guard)
+        return guard
+
+    return make
+
+
+def _fresh_start_at(directory: str, atoms: Atoms, make_calculator) -> dict[str, Any]:
+    """A fresh-start single point (no wavefunction to start from) of ``atoms`` with their own initial moments, in
+    ``directory/scf_jump-<geometry>/`` and cached there: ``{"energy", "forces", "directory"}`` or a failure."""
+    import os
+
+    folder = os.path.join(directory, SCF_JUMP_FOLDER + _geometry_sha256(atoms, [])[:12])
+    doc = _cached_result(os.path.join(folder, "result.json"))
+    if doc is None:
+        os.makedirs(folder, exist_ok=True)
+        probe = atoms.copy()
+        probe.set_constraint()
+        calc = make_calculator(folder)
+        try:
+            probe.calc = calc
+            energy = float(probe.get_potential_energy())
+            forces = np.asarray(probe.get_forces(apply_constraint=False), float)
+            doc = {"energy": energy, "forces": forces.tolist(), "cost": _cost(calc)}
+        except Exception as exc:  # noqa: BLE001 - a fresh start that does not converge leaves the chain as it is
+            if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
+                raise
+            doc = _failure_doc(exc, calc)
+        finally:
+            _close_calculator(calc)
+        write_json_atomic(os.path.join(folder, "result.json"), doc)
+    return {**doc, "directory": folder}
+
+
+def _continue_from(directory: str, source: str, old, make_calculator):
+    """Close ``old``, put ``source``'s wavefunction in place of ``directory``'s own and start the calculator of
+    ``directory`` again: the relaxation goes on from the lower solution."""
+    import glob
+    import os
+
+    _close_calculator(old)
+    for suffix in ("wfn", "kp"):
+        for path in glob.glob(os.path.join(directory, f"*-RESTART.{suffix}")):
+            os.remove(path)
+    _seed_restart(source, directory)
+    return make_calculator(directory)
+
+
+def scf_jump_checks(directory: str) -> list[dict[str, Any]]:
+    """The fresh-start checks a relaxation in ``directory`` made after SCF jumps (energies in eV), in folder
+    order; each says whether it took the relaxation over (its energy lower than the chain's)."""
+    import glob
+    import json
+    import os
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(directory, SCF_JUMP_FOLDER + "*", "check.json"))):
+        with open(path) as fh:
+            doc = json.load(fh)
+        out.append(doc | {"folder": os.path.basename(os.path.dirname(path))})
+    return out
 
 
 def _stored_result(frame: Atoms) -> dict[str, Any] | None:
@@ -1262,10 +1426,13 @@ def refine_adsorption(
             traj = os.path.join(d, "relax.traj")
             begin, hessian, prepared = _start(start_atoms, free, traj, hold)
             calc = make_calculator(d)
+            guards: list[_ScfJumpGuard] = []
+            guard = _scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None
             try:
                 final, e, conv, n = _constrained_bfgs(
-                    begin, calc, free, refine.fmax, refine.steps, traj, hessian, hold=hold
+                    begin, calc, free, refine.fmax, refine.steps, traj, hessian, hold=hold, guard=guard
                 )
+                calc = guards[-1].inner if guards else calc  # a fresh start that took over runs on in its own
                 out = {
                     "energy": e,
                     "converged": conv,
@@ -1275,13 +1442,16 @@ def refine_adsorption(
                 }
                 if prepared is not None:
                     out["prerelax"] = prepared
+                if refine.scf_jump_check:
+                    out["scf_jump_checks"] = scf_jump_checks(d)
                 return out
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
+                calc = guards[-1].inner if guards else calc
                 if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
                     raise
                 return _failure_doc(exc, calc) | {"steps": 0}
             finally:
-                _close_calculator(calc)
+                _close_calculator(guards[-1].inner if guards else calc)
 
         doc = cached(f"site_{k}-{tag}", _site)
         if refine.spin_starts and doc.get("energy") is not None and doc.get("converged"):
@@ -1469,6 +1639,7 @@ def _check_spin_starts(
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
             probe = _with_moment_on(final, h_index, best)
             calc = make_calculator(d)
+            guards: list[_ScfJumpGuard] = []
             try:
                 again, e, conv, n = _constrained_bfgs(
                     probe,
@@ -1478,13 +1649,17 @@ def _check_spin_starts(
                     refine.steps,
                     os.path.join(d, "relax.traj"),
                     hold=[h_index] if refine.hold_site else (),
+                    guard=_scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None,
                 )
+                calc = guards[-1].inner if guards else calc
                 out.update(
                     {"energy": e, "converged": conv, "positions": again.positions.tolist(), "steps": doc["steps"] + n}
                 )
                 check["relaxed_from_start"] = f"{best:+g}"
                 check["steps"] = n
                 check["cost"] = _cost(calc)
+                if refine.scf_jump_check:
+                    check["scf_jump_checks"] = scf_jump_checks(d)
             except Exception as exc:  # noqa: BLE001 - the lower solution's single point stands, flagged
                 # the fresh start is a lower SCF solution at the chain's converged geometry: its single point bounds
                 # the site's energy from above more tightly than the chain's own energy, so the site takes it; that
@@ -1495,7 +1670,7 @@ def _check_spin_starts(
                 check["energy_from_start"] = f"{best:+g}"
                 out["energy"] = float(found[best])
             finally:
-                _close_calculator(calc)
+                _close_calculator(guards[-1].inner if guards else calc)
     out["spin_starts"] = check
     write_json_atomic(os.path.join(site_dir, "result.json"), out)
     return out

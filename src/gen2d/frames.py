@@ -192,12 +192,26 @@ def _mark_failed_takeover(frames: list[Atoms], site_dir: Path, system: str) -> N
 
 
 def step_energy_mismatch(a: Atoms, b: Atoms) -> tuple[float, float]:
-    """The energy change of a relaxation step from frame ``a`` to ``b`` (eV) and what the forces say it was: the
-    trapezoid estimate −½ (F_a + F_b)·(x_b − x_a), exact to third order in the step on one potential energy
-    surface. Forces are the frames' ``arrays['forces']`` (every atom's, fixed ones included: they do not move)."""
-    step = b.positions - a.positions
-    predicted = -0.5 * float(np.sum((a.arrays["forces"] + b.arrays["forces"]) * step))
+    """The energy change of a relaxation step from frame ``a`` to ``b`` (eV) and what the forces say it was
+    (:func:`predicted_energy_change`). Forces are the frames' ``arrays['forces']`` (every atom's, fixed ones
+    included: they do not move)."""
+    predicted = predicted_energy_change(a.positions, a.arrays["forces"], b.positions, b.arrays["forces"])
     return float(b.info["energy"] - a.info["energy"]), predicted
+
+
+def predicted_energy_change(x_a, f_a, x_b, f_b) -> float:
+    """The trapezoid estimate −½ (F_a + F_b)·(x_b − x_a) of the energy change (eV) from positions ``x_a`` (Å) with
+    forces ``f_a`` (eV/Å) to ``x_b`` with ``f_b``: exact to third order in the step on one potential energy
+    surface."""
+    step = np.asarray(x_b, float) - np.asarray(x_a, float)
+    return -0.5 * float(np.sum((np.asarray(f_a, float) + np.asarray(f_b, float)) * step))
+
+
+def is_scf_jump(rose: float, predicted: float) -> bool:
+    """Whether a relaxation step that changed the energy by ``rose`` (eV) where its forces predict ``predicted``
+    jumped to a higher SCF solution: it rose by more than :data:`SCF_JUMP_TOLERANCE` while the forces at both of
+    its ends say it went downhill."""
+    return rose > SCF_JUMP_TOLERANCE and predicted < 0
 
 
 def _mark_scf_jumps(frames: list[Atoms], system: str) -> None:
@@ -218,7 +232,7 @@ def _mark_scf_jumps(frames: list[Atoms], system: str) -> None:
         if len(a) != len(b):
             continue
         rose, predicted = step_energy_mismatch(a, b)
-        if rose > SCF_JUMP_TOLERANCE and predicted < 0:
+        if is_scf_jump(rose, predicted):
             jump = (
                 f"frame {b.info['frame']}: energy rose {1000 * rose:+.0f} meV where the forces give "
                 f"{1000 * predicted:+.0f} meV"

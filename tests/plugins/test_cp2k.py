@@ -302,9 +302,9 @@ def test_fold_k_keys_a_new_run_only_where_it_changes_the_supercell(tmp_path):
 
 
 def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tmp_path):
-    """The default: CHGNet-prepared start, 0.1 eV/Å, one atomic-guess spin check; a run of the clean-slab
-    protocol at 0.05 eV/Å (the reference set's first rows) keeps its own directory, and the spin check, added to
-    finished sites in place, is not in the key."""
+    """The default: CHGNet-prepared start, 0.1 eV/Å, one atomic-guess spin check, the SCF-jump guard; a run of the
+    clean-slab protocol at 0.05 eV/Å (the reference set's first rows) keeps its own directory, and neither the spin
+    check, added to finished sites in place, nor the guard is in the key."""
     from gen2d_dgh_dft import DFT_PROTOCOL
 
     from gen2d.data.templates import build_template
@@ -314,12 +314,17 @@ def test_dgh_dft_default_protocol_is_the_prepared_start_and_keys_its_own_runs(tm
     default = get_scorer("dgh.dft", workdir=str(tmp_path))
     assert (default.refine.fmax, default.refine.prerelax, default.refine.spin_starts) == (0.1, "chgnet", (0.0,))
     options = default.Options()
-    assert (options.fmax, options.prerelax, tuple(options.spin_starts)) == tuple(DFT_PROTOCOL.values())
+    assert (options.fmax, options.prerelax, tuple(options.spin_starts), options.scf_jump_check) == tuple(
+        DFT_PROTOCOL.values()
+    )
+    assert default.refine.scf_jump_check is True
     assert default.provenance().settings["refine"]["prerelax"] == "chgnet"
     clean = get_scorer("dgh.dft", workdir=str(tmp_path), fmax=0.05, prerelax=None, spin_starts=[])
     assert clean.run_dir(layer) != default.run_dir(layer)
     unchecked = get_scorer("dgh.dft", workdir=str(tmp_path), spin_starts=[])
     assert unchecked.run_dir(layer) == default.run_dir(layer)
+    unguarded = get_scorer("dgh.dft", workdir=str(tmp_path), scf_jump_check=False)
+    assert unguarded.run_dir(layer) == default.run_dir(layer)
 
 
 def test_runs_differing_in_n_sites_share_one_directory_and_other_settings_still_key_it(tmp_path):
