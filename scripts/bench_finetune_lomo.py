@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
-    from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows, frame_group
+    from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows, frame_fingerprint, frame_group
     from gen2d.frames import collect_frames
 
     t0 = time.process_time()
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "scripts/bench_finetune_lomo.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings_hash": hashes[0],
         "frames": summary,
+        # the fine-tune's own record of the frames (gen2d.finetune.frame_fingerprint), before any fold's split
+        "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
         "units": {"*_eV": "eV, ΔE_H at the DFT geometries; ΔG_H = ΔE_H + 0.27", "cpu_s": "CPU seconds"},
         "folds": [],
     }
