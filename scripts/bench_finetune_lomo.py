@@ -31,6 +31,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 
 def material_groups(frames) -> dict[str, list[str]]:
     """formula -> every (run/system) group of that material; only materials with a slab+H relaxation."""
@@ -116,6 +118,69 @@ class Backend:
         return sevennet_evaluator(net, float(net.cutoff))
 
 
+def per_material_mae(rows: list[dict]) -> dict:
+    """{base, tuned}: the mean over folds of each fold's MAE (eV), so that a material with several relaxations
+    counts once."""
+    from gen2d.finetune import agreement
+
+    names = list(dict.fromkeys(row["fold"] for row in rows))
+    out = {}
+    for m in ("base", "tuned"):
+        maes = [
+            agreement([r[f"{m}_eV"] for r in rows if r["fold"] == n], [r["dft_eV"] for r in rows if r["fold"] == n])[
+                "mae_eV"
+            ]
+            for n in names
+        ]
+        out[m] = {"mae_eV": float(np.mean(maes)) if maes else None, "n_folds": len(maes)}
+    return out
+
+
+class FoldsDiffer(ValueError):
+    """Fold reports that were not made the same way (model, options, DFT settings or frames) and cannot be pooled."""
+
+
+def pool_reports(reports: list[dict]) -> dict:
+    """One leave-one-material-out report from the reports of folds run apart (``--materials M --out M.json``).
+
+    They must share the calculator, the options, the DFT settings hash and, where recorded, the frames' sha256, and
+    hold each fold once; otherwise :class:`FoldsDiffer` says which. The pooled figures are those of one run over
+    every row, plus ``per_material``: the mean over folds of each fold's MAE (eV), so that a material with several
+    relaxations counts once."""
+    from gen2d.finetune import agreement
+
+    if not reports:
+        raise FoldsDiffer("no fold reports to pool")
+    for key in ("calculator", "options", "settings_hash"):
+        values = {json.dumps(r.get(key), sort_keys=True) for r in reports}
+        if len(values) > 1:
+            raise FoldsDiffer(f"the folds differ in {key}: {sorted(values)}")
+    hashes = {r["frames_sha256"] for r in reports if r.get("frames_sha256")}
+    if len(hashes) > 1:
+        raise FoldsDiffer(f"the folds read different frames (frames_sha256 {sorted(hashes)})")
+    folds = [f for r in reports for f in r["folds"]]
+    names = [f["material"] for f in folds]
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise FoldsDiffer(f"folds given twice: {repeated}")
+    rows = [row for r in reports for row in r["rows"]]
+    dft = [row["dft_eV"] for row in rows]
+    per_material = per_material_mae(rows)
+    first = reports[0]
+    return {
+        **{k: first[k] for k in ("what", "calculator", "base_model", "options", "settings_hash") if k in first},
+        "frames_sha256": next(iter(hashes), None),
+        "frames_sha256_missing": [f["material"] for r in reports if not r.get("frames_sha256") for f in r["folds"]],
+        "commands": [r.get("command") for r in reports],
+        "units": first.get("units"),
+        "folds": folds,
+        "rows": rows,
+        "pooled": {m: agreement([row[f"{m}_eV"] for row in rows], dft) for m in ("base", "tuned")},
+        "per_material": per_material,
+        "cpu_s": float(sum(f.get("cpu_s", 0.0) for f in folds)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", nargs="+", default=["dft-runs/reference"], help="DFT run folder(s)")
@@ -147,7 +212,34 @@ def main(argv: list[str] | None = None) -> int:
         "cost, which the replay set dominates once the frames span several elements",
     )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--pool",
+        nargs="+",
+        default=None,
+        metavar="FOLD_JSON",
+        help="train nothing: pool the reports of folds run apart (each --materials M --out M.json) into one, "
+        "printed and written to --out",
+    )
     args = ap.parse_args(argv)
+    if args.pool:
+        try:
+            pooled = pool_reports([json.loads(open(p).read()) for p in args.pool])
+        except FoldsDiffer as exc:
+            print(f"cannot pool: {exc}", file=sys.stderr)
+            return 2
+        print(f"pooled over {len(pooled['folds'])} fold(s), {len(pooled['rows'])} relaxations (eV):")
+        for m, s in pooled["pooled"].items():
+            rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
+            print(
+                f"  {m:6s} MAE {s['mae_eV']:.3f}  bias {s['bias_eV']:+.3f}  ρ {rho}  per material "
+                f"{pooled['per_material'][m]['mae_eV']:.3f}  hits agree {s['hits_agree']}/{s['n']} "
+                f"(DFT hits {s['hits_ref']}, found {s['hits_both']})"
+            )
+        if args.out:
+            from gen2d.fileio import write_json_atomic
+
+            write_json_atomic(args.out, pooled)
+        return 0
 
     from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows, frame_fingerprint, frame_group
     from gen2d.frames import collect_frames
@@ -223,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     report["rows"] = rows
     dft = [r["dft_eV"] for r in rows]
     report["pooled"] = {m: agreement([r[f"{m}_eV"] for r in rows], dft) for m in ("base", "tuned")}
+    report["per_material"] = per_material_mae(rows)
     report["cpu_s"] = time.process_time() - t0
     print(f"pooled over {len(folds)} fold(s), {len(rows)} relaxations (eV):")
     for m, s in report["pooled"].items():
