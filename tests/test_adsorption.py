@@ -1100,7 +1100,9 @@ def test_a_step_that_jumps_to_a_higher_scf_solution_is_recomputed_from_a_fresh_s
 
     guarded = run("guarded", RefineSettings(**{**plain.__dict__, "scf_jump_check": True}))
     assert guarded.converged and guarded.energy == pytest.approx(never.energy, abs=1e-3)
+    assert stuck.scf_jump_checks is None and "scf_jump_unexplained" not in guarded.flags and guarded.valid
     checks = scf_jump_checks(guarded.run_dir)
+    assert guarded.scf_jump_checks == checks
     assert len(checks) == 1 and checks[0]["taken"] is True
     assert checks[0]["chain_energy_eV"] - checks[0]["energy"] == pytest.approx(0.3, abs=1e-6)
     assert checks[0]["rose_eV"] > 0.02 and checks[0]["predicted_eV"] < 0
@@ -1110,6 +1112,15 @@ def test_a_step_that_jumps_to_a_higher_scf_solution_is_recomputed_from_a_fresh_s
     assert summary["n_scf_jump"] == 0
     site = sorted((f for f in frames if f.info["config_type"] == "slab+H"), key=lambda f: f.info["frame"])
     assert site[-1].info["energy"] == pytest.approx(never.energy, abs=1e-3)
+    # a fresh start is fresh: a wavefunction left in its folder by a killed attempt is not read
+    from gen2d.adsorption import SCF_JUMP_FOLDER, _fresh_start_at, _geometry_sha256
+
+    atoms = read(Path(guarded.run_dir) / "relax.traj", 2)
+    folder = tmp_path / "killed" / (SCF_JUMP_FOLDER + _geometry_sha256(atoms, [])[:12])
+    folder.mkdir(parents=True)
+    (folder / "gen2d-RESTART.wfn").write_text("high")
+    done = _fresh_start_at(str(tmp_path / "killed"), atoms, lambda d: Chained(d, False))
+    assert done["energy"] == pytest.approx(EMT().get_potential_energy(atoms), abs=1e-9)
     # a chain that never jumps is never checked
     assert (
         scf_jump_checks(
@@ -1117,3 +1128,34 @@ def test_a_step_that_jumps_to_a_higher_scf_solution_is_recomputed_from_a_fresh_s
         )
         == []
     )
+
+
+def test_a_jump_the_fresh_start_does_not_explain_is_flagged_and_the_site_stays_valid(tmp_path):
+    """The chain's third evaluation lands 0.3 eV high, and a fresh start there lands in the same higher solution:
+    nothing lower to take over, so the relaxation goes on as it was and the site carries the warning
+    ``scf_jump_unexplained`` (its energy may be high, or the step anharmonic), with the check recorded."""
+    from gen2d.adsorption import RefineSettings, refine_adsorption
+
+    evaluations: dict[str, int] = {}
+
+    class HighFromThree(EMT):
+        def __init__(self, directory):
+            super().__init__()
+            self.folder = directory
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            super().calculate(atoms, properties, system_changes)
+            n = evaluations[self.folder] = evaluations.get(self.folder, 0) + 1
+            fresh = os.path.basename(self.folder).startswith("scf_jump-")
+            if fresh or (os.path.basename(self.folder).startswith("site_") and n >= 3):
+                self.results["energy"] += 0.3
+                self.results["free_energy"] += 0.3
+
+    slab, _, sites = _cu111_top_site(1.6)
+    h2 = (EMT().get_potential_energy(_h2()), 0.74)
+    refine = RefineSettings(
+        n_sites=1, min_inplane_length=5.0, vacuum=None, fmax=0.05, steps=100, h_jitter=0.0, scf_jump_check=True
+    )
+    site = refine_adsorption(slab, sites, HighFromThree, str(tmp_path), refine=refine, h2=h2).sites[0]
+    assert len(site.scf_jump_checks) == 1 and site.scf_jump_checks[0]["taken"] is False
+    assert "scf_jump_unexplained" in site.flags and site.valid

@@ -351,6 +351,28 @@ def test_a_step_that_jumps_to_a_higher_scf_solution_and_the_frames_after_it_are_
     assert sorted(f.info["frame"] for f in kept) == [0, 1, 2] and summary["n_frames"] == 3
 
 
+def test_vibrations_after_a_jump_are_left_out_unless_a_spin_start_took_the_site_over(tmp_path):
+    """Vibration frames start from the relaxation's last geometry and wavefunction: after an SCF jump they are of
+    the higher solution and are left out with the chain. Where a spin start took the site over, they are computed
+    from the takeover's solution, and they stay."""
+    from gen2d.adsorption import vibration_energies
+
+    run = tmp_path / "jump"
+    (run / "site_0").mkdir(parents=True)
+    _relaxation(run, [0.0, 0.0, 0.3, 0.3])
+    write_run_metadata(run, {"formula": "Cu", "content_hash": "c0ffee", "settings_hash": "s1", "calculator": "emt"})
+    last = read(run / "site_0" / "relax.traj", -1)
+    vibration_energies(last, [len(last) - 1], EMT(), str(run / "site_0" / "vibrations"))
+    frames, _ = collect_frames([tmp_path], keep_superseded=True)
+    vib = [f for f in frames if f.info["vibration"]]
+    assert len(vib) == 6 and all(f.info.get("scf_jump") for f in vib)
+    (run / "site_0" / "result.json").write_text(json.dumps({"spin_starts": {"relaxed_from_start": "+0"}}))
+    frames, _ = collect_frames([tmp_path], keep_superseded=True)
+    vib = [f for f in frames if f.info["vibration"]]
+    assert len(vib) == 6 and not any(f.info.get("scf_jump") for f in vib)
+    assert [f.info["frame"] for f in frames if f.info.get("scf_jump")] == [2, 3]
+
+
 def test_an_uphill_step_the_forces_predict_is_not_a_jump(tmp_path):
     """A step that overshoots goes uphill on the same surface, and the forces at its end say so: H pushed from
     2.0 Å into the repulsive wall of Cu(111) and back out. Nothing is flagged."""

@@ -535,7 +535,7 @@ def _progress(run: Path) -> tuple[int, bool, int]:
 def _cost_of(workdir: Path, parts: set[str] | None = None) -> dict[str, Any]:
     """Summed CP2K cost (evaluations, SCF steps, wall seconds) of the parts (sub-directory names; None: all) of
     one run, with their sites' checks: the spin starts (``start_H<m>/``), the relaxation on from a lower start
-    (the site's ``spin_starts.cost``) and the vibrations."""
+    (the site's ``spin_starts.cost``), the vibrations and the SCF-jump guard's fresh starts (``scf_jump-*/``)."""
     import json
 
     total = {"n_evaluations": 0, "scf_steps_total": 0, "wall_seconds": 0.0}
@@ -543,6 +543,9 @@ def _cost_of(workdir: Path, parts: set[str] | None = None) -> dict[str, Any]:
         *workdir.glob("*/result.json"),
         *workdir.glob("*/vibrations/result.json"),
         *workdir.glob("*/start_H*/result.json"),
+        # the fresh starts of the SCF-jump guard, in a site's relaxation and in a spin takeover's
+        *workdir.glob("*/scf_jump-*/result.json"),
+        *workdir.glob("*/lowest_start*/scf_jump-*/result.json"),
     ]
     for path in found:
         part = path.relative_to(workdir).parts[0]

@@ -36,7 +36,11 @@ SITE_KINDS = ("ontop", "bridge", "hollow")
 #: refinement) the expensive calculator found its own minimum near the cheap one's site.
 #: ``spin_start_not_relaxed``: a fresh SCF start found a lower solution at the converged geometry, the relaxation
 #: from it failed, and the site's energy is that start's single point (an upper bound of its relaxed energy).
-WARNING_FLAGS = frozenset({"not_converged", "h_moved_site_in_refinement", "spin_start_not_relaxed"})
+#: ``scf_jump_unexplained``: a relaxation step rose where its forces say it fell, and a fresh start there was not
+#: lower (:class:`_ScfJumpGuard`): the step is anharmonic, or the fresh start found the same higher solution.
+WARNING_FLAGS = frozenset(
+    {"not_converged", "h_moved_site_in_refinement", "spin_start_not_relaxed", "scf_jump_unexplained"}
+)
 
 
 @dataclass
@@ -151,6 +155,9 @@ class SiteResult:
     # refinement only: eV, the cheap recipe's ΔG_H of the site this refinement started from (the MLIP's value of
     # the same site; two sites of one kind and nearest element are told apart by it)
     start_delta_g_h: float | None = None
+    # refinement only: the fresh-start checks of the steps that jumped (RefineSettings.scf_jump_check); [] for a
+    # guarded relaxation without a jump, None for one made without the guard
+    scf_jump_checks: list[dict[str, Any]] | None = None
 
     @property
     def valid(self) -> bool:
@@ -159,7 +166,7 @@ class SiteResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("run_dir", "spin_starts", "vibrations", "slab_free_force", "start_delta_g_h"):
+        for key in ("run_dir", "spin_starts", "vibrations", "slab_free_force", "start_delta_g_h", "scf_jump_checks"):
             if out[key] is None:
                 del out[key]
         out["valid"] = self.valid
@@ -1059,6 +1066,7 @@ def _fresh_start_at(directory: str, atoms: Atoms, make_calculator) -> dict[str, 
     doc = _cached_result(os.path.join(folder, "result.json"))
     if doc is None:
         os.makedirs(folder, exist_ok=True)
+        _clear_restart(folder)  # a killed attempt's wavefunction would make the start not fresh
         probe = atoms.copy()
         probe.set_constraint()
         calc = make_calculator(folder)
@@ -1080,15 +1088,21 @@ def _fresh_start_at(directory: str, atoms: Atoms, make_calculator) -> dict[str, 
 def _continue_from(directory: str, source: str, old, make_calculator):
     """Close ``old``, put ``source``'s wavefunction in place of ``directory``'s own and start the calculator of
     ``directory`` again: the relaxation goes on from the lower solution."""
+    _close_calculator(old)
+    _clear_restart(directory)
+    _seed_restart(source, directory)
+    return make_calculator(directory)
+
+
+def _clear_restart(directory: str) -> None:
+    """Remove a calculator's wavefunction restart files (CP2K's ``*-RESTART.wfn`` and ``.kp``) from ``directory``:
+    the next SCF there starts from the atomic guess."""
     import glob
     import os
 
-    _close_calculator(old)
     for suffix in ("wfn", "kp"):
         for path in glob.glob(os.path.join(directory, f"*-RESTART.{suffix}")):
             os.remove(path)
-    _seed_restart(source, directory)
-    return make_calculator(directory)
 
 
 def scf_jump_checks(directory: str) -> list[dict[str, Any]]:
@@ -1463,6 +1477,9 @@ def refine_adsorption(
         from_start = (doc.get("spin_starts") or {}).get("energy_from_start")
         if from_start is not None:
             flags.append("spin_start_not_relaxed")
+        jump_checks = _jump_checks_of(doc)
+        if jump_checks and not all(c.get("taken") for c in _final_part_checks(doc)):
+            flags.append("scf_jump_unexplained")
         final = start_atoms.copy()
         if doc.get("positions"):
             final.positions = np.asarray(doc["positions"])
@@ -1514,6 +1531,7 @@ def refine_adsorption(
                 flags=flags,
                 run_dir=os.path.join(workdir, f"site_{k}-{tag}"),
                 spin_starts=doc.get("spin_starts"),
+                scf_jump_checks=jump_checks,
                 vibrations=vibrations,
                 slab_free_force=slab_free_force,
                 start_delta_g_h=None if site.get("delta_g_h") is None else float(site["delta_g_h"]),
@@ -1533,6 +1551,24 @@ def refine_adsorption(
     )
     result.wall_seconds = time.perf_counter() - start_wall  # type: ignore[attr-defined]
     return result
+
+
+def _jump_checks_of(doc: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every SCF-jump check of a site document (its relaxation's and a spin takeover's, in that order), or None when
+    neither was guarded (made before ``scf_jump_check`` or without it)."""
+    takeover = (doc.get("spin_starts") or {}).get("scf_jump_checks")
+    if "scf_jump_checks" not in doc and takeover is None:
+        return None
+    return [*(doc.get("scf_jump_checks") or []), *(takeover or [])]
+
+
+def _final_part_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SCF-jump checks of the relaxation the site's energy comes from: a spin takeover's when one ran, else the
+    site's own."""
+    taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
+    if taken and not str(taken).startswith("failed"):
+        return list((doc.get("spin_starts") or {}).get("scf_jump_checks") or [])
+    return list(doc.get("scf_jump_checks") or [])
 
 
 def _close_calculator(calc) -> None:
@@ -1601,6 +1637,7 @@ def _check_spin_starts(
         one = _cached_start(site_dir, moment)
         if one is None:
             os.makedirs(d, exist_ok=True)
+            _clear_restart(d)  # a fresh start: never a killed attempt's wavefunction
             probe = _with_moment_on(final, h_index, moment)
             calc = make_calculator(d)
             try:

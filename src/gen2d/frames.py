@@ -214,15 +214,16 @@ def is_scf_jump(rose: float, predicted: float) -> bool:
     return rose > SCF_JUMP_TOLERANCE and predicted < 0
 
 
-def _mark_scf_jumps(frames: list[Atoms], system: str) -> None:
+def _mark_scf_jumps(frames: list[Atoms], system: str, taken_over: bool = False) -> None:
     """Flag the frames of one system's relaxation from the first step that jumped to a higher SCF solution on.
 
     A step is a jump when its energy rose by more than :data:`SCF_JUMP_TOLERANCE` while the forces at both of
     its ends say it went downhill (:func:`step_energy_mismatch` below zero): on one potential energy surface a
     relaxation step of a tenth of an ångström cannot do that, but an SCF restarted from the previous step's
-    wavefunction can land in another, higher solution and stay there. From that frame on (the system's
-    vibration frames included, which start from its last geometry) every frame gets ``info['scf_jump']``, saying
-    where and by how much. Measured on 2H-MoSe₂'s Se-top relaxation: step 26 rose 63 meV where the forces gave
+    wavefunction can land in another, higher solution and stay there. From that frame on every frame gets
+    ``info['scf_jump']``, saying where and by how much; so do the system's vibration frames, which start from its
+    last geometry and wavefunction, unless a spin start took the site over (``taken_over``: they are then computed
+    from the takeover's solution). Measured on 2H-MoSe₂'s Se-top relaxation: step 26 rose 63 meV where the forces gave
     −25 meV, and the fresh-start check at the relaxation's end found a solution 92 meV below the chain's.
     ``frames`` are the system's, in the order read."""
     steps = [
@@ -238,9 +239,23 @@ def _mark_scf_jumps(frames: list[Atoms], system: str) -> None:
                 f"{1000 * predicted:+.0f} meV"
             )
             for f in frames:
-                if f.info.get("system") == system and (f.info.get("vibration") or f.info["frame"] >= b.info["frame"]):
+                vibration = bool(f.info.get("vibration"))
+                if f.info.get("system") == system and (
+                    (vibration and not taken_over) or (not vibration and f.info["frame"] >= b.info["frame"])
+                ):
                     f.info["scf_jump"] = jump
             return
+
+
+def _taken_over(site_dir: Path) -> bool:
+    """Whether a spin start took this site over and its relaxation ran (``result.json``:
+    ``spin_starts.relaxed_from_start`` a start, not "failed: …")."""
+    try:
+        doc = json.loads((site_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
+    return bool(taken) and not str(taken).startswith("failed")
 
 
 def collect_frames(
@@ -282,7 +297,8 @@ def collect_frames(
             # a site's spin-start checks (site_k-*/start_H*/) sit one level deeper: they belong to the run, but are
             # not collected (fresh-start single points are not relaxation frames); a takeover's relaxation
             # (site_k-*/lowest_start*/) is, below
-            if not any((a / RUN_METADATA).is_file() for a in (traj.parent, *list(traj.parents)[1:3])):
+            # a takeover's SCF-jump checks (site_k-*/lowest_start*/scf_jump-*/) are one level deeper still
+            if not any((a / RUN_METADATA).is_file() for a in (traj.parent, *list(traj.parents)[1:4])):
                 skipped.append({"path": str(traj), "reason": f"no {RUN_METADATA}: settings and source unknown"})
         for run in runs:
             run = run.resolve()
@@ -342,7 +358,7 @@ def collect_frames(
                             energy_only="forces" not in out.arrays, source=f"{system}/{name}", vibration=vibration
                         )
                         frames.append(out)
-                _mark_scf_jumps(frames[first_of_system:], system)
+                _mark_scf_jumps(frames[first_of_system:], system, _taken_over(sysdir))
                 if sysdir.name.startswith("lowest_start"):
                     _mark_superseded(frames[first_of_run:], system)
                 elif sysdir.name.startswith("site_"):

@@ -373,6 +373,11 @@ def test_a_score_counts_the_cost_of_its_own_parts_only(tmp_path):
     (site / "result.json").write_text(json.dumps(doc))
     assert _cost_of(tmp_path, {"site_0-aa-pre-chgnet"})["wall_seconds"] == 37.0
     assert _cost_of(tmp_path, {"slab"})["wall_seconds"] == 100.0
+    # and the SCF-jump guard's fresh starts, in the site's relaxation and in the takeover's
+    for folder, wall in (("scf_jump-abc", 3.0), ("lowest_start_H-1/scf_jump-def", 4.0)):
+        (site / folder).mkdir(parents=True)
+        (site / folder / "result.json").write_text(json.dumps({"cost": {"wall_seconds": wall, "n_evaluations": 1}}))
+    assert _cost_of(tmp_path, {"site_0-aa-pre-chgnet"})["wall_seconds"] == 44.0
 
 
 def test_a_run_directory_keyed_with_n_sites_is_used_in_place(tmp_path):
