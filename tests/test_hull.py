@@ -838,3 +838,44 @@ def test_a_reference_still_falling_when_its_relaxation_stopped_is_left_out(tmp_p
     # every reader of a subsystem goes through the same rule, not only the hull's
     assert [e.entry_id for e in reader.binary_entries("O", "Mg")] == ["gen2d-ref:MgO:rocksalt"]
     assert reader.describe()["unsettled_fmax_eV_per_A"] == UNSETTLED_FMAX
+
+
+def test_cached_references_carry_the_installed_mp2020_corrections(tmp_path):
+    """A cache keeps each reference's MLIP energy and the MP2020 corrections of the pymatgen that wrote it; the key
+    does not name them. Read back, an MLIP entry's corrections are derived again by the installed pymatgen, so a
+    stale correction (here the S anion correction of MoS2 set to −9 eV) never reaches a hull; its MLIP energy stays.
+    An entry that is not an MLIP energy keeps what it was stored with."""
+    import gzip
+
+    from pymatgen.core import Lattice, Structure
+
+    from gen2d.hull.corrections import apply_mp2020, mlip_entry
+
+    mos2 = Structure(
+        Lattice.hexagonal(3.19, 14.9),
+        ["Mo", "S", "S"],
+        [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.13], [2 / 3, 1 / 3, 0.37]],
+    )
+    fresh = apply_mp2020(mlip_entry(mos2, -21.0, model="CHGNet test"))
+    assert fresh.correction < 0  # MP2020 corrects the sulfide
+    from pymatgen.entries.computed_entries import ConstantEnergyAdjustment
+
+    old = fresh.copy()
+    old.energy_adjustments = [ConstantEnergyAdjustment(-9.0, name="MP2020 anion correction (S)")]
+    stale = old.as_dict()
+    plain = ComputedEntry(Composition("MoS2"), -22.0, entry_id="gen2d-ref:MoS2:other").as_dict()
+    maker = MLIPPrototypesProvider(_KeyOnlyCalc("f" * 64), cache_dir=False, shipped=False)
+    _write_shipped(tmp_path, maker, "Mo-S", 0.0)
+    path = next(tmp_path.rglob("Mo-S@*.json.gz"))
+    with gzip.open(path, "rt") as fh:
+        doc = json.load(fh)
+    doc["entries"] = [stale, plain]
+    with gzip.open(path, "wt") as fh:
+        json.dump(doc, fh)
+    reader = MLIPPrototypesProvider(_KeyOnlyCalc("f" * 64), cache_dir=tmp_path, shipped=False)
+    reader._relax_jobs = lambda *a, **k: pytest.fail("the cache was not read")
+    read = {e.entry_id: e for e in reader.binary_entries("Mo", "S")}
+    again = read[fresh.entry_id]
+    assert again.uncorrected_energy == pytest.approx(-21.0)
+    assert again.correction == pytest.approx(fresh.correction) and again.energy == pytest.approx(fresh.energy)
+    assert read["gen2d-ref:MoS2:other"].energy == pytest.approx(-22.0)

@@ -432,6 +432,38 @@ def binary_decorations(a: str, b: str, names: Sequence[str] | None = None) -> li
     return out
 
 
+def _with_installed_corrections(docs: list[dict[str, Any]], where: Any) -> list[ComputedEntry]:
+    """Cached reference entries with the MP2020 corrections of the installed pymatgen.
+
+    A cached entry keeps its MLIP energy (``uncorrected_energy``) and the corrections of the pymatgen that wrote it,
+    which the cache key does not name. Every entry gen2d made from an MLIP energy (``data.energy_source`` "mlip")
+    has its corrections derived again (``process_entry(clean=True)``, about 3 ms an entry), so a candidate and its
+    references are always corrected by the same MP2020 values, whatever pymatgen wrote the cache. An entry MP2020
+    now refuses is left out with a warning. Other entries are used as stored."""
+    out = []
+    for d in docs:
+        entry = _decode_entry(d)
+        if (entry.data or {}).get("energy_source") != "mlip":
+            out.append(entry)
+            continue
+        before = entry.correction
+        try:
+            entry = apply_mp2020(entry)
+        except HullError as exc:
+            log.warning("%s: cached reference %s left out: %s", where, entry.entry_id, exc)
+            continue
+        if abs(entry.correction - before) > 1e-6:
+            log.info(
+                "%s: %s corrected by the installed MP2020 (%+.4f eV, was %+.4f)",
+                where,
+                entry.entry_id,
+                entry.correction,
+                before,
+            )
+        out.append(entry)
+    return out
+
+
 class MLIPPrototypesProvider:
     """References relaxed with the candidate's own MLIP: the offline, self-consistent default.
 
@@ -598,13 +630,13 @@ class MLIPPrototypesProvider:
             with gzip.open(path, "rt") as fh:
                 doc = json.load(fh)
             if self._same_model(doc, path):
-                found = [_decode_entry(d) for d in doc["entries"]]
+                found = _with_installed_corrections(doc["entries"], path)
                 self._memory[key] = found
                 return found
         if self.store is not None:
             doc = self.store.query_one({"ref_key": key})
             if doc and self._same_model(doc, f"store {key}"):
-                found = [_decode_entry(d) for d in doc["entries"]]
+                found = _with_installed_corrections(doc["entries"], f"store {key}")
                 self._memory[key] = found
                 return found
         path = self._cache_path(self.shipped_dir, key)
@@ -613,7 +645,7 @@ class MLIPPrototypesProvider:
                 doc = json.load(fh)
             # same MLIP, settings and prototypes, or not used at all
             if doc.get("ref_key") == key and self._same_model(doc, path):
-                found = [_decode_entry(d) for d in doc["entries"]]
+                found = _with_installed_corrections(doc["entries"], path)
                 self._memory[key] = found
                 self.shipped_hits.add(split_key(key)[1])
                 return found
