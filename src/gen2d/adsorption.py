@@ -1415,18 +1415,26 @@ def refine_adsorption(
                 traj = os.path.join(d, "relax.traj")
                 begin, hessian, prepared = _start(base, slab_free, traj)
                 calc = make_calculator(d)
+                guards: list[_ScfJumpGuard] = []
+                guard = _scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None
                 try:
-                    _, e, conv, n = _constrained_bfgs(begin, calc, slab_free, refine.fmax, refine.steps, traj, hessian)
+                    _, e, conv, n = _constrained_bfgs(
+                        begin, calc, slab_free, refine.fmax, refine.steps, traj, hessian, guard=guard
+                    )
+                    calc = guards[-1].inner if guards else calc
                     out = {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
                     if prepared is not None:
                         out["prerelax"] = prepared
+                    if refine.scf_jump_check:
+                        out["scf_jump_checks"] = scf_jump_checks(d)
                     return out
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
+                    calc = guards[-1].inner if guards else calc
                     if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
                         raise
                     return _failure_doc(exc, calc)
                 finally:
-                    _close_calculator(calc)
+                    _close_calculator(guards[-1].inner if guards else calc)
 
             ref = cached(f"slab_site_{k}-{tag}", _slab_relaxed)
             if ref.get("energy") is None:
