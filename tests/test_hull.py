@@ -564,6 +564,33 @@ def test_packaged_reference_cache_is_read_under_the_current_library():
     assert [e.composition.reduced_formula for e in vs4] == ["VS4"]
 
 
+def test_the_shipped_references_carry_the_installed_pymatgens_mp2020_corrections():
+    """The shipped reference phases were corrected by the pymatgen in constraints.txt, and a read derives their
+    corrections again with the installed one. If a pymatgen upgrade changes an MP2020 value, this fails: the
+    shipped E_hull figures (docs/scorers/ehull.md) were measured under the old values and need the benchmark rerun."""
+    import gzip
+
+    from gen2d.hull.mlip_prototypes import _with_installed_corrections
+    from gen2d.hull.references import _decode_entry
+
+    shipped = MLIPPrototypesProvider(calculator=object(), cache_dir=False).shipped_dir
+    changed, n, corrected = [], 0, 0
+    for path in sorted(shipped.rglob("*.json.gz")):
+        with gzip.open(path, "rt") as fh:
+            docs = json.load(fh)["entries"]
+        stored = [_decode_entry(d) for d in docs]
+        read = _with_installed_corrections(docs, path)
+        assert [e.entry_id for e in read] == [e.entry_id for e in stored]  # MP2020 still accepts every phase
+        for a, b in zip(stored, read, strict=True):
+            n += 1
+            corrected += abs(b.correction) > 0.1  # an anion or U correction: what the comparison is about
+            assert b.uncorrected_energy == pytest.approx(a.uncorrected_energy, abs=1e-9)
+            if abs(a.correction - b.correction) > 1e-6:
+                changed.append((a.entry_id, a.correction, b.correction))
+    assert n > 1000 and corrected > 100
+    assert changed == [], f"{len(changed)} shipped references change their MP2020 correction, e.g. {changed[:3]}"
+
+
 def test_reference_cache_derived_from_an_older_library(tmp_path):
     """--derive-from keeps the old relaxations, leaves out what is no longer built, relaxes only new prototypes."""
     build = load_script("build_reference_cache")
