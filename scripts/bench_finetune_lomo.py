@@ -118,6 +118,29 @@ class Backend:
         return sevennet_evaluator(net, float(net.cutoff))
 
 
+def summarise(rows: list[dict]) -> dict:
+    """``pooled`` (MAE, bias, ρ, hit agreement over every row, base and tuned) and ``per_material``
+    (:func:`per_material_mae`) of a report's rows."""
+    from gen2d.finetune import agreement
+
+    dft = [r["dft_eV"] for r in rows]
+    return {
+        "pooled": {m: agreement([r[f"{m}_eV"] for r in rows], dft) for m in ("base", "tuned")},
+        "per_material": per_material_mae(rows),
+    }
+
+
+def print_summary(report: dict) -> None:
+    print(f"pooled over {len(report['folds'])} fold(s), {len(report['rows'])} relaxations (eV):")
+    for m, s in report["pooled"].items():
+        rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
+        print(
+            f"  {m:6s} MAE {s['mae_eV']:.3f}  bias {s['bias_eV']:+.3f}  ρ {rho}  per material "
+            f"{report['per_material'][m]['mae_eV']:.3f}  hits agree {s['hits_agree']}/{s['n']} "
+            f"(DFT hits {s['hits_ref']}, found {s['hits_both']})"
+        )
+
+
 def per_material_mae(rows: list[dict]) -> dict:
     """{base, tuned}: the mean over folds of each fold's MAE (eV), so that a material with several relaxations
     counts once."""
@@ -147,8 +170,6 @@ def pool_reports(reports: list[dict]) -> dict:
     hold each fold once; otherwise :class:`FoldsDiffer` says which. The pooled figures are those of one run over
     every row, plus ``per_material``: the mean over folds of each fold's MAE (eV), so that a material with several
     relaxations counts once."""
-    from gen2d.finetune import agreement
-
     if not reports:
         raise FoldsDiffer("no fold reports to pool")
     for key in ("calculator", "options", "settings_hash"):
@@ -164,8 +185,6 @@ def pool_reports(reports: list[dict]) -> dict:
     if repeated:
         raise FoldsDiffer(f"folds given twice: {repeated}")
     rows = [row for r in reports for row in r["rows"]]
-    dft = [row["dft_eV"] for row in rows]
-    per_material = per_material_mae(rows)
     first = reports[0]
     return {
         **{k: first[k] for k in ("what", "calculator", "base_model", "options", "settings_hash") if k in first},
@@ -175,8 +194,7 @@ def pool_reports(reports: list[dict]) -> dict:
         "units": first.get("units"),
         "folds": folds,
         "rows": rows,
-        "pooled": {m: agreement([row[f"{m}_eV"] for row in rows], dft) for m in ("base", "tuned")},
-        "per_material": per_material,
+        **summarise(rows),
         "cpu_s": float(sum(f.get("cpu_s", 0.0) for f in folds)),
     }
 
@@ -227,21 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         except FoldsDiffer as exc:
             print(f"cannot pool: {exc}", file=sys.stderr)
             return 2
-        print(f"pooled over {len(pooled['folds'])} fold(s), {len(pooled['rows'])} relaxations (eV):")
-        for m, s in pooled["pooled"].items():
-            rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
-            print(
-                f"  {m:6s} MAE {s['mae_eV']:.3f}  bias {s['bias_eV']:+.3f}  ρ {rho}  per material "
-                f"{pooled['per_material'][m]['mae_eV']:.3f}  hits agree {s['hits_agree']}/{s['n']} "
-                f"(DFT hits {s['hits_ref']}, found {s['hits_both']})"
-            )
+        print_summary(pooled)
         if args.out:
             from gen2d.fileio import write_json_atomic
 
             write_json_atomic(args.out, pooled)
         return 0
 
-    from gen2d.finetune import agreement, deduplicate_frames, delta_e_h_rows, frame_fingerprint, frame_group
+    from gen2d.finetune import deduplicate_frames, delta_e_h_rows, frame_group, frames_sha256
     from gen2d.frames import collect_frames
 
     t0 = time.process_time()
@@ -275,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "scripts/bench_finetune_lomo.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings_hash": hashes[0],
         "frames": summary,
-        # the fine-tune's own record of the frames (gen2d.finetune.frame_fingerprint), before any fold's split
-        "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
+        # the fine-tune's own record of the frames, before any fold's split
+        "frames_sha256": frames_sha256(frames),
         "units": {"*_eV": "eV, ΔE_H at the DFT geometries; ΔG_H = ΔE_H + 0.27", "cpu_s": "CPU seconds"},
         "folds": [],
     }
@@ -313,17 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     report["rows"] = rows
-    dft = [r["dft_eV"] for r in rows]
-    report["pooled"] = {m: agreement([r[f"{m}_eV"] for r in rows], dft) for m in ("base", "tuned")}
-    report["per_material"] = per_material_mae(rows)
+    report.update(summarise(rows))
     report["cpu_s"] = time.process_time() - t0
-    print(f"pooled over {len(folds)} fold(s), {len(rows)} relaxations (eV):")
-    for m, s in report["pooled"].items():
-        rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
-        print(
-            f"  {m:6s} MAE {s['mae_eV']:.3f}  bias {s['bias_eV']:+.3f}  ρ {rho}  "
-            f"hits agree {s['hits_agree']}/{s['n']} (DFT hits {s['hits_ref']}, found {s['hits_both']})"
-        )
+    print_summary(report)
     if args.out:
         from gen2d.fileio import write_json_atomic
 

@@ -975,7 +975,8 @@ class _ScfJumpGuard(Calculator):
     start in a folder of its own and returns ``{"energy", "forces", "directory"}`` (or a ``failure``). If that is
     lower by more than :data:`SPIN_START_TOLERANCE`, its energy and forces are this step's, and the chain goes on
     from its wavefunction: ``reopen(directory)`` closes the old calculator and returns the new one. Every check is
-    kept in :attr:`checks`. ``previous`` is the last evaluated frame of a resumed run (positions, energy, forces).
+    written to ``check.json`` beside the fresh start (:func:`scf_jump_checks` reads them). ``previous`` is the last
+    evaluated frame of a resumed run (positions, energy, forces).
     """
 
     def __init__(self, inner: Calculator, fresh, reopen, previous: tuple | None = None):
@@ -984,7 +985,6 @@ class _ScfJumpGuard(Calculator):
         self.implemented_properties = list(getattr(inner, "implemented_properties", ())) or ["energy", "forces"]
         self._fresh, self._reopen = fresh, reopen
         self._previous = previous
-        self.checks: list[dict[str, Any]] = []
 
     @property
     def name(self) -> str:  # the trajectory records the calculator that computed the frames, not this wrapper
@@ -1031,7 +1031,6 @@ class _ScfJumpGuard(Calculator):
                     import os
 
                     write_json_atomic(os.path.join(found["directory"], "check.json"), check)
-                self.checks.append(check)
         self._previous = (self.atoms.positions.copy(), energy, forces.copy())
         self.results = results
 
@@ -1040,47 +1039,73 @@ class _ScfJumpGuard(Calculator):
 SCF_JUMP_FOLDER = "scf_jump-"
 
 
-def _scf_jump_guards(directory: str, make_calculator, guards: list):
-    """The ``guard`` of :func:`_constrained_bfgs` for a relaxation in ``directory``: each guard it makes is
-    appended to ``guards`` (the caller closes the last one's calculator and reads its checks)."""
+class _Chain:
+    """The calculator of one relaxation in ``directory``, and the SCF-jump guard around it when ``guarded``.
 
-    def make(inner, previous):
-        guard = _ScfJumpGuard(
+    ``guard`` is the ``guard`` argument of :func:`_constrained_bfgs` (None unguarded); :attr:`calc` is the
+    calculator the relaxation ends on (a fresh start that took over runs on in a calculator of its own), which
+    :meth:`close` stops; :meth:`record` is what the part's result adds (its checks, when guarded)."""
+
+    def __init__(self, directory: str, make_calculator, guarded: bool):
+        self.directory, self._make = directory, make_calculator
+        self.first = make_calculator(directory)  # the calculator the relaxation starts with
+        self._guard: _ScfJumpGuard | None = None
+        self.guard = self._wrap if guarded else None
+
+    def _wrap(self, inner, previous) -> _ScfJumpGuard:
+        self._guard = _ScfJumpGuard(
             inner,
-            lambda atoms: _fresh_start_at(directory, atoms, make_calculator),
-            lambda source: _continue_from(directory, source, guard.inner, make_calculator),
+            lambda atoms: _fresh_start_at(self.directory, atoms, self._make),
+            lambda source: _continue_from(self.directory, source, self.calc, self._make),
             previous,
         )
-        guards.append(guard)
-        return guard
+        return self._guard
 
-    return make
+    @property
+    def calc(self):
+        return self._guard.inner if self._guard is not None else self.first
+
+    def record(self) -> dict[str, Any]:
+        return {} if self.guard is None else {"scf_jump_checks": scf_jump_checks(self.directory)}
+
+    def close(self) -> None:
+        _close_calculator(self.calc)
+
+
+def _fresh_single_point(folder: str, atoms: Atoms, make_calculator, forces: bool = False) -> dict[str, Any]:
+    """A single point of ``atoms`` (their own initial moments) from a fresh start in ``folder``, a killed attempt's
+    wavefunction there removed first: ``{"energy", "forces" (with ``forces``), "cost"}``, or the named failure of
+    an SCF that does not converge. A crash of the calculator raises: it is no result to keep."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    _clear_restart(folder)
+    probe = atoms.copy()
+    probe.set_constraint()
+    calc = make_calculator(folder)
+    try:
+        probe.calc = calc
+        out: dict[str, Any] = {"energy": float(probe.get_potential_energy())}
+        if forces:
+            out["forces"] = np.asarray(probe.get_forces(apply_constraint=False), float).tolist()
+        return out | {"cost": _cost(calc)}
+    except Exception as exc:  # noqa: BLE001 - a fresh start that does not converge is recorded, not fatal
+        if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
+            raise
+        return _failure_doc(exc, calc)
+    finally:
+        _close_calculator(calc)
 
 
 def _fresh_start_at(directory: str, atoms: Atoms, make_calculator) -> dict[str, Any]:
-    """A fresh-start single point (no wavefunction to start from) of ``atoms`` with their own initial moments, in
-    ``directory/scf_jump-<geometry>/`` and cached there: ``{"energy", "forces", "directory"}`` or a failure."""
+    """A fresh-start single point of ``atoms`` in ``directory/scf_jump-<geometry>/``, cached there:
+    ``{"energy", "forces", "directory"}`` or a failure (:func:`_fresh_single_point`)."""
     import os
 
     folder = os.path.join(directory, SCF_JUMP_FOLDER + _geometry_sha256(atoms, [])[:12])
     doc = _cached_result(os.path.join(folder, "result.json"))
     if doc is None:
-        os.makedirs(folder, exist_ok=True)
-        _clear_restart(folder)  # a killed attempt's wavefunction would make the start not fresh
-        probe = atoms.copy()
-        probe.set_constraint()
-        calc = make_calculator(folder)
-        try:
-            probe.calc = calc
-            energy = float(probe.get_potential_energy())
-            forces = np.asarray(probe.get_forces(apply_constraint=False), float)
-            doc = {"energy": energy, "forces": forces.tolist(), "cost": _cost(calc)}
-        except Exception as exc:  # noqa: BLE001 - a fresh start that does not converge leaves the chain as it is
-            if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
-                raise
-            doc = _failure_doc(exc, calc)
-        finally:
-            _close_calculator(calc)
+        doc = _fresh_single_point(folder, atoms, make_calculator, forces=True)
         write_json_atomic(os.path.join(folder, "result.json"), doc)
     return {**doc, "directory": folder}
 
@@ -1414,27 +1439,21 @@ def refine_adsorption(
                 _seed_restart(os.path.join(workdir, "slab"), d)  # same atoms, same start: 1-3 SCF steps, not 30
                 traj = os.path.join(d, "relax.traj")
                 begin, hessian, prepared = _start(base, slab_free, traj)
-                calc = make_calculator(d)
-                guards: list[_ScfJumpGuard] = []
-                guard = _scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None
+                chain = _Chain(d, make_calculator, refine.scf_jump_check)
                 try:
                     _, e, conv, n = _constrained_bfgs(
-                        begin, calc, slab_free, refine.fmax, refine.steps, traj, hessian, guard=guard
+                        begin, chain.first, slab_free, refine.fmax, refine.steps, traj, hessian, guard=chain.guard
                     )
-                    calc = guards[-1].inner if guards else calc
-                    out = {"energy": e, "converged": conv, "steps": n, "cost": _cost(calc)}
+                    out = {"energy": e, "converged": conv, "steps": n, "cost": _cost(chain.calc)}
                     if prepared is not None:
                         out["prerelax"] = prepared
-                    if refine.scf_jump_check:
-                        out["scf_jump_checks"] = scf_jump_checks(d)
-                    return out
+                    return out | chain.record()
                 except Exception as exc:  # noqa: BLE001 - recorded as a named failure of the site
-                    calc = guards[-1].inner if guards else calc
                     if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
                         raise
-                    return _failure_doc(exc, calc)
+                    return _failure_doc(exc, chain.calc)
                 finally:
-                    _close_calculator(guards[-1].inner if guards else calc)
+                    chain.close()
 
             ref = cached(f"slab_site_{k}-{tag}", _slab_relaxed)
             if ref.get("energy") is None:
@@ -1447,33 +1466,27 @@ def refine_adsorption(
         def _site(d, start_atoms=start_atoms, free=free, hold=hold):
             traj = os.path.join(d, "relax.traj")
             begin, hessian, prepared = _start(start_atoms, free, traj, hold)
-            calc = make_calculator(d)
-            guards: list[_ScfJumpGuard] = []
-            guard = _scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None
+            chain = _Chain(d, make_calculator, refine.scf_jump_check)
             try:
                 final, e, conv, n = _constrained_bfgs(
-                    begin, calc, free, refine.fmax, refine.steps, traj, hessian, hold=hold, guard=guard
+                    begin, chain.first, free, refine.fmax, refine.steps, traj, hessian, hold=hold, guard=chain.guard
                 )
-                calc = guards[-1].inner if guards else calc  # a fresh start that took over runs on in its own
                 out = {
                     "energy": e,
                     "converged": conv,
                     "steps": n,
                     "positions": final.positions.tolist(),
-                    "cost": _cost(calc),
+                    "cost": _cost(chain.calc),
                 }
                 if prepared is not None:
                     out["prerelax"] = prepared
-                if refine.scf_jump_check:
-                    out["scf_jump_checks"] = scf_jump_checks(d)
-                return out
+                return out | chain.record()
             except Exception as exc:  # noqa: BLE001 - a failed SCF is this site's named failure
-                calc = guards[-1].inner if guards else calc
                 if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
                     raise
-                return _failure_doc(exc, calc) | {"steps": 0}
+                return _failure_doc(exc, chain.calc) | {"steps": 0}
             finally:
-                _close_calculator(guards[-1].inner if guards else calc)
+                chain.close()
 
         doc = cached(f"site_{k}-{tag}", _site)
         if refine.spin_starts and doc.get("energy") is not None and doc.get("converged"):
@@ -1496,7 +1509,7 @@ def refine_adsorption(
             site_dir = os.path.join(workdir, f"site_{k}-{tag}")
             taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
             # the solution the site's energy is: where a fresh start took over, its wavefunction and moment on H
-            took_over = bool(taken) and not taken.startswith("failed")
+            took_over = spin_start_took_over(doc)
             atoms = _with_moment_on(final, h_index, float(taken)) if took_over else final
             wfn_from = _takeover_dir(site_dir, taken, taken) if took_over else site_dir
             vibrations = h2_vib_failure or _site_vibrations(
@@ -1570,11 +1583,17 @@ def _jump_checks_of(doc: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [*(doc.get("scf_jump_checks") or []), *(takeover or [])]
 
 
+def spin_start_took_over(doc: dict[str, Any]) -> bool:
+    """Whether a site document's spin check took the site over and relaxed on from the lower start
+    (``spin_starts.relaxed_from_start`` names a start, not "failed: …")."""
+    taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
+    return bool(taken) and not str(taken).startswith("failed")
+
+
 def _final_part_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The SCF-jump checks of the relaxation the site's energy comes from: a spin takeover's when one ran, else the
     site's own."""
-    taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
-    if taken and not str(taken).startswith("failed"):
+    if spin_start_took_over(doc):
         return list((doc.get("spin_starts") or {}).get("scf_jump_checks") or [])
     return list(doc.get("scf_jump_checks") or [])
 
@@ -1644,19 +1663,8 @@ def _check_spin_starts(
         d = os.path.join(site_dir, f"start_H{moment:+g}")
         one = _cached_start(site_dir, moment)
         if one is None:
-            os.makedirs(d, exist_ok=True)
-            _clear_restart(d)  # a fresh start: never a killed attempt's wavefunction
-            probe = _with_moment_on(final, h_index, moment)
-            calc = make_calculator(d)
-            try:
-                probe.calc = calc
-                one = {"energy": float(probe.get_potential_energy()), "moment_on_H_muB": moment, "cost": _cost(calc)}
-            except Exception as exc:  # noqa: BLE001 - a start that does not converge is recorded, not fatal
-                if _failure_name(exc) == "calculator_error":  # a crash, not a result: nothing to cache
-                    raise
-                one = {**_failure_doc(exc, calc), "moment_on_H_muB": moment}
-            finally:
-                _close_calculator(calc)
+            one = _fresh_single_point(d, _with_moment_on(final, h_index, moment), make_calculator)
+            one["moment_on_H_muB"] = moment
             write_json_atomic(os.path.join(d, "result.json"), one)
         energies[moment] = one.get("energy")
         if one.get("energy") is None:
@@ -1683,28 +1691,25 @@ def _check_spin_starts(
             os.makedirs(d, exist_ok=True)  # its trajectory goes there even where the calculator keeps no files
             _seed_restart(os.path.join(site_dir, f"start_H{best:+g}"), d)
             probe = _with_moment_on(final, h_index, best)
-            calc = make_calculator(d)
-            guards: list[_ScfJumpGuard] = []
+            chain = _Chain(d, make_calculator, refine.scf_jump_check)
             try:
                 again, e, conv, n = _constrained_bfgs(
                     probe,
-                    calc,
+                    chain.first,
                     free,
                     refine.fmax,
                     refine.steps,
                     os.path.join(d, "relax.traj"),
                     hold=[h_index] if refine.hold_site else (),
-                    guard=_scf_jump_guards(d, make_calculator, guards) if refine.scf_jump_check else None,
+                    guard=chain.guard,
                 )
-                calc = guards[-1].inner if guards else calc
                 out.update(
                     {"energy": e, "converged": conv, "positions": again.positions.tolist(), "steps": doc["steps"] + n}
                 )
                 check["relaxed_from_start"] = f"{best:+g}"
                 check["steps"] = n
-                check["cost"] = _cost(calc)
-                if refine.scf_jump_check:
-                    check["scf_jump_checks"] = scf_jump_checks(d)
+                check["cost"] = _cost(chain.calc)
+                check.update(chain.record())
             except Exception as exc:  # noqa: BLE001 - the lower solution's single point stands, flagged
                 # the fresh start is a lower SCF solution at the chain's converged geometry: its single point bounds
                 # the site's energy from above more tightly than the chain's own energy, so the site takes it; that
@@ -1715,7 +1720,7 @@ def _check_spin_starts(
                 check["energy_from_start"] = f"{best:+g}"
                 out["energy"] = float(found[best])
             finally:
-                _close_calculator(guards[-1].inner if guards else calc)
+                chain.close()
     out["spin_starts"] = check
     write_json_atomic(os.path.join(site_dir, "result.json"), out)
     return out

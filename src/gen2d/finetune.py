@@ -351,6 +351,11 @@ def frame_fingerprint(atoms: Atoms) -> str:
     return h.hexdigest()
 
 
+def frames_sha256(frames: Iterable[Atoms]) -> str:
+    """sha256 of the sorted :func:`frame_fingerprint` of ``frames``: which frames a dataset or a benchmark read."""
+    return hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest()
+
+
 def split_frames(
     frames: Sequence[Atoms],
     val_systems: Sequence[str] | None = None,
@@ -971,7 +976,7 @@ def build_dataset(
         "n_duplicates_dropped": n_dupes,
         "n_superseded_spin_solution_dropped": collected.get("n_superseded_spin_solution", 0),
         "n_scf_jump_dropped": collected.get("n_scf_jump", 0),
-        "frames_sha256": hashlib.sha256(" ".join(sorted(map(frame_fingerprint, frames))).encode()).hexdigest(),
+        "frames_sha256": frames_sha256(frames),
         "frames_sha256_of": "sha256 of the sorted frame fingerprints (symbols, positions, cell, DFT energy)",
         "elements": elements,
         "settings_hash": next(iter(hashes)),

@@ -214,7 +214,7 @@ def is_scf_jump(rose: float, predicted: float) -> bool:
     return rose > SCF_JUMP_TOLERANCE and predicted < 0
 
 
-def _mark_scf_jumps(frames: list[Atoms], system: str, taken_over: bool = False) -> None:
+def _mark_scf_jumps(frames: list[Atoms], system: str, sysdir: Path | None = None) -> None:
     """Flag the frames of one system's relaxation from the first step that jumped to a higher SCF solution on.
 
     A step is a jump when its energy rose by more than :data:`SCF_JUMP_TOLERANCE` while the forces at both of
@@ -222,8 +222,8 @@ def _mark_scf_jumps(frames: list[Atoms], system: str, taken_over: bool = False) 
     relaxation step of a tenth of an ångström cannot do that, but an SCF restarted from the previous step's
     wavefunction can land in another, higher solution and stay there. From that frame on every frame gets
     ``info['scf_jump']``, saying where and by how much; so do the system's vibration frames, which start from its
-    last geometry and wavefunction, unless a spin start took the site over (``taken_over``: they are then computed
-    from the takeover's solution). Measured on 2H-MoSe₂'s Se-top relaxation: step 26 rose 63 meV where the forces gave
+    last geometry and wavefunction, unless a spin start took the site over (read from ``sysdir/result.json`` once
+    a jump is found: they are then computed from the takeover's solution). Measured on 2H-MoSe₂'s Se-top relaxation: step 26 rose 63 meV where the forces gave
     −25 meV, and the fresh-start check at the relaxation's end found a solution 92 meV below the chain's.
     ``frames`` are the system's, in the order read."""
     steps = [
@@ -238,6 +238,7 @@ def _mark_scf_jumps(frames: list[Atoms], system: str, taken_over: bool = False) 
                 f"frame {b.info['frame']}: energy rose {1000 * rose:+.0f} meV where the forces give "
                 f"{1000 * predicted:+.0f} meV"
             )
+            taken_over = sysdir is not None and _taken_over(sysdir)
             for f in frames:
                 vibration = bool(f.info.get("vibration"))
                 if f.info.get("system") == system and (
@@ -248,14 +249,15 @@ def _mark_scf_jumps(frames: list[Atoms], system: str, taken_over: bool = False) 
 
 
 def _taken_over(site_dir: Path) -> bool:
-    """Whether a spin start took this site over and its relaxation ran (``result.json``:
-    ``spin_starts.relaxed_from_start`` a start, not "failed: …")."""
+    """Whether a spin start took this site over and its relaxation ran
+    (:func:`gen2d.adsorption.spin_start_took_over` of its ``result.json``)."""
+    from gen2d.adsorption import spin_start_took_over
+
     try:
         doc = json.loads((site_dir / "result.json").read_text())
     except (OSError, ValueError):
         return False
-    taken = (doc.get("spin_starts") or {}).get("relaxed_from_start")
-    return bool(taken) and not str(taken).startswith("failed")
+    return spin_start_took_over(doc)
 
 
 def collect_frames(
@@ -358,7 +360,7 @@ def collect_frames(
                             energy_only="forces" not in out.arrays, source=f"{system}/{name}", vibration=vibration
                         )
                         frames.append(out)
-                _mark_scf_jumps(frames[first_of_system:], system, _taken_over(sysdir))
+                _mark_scf_jumps(frames[first_of_system:], system, sysdir)
                 if sysdir.name.startswith("lowest_start"):
                     _mark_superseded(frames[first_of_run:], system)
                 elif sysdir.name.startswith("site_"):
