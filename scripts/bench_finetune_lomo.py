@@ -118,21 +118,37 @@ class Backend:
         return sevennet_evaluator(net, float(net.cutoff))
 
 
+def shifted_base(rows: list[dict]) -> list[float] | None:
+    """The base model's ΔE_H of each row plus one constant: the mean DFT − base error of the *other* folds (each
+    material once, the mean over its relaxations). A leave-one-material-out recalibration with a single parameter,
+    the baseline a fine-tune has to beat. None with fewer than two folds."""
+    names = list(dict.fromkeys(row["fold"] for row in rows))
+    if len(names) < 2:
+        return None
+    error = {n: float(np.mean([r["dft_eV"] - r["base_eV"] for r in rows if r["fold"] == n])) for n in names}
+    return [r["base_eV"] + float(np.mean([e for n, e in error.items() if n != r["fold"]])) for r in rows]
+
+
 def summarise(rows: list[dict]) -> dict:
-    """``pooled`` (MAE, bias, ρ, hit agreement over every row, base and tuned) and ``per_material``
-    (:func:`per_material_mae`) of a report's rows."""
+    """``pooled`` (MAE, bias, ρ, hit agreement over every row) and ``per_material`` (:func:`per_material_mae`) of a
+    report's rows, for the base model, the fine-tuned one and, with two folds or more, ``shift``: the base model
+    recalibrated by the other materials' mean error (:func:`shifted_base`)."""
     from gen2d.finetune import agreement
 
     dft = [r["dft_eV"] for r in rows]
+    arms = {m: [r[f"{m}_eV"] for r in rows] for m in ("base", "tuned")}
+    shifted = shifted_base(rows)
+    if shifted is not None:
+        arms["shift"] = shifted
     return {
-        "pooled": {m: agreement([r[f"{m}_eV"] for r in rows], dft) for m in ("base", "tuned")},
-        "per_material": per_material_mae(rows),
+        "pooled": {m: agreement(values, dft) for m, values in arms.items()},
+        "per_material": per_material_mae(rows, arms),
     }
 
 
 def print_summary(report: dict) -> None:
     print(f"pooled over {len(report['folds'])} fold(s), {len(report['rows'])} relaxations (eV):")
-    for m, s in report["pooled"].items():
+    for m, s in report["pooled"].items():  # shift: the base model plus the other materials' mean error
         rho = "n/a" if s.get("spearman_rho") is None else f"{s['spearman_rho']:.2f}"
         print(
             f"  {m:6s} MAE {s['mae_eV']:.3f}  bias {s['bias_eV']:+.3f}  ρ {rho}  per material "
@@ -141,18 +157,19 @@ def print_summary(report: dict) -> None:
         )
 
 
-def per_material_mae(rows: list[dict]) -> dict:
-    """{base, tuned}: the mean over folds of each fold's MAE (eV), so that a material with several relaxations
-    counts once."""
+def per_material_mae(rows: list[dict], arms: dict[str, list[float]] | None = None) -> dict:
+    """{arm: {mae_eV, n_folds}}: the mean over folds of each fold's MAE (eV), so that a material with several
+    relaxations counts once. ``arms`` maps a name to one value per row (default: the rows' base and tuned)."""
     from gen2d.finetune import agreement
 
+    arms = arms or {m: [r[f"{m}_eV"] for r in rows] for m in ("base", "tuned")}
     names = list(dict.fromkeys(row["fold"] for row in rows))
     out = {}
-    for m in ("base", "tuned"):
+    for m, values in arms.items():
         maes = [
-            agreement([r[f"{m}_eV"] for r in rows if r["fold"] == n], [r["dft_eV"] for r in rows if r["fold"] == n])[
-                "mae_eV"
-            ]
+            agreement(
+                [v for v, r in zip(values, rows) if r["fold"] == n], [r["dft_eV"] for r in rows if r["fold"] == n]
+            )["mae_eV"]
             for n in names
         ]
         out[m] = {"mae_eV": float(np.mean(maes)) if maes else None, "n_folds": len(maes)}

@@ -61,3 +61,20 @@ def test_folds_made_another_way_or_twice_are_not_pooled(lomo, tmp_path):
     assert lomo.pool_reports([a, old])["frames_sha256_missing"] == ["C"]
     (tmp_path / "a.json").write_text(json.dumps(a))
     assert lomo.main(["--pool", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 2
+
+
+def test_the_shift_baseline_uses_only_the_other_materials(lomo):
+    """MoS2's relaxations are off by +1.0 and +0.8 (mean +0.9), C's by +1.4, P's by +0.2. Each fold is shifted by the
+    mean of the other materials' mean errors, never by its own: MoS2 by (1.4 + 0.2) / 2 = 0.8, C by 0.55, P by 1.15."""
+    rows = [
+        {"fold": "MoS2", "dft_eV": 2.0, "base_eV": 1.0, "tuned_eV": 1.0},
+        {"fold": "MoS2", "dft_eV": 2.0, "base_eV": 1.2, "tuned_eV": 1.4},
+        {"fold": "C", "dft_eV": 1.7, "base_eV": 0.3, "tuned_eV": 1.5},
+        {"fold": "P", "dft_eV": 0.5, "base_eV": 0.3, "tuned_eV": 0.4},
+    ]
+    assert lomo.shifted_base(rows) == pytest.approx([1.8, 2.0, 0.85, 1.45])
+    summary = lomo.summarise(rows)
+    assert summary["pooled"]["shift"]["mae_eV"] == pytest.approx((0.2 + 0.0 + 0.85 + 0.95) / 4)
+    assert summary["per_material"]["shift"]["mae_eV"] == pytest.approx((0.1 + 0.85 + 0.95) / 3)
+    # one fold has no other material to learn a shift from
+    assert lomo.shifted_base(rows[:2]) is None and "shift" not in lomo.summarise(rows[:2])["pooled"]

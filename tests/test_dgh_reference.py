@@ -31,3 +31,16 @@ def test_every_builder_makes_the_rows_monolayer(bench):
         assert row["site_atom"] in atoms.get_chemical_symbols(), row["material"]
         check = validate_ingest(orient_2d(from_ase(atoms)))
         assert check.ok, (row["material"], check.reasons)
+
+
+def test_the_shift_is_learnt_from_the_other_rows(bench):
+    """MLIP errors (DFT − MLIP) of +0.8, +0.6 and −0.2 eV: the constant is their mean, +0.4; each row is predicted with
+    the mean of the other two (+0.2, +0.3, +0.7), so the leave-one-out errors are 0.6, 0.3 and 0.9 eV."""
+    import numpy as np
+
+    ref = np.array([2.0, 1.5, -0.1])
+    pred = ref - np.array([0.8, 0.6, -0.2])
+    out = bench.shift_calibration(pred, ref)
+    assert out["shift_eV"] == pytest.approx(0.4)
+    assert out["loo_mae_eV"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
+    assert np.isnan(bench.shift_calibration(pred[:1], ref[:1])["loo_mae_eV"])
