@@ -741,8 +741,8 @@ class MLIPPrototypesProvider:
         self, jobs: list[tuple[str, Structure]], label: str
     ) -> list[ComputedStructureEntry | _Crashed | None]:
         """Relax ``(prototype, structure)`` jobs: one entry (None when dropped, :class:`_Crashed` when the MLIP
-        failed on it) per job, in order. The crystals relax their cell too; a molecule (``molecule:…``) moves its
-        atoms only, in its fixed box."""
+        failed on it) per job, in order. The crystals relax their cell too, packed molecules
+        (``molecular-solid:…``) included; a molecule in its box (``molecule:…``) moves its atoms only."""
         is_molecule = [proto.startswith("molecule:") for proto, _ in jobs]
         out: list[ComputedStructureEntry | _Crashed | None] = [None] * len(jobs)
         for relax_cell in (True, False):
@@ -786,7 +786,8 @@ class MLIPPrototypesProvider:
 
     def _subsystem_jobs(self, subsystem: str) -> list[tuple[str, Structure]]:
         if subsystem.startswith(MOLECULE_PREFIX):
-            return [(m.name, m.build()) for m in molecules(*subsystem[len(MOLECULE_PREFIX) :].split("-"))]
+            found = molecules(*subsystem[len(MOLECULE_PREFIX) :].split("-"))
+            return [(m.name, m.build()) for m in found] + [(m.packed_name, m.build_packed()) for m in found]
         if subsystem.startswith(STACKED_PREFIX):
             from gen2d.hull.stacked import stack_layer
 

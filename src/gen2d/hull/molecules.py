@@ -32,6 +32,17 @@ it; tests/test_molecule_references.py checks the relaxed bond lengths against ex
 
 Not built: transition-metal halides (WF₆, TiCl₄), the T-shaped and square-pyramidal interhalogens (ClF₃, BrF₅, IF₅,
 IF₇); the network solids (SiO₂, P₄O₁₀) are bulk prototypes' business.
+
+Packed molecules (version 3). The box is an upper bound far above the solid when the MLIP binds the molecules to each
+other, as every MLIP with D3 does: a layer of AsCl₃ molecules then lies below AsCl₃ in its box by its own
+intermolecular binding, and so below the hull (SevenNet-0 + D3 on 2DMatPedia's AsCl₃ and PCl₃ layers: −0.05 to
+−0.24 eV/atom, where DFT puts them at +0.02 to +0.04). Each molecule is therefore also built as a molecular solid,
+one molecule per primitive cell of a face-centred cubic lattice (twelve neighbours, every molecule in one
+orientation), its neighbours' nearest atoms at about van der Waals contact, and the MLIP relaxes atoms *and* cell
+(:meth:`Molecule.build_packed`). The result is a real periodic structure of that composition, so its energy is still
+an upper bound of the MLIP's own molecular crystal: it can only bring the hull down towards the real solid, and it
+holds whatever the MLIP, with or without D3, binds between molecules, which the layer of the same molecules holds
+too.
 """
 
 from __future__ import annotations
@@ -46,11 +57,17 @@ from pymatgen.core import Lattice, Structure
 #: code the two share changes (mlip_entry, apply_mp2020, the collapse check). It is part of the molecule references'
 #: cache key only: a prototype-library change does not re-key them, nor they it.
 #: v2: only molecules that exist at room temperature; the seesaw AX₄ (SF₄, TeCl₄)
-MOLECULE_VERSION = "2"
+#: v3: every molecule also packed as a molecular solid (``molecular-solid:…``, cell relaxed)
+MOLECULE_VERSION = "3"
 #: subsystem names of molecule references start with this (``molecule.F-Ge``)
 MOLECULE_PREFIX = "molecule."
 #: Å of vacuum between a molecule's periodic images, more than any MLIP cutoff (≤ 6 Å): the box holds one molecule.
 BOX_VACUUM = 10.0
+#: prototype names of the packed molecular solids start with this (``molecular-solid:AsCl3``); they relax their cell
+PACKED_PREFIX = "molecular-solid:"
+#: the start's closest contact between atoms of neighbouring molecules, as a fraction of the sum of the two atoms'
+#: van der Waals radii (Bondi, via ASE): molecular crystals pack their halogens at 0.9–1.0 of it (Cl···Cl 3.3–3.5 Å)
+PACKED_CONTACT = 0.95
 
 
 def _unit(v) -> np.ndarray:
@@ -156,6 +173,42 @@ class Molecule:
         species = [self.central, *[self.ligand] * self.n]
         positions = np.vstack([np.zeros(3), *[bond * d for d in directions]])
         return species, positions
+
+    @property
+    def packed_name(self) -> str:
+        """The packed molecular solid's prototype name (``molecular-solid:CF4``)."""
+        return f"{PACKED_PREFIX}{self.formula}"
+
+    def build_packed(self, contact: float = PACKED_CONTACT) -> Structure:
+        """The molecule packed as a molecular solid: one molecule per primitive cell of a face-centred cubic lattice,
+        the lattice the smallest whose closest contact between atoms of neighbouring molecules is ``contact`` times
+        the sum of their van der Waals radii (the molecule's orientation as built, the same in every cell).
+
+        The MLIP relaxes atoms and cell from here (:mod:`gen2d.hull.mlip_prototypes`), so the start only has to be
+        near contact, neither overlapping nor beyond the MLIP's cutoff."""
+        from ase.data import atomic_numbers, vdw_radii
+
+        species, positions = self.atoms_and_positions()
+        radii = np.array([float(vdw_radii[atomic_numbers[e]]) for e in species])
+        unit = np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]) * math.sqrt(2.0)  # nn distance 1
+        images = [np.array(v) for v in ((i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1))]
+        images = [v for v in images if v.any()]
+        need = contact * (radii[:, None] + radii[None, :])
+
+        def too_close(scale: float) -> bool:
+            for v in images:
+                shift = (v @ unit) * scale
+                gap = np.linalg.norm(positions[:, None, :] - (positions[None, :, :] + shift), axis=-1)
+                if (gap < need).any():
+                    return True
+            return False
+
+        low, high = 0.5, 30.0  # nearest-neighbour distance (Å) between molecular centres: bisect to contact
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if too_close(mid) else (low, mid)
+        lattice = Lattice(unit * high)
+        return Structure(lattice, species, positions, coords_are_cartesian=True)
 
     def build(self, vacuum: float = BOX_VACUUM) -> Structure:
         """The molecule, centred in a cubic box with ``vacuum`` Å between its periodic images."""
