@@ -8,7 +8,8 @@ Scores layers that DFT or experiment says are (near-)stable with ``ehull.<calcul
 - ``self-out``: the same without the stacked bulk of the scored layer itself, from either database (a layer whose
   own parent is not in the set, as for a generated candidate; each record lists what it left out);
 - ``prototypes-only``: the prototype library and the molecules, no stacked layers;
-- ``without-molecules``: the default without the molecules (:mod:`gen2d.hull.molecules`).
+- ``without-molecules``: the default without the molecules (:mod:`gen2d.hull.molecules`), boxed or packed;
+- ``boxed-molecules``: the default with the molecules in their boxes only, not packed as molecular solids.
 
 Sets: ``mc2d`` (easily exfoliable layers of ICSD/COD parents) and ``2dmatpedia`` (2DMatPedia layers with
 DFT E_hull ≤ 0.05 eV/atom). Goals of the hull: ≥ 90 % at E_hull ≤ 0.2 eV/atom, ≤ 5 % below −0.05.
@@ -44,8 +45,12 @@ from collections import Counter
 import numpy as np
 
 from gen2d.fileio import end_torn_line, read_jsonl
+from gen2d.hull.molecules import PACKED_PREFIX
 
-VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules")
+#: prototype names of the molecule references, boxed (``molecule:``) or packed (``molecular-solid:``)
+MOLECULAR = ("molecule:", PACKED_PREFIX)
+
+VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules", "boxed-molecules")
 
 
 def own_parents(layer, source_id: str, library) -> set[str]:
@@ -256,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                 library = [r for r in refs if not str(r.data.get("prototype", "")).startswith("stacked:")]
                 rec["e_hull"]["prototypes-only"] = hull_analysis(entry, library, "prototypes-only").e_hull
                 # the default set as it was before molecules in a box (gen2d.hull.molecules) joined it
-                crystals = [r for r in refs if not str(r.data.get("prototype", "")).startswith("molecule:")]
+                crystals = [r for r in refs if not str(r.data.get("prototype", "")).startswith(MOLECULAR)]
                 rec["e_hull"]["without-molecules"] = hull_analysis(entry, crystals, "without-molecules").e_hull
+                # the molecules in their boxes, as before they were also packed (molecules version 3)
+                boxed = [r for r in refs if not str(r.data.get("prototype", "")).startswith(PACKED_PREFIX)]
+                rec["e_hull"]["boxed-molecules"] = hull_analysis(entry, boxed, "boxed-molecules").e_hull
                 for name in args.without_prototype:
                     rest = [r for r in refs if r.data.get("prototype") != name]
                     rec["e_hull"][f"without-{name}"] = hull_analysis(entry, rest, f"without-{name}").e_hull
