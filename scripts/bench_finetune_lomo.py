@@ -122,11 +122,14 @@ def shifted_base(rows: list[dict]) -> list[float] | None:
     """The base model's ΔE_H of each row plus one constant: the mean DFT − base error of the *other* folds (each
     material once, the mean over its relaxations). A leave-one-material-out recalibration with a single parameter,
     the baseline a fine-tune has to beat. None with fewer than two folds."""
+    from gen2d.metrics import leave_one_out_means
+
     names = list(dict.fromkeys(row["fold"] for row in rows))
     if len(names) < 2:
         return None
-    error = {n: float(np.mean([r["dft_eV"] - r["base_eV"] for r in rows if r["fold"] == n])) for n in names}
-    return [r["base_eV"] + float(np.mean([e for n, e in error.items() if n != r["fold"]])) for r in rows]
+    error = [np.mean([r["dft_eV"] - r["base_eV"] for r in rows if r["fold"] == n]) for n in names]
+    shift = dict(zip(names, leave_one_out_means(error)))
+    return [r["base_eV"] + float(shift[r["fold"]]) for r in rows]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -157,12 +160,11 @@ def print_summary(report: dict) -> None:
         )
 
 
-def per_material_mae(rows: list[dict], arms: dict[str, list[float]] | None = None) -> dict:
+def per_material_mae(rows: list[dict], arms: dict[str, list[float]]) -> dict:
     """{arm: {mae_eV, n_folds}}: the mean over folds of each fold's MAE (eV), so that a material with several
-    relaxations counts once. ``arms`` maps a name to one value per row (default: the rows' base and tuned)."""
+    relaxations counts once. ``arms`` maps a name to one value per row."""
     from gen2d.finetune import agreement
 
-    arms = arms or {m: [r[f"{m}_eV"] for r in rows] for m in ("base", "tuned")}
     names = list(dict.fromkeys(row["fold"] for row in rows))
     out = {}
     for m, values in arms.items():

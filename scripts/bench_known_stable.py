@@ -45,10 +45,10 @@ from collections import Counter
 import numpy as np
 
 from gen2d.fileio import end_torn_line, read_jsonl
-from gen2d.hull.molecules import PACKED_PREFIX
+from gen2d.hull.molecules import BOXED_PREFIX, PACKED_PREFIX
 
 #: prototype names of the molecule references, boxed (``molecule:``) or packed (``molecular-solid:``)
-MOLECULAR = ("molecule:", PACKED_PREFIX)
+MOLECULAR = (BOXED_PREFIX, PACKED_PREFIX)
 
 VARIANTS = ("all", "self-out", "prototypes-only", "without-molecules", "boxed-molecules")
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from gen2d.hull.mlip_prototypes import MLIPPrototypesProvider
+    from gen2d.hull.mlip_prototypes import MLIPPrototypesProvider, relaxes_cell
     from gen2d.relax import cached_calculator, relax_bulk
 
     calc = cached_calculator("chgnet", device="cpu")
@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             structure = getattr(entry, "structure", None)
             if structure is None:
                 continue
-            molecule = str(entry.data.get("prototype", "")).startswith("molecule:")  # the provider's own rule
+            relax_cell = relaxes_cell(str(entry.data.get("prototype", "")))  # the provider's own rule
             atoms = AseAtomsAdaptor.get_atoms(structure)
             n = len(atoms)
-            res = relax_bulk(atoms, calc, fmax=args.fmax, steps=args.steps, relax_cell=not molecule)
+            res = relax_bulk(atoms, calc, fmax=args.fmax, steps=args.steps, relax_cell=relax_cell)
             if res.energy is None or not np.isfinite(res.energy):
                 print(f"{'-'.join(elements):8s} {entry.composition.reduced_formula:10s} failed: {res.failure}")
                 continue

@@ -340,6 +340,15 @@ def poisson_rate_ratio(
     return out
 
 
+def leave_one_out_means(values: Sequence[float]) -> np.ndarray:
+    """For each entry, the mean of all the others (NaN for a single entry): what a quantity learnt without that
+    entry predicts for it."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return np.full(len(v), np.nan)
+    return (v.sum() - v) / (len(v) - 1)
+
+
 def paired_mae_difference(
     pred_a: Sequence[float],
     pred_b: Sequence[float],

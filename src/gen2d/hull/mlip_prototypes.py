@@ -22,7 +22,7 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 
 from gen2d.hull.corrections import apply_mp2020, mlip_entry
 from gen2d.hull.errors import HullError, ReferenceUnavailable
-from gen2d.hull.molecules import BOX_VACUUM, MOLECULE_PREFIX, MOLECULE_VERSION, molecule_pairs, molecules
+from gen2d.hull.molecules import BOX_VACUUM, BOXED_PREFIX, MOLECULE_PREFIX, MOLECULE_VERSION, molecule_pairs, molecules
 from gen2d.hull.references import _decode_entry
 from gen2d.settings import get_settings
 
@@ -743,10 +743,10 @@ class MLIPPrototypesProvider:
         """Relax ``(prototype, structure)`` jobs: one entry (None when dropped, :class:`_Crashed` when the MLIP
         failed on it) per job, in order. The crystals relax their cell too, packed molecules
         (``molecular-solid:…``) included; a molecule in its box (``molecule:…``) moves its atoms only."""
-        is_molecule = [proto.startswith("molecule:") for proto, _ in jobs]
+        cells = [relaxes_cell(proto) for proto, _ in jobs]
         out: list[ComputedStructureEntry | _Crashed | None] = [None] * len(jobs)
         for relax_cell in (True, False):
-            group = [i for i, molecule in enumerate(is_molecule) if molecule is not relax_cell]
+            group = [i for i, cell in enumerate(cells) if cell is relax_cell]
             for i, entry in zip(group, self._relax_group([jobs[i] for i in group], label, relax_cell), strict=True):
                 out[i] = entry
         return out
@@ -949,6 +949,12 @@ class MLIPPrototypesProvider:
             "molecules": {"version": MOLECULE_VERSION, "box_vacuum_A": BOX_VACUUM} if self.molecules else None,
             "unsettled_fmax_eV_per_A": UNSETTLED_FMAX,
         }
+
+
+def relaxes_cell(prototype: str) -> bool:
+    """Whether the reference phase of this prototype name relaxes its cell: every crystal does, packed molecules
+    included; a molecule in its box (:data:`gen2d.hull.molecules.BOXED_PREFIX`) moves its atoms only."""
+    return not prototype.startswith(BOXED_PREFIX)
 
 
 def _collapsed(structure: Structure, factor: float = 0.6) -> bool:

@@ -63,6 +63,8 @@ MOLECULE_VERSION = "3"
 MOLECULE_PREFIX = "molecule."
 #: Å of vacuum between a molecule's periodic images, more than any MLIP cutoff (≤ 6 Å): the box holds one molecule.
 BOX_VACUUM = 10.0
+#: prototype names of the molecules in their boxes start with this (``molecule:CF4``); they relax their atoms only
+BOXED_PREFIX = "molecule:"
 #: prototype names of the packed molecular solids start with this (``molecular-solid:AsCl3``); they relax their cell
 PACKED_PREFIX = "molecular-solid:"
 #: the start's closest contact between atoms of neighbouring molecules, as a fraction of the sum of the two atoms'
@@ -161,7 +163,7 @@ class Molecule:
     @property
     def name(self) -> str:
         """The reference's prototype name (``molecule:CF4``)."""
-        return f"molecule:{self.formula}"
+        return f"{BOXED_PREFIX}{self.formula}"
 
     def atoms_and_positions(self) -> tuple[list[str], np.ndarray]:
         from ase.data import atomic_numbers, covalent_radii
